@@ -45,11 +45,12 @@ _tb_root() {
 
 # The docker client. Debian's (docker.io) talks API 1.41 natively; a newer
 # client on PATH works too but warns about the legacy builder.
-tb_docker() {
-    if [ -n "${DOCKER:-}" ]; then "$DOCKER" "$@"
-    elif [ -x /usr/bin/docker ]; then /usr/bin/docker "$@"
-    else docker "$@"; fi
+tb_docker_bin() {
+    if [ -n "${DOCKER:-}" ]; then printf '%s\n' "$DOCKER"
+    elif [ -x /usr/bin/docker ]; then printf '%s\n' /usr/bin/docker
+    else printf '%s\n' docker; fi
 }
+tb_docker() { "$(tb_docker_bin)" "$@"; }
 
 _tb_image_exists() { tb_docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -64,15 +65,17 @@ ensure_apt_packages() {
     command -v apt-get >/dev/null 2>&1 || tb_die "apt-get not found; install by hand: ${missing[*]}" || return 1
     local t0; t0="$(tb_now)"
     tb_log "installing apt packages: ${missing[*]}"
+    mkdir -p "$TESTBED_DIR"
+    local log="$TESTBED_DIR/apt.log"
     if [ "$_TB_APT_UPDATED" -eq 0 ]; then
-        _tb_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-            || { tb_die "apt-get update failed"; return 1; }
+        _tb_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$log" 2>&1 \
+            || { tail -n 20 "$log" >&2; tb_die "apt-get update failed (log: $log)"; return 1; }
         _TB_APT_UPDATED=1
     fi
-    _tb_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    _tb_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        --no-install-recommends "${missing[@]}" >/dev/null \
-        || { tb_die "apt-get install ${missing[*]} failed"; return 1; }
+        --no-install-recommends "${missing[@]}" >>"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; tb_die "apt-get install ${missing[*]} failed (log: $log)"; return 1; }
     tb_log "apt packages installed ($(( $(tb_now) - t0 )) s)"
 }
 
