@@ -1,0 +1,34 @@
+"""What every action needs, built once by the CLI."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..discovery import Discovery, discover
+from ..engine import Engine
+from ..labels import ENABLE
+from ..settings import Settings
+from ..storage import BackupStore, Journal
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    store: BackupStore
+    journal: Journal
+    # Set when the sidecar shuts down: backups in progress abort and restart what they stopped.
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine) -> "Context":
+        store = BackupStore(settings.backup_dir, settings.file_mode)
+        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"))
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc).astimezone(self.settings.tz)
+
+    def discover(self) -> Discovery:
+        return discover(self.engine.list_candidates(ENABLE), self.settings.default_schedule)

@@ -1,0 +1,214 @@
+"""The long-running sidecar: follows labelled containers through the engine's events,
+runs each target's backups on its own cron schedule, and shuts down cleanly.
+
+Threads: the caller's thread runs the scheduler loop; one thread follows the event
+stream; a pool of BACKUP_CONCURRENCY workers runs backups.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Callable
+
+from ..discovery import Discovery, discover
+from ..errors import SidecarError
+from ..labels import ENABLE, is_candidate
+from ..model import ContainerInfo, Target
+from .backup import BackupOutcome, run_backup
+from .context import Context
+from .recover import run_recovery
+
+logger = logging.getLogger(__name__)
+
+# Longest the scheduler sleeps without looking up (heartbeat for the healthcheck).
+TICK_SECONDS = 5.0
+_EVENT_ACTIONS = {"create", "start", "die", "destroy", "rename", "update", "stop", "kill"}
+
+
+class Daemon:
+    def __init__(self, ctx: Context, on_outcome: Callable[[BackupOutcome], None] | None = None):
+        self.ctx = ctx
+        self.on_outcome = on_outcome
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._containers: dict[str, ContainerInfo] = {}
+        self._discovery = Discovery((), ())
+        self._next: dict[str, datetime] = {}  # target name -> next run
+        self._running: dict[str, Future] = {}
+        self._reported: dict[str, str] = {}  # container id -> last reported skip reason
+        self._events = None
+        self._pool = ThreadPoolExecutor(max_workers=ctx.settings.concurrency, thread_name_prefix="backup")
+        self.outcomes: list[BackupOutcome] = []
+
+    # --- public -------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        events = self._events
+        if events is not None:
+            try:
+                events.close()
+            except Exception:  # closing a half-broken stream may fail; we are leaving anyway
+                pass
+
+    def run(self) -> None:
+        run_recovery(self.ctx)
+        self.refresh_all()
+        watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
+        watcher.start()
+        logger.info("sidecar running", extra={"targets": len(self._discovery.targets),
+                                               "skipped": len(self._discovery.skipped)})
+        try:
+            self._schedule_loop()
+        finally:
+            self._shutdown()
+
+    @property
+    def discovery(self) -> Discovery:
+        return self._discovery
+
+    # --- discovery ----------------------------------------------------------------
+    def refresh_all(self) -> None:
+        containers = self.ctx.engine.list_candidates(ENABLE)
+        with self._lock:
+            self._containers = {c.id: c for c in containers}
+        self._rebuild()
+
+    def refresh_one(self, container_id: str, action: str) -> None:
+        info = None if action == "destroy" else self.ctx.engine.find_container(container_id)
+        with self._lock:
+            if info is not None and is_candidate(info.labels):
+                self._containers[info.id] = info
+            elif self._containers.pop(container_id, None) is None:
+                return
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        with self._lock:
+            found = discover(self._containers.values(), self.ctx.settings.default_schedule)
+            old = {t.name: t for t in self._discovery.targets}
+            now = self.ctx.now()
+            for target in found.targets:
+                before = old.get(target.name)
+                if before is None or before.config.schedule != target.config.schedule or target.name not in self._next:
+                    self._next[target.name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
+                if before is None or before.container.id != target.container.id or before.config != target.config:
+                    logger.info("target found" if before is None else "target changed", extra={
+                        "target": target.name, "container": target.container.name,
+                        "schedule": target.config.schedule.expression, "strategy": str(target.config.strategy),
+                        "volumes": [v.type_name for v in target.volumes],
+                        "next_run": self._next[target.name].isoformat()})
+            names = {t.name for t in found.targets}
+            for name in list(self._next):
+                if name not in names:
+                    del self._next[name]
+                    logger.info("target removed", extra={"target": name})
+            for skipped in found.skipped:
+                if self._reported.get(skipped.container.id) != skipped.reason:
+                    logger.error(f"container skipped: {skipped.reason}",
+                                 extra={"container": skipped.container.name, "phase": "config"})
+            self._reported = {s.container.id: s.reason for s in found.skipped}
+            self._discovery = found
+        self._wake.set()
+
+    def _follow_events(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self._events = self.ctx.engine.events(since=time.time())
+                # Re-list after (re)connecting: whatever changed while the stream was down is seen.
+                self.refresh_all()
+                backoff = 1.0
+                for event in self._events:
+                    if self._stop.is_set():
+                        break
+                    action = str(event.get("Action") or event.get("status") or "").split(":")[0]
+                    container_id = event.get("id") or (event.get("Actor") or {}).get("ID")
+                    if action in _EVENT_ACTIONS and container_id:
+                        self.refresh_one(container_id, action)
+                if not self._stop.is_set():
+                    raise SidecarError("the event stream ended")
+            except Exception as exc:  # the engine restarted, the socket broke: reconnect
+                if self._stop.is_set():
+                    break
+                logger.warning("event stream dropped; reconnecting", extra={"error": str(exc),
+                                                                            "retry_seconds": backoff})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # --- scheduling -----------------------------------------------------------------
+    def _schedule_loop(self) -> None:
+        while not self._stop.is_set():
+            self.ctx.store.touch_heartbeat()
+            now = self.ctx.now()
+            with self._lock:
+                due = [t for t in self._discovery.targets if self._next.get(t.name, now) <= now]
+                for target in due:
+                    self._next[target.name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
+                upcoming = min(self._next.values(), default=None)
+            for target in due:
+                self._submit(target)
+            wait = TICK_SECONDS
+            if upcoming is not None:
+                wait = max(0.0, min(wait, (upcoming - self.ctx.now()).total_seconds()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _submit(self, target: Target) -> None:
+        with self._lock:
+            running = self._running.get(target.name)
+            if running is not None and not running.done():
+                logger.warning("backup skipped: the previous run of this target is still running",
+                               extra={"target": target.name, "phase": "schedule"})
+                self._record(BackupOutcome(target.name, target.container.name, "skipped", phase="schedule",
+                                           error="previous run still running", finished_at=self.ctx.now()))
+                return
+            self._running[target.name] = self._pool.submit(self._run_one, target)
+
+    def _run_one(self, target: Target) -> BackupOutcome:
+        try:
+            outcome = run_backup(self.ctx, target)
+        except Exception as exc:  # a bug must not kill the worker silently
+            logger.exception("backup crashed", extra={"target": target.name})
+            outcome = BackupOutcome(target.name, target.container.name, "failure", phase="internal",
+                                    error=repr(exc), finished_at=self.ctx.now())
+        self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: BackupOutcome) -> None:
+        self.outcomes.append(outcome)
+        del self.outcomes[:-1000]
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(outcome)
+            except Exception:
+                logger.exception("outcome hook failed", extra={"target": outcome.target})
+
+    def _shutdown(self) -> None:
+        logger.info("shutting down", extra={"phase": "shutdown"})
+        with self._lock:
+            running = [f for f in self._running.values() if not f.done()]
+        deadline = time.monotonic() + self.ctx.settings.shutdown_grace
+        for future in running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                future.result(timeout=remaining)
+            except Exception:
+                pass
+        if any(not f.done() for f in running):
+            logger.warning("aborting backups still running; their containers are put back",
+                           extra={"phase": "shutdown"})
+            self.ctx.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        logger.info("stopped", extra={"phase": "shutdown"})
+
+
+def run_daemon(ctx: Context, daemon: Daemon | None = None) -> None:
+    (daemon or Daemon(ctx)).run()

@@ -1,0 +1,380 @@
+"""Archive files: writing a tar stream compressed under a temporary name with its
+SHA-256 computed on the way, publishing it atomically, and reading it back with the
+checksum verified and every member checked before anything is restored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import logging
+import os
+import posixpath
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import zstandard
+
+from .errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
+from .model import Compression
+from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX
+from .streams import IterReader
+
+logger = logging.getLogger(__name__)
+
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 6
+READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    path: Path
+    size: int  # bytes on disk
+    raw_bytes: int  # bytes of tar read from the engine
+    sha256: str
+
+
+def compression_for(path: Path) -> Compression:
+    name = path.name.removesuffix(PARTIAL_SUFFIX)
+    if name.endswith(".tar.zst"):
+        return Compression.ZSTD
+    if name.endswith(".tar.gz"):
+        return Compression.GZIP
+    if name.endswith(".tar"):
+        return Compression.NONE
+    raise ArchiveError(f"{path}: not an archive name (expected .tar.zst, .tar.gz or .tar)")
+
+
+class _HashingFile:
+    """Writes through to a file while hashing and counting what was written."""
+
+    def __init__(self, fileobj: BinaryIO):
+        self._f = fileobj
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+class ArchiveWriter:
+    """One archive being written. Use as a context manager: leaving it without
+    `finish()` removes the partial file, so a failure never leaves a file that looks
+    finished."""
+
+    def __init__(self, final_path: Path, compression: Compression, file_mode: int = 0o600):
+        self.final_path = final_path
+        self.partial_path = final_path.with_name(final_path.name + PARTIAL_SUFFIX)
+        self.compression = compression
+        self.file_mode = file_mode
+        self.raw_bytes = 0
+        self._file: BinaryIO | None = None
+        self._hashing: _HashingFile | None = None
+        self._done = False
+
+    def __enter__(self) -> "ArchiveWriter":
+        self.final_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        os.fchmod(fd, self.file_mode)  # the umask must not widen or narrow the chosen mode
+        self._file = os.fdopen(fd, "wb")
+        self._hashing = _HashingFile(self._file)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._done:
+            self.abort()
+
+    def write_stream(
+        self,
+        chunks: Iterable[bytes],
+        exclude: tuple[str, ...] = (),
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Compress a tar stream into the partial file; returns the tar bytes read.
+        When this returns, the source has been read completely."""
+        assert self._hashing is not None
+        counted = self._count(chunks, on_progress)
+        if self.compression is Compression.ZSTD:
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+            out = compressor.stream_writer(self._hashing, closefd=False)
+        elif self.compression is Compression.GZIP:
+            out = gzip.GzipFile(fileobj=self._hashing, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+        else:
+            out = None
+        target = out if out is not None else self._hashing
+        if exclude:
+            filter_tar(counted, target, exclude)
+        else:
+            for chunk in counted:
+                target.write(chunk)
+        if out is not None:
+            out.close()
+        return self.raw_bytes
+
+    def _count(self, chunks: Iterable[bytes], on_progress) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.raw_bytes += len(chunk)
+            if on_progress:
+                on_progress(self.raw_bytes)
+            yield chunk
+
+    def finish(self) -> ArchiveResult:
+        """Make the archive durable and visible: fsync, rename, then write the checksum."""
+        assert self._file is not None and self._hashing is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = self._hashing.sha.hexdigest()
+        os.replace(self.partial_path, self.final_path)
+        write_checksum(self.final_path, digest, self.file_mode)
+        _fsync_dir(self.final_path.parent)
+        self._done = True
+        return ArchiveResult(self.final_path, self._hashing.size, self.raw_bytes, digest)
+
+    def abort(self) -> None:
+        self._done = True
+        if self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        try:
+            self.partial_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_checksum(path: Path, digest: str, file_mode: int = 0o600) -> Path:
+    """NAME.sha256 in sha256sum's format, written atomically."""
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+    os.fchmod(fd, file_mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{digest}  {path.name}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, checksum)
+    return checksum
+
+
+def read_checksum(path: Path) -> str | None:
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    try:
+        text = checksum.read_text().strip()
+    except FileNotFoundError:
+        return None
+    digest = text.split()[0] if text else ""
+    if len(digest) != 64:
+        raise ArchiveError(f"{checksum}: not a sha256sum line")
+    return digest.lower()
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(READ_SIZE):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- excludes -----------------------------------------------------------------------
+
+def is_excluded(name: str, patterns: tuple[str, ...]) -> bool:
+    """A member is excluded when a pattern matches its path relative to the volume, its
+    base name, or one of its parent folders (so excluding 'cache' drops 'cache/**')."""
+    rel = _relname(name)
+    if not rel:
+        return False
+    parts = rel.split("/")
+    for pattern in patterns:
+        pat = pattern.strip("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if fnmatch.fnmatchcase(prefix, pat) or fnmatch.fnmatchcase(parts[i - 1], pat):
+                return True
+    return False
+
+
+def filter_tar(chunks: Iterable[bytes], out, patterns: tuple[str, ...]) -> None:
+    """Copy a tar stream to `out`, leaving out members matching `patterns`."""
+    excluded: set[str] = set()
+    with tarfile.open(fileobj=IterReader(chunks), mode="r|", encoding="utf-8", errors="surrogateescape") as src, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                         errors="surrogateescape") as dst:
+        for member in src:
+            rel = _relname(member.name)
+            if is_excluded(member.name, patterns) or (member.islnk() and _relname(member.linkname) in excluded):
+                excluded.add(rel)
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+
+
+# --- reading back ---------------------------------------------------------------------
+
+class _HashingReader:
+    def __init__(self, fileobj: BinaryIO):
+        self._f = fileobj
+        self.sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.sha.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_SIZE):
+            pass
+
+
+def _decompressed(raw, compression: Compression):
+    if compression is Compression.ZSTD:
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=False, read_across_frames=True)
+    if compression is Compression.GZIP:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return raw
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    path: Path
+    sha256: str
+    members: int
+    tar_bytes: int
+
+
+def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
+    """Verify the checksum and that every member is safe to restore, in one read.
+    Raises ChecksumMismatch, UnsafeArchive or ArchiveError; writes nothing."""
+    expected = read_checksum(path)
+    if expected is None and require_checksum:
+        raise ArchiveError(f"{path}: no {path.name}{CHECKSUM_SUFFIX} beside it; refusing to restore an unverified archive")
+    compression = compression_for(path)
+    checker = MemberChecker()
+    count = 0
+    with open(path, "rb") as f:
+        hashing = _HashingReader(f)
+        stream = _decompressed(hashing, compression)
+        counter = _CountingReader(stream)
+        try:
+            with tarfile.open(fileobj=counter, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+                for member in tar:
+                    checker.check(member)
+                    count += 1
+            counter.drain()
+        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
+            raise ArchiveError(f"{path}: damaged archive ({exc})") from exc
+        hashing.drain()
+    actual = hashing.sha.hexdigest()
+    if expected is not None and actual != expected:
+        raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}")
+    if count == 0:
+        raise ArchiveError(f"{path}: the archive holds no members")
+    return ArchiveCheck(path, actual, count, counter.count)
+
+
+class _CountingReader:
+    def __init__(self, f):
+        self._f = f
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(READ_SIZE):
+            pass
+
+
+def iter_tar(path: Path, block: int = READ_SIZE) -> Iterator[bytes]:
+    """The decompressed tar bytes of an archive, in blocks (for the engine's put_archive)."""
+    with open(path, "rb") as f:
+        stream = _decompressed(f, compression_for(path))
+        while data := stream.read(block):
+            yield data
+
+
+def _relname(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return "" if name in (".", "") else name.rstrip("/")
+
+
+class MemberChecker:
+    """Refuses members that would land outside the restore target: absolute paths,
+    '..' components, paths through a symlink of the archive, links pointing outside,
+    and device nodes."""
+
+    def __init__(self) -> None:
+        self._symlinks: set[str] = set()
+
+    def check(self, member: tarfile.TarInfo) -> None:
+        name = member.name
+        if name.startswith("/"):
+            raise UnsafeArchive(f"member {name!r} has an absolute path")
+        rel = _relname(name)
+        parts = rel.split("/") if rel else []
+        if ".." in parts:
+            raise UnsafeArchive(f"member {name!r} contains '..'")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self._symlinks:
+                raise UnsafeArchive(f"member {name!r} is written through the symlink {'/'.join(parts[:i])!r}")
+        if member.ischr() or member.isblk():
+            raise UnsafeArchive(f"member {name!r} is a device node")
+        if member.issym():
+            target = member.linkname
+            if target.startswith("/"):
+                raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target!r}, outside the volume")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the volume")
+            self._symlinks.add(rel)
+        elif member.islnk():
+            target = member.linkname
+            link_rel = _relname(target)
+            if target.startswith("/") or ".." in link_rel.split("/"):
+                raise UnsafeArchive(f"hard link {name!r} -> {target!r} points outside the volume")
+
+
+class ProgressLog:
+    """Calls back at most every `interval` seconds with bytes so far and the rate; raises
+    BackupAborted as soon as `cancel` is set."""
+
+    def __init__(self, report: Callable[[int, float], None], interval: float,
+                 cancel: threading.Event | None = None, target: str = ""):
+        self._report = report
+        self._interval = interval
+        self._cancel = cancel
+        self._target = target
+        self._start = time.monotonic()
+        self._last = self._start
+
+    def __call__(self, done: int) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise BackupAborted(self._target, "read", "the sidecar is shutting down")
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            elapsed = now - self._start
+            self._report(done, done / elapsed if elapsed > 0 else 0.0)

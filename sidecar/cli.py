@@ -1,0 +1,219 @@
+"""Command line: maps each subcommand to its action. The only place that reads argv and
+the environment, prints for humans, and chooses the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+from . import __version__, logs
+from .actions.backup import run_backup
+from .actions.context import Context
+from .actions.daemon import Daemon
+from .actions.listing import run_list
+from .actions.plan import run_plan
+from .actions.recover import run_recovery
+from .actions.restore import run_restore
+from .engine import Engine
+from .errors import ConfigError, NotFound, SidecarError
+from .settings import Settings, load_settings
+from .storage import BackupStore
+
+logger = logging.getLogger("sidecar.cli")
+
+HEALTHY_HEARTBEAT_SECONDS = 60.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-sidecar",
+        description="Back up the volumes of labelled Docker containers on their own schedules.",
+    )
+    parser.add_argument("--version", action="version", version=f"backup-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the daemon: follow labelled containers and back them up on schedule",
+                   description="Run the daemon (the image's default command). SIGTERM stops it cleanly.")
+
+    p = sub.add_parser("backup", help="back up targets now", description=(
+        "Back up now, through the same code path as the scheduler. NAME is a target's backup "
+        "name, its container's name or ID."))
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every target")
+
+    p = sub.add_parser("list", help="archives on the backup volume", description=(
+        "List archives with their date, size and checksum state."))
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true", help="recompute every checksum (reads every archive)")
+
+    p = sub.add_parser("plan", help="targets, schedules and next runs; skipped containers and why")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("restore", help="restore a volume from an archive", description=(
+        "Verify the archive's checksum and members, stop the container if it runs, replace the "
+        "volume's contents with the archive's, start the container again."))
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--volume", required=True, metavar="V",
+                   help="volume name, its short name in archive names, or its mount destination")
+    p.add_argument("--archive", default="latest", metavar="FILE|latest",
+                   help="archive file (path or name under BACKUP_DIR), default: the newest")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+
+    p = sub.add_parser("healthcheck", help="exit 0 when the daemon's loop is alive (for HEALTHCHECK)")
+    p.add_argument("--max-age", type=float, default=HEALTHY_HEARTBEAT_SECONDS, metavar="SECONDS")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"backup-sidecar {__version__}")
+        return 0
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as err:
+        print(f"backup-sidecar: invalid settings: {err}", file=sys.stderr)
+        return err.exit_code
+    logs.configure(settings.log_format, settings.log_level)
+    if args.command == "healthcheck":
+        return _healthcheck(settings, args.max_age)
+    try:
+        ctx = Context.create(settings, Engine(settings.docker_host))
+        return COMMANDS[args.command](ctx, args)
+    except NotFound as err:
+        print(f"backup-sidecar: {err}", file=sys.stderr)
+        return err.exit_code
+    except SidecarError as err:
+        print(f"backup-sidecar: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _on_termination(handler) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: handler())
+
+
+def cmd_run(ctx: Context, args) -> int:
+    daemon = Daemon(ctx)
+    _on_termination(daemon.request_stop)
+    daemon.run()
+    return 0
+
+
+def cmd_backup(ctx: Context, args) -> int:
+    if not args.names and not args.all:
+        raise ConfigError("name the targets to back up, or use --all")
+    # SIGTERM aborts the backup in progress; its containers are put back on the way out.
+    _on_termination(ctx.cancel.set)
+    run_recovery(ctx)
+    discovery = ctx.discover()
+    targets = list(discovery.targets) if args.all else []
+    for name in args.names:
+        target = discovery.find(name)
+        if target is None:
+            skipped = discovery.find_skipped(name)
+            if skipped is not None:
+                raise ConfigError(skipped.reason)
+            raise NotFound(f"no target named {name!r}: not a labelled container's backup name, container name "
+                           f"or ID (see `backup-sidecar plan`)")
+        if target not in targets:
+            targets.append(target)
+    for skipped in discovery.skipped if args.all else ():
+        print(f"skipped {skipped.container.name}: {skipped.reason}", file=sys.stderr)
+    failed = 0
+    for target in targets:
+        outcome = run_backup(ctx, target)
+        if outcome.ok:
+            for archive in outcome.archives:
+                print(f"{target.name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+        else:
+            failed += 1
+            print(f"{target.name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+    if args.all and not targets:
+        print("no targets found (label containers with backup.enable=true)", file=sys.stderr)
+    return 1 if failed or (args.all and discovery.skipped) else 0
+
+
+def cmd_list(ctx: Context, args) -> int:
+    rows = run_list(ctx, args.name, verify=args.verify)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no archives in {ctx.store.root}")
+        return 0
+    _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "PATH"],
+           [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.path] for r in rows])
+    return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
+
+
+def cmd_plan(ctx: Context, args) -> int:
+    rows, skipped = run_plan(ctx)
+    if args.json:
+        print(json.dumps({
+            "targets": [{**dataclasses.asdict(r), "next_run": r.next_run.isoformat()} for r in rows],
+            "skipped": [dataclasses.asdict(s) for s in skipped],
+        }, indent=2))
+        return 0
+    if rows:
+        _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES"],
+               [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
+                 ",".join(r.volumes)] for r in rows])
+    else:
+        print("no targets (label containers with backup.enable=true)")
+    for s in skipped:
+        print(f"SKIPPED {s.container}: {s.reason}")
+    return 0
+
+
+def cmd_restore(ctx: Context, args) -> int:
+    _on_termination(ctx.cancel.set)
+    run_recovery(ctx)
+    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force)
+    print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
+          f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
+    return 0
+
+
+def _healthcheck(settings: Settings, max_age: float) -> int:
+    age = BackupStore(settings.backup_dir).heartbeat_age()
+    if age is None or age > max_age:
+        print(f"unhealthy: the daemon's last heartbeat is {'missing' if age is None else f'{age:.0f} s old'}",
+              file=sys.stderr)
+        return 1
+    print(f"healthy: heartbeat {age:.0f} s ago")
+    return 0
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "backup": cmd_backup,
+    "list": cmd_list,
+    "plan": cmd_plan,
+    "restore": cmd_restore,
+}

@@ -1,0 +1,63 @@
+"""Labelled containers -> targets and skipped containers. Pure: the caller supplies the
+containers as the engine listed them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import LabelError
+from .labels import is_candidate, parse_target
+from .model import ContainerInfo, Skipped, Target
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Discovery:
+    targets: tuple[Target, ...]
+    skipped: tuple[Skipped, ...]
+
+    def find(self, ref: str) -> Target | None:
+        """A target by its {service} name, container name, full ID or ID prefix."""
+        for target in self.targets:
+            if ref in (target.name, target.container.name):
+                return target
+        if len(ref) >= 4:
+            matches = [t for t in self.targets if t.container.id.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def find_skipped(self, ref: str) -> Skipped | None:
+        for skipped in self.skipped:
+            c = skipped.container
+            if ref == c.name or (len(ref) >= 4 and c.id.startswith(ref)):
+                return skipped
+        return None
+
+
+def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule) -> Discovery:
+    """Validate every candidate; a bad one is skipped with its reason, the rest go on.
+    Two containers asking for the same backup name would write over each other's
+    archive names, so the second (by container name) is skipped."""
+    targets: list[Target] = []
+    skipped: list[Skipped] = []
+    by_name: dict[str, Target] = {}
+    for container in sorted(containers, key=lambda c: (c.name, c.id)):
+        if not is_candidate(container.labels):
+            continue
+        try:
+            target = parse_target(container, default_schedule)
+        except LabelError as exc:
+            skipped.append(Skipped(container, str(exc)))
+            continue
+        other = by_name.get(target.name)
+        if other is not None:
+            skipped.append(Skipped(container, (
+                f"container {container.name!r}: backup name {target.name!r} is already used by container "
+                f"{other.container.name!r}; set label backup.name to a name of its own"
+            )))
+            continue
+        by_name[target.name] = target
+        targets.append(target)
+    return Discovery(tuple(targets), tuple(skipped))

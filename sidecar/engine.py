@@ -1,0 +1,259 @@
+"""The Docker engine, seen through the few calls the sidecar needs.
+
+A thin layer over docker-py's low-level API that returns the typed values of model.py
+and raises only EngineError (with the engine's explanation kept). Nothing here knows
+about labels, schedules or archives.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import docker
+import docker.errors
+
+from .errors import ContainerNotFound, EngineError
+from .model import ContainerInfo, ContainerState, Mount
+from .streams import IterReader
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+_NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
+
+
+@contextmanager
+def _engine_call(what: str, container: str | None = None):
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise ContainerNotFound(f"{what}: {container or ''} not found ({_explain(exc)})") from exc
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"{what}{' ' + container if container else ''}: {_explain(exc)}") from exc
+    except OSError as exc:  # socket gone, engine restarting
+        raise EngineError(f"{what}: cannot reach the Docker engine ({exc})") from exc
+
+
+def _explain(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    return str(explanation or exc).strip()
+
+
+class Engine:
+    def __init__(self, base_url: str | None = None, timeout: int = 120):
+        with _engine_call("connect to the Docker engine"):
+            if base_url:
+                self.client = docker.DockerClient(base_url=base_url, timeout=timeout)
+            else:
+                self.client = docker.from_env(timeout=timeout)
+        self.api = self.client.api
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ping(self) -> bool:
+        with _engine_call("ping the Docker engine"):
+            return bool(self.api.ping())
+
+    # --- containers -------------------------------------------------------------
+    def list_candidates(self, label: str) -> list[ContainerInfo]:
+        """Every container (running or not) that carries `label`, whatever its value."""
+        with _engine_call("list containers"):
+            rows = self.api.containers(all=True, filters={"label": label})
+        return [_from_list_row(row) for row in rows]
+
+    def inspect(self, ref: str) -> ContainerInfo:
+        with _engine_call("inspect container", ref):
+            return _from_inspect(self.api.inspect_container(ref))
+
+    def find_container(self, ref: str) -> ContainerInfo | None:
+        try:
+            return self.inspect(ref)
+        except ContainerNotFound:
+            return None
+
+    def state(self, container_id: str) -> ContainerState:
+        return self.inspect(container_id).state
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        with _engine_call("stop container", container_id):
+            self.api.stop(container_id, timeout=timeout)
+
+    def start(self, container_id: str) -> None:
+        with _engine_call("start container", container_id):
+            self.api.start(container_id)
+
+    def pause(self, container_id: str) -> None:
+        with _engine_call("pause container", container_id):
+            self.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        with _engine_call("unpause container", container_id):
+            self.api.unpause(container_id)
+
+    def exec(self, container_id: str, command: str) -> tuple[int, str]:
+        """Run `command` in a running container: through `sh -c` when the image has a
+        shell, else split like a shell would and run directly. Returns (exit code, output)."""
+        code, output = self._exec(container_id, ["sh", "-c", command])
+        if code in (126, 127) and _NO_SHELL.search(output) and "sh" in output:
+            logger.info("no shell in the container, running the command directly",
+                        extra={"container": container_id[:12]})
+            code, output = self._exec(container_id, shlex.split(command))
+        return code, output
+
+    def _exec(self, container_id: str, argv: list[str]) -> tuple[int, str]:
+        with _engine_call("exec in container", container_id):
+            exec_id = self.api.exec_create(container_id, argv, stdout=True, stderr=True)["Id"]
+            try:
+                output = self.api.exec_start(exec_id)
+            except docker.errors.APIError as exc:
+                message = _explain(exc)
+                if _NO_SHELL.search(message):
+                    return 127, message
+                raise
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+        text = (output or b"").decode("utf-8", "replace")
+        return (code if code is not None else -1), text
+
+    # --- data ---------------------------------------------------------------------
+    def read_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        """A tar stream of the contents of `path` in the container, members named
+        './...' relative to it. Works on running, paused and stopped containers."""
+        with _engine_call("read", container_id):
+            stream, _stat = self.api.get_archive(container_id, path.rstrip("/") + "/.", chunk_size=CHUNK_SIZE)
+        return _guarded(stream, f"read {path} from", container_id)
+
+    def path_is_empty(self, container_id: str, path: str) -> bool:
+        """True when `path` holds nothing but itself; reads only the first members."""
+        import tarfile
+
+        stream = self.read_path(container_id, path)
+        try:
+            with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
+                for member in tar:
+                    if member.name not in (".", "./"):
+                        return False
+            return True
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()
+
+    def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
+        with _engine_call("write archive into", container_id):
+            ok = self.api.put_archive(container_id, path, data)
+        if not ok:
+            raise EngineError(f"write archive into {container_id[:12]}:{path}: the engine refused it")
+
+    def run_helper(self, image: str, volumes_from: str, command: list[str]) -> tuple[int, str]:
+        """Run a short-lived root container sharing `volumes_from`'s mounts; returns (exit code, logs)."""
+        with _engine_call("run helper container from image", image):
+            host_config = self.api.create_host_config(volumes_from=[volumes_from], network_mode="none")
+            created = self.api.create_container(
+                image, entrypoint=command[:1], command=command[1:], user="0",
+                host_config=host_config, labels={"backup-sidecar.helper": "true"},
+            )
+            helper_id = created["Id"]
+            try:
+                self.api.start(helper_id)
+                result = self.api.wait(helper_id)
+                logs = self.api.logs(helper_id, stdout=True, stderr=True).decode("utf-8", "replace")
+                return int(result.get("StatusCode", -1)), logs
+            finally:
+                try:
+                    self.api.remove_container(helper_id, force=True)
+                except docker.errors.DockerException as exc:
+                    logger.warning("could not remove helper container", extra={"container": helper_id[:12],
+                                                                             "error": _explain(exc)})
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self.api.inspect_image(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"inspect image {image}: {_explain(exc)}") from exc
+
+    def own_container(self) -> ContainerInfo | None:
+        """The container this process runs in, if any (found through mountinfo or hostname)."""
+        candidates: list[str] = []
+        try:
+            text = Path("/proc/self/mountinfo").read_text()
+            candidates += re.findall(r"/containers/([0-9a-f]{64})/", text)
+        except OSError:
+            pass
+        try:
+            candidates.append(Path("/etc/hostname").read_text().strip())
+        except OSError:
+            pass
+        for ref in candidates:
+            if ref and re.fullmatch(r"[0-9a-f]{12,64}", ref):
+                found = self.find_container(ref)
+                if found:
+                    return found
+        return None
+
+    # --- events -------------------------------------------------------------------
+    def events(self, since: float | None = None):
+        """A closable iterator of decoded container events."""
+        with _engine_call("follow events"):
+            return self.api.events(since=since, decode=True, filters={"type": "container"})
+
+
+def _guarded(stream: Iterable[bytes], what: str, container_id: str) -> Iterator[bytes]:
+    try:
+        yield from stream
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"{what} {container_id[:12]}: {_explain(exc)}") from exc
+    except OSError as exc:
+        raise EngineError(f"{what} {container_id[:12]}: stream broke ({exc})") from exc
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+
+
+def _mounts(raw: list[dict[str, Any]] | None) -> tuple[Mount, ...]:
+    mounts = []
+    for m in raw or []:
+        kind = m.get("Type", "")
+        if kind == "volume":
+            mounts.append(Mount("volume", m.get("Name", ""), m.get("Destination", "")))
+        elif kind == "bind":
+            mounts.append(Mount("bind", m.get("Source", ""), m.get("Destination", "")))
+    return tuple(mounts)
+
+
+def _from_list_row(row: dict[str, Any]) -> ContainerInfo:
+    names = row.get("Names") or [row["Id"][:12]]
+    return ContainerInfo(
+        id=row["Id"],
+        name=names[0].lstrip("/"),
+        image=row.get("Image", ""),
+        image_id=row.get("ImageID", ""),
+        state=ContainerState.parse(row.get("State", "")),
+        labels=dict(row.get("Labels") or {}),
+        mounts=_mounts(row.get("Mounts")),
+    )
+
+
+def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
+    config = data.get("Config") or {}
+    state = data.get("State") or {}
+    return ContainerInfo(
+        id=data["Id"],
+        name=data.get("Name", "").lstrip("/") or data["Id"][:12],
+        image=config.get("Image", ""),
+        image_id=data.get("Image", ""),
+        state=ContainerState.parse(state.get("Status", "")),
+        labels=dict(config.get("Labels") or {}),
+        mounts=_mounts(data.get("Mounts")),
+    )

@@ -1,0 +1,84 @@
+"""The project's one error hierarchy.
+
+Every error the sidecar raises on purpose derives from SidecarError, so the CLI can
+print one line and exit non-zero without a traceback, and the daemon can tell an
+expected failure (a bad label, a failing pre-command) from a bug.
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """Base of every error the sidecar raises deliberately."""
+
+    exit_code = 1
+
+
+class ConfigError(SidecarError):
+    """A setting or label has a value the sidecar cannot use."""
+
+    exit_code = 64  # EX_USAGE
+
+
+class SettingsError(ConfigError):
+    """One or more environment settings are invalid; all problems are listed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class LabelError(ConfigError):
+    """A container's backup.* labels are invalid; names the container and each label."""
+
+    def __init__(self, container: str, problems: list[str]):
+        self.container = container
+        self.problems = list(problems)
+        super().__init__(f"container {container!r}: " + "; ".join(self.problems))
+
+
+class EngineError(SidecarError):
+    """The Docker engine refused or failed a request; keeps the engine's explanation."""
+
+
+class ContainerNotFound(EngineError):
+    pass
+
+
+class BackupError(SidecarError):
+    """A backup of one target failed in a named phase (pre, stop, read, write, post...)."""
+
+    def __init__(self, target: str, phase: str, message: str):
+        self.target = target
+        self.phase = phase
+        super().__init__(f"{target}: {phase} failed: {message}")
+
+
+class BackupAborted(BackupError):
+    """The sidecar is shutting down and a backup in progress was abandoned."""
+
+
+class BackupBusy(SidecarError):
+    """A backup of this target is already running (in this or another sidecar process)."""
+
+
+class ArchiveError(SidecarError):
+    """An archive is missing, damaged or unsafe."""
+
+
+class ChecksumMismatch(ArchiveError):
+    pass
+
+
+class UnsafeArchive(ArchiveError):
+    """An archive member would land outside the restore target."""
+
+
+class RestoreError(SidecarError):
+    pass
+
+
+class NotFound(SidecarError):
+    """A target, archive or volume named on the command line does not exist."""
+
+    exit_code = 2

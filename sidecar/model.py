@@ -1,0 +1,121 @@
+"""Typed values passed between the layers: containers as the engine reports them,
+targets as the labels configure them, and the volumes picked for a backup."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Mapping
+
+from .schedule import Schedule
+
+
+class Strategy(enum.Enum):
+    STOP = "stop"
+    PAUSE = "pause"
+    HOT = "hot"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Compression(enum.Enum):
+    ZSTD = "zstd"
+    GZIP = "gzip"
+    NONE = "none"
+
+    @property
+    def extension(self) -> str:
+        return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.value]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ContainerState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    EXITED = "exited"
+    CREATED = "created"
+    DEAD = "dead"
+    REMOVING = "removing"
+
+    @classmethod
+    def parse(cls, value: str) -> "ContainerState":
+        try:
+            return cls(value.lower())
+        except ValueError:
+            return cls.EXITED
+
+
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # "volume" or "bind" (tmpfs and others are never backed up)
+    source: str  # volume name for kind=volume, host path for kind=bind
+    destination: str  # path inside the container
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    state: ContainerState
+    labels: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def compose_service(self) -> str | None:
+        return self.labels.get("com.docker.compose.service")
+
+    @property
+    def compose_project(self) -> str | None:
+        return self.labels.get("com.docker.compose.project")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What a container's backup.* labels ask for, validated."""
+
+    name: str
+    schedule: Schedule
+    strategy: Strategy
+    volumes: tuple[str, ...] | None  # None: every named volume
+    exclude: tuple[str, ...]
+    compression: Compression
+    exec_pre: str | None
+    exec_post: str | None
+    stop_timeout: int
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """One volume of a target, with the short readable name used in archive names."""
+
+    type_name: str
+    mount: Mount
+
+
+@dataclass(frozen=True)
+class Target:
+    container: ContainerInfo
+    config: TargetConfig
+    volumes: tuple[VolumeSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A labelled container that is not backed up, and why."""
+
+    container: ContainerInfo
+    reason: str

@@ -1,0 +1,203 @@
+"""The backup volume: where archives live, which exist, stale partial files, the
+journal of containers the sidecar interrupted, and per-target locks.
+
+Layout under BACKUP_DIR:
+    daily/ weekly/ monthly/ hourly/   archives and their .sha256 files
+    .sidecar/journal.json             containers stopped or paused by a backup in progress
+    .sidecar/locks/NAME.lock          held while NAME is being backed up (any process)
+    .sidecar/heartbeat                touched by the daemon's loop (healthcheck)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import BackupBusy, NotFound
+from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX, ArchiveName, parse_name
+from .schedule import Frequency
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".sidecar"
+
+
+@dataclass(frozen=True)
+class StoredArchive:
+    path: Path
+    name: ArchiveName
+    size: int
+
+    @property
+    def checksum_path(self) -> Path:
+        return self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
+
+    @property
+    def has_checksum(self) -> bool:
+        return self.checksum_path.exists()
+
+
+class BackupStore:
+    def __init__(self, root: Path, file_mode: int = 0o600):
+        self.root = root
+        self.file_mode = file_mode
+        self.state_dir = root / STATE_DIR
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in (self.state_dir, self.state_dir / "locks"):
+            path.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)
+
+    # --- archives ---------------------------------------------------------------
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def taken(self, relpath: str) -> bool:
+        """True when an archive, its partial or its checksum already uses this name."""
+        p = self.path(relpath)
+        return any(
+            Path(str(p) + suffix).exists() for suffix in ("", PARTIAL_SUFFIX, CHECKSUM_SUFFIX)
+        )
+
+    def archives(self, service: str | None = None) -> list[StoredArchive]:
+        """Finished archives (partials excluded), oldest first."""
+        found: list[StoredArchive] = []
+        for freq in Frequency:
+            folder = self.root / freq.value
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                name = parse_name(entry.name)
+                if name is None or not entry.is_file(follow_symlinks=False):
+                    continue
+                if service is not None and name.service != service:
+                    continue
+                found.append(StoredArchive(Path(entry.path), name, entry.stat().st_size))
+        found.sort(key=lambda a: (a.name.stamp, a.name.seq, a.name.service, a.name.type_name))
+        return found
+
+    def latest(self, service: str, type_name: str) -> StoredArchive | None:
+        matching = [a for a in self.archives(service) if a.name.type_name == type_name]
+        return matching[-1] if matching else None
+
+    def resolve(self, ref: str) -> Path:
+        """An archive named on the command line: a path, or a name relative to BACKUP_DIR."""
+        candidates = [Path(ref)]
+        if not Path(ref).is_absolute():
+            candidates.append(self.root / ref)
+            name = parse_name(Path(ref).name)
+            if name is not None:
+                candidates.append(self.root / name.relpath)
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise NotFound(f"archive {ref!r} not found (looked in {self.root})")
+
+    def clean_partials(self) -> list[Path]:
+        """Remove what a crash left half-written; returns what was removed."""
+        removed = []
+        for freq in Frequency:
+            folder = self.root / freq.value
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.name.endswith(PARTIAL_SUFFIX):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                    logger.warning("removed a partial archive left by an interrupted backup",
+                                   extra={"path": entry.path})
+        return removed
+
+    # --- locks ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def target_lock(self, name: str) -> Iterator[None]:
+        """Held while `name` is backed up or restored; a second holder, in this process
+        or another one on the same backup volume, gets BackupBusy at once."""
+        path = self.state_dir / "locks" / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackupBusy(f"{name}: a backup or restore of this target is already running") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def touch_heartbeat(self) -> None:
+        path = self.state_dir / "heartbeat"
+        path.write_text(f"{time.time():.0f}\n")
+
+    def heartbeat_age(self) -> float | None:
+        try:
+            return time.time() - (self.state_dir / "heartbeat").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    container_id: str
+    container_name: str
+    action: str  # "stopped" or "paused"
+    target: str
+    since: float
+
+
+class Journal:
+    """Containers the sidecar stopped or paused and has not yet put back. Written before
+    the stop or pause, cleared after the start or unpause, so a sidecar killed in between
+    finds on its next start exactly what to put back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def entries(self) -> list[JournalEntry]:
+        with self._lock:
+            return self._read()
+
+    def add(self, entry: JournalEntry) -> None:
+        with self._lock:
+            items = [e for e in self._read() if e.container_id != entry.container_id]
+            items.append(entry)
+            self._write(items)
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            items = self._read()
+            kept = [e for e in items if e.container_id != container_id]
+            if len(kept) != len(items):
+                self._write(kept)
+
+    def _read(self) -> list[JournalEntry]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            logger.error("journal unreadable; ignoring it", extra={"path": str(self.path), "error": str(exc)})
+            return []
+        return [JournalEntry(**item) for item in raw.get("interrupted", [])]
+
+    def _write(self, items: list[JournalEntry]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"interrupted": [e.__dict__ for e in items]}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
