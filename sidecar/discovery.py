@@ -36,15 +36,19 @@ class Discovery:
         return None
 
 
-def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule) -> Discovery:
+def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
+             project: str | None = None) -> Discovery:
     """Validate every candidate; a bad one is skipped with its reason, the rest go on.
     Two containers asking for the same backup name would write over each other's
-    archive names, so the second (by container name) is skipped."""
+    archive names, so the second (by container name) is skipped. With `project`, only
+    containers of that compose project are considered (one sidecar per stack)."""
     targets: list[Target] = []
     skipped: list[Skipped] = []
     by_name: dict[str, Target] = {}
     for container in sorted(containers, key=lambda c: (c.name, c.id)):
         if not is_candidate(container.labels):
+            continue
+        if project is not None and container.compose_project != project:
             continue
         try:
             target = parse_target(container, default_schedule)

@@ -29,6 +29,7 @@ class Settings:
     log_level: str
     docker_host: str | None
     helper_image: str | None
+    project: str | None  # only containers of this compose project, when set
     shutdown_grace: float
     progress_interval: float
 
@@ -109,6 +110,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         log_level=log_level,
         docker_host=env.get("DOCKER_HOST") or None,
         helper_image=env.get("BACKUP_HELPER_IMAGE") or None,
+        project=(env.get("BACKUP_PROJECT") or "").strip() or None,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterable
 
 from ..discovery import Discovery, discover
 from ..engine import Engine
 from ..labels import ENABLE
+from ..model import ContainerInfo
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 
@@ -30,5 +32,8 @@ class Context:
     def now(self) -> datetime:
         return datetime.now(timezone.utc).astimezone(self.settings.tz)
 
-    def discover(self) -> Discovery:
-        return discover(self.engine.list_candidates(ENABLE), self.settings.default_schedule)
+    def discover(self, containers: Iterable[ContainerInfo] | None = None) -> Discovery:
+        """Targets and skipped containers, from `containers` or a fresh listing."""
+        if containers is None:
+            containers = self.engine.list_candidates(ENABLE)
+        return discover(containers, self.settings.default_schedule, self.settings.project)

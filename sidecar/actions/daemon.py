@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Callable
 
-from ..discovery import Discovery, discover
+from ..discovery import Discovery
 from ..errors import SidecarError
 from ..labels import ENABLE, is_candidate
 from ..model import ContainerInfo, Target
@@ -90,7 +90,7 @@ class Daemon:
 
     def _rebuild(self) -> None:
         with self._lock:
-            found = discover(self._containers.values(), self.ctx.settings.default_schedule)
+            found = self.ctx.discover(list(self._containers.values()))
             old = {t.name: t for t in self._discovery.targets}
             now = self.ctx.now()
             for target in found.targets:
