@@ -14,6 +14,8 @@
 #   TESTBED_PYTHON      interpreter for .venv       (default: first python3 >= 3.11)
 #   TESTBED_EXTRAS      extras installed in .venv   (default test)
 #   TESTBED_DOCKERD_TIMEOUT  seconds to wait for a started dockerd (default 60)
+#   TESTBED_DOCKERD_ARGS     extra dockerd arguments (e.g. -H/--data-root for a
+#                            private engine, together with a matching DOCKER_HOST)
 #   DOCKER              docker client               (default /usr/bin/docker, else `docker`)
 
 TESTBED_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,16 +92,27 @@ ensure_docker() {
         tb_log "docker engine ready (already running)"
         return 0
     fi
-    if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix:///var/run/docker.sock" ]; then
+    if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix:///var/run/docker.sock" ] \
+        && [ -z "${TESTBED_DOCKERD_ARGS:-}" ]; then
         tb_die "DOCKER_HOST=$DOCKER_HOST does not answer; start that engine, or unset DOCKER_HOST to let the testbed start a local one"
         return 1
     fi
     mkdir -p "$TESTBED_DIR"
     local log="$TESTBED_DIR/dockerd.log" dockerd_bin
     dockerd_bin="$(command -v dockerd || echo /usr/bin/dockerd)"
+    # A dockerd killed hard leaves its pid file; if that pid now belongs to
+    # another process, a new dockerd refuses to start.
+    local pidfile=/var/run/docker.pid oldpid
+    if [ -z "${TESTBED_DOCKERD_ARGS:-}" ] && [ -f "$pidfile" ]; then
+        oldpid="$(cat "$pidfile" 2>/dev/null || true)"
+        if [ -z "$oldpid" ] || [ "$(cat "/proc/$oldpid/comm" 2>/dev/null)" != "dockerd" ]; then
+            _tb_root rm -f "$pidfile"
+        fi
+    fi
     tb_log "starting dockerd (log: $log)"
     # setsid + nohup: the engine outlives this script and its terminal.
-    _tb_root setsid nohup "$dockerd_bin" >"$log" 2>&1 </dev/null &
+    # shellcheck disable=SC2086  # TESTBED_DOCKERD_ARGS is a list of words
+    _tb_root setsid nohup "$dockerd_bin" ${TESTBED_DOCKERD_ARGS:-} >"$log" 2>&1 </dev/null &
     local pid=$! deadline=$(( $(tb_now) + TESTBED_DOCKERD_TIMEOUT ))
     until tb_docker version >/dev/null 2>&1; do
         if [ "$(tb_now)" -ge "$deadline" ]; then
@@ -218,7 +231,7 @@ ensure_base_image() {
     (
         flock -w 900 9 || { tb_die "timed out waiting for the lock on $cache/lock"; exit 1; }
         if [ ! -s "$tarball" ]; then
-            ensure_apt_packages debootstrap || exit 1
+            ensure_apt_packages debootstrap debian-archive-keyring || exit 1
             mirror="$(_tb_debian_mirror)"
             rootfs="$cache/rootfs.tmp"
             rm -rf "$rootfs"
