@@ -15,7 +15,10 @@
 #   TESTBED_EXTRAS      extras installed in .venv   (default test)
 #   TESTBED_DOCKERD_TIMEOUT  seconds to wait for a started dockerd (default 60)
 #   TESTBED_DOCKERD_ARGS     extra dockerd arguments (e.g. -H/--data-root for a
-#                            private engine, together with a matching DOCKER_HOST)
+#                            private engine, together with a matching DOCKER_HOST).
+#                            Never add --bridge none there outside a network
+#                            namespace of its own: dockerd then deletes the host's
+#                            docker0 and the main engine's containers lose networking.
 #   DOCKER              docker client               (default /usr/bin/docker, else `docker`)
 
 TESTBED_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
