@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import hashlib
+import io
 import logging
 import os
 import posixpath
@@ -260,6 +261,7 @@ class ArchiveCheck:
     sha256: str
     members: int
     tar_bytes: int
+    root: tarfile.TarInfo | None  # the volume root's own entry (mode, owner, times)
 
 
 def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
@@ -271,6 +273,7 @@ def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
     compression = compression_for(path)
     checker = MemberChecker()
     count = 0
+    root = None
     with open(path, "rb") as f:
         hashing = _HashingReader(f)
         stream = _decompressed(hashing, compression)
@@ -280,6 +283,8 @@ def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
                 for member in tar:
                     checker.check(member)
                     count += 1
+                    if root is None and member.isdir() and _relname(member.name) == "":
+                        root = member
             counter.drain()
         except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
             raise ArchiveError(f"{path}: damaged archive ({exc})") from exc
@@ -289,7 +294,22 @@ def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
         raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}")
     if count == 0:
         raise ArchiveError(f"{path}: the archive holds no members")
-    return ArchiveCheck(path, actual, count, counter.count)
+    return ArchiveCheck(path, actual, count, counter.count, root)
+
+
+def root_entry_tar(name: str, root: tarfile.TarInfo) -> bytes:
+    """A one-entry tar that gives the folder `name` the owner, mode and times of an
+    archive's root entry. The engine skips a "." entry when unpacking, so the volume's
+    own metadata is applied by unpacking this into the mount's parent folder."""
+    entry = tarfile.TarInfo(name)
+    entry.type = tarfile.DIRTYPE
+    entry.mode, entry.uid, entry.gid, entry.mtime = root.mode, root.uid, root.gid, root.mtime
+    entry.uname, entry.gname = root.uname, root.gname
+    entry.pax_headers = {k: v for k, v in root.pax_headers.items() if k in ("mtime", "atime", "ctime")}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(entry)
+    return buf.getvalue()
 
 
 class _CountingReader:

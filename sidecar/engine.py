@@ -146,7 +146,7 @@ class Engine:
             if close:
                 close()
 
-    def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
+    def put_archive(self, container_id: str, path: str, data: bytes | Iterable[bytes]) -> None:
         with _engine_call("write archive into", container_id):
             ok = self.api.put_archive(container_id, path, data)
         if not ok:

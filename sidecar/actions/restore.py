@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import check_archive, iter_tar
+from ..archive import check_archive, iter_tar, root_entry_tar
 from ..errors import NotFound, RestoreError, SidecarError
 from ..labels import default_name, select_volumes
 from ..model import ContainerInfo, ContainerState, Mount
@@ -64,6 +64,9 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
             logger.info("restoring", extra={**fields, "phase": "restore"})
             try:
                 ctx.engine.put_archive(container.id, mount.destination, iter_tar(path))
+                if check.root is not None:
+                    parent, _, base = mount.destination.rstrip("/").rpartition("/")
+                    ctx.engine.put_archive(container.id, parent or "/", root_entry_tar(base, check.root))
             except SidecarError as err:
                 raise RestoreError(f"unpacking {path.name} into {container.name}:{mount.destination} failed: {err}") from err
         if stop is not None:

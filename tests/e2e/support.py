@@ -1,0 +1,280 @@
+"""Helpers for end-to-end tests against the real Docker engine: a Lab that records every
+container and volume it creates (removed in teardown, ignoring what is already gone),
+runs the sidecar's real CLI as a host process, and reads volumes back for comparison."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+import zstandard
+
+REPO = Path(__file__).resolve().parents[2]
+BUSYBOX = os.environ.get("SIDECAR_TEST_BUSYBOX", "backup-sidecar-test/busybox:latest")
+SIDECAR_IMAGE = os.environ.get("SIDECAR_TEST_IMAGE", "backup-sidecar:test")
+
+# Idles until SIGTERM, then exits at once (so `stop` takes milliseconds, not the timeout).
+IDLE = 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done'
+
+# One line per entry of the current folder: name|type|mode|uid|gid|mtime|links|content
+# (sha256 for files, target for symlinks). busybox stat does not follow symlinks.
+MANIFEST_SCRIPT = r"""
+cd "$1" || exit 1
+find . | while IFS= read -r f; do
+  t=$(stat -c '%F' "$f")
+  m=$(stat -c '%a|%u|%g|%Y|%h' "$f")
+  case "$t" in
+    regular*) c=$(sha256sum "$f" | cut -d' ' -f1) ;;
+    symbolic*) c=$(readlink "$f") ;;
+    *) c= ;;
+  esac
+  printf '%s|%s|%s|%s\n' "$f" "$t" "$m" "$c"
+done
+"""
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def parse_manifest(text: str) -> dict[str, tuple[str, ...]]:
+    rows = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, rest = line.split("|", 1)
+        rows[name] = tuple(rest.split("|"))
+    return rows
+
+
+def host_manifest(root: Path) -> dict[str, tuple[str, ...]]:
+    """The same manifest as MANIFEST_SCRIPT, computed on the host for an extracted tree."""
+    import hashlib
+
+    rows = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames] if dirpath == str(root) else [*dirnames, *filenames]:
+            path = Path(dirpath) / name if name else Path(dirpath)
+            rel = "." if path == root else "./" + str(path.relative_to(root))
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                kind, content = "symbolic link", os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                kind, content = "directory", ""
+            else:
+                kind = "regular empty file" if st.st_size == 0 else "regular file"
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            mode = oct(st.st_mode & 0o7777)[2:]
+            rows[rel] = (kind, mode, str(st.st_uid), str(st.st_gid), str(int(st.st_mtime)), str(st.st_nlink), content)
+    return rows
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Unpack a .tar.zst/.tar.gz/.tar on the host, keeping owners, modes, times and links."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(archive, "rb") as raw:
+        if archive.name.endswith(".tar.zst"):
+            stream = zstandard.ZstdDecompressor().stream_reader(raw)
+            mode = "r|"
+        elif archive.name.endswith(".tar.gz"):
+            stream, mode = raw, "r|gz"
+        else:
+            stream, mode = raw, "r|"
+        # Python's tarfile leaves symlink times at "now"; GNU tar sets them. Do what GNU tar
+        # does, and set folder times last (extracting into a folder touches it).
+        timed = []
+        with tarfile.open(fileobj=stream, mode=mode) as tar:
+            for member in tar:
+                tar.extract(member, dest, numeric_owner=True, filter="fully_trusted")
+                if member.issym() or member.isdir():
+                    timed.append(member)
+        for member in reversed(timed):
+            os.utime(dest / member.name, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+class StateWatcher:
+    """Polls a container's state in a thread and records every state seen, in order."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, interval: float = 0.02):
+        self.api = client.api
+        self.container_id = container_id
+        self.interval = interval
+        self.states: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = self.api.inspect_container(self.container_id)["State"]["Status"]
+            except docker.errors.DockerException:
+                status = "error"
+            if not self.states or self.states[-1] != status:
+                self.states.append(status)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "StateWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class Lab:
+    def __init__(self, client: docker.DockerClient, tmp_path: Path):
+        self.client = client
+        self.project = "bst" + uuid.uuid4().hex[:10]
+        self.tmp = tmp_path
+        self.backup_dir = tmp_path / "backups"
+        self.backup_dir.mkdir()
+        self._containers: list[str] = []
+        self._volumes: list[str] = []
+        self._processes: list[subprocess.Popen] = []
+
+    # --- docker resources -----------------------------------------------------------
+    def volume(self, name: str) -> str:
+        full = f"{self.project}_{name}"
+        self._volumes.append(full)
+        self.client.volumes.create(full, labels={"com.docker.compose.project": self.project,
+                                                 "com.docker.compose.volume": name})
+        return full
+
+    def populate(self, volume: str, script: str) -> None:
+        """Fill a volume with a one-shot busybox container running `script` in /data."""
+        self.run_oneshot(script, {volume: "/data"})
+
+    def run_oneshot(self, script: str, volumes: dict[str, str], image: str = BUSYBOX) -> str:
+        out = self.client.containers.run(
+            image, ["sh", "-c", "set -e; cd /data 2>/dev/null || true; " + script],
+            volumes={v: {"bind": d, "mode": "rw"} for v, d in volumes.items()},
+            remove=True, stdout=True, stderr=True, network_mode="none",
+        )
+        return out.decode("utf-8", "surrogateescape")
+
+    def manifest(self, volume: str) -> dict[str, tuple[str, ...]]:
+        out = self.client.containers.run(
+            BUSYBOX, ["sh", "-c", MANIFEST_SCRIPT, "sh", "/data"],
+            volumes={volume: {"bind": "/data", "mode": "ro"}}, remove=True, network_mode="none",
+        )
+        return parse_manifest(out.decode("utf-8", "surrogateescape"))
+
+    def workload(self, service: str, labels: dict[str, str] | None = None,
+                 volumes: dict[str, str] | None = None, start: bool = True, image: str = BUSYBOX,
+                 compose: bool = True):
+        all_labels = dict(labels or {})
+        if compose:
+            all_labels.update({"com.docker.compose.project": self.project,
+                               "com.docker.compose.service": service})
+        kwargs = dict(
+            name=f"{self.project}-{service}", labels=all_labels, network_mode="none",
+            volumes={v: {"bind": d, "mode": "rw"} for v, d in (volumes or {}).items()},
+            command=["sh", "-c", IDLE],
+        )
+        container = self.client.containers.create(image, **kwargs)
+        self._containers.append(container.id)
+        if start:
+            container.start()
+        return container
+
+    def state(self, container) -> str:
+        return self.client.api.inspect_container(container.id)["State"]["Status"]
+
+    # --- the sidecar ------------------------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "BACKUP_DIR": str(self.backup_dir),
+            "BACKUP_PROJECT": self.project,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            "TZ": "UTC",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra)
+        return env
+
+    def cli(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sidecar", *args], cwd=REPO, env=self.env(**env),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start_cli(self, *args: str, log_name: str = "sidecar.log", **env: str) -> tuple[subprocess.Popen, Path]:
+        log = self.tmp / log_name
+        handle = open(log, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "sidecar", *args], cwd=REPO, env=self.env(**env),
+                                stdout=handle, stderr=subprocess.STDOUT)
+        handle.close()
+        self._processes.append(proc)
+        return proc, log
+
+    def archives(self, pattern: str = "*") -> list[Path]:
+        return sorted(p for p in self.backup_dir.glob(f"*/{pattern}")
+                      if p.name.endswith((".tar.zst", ".tar.gz", ".tar")))
+
+    # --- teardown -------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        for proc in self._processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for cid in reversed(self._containers):
+            try:
+                self.client.api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+        for vol in self._volumes:
+            try:
+                self.client.api.remove_volume(vol, force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def log_records(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def stderr_records(text: str) -> list[dict]:
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
