@@ -322,11 +322,19 @@ tb_build_sidecar() {
     local tag="$1"; shift
     local log="$TESTBED_DIR/build-${tag//[:\/]/_}.log"
     mkdir -p "$TESTBED_DIR"
+    local old new
+    old="$(tb_docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
     tb_docker_build_args
-    if ! tb_docker build "${TB_BUILD_ARGS[@]}" "$@" -t "$tag" "$TESTBED_REPO_ROOT" >"$log" 2>&1; then
+    if ! tb_docker build --rm --force-rm "${TB_BUILD_ARGS[@]}" "$@" -t "$tag" "$TESTBED_REPO_ROOT" >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         tb_log "building $tag failed (full log: $log)"
         return 1
+    fi
+    # The previous build of this tag is now untagged: drop it (a no-op when a
+    # container still uses it), so rebuilds don't pile up dangling images.
+    new="$(tb_docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
+    if [ -n "$old" ] && [ "$old" != "$new" ]; then
+        tb_docker rmi "$old" >/dev/null 2>&1 || true
     fi
 }
 
