@@ -1,0 +1,47 @@
+"""Builders shared by the unit tests: containers as the engine would report them."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from sidecar.model import ContainerInfo, ContainerState, Mount
+
+PROJECT = "proj"
+CONTAINER = "proj-app-1"
+
+
+def volume(name: str, destination: str) -> Mount:
+    return Mount("volume", name, destination)
+
+
+def bind(source: str, destination: str) -> Mount:
+    return Mount("bind", source, destination)
+
+
+DATA = volume(f"{PROJECT}_data", "/data")
+
+
+def container(
+    labels: Mapping[str, str] | None = None,
+    mounts: tuple[Mount, ...] = (DATA,),
+    name: str = CONTAINER,
+    id: str = "a" * 64,
+    service: str | None = "app",
+    project: str | None = PROJECT,
+) -> ContainerInfo:
+    """A container; `labels` are the backup.* labels (compose labels are added from
+    `service` and `project` unless those are None)."""
+    all_labels = {"backup.enable": "true"} if labels is None else dict(labels)
+    if service is not None:
+        all_labels.setdefault("com.docker.compose.service", service)
+    if project is not None:
+        all_labels.setdefault("com.docker.compose.project", project)
+    return ContainerInfo(
+        id=id,
+        name=name,
+        image="busybox:latest",
+        image_id="sha256:" + "b" * 64,
+        state=ContainerState.RUNNING,
+        labels=all_labels,
+        mounts=tuple(mounts),
+    )
