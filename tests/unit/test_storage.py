@@ -1,0 +1,337 @@
+"""storage.py: archives on the backup volume, the journal, per-target locks."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import BackupBusy, NotFound
+from sidecar.storage import BackupStore, Journal, JournalEntry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path) -> BackupStore:
+    s = BackupStore(tmp_path / "backups")
+    s.prepare()
+    return s
+
+
+def put(store: BackupStore, relpath: str, data: bytes = b"x") -> Path:
+    path = store.path(relpath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_prepare_creates_private_state_folders(tmp_path):
+    s = BackupStore(tmp_path / "new" / "backups")
+    s.prepare()
+    s.prepare()  # idempotent
+    for folder in (s.state_dir, s.state_dir / "locks"):
+        assert folder.is_dir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+# --- archives ------------------------------------------------------------------------
+
+ARCHIVES = [
+    "daily/app_data_2026-03-28_daily.tar.zst",
+    "daily/app_data_2026-03-29_daily.tar.zst",
+    "daily/app_data_2026-03-29T150000_daily.tar.zst",
+    "daily/app_data_2026-03-29T150000-2_daily.tar.zst",
+    "hourly/app_logs_2026-03-29T100000_hourly.tar.gz",
+    "weekly/my_app_data_2026-03-22_weekly.tar",
+    "monthly/app_data_2026-03-01_monthly.tar.zst",
+]
+NOT_ARCHIVES = [
+    "daily/app_data_2026-03-30_daily.tar.zst.partial",
+    "daily/app_data_2026-03-29_daily.tar.zst.sha256",
+    "daily/notes.txt",
+    "daily/app_data_2026-02-30_daily.tar.zst",
+    "app_data_2026-03-31_daily.tar.zst",  # not in a frequency folder
+    "yearly/app_data_2026-01-01_daily.tar.zst",
+    ".sidecar/app_data_2026-03-31_daily.tar.zst",
+]
+
+
+@pytest.fixture
+def filled(store) -> BackupStore:
+    for i, rel in enumerate(ARCHIVES + NOT_ARCHIVES):
+        put(store, rel, b"z" * (i + 1))
+    (store.root / "daily" / "app_data_2026-04-01_daily.tar.zst").mkdir()  # a folder, not an archive
+    os.symlink("/etc/hostname", store.root / "daily" / "app_data_2026-04-02_daily.tar.zst")
+    return store
+
+
+def test_archives_lists_only_finished_archives_sorted_by_time(filled):
+    found = filled.archives()
+    assert [str(a.path.relative_to(filled.root)) for a in found] == [
+        "monthly/app_data_2026-03-01_monthly.tar.zst",
+        "weekly/my_app_data_2026-03-22_weekly.tar",
+        "daily/app_data_2026-03-28_daily.tar.zst",
+        "daily/app_data_2026-03-29_daily.tar.zst",
+        "hourly/app_logs_2026-03-29T100000_hourly.tar.gz",
+        "daily/app_data_2026-03-29T150000_daily.tar.zst",
+        "daily/app_data_2026-03-29T150000-2_daily.tar.zst",
+    ]
+    by_rel = {str(a.path.relative_to(filled.root)): a for a in found}
+    for i, rel in enumerate(ARCHIVES):
+        assert by_rel[rel].size == i + 1
+        assert by_rel[rel].name.relpath == rel
+
+
+@pytest.mark.parametrize("service, expected", [
+    ("app", 6),
+    ("my_app", 1),
+    ("my", 0),
+    ("nobody", 0),
+])
+def test_archives_of_one_service(filled, service, expected):
+    found = filled.archives(service)
+    assert len(found) == expected
+    assert all(a.name.service == service for a in found)
+
+
+def test_archives_of_an_empty_store(store, tmp_path):
+    assert store.archives() == []
+    assert BackupStore(tmp_path / "does-not-exist").archives() == []
+
+
+@pytest.mark.parametrize("service, type_name, expected", [
+    ("app", "data", "daily/app_data_2026-03-29T150000-2_daily.tar.zst"),
+    ("app", "logs", "hourly/app_logs_2026-03-29T100000_hourly.tar.gz"),
+    ("my_app", "data", "weekly/my_app_data_2026-03-22_weekly.tar"),
+    ("app", "nope", None),
+    ("nobody", "data", None),
+])
+def test_latest(filled, service, type_name, expected):
+    latest = filled.latest(service, type_name)
+    assert (str(latest.path.relative_to(filled.root)) if latest else None) == expected
+
+
+def test_checksum_path(filled):
+    archive = filled.latest("app", "logs")
+    assert archive.checksum_path.name == "app_logs_2026-03-29T100000_hourly.tar.gz.sha256"
+    assert not archive.has_checksum
+    archive.checksum_path.write_text("x")
+    assert archive.has_checksum
+
+
+@pytest.mark.parametrize("existing, asked, expected", [
+    ("daily/a_b_2026-01-01_daily.tar", "daily/a_b_2026-01-01_daily.tar", True),
+    ("daily/a_b_2026-01-01_daily.tar.partial", "daily/a_b_2026-01-01_daily.tar", True),
+    ("daily/a_b_2026-01-01_daily.tar.sha256", "daily/a_b_2026-01-01_daily.tar", True),
+    ("daily/a_b_2026-01-01_daily.tar.gz", "daily/a_b_2026-01-01_daily.tar", False),
+    ("weekly/a_b_2026-01-01_daily.tar", "daily/a_b_2026-01-01_daily.tar", False),
+    ("daily/a_b_2026-01-01_daily.tar", "daily/a_b_2026-01-02_daily.tar", False),
+])
+def test_taken(store, existing, asked, expected):
+    put(store, existing)
+    assert store.taken(asked) is expected
+
+
+def test_clean_partials(filled):
+    partial = filled.root / "daily" / "app_data_2026-03-30_daily.tar.zst.partial"
+    more = [put(filled, "hourly/a_b_2026-01-01T000000_hourly.tar.partial"),
+            put(filled, "weekly/a_b_2026-01-01_weekly.tar.zst.sha256.partial")]
+    outside = put(filled, "elsewhere/a.partial")
+    before = {p for p in filled.root.rglob("*") if p.is_file()}
+    removed = filled.clean_partials()
+    assert sorted(removed) == sorted([partial, *more])
+    after = {p for p in filled.root.rglob("*") if p.is_file()}
+    assert after == before - set(removed)
+    assert outside.exists()
+    assert filled.clean_partials() == []
+
+
+@pytest.fixture
+def in_other_dir(tmp_path, monkeypatch):
+    """Relative references must not be found through the current directory by accident."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+
+@pytest.mark.parametrize("ref", [
+    "app_data_2026-03-29_daily.tar.zst",
+    "daily/app_data_2026-03-29_daily.tar.zst",
+    "{root}/daily/app_data_2026-03-29_daily.tar.zst",
+])
+def test_resolve(filled, in_other_dir, ref):
+    expected = filled.root / "daily" / "app_data_2026-03-29_daily.tar.zst"
+    assert filled.resolve(ref.format(root=filled.root)) == expected
+
+
+@pytest.mark.parametrize("ref", [
+    "app_data_2026-03-27_daily.tar.zst",
+    "daily/app_data_2026-03-27_daily.tar.zst",
+    "/nonexistent/app_data_2026-03-29_daily.tar.zst",
+    "daily",
+    "{root}/daily",
+    "",
+])
+def test_resolve_not_found(filled, in_other_dir, ref):
+    ref = ref.format(root=filled.root)
+    with pytest.raises(NotFound) as info:
+        filled.resolve(ref)
+    assert repr(ref) in str(info.value) and str(filled.root) in str(info.value)
+
+
+def test_resolve_an_archive_outside_the_store(filled, tmp_path, in_other_dir):
+    other = tmp_path / "copy.tar.zst"
+    other.write_bytes(b"x")
+    assert filled.resolve(str(other)) == other
+
+
+def test_heartbeat(store):
+    assert store.heartbeat_age() is None
+    store.touch_heartbeat()
+    age = store.heartbeat_age()
+    assert age is not None and 0 <= age < 60
+
+
+# --- journal -------------------------------------------------------------------------
+
+def entry(n: int, action: str = "stopped") -> JournalEntry:
+    return JournalEntry(f"id{n}", f"shop-s{n}-1", action, f"s{n}", 1_700_000_000.0 + n)
+
+
+def test_journal_starts_empty(tmp_path):
+    assert Journal(tmp_path / "state" / "journal.json").entries() == []
+
+
+def test_journal_add_remove_and_persistence(tmp_path):
+    path = tmp_path / "state" / "journal.json"
+    journal = Journal(path)
+    journal.add(entry(1))
+    journal.add(entry(2, "paused"))
+    assert Journal(path).entries() == [entry(1), entry(2, "paused")]
+
+    replaced = JournalEntry("id1", "shop-s1-1", "paused", "s1", 1_800_000_000.0)
+    journal.add(replaced)  # one entry per container: the newest wins
+    assert Journal(path).entries() == [entry(2, "paused"), replaced]
+
+    Journal(path).remove("id2")
+    assert journal.entries() == [replaced]
+    journal.remove("unknown")
+    assert journal.entries() == [replaced]
+    journal.remove("id1")
+    assert Journal(path).entries() == []
+    assert not path.with_name("journal.json.tmp").exists()
+
+
+def test_journal_file_is_private(tmp_path):
+    path = tmp_path / "journal.json"
+    old = os.umask(0)
+    try:
+        Journal(path).add(entry(1))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_remove_from_a_missing_journal_writes_nothing(tmp_path):
+    path = tmp_path / "journal.json"
+    Journal(path).remove("id1")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2"])
+def test_unreadable_journal_is_treated_as_empty(tmp_path, content):
+    path = tmp_path / "journal.json"
+    path.write_text(content)
+    journal = Journal(path)
+    assert journal.entries() == []
+    journal.add(entry(3))
+    assert Journal(path).entries() == [entry(3)]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (minor): storage.py Journal._read only catches OSError/ValueError; "
+                   "valid JSON of another shape raises AttributeError/TypeError out of entries(), add() and remove()")
+@pytest.mark.parametrize("content", [
+    "[]",
+    "null",
+    '{"interrupted": [{"container_id": "x"}]}',
+    '{"interrupted": [{"container_id": "x", "container_name": "n", "action": "stopped", "target": "t", '
+    '"since": 1, "added_later": 2}]}',
+], ids=["list", "null", "missing-fields", "extra-field"])
+def test_journal_of_another_shape_is_treated_as_unreadable(tmp_path, content):
+    path = tmp_path / "journal.json"
+    path.write_text(content)
+    assert Journal(path).entries() == []
+
+
+# --- target locks ----------------------------------------------------------------------
+
+def test_second_lock_in_the_same_process_is_busy(store):
+    with store.target_lock("db"):
+        with pytest.raises(BackupBusy, match="db: a backup or restore of this target is already running"):
+            with store.target_lock("db"):
+                pass
+        with store.target_lock("web"):  # other targets are independent
+            pass
+    with store.target_lock("db"):  # released after
+        pass
+
+
+def test_lock_is_released_when_the_body_fails(store):
+    with pytest.raises(RuntimeError):
+        with store.target_lock("db"):
+            raise RuntimeError("boom")
+    with store.target_lock("db"):
+        pass
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from sidecar.errors import BackupBusy
+    from sidecar.storage import BackupStore
+    store = BackupStore(Path(sys.argv[1]))
+    try:
+        with store.target_lock(sys.argv[2]):
+            print("locked", flush=True)
+            sys.stdin.readline()  # hold the lock until the parent says so
+    except BackupBusy:
+        print("busy", flush=True)
+""")
+
+
+def other_process(store: BackupStore, name: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(store.root), name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def test_lock_held_here_is_busy_in_another_process(store):
+    with store.target_lock("db"):
+        proc = other_process(store, "db")
+        out, _ = proc.communicate("\n", timeout=30)
+        assert out == "busy\n"
+    proc = other_process(store, "db")
+    out, _ = proc.communicate("\n", timeout=30)
+    assert out == "locked\n"
+
+
+def test_lock_held_by_another_process_is_busy_here(store):
+    proc = other_process(store, "db")
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        with pytest.raises(BackupBusy):
+            with store.target_lock("db"):
+                pass
+        with store.target_lock("web"):
+            pass
+    finally:
+        proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0
+    with store.target_lock("db"):  # free once the other process let go
+        pass
