@@ -114,11 +114,18 @@ class ArchiveWriter:
         else:
             out = None
         target = out if out is not None else self._hashing
-        if exclude:
-            filter_tar(counted, target, exclude)
-        else:
-            for chunk in counted:
-                target.write(chunk)
+        try:
+            if exclude:
+                filter_tar(counted, target, exclude)
+            else:
+                for chunk in counted:
+                    target.write(chunk)
+        finally:
+            # Release the source at once, also on failure: an engine stream left open
+            # keeps the container locked.
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
         if out is not None:
             out.close()
         return self.raw_bytes

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import docker
 import docker.errors
+import requests
 
 from .errors import ContainerNotFound, EngineError
 from .model import ContainerInfo, ContainerState, Mount
@@ -125,10 +126,17 @@ class Engine:
     # --- data ---------------------------------------------------------------------
     def read_path(self, container_id: str, path: str) -> Iterator[bytes]:
         """A tar stream of the contents of `path` in the container, members named
-        './...' relative to it. Works on running, paused and stopped containers."""
+        './...' relative to it. Works on running, paused and stopped containers.
+
+        Close the returned generator when stopping early: the engine holds the
+        container's lock while it streams, so an abandoned half-read response would block
+        every later call on that container (including starting it again)."""
         with _engine_call("read", container_id):
-            stream, _stat = self.api.get_archive(container_id, path.rstrip("/") + "/.", chunk_size=CHUNK_SIZE)
-        return _guarded(stream, f"read {path} from", container_id)
+            # docker-py's get_archive hides the response, which we must be able to close.
+            url = self.api._url("/containers/{0}/archive", container_id)
+            response = self.api._get(url, params={"path": path.rstrip("/") + "/."}, stream=True)
+            self.api._raise_for_status(response)
+        return _guarded(response, f"read {path} from", container_id)
 
     def path_is_empty(self, container_id: str, path: str) -> bool:
         """True when `path` holds nothing but itself; reads only the first members."""
@@ -142,9 +150,7 @@ class Engine:
                         return False
             return True
         finally:
-            close = getattr(stream, "close", None)
-            if close:
-                close()
+            stream.close()
 
     def put_archive(self, container_id: str, path: str, data: bytes | Iterable[bytes]) -> None:
         with _engine_call("write archive into", container_id):
@@ -208,17 +214,15 @@ class Engine:
             return self.api.events(since=since, decode=True, filters={"type": "container"})
 
 
-def _guarded(stream: Iterable[bytes], what: str, container_id: str) -> Iterator[bytes]:
+def _guarded(response, what: str, container_id: str) -> Iterator[bytes]:
     try:
-        yield from stream
+        yield from response.iter_content(CHUNK_SIZE)
     except docker.errors.DockerException as exc:
         raise EngineError(f"{what} {container_id[:12]}: {_explain(exc)}") from exc
-    except OSError as exc:
+    except (OSError, requests.RequestException) as exc:
         raise EngineError(f"{what} {container_id[:12]}: stream broke ({exc})") from exc
     finally:
-        close = getattr(stream, "close", None)
-        if close:
-            close()
+        response.close()
 
 
 def _mounts(raw: list[dict[str, Any]] | None) -> tuple[Mount, ...]:

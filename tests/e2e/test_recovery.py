@@ -1,0 +1,63 @@
+"""A sidecar killed while it has a container stopped or paused puts it back on its next start."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from .support import log_records, wait_for
+
+# gzip of random data is slow enough that the read lasts a few seconds: time to kill.
+SLOW_DATA = "dd if=/dev/urandom of=blob bs=1M count=150 2>/dev/null"
+
+
+@pytest.mark.parametrize("strategy, interrupted", [("stop", "exited"), ("pause", "paused")])
+def test_sigkill_mid_backup_is_repaired_on_next_start(lab, strategy, interrupted):
+    volume = lab.volume("data")
+    lab.populate(volume, SLOW_DATA)
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": strategy,
+                               "backup.compression": "gzip"}, {volume: "/data"})
+
+    proc, _log = lab.start_cli("backup", "app", log_name="killed.log")
+    wait_for(lambda: lab.state(app) == interrupted or proc.poll() is not None, timeout=60, interval=0.01,
+             what=f"the container to be {interrupted}")
+    assert proc.poll() is None, "the backup finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+    # Nobody put it back: the journal on the backup volume names it.
+    assert lab.state(app) == interrupted
+    journal = json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())
+    assert [e["container_id"] for e in journal["interrupted"]] == [app.id]
+    assert oct((lab.backup_dir / ".sidecar" / "journal.json").stat().st_mode & 0o777) == "0o600"
+    partials = list(lab.backup_dir.rglob("*.partial"))
+    assert partials and not lab.archives()  # half-written, nothing that looks finished
+
+    daemon, log = lab.start_cli("run", log_name="daemon.log")
+    wait_for(lambda: lab.state(app) == "running", timeout=60, what="the daemon to put the container back")
+    wait_for(lambda: any("put back" in r["message"] for r in log_records(log)), timeout=30,
+             what="the daemon to log the repair")
+    record = next(r for r in log_records(log) if "put back" in r["message"])
+    assert record["container"] == app.name and record["level"] == "WARNING"
+    assert not list(lab.backup_dir.rglob("*.partial"))
+    assert json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())["interrupted"] == []
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+
+
+def test_sigterm_aborts_a_backup_and_restarts_the_container(lab):
+    volume = lab.volume("data")
+    lab.populate(volume, SLOW_DATA)
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop",
+                               "backup.compression": "gzip"}, {volume: "/data"})
+    proc, log = lab.start_cli("backup", "app")
+    wait_for(lambda: lab.state(app) == "exited" or proc.poll() is not None, timeout=60, interval=0.01,
+             what="the container to be stopped")
+    assert proc.poll() is None, "the backup finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 1
+    assert lab.state(app) == "running"
+    assert not lab.archives() and not list(lab.backup_dir.rglob("*.partial"))
+    assert any(r["message"] == "backup failed" and "shutting down" in r["error"] for r in log_records(log))
