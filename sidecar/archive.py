@@ -294,8 +294,14 @@ def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
                         root = member
             counter.drain()
         except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
+            # Say "checksum mismatch" when the file is not the one that was written.
+            hashing.drain()
+            if expected is not None and hashing.sha.hexdigest() != expected:
+                raise ChecksumMismatch(f"{path}: SHA-256 is {hashing.sha.hexdigest()}, the checksum file says "
+                                       f"{expected}") from exc
             raise ArchiveError(f"{path}: damaged archive ({exc})") from exc
         hashing.drain()
+    checker.finish()
     actual = hashing.sha.hexdigest()
     if expected is not None and actual != expected:
         raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}")
@@ -350,11 +356,15 @@ def _relname(name: str) -> str:
 
 class MemberChecker:
     """Refuses members that would land outside the restore target: absolute paths,
-    '..' components, paths through a symlink of the archive, links pointing outside,
-    and device nodes."""
+    '..' components, paths through a symlink of the archive, symlinks and hard links
+    that resolve outside (following the archive's own symlinks, in any order), and
+    device nodes. Call `check` for each member, then `finish` once at the end."""
+
+    _MAX_HOPS = 40
 
     def __init__(self) -> None:
-        self._symlinks: set[str] = set()
+        self._symlinks: dict[str, str] = {}  # relative name -> target
+        self._hardlinks: dict[str, str] = {}
 
     def check(self, member: tarfile.TarInfo) -> None:
         name = member.name
@@ -370,18 +380,53 @@ class MemberChecker:
         if member.ischr() or member.isblk():
             raise UnsafeArchive(f"member {name!r} is a device node")
         if member.issym():
-            target = member.linkname
-            if target.startswith("/"):
-                raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target!r}, outside the volume")
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-            if resolved == ".." or resolved.startswith("../"):
-                raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the volume")
-            self._symlinks.add(rel)
+            self._symlinks[rel] = member.linkname
+            self._check_symlink(rel, member.linkname)
         elif member.islnk():
-            target = member.linkname
-            link_rel = _relname(target)
-            if target.startswith("/") or ".." in link_rel.split("/"):
-                raise UnsafeArchive(f"hard link {name!r} -> {target!r} points outside the volume")
+            self._hardlinks[rel] = member.linkname
+            self._check_hardlink(rel, member.linkname)
+
+    def finish(self) -> None:
+        """Check every link again against all of the archive's symlinks: a symlink
+        stored later can change where an earlier one leads."""
+        for rel, target in self._symlinks.items():
+            self._check_symlink(rel, target)
+        for rel, target in self._hardlinks.items():
+            self._check_hardlink(rel, target)
+
+    def _check_symlink(self, rel: str, target: str) -> None:
+        if target.startswith("/"):
+            raise UnsafeArchive(f"symlink {rel!r} points to the absolute path {target!r}, outside the volume")
+        parent = rel.split("/")[:-1]
+        if self._escapes(parent, target):
+            raise UnsafeArchive(f"symlink {rel!r} -> {target!r} points outside the volume")
+
+    def _check_hardlink(self, rel: str, target: str) -> None:
+        if target.startswith("/") or self._escapes([], _relname(target)):
+            raise UnsafeArchive(f"hard link {rel!r} -> {target!r} points outside the volume")
+
+    def _escapes(self, base: list[str], target: str) -> bool:
+        """Resolve `target` from the folder `base` as the kernel would, through the
+        archive's symlinks; True when it leaves the root (or loops)."""
+        parts = list(base)
+        pending = [p for p in target.split("/") if p not in ("", ".")]
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if not parts:
+                    return True
+                parts.pop()
+                continue
+            parts.append(part)
+            link = self._symlinks.get("/".join(parts))
+            if link is not None:
+                hops += 1
+                if hops > self._MAX_HOPS or link.startswith("/"):
+                    return True
+                parts.pop()
+                pending = [p for p in link.split("/") if p not in ("", ".")] + pending
+        return False
 
 
 class ProgressLog:

@@ -20,7 +20,10 @@ class Discovery:
     def find(self, ref: str) -> Target | None:
         """A target by its {service} name, container name, full ID or ID prefix."""
         for target in self.targets:
-            if ref in (target.name, target.container.name):
+            if ref == target.name:
+                return target
+        for target in self.targets:
+            if ref == target.container.name:
                 return target
         if len(ref) >= 4:
             matches = [t for t in self.targets if t.container.id.startswith(ref)]

@@ -106,7 +106,7 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
     stop_timeout = DEFAULT_STOP_TIMEOUT
     if STOP_TIMEOUT in labels:
         raw = labels[STOP_TIMEOUT].strip()
-        if raw.isdigit() and 0 <= int(raw) <= MAX_STOP_TIMEOUT:
+        if re.fullmatch(r"[0-9]{1,5}", raw) and int(raw) <= MAX_STOP_TIMEOUT:
             stop_timeout = int(raw)
         else:
             bad(STOP_TIMEOUT, labels[STOP_TIMEOUT], f"accepted: whole seconds from 0 to {MAX_STOP_TIMEOUT}")
@@ -212,7 +212,7 @@ def short_type_name(mount, project: str | None) -> str:
 
 
 def _matches(mount, entry: str, project: str | None) -> bool:
-    if entry in (mount.destination, mount.destination.rstrip("/")):
+    if entry.rstrip("/") == mount.destination.rstrip("/") and entry.startswith("/"):
         return True
     if mount.kind == "volume":
         return entry == mount.source or (project is not None and f"{project}_{entry}" == mount.source)

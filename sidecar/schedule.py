@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -34,6 +34,10 @@ class Frequency(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __lt__(self, other: "Frequency") -> bool:
+        order = list(Frequency)
+        return order.index(self) < order.index(other)
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -57,14 +61,35 @@ class Schedule:
         return self.min_interval < timedelta(days=1)
 
     def next_after(self, moment: datetime, tz: ZoneInfo) -> datetime:
-        """The first firing strictly after `moment`, as an aware datetime in `tz`."""
+        """The first firing strictly after `moment`, the schedule read in `tz`, in UTC.
+
+        UTC because Python compares two datetimes of the same zone by wall time, which
+        is wrong in the hour repeated when daylight saving time ends. In that hour a
+        schedule firing at most once every two hours fires once, not twice (as cron does).
+        """
         if moment.tzinfo is None:
             raise ValueError("next_after needs an aware datetime")
-        local = moment.astimezone(tz)
-        return croniter(self.expression, local).get_next(datetime)
+        after = moment.astimezone(timezone.utc)
+        it = croniter(self.expression, moment.astimezone(tz))
+        for _ in range(8):
+            local = it.get_next(datetime)
+            candidate = local.astimezone(timezone.utc)
+            if candidate <= after:
+                continue
+            if self.min_interval >= timedelta(hours=2) and _second_occurrence(local, tz):
+                continue
+            return candidate
+        raise ValueError(f"no next run found for {self.expression!r}")  # pragma: no cover
 
     def __str__(self) -> str:
         return self.expression
+
+
+def _second_occurrence(local: datetime, tz: ZoneInfo) -> bool:
+    """True for a wall time that happens twice (DST ending) at its second instant."""
+    naive = local.replace(tzinfo=None)
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    return first.utcoffset() != second.utcoffset() and local.utcoffset() == second.utcoffset()
 
 
 def parse_schedule(expression: str) -> Schedule:

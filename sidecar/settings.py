@@ -6,6 +6,7 @@ only the CLI passes the real one. Secrets may come from NAME_FILE (Docker secret
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -60,9 +61,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         value = read_value(env, name, problems)
         return default if value is None or value.strip() == "" else value.strip()
 
-    backup_dir = Path(get("BACKUP_DIR", "/backups"))
+    raw_dir = get("BACKUP_DIR", "/backups")
+    backup_dir = Path(raw_dir)
     if not backup_dir.is_absolute():
-        problems.append(f"BACKUP_DIR={str(backup_dir)!r} is invalid: expected an absolute path")
+        problems.append(f"BACKUP_DIR={raw_dir!r} is invalid: expected an absolute path")
 
     raw_schedule = get("BACKUP_DEFAULT_SCHEDULE", "@daily")
     default_schedule = parse_schedule("@daily")
@@ -75,7 +77,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     tz = ZoneInfo("UTC")
     try:
         tz = ZoneInfo(raw_tz.lstrip(":"))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: TZ names a folder of the zone database
         problems.append(f"TZ={raw_tz!r} is invalid: expected an IANA time zone such as UTC or Europe/Berlin")
 
     concurrency = _int(get("BACKUP_CONCURRENCY", "1"), "BACKUP_CONCURRENCY", 1, 64, problems)
@@ -88,12 +90,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     except ValueError:
         problems.append(f"BACKUP_FILE_MODE={raw_mode!r} is invalid: expected an octal mode such as 0600 or 0640")
 
-    log_format = get("LOG_FORMAT", "json").lower()
+    raw_format = get("LOG_FORMAT", "json")
+    log_format = raw_format.lower()
     if log_format not in LOG_FORMATS:
-        problems.append(f"LOG_FORMAT={log_format!r} is invalid: accepted: {', '.join(LOG_FORMATS)}")
-    log_level = get("LOG_LEVEL", "INFO").upper()
+        problems.append(f"LOG_FORMAT={raw_format!r} is invalid: accepted: {', '.join(LOG_FORMATS)}")
+    raw_level = get("LOG_LEVEL", "INFO")
+    log_level = raw_level.upper()
     if log_level not in LOG_LEVELS:
-        problems.append(f"LOG_LEVEL={log_level!r} is invalid: accepted: {', '.join(LOG_LEVELS)}")
+        problems.append(f"LOG_LEVEL={raw_level!r} is invalid: accepted: {', '.join(LOG_LEVELS)}")
 
     shutdown_grace = _float(get("BACKUP_SHUTDOWN_GRACE", "5"), "BACKUP_SHUTDOWN_GRACE", 0, 3600, problems)
     progress_interval = _float(get("BACKUP_PROGRESS_INTERVAL", "10"), "BACKUP_PROGRESS_INTERVAL", 0.1, 600, problems)
@@ -117,7 +121,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
 
 def _int(raw: str, name: str, low: int, high: int, problems: list[str]) -> int:
-    if raw.isdigit() and low <= int(raw) <= high:
+    if re.fullmatch(r"[0-9]{1,9}", raw) and low <= int(raw) <= high:
         return int(raw)
     problems.append(f"{name}={raw!r} is invalid: expected a whole number from {low} to {high}")
     return low

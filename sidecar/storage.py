@@ -185,12 +185,12 @@ class Journal:
     def _read(self) -> list[JournalEntry]:
         try:
             raw = json.loads(self.path.read_text())
+            return [JournalEntry(**item) for item in raw.get("interrupted", [])]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             logger.error("journal unreadable; ignoring it", extra={"path": str(self.path), "error": str(exc)})
             return []
-        return [JournalEntry(**item) for item in raw.get("interrupted", [])]
 
     def _write(self, items: list[JournalEntry]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

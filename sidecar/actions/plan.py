@@ -39,7 +39,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             strategy=str(t.config.strategy),
             schedule=t.config.schedule.expression,
             frequency=str(t.config.schedule.frequency),
-            next_run=t.config.schedule.next_after(now, ctx.settings.tz),
+            next_run=t.config.schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
             volumes=tuple(f"{v.type_name}={v.mount.destination}" for v in t.volumes),
             compression=str(t.config.compression),
         )

@@ -278,19 +278,14 @@ def big_file_offset(path: Path) -> int:
     return path.stat().st_size // 2
 
 
-BUG_DAMAGED = pytest.mark.xfail(strict=True, reason=(
-    "BUG: archive.py check_archive raises a generic ArchiveError('damaged archive') instead of ChecksumMismatch "
-    "when corruption breaks decompression or a tar header, although the .sha256 beside it does not match"))
-
-
 @pytest.mark.parametrize("compression, where", [
     (Compression.NONE, "file-data"),
     (Compression.NONE, "end-padding"),
     (Compression.ZSTD, "file-data"),
-    pytest.param(Compression.NONE, "first-header", marks=BUG_DAMAGED),
-    pytest.param(Compression.ZSTD, "frame-header", marks=BUG_DAMAGED),
-    pytest.param(Compression.GZIP, "file-data", marks=BUG_DAMAGED),
-    pytest.param(Compression.GZIP, "trailer", marks=BUG_DAMAGED),
+    (Compression.NONE, "first-header"),
+    (Compression.ZSTD, "frame-header"),
+    (Compression.GZIP, "file-data"),
+    (Compression.GZIP, "trailer"),
 ])
 def test_flipped_byte_is_a_checksum_mismatch(tmp_path, compression, where):
     path = tmp_path / f"a_b_2026-01-01_daily{compression.extension}"
@@ -458,10 +453,6 @@ def test_member_checker_refuses(entries, reason):
     assert repr(entries[-1].name) in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: archive.py MemberChecker resolves symlink targets lexically "
-                   "(posixpath.normpath) ignoring the archive's own symlinks: after 'lnk -> .', 'up -> lnk/..' "
-                   "is accepted though it points to the volume's parent; a hard link 'h -> up/secret' then "
-                   "links a file from outside the volume")
 @pytest.mark.parametrize("entries", [
     [sym("lnk", "."), sym("up", "lnk/..")],
     [sym("lnk", "."), sym("up", "lnk/../etc"), hard("h", "up/shadow")],
@@ -472,6 +463,18 @@ def test_member_checker_sees_through_archived_symlinks(entries):
     with pytest.raises(UnsafeArchive):
         for m in entries:
             checker.check(m)
+
+
+@pytest.mark.parametrize("entries", [
+    [sym("up", "lnk/.."), sym("lnk", ".")],
+    [hard("h", "lnk/../x"), sym("lnk", ".")],
+], ids=["symlink-stored-later", "hard-link-then-symlink"])
+def test_member_checker_finish_sees_links_stored_later(entries):
+    checker = MemberChecker()
+    for m in entries:
+        checker.check(m)
+    with pytest.raises(UnsafeArchive):
+        checker.finish()
 
 
 def test_member_checker_accepts_a_normal_tree():

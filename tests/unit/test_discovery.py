@@ -126,8 +126,6 @@ def test_project_limits_discovery(project, expected):
         assert [s.container.name for s in found.skipped] == ["shop-bad-1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: labels.py stop-timeout '²' raises ValueError (not LabelError), which "
-                   "discovery.py does not catch: one bad label stops discovery of every container")
 def test_one_crashing_label_does_not_stop_discovery():
     found = discover([c("shop-a-1", {"backup.enable": "true", "backup.stop-timeout": "²"}), c("shop-b-1")], DAILY)
     assert [t.name for t in found.targets] == ["b"]
@@ -178,9 +176,6 @@ def test_find_skipped(ref, expected):
     assert (found.container.name if found else None) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): discovery.py Discovery.find matches target names and container "
-                   "names in one pass in container-name order, so a container *named* like another target's "
-                   "backup name wins over that target")
 def test_find_prefers_the_target_name_over_a_container_name():
     found = discover([
         c("db", {"backup.enable": "true", "backup.name": "legacy"}, project=None, service=None),

@@ -212,8 +212,6 @@ def test_stop_timeout_bounds(value, seconds):
     assert parse(enabled(**{"backup.stop-timeout": value})).config.stop_timeout == seconds
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: labels.py parse_target checks stop-timeout with str.isdigit(), which is "
-                   "true for '²', then int('²') raises ValueError instead of a LabelError")
 def test_stop_timeout_superscript_digit_is_a_label_error():
     err = rejection(enabled(**{"backup.stop-timeout": "²"}))
     assert "backup.stop-timeout='²'" in str(err)
@@ -301,8 +299,6 @@ def test_bind_mounts_are_not_backed_up_by_default():
     assert [v.mount for v in target.volumes] == [DATA]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: labels.py _matches strips a trailing '/' from the mount destination "
-                   "(which never has one) instead of from the label entry, so backup.volumes=/data/ is rejected")
 def test_volume_destination_with_trailing_slash():
     target = parse(enabled(**{"backup.volumes": "/data/"}))
     assert [v.mount for v in target.volumes] == [DATA]

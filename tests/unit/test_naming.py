@@ -165,8 +165,6 @@ def test_parsed_names_sort_by_time():
     assert [n.filename for n in sorted(parse_name(f) for f in shuffled)] == names
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: naming.py ArchiveName is order=True with an Enum field: sorting two "
-                   "names equal up to the frequency (e.g. a daily and an hourly archive at 00:00:00) raises TypeError")
 def test_names_of_different_frequencies_sort():
     daily = parse_name("app_data_2026-03-29_daily.tar.zst")
     hourly = parse_name("app_data_2026-03-29T000000_hourly.tar.zst")

@@ -254,8 +254,6 @@ def test_unreadable_journal_is_treated_as_empty(tmp_path, content):
     assert Journal(path).entries() == [entry(3)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): storage.py Journal._read only catches OSError/ValueError; "
-                   "valid JSON of another shape raises AttributeError/TypeError out of entries(), add() and remove()")
 @pytest.mark.parametrize("content", [
     "[]",
     "null",
