@@ -197,6 +197,13 @@ class Lab:
             container.start()
         return container
 
+    def container(self, image: str, **kwargs):
+        """Create and start any container, removed in teardown."""
+        container = self.client.containers.create(image, **kwargs)
+        self._containers.append(container.id)
+        container.start()
+        return container
+
     def state(self, container) -> str:
         return self.client.api.inspect_container(container.id)["State"]["Status"]
 

@@ -83,3 +83,23 @@ def test_healthcheck_follows_the_daemon(lab):
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
     assert lab.cli("healthcheck", "--max-age", "0").returncode == 1
+
+
+def test_a_run_due_while_the_previous_runs_is_skipped_not_queued(lab):
+    vol = lab.volume("data")
+    lab.populate(vol, "dd if=/dev/urandom of=blob bs=1M count=100 2>/dev/null")
+    lab.workload("slow", {"backup.enable": "true", "backup.strategy": "hot", "backup.compression": "gzip",
+                          "backup.schedule": "* * * * * *"}, {vol: "/data"})
+    daemon, log = lab.start_cli("run", log_name="daemon.log", BACKUP_PROGRESS_INTERVAL="0.5")
+    wait_for(lambda: lab.archives("slow_*"), timeout=90, what="the first slow backup")
+    records = log_records(log)
+    skipped = [r for r in records if r["message"].startswith("backup skipped") and r.get("target") == "slow"]
+    assert skipped and skipped[0]["level"] == "WARNING"
+    # Progress is logged while a long backup runs, with bytes so far and the rate.
+    progress = [r for r in records if r["message"] == "backup in progress"]
+    assert progress and progress[0]["bytes"] > 0 and progress[0]["bytes_per_second"] > 0
+    started = [r for r in records if r["message"] == "backup started"]
+    finished = [r for r in records if r["message"] in ("backup finished", "backup failed")]
+    assert len(started) - len(finished) <= 1  # never two at once
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0

@@ -61,3 +61,18 @@ def test_sigterm_aborts_a_backup_and_restarts_the_container(lab):
     assert lab.state(app) == "running"
     assert not lab.archives() and not list(lab.backup_dir.rglob("*.partial"))
     assert any(r["message"] == "backup failed" and "shutting down" in r["error"] for r in log_records(log))
+
+
+def test_daemon_sigterm_mid_backup_puts_the_container_back_within_the_grace(lab):
+    volume = lab.volume("data")
+    lab.populate(volume, SLOW_DATA)
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop", "backup.compression": "gzip",
+                               "backup.schedule": "* * * * * */2"}, {volume: "/data"})
+    daemon, log = lab.start_cli("run", log_name="daemon.log", BACKUP_SHUTDOWN_GRACE="1")
+    wait_for(lambda: lab.state(app) == "exited", timeout=60, interval=0.01, what="a scheduled stop")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0  # compose's default grace period is 10 s
+    assert lab.state(app) == "running"
+    assert not list(lab.backup_dir.rglob("*.partial"))
+    messages = [r["message"] for r in log_records(log)]
+    assert "aborting backups still running; their containers are put back" in messages

@@ -1,0 +1,108 @@
+"""Restore on the real engine: checksum verified first, unsafe members refused before
+anything is written, non-empty volumes protected unless --force."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+
+import pytest
+import zstandard
+
+from .support import tar_bytes
+
+
+def _member(name: str, data: bytes | None = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    if kind == tarfile.DIRTYPE:
+        info.mode = 0o755
+    info.size = len(data) if data is not None and kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def _write_archive(lab, name: str, members: list[tuple]) -> str:
+    """A crafted archive with a valid checksum, so only the member check can refuse it."""
+    folder = lab.backup_dir / "daily"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_bytes(zstandard.ZstdCompressor().compress(tar_bytes(members)))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("members, reason", [
+    ([_member(".", kind=tarfile.DIRTYPE), _member("./ok.txt", b"ok"), _member("../escape.txt", b"pwned")], "'..'"),
+    ([_member("./ok.txt", b"ok"), _member("/escape.txt", b"pwned")], "absolute path"),
+    ([_member("./link", kind=tarfile.SYMTYPE, link="/"), _member("./link/escape.txt", b"pwned")], "absolute path"),
+    ([_member("./up", kind=tarfile.SYMTYPE, link=".."), _member("./up/escape.txt", b"pwned")], "outside the volume"),
+    ([_member("./lnk", kind=tarfile.SYMTYPE, link="."), _member("./out", kind=tarfile.SYMTYPE, link="lnk/.."),
+      _member("./out/escape.txt", b"pwned")], "outside the volume"),
+], ids=["dotdot", "absolute", "absolute-symlink", "symlink-up", "symlink-chain"])
+def test_crafted_archive_is_refused_and_nothing_is_written(lab, members, reason):
+    volume = lab.volume("data")
+    lab.populate(volume, "echo original > original.txt")
+    before = lab.manifest(volume)
+    app = lab.workload("app", {"backup.enable": "true"}, {volume: "/data"})
+    archive = _write_archive(lab, "app_data_2026-01-01_daily.tar.zst", members)
+
+    done = lab.cli("restore", "app", "--volume", "data", "--archive", archive, "--force")
+    assert done.returncode != 0
+    assert "refus" in done.stderr or reason in done.stderr, done.stderr
+    assert reason in done.stderr
+    # Nothing changed in the volume, nothing appeared beside it, the app still runs.
+    assert lab.manifest(volume) == before
+    outside = app.exec_run(["sh", "-c", "ls / /data/.. | grep -c escape || true"]).output.decode().strip()
+    assert outside == "0"
+    assert lab.state(app) == "running"
+
+
+def test_corrupted_archive_is_refused(lab):
+    volume = lab.volume("data")
+    lab.populate(volume, "echo v > v")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    assert lab.cli("backup", "app").returncode == 0
+    [archive] = lab.archives()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    lab.populate(volume, "rm v")
+    done = lab.cli("restore", "app", "--volume", "data")
+    assert done.returncode != 0 and "SHA-256" in done.stderr
+    assert set(lab.manifest(volume)) == {"."}
+
+
+def test_non_empty_volume_needs_force(lab):
+    volume = lab.volume("data")
+    lab.populate(volume, "echo one > a.txt")
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
+    assert lab.cli("backup", "app").returncode == 0
+    backed_up = lab.manifest(volume)
+    lab.populate(volume, "echo two > a.txt; echo junk > b.txt; mkdir .hidden; echo h > .hidden/h")
+
+    refused = lab.cli("restore", "app", "--volume", "data")
+    assert refused.returncode != 0 and "not empty" in refused.stderr and "--force" in refused.stderr
+    assert "./b.txt" in lab.manifest(volume)
+    assert lab.state(app) == "running"
+
+    forced = lab.cli("restore", app.name, "--volume", "/data", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert lab.manifest(volume) == backed_up
+    assert lab.state(app) == "running"
+
+
+def test_restore_by_archive_name_and_missing_archive(lab):
+    volume = lab.volume("data")
+    lab.populate(volume, "echo v > v")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    missing = lab.cli("restore", "app", "--volume", "data")
+    assert missing.returncode == 2 and "no archive" in missing.stderr
+    assert lab.cli("backup", "app").returncode == 0
+    [archive] = lab.archives()
+    lab.populate(volume, "rm v")
+    done = lab.cli("restore", "app", "--volume", "data", "--archive", archive.name)
+    assert done.returncode == 0, done.stderr
+    assert "./v" in lab.manifest(volume)
+    unknown = lab.cli("restore", "app", "--volume", "nope")
+    assert unknown.returncode == 2 and "no volume 'nope'" in unknown.stderr and "data (/data)" in unknown.stderr
