@@ -103,7 +103,8 @@ class BackupStore:
         raise NotFound(f"archive {ref!r} not found (looked in {self.root})")
 
     def clean_partials(self) -> list[Path]:
-        """Remove what a crash left half-written; returns what was removed."""
+        """Remove what a crash left half-written; returns what was removed. Partials of a
+        target whose lock is held (a backup in progress in another process) are kept."""
         removed = []
         for freq in Frequency:
             folder = self.root / freq.value
@@ -111,6 +112,9 @@ class BackupStore:
                 continue
             for entry in os.scandir(folder):
                 if entry.name.endswith(PARTIAL_SUFFIX):
+                    name = parse_name(entry.name[: -len(PARTIAL_SUFFIX)].removesuffix(CHECKSUM_SUFFIX))
+                    if name is not None and self.is_locked(name.service):
+                        continue
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
                     logger.warning("removed a partial archive left by an interrupted backup",
@@ -135,6 +139,13 @@ class BackupStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def is_locked(self, name: str) -> bool:
+        try:
+            with self.target_lock(name):
+                return False
+        except BackupBusy:
+            return True
 
     def touch_heartbeat(self) -> None:
         path = self.state_dir / "heartbeat"

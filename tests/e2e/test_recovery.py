@@ -76,3 +76,28 @@ def test_daemon_sigterm_mid_backup_puts_the_container_back_within_the_grace(lab)
     assert not list(lab.backup_dir.rglob("*.partial"))
     messages = [r["message"] for r in log_records(log)]
     assert "aborting backups still running; their containers are put back" in messages
+
+
+def test_one_shot_command_beside_a_running_backup_leaves_it_alone(lab):
+    """`docker compose exec backup backup-sidecar backup other` while the daemon has a
+    container stopped: the one-shot command's start-up recovery must not start that
+    container nor delete the daemon's partial archive."""
+    volume = lab.volume("data")
+    lab.populate(volume, SLOW_DATA)
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop", "backup.compression": "gzip",
+                               "backup.schedule": "* * * * * */2"}, {volume: "/data"})
+    other_vol = lab.volume("other")
+    lab.workload("other", {"backup.enable": "true", "backup.strategy": "hot"}, {other_vol: "/data"})
+    daemon, log = lab.start_cli("run", log_name="daemon.log")
+    wait_for(lambda: lab.state(app) == "exited", timeout=60, interval=0.01, what="the daemon to stop the app")
+
+    beside = lab.cli("backup", "other")
+    assert beside.returncode == 0, beside.stderr
+    assert lab.state(app) == "exited"  # still down: the daemon is reading it
+    assert list(lab.backup_dir.rglob("app_*.partial"))
+
+    wait_for(lambda: lab.archives("app_data_*"), timeout=120, what="the daemon's backup to complete")
+    wait_for(lambda: lab.state(app) == "running", timeout=30, what="the app to run again")
+    assert any(r["message"] == "backup finished" and r["target"] == "app" for r in log_records(log))
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
