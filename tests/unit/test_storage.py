@@ -143,13 +143,23 @@ def test_clean_partials(filled):
     more = [put(filled, "hourly/a_b_2026-01-01T000000_hourly.tar.partial"),
             put(filled, "weekly/a_b_2026-01-01_weekly.tar.zst.sha256.partial")]
     outside = put(filled, "elsewhere/a.partial")
-    before = {p for p in filled.root.rglob("*") if p.is_file()}
+    before = {p for p in filled.root.rglob("*") if p.is_file() and ".sidecar" not in p.parts}
     removed = filled.clean_partials()
     assert sorted(removed) == sorted([partial, *more])
-    after = {p for p in filled.root.rglob("*") if p.is_file()}
+    after = {p for p in filled.root.rglob("*") if p.is_file() and ".sidecar" not in p.parts}
     assert after == before - set(removed)
     assert outside.exists()
     assert filled.clean_partials() == []
+
+
+def test_clean_partials_keeps_those_of_a_backup_in_progress(filled):
+    filled.prepare()
+    busy = filled.root / "daily" / "app_data_2026-03-30_daily.tar.zst.partial"
+    idle = put(filled, "hourly/a_b_2026-01-01T000000_hourly.tar.partial")
+    with filled.target_lock("app"):
+        assert filled.clean_partials() == [idle]
+    assert busy.exists()
+    assert filled.clean_partials() == [busy]
 
 
 @pytest.fixture
