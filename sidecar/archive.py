@@ -11,7 +11,6 @@ import hashlib
 import io
 import logging
 import os
-import posixpath
 import tarfile
 import threading
 import time

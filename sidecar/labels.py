@@ -7,7 +7,8 @@ the label, the value and what is accepted; the caller skips that container only.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+import enum
+from typing import Mapping, TypeVar
 
 from .errors import LabelError
 from .model import (
@@ -19,6 +20,8 @@ from .model import (
     VolumeSpec,
 )
 from .schedule import Schedule, parse_schedule
+
+E = TypeVar("E", bound=enum.Enum)
 
 PREFIX = "backup."
 ENABLE = "backup.enable"
@@ -89,19 +92,8 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
         except ValueError as exc:
             bad(SCHEDULE, labels[SCHEDULE], str(exc))
 
-    strategy = Strategy.STOP
-    if STRATEGY in labels:
-        try:
-            strategy = Strategy(labels[STRATEGY].strip().lower())
-        except ValueError:
-            bad(STRATEGY, labels[STRATEGY], "accepted: " + ", ".join(s.value for s in Strategy))
-
-    compression = Compression.ZSTD
-    if COMPRESSION in labels:
-        try:
-            compression = Compression(labels[COMPRESSION].strip().lower())
-        except ValueError:
-            bad(COMPRESSION, labels[COMPRESSION], "accepted: " + ", ".join(c.value for c in Compression))
+    strategy = _choice(labels, STRATEGY, Strategy.STOP, bad)
+    compression = _choice(labels, COMPRESSION, Compression.ZSTD, bad)
 
     stop_timeout = DEFAULT_STOP_TIMEOUT
     if STOP_TIMEOUT in labels:
@@ -226,6 +218,18 @@ def _available(container: ContainerInfo) -> str:
         f"{m.source}:{m.destination}" if m.kind == "volume" else f"bind {m.destination}" for m in container.mounts
     )
     return f"; accepted: one of {listed}"
+
+
+def _choice(labels: Mapping[str, str], key: str, default: E, bad) -> E:
+    """The enum member a label names (case-insensitive), or the default."""
+    if key not in labels:
+        return default
+    kind = type(default)
+    try:
+        return kind(labels[key].strip().lower())
+    except ValueError:
+        bad(key, labels[key], "accepted: " + ", ".join(member.value for member in kind))
+        return default
 
 
 def _command(labels: Mapping[str, str], key: str, bad) -> str | None:

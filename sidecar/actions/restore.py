@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..archive import check_archive, iter_tar, root_entry_tar
 from ..errors import NotFound, RestoreError, SidecarError
-from ..labels import default_name, select_volumes
+from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name, select_volumes
 from ..model import ContainerInfo, ContainerState, Mount
 from .context import Context
 from .interrupt import STOPPED, Interruption
@@ -37,7 +37,7 @@ class RestoreOutcome:
 
 def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False) -> RestoreOutcome:
     started = time.monotonic()
-    container, service = resolve_container(ctx, ref)
+    container, service, stop_timeout = resolve_container(ctx, ref)
     mount, type_name = _find_mount(container, volume)
     path = _find_archive(ctx, service, type_name, archive)
     fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
@@ -53,8 +53,7 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
             current = ctx.engine.inspect(container.id)
             stop = None
             if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
-                stop = stack.enter_context(Interruption(ctx, current, STOPPED, service,
-                                                        _stop_timeout(current)))
+                stop = stack.enter_context(Interruption(ctx, current, STOPPED, service, stop_timeout))
             if not ctx.engine.path_is_empty(container.id, mount.destination):
                 if not force:
                     raise RestoreError(
@@ -77,17 +76,19 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
     return RestoreOutcome(service, container.name, type_name, path, check.members, check.tar_bytes, seconds, downtime)
 
 
-def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str]:
-    """A container by target name, container name or ID; with the service name its archives use."""
+def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
+    """A container by target name, container name or ID; with the service name its
+    archives use and the seconds it gets to stop. Any container can be restored into,
+    labelled or not (a new host may not have the labels yet)."""
     discovery = ctx.discover()
     target = discovery.find(ref)
     if target is not None:
-        return target.container, target.name
+        return target.container, target.name, target.config.stop_timeout
     container = ctx.engine.find_container(ref)
     if container is None:
         raise NotFound(f"no target or container named {ref!r}")
-    name = container.labels.get("backup.name", "").strip() or default_name(container)
-    return container, name
+    name = container.labels.get(NAME, "").strip() or default_name(container)
+    return container, name, DEFAULT_STOP_TIMEOUT
 
 
 def _find_mount(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
@@ -109,11 +110,6 @@ def _find_archive(ctx: Context, service: str, type_name: str, archive: str) -> P
             raise NotFound(f"no archive of {service} volume {type_name} in {ctx.store.root}")
         return latest.path
     return ctx.store.resolve(archive)
-
-
-def _stop_timeout(container: ContainerInfo) -> int:
-    raw = container.labels.get("backup.stop-timeout", "10")
-    return int(raw) if raw.isdigit() else 10
 
 
 def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:

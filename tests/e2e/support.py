@@ -257,20 +257,14 @@ class Lab:
 
 
 def log_records(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    return records
+    return stderr_records(path.read_text(errors="replace"))
 
 
 def stderr_records(text: str) -> list[dict]:
+    """The JSON log records in a process's output, skipping anything else."""
     records = []
     for line in text.splitlines():
+        line = line.strip()
         if line.startswith("{"):
             try:
                 records.append(json.loads(line))
