@@ -15,6 +15,7 @@ from typing import Callable
 from .schedule import Frequency
 
 EXTENSIONS = (".tar.zst", ".tar.gz", ".tar")
+ENCRYPTED_SUFFIX = ".age"
 CHECKSUM_SUFFIX = ".sha256"
 PARTIAL_SUFFIX = ".partial"
 
@@ -22,7 +23,7 @@ _NAME_RE = re.compile(
     r"^(?P<service>.+)_(?P<type>[^_]+)_"
     r"(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<time>\d{6}))?(?:-(?P<seq>\d+))?_"
     r"(?P<frequency>hourly|daily|weekly|monthly)"
-    r"(?P<ext>\.tar\.zst|\.tar\.gz|\.tar)$"
+    r"(?P<ext>(?:\.tar\.zst|\.tar\.gz|\.tar)(?:\.age)?)$"
 )
 
 
@@ -44,6 +45,10 @@ class ArchiveName:
         if self.seq:
             stamp += f"-{self.seq}"
         return f"{self.service}_{self.type_name}_{stamp}_{self.frequency.value}{self.extension}"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.extension.endswith(ENCRYPTED_SUFFIX)
 
     @property
     def relpath(self) -> str:
