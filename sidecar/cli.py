@@ -16,6 +16,7 @@ from . import __version__, logs
 from .actions.backup import run_backup
 from .actions.context import Context
 from .actions.daemon import Daemon
+from .actions.images import run_restore_image
 from .actions.listing import run_list
 from .actions.plan import run_plan
 from .actions.recover import run_recovery
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+
+    p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
+                       description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
+    p.add_argument("archive", metavar="FILE", help="path, or name under BACKUP_DIR (e.g. images/app_latest_2026-11-26.tar.zst)")
 
     p = sub.add_parser("healthcheck", help="exit 0 when the daemon's loop is alive (for HEALTHCHECK)")
     p.add_argument("--max-age", type=float, default=HEALTHY_HEARTBEAT_SECONDS, metavar="SECONDS")
@@ -186,6 +191,14 @@ def cmd_restore(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_restore_image(ctx: Context, args) -> int:
+    path, lines = run_restore_image(ctx, args.archive)
+    for line in lines:
+        print(line)
+    print(f"loaded {path}")
+    return 0
+
+
 def _healthcheck(settings: Settings, max_age: float) -> int:
     age = BackupStore(settings.backup_dir).heartbeat_age()
     if age is None or age > max_age:
@@ -216,4 +229,5 @@ COMMANDS = {
     "list": cmd_list,
     "plan": cmd_plan,
     "restore": cmd_restore,
+    "restore-image": cmd_restore_image,
 }

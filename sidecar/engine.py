@@ -19,7 +19,7 @@ import docker.errors
 import requests
 
 from .errors import ContainerNotFound, EngineError
-from .model import ContainerInfo, ContainerState, Mount
+from .model import ContainerInfo, ContainerState, ImageInfo, Mount
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
@@ -131,14 +131,21 @@ class Engine:
         Close the returned generator when stopping early: the engine holds the
         container's lock while it streams, so an abandoned half-read response would block
         every later call on that container (including starting it again)."""
-        with _engine_call("read", container_id):
-            # docker-py's get_archive hides the response, which we must be able to close.
-            url = self.api._url("/containers/{0}/archive", container_id)
+        return self._stream("/containers/{0}/archive", container_id, {"path": path.rstrip("/") + "/."},
+                            f"read {path} from")
+
+    def save_image(self, image: str) -> Iterator[bytes]:
+        """`docker save` of one image as a tar stream (close it when stopping early)."""
+        return self._stream("/images/{0}/get", image, None, "save image")
+
+    def _stream(self, path_template: str, ref: str, params: dict | None, what: str) -> Iterator[bytes]:
+        with _engine_call(what, ref):
+            # docker-py's helpers hide the response, which we must be able to close;
             # "identity": otherwise the engine gzips the stream, which costs ten times the read.
-            response = self.api._get(url, params={"path": path.rstrip("/") + "/."}, stream=True,
-                                     headers={"Accept-Encoding": "identity"})
+            url = self.api._url(path_template, ref)
+            response = self.api._get(url, params=params, stream=True, headers={"Accept-Encoding": "identity"})
             self.api._raise_for_status(response)
-        return _guarded(response, f"read {path} from", container_id)
+        return _guarded(response, what, ref)
 
     def path_is_empty(self, container_id: str, path: str) -> bool:
         """True when `path` holds nothing but itself; reads only the first members."""
@@ -180,6 +187,26 @@ class Engine:
                 except docker.errors.DockerException as exc:
                     logger.warning("could not remove helper container", extra={"container": helper_id[:12],
                                                                              "error": _explain(exc)})
+
+    def image_info(self, image: str) -> ImageInfo:
+        with _engine_call("inspect image", image):
+            data = self.api.inspect_image(image)
+        return ImageInfo(id=data["Id"], tags=tuple(data.get("RepoTags") or ()),
+                         digests=tuple(data.get("RepoDigests") or ()))
+
+    def load_image(self, data: Iterable[bytes]) -> list[str]:
+        """`docker load`; returns the engine's status lines (e.g. "Loaded image: app:1")."""
+        with _engine_call("load image"):
+            response = self.api._post(self.api._url("/images/load"), data=data, params={"quiet": False},
+                                      stream=True, headers={"Content-Type": "application/x-tar"})
+            self.api._raise_for_status(response)
+            lines = []
+            for chunk in self.api._stream_helper(response, decode=True):
+                if "error" in chunk:
+                    raise EngineError(f"load image: {chunk['error']}")
+                if chunk.get("stream"):
+                    lines.append(chunk["stream"].strip())
+            return lines
 
     def image_exists(self, image: str) -> bool:
         try:

@@ -13,6 +13,7 @@ from typing import Mapping, TypeVar
 from .errors import LabelError
 from .model import (
     Compression,
+    ImagePolicy,
     ContainerInfo,
     Strategy,
     Target,
@@ -34,9 +35,10 @@ COMPRESSION = "backup.compression"
 EXEC_PRE = "backup.exec.pre"
 EXEC_POST = "backup.exec.post"
 STOP_TIMEOUT = "backup.stop-timeout"
+IMAGE = "backup.image"
 
 KNOWN_LABELS = (
-    ENABLE, SCHEDULE, STRATEGY, VOLUMES, EXCLUDE, NAME, COMPRESSION, EXEC_PRE, EXEC_POST, STOP_TIMEOUT,
+    ENABLE, SCHEDULE, STRATEGY, VOLUMES, EXCLUDE, NAME, COMPRESSION, EXEC_PRE, EXEC_POST, STOP_TIMEOUT, IMAGE,
 )
 
 TRUE_VALUES = ("true", "1", "yes")
@@ -94,6 +96,7 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
 
     strategy = _choice(labels, STRATEGY, Strategy.STOP, bad)
     compression = _choice(labels, COMPRESSION, Compression.ZSTD, bad)
+    image = _choice(labels, IMAGE, ImagePolicy.AUTO, bad)
 
     stop_timeout = DEFAULT_STOP_TIMEOUT
     if STOP_TIMEOUT in labels:
@@ -139,6 +142,7 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
         exec_pre=exec_pre,
         exec_post=exec_post,
         stop_timeout=stop_timeout,
+        image=image,
     )
     return Target(container=container, config=config, volumes=volumes)
 

@@ -32,6 +32,15 @@ class Compression(enum.Enum):
         return self.value
 
 
+class ImagePolicy(enum.Enum):
+    AUTO = "auto"  # export only images that cannot be pulled again (no repository digest)
+    ALWAYS = "always"
+    NEVER = "never"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ContainerState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
@@ -54,6 +63,13 @@ class Mount:
     kind: str  # "volume" or "bind" (tmpfs and others are never backed up)
     source: str  # volume name for kind=volume, host path for kind=bind
     destination: str  # path inside the container
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+    digests: tuple[str, ...]  # empty: built here and never pushed, so it cannot be pulled again
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class TargetConfig:
     exec_pre: str | None
     exec_post: str | None
     stop_timeout: int
+    image: ImagePolicy = ImagePolicy.AUTO
 
 
 @dataclass(frozen=True)

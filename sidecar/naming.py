@@ -98,3 +98,78 @@ def choose_name(
         seq += 1
         candidate = ArchiveName(when, service, type_name, frequency, extension, has_time=True, seq=seq)
     return candidate
+
+
+# --- exported images -------------------------------------------------------------------
+IMAGE_FOLDER = "images"
+
+_IMAGE_RE = re.compile(
+    r"^(?P<image>[^_]+)_(?P<tag>[^_]+)_"
+    r"(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
+    r"(?P<ext>\.tar\.zst(?:\.age)?)$"
+)
+_IMAGE_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+@dataclass(frozen=True)
+class ImageArchiveName:
+    """images/{image}_{tag}_{YYYY-MM-DD}[THHMMSS][-N].tar.zst: a `docker save` of one image."""
+
+    stamp: datetime
+    image: str
+    tag: str
+    extension: str
+    has_time: bool = False
+    seq: int = 0
+
+    @property
+    def filename(self) -> str:
+        stamp = self.stamp.strftime("%Y-%m-%d")
+        if self.has_time:
+            stamp += self.stamp.strftime("T%H%M%S")
+        if self.seq:
+            stamp += f"-{self.seq}"
+        return f"{self.image}_{self.tag}_{stamp}{self.extension}"
+
+    @property
+    def relpath(self) -> str:
+        return f"{IMAGE_FOLDER}/{self.filename}"
+
+
+def split_image_reference(reference: str) -> tuple[str, str]:
+    """'registry:5000/team/app:1.2' -> ('registry-5000-team-app', '1.2'); an ID -> ('image', short id).
+    Both parts are safe for file names and never contain '_'."""
+    if reference.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{12,64}", reference):
+        return "image", reference.removeprefix("sha256:")[:12]
+    name, tag = reference, "latest"
+    if "@" in name:
+        name = name.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+    image = _IMAGE_UNSAFE.sub("-", name).strip("-.") or "image"
+    return image[:80], (_IMAGE_UNSAFE.sub("-", tag).strip("-.") or "latest")[:40]
+
+
+def parse_image_name(filename: str) -> ImageArchiveName | None:
+    m = _IMAGE_RE.match(filename)
+    if not m:
+        return None
+    try:
+        stamp = datetime.strptime(m["date"] + (m["time"] or "000000"), "%Y-%m-%d%H%M%S")
+    except ValueError:
+        return None
+    return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0))
+
+
+def choose_image_name(reference: str, when: datetime, extension: str,
+                      exists: Callable[[str], bool]) -> ImageArchiveName:
+    """A new export's name; a second export of the same image on the same day gets the time part."""
+    image, tag = split_image_reference(reference)
+    when = when.replace(tzinfo=None, microsecond=0)
+    candidate = ImageArchiveName(when, image, tag, extension)
+    seq = 1
+    while exists(candidate.relpath):
+        candidate = ImageArchiveName(when, image, tag, extension, has_time=True, seq=0 if seq == 1 else seq)
+        seq += 1
+    return candidate

@@ -18,6 +18,7 @@ from ..errors import BackupBusy, BackupError, SidecarError
 from ..model import ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
+from .images import export_image
 from .interrupt import PAUSED, STOPPED, Interruption
 
 logger = logging.getLogger(__name__)
@@ -134,13 +135,26 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
                                                   "path": str(results[-1].path), "bytes": results[-1].size,
                                                   "tar_bytes": results[-1].raw_bytes})
 
-    if cfg.exec_post:
+    # After the archives are safe: steps whose failure fails the run but keeps the archives.
+    for step in (_post_command, _image_export):
         try:
-            _exec(ctx, target, container.id, cfg.exec_post, "post", ctx.engine.state(container.id)
-                  is ContainerState.RUNNING)
+            step(ctx, target, container.id)
         except BackupError as err:
             raise _PartialSuccess(err, results, downtime) from err
     return results, downtime
+
+
+def _post_command(ctx: Context, target: Target, container_id: str) -> None:
+    if target.config.exec_post:
+        running = ctx.engine.state(container_id) is ContainerState.RUNNING
+        _exec(ctx, target, container_id, target.config.exec_post, "post", running)
+
+
+def _image_export(ctx: Context, target: Target, container_id: str) -> None:
+    export = export_image(ctx, target)
+    if export.archive is None:
+        logger.debug("image not exported", extra={"target": target.name, "image": export.image,
+                                                  "reason": export.reason, "phase": "image"})
 
 
 def _read_volume(ctx: Context, target: Target, container_id: str, volume, writer: ArchiveWriter) -> None:

@@ -234,8 +234,9 @@ class Lab:
         self._processes.append(proc)
         return proc, log
 
-    def archives(self, pattern: str = "*") -> list[Path]:
-        return sorted(p for p in self.backup_dir.glob(f"*/{pattern}")
+    def archives(self, pattern: str = "*", folder: str = "[hdwm]*") -> list[Path]:
+        """Volume archives (hourly/ daily/ weekly/ monthly/); folder="images" for image exports."""
+        return sorted(p for p in self.backup_dir.glob(f"{folder}/{pattern}")
                       if p.name.endswith((".tar.zst", ".tar.gz", ".tar")))
 
     # --- teardown -------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Export of the images targets run, for images that cannot be pulled again (built on
+this host and never pushed), and loading an export back.
+
+An export is `docker save` streamed through zstd into images/..., with its checksum,
+written like every archive (partial, rename). One export per image ID."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..archive import ArchiveResult, ArchiveWriter, check_archive, iter_tar
+from ..errors import BackupError, SidecarError
+from ..image_index import ImageIndex
+from ..model import Compression, ImagePolicy, Target
+from ..naming import choose_image_name
+from .context import Context
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageExport:
+    image: str
+    image_id: str
+    archive: ArchiveResult | None  # None: not exported (policy, pullable, or exported before)
+    reason: str
+
+
+def image_index(ctx: Context) -> ImageIndex:
+    return ImageIndex(ctx.store.state_dir / "images.json")
+
+
+def export_image(ctx: Context, target: Target) -> ImageExport:
+    """Export the target's image when its `backup.image` policy asks for it."""
+    policy = target.config.image
+    container = target.container
+    reference = container.image or container.image_id
+    if policy is ImagePolicy.NEVER:
+        return ImageExport(reference, container.image_id, None, "backup.image=never")
+    try:
+        info = ctx.engine.image_info(container.image_id or reference)
+    except SidecarError as err:
+        raise BackupError(target.name, "image", f"cannot inspect image {reference}: {err}") from err
+    if policy is ImagePolicy.AUTO and info.digests:
+        return ImageExport(reference, info.id, None, "can be pulled again (has a repository digest)")
+    index = image_index(ctx)
+    previous = index.get(info.id)
+    if previous is not None:
+        return ImageExport(reference, info.id, None, f"unchanged since its export {previous}")
+
+    # Save by tag when the container names one, so `docker load` brings the tag back.
+    save_ref = reference if reference in info.tags or ":" in reference else info.id
+    name = choose_image_name(reference, ctx.now(), Compression.ZSTD.extension, ctx.store.taken)
+    fields = {"target": target.name, "image": reference, "phase": "image"}
+    started = time.monotonic()
+    try:
+        with ArchiveWriter(ctx.store.path(name.relpath), Compression.ZSTD, ctx.settings.file_mode) as writer:
+            writer.write_stream(ctx.engine.save_image(save_ref))
+            result = writer.finish()
+    except SidecarError as err:
+        raise BackupError(target.name, "image", f"exporting image {reference}: {err}") from err
+    except OSError as exc:
+        raise BackupError(target.name, "image", f"exporting image {reference}: {exc}") from exc
+    index.record(info.id, name.relpath)
+    logger.info("image exported", extra={**fields, "path": str(result.path), "bytes": result.size,
+                                         "seconds": round(time.monotonic() - started, 3)})
+    return ImageExport(reference, info.id, result, "exported")
+
+
+def run_restore_image(ctx: Context, ref: str) -> tuple[Path, list[str]]:
+    """Verify an image export and load it into the engine (`docker load`)."""
+    path = ctx.store.resolve(ref)
+    check_archive(path)
+    lines = ctx.engine.load_image(iter_tar(path))
+    logger.info("image loaded", extra={"path": str(path), "phase": "restore-image", "loaded": lines})
+    return path, lines
