@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import BackupBusy, NotFound
-from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX, ArchiveName, parse_name
+from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX, ArchiveName, parse_image_name, parse_name
 from .schedule import Frequency
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class BackupStore:
         candidates = [Path(ref)]
         if not Path(ref).is_absolute():
             candidates.append(self.root / ref)
-            name = parse_name(Path(ref).name)
+            name = parse_name(Path(ref).name) or parse_image_name(Path(ref).name)
             if name is not None:
                 candidates.append(self.root / name.relpath)
         for candidate in candidates:

@@ -49,3 +49,18 @@ def sidecar_image(docker_client):
     except docker.errors.ImageNotFound:
         pytest.fail(f"sidecar image {SIDECAR_IMAGE} is missing; run ./scripts/test to build it")
     return SIDECAR_IMAGE
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    from .registry import Registry
+
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        reg.start()
+    except RuntimeError as exc:
+        if os.environ.get("SIDECAR_TESTBED") == "1" or os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield reg
+    reg.stop()

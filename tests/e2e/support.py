@@ -151,6 +151,7 @@ class Lab:
         self._containers: list[str] = []
         self._volumes: list[str] = []
         self._processes: list[subprocess.Popen] = []
+        self._images: list[str] = []
 
     # --- docker resources -----------------------------------------------------------
     def volume(self, name: str) -> str:
@@ -204,6 +205,13 @@ class Lab:
         container.start()
         return container
 
+    def build_image(self, tag: str, marker: str) -> str:
+        """A small image built here (FROM the busybox test image) holding /marker; removed in teardown."""
+        dockerfile = f"FROM {BUSYBOX}\nRUN echo {marker} > /marker\nLABEL test.marker={marker}\n"
+        image, _ = self.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+        self._images.append(tag)
+        return image.id
+
     def state(self, container) -> str:
         return self.client.api.inspect_container(container.id)["State"]["Status"]
 
@@ -248,6 +256,11 @@ class Lab:
         for cid in reversed(self._containers):
             try:
                 self.client.api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+        for image in self._images:
+            try:
+                self.client.api.remove_image(image, force=True)
             except docker.errors.NotFound:
                 pass
         for vol in self._volumes:
