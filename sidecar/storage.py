@@ -15,13 +15,15 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BackupBusy, NotFound
+from .archive import read_checksum
+from .errors import ArchiveError, BackupBusy, NotFound
 from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX, ArchiveName, parse_image_name, parse_name
 from .schedule import Frequency
 
@@ -120,6 +122,76 @@ class BackupStore:
                     logger.warning("removed a partial archive left by an interrupted backup",
                                    extra={"path": entry.path})
         return removed
+
+    # --- rotation ------------------------------------------------------------------
+    def archive_at(self, path: Path) -> StoredArchive:
+        """The stored archive at `path` (e.g. one just written), its name parsed."""
+        name = parse_name(path.name)
+        if name is None:
+            raise ArchiveError(f"{path}: not an archive name")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"archive {str(path)!r} not found") from None
+        return StoredArchive(path, name, size)
+
+    def link(self, existing: StoredArchive, name: ArchiveName) -> StoredArchive:
+        """Make `existing` also available as `name` (another frequency's folder) with a
+        hard link: no extra space, same mode and owner. The checksum is a new small file
+        with the same digest naming the new file, so `sha256sum -c` works in every folder.
+        Never overwrites: ArchiveError when the name (or its checksum or partial) is taken."""
+        if self.taken(name.relpath):
+            raise ArchiveError(f"{name.relpath}: already exists in {self.root}; not overwriting it")
+        target = self.path(name.relpath)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.link(existing.path, target)  # fails if the name appeared meanwhile
+        except OSError as exc:
+            raise ArchiveError(f"cannot link {existing.path} as {target}: {exc.strerror or exc}") from exc
+        try:
+            digest = read_checksum(existing.path)
+            if digest is not None:
+                mode = stat.S_IMODE(existing.checksum_path.stat().st_mode)
+                self._write_new_checksum(target, digest, mode)
+        except OSError as exc:
+            target.unlink(missing_ok=True)  # no link without the checksum its original has
+            raise ArchiveError(f"cannot write the checksum of {target}: {exc.strerror or exc}") from exc
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        self._fsync_dir(target.parent)
+        return StoredArchive(target, name, existing.size)
+
+    def delete(self, archive: StoredArchive) -> None:
+        """Remove an archive, then its checksum (either may already be gone); the data
+        stays on disk while another hard link (a promoted copy) still names it."""
+        archive.path.unlink(missing_ok=True)
+        archive.checksum_path.unlink(missing_ok=True)
+        self._fsync_dir(archive.path.parent)
+
+    @staticmethod
+    def _write_new_checksum(path: Path, digest: str, mode: int) -> None:
+        """NAME.sha256 in sha256sum's format, durable, failing if it already exists."""
+        checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+        tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), mode)  # the umask must not change the original's mode
+                f.write(f"{digest}  {path.name}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, checksum)  # unlike a rename, never replaces an existing file
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # --- locks ---------------------------------------------------------------------
     @contextlib.contextmanager

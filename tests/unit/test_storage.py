@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from sidecar.errors import BackupBusy, NotFound
-from sidecar.storage import BackupStore, Journal, JournalEntry
+from sidecar.archive import read_checksum, write_checksum
+from sidecar.errors import ArchiveError, BackupBusy, NotFound
+from sidecar.naming import parse_name
+from sidecar.schedule import Frequency
+from sidecar.storage import BackupStore, Journal, JournalEntry, StoredArchive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -343,3 +349,105 @@ def test_lock_held_by_another_process_is_busy_here(store):
     assert proc.returncode == 0
     with store.target_lock("db"):  # free once the other process let go
         pass
+
+
+# --- rotation: archive_at, link, delete ------------------------------------------------
+
+def written(store: BackupStore, relpath: str, data: bytes = b"archive data", mode: int = 0o640) -> StoredArchive:
+    """An archive with its checksum, as ArchiveWriter leaves it."""
+    path = put(store, relpath, data)
+    os.chmod(path, mode)
+    write_checksum(path, hashlib.sha256(data).hexdigest(), mode)
+    return store.archive_at(path)
+
+
+def test_archive_at(store):
+    archive = written(store, "daily/app_data_2026-03-02_daily.tar.zst", b"12345")
+    assert archive.name == parse_name("app_data_2026-03-02_daily.tar.zst")
+    assert archive.size == 5 and archive.path == store.root / "daily" / "app_data_2026-03-02_daily.tar.zst"
+
+
+@pytest.mark.parametrize("relpath, error", [
+    ("daily/notes.txt", ArchiveError),
+    ("daily/app_data_2026-03-09_daily.tar.zst", NotFound),
+])
+def test_archive_at_refuses(store, relpath, error):
+    put(store, "daily/notes.txt")
+    with pytest.raises(error, match=re.escape(relpath.split("/")[1])):
+        store.archive_at(store.path(relpath))
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_link_shares_the_data_and_writes_a_checksum_for_the_new_name(store, mode):
+    old_umask = os.umask(0o077)
+    try:
+        daily = written(store, "daily/app_data_2026-03-02T150000-2_daily.tar.zst.age", mode=mode)
+        weekly = store.link(daily, replace(daily.name, frequency=Frequency.WEEKLY))
+    finally:
+        os.umask(old_umask)
+    assert weekly.path == store.root / "weekly" / "app_data_2026-03-02T150000-2_weekly.tar.zst.age"
+    assert weekly.name.frequency is Frequency.WEEKLY and weekly.size == daily.size
+    st_daily, st_weekly = daily.path.stat(), weekly.path.stat()
+    assert (st_weekly.st_ino, st_weekly.st_dev) == (st_daily.st_ino, st_daily.st_dev)
+    assert st_daily.st_nlink == 2
+    assert stat.S_IMODE(st_weekly.st_mode) == mode
+    assert stat.S_IMODE(weekly.checksum_path.stat().st_mode) == mode
+    assert stat.S_IMODE(weekly.path.parent.stat().st_mode) == 0o700
+    line = weekly.checksum_path.read_text()
+    assert line == f"{hashlib.sha256(b'archive data').hexdigest()}  {weekly.path.name}\n"
+    assert read_checksum(weekly.path) == read_checksum(daily.path)
+    # sha256sum -c works in the new folder
+    assert subprocess.run(["sha256sum", "-c", weekly.checksum_path.name], cwd=weekly.path.parent,
+                          capture_output=True).returncode == 0
+    assert {a.path for a in store.archives()} == {daily.path, weekly.path}
+    assert not list(weekly.path.parent.glob("*.partial"))
+
+
+def test_link_of_an_archive_without_checksum_links_only_the_archive(store):
+    path = put(store, "daily/app_data_2026-03-02_daily.tar.zst")
+    daily = store.archive_at(path)
+    monthly = store.link(daily, replace(daily.name, frequency=Frequency.MONTHLY))
+    assert monthly.path.stat().st_ino == path.stat().st_ino
+    assert not monthly.has_checksum
+
+
+@pytest.mark.parametrize("taken", [
+    "weekly/app_data_2026-03-02_weekly.tar.zst",
+    "weekly/app_data_2026-03-02_weekly.tar.zst.sha256",
+    "weekly/app_data_2026-03-02_weekly.tar.zst.partial",
+])
+def test_link_never_overwrites(store, taken):
+    daily = written(store, "daily/app_data_2026-03-02_daily.tar.zst")
+    other = put(store, taken, b"someone else's")
+    with pytest.raises(ArchiveError, match="weekly/app_data_2026-03-02_weekly.tar.zst: already exists"):
+        store.link(daily, replace(daily.name, frequency=Frequency.WEEKLY))
+    assert other.read_bytes() == b"someone else's"
+    assert daily.path.stat().st_nlink == 1
+
+
+def test_link_undoes_itself_when_the_checksum_cannot_be_written(store, monkeypatch):
+    daily = written(store, "daily/app_data_2026-03-02_daily.tar.zst")
+
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(BackupStore, "_write_new_checksum", staticmethod(fail))
+    with pytest.raises(ArchiveError, match="No space left on device"):
+        store.link(daily, replace(daily.name, frequency=Frequency.WEEKLY))
+    assert not (store.root / "weekly" / "app_data_2026-03-02_weekly.tar.zst").exists()
+    assert daily.path.stat().st_nlink == 1
+
+
+def test_delete_removes_archive_and_checksum_and_keeps_other_links(store):
+    daily = written(store, "daily/app_data_2026-03-02_daily.tar.zst")
+    weekly = store.link(daily, replace(daily.name, frequency=Frequency.WEEKLY))
+    neighbour = written(store, "daily/app_data_2026-03-03_daily.tar.zst")
+    store.delete(daily)
+    assert not daily.path.exists() and not daily.checksum_path.exists()
+    assert weekly.path.read_bytes() == b"archive data" and weekly.has_checksum
+    assert weekly.path.stat().st_nlink == 1
+    assert neighbour.path.exists() and neighbour.has_checksum
+    store.delete(daily)  # already gone: nothing to do
+    orphan = store.archive_at(put(store, "daily/app_data_2026-03-04_daily.tar.zst"))
+    store.delete(orphan)  # no checksum to remove
+    assert not orphan.path.exists()
