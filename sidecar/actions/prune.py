@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TargetPrune:
     target: str  # the {service} of the archive names
-    result: str  # "success", "refused", "skipped" (a backup or restore holds the target) or "failure"
+    # "success", "refused", "skipped" (a backup or restore holds the target, or keep_for gave
+    # None) or "failure"
+    result: str
     kept: tuple[StoredArchive, ...] = ()
     deleted: tuple[StoredArchive, ...] = ()  # in a dry run: what would be deleted
     error: str | None = None
@@ -41,7 +43,7 @@ class PruneResult:
 
     @property
     def ok(self) -> bool:
-        """False when a target was refused or failed (a skipped busy target is not an error)."""
+        """False when a target was refused or failed (a skipped target is not an error)."""
         return all(t.result in ("success", "skipped") for t in self.targets)
 
     @property
@@ -51,33 +53,40 @@ class PruneResult:
 
 def run_prune(
     ctx: Context,
-    keep_for: Callable[[str], Keep],
+    keep_for: Callable[[str], Keep | None],
     dry_run: bool = False,
     service: str | None = None,
 ) -> PruneResult:
     """Delete the archives that `keep_for(service)` no longer covers, for every target with
-    archives (or only `service`). A dry run deletes nothing and reports what it would delete.
-    Never raises for a refused or failed target: see the result."""
+    archives (or only `service`). `keep_for` returning None leaves that target's archives
+    alone (e.g. a container skipped for bad labels: its own backup.keep is unknown). A dry
+    run deletes nothing and reports what it would delete. Never raises for a refused or
+    failed target: see the result."""
     services = sorted({a.name.service for a in ctx.store.archives(service)})
     return PruneResult(dry_run, tuple(_prune_target(ctx, s, keep_for, dry_run) for s in services))
 
 
-def _prune_target(ctx: Context, service: str, keep_for: Callable[[str], Keep], dry_run: bool) -> TargetPrune:
+def _prune_target(ctx: Context, service: str, keep_for: Callable[[str], Keep | None],
+                  dry_run: bool) -> TargetPrune:
+    keep = keep_for(service)
+    if keep is None:
+        logger.warning("prune skipped: no keep values for this target", extra={"target": service, "phase": "prune"})
+        return TargetPrune(service, "skipped", error="no keep values for this target")
     if dry_run:  # deletes nothing, so it need not wait for (or block) a backup
-        return _prune_locked(ctx, service, keep_for, dry_run)
+        return _prune_locked(ctx, service, keep, dry_run)
     try:
         with ctx.store.target_lock(service):
-            return _prune_locked(ctx, service, keep_for, dry_run)
+            return _prune_locked(ctx, service, keep, dry_run)
     except BackupBusy as err:
         logger.warning("prune skipped: a backup or restore of this target is running",
                        extra={"target": service, "phase": "prune"})
         return TargetPrune(service, "skipped", error=str(err))
 
 
-def _prune_locked(ctx: Context, service: str, keep_for: Callable[[str], Keep], dry_run: bool) -> TargetPrune:
+def _prune_locked(ctx: Context, service: str, keep: Keep, dry_run: bool) -> TargetPrune:
     archives = ctx.store.archives(service)
     try:
-        plan = plan_prune(archives, lambda a: a.name, keep_for, good=lambda a: a.has_checksum)
+        plan = plan_prune(archives, lambda a: a.name, lambda _service: keep, good=lambda a: a.has_checksum)
     except PruneRefused as err:
         logger.error("prune refused", extra={"target": service, "phase": "prune", "error": str(err)})
         return TargetPrune(service, "refused", kept=tuple(archives), error=str(err))

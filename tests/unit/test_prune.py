@@ -294,3 +294,17 @@ def test_partials_and_foreign_files_are_left_alone(ctx):
         Path(ctx.store.path(rel)).write_text("x")
     run_prune(ctx, fixed(keep))
     assert tree(ctx) == with_checksums({"daily/app_data_2026-03-07_daily.tar.zst"}) | set(others)
+
+
+def test_keep_for_none_leaves_a_target_alone(ctx, caplog):
+    keep = parse_keep("daily=1,weekly=0,monthly=0")
+    fill(ctx, keep, services=("app", "db"))
+    app_before = {p for p in tree(ctx) if "/app_" in p}
+    with caplog.at_level(logging.INFO, logger="sidecar.actions.prune"):
+        result = run_prune(ctx, {"app": None, "db": keep}.__getitem__)
+    assert [(t.target, t.result) for t in result.targets] == [("app", "skipped"), ("db", "success")]
+    assert result.ok
+    assert {p for p in tree(ctx) if "/app_" in p} == app_before
+    assert {p for p in tree(ctx) if "/db_" in p} == with_checksums({"daily/db_data_2026-03-07_daily.tar.zst"})
+    skipped = [r for r in caplog.records if r.getMessage() == "prune skipped: no keep values for this target"]
+    assert [r.target for r in skipped] == ["app"]
