@@ -19,10 +19,12 @@ from .actions.daemon import Daemon
 from .actions.images import run_restore_image
 from .actions.listing import run_list
 from .actions.plan import run_plan
+from .actions.prune import run_prune
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
 from .errors import ConfigError, NotFound, SidecarError
+from .labels import NAME, default_name
 from .settings import Settings, load_settings
 from .storage import BackupStore
 
@@ -66,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+
+    p = sub.add_parser("prune", help="delete archives beyond what backup.keep / BACKUP_KEEP keep",
+                       description="Grandfather-father-son rotation by the dates in archive names. Never "
+                                   "deletes a target's newest good archive; refuses to delete all of them.")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
     p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
                        description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
@@ -191,6 +199,26 @@ def cmd_restore(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_prune(ctx: Context, args) -> int:
+    discovery = ctx.discover()
+    keeps = {t.name: t.config.keep for t in discovery.targets}
+    # A container skipped for bad labels: its intended backup.keep is unknown, leave it be.
+    unknown = {s.container.labels.get(NAME, "").strip() or default_name(s.container) for s in discovery.skipped}
+    service = None
+    if args.name:
+        target = discovery.find(args.name)
+        service = target.name if target is not None else args.name
+    result = run_prune(ctx, lambda s: None if s in unknown else keeps.get(s, ctx.settings.keep),
+                       dry_run=args.dry_run or ctx.settings.prune_dry_run, service=service)
+    for t in result.targets:
+        for archive in t.deleted:
+            verb = "would delete" if result.dry_run else "deleted"
+            print(f"{t.target}: {verb} {archive.path.relative_to(ctx.store.root)}")
+        if t.error:
+            print(f"{t.target}: {t.result}: {t.error}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def cmd_restore_image(ctx: Context, args) -> int:
     path, lines = run_restore_image(ctx, args.archive)
     for line in lines:
@@ -230,4 +258,5 @@ COMMANDS = {
     "plan": cmd_plan,
     "restore": cmd_restore,
     "restore-image": cmd_restore_image,
+    "prune": cmd_prune,
 }

@@ -9,6 +9,7 @@ from typing import Iterable
 from .errors import LabelError
 from .labels import is_candidate, parse_target
 from .model import ContainerInfo, Skipped, Target
+from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 
 
@@ -40,7 +41,7 @@ class Discovery:
 
 
 def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
-             project: str | None = None) -> Discovery:
+             project: str | None = None, default_keep: Keep = DEFAULT_KEEP) -> Discovery:
     """Validate every candidate; a bad one is skipped with its reason, the rest go on.
     Two containers asking for the same backup name would write over each other's
     archive names, so the second (by container name) is skipped. With `project`, only
@@ -54,7 +55,7 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
         if project is not None and container.compose_project != project:
             continue
         try:
-            target = parse_target(container, default_schedule)
+            target = parse_target(container, default_schedule, default_keep)
         except LabelError as exc:
             skipped.append(Skipped(container, str(exc)))
             continue

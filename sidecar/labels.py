@@ -20,6 +20,7 @@ from .model import (
     TargetConfig,
     VolumeSpec,
 )
+from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
 
 E = TypeVar("E", bound=enum.Enum)
@@ -36,9 +37,11 @@ EXEC_PRE = "backup.exec.pre"
 EXEC_POST = "backup.exec.post"
 STOP_TIMEOUT = "backup.stop-timeout"
 IMAGE = "backup.image"
+KEEP = "backup.keep"
 
 KNOWN_LABELS = (
     ENABLE, SCHEDULE, STRATEGY, VOLUMES, EXCLUDE, NAME, COMPRESSION, EXEC_PRE, EXEC_POST, STOP_TIMEOUT, IMAGE,
+    KEEP,
 )
 
 TRUE_VALUES = ("true", "1", "yes")
@@ -71,7 +74,7 @@ def is_candidate(labels: Mapping[str, str]) -> bool:
     return ENABLE in labels and enable_value(labels) is not False
 
 
-def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target:
+def parse_target(container: ContainerInfo, default_schedule: Schedule, default_keep: Keep = DEFAULT_KEEP) -> Target:
     """Validate a labelled container's backup.* labels; raises LabelError listing every problem."""
     labels = container.labels
     problems: list[str] = []
@@ -97,6 +100,16 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
     strategy = _choice(labels, STRATEGY, Strategy.STOP, bad)
     compression = _choice(labels, COMPRESSION, Compression.ZSTD, bad)
     image = _choice(labels, IMAGE, ImagePolicy.AUTO, bad)
+
+    keep = default_keep
+    if KEEP in labels:
+        try:
+            keep = parse_keep(labels[KEEP], default_keep)
+        except ValueError as exc:
+            bad(KEEP, labels[KEEP], str(exc))
+    if not keep.retains(schedule.frequency):
+        bad(KEEP, labels.get(KEEP, str(keep)), f"keeps no archive of this {schedule.frequency} schedule; "
+            "accepted: at least 1 for its frequency or a higher one")
 
     stop_timeout = DEFAULT_STOP_TIMEOUT
     if STOP_TIMEOUT in labels:
@@ -143,6 +156,7 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule) -> Target
         exec_post=exec_post,
         stop_timeout=stop_timeout,
         image=image,
+        keep=keep,
     )
     return Target(container=container, config=config, volumes=volumes)
 

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping
 
+from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 
 
@@ -109,6 +110,7 @@ class TargetConfig:
     exec_post: str | None
     stop_timeout: int
     image: ImagePolicy = ImagePolicy.AUTO
+    keep: Keep = DEFAULT_KEEP
 
 
 @dataclass(frozen=True)

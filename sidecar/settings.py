@@ -13,6 +13,7 @@ from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import SettingsError
+from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
 
 LOG_FORMATS = ("json", "text")
@@ -33,6 +34,8 @@ class Settings:
     project: str | None  # only containers of this compose project, when set
     shutdown_grace: float
     progress_interval: float
+    keep: Keep = DEFAULT_KEEP
+    prune_dry_run: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -102,6 +105,14 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     shutdown_grace = _float(get("BACKUP_SHUTDOWN_GRACE", "5"), "BACKUP_SHUTDOWN_GRACE", 0, 3600, problems)
     progress_interval = _float(get("BACKUP_PROGRESS_INTERVAL", "10"), "BACKUP_PROGRESS_INTERVAL", 0.1, 600, problems)
 
+    raw_keep = get("BACKUP_KEEP", str(DEFAULT_KEEP))
+    keep = DEFAULT_KEEP
+    try:
+        keep = parse_keep(raw_keep)
+    except ValueError as exc:
+        problems.append(f"BACKUP_KEEP={raw_keep!r} is invalid: {exc}")
+    prune_dry_run = _bool(get("BACKUP_PRUNE_DRY_RUN", "false"), "BACKUP_PRUNE_DRY_RUN", problems)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -115,9 +126,21 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         docker_host=env.get("DOCKER_HOST") or None,
         helper_image=env.get("BACKUP_HELPER_IMAGE") or None,
         project=(env.get("BACKUP_PROJECT") or "").strip() or None,
+        keep=keep,
+        prune_dry_run=prune_dry_run,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
     )
+
+
+def _bool(raw: str, name: str, problems: list[str]) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    problems.append(f"{name}={raw!r} is invalid: accepted: true/1/yes or false/0/no")
+    return False
 
 
 def _int(raw: str, name: str, low: int, high: int, problems: list[str]) -> int:

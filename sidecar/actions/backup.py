@@ -19,6 +19,7 @@ from ..model import ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
+from .prune import promote, run_prune
 from .interrupt import PAUSED, STOPPED, Interruption
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
         return BackupOutcome(target.name, target.container.name, "failure", (),
                              tuple(v.type_name for v in target.volumes), time.monotonic() - started,
                              0.0, phase, str(err), ctx.now())
+    # Rotation only after a successful backup: a failing target keeps what it has.
+    run_prune(ctx, lambda _service: target.config.keep, dry_run=ctx.settings.prune_dry_run, service=target.name)
     seconds = time.monotonic() - started
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
@@ -134,6 +137,9 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
             logger.info("archive written", extra={**fields, "volume": volume.type_name, "phase": "write",
                                                   "path": str(results[-1].path), "bytes": results[-1].size,
                                                   "tar_bytes": results[-1].raw_bytes})
+        # The first archive of a day, week or month also counts as that period's (hard links).
+        for result in results:
+            promote(ctx, ctx.store.archive_at(result.path), cfg.keep)
 
     # After the archives are safe: steps whose failure fails the run but keeps the archives.
     for step in (_post_command, _image_export):

@@ -36,4 +36,4 @@ class Context:
         """Targets and skipped containers, from `containers` or a fresh listing."""
         if containers is None:
             containers = self.engine.list_candidates(ENABLE)
-        return discover(containers, self.settings.default_schedule, self.settings.project)
+        return discover(containers, self.settings.default_schedule, self.settings.project, self.settings.keep)

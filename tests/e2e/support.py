@@ -242,10 +242,20 @@ class Lab:
         self._processes.append(proc)
         return proc, log
 
-    def archives(self, pattern: str = "*", folder: str = "[hdwm]*") -> list[Path]:
-        """Volume archives (hourly/ daily/ weekly/ monthly/); folder="images" for image exports."""
-        return sorted(p for p in self.backup_dir.glob(f"{folder}/{pattern}")
-                      if p.name.endswith((".tar.zst", ".tar.gz", ".tar")))
+    def archives(self, pattern: str = "*", folder: str | None = None) -> list[Path]:
+        """Archives written, one path per file: promoted copies (hard links in weekly/ or
+        monthly/) are left out unless their folder is asked for. folder="images" for exports."""
+        folders = [folder] if folder else ["hourly", "daily", "weekly", "monthly"]
+        found, seen = [], set()
+        for name in folders:
+            for path in sorted(self.backup_dir.glob(f"{name}/{pattern}")):
+                if not path.name.endswith((".tar.zst", ".tar.gz", ".tar", ".age")):
+                    continue
+                inode = path.stat().st_ino
+                if inode not in seen:
+                    seen.add(inode)
+                    found.append(path)
+        return sorted(found)
 
     # --- teardown -------------------------------------------------------------------------
     def cleanup(self) -> None:
