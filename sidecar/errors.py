@@ -82,3 +82,8 @@ class NotFound(SidecarError):
     """A target, archive or volume named on the command line does not exist."""
 
     exit_code = 2
+
+
+class EncryptionError(SidecarError):
+    """An archive cannot be encrypted or decrypted: wrong key or passphrase, or a damaged,
+    truncated or tampered age stream. Never carries key material or a passphrase."""
