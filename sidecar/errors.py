@@ -87,3 +87,14 @@ class NotFound(SidecarError):
 class EncryptionError(SidecarError):
     """An archive cannot be encrypted or decrypted: wrong key or passphrase, or a damaged,
     truncated or tampered age stream. Never carries key material or a passphrase."""
+
+
+class RemoteError(SidecarError):
+    """An operation on the off-site S3 store failed. The message names the operation, the
+    bucket, the key and the endpoint with the store's explanation, never credentials."""
+
+    def __init__(self, message: str, *, operation: str = "", bucket: str = "", key: str = ""):
+        self.operation = operation
+        self.bucket = bucket
+        self.key = key
+        super().__init__(message)
