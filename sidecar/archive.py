@@ -5,6 +5,7 @@ checksum verified and every member checked before anything is restored.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -14,15 +15,16 @@ import os
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 import zstandard
 
-from .errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
+from . import crypto
+from .errors import ArchiveError, BackupAborted, ChecksumMismatch, EncryptionError, UnsafeArchive
 from .model import Compression
-from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX
+from .naming import CHECKSUM_SUFFIX, ENCRYPTED_SUFFIX, PARTIAL_SUFFIX
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
@@ -40,15 +42,40 @@ class ArchiveResult:
     sha256: str
 
 
+@dataclass(frozen=True)
+class DecryptionKeys:
+    """What opens encrypted archives: age identities, or the passphrase."""
+
+    identities: tuple = ()
+    passphrase: str | None = field(default=None, repr=False)
+
+
+def is_encrypted(path: Path) -> bool:
+    return path.name.removesuffix(PARTIAL_SUFFIX).endswith(ENCRYPTED_SUFFIX)
+
+
 def compression_for(path: Path) -> Compression:
-    name = path.name.removesuffix(PARTIAL_SUFFIX)
+    name = path.name.removesuffix(PARTIAL_SUFFIX).removesuffix(ENCRYPTED_SUFFIX)
     if name.endswith(".tar.zst"):
         return Compression.ZSTD
     if name.endswith(".tar.gz"):
         return Compression.GZIP
     if name.endswith(".tar"):
         return Compression.NONE
-    raise ArchiveError(f"{path}: not an archive name (expected .tar.zst, .tar.gz or .tar)")
+    raise ArchiveError(f"{path}: not an archive name (expected .tar.zst, .tar.gz or .tar, optionally followed by .age)")
+
+
+@contextlib.contextmanager
+def _plain_reader(raw: BinaryIO, path: Path, keys: DecryptionKeys | None) -> Iterator[BinaryIO]:
+    """The archive's bytes as written before encryption (the file itself when not encrypted)."""
+    if not is_encrypted(path):
+        yield raw
+        return
+    if keys is None or (not keys.identities and keys.passphrase is None):
+        raise EncryptionError(f"{path.name} is encrypted: set BACKUP_AGE_IDENTITY_FILE or BACKUP_AGE_PASSPHRASE "
+                              "to read it")
+    with crypto.decrypting(raw, list(keys.identities) or None, keys.passphrase) as plain:
+        yield plain
 
 
 class _HashingFile:
@@ -73,8 +100,10 @@ class ArchiveWriter:
     `finish()` removes the partial file, so a failure never leaves a file that looks
     finished."""
 
-    def __init__(self, final_path: Path, compression: Compression, file_mode: int = 0o600):
+    def __init__(self, final_path: Path, compression: Compression, file_mode: int = 0o600,
+                 encryption: "crypto.EncryptionConfig | None" = None):
         self.final_path = final_path
+        self.encryption = encryption
         self.partial_path = final_path.with_name(final_path.name + PARTIAL_SUFFIX)
         self.compression = compression
         self.file_mode = file_mode
@@ -105,28 +134,35 @@ class ArchiveWriter:
         When this returns, the source has been read completely."""
         assert self._hashing is not None
         counted = self._count(chunks, on_progress)
-        if self.compression is Compression.ZSTD:
-            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-            out = compressor.stream_writer(self._hashing, closefd=False)
-        elif self.compression is Compression.GZIP:
-            out = gzip.GzipFile(fileobj=self._hashing, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
-        else:
-            out = None
-        target = out if out is not None else self._hashing
         try:
-            if exclude:
-                filter_tar(counted, target, exclude)
-            else:
-                for chunk in counted:
-                    target.write(chunk)
+            with contextlib.ExitStack() as stack:
+                # Encrypted while written: the checksum and size are of the encrypted bytes,
+                # and no plaintext reaches the disk. Leaving the stack finishes the age
+                # stream; an exception abandons it (and the caller removes the partial).
+                sink = self._hashing
+                if self.encryption is not None:
+                    sink = stack.enter_context(crypto.encrypting(self._hashing, self.encryption))
+                if self.compression is Compression.ZSTD:
+                    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+                    out = compressor.stream_writer(sink, closefd=False)
+                elif self.compression is Compression.GZIP:
+                    out = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+                else:
+                    out = None
+                target = out if out is not None else sink
+                if exclude:
+                    filter_tar(counted, target, exclude)
+                else:
+                    for chunk in counted:
+                        target.write(chunk)
+                if out is not None:
+                    out.close()
         finally:
             # Release the source at once, also on failure: an engine stream left open
             # keeps the container locked.
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
-        if out is not None:
-            out.close()
         return self.raw_bytes
 
     def _count(self, chunks: Iterable[bytes], on_progress) -> Iterator[bytes]:
@@ -270,9 +306,10 @@ class ArchiveCheck:
     root: tarfile.TarInfo | None  # the volume root's own entry (mode, owner, times)
 
 
-def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
-    """Verify the checksum and that every member is safe to restore, in one read.
-    Raises ChecksumMismatch, UnsafeArchive or ArchiveError; writes nothing."""
+def check_archive(path: Path, require_checksum: bool = True, keys: DecryptionKeys | None = None) -> ArchiveCheck:
+    """Verify the checksum and that every member is safe to restore, in one read
+    (decrypting an encrypted archive with `keys`). Raises ChecksumMismatch,
+    UnsafeArchive, EncryptionError or ArchiveError; writes nothing."""
     expected = read_checksum(path)
     if expected is None and require_checksum:
         raise ArchiveError(f"{path}: no {path.name}{CHECKSUM_SUFFIX} beside it; refusing to restore an unverified archive")
@@ -282,28 +319,30 @@ def check_archive(path: Path, require_checksum: bool = True) -> ArchiveCheck:
     root = None
     with open(path, "rb") as f:
         hashing = _HashingReader(f)
-        stream = _decompressed(hashing, compression)
-        counter = _CountingReader(stream)
+        failure: Exception | None = None
         try:
-            with tarfile.open(fileobj=counter, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-                for member in tar:
-                    checker.check(member)
-                    count += 1
-                    if root is None and member.isdir() and _relname(member.name) == "":
-                        root = member
-            counter.drain()
-        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as exc:
-            # Say "checksum mismatch" when the file is not the one that was written.
-            hashing.drain()
-            if expected is not None and hashing.sha.hexdigest() != expected:
-                raise ChecksumMismatch(f"{path}: SHA-256 is {hashing.sha.hexdigest()}, the checksum file says "
-                                       f"{expected}") from exc
-            raise ArchiveError(f"{path}: damaged archive ({exc})") from exc
+            with _plain_reader(hashing, path, keys) as plain:
+                counter = _CountingReader(_decompressed(plain, compression))
+                with tarfile.open(fileobj=counter, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+                    for member in tar:
+                        checker.check(member)
+                        count += 1
+                        if root is None and member.isdir() and _relname(member.name) == "":
+                            root = member
+                counter.drain()
+        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError, EncryptionError) as exc:
+            failure = exc
+        # Only now: while decrypting, a worker thread may still be reading `hashing`.
         hashing.drain()
-    checker.finish()
     actual = hashing.sha.hexdigest()
     if expected is not None and actual != expected:
-        raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}")
+        # Say "checksum mismatch" whenever the file is not the one that was written.
+        raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}") from failure
+    if isinstance(failure, EncryptionError):
+        raise failure
+    if failure is not None:
+        raise ArchiveError(f"{path}: damaged archive ({failure})") from failure
+    checker.finish()
     if count == 0:
         raise ArchiveError(f"{path}: the archive holds no members")
     return ArchiveCheck(path, actual, count, counter.count, root)
@@ -339,10 +378,11 @@ class _CountingReader:
             pass
 
 
-def iter_tar(path: Path, block: int = READ_SIZE) -> Iterator[bytes]:
-    """The decompressed tar bytes of an archive, in blocks (for the engine's put_archive)."""
-    with open(path, "rb") as f:
-        stream = _decompressed(f, compression_for(path))
+def iter_tar(path: Path, block: int = READ_SIZE, keys: DecryptionKeys | None = None) -> Iterator[bytes]:
+    """The decompressed (and decrypted) tar bytes of an archive, in blocks (for the
+    engine's put_archive and load)."""
+    with open(path, "rb") as f, _plain_reader(f, path, keys) as plain:
+        stream = _decompressed(plain, compression_for(path))
         while data := stream.read(block):
             yield data
 

@@ -43,6 +43,7 @@ def configure(log_format: str = "json", level: str = "INFO", stream=None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # The Docker SDK's HTTP stack is chatty at DEBUG and may echo request details.
-    for noisy in ("urllib3", "docker"):
-        logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.INFO))
+    # HTTP stacks are chatty at DEBUG and echo request details (botocore logs the
+    # Authorization header, which holds the access key id).
+    for noisy in ("urllib3", "docker", "botocore", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.WARNING))

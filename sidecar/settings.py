@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .archive import DecryptionKeys
+from .crypto import EncryptionConfig, load_identities, parse_recipients
 from .errors import SettingsError
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
@@ -36,6 +38,9 @@ class Settings:
     progress_interval: float
     keep: Keep = DEFAULT_KEEP
     prune_dry_run: bool = False
+    encryption: EncryptionConfig | None = None  # age recipients or passphrase: archives are encrypted
+    encrypt_local: bool = True  # False: local archives plain, only the off-site copy encrypted
+    decryption: DecryptionKeys | None = None  # identities / passphrase for restore
 
     @property
     def state_dir(self) -> Path:
@@ -113,6 +118,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         problems.append(f"BACKUP_KEEP={raw_keep!r} is invalid: {exc}")
     prune_dry_run = _bool(get("BACKUP_PRUNE_DRY_RUN", "false"), "BACKUP_PRUNE_DRY_RUN", problems)
 
+    encryption, encrypt_local, decryption = _encryption(env, get, problems)
+
     if problems:
         raise SettingsError(problems)
     return Settings(
@@ -128,9 +135,45 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         project=(env.get("BACKUP_PROJECT") or "").strip() or None,
         keep=keep,
         prune_dry_run=prune_dry_run,
+        encryption=encryption,
+        encrypt_local=encrypt_local,
+        decryption=decryption,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
     )
+
+
+def _encryption(env: Mapping[str, str], get, problems: list[str]):
+    """Age settings. The passphrase is never quoted in a message."""
+    recipients_text = read_value(env, "BACKUP_AGE_RECIPIENTS", problems)
+    passphrase = read_value(env, "BACKUP_AGE_PASSPHRASE", problems)
+    if passphrase == "":
+        problems.append("BACKUP_AGE_PASSPHRASE is empty: expected a passphrase (or unset it)")
+        passphrase = None
+    recipients: tuple[str, ...] = ()
+    if recipients_text and recipients_text.strip():
+        try:
+            recipients = parse_recipients(recipients_text)
+        except ValueError as exc:
+            problems.append(f"BACKUP_AGE_RECIPIENTS is invalid: {exc}")
+    encryption = None
+    if recipients and passphrase is not None:
+        problems.append("BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set: set only one")
+    elif recipients or passphrase is not None:
+        try:
+            encryption = EncryptionConfig(recipients=recipients, passphrase=passphrase)
+        except ValueError as exc:
+            problems.append(f"encryption settings are invalid: {exc}")
+    identities: tuple = ()
+    identity_file = env.get("BACKUP_AGE_IDENTITY_FILE")
+    if identity_file:
+        try:
+            identities = tuple(load_identities(Path(identity_file)))
+        except (ValueError, OSError) as exc:
+            problems.append(f"BACKUP_AGE_IDENTITY_FILE={identity_file!r} is invalid: {exc}")
+    decryption = DecryptionKeys(identities, passphrase) if identities or passphrase is not None else None
+    encrypt_local = _bool(get("BACKUP_ENCRYPT_LOCAL", "true"), "BACKUP_ENCRYPT_LOCAL", problems)
+    return encryption, encrypt_local, decryption
 
 
 def _bool(raw: str, name: str, problems: list[str]) -> bool:
