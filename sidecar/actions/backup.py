@@ -108,10 +108,11 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
         writers = []
         for volume in target.volumes:
             name = choose_name(target.name, volume.type_name, when, cfg.schedule.frequency,
-                               cfg.schedule.fires_more_than_once_a_day, cfg.compression.extension, taken)
+                               cfg.schedule.fires_more_than_once_a_day,
+                               cfg.compression.extension + ctx.local_encryption_suffix, taken)
             chosen.add(name.relpath)
             writer = files.enter_context(ArchiveWriter(ctx.store.path(name.relpath), cfg.compression,
-                                                       ctx.settings.file_mode))
+                                                       ctx.settings.file_mode, ctx.local_encryption))
             writers.append((volume, writer))
 
         with contextlib.ExitStack() as interruption:

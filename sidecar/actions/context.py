@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
 
+from ..crypto import EncryptionConfig
 from ..discovery import Discovery, discover
 from ..engine import Engine
 from ..labels import ENABLE
 from ..model import ContainerInfo
+from ..naming import ENCRYPTED_SUFFIX
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 
@@ -28,6 +30,15 @@ class Context:
     def create(cls, settings: Settings, engine: Engine) -> "Context":
         store = BackupStore(settings.backup_dir, settings.file_mode)
         return cls(settings, engine, store, Journal(store.state_dir / "journal.json"))
+
+    @property
+    def local_encryption(self) -> EncryptionConfig | None:
+        """How archives on the backup volume are encrypted (None: not encrypted)."""
+        return self.settings.encryption if self.settings.encrypt_local else None
+
+    @property
+    def local_encryption_suffix(self) -> str:
+        return ENCRYPTED_SUFFIX if self.local_encryption is not None else ""
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc).astimezone(self.settings.tz)

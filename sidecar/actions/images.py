@@ -53,11 +53,13 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
 
     # Save by tag when the container names one, so `docker load` brings the tag back.
     save_ref = reference if reference in info.tags or ":" in reference else info.id
-    name = choose_image_name(reference, ctx.now(), Compression.ZSTD.extension, ctx.store.taken)
+    name = choose_image_name(reference, ctx.now(), Compression.ZSTD.extension + ctx.local_encryption_suffix,
+                             ctx.store.taken)
     fields = {"target": target.name, "image": reference, "phase": "image"}
     started = time.monotonic()
     try:
-        with ArchiveWriter(ctx.store.path(name.relpath), Compression.ZSTD, ctx.settings.file_mode) as writer:
+        with ArchiveWriter(ctx.store.path(name.relpath), Compression.ZSTD, ctx.settings.file_mode,
+                           ctx.local_encryption) as writer:
             writer.write_stream(ctx.engine.save_image(save_ref))
             result = writer.finish()
     except SidecarError as err:
@@ -73,7 +75,7 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
 def run_restore_image(ctx: Context, ref: str) -> tuple[Path, list[str]]:
     """Verify an image export and load it into the engine (`docker load`)."""
     path = ctx.store.resolve(ref)
-    check_archive(path)
-    lines = ctx.engine.load_image(iter_tar(path))
+    check_archive(path, keys=ctx.settings.decryption)
+    lines = ctx.engine.load_image(iter_tar(path, keys=ctx.settings.decryption))
     logger.info("image loaded", extra={"path": str(path), "phase": "restore-image", "loaded": lines})
     return path, lines

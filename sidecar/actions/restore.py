@@ -43,7 +43,7 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
     fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
 
     logger.info("verifying archive", extra={**fields, "phase": "verify"})
-    check = check_archive(path)
+    check = check_archive(path, keys=ctx.settings.decryption)
     logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
                                            "bytes": check.tar_bytes, "sha256": check.sha256})
 
@@ -62,7 +62,7 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
             try:
-                ctx.engine.put_archive(container.id, mount.destination, iter_tar(path))
+                ctx.engine.put_archive(container.id, mount.destination, iter_tar(path, keys=ctx.settings.decryption))
                 if check.root is not None:
                     parent, _, base = mount.destination.rstrip("/").rpartition("/")
                     ctx.engine.put_archive(container.id, parent or "/", root_entry_tar(base, check.root))
