@@ -2,7 +2,7 @@
 # Container entrypoint of backup-sidecar.
 #
 #   (no args) | run ...     check the settings, then exec `backup-sidecar run ...`
-#   backup|list|plan|restore|restore-image|prune|healthcheck|version ...   exec `backup-sidecar ...`
+#   backup|list|plan|restore|restore-image|prune|sync|healthcheck|version ...   exec `backup-sidecar ...`
 #   -h | --help | --option ...                          exec `backup-sidecar ...`
 #   any other program (sh, ls, ...)                     exec it as is
 #
@@ -67,7 +67,7 @@ case "$1" in
         preflight
         exec backup-sidecar "$@"
         ;;
-    backup|list|plan|restore|restore-image|prune|healthcheck|version|-*)
+    backup|list|plan|restore|restore-image|prune|sync|healthcheck|version|-*)
         exec backup-sidecar "$@"
         ;;
     *)

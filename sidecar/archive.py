@@ -378,6 +378,13 @@ class _CountingReader:
             pass
 
 
+def iter_raw(path: Path, block: int = READ_SIZE) -> Iterator[bytes]:
+    """A file's bytes as stored, in blocks."""
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            yield data
+
+
 def iter_tar(path: Path, block: int = READ_SIZE, keys: DecryptionKeys | None = None) -> Iterator[bytes]:
     """The decompressed (and decrypted) tar bytes of an archive, in blocks (for the
     engine's put_archive and load)."""

@@ -16,15 +16,15 @@ from . import __version__, logs
 from .actions.backup import run_backup
 from .actions.context import Context
 from .actions.daemon import Daemon
-from .actions.images import run_restore_image
-from .actions.listing import run_list
+from .actions.images import run_image_prune, run_restore_image
+from .actions.sync import run_remote_prune, run_sync
+from .actions.listing import run_list, run_list_remote
 from .actions.plan import run_plan
 from .actions.prune import run_prune
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
 from .errors import ConfigError, NotFound, SidecarError
-from .labels import NAME, default_name
 from .settings import Settings, load_settings
 from .storage import BackupStore
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="recompute every checksum (reads every archive)")
+    p.add_argument("--remote", action="store_true", help="list the off-site copies in S3 instead")
 
     p = sub.add_parser("plan", help="targets, schedules and next runs; skipped containers and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+    p.add_argument("--from", dest="source", choices=("local", "s3"), default="local",
+                   help="s3: download the archive from the off-site store first (a new host with an empty "
+                        "backup volume)")
+
+    sub.add_parser("sync", help="copy archives missing off-site to S3 now, and verify them",
+                   description="Upload every finished archive the S3 store does not hold yet (the daemon does "
+                               "this after each backup and every S3_SYNC_INTERVAL seconds).")
 
     p = sub.add_parser("prune", help="delete archives beyond what backup.keep / BACKUP_KEEP keep",
                        description="Grandfather-father-son rotation by the dates in archive names. Never "
@@ -159,6 +167,17 @@ def cmd_backup(ctx: Context, args) -> int:
 
 
 def cmd_list(ctx: Context, args) -> int:
+    if args.remote:
+        remote_rows = run_list_remote(ctx, args.name)
+        if args.json:
+            print(json.dumps([dataclasses.asdict(r) for r in remote_rows], indent=2))
+        elif not remote_rows:
+            print(f"no archives in {ctx.remote.url('')}")
+        else:
+            _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "VERIFIED", "KEY"],
+                   [[r.date, r.target, r.volume, r.frequency, _size(r.size), "yes" if r.verified else "no",
+                     ctx.remote.key(r.path)] for r in remote_rows])
+        return 0
     rows = run_list(ctx, args.name, verify=args.verify)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -166,8 +185,8 @@ def cmd_list(ctx: Context, args) -> int:
     if not rows:
         print(f"no archives in {ctx.store.root}")
         return 0
-    _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "PATH"],
-           [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.path] for r in rows])
+    _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
+           [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
     return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
 
 
@@ -180,9 +199,10 @@ def cmd_plan(ctx: Context, args) -> int:
         }, indent=2))
         return 0
     if rows:
-        _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES"],
+        _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
+                "OFFSITE"],
                [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
-                 ",".join(r.volumes)] for r in rows])
+                 ",".join(r.volumes), r.latest or "-", r.copies, r.offsite] for r in rows])
     else:
         print("no targets (label containers with backup.enable=true)")
     for s in skipped:
@@ -193,30 +213,56 @@ def cmd_plan(ctx: Context, args) -> int:
 def cmd_restore(ctx: Context, args) -> int:
     _on_termination(ctx.cancel.set)
     run_recovery(ctx)
-    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force)
+    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=args.source == "s3")
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
     return 0
 
 
+def cmd_sync(ctx: Context, args) -> int:
+    if ctx.remote is None:
+        raise ConfigError("no off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials)")
+    result = run_sync(ctx)
+    for relpath in result.uploaded:
+        print(f"uploaded {relpath}")
+    for relpath in result.copied:
+        print(f"copied {relpath} (server-side)")
+    for relpath, error in result.failed:
+        print(f"failed {relpath}: {error}", file=sys.stderr)
+    if result.error:
+        print(f"sync incomplete: {result.error} ({len(result.pending)} archives pending)", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def cmd_prune(ctx: Context, args) -> int:
     discovery = ctx.discover()
-    keeps = {t.name: t.config.keep for t in discovery.targets}
-    # A container skipped for bad labels: its intended backup.keep is unknown, leave it be.
-    unknown = {s.container.labels.get(NAME, "").strip() or default_name(s.container) for s in discovery.skipped}
     service = None
     if args.name:
         target = discovery.find(args.name)
         service = target.name if target is not None else args.name
-    result = run_prune(ctx, lambda s: None if s in unknown else keeps.get(s, ctx.settings.keep),
-                       dry_run=args.dry_run or ctx.settings.prune_dry_run, service=service)
+    dry_run = args.dry_run or ctx.settings.prune_dry_run
+
+    def keep_for(name: str):
+        return discovery.keep_for(name, ctx.settings.keep)
+
+    result = run_prune(ctx, keep_for, dry_run=dry_run, service=service)
+    images = run_image_prune(ctx, ctx.settings.images_keep, dry_run) if service is None else []
+    remote = run_remote_prune(ctx, keep_for, service=service, dry_run=dry_run,
+                              images_keep=ctx.settings.images_keep if service is None else None)
     for t in result.targets:
         for archive in t.deleted:
             verb = "would delete" if result.dry_run else "deleted"
             print(f"{t.target}: {verb} {archive.path.relative_to(ctx.store.root)}")
         if t.error:
             print(f"{t.target}: {t.result}: {t.error}", file=sys.stderr)
-    return 0 if result.ok else 1
+    verb = "would delete" if dry_run else "deleted"
+    for path in images:
+        print(f"images: {verb} {path.relative_to(ctx.store.root)}")
+    for relpath in remote.deleted:
+        print(f"s3: {verb} {relpath}")
+    if remote.error:
+        print(f"s3: prune failed: {remote.error}", file=sys.stderr)
+    return 0 if result.ok and remote.error is None and not remote.refused else 1
 
 
 def cmd_restore_image(ctx: Context, args) -> int:
@@ -259,4 +305,5 @@ COMMANDS = {
     "restore": cmd_restore,
     "restore-image": cmd_restore_image,
     "prune": cmd_prune,
+    "sync": cmd_sync,
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import LabelError
-from .labels import is_candidate, parse_target
+from .labels import intended_name, is_candidate, parse_target
 from .model import ContainerInfo, Skipped, Target
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
@@ -31,6 +31,17 @@ class Discovery:
             if len(matches) == 1:
                 return matches[0]
         return None
+
+    def keep_for(self, service: str, default: Keep) -> Keep | None:
+        """Rotation rules for archives of `service`: its target's, `default` for archives
+        whose container is gone, None (leave them alone) when its container is skipped for
+        bad labels: its intended backup.keep is unknown."""
+        for target in self.targets:
+            if target.name == service:
+                return target.config.keep
+        if any(intended_name(s.container) == service for s in self.skipped):
+            return None
+        return default
 
     def find_skipped(self, ref: str) -> Skipped | None:
         for skipped in self.skipped:

@@ -161,6 +161,11 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
     return Target(container=container, config=config, volumes=volumes)
 
 
+def intended_name(container: ContainerInfo) -> str:
+    """The backup name a container asks for, even when its labels are otherwise invalid."""
+    return container.labels.get(NAME, "").strip() or default_name(container)
+
+
 def default_name(container: ContainerInfo) -> str:
     """The compose service name, else the container name, made safe for file names."""
     raw = container.compose_service or container.name

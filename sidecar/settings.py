@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .archive import DecryptionKeys
 from .crypto import EncryptionConfig, load_identities, parse_recipients
 from .errors import SettingsError
+from .remote import S3Config
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
 
@@ -41,6 +42,9 @@ class Settings:
     encryption: EncryptionConfig | None = None  # age recipients or passphrase: archives are encrypted
     encrypt_local: bool = True  # False: local archives plain, only the off-site copy encrypted
     decryption: DecryptionKeys | None = None  # identities / passphrase for restore
+    s3: S3Config | None = None  # None: no off-site copy
+    images_keep: int = 3  # exports kept per image
+    sync_interval: float = 300.0  # seconds between sync cycles of the daemon (heals store outages)
 
     @property
     def state_dir(self) -> Path:
@@ -119,6 +123,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     prune_dry_run = _bool(get("BACKUP_PRUNE_DRY_RUN", "false"), "BACKUP_PRUNE_DRY_RUN", problems)
 
     encryption, encrypt_local, decryption = _encryption(env, get, problems)
+    s3 = _s3(env, get, problems)
+    sync_interval = _float(get("S3_SYNC_INTERVAL", "300"), "S3_SYNC_INTERVAL", 1, 86400, problems)
+    images_keep = _int(get("BACKUP_KEEP_IMAGES", "3"), "BACKUP_KEEP_IMAGES", 1, 1000, problems)
 
     if problems:
         raise SettingsError(problems)
@@ -138,8 +145,53 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         encryption=encryption,
         encrypt_local=encrypt_local,
         decryption=decryption,
+        s3=s3,
+        sync_interval=sync_interval,
+        images_keep=images_keep,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
+    )
+
+
+def _s3(env: Mapping[str, str], get, problems: list[str]) -> S3Config | None:
+    """S3_* settings; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or their
+    _FILE forms), else boto3's own chain. Secrets are never quoted in a message."""
+    bucket = get("S3_BUCKET", "")
+    if not bucket:
+        for name in ("S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS"):
+            if env.get(name):
+                problems.append(f"{name} is set but S3_BUCKET is not: set S3_BUCKET to enable off-site copies")
+        return None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        problems.append(f"S3_BUCKET={bucket!r} is invalid: expected an S3 bucket name (3-63 lower-case letters, "
+                        "digits, '.' and '-')")
+    endpoint = get("S3_ENDPOINT_URL", "") or None
+    if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
+        problems.append(f"S3_ENDPOINT_URL={endpoint!r} is invalid: expected http://HOST[:PORT] or https://HOST[:PORT]")
+    part_mib = _int(get("S3_PART_SIZE_MB", "64"), "S3_PART_SIZE_MB", 5, 5120, problems)
+    attempts = _int(get("S3_ATTEMPTS", "5"), "S3_ATTEMPTS", 1, 20, problems)
+    checksum = get("S3_CHECKSUM", "SHA256").upper()
+    if checksum not in ("SHA256", "NONE"):
+        problems.append(f"S3_CHECKSUM={checksum!r} is invalid: accepted: SHA256, none (for a store that refuses "
+                        "checksum headers)")
+    key_id = read_value(env, "AWS_ACCESS_KEY_ID", problems) or None
+    secret = read_value(env, "AWS_SECRET_ACCESS_KEY", problems) or None
+    if (key_id is None) != (secret is None):
+        problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (or their _FILE forms), or neither "
+                        "to use boto3's credential chain")
+        key_id = secret = None
+    return S3Config(
+        bucket=bucket,
+        prefix=get("S3_PREFIX", "").strip("/"),
+        endpoint_url=endpoint,
+        region=get("S3_REGION", "") or env.get("AWS_DEFAULT_REGION") or None,
+        storage_class=get("S3_STORAGE_CLASS", "") or None,
+        path_style=_bool(get("S3_PATH_STYLE", "false"), "S3_PATH_STYLE", problems),
+        part_size=part_mib * 1024 * 1024,
+        attempts=attempts,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        checksum_algorithm=None if checksum == "NONE" else "SHA256",
     )
 
 

@@ -24,7 +24,15 @@ from typing import Iterator
 
 from .archive import read_checksum
 from .errors import ArchiveError, BackupBusy, NotFound
-from .naming import CHECKSUM_SUFFIX, PARTIAL_SUFFIX, ArchiveName, parse_image_name, parse_name
+from .naming import (
+    CHECKSUM_SUFFIX,
+    IMAGE_FOLDER,
+    PARTIAL_SUFFIX,
+    ArchiveName,
+    ImageArchiveName,
+    parse_image_name,
+    parse_name,
+)
 from .schedule import Frequency
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,17 @@ class StoredArchive:
     @property
     def has_checksum(self) -> bool:
         return self.checksum_path.exists()
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    path: Path
+    name: ImageArchiveName
+    size: int
+
+    @property
+    def checksum_path(self) -> Path:
+        return self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
 
 
 class BackupStore:
@@ -85,6 +104,18 @@ class BackupStore:
                     continue
                 found.append(StoredArchive(Path(entry.path), name, entry.stat().st_size))
         found.sort(key=lambda a: (a.name.stamp, a.name.seq, a.name.service, a.name.type_name))
+        return found
+
+    def image_exports(self) -> list["StoredImage"]:
+        """Finished image exports (images/), oldest first."""
+        folder = self.root / IMAGE_FOLDER
+        found = []
+        if folder.is_dir():
+            for entry in os.scandir(folder):
+                name = parse_image_name(entry.name)
+                if name is not None and entry.is_file(follow_symlinks=False):
+                    found.append(StoredImage(Path(entry.path), name, entry.stat().st_size))
+        found.sort(key=lambda i: (i.name.stamp, i.name.seq, i.name.image, i.name.tag))
         return found
 
     def latest(self, service: str, type_name: str) -> StoredArchive | None:
@@ -281,6 +312,71 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"interrupted": [e.__dict__ for e in items]}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """What the sidecar knows of one off-site copy: verified by the store's checksum and
+    a head after upload (or copy), at `verified_at`."""
+
+    relpath: str  # remote relpath (may end in .age when only the off-site copy is encrypted)
+    local_relpath: str
+    sha256: str  # of the object's bytes
+    local_sha256: str  # of the local archive it was made from
+    size: int
+    verified_at: float
+
+
+class RemoteIndex:
+    """Off-site copies made and verified, kept on the backup volume
+    (`.sidecar/remote.json`) so `plan` and `list` can show the 3-2-1 state without
+    asking the store."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def entries(self) -> dict[str, RemoteEntry]:
+        with self._lock:
+            return self._read()
+
+    def by_local(self) -> dict[str, RemoteEntry]:
+        return {e.local_relpath: e for e in self.entries().values()}
+
+    def record(self, entry: RemoteEntry) -> None:
+        with self._lock:
+            data = self._read()
+            data[entry.relpath] = entry
+            self._write(data)
+
+    def forget(self, relpaths) -> None:
+        gone = set(relpaths)
+        with self._lock:
+            data = self._read()
+            kept = {k: v for k, v in data.items() if k not in gone}
+            if len(kept) != len(data):
+                self._write(kept)
+
+    def _read(self) -> dict[str, RemoteEntry]:
+        try:
+            raw = json.loads(self.path.read_text())
+            return {item["relpath"]: RemoteEntry(**item) for item in raw.get("copies", [])}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            logger.error("remote index unreadable; off-site copies will be checked again",
+                         extra={"path": str(self.path), "error": str(exc)})
+            return {}
+
+    def _write(self, data: dict[str, RemoteEntry]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"copies": [e.__dict__ for e in sorted(data.values(), key=lambda e: e.relpath)]}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

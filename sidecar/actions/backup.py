@@ -18,8 +18,9 @@ from ..errors import BackupBusy, BackupError, SidecarError
 from ..model import ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
-from .images import export_image
+from .images import export_image, run_image_prune
 from .prune import promote, run_prune
+from .sync import run_remote_prune, run_sync
 from .interrupt import PAUSED, STOPPED, Interruption
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,7 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
         return BackupOutcome(target.name, target.container.name, "failure", (),
                              tuple(v.type_name for v in target.volumes), time.monotonic() - started,
                              0.0, phase, str(err), ctx.now())
-    # Rotation only after a successful backup: a failing target keeps what it has.
-    run_prune(ctx, lambda _service: target.config.keep, dry_run=ctx.settings.prune_dry_run, service=target.name)
+    _after_success(ctx, target)
     seconds = time.monotonic() - started
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
@@ -79,6 +79,18 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     })
     return BackupOutcome(target.name, target.container.name, "success", tuple(archives),
                          tuple(v.type_name for v in target.volumes), seconds, downtime, finished_at=ctx.now())
+
+
+def _after_success(ctx: Context, target: Target) -> None:
+    """Off-site copy, then rotation (only after a successful backup: a failing target
+    keeps what it has). The containers run again long before this; a failure here is
+    logged and does not fail the backup: the next cycle retries the upload."""
+    dry_run = ctx.settings.prune_dry_run
+    run_sync(ctx)
+    run_prune(ctx, lambda _service: target.config.keep, dry_run=dry_run, service=target.name)
+    run_image_prune(ctx, ctx.settings.images_keep, dry_run=dry_run)
+    run_remote_prune(ctx, lambda _service: target.config.keep, service=target.name, dry_run=dry_run,
+                     images_keep=ctx.settings.images_keep)
 
 
 class _PartialSuccess(Exception):

@@ -13,6 +13,7 @@ from ..engine import Engine
 from ..labels import ENABLE
 from ..model import ContainerInfo
 from ..naming import ENCRYPTED_SUFFIX
+from ..remote import RemoteStore
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 
@@ -25,11 +26,13 @@ class Context:
     journal: Journal
     # Set when the sidecar shuts down: backups in progress abort and restart what they stopped.
     cancel: threading.Event = field(default_factory=threading.Event)
+    remote: RemoteStore | None = None  # the off-site store, when S3_BUCKET is set
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
         store = BackupStore(settings.backup_dir, settings.file_mode)
-        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"))
+        remote = RemoteStore(settings.s3) if settings.s3 is not None else None
+        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"), remote=remote)
 
     @property
     def local_encryption(self) -> EncryptionConfig | None:

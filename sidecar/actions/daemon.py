@@ -21,6 +21,7 @@ from ..model import ContainerInfo, Target
 from .backup import BackupOutcome, run_backup
 from .context import Context
 from .recover import run_recovery
+from .sync import run_remote_prune, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class Daemon:
         self._reported: dict[str, str] = {}  # container id -> last reported skip reason
         self._events = None
         self._pool = ThreadPoolExecutor(max_workers=ctx.settings.concurrency, thread_name_prefix="backup")
+        # Off-site sync cycles run beside backups, one at a time; the first soon after start.
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
+        self._sync_future: Future | None = None
+        self._next_sync = time.monotonic() + min(ctx.settings.sync_interval, 10.0)
         self.outcomes: list[BackupOutcome] = []
 
     # --- public -------------------------------------------------------------------
@@ -153,11 +158,32 @@ class Daemon:
                 upcoming = min(self._next.values(), default=None)
             for target in due:
                 self._submit(target)
+            self._maybe_sync()
             wait = TICK_SECONDS
             if upcoming is not None:
                 wait = max(0.0, min(wait, (upcoming - self.ctx.now()).total_seconds()))
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _maybe_sync(self) -> None:
+        if self.ctx.remote is None or time.monotonic() < self._next_sync:
+            return
+        if self._sync_future is not None and not self._sync_future.done():
+            return
+        self._next_sync = time.monotonic() + self.ctx.settings.sync_interval
+        self._sync_future = self._sync_pool.submit(self._sync_cycle)
+
+    def _sync_cycle(self) -> None:
+        try:
+            result = run_sync(self.ctx)
+            if result.ok and not result.skipped:
+                run_remote_prune(self.ctx, self._keep_for, images_keep=self.ctx.settings.images_keep,
+                                 dry_run=self.ctx.settings.prune_dry_run)
+        except Exception:  # a bug must not kill the sync thread silently
+            logger.exception("sync cycle crashed", extra={"phase": "upload"})
+
+    def _keep_for(self, service: str):
+        return self._discovery.keep_for(service, self.ctx.settings.keep)
 
     def _submit(self, target: Target) -> None:
         with self._lock:
@@ -207,6 +233,7 @@ class Daemon:
                            extra={"phase": "shutdown"})
             self.ctx.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sync_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped", extra={"phase": "shutdown"})
 
 

@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import check_archive, iter_tar, root_entry_tar
-from ..errors import NotFound, RestoreError, SidecarError
+from ..archive import check_archive, iter_tar, read_checksum, root_entry_tar, write_checksum
+from ..errors import ConfigError, NotFound, RestoreError, SidecarError
 from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name, select_volumes
 from ..model import ContainerInfo, ContainerState, Mount
+from ..naming import parse_name
 from .context import Context
 from .interrupt import STOPPED, Interruption
 
@@ -35,11 +36,15 @@ class RestoreOutcome:
     downtime: float
 
 
-def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False) -> RestoreOutcome:
+def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False,
+                from_remote: bool = False) -> RestoreOutcome:
     started = time.monotonic()
     container, service, stop_timeout = resolve_container(ctx, ref)
     mount, type_name = _find_mount(container, volume)
-    path = _find_archive(ctx, service, type_name, archive)
+    if from_remote:
+        path = fetch_from_remote(ctx, service, type_name, archive)
+    else:
+        path = _find_archive(ctx, service, type_name, archive)
     fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
 
     logger.info("verifying archive", extra={**fields, "phase": "verify"})
@@ -110,6 +115,38 @@ def _find_archive(ctx: Context, service: str, type_name: str, archive: str) -> P
             raise NotFound(f"no archive of {service} volume {type_name} in {ctx.store.root}")
         return latest.path
     return ctx.store.resolve(archive)
+
+
+def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str) -> Path:
+    """Download an archive from the off-site store onto the backup volume (with its
+    checksum file, from the object's metadata), unless it is there already."""
+    remote = ctx.remote
+    if remote is None:
+        raise ConfigError("--from s3 needs the off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials)")
+    if archive == "latest":
+        candidates = []
+        for obj in remote.list():
+            name = parse_name(obj.relpath.rsplit("/", 1)[-1])
+            if name is not None and name.service == service and name.type_name == type_name \
+                    and obj.relpath == name.relpath:
+                candidates.append((name.stamp, name.seq, obj.relpath))
+        if not candidates:
+            raise NotFound(f"no off-site archive of {service} volume {type_name} in {remote.url('')}")
+        relpath = max(candidates)[2]
+    else:
+        name = parse_name(Path(archive).name)
+        if name is None:
+            raise NotFound(f"{archive!r} is not an archive name (expected e.g. daily/NAME_2026-01-01_daily.tar.zst)")
+        relpath = name.relpath
+    local = ctx.store.path(relpath)
+    if local.exists() and read_checksum(local) is not None:
+        logger.info("archive already on the backup volume; not downloading", extra={"path": str(local)})
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logger.info("downloading the off-site copy", extra={"phase": "download", "key": remote.key(relpath)})
+    obj = remote.download(relpath, local, ctx.settings.file_mode)
+    write_checksum(local, obj.sha256, ctx.settings.file_mode)
+    return local
 
 
 def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:
