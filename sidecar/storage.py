@@ -232,6 +232,8 @@ class BackupStore:
         """Held while `name` is backed up or restored; a second holder, in this process
         or another one on the same backup volume, gets BackupBusy at once."""
         path = self.state_dir / "locks" / f"{name}.lock"
+        if not path.parent.is_dir():
+            self.prepare()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:

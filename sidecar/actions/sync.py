@@ -93,6 +93,7 @@ def run_sync(ctx: Context) -> SyncResult:
     if not _SYNC_LOCK.acquire(blocking=False):
         return SyncResult(skipped=True, error="another sync is running")
     try:
+        ctx.store.prepare()
         with ctx.store.target_lock(".sync"):
             return _sync(ctx, remote)
     except SidecarError as err:  # BackupBusy from another process's sync
