@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import signal
+import urllib.error
+import urllib.request
 import sys
 from typing import Sequence
 
@@ -24,6 +26,7 @@ from .actions.prune import run_prune
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
+from .metrics import Metrics, MetricsServer
 from .errors import ConfigError, NotFound, SidecarError
 from .settings import Settings, load_settings
 from .storage import BackupStore
@@ -126,9 +129,24 @@ def _on_termination(handler) -> None:
 
 
 def cmd_run(ctx: Context, args) -> int:
-    daemon = Daemon(ctx)
+    metrics = Metrics(state_path=ctx.store.state_dir / "metrics.json")
+    daemon = Daemon(ctx, metrics=metrics)
     _on_termination(daemon.request_stop)
-    daemon.run()
+    server = None
+    if ctx.settings.metrics_port:
+        try:
+            server = MetricsServer(metrics, ctx.settings.metrics_addr, ctx.settings.metrics_port,
+                                   daemon.healthy).start()
+        except OSError as exc:
+            raise ConfigError(f"METRICS_PORT={ctx.settings.metrics_port} on METRICS_ADDR="
+                              f"{ctx.settings.metrics_addr!r} cannot be served ({exc.strerror}); expected a free "
+                              "port, or 0 to turn the endpoint off") from exc
+        logger.info("metrics endpoint up", extra={"address": ctx.settings.metrics_addr, "port": server.port})
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -274,6 +292,19 @@ def cmd_restore_image(ctx: Context, args) -> int:
 
 
 def _healthcheck(settings: Settings, max_age: float) -> int:
+    if settings.metrics_port:
+        host = "127.0.0.1" if settings.metrics_addr in ("0.0.0.0", "", "::") else settings.metrics_addr
+        url = f"http://{host}:{settings.metrics_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                print(f"healthy: {response.read().decode().strip()}")
+                return 0
+        except urllib.error.HTTPError as err:
+            print(f"unhealthy: {err.read().decode().strip()}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"unhealthy: {url} does not answer ({exc})", file=sys.stderr)
+            return 1
     age = BackupStore(settings.backup_dir).heartbeat_age()
     if age is None or age > max_age:
         print(f"unhealthy: the daemon's last heartbeat is {'missing' if age is None else f'{age:.0f} s old'}",

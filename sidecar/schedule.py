@@ -45,6 +45,9 @@ class Schedule:
     # The shortest gap between two firings: what the archive naming and the
     # "backup is late" alert are based on.
     min_interval: timedelta = field(compare=False)
+    # The longest gap (weekends of a weekdays-only rule, 31-day months): what "a backup
+    # is late" is measured against, so no alert fires on a planned gap.
+    max_interval: timedelta = field(default=timedelta(0), compare=False)
 
     @property
     def frequency(self) -> Frequency:
@@ -111,12 +114,14 @@ def parse_schedule(expression: str) -> Schedule:
         valid = False
     if not valid:
         raise ValueError(f"not a valid cron expression; accepted: {ACCEPTED}")
-    return Schedule(expression=expr, min_interval=_shortest_gap(expr))
+    shortest, longest = _gaps(expr)
+    return Schedule(expression=expr, min_interval=shortest, max_interval=longest)
 
 
-def _shortest_gap(expr: str) -> timedelta:
+def _gaps(expr: str) -> tuple[timedelta, timedelta]:
     it = croniter(expr, _REFERENCE)
     shortest: timedelta | None = None
+    longest = timedelta(0)
     try:
         previous = it.get_next(datetime)
         for _ in range(_SAMPLES):
@@ -124,10 +129,11 @@ def _shortest_gap(expr: str) -> timedelta:
             gap = current - previous
             if shortest is None or gap < shortest:
                 shortest = gap
+            longest = max(longest, gap)
             previous = current
     except Exception:
         # Rare rules (Feb 29) run out of croniter's year range; what was seen is enough.
         pass
     if shortest is None:
         raise ValueError(f"the schedule {expr!r} fires less than twice; accepted: {ACCEPTED}")
-    return shortest
+    return shortest, longest

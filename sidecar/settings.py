@@ -44,6 +44,8 @@ class Settings:
     decryption: DecryptionKeys | None = None  # identities / passphrase for restore
     s3: S3Config | None = None  # None: no off-site copy
     images_keep: int = 3  # exports kept per image
+    metrics_port: int = 9918  # 0: no metrics endpoint
+    metrics_addr: str = "0.0.0.0"
     sync_interval: float = 300.0  # seconds between sync cycles of the daemon (heals store outages)
 
     @property
@@ -126,6 +128,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     s3 = _s3(env, get, problems)
     sync_interval = _float(get("S3_SYNC_INTERVAL", "300"), "S3_SYNC_INTERVAL", 1, 86400, problems)
     images_keep = _int(get("BACKUP_KEEP_IMAGES", "3"), "BACKUP_KEEP_IMAGES", 1, 1000, problems)
+    metrics_port = _int(get("METRICS_PORT", "9918"), "METRICS_PORT", 0, 65535, problems)
+    metrics_addr = get("METRICS_ADDR", "0.0.0.0")
 
     if problems:
         raise SettingsError(problems)
@@ -148,6 +152,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         s3=s3,
         sync_interval=sync_interval,
         images_keep=images_keep,
+        metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
     )

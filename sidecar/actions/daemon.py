@@ -16,11 +16,13 @@ from typing import Callable
 
 from ..discovery import Discovery
 from ..errors import SidecarError
+from ..metrics import Metrics, TargetView
 from ..labels import ENABLE, is_candidate
 from ..model import ContainerInfo, Target
 from .backup import BackupOutcome, run_backup
 from .context import Context
 from .recover import run_recovery
+from .status import copy_states, newest_archive_times
 from .sync import run_remote_prune, run_sync
 
 logger = logging.getLogger(__name__)
@@ -31,9 +33,14 @@ _EVENT_ACTIONS = {"create", "start", "die", "destroy", "rename", "update", "stop
 
 
 class Daemon:
-    def __init__(self, ctx: Context, on_outcome: Callable[[BackupOutcome], None] | None = None):
+    def __init__(self, ctx: Context, on_outcome: Callable[[BackupOutcome], None] | None = None,
+                 metrics: Metrics | None = None):
         self.ctx = ctx
         self.on_outcome = on_outcome
+        self.metrics = metrics
+        self._loop_alive = time.monotonic()
+        self._engine_ok = True
+        self._next_ping = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -63,7 +70,11 @@ class Daemon:
 
     def run(self) -> None:
         run_recovery(self.ctx)
+        if self.metrics is not None:
+            self.metrics.recover(newest_archive_times(self.ctx))
+            self.metrics.up.set(1)
         self.refresh_all()
+        self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
         watcher.start()
         logger.info("sidecar running", extra={"targets": len(self._discovery.targets),
@@ -119,7 +130,42 @@ class Daemon:
                                  extra={"container": skipped.container.name, "phase": "config"})
             self._reported = {s.container.id: s.reason for s in found.skipped}
             self._discovery = found
+            if self.metrics is not None:
+                self.metrics.discovered([self._view(t) for t in found.targets], len(found.skipped))
         self._wake.set()
+
+    def _view(self, target: Target) -> TargetView:
+        return TargetView(target.name, tuple(v.type_name for v in target.volumes),
+                          self._next[target.name].timestamp(),
+                          target.config.schedule.max_interval.total_seconds())
+
+    def _update_copy_metrics(self) -> None:
+        if self.metrics is not None:
+            targets = list(self._discovery.targets)
+            self.metrics.copy_state(copy_states(self.ctx, targets), self.ctx.remote is not None)
+
+    # --- health ------------------------------------------------------------------------
+    def healthy(self) -> tuple[bool, str]:
+        """For /healthz: the scheduler loop turned recently and the engine answers."""
+        stalled = time.monotonic() - self._loop_alive
+        if self._stop.is_set():
+            return False, "shutting down"
+        if stalled > 3 * TICK_SECONDS + 5:
+            return False, f"scheduler loop stalled for {stalled:.0f} s"
+        if not self._engine_ok:
+            return False, "the Docker engine does not answer"
+        return True, "ok"
+
+    def _check_engine(self) -> None:
+        if time.monotonic() < self._next_ping:
+            return
+        self._next_ping = time.monotonic() + 15
+        try:
+            self._engine_ok = self.ctx.engine.ping()
+        except SidecarError as err:
+            if self._engine_ok:
+                logger.error("the Docker engine does not answer", extra={"error": str(err)})
+            self._engine_ok = False
 
     def _follow_events(self) -> None:
         backoff = 1.0
@@ -150,11 +196,15 @@ class Daemon:
     def _schedule_loop(self) -> None:
         while not self._stop.is_set():
             self.ctx.store.touch_heartbeat()
+            self._loop_alive = time.monotonic()
+            self._check_engine()
             now = self.ctx.now()
             with self._lock:
                 due = [t for t in self._discovery.targets if self._next.get(t.name, now) <= now]
                 for target in due:
                     self._next[target.name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
+                    if self.metrics is not None:
+                        self.metrics.scheduled(target.name, self._next[target.name].timestamp())
                 upcoming = min(self._next.values(), default=None)
             for target in due:
                 self._submit(target)
@@ -176,6 +226,7 @@ class Daemon:
     def _sync_cycle(self) -> None:
         try:
             result = run_sync(self.ctx)
+            self._update_copy_metrics()
             if result.ok and not result.skipped:
                 run_remote_prune(self.ctx, self._keep_for, images_keep=self.ctx.settings.images_keep,
                                  dry_run=self.ctx.settings.prune_dry_run)
@@ -209,6 +260,9 @@ class Daemon:
     def _record(self, outcome: BackupOutcome) -> None:
         self.outcomes.append(outcome)
         del self.outcomes[:-1000]
+        if self.metrics is not None:
+            self.metrics.observe(outcome)
+            self._update_copy_metrics()
         if self.on_outcome is not None:
             try:
                 self.on_outcome(outcome)
@@ -217,6 +271,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         logger.info("shutting down", extra={"phase": "shutdown"})
+        if self.metrics is not None:
+            self.metrics.up.set(0)
         with self._lock:
             running = [f for f in self._running.values() if not f.done()]
         deadline = time.monotonic() + self.ctx.settings.shutdown_grace

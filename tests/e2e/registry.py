@@ -4,12 +4,11 @@ a test can push an image and give it a repository digest, as a pulled image has.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
-from .support import wait_for
+from .support import free_port, wait_for
 
 CONFIG = """version: 0.1
 log:
@@ -20,12 +19,6 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Registry:

@@ -44,6 +44,14 @@ done
 """
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -152,6 +160,7 @@ class Lab:
         self._volumes: list[str] = []
         self._processes: list[subprocess.Popen] = []
         self._images: list[str] = []
+        self.metrics_port = free_port()
 
     # --- docker resources -----------------------------------------------------------
     def volume(self, name: str) -> str:
@@ -225,6 +234,8 @@ class Lab:
             "LOG_LEVEL": "INFO",
             "TZ": "UTC",
             "PYTHONUNBUFFERED": "1",
+            "METRICS_PORT": str(self.metrics_port),
+            "METRICS_ADDR": "127.0.0.1",
         })
         env.update(extra)
         return env

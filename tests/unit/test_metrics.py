@@ -1,0 +1,148 @@
+"""Metric values after success, failure and skip, series from discovery on, and their
+recovery after a restart. A fresh registry per test."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.actions.backup import BackupOutcome
+from sidecar.archive import ArchiveResult
+from sidecar.metrics import CopyState, Metrics, MetricsServer, TargetView
+
+
+def value(metrics: Metrics, name: str, **labels) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def make(tmp_path: Path | None = None) -> Metrics:
+    return Metrics(CollectorRegistry(), state_path=tmp_path / "metrics.json" if tmp_path else None)
+
+
+def outcome(result: str, volumes=("data",), sizes=None, seconds=2.5, downtime=0.5, phase=None) -> BackupOutcome:
+    archives = tuple(ArchiveResult(Path(f"/b/daily/app_{v}_2026-01-01_daily.tar.zst"), size, size * 3, "0" * 64)
+                     for v, size in (sizes or {}).items())
+    return BackupOutcome("app", "app-1", result, archives, volumes, seconds, downtime, phase,
+                         None if result == "success" else "boom")
+
+
+VIEW = TargetView("app", ("data", "logs"), next_run=1_900_000_000, expected_interval=86400)
+
+
+def test_series_exist_from_discovery_on():
+    m = make()
+    m.discovered([VIEW], config_errors=2)
+    assert value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == 0
+    assert value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="logs") == 0
+    for result in ("success", "failure", "skipped"):
+        assert value(m, "backup_sidecar_runs_total", target="app", result=result) == 0
+    assert value(m, "backup_sidecar_next_run_timestamp_seconds", target="app") == 1_900_000_000
+    assert value(m, "backup_sidecar_expected_interval_seconds", target="app") == 86400
+    assert value(m, "backup_sidecar_targets") == 1
+    assert value(m, "backup_sidecar_target_config_errors") == 2
+    assert value(m, "backup_sidecar_build_info", version=__import__("sidecar").__version__) == 1
+
+
+def test_success_failure_skip():
+    m = make()
+    m.discovered([VIEW], 0)
+    before = time.time()
+    m.observe(outcome("success", ("data", "logs"), {"data": 1000, "logs": 20}))
+    assert value(m, "backup_sidecar_last_status", target="app", volume="data") == 1
+    success = value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data")
+    assert before <= success <= time.time()
+    assert value(m, "backup_sidecar_archive_size_bytes", target="app", volume="data") == 1000
+    assert value(m, "backup_sidecar_runs_total", target="app", result="success") == 1
+    assert value(m, "backup_sidecar_duration_seconds_count", target="app") == 1
+    assert value(m, "backup_sidecar_duration_seconds_sum", target="app") == 2.5
+    assert value(m, "backup_sidecar_downtime_seconds", target="app") == 0.5
+
+    m.observe(outcome("failure", ("data", "logs"), phase="pre"))
+    assert value(m, "backup_sidecar_last_status", target="app", volume="data") == 0
+    assert value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == success
+    assert value(m, "backup_sidecar_last_attempt_timestamp_seconds", target="app", volume="data") >= success
+    assert value(m, "backup_sidecar_runs_total", target="app", result="failure") == 1
+
+    m.observe(outcome("skipped"))
+    assert value(m, "backup_sidecar_runs_total", target="app", result="skipped") == 1
+    assert value(m, "backup_sidecar_duration_seconds_count", target="app") == 2  # skips take no time
+
+
+def test_targets_gone_lose_their_series():
+    m = make()
+    m.discovered([VIEW], 0)
+    m.discovered([], 0)
+    assert value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") is None
+    assert value(m, "backup_sidecar_runs_total", target="app", result="success") is None
+    assert value(m, "backup_sidecar_targets") == 0
+
+
+def test_last_success_survives_a_restart(tmp_path):
+    first = make(tmp_path)
+    first.discovered([VIEW], 0)
+    first.observe(outcome("success", ("data",), {"data": 10}))
+    success = value(first, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data")
+
+    second = make(tmp_path)  # a new process: fresh registry, same backup volume
+    second.discovered([VIEW], 0)
+    assert value(second, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == success
+    assert value(second, "backup_sidecar_last_status", target="app", volume="data") == 1
+    assert value(second, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="logs") == 0
+    assert oct((tmp_path / "metrics.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_recovery_from_the_archives_without_a_state_file(tmp_path):
+    stamp = time.time() - 3 * 86400
+    m = make(tmp_path)
+    m.recover({("app", "data"): stamp})
+    m.discovered([VIEW], 0)
+    assert value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == stamp
+    # A newer success recorded in the state file is not replaced by an older archive time.
+    m.observe(outcome("success", ("data",), {"data": 1}))
+    newer = value(m, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data")
+    m.recover({("app", "data"): stamp})
+    again = make(tmp_path)
+    again.discovered([VIEW], 0)
+    assert value(again, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == newer
+
+
+def test_copy_state():
+    m = make()
+    m.discovered([VIEW], 0)
+    m.copy_state({("app", "data"): CopyState(100.0, 90.0, 2), ("app", "logs"): CopyState(100.0, None, 1)}, True)
+    assert value(m, "backup_sidecar_copies", target="app") == 1  # the weakest volume counts
+    assert value(m, "backup_sidecar_offsite_last_success_timestamp_seconds", target="app", volume="data",
+                 destination="s3") == 90.0
+    assert value(m, "backup_sidecar_offsite_last_success_timestamp_seconds", target="app", volume="logs",
+                 destination="s3") == 0
+
+
+@pytest.mark.parametrize("healthy, code", [((True, "ok"), 200), ((False, "scheduler loop stalled"), 503)])
+def test_endpoint_serves_metrics_and_health(healthy, code):
+    m = make()
+    m.discovered([VIEW], 0)
+    server = MetricsServer(m, "127.0.0.1", 0, lambda: healthy).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
+            assert b'backup_sidecar_last_success_timestamp_seconds{target="app",volume="data"} 0.0' in r.read()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+                got, body = r.status, r.read()
+        except urllib.error.HTTPError as err:
+            got, body = err.code, err.read()
+        assert got == code and healthy[1].encode() in body
+    finally:
+        server.stop()
+
+
+def test_state_file_written_atomically(tmp_path):
+    m = make(tmp_path)
+    m.discovered([VIEW], 0)
+    m.observe(outcome("success", ("data",), {"data": 1}))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
