@@ -27,6 +27,7 @@ from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
+from .notify import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .settings import Settings, load_settings
 from .storage import BackupStore
@@ -130,7 +131,8 @@ def _on_termination(handler) -> None:
 
 def cmd_run(ctx: Context, args) -> int:
     metrics = Metrics(state_path=ctx.store.state_dir / "metrics.json")
-    daemon = Daemon(ctx, metrics=metrics)
+    notifier = _notifier(ctx)
+    daemon = Daemon(ctx, on_outcome=notifier.outcome if notifier else None, metrics=metrics)
     _on_termination(daemon.request_stop)
     server = None
     if ctx.settings.metrics_port:
@@ -147,7 +149,14 @@ def cmd_run(ctx: Context, args) -> int:
     finally:
         if server is not None:
             server.stop()
+        if notifier is not None:
+            notifier.close()
     return 0
+
+
+def _notifier(ctx: Context) -> Notifier | None:
+    notify = ctx.settings.notify
+    return Notifier(notify, ctx.store.state_dir / "notify.json") if notify is not None else None
 
 
 def cmd_backup(ctx: Context, args) -> int:
@@ -171,8 +180,19 @@ def cmd_backup(ctx: Context, args) -> int:
     for skipped in discovery.skipped if args.all else ():
         print(f"skipped {skipped.container.name}: {skipped.reason}", file=sys.stderr)
     failed = 0
-    for target in targets:
-        outcome = run_backup(ctx, target)
+    notifier = _notifier(ctx)
+    try:
+        outcomes = []
+        for target in targets:
+            if ctx.cancel.is_set():  # SIGTERM: no further targets
+                break
+            outcomes.append(run_backup(ctx, target))
+            if notifier is not None:
+                notifier.outcome(outcomes[-1])
+    finally:
+        if notifier is not None:
+            notifier.close()
+    for target, outcome in zip(targets, outcomes):
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")

@@ -45,5 +45,5 @@ def configure(log_format: str = "json", level: str = "INFO", stream=None) -> Non
     root.setLevel(level)
     # HTTP stacks are chatty at DEBUG and echo request details (botocore logs the
     # Authorization header, which holds the access key id).
-    for noisy in ("urllib3", "docker", "botocore", "boto3", "s3transfer"):
+    for noisy in ("urllib3", "docker", "botocore", "boto3", "s3transfer", "apprise"):
         logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.WARNING))

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .archive import DecryptionKeys
 from .crypto import EncryptionConfig, load_identities, parse_recipients
 from .errors import SettingsError
+from .notify import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .remote import S3Config
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
@@ -44,6 +45,7 @@ class Settings:
     decryption: DecryptionKeys | None = None  # identities / passphrase for restore
     s3: S3Config | None = None  # None: no off-site copy
     images_keep: int = 3  # exports kept per image
+    notify: NotifyConfig | None = None  # apprise URLs: failure (or every) outcome is notified
     metrics_port: int = 9918  # 0: no metrics endpoint
     metrics_addr: str = "0.0.0.0"
     sync_interval: float = 300.0  # seconds between sync cycles of the daemon (heals store outages)
@@ -128,6 +130,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     s3 = _s3(env, get, problems)
     sync_interval = _float(get("S3_SYNC_INTERVAL", "300"), "S3_SYNC_INTERVAL", 1, 86400, problems)
     images_keep = _int(get("BACKUP_KEEP_IMAGES", "3"), "BACKUP_KEEP_IMAGES", 1, 1000, problems)
+    notify = _notify(env, get, problems)
     metrics_port = _int(get("METRICS_PORT", "9918"), "METRICS_PORT", 0, 65535, problems)
     metrics_addr = get("METRICS_ADDR", "0.0.0.0")
 
@@ -152,11 +155,31 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         s3=s3,
         sync_interval=sync_interval,
         images_keep=images_keep,
+        notify=notify,
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
         shutdown_grace=shutdown_grace,
         progress_interval=progress_interval,
     )
+
+
+def _notify(env: Mapping[str, str], get, problems: list[str]) -> NotifyConfig | None:
+    """NOTIFY_URLS (or _FILE), NOTIFY_ON, NOTIFY_TIMEOUT. URLs carry tokens: never quoted."""
+    raw = read_value(env, "NOTIFY_URLS", problems) or ""
+    urls: tuple[str, ...] = ()
+    if raw.strip():
+        try:
+            urls = parse_notify_urls(raw)
+        except ValueError as exc:
+            problems.append(f"NOTIFY_URLS is invalid: {exc}")
+    raw_on = get("NOTIFY_ON", "failure")
+    on = NotifyOn.FAILURE
+    try:
+        on = parse_notify_on(raw_on)
+    except ValueError as exc:
+        problems.append(f"NOTIFY_ON={raw_on!r} is invalid: {exc}")
+    timeout = _float(get("NOTIFY_TIMEOUT", "10"), "NOTIFY_TIMEOUT", 1, 300, problems)
+    return NotifyConfig(urls, on, timeout) if urls else None
 
 
 def _s3(env: Mapping[str, str], get, problems: list[str]) -> S3Config | None:

@@ -226,3 +226,33 @@ def test_mailto_sends_an_email_through_plain_smtp_with_auth(mail_sink, caplog):
                for r in caplog.records)
     assert not leaked(caplog.records, SECRET)
 
+
+
+# --- through the real CLI and engine ---------------------------------------------------
+
+def test_failing_pre_command_notifies_then_recovery(lab, webhook):
+    """The sidecar's own backup command, a real container whose pre-command fails until a
+    file appears: one failure message naming target, volume, phase and error, then a
+    recovery message."""
+    volume = lab.volume("data")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop",
+                         "backup.exec.pre": "test -f /data/ready || { echo database not ready >&2; exit 4; }"},
+                 {volume: "/data"})
+    env = {"NOTIFY_URLS": f"json://hook:s3cret-hook@127.0.0.1:{webhook.port}/notify"}
+    failed = lab.cli("backup", "app", **env)
+    assert failed.returncode == 1
+    wait_for(lambda: len(webhook.requests) == 1, what="the failure notification")
+    body = webhook.requests[0]["body"]
+    got = fields(body["message"])
+    assert body["type"] == "failure" and "app" in body["title"]
+    assert got["target"] == "app" and got["volumes"] == "data" and got["phase"] == "pre"
+    assert "exited with 4" in got["error"] and "database not ready" in got["error"]
+    assert "s3cret-hook" not in failed.stderr + failed.stdout
+
+    lab.populate(volume, "touch ready")
+    ok = lab.cli("backup", "app", **env)
+    assert ok.returncode == 0, ok.stderr
+    wait_for(lambda: len(webhook.requests) == 2, what="the recovery notification")
+    recovery = webhook.requests[1]["body"]
+    assert recovery["type"] == "success" and "recovered" in recovery["title"]
+    assert fields(recovery["message"])["target"] == "app"
