@@ -23,6 +23,7 @@ import zstandard
 
 from . import crypto
 from .errors import ArchiveError, BackupAborted, ChecksumMismatch, EncryptionError, UnsafeArchive
+from .fsutil import fsync_dir
 from .model import Compression
 from .naming import CHECKSUM_SUFFIX, ENCRYPTED_SUFFIX, PARTIAL_SUFFIX
 from .streams import IterReader
@@ -181,7 +182,7 @@ class ArchiveWriter:
         digest = self._hashing.sha.hexdigest()
         os.replace(self.partial_path, self.final_path)
         write_checksum(self.final_path, digest, self.file_mode)
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
         self._done = True
         return ArchiveResult(self.final_path, self._hashing.size, self.raw_bytes, digest)
 
@@ -230,14 +231,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(READ_SIZE):
             sha.update(block)
     return sha.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- excludes -----------------------------------------------------------------------

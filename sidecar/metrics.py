@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Callable, Iterable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
+from .fsutil import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -212,12 +212,7 @@ class Metrics:
         if self.state_path is None:
             self._memory = data
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"volumes": data}, f, indent=1)
-        os.replace(tmp, self.state_path)
+        write_json_atomic(self.state_path, {"volumes": data})
 
 
 def _remove(metric, *labels: str) -> None:

@@ -39,11 +39,7 @@ class ArchiveName:
 
     @property
     def filename(self) -> str:
-        stamp = self.stamp.strftime("%Y-%m-%d")
-        if self.has_time:
-            stamp += self.stamp.strftime("T%H%M%S")
-        if self.seq:
-            stamp += f"-{self.seq}"
+        stamp = _stamp_text(self.stamp, self.has_time, self.seq)
         return f"{self.service}_{self.type_name}_{stamp}_{self.frequency.value}{self.extension}"
 
     @property
@@ -55,13 +51,28 @@ class ArchiveName:
         return f"{self.frequency.value}/{self.filename}"
 
 
-def parse_name(filename: str) -> ArchiveName | None:
-    m = _NAME_RE.match(filename)
-    if not m:
+def _stamp_text(stamp: datetime, has_time: bool, seq: int) -> str:
+    text = stamp.strftime("%Y-%m-%d")
+    if has_time:
+        text += stamp.strftime("T%H%M%S")
+    if seq:
+        text += f"-{seq}"
+    return text
+
+
+def _parse_stamp(m: re.Match | None) -> datetime | None:
+    if m is None:
         return None
     try:
-        stamp = datetime.strptime(m["date"] + (m["time"] or "000000"), "%Y-%m-%d%H%M%S")
+        return datetime.strptime(m["date"] + (m["time"] or "000000"), "%Y-%m-%d%H%M%S")
     except ValueError:
+        return None
+
+
+def parse_name(filename: str) -> ArchiveName | None:
+    m = _NAME_RE.match(filename)
+    stamp = _parse_stamp(m)
+    if stamp is None:
         return None
     return ArchiveName(
         stamp=stamp,
@@ -124,12 +135,7 @@ class ImageArchiveName:
 
     @property
     def filename(self) -> str:
-        stamp = self.stamp.strftime("%Y-%m-%d")
-        if self.has_time:
-            stamp += self.stamp.strftime("T%H%M%S")
-        if self.seq:
-            stamp += f"-{self.seq}"
-        return f"{self.image}_{self.tag}_{stamp}{self.extension}"
+        return f"{self.image}_{self.tag}_{_stamp_text(self.stamp, self.has_time, self.seq)}{self.extension}"
 
     @property
     def relpath(self) -> str:
@@ -153,11 +159,8 @@ def split_image_reference(reference: str) -> tuple[str, str]:
 
 def parse_image_name(filename: str) -> ImageArchiveName | None:
     m = _IMAGE_RE.match(filename)
-    if not m:
-        return None
-    try:
-        stamp = datetime.strptime(m["date"] + (m["time"] or "000000"), "%Y-%m-%d%H%M%S")
-    except ValueError:
+    stamp = _parse_stamp(m)
+    if stamp is None:
         return None
     return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0))
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, unquote
 
+from .fsutil import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 100  # messages waiting for the sender; more are dropped (and logged)
@@ -399,18 +401,9 @@ class _State:
         data = {"version": _STATE_VERSION,
                 "failing": {name: {"since": f.since, "runs": f.runs, "phase": f.phase}
                             for name, f in sorted(self.failing.items())}}
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                os.fchmod(out.fileno(), 0o600)
-                json.dump(data, out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, self.path)
+            write_json_atomic(self.path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             logger.error("notification state not saved", extra={"path": str(self.path), "error": str(exc),
                                                                 "phase": "notify"})
 

@@ -46,6 +46,7 @@ from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ChecksumMismatch, RemoteError
+from .fsutil import fsync_dir
 from .naming import PARTIAL_SUFFIX
 
 try:  # the `s3` extra; the module stays importable without it (S3Config for settings)
@@ -430,7 +431,7 @@ class RemoteStore:
         try:
             obj = self._retry("download", key, op, cleanup=lambda: _unlink(partial))
             os.replace(partial, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             _unlink(partial)
             raise
@@ -528,9 +529,3 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -24,6 +24,7 @@ from typing import Iterator
 
 from .archive import read_checksum
 from .errors import ArchiveError, BackupBusy, NotFound
+from .fsutil import fsync_dir, write_json_atomic
 from .naming import (
     CHECKSUM_SUFFIX,
     IMAGE_FOLDER,
@@ -192,7 +193,7 @@ class BackupStore:
         except BaseException:
             target.unlink(missing_ok=True)
             raise
-        self._fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return StoredArchive(target, name, existing.size)
 
     def delete(self, archive: StoredArchive) -> None:
@@ -200,7 +201,7 @@ class BackupStore:
         stays on disk while another hard link (a promoted copy) still names it."""
         archive.path.unlink(missing_ok=True)
         archive.checksum_path.unlink(missing_ok=True)
-        self._fsync_dir(archive.path.parent)
+        fsync_dir(archive.path.parent)
 
     @staticmethod
     def _write_new_checksum(path: Path, digest: str, mode: int) -> None:
@@ -217,14 +218,6 @@ class BackupStore:
             os.link(tmp, checksum)  # unlike a rename, never replaces an existing file
         finally:
             tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # --- locks ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -311,14 +304,7 @@ class Journal:
             return []
 
     def _write(self, items: list[JournalEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"interrupted": [e.__dict__ for e in items]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"interrupted": [e.__dict__ for e in items]})
 
 
 @dataclass(frozen=True)
@@ -376,11 +362,4 @@ class RemoteIndex:
             return {}
 
     def _write(self, data: dict[str, RemoteEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"copies": [e.__dict__ for e in sorted(data.values(), key=lambda e: e.relpath)]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"copies": [e.__dict__ for e in sorted(data.values(), key=lambda e: e.relpath)]})
