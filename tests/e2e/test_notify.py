@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +19,8 @@ import pytest
 from sidecar.actions.backup import BackupOutcome
 from sidecar.archive import ArchiveResult
 from sidecar.notify import Notifier, NotifyConfig, parse_notify_urls
+
+from .support import free_port, wait_for
 
 SECRET = "Smtp-Pa55-Xyz"
 TOKEN = "hookTok3nQwertyuiop"
@@ -42,28 +43,12 @@ def fields(text: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in text.strip().splitlines())
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def leaked(records, *secrets) -> list[str]:
     found = []
     for record in records:
         text = repr(vars(record)) + logging.Formatter().format(record)
         found += [f"{record.name}: {record.getMessage()}" for s in secrets if s in text]
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- an HTTP webhook receiver ---------------------------------------------------------
