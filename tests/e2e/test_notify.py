@@ -1,6 +1,6 @@
 """Notifications end to end through apprise against real receivers on 127.0.0.1: an HTTP
 server taking json:// webhooks and an SMTP server (aiosmtpd) taking mailto:// email.
-No Docker: these only need local sockets."""
+The module tests need only local sockets; the last one drives the real CLI and engine."""
 
 from __future__ import annotations
 
