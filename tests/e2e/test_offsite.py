@@ -5,7 +5,9 @@ rotation rules on disk and in the store."""
 from __future__ import annotations
 
 import hashlib
+import re
 import signal
+import urllib.request
 
 import pyrage
 
@@ -84,6 +86,15 @@ def test_store_outage_heals_on_the_next_cycle(lab, s3_server, s3_bucket):
     wait_for(lambda: key in objects(s3_server, s3_bucket), timeout=60, what="the daemon's sync to upload it")
     wait_for(lambda: any(r["message"] == "off-site copy verified" and r.get("path") == f"daily/{archive.name}"
                          for r in log_records(log)), timeout=30, what="the upload to be logged")
+    # The metrics follow: two copies, and an off-site timestamp for the volume.
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    wait_for(lambda: 'backup_sidecar_copies{target="app"} 2.0' in scrape(), timeout=30, what="copies to be 2")
+    offsite = re.search(r'backup_sidecar_offsite_last_success_timestamp_seconds\{destination="s3",target="app",'
+                        r'volume="data"\} (\S+)', scrape())
+    assert offsite and float(offsite.group(1)) > 0
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
     assert archive.exists()  # the local archive was never touched
