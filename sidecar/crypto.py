@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import EncryptionError
+from .streams import ChunkedReader
 
 logger = logging.getLogger(__name__)
 
@@ -482,8 +483,9 @@ def _not_age(start: bytes | bytearray) -> str:
     return "not an age-encrypted file (it does not start with the age v1 header)"
 
 
-class _PassphraseReader:
+class _PassphraseReader(ChunkedReader):
     def __init__(self, source: "_Prefixed", header: _Header, passphrase: str):
+        super().__init__()
         file_key = _unwrap_scrypt(header, passphrase)
         expected = hmac.new(_hkdf(file_key, b"", b"header"), header.mac_input, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, header.mac):
@@ -494,31 +496,9 @@ class _PassphraseReader:
         self._stream = _Stream(_hkdf(file_key, nonce, b"payload"))
         self._source = source
         self._ahead = source.read_exact(_CHUNK + _TAG)
-        self._plain = b""
-        self._pos = 0
-        self._done = False
         self._failure: str | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        parts = []
-        wanted = size
-        while wanted != 0:
-            if self._pos >= len(self._plain):
-                if self._done:
-                    break
-                self._plain, self._pos = self._next_chunk(), 0
-                continue
-            end = len(self._plain) if wanted < 0 else min(len(self._plain), self._pos + wanted)
-            parts.append(self._plain[self._pos:end])
-            if wanted > 0:
-                wanted -= end - self._pos
-            self._pos = end
-        return b"".join(parts)
-
-    def _next_chunk(self) -> bytes:
+    def _next_chunk(self, wanted: int) -> bytes:
         # A failure stays: reading on must not look like a clean end.
         if self._failure is not None:
             raise EncryptionError(self._failure)
@@ -536,28 +516,26 @@ class _PassphraseReader:
                                   f"after chunk {self._stream.counter})")
         plain = self._stream.decrypt(sealed, final)
         if final:
-            self._done = True
+            self._at_end = True
             if not plain and self._stream.counter > 1:
                 raise EncryptionError("damaged age file (an empty final chunk after data)")
         return plain
 
     def close(self) -> None:
-        self._done = True
+        self._at_end = True
 
 
-class _PipeReader:
+class _PipeReader(ChunkedReader):
     """pyrage's decrypt_io in a worker thread, writing the plaintext into a pipe."""
 
     def __init__(self, source: "_Prefixed", identities: list[Identity]):
+        super().__init__()
         self._source = source
         self._identities = list(identities)
         self._read_fd, self._write_fd = os.pipe()
         _widen_pipe(self._write_fd)
         self._thread = threading.Thread(target=self._run, name="age-decrypt", daemon=True)
         self._error: BaseException | None = None
-        self._buf = b""
-        self._pos = 0
-        self._eof = False
         self._stopped = False
 
     def _run(self) -> None:
@@ -571,26 +549,10 @@ class _PipeReader:
     def start(self) -> None:
         self._thread.start()
         # Wait for the header to be processed (or refused): a wrong key fails here.
-        self._buf = self._fill(_READ)
+        self._chunk = self._fill(_READ)
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        parts = []
-        wanted = size
-        while wanted != 0:
-            if self._pos >= len(self._buf):
-                if self._eof:
-                    break
-                self._buf, self._pos = self._fill(_READ if wanted < 0 else max(wanted, _READ)), 0
-                continue
-            end = len(self._buf) if wanted < 0 else min(len(self._buf), self._pos + wanted)
-            parts.append(self._buf[self._pos:end])
-            if wanted > 0:
-                wanted -= end - self._pos
-            self._pos = end
-        return b"".join(parts)
+    def _next_chunk(self, wanted: int) -> bytes:
+        return self._fill(_READ if wanted < 0 else max(wanted, _READ))
 
     def _fill(self, size: int) -> bytes:
         data = os.read(self._read_fd, min(size, 1 << 20))
@@ -599,7 +561,7 @@ class _PipeReader:
             if self._error is not None:
                 # Not marked as the end: every further read fails the same way.
                 raise EncryptionError(_decrypt_reason(self._error)) from None
-            self._eof = True
+            self._at_end = True
         return data
 
     def close(self) -> None:

