@@ -63,14 +63,15 @@ def _three_two_one(ctx: Context, target, copies) -> dict:
     latest = [ctx.store.latest(target.name, v.type_name) for v in target.volumes]
     if not latest or any(a is None for a in latest):
         return {"latest": None, "copies": 0, "offsite": "no backup yet"}
-    oldest = min(a.name.stamp for a in latest)
+    oldest = min(latest, key=lambda a: a.name.stamp).name
+    shown = oldest.stamp.isoformat(sep=" ") if oldest.has_time else oldest.stamp.date().isoformat()
     if copies is None:
-        return {"latest": oldest.isoformat(sep=" "), "copies": 1, "offsite": "not configured"}
+        return {"latest": shown, "copies": 1, "offsite": "not configured"}
     found = [copies.get(a.name.relpath) for a in latest]
     if any(c is None for c in found):
-        return {"latest": oldest.isoformat(sep=" "), "copies": 1, "offsite": "missing"}
+        return {"latest": shown, "copies": 1, "offsite": "missing"}
     age = time.time() - min(c.verified_at for c in found)
-    return {"latest": oldest.isoformat(sep=" "), "copies": 2, "offsite": f"verified {_age(age)} ago"}
+    return {"latest": shown, "copies": 2, "offsite": f"verified {_age(age)} ago"}
 
 
 def _age(seconds: float) -> str:
