@@ -208,15 +208,6 @@ class Engine:
                     lines.append(chunk["stream"].strip())
             return lines
 
-    def image_exists(self, image: str) -> bool:
-        try:
-            self.api.inspect_image(image)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"inspect image {image}: {_explain(exc)}") from exc
-
     def own_container(self) -> ContainerInfo | None:
         """The container this process runs in, if any (found through mountinfo or hostname)."""
         candidates: list[str] = []

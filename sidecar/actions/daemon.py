@@ -55,7 +55,6 @@ class Daemon:
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
         self._sync_future: Future | None = None
         self._next_sync = time.monotonic() + min(ctx.settings.sync_interval, 10.0)
-        self.outcomes: list[BackupOutcome] = []
 
     # --- public -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -258,8 +257,6 @@ class Daemon:
         return outcome
 
     def _record(self, outcome: BackupOutcome) -> None:
-        self.outcomes.append(outcome)
-        del self.outcomes[:-1000]
         if self.metrics is not None:
             self.metrics.observe(outcome)
             self._update_copy_metrics()
@@ -291,7 +288,3 @@ class Daemon:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._sync_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped", extra={"phase": "shutdown"})
-
-
-def run_daemon(ctx: Context, daemon: Daemon | None = None) -> None:
-    (daemon or Daemon(ctx)).run()
