@@ -43,6 +43,12 @@ class ArchiveName:
         return f"{self.service}_{self.type_name}_{stamp}_{self.frequency.value}{self.extension}"
 
     @property
+    def recency(self) -> tuple:
+        """Sort key for "newest": by stamp and sequence; of promoted copies sharing a
+        stamp, the original (lowest frequency) counts as newest."""
+        return self.stamp, self.seq, -list(Frequency).index(self.frequency)
+
+    @property
     def encrypted(self) -> bool:
         return self.extension.endswith(ENCRYPTED_SUFFIX)
 

@@ -122,8 +122,7 @@ class BackupStore:
     def latest(self, service: str, type_name: str) -> StoredArchive | None:
         """The newest archive; of promoted copies sharing its stamp, the original (lowest frequency)."""
         matching = [a for a in self.archives(service) if a.name.type_name == type_name]
-        order = list(Frequency)
-        return max(matching, key=lambda a: (a.name.stamp, a.name.seq, -order.index(a.name.frequency)), default=None)
+        return max(matching, key=lambda a: a.name.recency, default=None)
 
     def resolve(self, ref: str) -> Path:
         """An archive named on the command line: a path, or a name relative to BACKUP_DIR."""

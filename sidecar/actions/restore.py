@@ -15,7 +15,6 @@ from ..errors import ConfigError, NotFound, RestoreError, SidecarError
 from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name, select_volumes
 from ..model import ContainerInfo, ContainerState, Mount
 from ..naming import parse_name
-from ..schedule import Frequency
 from .context import Context
 from .interrupt import STOPPED, Interruption
 
@@ -130,11 +129,10 @@ def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str) 
             name = parse_name(obj.relpath.rsplit("/", 1)[-1])
             if name is not None and name.service == service and name.type_name == type_name \
                     and obj.relpath == name.relpath:
-                # Promoted copies share the stamp: prefer the original (lowest frequency).
-                candidates.append((name.stamp, name.seq, -list(Frequency).index(name.frequency), obj.relpath))
+                candidates.append((name, obj.relpath))
         if not candidates:
             raise NotFound(f"no off-site archive of {service} volume {type_name} in {remote.url('')}")
-        relpath = max(candidates)[3]
+        relpath = max(candidates, key=lambda pair: pair[0].recency)[1]
     else:
         name = parse_name(Path(archive).name)
         if name is None:
