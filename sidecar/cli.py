@@ -274,10 +274,7 @@ def cmd_sync(ctx: Context, args) -> int:
 
 def cmd_prune(ctx: Context, args) -> int:
     discovery = ctx.discover()
-    service = None
-    if args.name:
-        target = discovery.find(args.name)
-        service = target.name if target is not None else args.name
+    service = discovery.service_for(args.name) if args.name else None
     dry_run = args.dry_run or ctx.settings.prune_dry_run
 
     def keep_for(name: str):

@@ -32,6 +32,12 @@ class Discovery:
                 return matches[0]
         return None
 
+    def service_for(self, ref: str) -> str:
+        """The backup name `ref` stands for: a target's name, else `ref` itself (archives
+        of a container that is gone are still listed and pruned by their name)."""
+        target = self.find(ref)
+        return target.name if target is not None else ref
+
     def keep_for(self, service: str, default: Keep) -> Keep | None:
         """Rotation rules for archives of `service`: its target's, `default` for archives
         whose container is gone, None (leave them alone) when its container is skipped for

@@ -36,10 +36,7 @@ class RemoteRow:
 
 
 def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> list[ArchiveRow]:
-    service = None
-    if name is not None:
-        target = ctx.discover().find(name)
-        service = target.name if target is not None else name
+    service = ctx.discover().service_for(name) if name is not None else None
     copies = remote_index(ctx).by_local() if ctx.remote is not None else None
     rows = []
     for archive in ctx.store.archives(service):
@@ -67,10 +64,7 @@ def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> lis
 def run_list_remote(ctx: Context, name: str | None = None) -> list[RemoteRow]:
     if ctx.remote is None:
         raise ConfigError("list --remote needs the off-site store: set S3_BUCKET")
-    service = None
-    if name is not None:
-        target = ctx.discover().find(name)
-        service = target.name if target is not None else name
+    service = ctx.discover().service_for(name) if name is not None else None
     known = remote_index(ctx).entries()
     rows = []
     for obj in ctx.remote.list():
