@@ -3,12 +3,13 @@ the labelled containers it skips, with why."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
+from ..metrics import CopyState
 from .context import Context
-from .sync import remote_index
+from .status import copy_states
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,9 @@ class PlanRow:
     volumes: tuple[str, ...]
     compression: str
     keep: str
-    latest: str | None  # date of the oldest "latest archive" among the target's volumes
+    latest: str | None  # when the oldest "latest archive" among the target's volumes was written
     copies: int  # places holding the latest backup of every volume (local, s3)
-    offsite: str  # "verified 2h ago", "missing", "not configured"
+    offsite: str  # "verified, 2 h old", "missing", "not configured", "no backup yet"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class SkippedRow:
 def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     discovery = ctx.discover()
     now = ctx.now()
-    copies = remote_index(ctx).by_local() if ctx.remote is not None else None
+    states = copy_states(ctx, list(discovery.targets))
     rows = [
         PlanRow(
             target=t.name,
@@ -50,7 +51,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             volumes=tuple(f"{v.type_name}={v.mount.destination}" for v in t.volumes),
             compression=str(t.config.compression),
             keep=str(t.config.keep),
-            **_three_two_one(ctx, t, copies),
+            **_three_two_one(ctx, [states[(t.name, v.type_name)] for v in t.volumes]),
         )
         for t in discovery.targets
     ]
@@ -58,20 +59,20 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     return rows, skipped
 
 
-def _three_two_one(ctx: Context, target, copies) -> dict:
-    """The 3-2-1 state of a target's latest backup: where copies of it exist."""
-    latest = [ctx.store.latest(target.name, v.type_name) for v in target.volumes]
-    if not latest or any(a is None for a in latest):
+def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:
+    """The 3-2-1 state of a target's latest backup, from its volumes' copy states."""
+    if not volumes or any(v.local is None for v in volumes):
         return {"latest": None, "copies": 0, "offsite": "no backup yet"}
-    oldest = min(latest, key=lambda a: a.name.stamp).name
-    shown = oldest.stamp.isoformat(sep=" ") if oldest.has_time else oldest.stamp.date().isoformat()
-    if copies is None:
-        return {"latest": shown, "copies": 1, "offsite": "not configured"}
-    found = [copies.get(a.name.relpath) for a in latest]
-    if any(c is None for c in found):
-        return {"latest": shown, "copies": 1, "offsite": "missing"}
-    age = time.time() - min(c.verified_at for c in found)
-    return {"latest": shown, "copies": 2, "offsite": f"verified {_age(age)} ago"}
+    latest = datetime.fromtimestamp(min(v.local for v in volumes), ctx.settings.tz)
+    shown = latest.isoformat(sep=" ", timespec="minutes")
+    copies = min(v.copies for v in volumes)
+    if ctx.remote is None:
+        offsite = "not configured"
+    elif copies < 2:
+        offsite = "missing"
+    else:
+        offsite = f"verified, {_age(time.time() - min(v.offsite or 0.0 for v in volumes))} old"
+    return {"latest": shown, "copies": copies, "offsite": offsite}
 
 
 def _age(seconds: float) -> str:
