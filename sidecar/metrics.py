@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import __version__
+from .model import CopyState
 from .fsutil import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,16 +38,6 @@ class TargetView:
     volumes: tuple[str, ...]
     next_run: float  # epoch seconds
     expected_interval: float  # seconds
-
-
-@dataclass(frozen=True)
-class CopyState:
-    """Where a (target, volume)'s backups are: time of the newest local archive, of the
-    newest one with a verified off-site copy, and how many places hold the newest one."""
-
-    local: float | None
-    offsite: float | None
-    copies: int
 
 
 class Metrics:
@@ -166,12 +157,13 @@ class Metrics:
                     entry["success"], entry["size"] = now, sizes[volume]
             self._save(saved)
 
-    def copy_state(self, states: dict[tuple[str, str], CopyState], remote: bool) -> None:
-        """Off-site timestamps and copy counts, from the backup volume and the remote index."""
+    def copy_state(self, states: dict[tuple[str, str], CopyState]) -> None:
+        """Off-site timestamps (one series per destination) and copy counts, from the
+        backup volume and the copy indexes."""
         per_target: dict[str, int] = {}
         for (target, volume), state in states.items():
-            if remote:
-                self.offsite_last_success.labels(target, volume, "s3").set(state.offsite or 0)
+            for destination, stamp in state.offsite.items():
+                self.offsite_last_success.labels(target, volume, destination).set(stamp or 0)
             per_target[target] = min(per_target.get(target, 99), state.copies)
         for target, copies in per_target.items():
             self.copies.labels(target).set(copies)

@@ -138,3 +138,14 @@ class Skipped:
 
     container: ContainerInfo
     reason: str
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """Where a (target, volume)'s backups are: time of the newest local archive, per
+    destination the time of the newest archive with a verified copy there (None: none
+    yet), and how many places hold the newest one (the backup volume counts as one)."""
+
+    local: float | None
+    offsite: Mapping[str, float | None]
+    copies: int

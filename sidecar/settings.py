@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .archive import DecryptionKeys
 from .crypto import EncryptionConfig, load_identities, parse_recipients
+from .config import S3Config
 from .errors import SettingsError
 from .notify import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
-from .remote import S3Config
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
 

@@ -141,7 +141,7 @@ class Daemon:
     def _update_copy_metrics(self) -> None:
         if self.metrics is not None:
             targets = list(self._discovery.targets)
-            self.metrics.copy_state(copy_states(self.ctx, targets), self.ctx.remote is not None)
+            self.metrics.copy_state(copy_states(self.ctx, targets))
 
     # --- health ------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..metrics import CopyState
+from ..model import CopyState
 from .context import Context
 from .status import copy_states
 
@@ -71,7 +71,7 @@ def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:
     elif copies < 2:
         offsite = "missing"
     else:
-        offsite = f"verified, {_age(time.time() - min(v.offsite or 0.0 for v in volumes))} old"
+        offsite = f"verified, {_age(time.time() - min(min((t or 0.0) for t in v.offsite.values()) for v in volumes))} old"
     return {"latest": shown, "copies": copies, "offsite": offsite}
 
 

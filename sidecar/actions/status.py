@@ -4,8 +4,7 @@ by `plan` and by the metrics."""
 
 from __future__ import annotations
 
-from ..metrics import CopyState
-from ..model import Target
+from ..model import CopyState, Target
 from .context import Context
 from .sync import remote_index
 
@@ -24,7 +23,7 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
                 count = 1 + (1 if newest.name.relpath in copies else 0)
             states[(target.name, volume.type_name)] = CopyState(
                 local=_mtime(newest.path) if newest is not None else None,
-                offsite=max(offsite) if offsite else None,
+                offsite={"s3": max(offsite) if offsite else None} if ctx.remote is not None else {},
                 copies=count,
             )
     return states

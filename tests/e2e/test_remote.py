@@ -22,7 +22,8 @@ except ImportError:  # pragma: no cover
 
 from sidecar.archive import read_checksum, sha256_file, write_checksum
 from sidecar.errors import ChecksumMismatch, RemoteError
-from sidecar.remote import RemoteStore, S3Config
+from sidecar.config import S3Config
+from sidecar.remote import RemoteStore
 
 MiB = 1024 * 1024
 PREFIX = "backups/host1"

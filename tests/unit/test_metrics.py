@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.actions.backup import BackupOutcome
 from sidecar.archive import ArchiveResult
-from sidecar.metrics import CopyState, Metrics, MetricsServer, TargetView
+from sidecar.metrics import Metrics, MetricsServer, TargetView
+from sidecar.model import CopyState
 
 
 def value(metrics: Metrics, name: str, **labels) -> float | None:
@@ -115,7 +116,7 @@ def test_recovery_from_the_archives_without_a_state_file(tmp_path):
 def test_copy_state():
     m = make()
     m.discovered([VIEW], 0)
-    m.copy_state({("app", "data"): CopyState(100.0, 90.0, 2), ("app", "logs"): CopyState(100.0, None, 1)}, True)
+    m.copy_state({("app", "data"): CopyState(100.0, {"s3": 90.0}, 2), ("app", "logs"): CopyState(100.0, {"s3": None}, 1)})
     assert value(m, "backup_sidecar_copies", target="app") == 1  # the weakest volume counts
     assert value(m, "backup_sidecar_offsite_last_success_timestamp_seconds", target="app", volume="data",
                  destination="s3") == 90.0
