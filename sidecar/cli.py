@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="recompute every checksum (reads every archive)")
-    p.add_argument("--remote", action="store_true", help="list the off-site copies in S3 instead")
+    p.add_argument("--remote", nargs="?", const="", default=None, metavar="DEST",
+                   help="list the off-site copies instead (on DEST, a destination's name such as s3; default: "
+                        "every destination)")
 
     p = sub.add_parser("plan", help="targets, schedules and next runs; skipped containers and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -73,13 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
-    p.add_argument("--from", dest="source", choices=("local", "s3"), default="local",
-                   help="s3: download the archive from the off-site store first (a new host with an empty "
-                        "backup volume)")
+    p.add_argument("--from", dest="source", default="local", metavar="local|DEST",
+                   help="a destination's name (s3): download the archive from that off-site destination first "
+                        "(a new host with an empty backup volume)")
 
-    sub.add_parser("sync", help="copy archives missing off-site to S3 now, and verify them",
-                   description="Upload every finished archive the S3 store does not hold yet (the daemon does "
-                               "this after each backup and every S3_SYNC_INTERVAL seconds).")
+    sub.add_parser("sync", help="copy archives missing off-site (S3) now, and verify them",
+                   description="Upload every finished archive a destination (the S3 store) does not hold yet (the "
+                               "daemon does this after each backup and every S3_SYNC_INTERVAL seconds).")
 
     p = sub.add_parser("prune", help="delete archives beyond what backup.keep / BACKUP_KEEP keep",
                        description="Grandfather-father-son rotation by the dates in archive names. Never "
@@ -205,17 +207,8 @@ def cmd_backup(ctx: Context, args) -> int:
 
 
 def cmd_list(ctx: Context, args) -> int:
-    if args.remote:
-        remote_rows = run_list_remote(ctx, args.name)
-        if args.json:
-            print(json.dumps([dataclasses.asdict(r) for r in remote_rows], indent=2))
-        elif not remote_rows:
-            print(f"no archives in {ctx.remote.url('')}")
-        else:
-            _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "VERIFIED", "KEY"],
-                   [[r.date, r.target, r.volume, r.frequency, _size(r.size), "yes" if r.verified else "no",
-                     ctx.remote.key(r.path)] for r in remote_rows])
-        return 0
+    if args.remote is not None:
+        return _list_remote(ctx, args)
     rows = run_list(ctx, args.name, verify=args.verify)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -226,6 +219,24 @@ def cmd_list(ctx: Context, args) -> int:
     _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
            [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
     return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
+
+
+def _list_remote(ctx: Context, args) -> int:
+    destination, name = args.remote or None, args.name
+    if destination is not None and name is None and destination not in {d.name for d in ctx.destinations}:
+        destination, name = None, destination  # `list --remote NAME`: NAME is a target, as before destinations
+    rows = run_list_remote(ctx, name, destination)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    elif not rows:
+        where = [ctx.destination(destination)] if destination else ctx.destinations
+        print(f"no archives in {', '.join(d.describe() for d in where)}")
+    else:
+        several = len({r.destination for r in rows}) > 1
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "VERIFIED", *(["DEST"] if several else []), "KEY"],
+               [[r.date, r.target, r.volume, r.frequency, _size(r.size), "yes" if r.verified else "no",
+                 *([r.destination] if several else []), r.key] for r in rows])
+    return 0
 
 
 def cmd_plan(ctx: Context, args) -> int:
@@ -251,25 +262,31 @@ def cmd_plan(ctx: Context, args) -> int:
 def cmd_restore(ctx: Context, args) -> int:
     _on_termination(ctx.cancel.set)
     run_recovery(ctx)
-    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=args.source == "s3")
+    source = None if args.source == "local" else ctx.destination(args.source).name
+    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source)
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
     return 0
 
 
 def cmd_sync(ctx: Context, args) -> int:
-    if ctx.remote is None:
+    if not ctx.destinations:
         raise ConfigError("no off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials)")
-    result = run_sync(ctx)
-    for relpath in result.uploaded:
-        print(f"uploaded {relpath}")
-    for relpath in result.copied:
-        print(f"copied {relpath} (server-side)")
-    for relpath, error in result.failed:
-        print(f"failed {relpath}: {error}", file=sys.stderr)
-    if result.error:
-        print(f"sync incomplete: {result.error} ({len(result.pending)} archives pending)", file=sys.stderr)
-    return 0 if result.ok else 1
+    report = run_sync(ctx)
+    several = len(report.results) > 1
+    for result in report.results:
+        where = f" to {result.destination}" if several else ""
+        for relpath in result.uploaded:
+            print(f"uploaded {relpath}{where}")
+        for relpath in result.copied:
+            print(f"copied {relpath} (server-side){where}")
+        for relpath, error in result.failed:
+            print(f"failed {relpath}{where}: {error}", file=sys.stderr)
+        if result.error:
+            print(f"sync{where} incomplete: {result.error} ({len(result.pending)} archives pending)", file=sys.stderr)
+    if report.error:
+        print(f"sync incomplete: {report.error}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def cmd_prune(ctx: Context, args) -> int:
@@ -293,11 +310,12 @@ def cmd_prune(ctx: Context, args) -> int:
     verb = "would delete" if dry_run else "deleted"
     for path in images:
         print(f"images: {verb} {path.relative_to(ctx.store.root)}")
-    for relpath in remote.deleted:
-        print(f"s3: {verb} {relpath}")
-    if remote.error:
-        print(f"s3: prune failed: {remote.error}", file=sys.stderr)
-    return 0 if result.ok and remote.error is None and not remote.refused else 1
+    for part in remote:
+        for relpath in part.deleted:
+            print(f"{part.destination}: {verb} {relpath}")
+        if part.error:
+            print(f"{part.destination}: prune failed: {part.error}", file=sys.stderr)
+    return 0 if result.ok and all(part.ok for part in remote) else 1
 
 
 def cmd_restore_image(ctx: Context, args) -> int:

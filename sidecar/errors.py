@@ -89,12 +89,23 @@ class EncryptionError(SidecarError):
     truncated or tampered age stream. Never carries key material or a passphrase."""
 
 
-class RemoteError(SidecarError):
-    """An operation on the off-site S3 store failed. The message names the operation, the
-    bucket, the key and the endpoint with the store's explanation, never credentials."""
+class DestinationError(SidecarError):
+    """An operation on an off-site destination (today S3) failed. The message names the
+    destination, the operation, the object and where it is, with the store's explanation,
+    never credentials."""
 
-    def __init__(self, message: str, *, operation: str = "", bucket: str = "", key: str = ""):
+    def __init__(self, message: str, *, destination: str = "", operation: str = "", key: str = ""):
+        self.destination = destination
         self.operation = operation
-        self.bucket = bucket
         self.key = key
         super().__init__(message)
+
+
+class DestinationUnreachable(DestinationError):
+    """The destination did not answer (connection refused, timeouts) or kept failing
+    (server errors, throttling) through every attempt: the rest of a sync to it waits for
+    the next cycle, while other destinations go on."""
+
+
+# The former name, kept while other branches of issue 7 still use it.
+RemoteError = DestinationError

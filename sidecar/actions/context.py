@@ -8,12 +8,13 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from ..crypto import EncryptionConfig
+from ..destinations import Destination, from_settings
 from ..discovery import Discovery, discover
 from ..engine import Engine
+from ..errors import ConfigError
 from ..labels import ENABLE
 from ..model import ContainerInfo
 from ..naming import ENCRYPTED_SUFFIX
-from ..remote import RemoteStore
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 
@@ -26,13 +27,25 @@ class Context:
     journal: Journal
     # Set when the sidecar shuts down: backups in progress abort and restart what they stopped.
     cancel: threading.Event = field(default_factory=threading.Event)
-    remote: RemoteStore | None = None  # the off-site store, when S3_BUCKET is set
+    # The off-site destinations, in configured order (today: "s3" when S3_BUCKET is set).
+    destinations: tuple[Destination, ...] = ()
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
         store = BackupStore(settings.backup_dir, settings.file_mode)
-        remote = RemoteStore(settings.s3) if settings.s3 is not None else None
-        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"), remote=remote)
+        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"),
+                   destinations=from_settings(settings))
+
+    def destination(self, name: str | None = None) -> Destination:
+        """A configured destination by name (None: the first one)."""
+        for destination in self.destinations:
+            if name is None or destination.name == name:
+                return destination
+        if not self.destinations:
+            raise ConfigError(f"no off-site destination{f' named {name!r}' if name else ''}: set S3_BUCKET "
+                              "(and S3_ENDPOINT_URL, credentials)")
+        names = ", ".join(d.name for d in self.destinations)
+        raise ConfigError(f"no off-site destination named {name!r}; configured: {names}")
 
     @property
     def local_encryption(self) -> EncryptionConfig | None:

@@ -215,7 +215,7 @@ class Daemon:
             self._wake.clear()
 
     def _maybe_sync(self) -> None:
-        if self.ctx.remote is None or time.monotonic() < self._next_sync:
+        if not self.ctx.destinations or time.monotonic() < self._next_sync:
             return
         if self._sync_future is not None and not self._sync_future.done():
             return
@@ -224,11 +224,12 @@ class Daemon:
 
     def _sync_cycle(self) -> None:
         try:
-            result = run_sync(self.ctx)
+            report = run_sync(self.ctx)
             self._update_copy_metrics()
-            if result.ok and not result.skipped:
+            synced = [r.destination for r in report.results if r.ok]  # rotate only where the sync went through
+            if synced and not report.skipped:
                 run_remote_prune(self.ctx, self._keep_for, images_keep=self.ctx.settings.images_keep,
-                                 dry_run=self.ctx.settings.prune_dry_run)
+                                 dry_run=self.ctx.settings.prune_dry_run, destinations=synced)
         except Exception:  # a bug must not kill the sync thread silently
             logger.exception("sync cycle crashed", extra={"phase": "upload"})
 

@@ -1,15 +1,16 @@
-"""What is on the backup volume and in the off-site store: archives with their date,
-size, checksum state and whether a verified off-site copy exists."""
+"""What is on the backup volume and on the off-site destinations: archives with their
+date, size, checksum state and whether verified off-site copies exist."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..archive import read_checksum, sha256_file
-from ..errors import ArchiveError, ConfigError
+from ..destinations import Destination
+from ..errors import ArchiveError
 from ..naming import parse_image_name, parse_name
 from .context import Context
-from .sync import remote_index
+from .sync import copy_index
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class ArchiveRow:
     date: str
     size: int
     checksum: str  # "ok", "mismatch", "missing", "present" (not verified), "unreadable"
-    offsite: str  # "verified", "missing", or "-" when no store is configured
+    # "verified" (on every destination), "missing" (on none), "verified: NAME,..." (on
+    # some), or "-" when no destination is configured
+    offsite: str
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,13 @@ class RemoteRow:
     date: str
     size: int
     verified: bool  # copied by this sidecar and checked (size and SHA-256) after the upload
+    key: str  # the object's name on the destination (the S3 key with the prefix)
+    destination: str
 
 
 def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> list[ArchiveRow]:
     service = ctx.discover().service_for(name) if name is not None else None
-    copies = remote_index(ctx).by_local() if ctx.remote is not None else None
+    copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     rows = []
     for archive in ctx.store.archives(service):
         try:
@@ -51,36 +56,51 @@ def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> lis
         except (ArchiveError, OSError):
             state = "unreadable"
         relpath = archive.name.relpath
-        if copies is None:
-            offsite = "-"
-        else:
-            copy = copies.get(relpath)
-            offsite = "verified" if copy is not None and copy.local_sha256 == expected else "missing"
+        holders = [name for name, by_local in copies.items()
+                   if (copy := by_local.get(relpath)) is not None and copy.local_sha256 == expected]
+        offsite = _offsite(holders, len(copies))
         rows.append(ArchiveRow(relpath, archive.name.service, archive.name.type_name, archive.name.frequency.value,
                                _date(archive.name), archive.size, state, offsite))
     return rows
 
 
-def run_list_remote(ctx: Context, name: str | None = None) -> list[RemoteRow]:
-    if ctx.remote is None:
-        raise ConfigError("list --remote needs the off-site store: set S3_BUCKET")
+def _offsite(holders: list[str], destinations: int) -> str:
+    if not destinations:
+        return "-"
+    if not holders:
+        return "missing"
+    return "verified" if len(holders) == destinations else "verified: " + ",".join(holders)
+
+
+def run_list_remote(ctx: Context, name: str | None = None, destination: str | None = None) -> list[RemoteRow]:
+    """The archives and image exports a destination holds (`destination`: its name; None:
+    every configured destination), oldest first."""
+    chosen = [ctx.destination(destination)] if destination is not None else list(ctx.destinations)
+    if not chosen:
+        ctx.destination(None)  # raises: names what to set
     service = ctx.discover().service_for(name) if name is not None else None
-    known = remote_index(ctx).entries()
+    rows = [row for d in chosen for row in _remote_rows(ctx, d, service)]
+    rows.sort(key=lambda r: (r.date, r.path, r.destination))
+    return rows
+
+
+def _remote_rows(ctx: Context, destination: Destination, service: str | None) -> list[RemoteRow]:
+    known = copy_index(ctx, destination).entries()
     rows = []
-    for obj in ctx.remote.list():
+    for obj in destination.list():
         base = obj.relpath.rsplit("/", 1)[-1]
+        verified = obj.relpath in known
         archive = parse_name(base)
         if archive is not None:
             if service is not None and archive.service != service:
                 continue
             rows.append(RemoteRow(obj.relpath, archive.service, archive.type_name, archive.frequency.value,
-                                  _date(archive), obj.size, obj.relpath in known))
+                                  _date(archive), obj.size, verified, obj.key, destination.name))
             continue
         image = parse_image_name(base)
         if image is not None and service is None:
             rows.append(RemoteRow(obj.relpath, f"{image.image}:{image.tag}", "-", "image",
-                                  image.stamp.date().isoformat(), obj.size, obj.relpath in known))
-    rows.sort(key=lambda r: (r.date, r.path))
+                                  image.stamp.date().isoformat(), obj.size, verified, obj.key, destination.name))
     return rows
 
 

@@ -25,7 +25,7 @@ class PlanRow:
     compression: str
     keep: str
     latest: str | None  # when the oldest "latest archive" among the target's volumes was written
-    copies: int  # places holding the latest backup of every volume (local, s3)
+    copies: int  # places holding the latest backup of every volume (the backup volume, each destination)
     offsite: str  # "verified, 2 h old", "missing", "not configured", "no backup yet"
 
 
@@ -66,12 +66,14 @@ def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:
     latest = datetime.fromtimestamp(min(v.local for v in volumes), ctx.settings.tz)
     shown = latest.isoformat(sep=" ", timespec="minutes")
     copies = min(v.copies for v in volumes)
-    if ctx.remote is None:
+    if not ctx.destinations:
         offsite = "not configured"
     elif copies < 2:
         offsite = "missing"
     else:
-        offsite = f"verified, {_age(time.time() - min(min((t or 0.0) for t in v.offsite.values()) for v in volumes))} old"
+        # Per volume its newest verified off-site copy; the target is as old as its oldest.
+        newest = min(max(t for t in v.offsite.values() if t is not None) for v in volumes)
+        offsite = f"verified, {_age(time.time() - newest)} old"
     return {"latest": shown, "copies": copies, "offsite": offsite}
 
 

@@ -37,12 +37,12 @@ class RestoreOutcome:
 
 
 def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False,
-                from_remote: bool = False) -> RestoreOutcome:
+                from_remote: str | None = None) -> RestoreOutcome:
     started = time.monotonic()
     container, service, stop_timeout = resolve_container(ctx, ref)
     mount, type_name = _find_mount(container, volume)
     if from_remote:
-        path = fetch_from_remote(ctx, service, type_name, archive)
+        path = fetch_from_remote(ctx, service, type_name, archive, from_remote)
     else:
         path = _find_archive(ctx, service, type_name, archive)
     fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
@@ -117,12 +117,12 @@ def _find_archive(ctx: Context, service: str, type_name: str, archive: str) -> P
     return ctx.store.resolve(archive)
 
 
-def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str) -> Path:
-    """Download an archive from the off-site store onto the backup volume (with its
-    checksum file, from the object's metadata), unless it is there already."""
-    remote = ctx.remote
-    if remote is None:
-        raise ConfigError("--from s3 needs the off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials)")
+def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str,
+                      destination: str | None = None) -> Path:
+    """Download an archive from an off-site destination (by name; None: the first
+    configured) onto the backup volume (with its checksum file, from the object's
+    sha256), unless it is there already."""
+    remote = ctx.destination(destination)
     if archive == "latest":
         candidates = []
         for obj in remote.list():
@@ -131,7 +131,7 @@ def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str) 
                     and obj.relpath == name.relpath:
                 candidates.append((name, obj.relpath))
         if not candidates:
-            raise NotFound(f"no off-site archive of {service} volume {type_name} in {remote.url('')}")
+            raise NotFound(f"no off-site archive of {service} volume {type_name} in {remote.describe()}")
         relpath = max(candidates, key=lambda pair: pair[0].recency)[1]
     else:
         name = parse_name(Path(archive).name)
@@ -143,7 +143,8 @@ def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str) 
         logger.info("archive already on the backup volume; not downloading", extra={"path": str(local)})
         return local
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logger.info("downloading the off-site copy", extra={"phase": "download", "key": remote.key(relpath)})
+    logger.info("downloading the off-site copy", extra={"phase": "download", "destination": remote.name,
+                                                        "key": remote.key(relpath)})
     obj = remote.download(relpath, local, ctx.settings.file_mode)
     write_checksum(local, obj.sha256, ctx.settings.file_mode)
     return local

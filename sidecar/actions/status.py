@@ -1,31 +1,32 @@
 """Where each target's backups are: the newest archive of every volume on the backup
-volume, whether it has a verified off-site copy, and how many copies of it exist. Used
-by `plan` and by the metrics."""
+volume, when each destination last got a verified copy of it, and how many copies of it
+exist (the backup volume and every destination holding a verified copy). Used by `plan`
+and by the metrics."""
 
 from __future__ import annotations
 
 from ..model import CopyState, Target
 from .context import Context
-from .sync import remote_index
+from .sync import copy_index
 
 
 def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], CopyState]:
-    copies = remote_index(ctx).by_local() if ctx.remote is not None else {}
+    copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     states = {}
     for target in targets:
         archives = ctx.store.archives(target.name)
         for volume in target.volumes:
             mine = [a for a in archives if a.name.type_name == volume.type_name]
             newest = ctx.store.latest(target.name, volume.type_name)
-            offsite = [_mtime(a.path) for a in mine if a.name.relpath in copies]
+            offsite = {}
+            for name, by_local in copies.items():
+                times = [_mtime(a.path) for a in mine if a.name.relpath in by_local]
+                offsite[name] = max(times) if times else None
             count = 0
             if newest is not None:
-                count = 1 + (1 if newest.name.relpath in copies else 0)
+                count = 1 + sum(1 for by_local in copies.values() if newest.name.relpath in by_local)
             states[(target.name, volume.type_name)] = CopyState(
-                local=_mtime(newest.path) if newest is not None else None,
-                offsite={"s3": max(offsite) if offsite else None} if ctx.remote is not None else {},
-                copies=count,
-            )
+                local=_mtime(newest.path) if newest is not None else None, offsite=offsite, copies=count)
     return states
 
 

@@ -1,11 +1,14 @@
-"""The off-site copy: every finished archive on the backup volume is copied to S3 under
-the same relative path, verified, and rotated there by the same rules as locally.
+"""The off-site copy: every finished archive on the backup volume is copied to each
+configured destination (S3 today) under the same relative path, verified, and rotated
+there by the same rules as locally.
 
 It is a sync, not fire-and-forget: each cycle compares what is on the backup volume with
-what the store holds and sends what is missing, so an outage heals on the next cycle
-(after the next backup, or the daemon's periodic sync). A failed upload never touches
-the local archive. Promoted copies (weekly/, monthly/ hard links) become server-side
-copies of the object already uploaded, not second uploads.
+what each destination holds and sends what is missing, so an outage heals on the next
+cycle (after the next backup, or the daemon's periodic sync). A failed upload never
+touches the local archive, and one destination failing or unreachable never keeps the
+others from their copies. Promoted copies (weekly/, monthly/ hard links) become
+server-side copies of the object already uploaded, not second uploads. Only the
+`Destination` Protocol is used here; each destination has its own copy index.
 
 With BACKUP_ENCRYPT_LOCAL=false and a key configured, local archives are plain and the
 off-site copy is encrypted on its way out: the archive is encrypted into a temporary
@@ -21,14 +24,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from ..archive import ArchiveWriter, iter_raw, read_checksum
-from ..errors import ChecksumMismatch, RemoteError, SidecarError
+from ..destinations import CopyEntry, CopyIndex, Destination, RemoteObject
+from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable, SidecarError
 from ..model import Compression
 from ..naming import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, parse_image_name, parse_name
-from ..remote import RemoteObject, RemoteStore
 from ..retention import Keep, PruneRefused, plan_prune
-from ..storage import RemoteEntry, RemoteIndex
 from .context import Context
 
 logger = logging.getLogger(__name__)
@@ -45,21 +48,41 @@ class LocalItem:
 
 @dataclass(frozen=True)
 class SyncResult:
+    """One destination's part of a sync."""
+
+    destination: str = ""
     uploaded: tuple[str, ...] = ()
     copied: tuple[str, ...] = ()
     verified: tuple[str, ...] = ()  # found on the store and checked
     failed: tuple[tuple[str, str], ...] = ()  # (relpath, error)
     pending: tuple[str, ...] = ()  # not tried: the store was unreachable
     error: str | None = None
-    skipped: bool = False  # no store configured, or another sync was running
+    skipped: bool = False  # another sync was running
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.failed and not self.pending
 
 
-def remote_index(ctx: Context) -> RemoteIndex:
-    return RemoteIndex(ctx.store.state_dir / "remote.json")
+@dataclass(frozen=True)
+class SyncReport:
+    """A sync of every destination: one result each, in configured order."""
+
+    results: tuple[SyncResult, ...] = ()
+    skipped: bool = False  # no destination configured, or another sync was running
+    error: str | None = None  # why it was skipped
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(r.ok for r in self.results)
+
+    def result(self, destination: str) -> SyncResult | None:
+        return next((r for r in self.results if r.destination == destination), None)
+
+
+def copy_index(ctx: Context, destination: Destination | str) -> CopyIndex:
+    name = destination if isinstance(destination, str) else destination.name
+    return CopyIndex(ctx.store.state_dir, name)
 
 
 def remote_relpath(ctx: Context, item_relpath: str) -> str:
@@ -86,32 +109,33 @@ def local_items(ctx: Context) -> list[LocalItem]:
     return items
 
 
-def run_sync(ctx: Context) -> SyncResult:
-    remote = ctx.remote
-    if remote is None:
-        return SyncResult(skipped=True)
+def run_sync(ctx: Context) -> SyncReport:
+    """Copy what is missing to every destination, one after the other."""
+    if not ctx.destinations:
+        return SyncReport(skipped=True)
     if not _SYNC_LOCK.acquire(blocking=False):
-        return SyncResult(skipped=True, error="another sync is running")
+        return SyncReport(skipped=True, error="another sync is running")
     try:
         ctx.store.prepare()
         with ctx.store.target_lock(".sync"):
-            return _sync(ctx, remote)
+            return SyncReport(tuple(_sync(ctx, d) for d in ctx.destinations))
     except SidecarError as err:  # BackupBusy from another process's sync
-        return SyncResult(skipped=True, error=str(err))
+        return SyncReport(skipped=True, error=str(err))
     finally:
         _SYNC_LOCK.release()
 
 
-def _sync(ctx: Context, remote: RemoteStore) -> SyncResult:
+def _sync(ctx: Context, destination: Destination) -> SyncResult:
     started = time.monotonic()
-    index = remote_index(ctx)
+    index = copy_index(ctx, destination)
+    name = destination.name
     try:
-        listing = {o.relpath: o for o in remote.list()}
-    except RemoteError as err:
+        listing = {o.relpath: o for o in destination.list()}
+    except DestinationError as err:
         pending = tuple(i.relpath for i in local_items(ctx) if remote_relpath(ctx, i.relpath) not in index.entries())
         logger.error("off-site copy failed: the store cannot be listed; retrying on the next cycle",
-                     extra={"phase": "upload", "error": str(err), "pending": len(pending)})
-        return SyncResult(pending=pending, error=str(err))
+                     extra={"phase": "upload", "destination": name, "error": str(err), "pending": len(pending)})
+        return SyncResult(name, pending=pending, error=str(err))
     known = index.entries()
     index.forget([rel for rel in known if rel not in listing])  # deleted on the store: unknown again
     known = {rel: e for rel, e in known.items() if rel in listing}
@@ -124,21 +148,21 @@ def _sync(ctx: Context, remote: RemoteStore) -> SyncResult:
         entry = known.get(rel)
         if entry is not None and entry.local_sha256 == item.sha256:
             continue  # copied and verified before
-        fields = {"phase": "upload", "path": item.relpath, "key": remote.key(rel)}
+        fields = {"phase": "upload", "destination": name, "path": item.relpath, "key": destination.key(rel)}
         try:
             if rel in listing and entry is None and rel == item.relpath:
                 # On the store but not in our index (a new backup volume, a lost index): check it.
-                head = remote.head(rel)
+                head = destination.head(rel)
                 if head is not None and head.sha256 == item.sha256:
                     index.record(_entry(rel, item, head))
                     verified.append(item.relpath)
                     continue
             twin = by_local_sha.get(item.sha256)
             if twin is not None and twin.relpath in listing:
-                obj = remote.copy(twin.relpath, rel)  # a promoted hard link: server-side copy
+                obj = destination.copy(twin.relpath, rel)  # a promoted hard link: server-side copy
                 copied.append(item.relpath)
             else:
-                obj = _upload(ctx, remote, item, rel)
+                obj = _upload(ctx, destination, item, rel)
                 uploaded.append(item.relpath)
             new = _entry(rel, item, obj)
             index.record(new)
@@ -150,34 +174,30 @@ def _sync(ctx: Context, remote: RemoteStore) -> SyncResult:
             failed.append((item.relpath, str(err)))
             logger.error("off-site copy failed: the local archive does not match its checksum",
                          extra={**fields, "error": str(err)})
-        except RemoteError as err:
+        except DestinationError as err:
             failed.append((item.relpath, str(err)))
             logger.error("off-site copy failed; the local archive is kept and the upload is retried on the "
                          "next cycle", extra={**fields, "error": str(err)})
-            if _unreachable(err):
+            if isinstance(err, DestinationUnreachable):
                 pending = tuple(i.relpath for i in items[position + 1:]
                                 if remote_relpath(ctx, i.relpath) not in known)
-                return SyncResult(tuple(uploaded), tuple(copied), tuple(verified), tuple(failed), pending, str(err))
-    result = SyncResult(tuple(uploaded), tuple(copied), tuple(verified), tuple(failed))
+                return SyncResult(name, tuple(uploaded), tuple(copied), tuple(verified), tuple(failed), pending,
+                                  str(err))
+    result = SyncResult(name, tuple(uploaded), tuple(copied), tuple(verified), tuple(failed))
     if uploaded or copied or failed:
-        logger.info("sync finished", extra={"phase": "upload", "uploaded": len(uploaded), "copied": len(copied),
-                                            "failed": len(failed), "seconds": round(time.monotonic() - started, 3)})
+        logger.info("sync finished", extra={"phase": "upload", "destination": name, "uploaded": len(uploaded),
+                                            "copied": len(copied), "failed": len(failed),
+                                            "seconds": round(time.monotonic() - started, 3)})
     return result
 
 
-def _unreachable(err: RemoteError) -> bool:
-    text = str(err).lower()
-    return any(s in text for s in ("could not connect", "connect timeout", "connection", "timed out",
-                                   "endpoint url", "failed after"))
+def _entry(rel: str, item: LocalItem, obj: RemoteObject) -> CopyEntry:
+    return CopyEntry(rel, item.relpath, obj.sha256 or "", item.sha256, obj.size, time.time())
 
 
-def _entry(rel: str, item: LocalItem, obj: RemoteObject) -> RemoteEntry:
-    return RemoteEntry(rel, item.relpath, obj.sha256 or "", item.sha256, obj.size, time.time())
-
-
-def _upload(ctx: Context, remote: RemoteStore, item: LocalItem, rel: str) -> RemoteObject:
+def _upload(ctx: Context, destination: Destination, item: LocalItem, rel: str) -> RemoteObject:
     if rel == item.relpath:
-        return remote.upload(item.path, rel, item.sha256)
+        return destination.upload(item.path, rel, item.sha256)
     # Only the off-site copy is encrypted: encrypt into a temporary file (ciphertext only).
     temp_dir = ctx.store.state_dir / "outgoing"
     temp_dir.mkdir(mode=0o700, exist_ok=True)
@@ -188,7 +208,7 @@ def _upload(ctx: Context, remote: RemoteStore, item: LocalItem, rel: str) -> Rem
         with ArchiveWriter(temp, Compression.NONE, 0o600, ctx.settings.encryption) as writer:
             writer.write_stream(iter_raw(item.path))
             result = writer.finish()
-        return remote.upload(result.path, rel, result.sha256)
+        return destination.upload(result.path, rel, result.sha256)
 
 
 def _unlink(path: Path) -> None:
@@ -203,26 +223,60 @@ def _unlink(path: Path) -> None:
 
 @dataclass(frozen=True)
 class RemotePrune:
+    """One destination's part of an off-site rotation."""
+
+    destination: str = ""
     deleted: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
     error: str | None = None
     dry_run: bool = False
     kept: tuple[str, ...] = field(default=(), repr=False)
 
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.refused
+
 
 def run_remote_prune(ctx: Context, keep_for, service: str | None = None, dry_run: bool = False,
-                     images_keep: int | None = None) -> RemotePrune:
-    """Apply the local rotation rules to the store's listing (archive names carry the
-    dates). `keep_for(service)` gives a target's Keep, or None to leave it alone."""
-    remote = ctx.remote
-    if remote is None:
-        return RemotePrune()
+                     images_keep: int | None = None,
+                     destinations: Iterable[str] | None = None) -> tuple[RemotePrune, ...]:
+    """Apply the local rotation rules to each destination's listing (archive names carry
+    the dates); one result per destination, in configured order. `keep_for(service)`
+    gives a target's Keep, or None to leave it alone; `destinations` limits it to those
+    names (default: every one)."""
+    wanted = None if destinations is None else set(destinations)
+    return tuple(_remote_prune(ctx, d, keep_for, service, dry_run, images_keep)
+                 for d in ctx.destinations if wanted is None or d.name in wanted)
+
+
+def _remote_prune(ctx: Context, destination: Destination, keep_for, service: str | None, dry_run: bool,
+                  images_keep: int | None) -> RemotePrune:
+    name = destination.name
     try:
-        listing = remote.list()
-    except RemoteError as err:
-        logger.error("off-site rotation skipped: the store cannot be listed", extra={"phase": "prune",
-                                                                                      "error": str(err)})
-        return RemotePrune(error=str(err))
+        listing = destination.list()
+    except DestinationError as err:
+        logger.error("off-site rotation skipped: the store cannot be listed",
+                     extra={"phase": "prune", "destination": name, "error": str(err)})
+        return RemotePrune(name, error=str(err))
+    deleted, refused = _archive_deletions(listing, keep_for, service, name)
+    if images_keep is not None:
+        deleted += _image_deletions([o for o in listing if o.relpath.startswith("images/")], images_keep)
+    for rel in deleted:
+        logger.info("would delete off-site copy (dry run)" if dry_run else "off-site copy deleted",
+                    extra={"phase": "prune", "destination": name, "key": destination.key(rel), "dry_run": dry_run})
+    if deleted and not dry_run:
+        try:
+            destination.delete(deleted)
+        except DestinationError as err:
+            logger.error("off-site prune failed", extra={"phase": "prune", "destination": name, "error": str(err)})
+            return RemotePrune(name, error=str(err), refused=tuple(refused))
+        copy_index(ctx, destination).forget(deleted)
+    return RemotePrune(name, tuple(deleted), tuple(refused), dry_run=dry_run)
+
+
+def _archive_deletions(listing: list[RemoteObject], keep_for, service: str | None,
+                       destination: str) -> tuple[list[str], list[str]]:
+    """(relpaths to delete, targets whose rotation was refused) by the local rules."""
     archives = [o for o in listing if (n := parse_name(o.relpath.rsplit("/", 1)[-1])) is not None
                 and o.relpath.split("/", 1)[0] == n.frequency.value and (service is None or n.service == service)]
     deleted: list[str] = []
@@ -238,22 +292,11 @@ def run_remote_prune(ctx: Context, keep_for, service: str | None = None, dry_run
             plan = plan_prune(objects, lambda o: parse_name(o.relpath.rsplit("/", 1)[-1]), lambda _s: keep)
         except PruneRefused as err:
             refused.append(name)
-            logger.error("off-site prune refused", extra={"target": name, "phase": "prune", "error": str(err)})
+            logger.error("off-site prune refused", extra={"target": name, "phase": "prune",
+                                                          "destination": destination, "error": str(err)})
             continue
         deleted += [o.relpath for o in plan.delete]
-    if images_keep is not None:
-        deleted += _image_deletions([o for o in listing if o.relpath.startswith("images/")], images_keep)
-    for rel in deleted:
-        logger.info("would delete off-site copy (dry run)" if dry_run else "off-site copy deleted",
-                    extra={"phase": "prune", "key": remote.key(rel), "dry_run": dry_run})
-    if deleted and not dry_run:
-        try:
-            remote.delete(deleted)
-        except RemoteError as err:
-            logger.error("off-site prune failed", extra={"phase": "prune", "error": str(err)})
-            return RemotePrune(error=str(err), refused=tuple(refused))
-        remote_index(ctx).forget(deleted)
-    return RemotePrune(tuple(deleted), tuple(refused), dry_run=dry_run)
+    return deleted, refused
 
 
 def _image_deletions(objects: list[RemoteObject], keep: int) -> list[str]:

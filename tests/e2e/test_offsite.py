@@ -58,6 +58,12 @@ def test_backup_is_copied_off_site_with_its_checksum(lab, s3_server, s3_bucket):
 
     listed = lab.cli("list", "--remote", "--json", **env)
     assert listed.returncode == 0 and f'"daily/{archive.name}"' in listed.stdout and '"verified": true' in listed.stdout
+    named = lab.cli("list", "--remote", "s3", **env)  # by destination name
+    assert named.returncode == 0 and f"host1/stack/daily/{archive.name}" in named.stdout
+    by_target = lab.cli("list", "app", "--remote", "--json", **env)
+    assert by_target.returncode == 0 and f'"daily/{archive.name}"' in by_target.stdout and "images/" not in by_target.stdout
+    # `list --remote NAME` with NAME not a destination: a target, as before destinations existed.
+    assert lab.cli("list", "--remote", "app", "--json", **env).stdout == by_target.stdout
     plan = lab.cli("plan", "--json", **env)
     assert '"copies": 2' in plan.stdout and '"offsite": "verified' in plan.stdout
     assert SECRET_KEY not in done.stderr + plan.stdout + plan.stderr + listed.stdout
@@ -114,6 +120,8 @@ def test_restore_from_s3_onto_an_empty_backup_volume(lab, s3_server, s3_bucket, 
     lab.populate(volume, "rm -rf -- * .[!.]* ..?* || true")
     local_only = lab.cli("restore", "app", "--volume", "data", BACKUP_DIR=str(new_host), **env)
     assert local_only.returncode == 2 and "no archive" in local_only.stderr
+    unknown = lab.cli("restore", "app", "--volume", "data", "--from", "nas", BACKUP_DIR=str(new_host), **env)
+    assert unknown.returncode == 64 and "no off-site destination named 'nas'; configured: s3" in unknown.stderr
     done = lab.cli("restore", "app", "--volume", "data", "--from", "s3", BACKUP_DIR=str(new_host), **env)
     assert done.returncode == 0, done.stderr
     assert lab.manifest(volume) == original

@@ -1,6 +1,8 @@
-"""sidecar.remote against a real S3 server (SeaweedFS from tests/e2e/s3server.py): uploads
-verified by the store, multipart, server-side copy, paginated listing, verified download,
-retries while the store is down, delete, and no credentials in any error or log record."""
+"""The "s3" destination (sidecar.destinations.s3) against a real S3 server (SeaweedFS from
+tests/e2e/s3server.py): uploads verified by the store, multipart, server-side copy,
+paginated listing, verified download, botocore's standard retries while the store is down
+or answers 5xx (injected through botocore's event hooks), delete, and no credentials in
+any error or log record."""
 
 from __future__ import annotations
 
@@ -11,19 +13,14 @@ import os
 import socket
 from pathlib import Path
 
+import botocore.awsrequest
 import pytest
 
-try:
-    import botocore.awsrequest
-except ImportError:  # pragma: no cover
-    if os.environ.get("SIDECAR_TESTBED") == "1":
-        raise
-    pytest.skip("boto3 is not installed (the s3 extra)", allow_module_level=True)
-
 from sidecar.archive import read_checksum, sha256_file, write_checksum
-from sidecar.errors import ChecksumMismatch, RemoteError
 from sidecar.config import S3Config
-from sidecar.remote import RemoteStore
+from sidecar.destinations import Destination, create
+from sidecar.destinations.s3 import S3Destination
+from sidecar.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 
 MiB = 1024 * 1024
 PREFIX = "backups/host1"
@@ -56,7 +53,7 @@ class Sleeps:
         self.delays.append(seconds)
 
 
-def count_calls(store: RemoteStore, *operations: str) -> dict[str, int]:
+def count_calls(store: S3Destination, *operations: str) -> dict[str, int]:
     counts = {op: 0 for op in operations}
 
     def hook(model, **kwargs):
@@ -69,13 +66,20 @@ def count_calls(store: RemoteStore, *operations: str) -> dict[str, int]:
 
 @pytest.fixture
 def make_store(s3_server, s3_bucket):
-    def make(sleep=None, **overrides) -> RemoteStore:
+    def make(sleep=None, **overrides) -> S3Destination:
         fields = dict(bucket=s3_bucket, prefix=PREFIX, endpoint_url=s3_server.endpoint_url, region="us-east-1",
                       path_style=True, part_size=5 * MiB, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
                       attempts=3, connect_timeout=2, read_timeout=10)
         fields.update(overrides)
-        return RemoteStore(S3Config(**fields), sleep=sleep or Sleeps())
+        return S3Destination(S3Config(**fields), sleep=sleep or Sleeps())
     return make
+
+
+def test_the_s3_kind_is_registered_and_is_a_destination(s3_server, s3_bucket):
+    store = create("s3", S3Config(bucket=s3_bucket, endpoint_url=s3_server.endpoint_url, region="us-east-1",
+                                  path_style=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY))
+    assert isinstance(store, S3Destination) and isinstance(store, Destination) and store.name == "s3"
+    assert store.describe() == f"s3://{s3_bucket}/" and store.describe("daily/x") == f"s3://{s3_bucket}/daily/x"
 
 
 def test_upload_lands_under_the_prefix_with_its_sha256_and_round_trips(make_store, s3_server, s3_bucket, tmp_path):
@@ -145,7 +149,7 @@ def test_copy_is_server_side_and_keeps_content_and_sha256(make_store, s3_server,
     assert (obj.relpath, obj.key, obj.size, obj.sha256) == (weekly, f"{PREFIX}/{weekly}", 6 * MiB, digest)
     body = s3_server.client().get_object(Bucket=s3_bucket, Key=f"{PREFIX}/{weekly}")["Body"].read()
     assert body == path.read_bytes()
-    with pytest.raises(RemoteError, match="source does not exist"):
+    with pytest.raises(DestinationError, match="source does not exist"):
         store.copy("daily/missing.tar.zst", "weekly/missing.tar.zst")
 
 
@@ -192,9 +196,9 @@ def test_download_refuses_bytes_that_do_not_match_the_sha256_metadata(make_store
     assert list(dest_dir.iterdir()) == []  # neither the file nor its partial
 
     raw.put_object(Bucket=s3_bucket, Key=f"{PREFIX}/daily/unverifiable.tar.zst", Body=data)
-    with pytest.raises(RemoteError, match="no sha256 metadata"):
+    with pytest.raises(DestinationError, match="no sha256 metadata"):
         store.download("daily/unverifiable.tar.zst", dest_dir / "unverifiable.tar.zst")
-    with pytest.raises(RemoteError, match="NoSuchKey"):
+    with pytest.raises(DestinationError, match="NoSuchKey"):
         store.download("daily/missing.tar.zst", dest_dir / "missing.tar.zst")
     assert list(dest_dir.iterdir()) == []
 
@@ -204,26 +208,27 @@ def test_upload_retries_while_the_store_is_down_and_succeeds_once_it_is_back(mak
     path, digest = make_archive(tmp_path, f"daily/{NAME}", 200_000)
     sleeps = Sleeps()
     store = make_store(sleep=sleeps, attempts=4, connect_timeout=1)
-    caplog.set_level(logging.WARNING, logger="sidecar.remote")
+    caplog.set_level(logging.WARNING, logger="sidecar.destinations.s3")
     s3_server.stop()
     try:
-        with pytest.raises(RemoteError) as info:
+        with pytest.raises(DestinationUnreachable) as info:
             store.upload(path, f"daily/{NAME}", digest)
-        with pytest.raises(RemoteError, match=f"bucket '{s3_bucket}'.*{s3_server.endpoint_url}"):
+        with pytest.raises(DestinationUnreachable, match=f"bucket '{s3_bucket}'.*{s3_server.endpoint_url}"):
             store.check()
     finally:
         s3_server.start()
     message = str(info.value)
     assert "upload" in message and f"s3://{s3_bucket}/{PREFIX}/daily/{NAME}" in message
     assert "after 4 attempts" in message and s3_server.endpoint_url in message
-    retries = [r for r in caplog.records if r.name == "sidecar.remote" and r.levelno == logging.WARNING]
+    retries = [r for r in caplog.records if r.name == "sidecar.destinations.s3" and r.levelno == logging.WARNING]
     upload_retries = [r for r in retries if r.phase == "upload"]
     assert [r.attempt for r in upload_retries] == [1, 2, 3]
     assert all(r.key == f"{PREFIX}/daily/{NAME}" and r.bytes == 200_000 for r in upload_retries)
     assert [r.delay_seconds for r in upload_retries] == [round(d, 3) for d in sleeps.delays[:3]]
-    # Exponential with jitter: attempt n waits between half and all of 2**(n-1) seconds.
+    # botocore's standard mode: truncated exponential backoff with full jitter, attempt n
+    # waiting up to 50 ms x 2**(n-1) for a connection error (1 s x 2**(n-1) when throttled).
     for n, delay in enumerate(sleeps.delays[:3], start=1):
-        assert 2 ** (n - 1) / 2 <= delay <= 2 ** (n - 1)
+        assert 0 <= delay <= 0.05 * 2 ** (n - 1)
 
     caplog.clear()
     obj = store.upload(path, f"daily/{NAME}", digest)
@@ -239,7 +244,7 @@ class _Raw:
         yield self._body
 
 
-def _fail_first(store: RemoteStore, operation: str, status: int, code: str, times: int) -> list[int]:
+def _fail_first(store: S3Destination, operation: str, status: int, code: str, times: int) -> list[int]:
     """Answer the first `times` requests of `operation` with an S3 error, without sending them."""
     seen = []
 
@@ -259,25 +264,35 @@ def test_throttling_and_server_errors_are_retried(make_store, tmp_path, caplog, 
     path, digest = make_archive(tmp_path, f"daily/{NAME}", 1000)
     store = make_store(attempts=3)
     seen = _fail_first(store, "PutObject", status, code, times=2)
-    caplog.set_level(logging.WARNING, logger="sidecar.remote")
+    caplog.set_level(logging.WARNING, logger="sidecar.destinations.s3")
     assert store.upload(path, f"daily/{NAME}", digest).sha256 == digest
     assert len(seen) == 3
     assert [(r.attempt, code in r.error) for r in caplog.records] == [(1, True), (2, True)]
+
+
+def test_server_errors_through_every_attempt_mean_unreachable(make_store, tmp_path):
+    path, digest = make_archive(tmp_path, f"daily/{NAME}", 1000)
+    store = make_store(attempts=3)
+    seen = _fail_first(store, "PutObject", 503, "ServiceUnavailable", times=3)
+    with pytest.raises(DestinationUnreachable, match="after 3 attempts.*ServiceUnavailable"):
+        store.upload(path, f"daily/{NAME}", digest)
+    assert len(seen) == 3
 
 
 def test_access_denied_is_not_retried(make_store, tmp_path, caplog):
     path, digest = make_archive(tmp_path, f"daily/{NAME}", 1000)
     store = make_store(attempts=5)
     seen = _fail_first(store, "PutObject", 403, "AccessDenied", times=1)
-    caplog.set_level(logging.WARNING, logger="sidecar.remote")
-    with pytest.raises(RemoteError, match="AccessDenied: injected AccessDenied"):
+    caplog.set_level(logging.WARNING, logger="sidecar.destinations.s3")
+    with pytest.raises(DestinationError, match="AccessDenied: injected AccessDenied") as info:
         store.upload(path, f"daily/{NAME}", digest)
     assert len(seen) == 1 and caplog.records == []
+    assert not isinstance(info.value, DestinationUnreachable)  # the store answered: it is reachable
 
 
 def test_check_names_a_missing_bucket(make_store, s3_server):
     make_store().check()
-    with pytest.raises(RemoteError, match="bucket 'no-such-bucket-here'.*does not exist"):
+    with pytest.raises(DestinationError, match="bucket 'no-such-bucket-here'.*does not exist"):
         make_store(bucket="no-such-bucket-here").check()
 
 
@@ -297,7 +312,7 @@ def test_credentials_never_appear_in_errors_or_logs(make_store, s3_server, s3_bu
                        lambda: store.delete([f"daily/{NAME}"])):
             try:
                 action()
-            except RemoteError as exc:
+            except DestinationError as exc:
                 errors.append(exc)
     assert len(errors) >= 10  # the missing bucket and the dead endpoint fail everything
     assert any("after 3 attempts" in str(e) for e in errors)  # retries were logged as well
@@ -309,7 +324,7 @@ def test_credentials_never_appear_in_errors_or_logs(make_store, s3_server, s3_bu
         assert SECRET_KEY not in text, record
         if record.name.startswith("sidecar"):
             assert ACCESS_KEY not in text, record
-    assert any(r.name == "sidecar.remote" and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(r.name == "sidecar.destinations.s3" and r.levelno == logging.WARNING for r in caplog.records)
     assert SECRET_KEY not in repr(stores[1].config) and ACCESS_KEY not in repr(stores[1].config)
 
 

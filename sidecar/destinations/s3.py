@@ -19,46 +19,48 @@ What "verified" means for an upload:
 Stores that refuse flexible checksums can be used with `checksum_algorithm=None`: steps 1
 and 3 (size and metadata) still apply.
 
-Retries: botocore's own retries are off; each operation is retried here (connection errors,
-timeouts, HTTP 5xx, throttling) with capped exponential backoff and jitter, each retry
-logged as a warning. A multipart upload that fails is aborted by s3transfer and the next
-attempt starts over; if the store is unreachable even the abort fails, and the parts stay
-on the store until a lifecycle rule (AbortIncompleteMultipartUpload) removes them.
+Retries: botocore's own "standard" retry mode (S3_ATTEMPTS attempts per request:
+connection errors, timeouts, HTTP 5xx, throttling, with its capped exponential backoff
+and jitter). We only wrap its decision to log each retry as a warning and to do the
+waiting through an injectable sleep. A multipart upload that fails is aborted by
+s3transfer and the next sync starts over; if the store is unreachable even the abort
+fails, and the parts stay on the store until a lifecycle rule
+(AbortIncompleteMultipartUpload) removes them.
 
-Errors: every failure becomes RemoteError (ChecksumMismatch for a download whose bytes do
-not match), naming the operation, bucket, key and endpoint with the store's explanation,
+Errors: every failure becomes DestinationError, DestinationUnreachable when the store did
+not answer or kept failing through every attempt (decided from botocore's typed errors,
+never from message text), ChecksumMismatch for a file or download whose bytes do not
+match; each names the operation, bucket, key and endpoint with the store's explanation,
 and never the credentials.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
-import random
 import re
+import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import S3Config
-from .errors import ChecksumMismatch, RemoteError
-from .fsutil import fsync_dir
-from .naming import PARTIAL_SUFFIX
+import boto3
+import boto3.exceptions
+import boto3.s3.transfer
+import botocore.config
+import botocore.exceptions
+import botocore.retries.standard
+from s3transfer.utils import ChunksizeAdjuster
 
-try:  # the `s3` extra; the module stays importable without it (S3Config for settings)
-    import boto3
-    import boto3.exceptions
-    import boto3.s3.transfer
-    import botocore.config
-    import botocore.exceptions
-    from s3transfer.utils import ChunksizeAdjuster
-except ImportError:  # pragma: no cover - exercised only without the extra
-    boto3 = None  # type: ignore[assignment]
+from ..config import S3Config
+from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from ..fsutil import fsync_dir
+from ..naming import PARTIAL_SUFFIX
+from .base import RemoteObject
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +69,10 @@ T = TypeVar("T")
 READ_SIZE = 1 << 20
 MAX_COPY_OBJECT = 5 * 1024**3  # larger objects are copied part by part (UploadPartCopy)
 DELETE_BATCH = 1000  # DeleteObjects' limit
-BACKOFF_BASE = 1.0  # seconds before the 2nd attempt; doubles each time
-BACKOFF_CAP = 30.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-# Error codes worth another attempt besides HTTP 5xx and 429.
-_RETRY_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "BandwidthLimitExceeded",
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "InternalError",
-    "ServiceUnavailable",
-})
-
-
-@dataclass(frozen=True)
-class RemoteObject:
-    relpath: str  # relative to the prefix, e.g. "daily/NAME"
-    key: str
-    size: int
-    last_modified: datetime
-    sha256: str | None  # from the metadata; None when absent or not fetched (listings)
+_RETRY_HANDLER_ID = "retry-config-s3"  # the unique id botocore registers its retry handler under
+# Phases of requests that are not about one object (retry log records name the phase).
+_BUCKET_PHASES = {"HeadBucket": "check", "ListObjectsV2": "list", "DeleteObjects": "delete"}
 
 
 def _explain(exc: BaseException) -> str:
@@ -125,19 +111,27 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        status = _status(exc) or 0
-        return status >= 500 or status == 429 or _code(exc) in _RETRY_CODES
+def _unreachable(exc: BaseException) -> bool:
+    """The store did not answer, or kept answering "not now", through every attempt."""
     if isinstance(exc, botocore.exceptions.SSLError):
-        return False  # a certificate problem does not go away by waiting
-    return isinstance(exc, (
-        botocore.exceptions.ConnectionError,  # refused, connect timeout, proxy
-        botocore.exceptions.HTTPClientError,  # closed, read timeout, broken stream
-        botocore.exceptions.IncompleteReadError,
-        botocore.exceptions.ChecksumError,  # a response damaged on the way
-        botocore.exceptions.FlexibleChecksumError,
-    ))
+        return False  # a certificate problem: the store answers, the configuration is wrong
+    if isinstance(exc, (botocore.exceptions.ConnectionError,  # refused, connect timeout, proxy
+                        botocore.exceptions.HTTPClientError)):  # read timeout, connection closed
+        return True
+    status = _status(exc) or 0
+    return status >= 500 or status == 429
+
+
+def _attempts_made(exc: BaseException) -> int | None:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        retries = (exc.response.get("ResponseMetadata", {}) or {}).get("RetryAttempts")
+        return retries + 1 if isinstance(retries, int) else None
+    return None
+
+
+def _remember_key(params, context, **_kwargs) -> None:
+    """botocore event hook: keep the request's object key where the retry hook sees it."""
+    context["sidecar_key"] = params.get("Key", "") if isinstance(params, dict) else ""
 
 
 def _safe_endpoint(url: str) -> str:
@@ -177,29 +171,34 @@ def _expected_checksum(path: Path, size: int, part_size: int) -> tuple[str, str]
     return whole.hexdigest(), f"{composite}-{len(digests)}"
 
 
-class RemoteStore:
-    """One bucket (and prefix) of an S3 store. Thread-safe: boto3 clients are."""
+class S3Destination:
+    """One bucket (and prefix) of an S3 store, the "s3" destination. Thread-safe: boto3
+    clients are."""
+
+    name = "s3"
 
     def __init__(self, config: S3Config, sleep: Callable[[float], None] = time.sleep):
-        if boto3 is None:
-            raise RemoteError("S3 support needs boto3: install backup-sidecar[s3]")
         if (config.access_key_id is None) != (config.secret_access_key is None):
-            raise RemoteError("S3 credentials: give both the access key id and the secret, or neither "
-                              "(to use the environment, a profile or an instance role)")
+            raise DestinationError("S3 credentials: give both the access key id and the secret, or neither "
+                                   "(to use the environment, a profile or an instance role)", destination="s3")
         if config.part_size < 5 * 1024 * 1024:
-            raise RemoteError(f"S3 part size {config.part_size} is too small: S3 needs at least 5 MiB (5242880)")
+            raise DestinationError(f"S3 part size {config.part_size} is too small: S3 needs at least 5 MiB "
+                                   "(5242880)", destination="s3")
         if config.attempts < 1 or config.max_concurrency < 1:
-            raise RemoteError("S3 attempts and max_concurrency must be at least 1")
+            raise DestinationError("S3 attempts and max_concurrency must be at least 1", destination="s3")
         self.config = config
         self._sleep = sleep
         self._base = "/".join(p for p in config.prefix.split("/") if p)
         self._where = (f"endpoint {_safe_endpoint(config.endpoint_url)}" if config.endpoint_url
                        else f"AWS S3 ({config.region or 'default region'})")
         self._secrets = [s for s in (config.secret_access_key, config.access_key_id) if s and len(s) >= 4]
+        self._inflight: dict[str, tuple[str, int | None]] = {}  # key -> (phase, bytes), for retry logs
+        self._tries: dict[str, int] = {}  # key ("" for bucket requests) -> attempts of its last failure
+        self._guard = threading.Lock()
         options = dict(
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": 1},  # our loop retries
+            retries={"mode": "standard", "total_max_attempts": config.attempts},
             s3={"addressing_style": "path" if config.path_style else "auto"},
             max_pool_connections=max(10, config.max_concurrency * 2),
             user_agent_extra="backup-sidecar",
@@ -217,6 +216,7 @@ class RemoteStore:
             aws_secret_access_key=config.secret_access_key,
             config=botocore.config.Config(**options),
         )
+        self._log_retries()
         self._transfer = boto3.s3.transfer.TransferConfig(
             multipart_threshold=config.part_size,
             multipart_chunksize=config.part_size,
@@ -236,7 +236,7 @@ class RemoteStore:
     def key(self, relpath: str) -> str:
         rel = "/".join(p for p in relpath.split("/") if p)
         if not rel or any(p in (".", "..") for p in rel.split("/")):
-            raise RemoteError(f"S3: {relpath!r} is not a valid archive path (expected e.g. daily/NAME)")
+            raise DestinationError(f"S3: {relpath!r} is not a valid archive path (expected e.g. daily/NAME)")
         return f"{self._base}/{rel}" if self._base else rel
 
     def relpath(self, key: str) -> str:
@@ -245,6 +245,11 @@ class RemoteStore:
     def url(self, relpath: str) -> str:
         return f"s3://{self.config.bucket}/{self.key(relpath)}"
 
+    def describe(self, relpath: str = "") -> str:
+        if not relpath:
+            return f"s3://{self.config.bucket}/{self._base + '/' if self._base else ''}"
+        return self.url(relpath)
+
     # --- operations --------------------------------------------------------------------
     def check(self) -> None:
         """The bucket exists and these credentials may use it."""
@@ -252,16 +257,16 @@ class RemoteStore:
             self.client.head_bucket(Bucket=self.config.bucket)
 
         try:
-            self._retry("check", None, op)
-        except RemoteError as exc:
+            self._call("check", None, op)
+        except DestinationError as exc:
             cause = exc.__cause__
             status = _status(cause) if cause is not None else None
             hint = {404: "the bucket does not exist",
                     403: "access denied: check the credentials and the bucket's policy",
                     301: "the bucket is in another region: set the region"}.get(status or 0)
             if hint:
-                raise RemoteError(self._scrub(f"{exc}; {hint}"), operation="check",
-                                  bucket=self.config.bucket) from cause
+                raise type(exc)(self._scrub(f"{exc}; {hint}"), operation="check",
+                                destination=self.name) from cause
             raise
         logger.info("S3 bucket reachable", extra={"phase": "check", "bucket": self.config.bucket})
 
@@ -275,8 +280,8 @@ class RemoteStore:
             size = path.stat().st_size
             local, expected_checksum = _expected_checksum(path, size, self.config.part_size)
         except OSError as exc:
-            raise RemoteError(f"S3 upload of {path} to {self.url(relpath)}: cannot read the file: {exc.strerror}",
-                              operation="upload", bucket=self.config.bucket, key=key) from exc
+            raise DestinationError(f"S3 upload of {path} to {self.url(relpath)}: cannot read the file: {exc.strerror}",
+                              operation="upload", destination=self.name, key=key) from exc
         if local != sha256:
             raise ChecksumMismatch(f"{path}: SHA-256 is {local}, expected {sha256}; not uploading it")
         extra: dict = {"Metadata": {"sha256": sha256}}
@@ -288,7 +293,7 @@ class RemoteStore:
         def op() -> None:
             self.client.upload_file(str(path), self.config.bucket, key, ExtraArgs=extra, Config=self._transfer)
 
-        self._retry("upload", key, op, size=size)
+        self._call("upload", key, op, size=size)
         obj = self._head(key, "upload", checksum=True)
         problems = []
         if obj is None:
@@ -302,9 +307,9 @@ class RemoteStore:
             if self.config.checksum_algorithm == "SHA256" and checksum is not None and checksum != expected_checksum:
                 problems.append(f"the store's SHA-256 checksum is {checksum}, our bytes give {expected_checksum}")
         if problems:
-            raise RemoteError(self._scrub(f"S3 upload of {path} to {self.url(relpath)} ({self._where}) "
+            raise DestinationError(self._scrub(f"S3 upload of {path} to {self.url(relpath)} ({self._where}) "
                                           f"failed verification: {'; '.join(problems)}"),
-                              operation="upload", bucket=self.config.bucket, key=key)
+                              operation="upload", destination=self.name, key=key)
         seconds = time.monotonic() - started
         logger.info("archive uploaded to S3", extra={
             "phase": "upload", "bucket": self.config.bucket, "key": key, "bytes": size,
@@ -318,8 +323,8 @@ class RemoteStore:
         started = time.monotonic()
         src = self.head(src_relpath)
         if src is None:
-            raise RemoteError(f"S3 copy of {self.url(src_relpath)} ({self._where}) failed: the source does not exist",
-                              operation="copy", bucket=self.config.bucket, key=src_key)
+            raise DestinationError(f"S3 copy of {self.url(src_relpath)} ({self._where}) failed: the source does not exist",
+                              operation="copy", destination=self.name, key=src_key)
         extra: dict = {"MetadataDirective": "COPY"}
         if self.config.storage_class:
             extra["StorageClass"] = self.config.storage_class
@@ -328,14 +333,14 @@ class RemoteStore:
             self.client.copy({"Bucket": self.config.bucket, "Key": src_key}, self.config.bucket, dst_key,
                              ExtraArgs=extra, Config=self._copy_transfer)
 
-        self._retry("copy", dst_key, op, size=src.size)
+        self._call("copy", dst_key, op, size=src.size)
         found = self._head(dst_key, "copy")
         dst = found[0] if found else None
         if dst is None or dst.size != src.size or dst.sha256 != src.sha256:
             got = "nothing" if dst is None else f"size {dst.size}, sha256 {dst.sha256!r}"
-            raise RemoteError(f"S3 copy of {self.url(src_relpath)} to {self.url(dst_relpath)} ({self._where}) "
+            raise DestinationError(f"S3 copy of {self.url(src_relpath)} to {self.url(dst_relpath)} ({self._where}) "
                               f"failed verification: expected size {src.size}, sha256 {src.sha256!r}; found {got}",
-                              operation="copy", bucket=self.config.bucket, key=dst_key)
+                              operation="copy", destination=self.name, key=dst_key)
         logger.info("archive copied in S3", extra={
             "phase": "copy", "bucket": self.config.bucket, "key": dst_key, "source": src_key,
             "bytes": dst.size, "seconds": round(time.monotonic() - started, 3)})
@@ -364,7 +369,7 @@ class RemoteStore:
                                               item["LastModified"], None))
             return found
 
-        found = self._retry("list", prefix or "(all)", op)
+        found = self._call("list", prefix or "(all)", op)
         logger.debug("S3 listing", extra={"phase": "list", "bucket": self.config.bucket, "key": prefix,
                                           "objects": len(found)})
         return found
@@ -382,9 +387,9 @@ class RemoteStore:
             try:
                 expected = (response.get("Metadata", {}) or {}).get("sha256", "").lower()
                 if not _SHA256_RE.match(expected):
-                    raise RemoteError(f"S3 download of {self.url(relpath)} ({self._where}): the object has no "
+                    raise DestinationError(f"S3 download of {self.url(relpath)} ({self._where}): the object has no "
                                       f"sha256 metadata; refusing a download that cannot be verified",
-                                      operation="download", bucket=self.config.bucket, key=key)
+                                      operation="download", destination=self.name, key=key)
                 sha = hashlib.sha256()
                 size = 0
                 dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -408,7 +413,7 @@ class RemoteStore:
             return RemoteObject(relpath, key, size, response["LastModified"], expected)
 
         try:
-            obj = self._retry("download", key, op, cleanup=lambda: _unlink(partial))
+            obj = self._call("download", key, op, cleanup=lambda: _unlink(partial))
             os.replace(partial, dest)
             fsync_dir(dest.parent)
         except BaseException:
@@ -432,13 +437,13 @@ class RemoteStore:
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
                 return response.get("Errors", []) or []
 
-            for item in self._retry("delete", batch[0] if len(batch) == 1 else f"{len(batch)} keys from {batch[0]}", op):
+            for item in self._call("delete", batch[0] if len(batch) == 1 else f"{len(batch)} keys from {batch[0]}", op):
                 errors.append(f"{item.get('Key')}: {item.get('Code')}: {item.get('Message')}")
         if errors:
             shown = "; ".join(errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
-            raise RemoteError(self._scrub(f"S3 delete in bucket {self.config.bucket!r} ({self._where}) failed for "
+            raise DestinationError(self._scrub(f"S3 delete in bucket {self.config.bucket!r} ({self._where}) failed for "
                                           f"{len(errors)} of {len(keys)} objects: {shown}"),
-                              operation="delete", bucket=self.config.bucket)
+                              operation="delete", destination=self.name)
         logger.info("archives deleted from S3", extra={"phase": "delete", "bucket": self.config.bucket,
                                                        "objects": len(keys)})
 
@@ -456,7 +461,7 @@ class RemoteStore:
                     return None
                 raise
 
-        response = self._retry(phase, key, op)
+        response = self._call(phase, key, op)
         if response is None:
             return None
         sha = (response.get("Metadata", {}) or {}).get("sha256")
@@ -464,36 +469,72 @@ class RemoteStore:
                            sha.lower() if sha else None)
         return obj, response.get("ChecksumSHA256")
 
-    def _retry(self, phase: str, key: str | None, op: Callable[[], T], size: int | None = None,
-               cleanup: Callable[[], None] | None = None) -> T:
-        attempts = self.config.attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return op()
-            except (RemoteError, ChecksumMismatch):
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified below; bugs are re-raised as they are
-                cause = _unwrap(exc)
-                if not isinstance(cause, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                                          boto3.exceptions.Boto3Error, OSError)):
-                    raise
-                if cleanup is not None:
-                    cleanup()
-                explanation = self._scrub(_explain(cause))
-                if attempt == attempts or not _retryable(cause):
-                    where = f"s3://{self.config.bucket}/{key}" if key else f"bucket {self.config.bucket!r}"
-                    tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    raise RemoteError(self._scrub(f"S3 {phase} of {where} ({self._where}) failed{tries}: {explanation}"),
-                                      operation=phase, bucket=self.config.bucket, key=key or "") from cause
-                ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-                delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-                extra = {"phase": phase, "bucket": self.config.bucket, "key": key, "attempt": attempt,
-                         "attempts": attempts, "delay_seconds": round(delay, 3), "error": explanation}
-                if size is not None:
-                    extra["bytes"] = size
-                logger.warning("S3 request failed; retrying", extra=extra)
-                self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _call(self, phase: str, key: str | None, op: Callable[[], T], size: int | None = None,
+              cleanup: Callable[[], None] | None = None) -> T:
+        """Run one operation (botocore retries each of its requests) and turn a failure
+        into DestinationError or DestinationUnreachable; bugs are re-raised as they are."""
+        if key:
+            with self._guard:
+                self._inflight[key] = (phase, size)
+        try:
+            return op()
+        except (DestinationError, ChecksumMismatch):
+            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error,
+                OSError) as exc:
+            cause = _unwrap(exc)
+            if cleanup is not None:
+                cleanup()
+            with self._guard:
+                recorded = self._tries.pop(key or "", None) or self._tries.pop("", None)
+            tries = _attempts_made(cause) or recorded or 1
+            where = f"s3://{self.config.bucket}/{key}" if key else f"bucket {self.config.bucket!r}"
+            after = f" after {tries} attempts" if tries > 1 else ""
+            error = DestinationUnreachable if _unreachable(cause) else DestinationError
+            raise error(self._scrub(f"S3 {phase} of {where} ({self._where}) failed{after}: {_explain(cause)}"),
+                        destination=self.name, operation=phase, key=key or "") from cause
+        finally:
+            if key:
+                with self._guard:
+                    self._inflight.pop(key, None)
+
+    def _log_retries(self) -> None:
+        """Put a logging wrapper around botocore's standard retry handler: each retry is a
+        warning naming the phase, key, attempt and delay, and the wait goes through
+        `self._sleep` (botocore then sleeps 0)."""
+        events = self.client.meta.events
+        events.register("before-parameter-build.s3", _remember_key)
+        events.unregister("needs-retry.s3", unique_id=_RETRY_HANDLER_ID)
+        handler = botocore.retries.standard.register_retry_handler(self.client, max_attempts=self.config.attempts)
+        events.unregister("needs-retry.s3", unique_id=_RETRY_HANDLER_ID)
+        events.register("needs-retry.s3", functools.partial(self._needs_retry, handler), unique_id=_RETRY_HANDLER_ID)
+
+    def _needs_retry(self, handler, **kwargs) -> float | None:
+        delay = handler.needs_retry(**kwargs)
+        response, caught = kwargs.get("response"), kwargs.get("caught_exception")
+        status = response[0].status_code if response is not None else None
+        if caught is None and (status or 0) < 400:
+            return delay
+        key = ((kwargs.get("request_dict") or {}).get("context") or {}).get("sidecar_key", "")
+        attempt = kwargs["attempts"]
+        with self._guard:
+            phase, size = self._inflight.get(key, (_BUCKET_PHASES.get(kwargs["operation"].name, "request"), None))
+            if delay is None and attempt > 1:  # the last attempt failed: its count goes in the error
+                self._tries[key if key in self._inflight else ""] = attempt
+        if delay is None:
+            return None
+        if caught is not None:
+            explanation = self._scrub(_explain(caught))
+        else:
+            error = (response[1] or {}).get("Error", {}) or {}
+            explanation = self._scrub(f"{error.get('Code', '')}: {error.get('Message', '')} (HTTP {status})")
+        extra = {"phase": phase, "bucket": self.config.bucket, "key": key or None, "attempt": attempt,
+                 "attempts": self.config.attempts, "delay_seconds": round(delay, 3), "error": explanation}
+        if size is not None:
+            extra["bytes"] = size
+        logger.warning("S3 request failed; retrying", extra=extra)
+        self._sleep(delay)
+        return 0  # waited already; botocore retries at once (None would mean "do not retry")
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

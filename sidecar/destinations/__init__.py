@@ -1,0 +1,53 @@
+"""Off-site destinations behind one seam (offen's `storage.Backend`): the `Destination`
+Protocol (base.py), one module per kind (s3.py), the registry of kinds, and
+`from_settings`, which builds the configured destinations.
+
+Adding a kind: a module with a class implementing `Destination` and a factory taking its
+typed config, one `register("KIND", factory)` line below, `from_settings` building it
+from its settings, and tests (tests/e2e against a real server, tests/actions through
+`tests/fakes/destination.py` for what the actions do with it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from ..settings import Settings
+from .base import Destination, RemoteObject
+from .index import CopyEntry, CopyIndex
+from .s3 import S3Destination
+
+Factory = Callable[[Any], Destination]
+
+_KINDS: dict[str, Factory] = {}
+
+
+def register(kind: str, factory: Factory) -> None:
+    _KINDS[kind] = factory
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(sorted(_KINDS))
+
+
+def create(kind: str, config: Any) -> Destination:
+    """A destination of a registered kind from its typed config (S3Config for "s3")."""
+    factory = _KINDS.get(kind)
+    if factory is None:
+        raise ConfigError(f"unknown destination kind {kind!r}; expected one of {', '.join(kinds())}")
+    return factory(config)
+
+
+def from_settings(settings: Settings) -> tuple[Destination, ...]:
+    """The configured destinations, in order: today the S3 store when S3_BUCKET is set."""
+    found = []
+    if settings.s3 is not None:
+        found.append(create("s3", settings.s3))
+    return tuple(found)
+
+
+register("s3", S3Destination)
+
+__all__ = ["CopyEntry", "CopyIndex", "Destination", "RemoteObject", "S3Destination", "create", "from_settings",
+           "kinds", "register"]
