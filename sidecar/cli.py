@@ -27,7 +27,7 @@ from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
-from .notify import Notifier
+from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .settings import Settings, load_settings
 from .storage import BackupStore
