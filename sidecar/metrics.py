@@ -175,7 +175,7 @@ class Metrics(Collector):
 
     def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.record = OutcomeRecord(state_path)
+        self.outcomes = OutcomeRecord(state_path)
         self._lock = threading.Lock()
         self._targets: tuple[TargetView, ...] = ()
         self._config_errors = 0
@@ -211,10 +211,10 @@ class Metrics(Collector):
 
     def observe(self, outcome: Any) -> None:
         """Record a backup outcome (BackupOutcome) in the outcome record."""
-        self.record.record(outcome)
+        self.outcomes.record(outcome)
 
     def recover(self, newest_archive_times: Mapping[tuple[str, str], float]) -> None:
-        self.record.recover(newest_archive_times)
+        self.outcomes.recover(newest_archive_times)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -248,7 +248,7 @@ class Metrics(Collector):
 
     def _saved(self) -> dict[str, Any]:
         try:
-            return self.record.read()
+            return self.outcomes.read()
         except OSError as exc:  # a scrape must still answer: series from discovery, at 0
             logger.error("metrics state unreadable", extra={"error": str(exc)})
             return {}
