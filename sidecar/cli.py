@@ -26,8 +26,8 @@ from .actions.prune import run_prune
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .engine import Engine
-from .metrics import Metrics, MetricsServer
-from .notify import Notifier
+from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
+from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .settings import Settings, load_settings
 from .storage import BackupStore
@@ -132,7 +132,7 @@ def _on_termination(handler) -> None:
 
 
 def cmd_run(ctx: Context, args) -> int:
-    metrics = Metrics(state_path=ctx.store.state_dir / "metrics.json")
+    metrics = Metrics(state_path=ctx.store.state_dir / STATE_FILE)
     notifier = _notifier(ctx)
     daemon = Daemon(ctx, on_outcome=notifier.outcome if notifier else None, metrics=metrics)
     _on_termination(daemon.request_stop)
@@ -189,6 +189,7 @@ def cmd_backup(ctx: Context, args) -> int:
             if ctx.cancel.is_set():  # SIGTERM: no further targets
                 break
             outcomes.append(run_backup(ctx, target))
+            record_outcome(ctx.store.state_dir, outcomes[-1])  # the daemon's next scrape shows it
             if notifier is not None:
                 notifier.outcome(outcomes[-1])
     finally:

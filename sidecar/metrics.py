@@ -1,31 +1,49 @@
-"""Prometheus metrics: one registry (replaceable in tests), every series the alerts and
-the dashboard use, and the HTTP endpoint serving /metrics and /healthz.
+"""Prometheus metrics: a collector that builds every series the alerts and the dashboard
+use from current state at scrape time, the outcome record it reads, and the HTTP endpoint
+serving /metrics (prometheus_client's own handler: gzip, content negotiation) and /healthz.
 
-Series exist from discovery on: a target that never succeeded shows a last-success of 0,
-so "never backed up" alerts work. Last success and attempt survive a restart: they are
-kept in `.sidecar/metrics.json` on the backup volume, with the archives' own times as a
-fallback, so a restart neither hides a stale backup nor raises a false alarm.
+State read on every scrape:
+  - the outcome record `.sidecar/metrics.json` on the backup volume (last success,
+    attempt, status and archive size per volume; runs by result, duration observations
+    and downtime per target), written by `record_outcome` from ANY process: a backup the
+    CLI runs beside the daemon shows on the daemon's next scrape;
+  - what the daemon holds: the discovered targets, next runs, copy states, `up`.
+A target that is gone is simply not yielded: no series to remove by hand. Series exist
+from discovery on (a target that never succeeded shows a last success of 0, so "never
+backed up" alerts work); after a restart without a record, the archives' own times stand
+in for the last success (`recover`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .model import CopyState
-from .fsutil import write_json_atomic
+from .naming import parse_name
+from .state import JsonState
 
 logger = logging.getLogger(__name__)
 
+STATE_FILE = "metrics.json"  # in the backup volume's state folder
 RESULTS = ("success", "failure", "skipped")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -40,218 +58,296 @@ class TargetView:
     expected_interval: float  # seconds
 
 
-class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None):
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.state_path = state_path
+# --- the outcome record -------------------------------------------------------------------
+
+class OutcomeRecord:
+    """`.sidecar/metrics.json`: {"volumes": {"TARGET/VOLUME": {success, attempt, status,
+    size}}, "targets": {TARGET: {runs: {RESULT: n}, duration: {buckets: {LE: n}, sum, count},
+    downtime}}}. In memory when there is no path (tests)."""
+
+    def __init__(self, path: Path | None):
+        self._file = JsonState(path, "metrics state") if path is not None else None
+        self._memory: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[str, ...]] = {}  # target -> volumes with series
-        r = self.registry
-        self.last_success = Gauge("backup_sidecar_last_success_timestamp_seconds",
-                                  "When the last successful backup of the volume finished (0: never).",
-                                  ["target", "volume"], registry=r)
-        self.last_attempt = Gauge("backup_sidecar_last_attempt_timestamp_seconds",
-                                  "When the last backup attempt of the volume finished (0: never).",
-                                  ["target", "volume"], registry=r)
-        self.last_status = Gauge("backup_sidecar_last_status",
-                                 "1 when the last backup of the volume succeeded, 0 when it failed.",
-                                 ["target", "volume"], registry=r)
-        self.runs = Counter("backup_sidecar_runs", "Backup runs by result.", ["target", "result"], registry=r)
-        self.duration = Histogram("backup_sidecar_duration_seconds", "How long backups of the target took.",
-                                  ["target"], buckets=DURATION_BUCKETS, registry=r)
-        self.downtime = Gauge("backup_sidecar_downtime_seconds",
-                              "How long the target was stopped or paused by its last backup (0 for hot).",
-                              ["target"], registry=r)
-        self.archive_size = Gauge("backup_sidecar_archive_size_bytes", "Size of the volume's last archive.",
-                                  ["target", "volume"], registry=r)
-        self.next_run = Gauge("backup_sidecar_next_run_timestamp_seconds", "When the target is backed up next.",
-                              ["target"], registry=r)
-        self.expected_interval = Gauge("backup_sidecar_expected_interval_seconds",
-                                       "Longest planned gap between two backups of the target (from its schedule).",
-                                       ["target"], registry=r)
-        self.targets = Gauge("backup_sidecar_targets", "Containers discovered as backup targets.", registry=r)
-        self.config_errors = Gauge("backup_sidecar_target_config_errors",
-                                   "Labelled containers skipped because of bad labels.", registry=r)
-        self.up = Gauge("backup_sidecar_up", "1 while the sidecar's scheduler runs.", registry=r)
-        self.build_info = Gauge("backup_sidecar_build_info", "Version of the sidecar (value 1).", ["version"],
-                                registry=r)
-        self.offsite_last_success = Gauge(
-            "backup_sidecar_offsite_last_success_timestamp_seconds",
-            "When the newest backup of the volume with a verified off-site copy was made (0: none).",
-            ["target", "volume", "destination"], registry=r)
-        self.copies = Gauge("backup_sidecar_copies",
-                            "Places holding the latest backup of every volume of the target (local, S3).",
-                            ["target"], registry=r)
-        self.build_info.labels(__version__).set(1)
 
-    # --- discovery ------------------------------------------------------------------
-    def discovered(self, targets: Iterable[TargetView], config_errors: int) -> None:
-        """Create every series of the current targets (0 until known), drop those of
-        targets that are gone."""
-        targets = list(targets)
-        with self._lock:
-            saved = self._load()
-            current = {t.name: t.volumes for t in targets}
-            for name, volumes in list(self._known.items()):
-                for volume in volumes:
-                    if name not in current or volume not in current[name]:
-                        for gauge in (self.last_success, self.last_attempt, self.last_status, self.archive_size):
-                            _remove(gauge, name, volume)
-                        _remove(self.offsite_last_success, name, volume, "s3")
-                if name not in current:
-                    for gauge in (self.downtime, self.next_run, self.expected_interval, self.copies, self.duration):
-                        _remove(gauge, name)
-                    for result in RESULTS:
-                        _remove(self.runs, name, result)
-            for target in targets:
-                for result in RESULTS:
-                    self.runs.labels(target.name, result)
-                self.duration.labels(target.name)
-                self.downtime.labels(target.name)
-                self.copies.labels(target.name)
-                self.next_run.labels(target.name).set(target.next_run)
-                self.expected_interval.labels(target.name).set(target.expected_interval)
-                for volume in target.volumes:
-                    state = saved.get(f"{target.name}/{volume}", {})
-                    if (target.name, volume) not in self._pairs():
-                        self.last_success.labels(target.name, volume).set(state.get("success", 0))
-                        self.last_attempt.labels(target.name, volume).set(state.get("attempt", 0))
-                        if "status" in state:
-                            self.last_status.labels(target.name, volume).set(state["status"])
-                        if "size" in state:
-                            self.archive_size.labels(target.name, volume).set(state["size"])
-            self._known = dict(current)
-            self.targets.set(len(targets))
-            self.config_errors.set(config_errors)
+    def read(self) -> dict[str, Any]:
+        if self._file is None:
+            with self._lock:
+                return _copy(self._memory)
+        return self._file.read()
 
-    def scheduled(self, target: str, next_run: float) -> None:
-        self.next_run.labels(target).set(next_run)
+    def record(self, outcome: Any, now: float | None = None) -> None:
+        """Add one backup outcome (a BackupOutcome; its result a str or an Enum of them).
+        A record that cannot be written is logged: metrics never fail a backup."""
+        try:
+            with self._changing() as doc:
+                _add_outcome(doc, outcome, time.time() if now is None else now)
+        except OSError as exc:
+            logger.error("metrics state not saved", extra={"target": outcome.target, "error": str(exc)})
 
-    def _pairs(self) -> set[tuple[str, str]]:
-        return {(t, v) for t, vols in self._known.items() for v in vols}
-
-    # --- outcomes -----------------------------------------------------------------------
-    def observe(self, outcome) -> None:
-        """Record a backup outcome (BackupOutcome)."""
-        now = time.time()
-        self.runs.labels(outcome.target, outcome.result).inc()
-        if outcome.result == "skipped":
-            return
-        self.duration.labels(outcome.target).observe(outcome.seconds)
-        self.downtime.labels(outcome.target).set(outcome.downtime)
-        sizes = {_volume_of(a.path.name): a.size for a in outcome.archives}
-        with self._lock:
-            saved = self._load()
-            for volume in outcome.volumes:
-                key = f"{outcome.target}/{volume}"
-                entry = saved.setdefault(key, {})
-                self.last_attempt.labels(outcome.target, volume).set(now)
-                entry["attempt"] = now
-                self.last_status.labels(outcome.target, volume).set(1 if outcome.ok else 0)
-                entry["status"] = 1 if outcome.ok else 0
-                # An archive written before a later step (post-command) failed is still a
-                # good backup of the volume.
-                if volume in sizes:
-                    self.last_success.labels(outcome.target, volume).set(now)
-                    self.archive_size.labels(outcome.target, volume).set(sizes[volume])
-                    entry["success"], entry["size"] = now, sizes[volume]
-            self._save(saved)
-
-    def copy_state(self, states: dict[tuple[str, str], CopyState]) -> None:
-        """Off-site timestamps (one series per destination) and copy counts, from the
-        backup volume and the copy indexes."""
-        per_target: dict[str, int] = {}
-        for (target, volume), state in states.items():
-            for destination, stamp in state.offsite.items():
-                self.offsite_last_success.labels(target, volume, destination).set(stamp or 0)
-            per_target[target] = min(per_target.get(target, 99), state.copies)
-        for target, copies in per_target.items():
-            self.copies.labels(target).set(copies)
-
-    def recover(self, newest_archive_times: dict[tuple[str, str], float]) -> None:
-        """After a restart without a metrics state file: last success from the archives'
-        own times (so a restart never reports "never backed up" for a backed-up target)."""
-        with self._lock:
-            saved = self._load()
-            changed = False
+    def recover(self, newest_archive_times: Mapping[tuple[str, str], float]) -> None:
+        """Last success from the archives' own times where the record has none as recent
+        (a restart without a record must never report "never backed up")."""
+        with self._changing() as doc:
+            volumes = _section(doc, "volumes")
             for (target, volume), stamp in newest_archive_times.items():
-                entry = saved.setdefault(f"{target}/{volume}", {})
+                entry = _section(volumes, f"{target}/{volume}")
                 if entry.get("success", 0) < stamp:
                     entry["success"] = stamp
                     entry.setdefault("attempt", stamp)
                     entry.setdefault("status", 1)
-                    changed = True
-            if changed:
-                self._save(saved)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-    # --- state on the backup volume --------------------------------------------------
-    def _load(self) -> dict:
-        if self.state_path is None:
-            return getattr(self, "_memory", {})
-        try:
-            return json.loads(self.state_path.read_text()).get("volumes", {})
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, AttributeError) as exc:
-            logger.error("metrics state unreadable; starting from the archives",
-                         extra={"path": str(self.state_path), "error": str(exc)})
-            return {}
-
-    def _save(self, data: dict) -> None:
-        if self.state_path is None:
-            self._memory = data
-            return
-        write_json_atomic(self.state_path, {"volumes": data})
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, Any]]:
+        if self._file is not None:
+            with self._file.update() as doc:
+                yield doc
+        else:
+            with self._lock:
+                yield self._memory
 
 
-def _remove(metric, *labels: str) -> None:
-    try:
-        metric.remove(*labels)
-    except KeyError:
-        pass
+def record_outcome(state_dir: Path, outcome: Any) -> None:
+    """Record a backup outcome where every sidecar process's metrics read it: the CLI's
+    `backup` command calls this, the daemon does the same through `Metrics.observe`."""
+    OutcomeRecord(state_dir / STATE_FILE).record(outcome)
+
+
+def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
+    result = getattr(outcome.result, "value", outcome.result)
+    per_target = _section(_section(doc, "targets"), outcome.target)
+    runs = _section(per_target, "runs")
+    runs[result] = runs.get(result, 0) + 1
+    if result == "skipped":
+        return
+    _observe_duration(_section(per_target, "duration"), float(outcome.seconds))
+    per_target["downtime"] = float(outcome.downtime)
+    sizes = {_volume_of(a.path.name): a.size for a in outcome.archives}
+    volumes = _section(doc, "volumes")
+    for volume in outcome.volumes:
+        entry = _section(volumes, f"{outcome.target}/{volume}")
+        entry["attempt"] = now
+        entry["status"] = 1 if result == "success" else 0
+        # An archive written before a later step (post-command) failed is still a good
+        # backup of the volume.
+        if volume in sizes:
+            entry["success"], entry["size"] = now, sizes[volume]
+
+
+def _observe_duration(duration: dict[str, Any], seconds: float) -> None:
+    """Per-bucket (not cumulative) counts keyed by the bucket's upper bound, so a change
+    of DURATION_BUCKETS never misplaces an observation already made."""
+    bound = next((b for b in DURATION_BUCKETS if seconds <= b), None)
+    key = floatToGoString(bound) if bound is not None else "+Inf"
+    buckets = _section(duration, "buckets")
+    buckets[key] = buckets.get(key, 0) + 1
+    duration["sum"] = duration.get("sum", 0.0) + seconds
+    duration["count"] = duration.get("count", 0) + 1
 
 
 def _volume_of(filename: str) -> str:
-    from .naming import parse_name
-
     name = parse_name(filename)
     return name.type_name if name is not None else ""
 
 
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """doc[key] as a dict, replacing anything else found there (a hand-edited file)."""
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        value = doc[key] = {}
+    return value
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+# --- the collector ----------------------------------------------------------------------------
+
+class Metrics(Collector):
+    """The sidecar's metrics. The daemon tells it what it knows (`discovered`,
+    `scheduled`, `copy_state`, `set_up`) and records outcomes (`observe`); every series is
+    computed from that and the outcome record when scraped."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.outcomes = OutcomeRecord(state_path)
+        self._lock = threading.Lock()
+        self._targets: tuple[TargetView, ...] = ()
+        self._config_errors = 0
+        self._next_run: dict[str, float] = {}
+        self._copies: dict[tuple[str, str], CopyState] = {}
+        self._up = False
+        self.registry.register(self)
+
+    # --- what the daemon knows ---------------------------------------------------------
+    def discovered(self, targets: Iterable[TargetView], config_errors: int) -> None:
+        """The current targets: their series exist from now on (0 until known); those of
+        targets that are gone are no longer yielded."""
+        targets = tuple(targets)
+        with self._lock:
+            self._targets = targets
+            self._config_errors = config_errors
+            self._next_run = {t.name: t.next_run for t in targets}
+
+    def scheduled(self, target: str, next_run: float) -> None:
+        with self._lock:
+            self._next_run[target] = next_run
+
+    def copy_state(self, states: Mapping[tuple[str, str], CopyState]) -> None:
+        """Off-site timestamps (one series per destination) and copy counts, from the
+        backup volume and the copy indexes."""
+        with self._lock:
+            self._copies = dict(states)
+
+    def set_up(self, up: bool) -> None:
+        """Whether the scheduler runs (backup_sidecar_up)."""
+        with self._lock:
+            self._up = up
+
+    def observe(self, outcome: Any) -> None:
+        """Record a backup outcome (BackupOutcome) in the outcome record."""
+        self.outcomes.record(outcome)
+
+    def recover(self, newest_archive_times: Mapping[tuple[str, str], float]) -> None:
+        self.outcomes.recover(newest_archive_times)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # --- prometheus_client's Collector --------------------------------------------------
+    def describe(self) -> list[Metric]:
+        return _families()  # names only: the registry checks them without a scrape
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            targets, errors, up = self._targets, self._config_errors, self._up
+            next_run, copies = dict(self._next_run), dict(self._copies)
+        saved = self._saved()
+        f = {family.name: family for family in _families()}
+        volumes, per_target = _mapping(saved.get("volumes")), _mapping(saved.get("targets"))
+        for target in targets:
+            _target_series(f, target, _mapping(per_target.get(target.name)), next_run.get(target.name, target.next_run))
+            weakest = [copies[(target.name, v)].copies for v in target.volumes if (target.name, v) in copies]
+            f["backup_sidecar_copies"].add_metric([target.name], min(weakest, default=0))
+            for volume in target.volumes:
+                _volume_series(f, target.name, volume, _mapping(volumes.get(f"{target.name}/{volume}")))
+                state = copies.get((target.name, volume))
+                for destination, stamp in (state.offsite.items() if state is not None else ()):
+                    f["backup_sidecar_offsite_last_success_timestamp_seconds"].add_metric(
+                        [target.name, volume, destination], stamp or 0)
+        f["backup_sidecar_targets"].add_metric([], len(targets))
+        f["backup_sidecar_target_config_errors"].add_metric([], errors)
+        f["backup_sidecar_up"].add_metric([], 1 if up else 0)
+        f["backup_sidecar_build_info"].add_metric([__version__], 1)
+        yield from f.values()
+
+    def _saved(self) -> dict[str, Any]:
+        try:
+            return self.outcomes.read()
+        except OSError as exc:  # a scrape must still answer: series from discovery, at 0
+            logger.error("metrics state unreadable", extra={"error": str(exc)})
+            return {}
+
+
+def _target_series(f: dict[str, Metric], target: TargetView, saved: Mapping[str, Any], next_run: float) -> None:
+    runs = _mapping(saved.get("runs"))
+    for result in RESULTS:
+        f["backup_sidecar_runs"].add_metric([target.name, result], runs.get(result, 0))
+    duration = _mapping(saved.get("duration"))
+    stored = _mapping(duration.get("buckets"))
+    buckets = [(floatToGoString(le), sum(n for bound, n in stored.items() if bound != "+Inf" and float(bound) <= le))
+               for le in DURATION_BUCKETS]
+    f["backup_sidecar_duration_seconds"].add_metric([target.name], buckets + [("+Inf", duration.get("count", 0))],
+                                                    duration.get("sum", 0.0))
+    f["backup_sidecar_downtime_seconds"].add_metric([target.name], saved.get("downtime", 0))
+    f["backup_sidecar_next_run_timestamp_seconds"].add_metric([target.name], next_run)
+    f["backup_sidecar_expected_interval_seconds"].add_metric([target.name], target.expected_interval)
+
+
+def _volume_series(f: dict[str, Metric], target: str, volume: str, saved: Mapping[str, Any]) -> None:
+    labels = [target, volume]
+    f["backup_sidecar_last_success_timestamp_seconds"].add_metric(labels, saved.get("success", 0))
+    f["backup_sidecar_last_attempt_timestamp_seconds"].add_metric(labels, saved.get("attempt", 0))
+    if "status" in saved:
+        f["backup_sidecar_last_status"].add_metric(labels, saved["status"])
+    if "size" in saved:
+        f["backup_sidecar_archive_size_bytes"].add_metric(labels, saved["size"])
+
+
+def _families() -> list[Metric]:
+    """Every family the sidecar exports, empty; names, help texts, types and labels are
+    what the alerts, the dashboard and their tests rely on."""
+    tv, t = ["target", "volume"], ["target"]
+    return [
+        GaugeMetricFamily("backup_sidecar_last_success_timestamp_seconds",
+                          "When the last successful backup of the volume finished (0: never).", labels=tv),
+        GaugeMetricFamily("backup_sidecar_last_attempt_timestamp_seconds",
+                          "When the last backup attempt of the volume finished (0: never).", labels=tv),
+        GaugeMetricFamily("backup_sidecar_last_status",
+                          "1 when the last backup of the volume succeeded, 0 when it failed.", labels=tv),
+        CounterMetricFamily("backup_sidecar_runs", "Backup runs by result.", labels=["target", "result"]),
+        HistogramMetricFamily("backup_sidecar_duration_seconds", "How long backups of the target took.", labels=t),
+        GaugeMetricFamily("backup_sidecar_downtime_seconds",
+                          "How long the target was stopped or paused by its last backup (0 for hot).", labels=t),
+        GaugeMetricFamily("backup_sidecar_archive_size_bytes", "Size of the volume's last archive.", labels=tv),
+        GaugeMetricFamily("backup_sidecar_next_run_timestamp_seconds", "When the target is backed up next.",
+                          labels=t),
+        GaugeMetricFamily("backup_sidecar_expected_interval_seconds",
+                          "Longest planned gap between two backups of the target (from its schedule).", labels=t),
+        GaugeMetricFamily("backup_sidecar_targets", "Containers discovered as backup targets.", labels=[]),
+        GaugeMetricFamily("backup_sidecar_target_config_errors", "Labelled containers skipped because of bad labels.",
+                          labels=[]),
+        GaugeMetricFamily("backup_sidecar_up", "1 while the sidecar's scheduler runs.", labels=[]),
+        GaugeMetricFamily("backup_sidecar_build_info", "Version of the sidecar (value 1).", labels=["version"]),
+        GaugeMetricFamily("backup_sidecar_offsite_last_success_timestamp_seconds",
+                          "When the newest backup of the volume with a verified off-site copy was made (0: none).",
+                          labels=["target", "volume", "destination"]),
+        GaugeMetricFamily("backup_sidecar_copies",
+                          "Places holding the latest backup of every volume of the target (local, S3).", labels=t),
+    ]
+
+
 # --- the endpoint ---------------------------------------------------------------------------
 
+def metrics_app(registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]]) -> Callable:
+    """WSGI app: /metrics by prometheus_client's own app (gzip when accepted, OpenMetrics
+    when asked for), /healthz 200 while `healthy()` is true, else 503."""
+    prometheus = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return prometheus(environ, start_response)
+        if path == "/healthz":
+            ok, reason = healthy()
+            return _text(start_response, "200 OK" if ok else "503 Service Unavailable", reason + "\n")
+        return _text(start_response, "404 Not Found", "not found: try /metrics or /healthz\n")
+
+    return app
+
+
+def _text(start_response: Callable, status: str, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:  # scrapes every 15 s would flood the log
+        pass
+
+
 class MetricsServer:
-    """Serves /metrics and /healthz (200 while `healthy()` is true, else 503)."""
+    """Serves /metrics and /healthz on a background thread."""
 
     def __init__(self, metrics: Metrics, address: str, port: int, healthy: Callable[[], tuple[bool, str]]):
-        metrics_ref, healthy_ref = metrics, healthy
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, metrics_ref.render(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok, reason = healthy_ref()
-                    self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
-                else:
-                    self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # scrapes every 15 s would flood the log
-                pass
-
-        self.httpd = ThreadingHTTPServer((address, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = make_server(address, port, metrics_app(metrics.registry, healthy), ThreadingWSGIServer,
+                                 handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 

@@ -35,6 +35,7 @@ from .naming import (
     parse_name,
 )
 from .schedule import Frequency
+from .state import JsonState
 
 logger = logging.getLogger(__name__)
 
@@ -269,38 +270,35 @@ class JournalEntry:
 class Journal:
     """Containers the sidecar stopped or paused and has not yet put back. Written before
     the stop or pause, cleared after the start or unpause, so a sidecar killed in between
-    finds on its next start exactly what to put back."""
+    finds on its next start exactly what to put back. Shared by every process on the
+    backup volume (the daemon, a `compose exec ... backup`) through JsonState, so none
+    overwrites another's entries."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._lock = threading.Lock()
+        self._state = JsonState(path, "journal")
 
     def entries(self) -> list[JournalEntry]:
-        with self._lock:
-            return self._read()
+        return _journal_entries(self._state.read())
 
     def add(self, entry: JournalEntry) -> None:
-        with self._lock:
-            items = [e for e in self._read() if e.container_id != entry.container_id]
-            items.append(entry)
-            self._write(items)
+        with self._state.update() as doc:
+            items = [e for e in _journal_entries(doc) if e.container_id != entry.container_id]
+            doc["interrupted"] = [e.__dict__ for e in items] + [entry.__dict__]
 
     def remove(self, container_id: str) -> None:
-        with self._lock:
-            items = self._read()
+        with self._state.update() as doc:
+            items = _journal_entries(doc)
             kept = [e for e in items if e.container_id != container_id]
             if len(kept) != len(items):
-                self._write(kept)
+                doc["interrupted"] = [e.__dict__ for e in kept]
 
-    def _read(self) -> list[JournalEntry]:
+
+def _journal_entries(doc: dict) -> list[JournalEntry]:
+    entries = []
+    for item in doc.get("interrupted") or []:
         try:
-            raw = json.loads(self.path.read_text())
-            return [JournalEntry(**item) for item in raw.get("interrupted", [])]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            logger.error("journal unreadable; ignoring it", extra={"path": str(self.path), "error": str(exc)})
-            return []
-
-    def _write(self, items: list[JournalEntry]) -> None:
-        write_json_atomic(self.path, {"interrupted": [e.__dict__ for e in items]})
+            entries.append(JournalEntry(**item))
+        except TypeError as exc:  # written by another version: say so, keep the others
+            logger.error("journal entry unreadable; left out", extra={"entry": repr(item)[:200], "error": str(exc)})
+    return entries

@@ -71,7 +71,7 @@ class Daemon:
         run_recovery(self.ctx)
         if self.metrics is not None:
             self.metrics.recover(newest_archive_times(self.ctx))
-            self.metrics.up.set(1)
+            self.metrics.set_up(True)
         self.refresh_all()
         self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
@@ -270,7 +270,7 @@ class Daemon:
     def _shutdown(self) -> None:
         logger.info("shutting down", extra={"phase": "shutdown"})
         if self.metrics is not None:
-            self.metrics.up.set(0)
+            self.metrics.set_up(False)
         with self._lock:
             running = [f for f in self._running.values() if not f.done()]
         deadline = time.monotonic() + self.ctx.settings.shutdown_grace

@@ -18,7 +18,8 @@ import pytest
 
 from sidecar.actions.backup import BackupOutcome
 from sidecar.archive import ArchiveResult
-from sidecar.notify import Notifier, NotifyConfig, parse_notify_urls
+from sidecar.notify.sender import Notifier
+from sidecar.notify.urls import NotifyConfig, parse_notify_urls
 
 from .support import free_port, wait_for
 

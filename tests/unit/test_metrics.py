@@ -3,6 +3,9 @@ recovery after a restart. A fresh registry per test."""
 
 from __future__ import annotations
 
+import enum
+import gzip
+import multiprocessing
 import os
 import time
 import urllib.error
@@ -14,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.actions.backup import BackupOutcome
 from sidecar.archive import ArchiveResult
-from sidecar.metrics import Metrics, MetricsServer, TargetView
+from sidecar.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, record_outcome
 from sidecar.model import CopyState
 
 
@@ -147,3 +150,76 @@ def test_state_file_written_atomically(tmp_path):
     m.discovered([VIEW], 0)
     m.observe(outcome("success", ("data",), {"data": 1}))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def _cli_backup(state_dir: Path) -> None:
+    record_outcome(state_dir, outcome("success", ("data",), {"data": 4321}, seconds=40))
+
+
+def test_an_outcome_recorded_by_another_process_shows_on_the_next_scrape(tmp_path):
+    """`docker compose exec sidecar backup-sidecar backup app` beside the running daemon:
+    the daemon's registry shows the run without a restart."""
+    daemon = make(tmp_path)  # the daemon: state at tmp_path/metrics.json
+    daemon.discovered([VIEW], 0)
+    assert value(daemon, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") == 0
+    before = time.time()
+    cli = multiprocessing.get_context("fork").Process(target=_cli_backup, args=(tmp_path,))
+    cli.start()
+    cli.join(30)
+    assert cli.exitcode == 0 and (tmp_path / STATE_FILE).exists()
+    assert value(daemon, "backup_sidecar_last_success_timestamp_seconds", target="app", volume="data") >= before
+    assert value(daemon, "backup_sidecar_archive_size_bytes", target="app", volume="data") == 4321
+    assert value(daemon, "backup_sidecar_runs_total", target="app", result="success") == 1
+    assert value(daemon, "backup_sidecar_duration_seconds_bucket", target="app", le="30.0") == 0
+    assert value(daemon, "backup_sidecar_duration_seconds_bucket", target="app", le="60.0") == 1
+    assert value(daemon, "backup_sidecar_duration_seconds_bucket", target="app", le="+Inf") == 1
+    daemon.observe(outcome("failure", ("data",)))  # the daemon's own runs add to the same record
+    assert value(daemon, "backup_sidecar_runs_total", target="app", result="success") == 1
+    assert value(daemon, "backup_sidecar_runs_total", target="app", result="failure") == 1
+    assert value(daemon, "backup_sidecar_duration_seconds_count", target="app") == 2
+
+
+class Result(enum.Enum):
+    SUCCESS = "success"
+    SKIPPED = "skipped"
+
+
+def test_outcome_result_may_be_an_enum():
+    m = make()
+    m.discovered([VIEW], 0)
+    archives = outcome("success", ("data",), {"data": 1}).archives
+    m.observe(BackupOutcome("app", "app-1", Result.SUCCESS, archives, ("data",), 1.0, 0.0))  # type: ignore[arg-type]
+    m.observe(BackupOutcome("app", "app-1", Result.SKIPPED))  # type: ignore[arg-type]
+    assert value(m, "backup_sidecar_runs_total", target="app", result="success") == 1
+    assert value(m, "backup_sidecar_runs_total", target="app", result="skipped") == 1
+    assert value(m, "backup_sidecar_last_status", target="app", volume="data") == 1
+
+
+def test_endpoint_gzips_when_asked_and_keeps_help_and_types():
+    m = make()
+    m.discovered([VIEW], 0)
+    m.set_up(True)
+    server = MetricsServer(m, "127.0.0.1", 0, lambda: (True, "ok")).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            text = gzip.decompress(r.read()).decode()
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.headers.get("Content-Encoding") is None
+            assert r.read().decode() == text
+        assert "# HELP backup_sidecar_runs_total Backup runs by result." in text
+        assert "# TYPE backup_sidecar_runs_total counter" in text
+        assert "# TYPE backup_sidecar_duration_seconds histogram" in text
+        assert 'backup_sidecar_duration_seconds_bucket{le="+Inf",target="app"} 0.0' in text
+        assert "backup_sidecar_up 1.0" in text
+        openmetrics = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(openmetrics, timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert r.read().decode().endswith("# EOF\n")
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
+        assert missing.value.code == 404
+    finally:
+        server.stop()

@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import notify
 from sidecar.actions.backup import BackupOutcome
 from sidecar.archive import ArchiveResult
-from sidecar.notify import (
-    Message,
-    Notifier,
-    NotifyConfig,
-    NotifyOn,
-    decide,
-    parse_notify_on,
-    parse_notify_urls,
-    render,
-)
+from sidecar.notify import sender as notify
+from sidecar.notify.sender import Message, Notifier, decide, render
+from sidecar.notify.state import Failing
+from sidecar.notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 
 WHEN = datetime(2026, 11, 26, 3, 0, 4, tzinfo=timezone.utc)
 SECRET = "Pa55wordXyz"  # never in a log line or an error message
@@ -188,7 +181,7 @@ def test_config_hides_urls_in_repr():
 
 # --- what is news ---------------------------------------------------------------------
 
-FAILING = notify.Failing("2026-11-26T03:00:04+00:00", 2, "pre")
+FAILING = Failing("2026-11-26T03:00:04+00:00", 2, "pre")
 
 
 @pytest.mark.parametrize("result, failing, on, event", [
@@ -234,7 +227,7 @@ def test_targets_are_tracked_separately():
 # --- message text ------------------------------------------------------------------------
 
 def test_failure_message_names_target_volumes_phase_error_and_host():
-    message = render("failure", failure(), notify.Failing("2026-11-26T03:00:04+00:00", 1, "pre"), "nas")
+    message = render("failure", failure(), Failing("2026-11-26T03:00:04+00:00", 1, "pre"), "nas")
     assert message.title == "backup-sidecar: backup of grafana failed"
     assert message.notify_type == "failure"
     assert fields(message.body) == {
@@ -380,7 +373,7 @@ def test_failing_url_is_logged_without_secrets_and_swallowed(caplog):
     notifier = Notifier(NotifyConfig(urls=parse_notify_urls(url), timeout=2))
     notifier.outcome(failure())  # does not raise
     notifier.close()
-    errors = [r for r in caplog.records if r.name == "sidecar.notify" and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name.startswith("sidecar.notify") and r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert errors[0].getMessage() == "notification failed"
     assert (errors[0].target, errors[0].phase, errors[0].event) == ("grafana", "notify", "failure")

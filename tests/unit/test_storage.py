@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import stat
@@ -252,6 +253,37 @@ def test_journal_file_is_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def _journal_many(path: Path, first: int, count: int) -> None:
+    journal = Journal(path)
+    for n in range(first, first + count):
+        journal.add(entry(n))
+
+
+def test_journal_loses_no_entry_to_a_second_process(tmp_path):
+    """The daemon and a `compose exec ... backup` add entries at the same time: before
+    JsonState, 400 added concurrently by two processes left 203."""
+    path = tmp_path / "state" / "journal.json"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_journal_many, args=(path, n * 200, 200)) for n in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    assert sorted(e.container_id for e in Journal(path).entries()) == sorted(f"id{n}" for n in range(400))
+
+
+def test_unreadable_journal_is_moved_aside_not_overwritten(tmp_path, caplog):
+    path = tmp_path / "journal.json"
+    path.write_text('{"interrupted": [')
+    with caplog.at_level("ERROR"):
+        Journal(path).add(entry(1))
+    assert Journal(path).entries() == [entry(1)]
+    [aside] = tmp_path.glob("journal.json.unreadable-*")
+    assert aside.read_text() == '{"interrupted": ['
+    assert any("journal unreadable" in r.getMessage() for r in caplog.records)
 
 
 def test_remove_from_a_missing_journal_writes_nothing(tmp_path):
