@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import stat
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Iterator
 
 from .archive import read_checksum
 from .errors import ArchiveError, BackupBusy, NotFound
-from .fsutil import fsync_dir, write_json_atomic
+from .fsutil import fsync_dir
 from .naming import (
     CHECKSUM_SUFFIX,
     IMAGE_FOLDER,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..archive import check_archive, iter_tar, read_checksum, root_entry_tar, write_checksum
-from ..errors import ConfigError, NotFound, RestoreError, SidecarError
+from ..errors import NotFound, RestoreError, SidecarError
 from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name, select_volumes
 from ..model import ContainerInfo, ContainerState, Mount
 from ..naming import parse_name
