@@ -27,7 +27,7 @@ from ..errors import ChecksumMismatch, RemoteError, SidecarError
 from ..model import Compression
 from ..naming import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, parse_image_name, parse_name
 from ..remote import RemoteObject, RemoteStore
-from ..retention import Keep, PruneRefused, plan_prune
+from ..retention import Keep, PruneRefused, plan_prune, select_image_prune
 from ..storage import RemoteEntry, RemoteIndex
 from .context import Context
 
@@ -257,7 +257,5 @@ def run_remote_prune(ctx: Context, keep_for, service: str | None = None, dry_run
 
 
 def _image_deletions(objects: list[RemoteObject], keep: int) -> list[str]:
-    from .images import select_image_prune
-
     named = [(o.relpath, parse_image_name(o.relpath.rsplit("/", 1)[-1])) for o in objects]
     return select_image_prune([(rel, n) for rel, n in named if n is not None], keep)
