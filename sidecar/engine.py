@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -139,9 +140,11 @@ class Engine:
         return self._stream("/images/{0}/get", image, None, "save image")
 
     def _stream(self, path_template: str, ref: str, params: dict | None, what: str) -> Iterator[bytes]:
+        # The one place with docker-py's private calls: its get_archive/get_image return a
+        # generator that cannot release the HTTP response, and the engine holds the
+        # container's lock until the response is closed. "identity" as get_archive(...,
+        # encode_stream=False) sends it: a gzipped stream costs ten times the read.
         with _engine_call(what, ref):
-            # docker-py's helpers hide the response, which we must be able to close;
-            # "identity": otherwise the engine gzips the stream, which costs ten times the read.
             url = self.api._url(path_template, ref)
             response = self.api._get(url, params=params, stream=True, headers={"Accept-Encoding": "identity"})
             self.api._raise_for_status(response)
@@ -149,8 +152,6 @@ class Engine:
 
     def path_is_empty(self, container_id: str, path: str) -> bool:
         """True when `path` holds nothing but itself; reads only the first members."""
-        import tarfile
-
         stream = self.read_path(container_id, path)
         try:
             with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
@@ -197,13 +198,11 @@ class Engine:
     def load_image(self, data: Iterable[bytes]) -> list[str]:
         """`docker load`; returns the engine's status lines (e.g. "Loaded image: app:1")."""
         with _engine_call("load image"):
-            response = self.api._post(self.api._url("/images/load"), data=data, params={"quiet": False},
-                                      stream=True, headers={"Content-Type": "application/x-tar"})
-            self.api._raise_for_status(response)
             lines = []
-            for chunk in self.api._stream_helper(response, decode=True):
-                if "error" in chunk:
-                    raise EngineError(f"load image: {chunk['error']}")
+            for chunk in self.api.load_image(data, quiet=False):
+                # docker-py does not check the status of a streamed load: errors come as JSON.
+                if "error" in chunk or ("message" in chunk and "stream" not in chunk):
+                    raise EngineError(f"load image: {chunk.get('error') or chunk['message']}")
                 if chunk.get("stream"):
                     lines.append(chunk["stream"].strip())
             return lines
