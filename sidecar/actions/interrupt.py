@@ -56,7 +56,8 @@ class Interruption:
         except BaseException:
             self._put_back(raise_errors=False)
             raise
-        logger.info(f"container {self.action}", extra=self._fields(phase="stop" if self.action is InterruptionKind.STOPPED else "pause"))
+        phase = "stop" if self.action is InterruptionKind.STOPPED else "pause"
+        logger.info(f"container {self.action}", extra=self._fields(phase=phase))
         return self
 
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> None:
