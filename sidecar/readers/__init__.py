@@ -34,4 +34,4 @@ def choose(engine: Engine, request: ArchiveRequest, order: tuple[str, ...] = DEF
         reader = get(name)
         if reader.usable(engine, request):
             return reader
-    raise ConfigError(f"no reader of {', '.join(order)} can read {request.path}")
+    raise ConfigError(f"no reader of {', '.join(order)} can read {request.mount.destination}")

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 from ..archive import ArchiveResult
 from ..crypto import EncryptionConfig
 from ..engine import Engine
-from ..model import Compression
+from ..model import Compression, Mount
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ArchiveRequest:
     """One archive to produce: what to read and what to write."""
 
     container_id: str
-    path: str  # the mount's destination inside the container
+    mount: Mount  # the volume (its name, for a reader that mounts it elsewhere) and its destination
     final_path: Path  # where the finished archive goes; the checksum beside it
     compression: Compression
     file_mode: int = 0o600
@@ -40,7 +40,8 @@ class ArchiveRequest:
     exclude: tuple[str, ...] = ()
 
 
-# Called with the tar bytes read so far; raises (BackupAborted) to cancel the read.
+# Called with the tar bytes read so far, also while waiting; raises BackupAborted when the
+# sidecar shuts down, which the reader lets through after stopping its read.
 Progress = Callable[[int], None]
 
 

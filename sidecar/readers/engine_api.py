@@ -29,12 +29,12 @@ class EngineApiArchive:
         self._writer.__exit__(*exc_info)
 
     def read(self, progress: Progress | None = None) -> int:
-        stream = self.engine.read_path(self.request.container_id, self.request.path)
+        stream = self.engine.read_path(self.request.container_id, self.request.mount.destination)
         try:
             return self._writer.write_stream(stream, self.request.exclude, progress)
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             # The engine's stream ended mid-member or held no tar: a broken read, not a bug.
-            raise ArchiveError(f"the engine's tar stream of {self.request.path} broke ({exc!r})") from exc
+            raise ArchiveError(f"the engine's tar stream of {self.request.mount.destination} broke ({exc!r})") from exc
 
     def finish(self) -> ArchiveResult:
         return self._writer.finish()

@@ -83,7 +83,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
-            request = readers.ArchiveRequest(container.id, volume.mount.destination, archive_path(volume.type_name),
+            request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.type_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
                                              cfg.exclude)
             reader = readers.choose(ctx.engine, request)
