@@ -132,23 +132,20 @@ class Engine:
         Close the returned generator when stopping early: the engine holds the
         container's lock while it streams, so an abandoned half-read response would block
         every later call on that container (including starting it again)."""
-        return self._stream("/containers/{0}/archive", container_id, {"path": path.rstrip("/") + "/."},
-                            f"read {path} from")
+        what = f"read {path} from"
+        with _engine_call(what, container_id):
+            # encode_stream=False asks for "identity": a gzipped stream costs ten times the read.
+            chunks, _stat = self.api.get_archive(container_id, path.rstrip("/") + "/.", chunk_size=CHUNK_SIZE,
+                                                 encode_stream=False)
+        return _guarded(chunks, what, container_id)
 
     def save_image(self, image: str) -> Iterator[bytes]:
         """`docker save` of one image as a tar stream (close it when stopping early)."""
-        return self._stream("/images/{0}/get", image, None, "save image")
-
-    def _stream(self, path_template: str, ref: str, params: dict | None, what: str) -> Iterator[bytes]:
-        # The one place with docker-py's private calls: its get_archive/get_image return a
-        # generator that cannot release the HTTP response, and the engine holds the
-        # container's lock until the response is closed. "identity" as get_archive(...,
-        # encode_stream=False) sends it: a gzipped stream costs ten times the read.
-        with _engine_call(what, ref):
-            url = self.api._url(path_template, ref)
-            response = self.api._get(url, params=params, stream=True, headers={"Accept-Encoding": "identity"})
-            self.api._raise_for_status(response)
-        return _guarded(response, what, ref)
+        with _engine_call("save image", image):
+            chunks = self.api.get_image(image, chunk_size=CHUNK_SIZE)
+            # get_image checks the status only when first read: read the first chunk here.
+            first = next(chunks, b"")
+        return _guarded(_prepend(first, chunks), "save image", image)
 
     def path_is_empty(self, container_id: str, path: str) -> bool:
         """True when `path` holds nothing but itself; reads only the first members."""
@@ -233,15 +230,29 @@ class Engine:
             return self.api.events(since=since, decode=True, filters={"type": "container"})
 
 
-def _guarded(response, what: str, container_id: str) -> Iterator[bytes]:
+def _guarded(chunks: Iterator[bytes], what: str, ref: str) -> Iterator[bytes]:
+    """docker-py's stream with our errors. Closing it closes docker-py's generator, whose
+    frame holds the only reference to the HTTP response: the connection closes at once and
+    the engine releases the container (checked by tests/e2e/test_recovery.py's aborts)."""
     try:
-        yield from response.iter_content(CHUNK_SIZE)
+        yield from chunks
     except docker.errors.DockerException as exc:
-        raise EngineError(f"{what} {container_id[:12]}: {_explain(exc)}") from exc
+        raise EngineError(f"{what} {ref[:12]}: {_explain(exc)}") from exc
     except (OSError, requests.RequestException) as exc:
-        raise EngineError(f"{what} {container_id[:12]}: stream broke ({exc})") from exc
+        raise EngineError(f"{what} {ref[:12]}: stream broke ({exc})") from exc
     finally:
-        response.close()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 def _mounts(raw: list[dict[str, Any]] | None) -> tuple[Mount, ...]:
