@@ -12,7 +12,7 @@
 #   TESTBED_DIR         scratch/log folder          (default <repo>/.testbed)
 #   TESTBED_CACHE_DIR   cache kept across runs      (default /var/cache/backup-sidecar-testbed)
 #   TESTBED_PYTHON      interpreter for .venv       (default: first python3 >= 3.11)
-#   TESTBED_EXTRAS      extras installed in .venv   (default test; scripts/test: test,s3)
+#   TESTBED_EXTRAS      extras installed in .venv   (default test)
 #   TESTBED_DOCKERD_TIMEOUT  seconds to wait for a started dockerd (default 60)
 #   TESTBED_DOCKERD_ARGS     extra dockerd arguments (e.g. -H/--data-root for a
 #                            private engine, together with a matching DOCKER_HOST).

@@ -18,13 +18,13 @@ from . import __version__, logs
 from .actions.backup import run_backup
 from .actions.context import Context
 from .actions.daemon import Daemon
-from .actions.images import run_image_prune, run_restore_image
-from .actions.sync import run_remote_prune, run_sync
+from .actions.images import run_restore_image
+from .actions.sync import run_sync
 from .actions.listing import run_list, run_list_remote
 from .actions.plan import run_plan
-from .actions.prune import run_prune
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
+from .actions.rotate import run_rotation
 from .engine import Engine
 from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
@@ -298,10 +298,8 @@ def cmd_prune(ctx: Context, args) -> int:
     def keep_for(name: str):
         return discovery.keep_for(name, ctx.settings.keep)
 
-    result = run_prune(ctx, keep_for, dry_run=dry_run, service=service)
-    images = run_image_prune(ctx, ctx.settings.images_keep, dry_run) if service is None else []
-    remote = run_remote_prune(ctx, keep_for, service=service, dry_run=dry_run,
-                              images_keep=ctx.settings.images_keep if service is None else None)
+    rotation = run_rotation(ctx, keep_for, service=service, dry_run=dry_run, images=service is None)
+    result, images, remote = rotation.local, rotation.images, rotation.remote
     for t in result.targets:
         for archive in t.deleted:
             verb = "would delete" if result.dry_run else "deleted"
@@ -316,7 +314,7 @@ def cmd_prune(ctx: Context, args) -> int:
             print(f"{part.destination}: {verb} {relpath}")
         if part.error:
             print(f"{part.destination}: prune failed: {part.error}", file=sys.stderr)
-    return 0 if result.ok and all(part.ok for part in remote) else 1
+    return 0 if rotation.ok else 1
 
 
 def cmd_restore_image(ctx: Context, args) -> int:

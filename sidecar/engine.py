@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -131,26 +132,23 @@ class Engine:
         Close the returned generator when stopping early: the engine holds the
         container's lock while it streams, so an abandoned half-read response would block
         every later call on that container (including starting it again)."""
-        return self._stream("/containers/{0}/archive", container_id, {"path": path.rstrip("/") + "/."},
-                            f"read {path} from")
+        what = f"read {path} from"
+        with _engine_call(what, container_id):
+            # encode_stream=False asks for "identity": a gzipped stream costs ten times the read.
+            chunks, _stat = self.api.get_archive(container_id, path.rstrip("/") + "/.", chunk_size=CHUNK_SIZE,
+                                                 encode_stream=False)
+        return _guarded(chunks, what, container_id)
 
     def save_image(self, image: str) -> Iterator[bytes]:
         """`docker save` of one image as a tar stream (close it when stopping early)."""
-        return self._stream("/images/{0}/get", image, None, "save image")
-
-    def _stream(self, path_template: str, ref: str, params: dict | None, what: str) -> Iterator[bytes]:
-        with _engine_call(what, ref):
-            # docker-py's helpers hide the response, which we must be able to close;
-            # "identity": otherwise the engine gzips the stream, which costs ten times the read.
-            url = self.api._url(path_template, ref)
-            response = self.api._get(url, params=params, stream=True, headers={"Accept-Encoding": "identity"})
-            self.api._raise_for_status(response)
-        return _guarded(response, what, ref)
+        with _engine_call("save image", image):
+            chunks = self.api.get_image(image, chunk_size=CHUNK_SIZE)
+            # get_image checks the status only when first read: read the first chunk here.
+            first = next(chunks, b"")
+        return _guarded(_prepend(first, chunks), "save image", image)
 
     def path_is_empty(self, container_id: str, path: str) -> bool:
         """True when `path` holds nothing but itself; reads only the first members."""
-        import tarfile
-
         stream = self.read_path(container_id, path)
         try:
             with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
@@ -197,13 +195,11 @@ class Engine:
     def load_image(self, data: Iterable[bytes]) -> list[str]:
         """`docker load`; returns the engine's status lines (e.g. "Loaded image: app:1")."""
         with _engine_call("load image"):
-            response = self.api._post(self.api._url("/images/load"), data=data, params={"quiet": False},
-                                      stream=True, headers={"Content-Type": "application/x-tar"})
-            self.api._raise_for_status(response)
             lines = []
-            for chunk in self.api._stream_helper(response, decode=True):
-                if "error" in chunk:
-                    raise EngineError(f"load image: {chunk['error']}")
+            for chunk in self.api.load_image(data, quiet=False):
+                # docker-py does not check the status of a streamed load: errors come as JSON.
+                if "error" in chunk or ("message" in chunk and "stream" not in chunk):
+                    raise EngineError(f"load image: {chunk.get('error') or chunk['message']}")
                 if chunk.get("stream"):
                     lines.append(chunk["stream"].strip())
             return lines
@@ -234,15 +230,29 @@ class Engine:
             return self.api.events(since=since, decode=True, filters={"type": "container"})
 
 
-def _guarded(response, what: str, container_id: str) -> Iterator[bytes]:
+def _guarded(chunks: Iterator[bytes], what: str, ref: str) -> Iterator[bytes]:
+    """docker-py's stream with our errors. Closing it closes docker-py's generator, whose
+    frame holds the only reference to the HTTP response: the connection closes at once and
+    the engine releases the container (checked by tests/e2e/test_recovery.py's aborts)."""
     try:
-        yield from response.iter_content(CHUNK_SIZE)
+        yield from chunks
     except docker.errors.DockerException as exc:
-        raise EngineError(f"{what} {container_id[:12]}: {_explain(exc)}") from exc
+        raise EngineError(f"{what} {ref[:12]}: {_explain(exc)}") from exc
     except (OSError, requests.RequestException) as exc:
-        raise EngineError(f"{what} {container_id[:12]}: stream broke ({exc})") from exc
+        raise EngineError(f"{what} {ref[:12]}: stream broke ({exc})") from exc
     finally:
-        response.close()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 def _mounts(raw: list[dict[str, Any]] | None) -> tuple[Mount, ...]:

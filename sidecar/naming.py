@@ -44,9 +44,16 @@ class ArchiveName:
 
     @property
     def recency(self) -> tuple:
-        """Sort key for "newest": by stamp and sequence; of promoted copies sharing a
-        stamp, the original (lowest frequency) counts as newest."""
-        return self.stamp, self.seq, -list(Frequency).index(self.frequency)
+        """The one sort key for "newest archive": by stamp, then a name with a time part
+        after the same stamp without one (choose_name adds the time to the second archive
+        of a day), then the sequence number; of promoted copies of one archive (same
+        moment, see `moment`), the original (lowest frequency) sorts newest."""
+        return (*self.moment, -list(Frequency).index(self.frequency))
+
+    @property
+    def moment(self) -> tuple:
+        """What promoted copies of one archive share: the head of `recency`."""
+        return self.stamp, self.has_time, self.seq
 
     @property
     def encrypted(self) -> bool:

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
 from .errors import SidecarError
-from .naming import ArchiveName
+from .naming import ArchiveName, ImageArchiveName
 from .schedule import Frequency
 
 T = TypeVar("T")
@@ -157,12 +157,6 @@ class PrunePlan(Generic[T]):
     delete: tuple[T, ...]
 
 
-def _newest_key(name: ArchiveName) -> tuple:
-    # A name with a time part is later than the same stamp without one (choose_name adds
-    # the time to the second archive of a day); then the sequence number.
-    return (name.stamp, name.has_time, name.seq)
-
-
 def _always(_item: object) -> bool:
     return True
 
@@ -197,12 +191,13 @@ def plan_prune(
         if not selected:
             refused.append((service, type_name, keep, len(indexes)))
             continue
-        newest = max(_newest_key(names[i]) for i in indexes)
-        selected |= {i for i in indexes if _newest_key(names[i]) == newest}
-        good_keys = [_newest_key(names[i]) for i in indexes if goods[i]]
+        # The newest archive (every copy of it) and the newest good one are always kept.
+        newest = max(names[i].moment for i in indexes)
+        selected |= {i for i in indexes if names[i].moment == newest}
+        good_keys = [names[i].moment for i in indexes if goods[i]]
         if good_keys:
             newest_good = max(good_keys)
-            selected |= {i for i in indexes if goods[i] and _newest_key(names[i]) == newest_good}
+            selected |= {i for i in indexes if goods[i] and names[i].moment == newest_good}
         kept |= selected
 
     if refused:
@@ -231,3 +226,16 @@ def _select(indexes: list[int], names: list[ArchiveName], goods: list[bool], lev
         return set(indexes)
     oldest_kept = good_periods[count - 1]
     return {i for i in indexes if period(level, names[i].stamp) >= oldest_kept}
+
+
+def select_image_prune(items: list[tuple[T, ImageArchiveName]], keep: int) -> list[T]:
+    """Of each image's exports (local files or off-site keys), all but the newest `keep`
+    (at least one is kept)."""
+    by_image: dict[tuple[str, str], list[tuple[T, ImageArchiveName]]] = {}
+    for item, name in items:
+        by_image.setdefault((name.image, name.tag), []).append((item, name))
+    doomed: list[T] = []
+    for group in by_image.values():
+        group.sort(key=lambda pair: (pair[1].stamp, pair[1].seq))
+        doomed += [item for item, _ in group[: -max(keep, 1)]]
+    return doomed

@@ -1,36 +1,50 @@
-"""Back up one target: pre-command, stop or pause, read every volume into its archive,
-put the container back, publish the archives with their checksums, post-command.
+"""Back up one target: pre-command, quiesce (stop or pause), capture every source, put
+the container back, publish the archives with their checksums, post-command, image
+export; after a success the off-site copy and rotation.
 
-The container runs again as soon as the data is read: checksum files, renames and (in
-later phases) uploads and rotation all happen after.
+The container runs again as soon as the data is read: checksum files, renames, uploads
+and rotation all happen after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Iterator
 
-from ..archive import ArchiveResult, ArchiveWriter, ProgressLog
+from ..archive import ArchiveResult
 from ..errors import BackupBusy, BackupError, SidecarError
-from ..model import ContainerState, Strategy, Target
+from ..model import ContainerInfo, ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
-from .images import export_image, run_image_prune
-from .prune import promote, run_prune
-from .sync import run_remote_prune, run_sync
-from .interrupt import PAUSED, STOPPED, Interruption
+from .images import export_image
+from .interrupt import Interruption, InterruptionKind
+from .prune import promote
+from .rotate import run_rotation
+from .sources import ArchivePath, Capture, sources_for
+from .sync import run_sync
 
 logger = logging.getLogger(__name__)
+
+
+class BackupResult(enum.StrEnum):
+    """A run's result; the value is the metrics' `result` label (so it equals the string)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
 class BackupOutcome:
     target: str
     container: str
-    result: str  # "success", "failure" or "skipped"
+    result: BackupResult
     archives: tuple[ArchiveResult, ...] = ()
     volumes: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -39,168 +53,153 @@ class BackupOutcome:
     error: str | None = None
     finished_at: datetime | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
+
     @property
     def ok(self) -> bool:
-        return self.result == "success"
+        return self.result is BackupResult.SUCCESS
+
+
+class _FailedAfterArchives(Exception):
+    """The archives are written and published, but a later step (post-command, image
+    export) failed: the run fails and keeps its archives."""
+
+    def __init__(self, error: BackupError, archives: list[ArchiveResult], downtime: float):
+        self.error, self.archives, self.downtime = error, tuple(archives), downtime
 
 
 def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     """Back up `target` now. Never raises for an expected failure: the outcome says
-    what failed and in which phase, and the failure is logged."""
+    what failed and in which phase, and the failure is logged. A bug raises."""
     started = time.monotonic()
     fields = {"target": target.name, "container": target.container.name}
+    items = tuple(item for source in sources_for(target) for item in source.describe(target))
+
+    def failed(err: SidecarError, phase: str, archives=(), downtime=0.0) -> BackupOutcome:
+        logger.error("backup failed", extra={**fields, "phase": phase, "error": str(err),
+                                             "seconds": round(time.monotonic() - started, 3)})
+        return BackupOutcome(target.name, target.container.name, BackupResult.FAILURE, tuple(archives), items,
+                             time.monotonic() - started, downtime, phase, str(err), ctx.now())
+
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
     try:
         with ctx.store.target_lock(target.name):
             archives, downtime = _backup(ctx, target)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
-        return BackupOutcome(target.name, target.container.name, "skipped", error=str(err), phase="start",
-                             finished_at=ctx.now())
-    except _PartialSuccess as partial:
-        err = partial.error
-        logger.error("backup failed", extra={**fields, "phase": err.phase, "error": str(err),
-                                             "seconds": round(time.monotonic() - started, 3)})
-        return BackupOutcome(target.name, target.container.name, "failure", partial.archives,
-                             tuple(v.type_name for v in target.volumes), time.monotonic() - started,
-                             partial.downtime, err.phase, str(err), ctx.now())
+        return BackupOutcome(target.name, target.container.name, BackupResult.SKIPPED, error=str(err),
+                             phase="start", finished_at=ctx.now())
+    except _FailedAfterArchives as partial:
+        return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
     except SidecarError as err:
-        phase = getattr(err, "phase", "backup")
-        logger.error("backup failed", extra={**fields, "phase": phase, "error": str(err),
-                                             "seconds": round(time.monotonic() - started, 3)})
-        return BackupOutcome(target.name, target.container.name, "failure", (),
-                             tuple(v.type_name for v in target.volumes), time.monotonic() - started,
-                             0.0, phase, str(err), ctx.now())
+        return failed(err, getattr(err, "phase", "backup"))
     _after_success(ctx, target)
     seconds = time.monotonic() - started
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
     })
-    return BackupOutcome(target.name, target.container.name, "success", tuple(archives),
-                         tuple(v.type_name for v in target.volumes), seconds, downtime, finished_at=ctx.now())
+    return BackupOutcome(target.name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
+                         seconds, downtime, finished_at=ctx.now())
+
+
+def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
+    """The story of one backup; returns the archives and the seconds the container was down."""
+    container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
+    running = container.state is ContainerState.RUNNING
+    _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
+    sources, archive_path = sources_for(target), _archive_path(ctx, target)
+    with contextlib.ExitStack() as partial:  # unfinished archives are removed on every way out
+        hot: list[Capture] = []
+        cold: list[Capture] = []
+        for source in sources:
+            captures = partial.enter_context(source.capture(ctx, target, container, archive_path))
+            (cold if source.needs_quiesce(target) else hot).extend(captures)
+        for capture in hot:  # e.g. an app's dump: the app must run
+            capture.read()
+        with _quiesced(ctx, target, container, bool(cold) and running) as window:
+            for capture in cold:
+                capture.read()
+        archives = _publish(ctx, target, hot + cold)
+    try:
+        _command(ctx, target, container.id, target.config.exec_post, "post", None)
+        _image_export(ctx, target)
+    except BackupError as err:
+        raise _FailedAfterArchives(err, archives, window.seconds) from err
+    return archives, window.seconds
+
+
+def _archive_path(ctx: Context, target: Target) -> ArchivePath:
+    """Chooses each archive's free name in this run (one moment for all of them)."""
+    cfg = target.config
+    when = ctx.now()
+    chosen: set[str] = set()
+
+    def path_for(item: str) -> Path:
+        name = choose_name(target.name, item, when, cfg.schedule.frequency, cfg.schedule.fires_more_than_once_a_day,
+                           cfg.compression.extension + ctx.local_encryption_suffix,
+                           lambda relpath: relpath in chosen or ctx.store.taken(relpath))
+        chosen.add(name.relpath)
+        return ctx.store.path(name.relpath)
+
+    return path_for
+
+
+class _NotInterrupted:
+    seconds = 0.0
+
+
+@contextlib.contextmanager
+def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
+              needed: bool) -> Iterator[Interruption | _NotInterrupted]:
+    """Stop or pause the container as its strategy says (when `needed`), and put it back on
+    every path out."""
+    kinds = {Strategy.STOP: InterruptionKind.STOPPED, Strategy.PAUSE: InterruptionKind.PAUSED}
+    kind = kinds.get(target.config.strategy)
+    if not needed or kind is None:
+        yield _NotInterrupted()
+        return
+    with Interruption(ctx, container, kind, target.name, target.config.stop_timeout) as window:
+        yield window
+    # Here the container runs again: the rest costs no downtime.
+    logger.info("container running again", extra={"target": target.name, "container": container.name,
+                                                   "phase": "restart",
+                                                   "downtime_seconds": round(window.seconds, 3)})
+
+
+def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[ArchiveResult]:
+    """Finish every archive (checksum, rename), then promote it: the first archive of a
+    day, week or month also counts as that period's (hard links)."""
+    archives = [capture.finish() for capture in captures]
+    for archive in archives:
+        promote(ctx, ctx.store.archive_at(archive.path), target.config.keep)
+    return archives
 
 
 def _after_success(ctx: Context, target: Target) -> None:
     """Off-site copy, then rotation (only after a successful backup: a failing target
     keeps what it has). The containers run again long before this; a failure here is
     logged and does not fail the backup: the next cycle retries the upload."""
-    dry_run = ctx.settings.prune_dry_run
     run_sync(ctx)
-    run_prune(ctx, lambda _service: target.config.keep, dry_run=dry_run, service=target.name)
-    run_image_prune(ctx, ctx.settings.images_keep, dry_run=dry_run)
-    run_remote_prune(ctx, lambda _service: target.config.keep, service=target.name, dry_run=dry_run,
-                     images_keep=ctx.settings.images_keep)
+    run_rotation(ctx, lambda _service: target.config.keep, service=target.name, dry_run=ctx.settings.prune_dry_run)
 
 
-class _PartialSuccess(Exception):
-    """Archives were written but a later step (the post-command) failed."""
-
-    def __init__(self, error: BackupError, archives: list[ArchiveResult], downtime: float):
-        self.error, self.archives, self.downtime = error, tuple(archives), downtime
-
-
-def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
-    cfg = target.config
-    container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
-    running = container.state is ContainerState.RUNNING
-    fields = {"target": target.name, "container": container.name}
-
-    if cfg.exec_pre:
-        _exec(ctx, target, container.id, cfg.exec_pre, "pre", running)
-
-    when = ctx.now()
-    chosen: set[str] = set()
-
-    def taken(relpath: str) -> bool:
-        return relpath in chosen or ctx.store.taken(relpath)
-
-    downtime = 0.0
-    with contextlib.ExitStack() as files:
-        writers = []
-        for volume in target.volumes:
-            name = choose_name(target.name, volume.type_name, when, cfg.schedule.frequency,
-                               cfg.schedule.fires_more_than_once_a_day,
-                               cfg.compression.extension + ctx.local_encryption_suffix, taken)
-            chosen.add(name.relpath)
-            writer = files.enter_context(ArchiveWriter(ctx.store.path(name.relpath), cfg.compression,
-                                                       ctx.settings.file_mode, ctx.local_encryption))
-            writers.append((volume, writer))
-
-        with contextlib.ExitStack() as interruption:
-            pause = None
-            if running and cfg.strategy is Strategy.STOP:
-                pause = interruption.enter_context(
-                    Interruption(ctx, container, STOPPED, target.name, cfg.stop_timeout))
-            elif running and cfg.strategy is Strategy.PAUSE:
-                pause = interruption.enter_context(Interruption(ctx, container, PAUSED, target.name))
-            for volume, writer in writers:
-                _read_volume(ctx, target, container.id, volume, writer)
-        # Here the container runs again (or never stopped): the rest costs no downtime.
-        if pause is not None:
-            downtime = pause.seconds
-            logger.info("container running again", extra={**fields, "phase": "restart",
-                                                           "downtime_seconds": round(downtime, 3)})
-        results = []
-        for volume, writer in writers:
-            try:
-                results.append(writer.finish())
-            except OSError as exc:
-                raise BackupError(target.name, "write", f"{writer.final_path}: {exc}") from exc
-            logger.info("archive written", extra={**fields, "volume": volume.type_name, "phase": "write",
-                                                  "path": str(results[-1].path), "bytes": results[-1].size,
-                                                  "tar_bytes": results[-1].raw_bytes})
-        # The first archive of a day, week or month also counts as that period's (hard links).
-        for result in results:
-            promote(ctx, ctx.store.archive_at(result.path), cfg.keep)
-
-    # After the archives are safe: steps whose failure fails the run but keeps the archives.
-    for step in (_post_command, _image_export):
-        try:
-            step(ctx, target, container.id)
-        except BackupError as err:
-            raise _PartialSuccess(err, results, downtime) from err
-    return results, downtime
-
-
-def _post_command(ctx: Context, target: Target, container_id: str) -> None:
-    if target.config.exec_post:
-        running = ctx.engine.state(container_id) is ContainerState.RUNNING
-        _exec(ctx, target, container_id, target.config.exec_post, "post", running)
-
-
-def _image_export(ctx: Context, target: Target, container_id: str) -> None:
+def _image_export(ctx: Context, target: Target) -> None:
     export = export_image(ctx, target)
     if export.archive is None:
         logger.debug("image not exported", extra={"target": target.name, "image": export.image,
                                                   "reason": export.reason, "phase": "image"})
 
 
-def _read_volume(ctx: Context, target: Target, container_id: str, volume, writer: ArchiveWriter) -> None:
-    fields = {"target": target.name, "volume": volume.type_name, "phase": "read"}
-    started = time.monotonic()
-
-    def report(done: int, rate: float) -> None:
-        logger.info("backup in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
-                                                 "seconds": round(time.monotonic() - started, 1)})
-
-    progress = ProgressLog(report, ctx.settings.progress_interval, ctx.cancel, target.name)
-    try:
-        raw = writer.write_stream(ctx.engine.read_path(container_id, volume.mount.destination),
-                                  target.config.exclude, progress)
-    except BackupError:
-        raise
-    except SidecarError as err:
-        raise BackupError(target.name, "read", f"volume {volume.type_name}: {err}") from err
-    except OSError as exc:
-        raise BackupError(target.name, "write", f"volume {volume.type_name}: {exc}") from exc
-    except Exception as exc:  # tar or compressor errors on a broken stream
-        raise BackupError(target.name, "read", f"volume {volume.type_name}: {exc!r}") from exc
-    logger.info("volume read", extra={**fields, "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
-
-
-def _exec(ctx: Context, target: Target, container_id: str, command: str, phase: str, running: bool) -> None:
+def _command(ctx: Context, target: Target, container_id: str, command: str | None, phase: str,
+             running: bool | None) -> None:
+    """backup.exec.pre/post in the container; `running` None: look at its state now."""
+    if not command:
+        return
     fields = {"target": target.name, "phase": phase}
+    if running is None:
+        running = ctx.engine.state(container_id) is ContainerState.RUNNING
     if not running:
         logger.warning(f"backup.exec.{phase} not run: the container is not running", extra=fields)
         return

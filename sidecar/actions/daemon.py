@@ -19,11 +19,12 @@ from ..errors import SidecarError
 from ..metrics import Metrics, TargetView
 from ..labels import ENABLE, is_candidate
 from ..model import ContainerInfo, Target
-from .backup import BackupOutcome, run_backup
+from .backup import BackupOutcome, BackupResult, run_backup
 from .context import Context
 from .recover import run_recovery
+from .rotate import run_rotation
 from .status import copy_states, newest_archive_times
-from .sync import run_remote_prune, run_sync
+from .sync import run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +227,10 @@ class Daemon:
         try:
             report = run_sync(self.ctx)
             self._update_copy_metrics()
-            synced = [r.destination for r in report.results if r.ok]  # rotate only where the sync went through
+            synced = tuple(r.destination for r in report.results if r.ok)  # rotate only where the sync went through
             if synced and not report.skipped:
-                run_remote_prune(self.ctx, self._keep_for, images_keep=self.ctx.settings.images_keep,
-                                 dry_run=self.ctx.settings.prune_dry_run, destinations=synced)
+                run_rotation(self.ctx, self._keep_for, dry_run=self.ctx.settings.prune_dry_run, local=False,
+                             destinations=synced)
         except Exception:  # a bug must not kill the sync thread silently
             logger.exception("sync cycle crashed", extra={"phase": "upload"})
 
@@ -242,7 +243,7 @@ class Daemon:
             if running is not None and not running.done():
                 logger.warning("backup skipped: the previous run of this target is still running",
                                extra={"target": target.name, "phase": "schedule"})
-                self._record(BackupOutcome(target.name, target.container.name, "skipped", phase="schedule",
+                self._record(BackupOutcome(target.name, target.container.name, BackupResult.SKIPPED, phase="schedule",
                                            error="previous run still running", finished_at=self.ctx.now()))
                 return
             self._running[target.name] = self._pool.submit(self._run_one, target)
@@ -252,7 +253,7 @@ class Daemon:
             outcome = run_backup(self.ctx, target)
         except Exception as exc:  # a bug must not kill the worker silently
             logger.exception("backup crashed", extra={"target": target.name})
-            outcome = BackupOutcome(target.name, target.container.name, "failure", phase="internal",
+            outcome = BackupOutcome(target.name, target.container.name, BackupResult.FAILURE, phase="internal",
                                     error=repr(exc), finished_at=self.ctx.now())
         self._record(outcome)
         return outcome

@@ -10,18 +10,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from ..archive import ArchiveResult, ArchiveWriter, check_archive, iter_tar
 from ..errors import BackupError, SidecarError
 from ..image_index import ImageIndex
 from ..model import Compression, ImagePolicy, Target
-from ..naming import ImageArchiveName, choose_image_name
+from ..naming import choose_image_name
+from ..retention import select_image_prune
 from .context import Context
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,18 +80,6 @@ def run_restore_image(ctx: Context, ref: str) -> tuple[Path, list[str]]:
     lines = ctx.engine.load_image(iter_tar(path, keys=ctx.settings.decryption))
     logger.info("image loaded", extra={"path": str(path), "phase": "restore-image", "loaded": lines})
     return path, lines
-
-
-def select_image_prune(items: list[tuple[T, ImageArchiveName]], keep: int) -> list[T]:
-    """Pure: of each image's exports, all but the newest `keep` (at least one is kept)."""
-    by_image: dict[tuple[str, str], list[tuple[T, ImageArchiveName]]] = {}
-    for item, name in items:
-        by_image.setdefault((name.image, name.tag), []).append((item, name))
-    doomed: list[T] = []
-    for group in by_image.values():
-        group.sort(key=lambda pair: (pair[1].stamp, pair[1].seq))
-        doomed += [item for item, _ in group[: -max(keep, 1)]]
-    return doomed
 
 
 def run_image_prune(ctx: Context, keep: int, dry_run: bool = False) -> list[Path]:

@@ -7,6 +7,7 @@ runs again, so a sidecar killed in between restarts it on its next start
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from types import TracebackType
@@ -18,9 +19,14 @@ from .context import Context
 
 logger = logging.getLogger(__name__)
 
-STOPPED = "stopped"
-PAUSED = "paused"
 _RESTORE_ATTEMPTS = 3
+
+
+class InterruptionKind(enum.StrEnum):
+    """How a container was interrupted; the value is what the journal stores."""
+
+    STOPPED = "stopped"
+    PAUSED = "paused"
 
 
 class Interruption:
@@ -28,7 +34,8 @@ class Interruption:
     every path. A failure to put the container back is raised only when no other error
     is already on its way out; otherwise it is logged."""
 
-    def __init__(self, ctx: Context, container: ContainerInfo, action: str, target: str, stop_timeout: int = 10):
+    def __init__(self, ctx: Context, container: ContainerInfo, action: InterruptionKind, target: str,
+                 stop_timeout: int = 10):
         self.ctx = ctx
         self.container = container
         self.action = action
@@ -39,17 +46,18 @@ class Interruption:
 
     def __enter__(self) -> "Interruption":
         c = self.container
-        self.ctx.journal.add(JournalEntry(c.id, c.name, self.action, self.target, time.time()))
+        self.ctx.journal.add(JournalEntry(c.id, c.name, self.action.value, self.target, time.time()))
         self.started_at = time.monotonic()
         try:
-            if self.action == STOPPED:
+            if self.action is InterruptionKind.STOPPED:
                 self.ctx.engine.stop(c.id, timeout=self.stop_timeout)
             else:
                 self.ctx.engine.pause(c.id)
         except BaseException:
             self._put_back(raise_errors=False)
             raise
-        logger.info(f"container {self.action}", extra=self._fields(phase="stop" if self.action == STOPPED else "pause"))
+        phase = "stop" if self.action is InterruptionKind.STOPPED else "pause"
+        logger.info(f"container {self.action}", extra=self._fields(phase=phase))
         return self
 
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -71,21 +79,23 @@ class Interruption:
         return {"target": self.target, "container": self.container.name, **more}
 
 
-def put_back(ctx: Context, container_id: str, action: str, target: str) -> bool:
+def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, target: str) -> bool:
     """Start (or unpause) a container the sidecar interrupted, then forget it in the
-    journal. Returns True when something had to be done. Retries engine errors a few times."""
+    journal. Returns True when something had to be done. Retries engine errors a few times.
+    `action` may be the journal's string."""
+    action = InterruptionKind(action)
     last: EngineError | None = None
     for attempt in range(_RESTORE_ATTEMPTS):
         try:
             state = ctx.engine.state(container_id)
             acted = False
-            if action == STOPPED and state not in (ContainerState.RUNNING, ContainerState.RESTARTING):
+            if action is InterruptionKind.STOPPED and state not in (ContainerState.RUNNING, ContainerState.RESTARTING):
                 if state is ContainerState.PAUSED:
                     ctx.engine.unpause(container_id)
                 else:
                     ctx.engine.start(container_id)
                 acted = True
-            elif action == PAUSED and state is ContainerState.PAUSED:
+            elif action is InterruptionKind.PAUSED and state is ContainerState.PAUSED:
                 ctx.engine.unpause(container_id)
                 acted = True
             ctx.journal.remove(container_id)

@@ -1,84 +1,35 @@
-"""Restore a volume from an archive: verify the checksum and every member first, stop
-the container if it runs, empty the volume (only with --force when it holds data),
-unpack the archive into it through the engine, start the container again."""
+"""Restore a volume from an archive: find the container, the volume and the archive (on
+the backup volume or downloaded from the off-site store), then hand over to the source
+that puts it back (sources/volumes.py: verify, stop, empty, unpack, start)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import check_archive, iter_tar, read_checksum, root_entry_tar, write_checksum
-from ..errors import NotFound, RestoreError, SidecarError
-from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name, select_volumes
-from ..model import ContainerInfo, ContainerState, Mount
+from ..archive import read_checksum, write_checksum
+from ..errors import NotFound
+from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name
+from ..model import ContainerInfo
 from ..naming import parse_name
 from .context import Context
-from .interrupt import STOPPED, Interruption
+from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes
+
+__all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote"]
 
 logger = logging.getLogger(__name__)
-
-# Empties the folder given as $1 including dot files; POSIX sh, so busybox images work too.
-_CLEAR_SCRIPT = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
-
-
-@dataclass(frozen=True)
-class RestoreOutcome:
-    target: str
-    container: str
-    volume: str
-    archive: Path
-    members: int
-    tar_bytes: int
-    seconds: float
-    downtime: float
 
 
 def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False,
                 from_remote: str | None = None) -> RestoreOutcome:
-    started = time.monotonic()
     container, service, stop_timeout = resolve_container(ctx, ref)
-    mount, type_name = _find_mount(container, volume)
+    _mount, type_name = volumes.find_volume(container, volume)
     if from_remote:
         path = fetch_from_remote(ctx, service, type_name, archive, from_remote)
     else:
         path = _find_archive(ctx, service, type_name, archive)
-    fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
-
-    logger.info("verifying archive", extra={**fields, "phase": "verify"})
-    check = check_archive(path, keys=ctx.settings.decryption)
-    logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
-                                           "bytes": check.tar_bytes, "sha256": check.sha256})
-
-    downtime = 0.0
-    with ctx.store.target_lock(service):
-        with contextlib.ExitStack() as stack:
-            current = ctx.engine.inspect(container.id)
-            stop = None
-            if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
-                stop = stack.enter_context(Interruption(ctx, current, STOPPED, service, stop_timeout))
-            if not ctx.engine.path_is_empty(container.id, mount.destination):
-                if not force:
-                    raise RestoreError(
-                        f"volume {type_name} of {container.name} ({mount.destination}) is not empty; "
-                        "use --force to replace its contents")
-                _clear(ctx, current, mount)
-            logger.info("restoring", extra={**fields, "phase": "restore"})
-            try:
-                ctx.engine.put_archive(container.id, mount.destination, iter_tar(path, keys=ctx.settings.decryption))
-                if check.root is not None:
-                    parent, _, base = mount.destination.rstrip("/").rpartition("/")
-                    ctx.engine.put_archive(container.id, parent or "/", root_entry_tar(base, check.root))
-            except SidecarError as err:
-                raise RestoreError(f"unpacking {path.name} into {container.name}:{mount.destination} failed: {err}") from err
-        if stop is not None:
-            downtime = stop.seconds
-    seconds = time.monotonic() - started
-    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
-                                           "downtime_seconds": round(downtime, 3)})
-    return RestoreOutcome(service, container.name, type_name, path, check.members, check.tar_bytes, seconds, downtime)
+    request = RestoreRequest(container, service, type_name, path, force, stop_timeout)
+    return get_source(volumes.NAME).restore(ctx, request)
 
 
 def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
@@ -94,18 +45,6 @@ def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
         raise NotFound(f"no target or container named {ref!r}")
     name = container.labels.get(NAME, "").strip() or default_name(container)
     return container, name, DEFAULT_STOP_TIMEOUT
-
-
-def _find_mount(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
-    specs = select_volumes(container, tuple(m.destination for m in container.mounts)) if container.mounts else ()
-    for spec in specs:
-        m = spec.mount
-        project = container.compose_project
-        if volume in (spec.type_name, m.destination, m.destination.rstrip("/"), m.source) or (
-                project and m.source == f"{project}_{volume}"):
-            return m, spec.type_name
-    listed = ", ".join(f"{s.type_name} ({s.mount.destination})" for s in specs) or "none"
-    raise NotFound(f"container {container.name!r} has no volume {volume!r}; its mounts: {listed}")
 
 
 def _find_archive(ctx: Context, service: str, type_name: str, archive: str) -> Path:
@@ -148,19 +87,3 @@ def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str,
     obj = remote.download(relpath, local, ctx.settings.file_mode)
     write_checksum(local, obj.sha256, ctx.settings.file_mode)
     return local
-
-
-def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:
-    """Empty the mount through a short-lived helper container that shares the target's
-    mounts (the engine's API cannot delete files)."""
-    image = ctx.settings.helper_image
-    if image is None:
-        own = ctx.engine.own_container()
-        image = own.image_id if own is not None else container.image_id
-    code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR_SCRIPT, "sh", mount.destination])
-    if code != 0:
-        raise RestoreError(
-            f"emptying {container.name}:{mount.destination} with a helper container from image {image} failed "
-            f"(exit {code}: {logs.strip()[-300:]}); set BACKUP_HELPER_IMAGE to an image with sh and rm")
-    if not ctx.engine.path_is_empty(container.id, mount.destination):
-        raise RestoreError(f"{container.name}:{mount.destination} is still not empty after clearing it")

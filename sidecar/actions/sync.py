@@ -31,7 +31,7 @@ from ..destinations import CopyEntry, CopyIndex, Destination, RemoteObject
 from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable, SidecarError
 from ..model import Compression
 from ..naming import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, parse_image_name, parse_name
-from ..retention import Keep, PruneRefused, plan_prune
+from ..retention import Keep, PruneRefused, plan_prune, select_image_prune
 from .context import Context
 
 logger = logging.getLogger(__name__)
@@ -300,7 +300,5 @@ def _archive_deletions(listing: list[RemoteObject], keep_for, service: str | Non
 
 
 def _image_deletions(objects: list[RemoteObject], keep: int) -> list[str]:
-    from .images import select_image_prune
-
     named = [(o.relpath, parse_image_name(o.relpath.rsplit("/", 1)[-1])) for o in objects]
     return select_image_prune([(rel, n) for rel, n in named if n is not None], keep)

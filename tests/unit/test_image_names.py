@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from sidecar.actions.images import select_image_prune
+from sidecar.retention import select_image_prune
 from sidecar.naming import ImageArchiveName, choose_image_name, parse_image_name, split_image_reference
 
 

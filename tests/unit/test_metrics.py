@@ -3,7 +3,6 @@ recovery after a restart. A fresh registry per test."""
 
 from __future__ import annotations
 
-import enum
 import gzip
 import multiprocessing
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.actions.backup import BackupOutcome
+from sidecar.actions.backup import BackupOutcome, BackupResult
 from sidecar.archive import ArchiveResult
 from sidecar.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, record_outcome
 from sidecar.model import CopyState
@@ -179,17 +178,12 @@ def test_an_outcome_recorded_by_another_process_shows_on_the_next_scrape(tmp_pat
     assert value(daemon, "backup_sidecar_duration_seconds_count", target="app") == 2
 
 
-class Result(enum.Enum):
-    SUCCESS = "success"
-    SKIPPED = "skipped"
-
-
 def test_outcome_result_may_be_an_enum():
     m = make()
     m.discovered([VIEW], 0)
     archives = outcome("success", ("data",), {"data": 1}).archives
-    m.observe(BackupOutcome("app", "app-1", Result.SUCCESS, archives, ("data",), 1.0, 0.0))  # type: ignore[arg-type]
-    m.observe(BackupOutcome("app", "app-1", Result.SKIPPED))  # type: ignore[arg-type]
+    m.observe(BackupOutcome("app", "app-1", BackupResult.SUCCESS, archives, ("data",), 1.0, 0.0))
+    m.observe(BackupOutcome("app", "app-1", BackupResult.SKIPPED))
     assert value(m, "backup_sidecar_runs_total", target="app", result="success") == 1
     assert value(m, "backup_sidecar_runs_total", target="app", result="skipped") == 1
     assert value(m, "backup_sidecar_last_status", target="app", volume="data") == 1

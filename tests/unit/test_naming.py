@@ -226,3 +226,15 @@ def test_equal_type_names_in_one_container_are_made_unique():
     names = [s.type_name for s in specs]
     assert names == ["data", "data-2", "data-3", "data-2-2", "data-4"]
     assert [s.mount for s in specs] == list(mounts)
+
+
+def test_recency_is_the_one_newest_key():
+    """A second archive of the day (with a time part) is newer than the first even at the
+    same stamp; promoted copies share their moment and the original sorts newest."""
+    stamp = datetime(2026, 1, 1)
+    first = ArchiveName(stamp, "app", "data", Frequency.DAILY, ".tar.zst")
+    second = ArchiveName(stamp, "app", "data", Frequency.DAILY, ".tar.zst", has_time=True)
+    weekly = ArchiveName(stamp, "app", "data", Frequency.WEEKLY, ".tar.zst")
+    assert second.recency > first.recency
+    assert weekly.moment == first.moment and first.recency > weekly.recency
+    assert max([weekly, first, second], key=lambda n: n.recency) is second

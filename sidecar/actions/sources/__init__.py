@@ -1,0 +1,39 @@
+"""The Source seam (borgmatic's data-source hooks): what is captured from a target and
+how it is put back. One module per kind, each offering the same functions, found by name:
+
+- `describe(target) -> tuple[str, ...]`: the short names of the archives it produces
+  (they go into archive names as the volume part);
+- `needs_quiesce(target) -> bool`: whether its data must be read with the container
+  stopped or paused (volumes: as the strategy says; an app dump: no, the app must run);
+- `capture(ctx, target, container, archive_path)`: a context manager yielding one Capture
+  per archive; leaving it without `finish` removes what is partial;
+- `restore(ctx, request) -> RestoreOutcome`: put one archive back.
+
+To add a kind: write sources/KIND.py with these functions, add it to SOURCES, and say in
+`sources_for` when a target has it.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ...errors import ConfigError
+from ...model import Target
+from . import volumes
+from .base import ArchivePath, Capture, RestoreOutcome, RestoreRequest, Source
+
+__all__ = ["ArchivePath", "Capture", "RestoreOutcome", "RestoreRequest", "Source", "SOURCES", "get", "sources_for"]
+
+SOURCES: dict[str, ModuleType] = {volumes.NAME: volumes}
+
+
+def get(name: str) -> Source:
+    try:
+        return SOURCES[name]  # type: ignore[return-value]
+    except KeyError:
+        raise ConfigError(f"unknown source {name!r}; expected one of {', '.join(sorted(SOURCES))}") from None
+
+
+def sources_for(target: Target) -> tuple[Source, ...]:
+    """The sources a target is captured from: today its volumes."""
+    return (get(volumes.NAME),)

@@ -1,0 +1,169 @@
+"""The `volumes` source: one archive per volume of a target, read through a Reader (see
+sidecar/readers), and the volume restore: verify the archive (checksum and every member),
+stop the container if it runs, empty the volume (only with force when it holds data),
+unpack the archive into it through the engine, start the container again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tarfile
+import time
+from typing import Iterator
+
+from ...archive import ArchiveResult, ProgressLog, check_archive, iter_tar, root_entry_tar
+from ...errors import BackupError, NotFound, RestoreError, SidecarError
+from ...labels import select_volumes
+from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
+from ... import readers
+from ..context import Context
+from ..interrupt import Interruption, InterruptionKind
+from .base import ArchivePath, RestoreOutcome, RestoreRequest
+
+logger = logging.getLogger(__name__)
+
+NAME = "volumes"
+
+# Empties the folder given as $1 including dot files; POSIX sh, so busybox images work too.
+_CLEAR_SCRIPT = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return tuple(v.type_name for v in target.volumes)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return target.config.strategy in (Strategy.STOP, Strategy.PAUSE)
+
+
+# --- capture ------------------------------------------------------------------------------
+
+class VolumeCapture:
+    """One volume's archive: `read` while quiesced, `finish` once the container runs again."""
+
+    def __init__(self, ctx: Context, target: Target, volume: VolumeSpec, pending: readers.PendingArchive):
+        self.ctx, self.target, self.volume, self.pending = ctx, target, volume, pending
+        self.item = volume.type_name
+
+    def read(self) -> None:
+        fields = {"target": self.target.name, "volume": self.item, "phase": "read"}
+        started = time.monotonic()
+
+        def report(done: int, rate: float) -> None:
+            logger.info("backup in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
+                                                     "seconds": round(time.monotonic() - started, 1)})
+
+        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.name)
+        try:
+            raw = self.pending.read(progress)
+        except BackupError:
+            raise
+        except SidecarError as err:  # the engine failed or its stream broke
+            raise BackupError(self.target.name, "read", f"volume {self.item}: {err}") from err
+        except OSError as exc:  # writing the archive (disk full...)
+            raise BackupError(self.target.name, "write", f"volume {self.item}: {exc}") from exc
+        logger.info("volume read", extra={**fields, "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
+
+    def finish(self) -> ArchiveResult:
+        try:
+            result = self.pending.finish()
+        except OSError as exc:
+            raise BackupError(self.target.name, "write", f"{self.pending.request.final_path}: {exc}") from exc
+        logger.info("archive written", extra={"target": self.target.name, "volume": self.item, "phase": "write",
+                                              "path": str(result.path), "bytes": result.size,
+                                              "tar_bytes": result.raw_bytes})
+        return result
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[VolumeCapture]]:
+    """Partial archives for every volume of `target`, removed on the way out unless finished."""
+    cfg = target.config
+    with contextlib.ExitStack() as stack:
+        captures = []
+        for volume in target.volumes:
+            request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.type_name),
+                                             cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
+                                             cfg.exclude)
+            reader = readers.choose(ctx.engine, request)
+            pending = stack.enter_context(reader.open(ctx.engine, request))
+            captures.append(VolumeCapture(ctx, target, volume, pending))
+        yield captures
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def find_volume(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
+    """A container's volume by its short name, volume name or mount destination; with its
+    short name."""
+    specs = select_volumes(container, tuple(m.destination for m in container.mounts)) if container.mounts else ()
+    for spec in specs:
+        m = spec.mount
+        project = container.compose_project
+        if volume in (spec.type_name, m.destination, m.destination.rstrip("/"), m.source) or (
+                project and m.source == f"{project}_{volume}"):
+            return m, spec.type_name
+    listed = ", ".join(f"{s.type_name} ({s.mount.destination})" for s in specs) or "none"
+    raise NotFound(f"container {container.name!r} has no volume {volume!r}; its mounts: {listed}")
+
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    started = time.monotonic()
+    container, service, path = request.container, request.backup_name, request.archive
+    mount, type_name = find_volume(container, request.item)
+    fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
+
+    logger.info("verifying archive", extra={**fields, "phase": "verify"})
+    check = check_archive(path, keys=ctx.settings.decryption)
+    logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
+                                           "bytes": check.tar_bytes, "sha256": check.sha256})
+
+    downtime = 0.0
+    with ctx.store.target_lock(service):
+        with contextlib.ExitStack() as stack:
+            current = ctx.engine.inspect(container.id)
+            stop = None
+            if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
+                stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, service,
+                                                        request.stop_timeout))
+            if not ctx.engine.path_is_empty(container.id, mount.destination):
+                if not request.force:
+                    raise RestoreError(
+                        f"volume {type_name} of {container.name} ({mount.destination}) is not empty; "
+                        "use --force to replace its contents")
+                _clear(ctx, current, mount)
+            logger.info("restoring", extra={**fields, "phase": "restore"})
+            _unpack(ctx, container, mount, path, check.root)
+        if stop is not None:
+            downtime = stop.seconds
+    seconds = time.monotonic() - started
+    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
+                                           "downtime_seconds": round(downtime, 3)})
+    return RestoreOutcome(service, container.name, type_name, path, check.members, check.tar_bytes, seconds, downtime)
+
+
+def _unpack(ctx: Context, container: ContainerInfo, mount: Mount, path, root: tarfile.TarInfo | None) -> None:
+    try:
+        ctx.engine.put_archive(container.id, mount.destination, iter_tar(path, keys=ctx.settings.decryption))
+        if root is not None:
+            parent, _, base = mount.destination.rstrip("/").rpartition("/")
+            ctx.engine.put_archive(container.id, parent or "/", root_entry_tar(base, root))
+    except SidecarError as err:
+        raise RestoreError(f"unpacking {path.name} into {container.name}:{mount.destination} failed: {err}") from err
+
+
+def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:
+    """Empty the mount through a short-lived helper container that shares the target's
+    mounts (the engine's API cannot delete files)."""
+    image = ctx.settings.helper_image
+    if image is None:
+        own = ctx.engine.own_container()
+        image = own.image_id if own is not None else container.image_id
+    code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR_SCRIPT, "sh", mount.destination])
+    if code != 0:
+        raise RestoreError(
+            f"emptying {container.name}:{mount.destination} with a helper container from image {image} failed "
+            f"(exit {code}: {logs.strip()[-300:]}); set BACKUP_HELPER_IMAGE to an image with sh and rm")
+    if not ctx.engine.path_is_empty(container.id, mount.destination):
+        raise RestoreError(f"{container.name}:{mount.destination} is still not empty after clearing it")

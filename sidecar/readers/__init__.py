@@ -1,0 +1,37 @@
+"""Readers: how a volume's bytes reach its archive, by name (see base.py for the Protocol).
+
+`choose` picks the first usable reader of an order of names. Today there is one, the
+engine's archive API; to add one, write a module with a class that has `name`, `usable`
+and `open` (returning a PendingArchive), register it in READERS and put its name in
+DEFAULT_ORDER before the fallback.
+"""
+
+from __future__ import annotations
+
+from ..engine import Engine
+from ..errors import ConfigError
+from .base import ArchiveRequest, PendingArchive, Progress, Reader
+from .engine_api import EngineApiReader
+
+__all__ = ["ArchiveRequest", "PendingArchive", "Progress", "Reader", "READERS", "DEFAULT_ORDER", "get", "choose"]
+
+READERS: dict[str, Reader] = {r.name: r for r in (EngineApiReader(),)}
+
+# Tried in order; the engine API comes last because it always works.
+DEFAULT_ORDER: tuple[str, ...] = ("engine-api",)
+
+
+def get(name: str) -> Reader:
+    try:
+        return READERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown reader {name!r}; expected one of {', '.join(sorted(READERS))}") from None
+
+
+def choose(engine: Engine, request: ArchiveRequest, order: tuple[str, ...] = DEFAULT_ORDER) -> Reader:
+    """The first reader of `order` that can produce `request`."""
+    for name in order:
+        reader = get(name)
+        if reader.usable(engine, request):
+            return reader
+    raise ConfigError(f"no reader of {', '.join(order)} can read {request.mount.destination}")

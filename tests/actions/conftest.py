@@ -1,0 +1,73 @@
+"""The actions tier: actions run against FakeEngine and a real BackupStore in tmp_path."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from sidecar.actions.context import Context
+from sidecar.settings import load_settings
+from tests.fakes.engine import FakeEngine
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {"BACKUP_DIR": str(tmp_path / "backups"), "TZ": "UTC", "BACKUP_PROGRESS_INTERVAL": "0.1"}
+
+
+@pytest.fixture
+def make_ctx(engine, env):
+    def make(**extra: str) -> Context:
+        ctx = Context.create(load_settings({**env, **extra}), engine)
+        ctx.store.prepare()
+        return ctx
+    return make
+
+
+@pytest.fixture
+def ctx(make_ctx) -> Context:
+    return make_ctx()
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A volume's folder with a few files, a subfolder and a symlink."""
+    root = tmp_path / "volumes" / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha\n")
+    (root / "sub" / "b.bin").write_bytes(bytes(range(256)) * 64)
+    (root / "link").symlink_to("a.txt")
+    return root
+
+
+def app_labels(**labels: str) -> dict[str, str]:
+    return {"backup.enable": "true", "backup.name": "app", **{f"backup.{k.replace('_', '.')}": v
+                                                              for k, v in labels.items()}}
+
+
+def archive_members(path: Path) -> dict[str, bytes | str | None]:
+    """An archive's members: file contents, symlink targets, None for folders."""
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read()
+    found: dict[str, bytes | str | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for m in tar:
+            name = m.name.removeprefix("./") or "."
+            found[name] = tar.extractfile(m).read() if m.isreg() else m.linkname if m.issym() else None
+    return found
+
+
+def tree(root: Path) -> dict[str, bytes | str | None]:
+    found: dict[str, bytes | str | None] = {".": None}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        found[rel] = str(p.readlink()) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
+    return found

@@ -1,0 +1,66 @@
+"""The CLI's exit codes, on the fake engine (cli.Engine replaced)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from sidecar import cli
+from sidecar.actions import rotate
+from sidecar.actions.sync import RemotePrune
+from sidecar.errors import EngineError
+
+from .conftest import app_labels
+
+
+@pytest.fixture
+def run(engine, env, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield lambda *argv: cli.main(list(argv))
+    for sig, handler in handlers.items():  # the CLI installs its own
+        signal.signal(sig, handler)
+
+
+def test_backup_exit_codes(run, engine, data, capsys):
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run("backup", "app") == 0
+    assert "app: wrote" in capsys.readouterr().out
+    engine.fail("read_path", EngineError("gone"), after_bytes=100)
+    assert run("backup", "app") == 1
+    assert "app: failure:" in capsys.readouterr().err
+    assert run("backup", "nope") == 2
+    assert run("backup") == 64
+
+
+def test_backup_all_with_a_skipped_container_fails(run, engine, data, tmp_path, capsys):
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    engine.add_container("bad-1", {"backup.enable": "true", "backup.strategy": "sideways"},
+                         {"/x": tmp_path / "volumes" / "x"})
+    assert run("backup", "--all") == 1
+    assert "skipped bad-1" in capsys.readouterr().err
+
+
+def test_restore_exit_codes(run, engine, data, capsys):
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run("backup", "app") == 0
+    assert run("restore", "app", "--volume", "data") == 1  # not empty, no --force
+    assert "use --force" in capsys.readouterr().err
+    assert run("restore", "app", "--volume", "data", "--force") == 0
+    assert run("restore", "app", "--volume", "nope") == 2
+
+
+def test_prune_fails_when_the_destination_fails_but_rotates_locally(run, engine, data, monkeypatch, capsys):
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run("backup", "app") == 0
+    monkeypatch.setattr(rotate, "run_remote_prune", lambda *a, **kw: (RemotePrune("s3", error="store down"),))
+    assert run("prune") == 1
+    assert "prune failed: store down" in capsys.readouterr().err
+
+
+def test_invalid_settings_exit_64(run, monkeypatch):
+    monkeypatch.setenv("BACKUP_DIR", "relative")
+    assert run("plan") == 64

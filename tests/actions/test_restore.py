@@ -1,0 +1,85 @@
+"""run_restore against the fake engine: refuse a volume with data without --force, put
+the container back, the bytes restored."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from sidecar.actions.backup import run_backup
+from sidecar.actions.restore import RestoreOutcome, run_restore
+from sidecar.errors import EngineError, NotFound, RestoreError
+from sidecar.model import ContainerState
+
+from .conftest import app_labels, tree
+
+
+@pytest.fixture
+def backed_up(engine, ctx, data):
+    app = engine.add_container("app-1", app_labels(), {"/data": data})
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.ok
+    engine.calls.clear()
+    return app, tree(data)
+
+
+def test_restore_into_an_empty_volume_stops_and_starts_the_container(engine, ctx, data, backed_up):
+    app, before = backed_up
+    shutil.rmtree(data)
+    data.mkdir()
+    outcome = run_restore(ctx, "app", "data")
+    assert isinstance(outcome, RestoreOutcome) and (outcome.target, outcome.volume) == ("app", "data")
+    assert tree(data) == before
+    assert [c[0] for c in engine.calls if c[0] in ("stop", "start", "run_helper")] == ["stop", "start"]
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+
+
+def test_restore_refuses_a_volume_with_data_without_force_and_puts_the_container_back(engine, ctx, data, backed_up):
+    app, _ = backed_up
+    (data / "new.txt").write_text("newer data\n")
+    with pytest.raises(RestoreError, match="not empty; use --force"):
+        run_restore(ctx, "app", "data")
+    assert (data / "new.txt").exists()
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+    assert engine.names("put_archive") == []
+
+
+def test_restore_with_force_replaces_the_contents(engine, ctx, data, backed_up):
+    app, before = backed_up
+    (data / "new.txt").write_text("newer data\n")
+    (data / "a.txt").write_text("changed\n")
+    run_restore(ctx, "app", "data", force=True)
+    assert tree(data) == before
+    assert len(engine.names("run_helper")) == 1
+    assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_a_failed_unpack_still_puts_the_container_back(engine, ctx, data, backed_up):
+    app, _ = backed_up
+    shutil.rmtree(data)
+    data.mkdir()
+    engine.fail("put_archive", EngineError("disk full"))
+    with pytest.raises(RestoreError, match="disk full"):
+        run_restore(ctx, "app", "data")
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+
+
+def test_a_stopped_container_stays_stopped(engine, ctx, data, backed_up):
+    app, before = backed_up
+    engine.set_state(app.id, ContainerState.EXITED)
+    shutil.rmtree(data)
+    data.mkdir()
+    run_restore(ctx, "app", "data")
+    assert tree(data) == before
+    assert engine.names("stop") == [] and engine.names("start") == []
+    assert engine.state(app.id) is ContainerState.EXITED
+
+
+def test_unknown_volume_and_missing_archive_are_not_found(engine, ctx, data, tmp_path):
+    other = tmp_path / "volumes" / "other"
+    engine.add_container("app-1", app_labels(), {"/data": data, "/other": other})
+    with pytest.raises(NotFound, match="has no volume 'nope'"):
+        run_restore(ctx, "app", "nope")
+    with pytest.raises(NotFound, match="no archive of app volume other"):
+        run_restore(ctx, "app", "other")

@@ -1,0 +1,236 @@
+"""A fake Docker engine for the actions tier: the Engine methods the actions call, over
+containers held in memory whose mounts are folders of a temporary directory. Reads are
+real tar streams of those folders, writes unpack real tar streams into them. Every call
+is recorded in `calls`; faults are injected with `fail`.
+
+    engine = FakeEngine()
+    app = engine.add_container("app", labels={...}, mounts={"/data": tmp_path / "data"})
+    engine.fail("stop", EngineError("no"))                 # every stop fails
+    engine.fail("read_path", EngineError("gone"), after_bytes=10_000)  # the stream breaks midway
+
+Mounts are named volumes called after their folder's name.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from sidecar.errors import ContainerNotFound, EngineError
+from sidecar.model import ContainerInfo, ContainerState, ImageInfo, Mount
+
+CHUNK = 4096
+
+
+@dataclass
+class FakeContainer:
+    info: ContainerInfo
+    folders: dict[str, Path]  # mount destination -> folder standing for the volume
+    exec_results: dict[str, tuple[int, str]] = field(default_factory=dict)  # command -> (code, output)
+
+
+@dataclass
+class _Fault:
+    error: BaseException
+    times: int | None  # None: always
+    after_bytes: int = 0  # read_path/save_image: bytes streamed before it breaks
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.containers: dict[str, FakeContainer] = {}
+        self.images: dict[str, tuple[ImageInfo, bytes]] = {}
+        self.loaded: list[bytes] = []
+        self.calls: list[tuple] = []
+        self.event_queue: list[dict] = []
+        self._faults: dict[str, _Fault] = {}
+        self._seq = 0
+
+    # --- building the world ---------------------------------------------------------------
+    def add_container(self, name: str, labels: Mapping[str, str] | None = None,
+                      mounts: Mapping[str, Path] | None = None, state: ContainerState = ContainerState.RUNNING,
+                      image: str = "busybox:latest", image_id: str = "sha256:" + "b" * 64) -> ContainerInfo:
+        if image not in self.images:  # pullable (has a digest): not exported unless backup.image=always
+            self.add_image(image, digests=(f"{image.split(':')[0]}@sha256:" + "d" * 64,), image_id=image_id)
+        self._seq += 1
+        cid = f"{self._seq:02d}".ljust(64, "c")
+        folders = {dest: Path(folder) for dest, folder in (mounts or {}).items()}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        info = ContainerInfo(cid, name, image, image_id, state, dict(labels or {}),
+                             tuple(Mount("volume", folder.name, dest) for dest, folder in folders.items()))
+        self.containers[cid] = FakeContainer(info, folders)
+        return info
+
+    def fail(self, method: str, error: BaseException, times: int | None = None, after_bytes: int = 0) -> None:
+        """Make `method` raise `error` (the next `times` calls, or always)."""
+        self._faults[method] = _Fault(error, times, after_bytes)
+
+    def set_state(self, container_id: str, state: ContainerState) -> None:
+        c = self._get(container_id)
+        c.info = replace(c.info, state=state)
+
+    def names(self, method: str) -> list[tuple]:
+        """The recorded calls of one method."""
+        return [call for call in self.calls if call[0] == method]
+
+    # --- internals ------------------------------------------------------------------------
+    def _call(self, method: str, *args) -> _Fault | None:
+        self.calls.append((method, *args))
+        fault = self._faults.get(method)
+        if fault is None:
+            return None
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                del self._faults[method]
+        if fault.after_bytes:
+            return fault  # raised midway by the stream
+        raise fault.error
+
+    def _get(self, ref: str) -> FakeContainer:
+        for c in self.containers.values():
+            if ref in (c.info.id, c.info.name) or (len(ref) >= 12 and c.info.id.startswith(ref)):
+                return c
+        raise ContainerNotFound(f"inspect container: {ref} not found")
+
+    def _folder(self, container_id: str, path: str) -> Path:
+        c = self._get(container_id)
+        try:
+            return c.folders[path.rstrip("/") or "/"]
+        except KeyError:
+            raise EngineError(f"{path}: no such mount in {c.info.name}") from None
+
+    # --- containers -----------------------------------------------------------------------
+    def ping(self) -> bool:
+        self._call("ping")
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def list_candidates(self, label: str) -> list[ContainerInfo]:
+        self._call("list_candidates", label)
+        return [c.info for c in self.containers.values() if label in c.info.labels]
+
+    def inspect(self, ref: str) -> ContainerInfo:
+        self._call("inspect", ref)
+        return self._get(ref).info
+
+    def find_container(self, ref: str) -> ContainerInfo | None:
+        try:
+            return self.inspect(ref)
+        except ContainerNotFound:
+            return None
+
+    def state(self, container_id: str) -> ContainerState:
+        self._call("state", container_id)
+        return self._get(container_id).info.state
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self._call("stop", container_id, timeout)
+        self.set_state(container_id, ContainerState.EXITED)
+
+    def start(self, container_id: str) -> None:
+        self._call("start", container_id)
+        self.set_state(container_id, ContainerState.RUNNING)
+
+    def pause(self, container_id: str) -> None:
+        self._call("pause", container_id)
+        self.set_state(container_id, ContainerState.PAUSED)
+
+    def unpause(self, container_id: str) -> None:
+        self._call("unpause", container_id)
+        self.set_state(container_id, ContainerState.RUNNING)
+
+    def exec(self, container_id: str, command: str) -> tuple[int, str]:
+        self._call("exec", container_id, command)
+        c = self._get(container_id)
+        if c.info.state is not ContainerState.RUNNING:
+            raise EngineError(f"exec in container {container_id[:12]}: container is not running")
+        return c.exec_results.get(command, (0, ""))
+
+    # --- data -----------------------------------------------------------------------------
+    def read_path(self, container_id: str, path: str) -> Iterator[bytes]:
+        fault = self._call("read_path", container_id, path)
+        folder = self._folder(container_id, path)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(folder, arcname=".")
+        return self._chunks(buf.getvalue(), fault, f"read {path} from {container_id[:12]}")
+
+    def _chunks(self, data: bytes, fault: _Fault | None, what: str) -> Iterator[bytes]:
+        for start in range(0, len(data), CHUNK):
+            if fault is not None and start >= fault.after_bytes:
+                raise fault.error
+            yield data[start:start + CHUNK]
+        self.calls.append(("stream_end", what))
+
+    def put_archive(self, container_id: str, path: str, data: bytes | Iterable[bytes]) -> None:
+        self._call("put_archive", container_id, path)
+        raw = data if isinstance(data, bytes) else b"".join(data)
+        c = self._get(container_id)
+        folder = c.folders.get(path.rstrip("/") or "/")
+        if folder is None:  # e.g. the volume root's own entry, unpacked into the mount's parent
+            return
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            tar.extractall(folder, filter="fully_trusted")
+
+    def path_is_empty(self, container_id: str, path: str) -> bool:
+        self._call("path_is_empty", container_id, path)
+        return not any(self._folder(container_id, path).iterdir())
+
+    def run_helper(self, image: str, volumes_from: str, command: list[str]) -> tuple[int, str]:
+        """Understands the one helper the sidecar runs: emptying a folder ($1 of `sh -c`)."""
+        self._call("run_helper", image, volumes_from, tuple(command))
+        folder = self._folder(volumes_from, command[-1])
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        return 0, ""
+
+    def own_container(self) -> ContainerInfo | None:
+        self._call("own_container")
+        return None
+
+    def events(self, since: float | None = None):
+        self._call("events", since)
+        return iter(list(self.event_queue))
+
+    # --- images ---------------------------------------------------------------------------
+    def add_image(self, reference: str, digests: tuple[str, ...] = (), data: bytes = b"",
+                  image_id: str | None = None) -> ImageInfo:
+        info = ImageInfo(image_id or "sha256:" + f"{len(self.images) + 1:x}".rjust(64, "0"), (reference,), digests)
+        self.images[reference] = (info, data or _one_file_tar("manifest.json", b"[]"))
+        self.images[info.id] = self.images[reference]
+        return info
+
+    def image_info(self, image: str) -> ImageInfo:
+        self._call("image_info", image)
+        if image not in self.images:
+            raise EngineError(f"inspect image {image}: No such image")
+        return self.images[image][0]
+
+    def save_image(self, image: str) -> Iterator[bytes]:
+        fault = self._call("save_image", image)
+        return self._chunks(self.images[image][1], fault, f"save image {image}")
+
+    def load_image(self, data: Iterable[bytes]) -> list[str]:
+        self._call("load_image")
+        self.loaded.append(b"".join(data))
+        return ["Loaded image: fake"]
+
+
+def _one_file_tar(name: str, content: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
