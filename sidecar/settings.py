@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .archive import DecryptionKeys
-from .crypto import EncryptionConfig, load_identities, parse_recipients
 from .config import S3Config
 from .errors import SettingsError
+from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
 from .notify import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule, parse_schedule
