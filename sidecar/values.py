@@ -52,11 +52,11 @@ BOOLEAN: Parser[bool] = Parser(_boolean, " or ".join("/".join(f"`{v}`" for v in 
                                                    for values in (TRUE_VALUES, FALSE_VALUES)))
 
 
-def whole(low: int, high: int, expected: str = "expected a whole number") -> Parser[int]:
-    """A whole number from low to high, digits only (no sign, no fraction)."""
+def whole(low: int, high: int, expected: str = "expected a whole number", digits: int = 9) -> Parser[int]:
+    """A whole number from low to high, at most `digits` digits (no sign, no fraction)."""
     def convert(raw: str) -> int:
         value = raw.strip()
-        if re.fullmatch(r"[0-9]{1,9}", value) and low <= int(value) <= high:
+        if re.fullmatch(f"[0-9]{{1,{digits}}}", value) and low <= int(value) <= high:
             return int(value)
         raise ValueError(f"{expected} from {low} to {high}")
     return Parser(convert, f"whole number, {low} to {high}")
