@@ -26,11 +26,11 @@ from .model import (
     TargetConfig,
     VolumeSpec,
 )
-from .retention import ACCEPTED as ACCEPTED_KEEP
 from .retention import DEFAULT_KEEP, Keep, parse_keep
-from .schedule import ACCEPTED as ACCEPTED_SCHEDULE
-from .schedule import Schedule, parse_schedule
-from .values import FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, truth, whole
+from .schedule import Schedule
+from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, truth, whole
+from .values import KEEP as KEEP_VALUES  # KEEP and SCHEDULE here are label names
+from .values import SCHEDULE as SCHEDULE_VALUES
 
 PREFIX = "backup."
 ENABLE = "backup.enable"
@@ -95,9 +95,9 @@ COMMAND = Parser(_command, "a command")
 
 
 LABELS: tuple[Label, ...] = (
-    Label(ENABLE, None, None, "opt in; `false`/`0`/`no` opt out", accepted="`true`, `1` or `yes` "
-          "(case-insensitive)", shown_default="(required)"),
-    Label(SCHEDULE, Parser(parse_schedule, ACCEPTED_SCHEDULE), None, "when to back up, read in the sidecar's `TZ`",
+    Label(ENABLE, None, None, "opt in (a true value) or out (a false one)",
+          accepted=BOOLEAN.accepted + " (case-insensitive)", shown_default="(required)"),
+    Label(SCHEDULE, SCHEDULE_VALUES, None, "when to back up, read in the sidecar's `TZ`",
           field="schedule", shown_default="`BACKUP_DEFAULT_SCHEDULE`"),
     Label(STRATEGY, member_of(Strategy), Strategy.STOP, "`stop`: stop, read the data, start again before "
           "anything else; `pause`: freeze with pause/unpause; `hot`: no interruption", field="strategy"),
@@ -122,8 +122,8 @@ LABELS: tuple[Label, ...] = (
           "seconds given to a graceful stop before Docker kills the container", field="stop_timeout"),
     Label(IMAGE, member_of(ImagePolicy), ImagePolicy.AUTO, "`auto`: export the container's image when it cannot "
           "be pulled again (built here, never pushed: no repository digest); `always`; `never`", field="image"),
-    Label(KEEP, None, None, "rotation for this container; frequencies not named come from `BACKUP_KEEP`",
-          field="keep", accepted="as `BACKUP_KEEP` (`daily=14,monthly=12`)", shown_default="`BACKUP_KEEP`"),
+    Label(KEEP, None, None, "rotation for this container (`daily=14,monthly=12`); frequencies not named come "
+          "from `BACKUP_KEEP`", field="keep", accepted=KEEP_VALUES.accepted, shown_default="`BACKUP_KEEP`"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -24,11 +24,9 @@ from .config import S3Config
 from .errors import SettingsError
 from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
 from .notify import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
-from .retention import ACCEPTED as ACCEPTED_KEEP
-from .retention import DEFAULT_KEEP, Keep, parse_keep
-from .schedule import ACCEPTED as ACCEPTED_SCHEDULE
-from .schedule import Schedule, parse_schedule
-from .values import BOOLEAN, Parser, one_of, seconds, whole
+from .retention import DEFAULT_KEEP, Keep
+from .schedule import Schedule
+from .values import BOOLEAN, KEEP, SCHEDULE, Parser, one_of, seconds, whole
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -148,10 +146,8 @@ def _notify_urls(raw: str) -> tuple[str, ...]:
 
 TEXT: Parser[str] = Parser(str, "text")
 ABSOLUTE_PATH = Parser(_absolute_path, "an absolute path")
-SCHEDULE = Parser(parse_schedule, ACCEPTED_SCHEDULE)
 TIME_ZONE = Parser(_time_zone, "an IANA time zone name (`Europe/Berlin`)")
 OCTAL_MODE = Parser(_octal_mode, "an octal mode, `0` to `0777`")
-KEEP = Parser(parse_keep, ACCEPTED_KEEP)
 BUCKET = Parser(_bucket, "an S3 bucket name")
 ENDPOINT = Parser(_endpoint, "`http://HOST[:PORT]`, `https://HOST[:PORT]`")
 PREFIX = Parser(lambda raw: raw.strip("/"), "text; `/` around it is dropped")
@@ -191,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKER_HOST", TEXT, None, "the engine to talk to", field="docker_host", file=False,
             shown_default="`/var/run/docker.sock`"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
-            "periods to keep", field="keep"),
+            "periods to keep; frequencies not named keep their default", field="keep"),
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",
             field="prune_dry_run"),
     Setting("BACKUP_KEEP_IMAGES", whole(1, 1000), "3", "image exports kept per image", field="images_keep"),

@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
+from .retention import MAX_KEEP, parse_keep
+from .schedule import ALIASES, parse_schedule
+
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
 
@@ -98,3 +101,8 @@ def member_of(kind: type[E]) -> Parser[E]:
 def comma_list(raw: str) -> tuple[str, ...]:
     """The non-empty, stripped entries of a comma list."""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+SCHEDULE = Parser(parse_schedule, "5-field cron (`0 3 * * *`), the same with a 6th *seconds* field last "
+                  "(`* * * * * */30`, croniter's convention), or " + ", ".join(f"`{a}`" for a in ALIASES))
+KEEP = Parser(parse_keep, f"comma list of `hourly=N`, `daily=N`, `weekly=N`, `monthly=N` (N from 0 to {MAX_KEEP})")
