@@ -130,10 +130,7 @@ def _passphrase(raw: str) -> str:
 
 
 def _identities(raw: str) -> tuple:
-    try:
-        return tuple(load_identities(Path(raw)))
-    except OSError as exc:
-        raise ValueError(f"{raw}: cannot read the identity file ({exc.strerror or exc})") from None
+    return tuple(load_identities(Path(raw)))  # its ValueError names the file and line, never a key
 
 
 def _recipients(raw: str) -> tuple[str, ...] | None:
@@ -236,7 +233,6 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="all interfaces"),
 )
 
-SETTING = {setting.name: setting for setting in SETTINGS}
 _NEEDS_BUCKET = ("S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS")  # set alone: surely a mistake
 
 
@@ -314,16 +310,15 @@ def _s3(env: Mapping[str, str], values: Mapping[str, Any], given: set[str], prob
     if (key_id is None) != (secret is None):
         problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (or their _FILE forms), or neither "
                         "to use boto3's credential chain")
-        key_id = secret = None
     if problems:  # no Settings will be built: a store from half-valid values is not needed
         return None
     return S3Config(
         bucket=values["S3_BUCKET"],
-        prefix=values["S3_PREFIX"] or "",
+        prefix=values["S3_PREFIX"],
         endpoint_url=values["S3_ENDPOINT_URL"],
         region=values["S3_REGION"] or env.get("AWS_DEFAULT_REGION") or None,  # boto3's own name for it
         storage_class=values["S3_STORAGE_CLASS"],
-        path_style=bool(values["S3_PATH_STYLE"]),
+        path_style=values["S3_PATH_STYLE"],
         part_size=values["S3_PART_SIZE_MB"] * 1024 * 1024,
         attempts=values["S3_ATTEMPTS"],
         access_key_id=key_id,
