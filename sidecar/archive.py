@@ -15,7 +15,7 @@ import os
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -24,6 +24,7 @@ import zstandard
 from . import crypto
 from .errors import ArchiveError, BackupAborted, ChecksumMismatch, EncryptionError, UnsafeArchive
 from .fsutil import fsync_dir
+from .keys import DecryptionKeys
 from .model import Compression
 from .naming import CHECKSUM_SUFFIX, ENCRYPTED_SUFFIX, PARTIAL_SUFFIX
 from .streams import IterReader
@@ -41,14 +42,6 @@ class ArchiveResult:
     size: int  # bytes on disk
     raw_bytes: int  # bytes of tar read from the engine
     sha256: str
-
-
-@dataclass(frozen=True)
-class DecryptionKeys:
-    """What opens encrypted archives: age identities, or the passphrase."""
-
-    identities: tuple = ()
-    passphrase: str | None = field(default=None, repr=False)
 
 
 def is_encrypted(path: Path) -> bool:

@@ -1,5 +1,11 @@
 """Container labels -> validated Target. Pure: no Docker, no I/O.
 
+`LABELS` holds one `Label` row per `backup.*` label: its parser, default, help and the
+TargetConfig field it fills. The table drives `parse_target`, `KNOWN_LABELS`, the error
+messages and the README's labels table (`python -m sidecar.doctables`); the labels that
+need the container or another label (enable, volumes, keep) are read by the small rules
+after it. To add a label: add a row (and its TargetConfig field).
+
 Every problem found on one container is collected and reported together, each naming
 the label, the value and what is accepted; the caller skips that container only.
 """
@@ -7,8 +13,8 @@ the label, the value and what is accepted; the caller skips that container only.
 from __future__ import annotations
 
 import re
-import enum
-from typing import Mapping, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from .errors import LabelError
 from .model import (
@@ -21,9 +27,10 @@ from .model import (
     VolumeSpec,
 )
 from .retention import DEFAULT_KEEP, Keep, parse_keep
-from .schedule import Schedule, parse_schedule
-
-E = TypeVar("E", bound=enum.Enum)
+from .schedule import Schedule
+from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, truth, whole
+from .values import KEEP as KEEP_VALUES  # KEEP and SCHEDULE here are label names
+from .values import SCHEDULE as SCHEDULE_VALUES
 
 PREFIX = "backup."
 ENABLE = "backup.enable"
@@ -39,14 +46,6 @@ STOP_TIMEOUT = "backup.stop-timeout"
 IMAGE = "backup.image"
 KEEP = "backup.keep"
 
-KNOWN_LABELS = (
-    ENABLE, SCHEDULE, STRATEGY, VOLUMES, EXCLUDE, NAME, COMPRESSION, EXEC_PRE, EXEC_POST, STOP_TIMEOUT, IMAGE,
-    KEEP,
-)
-
-TRUE_VALUES = ("true", "1", "yes")
-FALSE_VALUES = ("false", "0", "no")
-
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
 
@@ -54,19 +53,86 @@ MAX_STOP_TIMEOUT = 3600
 # the right (see naming.py), "/" and leading dots are not.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9.-]+")
+_ACCEPTED_ENABLE = ("accepted: " + "/".join(TRUE_VALUES) + " to enable, " + "/".join(FALSE_VALUES)
+                    + " to disable (case-insensitive)")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One backup.* label: how it is read, checked and documented."""
+
+    name: str
+    parse: Parser | None  # its ValueError says what is accepted; None: read by a rule below
+    default: Any  # the value when the label is absent (rules and the caller may supply it instead)
+    help: str  # Markdown, for the README
+    field: str | None = None  # the TargetConfig attribute it fills
+    accepted: str | None = None  # the README's accepted values when a rule reads the label
+    shown_default: str | None = None  # the README's default when it is no literal value
+
+
+def _name(raw: str) -> str:
+    name = raw.strip()
+    if not _NAME_RE.match(name):
+        raise ValueError("accepted: 1-100 characters of letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit")
+    return name
+
+
+def _command(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("accepted: a non-empty command")
+    return raw.strip()
+
+
+def _volume_list(raw: str) -> tuple[str, ...]:
+    wanted = comma_list(raw)
+    if not wanted:
+        raise ValueError("accepted: a comma list of volume names or mount destinations")
+    return wanted
+
+
+COMMAND = Parser(_command, "a command")
+
+
+LABELS: tuple[Label, ...] = (
+    Label(ENABLE, None, None, "opt in (a true value) or out (a false one)",
+          accepted=BOOLEAN.accepted + " (case-insensitive)", shown_default="(required)"),
+    Label(SCHEDULE, SCHEDULE_VALUES, None, "when to back up, read in the sidecar's `TZ`",
+          field="schedule", shown_default="`BACKUP_DEFAULT_SCHEDULE`"),
+    Label(STRATEGY, member_of(Strategy), Strategy.STOP, "`stop`: stop, read the data, start again before "
+          "anything else; `pause`: freeze with pause/unpause; `hot`: no interruption", field="strategy"),
+    Label(VOLUMES, Parser(_volume_list, "comma list"), None, "named volumes (with or without the Compose project "
+          "prefix) or mount destinations to include; bind mounts are included only when listed here",
+          field="volumes", shown_default="every named volume mounted"),
+    Label(EXCLUDE, Parser(comma_list, "comma list of glob patterns"), (), "left out of archives, matched against "
+          "the path relative to the volume, the base name, and each parent folder (`cache` drops `cache/` and "
+          "everything in it)", field="exclude"),
+    Label(NAME, Parser(_name, "1-100 letters, digits, `.`, `_`, `-`; a letter or digit first"), None,
+          "the `{service}` part of archive names, and the NAME the CLI accepts", field="name",
+          shown_default="Compose service label, else container name"),
+    Label(COMPRESSION, member_of(Compression), Compression.ZSTD, "how archives are compressed",
+          field="compression"),
+    Label(EXEC_PRE, COMMAND, None, "run inside the container (through `sh -c` when the image has a shell, else "
+          "split like a shell and run directly) before the archive, e.g. an SQLite `.backup` or the Prometheus "
+          "snapshot API. A non-zero exit aborts that target's backup, reported as a failure, and nothing is "
+          "stopped", field="exec_pre"),
+    Label(EXEC_POST, COMMAND, None, "run inside the container after the archive (after the restart for `stop`). "
+          "A failure is reported; the archives are kept", field="exec_post"),
+    Label(STOP_TIMEOUT, whole(0, MAX_STOP_TIMEOUT, "accepted: whole seconds", digits=5), DEFAULT_STOP_TIMEOUT,
+          "seconds given to a graceful stop before Docker kills the container", field="stop_timeout"),
+    Label(IMAGE, member_of(ImagePolicy), ImagePolicy.AUTO, "`auto`: export the container's image when it cannot "
+          "be pulled again (built here, never pushed: no repository digest); `always`; `never`", field="image"),
+    Label(KEEP, None, None, "rotation for this container (`daily=14,monthly=12`); frequencies not named come "
+          "from `BACKUP_KEEP`", field="keep", accepted=KEEP_VALUES.accepted, shown_default="`BACKUP_KEEP`"),
+)
+
+KNOWN_LABELS = tuple(label.name for label in LABELS)
 
 
 def enable_value(labels: Mapping[str, str]) -> bool | None:
     """True/False for a recognised backup.enable value, None when absent or unrecognised."""
     raw = labels.get(ENABLE)
-    if raw is None:
-        return None
-    value = raw.strip().lower()
-    if value in TRUE_VALUES:
-        return True
-    if value in FALSE_VALUES:
-        return False
-    return None
+    return None if raw is None else truth(raw)
 
 
 def is_candidate(labels: Mapping[str, str]) -> bool:
@@ -78,29 +144,36 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
     """Validate a labelled container's backup.* labels; raises LabelError listing every problem."""
     labels = container.labels
     problems: list[str] = []
+    failed: set[str] = set()
 
     def bad(label: str, value: str, accepted: str) -> None:
+        failed.add(label)
         problems.append(f"label {label}={value!r} is invalid: {accepted}")
 
     for key in sorted(labels):
         if key.startswith(PREFIX) and key not in KNOWN_LABELS:
             bad(key, labels[key], "unknown label; accepted labels are " + ", ".join(KNOWN_LABELS))
-
     if enable_value(labels) is not True:
-        bad(ENABLE, labels.get(ENABLE, ""), "accepted: " + "/".join(TRUE_VALUES) + " to enable, "
-            + "/".join(FALSE_VALUES) + " to disable (case-insensitive)")
+        bad(ENABLE, labels.get(ENABLE, ""), _ACCEPTED_ENABLE)
 
-    schedule = default_schedule
-    if SCHEDULE in labels:
-        try:
-            schedule = parse_schedule(labels[SCHEDULE])
-        except ValueError as exc:
-            bad(SCHEDULE, labels[SCHEDULE], str(exc))
+    values = {label.field: label.default for label in LABELS if label.field is not None}
+    values.update(schedule=default_schedule, name=default_name(container))
+    for label in LABELS:
+        if label.parse is not None and label.name in labels:
+            try:
+                values[label.field] = label.parse(labels[label.name])
+            except ValueError as exc:
+                bad(label.name, labels[label.name], str(exc))
+    values["keep"] = _keep(labels, values["schedule"], default_keep, bad)
+    volumes = _volumes(container, values["volumes"], VOLUMES in failed, bad, problems)
 
-    strategy = _choice(labels, STRATEGY, Strategy.STOP, bad)
-    compression = _choice(labels, COMPRESSION, Compression.ZSTD, bad)
-    image = _choice(labels, IMAGE, ImagePolicy.AUTO, bad)
+    if problems:
+        raise LabelError(container.name, problems)
+    return Target(container=container, config=TargetConfig(**values), volumes=volumes)
 
+
+def _keep(labels: Mapping[str, str], schedule: Schedule, default_keep: Keep, bad: Callable) -> Keep:
+    """backup.keep over the sidecar's BACKUP_KEEP; it must keep something of the schedule's frequency."""
     keep = default_keep
     if KEEP in labels:
         try:
@@ -110,55 +183,22 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
     if not keep.retains(schedule.frequency):
         bad(KEEP, labels.get(KEEP, str(keep)), f"keeps no archive of this {schedule.frequency} schedule; "
             "accepted: at least 1 for its frequency or a higher one")
+    return keep
 
-    stop_timeout = DEFAULT_STOP_TIMEOUT
-    if STOP_TIMEOUT in labels:
-        raw = labels[STOP_TIMEOUT].strip()
-        if re.fullmatch(r"[0-9]{1,5}", raw) and int(raw) <= MAX_STOP_TIMEOUT:
-            stop_timeout = int(raw)
-        else:
-            bad(STOP_TIMEOUT, labels[STOP_TIMEOUT], f"accepted: whole seconds from 0 to {MAX_STOP_TIMEOUT}")
 
-    name = default_name(container)
-    if NAME in labels:
-        name = labels[NAME].strip()
-        if not _NAME_RE.match(name):
-            bad(NAME, labels[NAME], "accepted: 1-100 characters of letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit")
-
-    exec_pre = _command(labels, EXEC_PRE, bad)
-    exec_post = _command(labels, EXEC_POST, bad)
-    exclude = _list(labels.get(EXCLUDE, ""))
-    wanted = _list(labels[VOLUMES]) if VOLUMES in labels else None
-    if wanted is not None and not wanted:
-        bad(VOLUMES, labels[VOLUMES], "accepted: a comma list of volume names or mount destinations")
-
-    volumes: tuple[VolumeSpec, ...] = ()
+def _volumes(container: ContainerInfo, wanted: tuple[str, ...] | None, label_failed: bool, bad: Callable,
+             problems: list[str]) -> tuple[VolumeSpec, ...]:
+    """The mounts backup.volumes names (every named volume without it)."""
+    if label_failed:  # already reported; an empty list selects nothing
+        return ()
     try:
-        volumes = select_volumes(container, wanted)
+        return select_volumes(container, wanted)
     except ValueError as exc:
-        if VOLUMES in labels:
-            bad(VOLUMES, labels[VOLUMES], str(exc))
+        if VOLUMES in container.labels:
+            bad(VOLUMES, container.labels[VOLUMES], str(exc))
         else:
             problems.append(f"nothing to back up: {exc} with label {VOLUMES}")
-
-    if problems:
-        raise LabelError(container.name, problems)
-
-    config = TargetConfig(
-        name=name,
-        schedule=schedule,
-        strategy=strategy,
-        volumes=wanted,
-        exclude=exclude,
-        compression=compression,
-        exec_pre=exec_pre,
-        exec_post=exec_post,
-        stop_timeout=stop_timeout,
-        image=image,
-        keep=keep,
-    )
-    return Target(container=container, config=config, volumes=volumes)
+        return ()
 
 
 def intended_name(container: ContainerInfo) -> str:
@@ -241,29 +281,3 @@ def _available(container: ContainerInfo) -> str:
         f"{m.source}:{m.destination}" if m.kind == "volume" else f"bind {m.destination}" for m in container.mounts
     )
     return f"; accepted: one of {listed}"
-
-
-def _choice(labels: Mapping[str, str], key: str, default: E, bad) -> E:
-    """The enum member a label names (case-insensitive), or the default."""
-    if key not in labels:
-        return default
-    kind = type(default)
-    try:
-        return kind(labels[key].strip().lower())
-    except ValueError:
-        bad(key, labels[key], "accepted: " + ", ".join(member.value for member in kind))
-        return default
-
-
-def _command(labels: Mapping[str, str], key: str, bad) -> str | None:
-    if key not in labels:
-        return None
-    value = labels[key].strip()
-    if not value:
-        bad(key, labels[key], "accepted: a non-empty command")
-        return None
-    return value
-
-
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())

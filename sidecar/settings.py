@@ -1,7 +1,15 @@
-"""Environment settings, validated all at once at start-up.
+"""Environment settings, one declarative table, validated all at once at start-up.
+
+`SETTINGS` holds one `Setting` row per environment variable: its parser (with its
+bounds), default, whether `NAME_FILE` is accepted (Docker secrets), whether it is a
+secret, and its help text. The table drives the parsing, the defaults, the error
+messages and the README's settings table (`python -m sidecar.doctables`). Values that
+span several settings (the S3 store, encryption, notifications) are put together by the
+small rules after the table. To add a setting: add a row (and a `Settings` field when it
+fills one directly).
 
 `load_settings` takes the environment as a mapping so tests never touch os.environ;
-only the CLI passes the real one. Secrets may come from NAME_FILE (Docker secrets).
+only the CLI passes the real one.
 """
 
 from __future__ import annotations
@@ -9,16 +17,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .archive import DecryptionKeys
-from .crypto import EncryptionConfig, load_identities, parse_recipients
 from .config import S3Config
 from .errors import SettingsError
+from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
-from .retention import DEFAULT_KEEP, Keep, parse_keep
-from .schedule import Schedule, parse_schedule
+from .retention import DEFAULT_KEEP, Keep
+from .schedule import Schedule
+from .values import BOOLEAN, KEEP, SCHEDULE, Parser, one_of, seconds, whole
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -55,6 +63,179 @@ class Settings:
         return self.backup_dir / ".sidecar"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how it is read, checked and documented."""
+
+    name: str
+    parse: Parser  # its ValueError says what is accepted
+    default: str | None  # parsed like a set value; None: unset (the value is None)
+    help: str  # Markdown, for the README
+    field: str | None = None  # the Settings attribute it fills; None: a rule below uses it
+    file: bool = True  # NAME_FILE (a file holding the value) is accepted
+    # Never echoed in a message, and taken as written (no stripping; empty is not unset).
+    secret: bool = False
+    needs: str | None = None  # read only when this other setting is set
+    shown_default: str | None = None  # the README's default when it is no literal value
+
+
+# --- parsers of this table (shared ones are in values.py) ---------------------------------
+
+def _absolute_path(raw: str) -> Path:
+    if not Path(raw).is_absolute():
+        raise ValueError("expected an absolute path")
+    return Path(raw)
+
+
+def _time_zone(raw: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(raw.lstrip(":"))
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: TZ names a folder of the zone database
+        raise ValueError("expected an IANA time zone such as UTC or Europe/Berlin") from None
+
+
+def _octal_mode(raw: str) -> int:
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ValueError("expected an octal mode such as 0600 or 0640")
+    return mode
+
+
+def _bucket(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", raw):
+        raise ValueError("expected an S3 bucket name (3-63 lower-case letters, digits, '.' and '-')")
+    return raw
+
+
+def _endpoint(raw: str) -> str:
+    if not re.match(r"https?://[^/\s]+", raw):
+        raise ValueError("expected http://HOST[:PORT] or https://HOST[:PORT]")
+    return raw
+
+
+def _checksum(raw: str) -> str | None:
+    value = raw.upper()
+    if value not in ("SHA256", "NONE"):
+        raise ValueError("accepted: SHA256, none (for a store that refuses checksum headers)")
+    return None if value == "NONE" else value
+
+
+def _passphrase(raw: str) -> str:
+    if raw == "":
+        raise ValueError("it is empty; expected a passphrase (or unset it)")
+    return raw
+
+
+def _identities(raw: str) -> tuple:
+    return tuple(load_identities(Path(raw)))  # its ValueError names the file and line, never a key
+
+
+def _recipients(raw: str) -> tuple[str, ...] | None:
+    return parse_recipients(raw) if raw.strip() else None
+
+
+def _notify_urls(raw: str) -> tuple[str, ...]:
+    return parse_notify_urls(raw) if raw.strip() else ()
+
+
+TEXT: Parser[str] = Parser(str, "text")
+ABSOLUTE_PATH = Parser(_absolute_path, "an absolute path")
+TIME_ZONE = Parser(_time_zone, "an IANA time zone name (`Europe/Berlin`)")
+OCTAL_MODE = Parser(_octal_mode, "an octal mode, `0` to `0777`")
+BUCKET = Parser(_bucket, "an S3 bucket name")
+ENDPOINT = Parser(_endpoint, "`http://HOST[:PORT]`, `https://HOST[:PORT]`")
+PREFIX = Parser(lambda raw: raw.strip("/"), "text; `/` around it is dropped")
+CHECKSUM = Parser(_checksum, "`SHA256`, `none`")
+RECIPIENTS = Parser(_recipients, "age public keys (`age1...`, `ssh-ed25519 ...`), comma or line separated")
+PASSPHRASE = Parser(_passphrase, "a non-empty passphrase")
+IDENTITIES = Parser(_identities, "an age identity file (`AGE-SECRET-KEY-1...` lines) or an unencrypted OpenSSH "
+                    "private key")
+NOTIFY_URLS = Parser(_notify_urls, "apprise URLs, comma or line separated")
+NOTIFY_ON = Parser(parse_notify_on, ", ".join(f"`{on.value}`" for on in NotifyOn))
+SECRET_TEXT = Parser(lambda raw: raw or None, "text")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BACKUP_DIR", ABSOLUTE_PATH, "/backups", "where archives are written (mount the backup volume or a "
+            "host folder here)", field="backup_dir"),
+    Setting("BACKUP_DEFAULT_SCHEDULE", SCHEDULE, "@daily", "schedule for targets without `backup.schedule`",
+            field="default_schedule"),
+    Setting("TZ", TIME_ZONE, "UTC", "time zone of schedules and archive dates", field="tz"),
+    Setting("BACKUP_CONCURRENCY", whole(1, 64), "1", "how many targets are backed up at the same time",
+            field="concurrency"),
+    Setting("BACKUP_FILE_MODE", OCTAL_MODE, "0600", "mode of archive and checksum files", field="file_mode"),
+    Setting("BACKUP_PROJECT", TEXT, None, "only containers of this Compose project (`com.docker.compose.project` "
+            "label); for one sidecar per stack on a shared engine", field="project", file=False,
+            shown_default="all projects"),
+    Setting("BACKUP_HELPER_IMAGE", TEXT, None, "image with `sh` and `rm` used to empty a volume for "
+            "`restore --force`", field="helper_image", file=False,
+            shown_default="the sidecar's own image, else the target's"),
+    Setting("BACKUP_SHUTDOWN_GRACE", seconds(0, 3600), "5", "seconds a running backup may still finish after "
+            "SIGTERM before it is aborted (its containers are put back either way)", field="shutdown_grace"),
+    Setting("BACKUP_PROGRESS_INTERVAL", seconds(0.1, 600), "10", "seconds between progress log lines of a long "
+            "backup", field="progress_interval"),
+    Setting("LOG_FORMAT", one_of(LOG_FORMATS), "json", "`json`: one JSON object per line; `text`: for people",
+            field="log_format"),
+    Setting("LOG_LEVEL", one_of(LOG_LEVELS, fold=str.upper), "INFO", "the least severe level logged",
+            field="log_level"),
+    Setting("DOCKER_HOST", TEXT, None, "the engine to talk to", field="docker_host", file=False,
+            shown_default="`/var/run/docker.sock`"),
+    Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
+            "periods to keep; frequencies not named keep their default", field="keep"),
+    Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",
+            field="prune_dry_run"),
+    Setting("BACKUP_KEEP_IMAGES", whole(1, 1000), "3", "image exports kept per image", field="images_keep"),
+    Setting("S3_BUCKET", BUCKET, None, "the off-site bucket; unset: no off-site copy", shown_default="unset"),
+    Setting("S3_PREFIX", PREFIX, "", "key prefix inside the bucket (`{prefix}/daily/...`)", needs="S3_BUCKET",
+            shown_default="none"),
+    Setting("S3_ENDPOINT_URL", ENDPOINT, None, "for S3-compatible stores (MinIO, Backblaze B2, Wasabi, "
+            "Cloudflare R2, SeaweedFS)", needs="S3_BUCKET", shown_default="AWS"),
+    Setting("S3_REGION", TEXT, None, "the bucket's region (`AWS_DEFAULT_REGION` also works)", needs="S3_BUCKET",
+            shown_default="boto3's default"),
+    Setting("S3_STORAGE_CLASS", TEXT, None, "e.g. `STANDARD_IA`, `GLACIER_IR`", needs="S3_BUCKET",
+            shown_default="the bucket's default"),
+    Setting("S3_PATH_STYLE", BOOLEAN, "false", "`true` for `http://host/bucket/key` addressing (MinIO, "
+            "SeaweedFS)", needs="S3_BUCKET"),
+    Setting("S3_PART_SIZE_MB", whole(5, 5120), "64", "multipart part size in MiB; memory stays about 2 parts "
+            "whatever the archive size", needs="S3_BUCKET"),
+    Setting("S3_ATTEMPTS", whole(1, 20), "5", "tries per S3 request (botocore's standard retry mode: capped exponential backoff with jitter)",
+            needs="S3_BUCKET"),
+    Setting("S3_CHECKSUM", CHECKSUM, "SHA256", "`SHA256`: the store verifies every upload; `none` for a store "
+            "that refuses checksum headers", needs="S3_BUCKET"),
+    Setting("S3_SYNC_INTERVAL", seconds(1, 86400), "300", "seconds between the daemon's sync cycles (uploads "
+            "what is missing off site)", field="sync_interval"),
+    Setting("AWS_ACCESS_KEY_ID", SECRET_TEXT, None, "S3 access key; unset (with the secret): boto3's chain "
+            "(profiles, instance roles)", secret=True, needs="S3_BUCKET", shown_default="unset"),
+    Setting("AWS_SECRET_ACCESS_KEY", SECRET_TEXT, None, "S3 secret key, best as `AWS_SECRET_ACCESS_KEY_FILE`",
+            secret=True, needs="S3_BUCKET", shown_default="unset"),
+    # Public keys, but never echoed: a secret key pasted here by mistake must not reach a log.
+    Setting("BACKUP_AGE_RECIPIENTS", RECIPIENTS, None, "archives are encrypted to these keys while written",
+            secret=True, shown_default="unset"),
+    Setting("BACKUP_AGE_PASSPHRASE", PASSPHRASE, None, "or a passphrase (scrypt), best as "
+            "`BACKUP_AGE_PASSPHRASE_FILE`", secret=True, shown_default="unset"),
+    Setting("BACKUP_AGE_IDENTITY_FILE", IDENTITIES, None, "path of the age identity file `restore` decrypts with",
+            file=False, shown_default="unset"),
+    Setting("BACKUP_ENCRYPT_LOCAL", BOOLEAN, "true", "`true`: archives on the backup volume are encrypted too; "
+            "`false`: only the off-site copy is", field="encrypt_local"),
+    Setting("NOTIFY_URLS", NOTIFY_URLS, None, "where failures are reported: [apprise](https://github.com/"
+            "caronc/apprise/wiki) URLs (`mailto://`, `slack://`, `discord://`, `tgram://`, `ntfy://`, "
+            "`gotify://`, `json://` webhooks and dozens more); best as `NOTIFY_URLS_FILE` since they carry "
+            "tokens", secret=True, shown_default="unset"),
+    Setting("NOTIFY_ON", NOTIFY_ON, "failure", "`failure`: failures and the recovery after them; `always`: "
+            "every run"),
+    Setting("NOTIFY_TIMEOUT", seconds(1, 300), "10", "seconds one notification may take"),
+    Setting("METRICS_PORT", whole(0, 65535), "9918", "Prometheus endpoint (`/metrics`, `/healthz`); `0` turns "
+            "it off", field="metrics_port"),
+    Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on", field="metrics_addr",
+            shown_default="all interfaces"),
+)
+
+_NEEDS_BUCKET = ("S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS")  # set alone: surely a mistake
+
+
 def read_value(env: Mapping[str, str], name: str, problems: list[str]) -> str | None:
     """NAME, or the contents of the file NAME_FILE names (trailing newline dropped)."""
     file_name = env.get(f"{name}_FILE")
@@ -71,172 +252,86 @@ def read_value(env: Mapping[str, str], name: str, problems: list[str]) -> str | 
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
+    """The Settings in `env`; raises SettingsError listing every problem found."""
     problems: list[str] = []
-
-    def get(name: str, default: str) -> str:
-        value = read_value(env, name, problems)
-        return default if value is None or value.strip() == "" else value.strip()
-
-    raw_dir = get("BACKUP_DIR", "/backups")
-    backup_dir = Path(raw_dir)
-    if not backup_dir.is_absolute():
-        problems.append(f"BACKUP_DIR={raw_dir!r} is invalid: expected an absolute path")
-
-    raw_schedule = get("BACKUP_DEFAULT_SCHEDULE", "@daily")
-    default_schedule = parse_schedule("@daily")
-    try:
-        default_schedule = parse_schedule(raw_schedule)
-    except ValueError as exc:
-        problems.append(f"BACKUP_DEFAULT_SCHEDULE={raw_schedule!r} is invalid: {exc}")
-
-    raw_tz = get("TZ", "UTC")
-    tz = ZoneInfo("UTC")
-    try:
-        tz = ZoneInfo(raw_tz.lstrip(":"))
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: TZ names a folder of the zone database
-        problems.append(f"TZ={raw_tz!r} is invalid: expected an IANA time zone such as UTC or Europe/Berlin")
-
-    concurrency = _int(get("BACKUP_CONCURRENCY", "1"), "BACKUP_CONCURRENCY", 1, 64, problems)
-    file_mode = 0o600
-    raw_mode = get("BACKUP_FILE_MODE", "0600")
-    try:
-        file_mode = int(raw_mode, 8)
-        if not 0 <= file_mode <= 0o777:
-            raise ValueError
-    except ValueError:
-        problems.append(f"BACKUP_FILE_MODE={raw_mode!r} is invalid: expected an octal mode such as 0600 or 0640")
-
-    raw_format = get("LOG_FORMAT", "json")
-    log_format = raw_format.lower()
-    if log_format not in LOG_FORMATS:
-        problems.append(f"LOG_FORMAT={raw_format!r} is invalid: accepted: {', '.join(LOG_FORMATS)}")
-    raw_level = get("LOG_LEVEL", "INFO")
-    log_level = raw_level.upper()
-    if log_level not in LOG_LEVELS:
-        problems.append(f"LOG_LEVEL={raw_level!r} is invalid: accepted: {', '.join(LOG_LEVELS)}")
-
-    shutdown_grace = _float(get("BACKUP_SHUTDOWN_GRACE", "5"), "BACKUP_SHUTDOWN_GRACE", 0, 3600, problems)
-    progress_interval = _float(get("BACKUP_PROGRESS_INTERVAL", "10"), "BACKUP_PROGRESS_INTERVAL", 0.1, 600, problems)
-
-    raw_keep = get("BACKUP_KEEP", str(DEFAULT_KEEP))
-    keep = DEFAULT_KEEP
-    try:
-        keep = parse_keep(raw_keep)
-    except ValueError as exc:
-        problems.append(f"BACKUP_KEEP={raw_keep!r} is invalid: {exc}")
-    prune_dry_run = _bool(get("BACKUP_PRUNE_DRY_RUN", "false"), "BACKUP_PRUNE_DRY_RUN", problems)
-
-    encryption, encrypt_local, decryption = _encryption(env, get, problems)
-    s3 = _s3(env, get, problems)
-    sync_interval = _float(get("S3_SYNC_INTERVAL", "300"), "S3_SYNC_INTERVAL", 1, 86400, problems)
-    images_keep = _int(get("BACKUP_KEEP_IMAGES", "3"), "BACKUP_KEEP_IMAGES", 1, 1000, problems)
-    notify = _notify(env, get, problems)
-    metrics_port = _int(get("METRICS_PORT", "9918"), "METRICS_PORT", 0, 65535, problems)
-    metrics_addr = get("METRICS_ADDR", "0.0.0.0")
-
+    values, given = read_table(env, problems)
+    fields = {s.field: values[s.name] for s in SETTINGS if s.field is not None}
+    fields["s3"] = _s3(env, values, given, problems)
+    fields["encryption"], fields["decryption"] = _encryption(values, problems)
+    fields["notify"] = _notify(values, problems)
     if problems:
         raise SettingsError(problems)
-    return Settings(
-        backup_dir=backup_dir,
-        default_schedule=default_schedule,
-        tz=tz,
-        concurrency=concurrency,
-        file_mode=file_mode,
-        log_format=log_format,
-        log_level=log_level,
-        docker_host=env.get("DOCKER_HOST") or None,
-        helper_image=env.get("BACKUP_HELPER_IMAGE") or None,
-        project=(env.get("BACKUP_PROJECT") or "").strip() or None,
-        keep=keep,
-        prune_dry_run=prune_dry_run,
-        encryption=encryption,
-        encrypt_local=encrypt_local,
-        decryption=decryption,
-        s3=s3,
-        sync_interval=sync_interval,
-        images_keep=images_keep,
-        notify=notify,
-        metrics_port=metrics_port,
-        metrics_addr=metrics_addr,
-        shutdown_grace=shutdown_grace,
-        progress_interval=progress_interval,
-    )
+    return Settings(**fields)
 
 
-def _notify(env: Mapping[str, str], get, problems: list[str]) -> NotifyConfig | None:
-    """NOTIFY_URLS (or _FILE), NOTIFY_ON, NOTIFY_TIMEOUT. URLs carry tokens: never quoted."""
-    raw = read_value(env, "NOTIFY_URLS", problems) or ""
-    urls: tuple[str, ...] = ()
-    if raw.strip():
+def read_table(env: Mapping[str, str], problems: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """Every row's value (parsed, or its default) and the names that were set. A bad value
+    is reported in `problems` and read as None; a row whose `needs` is not set is not read."""
+    values: dict[str, Any] = {}
+    given: set[str] = set()
+    for setting in SETTINGS:
+        values[setting.name] = None
+        if setting.needs is not None and setting.needs not in given:
+            continue
+        raw = _raw(env, setting, problems)
+        if raw is not None:
+            given.add(setting.name)
+        elif setting.default is None:
+            continue
+        else:
+            raw = setting.default
         try:
-            urls = parse_notify_urls(raw)
+            values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            problems.append(f"NOTIFY_URLS is invalid: {exc}")
-    raw_on = get("NOTIFY_ON", "failure")
-    on = NotifyOn.FAILURE
-    try:
-        on = parse_notify_on(raw_on)
-    except ValueError as exc:
-        problems.append(f"NOTIFY_ON={raw_on!r} is invalid: {exc}")
-    timeout = _float(get("NOTIFY_TIMEOUT", "10"), "NOTIFY_TIMEOUT", 1, 300, problems)
-    return NotifyConfig(urls, on, timeout) if urls else None
+            shown = setting.name if setting.secret else f"{setting.name}={raw!r}"
+            problems.append(f"{shown} is invalid: {exc}")
+    return values, given
 
 
-def _s3(env: Mapping[str, str], get, problems: list[str]) -> S3Config | None:
+def _raw(env: Mapping[str, str], setting: Setting, problems: list[str]) -> str | None:
+    """The value as set, None when unset; a non-secret's blanks are dropped and blank means unset."""
+    raw = read_value(env, setting.name, problems) if setting.file else env.get(setting.name)
+    if raw is None or setting.secret:
+        return raw
+    return raw.strip() or None
+
+
+# --- rules across settings ----------------------------------------------------------------
+
+def _s3(env: Mapping[str, str], values: Mapping[str, Any], given: set[str], problems: list[str]) -> S3Config | None:
     """S3_* settings; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or their
-    _FILE forms), else boto3's own chain. Secrets are never quoted in a message."""
-    bucket = get("S3_BUCKET", "")
-    if not bucket:
-        for name in ("S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS"):
+    _FILE forms), else boto3's own chain."""
+    if "S3_BUCKET" not in given:
+        for name in _NEEDS_BUCKET:
             if env.get(name):
                 problems.append(f"{name} is set but S3_BUCKET is not: set S3_BUCKET to enable off-site copies")
         return None
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-        problems.append(f"S3_BUCKET={bucket!r} is invalid: expected an S3 bucket name (3-63 lower-case letters, "
-                        "digits, '.' and '-')")
-    endpoint = get("S3_ENDPOINT_URL", "") or None
-    if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
-        problems.append(f"S3_ENDPOINT_URL={endpoint!r} is invalid: expected http://HOST[:PORT] or https://HOST[:PORT]")
-    part_mib = _int(get("S3_PART_SIZE_MB", "64"), "S3_PART_SIZE_MB", 5, 5120, problems)
-    attempts = _int(get("S3_ATTEMPTS", "5"), "S3_ATTEMPTS", 1, 20, problems)
-    checksum = get("S3_CHECKSUM", "SHA256").upper()
-    if checksum not in ("SHA256", "NONE"):
-        problems.append(f"S3_CHECKSUM={checksum!r} is invalid: accepted: SHA256, none (for a store that refuses "
-                        "checksum headers)")
-    key_id = read_value(env, "AWS_ACCESS_KEY_ID", problems) or None
-    secret = read_value(env, "AWS_SECRET_ACCESS_KEY", problems) or None
+    key_id, secret = values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
     if (key_id is None) != (secret is None):
         problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both (or their _FILE forms), or neither "
                         "to use boto3's credential chain")
-        key_id = secret = None
+    if problems:  # no Settings will be built: a store from half-valid values is not needed
+        return None
     return S3Config(
-        bucket=bucket,
-        prefix=get("S3_PREFIX", "").strip("/"),
-        endpoint_url=endpoint,
-        region=get("S3_REGION", "") or env.get("AWS_DEFAULT_REGION") or None,
-        storage_class=get("S3_STORAGE_CLASS", "") or None,
-        path_style=_bool(get("S3_PATH_STYLE", "false"), "S3_PATH_STYLE", problems),
-        part_size=part_mib * 1024 * 1024,
-        attempts=attempts,
+        bucket=values["S3_BUCKET"],
+        prefix=values["S3_PREFIX"],
+        endpoint_url=values["S3_ENDPOINT_URL"],
+        region=values["S3_REGION"] or env.get("AWS_DEFAULT_REGION") or None,  # boto3's own name for it
+        storage_class=values["S3_STORAGE_CLASS"],
+        path_style=values["S3_PATH_STYLE"],
+        part_size=values["S3_PART_SIZE_MB"] * 1024 * 1024,
+        attempts=values["S3_ATTEMPTS"],
         access_key_id=key_id,
         secret_access_key=secret,
-        checksum_algorithm=None if checksum == "NONE" else "SHA256",
+        checksum_algorithm=values["S3_CHECKSUM"],
     )
 
 
-def _encryption(env: Mapping[str, str], get, problems: list[str]):
-    """Age settings. The passphrase is never quoted in a message."""
-    recipients_text = read_value(env, "BACKUP_AGE_RECIPIENTS", problems)
-    passphrase = read_value(env, "BACKUP_AGE_PASSPHRASE", problems)
-    if passphrase == "":
-        problems.append("BACKUP_AGE_PASSPHRASE is empty: expected a passphrase (or unset it)")
-        passphrase = None
-    recipients: tuple[str, ...] = ()
-    if recipients_text and recipients_text.strip():
-        try:
-            recipients = parse_recipients(recipients_text)
-        except ValueError as exc:
-            problems.append(f"BACKUP_AGE_RECIPIENTS is invalid: {exc}")
+def _encryption(values: Mapping[str, Any], problems: list[str]) -> tuple[EncryptionConfig | None,
+                                                                          DecryptionKeys | None]:
+    """Recipients or a passphrase (not both) encrypt; identities or the passphrase decrypt."""
+    recipients = values["BACKUP_AGE_RECIPIENTS"] or ()
+    passphrase = values["BACKUP_AGE_PASSPHRASE"]
     encryption = None
     if recipients and passphrase is not None:
         problems.append("BACKUP_AGE_RECIPIENTS and BACKUP_AGE_PASSPHRASE are both set: set only one")
@@ -245,43 +340,13 @@ def _encryption(env: Mapping[str, str], get, problems: list[str]):
             encryption = EncryptionConfig(recipients=recipients, passphrase=passphrase)
         except ValueError as exc:
             problems.append(f"encryption settings are invalid: {exc}")
-    identities: tuple = ()
-    identity_file = env.get("BACKUP_AGE_IDENTITY_FILE")
-    if identity_file:
-        try:
-            identities = tuple(load_identities(Path(identity_file)))
-        except (ValueError, OSError) as exc:
-            problems.append(f"BACKUP_AGE_IDENTITY_FILE={identity_file!r} is invalid: {exc}")
+    identities = values["BACKUP_AGE_IDENTITY_FILE"] or ()
     decryption = DecryptionKeys(identities, passphrase) if identities or passphrase is not None else None
-    encrypt_local = _bool(get("BACKUP_ENCRYPT_LOCAL", "true"), "BACKUP_ENCRYPT_LOCAL", problems)
-    return encryption, encrypt_local, decryption
+    return encryption, decryption
 
 
-def _bool(raw: str, name: str, problems: list[str]) -> bool:
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    problems.append(f"{name}={raw!r} is invalid: accepted: true/1/yes or false/0/no")
-    return False
-
-
-def _int(raw: str, name: str, low: int, high: int, problems: list[str]) -> int:
-    if re.fullmatch(r"[0-9]{1,9}", raw) and low <= int(raw) <= high:
-        return int(raw)
-    problems.append(f"{name}={raw!r} is invalid: expected a whole number from {low} to {high}")
-    return low
-
-
-def _float(raw: str, name: str, low: float, high: float, problems: list[str]) -> float:
-    try:
-        value = float(raw)
-        if low <= value <= high:
-            return value
-    except ValueError:
-        pass
-    problems.append(f"{name}={raw!r} is invalid: expected a number of seconds from {low:g} to {high:g}")
-    return low
-
-
+def _notify(values: Mapping[str, Any], problems: list[str]) -> NotifyConfig | None:
+    """Notifications only when NOTIFY_URLS names at least one URL."""
+    if problems or not values["NOTIFY_URLS"]:
+        return None
+    return NotifyConfig(values["NOTIFY_URLS"], values["NOTIFY_ON"], values["NOTIFY_TIMEOUT"])

@@ -25,8 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from sidecar.crypto import EncryptionConfig, decrypting, encrypting, load_identities, parse_recipients
+from sidecar.crypto import decrypting, encrypting
 from sidecar.errors import EncryptionError, SidecarError
+from sidecar.keys import EncryptionConfig, load_identities, parse_recipients
 
 PASSPHRASE = "correct horse battery staple 7"
 FAST = 10  # scrypt work factor for tests: the format is the same, the key derivation 256x cheaper

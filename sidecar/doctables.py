@@ -1,0 +1,109 @@
+"""The README's settings and labels tables, generated from `settings.SETTINGS` and
+`labels.LABELS` so the documentation and the code cannot disagree.
+
+Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md.
+`python -m sidecar.doctables` rewrites them there; `--check` only says whether they are
+current (exit 1 if not), as the unit tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .labels import LABELS, Label
+from .settings import SETTINGS, Setting
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def settings_table() -> str:
+    rows = [(_code(s.name), s.help, s.parse.accepted, _setting_default(s)) for s in SETTINGS]
+    no_file = [_code(s.name) for s in SETTINGS if not s.file]
+    secrets = [_code(s.name) for s in SETTINGS if s.secret]
+    return "\n".join([
+        _markdown(("setting", "meaning", "accepted", "default"), rows),
+        "",
+        f"Every setting except {_words(no_file)} can also be given as `NAME_FILE`, the path of a file "
+        "holding the value (Docker secrets). The value of "
+        f"{_words(secrets)} is never quoted in a message.",
+    ])
+
+
+def labels_table() -> str:
+    rows = [(_code(label.name), label.help, _label_accepted(label), _label_default(label)) for label in LABELS]
+    return _markdown(("label", "meaning", "accepted", "default"), rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {"settings-table": settings_table, "labels-table": labels_table}
+
+
+def render(text: str) -> str:
+    """`text` (the README) with every generated table replaced by its current content."""
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text, count=1)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.doctables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when the README's tables are not current")
+    parser.add_argument("readme", nargs="?", type=Path, default=README)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    current = render(text)
+    if args.check:
+        if current != text:
+            print(f"{args.readme}: settings/labels tables differ from the code; run python -m sidecar.doctables",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        args.readme.write_text(current)
+    return 0
+
+
+def _setting_default(setting: Setting) -> str:
+    if setting.shown_default is not None:
+        return setting.shown_default
+    return "unset" if setting.default is None else _code(setting.default)
+
+
+def _label_accepted(label: Label) -> str:
+    return label.parse.accepted if label.parse is not None else label.accepted or ""
+
+
+def _label_default(label: Label) -> str:
+    if label.shown_default is not None:
+        return label.shown_default
+    if label.default is None or label.default == ():
+        return "none"
+    return _code(str(label.default))
+
+
+def _markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = [_row(header), _row(["---"] * len(header))]
+    lines += [_row(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _words(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
