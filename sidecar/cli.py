@@ -198,10 +198,10 @@ def cmd_backup(ctx: Context, args) -> int:
     for target, outcome in zip(targets, outcomes):
         if outcome.ok:
             for archive in outcome.archives:
-                print(f"{target.name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+                print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
         else:
             failed += 1
-            print(f"{target.name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+            print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)
     if args.all and not targets:
         print("no targets found (label containers with backup.enable=true)", file=sys.stderr)
     return 1 if failed or (args.all and discovery.skipped) else 0
@@ -292,13 +292,13 @@ def cmd_sync(ctx: Context, args) -> int:
 
 def cmd_prune(ctx: Context, args) -> int:
     discovery = ctx.discover()
-    service = discovery.service_for(args.name) if args.name else None
+    backup_name = discovery.backup_name_for(args.name) if args.name else None
     dry_run = args.dry_run or ctx.settings.prune_dry_run
 
     def keep_for(name: str):
         return discovery.keep_for(name, ctx.settings.keep)
 
-    rotation = run_rotation(ctx, keep_for, service=service, dry_run=dry_run, images=service is None)
+    rotation = run_rotation(ctx, keep_for, backup_name=backup_name, dry_run=dry_run, images=backup_name is None)
     result, images, remote = rotation.local, rotation.images, rotation.remote
     for t in result.targets:
         for archive in t.deleted:

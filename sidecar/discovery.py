@@ -21,7 +21,7 @@ class Discovery:
     def find(self, ref: str) -> Target | None:
         """A target by its {service} name, container name, full ID or ID prefix."""
         for target in self.targets:
-            if ref == target.name:
+            if ref == target.backup_name:
                 return target
         for target in self.targets:
             if ref == target.container.name:
@@ -32,20 +32,20 @@ class Discovery:
                 return matches[0]
         return None
 
-    def service_for(self, ref: str) -> str:
+    def backup_name_for(self, ref: str) -> str:
         """The backup name `ref` stands for: a target's name, else `ref` itself (archives
         of a container that is gone are still listed and pruned by their name)."""
         target = self.find(ref)
-        return target.name if target is not None else ref
+        return target.backup_name if target is not None else ref
 
-    def keep_for(self, service: str, default: Keep) -> Keep | None:
-        """Rotation rules for archives of `service`: its target's, `default` for archives
+    def keep_for(self, backup_name: str, default: Keep) -> Keep | None:
+        """Rotation rules for archives of `backup_name`: its target's, `default` for archives
         whose container is gone, None (leave them alone) when its container is skipped for
         bad labels: its intended backup.keep is unknown."""
         for target in self.targets:
-            if target.name == service:
+            if target.backup_name == backup_name:
                 return target.config.keep
-        if any(intended_name(s.container) == service for s in self.skipped):
+        if any(intended_name(s.container) == backup_name for s in self.skipped):
             return None
         return default
 
@@ -76,13 +76,13 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
         except LabelError as exc:
             skipped.append(Skipped(container, str(exc)))
             continue
-        other = by_name.get(target.name)
+        other = by_name.get(target.backup_name)
         if other is not None:
             skipped.append(Skipped(container, (
-                f"container {container.name!r}: backup name {target.name!r} is already used by container "
+                f"container {container.name!r}: backup name {target.backup_name!r} is already used by container "
                 f"{other.container.name!r}; set label backup.name to a name of its own"
             )))
             continue
-        by_name[target.name] = target
+        by_name[target.backup_name] = target
         targets.append(target)
     return Discovery(tuple(targets), tuple(skipped))

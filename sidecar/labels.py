@@ -108,7 +108,7 @@ LABELS: tuple[Label, ...] = (
           "the path relative to the volume, the base name, and each parent folder (`cache` drops `cache/` and "
           "everything in it)", field="exclude"),
     Label(NAME, Parser(_name, "1-100 letters, digits, `.`, `_`, `-`; a letter or digit first"), None,
-          "the `{service}` part of archive names, and the NAME the CLI accepts", field="name",
+          "the `{service}` part of archive names, and the NAME the CLI accepts", field="backup_name",
           shown_default="Compose service label, else container name"),
     Label(COMPRESSION, member_of(Compression), Compression.ZSTD, "how archives are compressed",
           field="compression"),
@@ -157,7 +157,7 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
         bad(ENABLE, labels.get(ENABLE, ""), _ACCEPTED_ENABLE)
 
     values = {label.field: label.default for label in LABELS if label.field is not None}
-    values.update(schedule=default_schedule, name=default_name(container))
+    values.update(schedule=default_schedule, backup_name=default_name(container))
     for label in LABELS:
         if label.parse is not None and label.name in labels:
             try:
@@ -240,16 +240,16 @@ def select_volumes(container: ContainerInfo, wanted: tuple[str, ...] | None) -> 
     specs: list[VolumeSpec] = []
     used: set[str] = set()
     for mount in chosen:
-        base = short_type_name(mount, project)
-        type_name, n = base, 2
-        while type_name in used:
-            type_name, n = f"{base}-{n}", n + 1
-        used.add(type_name)
-        specs.append(VolumeSpec(type_name=type_name, mount=mount))
+        base = short_volume_name(mount, project)
+        volume_name, n = base, 2
+        while volume_name in used:
+            volume_name, n = f"{base}-{n}", n + 1
+        used.add(volume_name)
+        specs.append(VolumeSpec(volume_name=volume_name, mount=mount))
     return tuple(specs)
 
 
-def short_type_name(mount, project: str | None) -> str:
+def short_volume_name(mount, project: str | None) -> str:
     """A readable, file-name-safe name for a mount: the volume name without the compose
     project prefix, or the last part of a bind mount's destination. Never contains "_",
     so archive names can be split unambiguously."""

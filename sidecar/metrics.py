@@ -147,7 +147,7 @@ def _observe_duration(duration: dict[str, Any], seconds: float) -> None:
 
 def _volume_of(filename: str) -> str:
     name = parse_name(filename)
-    return name.type_name if name is not None else ""
+    return name.volume_name if name is not None else ""
 
 
 def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:

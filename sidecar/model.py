@@ -100,7 +100,7 @@ class ContainerInfo:
 class TargetConfig:
     """What a container's backup.* labels ask for, validated."""
 
-    name: str
+    backup_name: str  # the {service} part of archive names (label backup.name)
     schedule: Schedule
     strategy: Strategy
     volumes: tuple[str, ...] | None  # None: every named volume
@@ -117,7 +117,7 @@ class TargetConfig:
 class VolumeSpec:
     """One volume of a target, with the short readable name used in archive names."""
 
-    type_name: str
+    volume_name: str
     mount: Mount
 
 
@@ -128,8 +128,8 @@ class Target:
     volumes: tuple[VolumeSpec, ...]
 
     @property
-    def name(self) -> str:
-        return self.config.name
+    def backup_name(self) -> str:
+        return self.config.backup_name
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Archive names: {service}_{type}_{YYYY-MM-DD}[THHMMSS][-N]_{frequency}{ext}, kept in a
 folder named after the frequency. Pure: the caller says which names already exist.
 
-Names are parsed from the right: the type never contains "_" (see labels.short_type_name),
-so a service name with underscores still parses.
+Names are parsed from the right: the type never contains "_" (see labels.short_volume_name),
+so a backup name with underscores still parses.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ _NAME_RE = re.compile(
 @dataclass(frozen=True, order=True)
 class ArchiveName:
     stamp: datetime  # naive, in the sidecar's time zone
-    service: str
-    type_name: str
+    backup_name: str
+    volume_name: str
     frequency: Frequency
     extension: str
     has_time: bool = False
@@ -40,7 +40,7 @@ class ArchiveName:
     @property
     def filename(self) -> str:
         stamp = _stamp_text(self.stamp, self.has_time, self.seq)
-        return f"{self.service}_{self.type_name}_{stamp}_{self.frequency.value}{self.extension}"
+        return f"{self.backup_name}_{self.volume_name}_{stamp}_{self.frequency.value}{self.extension}"
 
     @property
     def recency(self) -> tuple:
@@ -89,8 +89,8 @@ def parse_name(filename: str) -> ArchiveName | None:
         return None
     return ArchiveName(
         stamp=stamp,
-        service=m["service"],
-        type_name=m["type"],
+        backup_name=m["service"],
+        volume_name=m["type"],
         frequency=Frequency(m["frequency"]),
         extension=m["ext"],
         has_time=m["time"] is not None,
@@ -99,8 +99,8 @@ def parse_name(filename: str) -> ArchiveName | None:
 
 
 def choose_name(
-    service: str,
-    type_name: str,
+    backup_name: str,
+    volume_name: str,
     when: datetime,
     frequency: Frequency,
     with_time: bool,
@@ -113,14 +113,14 @@ def choose_name(
     sequence number. `exists` should also answer for partial and checksum files.
     """
     when = when.replace(tzinfo=None, microsecond=0)
-    candidate = ArchiveName(when, service, type_name, frequency, extension, has_time=with_time)
+    candidate = ArchiveName(when, backup_name, volume_name, frequency, extension, has_time=with_time)
     if not exists(candidate.relpath):
         return candidate
-    candidate = ArchiveName(when, service, type_name, frequency, extension, has_time=True)
+    candidate = ArchiveName(when, backup_name, volume_name, frequency, extension, has_time=True)
     seq = 1
     while exists(candidate.relpath):
         seq += 1
-        candidate = ArchiveName(when, service, type_name, frequency, extension, has_time=True, seq=seq)
+        candidate = ArchiveName(when, backup_name, volume_name, frequency, extension, has_time=True, seq=seq)
     return candidate
 
 

@@ -11,20 +11,20 @@ weekly=4, monthly=3 (hourly only matters for schedules that fire more than once 
 one day of hourly archives). A value keeping nothing at all (every frequency 0) is refused.
 
 Promotion: an archive also counts for each higher frequency whose keep is above 0 when it
-is the first of that frequency's period (hour < day < ISO week < month) for its (service,
-type): no archive of that frequency exists yet in the same period. The promoted name is
+is the first of that frequency's period (hour < day < ISO week < month) for its (backup name,
+volume): no archive of that frequency exists yet in the same period. The promoted name is
 the same name with the other frequency (stamp, time part, sequence and extension kept);
 locally it is a hard link in the other frequency's folder.
 
-Selection, per (service, type) and per frequency: an archive is kept while fewer than
+Selection, per (backup name, volume) and per frequency: an archive is kept while fewer than
 keep[frequency] periods newer than its own period hold a *good* archive (one with its
 checksum file). When every archive is good, that is exactly "keep the archives of the
 newest keep[frequency] periods that have archives". An archive without a checksum never
 takes a good archive's place, and is deleted once enough newer good periods exist. On top:
 
-- the newest archive of a (service, type) (every copy of it) is never deleted, nor is the
+- the newest archive of a (backup name, volume) (every copy of it) is never deleted, nor is the
   newest good one, whatever the keep values say;
-- a plan that would delete every archive of a (service, type) (keep 0 for every frequency
+- a plan that would delete every archive of a (backup name, volume) (keep 0 for every frequency
   the target has archives of) is refused with PruneRefused: that is a configuration
   mistake, not a reason to lose a backup history.
 """
@@ -55,7 +55,7 @@ class PruneRefused(SidecarError):
     """A rotation plan would delete every archive of a target; nothing is deleted."""
 
     def __init__(self, groups: Sequence[tuple[str, str]], message: str):
-        self.groups = tuple(groups)  # (service, type) pairs refused
+        self.groups = tuple(groups)  # (backup name, volume) pairs refused
         super().__init__(message)
 
 
@@ -136,8 +136,8 @@ def period(frequency: Frequency, stamp: datetime) -> tuple[int, ...]:
 def promotions(new: ArchiveName, existing: Iterable[ArchiveName], keep: Keep) -> list[ArchiveName]:
     """The names under which `new` also counts, lowest frequency first: each higher
     frequency with keep above 0 of whose period `new` is the first archive of its
-    (service, type). `existing` is what is already stored (it may include `new`)."""
-    same = [e for e in existing if e.service == new.service and e.type_name == new.type_name]
+    (backup name, volume). `existing` is what is already stored (it may include `new`)."""
+    same = [e for e in existing if e.backup_name == new.backup_name and e.volume_name == new.volume_name]
     result = []
     for level in Frequency:
         if not new.frequency < level or keep.of(level) == 0:
@@ -168,28 +168,28 @@ def plan_prune(
     good: Callable[[T], bool] = _always,
 ) -> PrunePlan[T]:
     """Split `items` (local archives, S3 keys...) into what to keep and what to delete.
-    `keep_for(service)` gives a target's Keep; `good(item)` tells whether an item has its
-    checksum. Raises PruneRefused, naming every (service, type) concerned, when the plan
+    `keep_for(backup_name)` gives a target's Keep; `good(item)` tells whether an item has its
+    checksum. Raises PruneRefused, naming every (backup name, volume) concerned, when the plan
     would delete every archive of one; nothing is then to be deleted."""
     names = [name_of(item) for item in items]
     goods = [bool(good(item)) for item in items]
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, name in enumerate(names):
-        groups[(name.service, name.type_name)].append(i)
+        groups[(name.backup_name, name.volume_name)].append(i)
 
     keeps: dict[str, Keep] = {}
     kept: set[int] = set()
     refused: list[tuple[str, str, Keep, int]] = []
-    for (service, type_name), indexes in groups.items():
-        if service not in keeps:
-            keeps[service] = keep_for(service)
-        keep = keeps[service]
+    for (backup_name, volume_name), indexes in groups.items():
+        if backup_name not in keeps:
+            keeps[backup_name] = keep_for(backup_name)
+        keep = keeps[backup_name]
         selected: set[int] = set()
         for level in Frequency:
             in_level = [i for i in indexes if names[i].frequency is level]
             selected |= _select(in_level, names, goods, level, keep.of(level))
         if not selected:
-            refused.append((service, type_name, keep, len(indexes)))
+            refused.append((backup_name, volume_name, keep, len(indexes)))
             continue
         # The newest archive (every copy of it) and the newest good one are always kept.
         newest = max(names[i].moment for i in indexes)
@@ -202,8 +202,8 @@ def plan_prune(
 
     if refused:
         details = "; ".join(
-            f"{service}/{type_name}: keep {keep} would delete all {count} archives"
-            for service, type_name, keep, count in refused
+            f"{backup_name}/{volume_name}: keep {keep} would delete all {count} archives"
+            for backup_name, volume_name, keep, count in refused
         )
         raise PruneRefused(
             [(s, t) for s, t, _, _ in refused],
@@ -217,7 +217,7 @@ def plan_prune(
 
 def _select(indexes: list[int], names: list[ArchiveName], goods: list[bool], level: Frequency,
             count: int) -> set[int]:
-    """Archives of one (service, type, frequency) kept by their periods: those whose period
+    """Archives of one (backup name, volume, frequency) kept by their periods: those whose period
     has fewer than `count` newer periods holding a good archive."""
     if count == 0 or not indexes:
         return set()

@@ -89,7 +89,7 @@ class BackupStore:
             Path(str(p) + suffix).exists() for suffix in ("", PARTIAL_SUFFIX, CHECKSUM_SUFFIX)
         )
 
-    def archives(self, service: str | None = None) -> list[StoredArchive]:
+    def archives(self, backup_name: str | None = None) -> list[StoredArchive]:
         """Finished archives (partials excluded), oldest first."""
         found: list[StoredArchive] = []
         for freq in Frequency:
@@ -100,10 +100,10 @@ class BackupStore:
                 name = parse_name(entry.name)
                 if name is None or not entry.is_file(follow_symlinks=False):
                     continue
-                if service is not None and name.service != service:
+                if backup_name is not None and name.backup_name != backup_name:
                     continue
                 found.append(StoredArchive(Path(entry.path), name, entry.stat().st_size))
-        found.sort(key=lambda a: (a.name.stamp, a.name.seq, a.name.service, a.name.type_name))
+        found.sort(key=lambda a: (a.name.stamp, a.name.seq, a.name.backup_name, a.name.volume_name))
         return found
 
     def image_exports(self) -> list["StoredImage"]:
@@ -118,9 +118,9 @@ class BackupStore:
         found.sort(key=lambda i: (i.name.stamp, i.name.seq, i.name.image, i.name.tag))
         return found
 
-    def latest(self, service: str, type_name: str) -> StoredArchive | None:
+    def latest(self, backup_name: str, volume_name: str) -> StoredArchive | None:
         """The newest archive; of promoted copies sharing its stamp, the original (lowest frequency)."""
-        matching = [a for a in self.archives(service) if a.name.type_name == type_name]
+        matching = [a for a in self.archives(backup_name) if a.name.volume_name == volume_name]
         return max(matching, key=lambda a: a.name.recency, default=None)
 
     def resolve(self, ref: str) -> Path:
@@ -147,7 +147,7 @@ class BackupStore:
             for entry in os.scandir(folder):
                 if entry.name.endswith(PARTIAL_SUFFIX):
                     name = parse_name(entry.name[: -len(PARTIAL_SUFFIX)].removesuffix(CHECKSUM_SUFFIX))
-                    if name is not None and self.is_locked(name.service):
+                    if name is not None and self.is_locked(name.backup_name):
                         continue
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))

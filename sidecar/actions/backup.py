@@ -73,22 +73,22 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     """Back up `target` now. Never raises for an expected failure: the outcome says
     what failed and in which phase, and the failure is logged. A bug raises."""
     started = time.monotonic()
-    fields = {"target": target.name, "container": target.container.name}
+    fields = {"target": target.backup_name, "container": target.container.name}
     items = tuple(item for source in sources_for(target) for item in source.describe(target))
 
     def failed(err: SidecarError, phase: str, archives=(), downtime=0.0) -> BackupOutcome:
         logger.error("backup failed", extra={**fields, "phase": phase, "error": str(err),
                                              "seconds": round(time.monotonic() - started, 3)})
-        return BackupOutcome(target.name, target.container.name, BackupResult.FAILURE, tuple(archives), items,
+        return BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, tuple(archives), items,
                              time.monotonic() - started, downtime, phase, str(err), ctx.now())
 
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
     try:
-        with ctx.store.target_lock(target.name):
+        with ctx.store.target_lock(target.backup_name):
             archives, downtime = _backup(ctx, target)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
-        return BackupOutcome(target.name, target.container.name, BackupResult.SKIPPED, error=str(err),
+        return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
                              phase="start", finished_at=ctx.now())
     except _FailedAfterArchives as partial:
         return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
@@ -100,7 +100,7 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
     })
-    return BackupOutcome(target.name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
+    return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
                          seconds, downtime, finished_at=ctx.now())
 
 
@@ -137,7 +137,7 @@ def _archive_path(ctx: Context, target: Target) -> ArchivePath:
     chosen: set[str] = set()
 
     def path_for(item: str) -> Path:
-        name = choose_name(target.name, item, when, cfg.schedule.frequency, cfg.schedule.fires_more_than_once_a_day,
+        name = choose_name(target.backup_name, item, when, cfg.schedule.frequency, cfg.schedule.fires_more_than_once_a_day,
                            cfg.compression.extension + ctx.local_encryption_suffix,
                            lambda relpath: relpath in chosen or ctx.store.taken(relpath))
         chosen.add(name.relpath)
@@ -160,10 +160,10 @@ def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
     if not needed or kind is None:
         yield _NotInterrupted()
         return
-    with Interruption(ctx, container, kind, target.name, target.config.stop_timeout) as window:
+    with Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout) as window:
         yield window
     # Here the container runs again: the rest costs no downtime.
-    logger.info("container running again", extra={"target": target.name, "container": container.name,
+    logger.info("container running again", extra={"target": target.backup_name, "container": container.name,
                                                    "phase": "restart",
                                                    "downtime_seconds": round(window.seconds, 3)})
 
@@ -182,13 +182,13 @@ def _after_success(ctx: Context, target: Target) -> None:
     keeps what it has). The containers run again long before this; a failure here is
     logged and does not fail the backup: the next cycle retries the upload."""
     run_sync(ctx)
-    run_rotation(ctx, lambda _service: target.config.keep, service=target.name, dry_run=ctx.settings.prune_dry_run)
+    run_rotation(ctx, lambda _service: target.config.keep, backup_name=target.backup_name, dry_run=ctx.settings.prune_dry_run)
 
 
 def _image_export(ctx: Context, target: Target) -> None:
     export = export_image(ctx, target)
     if export.archive is None:
-        logger.debug("image not exported", extra={"target": target.name, "image": export.image,
+        logger.debug("image not exported", extra={"target": target.backup_name, "image": export.image,
                                                   "reason": export.reason, "phase": "image"})
 
 
@@ -197,7 +197,7 @@ def _command(ctx: Context, target: Target, container_id: str, command: str | Non
     """backup.exec.pre/post in the container; `running` None: look at its state now."""
     if not command:
         return
-    fields = {"target": target.name, "phase": phase}
+    fields = {"target": target.backup_name, "phase": phase}
     if running is None:
         running = ctx.engine.state(container_id) is ContainerState.RUNNING
     if not running:
@@ -207,8 +207,8 @@ def _command(ctx: Context, target: Target, container_id: str, command: str | Non
     try:
         code, output = ctx.engine.exec(container_id, command)
     except SidecarError as err:
-        raise BackupError(target.name, phase, f"backup.exec.{phase} could not run: {err}") from err
+        raise BackupError(target.backup_name, phase, f"backup.exec.{phase} could not run: {err}") from err
     tail = output.strip()[-500:]
     if code != 0:
-        raise BackupError(target.name, phase, f"backup.exec.{phase} exited with {code}: {tail}")
+        raise BackupError(target.backup_name, phase, f"backup.exec.{phase} exited with {code}: {tail}")
     logger.info(f"backup.exec.{phase} succeeded", extra={**fields, "seconds": round(time.monotonic() - started, 3)})

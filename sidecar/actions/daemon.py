@@ -107,19 +107,19 @@ class Daemon:
     def _rebuild(self) -> None:
         with self._lock:
             found = self.ctx.discover(list(self._containers.values()))
-            old = {t.name: t for t in self._discovery.targets}
+            old = {t.backup_name: t for t in self._discovery.targets}
             now = self.ctx.now()
             for target in found.targets:
-                before = old.get(target.name)
-                if before is None or before.config.schedule != target.config.schedule or target.name not in self._next:
-                    self._next[target.name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
+                before = old.get(target.backup_name)
+                if before is None or before.config.schedule != target.config.schedule or target.backup_name not in self._next:
+                    self._next[target.backup_name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
                 if before is None or before.container.id != target.container.id or before.config != target.config:
                     logger.info("target found" if before is None else "target changed", extra={
-                        "target": target.name, "container": target.container.name,
+                        "target": target.backup_name, "container": target.container.name,
                         "schedule": target.config.schedule.expression, "strategy": str(target.config.strategy),
-                        "volumes": [v.type_name for v in target.volumes],
-                        "next_run": self._next[target.name].isoformat()})
-            names = {t.name for t in found.targets}
+                        "volumes": [v.volume_name for v in target.volumes],
+                        "next_run": self._next[target.backup_name].isoformat()})
+            names = {t.backup_name for t in found.targets}
             for name in list(self._next):
                 if name not in names:
                     del self._next[name]
@@ -135,8 +135,8 @@ class Daemon:
         self._wake.set()
 
     def _view(self, target: Target) -> TargetView:
-        return TargetView(target.name, tuple(v.type_name for v in target.volumes),
-                          self._next[target.name].timestamp(),
+        return TargetView(target.backup_name, tuple(v.volume_name for v in target.volumes),
+                          self._next[target.backup_name].timestamp(),
                           target.config.schedule.max_interval.total_seconds())
 
     def _update_copy_metrics(self) -> None:
@@ -200,11 +200,11 @@ class Daemon:
             self._check_engine()
             now = self.ctx.now()
             with self._lock:
-                due = [t for t in self._discovery.targets if self._next.get(t.name, now) <= now]
+                due = [t for t in self._discovery.targets if self._next.get(t.backup_name, now) <= now]
                 for target in due:
-                    self._next[target.name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
+                    self._next[target.backup_name] = target.config.schedule.next_after(now, self.ctx.settings.tz)
                     if self.metrics is not None:
-                        self.metrics.scheduled(target.name, self._next[target.name].timestamp())
+                        self.metrics.scheduled(target.backup_name, self._next[target.backup_name].timestamp())
                 upcoming = min(self._next.values(), default=None)
             for target in due:
                 self._submit(target)
@@ -234,26 +234,26 @@ class Daemon:
         except Exception:  # a bug must not kill the sync thread silently
             logger.exception("sync cycle crashed", extra={"phase": "upload"})
 
-    def _keep_for(self, service: str):
-        return self._discovery.keep_for(service, self.ctx.settings.keep)
+    def _keep_for(self, backup_name: str):
+        return self._discovery.keep_for(backup_name, self.ctx.settings.keep)
 
     def _submit(self, target: Target) -> None:
         with self._lock:
-            running = self._running.get(target.name)
+            running = self._running.get(target.backup_name)
             if running is not None and not running.done():
                 logger.warning("backup skipped: the previous run of this target is still running",
-                               extra={"target": target.name, "phase": "schedule"})
-                self._record(BackupOutcome(target.name, target.container.name, BackupResult.SKIPPED, phase="schedule",
+                               extra={"target": target.backup_name, "phase": "schedule"})
+                self._record(BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, phase="schedule",
                                            error="previous run still running", finished_at=self.ctx.now()))
                 return
-            self._running[target.name] = self._pool.submit(self._run_one, target)
+            self._running[target.backup_name] = self._pool.submit(self._run_one, target)
 
     def _run_one(self, target: Target) -> BackupOutcome:
         try:
             outcome = run_backup(self.ctx, target)
         except Exception as exc:  # a bug must not kill the worker silently
-            logger.exception("backup crashed", extra={"target": target.name})
-            outcome = BackupOutcome(target.name, target.container.name, BackupResult.FAILURE, phase="internal",
+            logger.exception("backup crashed", extra={"target": target.backup_name})
+            outcome = BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, phase="internal",
                                     error=repr(exc), finished_at=self.ctx.now())
         self._record(outcome)
         return outcome

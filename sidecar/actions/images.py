@@ -44,7 +44,7 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
     try:
         info = ctx.engine.image_info(container.image_id or reference)
     except SidecarError as err:
-        raise BackupError(target.name, "image", f"cannot inspect image {reference}: {err}") from err
+        raise BackupError(target.backup_name, "image", f"cannot inspect image {reference}: {err}") from err
     if policy is ImagePolicy.AUTO and info.digests:
         return ImageExport(reference, info.id, None, "can be pulled again (has a repository digest)")
     index = image_index(ctx)
@@ -56,7 +56,7 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
     save_ref = reference if reference in info.tags or ":" in reference else info.id
     name = choose_image_name(reference, ctx.now(), Compression.ZSTD.extension + ctx.local_encryption_suffix,
                              ctx.store.taken)
-    fields = {"target": target.name, "image": reference, "phase": "image"}
+    fields = {"target": target.backup_name, "image": reference, "phase": "image"}
     started = time.monotonic()
     try:
         with ArchiveWriter(ctx.store.path(name.relpath), Compression.ZSTD, ctx.settings.file_mode,
@@ -64,9 +64,9 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
             writer.write_stream(ctx.engine.save_image(save_ref))
             result = writer.finish()
     except SidecarError as err:
-        raise BackupError(target.name, "image", f"exporting image {reference}: {err}") from err
+        raise BackupError(target.backup_name, "image", f"exporting image {reference}: {err}") from err
     except OSError as exc:
-        raise BackupError(target.name, "image", f"exporting image {reference}: {exc}") from exc
+        raise BackupError(target.backup_name, "image", f"exporting image {reference}: {exc}") from exc
     index.record(info.id, name.relpath)
     logger.info("image exported", extra={**fields, "path": str(result.path), "bytes": result.size,
                                          "seconds": round(time.monotonic() - started, 3)})

@@ -41,10 +41,10 @@ class RemoteRow:
 
 
 def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> list[ArchiveRow]:
-    service = ctx.discover().service_for(name) if name is not None else None
+    backup_name = ctx.discover().backup_name_for(name) if name is not None else None
     copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     rows = []
-    for archive in ctx.store.archives(service):
+    for archive in ctx.store.archives(backup_name):
         try:
             expected = read_checksum(archive.path)
             if expected is None:
@@ -59,7 +59,7 @@ def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> lis
         holders = [name for name, by_local in copies.items()
                    if (copy := by_local.get(relpath)) is not None and copy.local_sha256 == expected]
         offsite = _offsite(holders, len(copies))
-        rows.append(ArchiveRow(relpath, archive.name.service, archive.name.type_name, archive.name.frequency.value,
+        rows.append(ArchiveRow(relpath, archive.name.backup_name, archive.name.volume_name, archive.name.frequency.value,
                                _date(archive.name), archive.size, state, offsite))
     return rows
 
@@ -78,13 +78,13 @@ def run_list_remote(ctx: Context, name: str | None = None, destination: str | No
     chosen = [ctx.destination(destination)] if destination is not None else list(ctx.destinations)
     if not chosen:
         ctx.destination(None)  # raises: names what to set
-    service = ctx.discover().service_for(name) if name is not None else None
-    rows = [row for d in chosen for row in _remote_rows(ctx, d, service)]
+    backup_name = ctx.discover().backup_name_for(name) if name is not None else None
+    rows = [row for d in chosen for row in _remote_rows(ctx, d, backup_name)]
     rows.sort(key=lambda r: (r.date, r.path, r.destination))
     return rows
 
 
-def _remote_rows(ctx: Context, destination: Destination, service: str | None) -> list[RemoteRow]:
+def _remote_rows(ctx: Context, destination: Destination, backup_name: str | None) -> list[RemoteRow]:
     known = copy_index(ctx, destination).entries()
     rows = []
     for obj in destination.list():
@@ -92,13 +92,13 @@ def _remote_rows(ctx: Context, destination: Destination, service: str | None) ->
         verified = obj.relpath in known
         archive = parse_name(base)
         if archive is not None:
-            if service is not None and archive.service != service:
+            if backup_name is not None and archive.backup_name != backup_name:
                 continue
-            rows.append(RemoteRow(obj.relpath, archive.service, archive.type_name, archive.frequency.value,
+            rows.append(RemoteRow(obj.relpath, archive.backup_name, archive.volume_name, archive.frequency.value,
                                   _date(archive), obj.size, verified, obj.key, destination.name))
             continue
         image = parse_image_name(base)
-        if image is not None and service is None:
+        if image is not None and backup_name is None:
             rows.append(RemoteRow(obj.relpath, f"{image.image}:{image.tag}", "-", "image",
                                   image.stamp.date().isoformat(), obj.size, verified, obj.key, destination.name))
     return rows

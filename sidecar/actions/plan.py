@@ -41,17 +41,17 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     states = copy_states(ctx, list(discovery.targets))
     rows = [
         PlanRow(
-            target=t.name,
+            target=t.backup_name,
             container=t.container.name,
             state=t.container.state.value,
             strategy=str(t.config.strategy),
             schedule=t.config.schedule.expression,
             frequency=str(t.config.schedule.frequency),
             next_run=t.config.schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
-            volumes=tuple(f"{v.type_name}={v.mount.destination}" for v in t.volumes),
+            volumes=tuple(f"{v.volume_name}={v.mount.destination}" for v in t.volumes),
             compression=str(t.config.compression),
             keep=str(t.config.keep),
-            **_three_two_one(ctx, [states[(t.name, v.type_name)] for v in t.volumes]),
+            **_three_two_one(ctx, [states[(t.backup_name, v.volume_name)] for v in t.volumes]),
         )
         for t in discovery.targets
     ]

@@ -55,46 +55,46 @@ def run_prune(
     ctx: Context,
     keep_for: Callable[[str], Keep | None],
     dry_run: bool = False,
-    service: str | None = None,
+    backup_name: str | None = None,
 ) -> PruneResult:
-    """Delete the archives that `keep_for(service)` no longer covers, for every target with
-    archives (or only `service`). `keep_for` returning None leaves that target's archives
+    """Delete the archives that `keep_for(backup_name)` no longer covers, for every target with
+    archives (or only `backup_name`). `keep_for` returning None leaves that target's archives
     alone (e.g. a container skipped for bad labels: its own backup.keep is unknown). A dry
     run deletes nothing and reports what it would delete. Never raises for a refused or
     failed target: see the result."""
-    services = sorted({a.name.service for a in ctx.store.archives(service)})
-    return PruneResult(dry_run, tuple(_prune_target(ctx, s, keep_for, dry_run) for s in services))
+    backup_names = sorted({a.name.backup_name for a in ctx.store.archives(backup_name)})
+    return PruneResult(dry_run, tuple(_prune_target(ctx, s, keep_for, dry_run) for s in backup_names))
 
 
-def _prune_target(ctx: Context, service: str, keep_for: Callable[[str], Keep | None],
+def _prune_target(ctx: Context, backup_name: str, keep_for: Callable[[str], Keep | None],
                   dry_run: bool) -> TargetPrune:
-    keep = keep_for(service)
+    keep = keep_for(backup_name)
     if keep is None:
-        logger.warning("prune skipped: no keep values for this target", extra={"target": service, "phase": "prune"})
-        return TargetPrune(service, "skipped", error="no keep values for this target")
+        logger.warning("prune skipped: no keep values for this target", extra={"target": backup_name, "phase": "prune"})
+        return TargetPrune(backup_name, "skipped", error="no keep values for this target")
     if dry_run:  # deletes nothing, so it need not wait for (or block) a backup
-        return _prune_locked(ctx, service, keep, dry_run)
+        return _prune_locked(ctx, backup_name, keep, dry_run)
     try:
-        with ctx.store.target_lock(service):
-            return _prune_locked(ctx, service, keep, dry_run)
+        with ctx.store.target_lock(backup_name):
+            return _prune_locked(ctx, backup_name, keep, dry_run)
     except BackupBusy as err:
         logger.warning("prune skipped: a backup or restore of this target is running",
-                       extra={"target": service, "phase": "prune"})
-        return TargetPrune(service, "skipped", error=str(err))
+                       extra={"target": backup_name, "phase": "prune"})
+        return TargetPrune(backup_name, "skipped", error=str(err))
 
 
-def _prune_locked(ctx: Context, service: str, keep: Keep, dry_run: bool) -> TargetPrune:
-    archives = ctx.store.archives(service)
+def _prune_locked(ctx: Context, backup_name: str, keep: Keep, dry_run: bool) -> TargetPrune:
+    archives = ctx.store.archives(backup_name)
     try:
         plan = plan_prune(archives, lambda a: a.name, lambda _service: keep, good=lambda a: a.has_checksum)
     except PruneRefused as err:
-        logger.error("prune refused", extra={"target": service, "phase": "prune", "error": str(err)})
-        return TargetPrune(service, "refused", kept=tuple(archives), error=str(err))
+        logger.error("prune refused", extra={"target": backup_name, "phase": "prune", "error": str(err)})
+        return TargetPrune(backup_name, "refused", kept=tuple(archives), error=str(err))
 
     deleted: list[StoredArchive] = []
     failed: list[str] = []
     for archive in plan.delete:
-        fields = {"target": service, "volume": archive.name.type_name, "path": str(archive.path),
+        fields = {"target": backup_name, "volume": archive.name.volume_name, "path": str(archive.path),
                   "frequency": archive.name.frequency.value, "phase": "prune"}
         if dry_run:
             logger.info("would delete archive (dry run)", extra={**fields, "dry_run": True})
@@ -109,12 +109,12 @@ def _prune_locked(ctx: Context, service: str, keep: Keep, dry_run: bool) -> Targ
         logger.info("archive deleted", extra=fields)
         deleted.append(archive)
 
-    logger.info("prune finished", extra={"target": service, "phase": "prune", "dry_run": dry_run,
+    logger.info("prune finished", extra={"target": backup_name, "phase": "prune", "dry_run": dry_run,
                                          "kept": len(plan.keep), "deleted": len(deleted)})
     if failed:
-        return TargetPrune(service, "failure", plan.keep, tuple(deleted),
+        return TargetPrune(backup_name, "failure", plan.keep, tuple(deleted),
                            "could not delete " + "; ".join(failed))
-    return TargetPrune(service, "success", plan.keep, tuple(deleted))
+    return TargetPrune(backup_name, "success", plan.keep, tuple(deleted))
 
 
 def promote(ctx: Context, archive: StoredArchive, keep: Keep) -> list[StoredArchive]:
@@ -123,10 +123,10 @@ def promote(ctx: Context, archive: StoredArchive, keep: Keep) -> list[StoredArch
     Call it while holding the target's lock (inside the backup). A link that cannot be made
     is logged and skipped: the archive itself is safe, and the next archive of that period
     is promoted instead."""
-    existing = [a.name for a in ctx.store.archives(archive.name.service)]
+    existing = [a.name for a in ctx.store.archives(archive.name.backup_name)]
     made = []
     for name in promotions(archive.name, existing, keep):
-        fields = {"target": archive.name.service, "volume": archive.name.type_name, "phase": "promote",
+        fields = {"target": archive.name.backup_name, "volume": archive.name.volume_name, "phase": "promote",
                   "frequency": name.frequency.value}
         try:
             link = ctx.store.link(archive, name)

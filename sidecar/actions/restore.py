@@ -22,24 +22,24 @@ logger = logging.getLogger(__name__)
 
 def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False,
                 from_remote: str | None = None) -> RestoreOutcome:
-    container, service, stop_timeout = resolve_container(ctx, ref)
-    _mount, type_name = volumes.find_volume(container, volume)
+    container, backup_name, stop_timeout = resolve_container(ctx, ref)
+    _mount, volume_name = volumes.find_volume(container, volume)
     if from_remote:
-        path = fetch_from_remote(ctx, service, type_name, archive, from_remote)
+        path = fetch_from_remote(ctx, backup_name, volume_name, archive, from_remote)
     else:
-        path = _find_archive(ctx, service, type_name, archive)
-    request = RestoreRequest(container, service, type_name, path, force, stop_timeout)
+        path = _find_archive(ctx, backup_name, volume_name, archive)
+    request = RestoreRequest(container, backup_name, volume_name, path, force, stop_timeout)
     return get_source(volumes.NAME).restore(ctx, request)
 
 
 def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
-    """A container by target name, container name or ID; with the service name its
+    """A container by target name, container name or ID; with the backup name its
     archives use and the seconds it gets to stop. Any container can be restored into,
     labelled or not (a new host may not have the labels yet)."""
     discovery = ctx.discover()
     target = discovery.find(ref)
     if target is not None:
-        return target.container, target.name, target.config.stop_timeout
+        return target.container, target.backup_name, target.config.stop_timeout
     container = ctx.engine.find_container(ref)
     if container is None:
         raise NotFound(f"no target or container named {ref!r}")
@@ -47,16 +47,16 @@ def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
     return container, name, DEFAULT_STOP_TIMEOUT
 
 
-def _find_archive(ctx: Context, service: str, type_name: str, archive: str) -> Path:
+def _find_archive(ctx: Context, backup_name: str, volume_name: str, archive: str) -> Path:
     if archive == "latest":
-        latest = ctx.store.latest(service, type_name)
+        latest = ctx.store.latest(backup_name, volume_name)
         if latest is None:
-            raise NotFound(f"no archive of {service} volume {type_name} in {ctx.store.root}")
+            raise NotFound(f"no archive of {backup_name} volume {volume_name} in {ctx.store.root}")
         return latest.path
     return ctx.store.resolve(archive)
 
 
-def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str,
+def fetch_from_remote(ctx: Context, backup_name: str, volume_name: str, archive: str,
                       destination: str | None = None) -> Path:
     """Download an archive from an off-site destination (by name; None: the first
     configured) onto the backup volume (with its checksum file, from the object's
@@ -66,11 +66,11 @@ def fetch_from_remote(ctx: Context, service: str, type_name: str, archive: str,
         candidates = []
         for obj in remote.list():
             name = parse_name(obj.relpath.rsplit("/", 1)[-1])
-            if name is not None and name.service == service and name.type_name == type_name \
+            if name is not None and name.backup_name == backup_name and name.volume_name == volume_name \
                     and obj.relpath == name.relpath:
                 candidates.append((name, obj.relpath))
         if not candidates:
-            raise NotFound(f"no off-site archive of {service} volume {type_name} in {remote.describe()}")
+            raise NotFound(f"no off-site archive of {backup_name} volume {volume_name} in {remote.describe()}")
         relpath = max(candidates, key=lambda pair: pair[0].recency)[1]
     else:
         name = parse_name(Path(archive).name)

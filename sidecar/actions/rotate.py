@@ -33,14 +33,14 @@ class RotationResult:
         return local_ok and self.images_error is None and all(r.ok for r in self.remote)
 
 
-def run_rotation(ctx: Context, keep_for: Callable[[str], Keep | None], service: str | None = None,
+def run_rotation(ctx: Context, keep_for: Callable[[str], Keep | None], backup_name: str | None = None,
                  dry_run: bool = False, *, local: bool = True, images: bool = True,
                  destinations: Iterable[str] | None = None) -> RotationResult:
-    """Rotate the archives of every target (or only `service`) by `keep_for(service)`,
+    """Rotate the archives of every target (or only `backup_name`) by `keep_for(backup_name)`,
     and, with `images`, the image exports by BACKUP_IMAGES_KEEP. `local=False` rotates the
     destinations only (the daemon's periodic sync: local archives rotate after each
     backup); `destinations` limits the off-site part to those names (default: all). Never raises for a refused or failed part: see the result."""
-    local_result = run_prune(ctx, keep_for, dry_run=dry_run, service=service) if local else None
+    local_result = run_prune(ctx, keep_for, dry_run=dry_run, backup_name=backup_name) if local else None
     deleted_images: list[Path] = []
     images_error = None
     if images and local:
@@ -49,7 +49,7 @@ def run_rotation(ctx: Context, keep_for: Callable[[str], Keep | None], service: 
         except OSError as exc:  # one undeletable export must not keep the destinations from rotating
             images_error = str(exc)
             logger.error("image exports not rotated", extra={"phase": "prune", "error": images_error})
-    remote = run_remote_prune(ctx, keep_for, service=service, dry_run=dry_run,
+    remote = run_remote_prune(ctx, keep_for, backup_name=backup_name, dry_run=dry_run,
                               images_keep=ctx.settings.images_keep if images else None,
                               destinations=destinations)
     return RotationResult(dry_run, local_result, tuple(deleted_images), images_error, remote)

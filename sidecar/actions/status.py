@@ -14,10 +14,10 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
     copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     states = {}
     for target in targets:
-        archives = ctx.store.archives(target.name)
+        archives = ctx.store.archives(target.backup_name)
         for volume in target.volumes:
-            mine = [a for a in archives if a.name.type_name == volume.type_name]
-            newest = ctx.store.latest(target.name, volume.type_name)
+            mine = [a for a in archives if a.name.volume_name == volume.volume_name]
+            newest = ctx.store.latest(target.backup_name, volume.volume_name)
             offsite = {}
             for name, by_local in copies.items():
                 times = [_mtime(a.path) for a in mine if a.name.relpath in by_local]
@@ -25,16 +25,16 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
             count = 0
             if newest is not None:
                 count = 1 + sum(1 for by_local in copies.values() if newest.name.relpath in by_local)
-            states[(target.name, volume.type_name)] = CopyState(
+            states[(target.backup_name, volume.volume_name)] = CopyState(
                 local=_mtime(newest.path) if newest is not None else None, offsite=offsite, copies=count)
     return states
 
 
 def newest_archive_times(ctx: Context) -> dict[tuple[str, str], float]:
-    """(service, volume) -> when its newest archive was written, for every archive on disk."""
+    """(backup name, volume) -> when its newest archive was written, for every archive on disk."""
     times: dict[tuple[str, str], float] = {}
     for archive in ctx.store.archives():
-        key = (archive.name.service, archive.name.type_name)
+        key = (archive.name.backup_name, archive.name.volume_name)
         times[key] = max(times.get(key, 0.0), _mtime(archive.path))
     return times
 

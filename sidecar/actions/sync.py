@@ -237,19 +237,19 @@ class RemotePrune:
         return self.error is None and not self.refused
 
 
-def run_remote_prune(ctx: Context, keep_for, service: str | None = None, dry_run: bool = False,
+def run_remote_prune(ctx: Context, keep_for, backup_name: str | None = None, dry_run: bool = False,
                      images_keep: int | None = None,
                      destinations: Iterable[str] | None = None) -> tuple[RemotePrune, ...]:
     """Apply the local rotation rules to each destination's listing (archive names carry
-    the dates); one result per destination, in configured order. `keep_for(service)`
+    the dates); one result per destination, in configured order. `keep_for(backup_name)`
     gives a target's Keep, or None to leave it alone; `destinations` limits it to those
     names (default: every one)."""
     wanted = None if destinations is None else set(destinations)
-    return tuple(_remote_prune(ctx, d, keep_for, service, dry_run, images_keep)
+    return tuple(_remote_prune(ctx, d, keep_for, backup_name, dry_run, images_keep)
                  for d in ctx.destinations if wanted is None or d.name in wanted)
 
 
-def _remote_prune(ctx: Context, destination: Destination, keep_for, service: str | None, dry_run: bool,
+def _remote_prune(ctx: Context, destination: Destination, keep_for, backup_name: str | None, dry_run: bool,
                   images_keep: int | None) -> RemotePrune:
     name = destination.name
     try:
@@ -258,7 +258,7 @@ def _remote_prune(ctx: Context, destination: Destination, keep_for, service: str
         logger.error("off-site rotation skipped: the store cannot be listed",
                      extra={"phase": "prune", "destination": name, "error": str(err)})
         return RemotePrune(name, error=str(err))
-    deleted, refused = _archive_deletions(listing, keep_for, service, name)
+    deleted, refused = _archive_deletions(listing, keep_for, backup_name, name)
     if images_keep is not None:
         deleted += _image_deletions([o for o in listing if o.relpath.startswith("images/")], images_keep)
     for rel in deleted:
@@ -274,17 +274,17 @@ def _remote_prune(ctx: Context, destination: Destination, keep_for, service: str
     return RemotePrune(name, tuple(deleted), tuple(refused), dry_run=dry_run)
 
 
-def _archive_deletions(listing: list[RemoteObject], keep_for, service: str | None,
+def _archive_deletions(listing: list[RemoteObject], keep_for, backup_name: str | None,
                        destination: str) -> tuple[list[str], list[str]]:
     """(relpaths to delete, targets whose rotation was refused) by the local rules."""
     archives = [o for o in listing if (n := parse_name(o.relpath.rsplit("/", 1)[-1])) is not None
-                and o.relpath.split("/", 1)[0] == n.frequency.value and (service is None or n.service == service)]
+                and o.relpath.split("/", 1)[0] == n.frequency.value and (backup_name is None or n.backup_name == backup_name)]
     deleted: list[str] = []
     refused: list[str] = []
-    by_service: dict[str, list[RemoteObject]] = {}
+    by_backup_name: dict[str, list[RemoteObject]] = {}
     for obj in archives:
-        by_service.setdefault(parse_name(obj.relpath.rsplit("/", 1)[-1]).service, []).append(obj)
-    for name, objects in sorted(by_service.items()):
+        by_backup_name.setdefault(parse_name(obj.relpath.rsplit("/", 1)[-1]).backup_name, []).append(obj)
+    for name, objects in sorted(by_backup_name.items()):
         keep: Keep | None = keep_for(name)
         if keep is None:
             continue

@@ -37,8 +37,8 @@ def remote_calls(monkeypatch) -> list[dict]:
     """Replaces the destinations' prune with a recorder that reports success."""
     calls: list[dict] = []
 
-    def record(ctx_, keep_for, service=None, dry_run=False, images_keep=None, destinations=None):
-        calls.append({"service": service, "dry_run": dry_run, "images_keep": images_keep,
+    def record(ctx_, keep_for, backup_name=None, dry_run=False, images_keep=None, destinations=None):
+        calls.append({"backup_name": backup_name, "dry_run": dry_run, "images_keep": images_keep,
                       "local_left": len(ctx_.store.archives())})
         return (RemotePrune("s3", dry_run=dry_run),)
 
@@ -66,12 +66,12 @@ def test_local_rotation_runs_when_the_destination_prune_raises(ctx, monkeypatch)
     _five_days(ctx)
     order = []
 
-    def failing_remote_prune(ctx_, keep_for, service=None, dry_run=False, images_keep=None, destinations=None):
+    def failing_remote_prune(ctx_, keep_for, backup_name=None, dry_run=False, images_keep=None, destinations=None):
         order.append(("remote", len(ctx_.store.archives()), images_keep))
         return (RemotePrune("s3", error="store down"),)
 
     monkeypatch.setattr(rotate, "run_remote_prune", failing_remote_prune)
-    result = run_rotation(ctx, lambda _s: KEEP, service="app")
+    result = run_rotation(ctx, lambda _s: KEEP, backup_name="app")
     assert order == [("remote", 2, ctx.settings.images_keep)]
     assert not result.ok and result.remote[0].error == "store down"
 
@@ -91,5 +91,5 @@ def test_destinations_only_leaves_local_archives_and_images(ctx, remote_calls):
 
 
 def test_without_images_the_destination_keeps_its_image_exports(ctx, remote_calls):
-    run_rotation(ctx, lambda _s: KEEP, service="app", images=False)
-    assert [(c["service"], c["images_keep"]) for c in remote_calls] == [("app", None)]
+    run_rotation(ctx, lambda _s: KEEP, backup_name="app", images=False)
+    assert [(c["backup_name"], c["images_keep"]) for c in remote_calls] == [("app", None)]

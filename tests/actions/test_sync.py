@@ -26,8 +26,8 @@ from tests.fakes.destination import FakeDestination
 from tests.unit.helpers import container
 
 
-def daily(day: int, service: str = "app", volume: str = "data") -> str:
-    return f"daily/{service}_{volume}_2026-11-{day:02d}_daily.tar.zst"
+def daily(day: int, backup_name: str = "app", volume: str = "data") -> str:
+    return f"daily/{backup_name}_{volume}_2026-11-{day:02d}_daily.tar.zst"
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_two_destinations_one_down_the_other_gets_its_copies(make_ctx):
     assert (ctx.store.state_dir / "remote-nas.json").exists() is False
 
     target = ctx.discover([container()]).targets[0]
-    state = copy_states(ctx, [target])[(target.name, "data")]
+    state = copy_states(ctx, [target])[(target.backup_name, "data")]
     assert state.copies == 2 and state.offsite["s3"] is not None and state.offsite["nas"] is None
     [row] = run_list(ctx)
     assert row.offsite == "verified: s3"
@@ -187,7 +187,7 @@ def test_two_destinations_one_down_the_other_gets_its_copies(make_ctx):
     nas.down = False
     healed = run_sync(ctx)
     assert healed.ok and healed.result("nas").uploaded == (daily(1),) and healed.result("s3").uploaded == ()
-    state = copy_states(ctx, [target])[(target.name, "data")]
+    state = copy_states(ctx, [target])[(target.backup_name, "data")]
     assert state.copies == 3 and set(state.offsite) == {"s3", "nas"} and all(state.offsite.values())
     assert run_list(ctx)[0].offsite == "verified"
 
@@ -200,7 +200,7 @@ def test_no_destination_means_nothing_to_sync(make_ctx):
     assert run_remote_prune(ctx, lambda _s: parse_keep("daily=1")) == ()
     assert run_list(ctx)[0].offsite == "-"
     target = ctx.discover([container()]).targets[0]
-    assert copy_states(ctx, [target])[(target.name, "data")].offsite == {}
+    assert copy_states(ctx, [target])[(target.backup_name, "data")].offsite == {}
 
 
 def test_an_index_written_before_destinations_is_still_read(make_ctx):
@@ -226,7 +226,7 @@ def test_remote_prune_applies_the_local_rules_on_each_destination(make_ctx):
     for day in (1, 2, 3, 4):
         write_archive(ctx, daily(day))
     run_sync(ctx)
-    s3.put(daily(1, service="other"), b"someone else's")
+    s3.put(daily(1, backup_name="other"), b"someone else's")
     keep = parse_keep("daily=2,weekly=0,monthly=0,hourly=0")
 
     dry = run_remote_prune(ctx, lambda s: keep if s == "app" else None, dry_run=True)
@@ -239,14 +239,14 @@ def test_remote_prune_applies_the_local_rules_on_each_destination(make_ctx):
 
     by_name = {r.destination: r for r in results}
     assert by_name["s3"].ok and by_name["s3"].deleted == (daily(1), daily(2))
-    assert set(s3.objects) == {daily(3), daily(4), daily(1, service="other")}
+    assert set(s3.objects) == {daily(3), daily(4), daily(1, backup_name="other")}
     assert set(copy_index(ctx, "s3").entries()) == {daily(3), daily(4)}
     assert not by_name["nas"].ok and "could not connect" in by_name["nas"].error
     assert len(nas.objects) == 4  # untouched while down; its index too
     assert len(copy_index(ctx, "nas").entries()) == 4
 
     nas.down = False
-    [only] = run_remote_prune(ctx, lambda s: keep, service="app", destinations=["nas"])
+    [only] = run_remote_prune(ctx, lambda s: keep, backup_name="app", destinations=["nas"])
     assert only.destination == "nas" and only.deleted == (daily(1), daily(2))
 
 

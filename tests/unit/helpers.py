@@ -26,14 +26,14 @@ def container(
     mounts: tuple[Mount, ...] = (DATA,),
     name: str = CONTAINER,
     id: str = "a" * 64,
-    service: str | None = "app",
+    backup_name: str | None = "app",
     project: str | None = PROJECT,
 ) -> ContainerInfo:
     """A container; `labels` are the backup.* labels (compose labels are added from
     `service` and `project` unless those are None)."""
     all_labels = {"backup.enable": "true"} if labels is None else dict(labels)
-    if service is not None:
-        all_labels.setdefault("com.docker.compose.service", service)
+    if backup_name is not None:
+        all_labels.setdefault("com.docker.compose.service", backup_name)
     if project is not None:
         all_labels.setdefault("com.docker.compose.project", project)
     return ContainerInfo(

@@ -75,13 +75,13 @@ def test_dropped_event_stream_reconnects_and_relists(tmp_path):
     ctx = Context(settings, engine, store, Journal(tmp_path / "journal.json"))
     daemon = Daemon(ctx)
     daemon.refresh_all()
-    assert [t.name for t in daemon.discovery.targets] == ["a"]
+    assert [t.backup_name for t in daemon.discovery.targets] == ["a"]
 
     watcher = threading.Thread(target=daemon._follow_events, daemon=True)
     watcher.start()
     try:
         wait(lambda: engine.streams >= 2)
-        wait(lambda: [t.name for t in daemon.discovery.targets] == ["a", "b"])
+        wait(lambda: [t.backup_name for t in daemon.discovery.targets] == ["a", "b"])
         assert engine.lists >= 3  # the first list, and one after each (re)connection
     finally:
         daemon.request_stop()

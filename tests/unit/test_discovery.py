@@ -12,11 +12,11 @@ from .helpers import container
 DAILY = parse_schedule("@daily")
 
 
-def c(name, labels=None, *, id=None, service=None, project="shop", **kwargs):
+def c(name, labels=None, *, id=None, backup_name=None, project="shop", **kwargs):
     """A container called `name`, service defaulting to the name's middle part."""
-    if service is None:
-        service = name.split("-")[1] if name.count("-") >= 2 else name
-    return container(labels, name=name, id=id or (name.encode().hex() + "0" * 64)[:64], service=service,
+    if backup_name is None:
+        backup_name = name.split("-")[1] if name.count("-") >= 2 else name
+    return container(labels, name=name, id=id or (name.encode().hex() + "0" * 64)[:64], backup_name=backup_name,
                      project=project, **kwargs)
 
 
@@ -32,7 +32,7 @@ def test_good_and_bad_containers_mixed():
     ]
     found = discover(containers, DAILY)
     assert [t.container.name for t in found.targets] == ["shop-api-1", "shop-db-1"]
-    assert [t.name for t in found.targets] == ["api", "db"]
+    assert [t.backup_name for t in found.targets] == ["api", "db"]
     assert found.targets[1].config.schedule == parse_schedule("0 3 * * *")
     assert found.targets[0].config.schedule == DAILY
     reasons = {s.container.name: s.reason for s in found.skipped}
@@ -47,7 +47,7 @@ def test_order_does_not_depend_on_the_listing_order():
     containers = [c(f"shop-s{i}-1") for i in (3, 1, 2)]
     first = discover(containers, DAILY)
     second = discover(reversed(containers), DAILY)
-    assert [t.name for t in first.targets] == ["s1", "s2", "s3"]
+    assert [t.backup_name for t in first.targets] == ["s1", "s2", "s3"]
     assert first == second
 
 
@@ -58,11 +58,11 @@ def test_no_candidates():
 
 def test_duplicate_backup_name_skips_the_second_by_container_name():
     containers = [
-        c("shop-db-1", service="db"),
-        c("blog-db-1", service="db", project="blog"),
+        c("shop-db-1", backup_name="db"),
+        c("blog-db-1", backup_name="db", project="blog"),
     ]
     found = discover(containers, DAILY)
-    assert [(t.name, t.container.name) for t in found.targets] == [("db", "blog-db-1")]
+    assert [(t.backup_name, t.container.name) for t in found.targets] == [("db", "blog-db-1")]
     assert len(found.skipped) == 1
     skipped = found.skipped[0]
     assert skipped.container.name == "shop-db-1"
@@ -95,11 +95,11 @@ def test_a_skipped_container_does_not_reserve_its_name():
 
 def test_duplicate_resolved_with_a_backup_name_label():
     containers = [
-        c("shop-db-1", {"backup.enable": "true", "backup.name": "shop-db"}, service="db"),
-        c("blog-db-1", service="db", project="blog"),
+        c("shop-db-1", {"backup.enable": "true", "backup.name": "shop-db"}, backup_name="db"),
+        c("blog-db-1", backup_name="db", project="blog"),
     ]
     found = discover(containers, DAILY)
-    assert sorted(t.name for t in found.targets) == ["db", "shop-db"]
+    assert sorted(t.backup_name for t in found.targets) == ["db", "shop-db"]
     assert found.skipped == ()
 
 
@@ -114,7 +114,7 @@ def test_project_limits_discovery(project, expected):
         c("shop-web-1", {"backup.enable": "true", "backup.name": "shop-web"}),
         c("shop-db-1"),
         c("blog-web-1", project="blog"),
-        c("loose", project=None, service=None),
+        c("loose", project=None, backup_name=None),
         c("shop-bad-1", {"backup.enable": "true", "backup.strategy": "x"}, project="other"),
     ]
     found = discover(containers, DAILY, project)
@@ -128,7 +128,7 @@ def test_project_limits_discovery(project, expected):
 
 def test_one_crashing_label_does_not_stop_discovery():
     found = discover([c("shop-a-1", {"backup.enable": "true", "backup.stop-timeout": "²"}), c("shop-b-1")], DAILY)
-    assert [t.name for t in found.targets] == ["b"]
+    assert [t.backup_name for t in found.targets] == ["b"]
     assert [s.container.name for s in found.skipped] == ["shop-a-1"]
 
 
@@ -178,7 +178,7 @@ def test_find_skipped(ref, expected):
 
 def test_find_prefers_the_target_name_over_a_container_name():
     found = discover([
-        c("db", {"backup.enable": "true", "backup.name": "legacy"}, project=None, service=None),
+        c("db", {"backup.enable": "true", "backup.name": "legacy"}, project=None, backup_name=None),
         c("shop-db-1"),  # target "db"
     ], DAILY)
     assert found.find("db").container.name == "shop-db-1"

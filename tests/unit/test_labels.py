@@ -36,7 +36,7 @@ def test_enable_true_values_are_accepted(value):
     labels = {"backup.enable": value}
     assert enable_value(labels) is True
     assert is_candidate(labels)
-    assert parse(labels).name == "app"
+    assert parse(labels).backup_name == "app"
 
 
 @pytest.mark.parametrize("value", ["false", "FALSE", "False", "0", "no", "NO", " no "])
@@ -167,7 +167,7 @@ def test_several_problems_are_reported_together():
 def test_defaults():
     target = parse({"backup.enable": "true"})
     cfg = target.config
-    assert target.name == "app"
+    assert target.backup_name == "app"
     assert cfg.schedule == DEFAULT_SCHEDULE
     assert cfg.strategy is Strategy.STOP
     assert cfg.compression is Compression.ZSTD
@@ -175,7 +175,7 @@ def test_defaults():
     assert cfg.exec_pre is None and cfg.exec_post is None
     assert cfg.exclude == ()
     assert cfg.volumes is None
-    assert [(v.type_name, v.mount) for v in target.volumes] == [("data", DATA)]
+    assert [(v.volume_name, v.mount) for v in target.volumes] == [("data", DATA)]
 
 
 @pytest.mark.parametrize("value, expression", [
@@ -219,11 +219,11 @@ def test_stop_timeout_superscript_digit_is_a_label_error():
 
 @pytest.mark.parametrize("value", ["db", "my_app.v2", "A", "x" * 100, "9lives", "a-b_c.d"])
 def test_valid_names(value):
-    assert parse(enabled(**{"backup.name": value})).name == value
+    assert parse(enabled(**{"backup.name": value})).backup_name == value
 
 
 def test_name_label_is_stripped():
-    assert parse(enabled(**{"backup.name": "  db  "})).name == "db"
+    assert parse(enabled(**{"backup.name": "  db  "})).backup_name == "db"
 
 
 @pytest.mark.parametrize("key", ["backup.exec.pre", "backup.exec.post"])
@@ -273,7 +273,7 @@ SELECTIONS = [
 def test_volume_selection(listed, expected):
     labels = {"backup.enable": "true"} if listed is None else enabled(**{"backup.volumes": listed})
     target = parse(labels, mounts=MOUNTS)
-    assert [(v.type_name, v.mount) for v in target.volumes] == expected
+    assert [(v.volume_name, v.mount) for v in target.volumes] == expected
     wanted = None if listed is None else tuple(p.strip() for p in listed.split(",") if p.strip())
     assert target.config.volumes == wanted
 
@@ -306,7 +306,7 @@ def test_volume_destination_with_trailing_slash():
 
 # --- default name ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, service, expected", [
+@pytest.mark.parametrize("name, backup_name, expected", [
     ("proj-web-1", "web", "web"),
     ("proj-web-1", "web.v2_x", "web.v2_x"),
     ("proj-web-1", "my service!", "my-service"),
@@ -319,12 +319,12 @@ def test_volume_destination_with_trailing_slash():
     ("!!!", None, "c0ffee123456"),
     ("x" * 150, None, "x" * 100),
 ])
-def test_default_name(name, service, expected):
-    c = container({"backup.enable": "true"}, name=name, service=service, id="c0ffee123456" + "0" * 52)
+def test_default_name(name, backup_name, expected):
+    c = container({"backup.enable": "true"}, name=name, backup_name=backup_name, id="c0ffee123456" + "0" * 52)
     assert default_name(c) == expected
     # A default name is always a valid backup name.
-    assert parse_target(c, DEFAULT_SCHEDULE).name == expected
+    assert parse_target(c, DEFAULT_SCHEDULE).backup_name == expected
 
 
 def test_name_label_wins_over_the_default():
-    assert parse(enabled(**{"backup.name": "db"})).name == "db"
+    assert parse(enabled(**{"backup.name": "db"})).backup_name == "db"

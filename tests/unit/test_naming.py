@@ -1,4 +1,4 @@
-"""naming.py and labels.short_type_name: archive names, collisions, parsing back."""
+"""naming.py and labels.short_volume_name: archive names, collisions, parsing back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.labels import select_volumes, short_type_name
+from sidecar.labels import select_volumes, short_volume_name
 from sidecar.naming import ArchiveName, choose_name, parse_name
 from sidecar.schedule import Frequency
 
@@ -118,12 +118,12 @@ def test_parse_name_round_trips(name):
 
 def test_chosen_names_parse_back():
     taken: set[str] = set()
-    for service in ("app", "my_app", "my_app.v2"):
+    for backup_name in ("app", "my_app", "my_app.v2"):
         for _ in range(3):
-            name = choose_name(service, "data", WHEN, Frequency.DAILY, False, ".tar.zst", chooser(taken))
+            name = choose_name(backup_name, "data", WHEN, Frequency.DAILY, False, ".tar.zst", chooser(taken))
             taken.add(name.relpath)
             parsed = parse_name(name.filename)
-            assert (parsed.service, parsed.type_name, parsed.filename) == (service, "data", name.filename)
+            assert (parsed.backup_name, parsed.volume_name, parsed.filename) == (backup_name, "data", name.filename)
 
 
 @pytest.mark.parametrize("filename", [
@@ -195,8 +195,8 @@ ANON = "3f0e7c1d9b2a4c5e8f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f7a8b9c0"
     (bind("/srv/conf", "/etc/my_app/"), "proj", "my-app"),
     (bind("/srv/conf", "/"), "proj", "root"),
 ])
-def test_short_type_name(mount, project, expected):
-    name = short_type_name(mount, project)
+def test_short_volume_name(mount, project, expected):
+    name = short_volume_name(mount, project)
     assert name == expected
     assert "_" not in name
 
@@ -207,7 +207,7 @@ def test_type_names_never_contain_underscores_and_parse_back():
     for _ in range(300):
         raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))
         mount = volume(raw.replace("/", ""), "/" + raw) if rng.random() < 0.5 else bind("/h", "/" + raw)
-        name = short_type_name(mount, "ab")
+        name = short_volume_name(mount, "ab")
         assert "_" not in name
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name), name
         archive = ArchiveName(datetime(2026, 1, 1), "my_app_x", name, Frequency.DAILY, ".tar")
@@ -223,7 +223,7 @@ def test_equal_type_names_in_one_container_are_made_unique():
         bind("/srv/b", "/b/data"),
     )
     specs = select_volumes(container(mounts=mounts), tuple(m.destination for m in mounts))
-    names = [s.type_name for s in specs]
+    names = [s.volume_name for s in specs]
     assert names == ["data", "data-2", "data-3", "data-2-2", "data-4"]
     assert [s.mount for s in specs] == list(mounts)
 

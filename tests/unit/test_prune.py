@@ -29,10 +29,10 @@ def ctx(tmp_path) -> Context:
     return Context(settings, None, store, Journal(store.state_dir / "journal.json"))  # type: ignore[arg-type]
 
 
-def write(ctx: Context, service: str, type_name: str, day: date, checksum: bool = True,
+def write(ctx: Context, backup_name: str, volume_name: str, day: date, checksum: bool = True,
           frequency: Frequency = Frequency.DAILY) -> StoredArchive:
     """A finished archive with distinct contents (and its checksum), as a backup leaves it."""
-    name = ArchiveName(datetime(day.year, day.month, day.day), service, type_name, frequency, ".tar.zst")
+    name = ArchiveName(datetime(day.year, day.month, day.day), backup_name, volume_name, frequency, ".tar.zst")
     path = ctx.store.path(name.relpath)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = f"{name.filename}\n".encode() * 2000  # several blocks
@@ -44,8 +44,8 @@ def write(ctx: Context, service: str, type_name: str, day: date, checksum: bool 
     return ctx.store.archive_at(path)
 
 
-def backup(ctx: Context, service: str, type_name: str, day: date, keep: Keep, checksum: bool = True):
-    archive = write(ctx, service, type_name, day, checksum)
+def backup(ctx: Context, backup_name: str, volume_name: str, day: date, keep: Keep, checksum: bool = True):
+    archive = write(ctx, backup_name, volume_name, day, checksum)
     return archive, promote(ctx, archive, keep)
 
 
@@ -133,10 +133,10 @@ def test_promote_logs_a_link_it_cannot_make_and_goes_on(ctx, caplog):
 TEN_DAYS = days(date(2026, 2, 26), 10)  # Thursday 02-26 .. Saturday 03-07
 
 
-def fill(ctx: Context, keep: Keep, services=("app",)) -> None:
+def fill(ctx: Context, keep: Keep, backup_names=("app",)) -> None:
     for day in TEN_DAYS:
-        for service in services:
-            backup(ctx, service, "data", day, keep)
+        for backup_name in backup_names:
+            backup(ctx, backup_name, "data", day, keep)
 
 
 KEPT_3_2_2 = {
@@ -194,7 +194,7 @@ def test_dry_run_deletes_nothing_and_reports(ctx, caplog):
 
 
 def test_refusal_leaves_that_target_in_place_and_prunes_the_others(ctx, caplog):
-    fill(ctx, DEFAULT_KEEP, services=("app", "db"))
+    fill(ctx, DEFAULT_KEEP, backup_names=("app", "db"))
     app_before = {p for p in tree(ctx) if p.split("/")[1].startswith("app_")}
     keeps = {"app": parse_keep("daily=0,weekly=0,monthly=0"), "db": parse_keep("daily=1,weekly=0,monthly=0")}
     with caplog.at_level(logging.INFO, logger="sidecar.actions.prune"):
@@ -213,7 +213,7 @@ def test_refusal_leaves_that_target_in_place_and_prunes_the_others(ctx, caplog):
 
 def test_a_busy_target_is_skipped_but_a_dry_run_is_not(ctx):
     keep = parse_keep("daily=1,weekly=0,monthly=0")
-    fill(ctx, keep, services=("app", "db"))
+    fill(ctx, keep, backup_names=("app", "db"))
     with ctx.store.target_lock("app"):
         app_before = {p for p in tree(ctx) if "app_" in p}
         dry = run_prune(ctx, fixed(keep), dry_run=True)
@@ -228,15 +228,15 @@ def test_a_busy_target_is_skipped_but_a_dry_run_is_not(ctx):
 
 def test_only_the_named_service(ctx):
     keep = parse_keep("daily=1,weekly=0,monthly=0")
-    fill(ctx, keep, services=("app", "my_app"))
+    fill(ctx, keep, backup_names=("app", "my_app"))
     asked = []
-    result = run_prune(ctx, lambda s: asked.append(s) or keep, service="my_app")
+    result = run_prune(ctx, lambda s: asked.append(s) or keep, backup_name="my_app")
     assert [t.target for t in result.targets] == ["my_app"]
     assert asked == ["my_app"]
     assert len([p for p in tree(ctx) if p.startswith("daily/app_")]) == 20  # untouched, checksums included
     assert {p for p in tree(ctx) if p.startswith("daily/my_app_")} == with_checksums(
         {"daily/my_app_data_2026-03-07_daily.tar.zst"})
-    assert run_prune(ctx, fixed(keep), service="nobody").targets == ()
+    assert run_prune(ctx, fixed(keep), backup_name="nobody").targets == ()
 
 
 def test_the_newest_good_archive_survives_a_newer_one_without_checksum(ctx):
@@ -298,7 +298,7 @@ def test_partials_and_foreign_files_are_left_alone(ctx):
 
 def test_keep_for_none_leaves_a_target_alone(ctx, caplog):
     keep = parse_keep("daily=1,weekly=0,monthly=0")
-    fill(ctx, keep, services=("app", "db"))
+    fill(ctx, keep, backup_names=("app", "db"))
     app_before = {p for p in tree(ctx) if "/app_" in p}
     with caplog.at_level(logging.INFO, logger="sidecar.actions.prune"):
         result = run_prune(ctx, {"app": None, "db": keep}.__getitem__)

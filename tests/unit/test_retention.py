@@ -474,9 +474,9 @@ def test_groups_are_selected_independently_with_their_own_keep():
     keeps = {"app": Keep(24, 2, 0, 0), "db": Keep(24, 1, 0, 0), "my_app": Keep(24, 1, 0, 0)}
     asked: list[str] = []
 
-    def keep_for(service: str) -> Keep:
-        asked.append(service)
-        return keeps[service]
+    def keep_for(backup_name: str) -> Keep:
+        asked.append(backup_name)
+        return keeps[backup_name]
 
     plan = plan_prune(stored, same, keep_for)
     assert [x.filename for x in plan.keep] == [  # in the order given

@@ -95,16 +95,16 @@ def test_archives_lists_only_finished_archives_sorted_by_time(filled):
         assert by_rel[rel].name.relpath == rel
 
 
-@pytest.mark.parametrize("service, expected", [
+@pytest.mark.parametrize("backup_name, expected", [
     ("app", 6),
     ("my_app", 1),
     ("my", 0),
     ("nobody", 0),
 ])
-def test_archives_of_one_service(filled, service, expected):
-    found = filled.archives(service)
+def test_archives_of_one_service(filled, backup_name, expected):
+    found = filled.archives(backup_name)
     assert len(found) == expected
-    assert all(a.name.service == service for a in found)
+    assert all(a.name.backup_name == backup_name for a in found)
 
 
 def test_archives_of_an_empty_store(store, tmp_path):
@@ -112,15 +112,15 @@ def test_archives_of_an_empty_store(store, tmp_path):
     assert BackupStore(tmp_path / "does-not-exist").archives() == []
 
 
-@pytest.mark.parametrize("service, type_name, expected", [
+@pytest.mark.parametrize("backup_name, volume_name, expected", [
     ("app", "data", "daily/app_data_2026-03-29T150000-2_daily.tar.zst"),
     ("app", "logs", "hourly/app_logs_2026-03-29T100000_hourly.tar.gz"),
     ("my_app", "data", "weekly/my_app_data_2026-03-22_weekly.tar"),
     ("app", "nope", None),
     ("nobody", "data", None),
 ])
-def test_latest(filled, service, type_name, expected):
-    latest = filled.latest(service, type_name)
+def test_latest(filled, backup_name, volume_name, expected):
+    latest = filled.latest(backup_name, volume_name)
     assert (str(latest.path.relative_to(filled.root)) if latest else None) == expected
 
 

@@ -29,7 +29,7 @@ _CLEAR_SCRIPT = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
 
 
 def describe(target: Target) -> tuple[str, ...]:
-    return tuple(v.type_name for v in target.volumes)
+    return tuple(v.volume_name for v in target.volumes)
 
 
 def needs_quiesce(target: Target) -> bool:
@@ -43,33 +43,33 @@ class VolumeCapture:
 
     def __init__(self, ctx: Context, target: Target, volume: VolumeSpec, pending: readers.PendingArchive):
         self.ctx, self.target, self.volume, self.pending = ctx, target, volume, pending
-        self.item = volume.type_name
+        self.item = volume.volume_name
 
     def read(self) -> None:
-        fields = {"target": self.target.name, "volume": self.item, "phase": "read"}
+        fields = {"target": self.target.backup_name, "volume": self.item, "phase": "read"}
         started = time.monotonic()
 
         def report(done: int, rate: float) -> None:
             logger.info("backup in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
                                                      "seconds": round(time.monotonic() - started, 1)})
 
-        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.name)
+        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.backup_name)
         try:
             raw = self.pending.read(progress)
         except BackupError:
             raise
         except SidecarError as err:  # the engine failed or its stream broke
-            raise BackupError(self.target.name, "read", f"volume {self.item}: {err}") from err
+            raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
         except OSError as exc:  # writing the archive (disk full...)
-            raise BackupError(self.target.name, "write", f"volume {self.item}: {exc}") from exc
+            raise BackupError(self.target.backup_name, "write", f"volume {self.item}: {exc}") from exc
         logger.info("volume read", extra={**fields, "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
 
     def finish(self) -> ArchiveResult:
         try:
             result = self.pending.finish()
         except OSError as exc:
-            raise BackupError(self.target.name, "write", f"{self.pending.request.final_path}: {exc}") from exc
-        logger.info("archive written", extra={"target": self.target.name, "volume": self.item, "phase": "write",
+            raise BackupError(self.target.backup_name, "write", f"{self.pending.request.final_path}: {exc}") from exc
+        logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item, "phase": "write",
                                               "path": str(result.path), "bytes": result.size,
                                               "tar_bytes": result.raw_bytes})
         return result
@@ -83,7 +83,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
-            request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.type_name),
+            request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.volume_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
                                              cfg.exclude)
             reader = readers.choose(ctx.engine, request)
@@ -101,18 +101,18 @@ def find_volume(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
     for spec in specs:
         m = spec.mount
         project = container.compose_project
-        if volume in (spec.type_name, m.destination, m.destination.rstrip("/"), m.source) or (
+        if volume in (spec.volume_name, m.destination, m.destination.rstrip("/"), m.source) or (
                 project and m.source == f"{project}_{volume}"):
-            return m, spec.type_name
-    listed = ", ".join(f"{s.type_name} ({s.mount.destination})" for s in specs) or "none"
+            return m, spec.volume_name
+    listed = ", ".join(f"{s.volume_name} ({s.mount.destination})" for s in specs) or "none"
     raise NotFound(f"container {container.name!r} has no volume {volume!r}; its mounts: {listed}")
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     started = time.monotonic()
-    container, service, path = request.container, request.backup_name, request.archive
-    mount, type_name = find_volume(container, request.item)
-    fields = {"target": service, "container": container.name, "volume": type_name, "archive": str(path)}
+    container, backup_name, path = request.container, request.backup_name, request.archive
+    mount, volume_name = find_volume(container, request.item)
+    fields = {"target": backup_name, "container": container.name, "volume": volume_name, "archive": str(path)}
 
     logger.info("verifying archive", extra={**fields, "phase": "verify"})
     check = check_archive(path, keys=ctx.settings.decryption)
@@ -120,17 +120,17 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                                            "bytes": check.tar_bytes, "sha256": check.sha256})
 
     downtime = 0.0
-    with ctx.store.target_lock(service):
+    with ctx.store.target_lock(backup_name):
         with contextlib.ExitStack() as stack:
             current = ctx.engine.inspect(container.id)
             stop = None
             if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
-                stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, service,
+                stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, backup_name,
                                                         request.stop_timeout))
             if not ctx.engine.path_is_empty(container.id, mount.destination):
                 if not request.force:
                     raise RestoreError(
-                        f"volume {type_name} of {container.name} ({mount.destination}) is not empty; "
+                        f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
                         "use --force to replace its contents")
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
@@ -140,7 +140,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
-    return RestoreOutcome(service, container.name, type_name, path, check.members, check.tar_bytes, seconds, downtime)
+    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds, downtime)
 
 
 def _unpack(ctx: Context, container: ContainerInfo, mount: Mount, path, root: tarfile.TarInfo | None) -> None:
