@@ -38,9 +38,11 @@ def test_image_backs_up_on_schedule_restores_and_stops_cleanly(lab, docker_clien
     assert health
 
     # Restore through the running sidecar: --force empties the volume with a helper
-    # container made from the sidecar's own image.
+    # container made from the sidecar's own image. The archive is named: the daemon backs
+    # up every 3 s, so "latest" may already hold the changes made below.
     lab.populate(volume, "echo changed > sub/hello.txt; echo junk > junk")
-    restored = sidecar.exec_run(["backup-sidecar", "restore", "app", "--volume", "data", "--force"])
+    restored = sidecar.exec_run(["backup-sidecar", "restore", "app", "--volume", "data", "--force",
+                                 "--archive", archives[0].name])
     assert restored.exit_code == 0, restored.output.decode()
     assert lab.manifest(volume) == original
     assert lab.state(app) == "running"
