@@ -181,7 +181,9 @@ class Engine:
                 return int(result.get("StatusCode", -1)), logs
             finally:
                 try:
-                    self.api.remove_container(helper_id, force=True)
+                    # v=True: the helper's image may declare VOLUME (the sidecar's /backups); its
+                    # anonymous volume goes with it. Named and shared volumes are never removed.
+                    self.api.remove_container(helper_id, force=True, v=True)
                 except docker.errors.DockerException as exc:
                     logger.warning("could not remove helper container", extra={"container": helper_id[:12],
                                                                              "error": _explain(exc)})

@@ -106,3 +106,26 @@ def test_restore_by_archive_name_and_missing_archive(lab):
     assert "./v" in lab.manifest(volume)
     unknown = lab.cli("restore", "app", "--volume", "nope")
     assert unknown.returncode == 2 and "no volume 'nope'" in unknown.stderr and "data (/data)" in unknown.stderr
+
+
+def _unused_anonymous_volumes(client) -> set[str]:
+    """Anonymous volumes (64 hex digits) no container uses: what a helper left behind."""
+    names = {v["Name"] for v in client.api.volumes().get("Volumes") or []}
+    anonymous = {n for n in names if len(n) == 64 and all(ch in "0123456789abcdef" for ch in n)}
+    used = {m.get("Name") for c in client.api.containers(all=True) for m in c.get("Mounts") or []}
+    return anonymous - used
+
+
+def test_forced_restore_leaves_no_anonymous_volume(lab, sidecar_image):
+    # The sidecar's image declares VOLUME /backups: a helper from it gets an anonymous volume.
+    volume = lab.volume("data")
+    lab.populate(volume, "echo one > a.txt")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    assert lab.cli("backup", "app").returncode == 0
+    lab.populate(volume, "echo junk > b.txt")
+    before = _unused_anonymous_volumes(lab.client)
+
+    forced = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_HELPER_IMAGE=sidecar_image)
+    assert forced.returncode == 0, forced.stderr
+    assert "./b.txt" not in lab.manifest(volume)
+    assert _unused_anonymous_volumes(lab.client) - before == set()
