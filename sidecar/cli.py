@@ -242,12 +242,15 @@ def _list_remote(ctx: Context, args) -> int:
 
 def cmd_plan(ctx: Context, args) -> int:
     rows, skipped = run_plan(ctx)
+    scope = ctx.scope()
     if args.json:
         print(json.dumps({
+            "scope": {"project": scope.project, "why": scope.why},
             "targets": [{**dataclasses.asdict(r), "next_run": r.next_run.isoformat()} for r in rows],
             "skipped": [dataclasses.asdict(s) for s in skipped],
         }, indent=2))
         return 0
+    print(f"scope: {scope.describe()}")
     if rows:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
                 "OFFSITE"],

@@ -18,6 +18,36 @@ logger = logging.getLogger(__name__)
 _CONTAINER_NUMBER = "com.docker.compose.container-number"
 
 
+ALL_PROJECTS = "*"  # BACKUP_PROJECT value: every labelled container on the engine
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which labelled containers the sidecar backs up: one Compose project, or all."""
+
+    project: str | None  # None: every labelled container on the engine
+    why: str  # how it was chosen, for `plan` and the daemon's start-up line
+
+    def describe(self) -> str:
+        where = f"Compose project {self.project!r}" if self.project is not None else "every project on the engine"
+        return f"{where} ({self.why})"
+
+
+def resolve_scope(setting: str | None, own: ContainerInfo | None) -> Scope:
+    """BACKUP_PROJECT when set (`*`: all); else the project of the sidecar's own container
+    (`own`, None when it runs outside a container), so a sidecar in one stack never stops
+    another stack's services; else the whole engine, as before scopes existed."""
+    if setting == ALL_PROJECTS:
+        return Scope(None, f"BACKUP_PROJECT={ALL_PROJECTS}")
+    if setting is not None:
+        return Scope(setting, "BACKUP_PROJECT")
+    if own is not None and own.compose_project is not None:
+        return Scope(own.compose_project, f"the sidecar's own container {own.name!r}; BACKUP_PROJECT=* widens it")
+    if own is not None:
+        return Scope(None, f"its container {own.name!r} is in no Compose project; set BACKUP_PROJECT to narrow it")
+    return Scope(None, "not running in a container; set BACKUP_PROJECT to narrow it")
+
+
 @dataclass(frozen=True)
 class Discovery:
     targets: tuple[Target, ...]

@@ -77,8 +77,9 @@ class Daemon:
         self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
         watcher.start()
+        scope = self.ctx.scope()
         logger.info("sidecar running", extra={"targets": len(self._discovery.targets),
-                                               "skipped": len(self._discovery.skipped)})
+                                               "skipped": len(self._discovery.skipped), "scope": scope.describe()})
         try:
             self._schedule_loop()
         finally:

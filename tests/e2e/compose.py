@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .support import BUSYBOX, IDLE
+from .support import BUSYBOX, IDLE, REPO
 
 
 def compose_binary() -> str | None:
@@ -27,6 +27,22 @@ class Stack:
         """A busybox service idling until SIGTERM (`$` doubled: Compose interpolates it)."""
         return {"image": image, "command": ["sh", "-c", IDLE.replace("$", "$$")], "network_mode": "none",
                 "labels": labels, "volumes": [f"{v}:{d}" for v, d in volumes.items()], **more}
+
+    @staticmethod
+    def sidecar(image: str, environment: dict[str, str] | None = None, **more) -> dict:
+        """The sidecar as a service of the stack, running THIS tree's code: the image's
+        Python and dependencies, the worktree's `sidecar` package mounted first on the path
+        (no image build per test run)."""
+        env = {"PYTHONPATH": "/tree", "LOG_FORMAT": "json", "BACKUP_SHUTDOWN_GRACE": "2", **(environment or {})}
+        return {"image": image, "network_mode": "none", "environment": env,
+                "volumes": ["/var/run/docker.sock:/var/run/docker.sock", f"{REPO / 'sidecar'}:/tree/sidecar:ro"],
+                **more}
+
+    def exec(self, service: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`docker-compose exec -T SERVICE ARGV...`; the caller checks the exit code."""
+        flags = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
+        return subprocess.run([self.binary, "-p", self.project, "-f", str(self.file), "exec", "-T", *flags, service,
+                               *argv], cwd=self.folder, capture_output=True, text=True, timeout=180)
 
     def write(self, services: dict[str, dict], volumes: tuple[str, ...] = ()) -> None:
         doc = {"version": "3.7", "services": services, "volumes": {v: {} for v in volumes}}

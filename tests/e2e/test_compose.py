@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 from .support import log_records, wait_for
@@ -40,3 +41,34 @@ def test_recreating_a_service_is_no_name_clash(lab, stack):
     last = [r for r in records if r["message"] in ("target found", "target changed")][-1]
     assert last["container"] == f"{lab.project}_app_1"
     assert any(r.get("replaced", "").endswith(f"_{lab.project}_app_1") for r in records)  # the moment was seen
+
+
+def test_a_sidecar_in_a_stack_backs_up_only_its_stack(lab, stack, sidecar_image):
+    # Another stack's labelled container on the same engine: not ours to stop.
+    other = lab.volume("other")
+    lab.workload("other", {"backup.enable": "true", "backup.name": "other", "com.docker.compose.project":
+                           lab.project + "x", "com.docker.compose.service": "other"}, {other: "/data"}, compose=False)
+    stack.write({
+        "app": stack.service({"backup.enable": "true", "backup.strategy": "hot"}, {"data": "/data"}),
+        "backup": stack.sidecar(sidecar_image),  # no BACKUP_PROJECT: its own project
+    }, volumes=("data",))
+    stack.run("up", "-d")
+
+    plan = wait_for(lambda: _plan(stack), timeout=60, what="`plan` inside the sidecar's container")
+    assert [t["target"] for t in plan["targets"]] == ["app"]
+    assert plan["scope"]["project"] == lab.project
+    assert f"{lab.project}_backup_1" in plan["scope"]["why"]
+    text = stack.exec("backup", "backup-sidecar", "plan")
+    assert text.stdout.startswith(f"scope: Compose project '{lab.project}'"), text.stdout
+
+    wide = _plan(stack, BACKUP_PROJECT="*")
+    assert {t["target"] for t in wide["targets"]} >= {"app", "other"}
+    assert wide["scope"] == {"project": None, "why": "BACKUP_PROJECT=*"}
+    # The daemon says its scope when it starts.
+    logs = stack.run("logs", "--no-color", "backup").stdout
+    assert "sidecar running" in logs and f"Compose project '{lab.project}'" in logs, logs
+
+
+def _plan(stack, **env) -> dict | None:
+    done = stack.exec("backup", "backup-sidecar", "plan", "--json", env=env)
+    return json.loads(done.stdout) if done.returncode == 0 else None
