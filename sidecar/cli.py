@@ -35,6 +35,9 @@ from .storage import BackupStore
 logger = logging.getLogger("sidecar.cli")
 
 HEALTHY_HEARTBEAT_SECONDS = 60.0
+# `backup`: every backup succeeded but an off-site copy did not (EX_TEMPFAIL: the archives are
+# on the backup volume and the next sync retries; a script may treat it as a warning or not).
+EXIT_OFFSITE_FAILED = 75
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +198,7 @@ def cmd_backup(ctx: Context, args) -> int:
     finally:
         if notifier is not None:
             notifier.close()
+    offsite_failed = 0
     for target, outcome in zip(targets, outcomes):
         if outcome.ok:
             for archive in outcome.archives:
@@ -202,9 +206,15 @@ def cmd_backup(ctx: Context, args) -> int:
         else:
             failed += 1
             print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+        if outcome.ok and outcome.offsite_error:
+            offsite_failed += 1
+            print(f"{target.backup_name}: off-site copy failed: {outcome.offsite_error} (the archives are on the "
+                  "backup volume; the next sync retries)", file=sys.stderr)
     if args.all and not targets:
         print("no targets found (label containers with backup.enable=true)", file=sys.stderr)
-    return 1 if failed or (args.all and discovery.skipped) else 0
+    if failed or (args.all and discovery.skipped):
+        return 1
+    return EXIT_OFFSITE_FAILED if offsite_failed else 0
 
 
 def cmd_list(ctx: Context, args) -> int:

@@ -29,6 +29,10 @@ class Context:
     cancel: threading.Event = field(default_factory=threading.Event)
     # The off-site destinations, in configured order (today: "s3" when S3_BUCKET is set).
     destinations: tuple[Destination, ...] = ()
+    # Destinations found unreachable in this sync cycle (the daemon's, or one CLI run): later
+    # archives and rotations skip them instead of paying the retry ladder again; the daemon's
+    # next sync cycle tries them afresh (sync.run_sync(new_cycle=True)).
+    unreachable: set[str] = field(default_factory=set)
     _scope: Scope | None = field(default=None, repr=False)
 
     @classmethod

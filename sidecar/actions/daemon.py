@@ -226,7 +226,7 @@ class Daemon:
 
     def _sync_cycle(self) -> None:
         try:
-            report = run_sync(self.ctx)
+            report = run_sync(self.ctx)  # a new cycle: destinations marked down are tried again
             self._update_copy_metrics()
             if report.synced:
                 run_rotation(self.ctx, self._keep_for, dry_run=self.ctx.settings.prune_dry_run, local=False,
