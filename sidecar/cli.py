@@ -156,6 +156,11 @@ def cmd_run(ctx: Context, args) -> int:
             server.stop()
         if notifier is not None:
             notifier.close()
+    if daemon.abandoned:
+        # A worker is blocked in an engine call (a stop waiting out its timeout): exiting
+        # normally would join it. Its container is in the journal for the next start.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

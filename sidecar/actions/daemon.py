@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps without looking up (heartbeat for the healthcheck).
 TICK_SECONDS = 5.0
+# After the shutdown grace, how long aborted backups get to put their containers back.
+PUT_BACK_SECONDS = 5.0
 _EVENT_ACTIONS = {"create", "start", "die", "destroy", "rename", "update", "stop", "kill"}
 
 
@@ -56,6 +58,9 @@ class Daemon:
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
         self._sync_future: Future | None = None
         self._next_sync = time.monotonic() + min(ctx.settings.sync_interval, 10.0)
+        # Set by a shutdown that left a backup blocked in an engine call: the process must
+        # exit without joining the worker threads (cli.cmd_run does).
+        self.abandoned = False
 
     # --- public -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -287,6 +292,26 @@ class Daemon:
             logger.warning("aborting backups still running; their containers are put back",
                            extra={"phase": "shutdown"})
             self.ctx.cancel.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._wait_put_back(running)
+        self._pool.shutdown(wait=not self.abandoned, cancel_futures=True)
         self._sync_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped", extra={"phase": "shutdown"})
+
+    def _wait_put_back(self, running: list[Future]) -> None:
+        """Aborted backups put their containers back within moments; one blocked in an
+        engine call (a stop waiting out a container that ignores SIGTERM) is not waited for:
+        its journal entry stays and the next start puts the container back. The caller
+        must then exit without joining the worker threads (`abandoned`)."""
+        deadline = time.monotonic() + PUT_BACK_SECONDS
+        for future in running:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # the timeout, or the outcome of an aborted backup: both logged elsewhere
+                pass
+        with self._lock:
+            stuck = [name for name, f in self._running.items() if not f.done()]
+        if stuck:
+            self.abandoned = True
+            logger.warning("backups still blocked in an engine call; not waiting for them: the journal keeps "
+                           "their containers and the next start puts them back",
+                           extra={"phase": "shutdown", "targets": stuck})
