@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"backup-sidecar: invalid settings: {err}", file=sys.stderr)
         return err.exit_code
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(*_log_setup(args.command, settings, os.environ))
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
     try:
@@ -127,6 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _log_setup(command: str, settings: Settings, env) -> tuple[str, str]:
+    """(format, level) of the logs. The daemon logs as LOG_FORMAT/LOG_LEVEL say. One-shot
+    commands print for people on stdout, and a terminal (`docker compose exec`) mixes in
+    stderr: unless LOG_FORMAT / LOG_LEVEL are set for them, they log warnings and errors
+    only, as text."""
+    if command == "run":
+        return settings.log_format, settings.log_level
+    fmt = settings.log_format if _is_set(env, "LOG_FORMAT") else "text"
+    level = settings.log_level if _is_set(env, "LOG_LEVEL") else "WARNING"
+    return fmt, level
+
+
+def _is_set(env, name: str) -> bool:
+    return bool(env.get(name, "").strip() or env.get(f"{name}_FILE"))
 
 
 def _on_termination(handler) -> None:
@@ -208,6 +224,9 @@ def cmd_backup(ctx: Context, args) -> int:
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+            if (image := outcome.image_archive) is not None:
+                print(f"{target.backup_name}: exported image {target.container.image} to {image.path} "
+                      f"({image.size} bytes, sha256 {image.sha256})")
         else:
             failed += 1
             print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)

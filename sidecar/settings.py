@@ -180,10 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
             "SIGTERM before it is aborted (its containers are put back either way)", field="shutdown_grace"),
     Setting("BACKUP_PROGRESS_INTERVAL", seconds(0.1, 600), "10", "seconds between progress log lines of a long "
             "backup", field="progress_interval"),
-    Setting("LOG_FORMAT", one_of(LOG_FORMATS), "json", "`json`: one JSON object per line; `text`: for people",
-            field="log_format"),
-    Setting("LOG_LEVEL", one_of(LOG_LEVELS, fold=str.upper), "INFO", "the least severe level logged",
-            field="log_level"),
+    Setting("LOG_FORMAT", one_of(LOG_FORMATS), "json", "`json`: one JSON object per line; `text`: for people. "
+            "Logs go to stderr, command output to stdout; unless set, one-shot commands (all but `run`) log as "
+            "`text`", field="log_format"),
+    Setting("LOG_LEVEL", one_of(LOG_LEVELS, fold=str.upper), "INFO", "the least severe level logged; unless set, "
+            "one-shot commands log `WARNING` and above", field="log_level"),
     Setting("DOCKER_HOST", TEXT, None, "the engine to talk to (`unix://PATH`, `tcp://HOST:PORT`, ...)",
             field="docker_host", file=False, shown_default="`unix:///var/run/docker.sock`"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "

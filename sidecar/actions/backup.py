@@ -55,6 +55,7 @@ class BackupOutcome:
     # Why the off-site copy after a success did not go through (None: it did, or there is no
     # destination). The backup still succeeded: its archives are on the backup volume.
     offsite_error: str | None = None
+    image_archive: ArchiveResult | None = None  # the image exported with this backup, if one was
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
@@ -88,7 +89,7 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
     try:
         with ctx.store.target_lock(target.backup_name):
-            archives, downtime = _backup(ctx, target)
+            archives, downtime, image = _backup(ctx, target)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
@@ -102,13 +103,15 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
+        **({"image_archive": str(image.path)} if image is not None else {}),
     })
     return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
-                         seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error)
+                         seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image)
 
 
-def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
-    """The story of one backup; returns the archives and the seconds the container was down."""
+def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, ArchiveResult | None]:
+    """The story of one backup; returns the archives, the seconds the container was down
+    and the image export it made (None: none was needed)."""
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
     running = container.state is ContainerState.RUNNING
     _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
@@ -127,10 +130,10 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
         archives = _publish(ctx, target, hot + cold)
     try:
         _command(ctx, target, container.id, target.config.exec_post, "post", None)
-        _image_export(ctx, target)
+        image = _image_export(ctx, target)
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
-    return archives, window.seconds
+    return archives, window.seconds, image
 
 
 def _archive_path(ctx: Context, target: Target) -> ArchivePath:
@@ -207,11 +210,12 @@ def _sync_problem(report: SyncReport) -> str:
     return "; ".join(parts) or report.error or "not copied"
 
 
-def _image_export(ctx: Context, target: Target) -> None:
+def _image_export(ctx: Context, target: Target) -> ArchiveResult | None:
     export = export_image(ctx, target)
     if export.archive is None:
         logger.debug("image not exported", extra={"target": target.backup_name, "image": export.image,
                                                   "reason": export.reason, "phase": "image"})
+    return export.archive
 
 
 def _command(ctx: Context, target: Target, container_id: str, command: str | None, phase: str,
