@@ -35,8 +35,8 @@ from .storage import BackupStore
 logger = logging.getLogger("sidecar.cli")
 
 HEALTHY_HEARTBEAT_SECONDS = 60.0
-# `backup`: every backup succeeded but an off-site copy did not (EX_TEMPFAIL: the archives are
-# on the backup volume and the next sync retries; a script may treat it as a warning or not).
+# `backup --offsite-required`: every backup succeeded but an off-site copy did not (EX_TEMPFAIL:
+# the archives are on the backup volume and the next sync retries).
 EXIT_OFFSITE_FAILED = 75
 
 
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name, its container's name or ID."))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every target")
+    p.add_argument("--offsite-required", action="store_true",
+                   help=f"exit {EXIT_OFFSITE_FAILED} when the backups succeeded but an off-site copy failed "
+                        "(default: exit 0; the summary says so either way)")
 
     p = sub.add_parser("list", help="archives on the backup volume", description=(
         "List archives with their date, size and checksum state."))
@@ -238,7 +241,7 @@ def cmd_backup(ctx: Context, args) -> int:
         print("no targets found (label containers with backup.enable=true)", file=sys.stderr)
     if failed or (args.all and discovery.skipped):
         return 1
-    return EXIT_OFFSITE_FAILED if offsite_failed else 0
+    return EXIT_OFFSITE_FAILED if offsite_failed and args.offsite_required else 0
 
 
 def cmd_list(ctx: Context, args) -> int:

@@ -1,6 +1,6 @@
 """A retry budget per sync cycle: a destination found unreachable is marked down until the
 next sync cycle, so later archives and rotations of the same cycle (the daemon's, or one
-CLI `backup` run) do not pay the retry ladder again; the CLI says the copy failed (exit 75)."""
+CLI `backup` run) do not pay the retry ladder again; the CLI says the copy failed (exit 75 with --offsite-required)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _two_targets(engine, tmp_path):
 def test_one_backup_run_pays_the_retry_ladder_once(run, engine, s3, tmp_path, capsys):
     _two_targets(engine, tmp_path)
     s3.down = True
-    assert run("backup", "app", "web") == cli.EXIT_OFFSITE_FAILED
+    assert run("backup", "app", "web", "--offsite-required") == cli.EXIT_OFFSITE_FAILED
     # The first target's sync found it down; the second target's sync and both rotations skipped it.
     assert sum(s3.calls.values()) == 1
     out, err = capsys.readouterr()
@@ -54,8 +54,11 @@ def test_one_backup_run_pays_the_retry_ladder_once(run, engine, s3, tmp_path, ca
         assert f"{name}: off-site copy failed: s3:" in err
     assert "the next sync retries" in err
 
+    assert run("backup", "app") == 0  # without the flag the summary says it, the exit code does not
+    assert "app: off-site copy failed" in capsys.readouterr().err
+
     s3.down = False
-    assert run("backup", "app", "web") == 0  # a new run is a new cycle: the store is tried again
+    assert run("backup", "app", "web", "--offsite-required") == 0  # a new run, a new cycle: tried again
     assert "off-site copy failed" not in capsys.readouterr().err
     assert {rel.split("/")[1].split("_")[0] for rel in s3.objects if rel.startswith("daily/")} == {"app", "web"}
 
