@@ -93,8 +93,11 @@ class Engine:
         started = time.monotonic()
         with _engine_call("stop container", container_id):
             self.api.stop(container_id, timeout=timeout)
-            seconds = time.monotonic() - started
+        seconds = time.monotonic() - started
+        try:
             state = self.api.inspect_container(container_id)
+        except docker.errors.DockerException:  # removed meanwhile: it is stopped, how does not matter
+            return False
         # Exit code 137 (128 + SIGKILL) at the end of the timeout: the engine's kill, not the app's own exit.
         killed = (state.get("State") or {}).get("ExitCode") == 137 and seconds >= timeout - 0.5
         if killed:
