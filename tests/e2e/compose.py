@@ -33,7 +33,7 @@ class Stack:
         """The sidecar as a service of the stack, running THIS tree's code: the image's
         Python and dependencies, the worktree's `sidecar` package mounted first on the path
         (no image build per test run)."""
-        env = {"PYTHONPATH": "/tree", "LOG_FORMAT": "json", "BACKUP_SHUTDOWN_GRACE": "2", **(environment or {})}
+        env = {"PYTHONPATH": "/tree", "BACKUP_SHUTDOWN_GRACE": "2", **(environment or {})}
         return {"image": image, "network_mode": "none", "environment": env,
                 "volumes": ["/var/run/docker.sock:/var/run/docker.sock", f"{REPO / 'sidecar'}:/tree/sidecar:ro"],
                 **more}

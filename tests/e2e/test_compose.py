@@ -64,9 +64,14 @@ def test_a_sidecar_in_a_stack_backs_up_only_its_stack(lab, stack, sidecar_image)
     wide = _plan(stack, BACKUP_PROJECT="*")
     assert {t["target"] for t in wide["targets"]} >= {"app", "other"}
     assert wide["scope"] == {"project": None, "why": "BACKUP_PROJECT=*"}
-    # The daemon says its scope when it starts.
+    # The daemon says its scope when it starts (JSON lines, its default format).
     logs = stack.run("logs", "--no-color", "backup").stdout
-    assert "sidecar running" in logs and f"Compose project '{lab.project}'" in logs, logs
+    assert '"message": "sidecar running"' in logs and f"Compose project '{lab.project}'" in logs, logs
+
+    # A one-shot command through `exec`: its output, no log lines among it (only warnings would show).
+    done = stack.exec("backup", "backup-sidecar", "backup", "app")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("app: wrote /backups/daily/app_data_") and done.stderr == ""
 
 
 def _plan(stack, **env) -> dict | None:
