@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Callable
 
@@ -302,12 +302,7 @@ class Daemon:
         engine call (a stop waiting out a container that ignores SIGTERM) is not waited for:
         its journal entry stays and the next start puts the container back. The caller
         must then exit without joining the worker threads (`abandoned`)."""
-        deadline = time.monotonic() + PUT_BACK_SECONDS
-        for future in running:
-            try:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # the timeout, or the outcome of an aborted backup: both logged elsewhere
-                pass
+        wait(running, timeout=PUT_BACK_SECONDS)
         with self._lock:
             stuck = [name for name, f in self._running.items() if not f.done()]
         if stuck:

@@ -42,7 +42,7 @@ class Stack:
         """`docker-compose exec -T SERVICE ARGV...`; the caller checks the exit code."""
         flags = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
         return subprocess.run([self.binary, "-p", self.project, "-f", str(self.file), "exec", "-T", *flags, service,
-                               *argv], cwd=self.folder, capture_output=True, text=True, timeout=180)
+                               *argv], cwd=self.folder, capture_output=True, text=True, timeout=180, check=False)
 
     def write(self, services: dict[str, dict], volumes: tuple[str, ...] = ()) -> None:
         doc = {"version": "3.7", "services": services, "volumes": {v: {} for v in volumes}}
@@ -50,7 +50,7 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         done = subprocess.run([self.binary, "-p", self.project, "-f", str(self.file), *args], cwd=self.folder,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise AssertionError(f"docker-compose {' '.join(args)} failed: {done.stderr}")
         return done
@@ -58,4 +58,4 @@ class Stack:
     def down(self) -> None:
         if self.file.exists():
             subprocess.run([self.binary, "-p", self.project, "-f", str(self.file), "down", "-v", "-t", "1"],
-                           cwd=self.folder, capture_output=True, timeout=120)
+                           cwd=self.folder, capture_output=True, timeout=120, check=False)

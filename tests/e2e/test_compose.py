@@ -22,8 +22,10 @@ def test_recreating_a_service_is_no_name_clash(lab, stack):
         labels["backup.schedule"] = schedule
         stack.write({"app": stack.service(labels, {"data": "/data"})}, volumes=("data",))
         stack.run("up", "-d")
-        wait_for(lambda: any(r["message"] in ("target found", "target changed") and r.get("schedule") == schedule
-                             for r in log_records(log)), timeout=30, what=f"the recreated service ({schedule})")
+        wait_for(lambda schedule=schedule: any(r["message"] in ("target found", "target changed")
+                                               and r.get("schedule") == schedule for r in log_records(log)),
+                 timeout=30, what=f"the recreated service ({schedule})")
+
     def followed() -> int:
         return sum(r["message"] in ("target found", "target changed") for r in log_records(log))
 

@@ -53,7 +53,7 @@ def test_sigterm_does_not_wait_for_a_stop_in_flight(lab):
 
     # The engine's stop ends in its kill; the next start puts the container back.
     wait_for(lambda: lab.state(app) == "exited", timeout=30, what="the engine to kill the container")
-    again, log2 = lab.start_cli("run", log_name="daemon2.log", BACKUP_SHUTDOWN_GRACE="1")
+    again, _log = lab.start_cli("run", log_name="daemon2.log", BACKUP_SHUTDOWN_GRACE="1")
     wait_for(lambda: lab.state(app) == "running", timeout=30, what="recovery to start the container again")
     again.send_signal(signal.SIGTERM)
     again.wait(30)
