@@ -35,6 +35,9 @@ from .storage import BackupStore
 logger = logging.getLogger("sidecar.cli")
 
 HEALTHY_HEARTBEAT_SECONDS = 60.0
+# `backup --offsite-required`: every backup succeeded but an off-site copy did not (EX_TEMPFAIL:
+# the archives are on the backup volume and the next sync retries).
+EXIT_OFFSITE_FAILED = 75
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name, its container's name or ID."))
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every target")
+    p.add_argument("--offsite-required", action="store_true",
+                   help=f"exit {EXIT_OFFSITE_FAILED} when the backups succeeded but an off-site copy failed "
+                        "(default: exit 0; the summary says so either way)")
 
     p = sub.add_parser("list", help="archives on the backup volume", description=(
         "List archives with their date, size and checksum state."))
@@ -110,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"backup-sidecar: invalid settings: {err}", file=sys.stderr)
         return err.exit_code
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(*_log_setup(args.command, settings, os.environ))
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
     try:
@@ -124,6 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _log_setup(command: str, settings: Settings, env) -> tuple[str, str]:
+    """(format, level) of the logs. The daemon logs as LOG_FORMAT/LOG_LEVEL say. One-shot
+    commands print for people on stdout, and a terminal (`docker compose exec`) mixes in
+    stderr: unless LOG_FORMAT / LOG_LEVEL are set for them, they log warnings and errors
+    only, as text."""
+    if command == "run":
+        return settings.log_format, settings.log_level
+    fmt = settings.log_format if _is_set(env, "LOG_FORMAT") else "text"
+    level = settings.log_level if _is_set(env, "LOG_LEVEL") else "WARNING"
+    return fmt, level
+
+
+def _is_set(env, name: str) -> bool:
+    return bool(env.get(name, "").strip() or env.get(f"{name}_FILE"))
 
 
 def _on_termination(handler) -> None:
@@ -153,6 +175,11 @@ def cmd_run(ctx: Context, args) -> int:
             server.stop()
         if notifier is not None:
             notifier.close()
+    if daemon.abandoned:
+        # A worker is blocked in an engine call (a stop waiting out its timeout): exiting
+        # normally would join it. Its container is in the journal for the next start.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -195,16 +222,26 @@ def cmd_backup(ctx: Context, args) -> int:
     finally:
         if notifier is not None:
             notifier.close()
+    offsite_failed = 0
     for target, outcome in zip(targets, outcomes):
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+            if (image := outcome.image_archive) is not None:
+                print(f"{target.backup_name}: exported image {target.container.image} to {image.path} "
+                      f"({image.size} bytes, sha256 {image.sha256})")
         else:
             failed += 1
             print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+        if outcome.ok and outcome.offsite_error:
+            offsite_failed += 1
+            print(f"{target.backup_name}: off-site copy failed: {outcome.offsite_error} (the archives are on the "
+                  "backup volume; the next sync retries)", file=sys.stderr)
     if args.all and not targets:
         print("no targets found (label containers with backup.enable=true)", file=sys.stderr)
-    return 1 if failed or (args.all and discovery.skipped) else 0
+    if failed or (args.all and discovery.skipped):
+        return 1
+    return EXIT_OFFSITE_FAILED if offsite_failed and args.offsite_required else 0
 
 
 def cmd_list(ctx: Context, args) -> int:
@@ -242,12 +279,15 @@ def _list_remote(ctx: Context, args) -> int:
 
 def cmd_plan(ctx: Context, args) -> int:
     rows, skipped = run_plan(ctx)
+    scope = ctx.scope()
     if args.json:
         print(json.dumps({
+            "scope": {"project": scope.project, "why": scope.why},
             "targets": [{**dataclasses.asdict(r), "next_run": r.next_run.isoformat()} for r in rows],
             "skipped": [dataclasses.asdict(s) for s in skipped],
         }, indent=2))
         return 0
+    print(f"scope: {scope.describe()}")
     if rows:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
                 "OFFSITE"],

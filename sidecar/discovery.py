@@ -3,14 +3,49 @@ containers as the engine listed them."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import LabelError
 from .labels import intended_name, is_candidate, parse_target
-from .model import ContainerInfo, Skipped, Target
+from .model import ContainerInfo, ContainerState, Skipped, Target
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
+
+logger = logging.getLogger(__name__)
+
+_CONTAINER_NUMBER = "com.docker.compose.container-number"
+
+
+ALL_PROJECTS = "*"  # BACKUP_PROJECT value: every labelled container on the engine
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which labelled containers the sidecar backs up: one Compose project, or all."""
+
+    project: str | None  # None: every labelled container on the engine
+    why: str  # how it was chosen, for `plan` and the daemon's start-up line
+
+    def describe(self) -> str:
+        where = f"Compose project {self.project!r}" if self.project is not None else "every project on the engine"
+        return f"{where} ({self.why})"
+
+
+def resolve_scope(setting: str | None, own: ContainerInfo | None) -> Scope:
+    """BACKUP_PROJECT when set (`*`: all); else the project of the sidecar's own container
+    (`own`, None when it runs outside a container), so a sidecar in one stack never stops
+    another stack's services; else the whole engine, as before scopes existed."""
+    if setting == ALL_PROJECTS:
+        return Scope(None, f"BACKUP_PROJECT={ALL_PROJECTS}")
+    if setting is not None:
+        return Scope(setting, "BACKUP_PROJECT")
+    if own is not None and own.compose_project is not None:
+        return Scope(own.compose_project, f"the sidecar's own container {own.name!r}; BACKUP_PROJECT=* widens it")
+    if own is not None:
+        return Scope(None, f"its container {own.name!r} is in no Compose project; set BACKUP_PROJECT to narrow it")
+    return Scope(None, "not running in a container; set BACKUP_PROJECT to narrow it")
 
 
 @dataclass(frozen=True)
@@ -61,8 +96,9 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
              project: str | None = None, default_keep: Keep = DEFAULT_KEEP) -> Discovery:
     """Validate every candidate; a bad one is skipped with its reason, the rest go on.
     Two containers asking for the same backup name would write over each other's
-    archive names, so the second (by container name) is skipped. With `project`, only
-    containers of that compose project are considered (one sidecar per stack)."""
+    archive names, so the second (by container name) is skipped, unless both are one
+    Compose service being recreated (see `_replacing`). With `project`, only containers of
+    that compose project are considered (one sidecar per stack)."""
     targets: list[Target] = []
     skipped: list[Skipped] = []
     by_name: dict[str, Target] = {}
@@ -77,6 +113,14 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
             skipped.append(Skipped(container, str(exc)))
             continue
         other = by_name.get(target.backup_name)
+        if other is not None and _same_service(other.container, container):
+            keep, drop = (target, other) if _rank(container) > _rank(other.container) else (other, target)
+            logger.debug("container being replaced by Compose: backing up its successor", extra={
+                "target": target.backup_name, "container": keep.container.name, "replaced": drop.container.name})
+            if keep is target:
+                targets[targets.index(other)] = target
+                by_name[target.backup_name] = target
+            continue
         if other is not None:
             skipped.append(Skipped(container, (
                 f"container {container.name!r}: backup name {target.backup_name!r} is already used by container "
@@ -86,3 +130,19 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
         by_name[target.backup_name] = target
         targets.append(target)
     return Discovery(tuple(targets), tuple(skipped))
+
+
+def _same_service(a: ContainerInfo, b: ContainerInfo) -> bool:
+    """Both are the same container of one Compose service: `up -d` recreating it renames
+    the old one to `<id12>_<name>` and creates the new one (same container number) beside
+    it for a moment. Replicas of a scaled service differ in number: a true clash."""
+    def key(c: ContainerInfo) -> tuple:
+        return c.compose_project, c.compose_service, c.labels.get(_CONTAINER_NUMBER)
+
+    return a.compose_project is not None and a.compose_service is not None and key(a) == key(b)
+
+
+def _rank(container: ContainerInfo) -> tuple[bool, bool]:
+    """Which of two containers of one service to back up: the running one, else the one
+    Compose did not rename on its way out."""
+    return container.state is ContainerState.RUNNING, not container.name.startswith(f"{container.short_id}_")

@@ -11,6 +11,7 @@ import logging
 import re
 import shlex
 import tarfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -84,9 +85,27 @@ class Engine:
     def state(self, container_id: str) -> ContainerState:
         return self.inspect(container_id).state
 
-    def stop(self, container_id: str, timeout: int) -> None:
+    def stop(self, container_id: str, timeout: int) -> bool:
+        """Stop (SIGTERM, or the image's STOPSIGNAL; SIGKILL after `timeout` seconds).
+        Returns True when the engine had to kill it: a container that ignores the signal
+        holds this call for the whole timeout, so both ends are logged."""
+        logger.info("stop sent", extra={"container": container_id[:12], "stop_timeout": timeout, "phase": "stop"})
+        started = time.monotonic()
         with _engine_call("stop container", container_id):
             self.api.stop(container_id, timeout=timeout)
+        seconds = time.monotonic() - started
+        try:
+            state = self.api.inspect_container(container_id)
+        except docker.errors.DockerException:  # removed meanwhile: it is stopped, how does not matter
+            return False
+        # Exit code 137 (128 + SIGKILL) at the end of the timeout: the engine's kill, not the app's own exit.
+        killed = (state.get("State") or {}).get("ExitCode") == 137 and seconds >= timeout - 0.5
+        if killed:
+            logger.warning("container ignored the stop signal: the engine killed it after its stop timeout "
+                           "(raise backup.stop-timeout, or check its STOPSIGNAL)",
+                           extra={"container": state.get("Name", "").lstrip("/") or container_id[:12],
+                                  "stop_timeout": timeout, "seconds": round(seconds, 1), "phase": "stop"})
+        return killed
 
     def start(self, container_id: str) -> None:
         with _engine_call("start container", container_id):
@@ -181,7 +200,9 @@ class Engine:
                 return int(result.get("StatusCode", -1)), logs
             finally:
                 try:
-                    self.api.remove_container(helper_id, force=True)
+                    # v=True: the helper's image may declare VOLUME (the sidecar's /backups); its
+                    # anonymous volume goes with it. Named and shared volumes are never removed.
+                    self.api.remove_container(helper_id, force=True, v=True)
                 except docker.errors.DockerException as exc:
                     logger.warning("could not remove helper container", extra={"container": helper_id[:12],
                                                                              "error": _explain(exc)})

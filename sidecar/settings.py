@@ -43,7 +43,7 @@ class Settings:
     log_level: str
     docker_host: str | None
     helper_image: str | None
-    project: str | None  # only containers of this compose project, when set
+    project: str | None  # BACKUP_PROJECT: a compose project, "*" (all), None: the sidecar's own (discovery.resolve_scope)
     shutdown_grace: float
     progress_interval: float
     keep: Keep = DEFAULT_KEEP
@@ -167,9 +167,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_CONCURRENCY", whole(1, 64), "1", "how many targets are backed up at the same time",
             field="concurrency"),
     Setting("BACKUP_FILE_MODE", OCTAL_MODE, "0600", "mode of archive and checksum files", field="file_mode"),
-    Setting("BACKUP_PROJECT", TEXT, None, "only containers of this Compose project (`com.docker.compose.project` "
-            "label); for one sidecar per stack on a shared engine", field="project", file=False,
-            shown_default="all projects"),
+    Setting("BACKUP_PROJECT", TEXT, None, "which containers are backed up: only those of this Compose project "
+            "(`com.docker.compose.project` label); `*`: every labelled container on the engine. Unset: the "
+            "project of the sidecar's own container, so a sidecar in one stack leaves other stacks alone; "
+            "outside a container (or in one of no project), every project. `backup-sidecar plan` says which "
+            "scope is in force", field="project", file=False,
+            shown_default="the sidecar's own Compose project"),
     Setting("BACKUP_HELPER_IMAGE", TEXT, None, "image with `sh` and `rm` used to empty a volume for "
             "`restore --force`", field="helper_image", file=False,
             shown_default="the sidecar's own image, else the target's"),
@@ -177,12 +180,13 @@ SETTINGS: tuple[Setting, ...] = (
             "SIGTERM before it is aborted (its containers are put back either way)", field="shutdown_grace"),
     Setting("BACKUP_PROGRESS_INTERVAL", seconds(0.1, 600), "10", "seconds between progress log lines of a long "
             "backup", field="progress_interval"),
-    Setting("LOG_FORMAT", one_of(LOG_FORMATS), "json", "`json`: one JSON object per line; `text`: for people",
-            field="log_format"),
-    Setting("LOG_LEVEL", one_of(LOG_LEVELS, fold=str.upper), "INFO", "the least severe level logged",
-            field="log_level"),
-    Setting("DOCKER_HOST", TEXT, None, "the engine to talk to", field="docker_host", file=False,
-            shown_default="`/var/run/docker.sock`"),
+    Setting("LOG_FORMAT", one_of(LOG_FORMATS), "json", "`json`: one JSON object per line; `text`: for people. "
+            "Logs go to stderr, command output to stdout; unless set, one-shot commands (all but `run`) log as "
+            "`text`", field="log_format"),
+    Setting("LOG_LEVEL", one_of(LOG_LEVELS, fold=str.upper), "INFO", "the least severe level logged; unless set, "
+            "one-shot commands log `WARNING` and above", field="log_level"),
+    Setting("DOCKER_HOST", TEXT, None, "the engine to talk to (`unix://PATH`, `tcp://HOST:PORT`, ...)",
+            field="docker_host", file=False, shown_default="`unix:///var/run/docker.sock`"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
             "periods to keep; frequencies not named keep their default", field="keep"),
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",

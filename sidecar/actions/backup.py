@@ -27,7 +27,7 @@ from .interrupt import Interruption, InterruptionKind
 from .prune import promote
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
-from .sync import run_sync
+from .sync import SyncReport, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class BackupOutcome:
     phase: str | None = None
     error: str | None = None
     finished_at: datetime | None = field(default=None, compare=False)
+    # Why the off-site copy after a success did not go through (None: it did, or there is no
+    # destination). The backup still succeeded: its archives are on the backup volume.
+    offsite_error: str | None = None
+    image_archive: ArchiveResult | None = None  # the image exported with this backup, if one was
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
@@ -85,7 +89,7 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
     try:
         with ctx.store.target_lock(target.backup_name):
-            archives, downtime = _backup(ctx, target)
+            archives, downtime, image = _backup(ctx, target)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
@@ -94,18 +98,20 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
         return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
     except SidecarError as err:
         return failed(err, getattr(err, "phase", "backup"))
-    _after_success(ctx, target)
+    offsite_error = _after_success(ctx, target)
     seconds = time.monotonic() - started
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
+        **({"image_archive": str(image.path)} if image is not None else {}),
     })
     return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
-                         seconds, downtime, finished_at=ctx.now())
+                         seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image)
 
 
-def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
-    """The story of one backup; returns the archives and the seconds the container was down."""
+def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, ArchiveResult | None]:
+    """The story of one backup; returns the archives, the seconds the container was down
+    and the image export it made (None: none was needed)."""
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
     running = container.state is ContainerState.RUNNING
     _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
@@ -124,10 +130,10 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float]:
         archives = _publish(ctx, target, hot + cold)
     try:
         _command(ctx, target, container.id, target.config.exec_post, "post", None)
-        _image_export(ctx, target)
+        image = _image_export(ctx, target)
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
-    return archives, window.seconds
+    return archives, window.seconds, image
 
 
 def _archive_path(ctx: Context, target: Target) -> ArchivePath:
@@ -177,28 +183,39 @@ def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[Arch
     return archives
 
 
-def _after_success(ctx: Context, target: Target) -> None:
+def _after_success(ctx: Context, target: Target) -> str | None:
     """Rotation of the backup volume, then the off-site copy, then rotation on the
     destinations that took it (only after a successful backup: a failing target keeps
     what it has). Local rotation comes first so it never waits on a slow or unreachable
     destination. The containers run again long before this; a failure here is logged
-    and does not fail the backup: the next cycle retries the upload."""
+    and does not fail the backup: the next cycle retries the upload. Returns why the
+    off-site copy failed, None when it went through (or there is no destination)."""
     def keep_for(_backup_name: str):
         return target.config.keep
 
     dry_run = ctx.settings.prune_dry_run
     run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, destinations=())
-    report = run_sync(ctx)
+    report = run_sync(ctx, new_cycle=False)  # a destination already found down in this cycle is not retried
     if report.synced:
         run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, local=False,
                      destinations=report.synced)
+    # Skipped: no destination, or another process's sync holds the lock and copies it.
+    return None if report.ok or report.skipped else _sync_problem(report)
 
 
-def _image_export(ctx: Context, target: Target) -> None:
+def _sync_problem(report: SyncReport) -> str:
+    """One line: what went wrong with each destination's copy."""
+    parts = [f"{r.destination}: {r.error or f'{len(r.failed)} failed, {len(r.pending)} pending'}"
+             for r in report.results if not r.ok]
+    return "; ".join(parts) or report.error or "not copied"
+
+
+def _image_export(ctx: Context, target: Target) -> ArchiveResult | None:
     export = export_image(ctx, target)
     if export.archive is None:
         logger.debug("image not exported", extra={"target": target.backup_name, "image": export.image,
                                                   "reason": export.reason, "phase": "image"})
+    return export.archive
 
 
 def _command(ctx: Context, target: Target, container_id: str, command: str | None, phase: str,

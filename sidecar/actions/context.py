@@ -9,7 +9,7 @@ from typing import Iterable
 
 from ..crypto import EncryptionConfig
 from ..destinations import Destination, from_settings
-from ..discovery import Discovery, discover
+from ..discovery import Discovery, Scope, discover, resolve_scope
 from ..engine import Engine
 from ..errors import ConfigError
 from ..labels import ENABLE
@@ -29,6 +29,11 @@ class Context:
     cancel: threading.Event = field(default_factory=threading.Event)
     # The off-site destinations, in configured order (today: "s3" when S3_BUCKET is set).
     destinations: tuple[Destination, ...] = ()
+    # Destinations found unreachable in this sync cycle (the daemon's, or one CLI run): later
+    # archives and rotations skip them instead of paying the retry ladder again; the daemon's
+    # next sync cycle tries them afresh (sync.run_sync(new_cycle=True)).
+    unreachable: set[str] = field(default_factory=set)
+    _scope: Scope | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
@@ -59,8 +64,18 @@ class Context:
     def now(self) -> datetime:
         return datetime.now(timezone.utc).astimezone(self.settings.tz)
 
+    def scope(self) -> Scope:
+        """Which containers are backed up (looked up once: the sidecar's own container)."""
+        if self._scope is None:
+            # Asked only when needed: `list` and other storage-only commands never reach the engine.
+            # (No engine at all: a context for storage-only work, which has no own container.)
+            needed = self.settings.project is None and self.engine is not None
+            own = self.engine.own_container() if needed else None
+            self._scope = resolve_scope(self.settings.project, own)
+        return self._scope
+
     def discover(self, containers: Iterable[ContainerInfo] | None = None) -> Discovery:
-        """Targets and skipped containers, from `containers` or a fresh listing."""
+        """Targets and skipped containers in scope, from `containers` or a fresh listing."""
         if containers is None:
             containers = self.engine.list_candidates(ENABLE)
-        return discover(containers, self.settings.default_schedule, self.settings.project, self.settings.keep)
+        return discover(containers, self.settings.default_schedule, self.scope().project, self.settings.keep)

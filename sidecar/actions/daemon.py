@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Callable
 
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps without looking up (heartbeat for the healthcheck).
 TICK_SECONDS = 5.0
+# After the shutdown grace, how long aborted backups get to put their containers back.
+PUT_BACK_SECONDS = 5.0
 _EVENT_ACTIONS = {"create", "start", "die", "destroy", "rename", "update", "stop", "kill"}
 
 
@@ -56,6 +58,9 @@ class Daemon:
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
         self._sync_future: Future | None = None
         self._next_sync = time.monotonic() + min(ctx.settings.sync_interval, 10.0)
+        # Set by a shutdown that left a backup blocked in an engine call: the process must
+        # exit without joining the worker threads (cli.cmd_run does).
+        self.abandoned = False
 
     # --- public -------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -77,8 +82,9 @@ class Daemon:
         self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
         watcher.start()
+        scope = self.ctx.scope()
         logger.info("sidecar running", extra={"targets": len(self._discovery.targets),
-                                               "skipped": len(self._discovery.skipped)})
+                                               "skipped": len(self._discovery.skipped), "scope": scope.describe()})
         try:
             self._schedule_loop()
         finally:
@@ -225,7 +231,7 @@ class Daemon:
 
     def _sync_cycle(self) -> None:
         try:
-            report = run_sync(self.ctx)
+            report = run_sync(self.ctx)  # a new cycle: destinations marked down are tried again
             self._update_copy_metrics()
             if report.synced:
                 run_rotation(self.ctx, self._keep_for, dry_run=self.ctx.settings.prune_dry_run, local=False,
@@ -286,6 +292,21 @@ class Daemon:
             logger.warning("aborting backups still running; their containers are put back",
                            extra={"phase": "shutdown"})
             self.ctx.cancel.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._wait_put_back(running)
+        self._pool.shutdown(wait=not self.abandoned, cancel_futures=True)
         self._sync_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped", extra={"phase": "shutdown"})
+
+    def _wait_put_back(self, running: list[Future]) -> None:
+        """Aborted backups put their containers back within moments; one blocked in an
+        engine call (a stop waiting out a container that ignores SIGTERM) is not waited for:
+        its journal entry stays and the next start puts the container back. The caller
+        must then exit without joining the worker threads (`abandoned`)."""
+        wait(running, timeout=PUT_BACK_SECONDS)
+        with self._lock:
+            stuck = [name for name, f in self._running.items() if not f.done()]
+        if stuck:
+            self.abandoned = True
+            logger.warning("backups still blocked in an engine call; not waiting for them: the journal keeps "
+                           "their containers and the next start puts them back",
+                           extra={"phase": "shutdown", "targets": stuck})

@@ -4,6 +4,7 @@ date, size, checksum state and whether verified off-site copies exist."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..archive import read_checksum, sha256_file
 from ..destinations import Destination
@@ -42,27 +43,38 @@ class RemoteRow(_Row):
 
 
 def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> list[ArchiveRow]:
+    """Archives (of every target, or of `name`), then, for the whole volume, the image
+    exports: one row each, frequency "image", the image's name:tag as target."""
     backup_name = ctx.discover().backup_name_for(name) if name is not None else None
     copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     rows = []
     for archive in ctx.store.archives(backup_name):
-        try:
-            expected = read_checksum(archive.path)
-            if expected is None:
-                state = "missing"
-            elif verify:
-                state = "ok" if sha256_file(archive.path) == expected else "mismatch"
-            else:
-                state = "present"
-        except (ArchiveError, OSError):
-            state = "unreadable"
-        relpath = archive.name.relpath
-        holders = [name for name, by_local in copies.items()
-                   if (copy := by_local.get(relpath)) is not None and copy.local_sha256 == expected]
-        offsite = _offsite(holders, len(copies))
-        rows.append(ArchiveRow(relpath, archive.name.backup_name, archive.name.volume_name, archive.name.frequency.value,
-                               _date(archive.name), archive.size, state, offsite))
+        n = archive.name
+        rows.append(ArchiveRow(n.relpath, n.backup_name, n.volume_name, n.frequency.value, _date(n), archive.size,
+                               *_states(archive.path, n.relpath, copies, verify)))
+    for export in ctx.store.image_exports() if name is None else ():
+        n = export.name
+        rows.append(ArchiveRow(n.relpath, f"{n.image}:{n.tag}", "-", "image", n.stamp.date().isoformat(),
+                               export.size, *_states(export.path, n.relpath, copies, verify)))
     return rows
+
+
+def _states(path: Path, relpath: str, copies: dict, verify: bool) -> tuple[str, str]:
+    """(checksum state, off-site state) of one file on the backup volume."""
+    expected = None
+    try:
+        expected = read_checksum(path)
+        if expected is None:
+            state = "missing"
+        elif verify:
+            state = "ok" if sha256_file(path) == expected else "mismatch"
+        else:
+            state = "present"
+    except (ArchiveError, OSError):
+        state = "unreadable"
+    holders = [name for name, by_local in copies.items()
+               if (copy := by_local.get(relpath)) is not None and copy.local_sha256 == expected]
+    return state, _offsite(holders, len(copies))
 
 
 def _offsite(holders: list[str], destinations: int) -> str:

@@ -114,20 +114,43 @@ def local_items(ctx: Context) -> list[LocalItem]:
     return items
 
 
-def run_sync(ctx: Context) -> SyncReport:
-    """Copy what is missing to every destination, one after the other."""
+def run_sync(ctx: Context, new_cycle: bool = True) -> SyncReport:
+    """Copy what is missing to every destination, one after the other. A sync starts a
+    new cycle (the daemon's periodic sync, the `sync` command): every destination is tried.
+    The sync after a backup passes new_cycle=False: a destination found unreachable earlier
+    in the cycle (`ctx.unreachable`) is not tried again until the next cycle."""
     if not ctx.destinations:
         return SyncReport(skipped=True)
     if not _SYNC_LOCK.acquire(blocking=False):
         return SyncReport(skipped=True, error="another sync is running")
     try:
+        if new_cycle:
+            ctx.unreachable.clear()
         ctx.store.prepare()
         with ctx.store.target_lock(".sync"):
-            return SyncReport(tuple(_sync(ctx, d) for d in ctx.destinations))
+            return SyncReport(tuple(_marked_down(ctx, d) or _sync(ctx, d) for d in ctx.destinations))
     except SidecarError as err:  # BackupBusy from another process's sync
         return SyncReport(skipped=True, error=str(err))
     finally:
         _SYNC_LOCK.release()
+
+
+def _marked_down(ctx: Context, destination: Destination) -> SyncResult | None:
+    """The result of not trying a destination that was unreachable earlier in this cycle."""
+    if destination.name not in ctx.unreachable:
+        return None
+    index = copy_index(ctx, destination).entries()
+    pending = tuple(i.relpath for i in local_items(ctx) if remote_relpath(ctx, i.relpath) not in index)
+    logger.warning("off-site copy not tried: the store was unreachable earlier in this cycle; retrying on the "
+                   "next sync cycle", extra={"phase": "upload", "destination": destination.name,
+                                             "pending": len(pending)})
+    return SyncResult(destination.name, pending=pending, error=f"{destination.name} is unreachable (marked down "
+                      "until the next sync cycle)")
+
+
+def _mark_down(ctx: Context, destination: Destination, err: DestinationError) -> None:
+    if isinstance(err, DestinationUnreachable):
+        ctx.unreachable.add(destination.name)
 
 
 def _sync(ctx: Context, destination: Destination) -> SyncResult:
@@ -137,6 +160,7 @@ def _sync(ctx: Context, destination: Destination) -> SyncResult:
     try:
         listing = {o.relpath: o for o in destination.list()}
     except DestinationError as err:
+        _mark_down(ctx, destination, err)
         pending = tuple(i.relpath for i in local_items(ctx) if remote_relpath(ctx, i.relpath) not in index.entries())
         logger.error("off-site copy failed: the store cannot be listed; retrying on the next cycle",
                      extra={"phase": "upload", "destination": name, "error": str(err), "pending": len(pending)})
@@ -184,6 +208,7 @@ def _sync(ctx: Context, destination: Destination) -> SyncResult:
             logger.error("off-site copy failed; the local archive is kept and the upload is retried on the "
                          "next cycle", extra={**fields, "error": str(err)})
             if isinstance(err, DestinationUnreachable):
+                _mark_down(ctx, destination, err)
                 pending = tuple(i.relpath for i in items[position + 1:]
                                 if remote_relpath(ctx, i.relpath) not in known)
                 return SyncResult(name, tuple(uploaded), tuple(copied), tuple(verified), tuple(failed), pending,
@@ -260,6 +285,7 @@ def _remote_prune(ctx: Context, destination: Destination, keep_for, backup_name:
     try:
         listing = destination.list()
     except DestinationError as err:
+        _mark_down(ctx, destination, err)
         logger.error("off-site rotation skipped: the store cannot be listed",
                      extra={"phase": "prune", "destination": name, "error": str(err)})
         return RemotePrune(name, error=str(err))
@@ -273,6 +299,7 @@ def _remote_prune(ctx: Context, destination: Destination, keep_for, backup_name:
         try:
             destination.delete(deleted)
         except DestinationError as err:
+            _mark_down(ctx, destination, err)
             logger.error("off-site prune failed", extra={"phase": "prune", "destination": name, "error": str(err)})
             return RemotePrune(name, error=str(err), refused=tuple(refused))
         copy_index(ctx, destination).forget(deleted)

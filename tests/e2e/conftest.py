@@ -8,6 +8,7 @@ import docker
 import docker.errors
 import pytest
 
+from .compose import Stack, compose_binary
 from .support import BUSYBOX, SIDECAR_IMAGE, Lab
 
 
@@ -127,3 +128,16 @@ def prometheus(lab, tmp_path):
         tool_unavailable(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def stack(lab):
+    """A Compose project named like the lab's (Debian's docker-compose); `down -v` afterwards."""
+    binary = compose_binary()
+    if binary is None:
+        tool_unavailable("docker-compose is not installed (apt-get install docker-compose)")
+    folder = lab.tmp / "stack"
+    folder.mkdir()
+    stack = Stack(binary, lab.project, folder)
+    yield stack
+    stack.down()

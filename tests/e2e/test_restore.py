@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import time
 
 import pytest
 import zstandard
@@ -106,3 +107,33 @@ def test_restore_by_archive_name_and_missing_archive(lab):
     assert "./v" in lab.manifest(volume)
     unknown = lab.cli("restore", "app", "--volume", "nope")
     assert unknown.returncode == 2 and "no volume 'nope'" in unknown.stderr and "data (/data)" in unknown.stderr
+
+
+
+def _helper_volumes(client, since: float, until: float) -> set[str]:
+    """Anonymous volumes (64 hex digits) that helper containers mounted in [since, until]."""
+    helpers = {e["id"] for e in client.api.events(since=since, until=until, decode=True, filters={
+        "type": "container", "event": "create", "label": "backup-sidecar.helper=true"})}
+    mounted = client.api.events(since=since, until=until, decode=True, filters={"type": "volume", "event": "mount"})
+    return {e["Actor"]["ID"] for e in mounted if e["Actor"]["Attributes"].get("container") in helpers
+            and len(e["Actor"]["ID"]) == 64}
+
+
+def test_forced_restore_leaves_no_anonymous_volume(lab, sidecar_image):
+    # The sidecar's image declares VOLUME /backups: a helper from it gets an anonymous volume.
+    volume = lab.volume("data")
+    lab.populate(volume, "echo one > a.txt")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    assert lab.cli("backup", "app").returncode == 0
+    lab.populate(volume, "echo junk > b.txt")
+    volumes_before = len(lab.client.api.volumes().get("Volumes") or [])
+    started = time.time() - 1
+
+    forced = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_HELPER_IMAGE=sidecar_image)
+    assert forced.returncode == 0, forced.stderr
+    assert "./b.txt" not in lab.manifest(volume)
+    anonymous = _helper_volumes(lab.client, started, time.time() + 1)
+    assert anonymous, "the helper from the sidecar's image should have had an anonymous /backups volume"
+    existing = {v["Name"] for v in lab.client.api.volumes().get("Volumes") or []}
+    assert anonymous & existing == set()
+    print(f"docker volume ls: {volumes_before} before, {len(existing)} after (other tests share the engine)")

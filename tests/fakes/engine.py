@@ -47,6 +47,7 @@ class FakeEngine:
         self.loaded: list[bytes] = []
         self.calls: list[tuple] = []
         self.event_queue: list[dict] = []
+        self.own: ContainerInfo | None = None  # the container the sidecar runs in (own_container)
         self._faults: dict[str, _Fault] = {}
         self._seq = 0
 
@@ -197,7 +198,7 @@ class FakeEngine:
 
     def own_container(self) -> ContainerInfo | None:
         self._call("own_container")
-        return None
+        return self.own
 
     def events(self, since: float | None = None):
         self._call("events", since)

@@ -48,6 +48,9 @@ class FakeEngine:
     def find_container(self, ref):
         return next((c for c in self.containers if c.id == ref), None)
 
+    def own_container(self):
+        return None  # not in a container: the whole engine is in scope
+
 
 class Blocking:
     def __init__(self, closed: threading.Event):

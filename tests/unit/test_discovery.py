@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import pytest
 
 from sidecar.discovery import discover
+from sidecar.model import ContainerState
 from sidecar.schedule import parse_schedule
 
 from .helpers import container
@@ -80,6 +84,39 @@ def test_duplicate_explicit_backup_names():
     assert [t.container.name for t in found.targets] == ["a-y-1"]
     assert [s.container.name for s in found.skipped] == ["b-x-1", "c-z-1"]
     assert all("already used by container 'a-y-1'" in s.reason for s in found.skipped)
+
+
+def _recreated(old_state, new_state):
+    """Compose's `up -d` recreating shop-db-1: the old one renamed `<id12>_shop-db-1` beside the new."""
+    old_id, new_id = "0ld" + "1" * 61, "ne7" + "2" * 61
+    number = {"com.docker.compose.container-number": "1"}
+    old = c(f"{old_id[:12]}_shop-db-1", {"backup.enable": "true", **number}, id=old_id, backup_name="db")
+    new = c("shop-db-1", {"backup.enable": "true", **number}, id=new_id, backup_name="db")
+    return dataclasses.replace(old, state=old_state), dataclasses.replace(new, state=new_state)
+
+
+@pytest.mark.parametrize("old_state, new_state", [
+    (ContainerState.EXITED, ContainerState.CREATED),  # between create and start
+    (ContainerState.EXITED, ContainerState.RUNNING),
+    (ContainerState.RUNNING, ContainerState.CREATED),  # the old one not stopped yet
+])
+def test_a_container_being_recreated_by_compose_is_no_clash(old_state, new_state, caplog):
+    old, new = _recreated(old_state, new_state)
+    for order in ([old, new], [new, old]):
+        with caplog.at_level(logging.DEBUG, logger="sidecar.discovery"):
+            found = discover(order, DAILY)
+        assert found.skipped == ()
+        [target] = found.targets
+        assert target.container == (old if old_state is ContainerState.RUNNING else new)
+    assert any("replaced" in r.__dict__ and r.levelno == logging.DEBUG for r in caplog.records)
+
+
+def test_replicas_of_a_scaled_service_still_clash():
+    one = c("shop-db-1", {"backup.enable": "true", "com.docker.compose.container-number": "1"}, backup_name="db")
+    two = c("shop-db-2", {"backup.enable": "true", "com.docker.compose.container-number": "2"}, backup_name="db")
+    found = discover([one, two], DAILY)
+    assert [t.container.name for t in found.targets] == ["shop-db-1"]
+    assert "already used by container 'shop-db-1'" in found.skipped[0].reason
 
 
 def test_a_skipped_container_does_not_reserve_its_name():
