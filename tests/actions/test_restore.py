@@ -4,6 +4,7 @@ the container back, the bytes restored."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from sidecar.actions.restore import RestoreOutcome, run_restore
 from sidecar.errors import EngineError, NotFound, RestoreError
 from sidecar.model import ContainerState
 
-from .conftest import app_labels, tree
+from .conftest import app_labels, archive_members, tree
 
 
 @pytest.fixture
@@ -83,3 +84,31 @@ def test_unknown_volume_and_missing_archive_are_not_found(engine, ctx, data, tmp
         run_restore(ctx, "app", "nope")
     with pytest.raises(NotFound, match="no archive of app volume other"):
         run_restore(ctx, "app", "other")
+
+
+def test_colliding_short_names_stay_with_their_mount_whatever_the_engines_order(engine, ctx, tmp_path):
+    """Two volumes both called `data`: the `-2` goes by mount destination, so a second
+    backup after the engine listed the mounts the other way round names each the same,
+    and `restore --volume data-2` puts the archive back where it came from."""
+    first, second = tmp_path / "one" / "data", tmp_path / "two" / "data"
+    app = engine.add_container("app-1", app_labels(), {"/srv/z": first, "/srv/a": second})
+    (first / "z.txt").write_text("from /srv/z\n")
+    (second / "a.txt").write_text("from /srv/a\n")
+
+    def backed_up_names() -> dict[str, str]:
+        assert run_backup(ctx, ctx.discover().find("app")).ok
+        return {a.name.volume_name: sorted(archive_members(a.path)) for a in ctx.store.archives("app")
+                if a.name.frequency.value == "daily"}
+
+    assert backed_up_names() == {"data": [".", "a.txt"], "data-2": [".", "z.txt"]}
+    c = engine.containers[app.id]
+    c.info = replace(c.info, mounts=tuple(reversed(c.info.mounts)))
+    for archive in ctx.store.archives("app"):
+        ctx.store.delete(archive)
+    assert backed_up_names() == {"data": [".", "a.txt"], "data-2": [".", "z.txt"]}
+
+    shutil.rmtree(first)
+    first.mkdir()
+    outcome = run_restore(ctx, "app", "data-2")
+    assert outcome.volume == "data-2" and (first / "z.txt").read_text() == "from /srv/z\n"
+    assert not (first / "a.txt").exists()
