@@ -7,6 +7,7 @@ so a backup name with underscores still parses.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,16 +129,22 @@ def choose_name(
 IMAGE_FOLDER = "images"
 
 _IMAGE_RE = re.compile(
-    r"^(?P<image>[^_]+)_(?P<tag>[^_]+)_"
+    r"^(?P<image>[^_]+)_(?P<tag>[^_]+)_(?:(?P<ref>[0-9a-f]{8})_)?"
     r"(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
     r"(?P<ext>\.tar\.zst(?:\.age)?)$"
 )
 _IMAGE_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+_IMAGE_ID = re.compile(r"[0-9a-f]{12,64}")
 
 
 @dataclass(frozen=True)
 class ImageArchiveName:
-    """images/{image}_{tag}_{YYYY-MM-DD}[THHMMSS][-N].tar.zst: a `docker save` of one image."""
+    """images/{image}_{tag}_{ref}_{YYYY-MM-DD}[THHMMSS][-N].tar.zst: a `docker save` of one image.
+
+    `image` and `tag` are the reference made safe for file names, which can make two
+    references look alike (`team/app:1.0`, `team-app:1.0`); `ref`, a short hash of the
+    full reference, keeps their exports apart (rotation groups by it). Names written
+    before it existed have `ref` "" and rotate among themselves."""
 
     stamp: datetime
     image: str
@@ -145,27 +152,47 @@ class ImageArchiveName:
     extension: str
     has_time: bool = False
     seq: int = 0
+    ref: str = ""
 
     @property
     def filename(self) -> str:
-        return f"{self.image}_{self.tag}_{_stamp_text(self.stamp, self.has_time, self.seq)}{self.extension}"
+        ref = f"{self.ref}_" if self.ref else ""
+        return f"{self.image}_{self.tag}_{ref}{_stamp_text(self.stamp, self.has_time, self.seq)}{self.extension}"
 
     @property
     def relpath(self) -> str:
         return f"{IMAGE_FOLDER}/{self.filename}"
 
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """Exports of one reference: what image rotation keeps `keep` of."""
+        return self.image, self.tag, self.ref
+
+
+def image_reference_key(reference: str) -> str:
+    """8 hex digits of the SHA-256 of the reference in full (`app` and `app:latest` are
+    one reference; a digest is left out, as the name leaves it out)."""
+    if reference.startswith("sha256:") or _IMAGE_ID.fullmatch(reference):
+        canonical = reference.removeprefix("sha256:")
+    else:
+        name, tag = _split_tag(reference)
+        canonical = f"{name}:{tag}"
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _split_tag(reference: str) -> tuple[str, str]:
+    name, tag = reference.split("@", 1)[0], "latest"
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    return name, tag
+
 
 def split_image_reference(reference: str) -> tuple[str, str]:
     """'registry:5000/team/app:1.2' -> ('registry-5000-team-app', '1.2'); an ID -> ('image', short id).
     Both parts are safe for file names and never contain '_'."""
-    if reference.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{12,64}", reference):
+    if reference.startswith("sha256:") or _IMAGE_ID.fullmatch(reference):
         return "image", reference.removeprefix("sha256:")[:12]
-    name, tag = reference, "latest"
-    if "@" in name:
-        name = name.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name, tag = name.rsplit(":", 1)
+    name, tag = _split_tag(reference)
     image = _IMAGE_UNSAFE.sub("-", name).strip("-.") or "image"
     return image[:80], (_IMAGE_UNSAFE.sub("-", tag).strip("-.") or "latest")[:40]
 
@@ -175,17 +202,19 @@ def parse_image_name(filename: str) -> ImageArchiveName | None:
     stamp = _parse_stamp(m)
     if stamp is None:
         return None
-    return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0))
+    return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0),
+                            m["ref"] or "")
 
 
 def choose_image_name(reference: str, when: datetime, extension: str,
                       exists: Callable[[str], bool]) -> ImageArchiveName:
     """A new export's name; a second export of the same image on the same day gets the time part."""
     image, tag = split_image_reference(reference)
+    ref = image_reference_key(reference)
     when = when.replace(tzinfo=None, microsecond=0)
-    candidate = ImageArchiveName(when, image, tag, extension)
+    candidate = ImageArchiveName(when, image, tag, extension, ref=ref)
     seq = 1
     while exists(candidate.relpath):
-        candidate = ImageArchiveName(when, image, tag, extension, has_time=True, seq=0 if seq == 1 else seq)
+        candidate = ImageArchiveName(when, image, tag, extension, has_time=True, seq=0 if seq == 1 else seq, ref=ref)
         seq += 1
     return candidate
