@@ -237,7 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NOTIFY_TIMEOUT", seconds(1, 300), "10", "seconds one notification may take"),
     Setting("METRICS_PORT", whole(0, 65535), "9918", "Prometheus endpoint (`/metrics`, `/healthz`); `0` turns "
             "it off", field="metrics_port"),
-    Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on", field="metrics_addr",
+    Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on (`::`: IPv6 and IPv4 where the system allows both)", field="metrics_addr",
             shown_default="all interfaces"),
 )
 
