@@ -203,6 +203,19 @@ def _volumes(container: ContainerInfo, wanted: tuple[str, ...] | None, label_fai
         return ()
 
 
+def label_backup_name(container: ContainerInfo) -> str:
+    """The backup name of any container, labelled or not (restore into a container that is
+    no target): its backup.name label checked as for a target, else the default name.
+    Raises LabelError for a backup.name no target could have (`../../x`)."""
+    raw = container.labels.get(NAME, "")
+    if not raw.strip():
+        return default_name(container)
+    try:
+        return _name(raw)
+    except ValueError as exc:
+        raise LabelError(container.name, [f"label {NAME}={raw!r} is invalid: {exc}"]) from None
+
+
 def intended_name(container: ContainerInfo) -> str:
     """The backup name a container asks for, even when its labels are otherwise invalid."""
     return container.labels.get(NAME, "").strip() or default_name(container)

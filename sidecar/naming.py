@@ -13,12 +13,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
+from .errors import UnsafeName
 from .schedule import Frequency
 
 EXTENSIONS = (".tar.zst", ".tar.gz", ".tar")
 ENCRYPTED_SUFFIX = ".age"
 CHECKSUM_SUFFIX = ".sha256"
 PARTIAL_SUFFIX = ".partial"
+
+MAX_COMPONENT = 200  # bytes of one name used in a file name (255 minus room for suffixes)
+
+
+def safe_component(name: str, what: str) -> str:
+    """`name` when it can be one component of a path under BACKUP_DIR (a lock file, an
+    archive's name): raises UnsafeName for "/", NUL, "." and "..", empty or too long names,
+    so no name read from a label, the command line or a state file can reach outside."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name.encode(errors="replace")) > MAX_COMPONENT:
+        raise UnsafeName(f"{what} {name[:300]!r} cannot be used in a file name: accepted: 1-{MAX_COMPONENT} characters, "
+                         "no '/' nor NUL, not '.' or '..'")
+    return name
+
+
+def safe_relpath(relpath: str) -> str:
+    """`relpath` when it stays inside the folder it is relative to (no absolute path, no '..')."""
+    parts = relpath.split("/")
+    if relpath.startswith("/") or "\0" in relpath or any(p == ".." for p in parts):
+        raise UnsafeName(f"path {relpath[:300]!r} would lead outside the backup folder")
+    return relpath
+
 
 _NAME_RE = re.compile(
     r"^(?P<service>.+)_(?P<type>[^_]+)_"
@@ -113,6 +135,8 @@ def choose_name(
     A second archive on the same day gets the time part; a second in the same second a
     sequence number. `exists` should also answer for partial and checksum files.
     """
+    safe_component(backup_name, "backup name")
+    safe_component(volume_name, "volume name")
     when = when.replace(tzinfo=None, microsecond=0)
     candidate = ArchiveName(when, backup_name, volume_name, frequency, extension, has_time=with_time)
     if not exists(candidate.relpath):

@@ -31,6 +31,8 @@ from .naming import (
     ImageArchiveName,
     parse_image_name,
     parse_name,
+    safe_component,
+    safe_relpath,
 )
 from .schedule import Frequency
 from .state import JsonState
@@ -80,7 +82,7 @@ class BackupStore:
 
     # --- archives ---------------------------------------------------------------
     def path(self, relpath: str) -> Path:
-        return self.root / relpath
+        return self.root / safe_relpath(relpath)
 
     def taken(self, relpath: str) -> bool:
         """True when an archive, its partial or its checksum already uses this name."""
@@ -221,8 +223,9 @@ class BackupStore:
     @contextlib.contextmanager
     def target_lock(self, name: str) -> Iterator[None]:
         """Held while `name` is backed up or restored; a second holder, in this process
-        or another one on the same backup volume, gets BackupBusy at once."""
-        path = self.state_dir / "locks" / f"{name}.lock"
+        or another one on the same backup volume, gets BackupBusy at once; UnsafeName for
+        a name that is no single file name (`../x`), before anything is created."""
+        path = self.state_dir / "locks" / f"{safe_component(name, 'target name')}.lock"
         if not path.parent.is_dir():
             self.prepare()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -10,7 +10,7 @@ import pytest
 
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import RestoreOutcome, run_restore
-from sidecar.errors import EngineError, NotFound, RestoreError
+from sidecar.errors import EngineError, LabelError, NotFound, RestoreError, UnsafeName
 from sidecar.model import ContainerState
 
 from .conftest import app_labels, archive_members, tree
@@ -112,3 +112,33 @@ def test_colliding_short_names_stay_with_their_mount_whatever_the_engines_order(
     outcome = run_restore(ctx, "app", "data-2")
     assert outcome.volume == "data-2" and (first / "z.txt").read_text() == "from /srv/z\n"
     assert not (first / "a.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "../../../../escaped", "a/../../escaped"])
+def test_a_backup_name_that_climbs_out_is_refused_before_anything_is_written(engine, ctx, data, tmp_path, name):
+    """A container skipped for bad labels, whose backup.name would put its lock file
+    outside BACKUP_DIR: restore into it refuses with a clear message and creates nothing."""
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run_backup(ctx, ctx.discover().find("app")).ok
+    archive = ctx.store.latest("app", "data").path
+    engine.calls.clear()
+    engine.add_container("bad-1", {"backup.enable": "true", "backup.name": name, "backup.strategy": "sideways"},
+                         {"/data": tmp_path / "bad" / "data"})
+    outside = tmp_path.parent
+    before = set(outside.rglob("*escaped*"))
+
+    with pytest.raises(LabelError, match=r"container 'bad-1': label backup.name=.* is invalid"):
+        run_restore(ctx, "bad-1", "data", archive=str(archive))
+
+    assert set(outside.rglob("*escaped*")) == before == set()
+    assert engine.names("put_archive") == [] and engine.names("stop") == []
+
+
+def test_names_that_become_paths_are_checked_where_they_do(ctx):
+    with pytest.raises(UnsafeName, match="target name '../x' cannot be used in a file name"):
+        with ctx.store.target_lock("../x"):
+            pass
+    for bad in ("../x", "/etc/passwd", "daily/../../x", "a\0b"):
+        with pytest.raises(UnsafeName):
+            ctx.store.path(bad)
+    assert not (ctx.store.root.parent / "x.lock").exists()

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sidecar.labels import restore_volumes, select_volumes, short_volume_name
+from sidecar.errors import UnsafeName
 from sidecar.naming import ArchiveName, choose_name, parse_name
 from sidecar.schedule import Frequency
 
@@ -269,3 +270,11 @@ def test_restore_names_a_mount_as_its_backup_did():
     listed = restore_volumes(container(labels={"backup.enable": "true", "backup.volumes": "/a/data,/data"},
                                        mounts=mounts))
     assert [(s.volume_name, s.mount.destination) for s in listed] == [("data", "/a/data"), ("data-2", "/data")]
+
+
+@pytest.mark.parametrize("backup_name, volume_name", [("../x", "data"), ("app", ".."), ("a/b", "data"),
+                                                      ("app", "d\0x"), ("", "data"), ("a" * 201, "data")])
+def test_choose_name_refuses_names_that_are_no_single_file_name(backup_name, volume_name):
+    with pytest.raises(UnsafeName):
+        choose_name(backup_name, volume_name, datetime(2026, 1, 1), Frequency.DAILY, False, ".tar.zst",
+                    lambda _rel: False)
