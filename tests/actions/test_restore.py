@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from sidecar import crypto
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import RestoreOutcome, run_restore
 from sidecar.errors import EngineError, LabelError, NotFound, RestoreError, UnsafeName
@@ -142,3 +143,17 @@ def test_names_that_become_paths_are_checked_where_they_do(ctx):
         with pytest.raises(UnsafeName):
             ctx.store.path(bad)
     assert not (ctx.store.root.parent / "x.lock").exists()
+
+
+def test_restore_of_a_passphrase_archive_derives_the_key_once(engine, make_ctx, data, monkeypatch):
+    """Checking, then unpacking: two reads of the archive, one scrypt derivation (256 MiB)."""
+    ctx = make_ctx(BACKUP_AGE_PASSPHRASE="correct horse battery staple 7")
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run_backup(ctx, ctx.discover().find("app")).ok
+    before = tree(data)
+    shutil.rmtree(data)
+    data.mkdir()
+    real, derived = crypto._scrypt, []
+    monkeypatch.setattr(crypto, "_scrypt", lambda *args: derived.append(args[2]) or real(*args))
+    run_restore(ctx, "app", "data")
+    assert tree(data) == before and derived == [18]
