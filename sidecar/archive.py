@@ -167,14 +167,22 @@ class ArchiveWriter:
             yield chunk
 
     def finish(self) -> ArchiveResult:
-        """Make the archive durable and visible: fsync, rename, then write the checksum."""
+        """Make the archive durable and visible: fsync, write the checksum (durably), then
+        rename. The checksum goes first because writing it needs space and a rename does
+        not: a full disk leaves only partials (removed by the caller's abort), never an
+        archive without its .sha256. A crash between the two leaves NAME.sha256 beside
+        NAME.partial, which BackupStore.clean_partials removes."""
         assert self._file is not None and self._hashing is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         digest = self._hashing.sha.hexdigest()
-        os.replace(self.partial_path, self.final_path)
-        write_checksum(self.final_path, digest, self.file_mode)
+        checksum = write_checksum(self.final_path, digest, self.file_mode)
+        try:
+            os.replace(self.partial_path, self.final_path)
+        except BaseException:
+            checksum.unlink(missing_ok=True)
+            raise
         fsync_dir(self.final_path.parent)
         self._done = True
         return ArchiveResult(self.final_path, self._hashing.size, self.raw_bytes, digest)
@@ -193,16 +201,21 @@ class ArchiveWriter:
 
 
 def write_checksum(path: Path, digest: str, file_mode: int = 0o600) -> Path:
-    """NAME.sha256 in sha256sum's format, written atomically."""
+    """NAME.sha256 in sha256sum's format, written atomically and fsynced (the folder's
+    fsync is the caller's); on failure (disk full) nothing is left behind."""
     checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
     tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
-    os.fchmod(fd, file_mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{digest}  {path.name}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checksum)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, file_mode)
+            f.write(f"{digest}  {path.name}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, checksum)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return checksum
 
 

@@ -3,8 +3,11 @@ the outcome, and the archive's bytes."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
+from sidecar import archive
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState
@@ -149,3 +152,28 @@ def test_two_volumes_two_archives_one_interruption(engine, ctx, data, tmp_path):
     assert outcome.ok and outcome.volumes == ("data", "logs")
     assert [archive_members(a.path) for a in outcome.archives] == [tree(data), tree(logs)]
     assert _interruptions(engine) == ["stop", "start"]
+
+
+def test_a_full_disk_at_the_checksum_leaves_no_archive_nor_image_export_without_it(engine, ctx, data, monkeypatch):
+    """The volume archive, then (next run) the image export: ENOSPC while the checksum is
+    written fails the backup and leaves nothing in daily/ or images/."""
+    engine.add_image("built-here:1")  # no digest: exported
+    engine.add_container("app-1", app_labels(), {"/data": data}, image="built-here:1",
+                         image_id=engine.images["built-here:1"][0].id)
+    real = archive.write_checksum
+
+    def full(path, *args, **kwargs):
+        if wanted in path.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "write_checksum", full)
+    wanted = "daily"
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.result is BackupResult.FAILURE and "No space left" in outcome.error
+    assert list((ctx.store.root / "daily").iterdir()) == []
+    wanted = "images"
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.result is BackupResult.FAILURE and outcome.phase == "image"
+    assert list((ctx.store.root / "images").iterdir()) == []
+    assert all(a.has_checksum for a in ctx.store.archives())
