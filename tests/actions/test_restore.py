@@ -11,6 +11,7 @@ import pytest
 from sidecar import crypto
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import RestoreOutcome, run_restore
+from sidecar.destinations import CopyIndex
 from sidecar.errors import EngineError, LabelError, NotFound, RestoreError, UnsafeName
 from sidecar.model import ContainerState
 
@@ -143,6 +144,8 @@ def test_names_that_become_paths_are_checked_where_they_do(ctx):
         with pytest.raises(UnsafeName):
             ctx.store.path(bad)
     assert not (ctx.store.root.parent / "x.lock").exists()
+    with pytest.raises(UnsafeName, match="destination name"):
+        CopyIndex(ctx.store.state_dir, "../../x")
 
 
 def test_restore_of_a_passphrase_archive_derives_the_key_once(engine, make_ctx, data, monkeypatch):
