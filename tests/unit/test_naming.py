@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.labels import restore_volumes, select_volumes, short_volume_name
 from sidecar.errors import UnsafeName
+from sidecar.labels import restore_volumes, select_volumes, short_volume_name
 from sidecar.naming import ArchiveName, choose_name, parse_name
 from sidecar.schedule import Frequency
 
