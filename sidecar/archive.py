@@ -167,14 +167,22 @@ class ArchiveWriter:
             yield chunk
 
     def finish(self) -> ArchiveResult:
-        """Make the archive durable and visible: fsync, rename, then write the checksum."""
+        """Make the archive durable and visible: fsync, write the checksum (durably), then
+        rename. The checksum goes first because writing it needs space and a rename does
+        not: a full disk leaves only partials (removed by the caller's abort), never an
+        archive without its .sha256. A crash between the two leaves NAME.sha256 beside
+        NAME.partial, which BackupStore.clean_partials removes."""
         assert self._file is not None and self._hashing is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         digest = self._hashing.sha.hexdigest()
-        os.replace(self.partial_path, self.final_path)
-        write_checksum(self.final_path, digest, self.file_mode)
+        checksum = write_checksum(self.final_path, digest, self.file_mode)
+        try:
+            os.replace(self.partial_path, self.final_path)
+        except BaseException:
+            checksum.unlink(missing_ok=True)
+            raise
         fsync_dir(self.final_path.parent)
         self._done = True
         return ArchiveResult(self.final_path, self._hashing.size, self.raw_bytes, digest)
@@ -196,7 +204,8 @@ def write_checksum(path: Path, digest: str, file_mode: int = 0o600, *, replace: 
     """NAME.sha256 in sha256sum's format, durable and atomic: written to a partial file
     (mode `file_mode` whatever the umask), fsynced, then renamed over NAME.sha256, or,
     with `replace=False`, linked there so an existing checksum is never replaced
-    (FileExistsError)."""
+    (FileExistsError). On failure (disk full) nothing is left behind; the folder's fsync
+    is the caller's."""
     checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
     tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL), file_mode)

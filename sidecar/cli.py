@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
                        description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
-    p.add_argument("archive", metavar="FILE", help="path, or name under BACKUP_DIR (e.g. images/app_latest_2026-11-26.tar.zst)")
+    p.add_argument("archive", metavar="FILE", help="path, or name under BACKUP_DIR (e.g. images/app_latest_1a2b3c4d_2026-11-26.tar.zst)")
 
     p = sub.add_parser("healthcheck", help="exit 0 when the daemon's loop is alive (for HEALTHCHECK)")
     p.add_argument("--max-age", type=float, default=HEALTHY_HEARTBEAT_SECONDS, metavar="SECONDS")

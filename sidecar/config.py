@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 class S3Config:
     bucket: str
     prefix: str = ""  # keys are f"{prefix}/{relpath}", without leading or double slashes
-    endpoint_url: str | None = None  # None: AWS
+    endpoint_url: str | None = field(default=None, repr=False)  # None: AWS; may hold user:password@
     region: str | None = None
     storage_class: str | None = None  # e.g. STANDARD_IA; None: the bucket's default
     path_style: bool = False  # http://host/bucket/key instead of http://bucket.host/key

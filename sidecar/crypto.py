@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -42,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import EncryptionError
-from .keys import MAX_WORK_FACTOR, EncryptionConfig, Identity, Recipient, to_recipient
+from .keys import DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, EncryptionConfig, Identity, Recipient, to_recipient
 from .streams import ChunkedReader
 
 logger = logging.getLogger(__name__)
@@ -528,7 +529,16 @@ def _unwrap_scrypt(header: _Header, passphrase: str) -> bytes:
     work_factor = int(args[2])
     if work_factor > MAX_WORK_FACTOR:
         raise EncryptionError(f"the archive's scrypt work factor {work_factor} is above the limit "
-                              f"{MAX_WORK_FACTOR}")
+                              f"{MAX_WORK_FACTOR} (the sidecar writes {DEFAULT_WORK_FACTOR}); refusing to spend "
+                              f"{(128 << work_factor) >> 20} MiB on it: decrypt it with the age CLI if you trust it")
+    return _file_key(passphrase, salt, work_factor, body)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_key(passphrase: str, salt: bytes, work_factor: int, body: bytes) -> bytes:
+    """The file key a passphrase stanza wraps. Cached (for this process, a few entries):
+    a restore reads an archive twice, checking then unpacking, and scrypt is the costly
+    part (256 MiB, half a second); failures are not cached."""
     try:
         return ChaCha20Poly1305(_scrypt(passphrase, salt, work_factor)).decrypt(bytes(12), body, None)
     except InvalidTag:

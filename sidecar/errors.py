@@ -37,6 +37,10 @@ class LabelError(ConfigError):
         super().__init__(f"container {container!r}: " + "; ".join(self.problems))
 
 
+class UnsafeName(ConfigError):
+    """A name (target, volume, archive) that would become a path outside its folder."""
+
+
 class EngineError(SidecarError):
     """The Docker engine refused or failed a request; keeps the engine's explanation."""
 

@@ -19,7 +19,10 @@ Recipient: TypeAlias = pyrage.x25519.Recipient | pyrage.ssh.Recipient
 
 DEFAULT_WORK_FACTOR = 18  # log2 of scrypt's N, as the age CLI uses: ~0.5 s and 256 MiB once per archive
 MIN_WORK_FACTOR = 10
-MAX_WORK_FACTOR = 22  # the age CLI's limit when decrypting (4 GiB of scrypt memory)
+# The most accepted, writing or decrypting: what the sidecar writes plus one step for age
+# tools that calibrate theirs (512 MiB of scrypt memory, about 1 s). A forged header must
+# not make a restore spend 4 GiB and half a minute (the age CLI's own limit is 22).
+MAX_WORK_FACTOR = DEFAULT_WORK_FACTOR + 1
 
 ACCEPTED_RECIPIENTS = (
     "age X25519 public keys (age1...) or SSH public keys (ssh-ed25519 AAAA..., ssh-rsa AAAA...), "

@@ -12,6 +12,7 @@ the label, the value and what is accepted; the caller skips that container only.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -21,6 +22,7 @@ from .model import (
     Compression,
     ImagePolicy,
     ContainerInfo,
+    Mount,
     Strategy,
     Target,
     TargetConfig,
@@ -201,6 +203,19 @@ def _volumes(container: ContainerInfo, wanted: tuple[str, ...] | None, label_fai
         return ()
 
 
+def label_backup_name(container: ContainerInfo) -> str:
+    """The backup name of any container, labelled or not (restore into a container that is
+    no target): its backup.name label checked as for a target, else the default name.
+    Raises LabelError for a backup.name no target could have (`../../x`)."""
+    raw = container.labels.get(NAME, "")
+    if not raw.strip():
+        return default_name(container)
+    try:
+        return _name(raw)
+    except ValueError as exc:
+        raise LabelError(container.name, [f"label {NAME}={raw!r} is invalid: {exc}"]) from None
+
+
 def intended_name(container: ContainerInfo) -> str:
     """The backup name a container asks for, even when its labels are otherwise invalid."""
     return container.labels.get(NAME, "").strip() or default_name(container)
@@ -237,19 +252,45 @@ def select_volumes(container: ContainerInfo, wanted: tuple[str, ...] | None) -> 
             if match not in chosen:
                 chosen.append(match)
 
-    specs: list[VolumeSpec] = []
+    names = _unique_names(chosen, project)
+    return tuple(VolumeSpec(volume_name=names[mount.destination], mount=mount) for mount in chosen)
+
+
+def _unique_names(mounts: list[Mount], project: str | None) -> dict[str, str]:
+    """Short names by mount destination. Suffixes (`-2`, ...) go by destination order:
+    the engine lists `Mounts` in no fixed order (a Go map), and archive names must not
+    swap between two runs."""
+    names: dict[str, str] = {}
     used: set[str] = set()
-    for mount in chosen:
+    for mount in sorted(mounts, key=lambda m: m.destination):
         base = short_volume_name(mount, project)
         volume_name, n = base, 2
         while volume_name in used:
             volume_name, n = f"{base}-{n}", n + 1
         used.add(volume_name)
-        specs.append(VolumeSpec(volume_name=volume_name, mount=mount))
-    return tuple(specs)
+        names[mount.destination] = volume_name
+    return names
 
 
-def short_volume_name(mount, project: str | None) -> str:
+def restore_volumes(container: ContainerInfo) -> tuple[VolumeSpec, ...]:
+    """Every mount a restore may name, under the short name its backup gives it: the
+    backup's own selection first (by backup.volumes when that label reads, else every
+    named volume), then the container's other mounts, so `restore --volume NAME` finds
+    the mount the archive NAME came from even when short names collide."""
+    wanted = None
+    if VOLUMES in container.labels:
+        with contextlib.suppress(ValueError):
+            wanted = _volume_list(container.labels[VOLUMES])
+    try:
+        selected = select_volumes(container, wanted)
+    except ValueError:
+        selected = ()
+    every = select_volumes(container, tuple(m.destination for m in container.mounts)) if container.mounts else ()
+    chosen = {spec.mount for spec in selected}
+    return selected + tuple(spec for spec in every if spec.mount not in chosen)
+
+
+def short_volume_name(mount: Mount, project: str | None) -> str:
     """A readable, file-name-safe name for a mount: the volume name without the compose
     project prefix, or the last part of a bind mount's destination. Never contains "_",
     so archive names can be split unambiguously."""

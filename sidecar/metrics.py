@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -338,16 +339,64 @@ def _text(start_response: Callable, status: str, text: str) -> list[bytes]:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5.0  # seconds a client may take to send its request (socket read timeout)
+
     def log_message(self, *args: Any) -> None:  # scrapes every 15 s would flood the log
         pass
 
 
-class MetricsServer:
-    """Serves /metrics and /healthz on a background thread."""
+class _BoundedServer(ThreadingWSGIServer):
+    """prometheus_client's threading server with at most `max_handlers` connections served
+    at a time (more are closed at once) and IPv6 addresses (`::` accepts IPv4 as well
+    where the system allows dual-stack). Why not the plain ThreadingWSGIServer: it starts
+    one thread per connection without limit, so slow or half-sent requests pile up threads."""
 
-    def __init__(self, metrics: Metrics, address: str, port: int, healthy: Callable[[], tuple[bool, str]]):
-        self.httpd = make_server(address, port, metrics_app(metrics.registry, healthy), ThreadingWSGIServer,
-                                 handler_class=_QuietHandler)
+    max_handlers = 8
+    request_queue_size = 64  # listen backlog: a burst must not wait for SYN retransmits
+
+    def __init__(self, server_address, handler_class, *args, **kwargs):
+        if ":" in server_address[0]:
+            self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(self.max_handlers)
+        super().__init__(server_address, handler_class, *args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+            with contextlib.suppress(OSError):  # a system without dual-stack: IPv6 only
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            logger.debug("metrics connection refused: every handler is busy", extra={"client": str(client_address)})
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out or went away: socketserver would print a traceback.
+        logger.debug("metrics request failed", exc_info=True, extra={"client": str(client_address)})
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on a background thread: a bounded number of handler
+    threads, each giving its client `read_timeout` seconds to send the request."""
+
+    def __init__(self, metrics: Metrics, address: str, port: int, healthy: Callable[[], tuple[bool, str]],
+                 read_timeout: float = _QuietHandler.timeout):
+        handler = type("_Handler", (_QuietHandler,), {"timeout": read_timeout})
+        self.httpd = make_server(address, port, metrics_app(metrics.registry, healthy), _BoundedServer,
+                                 handler_class=handler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 

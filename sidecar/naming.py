@@ -7,17 +7,40 @@ so a backup name with underscores still parses.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
+from .errors import UnsafeName
 from .schedule import Frequency
 
 EXTENSIONS = (".tar.zst", ".tar.gz", ".tar")
 ENCRYPTED_SUFFIX = ".age"
 CHECKSUM_SUFFIX = ".sha256"
 PARTIAL_SUFFIX = ".partial"
+
+MAX_COMPONENT = 200  # bytes of one name used in a file name (255 minus room for suffixes)
+
+
+def safe_component(name: str, what: str) -> str:
+    """`name` when it can be one component of a path under BACKUP_DIR (a lock file, an
+    archive's name): raises UnsafeName for "/", NUL, "." and "..", empty or too long names,
+    so no name read from a label, the command line or a state file can reach outside."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name.encode(errors="replace")) > MAX_COMPONENT:
+        raise UnsafeName(f"{what} {name[:300]!r} cannot be used in a file name: accepted: 1-{MAX_COMPONENT} characters, "
+                         "no '/' nor NUL, not '.' or '..'")
+    return name
+
+
+def safe_relpath(relpath: str) -> str:
+    """`relpath` when it stays inside the folder it is relative to (no absolute path, no '..')."""
+    parts = relpath.split("/")
+    if relpath.startswith("/") or "\0" in relpath or any(p == ".." for p in parts):
+        raise UnsafeName(f"path {relpath[:300]!r} would lead outside the backup folder")
+    return relpath
+
 
 _NAME_RE = re.compile(
     r"^(?P<service>.+)_(?P<type>[^_]+)_"
@@ -112,6 +135,8 @@ def choose_name(
     A second archive on the same day gets the time part; a second in the same second a
     sequence number. `exists` should also answer for partial and checksum files.
     """
+    safe_component(backup_name, "backup name")
+    safe_component(volume_name, "volume name")
     when = when.replace(tzinfo=None, microsecond=0)
     candidate = ArchiveName(when, backup_name, volume_name, frequency, extension, has_time=with_time)
     if not exists(candidate.relpath):
@@ -128,16 +153,22 @@ def choose_name(
 IMAGE_FOLDER = "images"
 
 _IMAGE_RE = re.compile(
-    r"^(?P<image>[^_]+)_(?P<tag>[^_]+)_"
+    r"^(?P<image>[^_]+)_(?P<tag>[^_]+)_(?:(?P<ref>[0-9a-f]{8})_)?"
     r"(?P<date>\d{4}-\d{2}-\d{2})(?:T(?P<time>\d{6}))?(?:-(?P<seq>\d+))?"
     r"(?P<ext>\.tar\.zst(?:\.age)?)$"
 )
 _IMAGE_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+_IMAGE_ID = re.compile(r"[0-9a-f]{12,64}")
 
 
 @dataclass(frozen=True)
 class ImageArchiveName:
-    """images/{image}_{tag}_{YYYY-MM-DD}[THHMMSS][-N].tar.zst: a `docker save` of one image."""
+    """images/{image}_{tag}_{ref}_{YYYY-MM-DD}[THHMMSS][-N].tar.zst: a `docker save` of one image.
+
+    `image` and `tag` are the reference made safe for file names, which can make two
+    references look alike (`team/app:1.0`, `team-app:1.0`); `ref`, a short hash of the
+    full reference, keeps their exports apart (rotation groups by it). Names written
+    before it existed have `ref` "" and rotate among themselves."""
 
     stamp: datetime
     image: str
@@ -145,27 +176,47 @@ class ImageArchiveName:
     extension: str
     has_time: bool = False
     seq: int = 0
+    ref: str = ""
 
     @property
     def filename(self) -> str:
-        return f"{self.image}_{self.tag}_{_stamp_text(self.stamp, self.has_time, self.seq)}{self.extension}"
+        ref = f"{self.ref}_" if self.ref else ""
+        return f"{self.image}_{self.tag}_{ref}{_stamp_text(self.stamp, self.has_time, self.seq)}{self.extension}"
 
     @property
     def relpath(self) -> str:
         return f"{IMAGE_FOLDER}/{self.filename}"
 
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """Exports of one reference: what image rotation keeps `keep` of."""
+        return self.image, self.tag, self.ref
+
+
+def image_reference_key(reference: str) -> str:
+    """8 hex digits of the SHA-256 of the reference in full (`app` and `app:latest` are
+    one reference; a digest is left out, as the name leaves it out)."""
+    if reference.startswith("sha256:") or _IMAGE_ID.fullmatch(reference):
+        canonical = reference.removeprefix("sha256:")
+    else:
+        name, tag = _split_tag(reference)
+        canonical = f"{name}:{tag}"
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _split_tag(reference: str) -> tuple[str, str]:
+    name, tag = reference.split("@", 1)[0], "latest"
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+    return name, tag
+
 
 def split_image_reference(reference: str) -> tuple[str, str]:
     """'registry:5000/team/app:1.2' -> ('registry-5000-team-app', '1.2'); an ID -> ('image', short id).
     Both parts are safe for file names and never contain '_'."""
-    if reference.startswith("sha256:") or re.fullmatch(r"[0-9a-f]{12,64}", reference):
+    if reference.startswith("sha256:") or _IMAGE_ID.fullmatch(reference):
         return "image", reference.removeprefix("sha256:")[:12]
-    name, tag = reference, "latest"
-    if "@" in name:
-        name = name.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name, tag = name.rsplit(":", 1)
+    name, tag = _split_tag(reference)
     image = _IMAGE_UNSAFE.sub("-", name).strip("-.") or "image"
     return image[:80], (_IMAGE_UNSAFE.sub("-", tag).strip("-.") or "latest")[:40]
 
@@ -175,17 +226,19 @@ def parse_image_name(filename: str) -> ImageArchiveName | None:
     stamp = _parse_stamp(m)
     if stamp is None:
         return None
-    return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0))
+    return ImageArchiveName(stamp, m["image"], m["tag"], m["ext"], m["time"] is not None, int(m["seq"] or 0),
+                            m["ref"] or "")
 
 
 def choose_image_name(reference: str, when: datetime, extension: str,
                       exists: Callable[[str], bool]) -> ImageArchiveName:
     """A new export's name; a second export of the same image on the same day gets the time part."""
     image, tag = split_image_reference(reference)
+    ref = image_reference_key(reference)
     when = when.replace(tzinfo=None, microsecond=0)
-    candidate = ImageArchiveName(when, image, tag, extension)
+    candidate = ImageArchiveName(when, image, tag, extension, ref=ref)
     seq = 1
     while exists(candidate.relpath):
-        candidate = ImageArchiveName(when, image, tag, extension, has_time=True, seq=0 if seq == 1 else seq)
+        candidate = ImageArchiveName(when, image, tag, extension, has_time=True, seq=0 if seq == 1 else seq, ref=ref)
         seq += 1
     return candidate

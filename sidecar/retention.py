@@ -229,11 +229,11 @@ def _select(indexes: list[int], names: list[ArchiveName], goods: list[bool], lev
 
 
 def select_image_prune(items: list[tuple[T, ImageArchiveName]], keep: int) -> list[T]:
-    """Of each image's exports (local files or off-site keys), all but the newest `keep`
-    (at least one is kept)."""
-    by_image: dict[tuple[str, str], list[tuple[T, ImageArchiveName]]] = {}
+    """Of each image reference's exports (local files or off-site keys; see
+    ImageArchiveName.group), all but the newest `keep` (at least one is kept)."""
+    by_image: dict[tuple[str, str, str], list[tuple[T, ImageArchiveName]]] = {}
     for item, name in items:
-        by_image.setdefault((name.image, name.tag), []).append((item, name))
+        by_image.setdefault(name.group, []).append((item, name))
     doomed: list[T] = []
     for group in by_image.values():
         group.sort(key=lambda pair: (pair[1].stamp, pair[1].seq))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .config import S3Config
@@ -26,7 +26,7 @@ from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recip
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
-from .values import BOOLEAN, KEEP, SCHEDULE, Parser, one_of, seconds, whole
+from .values import BOOLEAN, KEEP, SCHEDULE, Parser, one_of, seconds, whole, without_userinfo
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -77,6 +77,14 @@ class Setting:
     secret: bool = False
     needs: str | None = None  # read only when this other setting is set
     shown_default: str | None = None  # the README's default when it is no literal value
+    # How a value is echoed in messages when it may hold a secret in part (a URL's password).
+    show: Callable[[str], str] | None = None
+
+    def shown(self, raw: str) -> str:
+        """NAME=VALUE for a message: the name alone for a secret, the value as `show` gives it."""
+        if self.secret:
+            return self.name
+        return f"{self.name}={(self.show(raw) if self.show else raw)!r}"
 
 
 # --- parsers of this table (shared ones are in values.py) ---------------------------------
@@ -196,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("S3_PREFIX", PREFIX, "", "key prefix inside the bucket (`{prefix}/daily/...`)", needs="S3_BUCKET",
             shown_default="none"),
     Setting("S3_ENDPOINT_URL", ENDPOINT, None, "for S3-compatible stores (MinIO, Backblaze B2, Wasabi, "
-            "Cloudflare R2, SeaweedFS)", needs="S3_BUCKET", shown_default="AWS"),
+            "Cloudflare R2, SeaweedFS)", needs="S3_BUCKET", shown_default="AWS", show=without_userinfo),
     Setting("S3_REGION", TEXT, None, "the bucket's region (`AWS_DEFAULT_REGION` also works)", needs="S3_BUCKET",
             shown_default="boto3's default"),
     Setting("S3_STORAGE_CLASS", TEXT, None, "e.g. `STANDARD_IA`, `GLACIER_IR`", needs="S3_BUCKET",
@@ -233,7 +241,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NOTIFY_TIMEOUT", seconds(1, 300), "10", "seconds one notification may take"),
     Setting("METRICS_PORT", whole(0, 65535), "9918", "Prometheus endpoint (`/metrics`, `/healthz`); `0` turns "
             "it off", field="metrics_port"),
-    Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on", field="metrics_addr",
+    Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on (`::`: IPv6 and IPv4 where the system allows both)", field="metrics_addr",
             shown_default="all interfaces"),
 )
 
@@ -287,8 +295,7 @@ def read_table(env: Mapping[str, str], problems: list[str]) -> tuple[dict[str, A
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            shown = setting.name if setting.secret else f"{setting.name}={raw!r}"
-            problems.append(f"{shown} is invalid: {exc}")
+            problems.append(f"{setting.shown(raw)} is invalid: {exc}")
     return values, given
 
 

@@ -31,6 +31,8 @@ from .naming import (
     ImageArchiveName,
     parse_image_name,
     parse_name,
+    safe_component,
+    safe_relpath,
 )
 from .schedule import Frequency
 from .state import JsonState
@@ -78,7 +80,7 @@ class BackupStore:
 
     # --- archives ---------------------------------------------------------------
     def path(self, relpath: str) -> Path:
-        return self.root / relpath
+        return self.root / safe_relpath(relpath)
 
     def taken(self, relpath: str) -> bool:
         """True when an archive, its partial or its checksum already uses this name."""
@@ -135,23 +137,41 @@ class BackupStore:
         raise NotFound(f"archive {ref!r} not found (looked in {self.root})")
 
     def clean_partials(self) -> list[Path]:
-        """Remove what a crash left half-written; returns what was removed. Partials of a
-        target whose lock is held (a backup in progress in another process) are kept."""
+        """Remove what a crash left half-written: partial archives and image exports, their
+        partial checksums, and checksums whose archive is missing (an archive is renamed
+        into place after its checksum is written; a deletion removes the archive first).
+        Returns what was removed. What a live backup in another process may be writing is
+        kept: a target's files while its lock is held, image exports while any is."""
         removed = []
-        for freq in Frequency:
-            folder = self.root / freq.value
+        for folder in [self.root / f.value for f in Frequency] + [self.root / IMAGE_FOLDER]:
             if not folder.is_dir():
                 continue
             for entry in os.scandir(folder):
-                if entry.name.endswith(PARTIAL_SUFFIX):
-                    name = parse_name(entry.name[: -len(PARTIAL_SUFFIX)].removesuffix(CHECKSUM_SUFFIX))
-                    if name is not None and self.is_locked(name.backup_name):
-                        continue
+                if self._stale(folder, entry.name):
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
                     logger.warning("removed a partial archive left by an interrupted backup",
                                    extra={"path": entry.path})
         return removed
+
+    def _stale(self, folder: Path, filename: str) -> bool:
+        if filename.endswith(PARTIAL_SUFFIX):
+            archive = filename[: -len(PARTIAL_SUFFIX)].removesuffix(CHECKSUM_SUFFIX)
+        elif filename.endswith(CHECKSUM_SUFFIX) and not (folder / filename[: -len(CHECKSUM_SUFFIX)]).exists():
+            archive = filename[: -len(CHECKSUM_SUFFIX)]
+        else:
+            return False
+        if folder.name == IMAGE_FOLDER:
+            return parse_image_name(archive) is not None and not self._any_locked()
+        name = parse_name(archive)
+        return name is not None and not self.is_locked(name.backup_name)
+
+    def _any_locked(self) -> bool:
+        """Whether any target's lock is held (image exports run under their target's lock)."""
+        folder = self.state_dir / "locks"
+        if not folder.is_dir():
+            return False
+        return any(self.is_locked(p.name.removesuffix(".lock")) for p in folder.glob("*.lock"))
 
     # --- rotation ------------------------------------------------------------------
     def archive_at(self, path: Path) -> StoredArchive:
@@ -203,8 +223,9 @@ class BackupStore:
     @contextlib.contextmanager
     def target_lock(self, name: str) -> Iterator[None]:
         """Held while `name` is backed up or restored; a second holder, in this process
-        or another one on the same backup volume, gets BackupBusy at once."""
-        path = self.state_dir / "locks" / f"{name}.lock"
+        or another one on the same backup volume, gets BackupBusy at once; UnsafeName for
+        a name that is no single file name (`../x`), before anything is created."""
+        path = self.state_dir / "locks" / f"{safe_component(name, 'target name')}.lock"
         if not path.parent.is_dir():
             self.prepare()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

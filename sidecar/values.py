@@ -11,6 +11,7 @@ import enum
 import re
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
+from urllib.parse import unquote
 
 from .retention import MAX_KEEP, parse_keep
 from .schedule import ALIASES, parse_schedule
@@ -106,3 +107,34 @@ def comma_list(raw: str) -> tuple[str, ...]:
 SCHEDULE = Parser(parse_schedule, "5-field cron (`0 3 * * *`), the same with a 6th *seconds* field last "
                   "(`* * * * * */30`, croniter's convention), or " + ", ".join(f"`{a}`" for a in ALIASES))
 KEEP = Parser(parse_keep, f"comma list of `hourly=N`, `daily=N`, `weekly=N`, `monthly=N` (N from 0 to {MAX_KEEP})")
+
+
+def _userinfo(url: str) -> tuple[str, str] | None:
+    """(scheme://, user info) of SCHEME://USERINFO@HOST..., None without user info."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    netloc_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, _host = rest[:netloc_end].rpartition("@")
+    return (scheme + sep, userinfo) if at else None
+
+
+def without_userinfo(url: str) -> str:
+    """`url` with any user:password@ part masked (`http://****@host:9000`): for a URL that
+    may carry credentials (S3_ENDPOINT_URL) wherever it is shown."""
+    found = _userinfo(url)
+    if found is None:
+        return url
+    head, userinfo = found
+    return head + "****@" + url[len(head) + len(userinfo) + 1:]
+
+
+def userinfo_parts(url: str) -> tuple[str, ...]:
+    """The secret pieces of a URL's user:password@ part, as written and decoded, longest first."""
+    found = _userinfo(url)
+    if found is None:
+        return ()
+    userinfo = found[1]
+    password = userinfo.partition(":")[2]
+    parts = {userinfo, unquote(userinfo), password, unquote(password)}
+    return tuple(sorted((p for p in parts if p), key=len, reverse=True))

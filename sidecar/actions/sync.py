@@ -128,6 +128,7 @@ def run_sync(ctx: Context, new_cycle: bool = True) -> SyncReport:
             ctx.unreachable.clear()
         ctx.store.prepare()
         with ctx.store.target_lock(".sync"):
+            _clean_outgoing(ctx)
             return SyncReport(tuple(_marked_down(ctx, d) or _sync(ctx, d) for d in ctx.destinations))
     except SidecarError as err:  # BackupBusy from another process's sync
         return SyncReport(skipped=True, error=str(err))
@@ -203,6 +204,10 @@ def _sync(ctx: Context, destination: Destination) -> SyncResult:
             failed.append((item.relpath, str(err)))
             logger.error("off-site copy failed: the local archive does not match its checksum",
                          extra={**fields, "error": str(err)})
+        except OSError as exc:  # encrypting the outgoing copy (disk full...): this archive only
+            failed.append((item.relpath, f"preparing the encrypted copy: {exc}"))
+            logger.error("off-site copy failed: the encrypted copy could not be written; retried on the next "
+                         "cycle", extra={**fields, "error": str(exc)})
         except DestinationError as err:
             failed.append((item.relpath, str(err)))
             logger.error("off-site copy failed; the local archive is kept and the upload is retried on the "
@@ -229,9 +234,10 @@ def _upload(ctx: Context, destination: Destination, item: LocalItem, rel: str) -
     if rel == item.relpath:
         return destination.upload(item.path, rel, item.sha256)
     # Only the off-site copy is encrypted: encrypt into a temporary file (ciphertext only).
-    temp_dir = ctx.store.state_dir / "outgoing"
+    temp_dir = _outgoing(ctx)
     temp_dir.mkdir(mode=0o700, exist_ok=True)
     temp = temp_dir / Path(rel).name
+    _unlink(temp)  # what a killed sync left (the .sync lock is ours: no one else writes here)
     with contextlib.ExitStack() as stack:
         stack.callback(_unlink, temp)
         stack.callback(_unlink, temp.with_name(temp.name + ".sha256"))
@@ -239,6 +245,26 @@ def _upload(ctx: Context, destination: Destination, item: LocalItem, rel: str) -
             writer.write_stream(iter_raw(item.path))
             result = writer.finish()
         return destination.upload(result.path, rel, result.sha256)
+
+
+def _outgoing(ctx: Context) -> Path:
+    return ctx.store.state_dir / "outgoing"
+
+
+def _clean_outgoing(ctx: Context) -> None:
+    """Remove what a sync killed mid-encryption left in outgoing/ (called under the .sync
+    lock, so no live sync is writing there): stale copies would fill the disk and make
+    the next encryption of the same name fail."""
+    folder = _outgoing(ctx)
+    if not folder.is_dir():
+        return
+    for entry in os.scandir(folder):
+        try:
+            os.unlink(entry.path)
+        except OSError as exc:
+            logger.warning("could not remove a stale outgoing copy", extra={"path": entry.path, "error": str(exc)})
+        else:
+            logger.info("removed a stale outgoing copy left by an interrupted sync", extra={"path": entry.path})
 
 
 def _unlink(path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..naming import safe_component
 from ..state import JsonState
 
 
@@ -31,6 +32,8 @@ class CopyEntry:
 
 
 def index_path(state_dir: Path, destination: str) -> Path:
+    """The index file of a destination (its name becomes part of a file name: checked)."""
+    safe_component(destination, "destination name")
     return state_dir / ("remote.json" if destination == "s3" else f"remote-{destination}.json")
 
 

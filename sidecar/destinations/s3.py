@@ -60,6 +60,7 @@ from ..config import S3Config
 from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 from ..fsutil import fsync_dir
 from ..naming import PARTIAL_SUFFIX
+from ..values import userinfo_parts
 from .base import RemoteObject
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,20 @@ def _safe_endpoint(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def _scrub_chain(exc: BaseException | None, scrub: Callable[[str], str]) -> None:
+    """Scrub the messages of an exception and of those it chains to, in place: botocore
+    quotes the endpoint URL (with its user:password@) in its errors, and our errors keep
+    them as their cause, which a traceback prints."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.args = tuple(scrub(a) if isinstance(a, str) else a for a in exc.args)
+        kwargs = getattr(exc, "kwargs", None)  # BotoCoreError formats its message from these
+        if isinstance(kwargs, dict):
+            exc.kwargs = {k: scrub(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+        exc = exc.__cause__ or exc.__context__
+
+
 def _expected_checksum(path: Path, size: int, part_size: int) -> tuple[str, str]:
     """(hex SHA-256 of the file, the SHA-256 checksum the store should report) in one read.
     s3transfer sends a file of `part_size` or more as parts of `part_size` (adjusted to
@@ -192,6 +207,9 @@ class S3Destination:
         self._where = (f"endpoint {_safe_endpoint(config.endpoint_url)}" if config.endpoint_url
                        else f"AWS S3 ({config.region or 'default region'})")
         self._secrets = [s for s in (config.secret_access_key, config.access_key_id) if s and len(s) >= 4]
+        # The endpoint's user:password@ whole, then its pieces (any length: they are a password).
+        self._secrets += list(userinfo_parts(config.endpoint_url or ""))
+        self._secrets.sort(key=len, reverse=True)  # a secret containing another is masked whole
         self._inflight: dict[str, tuple[str, int | None]] = {}  # key -> (phase, bytes), for retry logs
         self._tries: dict[str, int] = {}  # key ("" for bucket requests) -> attempts of its last failure
         self._guard = threading.Lock()
@@ -491,6 +509,7 @@ class S3Destination:
             where = f"s3://{self.config.bucket}/{key}" if key else f"bucket {self.config.bucket!r}"
             after = f" after {tries} attempts" if tries > 1 else ""
             error = DestinationUnreachable if _unreachable(cause) else DestinationError
+            _scrub_chain(exc, self._scrub)
             raise error(self._scrub(f"S3 {phase} of {where} ({self._where}) failed{after}: {_explain(cause)}"),
                         destination=self.name, operation=phase, key=key or "") from cause
         finally:
@@ -537,6 +556,7 @@ class S3Destination:
         return 0  # waited already; botocore retries at once (None would mean "do not retry")
 
     def _scrub(self, text: str) -> str:
+        """`text` without the credentials: every message leaving this destination goes through here."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text

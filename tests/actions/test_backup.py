@@ -3,10 +3,12 @@ the outcome, and the archive's bytes."""
 
 from __future__ import annotations
 
+import errno
 from datetime import date
 
 import pytest
 
+from sidecar import archive
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState
@@ -179,3 +181,28 @@ def test_after_a_backup_local_rotation_does_not_wait_on_an_unreachable_destinati
     # the destination once; nothing was pruned there.
     assert len(ctx.store.archives()) == 2 and order == [2]
     assert down.calls["delete"] == 0
+
+
+def test_a_full_disk_at_the_checksum_leaves_no_archive_nor_image_export_without_it(engine, ctx, data, monkeypatch):
+    """The volume archive, then (next run) the image export: ENOSPC while the checksum is
+    written fails the backup and leaves nothing in daily/ or images/."""
+    engine.add_image("built-here:1")  # no digest: exported
+    engine.add_container("app-1", app_labels(), {"/data": data}, image="built-here:1",
+                         image_id=engine.images["built-here:1"][0].id)
+    real = archive.write_checksum
+
+    def full(path, *args, **kwargs):
+        if wanted in path.parent.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "write_checksum", full)
+    wanted = "daily"
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.result is BackupResult.FAILURE and "No space left" in outcome.error
+    assert list((ctx.store.root / "daily").iterdir()) == []
+    wanted = "images"
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.result is BackupResult.FAILURE and outcome.phase == "image"
+    assert list((ctx.store.root / "images").iterdir()) == []
+    assert all(a.has_checksum for a in ctx.store.archives())

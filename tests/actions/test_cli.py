@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import signal
+import socket
 
 import pytest
 
@@ -64,3 +66,28 @@ def test_prune_fails_when_the_destination_fails_but_rotates_locally(run, engine,
 def test_invalid_settings_exit_64(run, monkeypatch):
     monkeypatch.setenv("BACKUP_DIR", "relative")
     assert run("plan") == 64
+
+
+def test_an_s3_endpoint_password_appears_in_no_output_nor_log(run, engine, data, monkeypatch, capsys, caplog):
+    """Issue 11, secrets: every CLI command that touches the store, against an endpoint that
+    does not answer, with the password in S3_ENDPOINT_URL; botocore quotes that URL in
+    its errors. Then an invalid endpoint URL with a password: the settings error hides it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    for name, value in {"S3_BUCKET": "bucket", "S3_ENDPOINT_URL": f"http://user:secretpw@127.0.0.1:{port}",
+                        "S3_ATTEMPTS": "2", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID", "AWS_SECRET_ACCESS_KEY": "sekrit",
+                        "LOG_LEVEL": "debug", "LOG_FORMAT": "text"}.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    codes = [run("backup", "app"), run("sync"), run("list", "--remote"), run("prune"),
+             run("restore", "app", "--volume", "data", "--from", "s3")]
+    assert codes[0] == 0 and codes[1] != 0  # the backup is kept; the copy could not be made
+    out = capsys.readouterr()
+    said = out.out + out.err + "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "127.0.0.1" in said and "secretpw" not in said and "user:" not in said
+    monkeypatch.setenv("S3_ENDPOINT_URL", "ftp://user:secretpw@127.0.0.1:9000")
+    assert run("sync") == 64
+    err = capsys.readouterr().err
+    assert "S3_ENDPOINT_URL='ftp://****@127.0.0.1:9000' is invalid" in err and "secretpw" not in err

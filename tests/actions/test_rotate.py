@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 from sidecar.actions import rotate
+from sidecar.actions.backup import run_backup
 from sidecar.actions.rotate import run_rotation
 from sidecar.actions.sync import RemotePrune
 from sidecar.errors import DestinationUnreachable
@@ -93,3 +94,23 @@ def test_destinations_only_leaves_local_archives_and_images(ctx, remote_calls):
 def test_without_images_the_destination_keeps_its_image_exports(ctx, remote_calls):
     run_rotation(ctx, lambda _s: KEEP, backup_name="app", images=False)
     assert [(c["backup_name"], c["images_keep"]) for c in remote_calls] == [("app", None)]
+
+
+@pytest.mark.parametrize("one, other", [("team/app:1.0", "team-app:1.0"), ("registry:5000/app", "registry-5000/app"),
+                                        ("app:1_0", "app:1-0")])
+def test_lookalike_images_keep_their_own_exports_locally_and_off_site(engine, make_ctx, tmp_path, one, other):
+    """Two images whose references clean up to the same file name part, BACKUP_KEEP_IMAGES=1:
+    each backup's rotation must leave the other image's export alone, here and on the store."""
+    ctx = make_ctx(BACKUP_KEEP_IMAGES="1")
+    store = FakeDestination("s3")
+    ctx.destinations = (store,)
+    for n, reference in enumerate((one, other)):
+        engine.add_image(reference)  # no digest: built here, exported
+        engine.add_container(f"app{n}-1", {"backup.enable": "true", "backup.name": f"app{n}"},
+                             {"/data": tmp_path / f"v{n}" / "data"}, image=reference,
+                             image_id=engine.images[reference][0].id)
+    for name in ("app0", "app1"):
+        assert run_backup(ctx, ctx.discover().find(name)).ok
+    exports = ctx.store.image_exports()
+    assert ctx.settings.images_keep == 1 and len(exports) == 2
+    assert sorted(o for o in store.objects if o.startswith("images/")) == sorted(e.name.relpath for e in exports)

@@ -4,13 +4,17 @@ with one down), run_remote_prune, fetch_from_remote, run_list_remote and copy_st
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import pyrage
 import pytest
 
+from sidecar.actions import sync
+from sidecar.actions.backup import run_backup
 from sidecar.actions.context import Context
 from sidecar.actions.listing import run_list, run_list_remote
 from sidecar.actions.restore import fetch_from_remote
@@ -321,3 +325,74 @@ def test_list_remote_rows_per_destination_with_verified_flags(make_ctx):
     assert [r.path for r in run_list_remote(ctx, destination="nas")] == [daily(2)]
     with pytest.raises(ConfigError, match="set S3_BUCKET"):
         run_list_remote(make_ctx())
+
+
+@pytest.fixture
+def encrypt_outgoing(tmp_path):
+    """A context whose archives are plain on the backup volume and encrypted on their way out."""
+    def make(engine=None, *destinations: FakeDestination) -> Context:
+        settings = load_settings({"BACKUP_DIR": str(tmp_path / "backups"), "TZ": "UTC",
+                                  "BACKUP_AGE_RECIPIENTS": str(pyrage.x25519.Identity.generate().to_public()),
+                                  "BACKUP_ENCRYPT_LOCAL": "false"})
+        ctx = Context.create(settings, engine)
+        ctx.destinations = tuple(destinations)
+        ctx.store.prepare()
+        return ctx
+    return make
+
+
+def _disk_full_for(monkeypatch, relpath: str) -> None:
+    """Encrypting `relpath`'s outgoing copy fails as on a full disk."""
+    real = sync.iter_raw
+
+    def iter_raw(path, *args):
+        if str(path).endswith(relpath):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args)
+    monkeypatch.setattr(sync, "iter_raw", iter_raw)
+
+
+def test_a_full_disk_while_encrypting_fails_that_archive_only(encrypt_outgoing, monkeypatch):
+    s3 = FakeDestination("s3")
+    ctx = encrypt_outgoing(None, s3)
+    write_archive(ctx, daily(1)), write_archive(ctx, daily(2))
+    _disk_full_for(monkeypatch, daily(1))
+
+    result = run_sync(ctx).result("s3")
+
+    assert [rel for rel, _ in result.failed] == [daily(1)] and "No space left" in result.failed[0][1]
+    assert result.uploaded == (daily(2),) and set(s3.objects) == {daily(2) + ".age"}
+    assert list((ctx.store.state_dir / "outgoing").iterdir()) == []
+
+
+def test_a_stale_outgoing_partial_does_not_block_the_next_sync(encrypt_outgoing):
+    s3 = FakeDestination("s3")
+    ctx = encrypt_outgoing(None, s3)
+    write_archive(ctx, daily(1))
+    outgoing = ctx.store.state_dir / "outgoing"
+    outgoing.mkdir()
+    stale = outgoing / (Path(daily(1)).name + ".age.partial")
+    stale.write_bytes(b"half an encrypted copy from a killed sync")
+    (outgoing / "other_data_2026-01-01_daily.tar.zst.age").write_bytes(b"left over")
+
+    report = run_sync(ctx)
+
+    assert report.ok and report.result("s3").uploaded == (daily(1),)
+    assert list(outgoing.iterdir()) == []
+
+
+def test_rotation_runs_after_a_backup_whose_encrypted_copy_could_not_be_written(engine, encrypt_outgoing,
+                                                                               monkeypatch, tmp_path):
+    """The disk is full: rotation, which frees space, must still run after the backup."""
+    s3 = FakeDestination("s3")
+    ctx = encrypt_outgoing(engine, s3)
+    engine.add_container("app-1", {"backup.enable": "true", "backup.name": "app",
+                                   "backup.keep": "daily=1,weekly=0,monthly=0"}, {"/data": tmp_path / "v" / "data"})
+    old = write_archive(ctx, daily(1))
+    _disk_full_for(monkeypatch, ".tar.zst")  # every outgoing copy
+
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+
+    assert outcome.ok and not old.exists()  # rotated although no copy went out
+    assert [a.name.stamp.date() for a in ctx.store.archives("app")] == [ctx.now().date()]
+    assert s3.objects == {}

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import socket
+import traceback
 from pathlib import Path
 
 import botocore.awsrequest
@@ -346,3 +347,29 @@ def test_delete_removes_objects_in_batches(make_store, tmp_path):
     assert store.list() == []
     store.delete([])
     assert calls["DeleteObjects"] == 3
+
+
+def test_an_endpoint_password_appears_in_no_error_traceback_or_log(make_store, s3_server, tmp_path, caplog):
+    """botocore quotes the endpoint URL, user:password@ included, in its errors; our errors
+    chain to those, so the scrubbing must reach the whole chain a traceback prints."""
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    path, digest = make_archive(tmp_path, f"daily/{NAME}", 1000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]
+    live = s3_server.endpoint_url.replace("://", "://user:secretpw@", 1)
+    errors: list[Exception] = []
+    for store in (make_store(endpoint_url=live), make_store(endpoint_url=live, bucket="no-such-bucket-here"),
+                  make_store(endpoint_url=f"http://user:secretpw@127.0.0.1:{nobody}", connect_timeout=1)):
+        for action in (store.check, lambda: store.upload(path, f"daily/{NAME}", digest),
+                       lambda: store.download("daily/missing.tar.zst", tmp_path / "x"), store.list):
+            try:
+                action()
+            except DestinationError as exc:
+                errors.append(exc)
+    assert len(errors) >= 6 and any(isinstance(e, DestinationUnreachable) for e in errors)
+    for exc in errors:
+        text = "".join(traceback.format_exception(exc)) + repr(exc.__dict__)
+        assert "secretpw" not in text, text
+    for record in caplog.records:
+        assert "secretpw" not in f"{record.getMessage()} {record.__dict__}", record

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+import socket
 import urllib.request
 
 import pyrage
@@ -152,3 +153,24 @@ def test_only_the_off_site_copy_encrypted(lab, s3_server, s3_bucket, tmp_path):
                    BACKUP_AGE_IDENTITY_FILE=str(key_file), **env)
     assert done.returncode == 0, done.stderr
     assert "./s.txt" in lab.manifest(volume)
+
+
+def test_an_endpoint_password_is_in_no_output_nor_log(lab, s3_server, s3_bucket):
+    """Issue 11's secrets grep for S3_ENDPOINT_URL=http://user:secretpw@HOST:PORT: the real
+    CLI, debug logs, against the real store and against an endpoint that does not answer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    live = s3_server.endpoint_url.replace("://", "://user:secretpw@", 1)
+    volume = lab.volume("data")
+    lab.populate(volume, "echo hello > a.txt")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    said = []
+    for endpoint in (live, f"http://user:secretpw@127.0.0.1:{dead}"):
+        env = s3_env(s3_server, s3_bucket, S3_ENDPOINT_URL=endpoint, S3_ATTEMPTS="2", LOG_LEVEL="debug")
+        for args in (("backup", "app"), ("sync",), ("list", "--remote"), ("prune", "--dry-run"),
+                     ("restore", "app", "--volume", "data", "--from", "s3", "--force")):
+            done = lab.cli(*args, **env)
+            said.append(f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}")
+    text = "\n".join(said)
+    assert "127.0.0.1" in text and "secretpw" not in text, text[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -27,7 +28,9 @@ from sidecar.archive import (
     filter_tar,
     is_excluded,
     iter_tar,
+    read_checksum,
     root_entry_tar,
+    sha256_file,
 )
 from sidecar.errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
 from sidecar.model import Compression
@@ -684,3 +687,43 @@ def test_cancel_during_write_stream_leaves_no_file(tmp_path, clock):
 def test_compression_extensions(compression, extension):
     assert compression.extension == extension
     assert str(compression) == compression.value
+
+
+def test_a_full_disk_while_writing_the_checksum_leaves_no_archive_without_it(tmp_path, monkeypatch):
+    """The checksum is written before the archive is renamed into place: ENOSPC then leaves
+    nothing that looks finished, and no .sha256.partial either."""
+    path = tmp_path / "daily" / "app_data_2026-01-01_daily.tar"
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        if "w" in mode and "b" not in mode:  # the checksum file (the archive is written in binary)
+            def write(_text):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = write
+        return f
+
+    with pytest.raises(OSError, match="No space left"):
+        with ArchiveWriter(path, Compression.NONE) as writer:
+            writer.write_stream(chunks(RAW))
+            monkeypatch.setattr(os, "fdopen", fdopen)
+            writer.finish()
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.parent.iterdir()) == []
+
+
+def test_the_checksum_exists_before_the_archive_does(tmp_path, monkeypatch):
+    path = tmp_path / "app_data_2026-01-01_daily.tar"
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == path:
+            seen.append(read_checksum(path))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with ArchiveWriter(path, Compression.NONE) as writer:
+        writer.write_stream(chunks(RAW))
+        result = writer.finish()
+    assert seen == [result.sha256] and read_checksum(path) == sha256_file(path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import multiprocessing
 import os
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.actions.backup import BackupOutcome, BackupResult
 from sidecar.archive import ArchiveResult
-from sidecar.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, record_outcome
+from sidecar.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, _BoundedServer, record_outcome
 from sidecar.model import CopyState
 
 
@@ -215,5 +217,52 @@ def test_endpoint_gzips_when_asked_and_keeps_help_and_types():
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
         assert missing.value.code == 404
+    finally:
+        server.stop()
+
+
+def _metrics_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name != "metrics" and t is not threading.main_thread())
+
+
+def test_half_sent_requests_use_a_bounded_number_of_threads_for_a_bounded_time():
+    """500 clients that send half a request: the endpoint keeps a few handler threads,
+    frees them after its read timeout, and still answers a scrape."""
+    m = make()
+    before = _metrics_threads()
+    server = MetricsServer(m, "127.0.0.1", 0, lambda: (True, "ok"), read_timeout=1.0).start()
+    clients = []
+    try:
+        for _ in range(500):
+            try:
+                c = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends it
+                clients.append(c)
+            except OSError:  # refused or reset once the endpoint is busy: also fine
+                pass
+        time.sleep(0.3)
+        assert _metrics_threads() - before <= _BoundedServer.max_handlers + 2
+        deadline = time.monotonic() + 10
+        while _metrics_threads() > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metrics_threads() == before  # every handler timed out
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
+def test_the_ipv6_wildcard_serves_ipv6_and_ipv4():
+    try:
+        server = MetricsServer(make(), "::", 0, lambda: (True, "ok")).start()
+    except OSError as exc:  # pragma: no cover - a kernel without IPv6
+        pytest.skip(f"no IPv6 here: {exc}")
+    try:
+        for host in ("[::1]", "127.0.0.1"):  # the healthcheck asks 127.0.0.1 for METRICS_ADDR=::
+            with urllib.request.urlopen(f"http://{host}:{server.port}/healthz", timeout=5) as r:
+                assert r.status == 200
     finally:
         server.stop()

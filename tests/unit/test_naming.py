@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from datetime import datetime
@@ -9,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.labels import select_volumes, short_volume_name
+from sidecar.errors import UnsafeName
+from sidecar.labels import restore_volumes, select_volumes, short_volume_name
 from sidecar.naming import ArchiveName, choose_name, parse_name
 from sidecar.schedule import Frequency
 
@@ -224,8 +226,27 @@ def test_equal_type_names_in_one_container_are_made_unique():
     )
     specs = select_volumes(container(mounts=mounts), tuple(m.destination for m in mounts))
     names = [s.volume_name for s in specs]
-    assert names == ["data", "data-2", "data-3", "data-2-2", "data-4"]
+    # Suffixes go by mount destination (/a/data, /b/data, /d2, /data, /other), not listing order.
+    assert names == ["data-3", "data-4", "data", "data-2-2", "data-2"]
     assert [s.mount for s in specs] == list(mounts)
+
+
+def test_short_names_do_not_depend_on_the_engines_mount_order():
+    """The engine builds Mounts from a Go map: every order must give each mount the same name."""
+    mounts = (
+        volume("proj_data", "/data"),
+        volume("data", "/other"),
+        bind("/srv/a", "/a/data"),
+        volume("data-2", "/d2"),
+    )
+    expected = {"/a/data": "data", "/d2": "data-2", "/data": "data-3", "/other": "data-4"}
+    for order in itertools.permutations(mounts):
+        for wanted in (tuple(m.destination for m in order), tuple(m.destination for m in reversed(order))):
+            specs = select_volumes(container(mounts=order), wanted)
+            assert {s.mount.destination: s.volume_name for s in specs} == expected
+        named = select_volumes(container(mounts=order), None)  # every named volume
+        assert {s.mount.destination: s.volume_name for s in named} == {"/d2": "data-2", "/data": "data",
+                                                                         "/other": "data-3"}
 
 
 def test_recency_is_the_one_newest_key():
@@ -238,3 +259,22 @@ def test_recency_is_the_one_newest_key():
     assert second.recency > first.recency
     assert weekly.moment == first.moment and first.recency > weekly.recency
     assert max([weekly, first, second], key=lambda n: n.recency) is second
+
+
+def test_restore_names_a_mount_as_its_backup_did():
+    """A bind mount is not backed up unless listed; it must not take the name the backed-up
+    volume has in its archives."""
+    mounts = (bind("/srv/a", "/a/data"), volume("proj_data", "/data"))
+    specs = restore_volumes(container(mounts=mounts))
+    assert [(s.volume_name, s.mount.destination) for s in specs][0] == ("data", "/data")
+    listed = restore_volumes(container(labels={"backup.enable": "true", "backup.volumes": "/a/data,/data"},
+                                       mounts=mounts))
+    assert [(s.volume_name, s.mount.destination) for s in listed] == [("data", "/a/data"), ("data-2", "/data")]
+
+
+@pytest.mark.parametrize("backup_name, volume_name", [("../x", "data"), ("app", ".."), ("a/b", "data"),
+                                                      ("app", "d\0x"), ("", "data"), ("a" * 201, "data")])
+def test_choose_name_refuses_names_that_are_no_single_file_name(backup_name, volume_name):
+    with pytest.raises(UnsafeName):
+        choose_name(backup_name, volume_name, datetime(2026, 1, 1), Frequency.DAILY, False, ".tar.zst",
+                    lambda _rel: False)

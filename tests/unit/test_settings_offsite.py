@@ -72,3 +72,13 @@ def test_passphrase_is_never_quoted(tmp_path):
     settings = load_settings({"BACKUP_AGE_PASSPHRASE": "hunter2-secret"})
     assert "hunter2" not in repr(settings)
     assert settings.decryption.passphrase == "hunter2-secret"
+
+
+def test_an_endpoint_password_is_never_echoed():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"S3_BUCKET": "bucket", "S3_ENDPOINT_URL": "ftp://user:secretpw@host:9000"})
+    assert "S3_ENDPOINT_URL='ftp://****@host:9000' is invalid" in str(caught.value)
+    assert "secretpw" not in str(caught.value)
+    settings = load_settings({"S3_BUCKET": "bucket", "S3_ENDPOINT_URL": "http://user:secretpw@host:9000"})
+    assert settings.s3.endpoint_url == "http://user:secretpw@host:9000"  # botocore gets it as written
+    assert "secretpw" not in repr(settings)

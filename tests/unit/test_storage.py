@@ -484,3 +484,20 @@ def test_delete_removes_archive_and_checksum_and_keeps_other_links(store):
     orphan = store.archive_at(put(store, "daily/app_data_2026-03-04_daily.tar.zst"))
     store.delete(orphan)  # no checksum to remove
     assert not orphan.path.exists()
+
+
+def test_clean_partials_looks_in_images_and_removes_orphan_checksums(filled):
+    """A crash between the checksum and the rename leaves NAME.sha256 beside NAME.partial;
+    image exports are written the same way in images/."""
+    filled.prepare()
+    image_partials = [put(filled, "images/app_latest_1a2b3c4d_2026-01-01.tar.zst.partial"),
+                      put(filled, "images/app_latest_1a2b3c4d_2026-01-01.tar.zst.sha256.partial"),
+                      put(filled, "images/app_latest_1a2b3c4d_2026-01-01.tar.zst.sha256")]
+    orphan = put(filled, "daily/app_data_2026-03-31_daily.tar.zst.sha256")
+    kept = [put(filled, "images/app_latest_1a2b3c4d_2026-01-02.tar.zst"),
+            put(filled, "images/app_latest_1a2b3c4d_2026-01-02.tar.zst.sha256"), put(filled, "images/notes.txt")]
+    with filled.target_lock("app"):  # a backup (and its image export) in progress: all left alone
+        assert [p for p in filled.clean_partials() if p.parent.name in ("images", "daily")] == []
+    removed = filled.clean_partials()
+    assert set(image_partials + [orphan]) <= set(removed)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in image_partials + [orphan])

@@ -8,7 +8,7 @@ from sidecar.errors import SettingsError
 from sidecar.labels import enable_value
 from sidecar.model import Strategy
 from sidecar.settings import load_settings
-from sidecar.values import BOOLEAN, member_of, one_of, seconds, truth, whole
+from sidecar.values import BOOLEAN, member_of, one_of, seconds, truth, userinfo_parts, whole, without_userinfo
 
 SPELLINGS = [("true", True), ("TRUE", True), (" Yes ", True), ("1", True), ("false", False), ("No", False),
              ("0", False), ("maybe", None), ("", None), ("on", None), ("y", None)]
@@ -70,3 +70,19 @@ def test_one_of_and_member_of_fold_case():
 def test_s3_settings_are_read_only_with_a_bucket():
     # As before the table: without S3_BUCKET the store's other settings are not checked.
     assert load_settings({"S3_PART_SIZE_MB": "1", "AWS_ACCESS_KEY_ID": "AKIA"}).s3 is None
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://user:secretpw@host:9000/x", "http://****@host:9000/x"),
+    ("https://a%40b:p%3Aw@host", "https://****@host"),
+    ("http://host:9000", "http://host:9000"),
+    ("http://host/path@x", "http://host/path@x"),  # an @ in the path is no user info
+    ("not a url user:pw@x", "not a url user:pw@x"),
+])
+def test_without_userinfo(url, shown):
+    assert without_userinfo(url) == shown
+
+
+def test_userinfo_parts_as_written_and_decoded():
+    assert userinfo_parts("http://us%40r:p%3Aw@host") == ("us%40r:p%3Aw", "us@r:p:w", "p%3Aw", "p:w")
+    assert userinfo_parts("http://host:9000") == ()

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ...archive import ArchiveResult, ProgressLog, check_archive, iter_tar, root_entry_tar
 from ...errors import BackupError, NotFound, RestoreError, SidecarError
-from ...labels import mount_matches, select_volumes
+from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers
 from ..context import Context
@@ -97,7 +97,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
 def find_volume(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
     """A container's volume by its short name, volume name or mount destination; with its
     short name."""
-    specs = select_volumes(container, tuple(m.destination for m in container.mounts)) if container.mounts else ()
+    specs = restore_volumes(container)
     for spec in specs:
         if volume in (spec.volume_name, spec.mount.source) or mount_matches(spec.mount, volume,
                                                                            container.compose_project):
