@@ -24,7 +24,8 @@ Decisions (see the README's restore section):
   mid-header or mid-member, anything but zero bytes after the end marker.
 Memory stays flat whatever the member count: data moves in READ_SIZE blocks, extended headers
 are capped, and only the archive's symlinks (name and target) and the directories still open
-on the current path are kept.
+on the current path are kept. Symlinks whose target climbs with `..` are written last, once
+the whole archive was accepted: a symlink stored later can change where they lead.
 """
 
 from __future__ import annotations
@@ -237,9 +238,11 @@ def _check_header_sum(block: bytes) -> None:
         raise ArchiveError(f"malformed tar header: the checksum field {field!r} is not an octal number "
                            "(a header, not the end of the archive)")
     stored = int(digits, 8)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - sum(256 for b in block[:148] + block[156:] if b > 127)
-    if stored not in (unsigned, signed):
+    unsigned = sum(block) - sum(field) + 8 * 32
+    if stored == unsigned:
+        return
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)  # old writers' signed sum
+    if stored != signed:
         raise ArchiveError(f"tar header checksum mismatch: stored {stored}, computed {unsigned}")
 
 
@@ -715,20 +718,32 @@ def canonical_tar(archive: ArchiveFile, keys: DecryptionKeys | None = None,
     see `root_entry`); sparse files are written out in full. Raises as soon as a member is
     refused; the end marker comes only after the whole archive, its hash included, was
     accepted. `on_done` gets the summary."""
+    deferred: list[Member] = []
     with _Pass(archive, keys) as one:
         for member, data in one.members():
             if not member.name:
                 for _ in data:
                     pass
-                continue
-            yield header(member)
-            yield from _expanded(member, data)
-            if member.kind is Kind.FILE and member.realsize % BLOCK:
-                yield bytes(BLOCK - member.realsize % BLOCK)
+            elif is_deferred(member):
+                deferred.append(member)
+            else:
+                yield header(member)
+                yield from _expanded(member, data)
+                if member.kind is Kind.FILE and member.realsize % BLOCK:
+                    yield bytes(BLOCK - member.realsize % BLOCK)
     assert one.summary is not None
+    for member in deferred:
+        yield header(member)
     yield bytes(2 * BLOCK)
     if on_done is not None:
         on_done(one.summary)
+
+
+def is_deferred(member: Member) -> bool:
+    """A symlink whose target climbs with `..`: a symlink stored later can change where it
+    leads, so it is written only after the whole archive was accepted (the sinks keep these
+    few until the end)."""
+    return member.kind is Kind.SYMLINK and ".." in member.linkname.split("/")
 
 
 def header(member: Member) -> bytes:
@@ -816,6 +831,7 @@ class DirectoryWriter:
     def __init__(self, into: Path):
         self.into = into
         self._stack: list[_Open] = []
+        self._deferred: list[Member] = []
         self._as_root = os.geteuid() == 0
         self._xattr_warned = False
 
@@ -833,10 +849,20 @@ class DirectoryWriter:
             os.close(self._stack.pop().fd)
 
     def finish(self) -> None:
+        """Call once the whole archive was accepted: writes the deferred symlinks, then
+        the metadata of the directories still open."""
+        for member in self._deferred:
+            self._write(member, iter(()))
         while self._stack:
             self._leave()
 
     def write(self, member: Member, data: Iterator[bytes]) -> None:
+        if is_deferred(member):
+            self._deferred.append(member)
+        else:
+            self._write(member, data)
+
+    def _write(self, member: Member, data: Iterator[bytes]) -> None:
         if member.kind is Kind.DIR:
             self._enter(member.name)
             self._stack[-1].member = member
