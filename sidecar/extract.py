@@ -734,9 +734,9 @@ def canonical_tar(archive: ArchiveFile, keys: DecryptionKeys | None = None,
     assert one.summary is not None
     for member in deferred:
         yield header(member)
-    yield bytes(2 * BLOCK)
     if on_done is not None:
         on_done(one.summary)
+    yield bytes(2 * BLOCK)
 
 
 def is_deferred(member: Member) -> bool:
