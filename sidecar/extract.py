@@ -372,6 +372,8 @@ class _Parser:
             if pax is not None:
                 self._apply_pax(raw, pax)
             pax = longname = longlink = None
+            if raw.type == b"\0" and raw.name.endswith(b"/"):
+                raw.type = b"5"  # the old convention every reader follows: a type-less name ending in / is a folder
             if raw.type in (b"1", b"2", b"3", b"4", b"5", b"6"):
                 raw.size = 0  # as every tar reader does: these types carry no data, whatever the field says
             consumed = [0]

@@ -348,6 +348,11 @@ def test_names_are_normalised_and_the_root_entry_applies_to_the_target(tmp_path,
     assert (target / "a" / "b" / "c.txt").stat().st_mtime == 1_600_000_100
 
 
+def test_an_old_style_member_without_type_ending_in_a_slash_is_a_folder(tmp_path, target):
+    restore(write(tmp_path, header(b"old/", b"\0", mode=0o700) + file(b"old/x", b"x") + END), target)
+    assert (target / "old").is_dir() and stat.S_IMODE((target / "old").stat().st_mode) == 0o700
+
+
 def test_directories_get_their_times_after_their_contents_even_out_of_order(tmp_path, target):
     raw = (directory(b"d/", mtime=1_500_000_000) + file(b"d/x", b"x") + file(b"top", b"t")
            + file(b"d/late", b"late") + END)
