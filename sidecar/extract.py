@@ -321,6 +321,35 @@ def _pax_time(text: str) -> int:
 
 # --- parsing ------------------------------------------------------------------------------
 
+class _Pending:
+    """The extended headers read for the next member. Tar readers disagree on which wins
+    when a member has two that set the same thing (a PAX `x` and a GNU `L`, two `x`), so
+    any such pair is refused; a GNU long name with a GNU long link name is fine."""
+
+    def __init__(self) -> None:
+        self.pax: dict[str, bytes] | None = None
+        self.longname: bytes | None = None
+        self.longlink: bytes | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.pax is not None or self.longname is not None or self.longlink is not None
+
+    def add(self, kind: bytes, data: bytes) -> None:
+        clash = {b"x": self.any, b"L": self.longname is not None or self.pax is not None,
+                 b"K": self.longlink is not None or self.pax is not None}[kind]
+        if clash:
+            what = {b"x": "a PAX header", b"L": "a GNU long name", b"K": "a GNU long link name"}[kind]
+            raise UnsafeArchive(f"{what} follows another extended header of the same member; tar readers disagree "
+                                "on which wins; refused")
+        if kind == b"x":
+            self.pax = _pax_records(data)
+        elif kind == b"L":
+            self.longname = _text(data)
+        else:
+            self.longlink = _text(data)
+
+
 class _Parser:
     """Yields (raw header with extended headers applied, data reader) for each member; the
     data not read by the caller is skipped before the next header."""
@@ -329,13 +358,11 @@ class _Parser:
         self.tar = tar
 
     def members(self) -> Iterator[tuple[_Raw, Callable[[], Iterator[bytes]]]]:
-        pax: dict[str, bytes] | None = None
-        longname: bytes | None = None
-        longlink: bytes | None = None
+        pending = _Pending()
         while True:
             block = self.tar.read_exact(BLOCK, "a header")
             if block == _ZERO_BLOCK:
-                if pax is not None or longname is not None or longlink is not None:
+                if pending.any:
                     raise ArchiveError("the archive ends after an extended header, without its member")
                 self._end()
                 return
@@ -344,42 +371,31 @@ class _Parser:
                 raise UnsafeArchive("the archive has a global PAX header ('g'), which would rename later members "
                                     "for some tar readers only; refused")
             if raw.type in (b"x", b"L", b"K"):
-                data = self._extended(raw)
-                if raw.type == b"x":
-                    if pax is not None or longname is not None or longlink is not None:
-                        raise UnsafeArchive("a PAX header follows another extended header of the same member; "
-                                            "tar readers disagree on which wins; refused")
-                    pax = _pax_records(data)
-                elif raw.type == b"L":
-                    if longname is not None or pax is not None:
-                        raise UnsafeArchive("a GNU long name follows another extended header of the same member; "
-                                            "tar readers disagree on which wins; refused")
-                    longname = _text(data)
-                else:
-                    if longlink is not None or pax is not None:
-                        raise UnsafeArchive("a GNU long link name follows another extended header of the same "
-                                            "member; tar readers disagree on which wins; refused")
-                    longlink = _text(data)
+                pending.add(raw.type, self._extended(raw))
                 continue
             if raw.type not in _TYPES and raw.type not in (b"3", b"4"):
                 raise ArchiveError(f"member {raw.name!r} has the unsupported type {raw.type!r}")
-            if longname is not None:
-                raw.name = longname
-            if longlink is not None:
-                raw.linkname = longlink
-            if raw.type == b"S":
-                self._gnu_sparse(raw, block)
-            if pax is not None:
-                self._apply_pax(raw, pax)
-            pax = longname = longlink = None
-            if raw.type == b"\0" and raw.name.endswith(b"/"):
-                raw.type = b"5"  # the old convention every reader follows: a type-less name ending in / is a folder
-            if raw.type in (b"1", b"2", b"3", b"4", b"5", b"6"):
-                raw.size = 0  # as every tar reader does: these types carry no data, whatever the field says
+            self._complete(raw, block, pending)
+            pending = _Pending()
             consumed = [0]
             yield raw, self._data_reader(raw, consumed)
             self._skip(raw.size - consumed[0])
             self._skip_padding(raw.size)
+
+    def _complete(self, raw: _Raw, block: bytes, pending: "_Pending") -> None:
+        """Apply the member's extended headers (GNU long names, sparse maps, PAX records)."""
+        if pending.longname is not None:
+            raw.name = pending.longname
+        if pending.longlink is not None:
+            raw.linkname = pending.longlink
+        if raw.type == b"S":
+            self._gnu_sparse(raw, block)
+        if pending.pax is not None:
+            self._apply_pax(raw, pending.pax)
+        if raw.type == b"\0" and raw.name.endswith(b"/"):
+            raw.type = b"5"  # the old convention every reader follows: a type-less name ending in / is a folder
+        if raw.type in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            raw.size = 0  # as every tar reader does: these types carry no data, whatever the field says
 
     def _extended(self, raw: _Raw) -> bytes:
         if raw.size > MAX_EXTENDED:
@@ -719,7 +735,27 @@ def canonical_tar(archive: ArchiveFile, keys: DecryptionKeys | None = None,
     never sees a header we did not write. Leaves out the root entry (the engine skips ".";
     see `root_entry`); sparse files are written out in full. Raises as soon as a member is
     refused; the end marker comes only after the whole archive, its hash included, was
-    accepted. `on_done` gets the summary."""
+    accepted. `on_done` gets the summary. Small pieces (headers, padding) are sent together
+    in blocks of up to READ_SIZE."""
+    return _batched(_canonical(archive, keys, on_done))
+
+
+def _batched(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    buf = bytearray()
+    for piece in pieces:
+        if not buf and len(piece) >= READ_SIZE:
+            yield piece
+            continue
+        buf += piece
+        if len(buf) >= READ_SIZE:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _canonical(archive: ArchiveFile, keys: DecryptionKeys | None,
+               on_done: Callable[[Summary], None] | None) -> Iterator[bytes]:
     deferred: list[Member] = []
     with _Pass(archive, keys) as one:
         for member, data in one.members():

@@ -478,10 +478,8 @@ def test_the_canonical_stream_stops_before_its_end_marker_on_a_refusal(tmp_path)
     path = write(tmp_path, file(b"ok", b"ok") + symlink(b"d", b"/") + END)
     with extract.open_archive(path) as archive:
         stream = extract.canonical_tar(archive)
-        first = next(stream)
         with pytest.raises(UnsafeArchive):
-            list(stream)
-    assert first.startswith(b"ok")
+            next(stream)
 
 
 # --- python -m sidecar.extract -----------------------------------------------------------------
