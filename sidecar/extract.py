@@ -582,8 +582,9 @@ class Policy:
     def _check_symlink(self, name: str, target: str) -> None:
         if target.startswith("/"):
             raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target!r}, outside the volume")
-        if "\0" in target or not name:
-            raise UnsafeArchive(f"symlink {name!r} -> {target!r} is not allowed")
+        if "\0" in target or not name or not target:
+            raise UnsafeArchive(f"symlink {name!r} -> {target!r} is not allowed (empty target, NUL, or the target "
+                                "folder itself)")
         if self._escapes(name.split("/")[:-1], target):
             raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the volume")
 
@@ -710,7 +711,9 @@ def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None
 
 
 def restore_into(path: Path, into: Path, keys: DecryptionKeys | None = None, require_checksum: bool = True) -> Summary:
-    """The whole restore of one archive file into a folder (what a worker container runs)."""
+    """The whole restore of one archive file into a folder (what a worker container runs).
+    `into` should be empty: a member replaces what is under its name, and nothing already
+    there (a symlink included) is ever followed."""
     with open_archive(path, require_checksum) as archive:
         return extract(archive, into, keys)
 

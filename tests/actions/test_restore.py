@@ -186,3 +186,15 @@ def test_the_cli_exit_code_for_a_container_left_stopped(engine, env, data, backe
     engine.fail("put_archive", EngineError("disk full"))
     assert cli.main(["restore", "app", "--volume", "data", "--force"]) == 3
     assert "left stopped" in capsys.readouterr().err
+
+
+def test_a_container_left_stopped_is_not_backed_up(engine, ctx, data, backed_up):
+    app, _ = backed_up
+    (data / "new.txt").write_text("newer data\n")
+    engine.fail("put_archive", EngineError("disk full"), times=1)
+    with pytest.raises(RestoreLeftStopped):
+        run_restore(ctx, "app", "data", force=True)
+    archives = sorted(p.name for p in ctx.store.root.rglob("*.tar.zst"))
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert not outcome.ok and "failed restore left the container stopped" in outcome.error
+    assert sorted(p.name for p in ctx.store.root.rglob("*.tar.zst")) == archives

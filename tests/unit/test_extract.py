@@ -286,9 +286,10 @@ def test_a_lone_zero_block_is_not_an_end(tmp_path):
     (header(b"a", extra={100: b"07z4\0"}) + END, ArchiveError, "mode field"),
     (pax({b"path": b"a\0b"}) + file(b"a", b"") + END, UnsafeArchive, "NUL"),
     (hardlink(b"h", b"missing") + END, ArchiveError, "not in the archive before it"),
+    (symlink(b"s", b"") + END, UnsafeArchive, "empty target"),
 ], ids=["absolute", "dotdot", "dotdot-after-empty-components", "char", "block", "hard-up", "hard-absolute",
         "hard-through-symlink", "replaces-symlink", "dir-through-symlink", "pax-without-member", "volume-label",
-        "bad-magic", "bad-octal", "nul-in-name", "hard-to-nothing"])
+        "bad-magic", "bad-octal", "nul-in-name", "hard-to-nothing", "empty-symlink"])
 def test_refused(tmp_path, target, raw, error, reason):
     path = write(tmp_path, raw)
     with pytest.raises(error, match=reason):
