@@ -13,15 +13,18 @@ Why our own parser: Python's `tarfile` and the engine's Go reader disagree on ma
 before GNU long names, archives cut mid-header), and `tarfile` keeps every member in memory.
 
 Decisions (see the README's restore section):
-- setuid and setgid bits are stripped from everything but directories (a directory's setgid
-  only makes new files inherit its group); so is the `security.capability` xattr. Both are
-  counted and logged; the archive is still restored.
+- setuid and setgid bits are stripped (a directory keeps its setgid, which only makes new
+  files inherit its group); so is the `security.capability` xattr. Both are counted and
+  logged; the archive is still restored.
+- a hard link to a name the archive does not hold passes `verify` (checking it would keep
+  every name in memory); writing it fails (the directory sink, or the engine).
 - refused, with UnsafeArchive: absolute paths, `..`, NUL in names, writes through a symlink,
-  symlinks resolving outside the target, hard links outside it or through a symlink, device
-  nodes, global PAX headers, conflicting or repeated extended headers.
+  symlinks resolving outside the target (or with an empty target), hard links outside it or
+  through a symlink, device nodes, global PAX headers, conflicting or repeated extended headers.
 - refused, with ArchiveError: malformed headers (a checksum field that is not octal digits,
-  a wrong checksum, unknown types), extended headers over MAX_EXTENDED bytes, an archive cut
-  mid-header or mid-member, anything but zero bytes after the end marker.
+  a wrong checksum, unknown types, owners or times out of range), extended headers over
+  MAX_EXTENDED bytes, an archive cut mid-header or mid-member, a lone zero block, anything
+  but zero bytes after the end marker (two zero blocks).
 Memory stays flat whatever the member count: data moves in READ_SIZE blocks, extended headers
 are capped, and only the archive's symlinks (name and target) and the directories still open
 on the current path are kept. Symlinks whose target climbs with `..` are written last, once
@@ -66,6 +69,8 @@ MAX_SYMLINK_HOPS = 40
 _PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 _CAPABILITY_XATTR = "security.capability"
 _ZERO_BLOCK = bytes(BLOCK)
+_MAX_ID = (1 << 32) - 2  # uid_t; -1 means "unchanged" to chown
+_MAX_MTIME_NS = 1 << 62
 
 EXIT_OK = 0
 EXIT_REFUSED = 65  # EX_DATAERR: the archive is damaged or unsafe
@@ -455,9 +460,10 @@ class _Parser:
             raw.sparse = self._sparse_map_in_data(raw)
         elif "GNU.sparse.map" in pax:  # format 0.1
             raw.realsize = _pax_int(pax, "GNU.sparse.size")
-            numbers = [int(n) for n in pax["GNU.sparse.map"].decode("ascii", "replace").split(",") if n.isdigit()]
-            if len(numbers) % 2:
+            fields = pax["GNU.sparse.map"].split(b",")
+            if len(fields) % 2 or not all(n.isdigit() for n in fields):
                 raise ArchiveError(f"malformed sparse map for {raw.name!r}")
+            numbers = [int(n) for n in fields]
             raw.sparse = list(zip(numbers[0::2], numbers[1::2]))
         else:
             raise ArchiveError(f"member {raw.name!r} uses an unsupported GNU sparse format (0.0)")
@@ -466,21 +472,23 @@ class _Parser:
 
     def _sparse_map_in_data(self, raw: _Raw) -> list[tuple[int, int]]:
         """Format 1.0: the map is decimal lines at the start of the data, padded to a block."""
-        text = b""
-        used = 0
-        while True:
-            if used >= MAX_EXTENDED or used >= raw.size:
+        text = bytearray()
+        lines, wanted = 0, None
+        while wanted is None or lines < wanted:
+            if len(text) >= MAX_EXTENDED or len(text) >= raw.size:
                 raise ArchiveError(f"the sparse map of {raw.name!r} is too long or truncated")
-            text += self.tar.read_exact(BLOCK, "a sparse map")
-            used += BLOCK
-            lines = text.split(b"\n")
-            if lines and lines[0].isdigit() and len(lines) - 1 >= 1 + 2 * int(lines[0]):
-                break
-        count = int(lines[0])
-        numbers = lines[1:1 + 2 * count]
+            block = self.tar.read_exact(BLOCK, "a sparse map")
+            text += block
+            lines += block.count(b"\n")
+            if wanted is None and lines:
+                first = bytes(text[:text.index(b"\n")])
+                if not first.isdigit():
+                    raise ArchiveError(f"malformed sparse map for {raw.name!r}")
+                wanted = 1 + 2 * int(first)
+        numbers = bytes(text).split(b"\n")[1:wanted]
         if not all(n.isdigit() for n in numbers):
             raise ArchiveError(f"malformed sparse map for {raw.name!r}")
-        raw.size -= used
+        raw.size -= len(text)
         return [(int(numbers[i]), int(numbers[i + 1])) for i in range(0, len(numbers), 2)]
 
     def _gnu_sparse(self, raw: _Raw, block: bytes) -> None:
@@ -543,6 +551,8 @@ class Policy:
         if raw.type in (b"3", b"4"):
             raise UnsafeArchive(f"member {display!r} is a device node")
         kind = _TYPES[raw.type]
+        if not (0 <= raw.uid <= _MAX_ID and 0 <= raw.gid <= _MAX_ID) or abs(raw.mtime_ns) > _MAX_MTIME_NS:
+            raise ArchiveError(f"member {display!r} has an owner or time out of range")
         if not name and kind is not Kind.DIR:
             raise UnsafeArchive(f"member {display!r} names the target itself and is not a directory")
         linkname = raw.linkname.decode("utf-8", "surrogateescape")

@@ -287,9 +287,12 @@ def test_a_lone_zero_block_is_not_an_end(tmp_path):
     (pax({b"path": b"a\0b"}) + file(b"a", b"") + END, UnsafeArchive, "NUL"),
     (hardlink(b"h", b"missing") + END, ArchiveError, "not in the archive before it"),
     (symlink(b"s", b"") + END, UnsafeArchive, "empty target"),
+    (pax({b"uid": b"99999999999"}) + file(b"a", b"") + END, ArchiveError, "out of range"),
+    (pax({b"GNU.sparse.map": b"0,x", b"GNU.sparse.size": b"1"}) + file(b"a", b"") + END, ArchiveError,
+     "malformed sparse map"),
 ], ids=["absolute", "dotdot", "dotdot-after-empty-components", "char", "block", "hard-up", "hard-absolute",
         "hard-through-symlink", "replaces-symlink", "dir-through-symlink", "pax-without-member", "volume-label",
-        "bad-magic", "bad-octal", "nul-in-name", "hard-to-nothing", "empty-symlink"])
+        "bad-magic", "bad-octal", "nul-in-name", "hard-to-nothing", "empty-symlink", "uid-too-big", "bad-sparse-map"])
 def test_refused(tmp_path, target, raw, error, reason):
     path = write(tmp_path, raw)
     with pytest.raises(error, match=reason):
@@ -511,3 +514,16 @@ def test_worker_command():
     assert extract.worker_command("/backup/daily/a.tar.zst", "/target", "/run/id") == [
         "python", "-m", "sidecar.extract", "--archive", "/backup/daily/a.tar.zst", "--into", "/target",
         "--identity-file", "/run/id"]
+
+
+def test_a_sparse_map_over_several_blocks(tmp_path, target):
+    regions = [(i * 8192, 1) for i in range(300)]
+    text = f"{len(regions)}\n" + "".join(f"{o}\n{n}\n" for o, n in regions)
+    data_map = padded(text.encode())
+    assert len(data_map) > 3 * 512
+    raw = (pax({b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0", b"GNU.sparse.name": b"many",
+                b"GNU.sparse.realsize": b"%d" % (300 * 8192)})
+           + header(b"GNUSparseFile.0/many", b"0", len(data_map) + 300) + padded(data_map + b"x" * 300) + END)
+    restore(write(tmp_path, raw), target)
+    content = (target / "many").read_bytes()
+    assert len(content) == 300 * 8192 and content.count(b"x") == 300 and content[8192] == ord("x")
