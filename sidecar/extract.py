@@ -728,11 +728,15 @@ def restore_into(path: Path, into: Path, keys: DecryptionKeys | None = None, req
         return extract(archive, into, keys)
 
 
-def worker_command(archive: str, into: str, identity_file: str | None = None) -> list[str]:
+def worker_command(archive: str, into: str, identity_file: str | None = None,
+                   passphrase_file: str | None = None) -> list[str]:
     """The command a worker container runs to restore `archive` into `into` (paths as the
-    worker sees them); with a passphrase, pass it on the worker's stdin."""
+    worker sees them). An encrypted archive needs an identity file or a passphrase file
+    (or the passphrase on the worker's stdin). Exit codes: EXIT_OK, EXIT_REFUSED (damaged
+    or unsafe archive), EXIT_FAILED."""
     return ["python", "-m", "sidecar.extract", "--archive", archive, "--into", into,
-            *(["--identity-file", identity_file] if identity_file else [])]
+            *(["--identity-file", identity_file] if identity_file else []),
+            *(["--passphrase-file", passphrase_file] if passphrase_file else [])]
 
 
 # --- the canonical stream -----------------------------------------------------------------
@@ -1067,7 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Check and unpack an archive into a folder in one pass (the passphrase, if any, on stdin)."))
     parser.add_argument("--archive", required=True, type=Path)
     parser.add_argument("--into", required=True, type=Path)
-    parser.add_argument("--identity-file", type=Path)
+    parser.add_argument("--identity-file", type=Path, help="age identity file")
+    parser.add_argument("--passphrase-file", type=Path, help="file holding the passphrase (else: read from stdin)")
     parser.add_argument("--no-checksum", action="store_true", help="restore without a .sha256 beside the archive")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -1088,6 +1093,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _keys(args) -> DecryptionKeys | None:
     if args.identity_file is not None:
         return DecryptionKeys(identities=tuple(load_identities(args.identity_file)))
+    if args.passphrase_file is not None:
+        return DecryptionKeys(passphrase=args.passphrase_file.read_text().rstrip("\n") or None)
     if is_encrypted(args.archive):
         passphrase = sys.stdin.readline().rstrip("\n")
         return DecryptionKeys(passphrase=passphrase) if passphrase else None

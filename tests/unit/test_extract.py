@@ -500,7 +500,7 @@ def test_main_exit_code_for_a_refused_archive(tmp_path, target, capsys):
     assert "refused" in capsys.readouterr().err
 
 
-def test_main_reads_the_passphrase_on_stdin(tmp_path, target, monkeypatch):
+def test_main_reads_the_passphrase_on_stdin_or_from_a_file(tmp_path, target, monkeypatch):
     final = tmp_path / "backups" / "app_data_2026-01-01_daily.tar.age"
     with ArchiveWriter(final, Compression.NONE, encryption=EncryptionConfig(passphrase="pw", work_factor=10)) as w:
         w.write_stream([file(b"a.txt", b"a") + END])
@@ -508,12 +508,20 @@ def test_main_reads_the_passphrase_on_stdin(tmp_path, target, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
     assert extract.main(["--archive", str(final), "--into", str(target)]) == 0
     assert (target / "a.txt").read_bytes() == b"a"
+    secret = tmp_path / "pass"
+    secret.write_text("pw\n")
+    again = tmp_path / "again"
+    again.mkdir()
+    assert extract.main(["--archive", str(final), "--into", str(again), "--passphrase-file", str(secret)]) == 0
+    assert (again / "a.txt").read_bytes() == b"a"
 
 
 def test_worker_command():
     assert extract.worker_command("/backup/daily/a.tar.zst", "/target", "/run/id") == [
         "python", "-m", "sidecar.extract", "--archive", "/backup/daily/a.tar.zst", "--into", "/target",
         "--identity-file", "/run/id"]
+    assert extract.worker_command("/b/a.tar.age", "/t", passphrase_file="/b/.pass")[-2:] == [
+        "--passphrase-file", "/b/.pass"]
 
 
 def test_a_sparse_map_over_several_blocks(tmp_path, target):
