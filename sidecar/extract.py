@@ -49,7 +49,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Generator, Iterator, Sequence
 
 import zstandard
 
@@ -651,7 +651,7 @@ class _Pass:
         self.raw = _FdReader(archive.fd)
         self.policy = Policy()
         self.summary: Summary | None = None
-        self._gen: Iterator | None = None
+        self._gen: Generator | None = None
 
     def __enter__(self) -> "_Pass":
         return self

@@ -120,6 +120,7 @@ def test_an_unsafe_archive_is_refused_before_anything_is_stopped(engine, ctx, da
     with pytest.raises(UnsafeArchive, match="absolute path"):
         run_restore(ctx, "app", "data", archive=str(path), force=True)
     assert _stops(engine) == [] and tree(data) == before
+    assert engine.state(app.id) is ContainerState.RUNNING
 
 
 def test_the_archive_is_opened_once(engine, ctx, data, backed_up, monkeypatch):
@@ -190,6 +191,7 @@ def test_the_cli_exit_code_for_a_container_left_stopped(engine, env, data, backe
 
 def test_a_container_left_stopped_is_not_backed_up(engine, ctx, data, backed_up):
     app, _ = backed_up
+    assert engine.state(app.id) is ContainerState.RUNNING
     (data / "new.txt").write_text("newer data\n")
     engine.fail("put_archive", EngineError("disk full"), times=1)
     with pytest.raises(RestoreLeftStopped):

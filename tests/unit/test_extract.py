@@ -21,7 +21,6 @@ from sidecar.errors import ArchiveError, ChecksumMismatch, UnsafeArchive
 from sidecar.keys import DecryptionKeys, EncryptionConfig
 from sidecar.model import Compression
 
-
 # --- building archives byte by byte --------------------------------------------------------
 
 def header(name: bytes, type: bytes = b"0", size: int = 0, mode: int = 0o644, linkname: bytes = b"",
@@ -421,7 +420,8 @@ def test_sparse_files_stay_sparse(tmp_path, target):
         assert len(content) == 4 << 20 and content[1 << 20:(1 << 20) + 5] == b"hello"
         assert content[3 << 20:(3 << 20) + 3] == b"abc" and content.count(0) == len(content) - 8
         assert path.stat().st_blocks * 512 < 1 << 20
-    expanded = {m.name: m.size for m in tarfile.open(fileobj=io.BytesIO(canonical(write(tmp_path, raw))))}
+    with tarfile.open(fileobj=io.BytesIO(canonical(write(tmp_path, raw)))) as tar:
+        expanded = {m.name: m.size for m in tar}
     assert expanded == {"old": 4 << 20, "new": 4 << 20}
 
 
