@@ -141,6 +141,7 @@ class ArchiveFile:
     """An archive opened once: its descriptor, what its name says and its expected hash."""
 
     fd: int
+    path: Path  # where it was opened (for a worker, which opens it again and checks it all itself)
     name: str
     compression: Compression
     encrypted: bool
@@ -159,7 +160,7 @@ def open_archive(path: Path, require_checksum: bool = True) -> Iterator[ArchiveF
     except OSError as exc:
         raise ArchiveError(f"{path}: cannot open ({exc.strerror})") from exc
     try:
-        yield ArchiveFile(fd, path.name, compression, is_encrypted(path), expected)
+        yield ArchiveFile(fd, path, path.name, compression, is_encrypted(path), expected)
     finally:
         os.close(fd)
 
@@ -651,7 +652,7 @@ class _Pass:
         self.raw = _FdReader(archive.fd)
         self.policy = Policy()
         self.summary: Summary | None = None
-        self._gen: Generator | None = None
+        self._gen: Generator[tuple[Member, Iterator[bytes]], None, None] | None = None
 
     def __enter__(self) -> "_Pass":
         return self
@@ -674,7 +675,7 @@ class _Pass:
         self._gen = self._members()
         return self._gen
 
-    def _members(self) -> Iterator[tuple[Member, Iterator[bytes]]]:
+    def _members(self) -> Generator[tuple[Member, Iterator[bytes]], None, None]:
         count, root = 0, None
         with _plain(self.archive, self.raw, self.keys) as plain:
             tar = _Tar(_decompressed(plain, self.archive.compression))
