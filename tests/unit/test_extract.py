@@ -535,3 +535,31 @@ def test_a_sparse_map_over_several_blocks(tmp_path, target):
     restore(write(tmp_path, raw), target)
     content = (target / "many").read_bytes()
     assert len(content) == 300 * 8192 and content.count(b"x") == 300 and content[8192] == ord("x")
+
+
+def test_the_canonical_stream_is_a_fixed_point_and_reads_the_same_in_tarfile(tmp_path):
+    """Re-serialising the canonical stream gives it back byte for byte, and Python's tarfile
+    (a second reader) sees the same names, links, owners and sizes in it."""
+    odd = "ünïcödé файл 文件 " + "x" * 120
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for name, kind, link in [(".", tarfile.DIRTYPE, ""), ("dir", tarfile.DIRTYPE, ""),
+                                 (f"dir/{odd}", tarfile.REGTYPE, ""), ("bad-\udcff-name", tarfile.REGTYPE, ""),
+                                 ("l" * 200, tarfile.SYMTYPE, f"dir/{odd}"), ("h", tarfile.LNKTYPE, f"dir/{odd}"),
+                                 ("dir/up", tarfile.SYMTYPE, "../h")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.uid, info.gid = kind, link, 70000, 3
+            info.uname, info.gname, info.mtime = "ünï", "grp\udcfe", 1_700_000_000.5
+            data = f"data of {name}".encode("utf-8", "surrogateescape") if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    first = canonical(write(tmp_path, buf.getvalue(), name="one_data_2026-01-01_daily.tar"))
+    second = canonical(write(tmp_path, first, name="two_data_2026-01-01_daily.tar"))
+    assert second == first
+    with tarfile.open(fileobj=io.BytesIO(first), encoding="utf-8", errors="surrogateescape") as tar:
+        seen = {m.name: (m.type, m.linkname, m.uid, m.gid, m.size, m.mtime) for m in tar}
+    assert seen[f"dir/{odd}"] == (tarfile.REGTYPE, "", 70000, 3, len(f"data of dir/{odd}".encode()), 1_700_000_000.5)
+    assert seen["l" * 200][:2] == (tarfile.SYMTYPE, f"dir/{odd}")
+    assert seen["h"][:2] == (tarfile.LNKTYPE, f"dir/{odd}")
+    assert "bad-\udcff-name" in seen and list(seen)[-1] == "dir/up"  # the `..` symlink comes last
