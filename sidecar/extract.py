@@ -154,7 +154,8 @@ def open_archive(path: Path, require_checksum: bool = True) -> Iterator[ArchiveF
     compression = compression_for(path)
     expected = read_checksum(path)
     if expected is None and require_checksum:
-        raise ArchiveError(f"{path}: no {path.name}{CHECKSUM_SUFFIX} beside it; refusing to restore an unverified archive")
+        raise ArchiveError(f"{path}: no {path.name}{CHECKSUM_SUFFIX} beside it; refusing to restore an "
+                           "unverified archive")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:

@@ -126,7 +126,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
-    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds, downtime)
+    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds,
+                          downtime)
 
 
 def _replace(ctx: Context, request: RestoreRequest, mount: Mount, volume_name: str, archive: ArchiveFile,
