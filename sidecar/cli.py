@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("restore", help="restore a volume from an archive", description=(
-        "Verify the archive's checksum and members, stop the container if it runs, replace the "
-        "volume's contents with the archive's, start the container again."))
+        "Verify the archive's checksum and members and that the volume is empty (or --force), then stop the "
+        "container if it runs, replace the volume's contents with the archive's, start the container again. "
+        "Exit 3: the restore failed after the volume was emptied; the container is left stopped."))
     p.add_argument("name", metavar="NAME")
     p.add_argument("--volume", required=True, metavar="V",
                    help="volume name, its short name in archive names, or its mount destination")

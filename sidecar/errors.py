@@ -82,6 +82,19 @@ class RestoreError(SidecarError):
     pass
 
 
+class RestoreLeftStopped(RestoreError):
+    """A restore failed after the volume's old contents were removed: the container is left
+    stopped (journalled, so a restarted sidecar does not start it either) rather than run
+    on an empty or partial volume. Its own exit code, for scripts and monitoring."""
+
+    exit_code = 3
+
+    def __init__(self, container: str, volume: str, message: str):
+        self.container = container
+        self.volume = volume
+        super().__init__(message)
+
+
 class NotFound(SidecarError):
     """A target, archive or volume named on the command line does not exist."""
 

@@ -263,7 +263,7 @@ class BackupStore:
 class JournalEntry:
     container_id: str
     container_name: str
-    action: str  # "stopped" or "paused"
+    action: str  # "stopped", "paused" or "left-stopped" (see actions/interrupt.py)
     target: str
     since: float
 

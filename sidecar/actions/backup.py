@@ -23,7 +23,7 @@ from ..model import ContainerInfo, ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
-from .interrupt import Interruption, InterruptionKind
+from .interrupt import Interruption, InterruptionKind, is_left_stopped
 from .prune import promote
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
@@ -113,6 +113,9 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, A
     """The story of one backup; returns the archives, the seconds the container was down
     and the image export it made (None: none was needed)."""
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
+    if is_left_stopped(ctx, container.id):  # an archive of its emptied volume would rotate good ones out
+        raise BackupError(target.backup_name, "start", "a failed restore left the container stopped with an emptied "
+                          "volume; restore it again before backing it up")
     running = container.state is ContainerState.RUNNING
     _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
     sources, archive_path = sources_for(target), _archive_path(ctx, target)

@@ -2,7 +2,9 @@
 
 The journal entry is written before the container is touched and removed only after it
 runs again, so a sidecar killed in between restarts it on its next start
-(`run_recovery`). A container its owner had stopped is never started.
+(`run_recovery`). A container its owner had stopped is never started. A restore that
+failed after emptying a volume leaves its container stopped on purpose (`leave_stopped`):
+the journal then says "left-stopped", which recovery reports and never acts on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class InterruptionKind(enum.StrEnum):
 
     STOPPED = "stopped"
     PAUSED = "paused"
+    # Stopped by a restore that failed after emptying the volume: starting it would run the
+    # app on an empty or partial volume. Recovery reports it and leaves it stopped.
+    LEFT_STOPPED = "left-stopped"
 
 
 class Interruption:
@@ -43,6 +48,7 @@ class Interruption:
         self.stop_timeout = stop_timeout
         self.started_at: float | None = None
         self.seconds = 0.0
+        self._left = False
 
     def __enter__(self) -> "Interruption":
         c = self.container
@@ -61,7 +67,17 @@ class Interruption:
         return self
 
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._left:
+            if self.started_at is not None:
+                self.seconds = time.monotonic() - self.started_at
+            return
         self._put_back(raise_errors=exc_type is None)
+
+    def leave_stopped(self, reason: str) -> None:
+        """Do not put the container back on the way out, and journal why, so a restarted
+        sidecar does not start it either."""
+        leave_stopped(self.ctx, self.container, self.target, reason)
+        self._left = True
 
     def _put_back(self, raise_errors: bool) -> None:
         try:
@@ -79,11 +95,26 @@ class Interruption:
         return {"target": self.target, "container": self.container.name, **more}
 
 
+def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: str) -> None:
+    """Journal a container as deliberately left stopped (see InterruptionKind.LEFT_STOPPED)."""
+    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
+                                 time.time()))
+    logger.error("container left stopped: it would start on an empty or partial volume", extra={
+        "target": target, "container": container.name, "phase": "restore", "error": reason})
+
+
+def is_left_stopped(ctx: Context, container_id: str) -> bool:
+    return any(e.container_id == container_id and e.action == InterruptionKind.LEFT_STOPPED.value
+               for e in ctx.journal.entries())
+
+
 def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, target: str) -> bool:
     """Start (or unpause) a container the sidecar interrupted, then forget it in the
     journal. Returns True when something had to be done. Retries engine errors a few times.
     `action` may be the journal's string."""
     action = InterruptionKind(action)
+    if action is InterruptionKind.LEFT_STOPPED:
+        raise ValueError("a container left stopped is never put back by the journal")
     last: EngineError | None = None
     for attempt in range(_RESTORE_ATTEMPTS):
         try:

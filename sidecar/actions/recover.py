@@ -1,13 +1,16 @@
 """Start-up housekeeping: put back containers a killed sidecar left stopped or paused,
-and remove half-written archives."""
+report (and never start) containers a failed restore left stopped, and remove
+half-written archives."""
 
 from __future__ import annotations
 
 import logging
 
-from ..errors import BackupBusy, SidecarError
+from ..errors import BackupBusy, ContainerNotFound, SidecarError
+from ..model import ContainerState
+from ..storage import JournalEntry
 from .context import Context
-from .interrupt import put_back
+from .interrupt import InterruptionKind, put_back
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,9 @@ def run_recovery(ctx: Context) -> list[str]:
     restored = []
     for entry in ctx.journal.entries():
         fields = {"target": entry.target, "container": entry.container_name, "phase": "recovery"}
+        if entry.action == InterruptionKind.LEFT_STOPPED.value:
+            _report_left_stopped(ctx, entry, fields)
+            continue
         try:
             with ctx.store.target_lock(entry.target):
                 acted = put_back(ctx, entry.container_id, entry.action, entry.target)
@@ -38,3 +44,22 @@ def run_recovery(ctx: Context) -> list[str]:
         else:
             logger.info("journal entry needed no action: the container already runs", extra=fields)
     return restored
+
+
+def _report_left_stopped(ctx: Context, entry: JournalEntry, fields: dict) -> None:
+    """Never starts it. Forgets the entry once someone started the container (or removed it):
+    then a person decided."""
+    try:
+        state = ctx.engine.state(entry.container_id)
+    except ContainerNotFound:
+        ctx.journal.remove(entry.container_id)
+        return
+    except SidecarError as err:
+        logger.error("could not check a container a failed restore left stopped", extra={**fields, "error": str(err)})
+        return
+    if state in (ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.PAUSED):
+        ctx.journal.remove(entry.container_id)
+        logger.info("a container a failed restore had left stopped was started by someone; forgotten", extra=fields)
+        return
+    logger.error("container left stopped by a failed restore: its volume is empty or partial; not starting it. "
+                 "Restore again (it starts the container when done), or start it yourself", extra=fields)

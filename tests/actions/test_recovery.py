@@ -76,3 +76,28 @@ def test_interruption_puts_back_when_the_body_raises(engine, ctx, data):
         with Interruption(ctx, app, InterruptionKind.PAUSED, "app"):
             raise KeyError("boom")
     assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+
+
+def test_recovery_never_starts_a_container_left_stopped(engine, ctx, data, caplog):
+    app = engine.add_container("app-1", app_labels(), {"/data": data}, state=ContainerState.EXITED)
+    ctx.journal.add(JournalEntry(app.id, app.name, "left-stopped", "app", time.time()))
+    assert run_recovery(ctx) == []
+    assert engine.names("start") == [] and len(ctx.journal.entries()) == 1
+    assert any("left stopped by a failed restore" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("state", [ContainerState.RUNNING, None], ids=["started-by-someone", "removed"])
+def test_recovery_forgets_a_left_stopped_container_someone_dealt_with(engine, ctx, data, state):
+    if state is None:
+        cid, name = "f" * 64, "gone"
+    else:
+        app = engine.add_container("app-1", app_labels(), {"/data": data}, state=state)
+        cid, name = app.id, app.name
+    ctx.journal.add(JournalEntry(cid, name, "left-stopped", "app", time.time()))
+    assert run_recovery(ctx) == [] and ctx.journal.entries() == []
+    assert engine.names("start") == []
+
+
+def test_put_back_refuses_a_container_left_stopped(ctx):
+    with pytest.raises(ValueError):
+        put_back(ctx, "f" * 64, InterruptionKind.LEFT_STOPPED, "app")

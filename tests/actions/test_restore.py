@@ -1,18 +1,26 @@
-"""run_restore against the fake engine: refuse a volume with data without --force, put
-the container back, the bytes restored."""
+"""run_restore against the fake engine: refuse a volume with data without --force (before
+stopping anything), put the container back, the bytes restored; a failure after the volume
+was emptied leaves the container stopped and journalled."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import shutil
+import tarfile
 from dataclasses import replace
 
 import pytest
 
-from sidecar import crypto
+from sidecar import cli, crypto
 from sidecar.actions.backup import run_backup
+from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import RestoreOutcome, run_restore
+from sidecar.archive import write_checksum
 from sidecar.destinations import CopyIndex
-from sidecar.errors import EngineError, LabelError, NotFound, RestoreError, UnsafeName
+from sidecar.errors import (EngineError, LabelError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive,
+                            UnsafeName)
 from sidecar.model import ContainerState
 
 from .conftest import app_labels, archive_members, tree
@@ -160,3 +168,112 @@ def test_restore_of_a_passphrase_archive_derives_the_key_once(engine, make_ctx, 
     monkeypatch.setattr(crypto, "_scrypt", lambda *args: derived.append(args[2]) or real(*args))
     run_restore(ctx, "app", "data")
     assert tree(data) == before and derived == [18]
+
+
+# --- issue 8: checked before anything stops, left stopped when the volume was emptied --------
+
+def _stops(engine) -> list[str]:
+    return [c[0] for c in engine.calls if c[0] in ("stop", "start", "run_helper", "put_archive")]
+
+
+def test_a_non_empty_volume_is_refused_before_anything_is_stopped(engine, ctx, data, backed_up):
+    app, _ = backed_up
+    (data / "new.txt").write_text("newer data\n")
+    with pytest.raises(RestoreError, match="not empty; use --force"):
+        run_restore(ctx, "app", "data")
+    assert _stops(engine) == [] and engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_an_unsafe_archive_is_refused_before_anything_is_stopped(engine, ctx, data, backed_up):
+    app, before = backed_up
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        link = tarfile.TarInfo("d")
+        link.type, link.linkname = tarfile.SYMTYPE, "/"
+        tar.addfile(link)
+    path = ctx.store.root / "daily" / "app_data_2026-01-01_daily.tar"
+    path.write_bytes(evil.getvalue())
+    write_checksum(path, hashlib.sha256(evil.getvalue()).hexdigest())
+    with pytest.raises(UnsafeArchive, match="absolute path"):
+        run_restore(ctx, "app", "data", archive=str(path), force=True)
+    assert _stops(engine) == [] and tree(data) == before
+    assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_the_archive_is_opened_once(engine, ctx, data, backed_up, monkeypatch):
+    shutil.rmtree(data)
+    data.mkdir()
+    latest = ctx.store.latest("app", "data").path
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **kw: (opened.append(p) if str(p) == str(latest) else None,
+                                                         real_open(p, *a, **kw))[1])
+    monkeypatch.setattr("builtins.open", _refuse_path(latest, open))
+    run_restore(ctx, "app", "data")
+    assert len(opened) == 1
+
+
+def _refuse_path(path, real):
+    def guarded(file, *args, **kwargs):
+        assert str(file) != str(path), "the archive was opened a second time"
+        return real(file, *args, **kwargs)
+    return guarded
+
+
+@pytest.mark.parametrize("fault", ["put_archive", "run_helper"])
+def test_a_failure_after_emptying_leaves_the_container_stopped_and_journalled(engine, ctx, data, backed_up, fault,
+                                                                              caplog):
+    app, before = backed_up
+    (data / "new.txt").write_text("newer data\n")
+    engine.fail(fault, EngineError("disk full"), times=1)
+    with pytest.raises(RestoreLeftStopped) as err:
+        run_restore(ctx, "app", "data", force=True)
+    assert err.value.exit_code == 3 and (err.value.container, err.value.volume) == ("app-1", "data")
+    assert "app-1" in str(err.value) and "left stopped" in str(err.value) and "disk full" in str(err.value)
+    assert engine.state(app.id) is ContainerState.EXITED
+    assert [(e.container_id, e.action) for e in ctx.journal.entries()] == [(app.id, "left-stopped")]
+    assert any(r.levelname == "ERROR" and getattr(r, "container", None) == "app-1" for r in caplog.records)
+
+    # A restarted sidecar does not start it ...
+    assert run_recovery(ctx) == []
+    assert engine.state(app.id) is ContainerState.EXITED and len(ctx.journal.entries()) == 1
+    # ... a restore that succeeds does, and forgets the entry.
+    engine.calls.clear()
+    run_restore(ctx, "app", "data", force=True)
+    assert tree(data) == before
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+    assert engine.names("stop") == []
+
+
+def test_a_failure_after_emptying_a_stopped_container_keeps_it_stopped_without_a_journal(engine, ctx, data,
+                                                                                        backed_up):
+    app, _ = backed_up
+    engine.set_state(app.id, ContainerState.EXITED)
+    (data / "new.txt").write_text("newer data\n")
+    engine.fail("put_archive", EngineError("disk full"))
+    with pytest.raises(RestoreLeftStopped):
+        run_restore(ctx, "app", "data", force=True)
+    assert engine.state(app.id) is ContainerState.EXITED and ctx.journal.entries() == []
+
+
+def test_the_cli_exit_code_for_a_container_left_stopped(engine, env, data, backed_up, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "Engine", lambda *_a, **_kw: engine)
+    monkeypatch.setattr(cli, "_on_termination", lambda handler: None)
+    engine.fail("put_archive", EngineError("disk full"))
+    assert cli.main(["restore", "app", "--volume", "data", "--force"]) == 3
+    assert "left stopped" in capsys.readouterr().err
+
+
+def test_a_container_left_stopped_is_not_backed_up(engine, ctx, data, backed_up):
+    app, _ = backed_up
+    assert engine.state(app.id) is ContainerState.RUNNING
+    (data / "new.txt").write_text("newer data\n")
+    engine.fail("put_archive", EngineError("disk full"), times=1)
+    with pytest.raises(RestoreLeftStopped):
+        run_restore(ctx, "app", "data", force=True)
+    archives = sorted(p.name for p in ctx.store.root.rglob("*.tar.zst"))
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert not outcome.ok and "failed restore left the container stopped" in outcome.error
+    assert sorted(p.name for p in ctx.store.root.rglob("*.tar.zst")) == archives

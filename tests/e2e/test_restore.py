@@ -1,16 +1,18 @@
 """Restore on the real engine: checksum verified first, unsafe members refused before
-anything is written, non-empty volumes protected unless --force."""
+anything is written (issue 8's NUL-checksum escape included), non-empty volumes protected
+unless --force, a failure after emptying leaves the app stopped."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 import time
 
 import pytest
 import zstandard
 
-from .support import tar_bytes
+from .support import stderr_records, tar_bytes
 
 
 def _member(name: str, data: bytes | None = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
@@ -137,3 +139,68 @@ def test_forced_restore_leaves_no_anonymous_volume(lab, sidecar_image):
     existing = {v["Name"] for v in lab.client.api.volumes().get("Volumes") or []}
     assert anonymous & existing == set()
     print(f"docker volume ls: {volumes_before} before, {len(existing)} after (other tests share the engine)")
+
+
+def test_the_nul_checksum_escape_is_refused_on_the_real_engine(lab):
+    """Issue 8's reproduction: a header whose checksum field starts with NUL ended the archive
+    for the check (Python) but not for the engine (Go), which then wrote `d -> /` and
+    `d/etc/ESCAPED` outside the volume."""
+    volume = lab.volume("data")
+    lab.populate(volume, "echo original > original.txt")
+    before = lab.manifest(volume)
+    app = lab.workload("app", {"backup.enable": "true"}, {volume: "/data"})
+    ok, _ = _member("./ok.txt", b"ok")
+    blind, _ = _member("./blind.txt", b"")
+    link, _ = _member("./d", kind=tarfile.SYMTYPE, link="/")
+    escape, _ = _member("./d/etc/ESCAPED", b"pwned")
+    blind_header = bytearray(blind.tobuf(tarfile.USTAR_FORMAT))
+    blind_header[148:156] = bytes(8)
+    raw = (ok.tobuf(tarfile.USTAR_FORMAT) + b"ok".ljust(512, b"\0") + bytes(blind_header)
+           + link.tobuf(tarfile.USTAR_FORMAT) + escape.tobuf(tarfile.USTAR_FORMAT) + b"pwned".ljust(512, b"\0")
+           + bytes(1024))
+    folder = lab.backup_dir / "daily"
+    folder.mkdir(exist_ok=True)
+    path = folder / "app_data_2026-01-01_daily.tar"
+    path.write_bytes(raw)
+    (folder / f"{path.name}.sha256").write_text(f"{hashlib.sha256(raw).hexdigest()}  {path.name}\n")
+
+    done = lab.cli("restore", "app", "--volume", "data", "--archive", str(path), "--force")
+    assert done.returncode == 1 and "checksum field" in done.stderr, done.stderr
+    assert lab.manifest(volume) == before and lab.state(app) == "running"
+    found = app.exec_run(["sh", "-c", "ls /etc/ESCAPED /data/d 2>/dev/null | wc -l"]).output.decode().strip()
+    assert found == "0"
+
+
+def test_a_failed_unpack_after_emptying_leaves_the_app_stopped_across_restarts(lab):
+    """The engine fails mid-unpack (a hard link to a file the archive does not hold, which only
+    the writing side can notice) after --force emptied the volume: the app stays stopped, exit
+    code 3, journalled, and a later sidecar does not start it; a good restore does."""
+    volume = lab.volume("data")
+    lab.populate(volume, "echo one > a.txt")
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    assert lab.cli("backup", "app").returncode == 0
+    [good] = lab.archives()
+    backed_up = lab.manifest(volume)
+    broken = _write_archive(lab, "app_data_2026-01-01_daily.tar.zst", [
+        _member("./first.txt", b"first"), _member("./h", kind=tarfile.LNKTYPE, link="missing"),
+        _member("./last.txt", b"last")])
+
+    failed = lab.cli("restore", "app", "--volume", "data", "--archive", broken, "--force")
+    assert failed.returncode == 3, failed.stderr
+    assert "left stopped" in failed.stderr and app.name in failed.stderr and "data" in failed.stderr
+    assert any(r.get("levelname", r.get("level", "")).upper() == "ERROR" and r.get("container") == app.name
+               for r in stderr_records(failed.stderr))
+    assert lab.state(app) == "exited"
+    journal = json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())
+    assert [e["action"] for e in journal["interrupted"]] == ["left-stopped"]
+
+    # Another sidecar process starts and runs its recovery: the app stays stopped.
+    other = lab.cli("restore", "app", "--volume", "nope")
+    assert other.returncode == 2 and "left stopped by a failed restore" in other.stderr
+    assert lab.state(app) == "exited"
+
+    restored = lab.cli("restore", "app", "--volume", "data", "--archive", good.name, "--force")
+    assert restored.returncode == 0, restored.stderr
+    assert lab.manifest(volume) == backed_up and lab.state(app) == "running"
+    journal = json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())
+    assert journal["interrupted"] == []

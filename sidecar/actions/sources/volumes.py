@@ -1,23 +1,26 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
-sidecar/readers), and the volume restore: verify the archive (checksum and every member),
-stop the container if it runs, empty the volume (only with force when it holds data),
-unpack the archive into it through the engine, start the container again."""
+sidecar/readers), and the volume restore: check the archive (checksum and every member) and
+that the volume is empty (or --force) before stopping anything, stop the container if it
+runs, empty the volume, write it with the checked extractor's canonical stream (sidecar/
+extract.py: the members written are exactly the members checked), start the container again.
+If the restore fails after the volume was emptied, the container is left stopped and
+journalled so ("left-stopped"), and RestoreLeftStopped says so."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import tarfile
 import time
 from typing import Iterator
 
-from ...archive import ArchiveResult, ProgressLog, check_archive, iter_tar, root_entry_tar
-from ...errors import BackupError, NotFound, RestoreError, SidecarError
+from ...archive import ArchiveResult, ProgressLog
+from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
+from ...extract import ArchiveFile, Summary, canonical_tar, open_archive, root_entry, verify
 from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers
 from ..context import Context
-from ..interrupt import Interruption, InterruptionKind
+from ..interrupt import Interruption, InterruptionKind, is_left_stopped, put_back
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
 
 logger = logging.getLogger(__name__)
@@ -111,44 +114,91 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     container, backup_name, path = request.container, request.backup_name, request.archive
     mount, volume_name = find_volume(container, request.item)
     fields = {"target": backup_name, "container": container.name, "volume": volume_name, "archive": str(path)}
-
-    logger.info("verifying archive", extra={**fields, "phase": "verify"})
-    check = check_archive(path, keys=ctx.settings.decryption)
-    logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
-                                           "bytes": check.tar_bytes, "sha256": check.sha256})
-
-    downtime = 0.0
-    with ctx.store.target_lock(backup_name):
-        with contextlib.ExitStack() as stack:
-            current = ctx.engine.inspect(container.id)
-            stop = None
-            if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
-                stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, backup_name,
-                                                        request.stop_timeout))
-            if not ctx.engine.path_is_empty(container.id, mount.destination):
-                if not request.force:
-                    raise RestoreError(
-                        f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
-                        "use --force to replace its contents")
-                _clear(ctx, current, mount)
-            logger.info("restoring", extra={**fields, "phase": "restore"})
-            _unpack(ctx, container, mount, path, check.root)
-        if stop is not None:
-            downtime = stop.seconds
+    with ctx.store.target_lock(backup_name), open_archive(path) as archive:
+        # Everything that can refuse the restore runs before anything is stopped.
+        logger.info("verifying archive", extra={**fields, "phase": "verify"})
+        check = verify(archive, ctx.settings.decryption)
+        logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
+                                               "bytes": check.tar_bytes, "sha256": check.sha256})
+        if not request.force and not ctx.engine.path_is_empty(container.id, mount.destination):
+            raise _not_empty(container, mount, volume_name)
+        downtime = _replace(ctx, request, mount, volume_name, archive, fields)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
-    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds, downtime)
+    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds,
+                          downtime)
 
 
-def _unpack(ctx: Context, container: ContainerInfo, mount: Mount, path, root: tarfile.TarInfo | None) -> None:
+def _replace(ctx: Context, request: RestoreRequest, mount: Mount, volume_name: str, archive: ArchiveFile,
+             fields: dict) -> float:
+    """Stop, empty, unpack, start; returns the seconds the container was down. A container a
+    failed restore left stopped is started once this restore succeeds."""
+    container, backup_name = request.container, request.backup_name
+    was_left = is_left_stopped(ctx, container.id)
+    with contextlib.ExitStack() as stack:
+        current = ctx.engine.inspect(container.id)
+        stop = None
+        if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
+            stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, backup_name,
+                                                    request.stop_timeout))
+        emptied = was_left
+        try:
+            if not ctx.engine.path_is_empty(container.id, mount.destination):
+                if not request.force:  # written to while it was stopping
+                    raise _not_empty(container, mount, volume_name)
+                emptied = True
+                _clear(ctx, current, mount)
+            logger.info("restoring", extra={**fields, "phase": "restore"})
+            _unpack(ctx, container, mount, archive)
+        except SidecarError as err:
+            if emptied:
+                raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
+            raise
+    if was_left:
+        put_back(ctx, container.id, InterruptionKind.STOPPED, backup_name)
+        logger.info("container a failed restore had left stopped started again", extra={**fields, "phase": "start"})
+    return stop.seconds if stop is not None else 0.0
+
+
+def _not_empty(container: ContainerInfo, mount: Mount, volume_name: str) -> RestoreError:
+    return RestoreError(f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
+                        "use --force to replace its contents")
+
+
+def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_name: str,
+                  volume_name: str, mount: Mount, err: SidecarError) -> RestoreLeftStopped:
+    """The volume's old contents are gone and the new ones incomplete: never start the app
+    on that. Journalled, so a restarted sidecar does not start it either."""
+    if stop is not None:
+        stop.leave_stopped(str(err))
+    else:  # not running when the restore began (its owner's or an earlier failed restore's doing)
+        logger.error("restore failed after emptying the volume; the container stays stopped", extra={
+            "target": backup_name, "container": container.name, "volume": volume_name, "phase": "restore",
+            "error": str(err)})
+    return RestoreLeftStopped(container.name, volume_name, (
+        f"RESTORE FAILED AFTER EMPTYING volume {volume_name} of {container.name} ({mount.destination}): {err}. "
+        f"The container is left stopped so the app does not start on an empty or partial volume. Restore again "
+        f"with --force (the container is started when it succeeds), or start it yourself"))
+
+
+def _unpack(ctx: Context, container: ContainerInfo, mount: Mount, archive: ArchiveFile) -> Summary:
+    """Write the archive into the volume through the engine: the stream the engine unpacks is
+    re-serialised by the checked extractor from exactly the members it accepted, in the same
+    read (sidecar/extract.py), and the volume root's own entry goes into the mount's parent.
+    The one place a worker container running `extract.worker_command` can replace."""
+    done: list[Summary] = []
     try:
-        ctx.engine.put_archive(container.id, mount.destination, iter_tar(path, keys=ctx.settings.decryption))
-        if root is not None:
+        ctx.engine.put_archive(container.id, mount.destination,
+                               canonical_tar(archive, ctx.settings.decryption, on_done=done.append))
+        if not done:
+            raise RestoreError("the engine stopped reading before the end of the archive")
+        if done[0].root is not None:
             parent, _, base = mount.destination.rstrip("/").rpartition("/")
-            ctx.engine.put_archive(container.id, parent or "/", root_entry_tar(base, root))
+            ctx.engine.put_archive(container.id, parent or "/", root_entry(base, done[0].root))
     except SidecarError as err:
-        raise RestoreError(f"unpacking {path.name} into {container.name}:{mount.destination} failed: {err}") from err
+        raise RestoreError(f"unpacking {archive.name} into {container.name}:{mount.destination} failed: {err}") from err
+    return done[0]
 
 
 def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:
