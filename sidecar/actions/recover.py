@@ -1,11 +1,13 @@
 """Start-up housekeeping: put back containers a killed sidecar left stopped or paused,
-and remove half-written archives."""
+remove the worker containers it left, and remove half-written archives."""
 
 from __future__ import annotations
 
 import logging
 
 from ..errors import BackupBusy, SidecarError
+from ..model import ContainerState
+from ..readers.worker import STORE_LABEL, TARGET_LABEL, store_mount
 from .context import Context
 from .interrupt import put_back
 
@@ -19,6 +21,7 @@ def run_recovery(ctx: Context) -> list[str]:
     command run beside it) is mid-backup: what a live process holds the target's lock
     for is left alone."""
     ctx.store.prepare()
+    remove_leftover_workers(ctx)
     ctx.store.clean_partials()
     restored = []
     for entry in ctx.journal.entries():
@@ -38,3 +41,24 @@ def run_recovery(ctx: Context) -> list[str]:
         else:
             logger.info("journal entry needed no action: the container already runs", extra=fields)
     return restored
+
+
+def remove_leftover_workers(ctx: Context) -> list[str]:
+    """Remove worker containers of this backup volume that no live process owns: a running
+    one whose target is locked belongs to a backup in progress (another process) and stays."""
+    removed: list[str] = []
+    try:
+        store = store_mount(ctx.settings.backup_dir, ctx.engine.own_container())
+        if store is None:
+            return removed
+        for worker in ctx.engine.list_workers({STORE_LABEL: store.key}):
+            target = worker.labels.get(TARGET_LABEL)
+            if worker.state is ContainerState.RUNNING and (not target or ctx.store.is_locked(target)):
+                continue
+            ctx.engine.remove_worker(worker.name)
+            removed.append(worker.name)
+            logger.warning("removed a worker container an interrupted sidecar left",
+                           extra={"target": target, "worker": worker.name, "phase": "recovery"})
+    except SidecarError as err:
+        logger.error("could not look for leftover worker containers", extra={"error": str(err), "phase": "recovery"})
+    return removed

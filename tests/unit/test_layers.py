@@ -48,6 +48,7 @@ LAYERS = {
     "sidecar.notify": ADAPTERS,
     "sidecar.destinations": ADAPTERS,
     "sidecar.readers": ADAPTERS,
+    "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,
     "sidecar.cli": CLI,
     "sidecar.doctables": CLI,  # a maintainer's tool: writes the README tables
