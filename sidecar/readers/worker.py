@@ -152,6 +152,9 @@ class WorkerArchive:
         size = self.partial_path.stat().st_size
         if size != self._outcome["size"]:  # the worker wrote somewhere else: a wrong store mount
             raise ArchiveError(f"{where} reported {self._outcome['size']} bytes but {self.partial_path} holds {size}")
+        logger.info("volume archived by a worker container", extra={
+            "target": request.target, "volume": request.mount.destination, "worker": result.name,
+            "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
         return int(self._outcome["tar_bytes"])
 
     def _keys_file(self) -> Path:

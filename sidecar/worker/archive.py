@@ -3,7 +3,8 @@
 written into a partial file the sidecar created on the backup volume.
 
 Members are named `./...` relative to the volume's root with the root entry `.` first,
-as the engine's archive API names them, so restore and the checks read both alike. tar
+in the engine's archive API's order (by name, each folder's contents after it), which
+also decides which of a set of hard links carries the data, so restore and the checks read both alike. tar
 runs with --sparse (holes stay holes), --xattrs (kept where the filesystem has them),
 --numeric-owner and PAX headers (long and non-UTF-8 names, sub-second times); atime
 and ctime are left out, as the engine leaves them out.
@@ -69,7 +70,7 @@ class ArchiveOutcome:
 
 def tar_command(root: Path, listed: bool) -> list[str]:
     argv = ["tar", "--create", "--file=-", f"--directory={root}", "--format=posix",
-            "--pax-option=delete=atime,delete=ctime", "--sparse", "--xattrs", "--numeric-owner",
+            "--pax-option=delete=atime,delete=ctime", "--sort=name", "--sparse", "--xattrs", "--numeric-owner",
             "--totals", f"--checkpoint={CHECKPOINT_RECORDS}", "--checkpoint-action=echo=%T"]
     if listed:
         return argv + ["--no-recursion", "--null", "--verbatim-files-from", "--files-from=-"]
@@ -96,26 +97,33 @@ def write_keys(path: Path, config: EncryptionConfig) -> None:
 
 
 def listing(root: Path, patterns: tuple[str, ...]) -> Iterator[bytes]:
-    """NUL-terminated `./name` entries of every member to archive, parents first."""
+    """NUL-terminated `./name` entries of every member to archive, in tar's --sort=name
+    order (a folder, then its entries by name, each folder's contents right after it)."""
     yield b".\0"
     first_seen: dict[tuple[int, int], bool] = {}  # (dev, inode) of a hard-linked file -> included
-    stack = [""]
+    stack = [_sorted_entries(root, "")]
     while stack:
-        folder = stack.pop()
-        with os.scandir(root / folder if folder else root) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                rel = f"{folder}/{entry.name}" if folder else entry.name
-                st = entry.stat(follow_symlinks=False)
-                is_dir = entry.is_dir(follow_symlinks=False)
-                keep = not is_excluded(rel, patterns)
-                if not is_dir and st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    keep = first_seen.setdefault(key, keep) and keep
-                if not keep:
-                    continue
-                yield b"./" + os.fsencode(rel) + b"\0"
-                if is_dir:
-                    stack.append(rel)
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        rel, entry = item
+        st = entry.stat(follow_symlinks=False)
+        is_dir = entry.is_dir(follow_symlinks=False)
+        keep = not is_excluded(rel, patterns)
+        if not is_dir and st.st_nlink > 1:
+            keep = first_seen.setdefault((st.st_dev, st.st_ino), keep) and keep
+        if keep:
+            yield b"./" + os.fsencode(rel) + b"\0"
+            if is_dir:
+                stack.append(_sorted_entries(root, rel))
+
+
+def _sorted_entries(root: Path, folder: str) -> Iterator[tuple[str, os.DirEntry]]:
+    with os.scandir(root / folder if folder else root) as it:
+        entries = sorted(it, key=lambda e: os.fsencode(e.name))  # bytes, as tar and the engine sort
+    for entry in entries:
+        yield (f"{folder}/{entry.name}" if folder else entry.name), entry
 
 
 class _HashingSink:
