@@ -98,25 +98,30 @@ def write_keys(path: Path, config: EncryptionConfig) -> None:
 
 def listing(root: Path, patterns: tuple[str, ...]) -> Iterator[bytes]:
     """NUL-terminated `./name` entries of every member to archive, in tar's --sort=name
-    order (a folder, then its entries by name, each folder's contents right after it)."""
+    order (a folder, then its entries by name, each folder's contents right after it).
+
+    An excluded folder is still walked, without listing anything, for its hard links:
+    where such a file comes first, its links elsewhere are left out (as the filter of the
+    engine-API path leaves them out)."""
     yield b".\0"
     first_seen: dict[tuple[int, int], bool] = {}  # (dev, inode) of a hard-linked file -> included
-    stack = [_sorted_entries(root, "")]
+    stack = [(_sorted_entries(root, ""), False)]
     while stack:
-        item = next(stack[-1], None)
+        entries, hidden = stack[-1]
+        item = next(entries, None)
         if item is None:
             stack.pop()
             continue
         rel, entry = item
         st = entry.stat(follow_symlinks=False)
         is_dir = entry.is_dir(follow_symlinks=False)
-        keep = not is_excluded(rel, patterns)
+        keep = not hidden and not is_excluded(rel, patterns)
         if not is_dir and st.st_nlink > 1:
             keep = first_seen.setdefault((st.st_dev, st.st_ino), keep) and keep
         if keep:
             yield b"./" + os.fsencode(rel) + b"\0"
-            if is_dir:
-                stack.append(_sorted_entries(root, rel))
+        if is_dir:
+            stack.append((_sorted_entries(root, rel), not keep))
 
 
 def _sorted_entries(root: Path, folder: str) -> Iterator[tuple[str, os.DirEntry]]:
