@@ -53,7 +53,9 @@ def remove_leftover_workers(ctx: Context) -> list[str]:
             return removed
         for worker in ctx.engine.list_workers({STORE_LABEL: store.key}):
             target = worker.labels.get(TARGET_LABEL)
-            if worker.state is ContainerState.RUNNING and (not target or ctx.store.is_locked(target)):
+            # A live process's worker: its target is locked (it may have just exited, about
+            # to be removed by its owner); a probe (no target) is short and removes itself.
+            if (target and ctx.store.is_locked(target)) or (not target and worker.state is ContainerState.RUNNING):
                 continue
             ctx.engine.remove_worker(worker.name)
             removed.append(worker.name)
