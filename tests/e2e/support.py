@@ -282,6 +282,14 @@ class Lab:
                 self.client.api.remove_container(cid, force=True, v=True)
             except docker.errors.NotFound:
                 pass
+        # Worker containers a killed sidecar left on our volumes (a sidecar removes its own).
+        for vol in self._volumes:
+            for row in self.client.api.containers(all=True, filters={"label": "backup-sidecar.worker",
+                                                                      "volume": vol}):
+                try:
+                    self.client.api.remove_container(row["Id"], force=True, v=True)
+                except docker.errors.NotFound:
+                    pass
         for image in self._images:
             try:
                 self.client.api.remove_image(image, force=True)
