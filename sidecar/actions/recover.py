@@ -7,7 +7,7 @@ import logging
 
 from ..errors import BackupBusy, SidecarError
 from ..model import ContainerState
-from ..readers.worker import STORE_LABEL, TARGET_LABEL, store_mount
+from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
 from .context import Context
 from .interrupt import put_back
 
@@ -47,6 +47,8 @@ def remove_leftover_workers(ctx: Context) -> list[str]:
     """Remove worker containers of this backup volume that no live process owns: a running
     one whose target is locked belongs to a backup in progress (another process) and stays."""
     removed: list[str] = []
+    for path in remove_stale_keys(ctx.settings.backup_dir):
+        logger.warning("removed an encryption key file no worker read", extra={"path": str(path), "phase": "recovery"})
     try:
         store = store_mount(ctx.settings.backup_dir, ctx.engine.own_container())
         if store is None:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,7 @@ from ..errors import ArchiveError, EngineError
 from ..fsutil import fsync_dir
 from ..model import ContainerInfo, Mount, WorkerMount, WorkerSpec
 from ..naming import PARTIAL_SUFFIX
+from ..storage import STATE_DIR
 from ..worker import PROTOCOL
 from ..worker.archive import write_keys
 from .base import ArchiveRequest, Progress
@@ -53,6 +55,8 @@ TARGET_LABEL = "backup-sidecar.target"
 CAPABILITIES = ("DAC_READ_SEARCH", "DAC_OVERRIDE")
 PYTHON = ("python", "-m", "sidecar.worker")
 PROBE_TIMEOUT = 120.0
+KEYS_FOLDER = "workers"  # in the state folder: encryption settings on their way to a worker
+STALE_KEYS_SECONDS = 600.0  # a worker reads its file within seconds of starting
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class WorkerArchive:
 
     def _keys_file(self) -> Path:
         assert self.request.worker is not None and self.request.encryption is not None
-        folder = self.request.worker.backup_dir / ".sidecar" / "workers"
+        folder = self.request.worker.backup_dir / STATE_DIR / KEYS_FOLDER
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = folder / f"{uuid.uuid4().hex}.keys"
         write_keys(path, self.request.encryption)
@@ -199,6 +203,21 @@ class WorkerArchive:
     def abort(self) -> None:
         self._done = True
         self.partial_path.unlink(missing_ok=True)
+
+
+def remove_stale_keys(backup_dir: Path, now: float | None = None) -> list[Path]:
+    """Key files a killed sidecar left behind (its worker never read them)."""
+    folder = backup_dir / STATE_DIR / KEYS_FOLDER
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob("*.keys") if folder.is_dir() else ():
+        try:
+            if now - path.stat().st_mtime > STALE_KEYS_SECONDS:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 class WorkerReader:

@@ -5,21 +5,25 @@ fallback and its log line, failures, and leftover workers at start-up."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import tarfile
+import time
 
 import pytest
+import zstandard
 
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.recover import remove_leftover_workers, run_recovery
 from sidecar.archive import check_archive, iter_tar
+from sidecar.errors import ArchiveError
 from sidecar.keys import DecryptionKeys
-from sidecar.model import ContainerInfo, ContainerState, WorkerResult
+from sidecar.model import Compression, ContainerInfo, ContainerState, WorkerResult
 from sidecar.readers.worker import STORE_LABEL, TARGET_LABEL, WorkerReader, store_mount
 from sidecar.worker.archive import ArchiveJob, run_archive
-from sidecar.model import Compression
 
 from .conftest import app_labels, archive_members, tree
 
@@ -176,11 +180,9 @@ def test_the_archive_worker_on_this_host(data, tmp_path, compression):
     outcome = run_archive(ArchiveJob(data, output, compression), lines.append)
     assert output.stat().st_size == outcome.size and outcome.tar_bytes % 10240 == 0
     raw = output.read_bytes()
-    import hashlib
     assert hashlib.sha256(raw).hexdigest() == outcome.sha256
     mode = {Compression.ZSTD: "r|*", Compression.GZIP: "r:gz", Compression.NONE: "r:"}[compression]
     if compression is Compression.ZSTD:
-        import zstandard
         raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
         mode = "r:"
     with tarfile.open(fileobj=io.BytesIO(raw), mode=mode) as tar:
@@ -192,6 +194,16 @@ def test_the_archive_worker_on_this_host(data, tmp_path, compression):
 def test_the_archive_worker_fails_on_a_missing_root(tmp_path):
     output = tmp_path / "out.partial"
     output.touch()
-    from sidecar.errors import ArchiveError
     with pytest.raises(ArchiveError, match="tar of .* failed"):
         run_archive(ArchiveJob(tmp_path / "nope", output, Compression.ZSTD), lambda record: None)
+
+
+def test_stale_key_files_are_removed_at_start_up(ctx):
+    folder = ctx.store.state_dir / "workers"
+    folder.mkdir()
+    old, fresh = folder / "old.keys", folder / "fresh.keys"
+    old.write_text("{}")
+    fresh.write_text("{}")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    run_recovery(ctx)
+    assert not old.exists() and fresh.exists()  # a fresh one may be on its way to a live worker
