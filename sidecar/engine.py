@@ -70,6 +70,13 @@ class Engine:
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the engine runs on this machine (a unix socket or a loopback address), so
+        that a path of this machine is a path of the engine's host too."""
+        url = str(self.api.base_url)
+        return url.startswith("http+docker://") or bool(re.match(r"https?://(localhost|127\.0\.0\.1|\[::1\])[:/]", url))
+
     def ping(self) -> bool:
         with _engine_call("ping the Docker engine"):
             return bool(self.api.ping())

@@ -255,6 +255,8 @@ class WorkerReader:
         image = settings.image or (own.image_id if own is not None else None)
         if image is None:
             return None, "the sidecar runs outside a container and BACKUP_WORKER_IMAGE is unset"
+        if own is None and not engine.is_local:
+            return None, "the sidecar runs outside a container and the engine on another machine (DOCKER_HOST)"
         store = store_mount(settings.backup_dir, own)
         if store is None:
             return None, f"BACKUP_DIR ({settings.backup_dir}) is on no mount of the sidecar's container"

@@ -109,13 +109,17 @@ def test_encrypted_by_the_worker_with_no_key_in_its_arguments(engine, make_ctx, 
     assert list((ctx.store.state_dir / "workers").iterdir()) == []  # the key file is gone
 
 
-@pytest.mark.parametrize("setup, reason", [
-    ({}, "outside a container and BACKUP_WORKER_IMAGE is unset"),
-    ({"BACKUP_WORKER_IMAGE": "not-there:1"}, "no worker container from image not-there:1"),
+@pytest.mark.parametrize("setup, local, reason", [
+    ({}, True, "outside a container and BACKUP_WORKER_IMAGE is unset"),
+    ({"BACKUP_WORKER_IMAGE": "not-there:1"}, True, "no worker container from image not-there:1"),
+    ({"BACKUP_WORKER_IMAGE": IMAGE}, False, "the engine on another machine"),
 ])
-def test_no_worker_falls_back_to_the_engine_api_said_once(engine, make_ctx, data, tmp_path, caplog, setup, reason):
+def test_no_worker_falls_back_to_the_engine_api_said_once(engine, make_ctx, data, tmp_path, caplog, setup, local,
+                                                          reason):
     logs = tmp_path / "volumes" / "logs"
     logs.mkdir(parents=True)
+    engine.worker_images.add(IMAGE)
+    engine.is_local = local
     ctx = make_ctx(**setup)
     engine.add_container("app-1", app_labels(), {"/data": data, "/logs": logs})
     with caplog.at_level(logging.INFO, logger="sidecar.readers.worker"):

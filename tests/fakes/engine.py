@@ -58,6 +58,7 @@ class FakeEngine:
         self.worker_images: set[str] = set()  # images a worker can run from (others: "no such image")
         self.workers_run: list[WorkerSpec] = []
         self.leftover_workers: list[ContainerInfo] = []  # what list_workers finds
+        self.is_local = True  # BACKUP_DIR of a host process is a path of the engine's host
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,

@@ -7,10 +7,12 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sidecar.archive import filter_tar
+from sidecar.engine import Engine
 from sidecar.model import ContainerInfo, ContainerState, Mount, WorkerMount
 from sidecar.readers.worker import STORE_ROOT, VOLUME_ROOT, store_mount, volume_mounts
 from sidecar.worker.archive import listing, tar_command
@@ -100,3 +102,13 @@ def test_listing_is_in_tar_order(tree):
         parent = name.rsplit("/", 1)[0]
         assert parent in names[:i]  # a folder before its contents
     assert names[1:4] == ["./-dash", "./a", "./a/b"]  # by name, each folder's contents right after it
+
+
+@pytest.mark.parametrize("url, local", [
+    ("http+docker://localhost", True), ("http://127.0.0.1:2375", True), ("https://localhost:2376", True),
+    ("http://10.1.2.3:2375", False), ("https://docker.example:2376", False), ("http://localhost.evil:1", False),
+])
+def test_the_engine_is_local_only_through_a_socket_or_loopback(url, local):
+    engine = Engine.__new__(Engine)  # no connection: only the address matters
+    engine.api = SimpleNamespace(base_url=url)
+    assert engine.is_local is local
