@@ -36,6 +36,7 @@ CHUNK_SIZE = 1 << 20
 # sidecar can be found and removed at start-up.
 WORKER_LABEL = "backup-sidecar.worker"
 WORKER_NAME_PREFIX = "backup-sidecar-worker-"
+_OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
 
 
@@ -284,12 +285,10 @@ class Engine:
 
     def own_container(self) -> ContainerInfo | None:
         """The container this process runs in, if any (found through mountinfo or hostname)."""
-        candidates: list[str] = []
         try:
-            text = Path("/proc/self/mountinfo").read_text()
-            candidates += re.findall(r"/containers/([0-9a-f]{64})/", text)
+            candidates = own_ids_in_mountinfo(Path("/proc/self/mountinfo").read_text())
         except OSError:
-            pass
+            candidates = []
         try:
             candidates.append(Path("/etc/hostname").read_text().strip())
         except OSError:
@@ -336,6 +335,18 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
             yield line.decode("utf-8", "replace").rstrip("\r")
     if pending:
         yield pending.decode("utf-8", "replace")
+
+
+def own_ids_in_mountinfo(text: str) -> list[str]:
+    """Container ids in what the engine binds over this process's /etc/hostname and friends.
+    Only those: on a host, mountinfo also lists other containers' files (their shm, and
+    their /etc files while they start) under .../containers/ID/."""
+    ids = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in _OWN_FILES:
+            ids += re.findall(r"/containers/([0-9a-f]{64})/", fields[3])
+    return ids
 
 
 def _guarded(chunks: Iterator[bytes], what: str, ref: str) -> Iterator[bytes]:

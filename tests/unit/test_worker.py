@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from sidecar.archive import filter_tar
-from sidecar.engine import Engine
+from sidecar.engine import Engine, own_ids_in_mountinfo
 from sidecar.model import ContainerInfo, ContainerState, Mount, WorkerMount
 from sidecar.readers.worker import STORE_ROOT, VOLUME_ROOT, store_mount, volume_mounts
 from sidecar.worker.archive import listing, tar_command
@@ -112,3 +112,14 @@ def test_the_engine_is_local_only_through_a_socket_or_loopback(url, local):
     engine = Engine.__new__(Engine)  # no connection: only the address matters
     engine.api = SimpleNamespace(base_url=url)
     assert engine.is_local is local
+
+
+def test_own_container_is_found_only_through_its_own_etc_files():
+    a, b = "a" * 64, "b" * 64
+    inside = (f"70 67 254:0 /var/lib/docker/containers/{a}/hostname /etc/hostname rw - ext4 /dev/vda rw\n"
+              f"71 67 254:0 /var/lib/docker/containers/{a}/hosts /etc/hosts rw - ext4 /dev/vda rw\n")
+    host = (f"69 67 254:0 /var/lib/docker/containers/{b}/resolv.conf "
+            f"/var/lib/docker/overlay2/x/merged/etc/resolv.conf rw - ext4 /dev/vda rw\n"
+            f"80 25 0:50 / /var/lib/docker/containers/{b}/mounts/shm rw - tmpfs shm rw\n")
+    assert own_ids_in_mountinfo(inside) == [a, a]
+    assert own_ids_in_mountinfo(host) == []
