@@ -39,7 +39,7 @@ from ..naming import PARTIAL_SUFFIX
 from ..storage import STATE_DIR
 from ..worker import PROTOCOL
 from ..worker.archive import write_keys
-from .base import ArchiveRequest, Progress
+from .base import ArchiveRequest, Progress, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,15 @@ def volume_mounts(container: ContainerInfo, mount: Mount) -> tuple[WorkerMount, 
         if other.destination.startswith(base + "/") and other != mount:
             mounts.append(WorkerMount(other.kind, other.source, VOLUME_ROOT + other.destination[len(base):]))
     return tuple(mounts)
+
+
+@dataclass(frozen=True)
+class WorkerSite:
+    """Where workers can run: their image (probed) and the backup volume's mount. Other
+    workers (e.g. a restore's extractor) start from here too: WorkerReader.site."""
+
+    image: str
+    store: StoreMount
 
 
 @dataclass(frozen=True)
@@ -248,9 +257,19 @@ class WorkerReader:
 
     def plan(self, engine: Engine, request: ArchiveRequest) -> tuple[_Plan | None, str]:
         """How a worker would read `request`, or why none can."""
-        settings = request.worker
-        if settings is None:
+        if request.worker is None:
             return None, "worker containers are not configured for this request"
+        site, reason = self.site(engine, request.worker)
+        if site is None:
+            return None, reason
+        try:
+            container = engine.inspect(request.container_id)
+        except EngineError as err:
+            return None, f"cannot inspect the target: {err}"
+        return _Plan(site.image, site.store, volume_mounts(container, request.mount)), ""
+
+    def site(self, engine: Engine, settings: WorkerSettings) -> tuple[WorkerSite | None, str]:
+        """The image and backup-volume mount of workers here, or why no worker can run."""
         own = engine.own_container()
         image = settings.image or (own.image_id if own is not None else None)
         if image is None:
@@ -263,11 +282,7 @@ class WorkerReader:
         failure = self._probe(engine, image)
         if failure is not None:
             return None, failure
-        try:
-            container = engine.inspect(request.container_id)
-        except EngineError as err:
-            return None, f"cannot inspect the target: {err}"
-        return _Plan(image, store, volume_mounts(container, request.mount)), ""
+        return WorkerSite(image, store), ""
 
     def _probe(self, engine: Engine, image: str) -> str | None:
         with self._lock:  # one probe per image and process; others wait for its answer
