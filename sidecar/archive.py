@@ -192,17 +192,26 @@ class ArchiveWriter:
             pass
 
 
-def write_checksum(path: Path, digest: str, file_mode: int = 0o600) -> Path:
-    """NAME.sha256 in sha256sum's format, written atomically."""
+def write_checksum(path: Path, digest: str, file_mode: int = 0o600, *, replace: bool = True) -> Path:
+    """NAME.sha256 in sha256sum's format, durable and atomic: written to a partial file
+    (mode `file_mode` whatever the umask), fsynced, then renamed over NAME.sha256, or,
+    with `replace=False`, linked there so an existing checksum is never replaced
+    (FileExistsError)."""
     checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
     tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
-    os.fchmod(fd, file_mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{digest}  {path.name}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checksum)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL), file_mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), file_mode)
+            f.write(f"{digest}  {path.name}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, checksum)
+        else:
+            os.link(tmp, checksum)
+    finally:
+        tmp.unlink(missing_ok=True)
     return checksum
 
 

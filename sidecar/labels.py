@@ -231,7 +231,7 @@ def select_volumes(container: ContainerInfo, wanted: tuple[str, ...] | None) -> 
     else:
         chosen = []
         for entry in wanted:
-            match = next((m for m in container.mounts if _matches(m, entry, project)), None)
+            match = next((m for m in container.mounts if mount_matches(m, entry, project)), None)
             if match is None:
                 raise ValueError(f"{entry!r} is not mounted in the container{_available(container)}")
             if match not in chosen:
@@ -266,7 +266,9 @@ def short_volume_name(mount, project: str | None) -> str:
     return cleaned[:60] or "root"
 
 
-def _matches(mount, entry: str, project: str | None) -> bool:
+def mount_matches(mount, entry: str, project: str | None) -> bool:
+    """Whether `entry` names `mount`: its destination, its volume name, or the volume
+    name without the Compose project prefix."""
     if entry.rstrip("/") == mount.destination.rstrip("/") and entry.startswith("/"):
         return True
     if mount.kind == "volume":

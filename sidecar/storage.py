@@ -18,9 +18,9 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Generic, Iterator, TypeVar
 
-from .archive import read_checksum
+from .archive import read_checksum, write_checksum
 from .errors import ArchiveError, BackupBusy, NotFound
 from .fsutil import fsync_dir
 from .naming import (
@@ -40,10 +40,15 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".sidecar"
 
 
+N = TypeVar("N", ArchiveName, ImageArchiveName)
+
+
 @dataclass(frozen=True)
-class StoredArchive:
+class Stored(Generic[N]):
+    """A finished file on the backup volume: a volume archive or an image export."""
+
     path: Path
-    name: ArchiveName
+    name: N
     size: int
 
     @property
@@ -55,15 +60,8 @@ class StoredArchive:
         return self.checksum_path.exists()
 
 
-@dataclass(frozen=True)
-class StoredImage:
-    path: Path
-    name: ImageArchiveName
-    size: int
-
-    @property
-    def checksum_path(self) -> Path:
-        return self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
+StoredArchive = Stored[ArchiveName]
+StoredImage = Stored[ImageArchiveName]
 
 
 class BackupStore:
@@ -184,7 +182,7 @@ class BackupStore:
             digest = read_checksum(existing.path)
             if digest is not None:
                 mode = stat.S_IMODE(existing.checksum_path.stat().st_mode)
-                self._write_new_checksum(target, digest, mode)
+                write_checksum(target, digest, mode, replace=False)
         except OSError as exc:
             target.unlink(missing_ok=True)  # no link without the checksum its original has
             raise ArchiveError(f"cannot write the checksum of {target}: {exc.strerror or exc}") from exc
@@ -200,22 +198,6 @@ class BackupStore:
         archive.path.unlink(missing_ok=True)
         archive.checksum_path.unlink(missing_ok=True)
         fsync_dir(archive.path.parent)
-
-    @staticmethod
-    def _write_new_checksum(path: Path, digest: str, mode: int) -> None:
-        """NAME.sha256 in sha256sum's format, durable, failing if it already exists."""
-        checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
-        tmp = checksum.with_name(checksum.name + PARTIAL_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(f.fileno(), mode)  # the umask must not change the original's mode
-                f.write(f"{digest}  {path.name}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, checksum)  # unlike a rename, never replaces an existing file
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # --- locks ---------------------------------------------------------------------
     @contextlib.contextmanager

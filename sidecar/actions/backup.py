@@ -178,11 +178,20 @@ def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[Arch
 
 
 def _after_success(ctx: Context, target: Target) -> None:
-    """Off-site copy, then rotation (only after a successful backup: a failing target
-    keeps what it has). The containers run again long before this; a failure here is
-    logged and does not fail the backup: the next cycle retries the upload."""
-    run_sync(ctx)
-    run_rotation(ctx, lambda _service: target.config.keep, backup_name=target.backup_name, dry_run=ctx.settings.prune_dry_run)
+    """Rotation of the backup volume, then the off-site copy, then rotation on the
+    destinations that took it (only after a successful backup: a failing target keeps
+    what it has). Local rotation comes first so it never waits on a slow or unreachable
+    destination. The containers run again long before this; a failure here is logged
+    and does not fail the backup: the next cycle retries the upload."""
+    def keep_for(_backup_name: str):
+        return target.config.keep
+
+    dry_run = ctx.settings.prune_dry_run
+    run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, destinations=())
+    report = run_sync(ctx)
+    if report.synced:
+        run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, local=False,
+                     destinations=report.synced)
 
 
 def _image_export(ctx: Context, target: Target) -> None:

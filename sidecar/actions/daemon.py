@@ -227,10 +227,9 @@ class Daemon:
         try:
             report = run_sync(self.ctx)
             self._update_copy_metrics()
-            synced = tuple(r.destination for r in report.results if r.ok)  # rotate only where the sync went through
-            if synced and not report.skipped:
+            if report.synced:
                 run_rotation(self.ctx, self._keep_for, dry_run=self.ctx.settings.prune_dry_run, local=False,
-                             destinations=synced)
+                             destinations=report.synced)
         except Exception:  # a bug must not kill the sync thread silently
             logger.exception("sync cycle crashed", extra={"phase": "upload"})
 

@@ -14,13 +14,20 @@ from .sync import copy_index
 
 
 @dataclass(frozen=True)
-class ArchiveRow:
+class _Row:
+    """What every listed archive shows: where it is, whose, which volume, which
+    frequency folder, its date and size (the CLI's table and JSON keep these names)."""
+
     path: str
     target: str
     volume: str
     frequency: str
     date: str
     size: int
+
+
+@dataclass(frozen=True)
+class ArchiveRow(_Row):
     checksum: str  # "ok", "mismatch", "missing", "present" (not verified), "unreadable"
     # "verified" (on every destination), "missing" (on none), "verified: NAME,..." (on
     # some), or "-" when no destination is configured
@@ -28,13 +35,7 @@ class ArchiveRow:
 
 
 @dataclass(frozen=True)
-class RemoteRow:
-    path: str
-    target: str
-    volume: str
-    frequency: str
-    date: str
-    size: int
+class RemoteRow(_Row):
     verified: bool  # copied by this sidecar and checked (size and SHA-256) after the upload
     key: str  # the object's name on the destination (the S3 key with the prefix)
     destination: str

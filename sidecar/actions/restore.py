@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..archive import read_checksum, write_checksum
 from ..errors import NotFound
-from ..labels import DEFAULT_STOP_TIMEOUT, NAME, default_name
+from ..labels import DEFAULT_STOP_TIMEOUT, intended_name
 from ..model import ContainerInfo
 from ..naming import parse_name
 from .context import Context
@@ -43,7 +43,7 @@ def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
     container = ctx.engine.find_container(ref)
     if container is None:
         raise NotFound(f"no target or container named {ref!r}")
-    name = container.labels.get(NAME, "").strip() or default_name(container)
+    name = intended_name(container)
     return container, name, DEFAULT_STOP_TIMEOUT
 
 

@@ -79,6 +79,11 @@ class SyncReport:
     def result(self, destination: str) -> SyncResult | None:
         return next((r for r in self.results if r.destination == destination), None)
 
+    @property
+    def synced(self) -> tuple[str, ...]:
+        """Destinations whose sync went through: only those are rotated after it."""
+        return () if self.skipped else tuple(r.destination for r in self.results if r.ok)
+
 
 def copy_index(ctx: Context, destination: Destination | str) -> CopyIndex:
     name = destination if isinstance(destination, str) else destination.name

@@ -3,11 +3,16 @@ the outcome, and the archive's bytes."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState
+
+from tests.fakes.destination import FakeDestination
+from tests.unit.test_prune import days, write
 
 from .conftest import app_labels, archive_members, tree
 
@@ -149,3 +154,28 @@ def test_two_volumes_two_archives_one_interruption(engine, ctx, data, tmp_path):
     assert outcome.ok and outcome.volumes == ("data", "logs")
     assert [archive_members(a.path) for a in outcome.archives] == [tree(data), tree(logs)]
     assert _interruptions(engine) == ["stop", "start"]
+
+
+def test_after_a_backup_local_rotation_does_not_wait_on_an_unreachable_destination(engine, ctx, data):
+    """Local archives rotate before the off-site copy is tried; a destination that is down
+    gets neither the copy nor a rotation attempt (no second retry ladder)."""
+    for day in days(date(2026, 1, 1), 5):
+        write(ctx, "app", "data", day)
+    engine.add_container("app-1", app_labels(strategy="hot", keep="daily=2,weekly=0,monthly=0"), {"/data": data})
+    down = FakeDestination("s3")
+    down.down = True
+    ctx.destinations = (down,)
+    order = []
+    original_list = down.list
+
+    def listing(under=""):
+        order.append(len(ctx.store.archives()))
+        return original_list(under)
+
+    down.list = listing
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok
+    # Five old days and today's archive, daily=2: four rotated away before the sync listed
+    # the destination once; nothing was pruned there.
+    assert len(ctx.store.archives()) == 2 and order == [2]
+    assert down.calls["delete"] == 0

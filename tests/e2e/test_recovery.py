@@ -98,6 +98,8 @@ def test_one_shot_command_beside_a_running_backup_leaves_it_alone(lab):
 
     wait_for(lambda: lab.archives("app_data_*"), timeout=120, what="the daemon's backup to complete")
     wait_for(lambda: lab.state(app) == "running", timeout=30, what="the app to run again")
-    assert any(r["message"] == "backup finished" and r["target"] == "app" for r in log_records(log))
+    # "backup finished" follows the archive and the restart (after rotation and the sync).
+    wait_for(lambda: any(r["message"] == "backup finished" and r["target"] == "app" for r in log_records(log)),
+             timeout=30, what="the daemon to log the finished backup")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0

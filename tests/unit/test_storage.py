@@ -19,6 +19,7 @@ from sidecar.archive import read_checksum, write_checksum
 from sidecar.errors import ArchiveError, BackupBusy, NotFound
 from sidecar.naming import parse_name
 from sidecar.schedule import Frequency
+from sidecar import storage
 from sidecar.storage import BackupStore, Journal, JournalEntry, StoredArchive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -460,10 +461,10 @@ def test_link_never_overwrites(store, taken):
 def test_link_undoes_itself_when_the_checksum_cannot_be_written(store, monkeypatch):
     daily = written(store, "daily/app_data_2026-03-02_daily.tar.zst")
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(BackupStore, "_write_new_checksum", staticmethod(fail))
+    monkeypatch.setattr(storage, "write_checksum", fail)
     with pytest.raises(ArchiveError, match="No space left on device"):
         store.link(daily, replace(daily.name, frequency=Frequency.WEEKLY))
     assert not (store.root / "weekly" / "app_data_2026-03-02_weekly.tar.zst").exists()

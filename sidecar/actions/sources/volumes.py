@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ...archive import ArchiveResult, ProgressLog, check_archive, iter_tar, root_entry_tar
 from ...errors import BackupError, NotFound, RestoreError, SidecarError
-from ...labels import select_volumes
+from ...labels import mount_matches, select_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers
 from ..context import Context
@@ -99,11 +99,9 @@ def find_volume(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
     short name."""
     specs = select_volumes(container, tuple(m.destination for m in container.mounts)) if container.mounts else ()
     for spec in specs:
-        m = spec.mount
-        project = container.compose_project
-        if volume in (spec.volume_name, m.destination, m.destination.rstrip("/"), m.source) or (
-                project and m.source == f"{project}_{volume}"):
-            return m, spec.volume_name
+        if volume in (spec.volume_name, spec.mount.source) or mount_matches(spec.mount, volume,
+                                                                           container.compose_project):
+            return spec.mount, spec.volume_name
     listed = ", ".join(f"{s.volume_name} ({s.mount.destination})" for s in specs) or "none"
     raise NotFound(f"container {container.name!r} has no volume {volume!r}; its mounts: {listed}")
 
