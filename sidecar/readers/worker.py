@@ -141,17 +141,9 @@ class WorkerArchive:
 
     def read(self, progress: Progress | None = None) -> int:
         request, plan = self.request, self.plan
-        keys_path = None
+        keys_path = self._keys_file() if request.encryption is not None else None
         try:
-            command = [*PYTHON, "archive", "--root", VOLUME_ROOT, "--output", plan.store.inside(self.partial_path),
-                       f"--compression={request.compression.value}", "--progress-interval=1"]
-            command += [f"--exclude={pattern}" for pattern in request.exclude]
-            if request.encryption is not None:
-                keys_path = self._keys_file()
-                command.append(f"--keys-file={plan.store.inside(keys_path)}")
-            spec = WorkerSpec(plan.image, tuple(command), "archive", plan.mounts + (plan.store.mount,),
-                              labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
-                              capabilities=CAPABILITIES, timeout=request.worker.timeout if request.worker else 86400.0)
+            spec = self._spec(keys_path)
             result = self.engine.run_worker(spec, lambda line: self._on_line(line, progress))
         finally:
             if keys_path is not None:
@@ -169,6 +161,18 @@ class WorkerArchive:
             "target": request.target, "volume": request.mount.destination, "worker": result.name,
             "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
         return int(self._outcome["tar_bytes"])
+
+    def _spec(self, keys_path: Path | None) -> WorkerSpec:
+        request, plan = self.request, self.plan
+        command = [*PYTHON, "archive", "--root", VOLUME_ROOT, "--output", plan.store.inside(self.partial_path),
+                   f"--compression={request.compression.value}", "--progress-interval=1"]
+        command += [f"--exclude={pattern}" for pattern in request.exclude]
+        if keys_path is not None:
+            command.append(f"--keys-file={plan.store.inside(keys_path)}")
+        timeout = request.worker.timeout if request.worker is not None else WorkerSettings.timeout
+        return WorkerSpec(plan.image, tuple(command), "archive", plan.mounts + (plan.store.mount,),
+                          labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
+                          capabilities=CAPABILITIES, timeout=timeout)
 
     def _keys_file(self) -> Path:
         assert self.request.worker is not None and self.request.encryption is not None
