@@ -31,6 +31,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Debian's system python refuses `pip install` (PEP 668): use a venv.
 # The dependency layer depends on pyproject.toml only, so editing sidecar/
 # reinstalls just the project itself (no download).
+# Worker containers run from this image (sidecar/worker): GNU tar and gzip (essential in
+# Debian) piped to zstd (about 1 MB). Installed first: this layer changes only when the list
+# does. apt's lists and caches go in the same layer (they would weigh 80 MB).
+RUN set -eu; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends zstd; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log; \
+    tar --version | head -n 1 | grep -q 'GNU tar'; gzip --version >/dev/null; zstd --version
+
 WORKDIR /src
 COPY pyproject.toml ./
 RUN set -eu; \

@@ -7,26 +7,36 @@ about labels, schedules or archives.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import re
 import shlex
 import tarfile
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import docker
 import docker.errors
+import docker.types
 import requests
 
 from .errors import ContainerNotFound, EngineError
-from .model import ContainerInfo, ContainerState, ImageInfo, Mount
+from .model import ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
+# Every worker container carries this label (value: its purpose), so leftovers of a killed
+# sidecar can be found and removed at start-up.
+WORKER_LABEL = "backup-sidecar.worker"
+WORKER_NAME_PREFIX = "backup-sidecar-worker-"
+_OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
 
 
@@ -60,6 +70,13 @@ class Engine:
 
     def close(self) -> None:
         self.client.close()
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the engine runs on this machine (a unix socket or a loopback address), so
+        that a path of this machine is a path of the engine's host too."""
+        url = str(self.api.base_url)
+        return url.startswith("http+docker://") or bool(re.match(r"https?://(localhost|127\.0\.0\.1|\[::1\])[:/]", url))
 
     def ping(self) -> bool:
         with _engine_call("ping the Docker engine"):
@@ -207,6 +224,67 @@ class Engine:
                     logger.warning("could not remove helper container", extra={"container": helper_id[:12],
                                                                              "error": _explain(exc)})
 
+    # --- worker containers --------------------------------------------------------------
+    def run_worker(self, spec: WorkerSpec, on_line: Callable[[str], bool | None] | None = None) -> WorkerResult:
+        """Run `spec` to its end in a short-lived container and remove it (with any anonymous
+        volume). Each line of its output goes to `on_line` (returning True: handled, else
+        it is logged); an exception from `on_line` (e.g. BackupAborted) stops the worker and
+        goes through. Raises EngineError when the worker cannot be created or started; a
+        failing command is a WorkerResult with its exit code and last lines."""
+        name = WORKER_NAME_PREFIX + uuid.uuid4().hex[:16]
+        fields = {"worker": name, "purpose": spec.purpose, "image": spec.image}
+        tail: collections.deque[str] = collections.deque(maxlen=spec.tail_lines)
+        started = time.monotonic()
+        with contextlib.ExitStack() as cleanup:
+            # Registered before the container exists: whatever happens from here on (an
+            # error, an abort from on_line, SIGTERM turned into an exception) removes it.
+            cleanup.callback(self.remove_worker, name)
+            with _engine_call("create worker container from image", spec.image):
+                self.api.create_container(**_worker_create_args(self.api, name, spec))
+                self.api.start(name)
+            logger.debug("worker started", extra=fields)
+            expired = threading.Event()
+            timer = threading.Timer(spec.timeout, self._expire, (name, expired))
+            timer.daemon = True
+            cleanup.callback(timer.cancel)
+            timer.start()
+            with _engine_call("follow worker output", name):
+                stream = self.api.logs(name, stream=True, follow=True, stdout=True, stderr=True)
+                cleanup.callback(stream.close)
+                for line in _lines(stream):
+                    tail.append(line)
+                    if not (on_line is not None and on_line(line)):
+                        logger.info("worker output", extra={**fields, "line": line})
+                code = int(self.api.wait(name, timeout=60).get("StatusCode", -1))
+        seconds = time.monotonic() - started
+        result = WorkerResult(name, code, tuple(tail), seconds, expired.is_set())
+        logger.debug("worker ended", extra={**fields, "exit_code": code, "seconds": round(seconds, 3)})
+        return result
+
+    def remove_worker(self, name: str) -> None:
+        """Remove a worker container and its anonymous volumes, whatever its state (logged, never raised)."""
+        try:
+            self.api.remove_container(name, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.DockerException, OSError) as exc:
+            logger.warning("could not remove a worker container", extra={"worker": name, "error": _explain(exc)})
+
+    def list_workers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        """Worker containers (running or not) carrying all of `labels`."""
+        filters = [WORKER_LABEL] + [f"{key}={value}" for key, value in labels.items()]
+        with _engine_call("list worker containers"):
+            rows = self.api.containers(all=True, filters={"label": filters})
+        return [_from_list_row(row) for row in rows]
+
+    def _expire(self, name: str, expired: threading.Event) -> None:
+        expired.set()
+        logger.warning("worker ran past its timeout; killing it", extra={"worker": name})
+        try:
+            self.api.kill(name)
+        except (docker.errors.DockerException, OSError):
+            pass
+
     def image_info(self, image: str) -> ImageInfo:
         with _engine_call("inspect image", image):
             data = self.api.inspect_image(image)
@@ -227,12 +305,10 @@ class Engine:
 
     def own_container(self) -> ContainerInfo | None:
         """The container this process runs in, if any (found through mountinfo or hostname)."""
-        candidates: list[str] = []
         try:
-            text = Path("/proc/self/mountinfo").read_text()
-            candidates += re.findall(r"/containers/([0-9a-f]{64})/", text)
+            candidates = own_ids_in_mountinfo(Path("/proc/self/mountinfo").read_text())
         except OSError:
-            pass
+            candidates = []
         try:
             candidates.append(Path("/etc/hostname").read_text().strip())
         except OSError:
@@ -249,6 +325,48 @@ class Engine:
         """A closable iterator of decoded container events."""
         with _engine_call("follow events"):
             return self.api.events(since=since, decode=True, filters={"type": "container"})
+
+
+def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
+    mounts = [docker.types.Mount(m.target, m.source, type=m.kind, read_only=m.read_only,
+                                 no_copy=m.kind == "volume")  # never copy the image's files into a volume
+              for m in spec.mounts]
+    host_config = api.create_host_config(
+        mounts=mounts, network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=list(spec.capabilities),
+        security_opt=["no-new-privileges"],
+        # Its output is read back through the logs endpoint: a driver that can be read.
+        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+    )
+    return dict(
+        image=spec.image, name=name, entrypoint=list(spec.command[:1]), command=list(spec.command[1:]),
+        user=spec.user or "", host_config=host_config, network_disabled=True,
+        labels={WORKER_LABEL: spec.purpose, **spec.labels},
+        healthcheck={"test": ["NONE"]},  # the image's own healthcheck is the daemon's
+    )
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Text lines of a byte stream (the last one even without a newline)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.decode("utf-8", "replace").rstrip("\r")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def own_ids_in_mountinfo(text: str) -> list[str]:
+    """Container ids in what the engine binds over this process's /etc/hostname and friends.
+    Only those: on a host, mountinfo also lists other containers' files (their shm, and
+    their /etc files while they start) under .../containers/ID/."""
+    ids = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in _OWN_FILES:
+            ids += re.findall(r"/containers/([0-9a-f]{64})/", fields[3])
+    return ids
 
 
 def _guarded(chunks: Iterator[bytes], what: str, ref: str) -> Iterator[bytes]:

@@ -4,7 +4,7 @@ targets as the labels configure them, and the volumes picked for a backup."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .retention import DEFAULT_KEEP, Keep
@@ -149,3 +149,47 @@ class CopyState:
     local: float | None
     offsite: Mapping[str, float | None]
     copies: int
+
+
+# --- worker containers ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkerMount:
+    """A mount of a worker container, given explicitly (never through a host path the user adds)."""
+
+    kind: str  # "volume" (source is a volume name) or "bind" (source is a path on the engine's host)
+    source: str
+    target: str  # path inside the worker
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One short-lived worker container: what runs, what it sees and with which rights.
+
+    No network, a read-only root filesystem, no new privileges, every capability dropped
+    except `capabilities` (meaningful with user "0": the kernel gives a non-root user
+    none of them)."""
+
+    image: str
+    command: tuple[str, ...]  # argv; replaces the image's entrypoint
+    purpose: str  # value of the worker label (e.g. "archive", "extract")
+    mounts: tuple[WorkerMount, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)  # extra labels (e.g. the backup store's key)
+    user: str | None = None  # None: the image's user; "0" only where root is needed
+    capabilities: tuple[str, ...] = ()
+    timeout: float = 3600.0  # seconds; the worker is killed when it runs longer
+    tail_lines: int = 40  # lines of output kept for the error message
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    name: str  # the worker container's name (it is removed already)
+    exit_code: int
+    tail: tuple[str, ...]  # its last lines of output
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out

@@ -57,6 +57,8 @@ class Settings:
     metrics_port: int = 9918  # 0: no metrics endpoint
     metrics_addr: str = "0.0.0.0"
     sync_interval: float = 300.0  # seconds between sync cycles of the daemon (heals store outages)
+    worker_image: str | None = None  # image of worker containers; None: the sidecar's own container's image
+    worker_timeout: float = 86400.0  # seconds one worker container may run
 
     @property
     def state_dir(self) -> Path:
@@ -184,6 +186,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_HELPER_IMAGE", TEXT, None, "image with `sh` and `rm` used to empty a volume for "
             "`restore --force`", field="helper_image", file=False,
             shown_default="the sidecar's own image, else the target's"),
+    Setting("BACKUP_WORKER_IMAGE", TEXT, None, "image of the short-lived worker containers that archive a "
+            "volume next to its data (needs this sidecar's code, GNU tar, zstd: the sidecar's image); when no "
+            "worker can run, volumes are read through the engine's archive API (slower)", field="worker_image",
+            file=False, shown_default="the sidecar's own image; none when it runs outside a container"),
+    Setting("BACKUP_WORKER_TIMEOUT", seconds(10, 7 * 86400), "86400", "seconds a worker container may run "
+            "before it is killed (the backup then fails)", field="worker_timeout"),
     Setting("BACKUP_SHUTDOWN_GRACE", seconds(0, 3600), "5", "seconds a running backup may still finish after "
             "SIGTERM before it is aborted (its containers are put back either way)", field="shutdown_grace"),
     Setting("BACKUP_PROGRESS_INTERVAL", seconds(0.1, 600), "10", "seconds between progress log lines of a long "

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..labels import ENABLE
 from ..model import ContainerInfo
 from ..naming import ENCRYPTED_SUFFIX
+from ..readers import WorkerSettings
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 
@@ -56,6 +57,11 @@ class Context:
     def local_encryption(self) -> EncryptionConfig | None:
         """How archives on the backup volume are encrypted (None: not encrypted)."""
         return self.settings.encryption if self.settings.encrypt_local else None
+
+    @property
+    def worker_settings(self) -> WorkerSettings:
+        """What the worker reader needs (sidecar/readers/worker.py)."""
+        return WorkerSettings(self.settings.backup_dir, self.settings.worker_image, self.settings.worker_timeout)
 
     @property
     def local_encryption_suffix(self) -> str:

@@ -1,6 +1,6 @@
 """Start-up housekeeping: put back containers a killed sidecar left stopped or paused,
-report (and never start) containers a failed restore left stopped, and remove
-half-written archives."""
+report (and never start) containers a failed restore left stopped, remove the worker
+containers it left, and remove half-written archives."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 
 from ..errors import BackupBusy, ContainerNotFound, SidecarError
 from ..model import ContainerState
+from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
 from ..storage import JournalEntry
 from .context import Context
 from .interrupt import InterruptionKind, put_back
@@ -22,6 +23,7 @@ def run_recovery(ctx: Context) -> list[str]:
     command run beside it) is mid-backup: what a live process holds the target's lock
     for is left alone."""
     ctx.store.prepare()
+    remove_leftover_workers(ctx)
     ctx.store.clean_partials()
     restored = []
     for entry in ctx.journal.entries():
@@ -63,3 +65,28 @@ def _report_left_stopped(ctx: Context, entry: JournalEntry, fields: dict) -> Non
         return
     logger.error("container left stopped by a failed restore: its volume is empty or partial; not starting it. "
                  "Restore again (it starts the container when done), or start it yourself", extra=fields)
+
+
+def remove_leftover_workers(ctx: Context) -> list[str]:
+    """Remove worker containers of this backup volume that no live process owns: a running
+    one whose target is locked belongs to a backup in progress (another process) and stays."""
+    removed: list[str] = []
+    for path in remove_stale_keys(ctx.settings.backup_dir):
+        logger.warning("removed an encryption key file no worker read", extra={"path": str(path), "phase": "recovery"})
+    try:
+        store = store_mount(ctx.settings.backup_dir, ctx.engine.own_container())
+        if store is None:
+            return removed
+        for worker in ctx.engine.list_workers({STORE_LABEL: store.key}):
+            target = worker.labels.get(TARGET_LABEL)
+            # A live process's worker: its target is locked (it may have just exited, about
+            # to be removed by its owner); a probe (no target) is short and removes itself.
+            if (target and ctx.store.is_locked(target)) or (not target and worker.state is ContainerState.RUNNING):
+                continue
+            ctx.engine.remove_worker(worker.name)
+            removed.append(worker.name)
+            logger.warning("removed a worker container an interrupted sidecar left",
+                           extra={"target": target, "worker": worker.name, "phase": "recovery"})
+    except SidecarError as err:
+        logger.error("could not look for leftover worker containers", extra={"error": str(err), "phase": "recovery"})
+    return removed

@@ -1,7 +1,7 @@
 """Readers: how a volume's bytes reach its archive, by name (see base.py for the Protocol).
 
-`choose` picks the first usable reader of an order of names. Today there is one, the
-engine's archive API; to add one, write a module with a class that has `name`, `usable`
+`choose` picks the first usable reader of an order of names: a worker container next to
+the data (worker.py) when one can run, else the engine's archive API. To add one, write a module with a class that has `name`, `usable`
 and `open` (returning a PendingArchive), register it in READERS and put its name in
 DEFAULT_ORDER before the fallback.
 """
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from ..engine import Engine
 from ..errors import ConfigError
-from .base import ArchiveRequest, PendingArchive, Progress, Reader
+from .base import ArchiveRequest, PendingArchive, Progress, Reader, WorkerSettings
 from .engine_api import EngineApiReader
+from .worker import WorkerReader
 
-__all__ = ["ArchiveRequest", "PendingArchive", "Progress", "Reader", "READERS", "DEFAULT_ORDER", "get", "choose"]
+__all__ = ["ArchiveRequest", "PendingArchive", "Progress", "Reader", "WorkerSettings", "READERS", "DEFAULT_ORDER",
+           "get", "choose"]
 
-READERS: dict[str, Reader] = {r.name: r for r in (EngineApiReader(),)}
+READERS: dict[str, Reader] = {r.name: r for r in (WorkerReader(), EngineApiReader())}
 
 # Tried in order; the engine API comes last because it always works.
-DEFAULT_ORDER: tuple[str, ...] = ("engine-api",)
+DEFAULT_ORDER: tuple[str, ...] = ("worker", "engine-api")
 
 
 def get(name: str) -> Reader:

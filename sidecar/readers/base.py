@@ -28,6 +28,15 @@ from ..model import Compression, Mount
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """What a reader that runs next to the data (a worker container) needs to know."""
+
+    backup_dir: Path  # BACKUP_DIR as this process sees it
+    image: str | None = None  # BACKUP_WORKER_IMAGE; None: the image of the sidecar's own container
+    timeout: float = 86400.0  # seconds one worker may run
+
+
+@dataclass(frozen=True)
 class ArchiveRequest:
     """One archive to produce: what to read and what to write."""
 
@@ -38,6 +47,8 @@ class ArchiveRequest:
     file_mode: int = 0o600
     encryption: EncryptionConfig | None = None
     exclude: tuple[str, ...] = ()
+    worker: WorkerSettings | None = None  # None: no worker container is tried
+    target: str = ""  # the target's backup_name, for log lines
 
 
 # Called with the tar bytes read so far, also while waiting; raises BackupAborted when the

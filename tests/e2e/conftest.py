@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import docker
 import docker.errors
 import pytest
 
 from .compose import Stack, compose_binary
-from .support import BUSYBOX, SIDECAR_IMAGE, Lab
+from .support import BUSYBOX, REPO, SIDECAR_IMAGE, WORKER_IMAGE, Lab
 
 
 def pytest_collection_modifyitems(items):
@@ -50,6 +51,20 @@ def sidecar_image(docker_client):
     except docker.errors.ImageNotFound:
         pytest.fail(f"sidecar image {SIDECAR_IMAGE} is missing; run ./scripts/test to build it")
     return SIDECAR_IMAGE
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_client):
+    """The sidecar's image built from this tree (worker containers run its code): built once
+    per session with scripts/testbed.sh's recipe (the layer cache makes an unchanged tree a
+    matter of seconds), so a worker never runs code older than the test's."""
+    script = ('. scripts/testbed.sh && ensure_base_image && '
+              'tb_build_sidecar "$WORKER_IMAGE" --build-arg "BASE_IMAGE=$SIDECAR_TEST_BASE"')
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "WORKER_IMAGE": WORKER_IMAGE})
+    if done.returncode != 0:
+        pytest.fail(f"building the worker image {WORKER_IMAGE} failed:\n{done.stderr[-3000:]}")
+    return WORKER_IMAGE
 
 
 @pytest.fixture(scope="session")

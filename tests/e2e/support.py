@@ -23,6 +23,9 @@ import zstandard
 REPO = Path(__file__).resolve().parents[2]
 BUSYBOX = os.environ.get("SIDECAR_TEST_BUSYBOX", "backup-sidecar-test/busybox:latest")
 SIDECAR_IMAGE = os.environ.get("SIDECAR_TEST_IMAGE", "backup-sidecar:test")
+# The image worker containers run from when the sidecar runs as a host process (built from
+# the tree by the worker_image fixture).
+WORKER_IMAGE = os.environ.get("SIDECAR_TEST_WORKER_IMAGE", SIDECAR_IMAGE)
 
 # Idles until SIGTERM, then exits at once (so `stop` takes milliseconds, not the timeout).
 IDLE = 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done'
@@ -279,6 +282,14 @@ class Lab:
                 self.client.api.remove_container(cid, force=True, v=True)
             except docker.errors.NotFound:
                 pass
+        # Worker containers a killed sidecar left on our volumes (a sidecar removes its own).
+        for vol in self._volumes:
+            for row in self.client.api.containers(all=True, filters={"label": "backup-sidecar.worker",
+                                                                      "volume": vol}):
+                try:
+                    self.client.api.remove_container(row["Id"], force=True, v=True)
+                except docker.errors.NotFound:
+                    pass
         for image in self._images:
             try:
                 self.client.api.remove_image(image, force=True)

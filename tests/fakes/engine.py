@@ -14,14 +14,20 @@ Mounts are named volumes called after their folder's name.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from sidecar.errors import ContainerNotFound, EngineError
-from sidecar.model import ContainerInfo, ContainerState, ImageInfo, Mount
+from sidecar.model import ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
+
+REPO = Path(__file__).resolve().parents[2]
 
 CHUNK = 4096
 
@@ -50,6 +56,10 @@ class FakeEngine:
         self.own: ContainerInfo | None = None  # the container the sidecar runs in (own_container)
         self._faults: dict[str, _Fault] = {}
         self._seq = 0
+        self.worker_images: set[str] = set()  # images a worker can run from (others: "no such image")
+        self.workers_run: list[WorkerSpec] = []
+        self.leftover_workers: list[ContainerInfo] = []  # what list_workers finds
+        self.is_local = True  # BACKUP_DIR of a host process is a path of the engine's host
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,
@@ -195,6 +205,54 @@ class FakeEngine:
             else:
                 entry.unlink()
         return 0, ""
+
+    # --- worker containers: run as a host process with the mounts' folders in place of their paths
+    def run_worker(self, spec: WorkerSpec, on_line=None) -> WorkerResult:
+        self._call("run_worker", spec)
+        if spec.image not in self.worker_images:
+            raise EngineError(f"create worker container from image {spec.image}: No such image")
+        self.workers_run.append(spec)
+        argv = [sys.executable if spec.command[0] == "python" else spec.command[0]]
+        argv += [self._host_path(arg, spec) for arg in spec.command[1:]]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        tail: list[str] = []
+        try:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                tail.append(line)
+                if on_line is not None:
+                    on_line(line)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        return WorkerResult("fake-worker", code, tuple(tail[-spec.tail_lines:]), time.monotonic() - started)
+
+    def _host_path(self, arg: str, spec: WorkerSpec) -> str:
+        prefix, eq, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
+        for m in sorted(spec.mounts, key=lambda m: len(m.target), reverse=True):
+            if value == m.target or value.startswith(m.target + "/"):
+                return prefix + eq + str(self._mount_source(m.kind, m.source)) + value[len(m.target):]
+        return arg
+
+    def _mount_source(self, kind: str, source: str) -> Path:
+        if kind == "bind":
+            return Path(source)
+        for c in self.containers.values():
+            for folder in c.folders.values():
+                if folder.name == source:
+                    return folder
+        raise EngineError(f"no volume {source}")
+
+    def list_workers(self, labels):
+        self._call("list_workers", dict(labels))
+        return [w for w in self.leftover_workers if all(w.labels.get(k) == v for k, v in labels.items())]
+
+    def remove_worker(self, name: str) -> None:
+        self._call("remove_worker", name)
+        self.leftover_workers = [w for w in self.leftover_workers if w.name != name]
 
     def own_container(self) -> ContainerInfo | None:
         self._call("own_container")

@@ -49,6 +49,7 @@ LAYERS = {
     "sidecar.destinations": ADAPTERS,
     "sidecar.readers": ADAPTERS,
     "sidecar.extract": ADAPTERS,
+    "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,
     "sidecar.cli": CLI,
     "sidecar.doctables": CLI,  # a maintainer's tool: writes the README tables

@@ -88,7 +88,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
         for volume in target.volumes:
             request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.volume_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
-                                             cfg.exclude)
+                                             cfg.exclude, ctx.worker_settings, target.backup_name)
             reader = readers.choose(ctx.engine, request)
             pending = stack.enter_context(reader.open(ctx.engine, request))
             captures.append(VolumeCapture(ctx, target, volume, pending))

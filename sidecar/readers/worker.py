@@ -1,0 +1,328 @@
+"""The worker reader: a volume archived next to the data, by a short-lived worker container
+from the sidecar's own image (Engine.run_worker) running `python -m sidecar.worker archive`
+(native GNU tar | zstd -T0, hashed and encrypted in Python; see sidecar/worker/archive.py).
+
+The worker sees the target's volume read-only (by volume name or bind source, with the
+container's mounts nested below it, as the container sees them) and the backup volume
+read-write: the mount of the sidecar's own container that holds BACKUP_DIR or, for a
+sidecar running as a host process, BACKUP_DIR itself as a bind mount. Nobody adds a host
+path. Encryption settings reach the worker in a 0600 file in the state folder that the
+worker removes as soon as it has read it (never in its environment or arguments, which
+`docker inspect` shows).
+
+Phases: `open` creates the partial file (owned by the sidecar, with its mode); `read` runs
+the worker, which writes and fsyncs it; `finish` writes the checksum and renames, as
+ArchiveWriter does. The worker is usable when an image is known (BACKUP_WORKER_IMAGE, else
+the sidecar's own container's image) and a probe of that image (once per process) finds
+GNU tar, the compressor and the same worker protocol; otherwise `choose` falls back to the
+engine-API reader and the reason is logged once per target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..archive import ArchiveResult, write_checksum
+from ..engine import Engine
+from ..errors import ArchiveError, EngineError
+from ..fsutil import fsync_dir
+from ..model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..naming import PARTIAL_SUFFIX
+from ..storage import STATE_DIR
+from ..worker import PROTOCOL
+from ..worker.archive import write_keys
+from .base import ArchiveRequest, Progress, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+NAME = "worker"
+VOLUME_ROOT = "/volume"  # where the target's volume is mounted in the worker (read-only)
+# The backup volume in the worker: the image declares VOLUME /backups, so mounting it there
+# also keeps the engine from creating an anonymous volume.
+STORE_ROOT = "/backups"
+STORE_LABEL = "backup-sidecar.store"  # which backup volume a worker writes to (its key)
+TARGET_LABEL = "backup-sidecar.target"
+# Root in the worker, with only these: read every file of the volume whatever its owner,
+# and write the partial file the sidecar created (owned by the sidecar's user).
+CAPABILITIES = ("DAC_READ_SEARCH", "DAC_OVERRIDE")
+PYTHON = ("python", "-m", "sidecar.worker")
+PROBE_TIMEOUT = 120.0
+KEYS_FOLDER = "workers"  # in the state folder: encryption settings on their way to a worker
+STALE_KEYS_SECONDS = 600.0  # a worker reads its file within seconds of starting
+
+
+@dataclass(frozen=True)
+class StoreMount:
+    """The backup volume as a worker mounts it, and the folder it is in this process."""
+
+    mount: WorkerMount
+    root: Path  # the folder of this process's filesystem that the mount's source is
+
+    @property
+    def key(self) -> str:
+        """Stable per backup volume: labels this store's workers (found again after a crash)."""
+        return hashlib.sha256(f"{self.mount.kind}:{self.mount.source}".encode()).hexdigest()[:16]
+
+    def inside(self, path: Path) -> str:
+        """`path` (under root) as the worker sees it."""
+        return str(PurePosixPath(STORE_ROOT) / path.relative_to(self.root))
+
+
+def store_mount(backup_dir: Path, own: ContainerInfo | None) -> StoreMount | None:
+    """The backup volume's mount for workers: the mount of the sidecar's own container that
+    holds backup_dir (None when none does), or backup_dir itself when the sidecar is no container."""
+    if own is None:
+        return StoreMount(WorkerMount("bind", str(backup_dir), STORE_ROOT, read_only=False), backup_dir)
+    best: Mount | None = None
+    for m in own.mounts:
+        dest = Path(m.destination)
+        if (backup_dir == dest or dest in backup_dir.parents) and (best is None or len(m.destination) > len(best.destination)):
+            best = m
+    if best is None:
+        return None
+    return StoreMount(WorkerMount(best.kind, best.source, STORE_ROOT, read_only=False), Path(best.destination))
+
+
+def volume_mounts(container: ContainerInfo, mount: Mount) -> tuple[WorkerMount, ...]:
+    """The volume at VOLUME_ROOT, read-only, with the container's mounts nested inside it
+    below it (the engine's archive API reads them too)."""
+    base = mount.destination.rstrip("/")
+    mounts = [WorkerMount(mount.kind, mount.source, VOLUME_ROOT)]
+    for other in sorted(container.mounts, key=lambda m: m.destination):
+        if other.destination.startswith(base + "/") and other != mount:
+            mounts.append(WorkerMount(other.kind, other.source, VOLUME_ROOT + other.destination[len(base):]))
+    return tuple(mounts)
+
+
+@dataclass(frozen=True)
+class WorkerSite:
+    """Where workers can run: their image (probed) and the backup volume's mount. Other
+    workers (e.g. a restore's extractor) start from here too: WorkerReader.site."""
+
+    image: str
+    store: StoreMount
+
+
+@dataclass(frozen=True)
+class _Plan:
+    image: str
+    store: StoreMount
+    mounts: tuple[WorkerMount, ...]
+
+
+class WorkerArchive:
+    def __init__(self, engine: Engine, request: ArchiveRequest, plan: _Plan):
+        self.engine, self.request, self.plan = engine, request, plan
+        self.partial_path = request.final_path.with_name(request.final_path.name + PARTIAL_SUFFIX)
+        self._outcome: dict | None = None
+        self._error: str | None = None
+        self._done = False
+
+    def __enter__(self) -> "WorkerArchive":
+        self.request.final_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.request.file_mode)
+        try:
+            os.fchmod(fd, self.request.file_mode)  # the umask must not change the chosen mode
+        finally:
+            os.close(fd)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._done:
+            self.abort()
+
+    def read(self, progress: Progress | None = None) -> int:
+        request, plan = self.request, self.plan
+        keys_path = self._keys_file() if request.encryption is not None else None
+        try:
+            spec = self._spec(keys_path)
+            result = self.engine.run_worker(spec, lambda line: self._on_line(line, progress))
+        finally:
+            if keys_path is not None:
+                keys_path.unlink(missing_ok=True)
+        where = f"the worker container {result.name} (image {plan.image})"
+        if result.timed_out:
+            raise ArchiveError(f"{where} ran past BACKUP_WORKER_TIMEOUT ({spec.timeout:g} s) and was killed")
+        if not result.ok or self._outcome is None:
+            detail = self._error or " | ".join(result.tail[-5:]) or "no output"
+            raise ArchiveError(f"{where} failed (exit {result.exit_code}): {detail}")
+        size = self.partial_path.stat().st_size
+        if size != self._outcome["size"]:  # the worker wrote somewhere else: a wrong store mount
+            raise ArchiveError(f"{where} reported {self._outcome['size']} bytes but {self.partial_path} holds {size}")
+        logger.info("volume archived by a worker container", extra={
+            "target": request.target, "volume": request.mount.destination, "worker": result.name,
+            "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
+        return int(self._outcome["tar_bytes"])
+
+    def _spec(self, keys_path: Path | None) -> WorkerSpec:
+        request, plan = self.request, self.plan
+        command = [*PYTHON, "archive", "--root", VOLUME_ROOT, "--output", plan.store.inside(self.partial_path),
+                   f"--compression={request.compression.value}", "--progress-interval=1"]
+        command += [f"--exclude={pattern}" for pattern in request.exclude]
+        if keys_path is not None:
+            command.append(f"--keys-file={plan.store.inside(keys_path)}")
+        timeout = request.worker.timeout if request.worker is not None else WorkerSettings.timeout
+        return WorkerSpec(plan.image, tuple(command), "archive", plan.mounts + (plan.store.mount,),
+                          labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
+                          capabilities=CAPABILITIES, timeout=timeout)
+
+    def _keys_file(self) -> Path:
+        assert self.request.worker is not None and self.request.encryption is not None
+        folder = self.request.worker.backup_dir / STATE_DIR / KEYS_FOLDER
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{uuid.uuid4().hex}.keys"
+        write_keys(path, self.request.encryption)
+        return path
+
+    def _on_line(self, line: str, progress: Progress | None) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False  # not ours (e.g. Python's own traceback): logged as it is
+        event = record.get("event") if isinstance(record, dict) else None
+        if event == "progress":
+            if progress is not None:
+                progress(int(record.get("tar_bytes") or 0))  # raises BackupAborted on shutdown
+        elif event == "result":
+            self._outcome = record
+        elif event == "error":
+            self._error = str(record.get("message"))
+        elif event in ("tar", "warning"):
+            logger.warning("worker: " + str(record.get("line") or record.get("message")),
+                           extra={"target": self.request.target, "volume": self.request.mount.destination})
+        else:
+            return False
+        return True
+
+    def finish(self) -> ArchiveResult:
+        """Checksum first, then the rename: a visible archive always has its checksum."""
+        assert self._outcome is not None
+        final = self.request.final_path
+        digest = str(self._outcome["sha256"])
+        write_checksum(final, digest, self.request.file_mode)
+        os.replace(self.partial_path, final)
+        fsync_dir(final.parent)
+        self._done = True
+        return ArchiveResult(final, int(self._outcome["size"]), int(self._outcome["tar_bytes"]), digest)
+
+    def abort(self) -> None:
+        self._done = True
+        self.partial_path.unlink(missing_ok=True)
+
+
+def remove_stale_keys(backup_dir: Path, now: float | None = None) -> list[Path]:
+    """Key files a killed sidecar left behind (its worker never read them)."""
+    folder = backup_dir / STATE_DIR / KEYS_FOLDER
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob("*.keys") if folder.is_dir() else ():
+        try:
+            if now - path.stat().st_mtime > STALE_KEYS_SECONDS:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class WorkerReader:
+    name = NAME
+
+    def __init__(self) -> None:
+        self._probes: dict[str, str | None] = {}  # image -> why it cannot serve (None: it can)
+        self._reported: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def usable(self, engine: Engine, request: ArchiveRequest) -> bool:
+        plan, reason = self.plan(engine, request)
+        if plan is None:
+            key = (request.target or request.container_id, reason)
+            with self._lock:
+                first = key not in self._reported
+                self._reported.add(key)
+            if first:
+                logger.info("reading through the engine's archive API instead of a worker container",
+                            extra={"target": request.target, "volume": request.mount.destination, "reason": reason})
+        return plan is not None
+
+    def open(self, engine: Engine, request: ArchiveRequest) -> WorkerArchive:
+        plan, reason = self.plan(engine, request)
+        if plan is None:
+            raise ArchiveError(f"no worker container can read {request.mount.destination}: {reason}")
+        return WorkerArchive(engine, request, plan)
+
+    def plan(self, engine: Engine, request: ArchiveRequest) -> tuple[_Plan | None, str]:
+        """How a worker would read `request`, or why none can."""
+        if request.worker is None:
+            return None, "worker containers are not configured for this request"
+        site, reason = self.site(engine, request.worker)
+        if site is None:
+            return None, reason
+        try:
+            container = engine.inspect(request.container_id)
+        except EngineError as err:
+            return None, f"cannot inspect the target: {err}"
+        return _Plan(site.image, site.store, volume_mounts(container, request.mount)), ""
+
+    def site(self, engine: Engine, settings: WorkerSettings) -> tuple[WorkerSite | None, str]:
+        """The image and backup-volume mount of workers here, or why no worker can run."""
+        own = engine.own_container()
+        image = settings.image or (own.image_id if own is not None else None)
+        if image is None:
+            return None, "the sidecar runs outside a container and BACKUP_WORKER_IMAGE is unset"
+        if own is None and not engine.is_local:
+            return None, "the sidecar runs outside a container and the engine on another machine (DOCKER_HOST)"
+        store = store_mount(settings.backup_dir, own)
+        if store is None:
+            return None, f"BACKUP_DIR ({settings.backup_dir}) is on no mount of the sidecar's container"
+        failure = self._probe(engine, image)
+        if failure is not None:
+            return None, failure
+        return WorkerSite(image, store), ""
+
+    def _probe(self, engine: Engine, image: str) -> str | None:
+        with self._lock:  # one probe per image and process; others wait for its answer
+            if image not in self._probes:
+                self._probes[image] = _probe(engine, image)
+            return self._probes[image]
+
+
+def _probe(engine: Engine, image: str) -> str | None:
+    """Run the image's probe once: None when it has GNU tar, zstd, gzip and our protocol."""
+    found: dict = {}
+
+    def on_line(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        if isinstance(record, dict) and record.get("event") == "probe":
+            found.update(record)
+            return True
+        return False
+
+    spec = WorkerSpec(image, (*PYTHON, "probe"), "probe", timeout=PROBE_TIMEOUT)
+    try:
+        result = engine.run_worker(spec, on_line)
+    except EngineError as err:
+        return f"no worker container from image {image} ({err})"
+    if not result.ok or not found:
+        return (f"image {image} cannot run `python -m sidecar.worker` (exit {result.exit_code}: "
+                f"{' | '.join(result.tail[-3:]) or 'no output'}); set BACKUP_WORKER_IMAGE to the sidecar's image")
+    if found.get("protocol") != PROTOCOL:
+        return f"image {image} speaks worker protocol {found.get('protocol')}, this sidecar {PROTOCOL}"
+    missing = [tool for tool in ("zstd", "gzip") if not found.get(tool)]
+    if not found.get("gnu_tar"):
+        missing.insert(0, "GNU tar")
+    if missing:
+        return f"image {image} lacks {', '.join(missing)}"
+    logger.info("worker image probed", extra={"image": image, "tar": found.get("tar"), "zstd": found.get("zstd")})
+    return None

@@ -1,0 +1,53 @@
+"""Arguments of `python -m sidecar.worker` and its JSON-lines output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+
+from ..errors import SidecarError
+from ..model import Compression
+from . import PROTOCOL
+from .archive import ArchiveJob, probe, run_archive
+
+_emit_lock = threading.Lock()
+
+
+def emit(record: dict) -> None:
+    with _emit_lock:
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.worker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("probe", help="say what this image offers")
+    archive = sub.add_parser("archive", help="archive a mounted volume into an existing partial file")
+    archive.add_argument("--root", type=Path, required=True)
+    archive.add_argument("--output", type=Path, required=True)
+    archive.add_argument("--compression", choices=[c.value for c in Compression], required=True)
+    archive.add_argument("--exclude", action="append", default=[])
+    archive.add_argument("--keys-file", type=Path)
+    archive.add_argument("--progress-interval", type=float, default=1.0)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "probe":
+        emit({"event": "probe", "protocol": PROTOCOL, **probe()})
+        return 0
+    job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
+                     args.progress_interval)
+    try:
+        outcome = run_archive(job, emit)
+    except (SidecarError, OSError, ValueError) as exc:  # ValueError: unreadable key settings
+        emit({"event": "error", "message": str(exc)})
+        return 1
+    emit({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,
+          "tar_bytes": outcome.tar_bytes})
+    return 0
