@@ -278,14 +278,18 @@ def filter_tar(chunks: Iterable[bytes], out, patterns: tuple[str, ...]) -> None:
 
 # --- reading back ---------------------------------------------------------------------
 
-class _HashingReader:
+class _MeteredReader:
+    """Passes reads through, counting the bytes and hashing them (SHA-256)."""
+
     def __init__(self, fileobj: BinaryIO):
         self._f = fileobj
         self.sha = hashlib.sha256()
+        self.count = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._f.read(size)
         self.sha.update(data)
+        self.count += len(data)
         return data
 
     def drain(self) -> None:
@@ -322,11 +326,11 @@ def check_archive(path: Path, require_checksum: bool = True, keys: DecryptionKey
     count = 0
     root = None
     with open(path, "rb") as f:
-        hashing = _HashingReader(f)
+        hashing = _MeteredReader(f)
         failure: Exception | None = None
         try:
             with _plain_reader(hashing, path, keys) as plain:
-                counter = _CountingReader(_decompressed(plain, compression))
+                counter = _MeteredReader(_decompressed(plain, compression))
                 with tarfile.open(fileobj=counter, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
                     for member in tar:
                         checker.check(member)
@@ -365,21 +369,6 @@ def root_entry_tar(name: str, root: tarfile.TarInfo) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(entry)
     return buf.getvalue()
-
-
-class _CountingReader:
-    def __init__(self, f):
-        self._f = f
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
 
 
 def iter_raw(path: Path, block: int = READ_SIZE) -> Iterator[bytes]:
