@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import zstandard
 
@@ -72,7 +72,7 @@ def _plain_reader(raw: BinaryIO, path: Path, keys: DecryptionKeys | None) -> Ite
         yield plain
 
 
-class _HashingFile:
+class HashingFile:
     """Writes through to a file while hashing and counting what was written."""
 
     def __init__(self, fileobj: BinaryIO):
@@ -103,7 +103,7 @@ class ArchiveWriter:
         self.file_mode = file_mode
         self.raw_bytes = 0
         self._file: BinaryIO | None = None
-        self._hashing: _HashingFile | None = None
+        self._hashing: HashingFile | None = None
         self._done = False
 
     def __enter__(self) -> "ArchiveWriter":
@@ -111,7 +111,7 @@ class ArchiveWriter:
         fd = os.open(self.partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         os.fchmod(fd, self.file_mode)  # the umask must not widen or narrow the chosen mode
         self._file = os.fdopen(fd, "wb")
-        self._hashing = _HashingFile(self._file)
+        self._hashing = HashingFile(self._file)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -399,7 +399,6 @@ class MemberChecker:
     that resolve outside (following the archive's own symlinks, in any order), and
     device nodes. Call `check` for each member, then `finish` once at the end."""
 
-    _MAX_HOPS = 40
 
     def __init__(self) -> None:
         self._symlinks: dict[str, str] = {}  # relative name -> target
@@ -445,27 +444,7 @@ class MemberChecker:
             raise UnsafeArchive(f"hard link {rel!r} -> {target!r} points outside the volume")
 
     def _escapes(self, base: list[str], target: str) -> bool:
-        """Resolve `target` from the folder `base` as the kernel would, through the
-        archive's symlinks; True when it leaves the root (or loops)."""
-        parts = list(base)
-        pending = [p for p in target.split("/") if p not in ("", ".")]
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if not parts:
-                    return True
-                parts.pop()
-                continue
-            parts.append(part)
-            link = self._symlinks.get("/".join(parts))
-            if link is not None:
-                hops += 1
-                if hops > self._MAX_HOPS or link.startswith("/"):
-                    return True
-                parts.pop()
-                pending = [p for p in link.split("/") if p not in ("", ".")] + pending
-        return False
+        return symlink_escapes(self._symlinks, base, target)
 
 
 class ProgressLog:
@@ -489,3 +468,30 @@ class ProgressLog:
             self._last = now
             elapsed = now - self._start
             self._report(done, done / elapsed if elapsed > 0 else 0.0)
+
+
+MAX_SYMLINK_HOPS = 40  # as the kernel's limit on nested symlinks
+
+
+def symlink_escapes(symlinks: Mapping[str, str], base: list[str], target: str) -> bool:
+    """Resolve `target` from the folder `base` as the kernel would, through the archive's
+    own symlinks (relative path -> link text); True when it leaves the root (or loops)."""
+    parts = list(base)
+    pending = [p for p in target.split("/") if p not in ("", ".")]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not parts:
+                return True
+            parts.pop()
+            continue
+        parts.append(part)
+        link = symlinks.get("/".join(parts))
+        if link is not None:
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS or link.startswith("/"):
+                return True
+            parts.pop()
+            pending = [p for p in link.split("/") if p not in ("", ".")] + pending
+    return False

@@ -54,7 +54,7 @@ from typing import BinaryIO, Callable, Generator, Iterator, Sequence
 import zstandard
 
 from . import crypto
-from .archive import compression_for, is_encrypted, read_checksum
+from .archive import compression_for, is_encrypted, read_checksum, symlink_escapes
 from .errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarError, UnsafeArchive
 from .keys import DecryptionKeys, load_identities
 from .model import Compression
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 BLOCK = 512
 READ_SIZE = 1 << 20
 MAX_EXTENDED = 1 << 20  # bytes of one PAX `x` header, GNU long name or sparse map
-MAX_SYMLINK_HOPS = 40
 _PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 _CAPABILITY_XATTR = "security.capability"
 _ZERO_BLOCK = bytes(BLOCK)
@@ -613,27 +612,7 @@ class Policy:
         return "/".join(parts)
 
     def _escapes(self, base: list[str], target: str) -> bool:
-        """Resolve `target` from the folder `base` as the kernel would, through the archive's
-        symlinks; True when it leaves the root (or loops)."""
-        parts = list(base)
-        pending = [p for p in target.split("/") if p not in ("", ".")]
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if not parts:
-                    return True
-                parts.pop()
-                continue
-            parts.append(part)
-            link = self.symlinks.get("/".join(parts))
-            if link is not None:
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS or link.startswith("/"):
-                    return True
-                parts.pop()
-                pending = [p for p in link.split("/") if p not in ("", ".")] + pending
-        return False
+        return symlink_escapes(self.symlinks, base, target)
 
 
 # --- one pass -----------------------------------------------------------------------------

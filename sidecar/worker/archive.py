@@ -17,7 +17,6 @@ is excluded is left out too, as the engine-API path's filter does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from .. import crypto
-from ..archive import is_excluded
+from ..archive import HashingFile, is_excluded
 from ..errors import ArchiveError
 from ..keys import EncryptionConfig
 from ..model import Compression
@@ -131,21 +130,6 @@ def _sorted_entries(root: Path, folder: str) -> Iterator[tuple[str, os.DirEntry]
         yield (f"{folder}/{entry.name}" if folder else entry.name), entry
 
 
-class _HashingSink:
-    def __init__(self, f: BinaryIO):
-        self._f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
 class _TarWatcher:
     """Reads tar's stderr: progress checkpoints, the total, and any other line (warnings)."""
 
@@ -173,7 +157,7 @@ def run_archive(job: ArchiveJob, emit: Emit) -> ArchiveOutcome:
     encryption = read_keys(job.keys_file) if job.keys_file is not None else None
     fd = os.open(job.output, os.O_WRONLY | os.O_TRUNC)  # no O_CREAT: the sidecar made it
     with os.fdopen(fd, "wb") as f:
-        sink = _HashingSink(f)
+        sink = HashingFile(f)
         with ExitStack() as stack:
             out = stack.enter_context(crypto.encrypting(sink, encryption)) if encryption is not None else sink
             tar_bytes = _pipe(job, out, emit)
