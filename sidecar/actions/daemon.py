@@ -45,6 +45,7 @@ class Daemon:
         self._engine_ok = True
         self._next_ping = 0.0
         self._stop = threading.Event()
+        self._started = threading.Event()  # recovery and the first discovery are done
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._containers: dict[str, ContainerInfo] = {}
@@ -82,6 +83,7 @@ class Daemon:
         self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
         watcher.start()
+        self._started.set()
         scope = self.ctx.scope()
         logger.info("sidecar running", extra={"targets": len(self._discovery.targets),
                                                "skipped": len(self._discovery.skipped), "scope": scope.describe()})
@@ -156,6 +158,8 @@ class Daemon:
         stalled = time.monotonic() - self._loop_alive
         if self._stop.is_set():
             return False, "shutting down"
+        if not self._started.is_set():
+            return False, "starting: recovery and discovery are not done yet"
         if stalled > 3 * TICK_SECONDS + 5:
             return False, f"scheduler loop stalled for {stalled:.0f} s"
         if not self._engine_ok:

@@ -91,3 +91,12 @@ def test_dropped_event_stream_reconnects_and_relists(tmp_path):
         engine.closed.set()
         watcher.join(5)
     assert not watcher.is_alive()
+
+
+def test_healthz_is_not_healthy_before_recovery_and_discovery_are_done(tmp_path):
+    """/healthz answers 200 only once the daemon runs: before, the metrics would say up=0."""
+    settings = load_settings({"BACKUP_DIR": str(tmp_path)})
+    ctx = Context(settings, FakeEngine(), BackupStore(tmp_path), Journal(tmp_path / "journal.json"))
+    daemon = Daemon(ctx)
+    ok, why = daemon.healthy()
+    assert not ok and why.startswith("starting")
