@@ -44,6 +44,9 @@ from datetime import datetime, timezone
 import docker
 
 import proc
+
+sys.path.insert(1, str(proc.REPO))  # this checkout's sidecar, as the CLI runs get it (PYTHONPATH)
+from sidecar import readers  # noqa: E402
 from lab import Lab
 from measures import MB, Bench
 from results import Measure, table
@@ -74,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown measure {', '.join(sorted(unknown))}; expected some of {', '.join(MEASURES)}")
     args.readers = args.reader.split(",") if args.reader else [None]
+    missing = [r for r in args.readers if r is not None and r not in readers.READERS]
+    if missing:
+        parser.error(f"unknown reader {', '.join(missing)}; registered: {', '.join(sorted(readers.READERS))}")
     return args
 
 
