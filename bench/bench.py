@@ -4,7 +4,7 @@ same data in the same run, as medians and ratios (absolute seconds vary too much
 shared machines to mean much).
 
     .venv/bin/python bench/bench.py [--size-gb 1 | --size-mb N] [--runs 3] [--json out.json]
-                                    [--only NAME,...] [--reader NAME,...] [--rss-4gb]
+                                    [--only NAME,...] [--reader NAME,...] [--rss-4gb] [--env KEY=VALUE]
 
 Measures (names for --only):
   backup        `backup` of a hot target / `tar -cf - . | zstd -3 -T0` of the volume's folder
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reader", metavar="NAME,...", help="back up through these registered readers, one row each")
     parser.add_argument("--rss-4gb", action="store_true", help="also back up a volume 4 times the size "
                         "(4 GB by default; takes a while) and compare its peak RSS")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every sidecar run (repeatable), e.g. what a reader needs")
     parser.add_argument("--targets", type=int, default=200, help="labelled containers for plan and the daemon")
     parser.add_argument("--idle-seconds", type=float, default=30, help="idle CPU is measured over this long")
     args = parser.parse_args(argv)
@@ -76,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = args.selected - set(MEASURES)
     if unknown:
         parser.error(f"unknown measure {', '.join(sorted(unknown))}; expected some of {', '.join(MEASURES)}")
+    args.settings = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(args.settings) != len(args.env):
+        parser.error("--env takes KEY=VALUE")
     args.readers = args.reader.split(",") if args.reader else [None]
     missing = [r for r in args.readers if r is not None and r not in readers.READERS]
     if missing:
@@ -146,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
     started = datetime.now(timezone.utc)
     lab = Lab(docker.from_env(timeout=600))
-    bench = Bench(lab, args.runs, args.readers, log)
+    bench = Bench(lab, args.runs, args.readers, log, args.settings)
     rows: list[Measure] = []
     try:
-        log(f"run {lab.run_id}: {size_text(args.total)}, {args.files} small files, {args.runs} runs, "
-            f"scratch {lab.tmp}")
+        log(f"run {lab.run_id}: {args.runs} runs of {', '.join(m for m in MEASURES if m in args.selected)}; "
+            f"data {size_text(args.total)} with {args.files} small files; scratch {lab.tmp}")
         rows = run_measures(bench, args)
     except KeyboardInterrupt:
         log("interrupted; cleaning up")

@@ -39,8 +39,9 @@ def suffix(reader: str | None) -> str:
 class Bench:
     """One benchmark run's state: the data volume, its containers, the archives made."""
 
-    def __init__(self, lab: Lab, runs: int, readers: list[str | None], log):
+    def __init__(self, lab: Lab, runs: int, readers: list[str | None], log, settings: dict[str, str] | None = None):
         self.lab, self.runs, self.readers, self.log = lab, runs, readers, log
+        self.settings = settings or {}  # extra sidecar settings (--env), e.g. what a reader needs
         self.tmp = lab.tmp
         self._baseline_archive: list[float] = []
         self.archive: Path | None = None  # a sidecar archive of the data, for restore and S3
@@ -53,12 +54,12 @@ class Bench:
         self.data: DataSet = fill(self.source, total, files)
         self.log(f"data: {self.data.bytes / MB:.0f} MB, {self.data.files} files in {self.volume} "
                  f"({time.monotonic() - started:.0f} s to write)")
-        self.lab.container("app", self.volume, {"backup.strategy": "hot"})
+        self.app = self.lab.container("app", self.volume, {"backup.strategy": "hot"})
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
         folder = self.tmp / name
         (folder / "backups").mkdir(parents=True, exist_ok=True)
-        return proc.environment(folder / "backups", self.lab.project, **extra)
+        return proc.environment(folder / "backups", self.lab.project, **{**self.settings, **extra})
 
     def backup(self, target: str, reader: str | None, name: str) -> proc.Run:
         result = proc.run(["backup", target], self.env(name), reader)
@@ -70,9 +71,19 @@ class Bench:
     def baseline_archive(self) -> float:
         out = self.tmp / "baseline.tar.zst"
         seconds = timed(["sh", "-c", f"tar -C '{self.source}' -cf - . | zstd -3 -T0 -q > '{out}'"])
+        self.baseline_bytes = out.stat().st_size
         out.unlink()
         self._baseline_archive.append(seconds)
         return seconds
+
+    def engine_read(self) -> float:
+        """The floor of any reader that goes through the engine's archive API: its tar
+        stream of the volume, read and dropped (docker-py's get_archive, not decoded)."""
+        started = time.monotonic()
+        stream, _ = self.lab.client.api.get_archive(self.app.id, "/data/.", chunk_size=1 << 20, encode_stream=False)
+        for _ in stream:
+            pass
+        return time.monotonic() - started
 
     def baseline_samples(self) -> list[float]:
         while len(self._baseline_archive) < self.runs:
@@ -86,12 +97,15 @@ class Bench:
                 for r in self.readers}
         for run in range(self.runs):
             self.baseline_archive()
+            engine_read = self.engine_read()
             for reader in self.readers:
+                rows[reader].notes.setdefault("engine_read_seconds", []).append(round(engine_read, 3))
                 result = self.backup("app", reader, f"backup-{reader}-{run}")
                 done = result.record("backup finished")
                 rows[reader].samples.append(done["seconds"])
                 rows[reader].notes.setdefault("process_seconds", []).append(round(result.wall, 3))
                 rows[reader].notes.setdefault("archive_bytes", []).append(done["bytes"])
+                rows[reader].notes["baseline_archive_bytes"] = self.baseline_bytes
                 self.rss.setdefault(reader, []).append(result.max_rss / MB)
                 self._keep_archive(Path(done["archives"][0]), f"backup-{reader}-{run}")
                 self.log(f"backup{suffix(reader)} run {run + 1}: {done['seconds']:.2f} s "
@@ -272,15 +286,19 @@ class Daemon:
         return row
 
     def new_target(self) -> Measure:
+        """From `docker run` (create, then start) of a labelled container to the daemon's
+        "target found" line, by the log line's own time (the daemon reacts to the create
+        event already, often before the start call returns)."""
         row = Measure("new_target", "new labelled container seen as a target", "s", 3)
         for run in range(self.bench.runs):
-            name = f"new{run}"
-            container = self.bench.lab.container(name, self.bench.small_volume, start=False)
-            started = time.monotonic()
-            container.start()
-            self.follower.wait_for(lambda r: r.get("message") == "target found" and r.get("target") == name,
-                                   60, 0.01, self.proc)
-            row.samples.append(time.monotonic() - started)
+            self.follower.poll()
+            name, seen = f"new{run}", len(self.follower.records)
+            started = time.time()
+            self.bench.lab.container(name, self.bench.small_volume)
+            row.notes.setdefault("docker_run_seconds", []).append(round(time.time() - started, 3))
+            found = self.follower.wait_for(lambda r: r.get("message") == "target found" and r.get("target") == name,
+                                           60, 0.05, self.proc, start=seen)
+            row.samples.append(_log_time(found) - started)
         self.bench.log(f"new target seen after {row.median:.2f} s")
         return row
 
@@ -300,11 +318,16 @@ class Daemon:
 
         self.follower.wait_for(started, CRON_PERIOD * (samples + 4) + 30, 0.2, self.proc)
         for rec in starts[:samples]:
-            at = datetime.strptime(rec["time"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=timezone.utc)
-            row.samples.append(at.timestamp() % CRON_PERIOD)  # */P in the seconds field fires at multiples of P
+            row.samples.append(_log_time(rec) % CRON_PERIOD)  # */P in the seconds field fires at multiples of P
         row.notes["max"] = round(max(row.samples), 3)
         self.bench.log(f"scheduled runs started {row.median * 1000:.0f} ms after their time (max {row.notes['max']} s)")
         return row
+
+
+def _log_time(record: dict) -> float:
+    """A log line's time (the daemon runs with TZ=UTC; asctime has milliseconds) in epoch seconds."""
+    at = datetime.strptime(record["time"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=timezone.utc)
+    return at.timestamp()
 
 
 def _cpu_seconds(pid: int) -> float:

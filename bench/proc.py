@@ -115,10 +115,11 @@ class LogFollower:
         self.records.extend(new)
         return new
 
-    def wait_for(self, predicate, timeout: float, interval: float = 0.02, proc: subprocess.Popen | None = None):
-        """The first record (old or new) for which `predicate` holds; polled until `timeout`."""
+    def wait_for(self, predicate, timeout: float, interval: float = 0.02, proc: subprocess.Popen | None = None,
+                 start: int = 0):
+        """The first record from the `start`th on for which `predicate` holds; polled until `timeout`."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         while True:
             self.poll()
             for rec in self.records[seen:]:
