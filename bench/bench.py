@@ -14,9 +14,12 @@ Measures (names for --only):
   s3-upload     `sync` of one archive to SeaweedFS / boto3 `upload_file` of the same file
   plan          `plan --json` with --targets labelled containers (wall time of the command)
   idle-cpu      the daemon's CPU with those targets, idle (utime+stime from /proc)
-  new-target    a new labelled container's start until the daemon logs "target found"
+  new-target    `docker run` of a new labelled container until the daemon logs "target found"
   schedule-lag  a scheduled run's "backup started" time after its cron time (every 5 s)
 --rss-4gb adds a backup of a volume 4 times the size: its peak RSS / the one above.
+Seconds are the sidecar's own (its "backup finished", "restore finished" and "archive
+uploaded to S3" log lines; process start-up is in the JSON notes), except plan's: the
+command's wall time, as a user waits for it.
 
 The data: a volume of --size (a third random, a third text, a third in --files small
 files, 20,000 per GB by default), written through the volume's folder on the host. With

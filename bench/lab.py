@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -92,18 +93,32 @@ class Lab:
 
     # --- cleanup ------------------------------------------------------------------
     def cleanup(self) -> None:
+        """Remove everything of this run; a step that fails is reported and the rest goes on
+        (a cleanup error never hides the error that ended the run)."""
         for proc in self.processes:
-            self.stop_process(proc, grace=5)
+            _try(self.stop_process, proc, 5)
         mine = {"label": f"{RUN_LABEL}={self.run_id}"}
-        containers = self.client.containers.list(all=True, filters=mine)
+        containers = _try(self.client.containers.list, all=True, filters=mine) or []
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            list(pool.map(_remove_container, containers))
-        for volume in self.client.volumes.list(filters=mine):
-            try:
-                volume.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+            list(pool.map(lambda c: _try(_remove_container, c), containers))
+        for volume in _try(self.client.volumes.list, filters=mine) or []:
+            _try(_remove_volume, volume)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _try(step, *args, **kwargs):
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - cleanup goes on; what is left carries the run's label
+        print(f"bench: cleanup: {getattr(step, '__name__', step)} failed: {exc}", file=sys.stderr)
+        return None
+
+
+def _remove_volume(volume) -> None:
+    try:
+        volume.remove(force=True)
+    except docker.errors.NotFound:
+        pass
 
 
 def _remove_container(container) -> None:

@@ -126,16 +126,13 @@ class Bench:
         return self.archive
 
     def rss_rows(self, size_text: str) -> list[Measure]:
-        if not self.rss:
-            self.measure_backup()
+        """From the backup runs (measure_backup first)."""
         return [Measure(f"peak_rss{suffix(r)}", f"peak RSS{suffix(r)}, {size_text}", "MB", 150, samples=list(s))
                 for r, s in self.rss.items()]
 
     def measure_rss_big(self, total: int, files: int, size_text: str) -> list[Measure]:
         """One backup of a volume of `total` bytes per reader; its peak RSS against the
-        median at the main size."""
-        if not self.rss:
-            self.measure_backup()
+        median at the main size (measure_backup first)."""
         volume, source = self.lab.volume("big")
         started = time.monotonic()
         fill(source, total, files)
@@ -192,35 +189,43 @@ class Bench:
     # --- S3 -----------------------------------------------------------------------------------
     def measure_s3(self) -> Measure:
         archive = self.ensure_archive()
-        server = SeaweedFS(self.lab, self.tmp / "s3")
-        server.start()
-        client = server.client()
-        bucket = f"bench-{self.lab.run_id}"
-        client.create_bucket(Bucket=bucket)
         row = Measure("s3_upload", "S3 upload / upload_file", "s", 1.2, baseline=[],
                       baseline_title="boto3 upload_file")
-        relpath = archive.relative_to(archive.parents[1])  # FREQUENCY/NAME
-        client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")  # the first request's set-up, not timed
-        for run in range(self.runs):
-            env = self.env(f"s3-{run}", S3_BUCKET=bucket, S3_ENDPOINT_URL=server.endpoint, S3_PATH_STYLE="true",
-                           S3_REGION=S3_REGION, S3_PREFIX=f"sidecar{run}", AWS_ACCESS_KEY_ID=S3_KEY,
-                           AWS_SECRET_ACCESS_KEY=S3_SECRET)
-            copy = Path(env["BACKUP_DIR"]) / relpath
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            for src in (archive, archive.with_name(archive.name + ".sha256")):
-                os.link(src, copy.with_name(src.name))
-            # Alternate who goes first: neither always finds the other's warm caches.
-            for which in ((0, 1) if run % 2 == 0 else (1, 0)):
-                if which == 0:
+        server = SeaweedFS(self.lab, self.tmp / "s3")
+        server.start()
+        try:
+            client, bucket = server.client(), f"bench-{self.lab.run_id}"
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")  # the first request's set-up, not timed
+            for run in range(self.runs):
+                def plain():
                     started = time.monotonic()
                     client.upload_file(str(archive), bucket, f"plain{run}/{archive.name}")
                     row.baseline.append(time.monotonic() - started)
-                else:
-                    row.samples.append(proc.run(["sync"], env).record("archive uploaded to S3")["seconds"])
-            _empty(client, bucket)
-            self.log(f"S3 upload run {run + 1}: {row.samples[-1]:.2f} s (upload_file {row.baseline[-1]:.2f} s)")
-        server.stop()
+
+                def ours():
+                    row.samples.append(self._sync(server.endpoint, bucket, archive, run))
+
+                # Alternate who goes first: neither always finds the other's warm caches.
+                for step in ((plain, ours) if run % 2 == 0 else (ours, plain)):
+                    step()
+                _empty(client, bucket)
+                self.log(f"S3 upload run {run + 1}: {row.samples[-1]:.2f} s (upload_file {row.baseline[-1]:.2f} s)")
+        finally:
+            server.stop()
         return row
+
+    def _sync(self, endpoint: str, bucket: str, archive: Path, run: int) -> float:
+        """`sync` of `archive` alone (linked into a backup folder of its own); the upload's
+        seconds as the sidecar logs them (checksum, upload, verification)."""
+        env = self.env(f"s3-{run}", S3_BUCKET=bucket, S3_ENDPOINT_URL=endpoint, S3_PATH_STYLE="true",
+                       S3_REGION=S3_REGION, S3_PREFIX=f"sidecar{run}", AWS_ACCESS_KEY_ID=S3_KEY,
+                       AWS_SECRET_ACCESS_KEY=S3_SECRET)
+        copy = Path(env["BACKUP_DIR"]) / archive.relative_to(archive.parents[1])  # FREQUENCY/NAME
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        for src in (archive, archive.with_name(archive.name + ".sha256")):
+            os.link(src, copy.with_name(src.name))
+        return proc.run(["sync"], env).record("archive uploaded to S3")["seconds"]
 
     # --- plan and the daemon with 200 targets ----------------------------------------------------
     def add_targets(self, count: int) -> None:
