@@ -9,7 +9,8 @@ shared machines to mean much).
 Measures (names for --only):
   backup        `backup` of a hot target / `tar -cf - . | zstd -3 -T0` of the volume's folder
   restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder
-  stop-window   a `stop` target's downtime after 1% of the files changed / the tar|zstd time
+  stop-window   a `stop` target's downtime after 1% of the files changed since its previous
+                backup (same backup folder; a first one untimed) / the tar|zstd time
   rss           the backup process's peak RSS (from the backup runs)
   s3-upload     `sync` of one archive to SeaweedFS / boto3 `upload_file` of the same file
   plan          `plan --json` with --targets labelled containers (wall time of the command)
@@ -42,17 +43,17 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import docker
-
 import proc
 
 sys.path.insert(1, str(proc.REPO))  # this checkout's sidecar, as the CLI runs get it (PYTHONPATH)
-from sidecar import readers  # noqa: E402
 from lab import Lab
 from measures import MB, Bench
 from results import Measure, table
+
+from sidecar import readers
 
 MEASURES = ("backup", "restore", "stop-window", "rss", "s3-upload", "plan", "idle-cpu", "new-target", "schedule-lag")
 DAEMON_MEASURES = {"idle-cpu", "new-target", "schedule-lag"}
@@ -130,7 +131,7 @@ def report(rows: list[Measure], args, started: datetime, bench: Bench, argv: lis
     return {
         "command": " ".join(["bench/bench.py", *argv]),
         "started": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "options": {"size_bytes": args.total, "files": args.files, "runs": args.runs,
                     "readers": [r or "default" for r in args.readers], "only": sorted(args.selected),
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: the {tool} command is missing (apt-get install {tool})", file=sys.stderr)
             return 2
     signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     lab = Lab(docker.from_env(timeout=600))
     bench = Bench(lab, args.runs, args.readers, log, args.settings)
     rows: list[Measure] = []

@@ -18,8 +18,10 @@ def force_reader(name: str) -> None:
     readers.get(name)  # unknown name: the sidecar's own ConfigError, listing the registered ones
     original = readers.choose
 
-    def choose(engine, request, order=readers.DEFAULT_ORDER):
-        chosen = original(engine, request, (name,))
+    def choose(engine, request, *args, **kwargs):
+        # Whatever else choose takes (its order is the third argument or `order`), only the order changes.
+        kwargs.pop("order", None)
+        chosen = original(engine, request, (name,), *args[1:], **kwargs)
         print(json.dumps({"bench_reader": chosen.name}), file=sys.stderr, flush=True)
         return chosen
 
