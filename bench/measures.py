@@ -241,11 +241,15 @@ class Bench:
 
     def measure_plan(self, count: int) -> Measure:
         row = Measure("plan", f"plan, {count} targets", "s", 5)
+        startup = []
         for run in range(self.runs):
             result = proc.run(["plan", "--json"], self.env("plan"))
             row.samples.append(result.wall)
             row.notes["targets"] = len(json.loads(result.stdout)["targets"])
-        self.log(f"plan: {row.median:.2f} s for {row.notes['targets']} targets")
+            startup.append(proc.run(["version"], self.env("plan")).wall)  # imports and start-up alone
+        row.notes["cli_version_seconds"] = [round(s, 3) for s in startup]
+        self.log(f"plan: {row.median:.2f} s for {row.notes['targets']} targets (`version` alone "
+                 f"{sorted(startup)[len(startup) // 2]:.2f} s)")
         return row
 
     def measure_daemon(self, count: int, wanted: set[str], idle_seconds: float) -> list[Measure]:
