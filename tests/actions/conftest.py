@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
+import signal
 import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from sidecar import cli
 from sidecar.actions.context import Context
 from sidecar.settings import load_settings
 from tests.fakes.engine import FakeEngine
@@ -71,3 +74,22 @@ def tree(root: Path) -> dict[str, bytes | str | None]:
         rel = str(p.relative_to(root))
         found[rel] = str(p.readlink()) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
     return found
+
+
+@pytest.fixture
+def run(engine, env, monkeypatch):
+    """The CLI's main() in this process against the fake engine, with `env` as the
+    environment (the host's BACKUP_PROJECT and LOG_* left out); returns main's exit code.
+    The signal handlers and the root logger the CLI sets up are put back afterwards."""
+    for name in ("BACKUP_PROJECT", "LOG_FORMAT", "LOG_LEVEL", "LOG_FORMAT_FILE", "LOG_LEVEL_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield lambda *argv: cli.main(list(argv))
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    root.handlers[:], root.level = saved

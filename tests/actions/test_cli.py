@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 
-import pytest
 
-from sidecar import cli
 from sidecar.actions import rotate
 from sidecar.actions.sync import RemotePrune
 from sidecar.errors import EngineError
 
 from .conftest import app_labels
-
-
-@pytest.fixture
-def run(engine, env, monkeypatch):
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield lambda *argv: cli.main(list(argv))
-    for sig, handler in handlers.items():  # the CLI installs its own
-        signal.signal(sig, handler)
 
 
 def test_backup_exit_codes(run, engine, data, capsys):

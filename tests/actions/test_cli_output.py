@@ -4,30 +4,12 @@ backup exported, and image exports in `list`."""
 from __future__ import annotations
 
 import json
-import logging
-import signal
 
 import pytest
 
 from sidecar import cli, logs
 
 from .conftest import app_labels
-
-
-@pytest.fixture
-def run(engine, env, monkeypatch):
-    for name in ("LOG_FORMAT", "LOG_LEVEL", "LOG_FORMAT_FILE", "LOG_LEVEL_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield lambda *argv: cli.main(list(argv))
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    root.handlers[:], root.level = saved[0], saved[1]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ CLI `backup` run) do not pay the retry ladder again; the CLI says the copy faile
 
 from __future__ import annotations
 
-import signal
 
 import pytest
 
@@ -23,17 +22,6 @@ def s3(monkeypatch) -> FakeDestination:
     destination = FakeDestination("s3")
     monkeypatch.setattr(context, "from_settings", lambda _settings: (destination,))
     return destination
-
-
-@pytest.fixture
-def run(engine, env, monkeypatch):
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield lambda *argv: cli.main(list(argv))
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 def _two_targets(engine, tmp_path):

@@ -4,25 +4,11 @@ the whole engine; `plan` says which scope is in force."""
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 
-from sidecar import cli
 
 SHOP = {"com.docker.compose.project": "shop"}
-
-
-@pytest.fixture
-def run(engine, env, monkeypatch):
-    monkeypatch.delenv("BACKUP_PROJECT", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "Engine", lambda *_args, **_kw: engine)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield lambda *argv: cli.main(list(argv))
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture
