@@ -112,9 +112,9 @@ class WorkerSite:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    image: str
-    store: StoreMount
+class _Plan(WorkerSite):
+    """A site plus the target volume's mounts: what one archive's worker gets."""
+
     mounts: tuple[WorkerMount, ...]
 
 
