@@ -26,3 +26,29 @@ class S3Config:
     # Flexible checksum on every upload request (see the module docstring); None for a
     # store that refuses them.
     checksum_algorithm: str | None = "SHA256"
+
+
+@dataclass(frozen=True)
+class RcloneConfig:
+    """An rclone remote path (`nas:backups/host1`) as a destination named after the remote."""
+
+    remote: str  # the remote's name as rclone.conf or RCLONE_CONFIG_<NAME>_TYPE defines it
+    path: str = ""  # the folder on the remote, without slashes around it
+    # The RCLONE_* variables the child gets (rclone.conf's path, remotes, global flags), with
+    # the _FILE forms already read: they hold secrets, so kept out of repr().
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    binary: str = "rclone"
+    progress_interval: float = 10.0  # seconds between progress lines of a transfer
+    command_timeout: float = 600.0  # wall clock of a command that moves no archive (list, stat, delete)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.remote}:{self.path}"
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """A mounted folder (a second disk, a NAS share) as the destination "local"."""
+
+    root: str  # absolute; must exist (a missing mount is "unreachable", never created)
+    file_mode: int = 0o600  # the group may read when BACKUP_FILE_MODE says so, others never

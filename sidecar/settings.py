@@ -14,19 +14,21 @@ only the CLI passes the real one.
 
 from __future__ import annotations
 
+import dataclasses
+import os.path
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .config import S3Config
+from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import SettingsError
 from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
-from .values import BOOLEAN, KEEP, SCHEDULE, Parser, one_of, seconds, whole, without_userinfo
+from .values import BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, whole, without_userinfo
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -52,6 +54,8 @@ class Settings:
     encrypt_local: bool = True  # False: local archives plain, only the off-site copy encrypted
     decryption: DecryptionKeys | None = None  # identities / passphrase for restore
     s3: S3Config | None = None  # None: no off-site copy
+    # BACKUP_DESTINATIONS in order: the S3 store, rclone remotes, a mounted folder ("local").
+    destinations: tuple[S3Config | RcloneConfig | LocalConfig, ...] = ()
     images_keep: int = 3  # exports kept per image
     notify: NotifyConfig | None = None  # apprise URLs: failure (or every) outcome is notified
     metrics_port: int = 9918  # 0: no metrics endpoint
@@ -151,6 +155,43 @@ def _notify_urls(raw: str) -> tuple[str, ...]:
     return parse_notify_urls(raw) if raw.strip() else ()
 
 
+# rclone options whose names end in _file (rclone 1.60): RCLONE_CONFIG_NAS_KEY_FILE is sftp's
+# key_file option, not the _FILE form of a "key" option; every other RCLONE_CONFIG_*_FILE is.
+RCLONE_FILE_OPTIONS = ("box_config_file", "key_file", "known_hosts_file", "pubkey_file", "service_account_file",
+                       "service_principal_file", "shared_credentials_file")
+_REMOTE_ITEM = re.compile(r"(?P<remote>[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<path>.*)")
+DESTINATIONS_ACCEPTED = ("`s3` (the S3 store of the `S3_*` settings), `REMOTE:path` (an rclone remote, e.g. "
+                         "`nas:backups/host1`), an absolute path (a mounted disk, e.g. `/mnt/copy`)")
+
+
+def _destination_item(item: str) -> str | RcloneConfig | LocalConfig:
+    if item == "s3":
+        return item
+    if item.startswith("/"):
+        return LocalConfig(os.path.normpath(item))
+    found = _REMOTE_ITEM.fullmatch(item)
+    if found is None:
+        raise ValueError(f"{item!r} is not a destination; accepted: " + DESTINATIONS_ACCEPTED.replace("`", ""))
+    return RcloneConfig(found["remote"], found["path"].strip("/"))
+
+
+def destination_name(item: str | RcloneConfig | LocalConfig) -> str:
+    """The name a destination goes by (metrics, `--from`, `list --remote`)."""
+    if isinstance(item, RcloneConfig):
+        return item.remote
+    return "local" if isinstance(item, LocalConfig) else "s3"
+
+
+def _destinations(raw: str) -> tuple[str | RcloneConfig | LocalConfig, ...]:
+    items = tuple(_destination_item(part) for part in comma_list(raw))
+    names = [destination_name(i) for i in items]
+    for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+        same = ", ".join(part for part, n in zip(comma_list(raw), names) if n == name)
+        raise ValueError(f"two destinations would be named {name!r} ({same}); a name is s3, the rclone remote's "
+                         "name or local: give each remote and at most one absolute path once")
+    return items
+
+
 TEXT: Parser[str] = Parser(str, "text")
 ABSOLUTE_PATH = Parser(_absolute_path, "an absolute path")
 TIME_ZONE = Parser(_time_zone, "an IANA time zone name (`Europe/Berlin`)")
@@ -166,6 +207,7 @@ IDENTITIES = Parser(_identities, "an age identity file (`AGE-SECRET-KEY-1...` li
 NOTIFY_URLS = Parser(_notify_urls, "apprise URLs, comma or line separated")
 NOTIFY_ON = Parser(parse_notify_on, ", ".join(f"`{on.value}`" for on in NotifyOn))
 SECRET_TEXT = Parser(lambda raw: raw or None, "text")
+DESTINATIONS = Parser(_destinations, "comma list of " + DESTINATIONS_ACCEPTED)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -208,6 +250,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",
             field="prune_dry_run"),
     Setting("BACKUP_KEEP_IMAGES", whole(1, 1000), "3", "image exports kept per image", field="images_keep"),
+    Setting("BACKUP_DESTINATIONS", DESTINATIONS, None, "where off-site and second-medium copies go, each "
+            "verified, retried and caught up on its own: `s3`, rclone remotes configured the rclone way "
+            "(a mounted `rclone.conf` named by `RCLONE_CONFIG`, or `RCLONE_CONFIG_<NAME>_<KEY>` variables, "
+            "secrets also as `..._FILE`), a mounted folder. Names: `s3`, the remote's name, `local` (see "
+            "Destinations)", file=False, shown_default="`s3` when `S3_BUCKET` is set, else none"),
     Setting("S3_BUCKET", BUCKET, None, "the off-site bucket; unset: no off-site copy", shown_default="unset"),
     Setting("S3_PREFIX", PREFIX, "", "key prefix inside the bucket (`{prefix}/daily/...`)", needs="S3_BUCKET",
             shown_default="none"),
@@ -277,6 +324,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     values, given = read_table(env, problems)
     fields = {s.field: values[s.name] for s in SETTINGS if s.field is not None}
     fields["s3"] = _s3(env, values, given, problems)
+    fields["destinations"] = _chosen_destinations(env, values, fields["s3"], problems)
     fields["encryption"], fields["decryption"] = _encryption(values, problems)
     fields["notify"] = _notify(values, problems)
     if problems:
@@ -344,6 +392,70 @@ def _s3(env: Mapping[str, str], values: Mapping[str, Any], given: set[str], prob
         secret_access_key=secret,
         checksum_algorithm=values["S3_CHECKSUM"],
     )
+
+
+def _chosen_destinations(env: Mapping[str, str], values: Mapping[str, Any], s3: S3Config | None,
+                         problems: list[str]) -> tuple[S3Config | RcloneConfig | LocalConfig, ...]:
+    """BACKUP_DESTINATIONS with each item's config completed; unset: the S3 store if any."""
+    items = values["BACKUP_DESTINATIONS"]
+    if items is None:
+        return (s3,) if s3 is not None else ()
+    if s3 is not None and "s3" not in items:
+        problems.append(f"S3_BUCKET is set but BACKUP_DESTINATIONS={_list_text(items)!r} does not name s3: add s3 "
+                        "to the list, or unset S3_BUCKET")
+    rclone_env = _rclone_env(env, problems) if any(isinstance(i, RcloneConfig) for i in items) else ()
+    found: list[S3Config | RcloneConfig | LocalConfig] = []
+    for item in items:
+        if isinstance(item, RcloneConfig):
+            found.append(dataclasses.replace(item, env=rclone_env, 
+                                             progress_interval=values["BACKUP_PROGRESS_INTERVAL"] or 10.0))
+        elif isinstance(item, LocalConfig):
+            found.append(_local(item, values, problems))
+        elif values["S3_BUCKET"] is None:
+            problems.append("BACKUP_DESTINATIONS names s3 but S3_BUCKET is not set: set S3_BUCKET (and the "
+                            "S3_* settings), or drop s3 from the list")
+        elif s3 is not None:
+            found.append(s3)
+    return tuple(found)
+
+
+def _list_text(items) -> str:
+    return ",".join(i.spec if isinstance(i, RcloneConfig) else i.root if isinstance(i, LocalConfig) else i
+                    for i in items)
+
+
+def _local(item: LocalConfig, values: Mapping[str, Any], problems: list[str]) -> LocalConfig:
+    backup_dir = values["BACKUP_DIR"]
+    if backup_dir is not None:
+        root, own = Path(item.root), Path(os.path.normpath(backup_dir))
+        if root == own or own in root.parents or root in own.parents:
+            problems.append(f"BACKUP_DESTINATIONS names {item.root!r}, which overlaps BACKUP_DIR={str(own)!r}: "
+                            "the second copy must be on another disk, outside the backup volume")
+    mode = values["BACKUP_FILE_MODE"]
+    return dataclasses.replace(item, file_mode=(mode & 0o770) if mode is not None else 0o600)
+
+
+def _rclone_env(env: Mapping[str, str], problems: list[str]) -> tuple[tuple[str, str], ...]:
+    """The RCLONE_* variables for rclone's child processes, each `RCLONE_CONFIG_..._FILE`
+    (Docker secrets) read into the variable it stands for."""
+    found: dict[str, str] = {}
+    for name, value in sorted(env.items()):
+        if not name.startswith("RCLONE_"):
+            continue
+        if _is_file_form(name):
+            base = name[:-len("_FILE")]
+            read = read_value(env, base, problems)
+            if read is not None:
+                found[base] = read
+        elif name not in found:
+            found[name] = value
+    return tuple(sorted(found.items()))
+
+
+def _is_file_form(name: str) -> bool:
+    lower = name.lower()
+    return (name.startswith("RCLONE_CONFIG_") and name.endswith("_FILE") and len(name) > len("RCLONE_CONFIG__FILE")
+            and not any(lower.endswith("_" + option) for option in RCLONE_FILE_OPTIONS))
 
 
 def _encryption(values: Mapping[str, Any], problems: list[str]) -> tuple[EncryptionConfig | None,

@@ -1,6 +1,7 @@
 """Off-site destinations behind one seam (offen's `storage.Backend`): the `Destination`
-Protocol (base.py), one module per kind (s3.py), the registry of kinds, and
-`from_settings`, which builds the configured destinations.
+Protocol (base.py), one module per kind (s3.py, rclone.py for any rclone remote, local.py
+for a mounted second disk), the registry of kinds, and `from_settings`, which builds the
+destinations BACKUP_DESTINATIONS lists (settings.py parses it into typed configs).
 
 Adding a kind: a module with a class implementing `Destination` and a factory taking its
 typed config, one `register("KIND", factory)` line below, `from_settings` building it
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..config import LocalConfig, RcloneConfig, S3Config
 from ..errors import ConfigError
 from ..settings import Settings
 from .base import Destination, RemoteObject
 from .index import CopyEntry, CopyIndex
+from .local import LocalDestination
+from .rclone import RcloneDestination
 from .s3 import S3Destination
 
 Factory = Callable[[Any], Destination]
@@ -39,15 +43,19 @@ def create(kind: str, config: Any) -> Destination:
     return factory(config)
 
 
+# Which registered kind a typed config is built by.
+_KIND_OF_CONFIG = {S3Config: "s3", RcloneConfig: "rclone", LocalConfig: "local"}
+
+
 def from_settings(settings: Settings) -> tuple[Destination, ...]:
-    """The configured destinations, in order: today the S3 store when S3_BUCKET is set."""
-    found = []
-    if settings.s3 is not None:
-        found.append(create("s3", settings.s3))
-    return tuple(found)
+    """The configured destinations, in BACKUP_DESTINATIONS' order (unset: the S3 store when
+    S3_BUCKET is set)."""
+    return tuple(create(_KIND_OF_CONFIG[type(config)], config) for config in settings.destinations)
 
 
 register("s3", S3Destination)
+register("rclone", RcloneDestination)
+register("local", LocalDestination)
 
-__all__ = ["CopyEntry", "CopyIndex", "Destination", "RemoteObject", "S3Destination", "create", "from_settings",
-           "kinds", "register"]
+__all__ = ["CopyEntry", "CopyIndex", "Destination", "LocalDestination", "RcloneDestination", "RemoteObject",
+           "S3Destination", "create", "from_settings", "kinds", "register"]

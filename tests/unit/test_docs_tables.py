@@ -12,7 +12,7 @@ from sidecar.labels import KNOWN_LABELS, LABELS
 from sidecar.model import TargetConfig
 from sidecar.settings import SETTINGS, Settings
 
-RULE_FIELDS = {"s3", "encryption", "decryption", "notify"}  # put together by the rules after the table
+RULE_FIELDS = {"s3", "destinations", "encryption", "decryption", "notify"}  # put together by the rules after the table
 
 
 def test_readme_tables_are_generated_from_the_code():
