@@ -293,12 +293,19 @@ def cmd_plan(ctx: Context, args) -> int:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
                 "OFFSITE"],
                [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
-                 ",".join(r.volumes), r.latest or "-", r.copies, r.offsite] for r in rows])
+                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r)] for r in rows])
     else:
         print("no targets (label containers with backup.enable=true)")
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
     return 0
+
+
+def _offsite(row) -> str:
+    """The OFFSITE column: one state, or each destination's when there are several."""
+    if len(row.destinations) < 2:
+        return row.offsite
+    return "; ".join(f"{name}: {state}" for name, state in row.destinations.items())
 
 
 def cmd_restore(ctx: Context, args) -> int:
@@ -313,7 +320,8 @@ def cmd_restore(ctx: Context, args) -> int:
 
 def cmd_sync(ctx: Context, args) -> int:
     if not ctx.destinations:
-        raise ConfigError("no off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials)")
+        raise ConfigError("no off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials) or "
+                          "BACKUP_DESTINATIONS (rclone remotes, a mounted disk)")
     report = run_sync(ctx)
     several = len(report.results) > 1
     for result in report.results:

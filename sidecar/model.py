@@ -149,6 +149,7 @@ class CopyState:
     local: float | None
     offsite: Mapping[str, float | None]
     copies: int
+    holders: frozenset[str] = frozenset()  # destinations holding a verified copy of the newest archive
 
 
 # --- worker containers ------------------------------------------------------------------

@@ -28,7 +28,7 @@ class Context:
     journal: Journal
     # Set when the sidecar shuts down: backups in progress abort and restart what they stopped.
     cancel: threading.Event = field(default_factory=threading.Event)
-    # The off-site destinations, in configured order (today: "s3" when S3_BUCKET is set).
+    # The destinations, in BACKUP_DESTINATIONS' order (unset: "s3" when S3_BUCKET is set).
     destinations: tuple[Destination, ...] = ()
     # Destinations found unreachable in this sync cycle (the daemon's, or one CLI run): later
     # archives and rotations skip them instead of paying the retry ladder again; the daemon's
@@ -49,7 +49,8 @@ class Context:
                 return destination
         if not self.destinations:
             raise ConfigError(f"no off-site destination{f' named {name!r}' if name else ''}: set S3_BUCKET "
-                              "(and S3_ENDPOINT_URL, credentials)")
+                              "(and S3_ENDPOINT_URL, credentials) or BACKUP_DESTINATIONS (rclone remotes, a mounted "
+                              "disk)")
         names = ", ".join(d.name for d in self.destinations)
         raise ConfigError(f"no off-site destination named {name!r}; configured: {names}")
 

@@ -4,7 +4,7 @@ the labelled containers it skips, with why."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..model import CopyState
@@ -27,6 +27,9 @@ class PlanRow:
     latest: str | None  # when the oldest "latest archive" among the target's volumes was written
     copies: int  # places holding the latest backup of every volume (the backup volume, each destination)
     offsite: str  # "verified, 2 h old", "missing", "not configured", "no backup yet"
+    # Per destination, in configured order: "verified, 2 h old" (holds the latest backup),
+    # "behind, verified 3 d old" (only older ones), "missing" (none).
+    destinations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
 def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:
     """The 3-2-1 state of a target's latest backup, from its volumes' copy states."""
     if not volumes or any(v.local is None for v in volumes):
-        return {"latest": None, "copies": 0, "offsite": "no backup yet"}
+        return {"latest": None, "copies": 0, "offsite": "no backup yet", "destinations": {}}
     latest = datetime.fromtimestamp(min(v.local for v in volumes), ctx.settings.tz)
     shown = latest.isoformat(sep=" ", timespec="minutes")
     copies = min(v.copies for v in volumes)
@@ -74,7 +77,17 @@ def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:
         # Per volume its newest verified off-site copy; the target is as old as its oldest.
         newest = min(max(t for t in v.offsite.values() if t is not None) for v in volumes)
         offsite = f"verified, {_age(time.time() - newest)} old"
-    return {"latest": shown, "copies": copies, "offsite": offsite}
+    destinations = {d.name: _destination_state(d.name, volumes) for d in ctx.destinations}
+    return {"latest": shown, "copies": copies, "offsite": offsite, "destinations": destinations}
+
+
+def _destination_state(name: str, volumes: list[CopyState]) -> str:
+    """One destination's part of the 3-2-1 state: does it hold the latest backup of every volume?"""
+    stamps = [v.offsite.get(name) for v in volumes]
+    if any(stamp is None for stamp in stamps):
+        return "missing"
+    age = _age(time.time() - min(stamps))
+    return f"verified, {age} old" if all(name in v.holders for v in volumes) else f"behind, verified {age} old"
 
 
 def _age(seconds: float) -> str:

@@ -22,11 +22,11 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
             for name, by_local in copies.items():
                 times = [_mtime(a.path) for a in mine if a.name.relpath in by_local]
                 offsite[name] = max(times) if times else None
-            count = 0
-            if newest is not None:
-                count = 1 + sum(1 for by_local in copies.values() if newest.name.relpath in by_local)
+            holders = frozenset(name for name, by_local in copies.items()
+                                if newest is not None and newest.name.relpath in by_local)
             states[(target.backup_name, volume.volume_name)] = CopyState(
-                local=_mtime(newest.path) if newest is not None else None, offsite=offsite, copies=count)
+                local=_mtime(newest.path) if newest is not None else None, offsite=offsite,
+                copies=1 + len(holders) if newest is not None else 0, holders=holders)
     return states
 
 
