@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
-    p.add_argument("--from", dest="source", default="local", metavar="local|DEST",
-                   help="a destination's name (s3): download the archive from that off-site destination first "
-                        "(a new host with an empty backup volume)")
+    p.add_argument("--from", dest="source", default=None, metavar="DEST",
+                   help="a destination's name (s3, an rclone remote's name, local): download the archive from "
+                        "that destination first (a new host with an empty backup volume); default: the backup "
+                        "volume (also `--from local` when no destination is named local)")
 
     sub.add_parser("sync", help="copy archives missing off-site (S3) now, and verify them",
                    description="Upload every finished archive a destination (the S3 store) does not hold yet (the "
@@ -311,7 +312,10 @@ def _offsite(row) -> str:
 def cmd_restore(ctx: Context, args) -> int:
     _on_termination(ctx.cancel.set)
     run_recovery(ctx)
-    source = None if args.source == "local" else ctx.destination(args.source).name
+    names = {d.name for d in ctx.destinations}
+    # `--from local` meant the backup volume before a mounted disk could be the destination "local".
+    wanted = None if args.source is None or (args.source == "local" and "local" not in names) else args.source
+    source = ctx.destination(wanted).name if wanted is not None else None
     outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source)
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")

@@ -399,7 +399,7 @@ class RcloneDestination:
              transfer: bool = False, allow_missing: bool = False) -> bytes:
         """Run one rclone command; its stdout. Not found (exit 3 or 4) gives b"" when allowed."""
         command, env = self._command(args)
-        logger.debug("rclone", extra={"phase": phase, "destination": self.name, "args": args})
+        logger.debug("rclone", extra={"phase": phase, "destination": self.name, "command": " ".join(args)})
         try:
             proc = subprocess.Popen(command, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
