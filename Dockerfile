@@ -34,12 +34,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Worker containers run from this image (sidecar/worker): GNU tar and gzip (essential in
 # Debian) piped to zstd (about 1 MB). Installed first: this layer changes only when the list
 # does. apt's lists and caches go in the same layer (they would weigh 80 MB).
+# rclone (Debian's package, 56 MiB installed) drives rclone destinations (BACKUP_DESTINATIONS);
+# --build-arg WITH_RCLONE=false leaves it out (S3 and a mounted disk need no rclone).
+ARG WITH_RCLONE=true
 RUN set -eu; \
     apt-get update; \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends zstd; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends zstd \
+        $(if [ "$WITH_RCLONE" = true ]; then echo rclone; fi); \
     apt-get clean; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log; \
-    tar --version | head -n 1 | grep -q 'GNU tar'; gzip --version >/dev/null; zstd --version
+    tar --version | head -n 1 | grep -q 'GNU tar'; gzip --version >/dev/null; zstd --version; \
+    if [ "$WITH_RCLONE" = true ]; then rclone version | head -n 1; fi
 
 WORKDIR /src
 COPY pyproject.toml ./
