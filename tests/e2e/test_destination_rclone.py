@@ -115,8 +115,12 @@ def test_copies_mirror_the_backup_volume_are_verified_and_rotated_alike(lab, ser
     disk = Path(env["BACKUP_DESTINATIONS"].rsplit(",", 1)[1])
     assert {p.stat().st_mode & 0o077 for p in disk.rglob("*")} == {0}
 
-    done = lab.cli("backup", "app", **env)
+    # A slow link (rclone's own RCLONE_BWLIMIT): the upload of the new archive logs its progress.
+    done = lab.cli("backup", "app", **env, RCLONE_BWLIMIT="2M", BACKUP_PROGRESS_INTERVAL="0.2")
     assert done.returncode == 0, done.stderr
+    progress = [r for r in stderr_records(done.stderr) if r["message"] == "upload progress"]
+    assert {r["destination"] for r in progress} == {"nas", "dav"}
+    assert all(0 <= r["bytes"] < r["total_bytes"] for r in progress)
     kept = {p for p in on_disk(lab.backup_dir) if p.endswith(".tar.zst") and not p.startswith("images/")}
     today = next(p for p in kept if "2025" not in p).split("_")[2]
     assert kept == {f"daily/app_data_{today}_daily.tar.zst", "daily/" + _name(date(2025, 3, 8), "daily"),

@@ -89,3 +89,12 @@ def test_keys_and_names():
     assert nas.describe() == "nas:backups/host1/"
     with pytest.raises(DestinationError, match="not a valid archive path"):
         nas.key("../x")
+
+
+def test_secrets_reach_rclone_through_its_environment_never_its_command_line():
+    nas = destination(RCLONE_CONFIG_NAS_PASS=OBSCURED, RCLONE_RETRIES="9")
+    command, env = nas._command(["lsjson", nas.describe()])
+    assert env["RCLONE_CONFIG_NAS_PASS"] == OBSCURED
+    assert not any(OBSCURED in part or PASSWORD in part for part in command)
+    assert "--retries" not in command and "--contimeout" in command  # the user's RCLONE_RETRIES wins
+    assert command[-3:] == ["--use-json-log", "--log-level", "NOTICE"]
