@@ -1,5 +1,5 @@
 """The off-site copy: every finished archive on the backup volume is copied to each
-configured destination (S3 today) under the same relative path, verified, and rotated
+configured destination (S3, rclone remotes, a second disk) under the same relative path, verified, and rotated
 there by the same rules as locally.
 
 It is a sync, not fire-and-forget: each cycle compares what is on the backup volume with

@@ -1,5 +1,5 @@
-"""The Destination seam: what every off-site destination (S3 today; rclone remotes and a
-second local disk later) offers the actions, and the typed object it holds.
+"""The Destination seam: what every off-site destination (S3, rclone remotes, a second
+local disk) offers the actions, and the typed object it holds.
 
 A destination stores files at relative paths mirroring the backup volume ("daily/NAME",
 "images/NAME"). Each object carries the SHA-256 of its bytes (S3: the user metadata
