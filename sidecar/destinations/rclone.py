@@ -422,6 +422,10 @@ class RcloneDestination:
             out = proc.stdout.read()
             proc.stdout.close()
             proc.wait()
+        except BaseException:  # interrupted (shutdown): no rclone left running on its own
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -450,6 +454,9 @@ class RcloneDestination:
                     shown = time.monotonic()
                     logger.info("download progress", extra={"phase": "download", "destination": self.name,
                                                             "key": key, "bytes": size, "total_bytes": total})
+        except BaseException:  # a full disk, a shutdown: stop rclone too
+            proc.kill()
+            raise
         finally:
             proc.stdout.close()
             proc.wait()
