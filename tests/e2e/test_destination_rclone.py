@@ -168,22 +168,27 @@ def offsite_stamp(text: str, destination: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def test_one_destination_down_the_others_get_their_copy_and_it_catches_up(lab, servers, env):
+def test_one_destination_stopped_during_a_backup_the_others_get_their_copy_and_it_catches_up(lab, servers, env):
     nas, dav = servers
     env = {**env, "S3_SYNC_INTERVAL": "1"}
     volume = lab.volume("data")
-    lab.populate(volume, "echo v1 > v.txt")
+    lab.populate(volume, "dd if=/dev/urandom of=big bs=1M count=3 2>/dev/null")
     lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
 
+    # A slow link, so the WebDAV server can be stopped while the archive goes up to it.
+    backup, log = lab.start_cli("backup", "app", log_name="backup.log", RCLONE_BWLIMIT="1M",
+                                BACKUP_PROGRESS_INTERVAL="0.2", **env)
+    wait_for(lambda: any(r["message"] == "upload progress" and r.get("destination") == "dav"
+                         for r in log_records(log)), timeout=120, what="the upload to dav to be under way")
     dav.stop()
     try:
-        done = lab.cli("backup", "app", **env)
-        assert done.returncode == 0, done.stderr  # the backup and two of three copies succeeded
+        assert backup.wait(120) == 0, log.read_text()[-3000:]  # the backup and two of three copies succeeded
         [archive] = lab.archives()
         rel = f"daily/{archive.name}"
         held = copies(servers, env)
-        assert rel in held["nas"] and rel in held["local"] and rel not in held["dav"]
-        failed = [r for r in stderr_records(done.stderr) if r["message"].startswith("off-site copy failed")]
+        assert held["nas"][rel] == held["local"][rel] == archive.read_bytes()
+        assert rel + ".sha256" not in held["dav"]  # at most a cut-off upload: never counted, listed or restored
+        failed = [r for r in log_records(log) if r["message"].startswith("off-site copy failed")]
         assert failed and {r["destination"] for r in failed} == {"dav"}
         plan = json.loads(lab.cli("plan", "--json", **env).stdout)
         [row] = plan["targets"]
@@ -201,7 +206,7 @@ def test_one_destination_down_the_others_get_their_copy_and_it_catches_up(lab, s
     finally:
         dav.start()
 
-    wait_for(lambda: rel in dav.files("host1"), timeout=90, what="the daemon's next cycle to catch dav up")
+    wait_for(lambda: rel + ".sha256" in dav.files("host1"), timeout=90, what="the daemon's next cycle to catch dav up")
     wait_for(lambda: 'backup_sidecar_copies{target="app"} 4.0' in _try_scrape(lab), timeout=60,
              what="the metrics to count dav's copy")
     assert offsite_stamp(scrape(lab), "dav") > 0
