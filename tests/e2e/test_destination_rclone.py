@@ -135,6 +135,7 @@ def test_copies_mirror_the_backup_volume_are_verified_and_rotated_alike(lab, ser
     assert {r["key"] for r in rows} == {f"dav:host1/{p}" for p in kept}
 
 
+@pytest.mark.slow  # restore --from nas also runs in the secrets test, --from local in tests/actions
 def test_restore_from_each_destination_onto_an_empty_backup_volume(lab, servers, env, tmp_path):
     volume = lab.volume("data")
     lab.populate(volume, "mkdir -p d/e; echo one > d/e/f; ln -s e/f d/link; chown 1000:1000 d/e/f; "
