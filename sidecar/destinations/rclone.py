@@ -430,6 +430,7 @@ class RcloneDestination:
             if timer is not None:
                 timer.cancel()
             reader.join(10)
+            proc.stderr.close()
         if proc.returncode == 0:
             return out
         if allow_missing and proc.returncode in NOT_FOUND_EXITS:
@@ -461,6 +462,7 @@ class RcloneDestination:
             proc.stdout.close()
             proc.wait()
             reader.join(10)
+            proc.stderr.close()
         if proc.returncode != 0:
             raise self._error("download", key, proc.returncode, reader.lines)
         return sha.hexdigest(), size
