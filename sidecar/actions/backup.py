@@ -9,6 +9,7 @@ and rotation all happen after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import ArchiveResult
-from ..errors import BackupBusy, BackupError, SidecarError
+from ..errors import BackupAborted, BackupBusy, BackupError, SidecarError
 from ..model import ContainerInfo, ContainerState, Strategy, Target
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
-from .interrupt import Interruption, InterruptionKind, is_left_stopped
+from .interrupt import Interruption, InterruptionKind, LinkedEvent, is_left_stopped
 from .prune import promote
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
@@ -38,6 +39,9 @@ class BackupResult(enum.StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     SKIPPED = "skipped"
+    # Given up on purpose: someone else stopped or removed the container meanwhile, or the
+    # sidecar shut down. No archive; nothing is broken.
+    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
                              phase="start", finished_at=ctx.now())
     except _FailedAfterArchives as partial:
         return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
+    except BackupAborted as err:
+        logger.warning("backup aborted", extra={**fields, "phase": err.phase, "error": str(err)})
+        return BackupOutcome(target.backup_name, target.container.name, BackupResult.ABORTED, (), items,
+                             time.monotonic() - started, 0.0, err.phase, str(err), ctx.now())
     except SidecarError as err:
         return failed(err, getattr(err, "phase", "backup"))
     offsite_error = _after_success(ctx, target)
@@ -117,6 +125,8 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, A
         raise BackupError(target.backup_name, "start", "a failed restore left the container stopped with an emptied "
                           "volume; restore it again before backing it up")
     running = container.state is ContainerState.RUNNING
+    # This run's cancel flag: the sidecar shutting down, or someone else stopping the target.
+    ctx = dataclasses.replace(ctx, cancel=LinkedEvent(ctx.cancel))
     _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
     sources, archive_path = sources_for(target), _archive_path(ctx, target)
     with contextlib.ExitStack() as partial:  # unfinished archives are removed on every way out
@@ -169,12 +179,26 @@ def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
     if not needed or kind is None:
         yield _NotInterrupted()
         return
-    with Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout) as window:
-        yield window
-    # Here the container runs again: the rest costs no downtime.
+    window = Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
+                          ready_timeout=target.config.ready_timeout)
+    try:
+        with window:
+            yield window
+    except BackupAborted as err:
+        if window.overruled is None:
+            raise
+        raise BackupAborted(target.backup_name, err.phase, f"someone else stopped the container: {window.overruled}")
+    if window.overruled is not None:  # seen only at the end: the archives are not of a container we put back
+        raise BackupAborted(target.backup_name, "restart", f"someone else stopped the container: {window.overruled}")
+    # Here the container runs again (and is ready, as far as its healthcheck says): the
+    # rest costs no downtime.
     logger.info("container running again", extra={"target": target.backup_name, "container": container.name,
-                                                   "phase": "restart",
-                                                   "downtime_seconds": round(window.seconds, 3)})
+                                                   "phase": "restart", "downtime_seconds": round(window.seconds, 3),
+                                                   "ready": _readiness(window.ready)})
+
+
+def _readiness(ready: bool | None) -> str:
+    return {True: "healthy", False: "not healthy in time", None: "running (no healthcheck)"}[ready]
 
 
 def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[ArchiveResult]:
