@@ -96,7 +96,9 @@ class FakeEngine:
     def someone_stops(self, container_id: str) -> None:
         """`docker stop` by someone else: its events, and the container exited."""
         self.record(container_id, "kill", signal="15")
-        self.record(container_id, "die", "stop")
+        if self._get(container_id).info.state is ContainerState.RUNNING:
+            self.record(container_id, "die")
+        self.record(container_id, "stop")
         self.set_state(container_id, ContainerState.EXITED)
 
     def remove(self, container_id: str) -> None:
@@ -169,11 +171,14 @@ class FakeEngine:
     def stop(self, container_id: str, timeout: int) -> bool:
         self._call("stop", container_id, timeout)
         cid = self._get(container_id).info.id
-        if self.on_stop is not None:
+        if self._get(cid).info.state is not ContainerState.RUNNING:  # the engine's 304: no events
+            return False
+        self.record(cid, "kill", signal="15")
+        if self.on_stop is not None:  # while the stop is in flight
             self.on_stop(cid)
         if self._get(cid).info.state is ContainerState.RUNNING:
-            self.record(cid, "kill", signal="15")
-            self.record(cid, "die", "stop")
+            self.record(cid, "die")
+        self.record(cid, "stop")
         self.set_state(cid, ContainerState.EXITED)
         return False
 
