@@ -138,7 +138,8 @@ LABELS: tuple[Label, ...] = (
     Label(GROUP, Parser(_name, "1-100 letters, digits, `.`, `_`, `-`; a letter or digit first"), None,
           "containers with the same group are backed up in one run: all stopped (or paused) before the first "
           "archive, in reverse dependency order, and started after the last, in dependency order. Members must "
-          "agree on `backup.schedule` and `backup.strategy` (set them on one member, or the same on all)",
+          "agree on `backup.schedule` and `backup.strategy` (else every member is skipped with both values named); "
+          "`backup NAME` of one member backs up the whole group",
           field="group", shown_default="none"),
     Label(GROUP_ORDER, whole(0, 1000, "accepted: a whole number"), None, "order in the group when Compose "
           "records no `depends_on`: low starts first and stops last", field="group_order",
