@@ -294,7 +294,8 @@ def _families() -> list[Metric]:
         CounterMetricFamily("backup_sidecar_runs", "Backup runs by result.", labels=["target", "result"]),
         HistogramMetricFamily("backup_sidecar_duration_seconds", "How long backups of the target took.", labels=t),
         GaugeMetricFamily("backup_sidecar_downtime_seconds",
-                          "How long the target was stopped or paused by its last backup (0 for hot).", labels=t),
+                          "How long the target was stopped or paused by its last backup, until it ran again and "
+                          "its healthcheck (if any) passed (0 for hot).", labels=t),
         GaugeMetricFamily("backup_sidecar_archive_size_bytes", "Size of the volume's last archive.", labels=tv),
         GaugeMetricFamily("backup_sidecar_next_run_timestamp_seconds", "When the target is backed up next.",
                           labels=t),
