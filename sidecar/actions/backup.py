@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import ArchiveResult
-from ..errors import BackupAborted, BackupBusy, BackupError, SidecarError
+from ..errors import BackupAborted, BackupBusy, BackupError, SidecarError, StoppedByOthers
 from ..groups import Group
 from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
@@ -104,7 +104,7 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
                              phase="start", finished_at=ctx.now())
     except _FailedAfterArchives as partial:
         return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
-    except BackupAborted as err:
+    except StoppedByOthers as err:  # a shutdown's abort stays a failure: nothing was backed up
         logger.warning("backup aborted", extra={**fields, "phase": err.phase, "error": str(err)})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.ABORTED, (), items,
                              time.monotonic() - started, 0.0, err.phase, str(err), ctx.now())
@@ -198,9 +198,9 @@ def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
     except BackupAborted as err:
         if window.overruled is None:
             raise
-        raise BackupAborted(target.backup_name, err.phase, f"someone else stopped the container: {window.overruled}")
+        raise StoppedByOthers(target.backup_name, err.phase, f"someone else stopped the container: {window.overruled}")
     if window.overruled is not None:  # seen only at the end: the archives are not of a container we put back
-        raise BackupAborted(target.backup_name, "restart", f"someone else stopped the container: {window.overruled}")
+        raise StoppedByOthers(target.backup_name, "restart", f"someone else stopped the container: {window.overruled}")
     # Here the container runs again (and is ready, as far as its healthcheck says): the
     # rest costs no downtime.
     logger.info("container running again", extra={"target": target.backup_name, "container": container.name,

@@ -334,4 +334,5 @@ def _stopped_by_someone(ctx: Context, container_id: str, action: InterruptionKin
         events = ctx.engine.container_events(container_id, since - _EVENT_MARGIN)
     except SidecarError:  # unknown: the usual put back decides (and reports what fails)
         return None
-    return user_stop(events, action)
+    # The sidecar that died may have seen its stop run out of time: one SIGKILL may be ours.
+    return user_stop(events, action, hard_killed=True)

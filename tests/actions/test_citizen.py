@@ -90,6 +90,7 @@ def test_recovery_still_starts_what_only_the_sidecar_stopped(engine, ctx, data):
     app = engine.add_container("app-1", app_labels(), {"/data": data})
     ctx.journal.add(JournalEntry(app.id, app.name, InterruptionKind.STOPPED.value, "app", 0.0))
     engine.stop(app.id, 10)
+    engine.record(app.id, "kill", signal="9")  # its stop ran out of time: the engine's SIGKILL
     assert run_recovery(ctx) == ["app-1"]
     assert engine.state(app.id) is ContainerState.RUNNING
 
@@ -108,7 +109,7 @@ def test_a_sidecar_stopped_with_its_project_leaves_the_target_to_the_journal(eng
         ctx.cancel.set()  # the sidecar's SIGTERM
     engine.on_stop = stack_stops
     outcome = run_backup(ctx, _target(ctx))
-    assert outcome.result is BackupResult.ABORTED
+    assert outcome.result is BackupResult.FAILURE and "shutting down" in outcome.error  # a shutdown's abort
     assert engine.state(app.id) is ContainerState.EXITED and engine.names("start") == []
     assert [e.container_id for e in ctx.journal.entries()] == [app.id]  # the next start decides
 
@@ -126,7 +127,7 @@ def test_a_sidecar_stopped_alone_puts_the_target_back(engine, make_ctx, data):
         ctx.cancel.set()
     engine.on_stop = sidecar_recreated
     outcome = run_backup(ctx, _target(ctx))
-    assert outcome.result is BackupResult.ABORTED
+    assert outcome.result is BackupResult.FAILURE and "shutting down" in outcome.error
     assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
 
 
@@ -167,6 +168,6 @@ def test_sigterm_during_a_one_shot_backup_waits_for_the_stop_and_puts_the_contai
     app = engine.add_container("app-1", app_labels(), {"/data": data})
     engine.on_stop = lambda _cid: os.kill(os.getpid(), signal.SIGTERM)  # arrives while the stop is in flight
     assert run("backup", "app") == 1
-    assert "aborted" in capsys.readouterr().err
+    assert "shutting down" in capsys.readouterr().err
     assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "start"]
     assert engine.state(app.id) is ContainerState.RUNNING
