@@ -164,3 +164,32 @@ def test_stopping_the_stack_with_its_sidecar_leaves_the_app_stopped_also_after_a
     done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
+
+
+def test_stopping_the_stack_while_its_sidecar_reads_a_stopped_app_keeps_it_stopped(
+        lab, stack, docker_client, sidecar_image):
+    # The sidecar's own stop is over: Compose sends no stop to an exited container, so only the
+    # sidecar's own stop (with its project) tells the stack is going down.
+    app = stack.service({"backup.enable": "true", "backup.strategy": "stop", "backup.compression": "gzip",
+                         "backup.schedule": "* * * * * */2"}, {"data": "/data"})
+    del app["network_mode"]
+    stack.write({"app": app, "backup": stack.sidecar(sidecar_image)}, volumes=("data",))
+    stack.run("up", "-d", "app")
+    volume = f"{lab.project}_data"
+    lab.run_oneshot("dd if=/dev/urandom of=blob bs=1M count=150 2>/dev/null", {volume: "/data"})  # a slow read
+    stack.run("up", "-d")
+    name = f"{lab.project}_app_1"
+    wait_for(lambda: any(r["message"] == "container stopped" for r in _compose_logs(stack, "backup")), timeout=90,
+             what="the sidecar to stop the app")
+    user_stop = time.time()
+    stack.run("stop")
+    assert docker_client.api.inspect_container(name)["State"]["Status"] == "exited"
+    assert "start" not in _events(docker_client, name, user_stop)
+    records = _compose_logs(stack, "backup")
+    assert any(r["message"].startswith("container not started: the sidecar is being stopped with its Compose project")
+               for r in records), records
+
+    done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
+    assert not docker_client.volumes.list(filters={"name": volume})
