@@ -187,25 +187,35 @@ def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
         return
     window = Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
                           ready_timeout=target.config.ready_timeout)
+    windows = [window]
     try:
         with contextlib.ExitStack() as others:
             # Other writers of the same volumes first, the target last: it starts first again.
             for writer in shared_writers(ctx, target, container):
-                others.enter_context(Interruption(ctx, writer, kind, target.backup_name, target.config.stop_timeout,
-                                                  abort=ctx.cancel, ready_timeout=target.config.ready_timeout))
+                windows.append(others.enter_context(Interruption(
+                    ctx, writer, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
+                    ready_timeout=target.config.ready_timeout)))
             with window:
                 yield window
     except BackupAborted as err:
-        if window.overruled is None:
+        if (why := _overruled(windows)) is None:
             raise
-        raise StoppedByOthers(target.backup_name, err.phase, f"someone else stopped the container: {window.overruled}")
-    if window.overruled is not None:  # seen only at the end: the archives are not of a container we put back
-        raise StoppedByOthers(target.backup_name, "restart", f"someone else stopped the container: {window.overruled}")
+        raise StoppedByOthers(target.backup_name, err.phase, why) from err
+    if (why := _overruled(windows)) is not None:  # seen only at the end: not a backup of what we put back
+        raise StoppedByOthers(target.backup_name, "restart", why)
     # Here the container runs again (and is ready, as far as its healthcheck says): the
     # rest costs no downtime.
     logger.info("container running again", extra={"target": target.backup_name, "container": container.name,
                                                    "phase": "restart", "downtime_seconds": round(window.seconds, 3),
                                                    "ready": _readiness(window.ready)})
+
+
+def _overruled(windows: list[Interruption]) -> str | None:
+    """Why the run gives up: someone else stopped one of the containers it interrupted."""
+    for window in windows:
+        if window.overruled is not None:
+            return f"someone else stopped {window.container.name!r}: {window.overruled}"
+    return None
 
 
 def shared_writers(ctx: Context, target: Target, container: ContainerInfo,
@@ -312,6 +322,7 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
     gctx = dataclasses.replace(ctx, cancel=LinkedEvent(ctx.cancel))
     outcomes: list[BackupOutcome] = []
     windows: dict[str, Interruption] = {}
+    extra: list[Interruption] = []  # the other writers of the members' volumes
     try:
         with contextlib.ExitStack() as interrupted:
             states = {t.backup_name: gctx.engine.inspect(t.container.id) for t in group.members}
@@ -319,21 +330,26 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
                 running = states[target.backup_name].state is ContainerState.RUNNING
                 _command(gctx, target, target.container.id, target.config.exec_pre, "pre", running)
             if kind is not None:
-                _quiesce_group(gctx, group, kind, states, interrupted, windows)
+                _quiesce_group(gctx, group, kind, states, interrupted, windows, extra)
             for target in group.members:
+                # Not waiting for the watchers' next look: a member someone stopped meanwhile
+                # aborts the members not read yet.
+                for window in (*windows.values(), *extra):
+                    window.check()
                 outcomes.append(run_backup(gctx, target, together=True))
     except (BackupError, SidecarError) as err:
         logger.error("group backup failed", extra={"group": group.name, "error": str(err)})
         return [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase=getattr(err, "phase", "stop"),
                               error=str(err), finished_at=ctx.now()) for t in group.members]
-    overruled = next((w.overruled for w in windows.values() if w.overruled), None)
+    overruled = _overruled(list(windows.values()) + extra)
     finished = []
     for target, outcome in zip(group.members, outcomes):
         window = windows.get(target.backup_name)
         downtime = window.seconds if window is not None else 0.0
-        if overruled is not None and outcome.ok:  # archives of a group someone else stopped are not a group's
+        if overruled is not None and not outcome.ok and outcome.result is not BackupResult.SKIPPED:
+            # Given up for someone else's stop; members read before it keep their (consistent) archives.
             outcome = dataclasses.replace(outcome, result=BackupResult.ABORTED, archives=(), downtime=downtime,
-                                          error=f"someone else stopped a member of group {group.name!r}: {overruled}")
+                                          error=f"group {group.name!r}: {overruled}")
         elif outcome.ok:
             outcome = dataclasses.replace(outcome, downtime=downtime, offsite_error=_after_success(ctx, target))
         finished.append(outcome)
@@ -343,7 +359,7 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
 
 
 def _quiesce_group(ctx: Context, group: Group, kind: InterruptionKind, states: dict[str, ContainerInfo],
-                   stack: contextlib.ExitStack, windows: dict[str, Interruption]) -> None:
+                   stack: contextlib.ExitStack, windows: dict[str, Interruption], extra: list[Interruption]) -> None:
     """Interrupts every running member in stop order (and the other writers of its volumes
     before it); the ExitStack puts them back in the reverse order: start order."""
     members = frozenset(t.container.id for t in group.members)
@@ -352,8 +368,9 @@ def _quiesce_group(ctx: Context, group: Group, kind: InterruptionKind, states: d
         if container.state is not ContainerState.RUNNING:
             continue
         for writer in shared_writers(ctx, target, container, exclude=members):
-            stack.enter_context(Interruption(ctx, writer, kind, target.backup_name, target.config.stop_timeout,
-                                             abort=ctx.cancel, ready_timeout=target.config.ready_timeout))
+            extra.append(stack.enter_context(Interruption(ctx, writer, kind, target.backup_name,
+                                                          target.config.stop_timeout, abort=ctx.cancel,
+                                                          ready_timeout=target.config.ready_timeout)))
         windows[target.backup_name] = stack.enter_context(Interruption(
             ctx, container, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
             ready_timeout=target.config.ready_timeout))

@@ -141,8 +141,12 @@ class Interruption:
             if self._check():
                 return
 
+    def check(self) -> bool:
+        """Reads the events since the journal entry now; True when someone else's stop was
+        seen (then `overruled` says why and `abort` is set)."""
+        return self._check()
+
     def _check(self) -> bool:
-        """Reads the events since the journal entry; True when someone else's stop was seen."""
         if self.overruled is not None:
             return True
         try:

@@ -51,7 +51,7 @@ def test_a_stop_during_the_sidecars_stop_leaves_the_container_stopped_and_aborts
     app = engine.add_container("app-1", app_labels(), {"/data": data})
     engine.on_stop = engine.someone_stops  # `docker-compose stop` lands while our stop is in flight
     outcome = run_backup(ctx, _target(ctx))
-    assert outcome.result is BackupResult.ABORTED and "someone else stopped the container" in outcome.error
+    assert outcome.result is BackupResult.ABORTED and "someone else stopped" in outcome.error
     assert engine.state(app.id) is ContainerState.EXITED and engine.names("start") == []
     assert ctx.journal.entries() == []  # forgotten: a restart does not start it either
     assert list(ctx.store.root.rglob("*.tar.zst*")) == []

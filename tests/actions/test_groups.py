@@ -96,3 +96,24 @@ def test_backup_of_one_member_backs_up_the_group(engine, run, capsys, tmp_path):
     assert run("backup", "a") == 0
     out = capsys.readouterr().out
     assert "a: wrote" in out and "b: wrote" in out
+
+
+def test_someone_stopping_a_shared_writer_aborts_the_run_and_it_stays_stopped(engine, ctx, data):
+    app = engine.add_container("app-1", app_labels(), {"/data": data})
+    writer = engine.add_container("writer-1", {}, {"/srv": data})
+    engine.on_stop = lambda cid: engine.someone_stops(cid) if cid == writer.id else None
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert outcome.result is BackupResult.ABORTED and "'writer-1'" in outcome.error
+    assert engine.state(writer.id) is ContainerState.EXITED and engine.state(app.id) is ContainerState.RUNNING
+    assert ctx.journal.entries() == []
+
+
+def test_someone_stopping_a_group_member_aborts_the_group(engine, ctx, tmp_path):
+    engine.add_container("p_a_1", _compose("a"), {"/a": tmp_path / "a"})
+    b = engine.add_container("p_b_1", _compose("b"), {"/b": tmp_path / "b"})
+    engine.on_stop = lambda cid: engine.someone_stops(cid) if cid == b.id else None
+    outcomes = run_group(ctx, groups_of(ctx.discover().targets)["shop"])
+    assert [o.result for o in outcomes] == [BackupResult.ABORTED] * 2
+    assert all(o.archives == () for o in outcomes) and list(ctx.store.root.rglob("*.tar.zst")) == []
+    assert engine.state(b.id) is ContainerState.EXITED
+    assert engine.state(engine.containers[next(iter(engine.containers))].info.id) is ContainerState.RUNNING
