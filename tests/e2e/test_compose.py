@@ -152,7 +152,8 @@ def test_stopping_the_stack_with_its_sidecar_leaves_the_app_stopped_also_after_a
     stack.run("stop")  # the app and the sidecar: the sidecar shuts down mid-backup
 
     app = f"{lab.project}_app_1"
-    assert docker_client.api.inspect_container(app)["State"]["Status"] == "exited"
+    state = docker_client.api.inspect_container(app)["State"]["Status"]
+    assert state == "exited", [(r["message"], r.get("reason") or r.get("error")) for r in _compose_logs(stack, "backup")]
     stack.run("start", "backup")  # the sidecar alone: its recovery must not start the app either
     wait_for(lambda: sum(r["message"] == "sidecar running" for r in _compose_logs(stack, "backup")) == 2, timeout=90,
              what="the restarted sidecar")
