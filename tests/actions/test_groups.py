@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 from sidecar.actions.backup import BackupResult, run_backup, run_group
+from sidecar.actions.daemon import Daemon
 from sidecar.groups import groups_of
 from sidecar.model import ContainerState
 
@@ -117,3 +120,27 @@ def test_someone_stopping_a_group_member_aborts_the_group(engine, ctx, tmp_path)
     assert all(o.archives == () for o in outcomes) and list(ctx.store.root.rglob("*.tar.zst")) == []
     assert engine.state(b.id) is ContainerState.EXITED
     assert engine.state(engine.containers[next(iter(engine.containers))].info.id) is ContainerState.RUNNING
+
+
+def test_the_daemon_runs_a_due_group_once_for_all_its_members(engine, ctx, tmp_path):
+    engine.add_container("p_a_1", _compose("a"), {"/a": tmp_path / "a"})
+    engine.add_container("p_b_1", _compose("b"), {"/b": tmp_path / "b"})
+    outcomes, done = [], threading.Event()
+
+    def seen(outcome):
+        outcomes.append(outcome)
+        if len(outcomes) >= 2:
+            done.set()
+    daemon = Daemon(ctx, on_outcome=seen)
+    daemon.refresh_all()
+    past = ctx.now().replace(year=2000)
+    daemon._next = {name: past for name in daemon._next}  # both due now
+    loop = threading.Thread(target=daemon._schedule_loop, daemon=True)
+    loop.start()
+    assert done.wait(30)
+    daemon.request_stop()
+    loop.join(10)
+    daemon._pool.shutdown(wait=True)
+    assert sorted(o.target for o in outcomes) == ["a", "b"] and all(o.ok for o in outcomes)
+    # One group run: both stopped before either started.
+    assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "stop", "start", "start"]
