@@ -14,6 +14,9 @@ import pytest
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.interrupt import InterruptionKind, user_stop
 from sidecar.actions.recover import run_recovery
+from sidecar.metrics import Metrics, TargetView
+from sidecar.notify.sender import decide, render
+from sidecar.notify.urls import NotifyOn
 from sidecar.model import ContainerEvent, ContainerState
 from sidecar.storage import JournalEntry
 
@@ -171,3 +174,19 @@ def test_sigterm_during_a_one_shot_backup_waits_for_the_stop_and_puts_the_contai
     assert "shutting down" in capsys.readouterr().err
     assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "start"]
     assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_an_aborted_run_is_announced_and_counted_without_touching_the_volume_status(engine, ctx, data):
+    app = engine.add_container("app-1", app_labels(), {"/data": data})
+    engine.on_stop = engine.someone_stops
+    outcome = run_backup(ctx, _target(ctx))
+    assert decide(str(outcome.result), None, NotifyOn.FAILURE) == "aborted"
+    message = render("aborted", outcome, None, "host")
+    assert message.title == "backup-sidecar: backup of app aborted" and "someone else stopped" in message.body
+    metrics = Metrics()
+    metrics.discovered([TargetView("app", ("data",), 0.0, 86400.0)], 0)
+    metrics.observe(outcome)
+    runs = metrics.registry.get_sample_value("backup_sidecar_runs_total", {"target": "app", "result": "aborted"})
+    assert runs == 1.0
+    assert metrics.registry.get_sample_value("backup_sidecar_last_status", {"target": "app", "volume": "data"}) is None
+    assert engine.state(app.id) is ContainerState.EXITED
