@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__, logs
-from .actions.backup import run_backup
+from .actions.backup import run_backup, run_group
 from .actions.context import Context
 from .actions.daemon import Daemon
 from .actions.images import run_restore_image
@@ -29,6 +29,7 @@ from .engine import Engine
 from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
+from .groups import groups_of
 from .settings import Settings, load_settings
 from .storage import BackupStore
 
@@ -212,20 +213,27 @@ def cmd_backup(ctx: Context, args) -> int:
         print(f"skipped {skipped.container.name}: {skipped.reason}", file=sys.stderr)
     failed = 0
     notifier = _notifier(ctx)
+    ran: list[tuple] = []  # (target, outcome); a group member brings its whole group
+    groups = groups_of(discovery.targets)
     try:
-        outcomes = []
         for target in targets:
             if ctx.cancel.is_set():  # SIGTERM: no further targets
                 break
-            outcomes.append(run_backup(ctx, target))
-            record_outcome(ctx.store.state_dir, outcomes[-1])  # the daemon's next scrape shows it
-            if notifier is not None:
-                notifier.outcome(outcomes[-1])
+            if any(t is target for t, _ in ran):
+                continue
+            group = groups.get(target.config.group) if target.config.group else None
+            batch = (list(zip(group.members, run_group(ctx, group))) if group is not None
+                     else [(target, run_backup(ctx, target))])
+            for member, outcome in batch:
+                ran.append((member, outcome))
+                record_outcome(ctx.store.state_dir, outcome)  # the daemon's next scrape shows it
+                if notifier is not None:
+                    notifier.outcome(outcome)
     finally:
         if notifier is not None:
             notifier.close()
     offsite_failed = 0
-    for target, outcome in zip(targets, outcomes):
+    for target, outcome in ran:
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import LabelError
+from .groups import disagreements, groups_of
 from .labels import intended_name, is_candidate, parse_target
-from .model import ContainerInfo, ContainerState, Skipped, Target
+from .model import ContainerInfo, ContainerState, Skipped, Strategy, Target
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 
@@ -93,7 +94,7 @@ class Discovery:
 
 
 def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
-             project: str | None = None, default_keep: Keep = DEFAULT_KEEP) -> Discovery:
+             project: str | None = None, default_keep: Keep = DEFAULT_KEEP, own_id: str | None = None) -> Discovery:
     """Validate every candidate; a bad one is skipped with its reason, the rest go on.
     Two containers asking for the same backup name would write over each other's
     archive names, so the second (by container name) is skipped, unless both are one
@@ -112,6 +113,11 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
         except LabelError as exc:
             skipped.append(Skipped(container, str(exc)))
             continue
+        if container.id == own_id and (target.config.strategy is not Strategy.HOT or target.config.group):
+            skipped.append(Skipped(container, (
+                f"container {container.name!r} is the sidecar itself: it never stops, pauses or restarts itself; "
+                "use backup.strategy=hot (and no backup.group) to back up its own volumes")))
+            continue
         other = by_name.get(target.backup_name)
         if other is not None and _same_service(other.container, container):
             keep, drop = (target, other) if _rank(container) > _rank(other.container) else (other, target)
@@ -129,6 +135,13 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
             continue
         by_name[target.backup_name] = target
         targets.append(target)
+    for group in groups_of(targets).values():
+        problems = disagreements(group.members)
+        if problems:
+            for member in group.members:
+                targets.remove(member)
+                skipped.append(Skipped(member.container, f"container {member.container.name!r}: "
+                                       + "; ".join(problems)))
     return Discovery(tuple(targets), tuple(skipped))
 
 

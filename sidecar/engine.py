@@ -26,7 +26,7 @@ import docker.types
 import requests
 
 from .errors import ContainerNotFound, EngineError
-from .model import ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
+from .model import ContainerEvent, ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
@@ -320,11 +320,38 @@ class Engine:
                     return found
         return None
 
+    def list_containers(self, project: str | None = None, running: bool = True) -> list[ContainerInfo]:
+        """Containers (only running and paused ones with `running`), of one Compose
+        project when `project` is given."""
+        filters: dict[str, Any] = {"label": f"com.docker.compose.project={project}"} if project is not None else {}
+        with _engine_call("list containers"):
+            rows = self.api.containers(all=not running, filters=filters)
+        return [_from_list_row(row) for row in rows]
+
     # --- events -------------------------------------------------------------------
     def events(self, since: float | None = None):
         """A closable iterator of decoded container events."""
         with _engine_call("follow events"):
             return self.api.events(since=since, decode=True, filters={"type": "container"})
+
+    def container_events(self, container_id: str, since: float, until: float | None = None) -> list[ContainerEvent]:
+        """What the engine recorded for one container between `since` and `until` (now):
+        a finite query, answered from the engine's buffer of recent events."""
+        until = time.time() if until is None else until
+        with _engine_call("read events of", container_id):
+            raw = list(self.api.events(since=f"{since:.9f}", until=f"{until:.9f}", decode=True,
+                                       filters={"type": "container", "container": container_id}))
+        return [_event(e) for e in raw]
+
+
+def _event(raw: Mapping[str, Any]) -> ContainerEvent:
+    actor = raw.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    action = str(raw.get("Action") or raw.get("status") or "")
+    stamp = raw.get("timeNano")
+    when = stamp / 1e9 if stamp else float(raw.get("time") or 0)
+    return ContainerEvent(action.split(":")[0].strip(), str(actor.get("ID") or raw.get("id") or ""), when,
+                          attributes.get("signal"))
 
 
 def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
@@ -398,10 +425,11 @@ def _mounts(raw: list[dict[str, Any]] | None) -> tuple[Mount, ...]:
     mounts = []
     for m in raw or []:
         kind = m.get("Type", "")
+        read_only = m.get("RW") is False
         if kind == "volume":
-            mounts.append(Mount("volume", m.get("Name", ""), m.get("Destination", "")))
+            mounts.append(Mount("volume", m.get("Name", ""), m.get("Destination", ""), read_only))
         elif kind == "bind":
-            mounts.append(Mount("bind", m.get("Source", ""), m.get("Destination", "")))
+            mounts.append(Mount("bind", m.get("Source", ""), m.get("Destination", ""), read_only))
     return tuple(mounts)
 
 
@@ -429,4 +457,5 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         state=ContainerState.parse(state.get("Status", "")),
         labels=dict(config.get("Labels") or {}),
         mounts=_mounts(data.get("Mounts")),
+        health=(state.get("Health") or {}).get("Status") or None,
     )

@@ -62,6 +62,11 @@ class BackupAborted(BackupError):
     """The sidecar is shutting down and a backup in progress was abandoned."""
 
 
+class StoppedByOthers(BackupAborted):
+    """Someone else stopped or removed a container the sidecar had interrupted: the backup
+    is given up (result "aborted", not a failure) and the container left stopped."""
+
+
 class BackupBusy(SidecarError):
     """A backup of this target is already running (in this or another sidecar process)."""
 

@@ -23,6 +23,7 @@ from .model import (
     ImagePolicy,
     ContainerInfo,
     Mount,
+    SharedPolicy,
     Strategy,
     Target,
     TargetConfig,
@@ -47,9 +48,14 @@ EXEC_POST = "backup.exec.post"
 STOP_TIMEOUT = "backup.stop-timeout"
 IMAGE = "backup.image"
 KEEP = "backup.keep"
+SHARED = "backup.shared"
+GROUP = "backup.group"
+GROUP_ORDER = "backup.group.order"
+READY_TIMEOUT = "backup.ready-timeout"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
+DEFAULT_READY_TIMEOUT = 60
 
 # Service names end up in file names; "_" is allowed because names are parsed from
 # the right (see naming.py), "/" and leading dots are not.
@@ -126,6 +132,22 @@ LABELS: tuple[Label, ...] = (
           "be pulled again (built here, never pushed: no repository digest); `always`; `never`", field="image"),
     Label(KEEP, None, None, "rotation for this container (`daily=14,monthly=12`); frequencies not named come "
           "from `BACKUP_KEEP`", field="keep", accepted=KEEP_VALUES.accepted, shown_default="`BACKUP_KEEP`"),
+    Label(SHARED, member_of(SharedPolicy), SharedPolicy.QUIESCE, "with `stop`/`pause`: `quiesce` stops (or "
+          "pauses) every other running container that mounts one of the backed-up volumes read-write, and puts "
+          "it back after the read; `ignore` leaves them running (the log names them)", field="shared"),
+    Label(GROUP, Parser(_name, "1-100 letters, digits, `.`, `_`, `-`; a letter or digit first"), None,
+          "containers with the same group are backed up in one run: all stopped (or paused) before the first "
+          "archive, in reverse dependency order, and started after the last, in dependency order. Members must "
+          "agree on `backup.schedule` and `backup.strategy` (else every member is skipped with both values named); "
+          "`backup NAME` of one member backs up the whole group",
+          field="group", shown_default="none"),
+    Label(GROUP_ORDER, whole(0, 1000, "accepted: a whole number"), None, "order in the group when Compose "
+          "records no `depends_on`: low starts first and stops last", field="group_order",
+          shown_default="Compose's `depends_on`, else the name"),
+    Label(READY_TIMEOUT, whole(0, MAX_STOP_TIMEOUT, "accepted: whole seconds", digits=5), DEFAULT_READY_TIMEOUT,
+          "after a `stop`/`pause` backup: seconds to wait for the container's healthcheck to say healthy (the "
+          "downtime ends then; a warning when it does not). No healthcheck: running is ready",
+          field="ready_timeout"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

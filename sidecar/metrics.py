@@ -45,7 +45,7 @@ from .state import JsonState
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "metrics.json"  # in the backup volume's state folder
-RESULTS = ("success", "failure", "skipped")
+RESULTS = ("success", "failure", "skipped", "aborted")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
@@ -119,7 +119,7 @@ def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
     per_target = _section(_section(doc, "targets"), outcome.target)
     runs = _section(per_target, "runs")
     runs[result] = runs.get(result, 0) + 1
-    if result == "skipped":
+    if result in ("skipped", "aborted"):  # no attempt at the data: last status and times stay
         return
     _observe_duration(_section(per_target, "duration"), float(outcome.seconds))
     per_target["downtime"] = float(outcome.downtime)
@@ -294,7 +294,8 @@ def _families() -> list[Metric]:
         CounterMetricFamily("backup_sidecar_runs", "Backup runs by result.", labels=["target", "result"]),
         HistogramMetricFamily("backup_sidecar_duration_seconds", "How long backups of the target took.", labels=t),
         GaugeMetricFamily("backup_sidecar_downtime_seconds",
-                          "How long the target was stopped or paused by its last backup (0 for hot).", labels=t),
+                          "How long the target was stopped or paused by its last backup, until it ran again and "
+                          "its healthcheck (if any) passed (0 for hot).", labels=t),
         GaugeMetricFamily("backup_sidecar_archive_size_bytes", "Size of the volume's last archive.", labels=tv),
         GaugeMetricFamily("backup_sidecar_next_run_timestamp_seconds", "When the target is backed up next.",
                           labels=t),

@@ -42,6 +42,17 @@ class ImagePolicy(enum.Enum):
         return self.value
 
 
+class SharedPolicy(enum.Enum):
+    """What a stop/pause backup does with other running containers that mount one of the
+    target's volumes read-write (label backup.shared)."""
+
+    QUIESCE = "quiesce"  # stop/pause them too (they write what is being read)
+    IGNORE = "ignore"  # leave them running (said in the log)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ContainerState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
@@ -64,6 +75,17 @@ class Mount:
     kind: str  # "volume" or "bind" (tmpfs and others are never backed up)
     source: str  # volume name for kind=volume, host path for kind=bind
     destination: str  # path inside the container
+    read_only: bool = False  # mounted `:ro` (a container that only reads a shared volume needs no quiesce)
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One entry of the engine's event log about a container (`docker events`)."""
+
+    action: str  # "kill", "stop", "die", "start", "destroy", "pause", ... (health_status's detail cut off)
+    container_id: str
+    time: float  # seconds since the epoch
+    signal: str | None = None  # for "kill": the signal number, as the engine writes it ("15", "9")
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,9 @@ class ContainerInfo:
     state: ContainerState
     labels: Mapping[str, str]
     mounts: tuple[Mount, ...]
+    # The healthcheck's status ("starting", "healthy", "unhealthy"); None: it has none (or
+    # the engine's list, which does not report it, was the source).
+    health: str | None = None
 
     @property
     def short_id(self) -> str:
@@ -111,6 +136,10 @@ class TargetConfig:
     stop_timeout: int
     image: ImagePolicy = ImagePolicy.AUTO
     keep: Keep = DEFAULT_KEEP
+    shared: SharedPolicy = SharedPolicy.QUIESCE
+    group: str | None = None  # backup.group: backed up together with the other members, in one run
+    group_order: int | None = None  # backup.group.order: stop late, start early (low first) without depends_on
+    ready_timeout: int = 60  # seconds a start waits for the healthcheck to pass (0: no wait)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
@@ -67,6 +67,9 @@ class Keep:
     daily: int
     weekly: int
     monthly: int
+    # Frequencies the text it was read from did not name (their counts came from the
+    # defaults): `describe` says so, so `plan` shows what was asked for.
+    filled: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         for freq in Frequency:
@@ -85,6 +88,15 @@ class Keep:
 
     def __str__(self) -> str:
         return ",".join(f"{f.value}={self.of(f)}" for f in Frequency)
+
+    def describe(self) -> str:
+        """What was given, then what the defaults filled in: `daily=7,weekly=4,monthly=3
+        (not named, from the defaults: hourly=24)`."""
+        given = ",".join(f"{f.value}={self.of(f)}" for f in Frequency if f.value not in self.filled)
+        if not self.filled:
+            return given
+        filled = ",".join(f"{f.value}={self.of(f)}" for f in Frequency if f.value in self.filled)
+        return f"{given} (not named, from the defaults: {filled})" if given else f"{filled} (the defaults)"
 
 
 DEFAULT_KEEP = Keep(hourly=24, daily=7, weekly=4, monthly=3)
@@ -113,7 +125,7 @@ def parse_keep(text: str, base: Keep = DEFAULT_KEEP) -> Keep:
         if len(digits) > len(str(MAX_KEEP)) or int(digits) > MAX_KEEP:
             raise ValueError(f"{key}={digits} is too large; accepted: {ACCEPTED}")
         values[key] = int(digits)
-    keep = replace(base, **values)
+    keep = replace(base, **values, filled=tuple(n for n in names if n not in values))
     if not any(keep.of(f) for f in Frequency):
         raise ValueError(f"{text!r} keeps nothing ({keep}): at least one frequency must keep 1 or more; "
                          f"accepted: {ACCEPTED}")

@@ -9,6 +9,7 @@ and rotation all happen after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import ArchiveResult
-from ..errors import BackupBusy, BackupError, SidecarError
-from ..model import ContainerInfo, ContainerState, Strategy, Target
+from ..errors import BackupAborted, BackupBusy, BackupError, SidecarError, StoppedByOthers
+from ..groups import Group
+from ..engine import WORKER_LABEL
+from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
-from .interrupt import Interruption, InterruptionKind, is_left_stopped
+from .interrupt import Interruption, InterruptionKind, LinkedEvent, is_left_stopped
 from .prune import promote
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
@@ -38,6 +41,9 @@ class BackupResult(enum.StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     SKIPPED = "skipped"
+    # Given up on purpose: someone else stopped or removed the container meanwhile, or the
+    # sidecar shut down. No archive; nothing is broken.
+    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,11 @@ class _FailedAfterArchives(Exception):
         self.error, self.archives, self.downtime = error, tuple(archives), downtime
 
 
-def run_backup(ctx: Context, target: Target) -> BackupOutcome:
+def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOutcome:
     """Back up `target` now. Never raises for an expected failure: the outcome says
-    what failed and in which phase, and the failure is logged. A bug raises."""
+    what failed and in which phase, and the failure is logged. A bug raises.
+    `together`: a member of a group run (`run_group`), which already ran its pre-command and
+    quiesced it, and does the off-site copy and rotation after the whole group."""
     started = time.monotonic()
     fields = {"target": target.backup_name, "container": target.container.name}
     items = tuple(item for source in sources_for(target) for item in source.describe(target))
@@ -89,16 +97,20 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
     try:
         with ctx.store.target_lock(target.backup_name):
-            archives, downtime, image = _backup(ctx, target)
+            archives, downtime, image = _backup(ctx, target, together)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
                              phase="start", finished_at=ctx.now())
     except _FailedAfterArchives as partial:
         return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
+    except StoppedByOthers as err:  # a shutdown's abort stays a failure: nothing was backed up
+        logger.warning("backup aborted", extra={**fields, "phase": err.phase, "error": str(err)})
+        return BackupOutcome(target.backup_name, target.container.name, BackupResult.ABORTED, (), items,
+                             time.monotonic() - started, 0.0, err.phase, str(err), ctx.now())
     except SidecarError as err:
         return failed(err, getattr(err, "phase", "backup"))
-    offsite_error = _after_success(ctx, target)
+    offsite_error = None if together else _after_success(ctx, target)
     seconds = time.monotonic() - started
     logger.info("backup finished", extra={
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
@@ -109,7 +121,8 @@ def run_backup(ctx: Context, target: Target) -> BackupOutcome:
                          seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image)
 
 
-def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, ArchiveResult | None]:
+def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[ArchiveResult], float,
+                                                                         ArchiveResult | None]:
     """The story of one backup; returns the archives, the seconds the container was down
     and the image export it made (None: none was needed)."""
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
@@ -117,7 +130,10 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, A
         raise BackupError(target.backup_name, "start", "a failed restore left the container stopped with an emptied "
                           "volume; restore it again before backing it up")
     running = container.state is ContainerState.RUNNING
-    _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
+    # This run's cancel flag: the sidecar shutting down, or someone else stopping the target.
+    ctx = dataclasses.replace(ctx, cancel=LinkedEvent(ctx.cancel))
+    if not together:
+        _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
     sources, archive_path = sources_for(target), _archive_path(ctx, target)
     with contextlib.ExitStack() as partial:  # unfinished archives are removed on every way out
         hot: list[Capture] = []
@@ -169,12 +185,63 @@ def _quiesced(ctx: Context, target: Target, container: ContainerInfo,
     if not needed or kind is None:
         yield _NotInterrupted()
         return
-    with Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout) as window:
-        yield window
-    # Here the container runs again: the rest costs no downtime.
+    window = Interruption(ctx, container, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
+                          ready_timeout=target.config.ready_timeout)
+    windows = [window]
+    try:
+        with contextlib.ExitStack() as others:
+            # Other writers of the same volumes first, the target last: it starts first again.
+            for writer in shared_writers(ctx, target, container):
+                windows.append(others.enter_context(Interruption(
+                    ctx, writer, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
+                    ready_timeout=target.config.ready_timeout)))
+            with window:
+                yield window
+    except BackupAborted as err:
+        if (why := _overruled(windows)) is None:
+            raise
+        raise StoppedByOthers(target.backup_name, err.phase, why) from err
+    if (why := _overruled(windows)) is not None:  # seen only at the end: not a backup of what we put back
+        raise StoppedByOthers(target.backup_name, "restart", why)
+    # Here the container runs again (and is ready, as far as its healthcheck says): the
+    # rest costs no downtime.
     logger.info("container running again", extra={"target": target.backup_name, "container": container.name,
-                                                   "phase": "restart",
-                                                   "downtime_seconds": round(window.seconds, 3)})
+                                                   "phase": "restart", "downtime_seconds": round(window.seconds, 3),
+                                                   "ready": _readiness(window.ready)})
+
+
+def _overruled(windows: list[Interruption]) -> str | None:
+    """Why the run gives up: someone else stopped one of the containers it interrupted."""
+    for window in windows:
+        if window.overruled is not None:
+            return f"someone else stopped {window.container.name!r}: {window.overruled}"
+    return None
+
+
+def shared_writers(ctx: Context, target: Target, container: ContainerInfo,
+                   exclude: frozenset[str] = frozenset()) -> list[ContainerInfo]:
+    """Other running containers that mount one of the target's volumes read-write: with
+    backup.shared=quiesce they are interrupted with it (the sidecar itself never is); with
+    `ignore` the log names them. `exclude`: ids quiesced already (a group's members)."""
+    volumes = {v.mount.source for v in target.volumes if v.mount.kind == "volume"}
+    if not volumes:
+        return []
+    own = ctx.own_id()
+    found = [c for c in ctx.engine.list_containers() if c.id not in (container.id, own, *exclude)
+             and WORKER_LABEL not in c.labels
+             and any(m.kind == "volume" and m.source in volumes and not m.read_only for m in c.mounts)]
+    if found and target.config.shared is SharedPolicy.IGNORE:
+        logger.warning("other containers write to the target's volumes and are not quiesced (backup.shared=ignore)",
+                       extra={"target": target.backup_name, "containers": sorted(c.name for c in found)})
+        return []
+    if found:
+        logger.info("quiescing the other writers of the target's volumes too",
+                    extra={"target": target.backup_name, "containers": sorted(c.name for c in found)})
+    return found
+
+
+def _readiness(ready: bool | None) -> str:
+    return {True: "healthy", False: "not healthy in time", None: "running (no healthcheck)"}[ready]
 
 
 def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[ArchiveResult]:
@@ -241,3 +308,69 @@ def _command(ctx: Context, target: Target, container_id: str, command: str | Non
     if code != 0:
         raise BackupError(target.backup_name, phase, f"backup.exec.{phase} exited with {code}: {tail}")
     logger.info(f"backup.exec.{phase} succeeded", extra={**fields, "seconds": round(time.monotonic() - started, 3)})
+
+
+def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
+    """Back up the members of a backup.group in one run: every member's pre-command, then
+    all stopped (or paused) in stop order (dependents first) with their volumes' other
+    writers, every member's archives, all put back in start order; the off-site copy and
+    rotation after. One outcome per member, in start order."""
+    lead = group.lead
+    kind = {Strategy.STOP: InterruptionKind.STOPPED, Strategy.PAUSE: InterruptionKind.PAUSED}.get(lead.config.strategy)
+    logger.info("group backup started", extra={"group": group.name, "phase": "start",
+                                               "members": [t.backup_name for t in group.members]})
+    gctx = dataclasses.replace(ctx, cancel=LinkedEvent(ctx.cancel))
+    outcomes: list[BackupOutcome] = []
+    windows: dict[str, Interruption] = {}
+    extra: list[Interruption] = []  # the other writers of the members' volumes
+    try:
+        with contextlib.ExitStack() as interrupted:
+            states = {t.backup_name: gctx.engine.inspect(t.container.id) for t in group.members}
+            for target in group.members:
+                running = states[target.backup_name].state is ContainerState.RUNNING
+                _command(gctx, target, target.container.id, target.config.exec_pre, "pre", running)
+            if kind is not None:
+                _quiesce_group(gctx, group, kind, states, interrupted, windows, extra)
+            for target in group.members:
+                # Not waiting for the watchers' next look: a member someone stopped meanwhile
+                # aborts the members not read yet.
+                for window in (*windows.values(), *extra):
+                    window.check()
+                outcomes.append(run_backup(gctx, target, together=True))
+    except (BackupError, SidecarError) as err:
+        logger.error("group backup failed", extra={"group": group.name, "error": str(err)})
+        return [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase=getattr(err, "phase", "stop"),
+                              error=str(err), finished_at=ctx.now()) for t in group.members]
+    overruled = _overruled(list(windows.values()) + extra)
+    finished = []
+    for target, outcome in zip(group.members, outcomes):
+        window = windows.get(target.backup_name)
+        downtime = window.seconds if window is not None else 0.0
+        if overruled is not None and not outcome.ok and outcome.result is not BackupResult.SKIPPED:
+            # Given up for someone else's stop; members read before it keep their (consistent) archives.
+            outcome = dataclasses.replace(outcome, result=BackupResult.ABORTED, archives=(), downtime=downtime,
+                                          error=f"group {group.name!r}: {overruled}")
+        elif outcome.ok:
+            outcome = dataclasses.replace(outcome, downtime=downtime, offsite_error=_after_success(ctx, target))
+        finished.append(outcome)
+    logger.info("group backup finished", extra={"group": group.name, "phase": "done",
+                                                "results": {o.target: str(o.result) for o in finished}})
+    return finished
+
+
+def _quiesce_group(ctx: Context, group: Group, kind: InterruptionKind, states: dict[str, ContainerInfo],
+                   stack: contextlib.ExitStack, windows: dict[str, Interruption], extra: list[Interruption]) -> None:
+    """Interrupts every running member in stop order (and the other writers of its volumes
+    before it); the ExitStack puts them back in the reverse order: start order."""
+    members = frozenset(t.container.id for t in group.members)
+    for target in group.stop_order:
+        container = states[target.backup_name]
+        if container.state is not ContainerState.RUNNING:
+            continue
+        for writer in shared_writers(ctx, target, container, exclude=members):
+            extra.append(stack.enter_context(Interruption(ctx, writer, kind, target.backup_name,
+                                                          target.config.stop_timeout, abort=ctx.cancel,
+                                                          ready_timeout=target.config.ready_timeout)))
+        windows[target.backup_name] = stack.enter_context(Interruption(
+            ctx, container, kind, target.backup_name, target.config.stop_timeout, abort=ctx.cancel,
+            ready_timeout=target.config.ready_timeout))

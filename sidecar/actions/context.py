@@ -35,6 +35,7 @@ class Context:
     # next sync cycle tries them afresh (sync.run_sync(new_cycle=True)).
     unreachable: set[str] = field(default_factory=set)
     _scope: Scope | None = field(default=None, repr=False)
+    _own: str | None = field(default=None, repr=False)  # "" once looked up and not in a container
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
@@ -85,4 +86,12 @@ class Context:
         """Targets and skipped containers in scope, from `containers` or a fresh listing."""
         if containers is None:
             containers = self.engine.list_candidates(ENABLE)
-        return discover(containers, self.settings.default_schedule, self.scope().project, self.settings.keep)
+        return discover(containers, self.settings.default_schedule, self.scope().project, self.settings.keep,
+                        own_id=self.own_id())
+
+    def own_id(self) -> str | None:
+        """The id of the container the sidecar runs in (None: none, or no engine); looked up once."""
+        if self._own is None:
+            own = self.engine.own_container() if self.engine is not None else None
+            self._own = own.id if own is not None else ""
+        return self._own or None

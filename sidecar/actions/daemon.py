@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import Callable
 
 from ..discovery import Discovery
+from ..groups import Group, groups_of
 from ..errors import SidecarError
 from ..metrics import Metrics, TargetView
 from ..labels import ENABLE, is_candidate
 from ..model import ContainerInfo, Target
-from .backup import BackupOutcome, BackupResult, run_backup
+from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
 from .recover import run_recovery
 from .rotate import run_rotation
@@ -216,8 +217,13 @@ class Daemon:
                     if self.metrics is not None:
                         self.metrics.scheduled(target.backup_name, self._next[target.backup_name].timestamp())
                 upcoming = min(self._next.values(), default=None)
+            groups_due: set[str] = set()
             for target in due:
-                self._submit(target)
+                if target.config.group is None:
+                    self._submit(target)
+                elif target.config.group not in groups_due:  # every member is due: one run for all
+                    groups_due.add(target.config.group)
+                    self._submit_group(target.config.group)
             self._maybe_sync()
             wait = TICK_SECONDS
             if upcoming is not None:
@@ -256,6 +262,34 @@ class Daemon:
                                            error="previous run still running", finished_at=self.ctx.now()))
                 return
             self._running[target.backup_name] = self._pool.submit(self._run_one, target)
+
+    def _submit_group(self, name: str) -> None:
+        key = f"group:{name}"
+        with self._lock:
+            group = groups_of(self._discovery.targets).get(name)
+            running = self._running.get(key)
+            if group is None:
+                return
+            if running is not None and not running.done():
+                logger.warning("group backup skipped: the previous run of this group is still running",
+                               extra={"group": name, "phase": "schedule"})
+                for target in group.members:
+                    self._record(BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED,
+                                               phase="schedule", error="previous run still running",
+                                               finished_at=self.ctx.now()))
+                return
+            self._running[key] = self._pool.submit(self._run_group, group)
+
+    def _run_group(self, group: Group) -> list[BackupOutcome]:
+        try:
+            outcomes = run_group(self.ctx, group)
+        except Exception as exc:  # a bug must not kill the worker silently
+            logger.exception("group backup crashed", extra={"group": group.name})
+            outcomes = [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase="internal",
+                                      error=repr(exc), finished_at=self.ctx.now()) for t in group.members]
+        for outcome in outcomes:
+            self._record(outcome)
+        return outcomes
 
     def _run_one(self, target: Target) -> BackupOutcome:
         try:

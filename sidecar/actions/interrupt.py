@@ -1,27 +1,62 @@
-"""Stopping or pausing a container for a backup or restore, and always putting it back.
+"""Stopping or pausing a container for a backup or restore, and always putting it back
+(and waiting until it is ready again: healthy, when it has a healthcheck).
 
 The journal entry is written before the container is touched and removed only after it
 runs again, so a sidecar killed in between restarts it on its next start
 (`run_recovery`). A container its owner had stopped is never started. A restore that
 failed after emptying a volume leaves its container stopped on purpose (`leave_stopped`):
 the journal then says "left-stopped", which recovery reports and never acts on.
+
+Someone else's stop wins over ours. The engine does not say who sent a request, but its
+event log shows every stop request that found the container running: ours adds one
+`kill` (the stop signal; a second one, SIGKILL, when the stop timeout ran out) and one
+`stop`. More than that, between the journal entry and the put back, is someone else's
+`docker stop`/`kill` (`docker-compose stop`/`down` included): the container is left
+stopped, the journal forgets it, the run is aborted (`user_stop`). A stop sent to a
+container that is already stopped leaves no trace at all (the engine answers 304, and
+Compose does not even send it): when the sidecar is itself stopped by the engine with
+its Compose project, it cannot know whether the stack is going down, so a target of its
+own project is left to the journal instead of started (`stack_stopping`): the next start
+puts it back unless someone started, stopped or removed it meanwhile.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
+import threading
 import time
 from types import TracebackType
+from typing import Sequence
 
 from ..errors import ContainerNotFound, EngineError, SidecarError
-from ..model import ContainerInfo, ContainerState
+from ..model import ContainerEvent, ContainerInfo, ContainerState
 from ..storage import JournalEntry
 from .context import Context
 
 logger = logging.getLogger(__name__)
 
 _RESTORE_ATTEMPTS = 3
+# How often the engine's event log is read while a container is interrupted (seconds).
+WATCH_INTERVAL = 0.5
+# Only events after the journal entry count (the engine and the sidecar read one host
+# clock): an earlier margin would count the previous run's own stop of a frequent schedule.
+# A `docker stop` sent just before ours still shows, by its `stop` event at the end.
+_EVENT_MARGIN = 0.0
+_HARD_KILL = "9"
+
+
+class LinkedEvent(threading.Event):
+    """A cancel flag for one run: set by itself (someone else stopped the target) or
+    through its parent (the sidecar shuts down). Only `is_set` looks at the parent."""
+
+    def __init__(self, parent: threading.Event):
+        super().__init__()
+        self._parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._parent.is_set()
 
 
 class InterruptionKind(enum.StrEnum):
@@ -36,37 +71,58 @@ class InterruptionKind(enum.StrEnum):
 
 class Interruption:
     """Context manager: stops (or pauses) on enter, starts (or unpauses) on exit, on
-    every path. A failure to put the container back is raised only when no other error
-    is already on its way out; otherwise it is logged."""
+    every path, and waits until the container is ready again (`ready_timeout`). A failure
+    to put the container back is raised only when no other error is already on its way
+    out; otherwise it is logged.
+
+    While the container is interrupted the engine's events are watched: when someone
+    else stops or removes it, `overruled` says so and `abort` (when given) is set, so the
+    read in progress stops and lets go of the volume; on the way out it is left stopped."""
 
     def __init__(self, ctx: Context, container: ContainerInfo, action: InterruptionKind, target: str,
-                 stop_timeout: int = 10):
+                 stop_timeout: int = 10, abort: threading.Event | None = None, ready_timeout: float = 0.0):
         self.ctx = ctx
         self.container = container
         self.action = action
         self.target = target
         self.stop_timeout = stop_timeout
+        self.abort = abort
+        self.ready_timeout = ready_timeout
         self.started_at: float | None = None
         self.seconds = 0.0
+        self.overruled: str | None = None  # why the container was left stopped: someone else's stop
+        self.ready: bool | None = None  # after the put back: healthy in time (None: no healthcheck, or not started)
         self._left = False
+        self._since = 0.0
+        self._stop_done = threading.Event()
+        self._hard_killed = False  # our stop ran out of time and the engine sent SIGKILL
+        self._watch_end = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def __enter__(self) -> "Interruption":
         c = self.container
-        self.ctx.journal.add(JournalEntry(c.id, c.name, self.action.value, self.target, time.time()))
+        self._since = time.time()
+        self.ctx.journal.add(JournalEntry(c.id, c.name, self.action.value, self.target, self._since))
         self.started_at = time.monotonic()
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{c.short_id}", daemon=True)
+        self._watcher.start()
         try:
             if self.action is InterruptionKind.STOPPED:
-                self.ctx.engine.stop(c.id, timeout=self.stop_timeout)
+                self._hard_killed = bool(self.ctx.engine.stop(c.id, timeout=self.stop_timeout))
             else:
                 self.ctx.engine.pause(c.id)
         except BaseException:
+            self._end_watch()
             self._put_back(raise_errors=False)
             raise
+        finally:
+            self._stop_done.set()
         phase = "stop" if self.action is InterruptionKind.STOPPED else "pause"
         logger.info(f"container {self.action}", extra=self._fields(phase=phase))
         return self
 
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._end_watch()
         if self._left:
             if self.started_at is not None:
                 self.seconds = time.monotonic() - self.started_at
@@ -79,9 +135,52 @@ class Interruption:
         leave_stopped(self.ctx, self.container, self.target, reason)
         self._left = True
 
+    # --- someone else's stop -------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._watch_end.wait(WATCH_INTERVAL):
+            if self._check():
+                return
+
+    def check(self) -> bool:
+        """Reads the events since the journal entry now; True when someone else's stop was
+        seen (then `overruled` says why and `abort` is set)."""
+        return self._check()
+
+    def _check(self) -> bool:
+        if self.overruled is not None:
+            return True
+        try:
+            events = self.ctx.engine.container_events(self.container.id, self._since - _EVENT_MARGIN)
+        except SidecarError as err:  # the engine is busy or gone: the put back finds out
+            logger.debug("could not read the container's events", extra=self._fields(error=str(err)))
+            return False
+        reason = user_stop(events, self.action, stop_returned=self._stop_done.is_set(), hard_killed=self._hard_killed)
+        if reason is None:
+            return False
+        self.overruled = reason
+        if self.abort is not None:
+            self.abort.set()
+        return True
+
+    def _end_watch(self) -> None:
+        self._watch_end.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=10)
+
     def _put_back(self, raise_errors: bool) -> None:
         try:
-            put_back(self.ctx, self.container.id, self.action, self.target)
+            if self._check():
+                self._leave_to_its_owner()
+                return
+            if self.ctx.cancel.is_set() and (why := stack_stopping(self.ctx, self.container, self._since)):
+                self._left = True
+                logger.warning("container not started: the sidecar is being stopped with its Compose project; the "
+                               "journal keeps it and the next start puts it back unless someone started, stopped "
+                               "or removed it meanwhile", extra=self._fields(phase="restart", reason=why))
+                return
+            acted = put_back(self.ctx, self.container.id, self.action, self.target)
+            if acted and self.ready_timeout > 0:
+                self.ready = wait_ready(self.ctx, self.container, self.target, self.ready_timeout)
         except SidecarError as err:
             logger.error("could not put the container back; it stays in the journal and is retried "
                          "on the next start", extra=self._fields(phase="restart", error=str(err)))
@@ -91,8 +190,90 @@ class Interruption:
             if self.started_at is not None:
                 self.seconds = time.monotonic() - self.started_at
 
+    def _leave_to_its_owner(self) -> None:
+        self._left = True
+        self.ctx.journal.remove(self.container.id)
+        logger.warning("container left stopped: someone else stopped it while the sidecar had it "
+                       f"{self.action}; not starting it", extra=self._fields(phase="restart", reason=self.overruled))
+
     def _fields(self, **more) -> dict:
         return {"target": self.target, "container": self.container.name, **more}
+
+
+def user_stop(events: Sequence[ContainerEvent], action: InterruptionKind | str, stop_returned: bool = True,
+              hard_killed: bool = False) -> str | None:
+    """Why these events (of one container, since just before the sidecar interrupted it)
+    show someone else's stop or removal; None when they show only the sidecar's own.
+    `stop_returned`: the sidecar's stop call is over (before that, a SIGKILL may be the
+    engine ending it); `hard_killed`: it ended with SIGKILL (one SIGKILL is then ours)."""
+    action = InterruptionKind(action)
+    counts = collections.Counter(e.action for e in events)
+    if counts["destroy"]:
+        return "the container was removed"
+    if action is InterruptionKind.PAUSED:
+        # The sidecar only pauses: any stop, kill or exit is someone else's.
+        if counts["stop"] or counts["kill"] or counts["die"]:
+            return f"it was stopped or killed while paused (events: {_summary(counts)})"
+        return None
+    signals = [e.signal for e in events if e.action == "kill"]
+    soft, hard = sum(s != _HARD_KILL for s in signals), sum(s == _HARD_KILL for s in signals)
+    ours_hard = 1 if (hard_killed or not stop_returned) else 0
+    if counts["stop"] > 1 or soft > 1 or hard > ours_hard:
+        return f"another stop or kill request reached the engine (events: {_summary(counts)})"
+    return None
+
+
+def _summary(counts: collections.Counter) -> str:
+    return ", ".join(f"{n} {action}" for action, n in sorted(counts.items()) if action in
+                     ("kill", "stop", "die", "destroy", "start", "pause", "unpause"))
+
+
+def stack_stopping(ctx: Context, container: ContainerInfo, since: float) -> str | None:
+    """While the sidecar shuts down: whether its own container is being stopped by the
+    engine together with `container`'s Compose project (a stop Compose does not send to a
+    container that is already stopped). None when the sidecar runs outside that project,
+    was not stopped through the engine, or the project's other containers run on (only
+    the sidecar is being stopped or recreated)."""
+    project = container.compose_project
+    try:
+        own = ctx.engine.own_container()
+        if project is None or own is None or own.compose_project != project:
+            return None
+        if not _stopped_since(ctx, own.id, since):
+            return None
+        others = [c for c in ctx.engine.list_containers(project, running=False) if c.id not in (own.id, container.id)]
+        if others and not any(_stopped_since(ctx, c.id, since) for c in others):
+            return None
+    except SidecarError as err:
+        logger.debug("could not tell whether the stack is being stopped", extra={"error": str(err)})
+        return None
+    return f"the sidecar's container {own.name!r} was stopped with Compose project {project!r}"
+
+
+def _stopped_since(ctx: Context, container_id: str, since: float) -> bool:
+    events = ctx.engine.container_events(container_id, since - _EVENT_MARGIN)
+    return any(e.action in ("kill", "stop") for e in events)
+
+
+def wait_ready(ctx: Context, container: ContainerInfo, target: str, timeout: float) -> bool | None:
+    """After a start or unpause: wait until the healthcheck says healthy (up to `timeout`
+    seconds). Returns True when healthy, False when it did not get there in time (a
+    warning), None when the container has no healthcheck (ready once it runs)."""
+    fields = {"target": target, "container": container.name, "phase": "ready"}
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        info = ctx.engine.inspect(container.id)
+        if info.health is None:
+            return None
+        if info.health == "healthy":
+            return True
+        if time.monotonic() >= deadline or info.state is not ContainerState.RUNNING:
+            logger.warning("container not healthy after its backup: the healthcheck did not pass in time", extra={
+                **fields, "health": info.health, "state": info.state.value, "ready_timeout": timeout})
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 1.0)
 
 
 def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: str) -> None:
@@ -108,13 +289,22 @@ def is_left_stopped(ctx: Context, container_id: str) -> bool:
                for e in ctx.journal.entries())
 
 
-def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, target: str) -> bool:
+def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, target: str,
+             since: float | None = None) -> bool:
     """Start (or unpause) a container the sidecar interrupted, then forget it in the
     journal. Returns True when something had to be done. Retries engine errors a few times.
-    `action` may be the journal's string."""
+    `action` may be the journal's string. With `since` (the journal entry's time, for a
+    sidecar that died meanwhile): the engine's events since then are read first, and a
+    container someone else stopped or removed is forgotten, not started."""
     action = InterruptionKind(action)
     if action is InterruptionKind.LEFT_STOPPED:
         raise ValueError("a container left stopped is never put back by the journal")
+    if since is not None and (reason := _stopped_by_someone(ctx, container_id, action, since)):
+        ctx.journal.remove(container_id)
+        logger.warning("container left stopped: someone else stopped it while the sidecar had it "
+                       f"{action}; not starting it", extra={"target": target, "container": container_id[:12],
+                                                           "phase": "recovery", "reason": reason})
+        return False
     last: EngineError | None = None
     for attempt in range(_RESTORE_ATTEMPTS):
         try:
@@ -141,3 +331,12 @@ def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, ta
             time.sleep(0.5 * (attempt + 1))  # short backoff between engine retries
     assert last is not None
     raise last
+
+
+def _stopped_by_someone(ctx: Context, container_id: str, action: InterruptionKind, since: float) -> str | None:
+    try:
+        events = ctx.engine.container_events(container_id, since - _EVENT_MARGIN)
+    except SidecarError:  # unknown: the usual put back decides (and reports what fails)
+        return None
+    # The sidecar that died may have seen its stop run out of time: one SIGKILL may be ours.
+    return user_stop(events, action, hard_killed=True)

@@ -53,7 +53,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             next_run=t.config.schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
             volumes=tuple(f"{v.volume_name}={v.mount.destination}" for v in t.volumes),
             compression=str(t.config.compression),
-            keep=str(t.config.keep),
+            keep=t.config.keep.describe(),
             **_three_two_one(ctx, [states[(t.backup_name, v.volume_name)] for v in t.volumes]),
         )
         for t in discovery.targets

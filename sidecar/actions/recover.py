@@ -33,7 +33,7 @@ def run_recovery(ctx: Context) -> list[str]:
             continue
         try:
             with ctx.store.target_lock(entry.target):
-                acted = put_back(ctx, entry.container_id, entry.action, entry.target)
+                acted = put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
         except BackupBusy:
             logger.info("journal entry belongs to a backup in progress; left alone", extra=fields)
             continue

@@ -39,7 +39,7 @@ MAX_ERROR_CHARS = 1000  # an error text longer than this is cut in a message
 
 @dataclass(frozen=True)
 class Message:
-    event: str  # "failure", "recovery", "success" or "skipped"
+    event: str  # "failure", "recovery", "success", "skipped" or "aborted"
     target: str
     phase: str | None
     title: str
@@ -68,11 +68,15 @@ def decide(result: str, failing: Failing | None, on: NotifyOn) -> str | None:
         if failing is not None:
             return "recovery"
         return "success" if on is NotifyOn.ALWAYS else None
+    if result == "aborted":
+        return "aborted"  # given up on purpose (someone stopped the container): news, not a failure
     return "skipped" if on is NotifyOn.ALWAYS else None
 
 
-_TITLES = {"failure": "failed", "recovery": "recovered", "success": "succeeded", "skipped": "skipped"}
-_TYPES = {"failure": "failure", "recovery": "success", "success": "success", "skipped": "warning"}
+_TITLES = {"failure": "failed", "recovery": "recovered", "success": "succeeded", "skipped": "skipped",
+           "aborted": "aborted"}
+_TYPES = {"failure": "failure", "recovery": "success", "success": "success", "skipped": "warning",
+          "aborted": "warning"}
 
 
 def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Message:
@@ -86,7 +90,7 @@ def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Mess
         ("container", getattr(outcome, "container", None)),
         ("volumes", ", ".join(getattr(outcome, "volumes", ()) or ()) or None),
     ]
-    if event in ("failure", "skipped"):
+    if event in ("failure", "skipped", "aborted"):
         lines += [("phase", phase or "unknown"), ("error", _cut(getattr(outcome, "error", None)))]
     archives = tuple(getattr(outcome, "archives", ()) or ())
     if archives:

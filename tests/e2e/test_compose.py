@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import time
+import urllib.request
 
-from .support import log_records, wait_for
+from .support import BUSYBOX, log_records, stderr_records, wait_for
 
 
 def test_recreating_a_service_is_no_name_clash(lab, stack):
@@ -79,3 +82,135 @@ def test_a_sidecar_in_a_stack_backs_up_only_its_stack(lab, stack, sidecar_image)
 def _plan(stack, **env) -> dict | None:
     done = stack.exec("backup", "backup-sidecar", "plan", "--json", env=env)
     return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+# --- someone else's stop wins (issue 9, item 1) ----------------------------------------------
+
+# Takes seconds (12) to stop after SIGTERM, however loaded the machine: the user's `docker-compose stop` lands while the
+# sidecar's own stop is still in flight (`$` doubled for Compose).
+SLOW_STOP = "trap 'sleep 12; exit 0' TERM; while :; do sleep 1 & wait $$!; done"
+
+
+def _slow_app(stack, schedule: str = "* * * * * */2") -> dict:
+    labels = {"backup.enable": "true", "backup.strategy": "stop", "backup.stop-timeout": "30",
+              "backup.schedule": schedule}
+    app = stack.service(labels, {"data": "/data"})
+    app["command"] = ["sh", "-c", SLOW_STOP]
+    del app["network_mode"]  # on the stack's network: `down` must be able to remove it
+    return app
+
+
+def _events(docker_client, name: str, since: float) -> list[str]:
+    return [e["Action"] for e in docker_client.api.events(since=since, until=time.time(), decode=True,
+                                                          filters={"type": "container", "container": name})]
+
+
+def _compose_logs(stack, service: str) -> list[dict]:
+    text = stack.run("logs", "--no-color", service).stdout
+    return stderr_records("\n".join(line.split("|", 1)[-1].strip() for line in text.splitlines()))
+
+
+def test_the_users_compose_stop_wins_over_a_stop_backup(lab, stack, docker_client):
+    stack.write({"app": _slow_app(stack)}, volumes=("data",))
+    stack.run("up", "-d")
+    daemon, log = lab.start_cli("run", log_name="daemon.log")
+    wait_for(lambda: any(r["message"] == "stop sent" for r in log_records(log)), timeout=60,
+             what="the daemon's stop of the app")
+    user_stop = time.time()
+    stack.run("stop")  # while the sidecar's stop is in flight: both wait for the app to exit
+
+    records = wait_for(lambda: [r for r in log_records(log) if r["message"] == "backup aborted"] and log_records(log),
+                       timeout=120, what="the backup to be aborted")
+    left = [r for r in records if r["message"].startswith("container left stopped: someone else stopped it")]
+    assert left and left[0]["container"] == f"{lab.project}_app_1", records
+    aborted = next(r for r in records if r["message"] == "backup aborted")
+    assert "someone else stopped" in aborted["error"]
+    # The next scheduled runs find it stopped and never start it.
+    seen = len(records)
+    wait_for(lambda: any(r["message"] == "backup finished" for r in log_records(log)[seen:]), timeout=60,
+             what="a later run (of the stopped container)")
+    assert "start" not in _events(docker_client, f"{lab.project}_app_1", user_stop)
+    assert docker_client.api.inspect_container(f"{lab.project}_app_1")["State"]["Status"] == "exited"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'backup_sidecar_runs_total{result="aborted",target="app"} 1.0' in metrics
+
+    done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
+    assert not docker_client.volumes.list(filters={"name": f"{lab.project}_data"})
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+
+
+def test_stopping_the_stack_with_its_sidecar_leaves_the_app_stopped_also_after_a_restart(
+        lab, stack, docker_client, sidecar_image):
+    stack.write({"app": _slow_app(stack), "backup": stack.sidecar(sidecar_image)}, volumes=("data",))
+    stack.run("up", "-d")
+    wait_for(lambda: any(r["message"] == "stop sent" for r in _compose_logs(stack, "backup")), timeout=90,
+             what="the sidecar's stop of the app")
+    user_stop = time.time()
+    stack.run("stop")  # the app and the sidecar: the sidecar shuts down mid-backup
+
+    app = f"{lab.project}_app_1"
+    state = docker_client.api.inspect_container(app)["State"]["Status"]
+    assert state == "exited", [(r["message"], r.get("reason") or r.get("error")) for r in _compose_logs(stack, "backup")]
+    stack.run("start", "backup")  # the sidecar alone: its recovery must not start the app either
+    wait_for(lambda: sum(r["message"] == "sidecar running" for r in _compose_logs(stack, "backup")) == 2, timeout=90,
+             what="the restarted sidecar")
+    records = _compose_logs(stack, "backup")
+    assert any(r["message"].startswith("container left stopped: someone else stopped it") for r in records), records
+    assert "start" not in _events(docker_client, app, user_stop)
+    assert docker_client.api.inspect_container(app)["State"]["Status"] == "exited"
+
+    done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
+
+
+def test_stopping_the_stack_while_its_sidecar_reads_a_stopped_app_keeps_it_stopped(
+        lab, stack, docker_client, sidecar_image):
+    # The sidecar's own stop is over: Compose sends no stop to an exited container, so only the
+    # sidecar's own stop (with its project) tells the stack is going down.
+    app = stack.service({"backup.enable": "true", "backup.strategy": "stop", "backup.compression": "gzip",
+                         "backup.schedule": "* * * * * */2"}, {"data": "/data"})
+    del app["network_mode"]
+    stack.write({"app": app, "backup": stack.sidecar(sidecar_image)}, volumes=("data",))
+    stack.run("up", "-d", "app")
+    volume = f"{lab.project}_data"
+    lab.run_oneshot("dd if=/dev/urandom of=blob bs=1M count=150 2>/dev/null", {volume: "/data"})  # a slow read
+    stack.run("up", "-d")
+    name = f"{lab.project}_app_1"
+    wait_for(lambda: any(r["message"] == "container stopped" for r in _compose_logs(stack, "backup")), timeout=90,
+             what="the sidecar to stop the app")
+    user_stop = time.time()
+    stack.run("stop")
+    assert docker_client.api.inspect_container(name)["State"]["Status"] == "exited"
+    assert "start" not in _events(docker_client, name, user_stop)
+    records = _compose_logs(stack, "backup")
+    assert any(r["message"].startswith("container not started: the sidecar is being stopped with its Compose project")
+               for r in records), records
+
+    done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
+    assert not docker_client.volumes.list(filters={"name": volume})
+
+
+def test_sigterm_during_a_one_shot_backup_waits_for_the_stop_in_flight_and_puts_it_back(lab, docker_client):
+    volume = lab.volume("data")
+    app = lab.container(BUSYBOX, name=f"{lab.project}-app", command=["sh", "-c", SLOW_STOP.replace("$$", "$")],
+                        network_mode="none", volumes={volume: {"bind": "/data", "mode": "rw"}},
+                        labels={"backup.enable": "true", "backup.strategy": "stop", "backup.name": "app",
+                                "backup.stop-timeout": "30", "com.docker.compose.project": lab.project,
+                                "com.docker.compose.service": "app"})
+    proc, log = lab.start_cli("backup", "app")
+    wait_for(lambda: any(r["message"] == "stop sent" for r in log_records(log)), timeout=60, what="the stop")
+    since = time.time()
+    proc.send_signal(signal.SIGTERM)  # the app takes seconds to stop: the stop is in flight
+    assert proc.wait(60) == 1
+    assert lab.state(app) == "running"
+    assert [e["Action"] for e in docker_client.api.events(
+        since=since, until=time.time(), decode=True, filters={"type": "container", "container": app.id})
+        if e["Action"] in ("stop", "start")] == ["stop", "start"]
+    assert json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())["interrupted"] == []
+    assert not lab.archives()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from sidecar.errors import ContainerNotFound, EngineError
-from sidecar.model import ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
+from sidecar.model import ContainerEvent, ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,6 +60,9 @@ class FakeEngine:
         self.workers_run: list[WorkerSpec] = []
         self.leftover_workers: list[ContainerInfo] = []  # what list_workers finds
         self.is_local = True  # BACKUP_DIR of a host process is a path of the engine's host
+        self.log: list[ContainerEvent] = []  # what the engine's event log holds (container_events)
+        self.on_stop = None  # called with the container id inside stop (e.g. someone else's stop meanwhile)
+        self.health_after: dict[str, int] = {}  # container id -> inspects until its healthcheck says healthy
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,
@@ -84,6 +87,23 @@ class FakeEngine:
     def set_state(self, container_id: str, state: ContainerState) -> None:
         c = self._get(container_id)
         c.info = replace(c.info, state=state)
+
+    def record(self, container_id: str, *actions: str, signal: str | None = None) -> None:
+        """Append events to the engine's log (a kill carries `signal`)."""
+        for action in actions:
+            self.log.append(ContainerEvent(action, container_id, time.time(), signal if action == "kill" else None))
+
+    def someone_stops(self, container_id: str) -> None:
+        """`docker stop` by someone else: its events, and the container exited."""
+        self.record(container_id, "kill", signal="15")
+        if self._get(container_id).info.state is ContainerState.RUNNING:
+            self.record(container_id, "die")
+        self.record(container_id, "stop")
+        self.set_state(container_id, ContainerState.EXITED)
+
+    def remove(self, container_id: str) -> None:
+        self.record(container_id, "destroy")
+        del self.containers[self._get(container_id).info.id]
 
     def names(self, method: str) -> list[tuple]:
         """The recorded calls of one method."""
@@ -130,7 +150,13 @@ class FakeEngine:
 
     def inspect(self, ref: str) -> ContainerInfo:
         self._call("inspect", ref)
-        return self._get(ref).info
+        c = self._get(ref)
+        left = self.health_after.get(c.info.id)
+        if left is not None and c.info.health == "starting":  # healthy after that many looks
+            self.health_after[c.info.id] = left - 1
+            if left <= 1:
+                c.info = replace(c.info, health="healthy")
+        return c.info
 
     def find_container(self, ref: str) -> ContainerInfo | None:
         try:
@@ -142,21 +168,48 @@ class FakeEngine:
         self._call("state", container_id)
         return self._get(container_id).info.state
 
-    def stop(self, container_id: str, timeout: int) -> None:
+    def stop(self, container_id: str, timeout: int) -> bool:
         self._call("stop", container_id, timeout)
-        self.set_state(container_id, ContainerState.EXITED)
+        cid = self._get(container_id).info.id
+        if self._get(cid).info.state is not ContainerState.RUNNING:  # the engine's 304: no events
+            return False
+        self.record(cid, "kill", signal="15")
+        if self.on_stop is not None:  # while the stop is in flight
+            self.on_stop(cid)
+        if self._get(cid).info.state is ContainerState.RUNNING:
+            self.record(cid, "die")
+        self.record(cid, "stop")
+        self.set_state(cid, ContainerState.EXITED)
+        return False
 
     def start(self, container_id: str) -> None:
         self._call("start", container_id)
+        self.record(self._get(container_id).info.id, "start")
         self.set_state(container_id, ContainerState.RUNNING)
+        if container_id in self.health_after:
+            c = self._get(container_id)
+            c.info = replace(c.info, health="starting")
 
     def pause(self, container_id: str) -> None:
         self._call("pause", container_id)
+        self.record(self._get(container_id).info.id, "pause")
         self.set_state(container_id, ContainerState.PAUSED)
 
     def unpause(self, container_id: str) -> None:
         self._call("unpause", container_id)
+        self.record(self._get(container_id).info.id, "unpause")
         self.set_state(container_id, ContainerState.RUNNING)
+
+    def list_containers(self, project: str | None = None, running: bool = True) -> list[ContainerInfo]:
+        self._call("list_containers", project, running)
+        return [c.info for c in self.containers.values()
+                if (project is None or c.info.compose_project == project)
+                and (not running or c.info.state in (ContainerState.RUNNING, ContainerState.PAUSED))]
+
+    def container_events(self, container_id: str, since: float, until: float | None = None) -> list[ContainerEvent]:
+        self._call("container_events", container_id)
+        return [e for e in self.log if e.container_id == container_id and e.time >= since
+                and (until is None or e.time <= until)]
 
     def exec(self, container_id: str, command: str) -> tuple[int, str]:
         self._call("exec", container_id, command)

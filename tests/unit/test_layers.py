@@ -28,6 +28,7 @@ LAYERS = {
     "sidecar.model": CORE,
     "sidecar.labels": CORE,
     "sidecar.schedule": CORE,
+    "sidecar.groups": CORE,
     "sidecar.naming": CORE,
     "sidecar.retention": CORE,
     "sidecar.settings": CORE,
