@@ -237,7 +237,8 @@ def test_worker_is_removed_with_no_volume_left(lab, worker_image, backup_mounted
     result = engine.run_worker(spec, on_line)
     assert result.ok and result.tail == ("ready", "done")
     assert seen["config"]["NetworkMode"] == "none" and seen["config"]["ReadonlyRootfs"] is True
-    assert seen["config"]["CapDrop"] == ["ALL"] and seen["user"] == ""
+    # No user asked for: the image's own (the sidecar's non-root user), never root by default.
+    assert seen["config"]["CapDrop"] == ["ALL"] and seen["user"] == lab.client.images.get(worker_image).attrs["Config"]["User"]
     anonymous = _anonymous(seen["mounts"])
     # Mounted at /backups, the backup volume stands in for the image's VOLUME /backups;
     # without it the engine makes an anonymous volume, removed with the worker.
