@@ -35,7 +35,7 @@ check_docker_socket() {
         setting="DOCKER_HOST=$DOCKER_HOST"
     else
         sock=/var/run/docker.sock
-        setting="Docker socket $sock (DOCKER_HOST unset)"
+        setting="DOCKER_HOST unset (default unix://$sock)"
     fi
     if [ ! -e "$sock" ]; then
         fail "$setting: $sock does not exist; expected the Docker socket mounted, e.g. -v /var/run/docker.sock:/var/run/docker.sock"
