@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
-from .support import log_records, wait_for
+import yaml
+
+from .support import REPO, log_records, wait_for
 
 
 def test_recreating_a_service_is_no_name_clash(lab, stack):
@@ -79,3 +83,23 @@ def test_a_sidecar_in_a_stack_backs_up_only_its_stack(lab, stack, sidecar_image)
 def _plan(stack, **env) -> dict | None:
     done = stack.exec("backup", "backup-sidecar", "plan", "--json", env=env)
     return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def test_the_example_files_pass_compose_config_with_least_privilege(stack):
+    # Debian's docker-compose reads both shipped variants as they are; the sidecar service runs
+    # read-only without capabilities, with the socket's group (example) or no socket (proxy).
+    services = {}
+    for name in ("compose.example.yaml", "compose.proxy.yaml"):
+        done = subprocess.run([stack.binary, "-f", name, "config"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "DOCKER_GID": "4242"})
+        assert done.returncode == 0, done.stderr
+        services[name] = yaml.safe_load(done.stdout)["services"]
+    for name, found in services.items():
+        backup = found["backup"]
+        assert backup["read_only"] is True and backup["cap_drop"] == ["ALL"], name
+        assert "/tmp" in backup["tmpfs"] and backup["security_opt"] == ["no-new-privileges:true"], name
+    example, proxied = services["compose.example.yaml"]["backup"], services["compose.proxy.yaml"]
+    assert example["group_add"] == ["4242"]
+    assert proxied["backup"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert not any("docker.sock" in str(v) for v in proxied["backup"]["volumes"])
+    assert any(str(REPO / "socket-proxy" / "haproxy.cfg") in str(v) for v in proxied["docker-proxy"]["volumes"])
