@@ -77,13 +77,16 @@ check_backup_dir() {
 }
 
 not_ours() {
-    printf 'BACKUP_DIR: %s belongs to uid %s (mode %s) and the sidecar runs as uid %s; expected the backup volume to be its own: hand it over once with `docker compose run --rm --user 0 backup true` (the entrypoint, started as root, gives BACKUP_DIR to uid %s and drops to it), or `chown -R %s:%s` on the host folder' \
-        "$1" "$(stat -c %u "$1")" "$(stat -c %a "$1")" "$(id -u)" "$SIDECAR_UID" "$SIDECAR_UID" "$SIDECAR_UID"
+    printf 'BACKUP_DIR: %s belongs to uid %s (mode %s) and the sidecar runs as uid %s; expected the backup volume to be its own (an older image ran as root): hand it over once with `chown -R %s:%s FOLDER` on the host, or `docker run --rm --user 0 -v VOLUME_OR_FOLDER:%s IMAGE true` (started as root, the entrypoint gives BACKUP_DIR to uid %s, then drops to it)' \
+        "$1" "$(stat -c %u "$1")" "$(stat -c %a "$1")" "$(id -u)" "$SIDECAR_UID" "$SIDECAR_UID" "${BACKUP_DIR:-/backups}" "$SIDECAR_UID"
 }
 
 # Started as root: BACKUP_DIR's files to SIDECAR_UID, then this script again as that uid,
 # with the Docker socket's group (no capabilities kept).
 drop_root() {
+    command -v setpriv >/dev/null 2>&1 || fail "started as root, but setpriv (util-linux) is missing to drop to uid $SIDECAR_UID; run as uid $SIDECAR_UID, or set SIDECAR_UID=0"
+    # Without CAP_SETUID and CAP_CHOWN (cap_drop: ALL) setpriv cannot switch users: say so rather than fail obscurely.
+    setpriv --reuid="$SIDECAR_UID" true 2>/dev/null || fail "started as root without the capabilities to drop to uid $SIDECAR_UID (cap_drop?); run as uid $SIDECAR_UID (the image's user), or as root with the default capabilities"
     dir=${BACKUP_DIR:-/backups}
     if [ -d "$dir" ]; then
         moved=$(find "$dir" -xdev -name lost+found -prune -o ! -uid "$SIDECAR_UID" -print \
@@ -95,7 +98,6 @@ drop_root() {
     if [ -n "$sock" ] && [ -S "$sock" ]; then
         groups="--groups=$(stat -c %g "$sock")"
     fi
-    command -v setpriv >/dev/null 2>&1 || fail "started as root, but setpriv (util-linux) is missing to drop to uid $SIDECAR_UID; run as uid $SIDECAR_UID, or set SIDECAR_UID=0"
     exec setpriv --reuid="$SIDECAR_UID" --regid="$SIDECAR_UID" "$groups" --inh-caps=-all -- "$0" "$@"
 }
 
