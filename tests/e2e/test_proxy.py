@@ -171,6 +171,8 @@ def test_the_whole_flow_through_the_allow_list_proxy(lab, worker_image, socket_p
     assert not unlisted, f"calls the README does not list: {unlisted}"
     # The flow went through the proxy: events, strategies, hooks, workers, export, load.
     seen = {f"{m} {re.sub(r'^/v[0-9.]+', '', p)}" for m, p, _s, _v in requests}
+    print("calls through the proxy:", *sorted({re.sub(r"/[0-9a-f]{64}|/backup-sidecar-worker-\w+", "/{id}", call)
+                                               for call in seen}), sep="\n  ")
     for must in (r"GET /events", r"POST /containers/\w+/stop", r"POST /containers/\w+/pause",
                  r"POST /containers/\w+/exec", r"POST /containers/create", r"GET /containers/\w+/logs",
                  r"GET /images/.+/get", r"POST /images/load"):
