@@ -117,7 +117,7 @@ def test_worker_archive_equals_the_engine_api_archive_and_round_trips(lab, worke
     assert lab.manifest(volume) == original
     if has_xattrs:  # the engine's unpack applies the PAX xattr records
         script = "import os; print(os.getxattr('/data/secret.txt', 'user.note'), len(os.getxattr('/data/nested', 'user.dir')))"
-        out = lab.client.containers.run(worker_image, ["-c", script], entrypoint=["python"], remove=True,
+        out = lab.client.containers.run(worker_image, ["-c", script], entrypoint=["python"], user="0", remove=True,
                                         volumes={volume: {"bind": "/data", "mode": "ro"}}, network_mode="none")
         assert out.decode().split() == ["b'hello'", "300"]
 
