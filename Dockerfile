@@ -104,6 +104,8 @@ RUN set -eu; \
 COPY --from=builder /opt/deps /opt/venv
 COPY --from=builder /opt/app/ /opt/venv/
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
+# The mode from the build context may have lost its x bit (a checkout on Windows, a tarball).
+RUN chmod 0755 /usr/local/bin/entrypoint.sh
 
 ENV PATH=/opt/venv/bin:$PATH \
     BACKUP_DIR=/backups \
