@@ -4,6 +4,7 @@ a compose file written by the test, `up -d`, `down -v` in teardown."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,7 +35,9 @@ class Stack:
         Python and dependencies, the worktree's `sidecar` package mounted first on the path
         (no image build per test run)."""
         env = {"PYTHONPATH": "/tree", "BACKUP_SHUTDOWN_GRACE": "2", **(environment or {})}
+        # The image runs as a non-root user: it reaches the socket through the socket's group.
         return {"image": image, "network_mode": "none", "environment": env,
+                "group_add": [str(os.stat("/var/run/docker.sock").st_gid)],
                 "volumes": ["/var/run/docker.sock:/var/run/docker.sock", f"{REPO / 'sidecar'}:/tree/sidecar:ro"],
                 **more}
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 import urllib.request
 
-from .support import BUSYBOX, log_records, stderr_records, wait_for
+import yaml
+
+from .support import BUSYBOX, REPO, log_records, stderr_records, wait_for
 
 
 def test_recreating_a_service_is_no_name_clash(lab, stack):
@@ -214,3 +217,23 @@ def test_sigterm_during_a_one_shot_backup_waits_for_the_stop_in_flight_and_puts_
         if e["Action"] in ("stop", "start")] == ["stop", "start"]
     assert json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())["interrupted"] == []
     assert not lab.archives()
+
+
+def test_the_example_files_pass_compose_config_with_least_privilege(stack):
+    # Debian's docker-compose reads both shipped variants as they are; the sidecar service runs
+    # read-only without capabilities, with the socket's group (example) or no socket (proxy).
+    services = {}
+    for name in ("compose.example.yaml", "compose.proxy.yaml"):
+        done = subprocess.run([stack.binary, "-f", name, "config"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "DOCKER_GID": "4242"})
+        assert done.returncode == 0, done.stderr
+        services[name] = yaml.safe_load(done.stdout)["services"]
+    for name, found in services.items():
+        backup = found["backup"]
+        assert backup["read_only"] is True and backup["cap_drop"] == ["ALL"], name
+        assert "/tmp" in backup["tmpfs"] and backup["security_opt"] == ["no-new-privileges:true"], name
+    example, proxied = services["compose.example.yaml"]["backup"], services["compose.proxy.yaml"]
+    assert example["group_add"] == ["4242"]
+    assert proxied["backup"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert not any("docker.sock" in str(v) for v in proxied["backup"]["volumes"])
+    assert any(str(REPO / "socket-proxy" / "haproxy.cfg") in str(v) for v in proxied["docker-proxy"]["volumes"])

@@ -117,7 +117,7 @@ def test_worker_archive_equals_the_engine_api_archive_and_round_trips(lab, worke
     assert lab.manifest(volume) == original
     if has_xattrs:  # the engine's unpack applies the PAX xattr records
         script = "import os; print(os.getxattr('/data/secret.txt', 'user.note'), len(os.getxattr('/data/nested', 'user.dir')))"
-        out = lab.client.containers.run(worker_image, ["-c", script], entrypoint=["python"], remove=True,
+        out = lab.client.containers.run(worker_image, ["-c", script], entrypoint=["python"], user="0", remove=True,
                                         volumes={volume: {"bind": "/data", "mode": "ro"}}, network_mode="none")
         assert out.decode().split() == ["b'hello'", "300"]
 
@@ -237,7 +237,8 @@ def test_worker_is_removed_with_no_volume_left(lab, worker_image, backup_mounted
     result = engine.run_worker(spec, on_line)
     assert result.ok and result.tail == ("ready", "done")
     assert seen["config"]["NetworkMode"] == "none" and seen["config"]["ReadonlyRootfs"] is True
-    assert seen["config"]["CapDrop"] == ["ALL"] and seen["user"] == ""
+    # No user asked for: the image's own (the sidecar's non-root user), never root by default.
+    assert seen["config"]["CapDrop"] == ["ALL"] and seen["user"] == lab.client.images.get(worker_image).attrs["Config"]["User"]
     anonymous = _anonymous(seen["mounts"])
     # Mounted at /backups, the backup volume stands in for the image's VOLUME /backups;
     # without it the engine makes an anonymous volume, removed with the worker.
