@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("sidecar").addHandler(_EmitWarnings(logging.WARNING))
-    logging.getLogger("sidecar").setLevel(logging.WARNING)
+    ours, handler = logging.getLogger("sidecar"), _EmitWarnings(logging.WARNING)
+    level = ours.level
+    ours.addHandler(handler)
+    ours.setLevel(logging.WARNING)
     try:
         result = run(args)
     except ArchiveError as err:
@@ -110,6 +112,9 @@ def main(argv: list[str]) -> int:
     except (SidecarError, OSError, ValueError) as err:  # ValueError: an unreadable keys file
         emit({"event": "error", "refused": False, "message": str(err)})
         return EXIT_FAILED
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
     emit({"event": "result", **result})
     return EXIT_OK
 
