@@ -270,3 +270,28 @@ def test_a_worker_failure_after_emptying_leaves_the_app_stopped(lab, worker_imag
     assert lab.state(app) == "exited"
     journal = json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())
     assert [e["action"] for e in journal["interrupted"]] == ["left-stopped"]
+
+
+def test_the_sidecar_in_its_container_restores_through_a_worker_from_its_own_image(lab, worker_image):
+    """As users run it: no BACKUP_WORKER_IMAGE, the worker comes from the sidecar's own
+    image and mounts the backup volume the sidecar's container has (read-only)."""
+    volume = lab.volume("data")
+    lab.populate(volume, "mkdir sub; echo hello > sub/hello.txt; ln -s sub/hello.txt link; chown -R 1000:1000 sub")
+    original = lab.manifest(volume)
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
+    sidecar = lab.container(
+        worker_image, command=["sh", "-c", "sleep 600"], entrypoint=[], network_mode="none",
+        environment={"BACKUP_PROJECT": lab.project, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+                     "BACKUP_DIR": "/backups"},
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                 str(lab.backup_dir): {"bind": "/backups", "mode": "rw"}})
+    backup = sidecar.exec_run(["backup-sidecar", "backup", "app"])
+    assert backup.exit_code == 0, backup.output.decode()
+    lab.populate(volume, "echo changed > sub/hello.txt; echo junk > junk")
+
+    restored = sidecar.exec_run(["backup-sidecar", "restore", "app", "--volume", "data", "--force"])
+    output = restored.output.decode()
+    assert restored.exit_code == 0, output
+    assert _paths(output) == ["worker"], output
+    assert lab.manifest(volume) == original
+    assert lab.state(app) == "running"
