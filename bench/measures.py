@@ -161,8 +161,9 @@ class Bench:
             shutil.rmtree(into)
             volume, _ = self.lab.volume(f"restore{run}")
             container = self.lab.container(f"restore{run}", volume, start=False, target=False)
-            result = proc.run(["restore", container.name, "--volume", "/data", "--archive", str(archive)],
-                              self.env("restore"))
+            env = self.env("restore")
+            result = proc.run(["restore", container.name, "--volume", "/data", "--archive", str(
+                _linked_into(archive, Path(env["BACKUP_DIR"])))], env)
             row.samples.append(result.record("restore finished")["seconds"])
             container.remove(force=True)
             self.lab.client.volumes.get(volume).remove(force=True)
@@ -428,3 +429,15 @@ def _free_port_pairs(count: int) -> list[int]:
                 continue
         ports.append(port)
     return ports
+
+
+def _linked_into(archive: Path, backup_dir: Path) -> Path:
+    """The archive (and its checksum) hard-linked into a restore's own BACKUP_DIR, where a
+    worker container can read it (it mounts the backup volume, not arbitrary paths)."""
+    folder = backup_dir / archive.parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (archive, archive.with_name(archive.name + ".sha256")):
+        target = folder / path.name
+        if not target.exists():
+            os.link(path, target)
+    return folder / archive.name

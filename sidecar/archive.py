@@ -1,6 +1,7 @@
 """Archive files: writing a tar stream compressed under a temporary name with its
-SHA-256 computed on the way, publishing it atomically, and reading it back with the
-checksum verified and every member checked before anything is restored.
+SHA-256 computed on the way, publishing it atomically, naming and checksum files, and
+reading an archive's tar bytes back (iter_tar). Checking and restoring members is the
+checked extractor's alone (sidecar/extract.py: one parser that checks what it writes).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import contextlib
 import fnmatch
 import gzip
 import hashlib
-import io
 import logging
 import os
 import tarfile
@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 import zstandard
 
 from . import crypto
-from .errors import ArchiveError, BackupAborted, ChecksumMismatch, EncryptionError, UnsafeArchive
+from .errors import ArchiveError, BackupAborted, EncryptionError
 from .fsutil import fsync_dir
 from .keys import DecryptionKeys
 from .model import Compression
@@ -278,97 +278,12 @@ def filter_tar(chunks: Iterable[bytes], out, patterns: tuple[str, ...]) -> None:
 
 # --- reading back ---------------------------------------------------------------------
 
-class _MeteredReader:
-    """Passes reads through, counting the bytes and hashing them (SHA-256)."""
-
-    def __init__(self, fileobj: BinaryIO):
-        self._f = fileobj
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self.sha.update(data)
-        self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
-
-
 def _decompressed(raw, compression: Compression):
     if compression is Compression.ZSTD:
         return zstandard.ZstdDecompressor().stream_reader(raw, closefd=False, read_across_frames=True)
     if compression is Compression.GZIP:
         return gzip.GzipFile(fileobj=raw, mode="rb")
     return raw
-
-
-@dataclass(frozen=True)
-class ArchiveCheck:
-    path: Path
-    sha256: str
-    members: int
-    tar_bytes: int
-    root: tarfile.TarInfo | None  # the volume root's own entry (mode, owner, times)
-
-
-def check_archive(path: Path, require_checksum: bool = True, keys: DecryptionKeys | None = None) -> ArchiveCheck:
-    """Verify the checksum and that every member is safe to restore, in one read
-    (decrypting an encrypted archive with `keys`). Raises ChecksumMismatch,
-    UnsafeArchive, EncryptionError or ArchiveError; writes nothing."""
-    expected = read_checksum(path)
-    if expected is None and require_checksum:
-        raise ArchiveError(f"{path}: no {path.name}{CHECKSUM_SUFFIX} beside it; refusing to restore an unverified archive")
-    compression = compression_for(path)
-    checker = MemberChecker()
-    count = 0
-    root = None
-    with open(path, "rb") as f:
-        hashing = _MeteredReader(f)
-        failure: Exception | None = None
-        try:
-            with _plain_reader(hashing, path, keys) as plain:
-                counter = _MeteredReader(_decompressed(plain, compression))
-                with tarfile.open(fileobj=counter, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-                    for member in tar:
-                        checker.check(member)
-                        count += 1
-                        if root is None and member.isdir() and _relname(member.name) == "":
-                            root = member
-                counter.drain()
-        except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError, EncryptionError) as exc:
-            failure = exc
-        # Only now: while decrypting, a worker thread may still be reading `hashing`.
-        hashing.drain()
-    actual = hashing.sha.hexdigest()
-    if expected is not None and actual != expected:
-        # Say "checksum mismatch" whenever the file is not the one that was written.
-        raise ChecksumMismatch(f"{path}: SHA-256 is {actual}, the checksum file says {expected}") from failure
-    if isinstance(failure, EncryptionError):
-        raise failure
-    if failure is not None:
-        raise ArchiveError(f"{path}: damaged archive ({failure})") from failure
-    checker.finish()
-    if count == 0:
-        raise ArchiveError(f"{path}: the archive holds no members")
-    return ArchiveCheck(path, actual, count, counter.count, root)
-
-
-def root_entry_tar(name: str, root: tarfile.TarInfo) -> bytes:
-    """A one-entry tar that gives the folder `name` the owner, mode and times of an
-    archive's root entry. The engine skips a "." entry when unpacking, so the volume's
-    own metadata is applied by unpacking this into the mount's parent folder."""
-    entry = tarfile.TarInfo(name)
-    entry.type = tarfile.DIRTYPE
-    entry.mode, entry.uid, entry.gid, entry.mtime = root.mode, root.uid, root.gid, root.mtime
-    entry.uname, entry.gname = root.uname, root.gname
-    entry.pax_headers = {k: v for k, v in root.pax_headers.items() if k in ("mtime", "atime", "ctime")}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(entry)
-    return buf.getvalue()
 
 
 def iter_raw(path: Path, block: int = READ_SIZE) -> Iterator[bytes]:
@@ -391,60 +306,6 @@ def _relname(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return "" if name in (".", "") else name.rstrip("/")
-
-
-class MemberChecker:
-    """Refuses members that would land outside the restore target: absolute paths,
-    '..' components, paths through a symlink of the archive, symlinks and hard links
-    that resolve outside (following the archive's own symlinks, in any order), and
-    device nodes. Call `check` for each member, then `finish` once at the end."""
-
-
-    def __init__(self) -> None:
-        self._symlinks: dict[str, str] = {}  # relative name -> target
-        self._hardlinks: dict[str, str] = {}
-
-    def check(self, member: tarfile.TarInfo) -> None:
-        name = member.name
-        if name.startswith("/"):
-            raise UnsafeArchive(f"member {name!r} has an absolute path")
-        rel = _relname(name)
-        parts = rel.split("/") if rel else []
-        if ".." in parts:
-            raise UnsafeArchive(f"member {name!r} contains '..'")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self._symlinks:
-                raise UnsafeArchive(f"member {name!r} is written through the symlink {'/'.join(parts[:i])!r}")
-        if member.ischr() or member.isblk():
-            raise UnsafeArchive(f"member {name!r} is a device node")
-        if member.issym():
-            self._symlinks[rel] = member.linkname
-            self._check_symlink(rel, member.linkname)
-        elif member.islnk():
-            self._hardlinks[rel] = member.linkname
-            self._check_hardlink(rel, member.linkname)
-
-    def finish(self) -> None:
-        """Check every link again against all of the archive's symlinks: a symlink
-        stored later can change where an earlier one leads."""
-        for rel, target in self._symlinks.items():
-            self._check_symlink(rel, target)
-        for rel, target in self._hardlinks.items():
-            self._check_hardlink(rel, target)
-
-    def _check_symlink(self, rel: str, target: str) -> None:
-        if target.startswith("/"):
-            raise UnsafeArchive(f"symlink {rel!r} points to the absolute path {target!r}, outside the volume")
-        parent = rel.split("/")[:-1]
-        if self._escapes(parent, target):
-            raise UnsafeArchive(f"symlink {rel!r} -> {target!r} points outside the volume")
-
-    def _check_hardlink(self, rel: str, target: str) -> None:
-        if target.startswith("/") or self._escapes([], _relname(target)):
-            raise UnsafeArchive(f"hard link {rel!r} -> {target!r} points outside the volume")
-
-    def _escapes(self, base: list[str], target: str) -> bool:
-        return symlink_escapes(self._symlinks, base, target)
 
 
 class ProgressLog:

@@ -633,6 +633,12 @@ class _Pass:
         self.policy = Policy()
         self.summary: Summary | None = None
         self._gen: Generator[tuple[Member, Iterator[bytes]], None, None] | None = None
+        self._tar: _Tar | None = None
+
+    @property
+    def tar_bytes(self) -> int:
+        """Bytes of tar read so far."""
+        return self._tar.count if self._tar is not None else 0
 
     def __enter__(self) -> "_Pass":
         return self
@@ -658,7 +664,7 @@ class _Pass:
     def _members(self) -> Generator[tuple[Member, Iterator[bytes]], None, None]:
         count, root = 0, None
         with _plain(self.archive, self.raw, self.keys) as plain:
-            tar = _Tar(_decompressed(plain, self.archive.compression))
+            tar = self._tar = _Tar(_decompressed(plain, self.archive.compression))
             for header, data in _Parser(tar).members():
                 member = self.policy.accept(header)
                 count += 1
@@ -690,12 +696,22 @@ def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Summary:
     return one.summary
 
 
-def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None) -> Summary:
+def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum: bool = True) -> Summary:
+    """`verify` of an archive file by its path (opened once)."""
+    with open_archive(path, require_checksum) as archive:
+        return verify(archive, keys)
+
+
+def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None,
+            progress: Callable[[int], None] | None = None) -> Summary:
     """Check and write every member into the folder `into` in one pass; directories get
-    their metadata after their contents, the root entry is applied to `into` itself."""
+    their metadata after their contents, the root entry is applied to `into` itself.
+    `progress` gets the tar bytes read so far after each member."""
     with DirectoryWriter(into) as writer, _Pass(archive, keys) as one:
         for member, data in one.members():
             writer.write(member, data)
+            if progress is not None:
+                progress(one.tar_bytes)
         writer.finish()
     assert one.summary is not None
     return one.summary

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import ArchiveResult, ArchiveWriter, check_archive, iter_tar
+from ..archive import ArchiveResult, ArchiveWriter
 from ..errors import BackupError, SidecarError
+from ..extract import canonical_tar, open_archive, verify
 from ..image_index import ImageIndex
 from ..model import Compression, ImagePolicy, Target
 from ..naming import choose_image_name
@@ -74,10 +75,16 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
 
 
 def run_restore_image(ctx: Context, ref: str) -> tuple[Path, list[str]]:
-    """Verify an image export and load it into the engine (`docker load`)."""
+    """Verify an image export and load it into the engine (`docker load`). Our checked
+    extractor reads it: a whole pass first (nothing reaches the engine from a damaged or
+    unsafe export), then the engine's loader gets the canonical stream of the same
+    descriptor (only the members our parser accepted, in headers we wrote), never the
+    raw bytes another tar reader could read differently."""
     path = ctx.store.resolve(ref)
-    check_archive(path, keys=ctx.settings.decryption)
-    lines = ctx.engine.load_image(iter_tar(path, keys=ctx.settings.decryption))
+    keys = ctx.settings.decryption
+    with open_archive(path) as archive:
+        verify(archive, keys)
+        lines = ctx.engine.load_image(canonical_tar(archive, keys))
     logger.info("image loaded", extra={"path": str(path), "phase": "restore-image", "loaded": lines})
     return path, lines
 

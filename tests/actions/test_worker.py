@@ -18,7 +18,8 @@ import zstandard
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.recover import remove_leftover_workers, run_recovery
-from sidecar.archive import check_archive, iter_tar
+from sidecar.archive import iter_tar
+from sidecar.extract import verify_file as check_archive
 from sidecar.errors import ArchiveError
 from sidecar.keys import DecryptionKeys
 from sidecar.model import Compression, ContainerInfo, ContainerState, WorkerResult

@@ -21,17 +21,15 @@ import pytest
 from sidecar import archive
 from sidecar.archive import (
     ArchiveWriter,
-    MemberChecker,
     ProgressLog,
-    check_archive,
     compression_for,
     filter_tar,
     is_excluded,
     iter_tar,
     read_checksum,
-    root_entry_tar,
     sha256_file,
 )
+from sidecar.extract import verify_file as check_archive  # the one check of an archive (issue 8)
 from sidecar.errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
 from sidecar.model import Compression
 
@@ -391,124 +389,6 @@ def test_compression_for_refuses_other_names(tmp_path, name):
     (tmp_path / name).write_bytes(RAW)
     with pytest.raises(ArchiveError):
         check_archive(tmp_path / name, require_checksum=False)
-
-
-def test_root_entry_tar_carries_the_volume_root_metadata():
-    root = members(RAW)[0]
-    assert root.name == "." and root.isdir()
-    data = root_entry_tar("pgdata", root)
-    (only,) = members(data)
-    assert only.name == "pgdata" and only.isdir()
-    assert (only.mode, only.uid, only.gid, only.uname, only.gname, int(only.mtime)) == (
-        0o755, 1000, 1001, "app", "grp", 1_774_000_000)
-
-
-# --- MemberChecker -----------------------------------------------------------------------
-
-def info(name: str, type: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
-    m = tarfile.TarInfo(name)
-    m.type, m.linkname = type, linkname
-    return m
-
-
-def sym(name, target):
-    return info(name, tarfile.SYMTYPE, target)
-
-
-def hard(name, target):
-    return info(name, tarfile.LNKTYPE, target)
-
-
-UNSAFE = [
-    ("absolute", [info("/etc/passwd")], "absolute path"),
-    ("absolute-dir", [info("/tmp", tarfile.DIRTYPE)], "absolute path"),
-    ("dotdot", [info("../x")], "contains '..'"),
-    ("dotdot-dot-slash", [info("./../x")], "contains '..'"),
-    ("dotdot-inner", [info("a/b/../../../x")], "contains '..'"),
-    ("dotdot-only", [info("..", tarfile.DIRTYPE)], "contains '..'"),
-    ("symlink-absolute", [sym("etc", "/etc")], "absolute path '/etc'"),
-    ("symlink-absolute-inside-looking", [sym("data", "/data/x")], "outside the volume"),
-    ("symlink-up", [sym("up", "..")], "points outside"),
-    ("symlink-up-file", [sym("up", "../x")], "points outside"),
-    ("symlink-nested-escape", [info("a", tarfile.DIRTYPE), sym("a/up", "../../x")], "points outside"),
-    ("symlink-hidden-escape", [sym("s", "d/../../x")], "points outside"),
-    ("through-symlink", [sym("s", "dir"), info("s/x")], "written through the symlink 's'"),
-    ("through-symlink-dot-slash", [sym("./s", "dir"), info("./s/x")], "written through the symlink 's'"),
-    ("through-nested-symlink", [sym("a/s", "../b"), info("a/s/deep/x")], "written through the symlink 'a/s'"),
-    ("through-symlink-dir", [sym("s", "."), info("s/sub", tarfile.DIRTYPE)], "written through the symlink"),
-    ("through-symlink-to-dot", [sym("s", "."), info("s/s/x")], "written through the symlink"),
-    ("hard-link-up", [hard("h", "../x")], "hard link 'h'"),
-    ("hard-link-absolute", [hard("h", "/etc/shadow")], "points outside the volume"),
-    ("hard-link-hidden-up", [hard("h", "./a/../../x")], "points outside the volume"),
-    ("char-device", [info("dev/null", tarfile.CHRTYPE)], "device node"),
-    ("block-device", [info("dev/sda", tarfile.BLKTYPE)], "device node"),
-]
-
-
-@pytest.mark.parametrize("entries, reason", [c[1:] for c in UNSAFE], ids=[c[0] for c in UNSAFE])
-def test_member_checker_refuses(entries, reason):
-    checker = MemberChecker()
-    for m in entries[:-1]:
-        checker.check(m)
-    with pytest.raises(UnsafeArchive) as err:
-        checker.check(entries[-1])
-    assert reason in str(err.value)
-    assert repr(entries[-1].name) in str(err.value)
-
-
-@pytest.mark.parametrize("entries", [
-    [sym("lnk", "."), sym("up", "lnk/..")],
-    [sym("lnk", "."), sym("up", "lnk/../etc"), hard("h", "up/shadow")],
-    [info("d", tarfile.DIRTYPE), sym("d/here", "."), sym("d/out", "here/../..")],
-], ids=["symlink", "symlink-then-hard-link", "nested"])
-def test_member_checker_sees_through_archived_symlinks(entries):
-    checker = MemberChecker()
-    with pytest.raises(UnsafeArchive):
-        for m in entries:
-            checker.check(m)
-
-
-@pytest.mark.parametrize("entries", [
-    [sym("up", "lnk/.."), sym("lnk", ".")],
-    [hard("h", "lnk/../x"), sym("lnk", ".")],
-], ids=["symlink-stored-later", "hard-link-then-symlink"])
-def test_member_checker_finish_sees_links_stored_later(entries):
-    checker = MemberChecker()
-    for m in entries:
-        checker.check(m)
-    with pytest.raises(UnsafeArchive):
-        checker.finish()
-
-
-def test_member_checker_accepts_a_normal_tree():
-    checker = MemberChecker()
-    tree = [
-        info("./", tarfile.DIRTYPE),
-        info(".", tarfile.DIRTYPE),
-        info("./dir", tarfile.DIRTYPE),
-        info("./dir/file"),
-        info("dir/sub/", tarfile.DIRTYPE),
-        info("./dir/sub/deeper/file"),
-        sym("./link", "dir/file"),
-        sym("./dir/up", "../link"),
-        sym("./dir/sub/top", "../../dir/file"),
-        sym("./self", "."),
-        sym("./dir/parent", ".."),
-        sym("./dangling", "missing/file"),
-        sym("./empty-target", ""),
-        sym("./dotted", "a..b"),
-        hard("./hard", "./dir/file"),
-        hard("./dir/hard2", "dir/sub/deeper/file"),
-        info("./fifo", tarfile.FIFOTYPE),
-        info("./dir/..hidden"),
-        info("./file..with..dots"),
-        info("./dir/file"),  # the same name again (a tar may repeat members)
-    ]
-    for m in tree:
-        checker.check(m)
-    whole = MemberChecker()
-    for m in members(RAW):
-        whole.check(m)
 
 
 # --- excludes ----------------------------------------------------------------------------

@@ -50,6 +50,7 @@ LAYERS = {
     "sidecar.destinations": ADAPTERS,
     "sidecar.readers": ADAPTERS,
     "sidecar.extract": ADAPTERS,
+    "sidecar.unpack": ADAPTERS,  # the restore's unpack paths (worker, engine API)
     "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,
     "sidecar.cli": CLI,

@@ -1,24 +1,27 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
 sidecar/readers), and the volume restore: check the archive (checksum and every member) and
-that the volume is empty (or --force) before stopping anything, stop the container if it
-runs, empty the volume, write it with the checked extractor's canonical stream (sidecar/
-extract.py: the members written are exactly the members checked), start the container again.
-If the restore fails after the volume was emptied, the container is left stopped and
-journalled so ("left-stopped"), and RestoreLeftStopped says so."""
+that the volume is empty (or --force) before stopping anything, choose how it is unpacked
+(sidecar/unpack.py: a worker container running the checked extractor next to the data, the
+code that checks each member being the code that writes it; the engine's archive API fed
+the extractor's canonical stream when no worker can run), stop the container if it runs,
+empty the volume, unpack, start the container again. If the restore fails after the volume
+was emptied, the container is left stopped and journalled so ("left-stopped"), and
+RestoreLeftStopped says so."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Iterator
 
 from ...archive import ArchiveResult, ProgressLog
 from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
-from ...extract import ArchiveFile, Summary, canonical_tar, open_archive, root_entry, verify
+from ...extract import Summary, open_archive, verify
 from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
-from ... import readers
+from ... import readers, unpack
 from ..context import Context
 from ..interrupt import Interruption, InterruptionKind, is_left_stopped, put_back
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
@@ -122,7 +125,10 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                                                "bytes": check.tar_bytes, "sha256": check.sha256})
         if not request.force and not ctx.engine.path_is_empty(container.id, mount.destination):
             raise _not_empty(container, mount, volume_name)
-        downtime = _replace(ctx, request, mount, volume_name, archive, fields)
+        how = unpack.UnpackRequest(container, mount, archive, check.sha256, ctx.settings.decryption,
+                                   ctx.worker_settings, backup_name)
+        plan, reason = unpack.worker_plan(ctx.engine, how)  # probes: before anything is stopped
+        downtime = _replace(ctx, request, volume_name, how, plan, reason, fields)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -130,11 +136,11 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                           downtime)
 
 
-def _replace(ctx: Context, request: RestoreRequest, mount: Mount, volume_name: str, archive: ArchiveFile,
-             fields: dict) -> float:
+def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpack.UnpackRequest,
+             plan: unpack.WorkerPlan | None, reason: str, fields: dict) -> float:
     """Stop, empty, unpack, start; returns the seconds the container was down. A container a
     failed restore left stopped is started once this restore succeeds."""
-    container, backup_name = request.container, request.backup_name
+    container, backup_name, mount = request.container, request.backup_name, how.mount
     was_left = is_left_stopped(ctx, container.id)
     with contextlib.ExitStack() as stack:
         current = ctx.engine.inspect(container.id)
@@ -150,7 +156,7 @@ def _replace(ctx: Context, request: RestoreRequest, mount: Mount, volume_name: s
                 emptied = True
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
-            _unpack(ctx, container, mount, archive)
+            _unpack(ctx, dataclasses.replace(how, container=current), plan, reason, fields)
         except SidecarError as err:
             if emptied:
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
@@ -182,23 +188,18 @@ def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_na
         f"with --force (the container is started when it succeeds), or start it yourself"))
 
 
-def _unpack(ctx: Context, container: ContainerInfo, mount: Mount, archive: ArchiveFile) -> Summary:
-    """Write the archive into the volume through the engine: the stream the engine unpacks is
-    re-serialised by the checked extractor from exactly the members it accepted, in the same
-    read (sidecar/extract.py), and the volume root's own entry goes into the mount's parent.
-    The one place a worker container running `extract.worker_command` can replace."""
-    done: list[Summary] = []
+def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan | None, reason: str,
+            fields: dict) -> Summary:
+    """Write the archive into the volume: by a worker container when `plan` says one can
+    run, else through the engine (sidecar/unpack.py); the log says which."""
     try:
-        ctx.engine.put_archive(container.id, mount.destination,
-                               canonical_tar(archive, ctx.settings.decryption, on_done=done.append))
-        if not done:
-            raise RestoreError("the engine stopped reading before the end of the archive")
-        if done[0].root is not None:
-            parent, _, base = mount.destination.rstrip("/").rpartition("/")
-            ctx.engine.put_archive(container.id, parent or "/", root_entry(base, done[0].root))
+        summary, path = unpack.unpack(ctx.engine, how, plan, reason)
     except SidecarError as err:
-        raise RestoreError(f"unpacking {archive.name} into {container.name}:{mount.destination} failed: {err}") from err
-    return done[0]
+        raise RestoreError(f"unpacking {how.archive.name} into {how.container.name}:{how.mount.destination} "
+                           f"failed: {err}") from err
+    logger.info("volume unpacked", extra={**fields, "phase": "restore", "path": path, "members": summary.members,
+                                          "stripped": summary.stripped})
+    return summary
 
 
 def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:

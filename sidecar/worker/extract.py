@@ -1,0 +1,123 @@
+"""The extract worker: `python -m sidecar.worker.extract` restores one archive from the
+backup volume (mounted read-only) into a volume mounted read-write, with the checked
+extractor (sidecar/extract.py): the code that checks each member is the code that writes
+it, in one read of the archive file (decrypted, decompressed and hashed as it is read).
+
+The sidecar verified the archive before it stopped anything and passes the SHA-256 it
+read (`--sha256`): the worker refuses a file whose bytes differ (swapped or changed since),
+and a checksum file beside it that says otherwise. Decryption keys come in a 0600 file
+on the backup volume that the sidecar removes once the worker has ended (`--keys-file`;
+never in the environment or arguments, which `docker inspect` shows).
+
+Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
+write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
+`warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
+Exit codes are sidecar.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pyrage
+
+from ..errors import ArchiveError, ChecksumMismatch, SidecarError
+from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
+from ..keys import DecryptionKeys
+from .cli import emit
+
+MODULE = ("python", "-m", "sidecar.worker.extract")
+
+
+def write_keys(path: Path, keys: DecryptionKeys) -> None:
+    """The sidecar's half: a 0600 file created new. Raises ValueError for identities that
+    cannot be written down (SSH keys: pyrage cannot serialise them)."""
+    identities = []
+    for identity in keys.identities:
+        if not isinstance(identity, pyrage.x25519.Identity):
+            raise ValueError("SSH identities cannot be handed to a worker container")
+        identities.append(str(identity))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"identities": identities, "passphrase": keys.passphrase}, f)
+
+
+def read_keys(path: Path) -> DecryptionKeys:
+    data = json.loads(path.read_text())
+    identities = tuple(pyrage.x25519.Identity.from_str(i) for i in data.get("identities") or ())
+    return DecryptionKeys(identities, data.get("passphrase"))
+
+
+class _Progress:
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def __call__(self, tar_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            emit({"event": "progress", "tar_bytes": tar_bytes})
+
+
+class _EmitWarnings(logging.Handler):
+    """The extractor's warnings (stripped setuid bits, xattrs left out) as `warning` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: v for k, v in record.__dict__.items() if k in ("member", "xattr", "error")}
+        emit({"event": "warning", "message": record.getMessage(), **fields})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.worker.extract")
+    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--into", type=Path, required=True)
+    parser.add_argument("--sha256", help="the SHA-256 the sidecar verified; the file must still have it")
+    parser.add_argument("--keys-file", type=Path)
+    parser.add_argument("--progress-interval", type=float, default=1.0)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    keys = read_keys(args.keys_file) if args.keys_file is not None else None
+    with open_archive(args.archive, require_checksum=args.sha256 is None) as archive:
+        expected = args.sha256 or archive.expected_sha256
+        if archive.expected_sha256 is not None and expected != archive.expected_sha256:
+            raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
+        archive = dataclasses.replace(archive, expected_sha256=expected)
+        emit({"event": "started"})
+        summary = extract(archive, args.into, keys, _Progress(args.progress_interval))
+    return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
+            "stripped": summary.stripped}
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    ours, handler = logging.getLogger("sidecar"), _EmitWarnings(logging.WARNING)
+    level = ours.level
+    ours.addHandler(handler)
+    ours.setLevel(logging.WARNING)
+    try:
+        result = run(args)
+    except ArchiveError as err:
+        emit({"event": "error", "refused": True, "message": str(err)})
+        return EXIT_REFUSED
+    except (SidecarError, OSError, ValueError) as err:  # ValueError: an unreadable keys file
+        emit({"event": "error", "refused": False, "message": str(err)})
+        return EXIT_FAILED
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+    emit({"event": "result", **result})
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
