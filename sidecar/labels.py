@@ -55,7 +55,7 @@ PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
 
 # The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
-PRESETS = ("postgres", "sqlite")
+PRESETS = ("postgres",)
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 
