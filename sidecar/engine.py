@@ -40,13 +40,17 @@ WORKER_LABEL = "backup-sidecar.worker"
 WORKER_NAME_PREFIX = "backup-sidecar-worker-"
 _OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
-# Runs "$@" under `timeout` (coreutils' or busybox's) when the container has one, so a
-# command that runs too long is killed inside the container, its process group included.
-_UNDER_TIMEOUT = ('t=$0; if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL "$t" "$@"; fi; '
-                  'exec "$@"')
+# Runs "$@" under `timeout` when the container has one: SIGTERM to the command at the
+# timeout, SIGKILL 10 s later if it is still there (coreutils' -k; busybox's timeout has no
+# -k). Only the command is signalled (--foreground), not its process group: signalling the
+# group was seen to make PostgreSQL restart every session ("server process ... terminated by
+# signal"); the command's own children end when their output is cut (EXEC_GRACE below).
+_UNDER_TIMEOUT = ('t=$0; if command -v timeout >/dev/null 2>&1; then '
+                  'if timeout --version >/dev/null 2>&1; then exec timeout --foreground -k 10 "$t" "$@"; fi; '
+                  'exec timeout "$t" "$@"; fi; exec "$@"')
 # Seconds the sidecar waits past the timeout before cutting the stream itself (the
 # container had no `timeout`, or it did not act).
-EXEC_GRACE = 10.0
+EXEC_GRACE = 20.0
 
 
 @contextmanager
@@ -434,7 +438,7 @@ class ExecStream:
             info = self.engine.api.exec_inspect(self.exec_id)
             code = None if info.get("Running") else info.get("ExitCode")
         seconds = time.monotonic() - self.started
-        timed_out = self._expired.is_set() or (seconds >= self.timeout and code in (124, 137, None))
+        timed_out = self._expired.is_set() or (seconds >= self.timeout and code in (124, 137, 143, None))
         return ExecResult(code, tuple(self.tail), seconds, timed_out, self.stdout_bytes,
                           self._stdin_error[0] if self._stdin_error else None)
 
