@@ -301,6 +301,9 @@ def cmd_plan(ctx: Context, args) -> int:
                  ",".join(r.volumes), r.latest or "-", r.copies, r.offsite] for r in rows])
     else:
         print("no targets (label containers with backup.enable=true)")
+    for r in rows:
+        for warning in r.warnings:
+            print(f"WARNING {warning}")
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
     return 0

@@ -196,13 +196,11 @@ class Engine:
             result = ExecStream(self, exec_id, sock, timeout, None, True, tail_lines, dict(fields or {})).run()
         return result
 
-    def container_env(self, container_id: str) -> dict[str, str]:
-        """The container's configured environment (for presets' defaults; values may be secrets:
-        never log them)."""
+    def container_command(self, container_id: str) -> tuple[str, ...]:
+        """What the container runs: its entrypoint and command."""
         with _engine_call("inspect container", container_id):
-            data = self.api.inspect_container(container_id)
-        pairs = ((entry.partition("=")) for entry in (data.get("Config") or {}).get("Env") or ())
-        return {key: value for key, _, value in pairs}
+            config = self.api.inspect_container(container_id).get("Config") or {}
+        return tuple(config.get("Entrypoint") or ()) + tuple(config.get("Cmd") or ())
 
     def _exec(self, container_id: str, argv: list[str]) -> tuple[int, str]:
         with _engine_call("exec in container", container_id):

@@ -41,6 +41,7 @@ class FakeContainer:
     exec_results: dict[str, tuple[int, str]] = field(default_factory=dict)  # command -> (code, output)
     env: dict[str, str] = field(default_factory=dict)  # its configured environment
     bin: Path | None = None  # exec_stream: stand-in tools, first on PATH
+    command: tuple[str, ...] = ()  # its entrypoint and command
 
 
 @dataclass
@@ -181,14 +182,14 @@ class FakeEngine:
         c = self._get(container_id)
         if c.info.state is not ContainerState.RUNNING:
             raise EngineError(f"exec in container {container_id[:12]}: container is not running")
-        env = {"PATH": f"{c.bin}:{os.environ['PATH']}", **c.env, **(environment or {})}
+        env = {"PATH": f"{c.bin}:{_basics(c.bin)}", **c.env, **(environment or {})}
         self.exec_options.append({"argv": tuple(argv), "user": user, "timeout": timeout,
                                   "environment": dict(environment or {})})
         return FakeExecStream(argv, env, timeout, stdin, stdout_lines, tail_lines)
 
-    def container_env(self, container_id: str) -> dict[str, str]:
-        self._call("container_env", container_id)
-        return dict(self._get(container_id).env)
+    def container_command(self, container_id: str) -> tuple[str, ...]:
+        self._call("container_command", container_id)
+        return tuple(self._get(container_id).command)
 
     def exec(self, container_id: str, command: str) -> tuple[int, str]:
         self._call("exec", container_id, command)
@@ -327,6 +328,18 @@ def _one_file_tar(name: str, content: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _basics(bin_folder: Path | None) -> Path:
+    """A folder beside the stand-in tools with only what their scripts use from the host:
+    the container sees no tool of the host (a host's pg_dumpall must not answer)."""
+    folder = (bin_folder or Path(os.environ.get("TMPDIR", "/tmp"))).parent / "basics"
+    folder.mkdir(exist_ok=True)
+    for tool in ("sh", "cat", "sleep", "timeout", "head", "wc"):
+        link = folder / tool
+        if not link.exists() and shutil.which(tool):
+            link.symlink_to(shutil.which(tool))
+    return folder
+
+
 class FakeExecStream:
     """ExecStream over a local process: stdout's bytes by iteration, stderr kept as tail."""
 
@@ -335,6 +348,7 @@ class FakeExecStream:
         self.timeout, self.stdout_lines = timeout, stdout_lines
         self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self.stdout_bytes = 0
+        self._ended = False
         self.proc = subprocess.Popen(["timeout", "-s", "KILL", str(max(1, int(timeout))), *argv], env=env,
                                      stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -364,6 +378,7 @@ class FakeExecStream:
         while True:
             chunk = self.proc.stdout.read1(65536)
             if not chunk:
+                self._ended = True
                 break
             if self.stdout_lines:
                 self.tail.extend(chunk.decode("utf-8", "replace").splitlines())
@@ -386,6 +401,6 @@ class FakeExecStream:
                           self._stdin_error[0] if self._stdin_error else None)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        """As the engine's: a stream closed before its end leaves the command without output."""
+        if not self._ended and self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait()
