@@ -164,11 +164,11 @@ LABELS: tuple[Label, ...] = (
           "seconds `backup.exec.pre`/`post` and a preset's dump may run; then the command is killed inside the "
           "container (by `timeout` when the image has one) and the run fails", field="exec_timeout"),
     Label(PRESET, one_of(PRESETS), None, "back up through the app's own tool, without stopping it: `postgres` "
-          "(`pg_dumpall`, or `pg_dump -Fc` of `backup.preset.database`), `sqlite` (the online backup API, "
-          "from a worker container). Only the dump is archived unless `backup.volumes` names volumes too",
+          "(`pg_dumpall`, or `pg_dump -Fc` of `backup.preset.database`); see Presets. Only the dump is archived "
+          "unless `backup.volumes` names volumes too",
           field="preset", shown_default="none"),
     Label(PRESET_USER, Parser(_identifier, "a database role"), None, "the role a preset connects as",
-          field="preset_user", shown_default="`POSTGRES_USER`, `PGUSER`, else `postgres`"),
+          field="preset_user", shown_default="`PGUSER`, else `POSTGRES_USER`, else `postgres`"),
     Label(PRESET_DATABASE, Parser(_identifier, "a database name"), None, "dump this database only "
           "(`pg_dump -Fc`) instead of the whole cluster", field="preset_database", shown_default="all"),
     Label(SQLITE_PATHS, Parser(_globs, "comma list of absolute globs"), None, "the SQLite databases the `sqlite` "
