@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import postgres
+from . import postgres, sqlite
 from .dump import archive_type
 
 __all__ = ["PRESETS", "archive_type", "preset_of_item"]
 
-PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres}
+PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite}
 
 
 def preset_of_item(item: str) -> ModuleType | None:
