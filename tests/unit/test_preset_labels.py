@@ -9,7 +9,8 @@ import pytest
 from sidecar.actions.plan import database_warnings
 from sidecar.actions.sources import items, sources_for
 from sidecar.actions.sources.presets import PRESETS as PRESET_MODULES, archive_type
-from sidecar.errors import LabelError
+from sidecar.actions.sources.presets.sqlite import plan_mounts
+from sidecar.errors import LabelError, NotFound
 from sidecar.labels import DEFAULT_EXEC_TIMEOUT, PRESETS, parse_target, short_volume_name
 from sidecar.model import Mount
 from sidecar.naming import parse_name
@@ -81,3 +82,24 @@ def test_database_warning_only_for_hot_targets_without_preset():
     assert database_warnings(parse({"backup.strategy": "hot"}, image="nginx:1"), ("nginx",)) == ()
     assert "Redis" in database_warnings(parse({"backup.strategy": "hot"}, image="cache:1"), ("redis-server",))[0]
     assert database_warnings(parse({"backup.strategy": "hot"}, image="ghcr.io/acme/postgresql-exporter:1"), ()) == ()
+
+
+def test_sqlite_needs_paths_and_takes_absolute_globs():
+    with pytest.raises(LabelError, match="backup.sqlite.paths"):
+        parse({"backup.preset": "sqlite"})
+    with pytest.raises(LabelError, match="absolute"):
+        parse({"backup.preset": "sqlite", "backup.sqlite.paths": "app.db"})
+    target = parse({"backup.preset": "sqlite", "backup.sqlite.paths": "/data/*.db, /data/sub/x.sqlite"})
+    assert target.config.sqlite_paths == ("/data/*.db", "/data/sub/x.sqlite") and items(target) == ("sqlite+dump",)
+
+
+def test_sqlite_paths_map_to_the_volume_holding_them():
+    box = container(mounts=(volume("p_data", "/data"), volume("p_sub", "/data/sub"),
+                                    Mount("bind", "/srv/x", "/x")))
+    mounts, jobs = plan_mounts(box, ("/data/*.db", "/data/sub/a.db", "/x/b.db", "/data/c.db"))
+    assert [(m.source, m.target, m.read_only) for m in mounts] == [
+        ("p_data", "/db/0", False), ("p_sub", "/db/1", False), ("/srv/x", "/db/2", False)]
+    assert jobs == [["/db/0", "/data", "*.db"], ["/db/1", "/data/sub", "a.db"], ["/db/2", "/x", "b.db"],
+                    ["/db/0", "/data", "c.db"]]
+    with pytest.raises(NotFound, match="on no volume"):
+        plan_mounts(box, ("/etc/app.db",))
