@@ -55,7 +55,7 @@ PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
 
 # The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
-PRESETS = ("postgres", "sqlite")
+PRESETS = ("postgres", "sqlite", "mysql", "mariadb")
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 
@@ -165,11 +165,12 @@ LABELS: tuple[Label, ...] = (
           "container (by `timeout` when the image has one) and the run fails", field="exec_timeout"),
     Label(PRESET, one_of(PRESETS), None, "back up through the app's own tool, without stopping it: `postgres` "
           "(`pg_dumpall`, or `pg_dump -Fc` of `backup.preset.database`), `sqlite` (the online backup API, from a "
-          "worker container, on `backup.sqlite.paths`); see Presets. Only the dump is archived "
+          "worker container, on `backup.sqlite.paths`), `mysql`/`mariadb` (`mariadb-dump`/`mysqldump "
+          "--single-transaction`); see Presets. Only the dump is archived "
           "unless `backup.volumes` names volumes too",
           field="preset", shown_default="none"),
     Label(PRESET_USER, Parser(_identifier, "a database role"), None, "the role a preset connects as",
-          field="preset_user", shown_default="`PGUSER`, else `POSTGRES_USER`, else `postgres`"),
+          field="preset_user", shown_default="postgres: `PGUSER`, else `POSTGRES_USER`, else `postgres`; mysql: `root`"),
     Label(PRESET_DATABASE, Parser(_identifier, "a database name"), None, "dump this database only "
           "(`pg_dump -Fc`) instead of the whole cluster", field="preset_database", shown_default="all"),
     Label(SQLITE_PATHS, Parser(_globs, "comma list of absolute globs"), None, "the SQLite databases the `sqlite` "

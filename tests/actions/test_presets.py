@@ -215,7 +215,7 @@ def test_plan_warns_about_a_database_copied_hot(engine, ctx, tmp_path):
     rows, _ = run_plan(ctx)
     warnings = {r.target: r.warnings for r in rows}
     assert "backup.preset=postgres" in warnings["pg"][0]
-    assert "MySQL/MariaDB" in warnings["my"][0] and "pause or stop" in warnings["my"][0]
+    assert "MySQL/MariaDB" in warnings["my"][0] and "backup.preset=mysql" in warnings["my"][0]
     assert warnings["ok"] == ()
 
 
@@ -223,3 +223,59 @@ def test_plan_lists_the_preset_archive(engine, ctx, tmp_path):
     _postgres(engine, tmp_path)
     [row] = run_plan(ctx)[0]
     assert row.volumes == ("postgres+dump=preset",) and row.warnings == ()
+
+
+# --- mysql / mariadb ------------------------------------------------------------------------
+
+def _mysql(engine, tmp_path, preset="mysql", labels=None, env=None, **scripts):
+    app = engine.add_container("my-1", app_labels(preset=preset, image="never", **(labels or {})), image="mysql:8")
+    engine.containers[app.id].bin = _tools(tmp_path, **scripts)
+    engine.containers[app.id].env = dict(env or {})
+    return app
+
+
+DUMP_DONE = "-- Dump completed on 2026-12-02  3:00:00"
+
+
+def test_mysqldump_with_the_root_password_from_the_environment(engine, ctx, tmp_path):
+    _mysql(engine, tmp_path, env={"MYSQL_ROOT_PASSWORD": "pw-9"},
+           mysqldump=f'echo "pwd=$MYSQL_PWD args=$*"; echo "{DUMP_DONE}"')
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    [archive] = outcome.archives
+    assert archive.path.name.startswith("app_mysql+dump_")
+    assert _dump_of(archive.path) == (b"pwd=pw-9 args=--user=root --single-transaction --routines --events "
+                                      b"--triggers --all-databases\n" + DUMP_DONE.encode() + b"\n")
+    assert all("pw-9" not in str(options) for options in engine.exec_options)
+
+
+def test_mariadb_dump_is_preferred_and_one_database_can_be_named(engine, ctx, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("from-file")
+    _mysql(engine, tmp_path, preset="mariadb", labels={"preset_database": "shop", "preset_user": "backup"},
+           env={"MARIADB_ROOT_PASSWORD_FILE": str(secret)},
+           **{"mariadb-dump": f'echo "$MYSQL_PWD $*"; echo "{DUMP_DONE}"', "mysqldump": "exit 9"})
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    assert _dump_of(outcome.archives[0].path).startswith(
+        b"from-file --user=backup --single-transaction --routines --events --triggers --databases shop\n")
+
+
+def test_a_truncated_or_failed_mysqldump_fails(engine, ctx, tmp_path):
+    _mysql(engine, tmp_path, mysqldump='echo "CREATE TABLE t (a int);"')
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.FAILURE and "Dump completed" in outcome.error and _nothing_written(ctx)
+    _tools(tmp_path, mysqldump="echo \"mysqldump: Got error: 1045: Access denied for user 'root'@'localhost'\" >&2; exit 2")
+    outcome = run_backup(ctx, _target(ctx))
+    assert "exited with 2: mysqldump: Got error: 1045: Access denied" in outcome.error and _nothing_written(ctx)
+
+
+def test_mysql_restore_feeds_the_client_and_refuses_data_without_force(engine, ctx, tmp_path):
+    received = tmp_path / "received.sql"
+    _mysql(engine, tmp_path, mysqldump=f'echo "INSERT 1;"; echo "{DUMP_DONE}"',
+           mysql=f'case "$*" in *-e*) echo 2;; *) cat > {received};; esac')
+    assert run_backup(ctx, _target(ctx)).ok
+    with pytest.raises(RestoreError, match="holds 2 database"):
+        run_restore_dump(ctx, "app", "latest")
+    outcome = run_restore_dump(ctx, "app", "latest", force=True)
+    assert outcome.volume == "mysql+dump" and received.read_text().startswith("INSERT 1;")

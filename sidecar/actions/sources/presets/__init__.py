@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import postgres, sqlite
+from . import mysql, postgres, sqlite
 from .dump import archive_type
 
 __all__ = ["PRESETS", "archive_type", "preset_of_item"]
 
-PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite}
+PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite, mysql.NAME: mysql,
+                                  **{alias: mysql for alias in mysql.ALIASES}}
 
 
 def preset_of_item(item: str) -> ModuleType | None:
