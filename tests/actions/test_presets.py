@@ -279,3 +279,63 @@ def test_mysql_restore_feeds_the_client_and_refuses_data_without_force(engine, c
         run_restore_dump(ctx, "app", "latest")
     outcome = run_restore_dump(ctx, "app", "latest", force=True)
     assert outcome.volume == "mysql+dump" and received.read_text().startswith("INSERT 1;")
+
+
+# --- redis ----------------------------------------------------------------------------------
+
+REDIS_CLI = r'''
+state="$STATE"; [ -f "$state" ] || echo 100 > "$state"
+[ "$1" = --raw ] && shift
+case "$1 $2" in
+  "LASTSAVE "*) cat "$state";;
+  "BGSAVE "*) printf 'REDIS0011-snapshot-%s' "$REDISCLI_AUTH" > "$RDB_HOST/dump.rdb"; echo $(( $(cat "$state") + 1 )) > "$state"
+              echo "Background saving started";;
+  "INFO persistence") echo "rdb_last_bgsave_status:$BGSAVE_STATUS";;
+  "CONFIG GET") echo "$3"; case "$3" in dir) echo "$RDB_DIR";; dbfilename) echo dump.rdb;; appendonly) echo "$AOF";; esac;;
+  "DBSIZE "*) echo "$KEYS";;
+esac
+'''
+
+
+def _redis(engine, tmp_path, data, env=None):
+    app = engine.add_container("cache-1", app_labels(preset="redis", image="never"), {"/data": data},
+                               image="redis:7")
+    engine.containers[app.id].bin = _tools(tmp_path, **{"redis-cli": REDIS_CLI, "sed": 'exec /bin/sed "$@"',
+                                                         "grep": 'exec /bin/grep "$@"', "stat": "exit 1"})
+    engine.containers[app.id].env = {"STATE": str(tmp_path / "lastsave"), "RDB_HOST": str(data),
+                                     "RDB_DIR": str(data), "BGSAVE_STATUS": "ok", "AOF": "no", "KEYS": "0",
+                                     "REDIS_PASSWORD": "pw-r", **(env or {})}
+    return app
+
+
+def test_redis_bgsave_then_the_rdb(engine, ctx, tmp_path, data):
+    _redis(engine, tmp_path, data)
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    assert outcome.archives[0].path.name.startswith("app_redis+dump_")
+    assert _dump_of(outcome.archives[0].path) == b"REDIS0011-snapshot-pw-r"
+    assert all("pw-r" not in str(options) for options in engine.exec_options)
+
+
+def test_a_failed_bgsave_fails_the_run(engine, ctx, tmp_path, data):
+    _redis(engine, tmp_path, data, env={"BGSAVE_STATUS": "err"})
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.FAILURE and "BGSAVE failed: rdb_last_bgsave_status:err" in outcome.error
+    assert _nothing_written(ctx)
+
+
+def test_redis_restore_stops_puts_the_rdb_back_and_starts(engine, ctx, tmp_path, data):
+    app = _redis(engine, tmp_path, data)
+    assert run_backup(ctx, _target(ctx)).ok
+    (data / "dump.rdb").write_bytes(b"REDIS-newer")
+    engine.containers[app.id].env.update(RDB_DIR="/data", KEYS="5")
+    with pytest.raises(RestoreError, match="holds 5 keys"):
+        run_restore_dump(ctx, "app", "latest")
+    engine.containers[app.id].env["AOF"] = "yes"
+    with pytest.raises(RestoreError, match="appendonly yes"):
+        run_restore_dump(ctx, "app", "latest", force=True)
+    engine.containers[app.id].env["AOF"] = "no"
+    outcome = run_restore_dump(ctx, "app", "latest", force=True)
+    assert (data / "dump.rdb").read_bytes() == b"REDIS0011-snapshot-pw-r"
+    assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "start"]
+    assert engine.state(app.id) is ContainerState.RUNNING and outcome.downtime >= 0

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from .app_images import ensure_app_image
-from .support import BUSYBOX, IDLE, REPO, wait_for
+from .support import REPO, wait_for
 
 PASSWORD = "s3cret-test-pw"
 SCALE = 2  # pgbench: 200,000 accounts

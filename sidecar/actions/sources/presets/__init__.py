@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import mysql, postgres, sqlite
+from . import mysql, postgres, redis, sqlite
 from .dump import archive_type
 
 __all__ = ["PRESETS", "archive_type", "preset_of_item"]
 
-PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite, mysql.NAME: mysql,
+PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite, mysql.NAME: mysql, redis.NAME: redis,
                                   **{alias: mysql for alias in mysql.ALIASES}}
 
 

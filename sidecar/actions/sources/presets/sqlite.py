@@ -17,10 +17,8 @@ belong to the old file) and starts it again, on every path out."""
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
-import os
 import shutil
 import tarfile
 import time
@@ -234,13 +232,13 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
             check = verify(archive, ctx.settings.decryption)
         names = _members(path, ctx)
         current = ctx.engine.inspect(container.id)
+        if not request.force:  # refused before anything is stopped
+            _refuse_existing(ctx, current, names)
         with contextlib.ExitStack() as stack:
             stop = None
             if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
                 stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name,
                                                         request.stop_timeout))
-            if not request.force:
-                _refuse_existing(ctx, current, names)
             _remove_sidecars(ctx, current, names)
             for name, chunks in _singles(path, ctx):
                 parent = str(PurePosixPath("/" + name).parent)
