@@ -45,7 +45,8 @@ _PROLOGUE = (
     'if [ "$1" = dump ]; then b=$d; else b=$c; fi; shift; exec "$b" --user="$u" "$@"'
 )
 _DUMP_END = b"-- Dump completed"
-_DATA_QUERY = ("SELECT count(*) FROM information_schema.schemata WHERE schema_name NOT IN "
+# Databases of its own that hold tables (a new server may have an empty `test`).
+_DATA_QUERY = ("SELECT count(DISTINCT table_schema) FROM information_schema.tables WHERE table_schema NOT IN "
                "('mysql', 'information_schema', 'performance_schema', 'sys')")
 
 
@@ -116,5 +117,5 @@ def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> Non
     if not result.ok:
         raise RestoreError(f"the mysql client {result.describe()}")
     if not re.fullmatch(r"0", out):
-        raise RestoreError(f"the server in {container.name} holds {out} database(s) of its own already; use --force "
-                           "to load the dump over them")
+        raise RestoreError(f"the server in {container.name} holds {out} database(s) with tables of its own already; use "
+                           "--force to load the dump over them")
