@@ -215,3 +215,16 @@ def test_large_dump_streams_with_flat_memory(lab, postgres_image):
 @pytest.mark.slow
 def test_1gb_dump_streams_with_flat_memory(lab, postgres_image):
     _large_dump(lab, postgres_image, rows=3_400_000)  # ~1 GB of dump
+
+
+def test_plan_warns_about_postgres_copied_hot(lab, postgres_image):
+    start_postgres(lab, postgres_image, "hotdb", labels={"backup.strategy": "hot", "backup.preset": "postgres"})
+    lab.container(postgres_image, name=f"{lab.project}-hot2", network_mode="none",
+                  environment={"POSTGRES_PASSWORD": PASSWORD}, volumes={lab.volume("pgdata"): {
+                      "bind": "/var/lib/postgresql/data", "mode": "rw"}},
+                  labels={"com.docker.compose.project": lab.project, "com.docker.compose.service": "hot2",
+                          "backup.enable": "true", "backup.strategy": "hot"})
+    done = lab.cli("plan")
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "hot2 looks like PostgreSQL" in warnings[0] and "backup.preset=postgres" in warnings[0]
