@@ -339,3 +339,45 @@ def test_redis_restore_stops_puts_the_rdb_back_and_starts(engine, ctx, tmp_path,
     assert (data / "dump.rdb").read_bytes() == b"REDIS0011-snapshot-pw-r"
     assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "start"]
     assert engine.state(app.id) is ContainerState.RUNNING and outcome.downtime >= 0
+
+
+# --- prometheus -----------------------------------------------------------------------------
+
+WGET = r'''
+url=""; post=0
+for a in "$@"; do case "$a" in --post-data=*) post=1;; -*) ;; *) url="$a";; esac; done
+case "$url" in
+  */api/v1/status/flags) echo '{"status":"success","data":{"storage.tsdb.path":"'"$TSDB"'","web.enable-admin-api":"x"}}';;
+  */api/v1/admin/tsdb/snapshot)
+    if [ "$ADMIN" != on ]; then echo "wget: server returned error: HTTP/1.1 403 Forbidden" >&2; exit 8; fi
+    mkdir -p "$TSDB/snapshots/20261202T000000Z-abc/01BLOCK" && echo chunk > "$TSDB/snapshots/20261202T000000Z-abc/01BLOCK/meta.json"
+    echo '{"status":"success","data":{"name":"20261202T000000Z-abc"}}';;
+esac
+'''
+
+
+def _prometheus(engine, tmp_path, data, admin="on"):
+    app = engine.add_container("prom-1", app_labels(preset="prometheus", image="never"), {"/prometheus": data},
+                               image="prom/prometheus:v2")
+    engine.containers[app.id].bin = _tools(tmp_path, wget=WGET, sed='exec /bin/sed "$@"', tar='exec /bin/tar "$@"',
+                                           rm='exec /bin/rm "$@"', mkdir='exec /bin/mkdir "$@"',
+                                           ls='exec /bin/ls "$@"', readlink='exec /bin/readlink "$@"')
+    engine.containers[app.id].env = {"TSDB": str(data), "ADMIN": admin}
+    return app
+
+
+def test_prometheus_snapshot_is_archived_and_deleted(engine, ctx, tmp_path, data):
+    _prometheus(engine, tmp_path, data)
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    dumped = _dump_of(outcome.archives[0].path)
+    with tarfile.open(fileobj=io.BytesIO(dumped), mode="r:") as tar:
+        assert "./01BLOCK/meta.json" in tar.getnames()
+    assert not (data / "snapshots" / "20261202T000000Z-abc").exists()
+
+
+def test_prometheus_without_the_admin_api_names_the_flag(engine, ctx, tmp_path, data):
+    _prometheus(engine, tmp_path, data, admin="off")
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.FAILURE and "--web.enable-admin-api" in outcome.error
+    assert "403 Forbidden" in outcome.error and _nothing_written(ctx)

@@ -53,8 +53,9 @@ def ensure_app_image(client: docker.DockerClient, app: str) -> str:
         shutil.copy(HOST_SOURCES, context / "debian.sources")
         shutil.copy(HOST_CA, context / "ca-certificates.crt")
         docker_bin = shutil.which("docker") or "/usr/bin/docker"
-        done = subprocess.run([docker_bin, "build", "-q", "--build-arg", f"BASE_IMAGE={BASE}", "-t", tag, "."],
-                              cwd=context, capture_output=True, text=True, timeout=1800)
+        # The host's network: a build needs only the mirror, whatever state the engine's bridge is in.
+        done = subprocess.run([docker_bin, "build", "-q", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}",
+                               "-t", tag, "."], cwd=context, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"building {tag} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return tag
