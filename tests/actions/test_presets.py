@@ -381,3 +381,16 @@ def test_prometheus_without_the_admin_api_names_the_flag(engine, ctx, tmp_path, 
     outcome = run_backup(ctx, _target(ctx))
     assert outcome.result is BackupResult.FAILURE and "--web.enable-admin-api" in outcome.error
     assert "403 Forbidden" in outcome.error and _nothing_written(ctx)
+
+
+def test_an_encrypted_dump_is_restored_through_the_client(engine, make_ctx, tmp_path):
+    ctx = make_ctx(BACKUP_AGE_PASSPHRASE="correct horse battery staple 9")
+    received = tmp_path / "received.sql"
+    _postgres(engine, tmp_path, pg_dumpall=f'printf "SELECT 2;\\n%s" "{DUMPALL_END}"',
+              psql=f'case "$*" in *-c*) echo 0;; *) cat > {received};; esac')
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    assert outcome.archives[0].path.name.endswith(".tar.zst.age")
+    assert b"SELECT 2" not in outcome.archives[0].path.read_bytes()
+    run_restore_dump(ctx, "app", "latest")
+    assert received.read_text() == "SELECT 2;\n" + DUMPALL_END
