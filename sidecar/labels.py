@@ -55,7 +55,7 @@ PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
 
 # The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
-PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus")
+PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mongodb")
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 
@@ -166,7 +166,8 @@ LABELS: tuple[Label, ...] = (
     Label(PRESET, one_of(PRESETS), None, "back up through the app's own tool, without stopping it: `postgres` "
           "(`pg_dumpall`, or `pg_dump -Fc` of `backup.preset.database`), `sqlite` (the online backup API, from a "
           "worker container, on `backup.sqlite.paths`), `mysql`/`mariadb` (`mariadb-dump`/`mysqldump "
-          "--single-transaction`), `redis` (`BGSAVE`, then the RDB), `prometheus` (the TSDB snapshot API); see "
+          "--single-transaction`), `redis` (`BGSAVE`, then the RDB), `prometheus` (the TSDB snapshot API), `mongodb` (`mongodump "
+          "--archive`); see "
           "Presets. Only the dump is archived "
           "unless `backup.volumes` names volumes too",
           field="preset", shown_default="none"),

@@ -394,3 +394,45 @@ def test_an_encrypted_dump_is_restored_through_the_client(engine, make_ctx, tmp_
     assert b"SELECT 2" not in outcome.archives[0].path.read_bytes()
     run_restore_dump(ctx, "app", "latest")
     assert received.read_text() == "SELECT 2;\n" + DUMPALL_END
+
+
+# --- mongodb --------------------------------------------------------------------------------
+
+def _mongo(engine, tmp_path, env=None, **scripts):
+    app = engine.add_container("mongo-1", app_labels(preset="mongodb", image="never"), image="mongo:7")
+    engine.containers[app.id].bin = _tools(tmp_path, sed='exec /bin/sed "$@"', **scripts)
+    engine.containers[app.id].env = dict(env or {})
+    return app
+
+
+MAGIC = r"\155\342\231\201"
+
+
+def test_mongodump_archive_with_credentials_on_a_file_descriptor(engine, ctx, tmp_path):
+    _mongo(engine, tmp_path, env={"MONGO_INITDB_ROOT_USERNAME": "root", "MONGO_INITDB_ROOT_PASSWORD": 'p"w\\1'},
+           mongodump=f'printf "{MAGIC}"; echo " $*"; cat /dev/fd/3')
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    assert outcome.archives[0].path.name.startswith("app_mongodb+dump_")
+    assert _dump_of(outcome.archives[0].path) == (
+        bytes.fromhex("6de29981") + b" --username root --authenticationDatabase admin --config /dev/fd/3 --archive\n"
+        b'password: "p\\"w\\\\1"\n')
+    assert all('p"w' not in str(options) for options in engine.exec_options)
+
+
+def test_mongodump_output_must_be_an_archive(engine, ctx, tmp_path):
+    _mongo(engine, tmp_path, mongodump='echo "not an archive"')
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.FAILURE and "no mongodump archive" in outcome.error and _nothing_written(ctx)
+
+
+def test_mongorestore_gets_the_archive_and_drop_with_force(engine, ctx, tmp_path):
+    received = tmp_path / "received"
+    _mongo(engine, tmp_path, mongodump=f'printf "{MAGIC}data"', mongosh="echo 2",
+           mongorestore=f'echo "$*" > {received}.args; cat > {received}')
+    assert run_backup(ctx, _target(ctx)).ok
+    with pytest.raises(RestoreError, match="holds databases of its own"):
+        run_restore_dump(ctx, "app", "latest")
+    run_restore_dump(ctx, "app", "latest", force=True)
+    assert received.read_bytes() == bytes.fromhex("6de29981") + b"data"
+    assert (tmp_path / "received.args").read_text().split() == ["--archive", "--drop"]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import mysql, postgres, prometheus, redis, sqlite
+from . import mongodb, mysql, postgres, prometheus, redis, sqlite
 from .dump import archive_type
 
 __all__ = ["PRESETS", "archive_type", "preset_of_item"]
 
 PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite, mysql.NAME: mysql, redis.NAME: redis,
-                                  prometheus.NAME: prometheus,
+                                  prometheus.NAME: prometheus, mongodb.NAME: mongodb,
                                   **{alias: mysql for alias in mysql.ALIASES}}
 
 
