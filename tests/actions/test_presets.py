@@ -16,7 +16,7 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.sources.presets import dump
-from sidecar.errors import NotFound, RestoreError
+from sidecar.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped
 from sidecar.model import ContainerState
 
 from .conftest import app_labels
@@ -436,3 +436,14 @@ def test_mongorestore_gets_the_archive_and_drop_with_force(engine, ctx, tmp_path
     run_restore_dump(ctx, "app", "latest", force=True)
     assert received.read_bytes() == bytes.fromhex("6de29981") + b"data"
     assert (tmp_path / "received.args").read_text().split() == ["--archive", "--drop"]
+
+
+def test_a_redis_restore_failing_while_writing_leaves_the_container_stopped(engine, ctx, tmp_path, data):
+    app = _redis(engine, tmp_path, data)
+    assert run_backup(ctx, _target(ctx)).ok
+    engine.containers[app.id].env.update(RDB_DIR="/data")
+    engine.fail("put_archive", EngineError("the engine went away"))
+    with pytest.raises(RestoreLeftStopped, match="RESTORE FAILED AFTER WRITING /data/dump.rdb"):
+        run_restore_dump(ctx, "app", "latest", force=True)
+    assert engine.state(app.id) is ContainerState.EXITED
+    assert [e.action for e in ctx.journal.entries()] == ["left-stopped"]

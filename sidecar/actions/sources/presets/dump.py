@@ -19,12 +19,13 @@ from typing import Callable, Iterable, Iterator
 
 from ....archive import ArchiveResult, ArchiveWriter, ProgressLog, iter_tar
 from ....engine import Engine
-from ....errors import ArchiveError, BackupError, SidecarError
+from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
 from ....extract import open_archive, verify
 from ....keys import DecryptionKeys
 from ....model import ExecResult, Target
 from ....streams import IterReader
 from ...context import Context
+from ...interrupt import Interruption
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +220,13 @@ def feed(engine: Engine, container_id: str, argv: list[str], chunks: Iterable[by
     stream = engine.exec_stream(container_id, argv, user=user, environment=environment, timeout=timeout,
                                 stdin=chunks, stdout_lines=True, fields=fields)
     return stream.run()
+
+
+def left_stopped(stop: Interruption, container: str, item: str, what: str, err: SidecarError) -> RestoreLeftStopped:
+    """A restore failed after the app's files were removed or half written: the container
+    stays stopped (journalled), as a failed volume restore leaves it (exit code 3)."""
+    stop.leave_stopped(str(err))
+    return RestoreLeftStopped(container, item, (
+        f"RESTORE FAILED AFTER {what} of {container}: {err}. The container is left stopped so the app does not "
+        "start on partial data. Restore again with --force (the container is started when it succeeds), or "
+        "start it yourself"))

@@ -21,7 +21,7 @@ from ....model import ContainerInfo, ContainerState, Target
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,15 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         tsdb = _where(ctx, current, request.force, fields)
         with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
             image = ctx.settings.helper_image or current.image_id
-            code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR, "sh", tsdb])
-            if code != 0:
-                raise RestoreError(f"emptying {tsdb} in {container.name} failed (exit {code}: {logs.strip()[-300:]})")
-            logger.info("restoring the TSDB snapshot", extra={**fields, "path": tsdb})
-            ctx.engine.put_archive(container.id, tsdb, dump_chunks(path, ctx.settings.decryption))
+            try:
+                code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR, "sh", tsdb])
+                if code != 0:
+                    raise RestoreError(f"emptying {tsdb} in {container.name} failed (exit {code}: "
+                                       f"{logs.strip()[-300:]})")
+                logger.info("restoring the TSDB snapshot", extra={**fields, "path": tsdb})
+                ctx.engine.put_archive(container.id, tsdb, dump_chunks(path, ctx.settings.decryption))
+            except SidecarError as err:
+                raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
     seconds = time.monotonic() - started
     return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
 

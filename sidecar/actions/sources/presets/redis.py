@@ -23,7 +23,7 @@ from ....model import ContainerInfo, ContainerState, Target
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         folder, file, owner = _where(ctx, current, request.force, fields)
         with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
             logger.info("restoring the RDB", extra={**fields, "path": f"{folder}/{file}"})
-            ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
+            try:
+                ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
+            except SidecarError as err:  # the RDB may be half written
+                raise left_stopped(stop, container.name, ITEM, f"WRITING {folder}/{file}", err) from err
     seconds = time.monotonic() - started
     return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
 

@@ -35,7 +35,7 @@ from ....streams import IterReader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import archive_type
+from .dump import archive_type, left_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -239,11 +239,16 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
             if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
                 stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name,
                                                         request.stop_timeout))
-            _remove_sidecars(ctx, current, names)
-            for name, chunks in _singles(path, ctx):
-                parent = str(PurePosixPath("/" + name).parent)
-                logger.info("restoring database", extra={**fields, "phase": "restore", "path": "/" + name})
-                ctx.engine.put_archive(container.id, parent, chunks)
+            try:
+                _remove_sidecars(ctx, current, names)
+                for name, chunks in _singles(path, ctx):
+                    parent = str(PurePosixPath("/" + name).parent)
+                    logger.info("restoring database", extra={**fields, "phase": "restore", "path": "/" + name})
+                    ctx.engine.put_archive(container.id, parent, chunks)
+            except SidecarError as err:
+                if stop is None:
+                    raise
+                raise left_stopped(stop, container.name, ITEM, "REMOVING THE OLD -wal/-shm", err) from err
     seconds = time.monotonic() - started
     return RestoreOutcome(request.backup_name, container.name, ITEM, path, check.members, check.tar_bytes, seconds,
                           stop.seconds if stop is not None else 0.0)
