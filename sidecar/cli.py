@@ -24,6 +24,7 @@ from .actions.listing import run_list, run_list_remote
 from .actions.plan import run_plan
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
+from .actions.restore_dump import run_restore_dump
 from .actions.rotate import run_rotation
 from .engine import Engine
 from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
@@ -78,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "container if it runs, replace the volume's contents with the archive's, start the container again. "
         "Exit 3: the restore failed after the volume was emptied; the container is left stopped."))
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--volume", required=True, metavar="V",
-                   help="volume name, its short name in archive names, or its mount destination")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--volume", metavar="V",
+                      help="volume name, its short name in archive names, or its mount destination")
+    what.add_argument("--dump", metavar="FILE|latest",
+                      help="a preset's dump (backup.preset), fed back through the app's own client in the running "
+                           "container (psql, pg_restore); --force replaces the data the app holds")
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
@@ -305,6 +310,9 @@ def cmd_plan(ctx: Context, args) -> int:
                  ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r)] for r in rows])
     else:
         print("no targets (label containers with backup.enable=true)")
+    for r in rows:
+        for warning in r.warnings:
+            print(f"WARNING {warning}")
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
     return 0
@@ -324,6 +332,11 @@ def cmd_restore(ctx: Context, args) -> int:
     # `--from local` meant the backup volume before a mounted disk could be the destination "local".
     wanted = None if args.source is None or (args.source == "local" and "local" not in names) else args.source
     source = ctx.destination(wanted).name if wanted is not None else None
+    if args.dump is not None:
+        outcome = run_restore_dump(ctx, args.name, args.dump, args.force, from_remote=source)
+        print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
+              f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
+        return 0
     outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source)
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")

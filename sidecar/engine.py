@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import shlex
+import socket
 import tarfile
 import threading
 import time
@@ -23,10 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import docker
 import docker.errors
 import docker.types
+import docker.utils.socket
 import requests
 
 from .errors import ContainerNotFound, EngineError
-from .model import ContainerEvent, ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
+from .model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,17 @@ WORKER_LABEL = "backup-sidecar.worker"
 WORKER_NAME_PREFIX = "backup-sidecar-worker-"
 _OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
+# Runs "$@" under `timeout` when the container has one: SIGTERM to the command at the
+# timeout, SIGKILL 10 s later if it is still there (coreutils' -k; busybox's timeout has no
+# -k). Only the command is signalled (--foreground), not its process group: signalling the
+# group was seen to make PostgreSQL restart every session ("server process ... terminated by
+# signal"); the command's own children end when their output is cut (EXEC_GRACE below).
+_UNDER_TIMEOUT = ('t=$0; if command -v timeout >/dev/null 2>&1; then '
+                  'if timeout --version >/dev/null 2>&1; then exec timeout --foreground -k 10 "$t" "$@"; fi; '
+                  'exec timeout "$t" "$@"; fi; exec "$@"')
+# Seconds the sidecar waits past the timeout before cutting the stream itself (the
+# container had no `timeout`, or it did not act).
+EXEC_GRACE = 20.0
 
 
 @contextmanager
@@ -145,6 +158,49 @@ class Engine:
                         extra={"container": container_id[:12]})
             code, output = self._exec(container_id, shlex.split(command))
         return code, output
+
+    def exec_stream(self, container_id: str, argv: list[str], *, user: str | None = None,
+                    environment: Mapping[str, str] | None = None, timeout: float = 3600.0,
+                    stdin: Iterable[bytes] | None = None, stdout_lines: bool = False,
+                    tail_lines: int = 40, fields: Mapping[str, Any] | None = None) -> "ExecStream":
+        """Start `argv` in a running container, under `timeout` when the image has one (see
+        _UNDER_TIMEOUT; `argv` must then be runnable by `sh`). Its output is never held
+        whole: iterate the returned ExecStream for stdout's bytes (or, with `stdout_lines`,
+        stdout is logged line by line like stderr), then call `result()`. `environment`
+        is given to the process only (never logged, not shown by `docker inspect`)."""
+        wrapped = ["sh", "-c", _UNDER_TIMEOUT, str(max(1, int(timeout))), *argv]
+        env = [f"{key}={value}" for key, value in (environment or {}).items()]
+        with _engine_call("exec in container", container_id):
+            exec_id = self.api.exec_create(container_id, wrapped, stdout=True, stderr=True, stdin=stdin is not None,
+                                           user=user or "", environment=env or None)["Id"]
+            sock = self.api.exec_start(exec_id, socket=True)
+        return ExecStream(self, exec_id, sock, timeout, stdin, stdout_lines, tail_lines, dict(fields or {}))
+
+    def run_command(self, container_id: str, command: str, *, user: str | None = None, timeout: float = 3600.0,
+                    tail_lines: int = 40, fields: Mapping[str, Any] | None = None) -> ExecResult:
+        """A command line (backup.exec.pre/post) through the container's `sh -c`, its output
+        logged line by line; without a shell in the image it is split like a shell would
+        and run directly (killed only by cutting its stream: logged)."""
+        stream = self.exec_stream(container_id, ["sh", "-c", command], user=user, timeout=timeout,
+                                  stdout_lines=True, tail_lines=tail_lines, fields=fields)
+        result = stream.run()
+        said = "\n".join(result.tail)
+        # No shell: the engine says so in the output, or (its error going nowhere) says nothing.
+        if result.exit_code in (126, 127) and (not said or (_NO_SHELL.search(said) and "sh" in said)):
+            logger.info("no shell in the container, running the command directly",
+                        extra={"container": container_id[:12]})
+            argv = shlex.split(command)
+            with _engine_call("exec in container", container_id):
+                exec_id = self.api.exec_create(container_id, argv, stdout=True, stderr=True, user=user or "")["Id"]
+                sock = self.api.exec_start(exec_id, socket=True)
+            result = ExecStream(self, exec_id, sock, timeout, None, True, tail_lines, dict(fields or {})).run()
+        return result
+
+    def container_command(self, container_id: str) -> tuple[str, ...]:
+        """What the container runs: its entrypoint and command."""
+        with _engine_call("inspect container", container_id):
+            config = self.api.inspect_container(container_id).get("Config") or {}
+        return tuple(config.get("Entrypoint") or ()) + tuple(config.get("Cmd") or ())
 
     def _exec(self, container_id: str, argv: list[str]) -> tuple[int, str]:
         with _engine_call("exec in container", container_id):
@@ -352,6 +408,105 @@ def _event(raw: Mapping[str, Any]) -> ContainerEvent:
     when = stamp / 1e9 if stamp else float(raw.get("time") or 0)
     return ContainerEvent(action.split(":")[0].strip(), str(actor.get("ID") or raw.get("id") or ""), when,
                           attributes.get("signal"))
+
+
+class ExecStream:
+    """A running exec: iterate it for stdout's bytes; stderr (and stdout with
+    `stdout_lines`) is logged line by line and its last lines kept for the error message.
+    A timer cuts the stream EXEC_GRACE seconds after the timeout. Close it (or use `run`)
+    to release the connection."""
+
+    def __init__(self, engine: Engine, exec_id: str, sock, timeout: float, stdin: Iterable[bytes] | None,
+                 stdout_lines: bool, tail_lines: int, fields: dict[str, Any]):
+        self.engine, self.exec_id, self.sock, self.timeout = engine, exec_id, sock, timeout
+        self.stdout_lines, self.fields = stdout_lines, fields
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.stdout_bytes = 0
+        self.started = time.monotonic()
+        self._expired = threading.Event()
+        self._pending = {1: b"", 2: b""}
+        self._stdin_error: list[BaseException] = []
+        self._timer = threading.Timer(timeout + EXEC_GRACE, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        if stdin is not None:
+            threading.Thread(target=self._feed, args=(stdin,), daemon=True, name="exec-stdin").start()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for stream, data in docker.utils.socket.frames_iter(self.sock, tty=False):
+                if stream == 1 and not self.stdout_lines:
+                    self.stdout_bytes += len(data)
+                    yield data
+                else:
+                    self._log_lines(stream, data)
+        except (OSError, docker.errors.DockerException) as exc:
+            if not self._expired.is_set():
+                raise EngineError(f"exec output stream broke ({exc})") from exc
+        finally:
+            for stream in (1, 2):
+                self._log_lines(stream, b"", flush=True)
+            self.close()
+
+    def run(self) -> ExecResult:
+        """Read it to its end (stdout goes to the log too), then its result."""
+        self.stdout_lines = True
+        for _ in self:
+            pass
+        return self.result()
+
+    def result(self) -> ExecResult:
+        """Its exit code once the output ended (None: still running, e.g. cut at its timeout)."""
+        self.close()
+        code = None
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            info = self.engine.api.exec_inspect(self.exec_id)
+            code = None if info.get("Running") else info.get("ExitCode")
+        seconds = time.monotonic() - self.started
+        timed_out = self._expired.is_set() or (seconds >= self.timeout and code in (124, 137, 143, None))
+        return ExecResult(code, tuple(self.tail), seconds, timed_out, self.stdout_bytes,
+                          self._stdin_error[0] if self._stdin_error else None)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _expire(self) -> None:
+        self._expired.set()
+        logger.warning("command ran past its timeout; cutting its stream", extra={**self.fields,
+                                                                                   "timeout": self.timeout})
+        _shutdown(self.sock, socket.SHUT_RDWR)
+
+    def _feed(self, chunks: Iterable[bytes]) -> None:
+        """Writes stdin, then half-closes so the command sees its end."""
+        raw = getattr(self.sock, "_sock", self.sock)
+        try:
+            for chunk in chunks:
+                raw.sendall(chunk)
+        except BaseException as exc:  # the reader side reports it through result()
+            self._stdin_error.append(exc)
+            _shutdown(self.sock, socket.SHUT_RDWR)
+            return
+        _shutdown(self.sock, socket.SHUT_WR)
+
+    def _log_lines(self, stream: int, data: bytes, flush: bool = False) -> None:
+        pending = self._pending.get(stream, b"") + data
+        *complete, pending = pending.split(b"\n")
+        if flush and pending:
+            complete, pending = [*complete, pending], b""
+        self._pending[stream] = pending[-65536:]  # a line without end is cut, not held whole
+        for raw in complete:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            self.tail.append(line)
+            logger.info("command output", extra={**self.fields, "stream": "stdout" if stream == 1 else "stderr",
+                                                  "line": line})
+
+
+def _shutdown(sock, how: int) -> None:
+    raw = getattr(sock, "_sock", sock)
+    with contextlib.suppress(OSError, AttributeError):
+        raw.shutdown(how)
 
 
 def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .model import (
 )
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
-from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, truth, whole
+from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
 from .values import KEEP as KEEP_VALUES  # KEEP and SCHEDULE here are label names
 from .values import SCHEDULE as SCHEDULE_VALUES
 
@@ -52,6 +52,17 @@ SHARED = "backup.shared"
 GROUP = "backup.group"
 GROUP_ORDER = "backup.group.order"
 READY_TIMEOUT = "backup.ready-timeout"
+EXEC_USER = "backup.exec.user"
+EXEC_TIMEOUT = "backup.exec.timeout"
+PRESET = "backup.preset"
+PRESET_USER = "backup.preset.user"
+PRESET_DATABASE = "backup.preset.database"
+SQLITE_PATHS = "backup.sqlite.paths"
+
+# The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
+PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mongodb")
+DEFAULT_EXEC_TIMEOUT = 3600
+MAX_EXEC_TIMEOUT = 7 * 86400
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -102,6 +113,28 @@ def _volume_list(raw: str) -> tuple[str, ...]:
 COMMAND = Parser(_command, "a command")
 
 
+def _user(raw: str) -> str:
+    user = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31})?", user):
+        raise ValueError("accepted: a user name or uid, optionally with :group or :gid")
+    return user
+
+
+def _identifier(raw: str) -> str:
+    name = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_$.-]{0,62}", name):
+        raise ValueError("accepted: 1-63 letters, digits, '_', '$', '.', '-'")
+    return name
+
+
+def _globs(raw: str) -> tuple[str, ...]:
+    patterns = comma_list(raw)
+    if not patterns or any(not p.startswith("/") or "/../" in p + "/" for p in patterns):
+        raise ValueError("accepted: a comma list of absolute paths or globs inside the container "
+                         "(`/var/lib/grafana/grafana.db`, `/data/*.sqlite`)")
+    return patterns
+
+
 LABELS: tuple[Label, ...] = (
     Label(ENABLE, None, None, "opt in (a true value) or out (a false one)",
           accepted=BOOLEAN.accepted + " (case-insensitive)", shown_default="(required)"),
@@ -130,6 +163,27 @@ LABELS: tuple[Label, ...] = (
           "seconds given to a graceful stop before Docker kills the container", field="stop_timeout"),
     Label(IMAGE, member_of(ImagePolicy), ImagePolicy.AUTO, "`auto`: export the container's image when it cannot "
           "be pulled again (built here, never pushed: no repository digest); `always`; `never`", field="image"),
+    Label(EXEC_USER, Parser(_user, "user[:group] or uid[:gid]"), None, "the user `backup.exec.pre`/`post` and a "
+          "preset's tool run as inside the container (`postgres`, `999:999`)", field="exec_user",
+          shown_default="the container's user"),
+    Label(EXEC_TIMEOUT, whole(1, MAX_EXEC_TIMEOUT, "accepted: whole seconds", digits=7), DEFAULT_EXEC_TIMEOUT,
+          "seconds `backup.exec.pre`/`post` and a preset's dump may run; then the command is killed inside the "
+          "container (by `timeout` when the image has one) and the run fails", field="exec_timeout"),
+    Label(PRESET, one_of(PRESETS), None, "back up through the app's own tool, without stopping it: `postgres` "
+          "(`pg_dumpall`, or `pg_dump -Fc` of `backup.preset.database`), `sqlite` (the online backup API, from a "
+          "worker container, on `backup.sqlite.paths`), `mysql`/`mariadb` (`mariadb-dump`/`mysqldump "
+          "--single-transaction`), `redis` (`BGSAVE`, then the RDB), `prometheus` (the TSDB snapshot API), `mongodb` (`mongodump "
+          "--archive`); see "
+          "Presets. Only the dump is archived "
+          "unless `backup.volumes` names volumes too",
+          field="preset", shown_default="none"),
+    Label(PRESET_USER, Parser(_identifier, "a database role"), None, "the role a preset connects as",
+          field="preset_user", shown_default="postgres: `PGUSER`, else `POSTGRES_USER`, else `postgres`; mysql: `root`"),
+    Label(PRESET_DATABASE, Parser(_identifier, "a database name"), None, "dump this database only "
+          "(`pg_dump -Fc`) instead of the whole cluster", field="preset_database", shown_default="all"),
+    Label(SQLITE_PATHS, Parser(_globs, "comma list of absolute globs"), None, "the SQLite databases the `sqlite` "
+          "preset backs up: paths or globs inside the container, on its volumes", field="sqlite_paths",
+          shown_default="(required with `sqlite`)"),
     Label(KEEP, None, None, "rotation for this container (`daily=14,monthly=12`); frequencies not named come "
           "from `BACKUP_KEEP`", field="keep", accepted=KEEP_VALUES.accepted, shown_default="`BACKUP_KEEP`"),
     Label(SHARED, member_of(SharedPolicy), SharedPolicy.QUIESCE, "with `stop`/`pause`: `quiesce` stops (or "
@@ -189,7 +243,11 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
             except ValueError as exc:
                 bad(label.name, labels[label.name], str(exc))
     values["keep"] = _keep(labels, values["schedule"], default_keep, bad)
-    volumes = _volumes(container, values["volumes"], VOLUMES in failed, bad, problems)
+    # A preset alone archives only its dump: volumes too only when backup.volumes names them.
+    with_volumes = values["preset"] is None or VOLUMES in labels
+    volumes = _volumes(container, values["volumes"], VOLUMES in failed, bad, problems) if with_volumes else ()
+    if values["preset"] == "sqlite" and not values["sqlite_paths"] and SQLITE_PATHS not in failed:
+        bad(SQLITE_PATHS, "", "required with backup.preset=sqlite; accepted: a comma list of absolute globs")
 
     if problems:
         raise LabelError(container.name, problems)

@@ -140,6 +140,12 @@ class TargetConfig:
     group: str | None = None  # backup.group: backed up together with the other members, in one run
     group_order: int | None = None  # backup.group.order: stop late, start early (low first) without depends_on
     ready_timeout: int = 60  # seconds a start waits for the healthcheck to pass (0: no wait)
+    exec_user: str | None = None  # None: the container's user
+    exec_timeout: int = 3600  # seconds a backup.exec.* command or a preset's dump may run
+    preset: str | None = None  # an app-native backup (sidecar/actions/sources/presets)
+    preset_user: str | None = None
+    preset_database: str | None = None
+    sqlite_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,3 +229,32 @@ class WorkerResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a command run in a container (backup.exec.*, a preset's tool) ended."""
+
+    exit_code: int | None  # None: unknown (still running when its stream was cut)
+    tail: tuple[str, ...]  # its last lines of output (stderr, and stdout when it was logged)
+    seconds: float
+    timed_out: bool = False
+    stdout_bytes: int = 0  # bytes of stdout handed to the caller
+    stdin_error: BaseException | None = field(default=None, compare=False)  # writing its stdin failed
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.stdin_error is None
+
+    def describe(self, tail: int = 500) -> str:
+        """Why it failed, with the end of its output (the tool's own message)."""
+        text = "\n".join(self.tail).strip()[-tail:]
+        if self.timed_out:
+            what = f"ran past its timeout ({self.seconds:.0f} s) and was killed"
+        elif self.stdin_error is not None:
+            what = f"stopped reading its input ({self.stdin_error})"
+        elif self.exit_code is None:
+            what = "ended without an exit code"
+        else:
+            what = f"exited with {self.exit_code}"
+        return f"{what}: {text}" if text else what

@@ -299,15 +299,16 @@ def _command(ctx: Context, target: Target, container_id: str, command: str | Non
     if not running:
         logger.warning(f"backup.exec.{phase} not run: the container is not running", extra=fields)
         return
-    started = time.monotonic()
+    cfg = target.config
     try:
-        code, output = ctx.engine.exec(container_id, command)
+        result = ctx.engine.run_command(container_id, command, user=cfg.exec_user, timeout=cfg.exec_timeout,
+                                        fields={**fields, "container": target.container.name})
     except SidecarError as err:
         raise BackupError(target.backup_name, phase, f"backup.exec.{phase} could not run: {err}") from err
-    tail = output.strip()[-500:]
-    if code != 0:
-        raise BackupError(target.backup_name, phase, f"backup.exec.{phase} exited with {code}: {tail}")
-    logger.info(f"backup.exec.{phase} succeeded", extra={**fields, "seconds": round(time.monotonic() - started, 3)})
+    if not result.ok:
+        raise BackupError(target.backup_name, phase, f"backup.exec.{phase} {result.describe()}")
+    logger.info(f"backup.exec.{phase} succeeded", extra={**fields, "seconds": round(result.seconds, 3)})
+
 
 
 def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:

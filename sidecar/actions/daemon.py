@@ -23,6 +23,7 @@ from ..model import ContainerInfo, Target
 from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
 from .recover import run_recovery
+from .sources import items
 from .rotate import run_rotation
 from .status import copy_states, newest_archive_times
 from .sync import run_sync
@@ -126,7 +127,7 @@ class Daemon:
                     logger.info("target found" if before is None else "target changed", extra={
                         "target": target.backup_name, "container": target.container.name,
                         "schedule": target.config.schedule.expression, "strategy": str(target.config.strategy),
-                        "volumes": [v.volume_name for v in target.volumes],
+                        "volumes": list(items(target)),
                         "next_run": self._next[target.backup_name].isoformat()})
             names = {t.backup_name for t in found.targets}
             for name in list(self._next):
@@ -144,7 +145,7 @@ class Daemon:
         self._wake.set()
 
     def _view(self, target: Target) -> TargetView:
-        return TargetView(target.backup_name, tuple(v.volume_name for v in target.volumes),
+        return TargetView(target.backup_name, items(target),
                           self._next[target.backup_name].timestamp(),
                           target.config.schedule.max_interval.total_seconds())
 

@@ -1,15 +1,32 @@
 """What the sidecar would do: targets with strategy, volumes, schedule and next run, and
-the labelled containers it skips, with why."""
+the labelled containers it skips, with why; and a warning for a target that looks like a
+database (its image or command names a database server) but runs `hot` without a preset:
+issue 10 measured hot copies of live PostgreSQL and SQLite restoring silently corrupt.
+Files in volumes (`*.db`, `*.sqlite`) are not looked for: that would read every volume
+(and hold every `docker exec` into the container while the engine streams it)."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..model import CopyState
+from ..errors import SidecarError
+from ..labels import PRESETS
+from ..model import CopyState, Strategy, Target
 from .context import Context
+from .sources import items
 from .status import copy_states
+
+# (what a server's image or command is called, the app, its preset): first match wins.
+DATABASES: tuple[tuple[re.Pattern, str, str], ...] = (
+    (re.compile(r"(^|[/_-])(postgres|postgis|timescaledb)([:_-]|$)"), "PostgreSQL", "postgres"),
+    (re.compile(r"(^|[/_-])(mysqld?|mariadbd?|percona)([:_-]|$)"), "MySQL/MariaDB", "mysql"),
+    (re.compile(r"(^|[/_-])(mongod?|mongodb)([:_-]|$)"), "MongoDB", "mongodb"),
+    (re.compile(r"(^|[/_-])(redis-server|redis|valkey)([:_-]|$)"), "Redis", "redis"),
+    (re.compile(r"(^|[/_-])(sqlite3?)([:_-]|$)"), "SQLite", "sqlite"),
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,7 @@ class PlanRow:
     # Per destination, in configured order: "verified, 2 h old" (holds the latest backup),
     # "behind, verified 3 d old" (only older ones), "missing" (none).
     destinations: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. a database backed up hot without a preset
 
 
 @dataclass(frozen=True)
@@ -51,15 +69,42 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             schedule=t.config.schedule.expression,
             frequency=str(t.config.schedule.frequency),
             next_run=t.config.schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
-            volumes=tuple(f"{v.volume_name}={v.mount.destination}" for v in t.volumes),
+            volumes=tuple(f"{v.volume_name}={v.mount.destination}" for v in t.volumes)
+            + tuple(f"{item}=preset" for item in items(t) if item not in {v.volume_name for v in t.volumes}),
             compression=str(t.config.compression),
             keep=t.config.keep.describe(),
-            **_three_two_one(ctx, [states[(t.backup_name, v.volume_name)] for v in t.volumes]),
+            **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
+            warnings=database_warnings(t, _command(ctx, t)),
         )
         for t in discovery.targets
     ]
     skipped = [SkippedRow(s.container.name, s.reason) for s in discovery.skipped]
     return rows, skipped
+
+
+def _command(ctx: Context, target: Target) -> tuple[str, ...]:
+    if target.config.strategy is not Strategy.HOT or target.config.preset:
+        return ()  # no warning possible: no need to ask the engine
+    try:
+        return ctx.engine.container_command(target.container.id)
+    except SidecarError:
+        return ()
+
+
+def database_warnings(target: Target, command: tuple[str, ...]) -> tuple[str, ...]:
+    """A warning when `target` looks like a database server and is copied hot without a preset."""
+    if target.config.strategy is not Strategy.HOT or target.config.preset:
+        return ()
+    names = [target.container.image.lower()] + [part.rsplit("/", 1)[-1].lower() for part in command[:2]]
+    for pattern, app, preset in DATABASES:
+        if any(pattern.search(name) for name in names):
+            if preset in PRESETS:
+                advice = f"set backup.preset={preset} (its own dump, no downtime) or backup.strategy=pause"
+            else:
+                advice = "set backup.strategy=pause or stop (a preset for it is not available yet)"
+            return (f"{target.backup_name} looks like {app} and is copied hot: a hot copy of a live database can "
+                    f"restore silently corrupt; {advice}",)
+    return ()
 
 
 def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..model import CopyState, Target
 from .context import Context
+from .sources import items
 from .sync import copy_index
 
 
@@ -15,16 +16,16 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
     states = {}
     for target in targets:
         archives = ctx.store.archives(target.backup_name)
-        for volume in target.volumes:
-            mine = [a for a in archives if a.name.volume_name == volume.volume_name]
-            newest = ctx.store.latest(target.backup_name, volume.volume_name)
+        for item in items(target):  # each volume's and the preset's archives
+            mine = [a for a in archives if a.name.volume_name == item]
+            newest = ctx.store.latest(target.backup_name, item)
             offsite = {}
             for name, by_local in copies.items():
                 times = [_mtime(a.path) for a in mine if a.name.relpath in by_local]
                 offsite[name] = max(times) if times else None
             holders = frozenset(name for name, by_local in copies.items()
                                 if newest is not None and newest.name.relpath in by_local)
-            states[(target.backup_name, volume.volume_name)] = CopyState(
+            states[(target.backup_name, item)] = CopyState(
                 local=_mtime(newest.path) if newest is not None else None, offsite=offsite,
                 copies=1 + len(holders) if newest is not None else 0, holders=holders)
     return states

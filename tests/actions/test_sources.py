@@ -21,5 +21,5 @@ def test_volumes_describe_and_quiesce(engine, ctx, data, tmp_path, strategy, qui
 
 
 def test_unknown_source():
-    with pytest.raises(ConfigError, match="unknown source 'postgres'"):
-        sources.get("postgres")
+    with pytest.raises(ConfigError, match="unknown source 'oracle'"):
+        sources.get("oracle")

@@ -13,19 +13,21 @@ Mounts are named volumes called after their folder's name.
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from sidecar.errors import ContainerNotFound, EngineError
-from sidecar.model import ContainerEvent, ContainerInfo, ContainerState, ImageInfo, Mount, WorkerResult, WorkerSpec
+from sidecar.model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +39,9 @@ class FakeContainer:
     info: ContainerInfo
     folders: dict[str, Path]  # mount destination -> folder standing for the volume
     exec_results: dict[str, tuple[int, str]] = field(default_factory=dict)  # command -> (code, output)
+    env: dict[str, str] = field(default_factory=dict)  # its configured environment
+    bin: Path | None = None  # exec_stream: stand-in tools, first on PATH
+    command: tuple[str, ...] = ()  # its entrypoint and command
 
 
 @dataclass
@@ -63,6 +68,7 @@ class FakeEngine:
         self.log: list[ContainerEvent] = []  # what the engine's event log holds (container_events)
         self.on_stop = None  # called with the container id inside stop (e.g. someone else's stop meanwhile)
         self.health_after: dict[str, int] = {}  # container id -> inspects until its healthcheck says healthy
+        self.exec_options: list[dict] = []  # run_command/exec_stream: what each was given
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,
@@ -211,6 +217,33 @@ class FakeEngine:
         return [e for e in self.log if e.container_id == container_id and e.time >= since
                 and (until is None or e.time <= until)]
 
+    def run_command(self, container_id: str, command: str, *, user=None, timeout: float = 3600.0,
+                    tail_lines: int = 40, fields=None) -> ExecResult:
+        """Engine.run_command: recorded as an "exec" call; its options in `exec_options`."""
+        self.exec_options.append({"command": command, "user": user, "timeout": timeout})
+        code, output = self.exec(container_id, command)
+        lines = tuple(output.splitlines()[-tail_lines:])
+        timed_out = code == 137 and "timeout" in output
+        return ExecResult(code, lines, 0.01, timed_out)
+
+    def exec_stream(self, container_id: str, argv: list[str], *, user=None, environment=None,
+                    timeout: float = 3600.0, stdin=None, stdout_lines: bool = False, tail_lines: int = 40,
+                    fields=None) -> "FakeExecStream":
+        """Engine.exec_stream, run as a real local process: the container's `env` plus
+        `environment`, its `bin` folder first on PATH (tests put stand-in tools there)."""
+        self._call("exec_stream", container_id, tuple(argv))
+        c = self._get(container_id)
+        if c.info.state is not ContainerState.RUNNING:
+            raise EngineError(f"exec in container {container_id[:12]}: container is not running")
+        env = {"PATH": f"{c.bin}:{_basics(c.bin)}", **c.env, **(environment or {})}
+        self.exec_options.append({"argv": tuple(argv), "user": user, "timeout": timeout,
+                                  "environment": dict(environment or {})})
+        return FakeExecStream(argv, env, timeout, stdin, stdout_lines, tail_lines)
+
+    def container_command(self, container_id: str) -> tuple[str, ...]:
+        self._call("container_command", container_id)
+        return tuple(self._get(container_id).command)
+
     def exec(self, container_id: str, command: str) -> tuple[int, str]:
         self._call("exec", container_id, command)
         c = self._get(container_id)
@@ -346,3 +379,81 @@ def _one_file_tar(name: str, content: bytes) -> bytes:
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
     return buf.getvalue()
+
+
+def _basics(bin_folder: Path | None) -> Path:
+    """A folder beside the stand-in tools with only what their scripts use from the host:
+    the container sees no tool of the host (a host's pg_dumpall must not answer)."""
+    folder = (bin_folder or Path(os.environ.get("TMPDIR", "/tmp"))).parent / "basics"
+    folder.mkdir(exist_ok=True)
+    for tool in ("sh", "cat", "sleep", "timeout", "head", "wc"):
+        link = folder / tool
+        if not link.exists() and shutil.which(tool):
+            link.symlink_to(shutil.which(tool))
+    return folder
+
+
+class FakeExecStream:
+    """ExecStream over a local process: stdout's bytes by iteration, stderr kept as tail."""
+
+    def __init__(self, argv, env, timeout, stdin, stdout_lines, tail_lines):
+        self.started = time.monotonic()
+        self.timeout, self.stdout_lines = timeout, stdout_lines
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.stdout_bytes = 0
+        self._ended = False
+        self.proc = subprocess.Popen(["timeout", "-s", "KILL", str(max(1, int(timeout))), *argv], env=env,
+                                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._stdin_error: list[BaseException] = []
+        self._err = threading.Thread(target=self._read_err, daemon=True)
+        self._err.start()
+        if stdin is not None:
+            threading.Thread(target=self._feed, args=(stdin,), daemon=True).start()
+
+    def _feed(self, chunks) -> None:
+        try:
+            for chunk in chunks:
+                self.proc.stdin.write(chunk)
+        except BaseException as exc:
+            self._stdin_error.append(exc)
+        finally:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            self.tail.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def __iter__(self):
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                self._ended = True
+                break
+            if self.stdout_lines:
+                self.tail.extend(chunk.decode("utf-8", "replace").splitlines())
+            else:
+                self.stdout_bytes += len(chunk)
+                yield chunk
+
+    def run(self) -> ExecResult:
+        self.stdout_lines = True
+        for _ in self:
+            pass
+        return self.result()
+
+    def result(self) -> ExecResult:
+        code = self.proc.wait()
+        self._err.join(5)
+        seconds = time.monotonic() - self.started
+        timed_out = code in (124, 137, -9) and seconds >= self.timeout
+        return ExecResult(code, tuple(self.tail), seconds, timed_out, self.stdout_bytes,
+                          self._stdin_error[0] if self._stdin_error else None)
+
+    def close(self) -> None:
+        """As the engine's: a stream closed before its end leaves the command without output."""
+        if not self._ended and self.proc.poll() is None:
+            self.proc.kill()

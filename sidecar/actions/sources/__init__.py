@@ -19,12 +19,13 @@ from types import ModuleType
 
 from ...errors import ConfigError
 from ...model import Target
-from . import volumes
+from . import presets, volumes
 from .base import ArchivePath, Capture, RestoreOutcome, RestoreRequest, Source
 
-__all__ = ["ArchivePath", "Capture", "RestoreOutcome", "RestoreRequest", "Source", "SOURCES", "get", "sources_for"]
+__all__ = ["ArchivePath", "Capture", "RestoreOutcome", "RestoreRequest", "Source", "SOURCES", "get", "items",
+           "source_of_item", "sources_for"]
 
-SOURCES: dict[str, ModuleType] = {volumes.NAME: volumes}
+SOURCES: dict[str, ModuleType] = {volumes.NAME: volumes, **presets.PRESETS}
 
 
 def get(name: str) -> Source:
@@ -35,5 +36,18 @@ def get(name: str) -> Source:
 
 
 def sources_for(target: Target) -> tuple[Source, ...]:
-    """The sources a target is captured from: today its volumes."""
-    return (get(volumes.NAME),)
+    """The sources a target is captured from: its preset's dump (backup.preset) and its
+    volumes (none with a preset unless backup.volumes names them)."""
+    chosen = (get(target.config.preset),) if target.config.preset else ()
+    return chosen + ((get(volumes.NAME),) if target.volumes else ())
+
+
+def items(target: Target) -> tuple[str, ...]:
+    """The short names of every archive a backup of `target` writes (the `{type}` part)."""
+    return tuple(item for source in sources_for(target) for item in source.describe(target))
+
+
+def source_of_item(item: str) -> Source:
+    """The source that restores archives of type `item`: a preset's, else the volumes'."""
+    preset = presets.preset_of_item(item)
+    return preset if preset is not None else get(volumes.NAME)  # type: ignore[return-value]

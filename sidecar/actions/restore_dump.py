@@ -1,0 +1,52 @@
+"""Restore a preset's dump (`restore NAME --dump latest|FILE`): find the container and the
+dump archive (on the backup volume or downloaded from a destination), then hand over to
+the preset that feeds it back through the app's own client (sources/presets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import NotFound, RestoreError
+from ..labels import PRESET, PRESETS
+from ..naming import parse_name
+from .context import Context
+from .restore import fetch_from_remote, resolve_container
+from .sources import RestoreOutcome, RestoreRequest, source_of_item
+from .sources.presets import PRESETS as PRESET_MODULES, archive_type, preset_of_item
+
+__all__ = ["run_restore_dump"]
+
+
+def run_restore_dump(ctx: Context, ref: str, dump: str = "latest", force: bool = False,
+                     from_remote: str | None = None) -> RestoreOutcome:
+    container, backup_name, stop_timeout = resolve_container(ctx, ref)
+    item = _item(ctx, container.labels.get(PRESET), backup_name, dump)
+    if from_remote:
+        path = fetch_from_remote(ctx, backup_name, item, dump, from_remote)
+    elif dump == "latest":
+        latest = ctx.store.latest(backup_name, item)
+        if latest is None:
+            raise NotFound(f"no {item} archive of {backup_name} in {ctx.store.root}")
+        path = latest.path
+    else:
+        path = ctx.store.resolve(dump)
+    return source_of_item(item).restore(ctx, RestoreRequest(container, backup_name, item, path, force, stop_timeout))
+
+
+def _item(ctx: Context, label: str | None, backup_name: str, dump: str) -> str:
+    """The archive type to restore: the one FILE's name says, else the container's
+    backup.preset, else the only preset whose archives exist for this backup name."""
+    if dump != "latest":
+        name = parse_name(Path(dump).name)
+        if name is None or preset_of_item(name.volume_name) is None:
+            raise RestoreError(f"{dump!r} is not a preset's dump (expected a name with the type "
+                               f"{' or '.join(archive_type(p) for p in PRESET_MODULES)})")
+        return name.volume_name
+    if label and label.strip().lower() in PRESETS:
+        return archive_type(label.strip().lower())
+    found = sorted({a.name.volume_name for a in ctx.store.archives(backup_name)
+                    if preset_of_item(a.name.volume_name) is not None})
+    if len(found) != 1:
+        raise NotFound(f"{backup_name} has {'no preset dump' if not found else 'dumps of ' + ', '.join(found)}; "
+                       "name one with --dump FILE")
+    return found[0]

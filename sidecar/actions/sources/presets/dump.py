@@ -1,0 +1,232 @@
+"""What every dump preset shares: a tool's stdout streamed into an archive, and back.
+
+The archive stays a real tar (so checksums, `verify`, encryption, sync and rotation treat
+it like any other): the dump is cut into parts of PART_SIZE bytes, each one tar member
+named `{file}.{NNNNNN}`, because a tar header needs its member's size and a dump's size is
+known only at its end. Memory stays at one part whatever the dump's size. To read a dump
+by hand: `tar -xf ARCHIVE && cat FILE.* > FILE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ....archive import ArchiveResult, ArchiveWriter, ProgressLog, iter_tar
+from ....engine import Engine
+from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
+from ....extract import open_archive, verify
+from ....keys import DecryptionKeys
+from ....model import ExecResult, Target
+from ....streams import IterReader
+from ...context import Context
+from ...interrupt import Interruption
+
+logger = logging.getLogger(__name__)
+
+PART_SIZE = 4 << 20
+TAIL_KEPT = 4096  # last bytes of a dump kept to check that it ended as the tool ends it
+_PART = re.compile(r"^(?P<file>[^/]+)\.(?P<n>\d{6})$")
+
+
+def archive_type(preset: str) -> str:
+    """The `{type}` of a preset's archives: `+` never occurs in a volume's short name
+    (labels.short_volume_name keeps letters, digits, `.` and `-`), so the two never collide."""
+    return f"{preset}+dump"
+
+
+def parts_tar(chunks: Iterable[bytes], file: str, mtime: float | None = None,
+              part_size: int = PART_SIZE) -> Iterator[bytes]:
+    """A tar stream of `chunks` cut into members `{file}.000000`, `{file}.000001`, ...
+    (at least one, empty when the dump is)."""
+    mtime = time.time() if mtime is None else mtime
+    buffer = bytearray()
+    index = 0
+
+    def member() -> Iterator[bytes]:
+        info = tarfile.TarInfo(f"{file}.{index:06d}")
+        info.size, info.mode, info.mtime, info.type = len(buffer), 0o600, int(mtime), tarfile.REGTYPE
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        yield bytes(buffer)
+        padding = -len(buffer) % tarfile.BLOCKSIZE
+        if padding:
+            yield b"\0" * padding
+
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            take = part_size - len(buffer)
+            buffer += view[:take]
+            view = view[take:]
+            if len(buffer) == part_size:
+                yield from member()
+                buffer.clear()
+                index += 1
+    if buffer or index == 0:
+        yield from member()
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+@dataclass(frozen=True)
+class DumpCommand:
+    """One run of an app's tool whose stdout is the dump."""
+
+    argv: tuple[str, ...]  # run with `sh` in the container (see Engine.exec_stream)
+    file: str  # the dump's file name inside the archive
+    tool: str  # its name in messages
+    environment: tuple[tuple[str, str], ...] = ()  # given to the process only; never logged
+    check: Callable[[bytes, bytes], str | None] | None = None  # (head, tail) -> why it is incomplete
+
+
+class DumpCapture:
+    """A preset's archive: `read` runs the tool with the app running and streams its stdout
+    through compression (and encryption) into the partial file; `finish` publishes it."""
+
+    def __init__(self, ctx: Context, target: Target, container_id: str, item: str, path: Path,
+                 command: DumpCommand):
+        self.ctx, self.target, self.container_id, self.item, self.command = ctx, target, container_id, item, command
+        cfg = target.config
+        self.writer = ArchiveWriter(path, cfg.compression, ctx.settings.file_mode, ctx.local_encryption)
+        self.head = b""
+        self.tail = b""
+
+    def __enter__(self) -> "DumpCapture":
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.writer.__exit__(*exc_info)
+
+    def read(self) -> None:
+        cfg, name = self.target.config, self.target.backup_name
+        fields = {"target": name, "container": self.target.container.name, "volume": self.item, "phase": "dump",
+                  "tool": self.command.tool}
+        started = time.monotonic()
+
+        def report(done: int, rate: float) -> None:
+            logger.info("dump in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
+                                                   "seconds": round(time.monotonic() - started, 1)})
+
+        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, name)
+        logger.info("dump started", extra={**fields, "user": cfg.exec_user, "timeout": cfg.exec_timeout})
+        try:
+            stream = self.ctx.engine.exec_stream(self.container_id, list(self.command.argv), user=cfg.exec_user,
+                                                 environment=dict(self.command.environment),
+                                                 timeout=cfg.exec_timeout, fields=fields)
+        except SidecarError as err:
+            raise BackupError(name, "dump", f"{self.command.tool} could not run: {err}") from err
+        try:
+            self.writer.write_stream(parts_tar(self._watched(stream), self.command.file), on_progress=progress)
+        except SidecarError as err:
+            raise BackupError(name, "dump", f"{self.command.tool}: {err}") from err
+        except OSError as exc:
+            raise BackupError(name, "write", f"{self.writer.final_path}: {exc}") from exc
+        finally:
+            stream.close()
+        self._check(stream.result())
+        logger.info("dump read", extra={**fields, "bytes": stream.stdout_bytes,
+                                        "seconds": round(time.monotonic() - started, 3)})
+
+    def _watched(self, stream: Iterable[bytes]) -> Iterator[bytes]:
+        """The stream, keeping its first and last bytes for the check."""
+        for chunk in stream:
+            if len(self.head) < TAIL_KEPT:
+                self.head += chunk[:TAIL_KEPT - len(self.head)]
+            self.tail = (self.tail + chunk)[-TAIL_KEPT:]
+            yield chunk
+
+    def _check(self, result: ExecResult) -> None:
+        """A failed, empty or incomplete dump fails the backup with the tool's own words."""
+        name, tool = self.target.backup_name, self.command.tool
+        if not result.ok:
+            raise BackupError(name, "dump", f"{tool} {result.describe()}")
+        if result.stdout_bytes == 0:
+            raise BackupError(name, "dump", f"{tool} wrote nothing (an empty dump){_said(result)}")
+        if self.command.check is not None:
+            why = self.command.check(self.head, self.tail)
+            if why:
+                raise BackupError(name, "dump", f"{tool}: {why}{_said(result)}")
+
+    def finish(self) -> ArchiveResult:
+        try:
+            result = self.writer.finish()
+        except OSError as exc:
+            raise BackupError(self.target.backup_name, "write", f"{self.writer.final_path}: {exc}") from exc
+        logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item,
+                                              "phase": "write", "path": str(result.path), "bytes": result.size,
+                                              "tar_bytes": result.raw_bytes})
+        return result
+
+
+def _said(result: ExecResult) -> str:
+    text = "\n".join(result.tail).strip()[-300:]
+    return f"; it said: {text}" if text else ""
+
+
+# --- reading a dump back -------------------------------------------------------------------
+
+def check_dump(path: Path, keys: DecryptionKeys | None) -> int:
+    """The whole archive checked (checksum, every member) before anything is touched;
+    returns the dump's size in bytes."""
+    with open_archive(path) as archive:
+        summary = verify(archive, keys)
+    return summary.tar_bytes
+
+
+def dump_file(path: Path, keys: DecryptionKeys | None) -> str:
+    """The dump's file name inside an archive written by DumpCapture (from its first member)."""
+    stream = iter_tar(path, keys=keys)
+    try:
+        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
+            first = tar.next()
+    finally:
+        stream.close()
+    match = _PART.match(first.name.removeprefix("./")) if first is not None else None
+    if match is None:
+        raise ArchiveError(f"{path.name}: not a dump archive (its first member is {first.name if first else None!r})")
+    return match["file"]
+
+
+def dump_chunks(path: Path, keys: DecryptionKeys | None) -> Iterator[bytes]:
+    """The dump in an archive written by DumpCapture, its parts joined in order."""
+    stream = iter_tar(path, keys=keys)
+    try:
+        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
+            expected, file = 0, None
+            for member in tar:
+                match = _PART.match(member.name.removeprefix("./"))
+                if match is None or int(match["n"]) != expected or (file is not None and match["file"] != file):
+                    raise ArchiveError(f"{path.name}: {member.name!r} is not part {expected} of a dump")
+                file, expected = match["file"], expected + 1
+                data = tar.extractfile(member)
+                while chunk := data.read(1 << 20):
+                    yield chunk
+            if expected == 0:
+                raise ArchiveError(f"{path.name}: no dump in this archive")
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def feed(engine: Engine, container_id: str, argv: list[str], chunks: Iterable[bytes], *, user: str | None,
+         timeout: float, environment: dict[str, str], fields: dict) -> ExecResult:
+    """Run an app's client with `chunks` on its stdin; its output goes to the log."""
+    stream = engine.exec_stream(container_id, argv, user=user, environment=environment, timeout=timeout,
+                                stdin=chunks, stdout_lines=True, fields=fields)
+    return stream.run()
+
+
+def left_stopped(stop: Interruption, container: str, item: str, what: str, err: SidecarError) -> RestoreLeftStopped:
+    """A restore failed after the app's files were removed or half written: the container
+    stays stopped (journalled), as a failed volume restore leaves it (exit code 3)."""
+    stop.leave_stopped(str(err))
+    return RestoreLeftStopped(container, item, (
+        f"RESTORE FAILED AFTER {what} of {container}: {err}. The container is left stopped so the app does not "
+        "start on partial data. Restore again with --force (the container is started when it succeeds), or "
+        "start it yourself"))

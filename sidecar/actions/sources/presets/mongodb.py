@@ -1,0 +1,106 @@
+"""The `mongodb` preset: `mongodump --archive` in the target (one consistent-per-collection
+stream, `--oplog` is for replica sets and not used), restored with `mongorestore --archive`
+(`--drop` with --force). Credentials from the container's own environment, read in the
+container: user `backup.preset.user`, else `MONGO_INITDB_ROOT_USERNAME`; password from
+`MONGO_INITDB_ROOT_PASSWORD_FILE`'s contents, else `MONGO_INITDB_ROOT_PASSWORD`, handed to
+the tool in a `--config` file on a file descriptor (never an argument, never on disk).
+MongoDB has no Debian package here: this preset is tested against stand-in tools only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Iterator
+
+from ....errors import RestoreError, SidecarError
+from ....model import ContainerInfo, ContainerState, Target
+from ...context import Context
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, feed
+
+logger = logging.getLogger(__name__)
+
+NAME = "mongodb"
+ITEM = archive_type(NAME)
+RESTORE_TIMEOUT = 24 * 3600.0
+_ARCHIVE_MAGIC = bytes.fromhex("6de29981")  # mongodump's archive format starts with it
+
+# $1: the tool, then its arguments. Credentials go through a config file on fd 3.
+_PROLOGUE = (
+    'command -v "$1" >/dev/null 2>&1 || { echo "$1: not found in the container (PATH=$PATH)" >&2; exit 127; }; '
+    'u="${PRESET_USER:-${MONGO_INITDB_ROOT_USERNAME:-}}"; unset PRESET_USER; '
+    'if [ -n "${MONGO_INITDB_ROOT_PASSWORD_FILE:-}" ]; then p="$(cat "$MONGO_INITDB_ROOT_PASSWORD_FILE")" || exit 1; '
+    'else p="${MONGO_INITDB_ROOT_PASSWORD:-}"; fi; '
+    'if [ -n "$u" ]; then tool=$1; shift; p=$(printf "%s" "$p" | sed \'s/\\\\/\\\\\\\\/g; s/"/\\\\"/g\'); '
+    'exec "$tool" --username "$u" --authenticationDatabase admin --config /dev/fd/3 "$@" 3<<EOF\n'
+    'password: "$p"\nEOF\nfi; exec "$@"'
+)
+_DATA_QUERY = ("db.adminCommand({listDatabases: 1}).databases.filter(d => !['admin', 'config', 'local']"
+               ".includes(d.name)).length")
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return (ITEM,)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return False
+
+
+def _argv(*tool: str) -> tuple[str, ...]:
+    return ("sh", "-c", _PROLOGUE, "sh", *tool)
+
+
+def dump_command(target: Target) -> DumpCommand:
+    database = target.config.preset_database
+    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
+    return DumpCommand(_argv("mongodump", "--archive", *(("--db", database) if database else ())),
+                       f"{database or 'all'}.mongoarchive", "mongodump", env, _archive)
+
+
+def _archive(head: bytes, tail: bytes) -> str | None:
+    return None if head.startswith(_ARCHIVE_MAGIC) else "the output is no mongodump archive (bad magic number)"
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
+        yield [one]
+
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    started = time.monotonic()
+    container, path = request.container, request.archive
+    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
+              "phase": "restore"}
+    with ctx.store.target_lock(request.backup_name):
+        size = check_dump(path, ctx.settings.decryption)
+        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
+            raise RestoreError(f"{container.name} is not running: the mongodb preset restores through the running "
+                               "server's own client; start it first")
+        if not request.force:
+            _refuse_if_data(ctx, container, fields)
+        tool = ("mongorestore", "--archive", *(("--drop",) if request.force else ()))
+        result = feed(ctx.engine, container.id, list(_argv(*tool)), dump_chunks(path, ctx.settings.decryption),
+                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
+    if not result.ok:
+        raise RestoreError(f"mongorestore {result.describe()}")
+    seconds = time.monotonic() - started
+    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+
+
+def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
+    try:
+        stream = ctx.engine.exec_stream(container.id, list(_argv("mongosh", "--quiet", "--eval", _DATA_QUERY)),
+                                        timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
+    if not result.ok:
+        raise RestoreError(f"mongosh {result.describe()}")
+    if out.splitlines()[-1:] != ["0"]:
+        raise RestoreError(f"the server in {container.name} holds databases of its own ({out[-50:]}); use --force "
+                           "to replace them (mongorestore --drop)")

@@ -1,0 +1,121 @@
+"""The `mysql` preset (also `mariadb`): the server's own dump tool in the target,
+`mariadb-dump` when the image has it, else `mysqldump`, with `--single-transaction
+--all-databases --routines --events` (or `--databases` of `backup.preset.database`): one
+consistent snapshot of InnoDB tables without locking the app out. Restore feeds it to
+`mariadb` / `mysql` in the running container.
+
+Credentials never pass through the sidecar: a shell prologue in the container reads them
+from the container's own environment: user `backup.preset.user`, else `root`; password
+`MYSQL_PWD`, else the file of `MARIADB_ROOT_PASSWORD_FILE` / `MYSQL_ROOT_PASSWORD_FILE`, else
+`MARIADB_ROOT_PASSWORD` / `MYSQL_ROOT_PASSWORD`, given to the client as `MYSQL_PWD` (never
+an argument)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from typing import Iterator
+
+from ....errors import RestoreError, SidecarError
+from ....model import ContainerInfo, ContainerState, Target
+from ...context import Context
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, feed
+
+logger = logging.getLogger(__name__)
+
+NAME = "mysql"
+ALIASES = ("mariadb",)
+ITEM = archive_type(NAME)
+RESTORE_TIMEOUT = 24 * 3600.0
+
+# $1: "dump" or "client", then the tool's arguments.
+_PROLOGUE = (
+    'if command -v mariadb-dump >/dev/null 2>&1; then d=mariadb-dump; c=mariadb; '
+    'elif command -v mysqldump >/dev/null 2>&1; then d=mysqldump; c=mysql; '
+    'else echo "mysqldump/mariadb-dump: not found in the container (PATH=$PATH)" >&2; exit 127; fi; '
+    'if [ -z "${MYSQL_PWD:-}" ]; then '
+    'f="${MARIADB_ROOT_PASSWORD_FILE:-${MYSQL_ROOT_PASSWORD_FILE:-}}"; '
+    'if [ -n "$f" ]; then MYSQL_PWD="$(cat "$f")" || exit 1; '
+    'else MYSQL_PWD="${MARIADB_ROOT_PASSWORD:-${MYSQL_ROOT_PASSWORD:-}}"; fi; fi; '
+    '[ -n "$MYSQL_PWD" ] && export MYSQL_PWD || unset MYSQL_PWD; '
+    'u="${PRESET_USER:-root}"; unset PRESET_USER; '
+    'if [ "$1" = dump ]; then b=$d; else b=$c; fi; shift; exec "$b" --user="$u" "$@"'
+)
+_DUMP_END = b"-- Dump completed"
+# Databases of its own that hold tables (a new server may have an empty `test`).
+_DATA_QUERY = ("SELECT count(DISTINCT table_schema) FROM information_schema.tables WHERE table_schema NOT IN "
+               "('mysql', 'information_schema', 'performance_schema', 'sys')")
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return (ITEM,)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return False
+
+
+def _argv(*tool: str) -> tuple[str, ...]:
+    return ("sh", "-c", _PROLOGUE, "sh", *tool)
+
+
+def dump_command(target: Target) -> DumpCommand:
+    database = target.config.preset_database
+    scope = ("--databases", database) if database else ("--all-databases",)
+    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
+    return DumpCommand(_argv("dump", "--single-transaction", "--routines", "--events", "--triggers", *scope),
+                       f"{database or 'all-databases'}.sql", "mysqldump", env, _complete)
+
+
+def _complete(head: bytes, tail: bytes) -> str | None:
+    if _DUMP_END not in tail:
+        return "the dump does not end with the tool's 'Dump completed' line (truncated)"
+    return None
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
+        yield [one]
+
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    """Check the archive and that the server holds no database of its own (or --force), then
+    feed the dump to the client in the running container. Nothing is stopped."""
+    started = time.monotonic()
+    container, path = request.container, request.archive
+    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
+              "phase": "restore"}
+    with ctx.store.target_lock(request.backup_name):
+        size = check_dump(path, ctx.settings.decryption)
+        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
+            raise RestoreError(f"{container.name} is not running: the mysql preset restores through the running "
+                               "server's own client; start it first")
+        if not request.force:
+            _refuse_if_data(ctx, container, fields)
+        result = feed(ctx.engine, container.id, list(_argv("client")), dump_chunks(path, ctx.settings.decryption),
+                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
+    if not result.ok:
+        raise RestoreError(f"the mysql client {result.describe()}")
+    seconds = time.monotonic() - started
+    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3)})
+    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+
+
+def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
+    try:
+        stream = ctx.engine.exec_stream(container.id, list(_argv("client", "-N", "-B", "-e", _DATA_QUERY)),
+                                        timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
+    if not result.ok:
+        raise RestoreError(f"the mysql client {result.describe()}")
+    if not re.fullmatch(r"0", out):
+        raise RestoreError(f"the server in {container.name} holds {out} database(s) with tables of its own already; use "
+                           "--force to load the dump over them")

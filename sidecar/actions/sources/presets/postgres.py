@@ -1,0 +1,154 @@
+"""The `postgres` preset: PostgreSQL's own dump, taken in the target with its own
+(version-matched) client while the server runs: `pg_dumpall --clean --if-exists` (plain
+SQL, roles and every database), or `pg_dump -Fc` of `backup.preset.database`. Restore
+feeds it back through `psql` or `pg_restore --clean --if-exists --create`.
+
+Credentials never pass through the sidecar: a small shell prologue in the container reads
+them from the container's own environment (`PGUSER`, else `POSTGRES_USER`, else
+`postgres`; `PGPASSWORD`, else `POSTGRES_PASSWORD_FILE`'s contents, else
+`POSTGRES_PASSWORD`), so nothing secret is in an argument, a label or a log line. The
+label `backup.preset.user` sets the role."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from typing import Iterator
+
+from ....errors import RestoreError, SidecarError
+from ....model import ContainerInfo, ContainerState, Target
+from ...context import Context
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, dump_file, feed
+
+logger = logging.getLogger(__name__)
+
+NAME = "postgres"
+ITEM = archive_type(NAME)
+
+# $1...: the tool and its arguments. The password is exported only when one is found.
+_PROLOGUE = (
+    'PGUSER="${PRESET_USER:-${PGUSER:-${POSTGRES_USER:-postgres}}}"; export PGUSER; unset PRESET_USER; '
+    'if [ -z "${PGPASSWORD:-}" ]; then '
+    'if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then PGPASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")" || exit 1; '
+    'else PGPASSWORD="${POSTGRES_PASSWORD:-}"; fi; fi; '
+    '[ -n "$PGPASSWORD" ] && export PGPASSWORD || unset PGPASSWORD; '
+    'command -v "$1" >/dev/null 2>&1 || { echo "$1: not found in the container (PATH=$PATH)" >&2; exit 127; }; '
+    'exec "$@"'
+)
+_DUMPALL_END = b"PostgreSQL database cluster dump complete"
+# Databases besides postgres and the templates, plus tables in postgres itself.
+_DATA_QUERY = ("SELECT (SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1'))"
+               " + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN "
+               "('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%')")
+# What psql says about pg_dumpall's own role, which a new cluster has already: not an error of the restore.
+_EXPECTED = re.compile(r'ERROR:\s+(current user cannot be dropped|role "[^"]+" already exists)')
+RESTORE_TIMEOUT = 24 * 3600.0  # seconds the client may take to load a dump
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return (ITEM,)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return False  # the dump is consistent by itself (one snapshot per database) and needs the server up
+
+
+def _argv(*tool: str) -> tuple[str, ...]:
+    return ("sh", "-c", _PROLOGUE, "sh", *tool)
+
+
+def _environment(target: Target) -> tuple[tuple[str, str], ...]:
+    user = target.config.preset_user
+    return (("PRESET_USER", user),) if user else ()
+
+
+def dump_command(target: Target) -> DumpCommand:
+    database = target.config.preset_database
+    if database:
+        return DumpCommand(_argv("pg_dump", "-Fc", "--dbname", database), f"{database}.pgdump", "pg_dump",
+                           _environment(target), _custom_format)
+    return DumpCommand(_argv("pg_dumpall", "--clean", "--if-exists"), "pg_dumpall.sql", "pg_dumpall",
+                       _environment(target), _dumpall_complete)
+
+
+def _dumpall_complete(head: bytes, tail: bytes) -> str | None:
+    if _DUMPALL_END not in tail:
+        return "the dump does not end with pg_dumpall's last line (truncated)"
+    return None
+
+
+def _custom_format(head: bytes, tail: bytes) -> str | None:
+    if not head.startswith(b"PGDMP"):
+        return "the output is not pg_dump's custom format (no PGDMP header)"
+    return None
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
+        yield [one]
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    """Check the archive, check that the server holds no data of its own (or --force), then
+    feed the dump to `psql` / `pg_restore` in the running container. Nothing is stopped."""
+    started = time.monotonic()
+    container, path = request.container, request.archive
+    fields = {"target": request.backup_name, "container": container.name, "volume": request.item,
+              "archive": str(path), "phase": "restore"}
+    with ctx.store.target_lock(request.backup_name):
+        logger.info("verifying archive", extra={**fields, "phase": "verify"})
+        size = check_dump(path, ctx.settings.decryption)
+        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
+            raise RestoreError(f"{container.name} is not running: the postgres preset restores through the running "
+                               "server's own client; start it first")
+        file = dump_file(path, ctx.settings.decryption)
+        database = file.removesuffix(".pgdump") if file.endswith(".pgdump") else None
+        if database is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_$.-]{0,62}", database):
+            raise RestoreError(f"{path.name}: {database!r} is not a database name this preset writes")
+        _refuse_if_data(ctx, request, fields)
+        if database is not None and request.force:  # its sessions would keep DROP DATABASE from running
+            _query(ctx, container.id, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                   f"WHERE datname = '{database}' AND pid <> pg_backend_pid()", fields)
+        tool = ("pg_restore", "--clean", "--if-exists", "--create", "--dbname", "postgres") if database else \
+            ("psql", "-X", "-q", "-d", "postgres")
+        logger.info("restoring through the server's client", extra={**fields, "tool": tool[0]})
+        result = feed(ctx.engine, container.id, list(_argv(*tool)), dump_chunks(path, ctx.settings.decryption),
+                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
+    errors = [line for line in result.tail if "ERROR" in line and not _EXPECTED.search(line)]
+    if not result.ok:
+        raise RestoreError(f"{tool[0]} {result.describe()}")
+    if errors:  # pg_dumpall's own roles exist already in a new cluster: reported, not fatal
+        logger.warning("the client reported errors while restoring", extra={**fields, "errors": errors[-10:]})
+    seconds = time.monotonic() - started
+    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3)})
+    return RestoreOutcome(request.backup_name, container.name, request.item, path, 1, size, seconds, 0.0)
+
+
+def _query(ctx: Context, container_id: str, sql: str, fields: dict) -> str:
+    stream = ctx.engine.exec_stream(container_id, list(_argv("psql", "-XAtq", "-d", "postgres", "-c", sql)),
+                                    timeout=60, fields=fields)
+    out = b"".join(stream)
+    result = stream.result()
+    if not result.ok:
+        raise RestoreError(f"psql {result.describe()}")
+    return out.decode("utf-8", "replace").strip()
+
+
+def _refuse_if_data(ctx: Context, request: RestoreRequest, fields: dict) -> None:
+    """Without --force, the server must hold no database besides postgres and the templates."""
+    if request.force:
+        return
+    try:
+        count = _query(ctx, request.container.id, _DATA_QUERY, fields)
+    except SidecarError as err:
+        raise RestoreError(f"cannot look into the server of {request.container.name}: {err}") from err
+    if count != "0":
+        raise RestoreError(f"the server in {request.container.name} holds data already ({count} databases or tables "
+                           "of its own); use --force to replace them with the dump's")

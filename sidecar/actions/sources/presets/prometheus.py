@@ -1,0 +1,122 @@
+"""The `prometheus` preset: the TSDB snapshot API (`POST /api/v1/admin/tsdb/snapshot`, which
+needs Prometheus started with `--web.enable-admin-api`), called from inside the target
+(with its `wget`, `curl` or `python3`); the snapshot's folder is streamed out as a tar and
+deleted, on every path out. The storage path comes from the server itself
+(`/api/v1/status/flags`). `backup.preset.url` is not needed: the API is asked at
+`http://localhost:9090` unless the container's `PROMETHEUS_URL` says otherwise.
+
+Restore asks the running server for its storage path, refuses a TSDB holding blocks unless
+--force, stops the container, empties the storage folder (a helper container), writes the
+snapshot's blocks into it and starts it again, on every path out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Iterator
+
+from ....errors import RestoreError, SidecarError
+from ....model import ContainerInfo, ContainerState, Target
+from ...context import Context
+from ...interrupt import Interruption, InterruptionKind
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
+
+logger = logging.getLogger(__name__)
+
+NAME = "prometheus"
+ITEM = archive_type(NAME)
+
+_HTTP = (
+    'u="${PROMETHEUS_URL:-http://localhost:9090}"; '
+    'http() { if command -v wget >/dev/null 2>&1; then wget -qO- ${2:+--post-data=} "$u$1" 2>&1; '
+    'elif command -v curl >/dev/null 2>&1; then curl -sS ${2:+-X POST} "$u$1"; '
+    'elif command -v python3 >/dev/null 2>&1; then python3 -c "import sys, urllib.request, urllib.error\n'
+    'try:\n    r = urllib.request.urlopen(urllib.request.Request(sys.argv[1], method=sys.argv[2]))\n'
+    'except urllib.error.HTTPError as e:\n    r = e\nsys.stdout.write(r.read().decode())" "$u$1" "${2:-GET}"; '
+    'else echo "no wget, curl or python3 in the container to call the Prometheus API" >&2; return 127; fi; }; '
+    'field() { sed -n "s/.*\\"$1\\":\\"\\([^\\"]*\\)\\".*/\\1/p"; }; '
+    'flags=$(http /api/v1/status/flags) || { echo "the Prometheus API at $u did not answer: $flags" >&2; exit 1; }; '
+    'tsdb=$(printf "%s" "$flags" | field storage.tsdb.path); '
+    'case "$tsdb" in "") echo "no storage.tsdb.path in $u/api/v1/status/flags: $flags" >&2; exit 1;; '
+    '/*) ;; *) tsdb="$(readlink /proc/1/cwd)/$tsdb";; esac; '
+)
+_SNAPSHOT = _HTTP + (
+    'resp=$(http /api/v1/admin/tsdb/snapshot POST); '
+    'name=$(printf "%s" "$resp" | field name); '
+    'if [ -z "$name" ]; then echo "the TSDB snapshot API refused: $resp (start Prometheus with '
+    '--web.enable-admin-api)" >&2; exit 1; fi; '
+    'snap="$tsdb/snapshots/$name"; trap \'rm -rf "$snap"\' EXIT; '
+    'tar -C "$snap" -cf - .'
+)
+# One line: the storage path|how many blocks it holds.
+_WHERE = _HTTP + 'echo "$tsdb|$(ls -d "$tsdb"/01* 2>/dev/null | wc -l)"'
+_CLEAR = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return (ITEM,)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return False
+
+
+def dump_command(target: Target) -> DumpCommand:
+    return DumpCommand(("sh", "-c", _SNAPSHOT), "snapshot.tar", "prometheus snapshot", (), _tar)
+
+
+def _tar(head: bytes, tail: bytes) -> str | None:
+    return None if len(head) >= 512 and head[257:262] == b"ustar" else "the snapshot stream is no tar"
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
+        yield [one]
+
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    started = time.monotonic()
+    container, path = request.container, request.archive
+    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
+              "phase": "restore"}
+    with ctx.store.target_lock(request.backup_name):
+        size = check_dump(path, ctx.settings.decryption)
+        current = ctx.engine.inspect(container.id)
+        if current.state is not ContainerState.RUNNING:
+            raise RestoreError(f"{container.name} is not running: the prometheus preset asks the server for its "
+                               "storage path; start it first")
+        tsdb = _where(ctx, current, request.force, fields)
+        with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
+            image = ctx.settings.helper_image or current.image_id
+            try:
+                code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR, "sh", tsdb])
+                if code != 0:
+                    raise RestoreError(f"emptying {tsdb} in {container.name} failed (exit {code}: "
+                                       f"{logs.strip()[-300:]})")
+                logger.info("restoring the TSDB snapshot", extra={**fields, "path": tsdb})
+                ctx.engine.put_archive(container.id, tsdb, dump_chunks(path, ctx.settings.decryption))
+            except SidecarError as err:
+                raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
+    seconds = time.monotonic() - started
+    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+
+
+def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> str:
+    try:
+        stream = ctx.engine.exec_stream(container.id, ["sh", "-c", _WHERE], timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"cannot ask the server in {container.name}: {err}") from err
+    if not result.ok or out.count("|") != 1:
+        raise RestoreError(f"asking the server in {container.name} failed: {result.describe()}")
+    tsdb, blocks = out.split("|")
+    if not tsdb.startswith("/") or tsdb.rstrip("/") in ("", "/"):
+        raise RestoreError(f"the server in {container.name} reports an unusable storage path {tsdb!r}")
+    if not force and blocks.strip() not in ("", "0"):
+        raise RestoreError(f"the TSDB of {container.name} ({tsdb}) holds {blocks} blocks; use --force to replace it")
+    return tsdb

@@ -1,0 +1,134 @@
+"""The `redis` preset: a fresh RDB snapshot taken by the server itself (`BGSAVE`, then
+waiting for `LASTSAVE` to change and `rdb_last_bgsave_status:ok`), streamed out of the target
+with `cat` (the RDB is written to a temporary file and renamed by Redis, so the file read is
+always one whole snapshot). Password: `REDISCLI_AUTH`, else `REDIS_PASSWORD` of the
+container's environment, read in the container.
+
+Restore asks the running server where its RDB lives (`CONFIG GET dir`, `dbfilename`) and
+refuses when append-only persistence is on (the server would load its AOF, not the RDB) or
+when it holds keys (unless --force); then stops the container (Redis writes its own RDB on
+shutdown), puts the RDB in place and starts it again, on every path out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tarfile
+import time
+from pathlib import PurePosixPath
+from typing import Iterator
+
+from ....errors import RestoreError, SidecarError
+from ....model import ContainerInfo, ContainerState, Target
+from ...context import Context
+from ...interrupt import Interruption, InterruptionKind
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
+from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
+
+logger = logging.getLogger(__name__)
+
+NAME = "redis"
+ITEM = archive_type(NAME)
+
+_CLI = ('command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli: not found in the container" >&2; exit 127; }; '
+        '[ -n "${REDISCLI_AUTH:-}" ] || REDISCLI_AUTH="${REDIS_PASSWORD:-}"; '
+        '[ -n "$REDISCLI_AUTH" ] && export REDISCLI_AUTH || unset REDISCLI_AUTH; '
+        'cli() { out=$(redis-cli --raw "$@" 2>&1) && case "$out" in *ERR*|*NOAUTH*|*WRONGPASS*|*"Could not connect"*) '
+        'echo "redis-cli $1: $out" >&2; return 1;; esac && printf "%s\\n" "$out" || { echo "redis-cli $1: $out" >&2; '
+        'return 1; }; }; ')
+# Prints the RDB on stdout once a BGSAVE started now has finished well.
+_SNAPSHOT = _CLI + (
+    'before=$(cli LASTSAVE) || exit 1; cli BGSAVE >/dev/null || exit 1; '
+    'while [ "$(cli LASTSAVE)" = "$before" ]; do sleep 0.2; done; '
+    'cli INFO persistence | grep -q "rdb_last_bgsave_status:ok" || { echo "BGSAVE failed: $(cli INFO persistence '
+    '| grep rdb_last_bgsave_status)" >&2; exit 1; }; '
+    'dir=$(cli CONFIG GET dir | sed -n 2p) && file=$(cli CONFIG GET dbfilename | sed -n 2p) || exit 1; '
+    'exec cat "$dir/$file"')
+# One line: dir|dbfilename|appendonly|dbsize|uid:gid of the RDB (else of its folder).
+_WHERE = _CLI + ('d=$(cli CONFIG GET dir | sed -n 2p); f=$(cli CONFIG GET dbfilename | sed -n 2p); '
+                 'o=$(stat -c %u:%g "$d/$f" 2>/dev/null || stat -c %u:%g "$d"); '
+                 'echo "$d|$f|$(cli CONFIG GET appendonly | sed -n 2p)|$(cli DBSIZE)|$o"')
+
+
+def describe(target: Target) -> tuple[str, ...]:
+    return (ITEM,)
+
+
+def needs_quiesce(target: Target) -> bool:
+    return False
+
+
+def dump_command(target: Target) -> DumpCommand:
+    return DumpCommand(("sh", "-c", _SNAPSHOT), "dump.rdb", "redis BGSAVE", (), _rdb)
+
+
+def _rdb(head: bytes, tail: bytes) -> str | None:
+    return None if head.startswith(b"REDIS") else "the file read is no RDB (no REDIS header)"
+
+
+@contextlib.contextmanager
+def capture(ctx: Context, target: Target, container: ContainerInfo,
+            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
+        yield [one]
+
+
+def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
+    started = time.monotonic()
+    container, path = request.container, request.archive
+    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
+              "phase": "restore"}
+    with ctx.store.target_lock(request.backup_name):
+        size = check_dump(path, ctx.settings.decryption)
+        current = ctx.engine.inspect(container.id)
+        if current.state is not ContainerState.RUNNING:
+            raise RestoreError(f"{container.name} is not running: the redis preset asks the server where its RDB "
+                               "lives; start it first")
+        folder, file, owner = _where(ctx, current, request.force, fields)
+        with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
+            logger.info("restoring the RDB", extra={**fields, "path": f"{folder}/{file}"})
+            try:
+                ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
+            except SidecarError as err:  # the RDB may be half written
+                raise left_stopped(stop, container.name, ITEM, f"WRITING {folder}/{file}", err) from err
+    seconds = time.monotonic() - started
+    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+
+
+def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> tuple[str, str, tuple[int, int]]:
+    try:
+        stream = ctx.engine.exec_stream(container.id, ["sh", "-c", _WHERE], timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"cannot ask the server in {container.name}: {err}") from err
+    if not result.ok or out.count("|") != 4:
+        raise RestoreError(f"asking the server in {container.name} failed: {result.describe()}")
+    folder, file, appendonly, keys, owner = out.split("|")
+    if appendonly.strip() == "yes":
+        raise RestoreError(f"{container.name} has appendonly yes: Redis would load its AOF, not the RDB; turn it off "
+                           "for the restore (and on again after)")
+    if not force and keys.strip() not in ("", "0"):
+        raise RestoreError(f"the server in {container.name} holds {keys} keys; use --force to replace them")
+    if not folder.startswith("/") or "/" in file or not file:
+        raise RestoreError(f"the server in {container.name} reports an unusable RDB path {folder!r}/{file!r}")
+    uid, _, gid = owner.strip().partition(":")
+    return folder, file, (int(uid) if uid.isdigit() else 0, int(gid) if gid.isdigit() else 0)
+
+
+def _single(file: str, owner: tuple[int, int], path, ctx: Context) -> Iterator[bytes]:
+    """A one-member tar of the RDB for put_archive, owned as the file it replaces (a tar
+    header needs the size first: the dump is read once to count it)."""
+    data_size = size_of_dump(path, ctx)
+    info = tarfile.TarInfo(PurePosixPath(file).name)
+    info.size, info.mode, info.mtime = data_size, 0o600, int(time.time())
+    info.uid, info.gid = owner
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    yield from dump_chunks(path, ctx.settings.decryption)
+    if data_size % tarfile.BLOCKSIZE:
+        yield b"\0" * (tarfile.BLOCKSIZE - data_size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def size_of_dump(path, ctx: Context) -> int:
+    return sum(len(chunk) for chunk in dump_chunks(path, ctx.settings.decryption))
