@@ -47,6 +47,7 @@ EXEC_POST = "backup.exec.post"
 STOP_TIMEOUT = "backup.stop-timeout"
 IMAGE = "backup.image"
 KEEP = "backup.keep"
+MIRROR = "backup.mirror"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -126,6 +127,9 @@ LABELS: tuple[Label, ...] = (
           "be pulled again (built here, never pushed: no repository digest); `always`; `never`", field="image"),
     Label(KEEP, None, None, "rotation for this container (`daily=14,monthly=12`); frequencies not named come "
           "from `BACKUP_KEEP`", field="keep", accepted=KEEP_VALUES.accepted, shown_default="`BACKUP_KEEP`"),
+    Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
+          "the container is down only while what changed is copied (see How it works); a false value: down "
+          "while the whole volume is read", field="mirror"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -111,6 +111,7 @@ class TargetConfig:
     stop_timeout: int
     image: ImagePolicy = ImagePolicy.AUTO
     keep: Keep = DEFAULT_KEEP
+    mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,8 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, A
             (cold if source.needs_quiesce(target) else hot).extend(captures)
         for capture in hot:  # e.g. an app's dump: the app must run
             capture.read()
+        for capture in cold:  # e.g. a staging mirror's first pass, while the app still runs
+            _prepare(capture)
         with _quiesced(ctx, target, container, bool(cold) and running) as window:
             for capture in cold:
                 capture.read()
@@ -137,6 +139,13 @@ def _backup(ctx: Context, target: Target) -> tuple[list[ArchiveResult], float, A
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
     return archives, window.seconds, image
+
+
+def _prepare(capture: Capture) -> None:
+    """A capture's work before the quiesce; captures with none have no `prepare`."""
+    prepare = getattr(capture, "prepare", None)
+    if prepare is not None:
+        prepare()
 
 
 def _archive_path(ctx: Context, target: Target) -> ArchivePath:

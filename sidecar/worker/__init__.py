@@ -8,4 +8,4 @@ stdout (the sidecar reads it back through the engine's logs endpoint); PROTOCOL 
 whenever the sidecar and the worker must agree on something new.
 """
 
-PROTOCOL = 1
+PROTOCOL = 2

@@ -36,6 +36,7 @@ LAYERS = {
     "sidecar.fsutil": CORE,
     "sidecar.keys": CORE,
     "sidecar.values": CORE,
+    "sidecar.mirrordiff": CORE,
     "sidecar.notify.urls": CORE,
     "sidecar.engine": ADAPTERS,
     "sidecar.archive": ADAPTERS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Iterator
 
 from ...archive import ArchiveResult, ProgressLog
@@ -26,6 +27,7 @@ from .base import ArchivePath, RestoreOutcome, RestoreRequest
 logger = logging.getLogger(__name__)
 
 NAME = "volumes"
+MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_name>/
 
 # Empties the folder given as $1 including dot files; POSIX sh, so busybox images work too.
 _CLEAR_SCRIPT = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
@@ -48,28 +50,43 @@ class VolumeCapture:
         self.ctx, self.target, self.volume, self.pending = ctx, target, volume, pending
         self.item = volume.volume_name
 
-    def read(self) -> None:
-        fields = {"target": self.target.backup_name, "volume": self.item, "phase": "read"}
+    def _progress(self, phase: str) -> ProgressLog:
+        fields = {"target": self.target.backup_name, "volume": self.item, "phase": phase}
         started = time.monotonic()
 
         def report(done: int, rate: float) -> None:
             logger.info("backup in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
                                                      "seconds": round(time.monotonic() - started, 1)})
 
-        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.backup_name)
+        return ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.backup_name)
+
+    def prepare(self) -> None:
+        """Right before the quiesce, the container running (a staging mirror's first pass)."""
+        self._call(self.pending.prepare, self._progress("prepare"))
+
+    def read(self) -> None:
+        started = time.monotonic()
+        raw = self._call(self.pending.read, self._progress("read"))
+        logger.info("volume read", extra={"target": self.target.backup_name, "volume": self.item, "phase": "read",
+                                          "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
+
+    def _call(self, step, *args):
         try:
-            raw = self.pending.read(progress)
+            return step(*args)
         except BackupError:
             raise
         except SidecarError as err:  # the engine failed or its stream broke
             raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
         except OSError as exc:  # writing the archive (disk full...)
             raise BackupError(self.target.backup_name, "write", f"volume {self.item}: {exc}") from exc
-        logger.info("volume read", extra={**fields, "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
 
     def finish(self) -> ArchiveResult:
         try:
             result = self.pending.finish()
+        except BackupError:
+            raise
+        except SidecarError as err:  # a mirror reader builds the archive here
+            raise BackupError(self.target.backup_name, "write", f"volume {self.item}: {err}") from err
         except OSError as exc:
             raise BackupError(self.target.backup_name, "write", f"{self.pending.request.final_path}: {exc}") from exc
         logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item, "phase": "write",
@@ -83,16 +100,36 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
             archive_path: ArchivePath) -> Iterator[list[VolumeCapture]]:
     """Partial archives for every volume of `target`, removed on the way out unless finished."""
     cfg = target.config
+    mirrored = _mirrored(target, container)
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
+            mirror = mirror_folder(ctx, target, volume) if mirrored else None
             request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.volume_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
-                                             cfg.exclude, ctx.worker_settings, target.backup_name)
+                                             cfg.exclude, ctx.worker_settings, target.backup_name, mirror)
             reader = readers.choose(ctx.engine, request)
             pending = stack.enter_context(reader.open(ctx.engine, request))
             captures.append(VolumeCapture(ctx, target, volume, pending))
         yield captures
+
+
+def mirror_folder(ctx: Context, target: Target, volume: VolumeSpec) -> Path:
+    """Where the staging mirror of a target's volume is kept (the state folder is never
+    listed, rotated or copied off-site)."""
+    return ctx.store.state_dir / MIRROR_FOLDER / target.backup_name / volume.volume_name
+
+
+def _mirrored(target: Target, container: ContainerInfo) -> bool:
+    """Whether the target's volumes go through a staging mirror: a stop or pause target
+    that runs (a stopped one is read as it is), unless backup.mirror=false."""
+    if not needs_quiesce(target) or container.state is not ContainerState.RUNNING:
+        return False
+    if not target.config.mirror:
+        logger.info("no staging mirror: plain stop (label backup.mirror=false)",
+                    extra={"target": target.backup_name, "phase": "read"})
+        return False
+    return True
 
 
 # --- restore ------------------------------------------------------------------------------
