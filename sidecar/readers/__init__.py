@@ -19,8 +19,9 @@ from .worker import WorkerReader
 __all__ = ["ArchiveRequest", "PendingArchive", "Progress", "Reader", "WorkerSettings", "READERS", "DEFAULT_ORDER",
            "get", "choose"]
 
-_WORKER = WorkerReader()  # the mirror reader's workers are the worker reader's (one probe per image)
-READERS: dict[str, Reader] = {r.name: r for r in (MirrorReader(_WORKER), _WORKER, EngineApiReader())}
+READERS: dict[str, Reader] = {}
+# The mirror reader's workers are the registered worker reader's (one probe per image).
+READERS.update({r.name: r for r in (MirrorReader(lambda: READERS["worker"]), WorkerReader(), EngineApiReader())})
 
 # Tried in order; the engine API comes last because it always works. The mirror reader
 # serves only requests that ask for a mirror (stop and pause targets).

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+from typing import Callable
 from pathlib import Path
 
 from ..archive import ArchiveResult
@@ -231,21 +232,21 @@ def _counts(outcome: dict) -> dict:
 class MirrorReader:
     name = NAME
 
-    def __init__(self, worker: WorkerReader):
-        self.worker = worker  # its site and probes: the same workers, the same checks
+    def __init__(self, worker: Callable[[], WorkerReader]):
+        self._worker = worker  # the registered worker reader: its site and probes, the same checks
         self._reported: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def usable(self, engine: Engine, request: ArchiveRequest) -> bool:
         if request.mirror is None:
             return False
-        plan, reason = self.worker.plan(engine, request)
+        plan, reason = self._worker().plan(engine, request)
         if plan is None:
             self._report_once(request, reason)
         return plan is not None
 
     def open(self, engine: Engine, request: ArchiveRequest) -> MirrorArchive:
-        plan, reason = self.worker.plan(engine, request)
+        plan, reason = self._worker().plan(engine, request)
         if plan is None or request.mirror is None:
             raise ArchiveError(f"no staging mirror for {request.mount.destination}: {reason or 'none asked for'}")
         return MirrorArchive(engine, request, plan)
