@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..model import CopyState
+from ..model import CopyState, Target
+from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
 from .status import copy_states
 
@@ -27,6 +28,7 @@ class PlanRow:
     latest: str | None  # when the oldest "latest archive" among the target's volumes was written
     copies: int  # places holding the latest backup of every volume (the backup volume, each destination)
     offsite: str  # "verified, 2 h old", "missing", "not configured", "no backup yet"
+    mirror_bytes: int | None = None  # disk use of the target's staging mirrors (None: none kept)
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,20 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             compression=str(t.config.compression),
             keep=str(t.config.keep),
             **_three_two_one(ctx, [states[(t.backup_name, v.volume_name)] for v in t.volumes]),
+            mirror_bytes=_mirror_bytes(ctx, t),
         )
         for t in discovery.targets
     ]
     skipped = [SkippedRow(s.container.name, s.reason) for s in discovery.skipped]
     return rows, skipped
+
+
+def _mirror_bytes(ctx: Context, target: Target) -> int | None:
+    """What the target's staging mirrors take on the backup volume, as their last passes measured."""
+    sizes = [mirror_bytes(mirror_folder(ctx.store.state_dir, target.backup_name, v.volume_name))
+             for v in target.volumes]
+    known = [size for size in sizes if size is not None]
+    return sum(known) if known else None
 
 
 def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:

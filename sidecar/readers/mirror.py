@@ -47,6 +47,15 @@ READY_TIMEOUT = 120.0  # seconds to wait for the stopped pass's worker to be up 
 WAIT_SLICE = 0.5  # seconds between cancellation checks while a pass runs
 
 
+MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_name>/
+
+
+def mirror_folder(state_dir: Path, backup_name: str, volume_name: str) -> Path:
+    """Where the staging mirror of a target's volume is kept (the state folder is never
+    listed, rotated or copied off-site)."""
+    return state_dir / MIRROR_FOLDER / backup_name / volume_name
+
+
 def mirror_bytes(folder: Path) -> int | None:
     """The mirror's disk use as its last pass measured it (None: no finished pass)."""
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import Iterator
 
 from ...archive import ArchiveResult, ProgressLog
@@ -20,6 +19,7 @@ from ...extract import ArchiveFile, Summary, canonical_tar, open_archive, root_e
 from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers
+from ...readers.mirror import mirror_folder
 from ..context import Context
 from ..interrupt import Interruption, InterruptionKind, is_left_stopped, put_back
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
@@ -27,7 +27,6 @@ from .base import ArchivePath, RestoreOutcome, RestoreRequest
 logger = logging.getLogger(__name__)
 
 NAME = "volumes"
-MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_name>/
 
 # Empties the folder given as $1 including dot files; POSIX sh, so busybox images work too.
 _CLEAR_SCRIPT = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
@@ -104,7 +103,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
-            mirror = mirror_folder(ctx, target, volume) if mirrored else None
+            mirror = mirror_folder(ctx.store.state_dir, target.backup_name, volume.volume_name) if mirrored else None
             request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.volume_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
                                              cfg.exclude, ctx.worker_settings, target.backup_name, mirror)
@@ -112,12 +111,6 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
             pending = stack.enter_context(reader.open(ctx.engine, request))
             captures.append(VolumeCapture(ctx, target, volume, pending))
         yield captures
-
-
-def mirror_folder(ctx: Context, target: Target, volume: VolumeSpec) -> Path:
-    """Where the staging mirror of a target's volume is kept (the state folder is never
-    listed, rotated or copied off-site)."""
-    return ctx.store.state_dir / MIRROR_FOLDER / target.backup_name / volume.volume_name
 
 
 def _mirrored(target: Target, container: ContainerInfo) -> bool:
