@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 import stat
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 MANIFEST_VERSION = 1
 RACY_MARGIN_NS = 2_000_000_000  # far above the kernel's coarse clock tick
 ROOM_MARGIN = 0.02  # of the backup volume's size, kept free besides what a mirror pass needs
 
 
-@dataclass(frozen=True)
-class Seen:
-    """A source entry as a mirror pass saw it (from lstat or the copy's fstat)."""
+class Seen(NamedTuple):
+    """A source entry as a mirror pass saw it (from lstat or the copy's fstat). A named
+    tuple, not a dataclass: a pass makes one per entry, inside the stop window."""
 
     dev: int
     ino: int
@@ -48,8 +48,8 @@ class Seen:
         return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                    st.st_ctime_ns >= looked_at_ns - RACY_MARGIN_NS)
 
-    def key(self) -> tuple[int, int, int, int, int, int]:
-        return (self.dev, self.ino, self.mode, self.size, self.mtime_ns, self.ctime_ns)
+    def key(self) -> tuple[int, ...]:
+        return self[:6]
 
     @property
     def is_dir(self) -> bool:
@@ -58,7 +58,7 @@ class Seen:
 
 def unchanged(before: Seen | None, now: Seen) -> bool:
     """Whether the mirror's copy of an entry recorded as `before` still matches `now`."""
-    return before is not None and not before.racy and before.key() == now.key()
+    return before is not None and not before[6] and before[:6] == now[:6]
 
 
 def dumps(entries: Mapping[str, Seen]) -> str:

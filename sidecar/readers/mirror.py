@@ -71,6 +71,7 @@ class _Pass:
         self.request = request
         self.ready, self.done = threading.Event(), threading.Event()
         self.outcome: dict | None = None
+        self.synced: dict | None = None
         self.no_room: dict | None = None
         self.error: str | None = None
         self.copied = 0
@@ -86,6 +87,9 @@ class _Pass:
             self.copied = int(record.get("tar_bytes") or 0)
         elif event == "ready":
             self.ready.set()
+        elif event == "synced":  # the mirror is whole; its manifest is still being written
+            self.synced = record
+            self.done.set()
         elif event == "result":
             self.outcome = record
             self.done.set()
@@ -177,23 +181,30 @@ class MirrorArchive:
         waiter = self._stopped
         assert waiter is not None, "prepare() comes before read()"
         self._signal("go")
+        logger.debug("go given to the stopped pass", extra=self._fields)
         while not waiter.done.wait(WAIT_SLICE):
             if progress is not None:
                 progress(waiter.copied)
-        if waiter.outcome is None:
+        synced = waiter.synced or waiter.outcome
+        if synced is None:
             reason = waiter.error or (str(waiter.failure) if waiter.failure else "no result")
             self._join()
             self._fall_back(f"the stopped mirror pass failed ({reason}); reading the volume itself")
             return self.plain.read(progress)
-        logger.info("staging mirror caught up with the stopped volume",
-                    extra={**self._fields, **_counts(waiter.outcome)})
-        return int(waiter.outcome["copied_bytes"])
+        logger.info("stopped pass done", extra={**self._fields, **_counts(synced)})
+        return int(synced["copied_bytes"])
 
     # --- running again --------------------------------------------------------------------------
     def finish(self) -> ArchiveResult:
         """Archive the mirror (when it was used), then publish. Raises ArchiveError, OSError."""
         self._join()
         if self.use_mirror:
+            waiter = self._stopped
+            if waiter is None or waiter.outcome is None:  # synced, then failed writing its manifest
+                detail = waiter.error if waiter is not None else "no stopped pass"
+                raise ArchiveError(f"the stopped mirror pass of {self.request.mount.destination} failed: {detail}")
+            logger.info("staging mirror caught up with the stopped volume",
+                        extra={**self._fields, **_counts(waiter.outcome)})
             self.plain.read(self._progress, root=self.plan.store.inside(self.folder / TREE), mounts=())
         return self.plain.finish()
 
@@ -206,8 +217,9 @@ class MirrorArchive:
         plan, request = self.plan, self.request
         command = [*PYTHON, "mirror", "--root", VOLUME_ROOT, "--mirror", plan.store.inside(self.folder),
                    "--progress-interval=1"]
-        command += ["--go", "--no-room-check"] if waits else []
         settings = request.worker or WorkerSettings(self.folder)
+        # The stopped pass waits at most as long as a worker may run (a long graceful stop included).
+        command += ["--go", "--no-room-check", f"--wait-timeout={settings.timeout:g}"] if waits else []
         return WorkerSpec(plan.image, tuple(command), "mirror", plan.mounts + (plan.store.mount,),
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
                           capabilities=MIRROR_CAPABILITIES, timeout=settings.timeout)

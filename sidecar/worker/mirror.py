@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from ..errors import ArchiveError
 from ..mirrordiff import Room, Seen, dumps, loads, unchanged
@@ -68,8 +68,7 @@ class MirrorOutcome:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     rel: str  # "." for the root, else "a/b"
     st: os.stat_result
     looked_at_ns: int
@@ -78,11 +77,12 @@ class _Entry:
 def walk(root: Path) -> tuple[list[_Entry], dict[str, list[str]]]:
     """Every entry under `root` (lstat; a folder before its entries, names in byte order)
     and each folder's entry names. A folder is stat'ed before it is listed, so an entry
-    added after its listing changes the folder's ctime past the one recorded."""
-    now = time.time_ns()
-    entries = [_Entry(".", os.lstat(root), now)]
+    added after its listing changes the folder's ctime past the one recorded. Plain
+    strings, not Path objects: the stopped pass walks the whole volume inside the window."""
+    base = str(root)
+    entries = [_Entry(".", os.lstat(base), time.time_ns())]
     children: dict[str, list[str]] = {}
-    stack: list[Iterator[_Entry]] = [_listed(root, ".", children)]
+    stack: list[Iterator[_Entry]] = [_listed(base, ".", children)]
     while stack:
         entry = next(stack[-1], None)
         if entry is None:
@@ -90,25 +90,25 @@ def walk(root: Path) -> tuple[list[_Entry], dict[str, list[str]]]:
             continue
         entries.append(entry)
         if stat.S_ISDIR(entry.st.st_mode):
-            stack.append(_listed(root, entry.rel, children))
+            stack.append(_listed(base, entry.rel, children))
     return entries, children
 
 
-def _listed(root: Path, folder: str, children: dict[str, list[str]]) -> Iterator[_Entry]:
+def _listed(base: str, folder: str, children: dict[str, list[str]]) -> Iterator[_Entry]:
+    prefix = "" if folder == "." else folder + "/"
     try:
-        with os.scandir(root if folder == "." else root / folder) as it:
-            names = sorted((e.name for e in it), key=os.fsencode)
+        with os.scandir(base + "/" + prefix if prefix else base) as it:
+            found = sorted(it, key=lambda e: os.fsencode(e.name))
     except FileNotFoundError:  # removed while walked (a hot pass): the next pass sees it
-        names = []
-    children[folder] = names
-    for name in names:
-        rel = name if folder == "." else f"{folder}/{name}"
+        found = []
+    children[folder] = [e.name for e in found]
+    for e in found:
         now = time.time_ns()
         try:
-            st = os.lstat(root / rel)
+            st = e.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        yield _Entry(rel, st, now)
+        yield _Entry(prefix + e.name, st, now)
 
 
 def _blocks(st: os.stat_result) -> int:
@@ -152,9 +152,11 @@ class MirrorPass:
                 self._hard_link(entry, seen)
             elif stat.S_ISSOCK(st.st_mode):
                 continue
-            elif self._parent(entry.rel) not in self.fresh and unchanged(self.previous.get(entry.rel), seen):
+            elif unchanged(self.previous.get(entry.rel), seen) and not (
+                    self.fresh and self._parent(entry.rel) in self.fresh):
                 self.new[entry.rel] = seen
-                self._remember_link(entry)
+                if st.st_nlink > 1:
+                    self._remember_link(entry)
             else:
                 self._copy(entry)
         for entry in reversed(folders):  # contents first: writing into a folder moves its mtime
@@ -452,6 +454,10 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
         manifest = mirror_pass.run(entries, children)
     finally:
         beat.stop()
+    # The tree is whole: the container may run again while the manifest is written (a worker
+    # killed before it is done leaves the pass marked unfinished: the next one trusts nothing).
+    emit({"event": "synced", "copied": mirror_pass.copied, "copied_bytes": mirror_pass.copied_bytes,
+          "removed": mirror_pass.removed, "entries": len(entries), "seconds": round(time.monotonic() - started, 3)})
     _write_atomic(job.mirror / MANIFEST, dumps(manifest))
     (job.mirror / DIRTY).unlink()
     outcome = MirrorOutcome(len(manifest), mirror_pass.copied, mirror_pass.copied_bytes, mirror_pass.removed,
