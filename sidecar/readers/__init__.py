@@ -2,9 +2,9 @@
 
 `choose` picks the first usable reader of an order of names: for a stop or pause target a
 staging mirror kept by worker containers (mirror.py), else a worker container next to the
-data (worker.py) when one can run, else the engine's archive API. To add one, write a module with a class that has `name`, `usable`
-and `open` (returning a PendingArchive), register it in READERS and put its name in
-DEFAULT_ORDER before the fallback.
+data (worker.py) when one can run, else the engine's archive API. To add one, write a
+module with a class that has `name`, `usable` and `open` (returning a PendingArchive),
+register it in READERS and put its name in DEFAULT_ORDER before the fallback.
 """
 
 from __future__ import annotations

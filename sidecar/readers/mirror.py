@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..archive import ArchiveResult
 from ..engine import Engine
-from ..errors import ArchiveError
+from ..errors import ArchiveError, EngineError
 from ..model import WorkerSpec
 from ..worker.mirror import GO, INFO, TREE
 from .base import ArchiveRequest, Progress, WorkerSettings
@@ -138,7 +138,10 @@ class MirrorArchive:
                 progress(first.copied)  # raises BackupAborted on shutdown
             return handled
 
-        result = self.engine.run_worker(self._spec(waits=False), on_line)
+        try:
+            result = self.engine.run_worker(self._spec(waits=False), on_line)
+        except EngineError as err:  # no worker could start: the plain path says so again if it fails too
+            return self._fall_back(f"the mirror pass could not start: {err}")
         if first.no_room is not None:
             return self._fall_back("the backup volume has no room for the staging mirror and the archive", **{
                 k: first.no_room.get(k) for k in ("needed", "free", "volume", "to_copy")})

@@ -159,3 +159,20 @@ def test_a_failed_stop_calls_the_waiting_worker_off(engine, wctx, data):
     assert _phases(engine)[-1] == "stop" and "archive" not in _phases(engine)
     assert not (wctx.store.state_dir / "mirror" / "app" / "data" / "go").exists()
     assert list(wctx.store.root.rglob("*.partial")) == [] and engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_a_mirror_worker_that_cannot_start_is_a_plain_stop(engine, wctx, data, monkeypatch, caplog):
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    real = engine.run_worker
+
+    def refused(spec, on_line=None):
+        if spec.purpose == "mirror":
+            raise EngineError("create worker container: no space left on device")
+        return real(spec, on_line)
+
+    monkeypatch.setattr(engine, "run_worker", refused)
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
+    assert "could not start" in said.reason
