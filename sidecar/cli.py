@@ -305,9 +305,10 @@ def cmd_plan(ctx: Context, args) -> int:
     print(f"scope: {scope.describe()}")
     if rows:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
-                "OFFSITE"],
+                "OFFSITE", "MIRROR"],
                [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
-                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r)] for r in rows])
+                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r),
+                 _size(r.mirror_bytes) if r.mirror_bytes is not None else "-"] for r in rows])
     else:
         print("no targets (label containers with backup.enable=true)")
     for r in rows:

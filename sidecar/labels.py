@@ -63,6 +63,7 @@ SQLITE_PATHS = "backup.sqlite.paths"
 PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mongodb")
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
+MIRROR = "backup.mirror"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -202,6 +203,9 @@ LABELS: tuple[Label, ...] = (
           "after a `stop`/`pause` backup: seconds to wait for the container's healthcheck to say healthy (the "
           "downtime ends then; a warning when it does not). No healthcheck: running is ready",
           field="ready_timeout"),
+    Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
+          "the container is down only while what changed is copied (see How it works); a false value: down "
+          "while the whole volume is read", field="mirror"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -7,7 +7,8 @@ State read on every scrape:
     attempt, status and archive size per volume; runs by result, duration observations
     and downtime per target), written by `record_outcome` from ANY process: a backup the
     CLI runs beside the daemon shows on the daemon's next scrape;
-  - what the daemon holds: the discovered targets, next runs, copy states, `up`.
+  - what the daemon holds: the discovered targets, next runs, copy states, `up`;
+  - each staging mirror's size as its last pass measured it (`.sidecar/mirror/...`).
 A target that is gone is simply not yielded: no series to remove by hand. Series exist
 from discovery on (a target that never succeeded shows a last success of 0, so "never
 backed up" alerts work); after a restart without a record, the archives' own times stand
@@ -40,6 +41,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .model import CopyState
 from .naming import parse_name
+from .readers.mirror import mirror_bytes, mirror_folder
 from .state import JsonState
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ class Metrics(Collector):
     def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.outcomes = OutcomeRecord(state_path)
+        self._mirrors = state_path.parent if state_path is not None else None  # the state folder
         self._lock = threading.Lock()
         self._targets: tuple[TargetView, ...] = ()
         self._config_errors = 0
@@ -237,6 +240,9 @@ class Metrics(Collector):
             f["backup_sidecar_copies"].add_metric([target.name], min(weakest, default=0))
             for volume in target.volumes:
                 _volume_series(f, target.name, volume, _mapping(volumes.get(f"{target.name}/{volume}")))
+                if self._mirrors is not None and (size := mirror_bytes(mirror_folder(self._mirrors, target.name,
+                                                                                     volume))) is not None:
+                    f["backup_sidecar_mirror_bytes"].add_metric([target.name, volume], size)
                 state = copies.get((target.name, volume))
                 for destination, stamp in (state.offsite.items() if state is not None else ()):
                     f["backup_sidecar_offsite_last_success_timestamp_seconds"].add_metric(
@@ -309,6 +315,9 @@ def _families() -> list[Metric]:
         GaugeMetricFamily("backup_sidecar_offsite_last_success_timestamp_seconds",
                           "When the newest backup of the volume with a verified off-site copy was made (0: none).",
                           labels=["target", "volume", "destination"]),
+        GaugeMetricFamily("backup_sidecar_mirror_bytes",
+                          "Disk use of the volume's staging mirror on the backup volume (stop/pause targets).",
+                          labels=tv),
         GaugeMetricFamily("backup_sidecar_copies",
                           "Places holding the latest backup of every volume of the target (local, S3).", labels=t),
     ]

@@ -143,6 +143,8 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
             (cold if source.needs_quiesce(target) else hot).extend(captures)
         for capture in hot:  # e.g. an app's dump: the app must run
             capture.read()
+        for capture in cold:  # e.g. a staging mirror's first pass, while the app still runs
+            _prepare(capture)
         with _quiesced(ctx, target, container, bool(cold) and running) as window:
             for capture in cold:
                 capture.read()
@@ -153,6 +155,13 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
     return archives, window.seconds, image
+
+
+def _prepare(capture: Capture) -> None:
+    """A capture's work before the quiesce; captures with none have no `prepare`."""
+    prepare = getattr(capture, "prepare", None)
+    if prepare is not None:
+        prepare()
 
 
 def _archive_path(ctx: Context, target: Target) -> ArchivePath:

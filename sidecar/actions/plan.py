@@ -15,6 +15,7 @@ from datetime import datetime
 from ..errors import SidecarError
 from ..labels import PRESETS
 from ..model import CopyState, Strategy, Target
+from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
 from .sources import items
 from .status import copy_states
@@ -48,6 +49,7 @@ class PlanRow:
     # "behind, verified 3 d old" (only older ones), "missing" (none).
     destinations: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # e.g. a database backed up hot without a preset
+    mirror_bytes: int | None = None  # disk use of the target's staging mirrors (None: none kept)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             keep=t.config.keep.describe(),
             **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
             warnings=database_warnings(t, _command(ctx, t)),
+            mirror_bytes=_mirror_bytes(ctx, t),
         )
         for t in discovery.targets
     ]
@@ -105,6 +108,14 @@ def database_warnings(target: Target, command: tuple[str, ...]) -> tuple[str, ..
             return (f"{target.backup_name} looks like {app} and is copied hot: a hot copy of a live database can "
                     f"restore silently corrupt; {advice}",)
     return ()
+
+
+def _mirror_bytes(ctx: Context, target: Target) -> int | None:
+    """What the target's staging mirrors take on the backup volume, as their last passes measured."""
+    sizes = [mirror_bytes(mirror_folder(ctx.store.state_dir, target.backup_name, v.volume_name))
+             for v in target.volumes]
+    known = [size for size in sizes if size is not None]
+    return sum(known) if known else None
 
 
 def _three_two_one(ctx: Context, volumes: list[CopyState]) -> dict:

@@ -1,9 +1,10 @@
 """Readers: how a volume's bytes reach its archive, by name (see base.py for the Protocol).
 
-`choose` picks the first usable reader of an order of names: a worker container next to
-the data (worker.py) when one can run, else the engine's archive API. To add one, write a module with a class that has `name`, `usable`
-and `open` (returning a PendingArchive), register it in READERS and put its name in
-DEFAULT_ORDER before the fallback.
+`choose` picks the first usable reader of an order of names: for a stop or pause target a
+staging mirror kept by worker containers (mirror.py), else a worker container next to the
+data (worker.py) when one can run, else the engine's archive API. To add one, write a
+module with a class that has `name`, `usable` and `open` (returning a PendingArchive),
+register it in READERS and put its name in DEFAULT_ORDER before the fallback.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from ..engine import Engine
 from ..errors import ConfigError
 from .base import ArchiveRequest, PendingArchive, Progress, Reader, WorkerSettings
 from .engine_api import EngineApiReader
+from .mirror import MirrorReader
 from .worker import WorkerReader
 
 __all__ = ["ArchiveRequest", "PendingArchive", "Progress", "Reader", "WorkerSettings", "READERS", "DEFAULT_ORDER",
            "get", "choose"]
 
-READERS: dict[str, Reader] = {r.name: r for r in (WorkerReader(), EngineApiReader())}
+READERS: dict[str, Reader] = {}
+# The mirror reader's workers are the registered worker reader's (one probe per image).
+READERS.update({r.name: r for r in (MirrorReader(lambda: READERS["worker"]), WorkerReader(), EngineApiReader())})
 
-# Tried in order; the engine API comes last because it always works.
-DEFAULT_ORDER: tuple[str, ...] = ("worker", "engine-api")
+# Tried in order; the engine API comes last because it always works. The mirror reader
+# serves only requests that ask for a mirror (stop and pause targets).
+DEFAULT_ORDER: tuple[str, ...] = ("mirror", "worker", "engine-api")
 
 
 def get(name: str) -> Reader:

@@ -3,8 +3,9 @@
 A reader is asked for one finished archive (ArchiveRequest) and answers with a
 PendingArchive that moves through the phases of a backup:
 
-- `open` (container still running): create the partial file; a reader that keeps a
-  staging mirror brings it up to date here;
+- `open` (container still running): create the partial file;
+- `prepare` (still running, right before the quiesce): a reader that keeps a staging
+  mirror brings it up to date here;
 - `read` (container stopped or paused when the strategy says so): take the volume's
   contents; when it returns the container may run again;
 - `finish` (container running again): publish the archive and its checksum (a mirror
@@ -49,6 +50,9 @@ class ArchiveRequest:
     exclude: tuple[str, ...] = ()
     worker: WorkerSettings | None = None  # None: no worker container is tried
     target: str = ""  # the target's backup_name, for log lines
+    # A staging mirror's folder on the backup volume: the container is to be quiesced only
+    # for what changed (readers/mirror.py). None: no mirror (hot, backup.mirror=false).
+    mirror: Path | None = None
 
 
 # Called with the tar bytes read so far, also while waiting; raises BackupAborted when the
@@ -62,6 +66,11 @@ class PendingArchive(Protocol):
     def __enter__(self) -> "PendingArchive": ...
 
     def __exit__(self, *exc_info) -> None: ...
+
+    def prepare(self, progress: Progress | None = None) -> None:
+        """While the container still runs, right before it is quiesced (a mirror reader
+        brings its mirror up to date here). Raises like `read`."""
+        ...
 
     def read(self, progress: Progress | None = None) -> int:
         """Take the volume's contents; returns the tar bytes read. Raises SidecarError

@@ -28,6 +28,9 @@ class EngineApiArchive:
     def __exit__(self, *exc_info) -> None:
         self._writer.__exit__(*exc_info)
 
+    def prepare(self, progress: Progress | None = None) -> None:
+        """Nothing to do before the container is quiesced."""
+
     def read(self, progress: Progress | None = None) -> int:
         stream = self.engine.read_path(self.request.container_id, self.request.mount.destination)
         try:

@@ -139,11 +139,17 @@ class WorkerArchive:
         if not self._done:
             self.abort()
 
-    def read(self, progress: Progress | None = None) -> int:
+    def prepare(self, progress: Progress | None = None) -> None:
+        """Nothing to do before the container is quiesced."""
+
+    def read(self, progress: Progress | None = None, root: str = VOLUME_ROOT,
+             mounts: tuple[WorkerMount, ...] | None = None) -> int:
+        """Archive the volume; or, given `root` (a folder of the backup volume as workers see
+        it) and `mounts` (those besides the backup volume's), that folder."""
         request, plan = self.request, self.plan
         keys_path = self._keys_file() if request.encryption is not None else None
         try:
-            spec = self._spec(keys_path)
+            spec = self._spec(keys_path, root, plan.mounts if mounts is None else mounts)
             result = self.engine.run_worker(spec, lambda line: self._on_line(line, progress))
         finally:
             if keys_path is not None:
@@ -162,15 +168,15 @@ class WorkerArchive:
             "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
         return int(self._outcome["tar_bytes"])
 
-    def _spec(self, keys_path: Path | None) -> WorkerSpec:
+    def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...]) -> WorkerSpec:
         request, plan = self.request, self.plan
-        command = [*PYTHON, "archive", "--root", VOLUME_ROOT, "--output", plan.store.inside(self.partial_path),
+        command = [*PYTHON, "archive", "--root", root, "--output", plan.store.inside(self.partial_path),
                    f"--compression={request.compression.value}", "--progress-interval=1"]
         command += [f"--exclude={pattern}" for pattern in request.exclude]
         if keys_path is not None:
             command.append(f"--keys-file={plan.store.inside(keys_path)}")
         timeout = request.worker.timeout if request.worker is not None else WorkerSettings.timeout
-        return WorkerSpec(plan.image, tuple(command), "archive", plan.mounts + (plan.store.mount,),
+        return WorkerSpec(plan.image, tuple(command), "archive", mounts + (plan.store.mount,),
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
                           capabilities=CAPABILITIES, timeout=timeout)
 

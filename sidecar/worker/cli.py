@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import SidecarError
 from ..model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
+from .mirror import MirrorJob, run_mirror
 
 _emit_lock = threading.Lock()
 
@@ -33,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument("--exclude", action="append", default=[])
     archive.add_argument("--keys-file", type=Path)
     archive.add_argument("--progress-interval", type=float, default=1.0)
+    mirror = sub.add_parser("mirror", help="bring a staging mirror on the backup volume up to date with a volume")
+    mirror.add_argument("--root", type=Path, required=True)
+    mirror.add_argument("--mirror", type=Path, required=True)
+    mirror.add_argument("--no-room-check", action="store_true")
+    mirror.add_argument("--go", action="store_true", help="wait for the sidecar's go file before the pass")
+    mirror.add_argument("--wait-timeout", type=float, default=3600.0)
+    mirror.add_argument("--progress-interval", type=float, default=1.0)
     return parser
 
 
@@ -41,6 +50,8 @@ def main(argv: list[str]) -> int:
     if args.command == "probe":
         emit({"event": "probe", "protocol": PROTOCOL, **probe()})
         return 0
+    if args.command == "mirror":
+        return _mirror(args)
     job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
                      args.progress_interval)
     try:
@@ -50,4 +61,16 @@ def main(argv: list[str]) -> int:
         return 1
     emit({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,
           "tar_bytes": outcome.tar_bytes})
+    return 0
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    job = MirrorJob(args.root, args.mirror, not args.no_room_check, args.go, args.wait_timeout, args.progress_interval)
+    try:
+        outcome = run_mirror(job, emit)
+    except (SidecarError, OSError) as exc:
+        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    if outcome is not None:
+        emit({"event": "result", "protocol": PROTOCOL, **asdict(outcome)})
     return 0

@@ -55,7 +55,8 @@ def _workers(engine, purpose):
 
 @pytest.mark.parametrize("strategy", ["stop", "pause", "hot"])
 def test_the_worker_archives_the_volume_while_the_container_is_down(engine, wctx, data, strategy):
-    app = engine.add_container("app-1", app_labels(strategy=strategy), {"/data": data})
+    # The plain path (tests/actions/test_mirror.py: the staging mirror that is the default).
+    app = engine.add_container("app-1", app_labels(strategy=strategy, mirror="false"), {"/data": data})
     outcome = run_backup(wctx, _target(wctx))
     assert outcome.result is BackupResult.SUCCESS, outcome.error
     [archive] = outcome.archives
@@ -133,7 +134,7 @@ def test_no_worker_falls_back_to_the_engine_api_said_once(engine, make_ctx, data
 
 
 def test_a_failing_worker_is_a_failed_read_with_its_message_and_no_file(engine, wctx, data, monkeypatch):
-    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    app = engine.add_container("app-1", app_labels(strategy="stop", mirror="false"), {"/data": data})
     real = engine.run_worker
 
     def failing(spec, on_line=None):

@@ -37,6 +37,7 @@ LAYERS = {
     "sidecar.fsutil": CORE,
     "sidecar.keys": CORE,
     "sidecar.values": CORE,
+    "sidecar.mirrordiff": CORE,
     "sidecar.notify.urls": CORE,
     "sidecar.engine": ADAPTERS,
     "sidecar.archive": ADAPTERS,

@@ -22,6 +22,7 @@ from ...extract import Summary, open_archive, verify
 from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers, unpack
+from ...readers.mirror import mirror_folder
 from ..context import Context
 from ..interrupt import Interruption, InterruptionKind, is_left_stopped, put_back
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
@@ -51,28 +52,43 @@ class VolumeCapture:
         self.ctx, self.target, self.volume, self.pending = ctx, target, volume, pending
         self.item = volume.volume_name
 
-    def read(self) -> None:
-        fields = {"target": self.target.backup_name, "volume": self.item, "phase": "read"}
+    def _progress(self, phase: str) -> ProgressLog:
+        fields = {"target": self.target.backup_name, "volume": self.item, "phase": phase}
         started = time.monotonic()
 
         def report(done: int, rate: float) -> None:
             logger.info("backup in progress", extra={**fields, "bytes": done, "bytes_per_second": round(rate),
                                                      "seconds": round(time.monotonic() - started, 1)})
 
-        progress = ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.backup_name)
+        return ProgressLog(report, self.ctx.settings.progress_interval, self.ctx.cancel, self.target.backup_name)
+
+    def prepare(self) -> None:
+        """Right before the quiesce, the container running (a staging mirror's first pass)."""
+        self._call(self.pending.prepare, self._progress("prepare"))
+
+    def read(self) -> None:
+        started = time.monotonic()
+        raw = self._call(self.pending.read, self._progress("read"))
+        logger.info("volume read", extra={"target": self.target.backup_name, "volume": self.item, "phase": "read",
+                                          "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
+
+    def _call(self, step, *args):
         try:
-            raw = self.pending.read(progress)
+            return step(*args)
         except BackupError:
             raise
         except SidecarError as err:  # the engine failed or its stream broke
             raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
         except OSError as exc:  # writing the archive (disk full...)
             raise BackupError(self.target.backup_name, "write", f"volume {self.item}: {exc}") from exc
-        logger.info("volume read", extra={**fields, "bytes": raw, "seconds": round(time.monotonic() - started, 3)})
 
     def finish(self) -> ArchiveResult:
         try:
             result = self.pending.finish()
+        except BackupError:
+            raise
+        except SidecarError as err:  # a mirror reader builds the archive here
+            raise BackupError(self.target.backup_name, "write", f"volume {self.item}: {err}") from err
         except OSError as exc:
             raise BackupError(self.target.backup_name, "write", f"{self.pending.request.final_path}: {exc}") from exc
         logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item, "phase": "write",
@@ -86,16 +102,30 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
             archive_path: ArchivePath) -> Iterator[list[VolumeCapture]]:
     """Partial archives for every volume of `target`, removed on the way out unless finished."""
     cfg = target.config
+    mirrored = _mirrored(target, container)
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
+            mirror = mirror_folder(ctx.store.state_dir, target.backup_name, volume.volume_name) if mirrored else None
             request = readers.ArchiveRequest(container.id, volume.mount, archive_path(volume.volume_name),
                                              cfg.compression, ctx.settings.file_mode, ctx.local_encryption,
-                                             cfg.exclude, ctx.worker_settings, target.backup_name)
+                                             cfg.exclude, ctx.worker_settings, target.backup_name, mirror)
             reader = readers.choose(ctx.engine, request)
             pending = stack.enter_context(reader.open(ctx.engine, request))
             captures.append(VolumeCapture(ctx, target, volume, pending))
         yield captures
+
+
+def _mirrored(target: Target, container: ContainerInfo) -> bool:
+    """Whether the target's volumes go through a staging mirror: a stop or pause target
+    that runs (a stopped one is read as it is), unless backup.mirror=false."""
+    if not needs_quiesce(target) or container.state is not ContainerState.RUNNING:
+        return False
+    if not target.config.mirror:
+        logger.info("no staging mirror: plain stop (label backup.mirror=false)",
+                    extra={"target": target.backup_name, "phase": "read"})
+        return False
+    return True
 
 
 # --- restore ------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""The staging mirror's change detection (pure): what a mirror pass must copy again.
+
+The mirror of a volume keeps, per path, how the source entry looked when it was last
+brought across (`Seen`: device, inode, mode, size, mtime and ctime in nanoseconds). A
+path is unchanged only when all of them are equal. Size + mtime alone would miss a
+rewrite with the same size whose mtime was set back (utime); the ctime cannot be set
+back: the kernel sets it on every write, chmod, chown, link, rename and xattr change.
+A volume re-created (or another filesystem) gives new device and inode numbers, so
+everything is copied again.
+
+The kernel stamps ctime from a coarse clock (a tick of up to 10 ms): a write in the same
+tick as our stat keeps the ctime we saw. So an entry whose ctime is less than
+RACY_MARGIN_NS older than the moment it was looked at is recorded as `racy` and never
+trusted: the next pass copies it again (as git does with its index). Only entries
+written in the last seconds before a pass pay for that.
+
+The manifest is JSON (paths as str with surrogate escapes, which json keeps); a manifest
+of another version, or one a pass left unfinished (`dirty`), is read as empty.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+MANIFEST_VERSION = 1
+RACY_MARGIN_NS = 2_000_000_000  # far above the kernel's coarse clock tick
+ROOM_MARGIN = 0.02  # of the backup volume's size, kept free besides what a mirror pass needs
+
+
+class Seen(NamedTuple):
+    """A source entry as a mirror pass saw it (from lstat or the copy's fstat). A named
+    tuple, not a dataclass: a pass makes one per entry, inside the stop window."""
+
+    dev: int
+    ino: int
+    mode: int  # st_mode: type and permission bits
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    racy: bool = False  # looked at too soon after its last change: not to be trusted
+
+    @classmethod
+    def of(cls, st, looked_at_ns: int) -> "Seen":
+        """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat)."""
+        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_ctime_ns >= looked_at_ns - RACY_MARGIN_NS)
+
+    def key(self) -> tuple[int, ...]:
+        return self[:6]
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+def unchanged(before: Seen | None, now: Seen) -> bool:
+    """Whether the mirror's copy of an entry recorded as `before` still matches `now`."""
+    return before is not None and not before[6] and before[:6] == now[:6]
+
+
+def dumps(entries: Mapping[str, Seen]) -> str:
+    rows = {path: [*s.key(), int(s.racy)] for path, s in entries.items()}
+    return json.dumps({"version": MANIFEST_VERSION, "entries": rows}, separators=(",", ":"))
+
+
+def loads(text: str) -> dict[str, Seen]:
+    """A manifest written by `dumps`; empty for another version or anything unreadable
+    (a mirror with no manifest is copied again whole, never trusted)."""
+    try:
+        doc = json.loads(text)
+        if doc.get("version") != MANIFEST_VERSION:
+            return {}
+        return {path: Seen(*(int(v) for v in row[:6]), bool(row[6])) for path, row in doc["entries"].items()}
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Room:
+    """Whether the backup volume holds a mirror pass and still the volume's archive."""
+
+    to_copy: int  # bytes this pass writes into the mirror
+    volume: int  # bytes of the whole volume: the archive's worst case (incompressible data)
+    free: int  # bytes free on the backup volume
+    total: int  # the backup volume's size
+
+    @property
+    def needed(self) -> int:
+        return self.to_copy + self.volume + int(self.total * ROOM_MARGIN)
+
+    @property
+    def enough(self) -> bool:
+        return self.free >= self.needed

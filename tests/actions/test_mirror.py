@@ -1,0 +1,178 @@
+"""The mirror reader against the fake engine (its run_worker runs the real
+`python -m sidecar.worker` on this host): the phases around the stop, changes made while
+the container still ran, the plain-stop fallbacks and their log lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from sidecar import readers
+from sidecar.actions.backup import BackupResult, run_backup
+from sidecar.errors import EngineError
+from sidecar.model import ContainerState, WorkerResult
+from sidecar.readers.worker import WorkerReader
+
+from .conftest import app_labels, archive_members, tree
+
+IMAGE = "backup-sidecar:fake"
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_reader(monkeypatch):
+    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
+
+
+@pytest.fixture
+def wctx(make_ctx, engine):
+    engine.worker_images.add(IMAGE)
+    return make_ctx(BACKUP_WORKER_IMAGE=IMAGE)
+
+
+def _target(ctx, name="app"):
+    target = ctx.discover().find(name)
+    assert target is not None, ctx.discover().skipped
+    return target
+
+
+def _phases(engine) -> list[str]:
+    """Quiesce calls and workers (by purpose, "mirror+go" for the stopped pass), in order."""
+    found = []
+    for call in engine.calls:
+        if call[0] == "run_worker":
+            spec = call[1]
+            found.append(spec.purpose + ("+go" if "--go" in spec.command else ""))
+        elif call[0] in ("stop", "start", "pause", "unpause"):
+            found.append(call[0])
+    return found
+
+
+@pytest.mark.parametrize("strategy, down, up", [("stop", "stop", "start"), ("pause", "pause", "unpause")])
+def test_the_stopped_pass_is_started_before_the_stop_and_the_archive_built_after(engine, wctx, data, strategy,
+                                                                                  down, up, caplog):
+    app = engine.add_container("app-1", app_labels(strategy=strategy), {"/data": data})
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.result is BackupResult.SUCCESS, outcome.error
+    assert _phases(engine) == ["probe", "mirror", "mirror+go", down, up, "archive"]
+    [archive] = outcome.archives
+    assert archive_members(archive.path) == tree(data)
+    folder = wctx.store.state_dir / "mirror"
+    assert stat_mode(folder) == 0o700 and (folder / "app" / "data" / "tree" / "a.txt").read_text() == "alpha\n"
+    assert not (folder / "app" / "data" / "go").exists()
+    assert [r for r in caplog.records if r.getMessage() == "staging mirror caught up with the stopped volume"]
+    assert engine.state(app.id) is ContainerState.RUNNING
+    assert list(wctx.store.root.rglob("*.partial")) == []
+
+
+def stat_mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_changes_while_the_container_ran_are_in_the_archive(engine, wctx, data, monkeypatch):
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    real_stop = engine.stop
+
+    def change_then_stop(container_id, timeout):
+        # Between the first pass and the stop: what the app wrote in the meantime.
+        st = os.lstat(data / "a.txt")
+        (data / "a.txt").write_text("ALPHA\n")
+        os.utime(data / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+        (data / "sub" / "b.bin").rename(data / "moved.bin")
+        (data / "link").unlink()
+        os.chmod(data / "sub", 0o700)
+        return real_stop(container_id, timeout)
+
+    monkeypatch.setattr(engine, "stop", change_then_stop)
+    outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok, outcome.error
+    members = archive_members(outcome.archives[0].path)
+    assert members == tree(data)
+    assert members["a.txt"] == b"ALPHA\n" and "link" not in members and "sub/b.bin" not in members
+
+
+def test_backup_mirror_false_is_a_plain_stop_said_in_the_log(engine, wctx, data, caplog):
+    engine.add_container("app-1", app_labels(strategy="stop", mirror="false"), {"/data": data})
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    assert _phases(engine) == ["probe", "stop", "archive", "start"]
+    assert [r for r in caplog.records if "backup.mirror=false" in r.getMessage()]
+    assert not (wctx.store.state_dir / "mirror").exists()
+
+
+def test_hot_targets_have_no_mirror(engine, wctx, data):
+    engine.add_container("app-1", app_labels(strategy="hot"), {"/data": data})
+    assert run_backup(wctx, _target(wctx)).ok
+    assert _phases(engine) == ["probe", "archive"]
+
+
+def test_no_room_is_a_plain_stop_said_in_the_log(engine, wctx, data, monkeypatch, caplog):
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    real = engine.run_worker
+
+    def no_room(spec, on_line=None):
+        if spec.purpose != "mirror":
+            return real(spec, on_line)
+        engine.calls.append(("run_worker", spec))
+        on_line('{"event": "no-room", "needed": 300, "free": 100, "volume": 200, "to_copy": 50}')
+        return WorkerResult("w1", 0, (), 0.1)
+
+    monkeypatch.setattr(engine, "run_worker", no_room)
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    assert _phases(engine) == ["probe", "mirror", "stop", "archive", "start"]
+    [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
+    assert "no room" in said.reason and said.needed == 300
+
+
+def test_a_failed_stopped_pass_reads_the_volume_while_still_down(engine, wctx, data, monkeypatch, caplog):
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    real = engine.run_worker
+
+    def failing_second(spec, on_line=None):
+        if "--go" not in spec.command:
+            return real(spec, on_line)
+        engine.calls.append(("run_worker", spec))
+        on_line('{"event": "ready"}')
+        on_line('{"event": "error", "message": "OSError: disk full"}')
+        return WorkerResult("w2", 1, (), 0.1)
+
+    monkeypatch.setattr(engine, "run_worker", failing_second)
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    assert _phases(engine) == ["probe", "mirror", "mirror+go", "stop", "archive", "start"]
+    [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
+    assert "disk full" in said.reason
+    assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_a_failed_stop_calls_the_waiting_worker_off(engine, wctx, data):
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    engine.fail("stop", EngineError("cannot stop"))
+    outcome = run_backup(wctx, _target(wctx))
+    assert outcome.result is BackupResult.FAILURE
+    assert _phases(engine)[-1] == "stop" and "archive" not in _phases(engine)
+    assert not (wctx.store.state_dir / "mirror" / "app" / "data" / "go").exists()
+    assert list(wctx.store.root.rglob("*.partial")) == [] and engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_a_mirror_worker_that_cannot_start_is_a_plain_stop(engine, wctx, data, monkeypatch, caplog):
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    real = engine.run_worker
+
+    def refused(spec, on_line=None):
+        if spec.purpose == "mirror":
+            raise EngineError("create worker container: no space left on device")
+        return real(spec, on_line)
+
+    monkeypatch.setattr(engine, "run_worker", refused)
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(wctx, _target(wctx))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
+    assert "could not start" in said.reason

@@ -1,0 +1,218 @@
+"""The staging mirror: change detection (sidecar/mirrordiff.py, pure) and a mirror pass
+(sidecar/worker/mirror.py) run in this process on folders of this host."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from sidecar import mirrordiff
+from sidecar.mirrordiff import Room, Seen, dumps, loads, unchanged
+from sidecar.worker.mirror import DIRTY, INFO, MANIFEST, TREE, MirrorJob, run_mirror
+
+BASE = Seen(dev=1, ino=10, mode=0o100644, size=5, mtime_ns=1_000, ctime_ns=2_000)
+
+
+@pytest.mark.parametrize("before, now, same", [
+    (None, BASE, False),
+    (BASE, BASE, True),
+    (Seen(1, 10, 0o100644, 5, 1_000, 2_000, racy=True), BASE, False),  # seen too soon after a change
+    (BASE, Seen(1, 10, 0o100644, 5, 1_000, 3_000), False),  # same size and mtime, rewritten: ctime moved
+    (BASE, Seen(1, 11, 0o100644, 5, 1_000, 2_000), False),  # another inode (replaced, renamed over)
+    (BASE, Seen(2, 10, 0o100644, 5, 1_000, 2_000), False),  # the volume re-created
+    (BASE, Seen(1, 10, 0o100600, 5, 1_000, 2_000), False),
+    (BASE, Seen(1, 10, 0o100644, 6, 1_000, 2_000), False),
+    (BASE, Seen(1, 10, 0o100644, 5, 1_001, 2_000), False),
+    (BASE, Seen(1, 10, 0o100644, 5, 1_000, 2_000, racy=True), True),  # only the record's racy flag counts
+])
+def test_unchanged_needs_every_field_equal_and_a_record_that_is_not_racy(before, now, same):
+    assert unchanged(before, now) is same
+
+
+def test_an_entry_changed_within_the_margin_is_racy():
+    class St:
+        st_dev, st_ino, st_mode, st_size, st_mtime_ns = 1, 2, 0o100644, 3, 4
+        st_ctime_ns = 10_000_000_000
+
+    assert Seen.of(St, St.st_ctime_ns + mirrordiff.RACY_MARGIN_NS - 1).racy
+    assert not Seen.of(St, St.st_ctime_ns + mirrordiff.RACY_MARGIN_NS + 1).racy
+
+
+def test_the_manifest_round_trips_undecodable_names_and_refuses_what_it_cannot_trust():
+    name = os.fsdecode(b"caf\xe9/\xff")
+    entries = {".": BASE, name: Seen(1, 11, 0o120777, 1, 5, 6, racy=True)}
+    assert loads(dumps(entries)) == entries
+    assert loads("not json") == {} and loads('{"version": 99, "entries": {}}') == {}
+    assert loads('{"version": 1, "entries": {"a": [1, 2]}}') == {}
+
+
+@pytest.mark.parametrize("free, enough", [(10_000 + 4_000 + 2_000, True), (10_000 + 4_000 + 1_999, False)])
+def test_room_for_the_copy_the_archive_and_a_margin(free, enough):
+    assert Room(to_copy=4_000, volume=10_000, free=free, total=100_000).enough is enough
+
+
+# --- a mirror pass on this host -------------------------------------------------------------
+
+def _xattrs(path: Path) -> dict[str, bytes]:
+    try:
+        return {n: os.getxattr(path, n, follow_symlinks=False) for n in os.listxattr(path, follow_symlinks=False)}
+    except OSError:
+        return {}
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything a tar member keeps, per path; hard links as the first path of their inode."""
+    rows, first = {}, {}
+    paths = [root]
+    for folder, dirs, files in os.walk(root):
+        paths += [Path(folder) / name for name in dirs + files]
+    for path in sorted(paths, key=lambda p: os.fsencode(p)):
+        rel = os.path.relpath(path, root)
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            link = first.setdefault(st.st_ino, rel) if st.st_nlink > 1 else None
+            body = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            link, body = None, os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        rows[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns,
+                     st.st_size, body, link, _xattrs(path))
+    return rows
+
+
+def _has_user_xattrs(path: Path) -> bool:
+    try:
+        os.setxattr(path, "user.probe", b"1")
+        os.removexattr(path, "user.probe")
+        return True
+    except OSError as exc:
+        assert exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
+        return False
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    root = tmp_path / "volume"
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "a.txt").write_text("alpha")
+    (root / "same.txt").write_text("12345")
+    (root / "gone.txt").write_text("bye")
+    (root / "old-name.txt").write_text("renamed")
+    (root / "sub" / "deep" / "b.bin").write_bytes(os.urandom(100_000))
+    os.link(root / "a.txt", root / "sub" / "a-link.txt")
+    os.symlink("a.txt", root / "link")
+    with open(root / "sparse.bin", "wb") as f:
+        f.truncate(50 << 20)
+        f.seek(10 << 20)
+        f.write(b"data")
+    os.mkfifo(root / "fifo")
+    os.chmod(root / "sub", 0o2750)
+    if os.geteuid() == 0:
+        os.chown(root / "a.txt", 1000, 1001)
+    if _has_user_xattrs(root / "a.txt"):
+        os.setxattr(root / "a.txt", "user.note", b"hello")
+    os.utime(root / "sub" / "deep", ns=(0, 946_684_799_000_000_000))
+    return root
+
+
+@pytest.fixture
+def trusting(monkeypatch):
+    """No entry is racy: the pass trusts what it recorded a moment ago, as it trusts a
+    record older than the margin (the ctime catches the rewrites below)."""
+    monkeypatch.setattr(mirrordiff, "RACY_MARGIN_NS", -10**18)
+
+
+def _pass(source: Path, mirror: Path, lines: list | None = None):
+    outcome = run_mirror(MirrorJob(source, mirror), (lines if lines is not None else []).append)
+    assert outcome is not None, lines
+    assert snapshot(mirror / TREE) == snapshot(source)
+    return outcome
+
+
+def _rewrite_same_size_same_mtime(path: Path, data: bytes) -> None:
+    """Write `data` (as long as the old contents) and set the mtime back; again until the
+    ctime moved (a write in the same tick of the kernel's coarse clock keeps the ctime,
+    which is what the racy margin is for)."""
+    before = os.lstat(path)
+    assert len(data) == before.st_size
+    while True:
+        path.write_bytes(data)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if os.lstat(path).st_ctime_ns != before.st_ctime_ns:
+            return
+
+
+def test_a_pass_copies_everything_then_only_what_changed(source, tmp_path, trusting):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    first = _pass(source, mirror)
+    assert first.copied == first.entries  # the tree's root made, every entry copied
+    assert (mirror / TREE / "sparse.bin").stat().st_blocks * 512 < 1 << 20  # holes stay holes
+    kept = os.lstat(mirror / TREE / "sub" / "deep" / "b.bin").st_ino
+
+    _rewrite_same_size_same_mtime(source / "same.txt", b"54321")
+    (source / "gone.txt").unlink()
+    (source / "old-name.txt").rename(source / "sub" / "new-name.txt")
+    os.chmod(source / "sub", 0o700)
+    if os.geteuid() == 0:
+        os.chown(source / "same.txt", 1234, 1234)
+    (source / "link").unlink()
+    os.symlink("sub", source / "link")
+    os.link(source / "sub" / "deep" / "b.bin", source / "b-link.bin")
+    (source / "empty").rmdir()
+    (source / "empty").write_text("now a file")
+    (source / "new-empty").mkdir()
+    second = _pass(source, mirror)
+    assert (mirror / TREE / "same.txt").read_bytes() == b"54321"
+    assert not (mirror / TREE / "gone.txt").exists() and not (mirror / TREE / "old-name.txt").exists()
+    # b.bin got a link: its ctime moved, so it is copied again, and both paths share an inode.
+    assert os.lstat(mirror / TREE / "b-link.bin").st_ino == os.lstat(mirror / TREE / "sub" / "deep" / "b.bin").st_ino
+    assert second.copied < first.copied and second.removed >= 2
+
+    third = _pass(source, mirror)
+    assert third.copied == 0 and third.copied_bytes == 0 and third.removed == 0
+    assert os.lstat(mirror / TREE / "sub" / "deep" / "b.bin").st_ino != kept  # (relinked in the second)
+    info = (mirror / INFO).read_text()
+    assert '"bytes"' in info and not (mirror / DIRTY).exists() and (mirror / MANIFEST).exists()
+
+
+def test_a_pass_left_unfinished_trusts_nothing(source, tmp_path, trusting):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    first = _pass(source, mirror)
+    (mirror / DIRTY).touch()
+    again = _pass(source, mirror)
+    assert again.copied_bytes == first.copied_bytes and again.copied == first.copied - 4  # folders stay
+
+
+def test_a_mirror_folder_removed_by_hand_is_copied_again(source, tmp_path, trusting):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _pass(source, mirror)
+    shutil.rmtree(mirror / TREE / "sub")
+    again = _pass(source, mirror)
+    assert again.copied >= 4
+
+
+def test_recently_changed_entries_are_copied_again(source, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    first = _pass(source, mirror)
+    again = _pass(source, mirror)  # everything was written a moment ago: racy, so not trusted
+    assert again.copied_bytes == first.copied_bytes
+
+
+def test_no_room_says_so_and_writes_nothing(source, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setattr(mirrordiff, "ROOM_MARGIN", 1.0)  # nothing fits when the whole disk is the margin
+    lines = []
+    assert run_mirror(MirrorJob(source, mirror), lines.append) is None
+    assert lines[-1]["event"] == "no-room" and lines[-1]["needed"] > lines[-1]["free"]
+    assert not (mirror / TREE).exists() or not any((mirror / TREE).iterdir())
