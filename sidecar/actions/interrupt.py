@@ -278,10 +278,17 @@ def wait_ready(ctx: Context, container: ContainerInfo, target: str, timeout: flo
 
 def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: str) -> None:
     """Journal a container as deliberately left stopped (see InterruptionKind.LEFT_STOPPED)."""
-    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
-                                 time.time()))
+    journal_left_stopped(ctx, container, target)
     logger.error("container left stopped: it would start on an empty or partial volume", extra={
         "target": target, "container": container.name, "phase": "restore", "error": reason})
+
+
+def journal_left_stopped(ctx: Context, container: ContainerInfo, target: str) -> None:
+    """Journal it as left stopped without a report: written by a restore before it empties a
+    volume, so a sidecar killed from then on does not start the app on an empty or partial
+    volume on its next start. The restore's own put back (on success) clears the entry."""
+    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
+                                 time.time()))
 
 
 def is_left_stopped(ctx: Context, container_id: str) -> bool:

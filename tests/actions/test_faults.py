@@ -1,0 +1,60 @@
+"""Faults on the actions tier (issue 11): what a SIGKILL leaves on disk at a chosen moment,
+taken as a copy of the journal, and what the next start does with it."""
+
+from __future__ import annotations
+
+import shutil
+
+from sidecar.actions.backup import run_backup
+from sidecar.actions.recover import run_recovery
+from sidecar.actions.restore import run_restore
+from sidecar.model import ContainerState
+
+from .conftest import app_labels, tree
+
+
+def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_the_next_start(engine, ctx, data,
+                                                                                            tmp_path, monkeypatch):
+    app = engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run_backup(ctx, ctx.discover().find("app")).ok
+    before = tree(data)
+    (data / "new.txt").write_text("newer data\n")
+    killed = tmp_path / "journal-at-the-kill.json"
+    real_put = engine.put_archive
+
+    def put_archive(container_id, path, stream):
+        # The volume is emptied and half written: what the journal holds now is what a
+        # SIGKILL would leave.
+        shutil.copy(ctx.journal.path, killed)
+        return real_put(container_id, path, stream)
+
+    monkeypatch.setattr(engine, "put_archive", put_archive)
+    run_restore(ctx, "app", "data", force=True)
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+
+    # The kill: the container stays stopped, the journal as it was during the unpack.
+    engine.set_state(app.id, ContainerState.EXITED)
+    shutil.copy(killed, ctx.journal.path)
+    assert [(e.container_id, e.action) for e in ctx.journal.entries()] == [(app.id, "left-stopped")]
+    assert run_recovery(ctx) == []
+    assert engine.state(app.id) is ContainerState.EXITED  # not started on a partial volume
+    # The next restore (the fault gone) starts it and forgets the entry.
+    run_restore(ctx, "app", "data", force=True)
+    assert tree(data) == before
+    assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
+
+
+def test_the_journal_says_left_stopped_before_the_volume_is_emptied(engine, ctx, data, tmp_path, monkeypatch):
+    engine.add_container("app-1", app_labels(), {"/data": data})
+    assert run_backup(ctx, ctx.discover().find("app")).ok
+    (data / "new.txt").write_text("newer data\n")
+    seen = []
+    real_helper = engine.run_helper
+
+    def run_helper(*args, **kwargs):  # the helper container empties the volume
+        seen.extend(e.action for e in ctx.journal.entries())
+        return real_helper(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_helper", run_helper)
+    run_restore(ctx, "app", "data", force=True)
+    assert seen == ["left-stopped"]
