@@ -271,6 +271,8 @@ SETTINGS: tuple[Setting, ...] = (
             "whatever the archive size", needs="S3_BUCKET"),
     Setting("S3_ATTEMPTS", whole(1, 20), "5", "tries per S3 request (botocore's standard retry mode: capped exponential backoff with jitter)",
             needs="S3_BUCKET"),
+    Setting("S3_TIMEOUT", seconds(1, 3600), "60", "seconds to wait for the store's answer to one request (a "
+            "slow or stuck store); then the request is tried again, up to `S3_ATTEMPTS` in all", needs="S3_BUCKET"),
     Setting("S3_CHECKSUM", CHECKSUM, "SHA256", "`SHA256`: the store verifies every upload; `none` for a store "
             "that refuses checksum headers", needs="S3_BUCKET"),
     Setting("S3_SYNC_INTERVAL", seconds(1, 86400), "300", "seconds between the daemon's sync cycles (uploads "
@@ -420,6 +422,7 @@ def _s3(env: Mapping[str, str], values: Mapping[str, Any], given: set[str], prob
         access_key_id=key_id,
         secret_access_key=secret,
         checksum_algorithm=values["S3_CHECKSUM"],
+        read_timeout=values["S3_TIMEOUT"],
     )
 
 

@@ -295,3 +295,8 @@ def test_settings_load_or_name_each_bad_setting(env, with_bucket):
                 shown_elsewhere = any(env[name] in v for n, v in env.items() if n in shown)
                 assert len(env[name]) < 4 or shown_elsewhere or repr(env[name]) not in problem, f"{name}'s value in {problem!r}"
             assert "AGE-SECRET-KEY-1XYZ" not in problem
+
+
+def test_s3_timeout_reaches_the_store_config():
+    assert load_settings({"S3_BUCKET": "bucket", "S3_TIMEOUT": "2.5"}).s3.read_timeout == 2.5
+    assert load_settings({"S3_BUCKET": "bucket"}).s3.read_timeout == 60
