@@ -58,3 +58,36 @@ def test_the_journal_says_left_stopped_before_the_volume_is_emptied(engine, ctx,
     monkeypatch.setattr(engine, "run_helper", run_helper)
     run_restore(ctx, "app", "data", force=True)
     assert seen == ["left-stopped"]
+
+
+def test_a_full_backup_volume_when_putting_back_fails_the_backup_cleanly(engine, ctx, data, monkeypatch):
+    """The journal cannot be rewritten (ENOSPC) once the container runs again: the backup
+    fails as a write failure, not with an OSError out of run_backup; the entry stays for the
+    next start, which forgets it (the container runs)."""
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    target = ctx.discover().find("app")
+    real_remove = ctx.journal.remove
+
+    def full(container_id):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ctx.journal, "remove", full)
+    engine.fail("read_path", OSError(28, "No space left on device"), after_bytes=10)
+    outcome = run_backup(ctx, target)
+    assert not outcome.ok and "No space left" in outcome.error
+    assert engine.state(app.id) is ContainerState.RUNNING
+    assert [e.container_id for e in ctx.journal.entries()] == [app.id]
+    monkeypatch.setattr(ctx.journal, "remove", real_remove)
+    assert run_recovery(ctx) == [] and ctx.journal.entries() == []
+
+
+def test_a_journal_that_cannot_be_written_stops_nothing(engine, ctx, data, monkeypatch):
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+
+    def full(entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ctx.journal, "add", full)
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    assert not outcome.ok and outcome.phase == "stop" and "nothing was stopped" in outcome.error
+    assert engine.names("stop") == [] and engine.state(app.id) is ContainerState.RUNNING
