@@ -4,11 +4,15 @@ taken as a copy of the journal, and what the next start does with it."""
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 from sidecar.actions.backup import run_backup
+from sidecar.actions.daemon import Daemon
 from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import run_restore
 from sidecar.model import ContainerState
+from sidecar.storage import JournalEntry
 
 from .conftest import app_labels, tree
 
@@ -91,3 +95,24 @@ def test_a_journal_that_cannot_be_written_stops_nothing(engine, ctx, data, monke
     outcome = run_backup(ctx, ctx.discover().find("app"))
     assert not outcome.ok and outcome.phase == "stop" and "nothing was stopped" in outcome.error
     assert engine.names("stop") == [] and engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_the_daemon_puts_back_what_the_journal_holds_once_the_engine_is_back(engine, ctx, data):
+    """A backup running while the engine restarted could not start its container again (the
+    journal keeps it). The daemon does not wait for its own next start: when the event
+    stream reconnects, the journal is worked through."""
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    engine.set_state(app.id, ContainerState.EXITED)
+    ctx.journal.add(JournalEntry(app.id, app.name, "stopped", "app", time.time()))
+    daemon = Daemon(ctx)
+    watcher = threading.Thread(target=daemon._follow_events, daemon=True)
+    watcher.start()  # the fake's event stream ends at once: a drop, then a reconnect
+    try:
+        deadline = time.monotonic() + 10
+        while engine.state(app.id) is not ContainerState.RUNNING:
+            assert time.monotonic() < deadline, "the container was not put back after the reconnect"
+            time.sleep(0.02)
+        assert ctx.journal.entries() == []
+    finally:
+        daemon.request_stop()
+        watcher.join(5)
