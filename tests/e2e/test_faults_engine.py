@@ -38,19 +38,19 @@ class SecondEngine:
                "--ip-masq=false"]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        client = docker.DockerClient(base_url=self.url, timeout=120)
-        wait_for(lambda: self._pings(client) or self.proc.poll() is not None, timeout=60, interval=0.2,
-                 what="the second engine to answer")
+        client = wait_for(lambda: self._client() or self.proc.poll() is not None, timeout=60, interval=0.2,
+                          what="the second engine to answer")
         if self.proc.poll() is not None:
             raise RuntimeError("the second engine exited:\n" + self.log.read_text()[-2000:])
         return client
 
-    @staticmethod
-    def _pings(client) -> bool:
+    def _client(self) -> docker.DockerClient | None:
         try:
-            return client.ping()
+            client = docker.DockerClient(base_url=self.url, timeout=120)
+            client.ping()
+            return client
         except Exception:  # noqa: BLE001 - not up yet
-            return False
+            return None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -63,6 +63,8 @@ class SecondEngine:
 
     def remove(self) -> None:
         self.stop()
+        # dockerd makes its data root a private mount of its own and may leave it behind.
+        subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
         shutil.rmtree(self.root / "data", ignore_errors=True)
         shutil.rmtree(self.exec_root, ignore_errors=True)
 
@@ -73,7 +75,11 @@ def engine2(docker_client, tmp_path):
         pytest.skip("no dockerd binary")
     engine = SecondEngine(tmp_path / "engine2")
     engine.root.mkdir()
-    client = engine.start()
+    try:
+        client = engine.start()
+    except BaseException:
+        engine.remove()
+        raise
     saved = subprocess.Popen(["docker", "save", BUSYBOX], stdout=subprocess.PIPE)
     loaded = subprocess.run(["docker", "-H", engine.url, "load"], stdin=saved.stdout, capture_output=True)
     saved.wait(120)
