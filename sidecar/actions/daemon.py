@@ -185,11 +185,11 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 self._events = self.ctx.engine.events(since=time.time())
+                # Re-list after (re)connecting: whatever changed while the stream was down is seen.
+                self.refresh_all()
                 if dropped:  # the engine may have restarted: see _recover_after_reconnect
                     self._recover_after_reconnect()
                     dropped = False
-                # Re-list after (re)connecting: whatever changed while the stream was down is seen.
-                self.refresh_all()
                 backoff = 1.0
                 for event in self._events:
                     if self._stop.is_set():

@@ -30,12 +30,16 @@ class SecondEngine:
         self.sock = self.exec_root / "docker.sock"
         self.url = f"unix://{self.sock}"
         self.proc: subprocess.Popen | None = None
+        # Its own network namespace: an engine started with `--bridge none` deletes the host's
+        # docker0 bridge (the shared engine's) in the namespace it runs in.
+        self.netns = self.exec_root.name
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
         self.log = root / "dockerd.log"
 
     def start(self) -> docker.DockerClient:
-        cmd = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.exec_root / "x"),
-               "--pidfile", str(self.exec_root / "pid"), "-H", self.url, "--bridge", "none", "--iptables=false",
-               "--ip-masq=false"]
+        cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", "dockerd", "--data-root", str(self.root / "data"),
+               "--exec-root", str(self.exec_root / "x"), "--pidfile", str(self.exec_root / "pid"), "-H", self.url,
+               "--bridge", "none", "--iptables=false", "--ip-masq=false"]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         client = wait_for(lambda: self._client() or self.proc.poll() is not None, timeout=60, interval=0.2,
@@ -67,12 +71,13 @@ class SecondEngine:
         subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
         shutil.rmtree(self.root / "data", ignore_errors=True)
         shutil.rmtree(self.exec_root, ignore_errors=True)
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
 
 
 @pytest.fixture
 def engine2(docker_client, tmp_path):
-    if shutil.which("dockerd") is None:
-        pytest.skip("no dockerd binary")
+    if shutil.which("dockerd") is None or shutil.which("nsenter") is None or shutil.which("ip") is None:
+        pytest.skip("needs dockerd, nsenter and ip (iproute2)")
     engine = SecondEngine(tmp_path / "engine2")
     engine.root.mkdir()
     try:
