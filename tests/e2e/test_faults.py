@@ -21,7 +21,7 @@ import pytest
 
 from .faults import Fault, FaultProxy
 from .s3server import ACCESS_KEY, REGION, SECRET_KEY
-from .support import BUSYBOX, log_records, stderr_records, wait_for
+from .support import BUSYBOX, IDLE, log_records, stderr_records, wait_for
 from .test_notify import WebhookReceiver
 
 # Random data gzip reads for several seconds on these machines: the window a fault needs.
@@ -321,10 +321,10 @@ def test_a_container_that_fails_to_start_again_is_reported_and_the_others_run(la
     labels = {"com.docker.compose.project": lab.project, "backup.enable": "true", "backup.strategy": "stop",
               "backup.compression": "gzip"}
     # A bind mount with --mount semantics: a start fails when its source is gone.
-    app = lab.container(BUSYBOX, name=f"{lab.project}-app", command=["sh", "-c", "sleep 100000"],
+    app = lab.container(BUSYBOX, name=f"{lab.project}-app", command=["sh", "-c", IDLE],
                         network_mode="none", labels={**labels, "com.docker.compose.service": "app"},
                         volumes={volume: {"bind": "/data", "mode": "rw"}},
-                        mounts=[docker.types.Mount("/strict", str(strict), type="bind")], stop_signal="SIGKILL")
+                        mounts=[docker.types.Mount("/strict", str(strict), type="bind")])
     other = lab.workload("other", {"backup.enable": "true", "backup.strategy": "stop"}, {other_volume: "/data"})
 
     proc, log = lab.start_cli("backup", "--all", log_name="backup.log", **notify_env(webhook))
