@@ -31,7 +31,7 @@ from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .groups import groups_of
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, unknown_settings
 from .storage import BackupStore
 
 logger = logging.getLogger("sidecar.cli")
@@ -127,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(*_log_setup(args.command, settings, os.environ))
     if args.command == "healthcheck":
         return _healthcheck(settings, args.max_age)
+    for name, close in unknown_settings(os.environ).items():
+        logger.warning("unknown setting ignored", extra={"setting": name, "did_you_mean": close})
     try:
         ctx = Context.create(settings, Engine(settings.docker_host))
         return COMMANDS[args.command](ctx, args)

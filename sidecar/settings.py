@@ -15,6 +15,7 @@ only the CLI passes the real one.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os.path
 import re
 from dataclasses import dataclass
@@ -270,6 +271,8 @@ SETTINGS: tuple[Setting, ...] = (
             "whatever the archive size", needs="S3_BUCKET"),
     Setting("S3_ATTEMPTS", whole(1, 20), "5", "tries per S3 request (botocore's standard retry mode: capped exponential backoff with jitter)",
             needs="S3_BUCKET"),
+    Setting("S3_TIMEOUT", seconds(1, 3600), "60", "seconds to wait for the store's answer to one request (a "
+            "slow or stuck store); then the request is tried again, up to `S3_ATTEMPTS` in all", needs="S3_BUCKET"),
     Setting("S3_CHECKSUM", CHECKSUM, "SHA256", "`SHA256`: the store verifies every upload; `none` for a store "
             "that refuses checksum headers", needs="S3_BUCKET"),
     Setting("S3_SYNC_INTERVAL", seconds(1, 86400), "300", "seconds between the daemon's sync cycles (uploads "
@@ -301,6 +304,34 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _NEEDS_BUCKET = ("S3_PREFIX", "S3_ENDPOINT_URL", "S3_STORAGE_CLASS")  # set alone: surely a mistake
+
+# Names with these prefixes are ours: one the table does not know is a typo (BACKUP_KEEP_DAYS)
+# or a setting of another version, so it is warned about instead of silently ignored.
+OWN_PREFIXES = ("BACKUP_", "S3_", "NOTIFY_", "METRICS_", "LOG_")
+_NOT_SETTINGS = ("BACKUP_TEST_",)  # the test suite's own switches (BACKUP_TEST_SLOW)
+
+
+def unknown_settings(env: Mapping[str, str]) -> dict[str, str | None]:
+    """Names in `env` with our prefixes that no setting reads, each with the closest known
+    name (None when nothing is close)."""
+    known = {s.name for s in SETTINGS} | {f"{s.name}_FILE" for s in SETTINGS if s.file}
+    unknown = sorted(name for name in env if name.startswith(OWN_PREFIXES) and name not in known
+                     and not name.startswith(_NOT_SETTINGS))
+    return {name: _closest(name, known) for name in unknown}
+
+
+def _closest(name: str, known: set[str]) -> str | None:
+    """The known name with the same words in another order, else the most alike after the
+    shared prefix (which would make every name look alike)."""
+    prefix = next(p for p in OWN_PREFIXES if name.startswith(p))
+    tails = {k[len(prefix):]: k for k in sorted(known) if k.startswith(prefix)}
+    tail = name[len(prefix):]
+    words = sorted(tail.split("_"))
+    for other, full in tails.items():
+        if sorted(other.split("_")) == words:
+            return full
+    close = difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.6)
+    return tails[close[0]] if close else None
 
 
 def read_value(env: Mapping[str, str], name: str, problems: list[str]) -> str | None:
@@ -391,6 +422,7 @@ def _s3(env: Mapping[str, str], values: Mapping[str, Any], given: set[str], prob
         access_key_id=key_id,
         secret_access_key=secret,
         checksum_algorithm=values["S3_CHECKSUM"],
+        read_timeout=values["S3_TIMEOUT"],
     )
 
 

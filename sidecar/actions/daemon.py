@@ -181,11 +181,15 @@ class Daemon:
 
     def _follow_events(self) -> None:
         backoff = 1.0
+        dropped = False
         while not self._stop.is_set():
             try:
                 self._events = self.ctx.engine.events(since=time.time())
                 # Re-list after (re)connecting: whatever changed while the stream was down is seen.
                 self.refresh_all()
+                if dropped:  # the engine may have restarted: see _recover_after_reconnect
+                    self._recover_after_reconnect()
+                    dropped = False
                 backoff = 1.0
                 for event in self._events:
                     if self._stop.is_set():
@@ -199,10 +203,20 @@ class Daemon:
             except Exception as exc:  # the engine restarted, the socket broke: reconnect
                 if self._stop.is_set():
                     break
+                dropped = True
                 logger.warning("event stream dropped; reconnecting", extra={"error": str(exc),
                                                                             "retry_seconds": backoff})
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _recover_after_reconnect(self) -> None:
+        """A backup that ran while the engine went away could not put its container back (the
+        journal keeps it): put it back now rather than at the sidecar's next start, which may
+        be weeks away. Recovery leaves alone what a running backup holds the lock for."""
+        try:
+            run_recovery(self.ctx)
+        except Exception:  # never let it end the event thread
+            logger.exception("recovery after the engine came back failed", extra={"phase": "recovery"})
 
     # --- scheduling -----------------------------------------------------------------
     def _schedule_loop(self) -> None:

@@ -30,7 +30,7 @@ import time
 from types import TracebackType
 from typing import Sequence
 
-from ..errors import ContainerNotFound, EngineError, SidecarError
+from ..errors import BackupError, ContainerNotFound, EngineError, SidecarError
 from ..model import ContainerEvent, ContainerInfo, ContainerState
 from ..storage import JournalEntry
 from .context import Context
@@ -102,7 +102,11 @@ class Interruption:
     def __enter__(self) -> "Interruption":
         c = self.container
         self._since = time.time()
-        self.ctx.journal.add(JournalEntry(c.id, c.name, self.action.value, self.target, self._since))
+        try:
+            self.ctx.journal.add(JournalEntry(c.id, c.name, self.action.value, self.target, self._since))
+        except OSError as exc:  # a full backup volume: never stop what could not be journalled
+            raise BackupError(self.target, "stop", f"the journal cannot record {c.name} before it is "
+                              f"{self.action} ({exc}); nothing was stopped") from exc
         self.started_at = time.monotonic()
         self._watcher = threading.Thread(target=self._watch, name=f"watch-{c.short_id}", daemon=True)
         self._watcher.start()
@@ -278,10 +282,17 @@ def wait_ready(ctx: Context, container: ContainerInfo, target: str, timeout: flo
 
 def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: str) -> None:
     """Journal a container as deliberately left stopped (see InterruptionKind.LEFT_STOPPED)."""
-    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
-                                 time.time()))
+    journal_left_stopped(ctx, container, target)
     logger.error("container left stopped: it would start on an empty or partial volume", extra={
         "target": target, "container": container.name, "phase": "restore", "error": reason})
+
+
+def journal_left_stopped(ctx: Context, container: ContainerInfo, target: str) -> None:
+    """Journal it as left stopped without a report: written by a restore before it empties a
+    volume, so a sidecar killed from then on does not start the app on an empty or partial
+    volume on its next start. The restore's own put back (on success) clears the entry."""
+    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
+                                 time.time()))
 
 
 def is_left_stopped(ctx: Context, container_id: str) -> bool:
@@ -319,7 +330,7 @@ def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, ta
             elif action is InterruptionKind.PAUSED and state is ContainerState.PAUSED:
                 ctx.engine.unpause(container_id)
                 acted = True
-            ctx.journal.remove(container_id)
+            _forget(ctx, container_id, target)
             return acted
         except ContainerNotFound:
             ctx.journal.remove(container_id)
@@ -340,3 +351,14 @@ def _stopped_by_someone(ctx: Context, container_id: str, action: InterruptionKin
         return None
     # The sidecar that died may have seen its stop run out of time: one SIGKILL may be ours.
     return user_stop(events, action, hard_killed=True)
+
+
+def _forget(ctx: Context, container_id: str, target: str) -> None:
+    """Clear a journal entry once its container is back. On a full backup volume (the entry
+    cannot be rewritten) it stays: harmless, the next start finds the container running and
+    forgets it then; raising here would turn a clean failure into a crash."""
+    try:
+        ctx.journal.remove(container_id)
+    except OSError as exc:
+        logger.warning("journal entry not cleared; the container runs again, the next start forgets it",
+                       extra={"target": target, "container": container_id[:12], "error": str(exc)})

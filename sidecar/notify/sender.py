@@ -74,9 +74,17 @@ def decide(result: str, failing: Failing | None, on: NotifyOn) -> str | None:
 
 
 _TITLES = {"failure": "failed", "recovery": "recovered", "success": "succeeded", "skipped": "skipped",
-           "aborted": "aborted"}
+           "aborted": "aborted", "offsite": "succeeded, but its off-site copy failed"}
 _TYPES = {"failure": "failure", "recovery": "success", "success": "success", "skipped": "warning",
-          "aborted": "warning"}
+          "aborted": "warning", "offsite": "warning"}
+
+
+def with_offsite(event: str | None, outcome: Any) -> str | None:
+    """A backup that succeeded while its off-site copy failed is news in every mode: a
+    store down for days must not go unnoticed until the last local copy is gone."""
+    if event in (None, "success") and getattr(outcome, "offsite_error", None):
+        return "offsite"
+    return event
 
 
 def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Message:
@@ -92,6 +100,8 @@ def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Mess
     ]
     if event in ("failure", "skipped", "aborted"):
         lines += [("phase", phase or "unknown"), ("error", _cut(getattr(outcome, "error", None)))]
+    if getattr(outcome, "offsite_error", None):
+        lines.append(("offsite_error", _cut(outcome.offsite_error)))
     archives = tuple(getattr(outcome, "archives", ()) or ())
     if archives:
         lines += [("archives", len(archives)), ("bytes", sum(int(getattr(a, "size", 0) or 0) for a in archives))]
@@ -204,7 +214,7 @@ class Notifier:
         result = str(getattr(result, "value", result))  # a str, or an Enum of them
         when = _when(outcome).isoformat(timespec="seconds")
         before, after = self._state.record(target, result, when, getattr(outcome, "phase", None))
-        event = decide(result, before, self.config.on)
+        event = with_offsite(decide(result, before, self.config.on), outcome)
         if event is None:
             return None
         shown = {"failure": after, "recovery": before}.get(event)

@@ -9,6 +9,7 @@ import socket
 import stat
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -216,6 +217,16 @@ def test_always_mode_sequence():
     recorder = run([success(), failure(), success(), skipped(), success()], on=NotifyOn.ALWAYS)
     assert recorder.events == ["success", "failure", "recovery", "skipped", "success"]
     assert [m.notify_type for m in recorder.messages] == ["success", "failure", "success", "warning", "success"]
+
+
+def test_an_off_site_copy_that_failed_is_news_in_every_mode():
+    lost = replace(success(), offsite_error="s3: endpoint http://127.0.0.1:9 did not answer")
+    for on in NotifyOn:
+        recorder = run([success(), lost], on=on)
+        assert recorder.events[-1] == "offsite"
+        message = recorder.messages[-1]
+        assert message.notify_type == "warning" and "off-site copy failed" in message.title
+        assert fields(message.body)["offsite_error"] == "s3: endpoint http://127.0.0.1:9 did not answer"
 
 
 def test_targets_are_tracked_separately():

@@ -24,7 +24,7 @@ from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, Vol
 from ... import readers, unpack
 from ...readers.mirror import mirror_folder
 from ..context import Context
-from ..interrupt import Interruption, InterruptionKind, is_left_stopped, put_back
+from ..interrupt import Interruption, InterruptionKind, is_left_stopped, journal_left_stopped, put_back
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,8 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
                 emptied = True
+                if stop is not None:  # killed from here on, the next start must not run it
+                    journal_left_stopped(ctx, current, backup_name)
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
             _unpack(ctx, dataclasses.replace(how, container=current), plan, reason, fields)

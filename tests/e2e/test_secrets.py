@@ -1,0 +1,115 @@
+"""Issue 11's secrets grep: a sidecar configured with every kind of secret (S3 keys, a
+password in S3_ENDPOINT_URL, an age passphrase read from a _FILE, notification URLs with a
+password and a token) runs every command, the daemon for a cycle, against a working store
+and receiver and against ones that fail; no secret (as written, URL-encoded, or base64 as in
+an Authorization header) appears in any output, log line, the metrics endpoint or the
+state folder."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import urllib.request
+from urllib.parse import quote
+
+import pytest
+
+from .s3server import REGION
+from .support import log_records, wait_for
+from .test_notify import WebhookReceiver
+
+ACCESS_KEY = "AKIDsecretKeyId42XYZ"
+SECRET_KEY = "wJalr/Secret+Key=Value42"
+ENDPOINT_USER = "epUser7"
+ENDPOINT_PASSWORD = "ep!Pa55*word"
+PASSPHRASE = "age pass-phrase/Secret+42"
+HOOK_PASSWORD = "HookPa55w0rdX"
+HOOK_TOKEN = "HOOKTOKEN9d8c7b6a"
+DEAD_PASSWORD = "DeadHookPa55Y"
+
+
+def forms(secret: str) -> set[str]:
+    """A secret as written, URL-encoded (two ways) and base64 (Basic auth)."""
+    return {secret, quote(secret, safe=""), quote(secret), base64.b64encode(secret.encode()).decode()}
+
+
+SECRETS = {name: forms(value) for name, value in {
+    "access key": ACCESS_KEY, "secret key": SECRET_KEY, "endpoint password": ENDPOINT_PASSWORD,
+    "passphrase": PASSPHRASE, "hook password": HOOK_PASSWORD, "hook token": HOOK_TOKEN,
+    "dead hook password": DEAD_PASSWORD}.items()}
+
+
+def found_secrets(text: str) -> list[str]:
+    return [f"{name} ({form!r})" for name, shapes in SECRETS.items() for form in shapes if form in text]
+
+
+@pytest.mark.slow  # about 3 minutes: some twenty CLI runs
+def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, tmp_path):
+    webhook = WebhookReceiver()
+    dead = WebhookReceiver()
+    dead.close()  # a port nothing answers on
+    passphrase_file = tmp_path / "passphrase"
+    passphrase_file.write_text(PASSPHRASE + "\n")
+    endpoint = s3_server.endpoint_url.replace("://", f"://{ENDPOINT_USER}:{quote(ENDPOINT_PASSWORD, safe='')}@", 1)
+    hook = f"json://hook:{HOOK_PASSWORD}@127.0.0.1:{webhook.port}/notify/{HOOK_TOKEN}"
+    dead_hook = f"json://hook:{DEAD_PASSWORD}@127.0.0.1:{dead.port}/notify/{HOOK_TOKEN}"
+    env = {"S3_BUCKET": s3_bucket, "S3_ENDPOINT_URL": endpoint, "S3_PREFIX": "secrets", "S3_PATH_STYLE": "true",
+           "S3_REGION": REGION, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "BACKUP_AGE_PASSPHRASE_FILE": str(passphrase_file), "NOTIFY_URLS": f"{hook},{dead_hook}",
+           "NOTIFY_ON": "always", "NOTIFY_TIMEOUT": "3", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
+           "S3_ATTEMPTS": "2"}
+    volume = lab.volume("data")
+    lab.populate(volume, "echo hello > a.txt")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
+    said: list[str] = []
+    try:
+        def cli(*args: str, **extra: str) -> int:
+            done = lab.cli(*args, **{**env, **extra})
+            said.append(f"$ {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+            return done.returncode
+
+        assert cli("backup", "app") == 0, said[-1]
+        wait_for(lambda: webhook.requests, what="the success notification")
+        for args in (("list",), ("list", "--remote"), ("plan",), ("plan", "--json"), ("sync",),
+                     ("prune", "--dry-run"), ("restore", "app", "--volume", "data", "--force"),
+                     ("restore", "app", "--volume", "data", "--force", "--from", "s3")):
+            assert cli(*args) == 0, said[-1]
+        # The failures: a wrong passphrase, a store that does not answer, a refusing receiver.
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not the " + PASSPHRASE[::-1])
+        assert cli("restore", "app", "--volume", "data", "--force", BACKUP_AGE_PASSPHRASE_FILE=str(wrong)) != 0
+        webhook.status = 500
+        closed = s3_server.endpoint_url.rsplit(":", 1)[0] + f":{dead.port}"
+        unreachable = closed.replace("://", f"://{ENDPOINT_USER}:{quote(ENDPOINT_PASSWORD, safe='')}@", 1)
+        for args in (("backup", "app"), ("sync",), ("list", "--remote"), ("plan",)):
+            cli(*args, S3_ENDPOINT_URL=unreachable, S3_ATTEMPTS="1")
+        assert cli("backup", "app", S3_ENDPOINT_URL="not a url " + unreachable) == 64
+        webhook.status = 200
+
+        daemon, log = lab.start_cli("run", log_name="daemon.log", **env, S3_SYNC_INTERVAL="1",
+                                    BACKUP_DEFAULT_SCHEDULE="* * * * * */5")
+        wait_for(lambda: any(r["message"] == "backup finished" for r in log_records(log)), timeout=120,
+                 what="a scheduled backup")
+        wait_for(lambda: any(r["message"].startswith("sync") or "off-site" in r["message"]
+                             for r in log_records(log)), timeout=60, what="a sync cycle")
+        with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        said.append("metrics:\n" + metrics)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        said.append("daemon:\n" + log.read_text(errors="replace"))
+    finally:
+        webhook.close()
+    for path in (lab.backup_dir / ".sidecar").rglob("*"):
+        if path.is_file():
+            said.append(f"{path}:\n" + path.read_text(errors="replace"))
+
+    text = "\n".join(said)
+    assert "backup_sidecar_" in text and "127.0.0.1" in text  # the checks saw real output
+    assert len(webhook.requests) >= 3
+    # The secrets were in use: the receiver got the password, the store the archive, encrypted.
+    auth = base64.b64encode(f"hook:{HOOK_PASSWORD}".encode()).decode()
+    assert all(r["headers"]["Authorization"] == f"Basic {auth}" for r in webhook.requests)
+    assert all(r["path"] == f"/notify/{HOOK_TOKEN}" for r in webhook.requests)
+    assert lab.archives() and all(a.name.endswith(".age") for a in lab.archives())
+    assert not found_secrets(text), (found_secrets(text), text[-4000:])
