@@ -220,9 +220,11 @@ def user_stop(events: Sequence[ContainerEvent], action: InterruptionKind | str, 
             return f"it was stopped or killed while paused (events: {_summary(counts)})"
         return None
     signals = [e.signal for e in events if e.action == "kill"]
-    soft, hard = sum(s != _HARD_KILL for s in signals), sum(s == _HARD_KILL for s in signals)
-    ours_hard = 1 if (hard_killed or not stop_returned) else 0
-    if counts["stop"] > 1 or soft > 1 or hard > ours_hard:
+    soft = sum(s != _HARD_KILL for s in signals)
+    # Our stop sends the container's stop signal once (SIGKILL itself for an image whose
+    # STOPSIGNAL is SIGKILL), plus one SIGKILL when its timeout ran out.
+    ours = 1 + (1 if (hard_killed or not stop_returned) else 0)
+    if counts["stop"] > 1 or soft > 1 or len(signals) > ours:
         return f"another stop or kill request reached the engine (events: {_summary(counts)})"
     return None
 

@@ -40,6 +40,9 @@ def _ev(*actions: str, signal: str | None = None) -> list[ContainerEvent]:
     (_ev("kill", signal="15") * 2, "stopped", False, False, "another stop"),  # a second SIGTERM meanwhile
     (_ev("kill", signal="15") + _ev("die", "stop", "stop"), "stopped", True, False, "another stop"),
     (_ev("kill", signal="15") + _ev("kill", signal="9") + _ev("die", "stop"), "stopped", True, False, "another stop"),
+    # An image whose STOPSIGNAL is SIGKILL: our stop's one kill is a SIGKILL; a second kill is not ours.
+    (_ev("kill", signal="9") + _ev("die", "stop"), "stopped", True, False, None),
+    (_ev("kill", signal="9") * 2 + _ev("die", "stop"), "stopped", True, False, "another stop"),
     (_ev("destroy"), "stopped", True, False, "removed"),
     (_ev("pause"), "paused", True, False, None),
     (_ev("pause", "kill", "die", "stop"), "paused", True, False, "while paused"),
