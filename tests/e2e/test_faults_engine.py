@@ -148,9 +148,6 @@ def test_engine_restarted_while_the_daemon_idles(lab, engine2):
     assert len(assert_nothing_incomplete(lab)) == 1
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 11): on main after the presets/restore merges, the backup thread "
-                   "stays busy for minutes after logging 'backup failed' (its target lock held), so the recovery "
-                   "after the reconnect leaves the journal entry alone and the app stays down; passed before them")
 def test_engine_restarted_while_a_backup_runs(lab, engine2):
     client = engine2.client
     project = lab.project
