@@ -179,7 +179,9 @@ class Lab:
 
     def run_oneshot(self, script: str, volumes: dict[str, str], image: str = BUSYBOX) -> str:
         out = self.client.containers.run(
-            image, ["sh", "-c", "set -e; cd /data 2>/dev/null || true; " + script],
+            # As root and past the image's entrypoint: test tooling writes anywhere in the volume
+            # (the sidecar image's entrypoint drops to its own user, 10001).
+            image, ["set -e; cd /data 2>/dev/null || true; " + script], entrypoint=["sh", "-c"], user="0",
             volumes={v: {"bind": d, "mode": "rw"} for v, d in volumes.items()},
             remove=True, stdout=True, stderr=True, network_mode="none",
         )
