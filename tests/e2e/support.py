@@ -177,6 +177,14 @@ class Lab:
         """Fill a volume with a one-shot busybox container running `script` in /data."""
         self.run_oneshot(script, {volume: "/data"})
 
+    def as_image_user(self, image: str) -> dict:
+        """Container options for the sidecar's image running as its own non-root user: the
+        backup folder handed to it and the socket's group added, as the README's Security
+        section tells users to."""
+        uid, _, gid = (self.client.images.get(image).attrs["Config"]["User"] or "0").partition(":")
+        os.chown(self.backup_dir, int(uid), int(gid or uid))
+        return {"group_add": [os.stat("/var/run/docker.sock").st_gid]}
+
     def run_oneshot(self, script: str, volumes: dict[str, str], image: str = BUSYBOX) -> str:
         out = self.client.containers.run(
             # As root and past the image's entrypoint: test tooling writes anywhere in the volume

@@ -3,7 +3,6 @@ mounted socket, writing to a mounted backup folder."""
 
 from __future__ import annotations
 
-import os
 
 import docker.errors
 
@@ -12,17 +11,9 @@ from .support import extract_archive, wait_for
 SOCKET = {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}
 
 
-def _as_image_user(lab, image) -> dict:
-    """The image runs as its own non-root user: the backup folder is handed to it and the
-    socket's group added, as the README's Security section tells users to."""
-    uid, _, gid = (lab.client.images.get(image).attrs["Config"]["User"] or "0").partition(":")
-    os.chown(lab.backup_dir, int(uid), int(gid or uid))
-    return {"group_add": [os.stat("/var/run/docker.sock").st_gid]}
-
-
 def _sidecar(lab, image, command=None, **env):
     return lab.container(
-        image, command=command, name=f"{lab.project}-sidecar", **_as_image_user(lab, image),
+        image, command=command, name=f"{lab.project}-sidecar", **lab.as_image_user(image),
         environment={"BACKUP_PROJECT": lab.project, "LOG_FORMAT": "json", **env},
         volumes={**SOCKET, str(lab.backup_dir): {"bind": "/backups", "mode": "rw"}},
     )
@@ -76,7 +67,7 @@ def test_image_one_shot_commands(lab, sidecar_image, docker_client):
     lab.workload("app", {"backup.enable": "true", "backup.strategy": "pause"}, {volume: "/data"})
     lab.workload("broken", {"backup.enable": "true", "backup.compression": "lzma"}, {volume: "/data"})
 
-    user = _as_image_user(lab, sidecar_image)
+    user = lab.as_image_user(sidecar_image)
 
     def run(*args):
         try:

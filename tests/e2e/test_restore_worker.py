@@ -281,6 +281,7 @@ def test_the_sidecar_in_its_container_restores_through_a_worker_from_its_own_ima
     app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
     sidecar = lab.container(
         worker_image, command=["sh", "-c", "sleep 600"], entrypoint=[], network_mode="none",
+        **lab.as_image_user(worker_image),
         environment={"BACKUP_PROJECT": lab.project, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
                      "BACKUP_DIR": "/backups"},
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
