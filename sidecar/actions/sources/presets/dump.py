@@ -9,6 +9,7 @@ by hand: `tar -xf ARCHIVE && cat FILE.* > FILE`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tarfile
@@ -22,10 +23,11 @@ from ....engine import Engine
 from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
 from ....extract import open_archive, verify
 from ....keys import DecryptionKeys
-from ....model import ExecResult, Target
+from ....model import ContainerInfo, ExecResult, Target
 from ....streams import IterReader
 from ...context import Context
 from ...interrupt import Interruption
+from ..base import ArchivePath
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,17 @@ class DumpCapture:
                                               "phase": "write", "path": str(result.path), "bytes": result.size,
                                               "tar_bytes": result.raw_bytes})
         return result
+
+
+def dump_capture(item: str, command: Callable[[Target], DumpCommand]):
+    """A preset's `capture` (the Source seam's): one archive `item` from the tool that
+    `command` names for the target."""
+    @contextlib.contextmanager
+    def capture(ctx: Context, target: Target, container: ContainerInfo,
+                archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
+        with DumpCapture(ctx, target, container.id, item, archive_path(item), command(target)) as one:
+            yield [one]
+    return capture
 
 
 def _said(result: ExecResult) -> str:

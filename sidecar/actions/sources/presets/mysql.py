@@ -12,17 +12,15 @@ an argument)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
-from typing import Iterator
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
 from ...context import Context
-from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, feed
+from ..base import RestoreOutcome, RestoreRequest
+from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, feed
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +74,7 @@ def _complete(head: bytes, tail: bytes) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def capture(ctx: Context, target: Target, container: ContainerInfo,
-            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
-    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
-        yield [one]
+capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:

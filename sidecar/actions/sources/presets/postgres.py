@@ -11,17 +11,15 @@ label `backup.preset.user` sets the role."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
-from typing import Iterator
 
 from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
+from ....model import ContainerState, Target
 from ...context import Context
-from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, dump_file, feed
+from ..base import RestoreOutcome, RestoreRequest
+from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, dump_file, feed
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +84,7 @@ def _custom_format(head: bytes, tail: bytes) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def capture(ctx: Context, target: Target, container: ContainerInfo,
-            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
-    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
-        yield [one]
+capture = dump_capture(ITEM, dump_command)
 
 
 # --- restore ------------------------------------------------------------------------------

@@ -11,17 +11,15 @@ snapshot's blocks into it and starts it again, on every path out."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from typing import Iterator
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
-from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
+from ..base import RestoreOutcome, RestoreRequest
+from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +69,7 @@ def _tar(head: bytes, tail: bytes) -> str | None:
     return None if len(head) >= 512 and head[257:262] == b"ustar" else "the snapshot stream is no tar"
 
 
-@contextlib.contextmanager
-def capture(ctx: Context, target: Target, container: ContainerInfo,
-            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
-    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
-        yield [one]
+capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:

@@ -11,7 +11,6 @@ shutdown), puts the RDB in place and starts it again, on every path out."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tarfile
 import time
@@ -22,8 +21,8 @@ from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
-from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import DumpCapture, DumpCommand, archive_type, check_dump, dump_chunks, left_stopped
+from ..base import RestoreOutcome, RestoreRequest
+from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +65,7 @@ def _rdb(head: bytes, tail: bytes) -> str | None:
     return None if head.startswith(b"REDIS") else "the file read is no RDB (no REDIS header)"
 
 
-@contextlib.contextmanager
-def capture(ctx: Context, target: Target, container: ContainerInfo,
-            archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
-    with DumpCapture(ctx, target, container.id, ITEM, archive_path(ITEM), dump_command(target)) as one:
-        yield [one]
+capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
