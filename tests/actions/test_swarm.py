@@ -181,3 +181,9 @@ def test_a_service_left_at_zero_that_someone_scaled_is_forgotten(engine, ctx, se
     engine.someone_scales(service.id, 1)
     run_recovery(ctx)
     assert ctx.journal.entries() == [] and engine.services[service.id].replicas == 1
+
+
+def test_plan_lists_services_whose_labels_workers_cannot_read(engine, ctx):
+    engine.unseen = ["Swarm service 'shop_web' has its backup labels in deploy.labels ..."]
+    _, skipped = run_plan(ctx)
+    assert [(s.container, s.reason) for s in skipped] == [("(Swarm service)", engine.unseen[0])]
