@@ -241,3 +241,18 @@ def test_docker_stack_loader_reads_the_stack_file() -> None:
     loaded = yaml.safe_load(result.stdout)
     assert loaded["services"]["backup"]["deploy"]["mode"] == "global"
     assert loaded["services"]["backup"]["user"] == "10001:998"
+
+
+def test_readme_and_stack_header_agree_with_the_stack() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Docker Swarm"):]
+    section = section[:section.index("\n## ", 1)]
+    header = STACK.read_text().split("\nservices:")[0]
+    for text in (section, header):
+        created = set(re.findall(r"docker secret create (\w+) -", text))
+        assert created == set(stack()["secrets"]) - {"notify_urls"}, created
+        assert "docker stack deploy --resolve-image never -c compose.swarm.yaml backup" in text
+        assert "backup_backup" in text  # the stack's name, then the service's
+        assert "node.labels.monitoring" in str(stack()["services"]["prometheus"]["deploy"]) and \
+            "--label-add monitoring=true" in text
+    assert "BackupSidecarNodeWithoutSidecar" in section and "BackupSidecarNodeWithoutSidecar" in ALERTS.read_text()
