@@ -29,7 +29,7 @@ PROMETHEUS_SWARM = MONITORING / "prometheus.swarm.yml"
 SETTING = {s.name: s for s in SETTINGS}
 LABEL = {label.name: label for label in LABELS}
 # Interpolated by `docker stack deploy` from the shell: S3_BUCKET has no default on purpose.
-DEPLOY_ENV = {"S3_BUCKET": "my-backups", "DOCKER_GID": "998"}
+DEPLOY_ENV = {"S3_BUCKET": "my-backups", "DOCKER_GID": "998", "MONITORING_NODE": "manager-1"}
 
 # What the Docker CLI's stack loader does with service keys (docker/cli
 # cli/compose/types/types.go and convert/service.go): refused, ignored with a warning,
@@ -174,10 +174,16 @@ def test_configs_mount_the_monitoring_files_where_they_are_read() -> None:
     folder = provider["providers"][0]["options"]["path"]
     assert str(Path(targets["./monitoring/grafana-dashboard.json"]).parent) == folder
     # Local volumes stay on their node: Prometheus is pinned.
-    assert prometheus["deploy"]["placement"]["constraints"]
+    assert pinned(prometheus)
 
 
 # --- the labelled examples ------------------------------------------------------------------
+
+def pinned(service: dict) -> bool:
+    """Held on one node the way the sidecar recognises (sidecar.swarm.placement_warning)."""
+    constraints = [interpolate(c).replace(" ", "") for c in service["deploy"]["placement"]["constraints"]]
+    return any(c.startswith(("node.hostname==", "node.id==")) for c in constraints)
+
 
 def labelled() -> dict[str, dict]:
     return {name: s for name, s in stack()["services"].items() if "backup.enable" in s.get("labels", {})}
@@ -200,7 +206,7 @@ def test_examples_show_a_pinned_replicated_stop_and_a_global_without_orchestrato
     assert replicated, "a replicated service backed up with stop"
     for service in replicated:
         # Scaling needs a manager's engine; the volume must not move.
-        assert "node.role == manager" in service["deploy"]["placement"]["constraints"]
+        assert "node.role == manager" in service["deploy"]["placement"]["constraints"] and pinned(service)
         assert service["deploy"]["replicas"] == 1
     assert any(s["deploy"].get("mode") == "global"
                and ("backup.preset" in s["labels"] or s["labels"].get("backup.strategy") == "pause")
@@ -227,8 +233,9 @@ def test_compose_reads_the_stack_file() -> None:
     assert result.returncode == 0, result.stderr
     assert "mode: global" in result.stdout
     # Without S3_BUCKET the deploy stops with the file's own message.
+    env = {k: v for k, v in {**os.environ, **DEPLOY_ENV}.items() if k != "S3_BUCKET"}
     bare = subprocess.run(["docker-compose", "-f", STACK.name, "config"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={k: v for k, v in os.environ.items() if k != "S3_BUCKET"})
+                          timeout=120, env=env)
     assert bare.returncode != 0 and "set S3_BUCKET" in bare.stderr
 
 
@@ -253,6 +260,5 @@ def test_readme_and_stack_header_agree_with_the_stack() -> None:
         assert created == set(stack()["secrets"]) - {"notify_urls"}, created
         assert "docker stack deploy --resolve-image never -c compose.swarm.yaml backup" in text
         assert "backup_backup" in text  # the stack's name, then the service's
-        assert "node.labels.monitoring" in str(stack()["services"]["prometheus"]["deploy"]) and \
-            "--label-add monitoring=true" in text
+        assert "export MONITORING_NODE=" in text
     assert "BackupSidecarNodeWithoutSidecar" in section and "BackupSidecarNodeWithoutSidecar" in ALERTS.read_text()
