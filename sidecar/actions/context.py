@@ -71,7 +71,7 @@ class Context:
         """The node whose folder the destinations use: BACKUP_NODE_PREFIX true, or auto on
         an active Swarm node (only then is the engine asked)."""
         wanted = self.settings.node_prefix
-        if wanted is False:
+        if wanted is False or (wanted is None and self.engine is None):  # no engine: no swarm
             return None
         node = self.node()
         return node.name if wanted or node.swarm_active else None
