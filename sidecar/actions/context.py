@@ -12,7 +12,7 @@ from ..crypto import EncryptionConfig
 from ..destinations import Destination, all_on_node, from_settings
 from ..discovery import Discovery, Scope, discover, resolve_scope
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from ..labels import ENABLE
 from ..model import ContainerInfo, NodeIdentity
 from ..naming import ENCRYPTED_SUFFIX
@@ -59,12 +59,18 @@ class Context:
         """This node: the engine's name (or BACKUP_NODE_NAME) and its place in a swarm;
         looked up once."""
         if self._node is None:
-            if self.engine is not None:
-                self._node = self.engine.node(self.settings.node_name)
-            elif self.settings.node_name is not None:  # a storage-only context (no engine)
-                self._node = NodeIdentity(self.settings.node_name)
-            else:
+            name = self.settings.node_name
+            if self.engine is None and name is None:
                 raise ConfigError("this node's name is unknown without a Docker engine: set BACKUP_NODE_NAME")
+            try:
+                self._node = self.engine.node(name) if self.engine is not None else NodeIdentity(name)
+            except EngineError as err:
+                if name is None:
+                    raise
+                # BACKUP_NODE_NAME is all a node needs when the engine's info is refused (a socket proxy).
+                logger.warning("the engine's info is unreadable; this node goes by BACKUP_NODE_NAME, as no Swarm "
+                               "node", extra={"node": name, "error": str(err)})
+                self._node = NodeIdentity(name)
         return self._node
 
     def _prefix_node(self) -> str | None:
@@ -73,8 +79,16 @@ class Context:
         wanted = self.settings.node_prefix
         if wanted is False or (wanted is None and self.engine is None):  # no engine: no swarm
             return None
-        node = self.node()
-        return node.name if wanted or node.swarm_active else None
+        if wanted:
+            return self.node().name
+        try:
+            self._node = self.engine.node(self.settings.node_name)
+        except EngineError as err:
+            # Guessing "single host" on a swarm node would mix the nodes' copies in one folder.
+            raise EngineError(f"BACKUP_NODE_PREFIX=auto cannot tell whether this is a Swarm node ({err}): allow GET "
+                              "/info (socket proxy), or set BACKUP_NODE_PREFIX=false (one host) or true (with "
+                              "BACKUP_NODE_NAME while the engine's info is refused)") from err
+        return self._node.name if self._node.swarm_active else None
 
     def destinations_on(self, node: str | None = None) -> tuple[Destination, ...]:
         """The destinations as seen from `node`'s folder (None: this node's own view)."""

@@ -18,7 +18,8 @@ from sidecar.actions.listing import run_list_remote
 from sidecar.actions.restore import run_restore
 from sidecar.actions.sync import run_remote_prune, run_sync
 from sidecar.destinations import NodeFolder, bare
-from sidecar.errors import ConfigError, NotFound
+from sidecar.errors import ConfigError, EngineError, NotFound
+from sidecar.model import NodeIdentity
 from sidecar.retention import parse_keep
 from tests.fakes.destination import FakeDestination
 
@@ -74,6 +75,19 @@ def test_an_engine_name_that_cannot_name_a_node_says_what_to_set(make_ctx, engin
     engine.identity = replace(engine.identity, name="bad/name")
     with pytest.raises(ConfigError, match="'bad/name'.*accepted: 1-253 letters"):
         make_ctx(BACKUP_NODE_PREFIX="true")
+
+
+def test_an_engine_that_refuses_its_info_never_makes_auto_guess(make_ctx, engine, s3, caplog):
+    """Behind a socket proxy that refuses GET /info: auto cannot tell a swarm node from a
+    single host, and says what to do; a name setting is enough with the prefix on."""
+    engine.fail("node", EngineError("info: 403 Client Error: Forbidden"))
+    with pytest.raises(EngineError, match="BACKUP_NODE_PREFIX=auto cannot tell whether this is a Swarm node .*"
+                                          "403.*allow GET /info"):
+        make_ctx()
+    assert make_ctx(BACKUP_NODE_PREFIX="false").prefix_node is None
+    ctx = make_ctx(BACKUP_NODE_PREFIX="true", BACKUP_NODE_NAME="n1")
+    assert ctx.prefix_node == "n1" and ctx.node() == NodeIdentity("n1")
+    assert "the engine's info is unreadable" in caplog.text
 
 
 # --- sync and rotation see only the node's own folder ------------------------------------
