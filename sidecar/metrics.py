@@ -283,12 +283,13 @@ def _labelled(family: Metric, node: str | None) -> Metric:
 
 
 def _readiness(nodes: Sequence[SwarmNode] | None) -> dict[str, bool]:
-    """Ready per host name. A node that left and joined again is listed twice under one
-    host name (the old entry stays "down"): one series, ready when any entry is."""
+    """Per host name: ready and not drained (a drained node runs no tasks, so no sidecar,
+    by design). A node that left and joined again is listed twice under one host name
+    (the old entry stays "down"): one series, 1 when any entry is."""
     found: dict[str, bool] = {}
     for node in nodes or ():
         if node.hostname:
-            found[node.hostname] = found.get(node.hostname, False) or node.ready
+            found[node.hostname] = found.get(node.hostname, False) or node.runs_tasks
     return found
 
 
@@ -352,8 +353,8 @@ def _families() -> list[Metric]:
         GaugeMetricFamily("backup_sidecar_copies",
                           "Places holding the latest backup of every volume of the target (local, S3).", labels=t),
         GaugeMetricFamily("backup_sidecar_swarm_node_ready",
-                          "1 for each node of the swarm its managers see ready, 0 for a known node that is not "
-                          "(exported by sidecars on Swarm managers only).", labels=["swarm_node"]),
+                          "1 for each node of the swarm its managers see ready (and not drained), 0 for a known "
+                          "node that is not (exported by sidecars on Swarm managers only).", labels=["swarm_node"]),
     ]
 
 

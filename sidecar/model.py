@@ -296,3 +296,8 @@ class SwarmNode:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+    @property
+    def runs_tasks(self) -> bool:
+        """Ready and not drained: a global service has a task there."""
+        return self.ready and self.availability != "drain"

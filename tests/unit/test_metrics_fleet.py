@@ -21,7 +21,8 @@ from sidecar.readers.mirror import INFO, mirror_folder
 
 VIEW = TargetView("app", ("data",), next_run=1_900_000_000, expected_interval=86400)
 FLEET = (SwarmNode("a", "n1", "ready", manager=True), SwarmNode("b", "n2", "down"),
-         SwarmNode("c", "n3", "ready"), SwarmNode("d", "n3", "down"))  # n3 left and joined again
+         SwarmNode("c", "n3", "ready"), SwarmNode("d", "n3", "down"),  # n3 left and joined again
+         SwarmNode("e", "n4", "ready", availability="drain"), SwarmNode("f", "n5", "ready", availability="pause"))
 
 
 def samples(metrics: Metrics) -> list:
@@ -71,7 +72,7 @@ def test_without_a_node_name_no_node_label(tmp_path):
 def test_the_fleet_gauge_one_series_per_host_ready_or_not(tmp_path):
     m = busy(tmp_path, node="n1", fleet=Fixed(FLEET))
     ready = {s.labels["swarm_node"]: s.value for s in samples(m) if s.name == "backup_sidecar_swarm_node_ready"}
-    assert ready == {"n1": 1, "n2": 0, "n3": 1}
+    assert ready == {"n1": 1, "n2": 0, "n3": 1, "n4": 0, "n5": 1}  # drained: no task runs there
     assert m.registry.get_sample_value("backup_sidecar_swarm_node_ready", {"swarm_node": "n2", "node": "n1"}) == 0
 
 
