@@ -86,8 +86,10 @@ class SyncReport:
 
 
 def copy_index(ctx: Context, destination: Destination | str) -> CopyIndex:
+    """The copy index of a destination as this node uses it (its own folder with
+    BACKUP_NODE_PREFIX)."""
     name = destination if isinstance(destination, str) else destination.name
-    return CopyIndex(ctx.store.state_dir, name)
+    return CopyIndex(ctx.store.state_dir, name, ctx.prefix_node)
 
 
 def remote_relpath(ctx: Context, item_relpath: str) -> str:

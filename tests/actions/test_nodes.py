@@ -112,6 +112,24 @@ def test_sync_copies_into_the_node_folder_and_leaves_other_nodes_alone(make_ctx,
 
     [again] = run_sync(ctx).results  # the copy index describes the node's folder
     assert again.ok and again.uploaded == again.copied == again.verified == ()
+    state = ctx.store.state_dir
+    assert (state / "remote-s3@n1.json").exists() and not (state / "remote.json").exists()
+
+
+def test_turning_the_prefix_off_starts_from_the_roots_own_index(make_ctx, engine, s3, data):
+    """The same backup volume, first as swarm node n1, then as a single host: the root's
+    index is its own, so the archives go up to the root too (nothing is taken as copied
+    because the node's folder holds it)."""
+    engine.add_container("app-1", app_labels(strategy="hot"), {"/data": data})
+    swarm(engine, "n1")
+    ctx = make_ctx()
+    assert run_backup(ctx, ctx.discover().find("app")).ok
+    in_folder = set(s3.objects)
+    single = make_ctx(BACKUP_NODE_PREFIX="false")
+    [result] = run_sync(single).results
+    assert result.ok and len(result.uploaded) + len(result.copied) == len(in_folder)
+    assert set(s3.objects) == in_folder | {rel.removeprefix("n1/") for rel in in_folder}
+    assert all(r.verified for r in run_list_remote(single)) and all(r.verified for r in run_list_remote(ctx))
 
 
 def test_remote_rotation_never_touches_another_nodes_folder(make_ctx, engine, s3):
