@@ -4,7 +4,7 @@ containers as the engine listed them."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from .errors import LabelError
@@ -13,6 +13,7 @@ from .labels import intended_name, is_candidate, parse_target
 from .model import ContainerInfo, ContainerState, Skipped, Strategy, Target
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
+from .swarm import backed_up_elsewhere, merged_labels, stop_problem
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +105,28 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
     skipped: list[Skipped] = []
     by_name: dict[str, Target] = {}
     for container in sorted(containers, key=lambda c: (c.name, c.id)):
-        if not is_candidate(container.labels):
+        if not is_candidate_container(container):
             continue
         if project is not None and container.compose_project != project:
             continue
+        if container.swarm is not None:
+            labels, conflicts = merged_labels(container.labels, container.swarm)
+            if conflicts:
+                skipped.append(Skipped(container, f"container {container.name!r}: " + "; ".join(conflicts)
+                                       + "; set each label in one place"))
+                continue
+            if (elsewhere := backed_up_elsewhere(container.swarm)) is not None:
+                logger.debug("not this node's to back up", extra={"container": container.name, "reason": elsewhere})
+                continue
+            container = replace(container, labels=labels)
         try:
             target = parse_target(container, default_schedule, default_keep)
         except LabelError as exc:
             skipped.append(Skipped(container, str(exc)))
+            continue
+        if container.swarm is not None and target.config.strategy is Strategy.STOP and (
+                problem := stop_problem(container.swarm, f"container {container.name!r}")) is not None:
+            skipped.append(Skipped(container, problem))
             continue
         if container.id == own_id and (target.config.strategy is not Strategy.HOT or target.config.group):
             skipped.append(Skipped(container, (
@@ -143,6 +158,15 @@ def discover(containers: Iterable[ContainerInfo], default_schedule: Schedule,
                 skipped.append(Skipped(member.container, f"container {member.container.name!r}: "
                                        + "; ".join(problems)))
     return Discovery(tuple(targets), tuple(skipped))
+
+
+def is_candidate_container(container: ContainerInfo) -> bool:
+    """A container to look at: labelled itself, or a Swarm task whose service (as a
+    manager reads it) is labelled."""
+    if is_candidate(container.labels):
+        return True
+    service = container.swarm.service if container.swarm is not None else None
+    return service is not None and is_candidate(service.labels)
 
 
 def _same_service(a: ContainerInfo, b: ContainerInfo) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import re
 import shlex
@@ -27,9 +28,10 @@ import docker.types
 import docker.utils.socket
 import requests
 
-from .errors import ContainerNotFound, EngineError
+from .errors import ContainerNotFound, EngineError, SidecarError
 from .model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
 from .streams import IterReader
+from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, with_service
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Engine:
             else:
                 self.client = docker.from_env(timeout=timeout)
         self.api = self.client.api
+        self._manager_cache: tuple[bool, float] | None = None  # (is a manager, when asked)
 
     def close(self) -> None:
         self.client.close()
@@ -100,15 +103,22 @@ class Engine:
         """Every container (running or not) that carries `label`, whatever its value."""
         with _engine_call("list containers"):
             rows = self.api.containers(all=True, filters={"label": label})
-        return [_from_list_row(row) for row in rows]
+            seen = {row["Id"] for row in rows}
+            # Swarm services labelled in their deploy.labels: their containers carry no
+            # backup label, so they are listed through the service (managers only).
+            for service_id in self._labelled_services(label):
+                rows += [row for row in self.api.containers(all=True, filters={"label": f"{SERVICE_ID_LABEL}={service_id}"})
+                         if row["Id"] not in seen]
+        return self._with_services([_from_list_row(row) for row in rows])
 
     def inspect(self, ref: str) -> ContainerInfo:
         with _engine_call("inspect container", ref):
             return _from_inspect(self.api.inspect_container(ref))
 
     def find_container(self, ref: str) -> ContainerInfo | None:
+        """The container with, for a Swarm task on a manager, its service's description."""
         try:
-            return self.inspect(ref)
+            return self._with_services([self.inspect(ref)])[0]
         except ContainerNotFound:
             return None
 
@@ -384,6 +394,74 @@ class Engine:
             rows = self.api.containers(all=not running, filters=filters)
         return [_from_list_row(row) for row in rows]
 
+    # --- swarm: services and tasks ----------------------------------------------------
+    def is_swarm_manager(self) -> bool:
+        """Whether this engine is a manager of an active swarm (it can read and change
+        services). Asked again at most every 30 s."""
+        now = time.monotonic()
+        cached = self._manager_cache
+        if cached is None or now - cached[1] > 30:
+            with _engine_call("read the engine's Swarm state"):
+                swarm = self.api.info().get("Swarm") or {}
+            cached = (swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable")), now)
+            self._manager_cache = cached
+        return cached[0]
+
+    def service(self, service_id: str) -> SwarmService:
+        with _engine_call("inspect service", service_id):
+            return _service(self.api.inspect_service(service_id))
+
+    def scale_service(self, service_id: str, replicas: int, version: int | None = None) -> SwarmService:
+        """Set a replicated service's replica count; with `version`, only if nobody changed
+        its spec since (the engine refuses an update out of sequence). Returns the service
+        as it is afterwards (its new version)."""
+        with _engine_call("scale service", service_id):
+            current = _service(self.api.inspect_service(service_id))
+            if current.mode is not ServiceMode.REPLICATED:
+                raise EngineError(f"scale service {current.name}: it is not a replicated service")
+            self.api.update_service(service_id, current.version if version is None else version,
+                                    mode=docker.types.ServiceMode("replicated", replicas=replicas),
+                                    fetch_current_spec=True)
+            return _service(self.api.inspect_service(service_id))
+
+    def service_tasks(self, service_id: str) -> list[TaskStatus]:
+        with _engine_call("list tasks of service", service_id):
+            rows = self.api.tasks(filters={"service": service_id})
+        return [TaskStatus(t.get("ID", ""), t.get("NodeID", ""), t.get("Slot"),
+                           str((t.get("Status") or {}).get("State", "")), str(t.get("DesiredState", "")))
+                for t in rows]
+
+    def _labelled_services(self, label: str) -> list[str]:
+        if not self.is_swarm_manager():
+            return []
+        return [s["ID"] for s in self.api.services(filters={"label": label})]
+
+    def _with_services(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+        """Fill in the service of every Swarm task container, when this engine can read
+        services (a manager); a service that cannot be read leaves it None."""
+        if not any(c.swarm is not None for c in containers):
+            return containers
+        try:
+            if not self.is_swarm_manager():
+                return containers
+        except EngineError:
+            return containers
+        services: dict[str, SwarmService | None] = {}
+        out = []
+        for c in containers:
+            if c.swarm is None:
+                out.append(c)
+                continue
+            if c.swarm.service_id not in services:
+                try:
+                    services[c.swarm.service_id] = self.service(c.swarm.service_id)
+                except SidecarError as err:
+                    logger.warning("cannot read the Swarm service of a container", extra={
+                        "container": c.name, "service": c.swarm.service_name, "error": str(err)})
+                    services[c.swarm.service_id] = None
+            out.append(dataclasses.replace(c, swarm=with_service(c.swarm, services[c.swarm.service_id])))
+        return out
+
     # --- events -------------------------------------------------------------------
     def events(self, since: float | None = None):
         """A closable iterator of decoded container events."""
@@ -598,6 +676,7 @@ def _from_list_row(row: dict[str, Any]) -> ContainerInfo:
         state=ContainerState.parse(row.get("State", "")),
         labels=dict(row.get("Labels") or {}),
         mounts=_mounts(row.get("Mounts")),
+        swarm=task_of(row.get("Labels") or {}),
     )
 
 
@@ -613,4 +692,22 @@ def _from_inspect(data: dict[str, Any]) -> ContainerInfo:
         labels=dict(config.get("Labels") or {}),
         mounts=_mounts(data.get("Mounts")),
         health=(state.get("Health") or {}).get("Status") or None,
+        swarm=task_of(config.get("Labels") or {}),
+    )
+
+
+def _service(data: dict[str, Any]) -> SwarmService:
+    spec = data.get("Spec") or {}
+    mode = spec.get("Mode") or {}
+    template = spec.get("TaskTemplate") or {}
+    is_global = "Global" in mode or "GlobalJob" in mode
+    replicated = mode.get("Replicated") or {}
+    return SwarmService(
+        id=data["ID"], name=spec.get("Name", data["ID"][:12]),
+        mode=ServiceMode.GLOBAL if is_global else ServiceMode.REPLICATED,
+        replicas=None if is_global else int(replicated.get("Replicas", 1)),
+        labels=dict(spec.get("Labels") or {}),
+        restart_condition=str((template.get("RestartPolicy") or {}).get("Condition") or "any"),
+        constraints=tuple((template.get("Placement") or {}).get("Constraints") or ()),
+        version=int((data.get("Version") or {}).get("Index", 0)),
     )

@@ -306,8 +306,10 @@ def intended_name(container: ContainerInfo) -> str:
 
 
 def default_name(container: ContainerInfo) -> str:
-    """The compose service name, else the container name, made safe for file names."""
-    raw = container.compose_service or container.name
+    """The compose service name, else a Swarm task's service name (inside its stack: a
+    task container's own name changes with every task), else the container name, made
+    safe for file names."""
+    raw = container.compose_service or (container.swarm.short_service_name if container.swarm else container.name)
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw.lstrip("/")).strip("-._")
     return cleaned[:100] or container.short_id
 
@@ -319,7 +321,7 @@ def select_volumes(container: ContainerInfo, wanted: tuple[str, ...] | None) -> 
     (with or without the compose project prefix) or a mount destination; bind mounts
     are only included this way.
     """
-    project = container.compose_project
+    project = container.volume_prefix
     if wanted is None:
         chosen = [m for m in container.mounts if m.kind == "volume"]
         if not chosen:

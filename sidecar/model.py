@@ -9,6 +9,7 @@ from typing import Mapping
 
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
+from .swarm import SwarmTask
 
 
 class Strategy(enum.Enum):
@@ -107,6 +108,8 @@ class ContainerInfo:
     # The healthcheck's status ("starting", "healthy", "unhealthy"); None: it has none (or
     # the engine's list, which does not report it, was the source).
     health: str | None = None
+    # The Swarm task it runs (None: not started by Swarm); its `service` only on a manager.
+    swarm: SwarmTask | None = None
 
     @property
     def short_id(self) -> str:
@@ -119,6 +122,11 @@ class ContainerInfo:
     @property
     def compose_project(self) -> str | None:
         return self.labels.get("com.docker.compose.project")
+
+    @property
+    def volume_prefix(self) -> str | None:
+        """What its named volumes' names start with: the Compose project or the Swarm stack."""
+        return self.compose_project or (self.swarm.stack if self.swarm is not None else None)
 
 
 @dataclass(frozen=True)

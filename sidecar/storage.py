@@ -263,9 +263,14 @@ class BackupStore:
 class JournalEntry:
     container_id: str
     container_name: str
-    action: str  # "stopped", "paused" or "left-stopped" (see actions/interrupt.py)
+    action: str  # "stopped", "paused", "scaled" or "left-stopped" (see actions/interrupt.py)
     target: str
     since: float
+    # "scaled" (a replicated Swarm service scaled to 0; container_id is the service's id):
+    # the replica count to restore, and the spec version the scale-down left (None: the
+    # sidecar died before it learnt it).
+    replicas: int | None = None
+    version: int | None = None
 
 
 class Journal:

@@ -237,7 +237,7 @@ def shared_writers(ctx: Context, target: Target, container: ContainerInfo,
         return []
     own = ctx.own_id()
     found = [c for c in ctx.engine.list_containers() if c.id not in (container.id, own, *exclude)
-             and WORKER_LABEL not in c.labels
+             and WORKER_LABEL not in c.labels and not _scaled_with(target, container, c)
              and any(m.kind == "volume" and m.source in volumes and not m.read_only for m in c.mounts)]
     if found and target.config.shared is SharedPolicy.IGNORE:
         logger.warning("other containers write to the target's volumes and are not quiesced (backup.shared=ignore)",
@@ -247,6 +247,13 @@ def shared_writers(ctx: Context, target: Target, container: ContainerInfo,
         logger.info("quiescing the other writers of the target's volumes too",
                     extra={"target": target.backup_name, "containers": sorted(c.name for c in found)})
     return found
+
+
+def _scaled_with(target: Target, container: ContainerInfo, other: ContainerInfo) -> bool:
+    """`other` is another replica of the target's replicated Swarm service, which a stop
+    scales to 0 as a whole: it needs no interruption of its own."""
+    return (target.config.strategy is Strategy.STOP and container.swarm is not None and other.swarm is not None
+            and other.swarm.service_id == container.swarm.service_id)
 
 
 def _readiness(ready: bool | None) -> str:

@@ -14,14 +14,15 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Callable
 
-from ..discovery import Discovery
+from ..discovery import Discovery, is_candidate_container
 from ..groups import Group, groups_of
 from ..errors import SidecarError
 from ..metrics import Metrics, TargetView
-from ..labels import ENABLE, is_candidate
+from ..labels import ENABLE
 from ..model import ContainerInfo, Target
 from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
+from .plan import swarm_warnings
 from .recover import run_recovery
 from .sources import items
 from .rotate import run_rotation
@@ -108,7 +109,7 @@ class Daemon:
     def refresh_one(self, container_id: str, action: str) -> None:
         info = None if action == "destroy" else self.ctx.engine.find_container(container_id)
         with self._lock:
-            if info is not None and is_candidate(info.labels):
+            if info is not None and is_candidate_container(info):
                 self._containers[info.id] = info
             elif self._containers.pop(container_id, None) is None:
                 return
@@ -129,6 +130,8 @@ class Daemon:
                         "schedule": target.config.schedule.expression, "strategy": str(target.config.strategy),
                         "volumes": list(items(target)),
                         "next_run": self._next[target.backup_name].isoformat()})
+                    for warning in swarm_warnings(target) if before is None else ():
+                        logger.warning(warning, extra={"target": target.backup_name, "phase": "config"})
             names = {t.backup_name for t in found.targets}
             for name in list(self._next):
                 if name not in names:

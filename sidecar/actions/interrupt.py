@@ -33,6 +33,7 @@ from typing import Sequence
 from ..errors import BackupError, ContainerNotFound, EngineError, SidecarError
 from ..model import ContainerEvent, ContainerInfo, ContainerState
 from ..storage import JournalEntry
+from ..swarm import ServiceMode, SwarmService
 from .context import Context
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ WATCH_INTERVAL = 0.5
 # A `docker stop` sent just before ours still shows, by its `stop` event at the end.
 _EVENT_MARGIN = 0.0
 _HARD_KILL = "9"
+# Seconds past the stop timeout that a service scaled to 0 may take to shut its tasks down
+# (and the least time given it to run again after the scale back).
+SCALE_GRACE = 60.0
 
 
 class LinkedEvent(threading.Event):
@@ -67,6 +71,9 @@ class InterruptionKind(enum.StrEnum):
     # Stopped by a restore that failed after emptying the volume: starting it would run the
     # app on an empty or partial volume. Recovery reports it and leaves it stopped.
     LEFT_STOPPED = "left-stopped"
+    # A replicated Swarm service scaled to 0 (its "stop": stopping one task's container
+    # would only make Swarm start another) and back to its replica count.
+    SCALED = "scaled"
 
 
 class Interruption:
@@ -98,8 +105,15 @@ class Interruption:
         self._hard_killed = False  # our stop ran out of time and the engine sent SIGKILL
         self._watch_end = threading.Event()
         self._watcher: threading.Thread | None = None
+        task = container.swarm
+        if action is InterruptionKind.STOPPED and task is not None and task.mode is ServiceMode.REPLICATED:
+            self.action = InterruptionKind.SCALED
+        self._service: SwarmService | None = None  # SCALED: the service as it was before the scale-down
+        self._version: int | None = None  # SCALED: its spec version after our scale-down
 
     def __enter__(self) -> "Interruption":
+        if self.action is InterruptionKind.SCALED:
+            return self._scale_down()
         c = self.container
         self._since = time.time()
         try:
@@ -133,6 +147,57 @@ class Interruption:
             return
         self._put_back(raise_errors=exc_type is None)
 
+    def _scale_down(self) -> "Interruption":
+        """A replicated Swarm service: scale it to 0 and wait until no task of it runs."""
+        task = self.container.swarm
+        assert task is not None
+        service = self.ctx.engine.service(task.service_id)
+        if service.mode is not ServiceMode.REPLICATED or service.replicas is None:
+            raise BackupError(self.target, "stop", f"Swarm service {service.name!r} is not replicated; nothing stopped")
+        self._service = service
+        self._since = time.time()
+        self._journal_scale(None)
+        self.started_at = time.monotonic()
+        try:
+            self._version = self.ctx.engine.scale_service(service.id, 0, version=service.version).version
+            self._journal_scale(self._version)
+            self._wait_tasks_ended(service, self.stop_timeout + SCALE_GRACE)
+        except BaseException:
+            self._put_back(raise_errors=False)
+            raise
+        finally:
+            self._stop_done.set()
+        self._watcher = threading.Thread(target=self._watch, name=f"watch-{service.id[:12]}", daemon=True)
+        self._watcher.start()
+        logger.info("service scaled to 0", extra=self._fields(phase="stop", service=service.name,
+                                                               replicas=service.replicas))
+        return self
+
+    def _journal_scale(self, version: int | None) -> None:
+        service = self._service
+        assert service is not None
+        try:
+            self.ctx.journal.add(JournalEntry(service.id, service.name, InterruptionKind.SCALED.value, self.target,
+                                              self._since, replicas=service.replicas, version=version))
+        except OSError as exc:
+            if version is not None:  # scaled already: the put back below still runs
+                raise BackupError(self.target, "stop", f"the journal cannot record service {service.name}: {exc}") \
+                    from exc
+            raise BackupError(self.target, "stop", f"the journal cannot record service {service.name} before it "
+                              f"is scaled to 0 ({exc}); nothing was stopped") from exc
+
+    def _wait_tasks_ended(self, service: SwarmService, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [t for t in self.ctx.engine.service_tasks(service.id) if not t.finished]
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                raise BackupError(self.target, "stop", f"Swarm service {service.name!r} still has {len(left)} "
+                                  f"task(s) not shut down {timeout:.0f} s after it was scaled to 0 "
+                                  f"(states: {', '.join(sorted(t.state for t in left))})")
+            time.sleep(0.2)
+
     def leave_stopped(self, reason: str) -> None:
         """Do not put the container back on the way out, and journal why, so a restarted
         sidecar does not start it either."""
@@ -153,6 +218,8 @@ class Interruption:
     def _check(self) -> bool:
         if self.overruled is not None:
             return True
+        if self.action is InterruptionKind.SCALED:
+            return self._check_service()
         try:
             events = self.ctx.engine.container_events(self.container.id, self._since - _EVENT_MARGIN)
         except SidecarError as err:  # the engine is busy or gone: the put back finds out
@@ -161,6 +228,27 @@ class Interruption:
         reason = user_stop(events, self.action, stop_returned=self._stop_done.is_set(), hard_killed=self._hard_killed)
         if reason is None:
             return False
+        self.overruled = reason
+        if self.abort is not None:
+            self.abort.set()
+        return True
+
+    def _check_service(self) -> bool:
+        """Someone else's `docker service scale`/`update` (the spec's version moved past
+        ours) or `docker service rm` wins, as a `docker stop` does for a container."""
+        if self._version is None or self._service is None:
+            return False
+        try:
+            now = self.ctx.engine.service(self._service.id)
+        except ContainerNotFound:
+            reason = "the service was removed"
+        except SidecarError as err:
+            logger.debug("could not read the service", extra=self._fields(error=str(err)))
+            return False
+        else:
+            if now.version == self._version:
+                return False
+            reason = f"its spec was changed (replicas now {now.replicas})"
         self.overruled = reason
         if self.abort is not None:
             self.abort.set()
@@ -175,6 +263,14 @@ class Interruption:
         try:
             if self._check():
                 self._leave_to_its_owner()
+                return
+            if self.action is InterruptionKind.SCALED:
+                assert self._service is not None
+                acted = put_back_service(self.ctx, self._service.id, self._service.replicas or 0, self._version,
+                                         self.target)
+                if acted:
+                    self.ready = wait_service_ready(self.ctx, self._service, self.target,
+                                                    max(self.ready_timeout, SCALE_GRACE))
                 return
             if self.ctx.cancel.is_set() and (why := stack_stopping(self.ctx, self.container, self._since)):
                 self._left = True
@@ -196,7 +292,7 @@ class Interruption:
 
     def _leave_to_its_owner(self) -> None:
         self._left = True
-        self.ctx.journal.remove(self.container.id)
+        self.ctx.journal.remove(self._service.id if self._service is not None else self.container.id)
         logger.warning("container left stopped: someone else stopped it while the sidecar had it "
                        f"{self.action}; not starting it", extra=self._fields(phase="restart", reason=self.overruled))
 
@@ -364,3 +460,56 @@ def _forget(ctx: Context, container_id: str, target: str) -> None:
     except OSError as exc:
         logger.warning("journal entry not cleared; the container runs again, the next start forgets it",
                        extra={"target": target, "container": container_id[:12], "error": str(exc)})
+
+
+def put_back_service(ctx: Context, service_id: str, replicas: int, version: int | None, target: str) -> bool:
+    """Scale a replicated Swarm service the sidecar scaled to 0 back to `replicas`, then
+    forget it in the journal. True when it was scaled. Someone else's change since our
+    scale-down wins: the spec's version moved past `version` (theirs), or the replica
+    count is no longer 0 (when the sidecar died before it learnt its version)."""
+    fields = {"target": target, "service": service_id[:12], "phase": "restart"}
+    try:
+        now = ctx.engine.service(service_id)
+    except ContainerNotFound:
+        ctx.journal.remove(service_id)
+        logger.warning("scaled service no longer exists", extra=fields)
+        return False
+    fields["service"] = now.name
+    if now.replicas == replicas:
+        _forget(ctx, service_id, target)
+        return False
+    if (version is not None and now.version != version) or now.replicas != 0:
+        ctx.journal.remove(service_id)
+        logger.warning("service left as it is: someone else changed it while the sidecar had it scaled to 0; "
+                       "not scaling it back", extra={**fields, "replicas": now.replicas, "wanted": replicas})
+        return False
+    last: EngineError | None = None
+    for attempt in range(_RESTORE_ATTEMPTS):
+        try:
+            ctx.engine.scale_service(service_id, replicas, version=now.version)
+            _forget(ctx, service_id, target)
+            logger.info("service scaled back", extra={**fields, "replicas": replicas})
+            return True
+        except EngineError as err:
+            last = err
+            time.sleep(0.5 * (attempt + 1))
+            now = ctx.engine.service(service_id)
+    assert last is not None
+    raise last
+
+
+def wait_service_ready(ctx: Context, service: SwarmService, target: str, timeout: float) -> bool:
+    """After a scale back: wait until the service runs its replica count of tasks (Swarm
+    counts a task with a healthcheck as running once it is healthy)."""
+    deadline = time.monotonic() + timeout
+    wanted = service.replicas or 0
+    while True:
+        running = sum(t.running for t in ctx.engine.service_tasks(service.id))
+        if running >= wanted:
+            return True
+        if time.monotonic() >= deadline:
+            logger.warning("service not running all its replicas after its backup", extra={
+                "target": target, "service": service.name, "phase": "ready", "running": running,
+                "replicas": wanted, "ready_timeout": timeout})
+            return False
+        time.sleep(0.2)

@@ -15,6 +15,7 @@ from datetime import datetime
 from ..errors import SidecarError
 from ..labels import PRESETS
 from ..model import CopyState, Strategy, Target
+from ..swarm import placement_warning
 from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
 from .sources import items
@@ -76,7 +77,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             compression=str(t.config.compression),
             keep=t.config.keep.describe(),
             **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
-            warnings=database_warnings(t, _command(ctx, t)),
+            warnings=database_warnings(t, _command(ctx, t)) + swarm_warnings(t),
             mirror_bytes=_mirror_bytes(ctx, t),
         )
         for t in discovery.targets
@@ -108,6 +109,15 @@ def database_warnings(target: Target, command: tuple[str, ...]) -> tuple[str, ..
             return (f"{target.backup_name} looks like {app} and is copied hot: a hot copy of a live database can "
                     f"restore silently corrupt; {advice}",)
     return ()
+
+
+def swarm_warnings(target: Target) -> tuple[str, ...]:
+    """A stop backup of a replicated Swarm service that nothing pins to one node."""
+    task = target.container.swarm
+    if task is None or target.config.strategy is not Strategy.STOP:
+        return ()
+    warning = placement_warning(task)
+    return (warning,) if warning else ()
 
 
 def _mirror_bytes(ctx: Context, target: Target) -> int | None:

@@ -11,7 +11,7 @@ from ..model import ContainerState
 from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
 from ..storage import JournalEntry
 from .context import Context
-from .interrupt import InterruptionKind, put_back
+from .interrupt import InterruptionKind, put_back, put_back_service
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def run_recovery(ctx: Context) -> list[str]:
             continue
         try:
             with ctx.store.target_lock(entry.target):
-                acted = put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
+                if entry.action == InterruptionKind.SCALED.value:
+                    acted = put_back_service(ctx, entry.container_id, entry.replicas or 0, entry.version, entry.target)
+                else:
+                    acted = put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
         except BackupBusy:
             logger.info("journal entry belongs to a backup in progress; left alone", extra=fields)
             continue

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Mapping
 
 from sidecar.errors import ContainerNotFound, EngineError
 from sidecar.model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
+from sidecar.swarm import ServiceMode, SwarmService, TaskStatus, task_of, with_service
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,6 +70,10 @@ class FakeEngine:
         self.on_stop = None  # called with the container id inside stop (e.g. someone else's stop meanwhile)
         self.health_after: dict[str, int] = {}  # container id -> inspects until its healthcheck says healthy
         self.exec_options: list[dict] = []  # run_command/exec_stream: what each was given
+        self.manager = False  # a Swarm manager: services can be read and scaled
+        self.services: dict[str, SwarmService] = {}
+        self.on_scale = None  # called with (service id, replicas) after a scale (e.g. someone else's update)
+        self.tasks_linger = 0  # service_tasks calls that still show a scaled-down task running
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,
@@ -85,6 +90,37 @@ class FakeEngine:
                              tuple(Mount("volume", folder.name, dest) for dest, folder in folders.items()))
         self.containers[cid] = FakeContainer(info, folders)
         return info
+
+    def add_service(self, name: str, replicas: int | None = 1, labels: Mapping[str, str] | None = None,
+                    restart: str = "any", constraints: tuple[str, ...] = ()) -> SwarmService:
+        """A Swarm service (replicas None: global). Its containers: add_task."""
+        sid = f"svc{len(self.services) + 1}".ljust(25, "s")
+        mode = ServiceMode.GLOBAL if replicas is None else ServiceMode.REPLICATED
+        service = SwarmService(sid, name, mode, replicas, dict(labels or {}), restart, constraints, version=10)
+        self.services[sid] = service
+        return service
+
+    def add_task(self, service: SwarmService, slot: int | None, labels: Mapping[str, str] | None = None,
+                 mounts: Mapping[str, Path] | None = None, stack: str | None = None) -> ContainerInfo:
+        """A task container of `service` (slot None: a global task on this node)."""
+        middle = str(slot) if slot is not None else "node1id"
+        swarm_labels = {"com.docker.swarm.service.id": service.id, "com.docker.swarm.service.name": service.name,
+                        "com.docker.swarm.task.id": f"task{slot}", "com.docker.swarm.node.id": "node1id",
+                        "com.docker.swarm.task.name": f"{service.name}.{middle}.task{slot}"}
+        if stack:
+            swarm_labels["com.docker.stack.namespace"] = stack
+        info = self.add_container(f"{service.name}.{middle}.task{slot}", {**swarm_labels, **(labels or {})}, mounts)
+        c = self.containers[info.id]
+        c.info = replace(info, swarm=task_of(c.info.labels))
+        return c.info
+
+    def _task_containers(self, service_id: str) -> list[FakeContainer]:
+        return [c for c in self.containers.values() if c.info.swarm and c.info.swarm.service_id == service_id]
+
+    def _with_service(self, info: ContainerInfo) -> ContainerInfo:
+        if info.swarm is None or not self.manager or info.swarm.service_id not in self.services:
+            return info
+        return replace(info, swarm=with_service(info.swarm, self.services[info.swarm.service_id]))
 
     def fail(self, method: str, error: BaseException, times: int | None = None, after_bytes: int = 0) -> None:
         """Make `method` raise `error` (the next `times` calls, or always)."""
@@ -152,7 +188,9 @@ class FakeEngine:
 
     def list_candidates(self, label: str) -> list[ContainerInfo]:
         self._call("list_candidates", label)
-        return [c.info for c in self.containers.values() if label in c.info.labels]
+        labelled = {sid for sid, s in self.services.items() if label in s.labels} if self.manager else set()
+        return [self._with_service(c.info) for c in self.containers.values()
+                if label in c.info.labels or (c.info.swarm and c.info.swarm.service_id in labelled)]
 
     def inspect(self, ref: str) -> ContainerInfo:
         self._call("inspect", ref)
@@ -166,9 +204,48 @@ class FakeEngine:
 
     def find_container(self, ref: str) -> ContainerInfo | None:
         try:
-            return self.inspect(ref)
+            return self._with_service(self.inspect(ref))
         except ContainerNotFound:
             return None
+
+    # --- swarm ----------------------------------------------------------------------------
+    def is_swarm_manager(self) -> bool:
+        return self.manager
+
+    def service(self, service_id: str) -> SwarmService:
+        self._call("service", service_id)
+        if not self.manager:
+            raise EngineError("inspect service: This node is not a swarm manager.")
+        try:
+            return self.services[service_id]
+        except KeyError:
+            raise ContainerNotFound(f"inspect service: {service_id} not found") from None
+
+    def scale_service(self, service_id: str, replicas: int, version: int | None = None) -> SwarmService:
+        self._call("scale_service", service_id, replicas)
+        service = self.service(service_id)
+        if version is not None and version != service.version:
+            raise EngineError(f"scale service {service.name}: update out of sequence")
+        self.services[service_id] = service = replace(service, replicas=replicas, version=service.version + 1)
+        for c in self._task_containers(service_id):
+            self.set_state(c.info.id, ContainerState.RUNNING if replicas else ContainerState.EXITED)
+        if self.on_scale is not None:  # someone else's change just after ours: not in what we were told
+            self.on_scale(service_id, replicas)
+        return service
+
+    def someone_scales(self, service_id: str, replicas: int) -> None:
+        """`docker service scale` by someone else."""
+        service = self.services[service_id]
+        self.services[service_id] = replace(service, replicas=replicas, version=service.version + 1)
+
+    def service_tasks(self, service_id: str) -> list[TaskStatus]:
+        self._call("service_tasks", service_id)
+        linger = self.tasks_linger > 0
+        self.tasks_linger -= 1
+        return [TaskStatus(f"t{i}", "node1id", c.info.swarm.slot if c.info.swarm else None,
+                           "running" if c.info.state is ContainerState.RUNNING or linger else "shutdown",
+                           "running" if self.services[service_id].replicas else "shutdown")
+                for i, c in enumerate(self._task_containers(service_id))]
 
     def state(self, container_id: str) -> ContainerState:
         self._call("state", container_id)

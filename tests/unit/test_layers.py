@@ -29,6 +29,7 @@ LAYERS = {
     "sidecar.labels": CORE,
     "sidecar.schedule": CORE,
     "sidecar.groups": CORE,
+    "sidecar.swarm": CORE,
     "sidecar.naming": CORE,
     "sidecar.retention": CORE,
     "sidecar.settings": CORE,

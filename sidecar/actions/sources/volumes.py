@@ -136,7 +136,7 @@ def find_volume(container: ContainerInfo, volume: str) -> tuple[Mount, str]:
     specs = restore_volumes(container)
     for spec in specs:
         if volume in (spec.volume_name, spec.mount.source) or mount_matches(spec.mount, volume,
-                                                                           container.compose_project):
+                                                                           container.volume_prefix):
             return spec.mount, spec.volume_name
     listed = ", ".join(f"{s.volume_name} ({s.mount.destination})" for s in specs) or "none"
     raise NotFound(f"container {container.name!r} has no volume {volume!r}; its mounts: {listed}")
