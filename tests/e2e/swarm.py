@@ -74,7 +74,7 @@ import docker.errors
 import pytest
 
 from .netns_engine import SOCKET_DIR, NamespacedEngine, load_everywhere, save_images, tools_missing
-from .support import BUSYBOX, SIDECAR_IMAGE, wait_for
+from .support import BUSYBOX, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -412,8 +412,9 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 # --- fixtures (imported by tests/e2e/conftest.py) ---------------------------------------------
 @pytest.fixture(scope="session")
-def swarm_lab(docker_client, sidecar_image, tmp_path_factory):
-    """The two-node swarm for the whole session, busybox and the sidecar image loaded on both."""
+def swarm_lab(docker_client, worker_image, tmp_path_factory):
+    """The two-node swarm for the whole session, busybox and the sidecar image built from this
+    tree (worker_image) loaded on both."""
     missing = tools_missing()
     if missing:
         pytest.skip(missing)
@@ -421,7 +422,7 @@ def swarm_lab(docker_client, sidecar_image, tmp_path_factory):
     try:
         started = time.monotonic()
         lab.start()
-        lab.load_images(BUSYBOX, sidecar_image)
+        lab.load_images(BUSYBOX, worker_image)
         logger.info("swarm lab ready", extra={"seconds": round(time.monotonic() - started, 1)})
         yield lab
     finally:

@@ -1,0 +1,180 @@
+"""Issue 13 end to end, on the two-node Swarm lab (tests/e2e/swarm.py): the sidecar image as a
+global service on node1 (manager) and node2 (worker), each backing up its own node's volume
+to the shared SeaweedFS under its node's prefix; the fleet's metrics scraped through the
+tasks' addresses on an overlay network (as Prometheus does with `tasks.backup`); a restore on
+node2 from node1's prefix.
+
+Contract (issue 13): node name = the engine's `docker info` Name; with BACKUP_NODE_PREFIX=auto
+(default) on a swarm node every destination path gets `{node}/` after the destination's own
+prefix; every metric has a `node` label; a manager's sidecar exports
+backup_sidecar_swarm_node_ready{swarm_node=...}; `restore NAME --from s3 --node OTHER`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+
+import pytest
+import zstandard
+
+from .s3server import ACCESS_KEY, REGION, SECRET_KEY
+from .swarm import IDLE, metric_samples, sidecar_service_options
+from .support import wait_for
+
+pytestmark = pytest.mark.slow
+
+SIDECAR = "backup"  # the sidecar's service name: Prometheus finds it as tasks.backup
+APP = "app"
+APP_VOLUME = "appdata"
+METRICS_PORT = 9918
+PREFIX = "fleet"
+
+
+@pytest.fixture(scope="module")
+def fleet(swarm_lab, swarm_s3, worker_image):
+    """The sidecar as a global service on an attachable overlay network, with S3 settings for a
+    bucket of the module's own; a labelled global app with a named volume holding different
+    bytes on each node. Everything removed at the end of the module."""
+    lab = swarm_lab
+    before = lab.snapshot()
+    bucket = "bst-swarm-" + uuid.uuid4().hex[:12]
+    swarm_s3.client().create_bucket(Bucket=bucket)
+    try:
+        lab.manager.docker("network", "create", "-d", "overlay", "--attachable", "fleet")
+        env = {"BACKUP_PROJECT": "*", "LOG_FORMAT": "json", "TZ": "UTC",
+               "METRICS_PORT": str(METRICS_PORT), "METRICS_ADDR": "0.0.0.0",
+               "S3_BUCKET": bucket, "S3_ENDPOINT_URL": swarm_s3.endpoint_url, "S3_PREFIX": PREFIX,
+               "S3_PATH_STYLE": "true", "S3_REGION": REGION,
+               "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        lab.create_service(SIDECAR, *sidecar_service_options(lab, env, network="fleet"), image=worker_image)
+        # on-failure: the pause strategy never ends the task; a restore's stop (exit 0) is not
+        # fought by a replacement task (finding 3 in swarm.py).
+        lab.create_service(APP, "--mode", "global", "--restart-condition", "on-failure",
+                           "--mount", f"type=volume,src={APP_VOLUME},dst=/data",
+                           "--container-label", "backup.enable=true", "--container-label", "backup.name=app",
+                           "--container-label", "backup.strategy=pause",
+                           command=["sh", "-c", IDLE])
+        lab.wait_running(SIDECAR, 2)
+        lab.wait_running(APP, 2)
+        for node in lab.nodes:
+            lab.run_on(node, f"echo 'data of {node.name}' > who.txt; mkdir -p sub; "
+                             f"head -c 200000 /dev/urandom > sub/blob.bin; echo {node.name} > sub/{node.name}.txt",
+                       {APP_VOLUME: "/data"})
+        yield lab, swarm_s3, bucket
+    finally:
+        lab.restore(before)
+        try:
+            swarm_s3.client().delete_bucket(Bucket=bucket)
+        except Exception:  # noqa: BLE001 - best effort; the store's folder goes with tmp
+            pass
+
+
+def sidecar_cli(lab, node, *args: str) -> tuple[int, str]:
+    """`docker exec <the node's sidecar task> backup-sidecar ARGS` (as README says)."""
+    return lab.exec_in_task(SIDECAR, node, ["backup-sidecar", *args])
+
+
+def keys(s3, bucket: str, prefix: str) -> list[str]:
+    client = s3.client()
+    found = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found += [item["Key"] for item in page.get("Contents", [])]
+    return sorted(found)
+
+
+def archive_files(data: bytes) -> dict[str, bytes]:
+    """{path: bytes} of the regular files in a .tar.zst archive."""
+    stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+    files = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                files[member.name.removeprefix("./")] = tar.extractfile(member).read()
+    return files
+
+
+@pytest.fixture(scope="module")
+def backed_up(fleet):
+    """One backup of the app on each node, by that node's sidecar: {node name: archive key}."""
+    lab, s3, bucket = fleet
+    found = {}
+    for node in lab.nodes:
+        code, out = sidecar_cli(lab, node, "backup", APP)
+        assert code == 0, f"backup on {node.name}: {out}"
+        daily = f"{PREFIX}/{node.name}/daily/"
+        archives = wait_for(lambda: [k for k in keys(s3, bucket, daily) if k.endswith(".tar.zst")],
+                            timeout=120, what=f"{node.name}'s archive under {daily}")
+        found[node.name] = archives[-1]
+    return found
+
+
+def test_each_node_backs_up_its_own_volume_under_its_prefix(fleet, backed_up):
+    lab, s3, bucket = fleet
+    client = s3.client()
+    for node in lab.nodes:
+        key = backed_up[node.name]
+        name = key.rsplit("/", 1)[1]
+        assert name.startswith(f"{APP}_") and name.endswith("_daily.tar.zst"), key
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        checksum = client.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode()
+        assert checksum.split()[0] == hashlib.sha256(data).hexdigest()
+        assert archive_files(data) == lab.volume_tar(node, APP_VOLUME)
+        assert f"{node.name}.txt" in str(sorted(archive_files(data)))
+    # Nothing outside the node prefixes: each node wrote only under its own.
+    assert {k.split("/")[1] for k in keys(s3, bucket, f"{PREFIX}/")} == {"node1", "node2"}
+
+
+def scrape_tasks(lab, image: str) -> dict[str, str]:
+    """{task IP: /metrics text} for every address `tasks.backup` resolves to, fetched from a
+    container on the overlay network (what Prometheus's dns_sd_configs does)."""
+    script = (
+        "import json, socket, urllib.request\n"
+        f"ips = sorted(socket.gethostbyname_ex('tasks.{SIDECAR}')[2])\n"
+        f"print(json.dumps({{ip: urllib.request.urlopen(f'http://{{ip}}:{METRICS_PORT}/metrics', timeout=10)"
+        ".read().decode() for ip in ips}))\n")
+    out = lab.manager.client.containers.run(image, ["-c", script], entrypoint=["python"], network="fleet",
+                                            remove=True, stdout=True, stderr=True)
+    return json.loads(out)
+
+
+def task_ips(lab, service: str) -> set[str]:
+    ips = set()
+    for task in lab.tasks(service):
+        for attachment in task.get("NetworksAttachments") or []:
+            if attachment["Network"]["Spec"]["Name"] == "fleet":
+                ips |= {a.split("/")[0] for a in attachment["Addresses"]}
+    return ips
+
+
+def test_fleet_metrics_through_the_tasks_addresses(fleet, worker_image):
+    lab, _s3, _bucket = fleet
+
+    def both_up():
+        texts = scrape_tasks(lab, worker_image)
+        up = [s for text in texts.values() for s in metric_samples(text, "backup_sidecar_up")]
+        return texts if len(texts) == 2 and all(value == 1 for _, value in up) and len(up) == 2 else None
+
+    texts = wait_for(both_up, timeout=120, interval=1, what="both sidecars to answer with backup_sidecar_up 1")
+    assert set(texts) == task_ips(lab, SIDECAR)
+    nodes = {labels.get("node") for text in texts.values() for labels, _ in metric_samples(text, "backup_sidecar_up")}
+    assert nodes == {"node1", "node2"}
+    by_node = {metric_samples(text, "backup_sidecar_up")[0][0]["node"]: text for text in texts.values()}
+    ready = {labels["swarm_node"]: value
+             for labels, value in metric_samples(by_node["node1"], "backup_sidecar_swarm_node_ready")}
+    assert ready == {"node1": 1, "node2": 1}
+    # A worker cannot read the cluster: no node series from node2's sidecar.
+    assert metric_samples(by_node["node2"], "backup_sidecar_swarm_node_ready") == []
+
+
+def test_restore_on_node2_from_node1s_prefix(fleet, backed_up):
+    lab, _s3, _bucket = fleet
+    node1_data = lab.volume_tar("node1", APP_VOLUME)
+    assert lab.volume_tar("node2", APP_VOLUME) != node1_data
+    code, out = sidecar_cli(lab, "node2", "restore", APP, "--volume", APP_VOLUME, "--from", "s3",
+                            "--node", "node1", "--force")
+    assert code == 0, out
+    assert lab.volume_tar("node2", APP_VOLUME) == node1_data
