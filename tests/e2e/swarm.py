@@ -153,7 +153,7 @@ class SwarmLab:
     def start(self) -> "SwarmLab":
         self._wire_hub()
         for name, address in self._addresses.items():
-            engine = NamespacedEngine(self.workdir / name, netns=f"{self.tag}{name[-2:]}", hostname=name,
+            engine = NamespacedEngine(self.workdir / name, netns=f"{self.tag}n{name[-1]}", hostname=name,
                                       iptables=True)
             node = Node(name, address, engine)
             self.nodes.append(node)
@@ -295,6 +295,17 @@ class SwarmLab:
         container.kill(signal)
         return container.id
 
+    def wait_replaced(self, service: str, node: Node | str, old_id: str, timeout: float = 120):
+        """Wait until the service runs a container on `node` other than `old_id` (Swarm's
+        replacement of a killed task: ~7 s with the default restart delay); that container."""
+        node = self.node(node) if isinstance(node, str) else node
+        return wait_for(lambda: next((c for c in self.service_containers(service, node) if c.id != old_id), None),
+                        timeout=timeout, interval=0.2, what=f"a new task container of {service} on {node.name}")
+
+    def service_version(self, service: str) -> int:
+        """The service's Version.Index (the raft index of its last spec update)."""
+        return self.manager.client.api.inspect_service(service)["Version"]["Index"]
+
     def scale(self, service: str, replicas: int) -> None:
         self.manager.docker("service", "scale", "-d", f"{service}={replicas}")
 
@@ -308,6 +319,20 @@ class SwarmLab:
             self.manager.client.api.remove_service(service)
         wait_for(lambda: not self.service_containers(service, all=True), timeout=timeout, interval=0.2,
                  what=f"the containers of {service} to be removed")
+
+    # --- the sidecar -------------------------------------------------------------------------
+    def deploy_sidecar(self, image: str, env: dict[str, str], name: str = "backup", network: str = "host",
+                       backup_volume: str = "bst-backups", labels: dict[str, str] | None = None) -> str:
+        """The sidecar image as a global service (see `sidecar_service_options`); waits until a
+        task runs on every node."""
+        self.create_service(name, *sidecar_service_options(self, env, network, backup_volume, labels), image=image)
+        self.wait_running(name, len(self.nodes))
+        return name
+
+    def sidecar(self, node: Node | str, *args: str, service: str = "backup") -> tuple[int, str]:
+        """`docker exec <node's sidecar task container> backup-sidecar ARGS` (README's one-shot
+        commands): (exit code, stdout+stderr)."""
+        return self.exec_in_task(service, node, ["backup-sidecar", *args])
 
     # --- snapshots: what a test made, removed after it ----------------------------------
     def snapshot(self) -> Snapshot:
@@ -393,6 +418,15 @@ def sidecar_service_options(lab: SwarmLab, env: dict[str, str], network: str = "
     return options
 
 
+def s3_env(s3_server, bucket: str, prefix: str = "fleet") -> dict[str, str]:
+    """The sidecar's S3 settings for a bucket of the lab's SeaweedFS (swarm_s3)."""
+    from .s3server import ACCESS_KEY, REGION, SECRET_KEY
+
+    return {"S3_BUCKET": bucket, "S3_ENDPOINT_URL": s3_server.endpoint_url, "S3_PREFIX": prefix,
+            "S3_PATH_STYLE": "true", "S3_REGION": REGION, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+
+
 def scrape(address: str, port: int, timeout: float = 5) -> str:
     with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=timeout) as answer:
         return answer.read().decode()
@@ -456,5 +490,5 @@ def swarm_s3(swarm_lab, tmp_path_factory):
         server.stop()
 
 
-__all__ = ["IDLE", "NODE_SOCKET", "Node", "SwarmLab", "metric_samples", "scrape", "sidecar_service_options",
+__all__ = ["IDLE", "NODE_SOCKET", "Node", "SwarmLab", "metric_samples", "s3_env", "scrape", "sidecar_service_options",
            "swarm", "swarm_lab", "swarm_s3", "volume_files"]

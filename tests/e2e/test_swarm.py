@@ -21,8 +21,7 @@ import uuid
 import pytest
 import zstandard
 
-from .s3server import ACCESS_KEY, REGION, SECRET_KEY
-from .swarm import IDLE, metric_samples, sidecar_service_options
+from .swarm import IDLE, metric_samples, s3_env, sidecar_service_options
 from .support import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,6 +29,7 @@ pytestmark = pytest.mark.slow
 SIDECAR = "backup"  # the sidecar's service name: Prometheus finds it as tasks.backup
 APP = "app"
 APP_VOLUME = "appdata"
+BACKUP_VOLUME = "bst-backups"  # the sidecar's backup volume, one per node
 METRICS_PORT = 9918
 PREFIX = "fleet"
 
@@ -46,11 +46,9 @@ def fleet(swarm_lab, swarm_s3, worker_image):
     try:
         lab.manager.docker("network", "create", "-d", "overlay", "--attachable", "fleet")
         env = {"BACKUP_PROJECT": "*", "LOG_FORMAT": "json", "TZ": "UTC",
-               "METRICS_PORT": str(METRICS_PORT), "METRICS_ADDR": "0.0.0.0",
-               "S3_BUCKET": bucket, "S3_ENDPOINT_URL": swarm_s3.endpoint_url, "S3_PREFIX": PREFIX,
-               "S3_PATH_STYLE": "true", "S3_REGION": REGION,
-               "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        lab.create_service(SIDECAR, *sidecar_service_options(lab, env, network="fleet"), image=worker_image)
+               "METRICS_PORT": str(METRICS_PORT), "METRICS_ADDR": "0.0.0.0", **s3_env(swarm_s3, bucket, PREFIX)}
+        lab.create_service(SIDECAR, *sidecar_service_options(lab, env, network="fleet", backup_volume=BACKUP_VOLUME),
+                           image=worker_image)
         # on-failure: the pause strategy never ends the task; a restore's stop (exit 0) is not
         # fought by a replacement task (finding 3 in swarm.py).
         lab.create_service(APP, "--mode", "global", "--restart-condition", "on-failure",
@@ -71,11 +69,6 @@ def fleet(swarm_lab, swarm_s3, worker_image):
             swarm_s3.client().delete_bucket(Bucket=bucket)
         except Exception:  # noqa: BLE001 - best effort; the store's folder goes with tmp
             pass
-
-
-def sidecar_cli(lab, node, *args: str) -> tuple[int, str]:
-    """`docker exec <the node's sidecar task> backup-sidecar ARGS` (as README says)."""
-    return lab.exec_in_task(SIDECAR, node, ["backup-sidecar", *args])
 
 
 def keys(s3, bucket: str, prefix: str) -> list[str]:
@@ -103,11 +96,12 @@ def backed_up(fleet):
     lab, s3, bucket = fleet
     found = {}
     for node in lab.nodes:
-        code, out = sidecar_cli(lab, node, "backup", APP)
+        code, out = lab.sidecar(node, "backup", APP)
         assert code == 0, f"backup on {node.name}: {out}"
         daily = f"{PREFIX}/{node.name}/daily/"
-        archives = wait_for(lambda: [k for k in keys(s3, bucket, daily) if k.endswith(".tar.zst")],
-                            timeout=120, what=f"{node.name}'s archive under {daily}")
+        archives = [k for k in keys(s3, bucket, daily) if k.endswith(".tar.zst")]
+        assert archives, f"no archive under {daily} after `backup {APP}` on {node.name}; the bucket holds " \
+                         f"{keys(s3, bucket, '')}; the sidecar said:\n{out[-3000:]}"
         found[node.name] = archives[-1]
     return found
 
@@ -119,11 +113,17 @@ def test_each_node_backs_up_its_own_volume_under_its_prefix(fleet, backed_up):
         key = backed_up[node.name]
         name = key.rsplit("/", 1)[1]
         assert name.startswith(f"{APP}_") and name.endswith("_daily.tar.zst"), key
-        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        checksum = client.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode()
-        assert checksum.split()[0] == hashlib.sha256(data).hexdigest()
-        assert archive_files(data) == lab.volume_tar(node, APP_VOLUME)
-        assert f"{node.name}.txt" in str(sorted(archive_files(data)))
+        answer = client.get_object(Bucket=bucket, Key=key)
+        data = answer["Body"].read()
+        # The checksum travels as the object's metadata and as the .sha256 beside the archive
+        # in that node's own backup volume.
+        local = lab.volume_tar(node, BACKUP_VOLUME)
+        checksum = local[f"daily/{name}.sha256"].decode().split()[0]
+        assert answer["Metadata"]["sha256"] == checksum == hashlib.sha256(data).hexdigest()
+        assert local[f"daily/{name}"] == data
+        files = archive_files(data)
+        assert files == lab.volume_tar(node, APP_VOLUME)
+        assert files["who.txt"] == f"data of {node.name}\n".encode()
     # Nothing outside the node prefixes: each node wrote only under its own.
     assert {k.split("/")[1] for k in keys(s3, bucket, f"{PREFIX}/")} == {"node1", "node2"}
 
@@ -131,9 +131,13 @@ def test_each_node_backs_up_its_own_volume_under_its_prefix(fleet, backed_up):
 def scrape_tasks(lab, image: str) -> dict[str, str]:
     """{task IP: /metrics text} for every address `tasks.backup` resolves to, fetched from a
     container on the overlay network (what Prometheus's dns_sd_configs does)."""
+    # getaddrinfo for IPv4 only, as Prometheus's `type: A` lookups: glibc's gethostbyname_ex
+    # timed out here (the embedded DNS forwards what it does not answer to the node's
+    # resolvers, unreachable in the lab).
     script = (
         "import json, socket, urllib.request\n"
-        f"ips = sorted(socket.gethostbyname_ex('tasks.{SIDECAR}')[2])\n"
+        f"ips = sorted({{a[4][0] for a in socket.getaddrinfo('tasks.{SIDECAR}', {METRICS_PORT}, socket.AF_INET, "
+        "socket.SOCK_STREAM)})\n"
         f"print(json.dumps({{ip: urllib.request.urlopen(f'http://{{ip}}:{METRICS_PORT}/metrics', timeout=10)"
         ".read().decode() for ip in ips}))\n")
     out = lab.manager.client.containers.run(image, ["-c", script], entrypoint=["python"], network="fleet",
@@ -174,7 +178,7 @@ def test_restore_on_node2_from_node1s_prefix(fleet, backed_up):
     lab, _s3, _bucket = fleet
     node1_data = lab.volume_tar("node1", APP_VOLUME)
     assert lab.volume_tar("node2", APP_VOLUME) != node1_data
-    code, out = sidecar_cli(lab, "node2", "restore", APP, "--volume", APP_VOLUME, "--from", "s3",
+    code, out = lab.sidecar("node2", "restore", APP, "--volume", APP_VOLUME, "--from", "s3",
                             "--node", "node1", "--force")
     assert code == 0, out
     assert lab.volume_tar("node2", APP_VOLUME) == node1_data
