@@ -31,7 +31,7 @@ import requests
 from .errors import ContainerNotFound, EngineError, SidecarError
 from .model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
 from .streams import IterReader
-from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, with_service
+from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, unseen_on_workers, with_service
 
 logger = logging.getLogger(__name__)
 
@@ -430,6 +430,26 @@ class Engine:
         return [TaskStatus(t.get("ID", ""), t.get("NodeID", ""), t.get("Slot"),
                            str((t.get("Status") or {}).get("State", "")), str(t.get("DesiredState", "")))
                 for t in rows]
+
+    def unseen_on_workers(self, label: str) -> list[str]:
+        """On a manager: services labelled (`label`) only in their deploy.labels whose tasks run
+        on worker nodes, where no sidecar can read those labels (see swarm.unseen_on_workers)."""
+        if not self.is_swarm_manager():
+            return []
+        with _engine_call("list Swarm services and nodes"):
+            services = self.api.services(filters={"label": label})
+            if not services:
+                return []
+            workers = {n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"][:12]) for n in self.api.nodes()
+                       if (n.get("Spec") or {}).get("Role") == "worker"}
+        found = []
+        for raw in services:
+            container_labels = ((raw.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get(
+                "Labels") or {}
+            why = unseen_on_workers(_service(raw), container_labels, workers, self.service_tasks(raw["ID"]))
+            if why:
+                found.append(why)
+        return found
 
     def _labelled_services(self, label: str) -> list[str]:
         if not self.is_swarm_manager():

@@ -148,6 +148,22 @@ def stop_problem(task: SwarmTask, what: str) -> str | None:
     return None
 
 
+def unseen_on_workers(service: SwarmService, container_labels: Mapping[str, str],
+                      worker_nodes: Mapping[str, str], tasks: list["TaskStatus"]) -> str | None:
+    """A service labelled only in its `deploy.labels` whose tasks run on worker nodes: the
+    sidecars there cannot read those labels, so nothing would back those tasks up. Said by
+    the sidecar of a manager (the only one that can see it). `worker_nodes`: id -> name."""
+    enable = _BACKUP_PREFIX + "enable"
+    if enable not in service.labels or enable in container_labels:
+        return None
+    nodes = sorted({worker_nodes[t.node_id] for t in tasks if t.node_id in worker_nodes and not t.finished})
+    if not nodes:
+        return None
+    return (f"Swarm service {service.name!r} has its backup labels in deploy.labels, which only a manager can "
+            f"read: its tasks on worker node(s) {', '.join(nodes)} are not backed up there; put the backup.* labels "
+            "under the service's `labels:` (its containers' labels) so every node sees them")
+
+
 def placement_warning(task: SwarmTask) -> str | None:
     """A replicated service scaled to 0 and back may come back on another node, where its
     local volume is a new, empty one: warn when nothing pins it."""

@@ -126,7 +126,7 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
     """The story of one backup; returns the archives, the seconds the container was down
     and the image export it made (None: none was needed)."""
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
-    if is_left_stopped(ctx, container.id):  # an archive of its emptied volume would rotate good ones out
+    if is_left_stopped(ctx, container):  # an archive of its emptied volume would rotate good ones out
         raise BackupError(target.backup_name, "start", "a failed restore left the container stopped with an emptied "
                           "volume; restore it again before backing it up")
     running = container.state is ContainerState.RUNNING

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps without looking up (heartbeat for the healthcheck).
 TICK_SECONDS = 5.0
+SWARM_CHECK_SECONDS = 300.0
 # After the shutdown grace, how long aborted backups get to put their containers back.
 PUT_BACK_SECONDS = 5.0
 _EVENT_ACTIONS = {"create", "start", "die", "destroy", "rename", "update", "stop", "kill"}
@@ -47,6 +48,8 @@ class Daemon:
         self._loop_alive = time.monotonic()
         self._engine_ok = True
         self._next_ping = 0.0
+        self._next_swarm_check = 0.0
+        self._unseen: set[str] = set()  # Swarm services whose labels no worker can read, last reported
         self._stop = threading.Event()
         self._started = threading.Event()  # recovery and the first discovery are done
         self._wake = threading.Event()
@@ -182,6 +185,22 @@ class Daemon:
                 logger.error("the Docker engine does not answer", extra={"error": str(err)})
             self._engine_ok = False
 
+    def _check_swarm_services(self) -> None:
+        """On a Swarm manager, every few minutes: services whose backup labels only a manager
+        can read while their tasks run on workers (nothing would back those up): one error
+        each, again only when the list changes."""
+        if time.monotonic() < self._next_swarm_check:
+            return
+        self._next_swarm_check = time.monotonic() + SWARM_CHECK_SECONDS
+        try:
+            found = set(self.ctx.engine.unseen_on_workers(ENABLE))
+        except SidecarError as err:
+            logger.debug("could not check the Swarm services", extra={"error": str(err)})
+            return
+        for message in sorted(found - self._unseen):
+            logger.error(message, extra={"phase": "config"})
+        self._unseen = found
+
     def _follow_events(self) -> None:
         backoff = 1.0
         dropped = False
@@ -227,6 +246,7 @@ class Daemon:
             self.ctx.store.touch_heartbeat()
             self._loop_alive = time.monotonic()
             self._check_engine()
+            self._check_swarm_services()
             now = self.ctx.now()
             with self._lock:
                 due = [t for t in self._discovery.targets if self._next.get(t.backup_name, now) <= now]

@@ -385,17 +385,44 @@ def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: s
         "target": target, "container": container.name, "phase": "restore", "error": reason})
 
 
+def journal_key(container: ContainerInfo) -> tuple[str, str]:
+    """Under which id and name the journal keeps what was done to `container`: its
+    replicated Swarm service's (which a stop scales as a whole), else its own."""
+    task = container.swarm
+    if task is not None and task.mode is ServiceMode.REPLICATED:
+        return task.service_id, task.service_name
+    return container.id, container.name
+
+
 def journal_left_stopped(ctx: Context, container: ContainerInfo, target: str) -> None:
     """Journal it as left stopped without a report: written by a restore before it empties a
     volume, so a sidecar killed from then on does not start the app on an empty or partial
-    volume on its next start. The restore's own put back (on success) clears the entry."""
-    ctx.journal.add(JournalEntry(container.id, container.name, InterruptionKind.LEFT_STOPPED.value, target,
-                                 time.time()))
+    volume on its next start. The restore's own put back (on success) clears the entry.
+    A replicated Swarm service stays at 0 replicas; the entry keeps the count to restore."""
+    key, name = journal_key(container)
+    replicas = next((e.replicas for e in ctx.journal.entries() if e.container_id == key), None)
+    ctx.journal.add(JournalEntry(key, name, InterruptionKind.LEFT_STOPPED.value, target, time.time(),
+                                 replicas=replicas))
 
 
-def is_left_stopped(ctx: Context, container_id: str) -> bool:
-    return any(e.container_id == container_id and e.action == InterruptionKind.LEFT_STOPPED.value
-               for e in ctx.journal.entries())
+def left_stopped_entry(ctx: Context, container: ContainerInfo) -> JournalEntry | None:
+    key, _ = journal_key(container)
+    return next((e for e in ctx.journal.entries()
+                 if e.container_id == key and e.action == InterruptionKind.LEFT_STOPPED.value), None)
+
+
+def is_left_stopped(ctx: Context, container: ContainerInfo) -> bool:
+    return left_stopped_entry(ctx, container) is not None
+
+
+def put_back_left(ctx: Context, container: ContainerInfo, target: str) -> None:
+    """After a restore that succeeded: start what a failed restore had left stopped (a
+    replicated Swarm service: scale it back to the count it had)."""
+    entry = left_stopped_entry(ctx, container)
+    if entry is not None and entry.replicas is not None:
+        put_back_service(ctx, entry.container_id, entry.replicas, None, target)
+        return
+    put_back(ctx, container.id, InterruptionKind.STOPPED, target)
 
 
 def put_back(ctx: Context, container_id: str, action: InterruptionKind | str, target: str,

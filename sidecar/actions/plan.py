@@ -7,19 +7,22 @@ Files in volumes (`*.db`, `*.sqlite`) are not looked for: that would read every 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..errors import SidecarError
-from ..labels import PRESETS
+from ..labels import ENABLE, PRESETS
 from ..model import CopyState, Strategy, Target
 from ..swarm import placement_warning
 from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
 from .sources import items
 from .status import copy_states
+
+logger = logging.getLogger(__name__)
 
 # (what a server's image or command is called, the app, its preset): first match wins.
 DATABASES: tuple[tuple[re.Pattern, str, str], ...] = (
@@ -83,6 +86,10 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
         for t in discovery.targets
     ]
     skipped = [SkippedRow(s.container.name, s.reason) for s in discovery.skipped]
+    try:
+        skipped += [SkippedRow("(Swarm service)", why) for why in ctx.engine.unseen_on_workers(ENABLE)]
+    except SidecarError as err:
+        logger.debug("could not check the Swarm services", extra={"error": str(err)})
     return rows, skipped
 
 

@@ -53,7 +53,11 @@ def run_recovery(ctx: Context) -> list[str]:
 
 def _report_left_stopped(ctx: Context, entry: JournalEntry, fields: dict) -> None:
     """Never starts it. Forgets the entry once someone started the container (or removed it):
-    then a person decided."""
+    then a person decided. A replicated Swarm service (the entry knows its replica count) is
+    left at 0 replicas until someone scales it."""
+    if entry.replicas is not None:
+        _report_left_at_zero(ctx, entry, fields)
+        return
     try:
         state = ctx.engine.state(entry.container_id)
     except ContainerNotFound:
@@ -68,6 +72,24 @@ def _report_left_stopped(ctx: Context, entry: JournalEntry, fields: dict) -> Non
         return
     logger.error("container left stopped by a failed restore: its volume is empty or partial; not starting it. "
                  "Restore again (it starts the container when done), or start it yourself", extra=fields)
+
+
+def _report_left_at_zero(ctx: Context, entry: JournalEntry, fields: dict) -> None:
+    try:
+        service = ctx.engine.service(entry.container_id)
+    except ContainerNotFound:
+        ctx.journal.remove(entry.container_id)
+        return
+    except SidecarError as err:
+        logger.error("could not check a service a failed restore left at 0 replicas", extra={**fields, "error": str(err)})
+        return
+    if service.replicas != 0:
+        ctx.journal.remove(entry.container_id)
+        logger.info("a service a failed restore had left at 0 replicas was scaled by someone; forgotten", extra=fields)
+        return
+    logger.error("service left at 0 replicas by a failed restore: its volume is empty or partial; not scaling it "
+                 f"back. Restore again (it scales the service back to {entry.replicas} when done), or scale it "
+                 "yourself", extra=fields)
 
 
 def remove_leftover_workers(ctx: Context) -> list[str]:

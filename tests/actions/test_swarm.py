@@ -12,11 +12,12 @@ from sidecar.actions import interrupt
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
-from sidecar.errors import EngineError
+from sidecar.actions.restore import run_restore
+from sidecar.errors import EngineError, RestoreLeftStopped
 from sidecar.model import ContainerState
 from sidecar.storage import JournalEntry
 
-from .conftest import archive_members
+from .conftest import archive_members, tree
 
 STOP = {"backup.enable": "true", "backup.strategy": "stop", "backup.name": "db", "backup.stop-timeout": "1"}
 
@@ -137,3 +138,52 @@ def test_plan_warns_about_an_unpinned_replicated_stop(engine, ctx, data):
     rows, _ = run_plan(ctx)
     (row,) = [r for r in rows if r.target == "cache"]
     assert any("placement constraint" in w for w in row.warnings)
+
+
+# --- restore ------------------------------------------------------------------------------
+
+def _backed_up(ctx, data):
+    assert run_backup(ctx, _target(ctx)).ok
+    before = tree(data)
+    (data / "new.txt").write_text("newer data\n")
+    return before
+
+
+def test_restore_scales_to_zero_and_back(engine, ctx, service, data):
+    before = _backed_up(ctx, data)
+    engine.calls.clear()
+    run_restore(ctx, "db", "data", force=True)
+    assert tree(data) == before
+    assert [c[2] for c in engine.names("scale_service")] == [0, 2] and engine.names("stop") == []
+    assert engine.services[service.id].replicas == 2 and ctx.journal.entries() == []
+
+
+@pytest.mark.parametrize("fault", ["put_archive", "run_helper"])
+def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(engine, ctx, service, data, fault):
+    before = _backed_up(ctx, data)
+    engine.fail(fault, EngineError("disk full"), times=1)
+    with pytest.raises(RestoreLeftStopped):
+        run_restore(ctx, "db", "data", force=True)
+    assert engine.services[service.id].replicas == 0
+    (entry,) = ctx.journal.entries()
+    assert (entry.container_id, entry.action, entry.replicas) == (service.id, "left-stopped", 2)
+    assert run_recovery(ctx) == [] and engine.services[service.id].replicas == 0  # never on an emptied volume
+    run_restore(ctx, "db", "data", force=True)
+    assert tree(data) == before
+    assert engine.services[service.id].replicas == 2 and ctx.journal.entries() == []
+
+
+def test_a_service_left_at_zero_that_someone_scaled_is_forgotten(engine, ctx, service, data):
+    _backed_up(ctx, data)
+    engine.fail("put_archive", EngineError("disk full"), times=1)
+    with pytest.raises(RestoreLeftStopped):
+        run_restore(ctx, "db", "data", force=True)
+    engine.someone_scales(service.id, 1)
+    run_recovery(ctx)
+    assert ctx.journal.entries() == [] and engine.services[service.id].replicas == 1
+
+
+def test_plan_lists_services_whose_labels_workers_cannot_read(engine, ctx):
+    engine.unseen = ["Swarm service 'shop_web' has its backup labels in deploy.labels ..."]
+    _, skipped = run_plan(ctx)
+    assert [(s.container, s.reason) for s in skipped] == [("(Swarm service)", engine.unseen[0])]

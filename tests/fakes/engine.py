@@ -72,6 +72,7 @@ class FakeEngine:
         self.exec_options: list[dict] = []  # run_command/exec_stream: what each was given
         self.manager = False  # a Swarm manager: services can be read and scaled
         self.services: dict[str, SwarmService] = {}
+        self.unseen: list[str] = []  # unseen_on_workers: what a manager reports
         self.on_scale = None  # called with (service id, replicas) after a scale (e.g. someone else's update)
         self.tasks_linger = 0  # service_tasks calls that still show a scaled-down task running
 
@@ -211,6 +212,9 @@ class FakeEngine:
     # --- swarm ----------------------------------------------------------------------------
     def is_swarm_manager(self) -> bool:
         return self.manager
+
+    def unseen_on_workers(self, label: str) -> list[str]:
+        return list(self.unseen)
 
     def service(self, service_id: str) -> SwarmService:
         self._call("service", service_id)

@@ -1,6 +1,7 @@
 """monitoring/: the alert rules pass promtool's checks and their own unit tests (and those
 tests catch a broken rule), the Grafana dashboard is well formed and queries only metrics
-the sidecar exports, and the Compose and Prometheus files point at files that exist.
+the sidecar exports (every query filtered by the node variable; a fleet table per node),
+and the Compose and Prometheus files point at files that exist.
 
 `dashboard_metric_names()` and `alert_metric_names()` are for the end-to-end tests: they
 compare these names with a real scrape of the sidecar.
@@ -54,9 +55,11 @@ GLOBAL_METRICS = {
     "backup_sidecar_up",
     "backup_sidecar_build_info",
 }
-EXPORTED = TARGET_VOLUME_METRICS | TARGET_METRICS | GLOBAL_METRICS
+# Only from sidecars on Swarm manager nodes: one series per node of the swarm (swarm_node).
+SWARM_METRICS = {"backup_sidecar_swarm_node_ready"}
+EXPORTED = TARGET_VOLUME_METRICS | TARGET_METRICS | GLOBAL_METRICS | SWARM_METRICS
 PER_TARGET = TARGET_VOLUME_METRICS | TARGET_METRICS
-# Made by Prometheus, not scraped.
+# Made by Prometheus, not scraped: per scraped address, without the sidecar's node label.
 SYNTHETIC = {"up"}
 
 # Grafana's variables, replaced by something PromQL accepts before promtool parses a query.
@@ -66,6 +69,7 @@ GRAFANA_VARIABLES = {
     "$__range": "1d",
     "${datasource}": "x",
     "$target": ".*",
+    "$node": ".*",
 }
 
 
@@ -166,11 +170,16 @@ def test_dashboard_variables() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
     datasource = variables["datasource"]
     assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
-    target = variables["target"]
-    assert target["type"] == "query"
-    assert target["datasource"]["uid"] == "${datasource}"
-    assert re.fullmatch(r"label_values\(backup_sidecar_\w+, target\)", _variable_query(target))
-    assert target["multi"] and target["includeAll"] and target["allValue"] == ".*"
+    node, target = variables["node"], variables["target"]
+    assert node["type"] == target["type"] == "query"
+    assert node["datasource"]["uid"] == target["datasource"]["uid"] == "${datasource}"
+    assert _variable_query(node) == "label_values(backup_sidecar_up, node)"
+    # The targets offered are those of the nodes chosen.
+    assert re.fullmatch(r'label_values\(backup_sidecar_\w+\{node=~"\$node"\}, target\)', _variable_query(target))
+    for variable in (node, target):
+        assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    names = list(variables)
+    assert names.index("node") < names.index("target"), "target's query uses $node: node comes first"
 
 
 def test_every_panel_and_query_uses_the_datasource_variable() -> None:
@@ -204,6 +213,64 @@ def test_per_target_queries_follow_the_target_variable() -> None:
             uses = re.findall(rf"(?<![\w:]){re.escape(name)}(?![\w:])(\{{[^}}]*\}})?", expr)
             for matcher in uses:
                 assert 'target=~"$target"' in matcher, f"{name} without the target filter in: {expr}"
+
+
+def selectors(expr: str, name: str) -> list[str]:
+    """The label matchers ("{...}" or "") of each use of the metric `name` in `expr`."""
+    return re.findall(rf"(?<![\w:]){re.escape(name)}(?![\w:])(\{{[^}}]*\}})?", expr)
+
+
+def test_every_query_follows_the_node_variable() -> None:
+    # Every series the sidecar exports carries node; swarm_node_ready names the node it is
+    # about in swarm_node. `up` is Prometheus' own, per address, with no node label.
+    for expr in panel_exprs():
+        for name in promql_metric_names(expr) - SYNTHETIC:
+            label = "swarm_node" if name in SWARM_METRICS else "node"
+            for matcher in selectors(expr, name):
+                assert f'{label}=~"$node"' in matcher, f"{name} without the node filter in: {expr}"
+        for by in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            if "target" in by:
+                assert "node" in by, f"a target of one node must not add up with another's: {expr}"
+
+
+def test_legends_name_the_node() -> None:
+    # Two nodes back up the same global service under the same target name.
+    for panel in walk_panels(load_dashboard()["panels"]):
+        for target in panel.get("targets", []):
+            legend = target.get("legendFormat", "")
+            if "{{target}}" in legend or (legend == "{{instance}}" and "backup_sidecar_" in target["expr"]):
+                assert "{{node}}" in legend, f"{panel['title']}: {legend}"
+
+
+def fleet_table() -> dict:
+    tables = [p for p in walk_panels(load_dashboard()["panels"]) if p["type"] == "table"]
+    assert len(tables) == 1, "one fleet table"
+    return tables[0]
+
+
+def test_fleet_table_has_one_row_per_node() -> None:
+    table = fleet_table()
+    assert table["gridPos"]["y"] <= 1, "the fleet comes first"
+    queries = {t["refId"]: t for t in table["targets"]}
+    for query in queries.values():
+        assert query["format"] == "table" and query["instant"], query["refId"]
+        # One row per node: every query aggregates by node and nothing else.
+        outer = re.match(r"\s*\w+ by \((\w+)\)", query["expr"])
+        assert outer and outer.group(1) == "node", query["expr"]
+    used = set().union(*(promql_metric_names(q["expr"]) for q in queries.values()))
+    assert {"backup_sidecar_up", "backup_sidecar_swarm_node_ready", "backup_sidecar_targets",
+            "backup_sidecar_last_status", "backup_sidecar_last_success_timestamp_seconds",
+            "backup_sidecar_next_run_timestamp_seconds"} <= used
+    # Nodes the managers list but no sidecar reports get a row too: swarm_node becomes node.
+    ready = next(q["expr"] for q in queries.values() if "backup_sidecar_swarm_node_ready" in q["expr"])
+    assert 'label_replace(' in ready and '"node", "$1", "swarm_node"' in ready
+    # The frames are merged on node, and every query's value has a column name.
+    steps = [t["id"] for t in table["transformations"]]
+    assert steps[0] == "merge"
+    organize = next(t["options"] for t in table["transformations"] if t["id"] == "organize")
+    assert {f"Value #{ref}" for ref in queries} <= set(organize["renameByName"])
+    named = {o["matcher"]["options"] for o in table["fieldConfig"]["overrides"]}
+    assert named <= set(organize["renameByName"].values()), named
 
 
 def test_age_panel_is_coloured_against_the_schedule_interval() -> None:
@@ -278,7 +345,7 @@ def alert_tests() -> list[tuple[str, bool, str]]:
 
 
 REQUIRED_ALERTS = {"BackupTooOld", "BackupFailed", "OffsiteCopyTooOld", "BackupCopiesBelowTwo",
-                   "BackupConfigErrors", "BackupSidecarDown"}
+                   "BackupConfigErrors", "BackupSidecarDown", "BackupSidecarNodeWithoutSidecar"}
 
 
 def alerts() -> dict[str, list[str]]:
@@ -316,6 +383,9 @@ def test_every_alert_has_severity_and_names_what_it_is_about() -> None:
                 assert "$labels.target" in summary, f"{name}: the summary must name the target"
             if re.search(r"\bvolume:", fired_labels.get(name, "")):
                 assert "$labels.volume" in summary, f"{name}: the summary must name the volume"
+            for label in ("node", "swarm_node"):
+                if re.search(rf"[{{ ]{label}:", fired_labels.get(name, "")):
+                    assert f"$labels.{label}" in summary, f"{name}: the summary must name the {label}"
 
 
 def test_every_alert_has_firing_and_quiet_test_cases() -> None:
@@ -384,6 +454,18 @@ MUTATIONS = {
         "copies below two - 1 vs 2, fresh targets quiet"),
     "sidecar down reported twice": (
         ALERTS, "or on(job)\n", "or\n", "BackupSidecarDown", "sidecar down - scrape failing (one alert, not two)"),
+    "a node that is down counted as Ready": (
+        ALERTS, 'backup_sidecar_swarm_node_ready{job="backup-sidecar"} == 1)',
+        'backup_sidecar_swarm_node_ready{job="backup-sidecar"} >= 0)', "BackupSidecarNodeWithoutSidecar",
+        "node without sidecar - Ready node, sidecar gone"),
+    "a stopped scheduler reported as a missing sidecar too": (
+        ALERTS, 'max by (node) (backup_sidecar_up{job="backup-sidecar"})',
+        'max by (node) (backup_sidecar_up{job="backup-sidecar"} == 1)', "BackupSidecarNodeWithoutSidecar",
+        "node without sidecar - Ready node, sidecar gone"),
+    "the node left out of a summary": (
+        ALERTS, 'summary: "Backup of {{ $labels.target }}/{{ $labels.volume }}{{ with $labels.node }} on {{ . }}{{ end }}',
+        'summary: "Backup of {{ $labels.target }}/{{ $labels.volume }}', "BackupTooOld",
+        "too old - the same target on two nodes"),
 }
 
 

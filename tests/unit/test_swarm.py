@@ -11,11 +11,13 @@ from sidecar.schedule import parse_schedule
 from sidecar.swarm import (
     ServiceMode,
     SwarmService,
+    TaskStatus,
     backed_up_elsewhere,
     merged_labels,
     placement_warning,
     stop_problem,
     task_of,
+    unseen_on_workers,
     with_service,
 )
 
@@ -143,3 +145,15 @@ def test_a_compose_container_is_untouched_by_the_swarm_rules():
     plain = dataclasses.replace(task_container({"backup.enable": "true", "backup.strategy": "stop"}),
                                 labels={"backup.enable": "true", "backup.strategy": "stop"}, swarm=None)
     assert [t.config.strategy for t in discover([plain], DAILY).targets] == [Strategy.STOP]
+
+
+def test_a_manager_names_deploy_labels_that_workers_cannot_read():
+
+    service = _service(labels={"backup.enable": "true"})
+    tasks = [TaskStatus("t1", "w1", 1, "running", "running"), TaskStatus("t2", "m1", 2, "running", "running"),
+             TaskStatus("t3", "w2", 3, "shutdown", "shutdown")]
+    why = unseen_on_workers(service, {}, {"w1": "node2", "w2": "node3"}, tasks)
+    assert "node2" in why and "node3" not in why and "deploy.labels" in why and "labels:" in why
+    assert unseen_on_workers(service, {"backup.enable": "true"}, {"w1": "node2"}, tasks) is None  # containers carry them
+    assert unseen_on_workers(service, {}, {}, tasks) is None  # every task on a manager
+    assert unseen_on_workers(_service(), {}, {"w1": "node2"}, tasks) is None  # not labelled at all

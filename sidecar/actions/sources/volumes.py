@@ -24,7 +24,7 @@ from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, Vol
 from ... import readers, unpack
 from ...readers.mirror import mirror_folder
 from ..context import Context
-from ..interrupt import Interruption, InterruptionKind, is_left_stopped, journal_left_stopped, put_back
+from ..interrupt import Interruption, InterruptionKind, is_left_stopped, journal_left_stopped, put_back_left
 from .base import ArchivePath, RestoreOutcome, RestoreRequest
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
     """Stop, empty, unpack, start; returns the seconds the container was down. A container a
     failed restore left stopped is started once this restore succeeds."""
     container, backup_name, mount = request.container, request.backup_name, how.mount
-    was_left = is_left_stopped(ctx, container.id)
+    was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
         current = ctx.engine.inspect(container.id)
         stop = None
@@ -194,7 +194,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
             raise
     if was_left:
-        put_back(ctx, container.id, InterruptionKind.STOPPED, backup_name)
+        put_back_left(ctx, container, backup_name)
         logger.info("container a failed restore had left stopped started again", extra={**fields, "phase": "start"})
     return stop.seconds if stop is not None else 0.0
 
