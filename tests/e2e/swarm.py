@@ -53,6 +53,13 @@ Findings on this lab (Engine 20.10.24, two netns nodes; the lead's design depend
    worker's engine answers services/tasks/nodes calls with HTTP 503 "This node is not a swarm
    manager. Worker nodes can't be used to view or modify cluster state..."; its `docker info`
    Swarm section has NodeID, NodeAddr, LocalNodeState=active, ControlAvailable=false.
+6. Also seen: `restore` (docker stop + start of a global task's container, restart condition
+   on-failure) restores fine, but Swarm then lists that task "Shutdown / Complete" while its
+   container runs again outside Swarm's view (as in 3, `none`); with condition `any` Swarm
+   would start a replacement task on the same volume ~7 s after the stop, during the restore.
+   In an overlay container, Python's socket.gethostbyname_ex("tasks.backup") timed out while
+   getaddrinfo(..., AF_INET) and busybox nslookup answered at once (the embedded DNS forwards
+   what it cannot answer to the node's resolvers, unreachable here).
 """
 
 from __future__ import annotations

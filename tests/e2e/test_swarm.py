@@ -182,3 +182,27 @@ def test_restore_on_node2_from_node1s_prefix(fleet, backed_up):
                             "--node", "node1", "--force")
     assert code == 0, out
     assert lab.volume_tar("node2", APP_VOLUME) == node1_data
+
+
+def test_a_replicated_service_is_backed_up_by_its_slot_1_node_only(fleet):
+    lab, _s3, _bucket = fleet
+    lab.create_service("rep", "--replicas", "2", "--replicas-max-per-node", "1",
+                       "--mount", "type=volume,src=repdata,dst=/data",
+                       "--container-label", "backup.enable=true", "--container-label", "backup.name=rep",
+                       "--container-label", "backup.strategy=hot", command=["sh", "-c", IDLE])
+    tasks = lab.wait_running("rep", 2)
+    slot1 = lab.node_of_task(next(t for t in tasks if t["Slot"] == 1))
+    other = next(node for node in lab.nodes if node is not slot1)
+    for node in lab.nodes:
+        lab.run_on(node, f"echo 'replica on {node.name}' > who.txt", {"repdata": "/data"})
+
+    code, out = lab.sidecar(slot1, "backup", "rep")
+    assert code == 0, out
+    code, out = lab.sidecar(other, "backup", "rep")
+    assert code != 0 and "rep" in out, out  # not a target there: slot 1 runs elsewhere
+    archives = {node.name: sorted(k for k in lab.volume_tar(node, BACKUP_VOLUME)
+                                  if k.startswith("daily/rep_") and k.endswith(".tar.zst"))
+                for node in lab.nodes}
+    assert len(archives[slot1.name]) == 1 and archives[other.name] == []
+    data = lab.volume_tar(slot1, BACKUP_VOLUME)[archives[slot1.name][0]]
+    assert archive_files(data) == lab.volume_tar(slot1, "repdata")

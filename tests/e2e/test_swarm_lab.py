@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import docker.errors
 import pytest
 
 from .support import BUSYBOX, wait_for
@@ -59,3 +60,44 @@ def _get(url: str) -> str | None:
             return answer.read().decode().strip()
     except OSError:
         return None
+
+
+def test_scale_to_zero_removes_the_task_container_and_keeps_the_volume(swarm):
+    """Finding 2 (swarm.py): the task container goes (stopped, then removed), its volume stays,
+    and the service's Version.Index moves only with our own spec updates."""
+    swarm.create_service("rep", "--replicas", "1", "--constraint", "node.hostname==node2",
+                         "--mount", "type=volume,src=repdata,dst=/data", command=["sh", "-c", IDLE])
+    swarm.wait_running("rep", 1)
+    old = swarm.task_container("rep", "node2").id
+    swarm.scale("rep", 0)
+    version = swarm.service_version("rep")
+    swarm.wait_running("rep", 0, timeout=60)
+    wait_for(lambda: not swarm.service_containers("rep", all=True), timeout=60, what="the task container's removal")
+    assert "repdata" in {v.name for v in swarm.worker.client.volumes.list()}
+    swarm.scale("rep", 1)
+    swarm.wait_running("rep", 1)
+    assert swarm.task_container("rep", "node2").id != old
+    assert swarm.service_version("rep") > version  # our second update
+    assert swarm.replicas("rep") == 1
+
+
+def test_task_labels_and_a_worker_that_cannot_read_the_cluster(swarm):
+    """Finding 5 (swarm.py): stack `labels:` land on containers, `deploy.labels` on the service."""
+    swarm.deploy_stack("lst", f"""
+version: "3.8"
+services:
+  app:
+    image: {BUSYBOX}
+    command: ["sh", "-c", {IDLE!r}]
+    labels: {{backup.enable: "true"}}
+    deploy: {{mode: global, labels: {{backup.strategy: hot}}}}
+""")
+    swarm.wait_running("lst_app", 2)
+    labels = swarm.task_container("lst_app", "node2").labels
+    assert labels["backup.enable"] == "true" and "backup.strategy" not in labels
+    assert labels["com.docker.swarm.service.name"] == "lst_app" and labels["com.docker.stack.namespace"] == "lst"
+    assert {"com.docker.swarm.node.id", "com.docker.swarm.task.id", "com.docker.swarm.task.name"} <= set(labels)
+    assert swarm.manager.client.api.inspect_service("lst_app")["Spec"]["Labels"]["backup.strategy"] == "hot"
+    with pytest.raises(docker.errors.APIError) as refused:
+        swarm.worker.client.api.services()
+    assert refused.value.status_code == 503 and "not a swarm manager" in str(refused.value)
