@@ -89,7 +89,8 @@ class NamespacedEngine:
             os.makedirs(SOCKET_DIR, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_terminate_with_parent)
         client = wait_for(lambda: self._client() or self.proc.poll() is not None, timeout=timeout, interval=0.2,
                           what="the engine in its namespace to answer")
         if self.proc.poll() is not None:
@@ -141,6 +142,18 @@ class NamespacedEngine:
         shutil.rmtree(self.root / "data", ignore_errors=True)
         shutil.rmtree(self.exec_root, ignore_errors=True)
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies (nsenter, unshare and
+    the shell's `exec` keep the same process up to dockerd), so a killed pytest leaves no
+    engine running. Linux; best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _mounts_under(*folders: Path) -> list[str]:

@@ -31,7 +31,8 @@ def test_host_network_tasks_serve_on_the_node_addresses_and_reach_the_host(swarm
     # reached the host-side SeaweedFS (any HTTP answer).
     script = (f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {s3_host} {s3_port} | head -1 > /tmp/s3; "
               f"echo $(hostname) $(cat /tmp/s3) > /tmp/index.html; exec httpd -f -p {port} -h /tmp")
-    swarm.create_service("web", "--mode", "global", "--network", "host", command=["sh", "-c", script])
+    swarm.create_service("web", "--mode", "global", "--network", "host", "--stop-grace-period", "1s",
+                         command=["sh", "-c", script])
     swarm.wait_running("web", 2)
     for node in swarm.nodes:
         answer = wait_for(lambda: _get(f"http://{node.address}:{port}/index.html"), timeout=30,
@@ -88,7 +89,7 @@ version: "3.8"
 services:
   app:
     image: {BUSYBOX}
-    command: ["sh", "-c", {IDLE!r}]
+    command: ["sh", "-c", {IDLE.replace("$", "$$")!r}]
     labels: {{backup.enable: "true"}}
     deploy: {{mode: global, labels: {{backup.strategy: hot}}}}
 """)
