@@ -451,6 +451,29 @@ class Engine:
                 found.append(why)
         return found
 
+    def service_containers(self, service_id: str) -> list[ContainerInfo]:
+        """This node's containers of a Swarm service (running or not): a scale back starts new ones."""
+        with _engine_call("list containers of service", service_id):
+            rows = self.api.containers(all=True, filters={"label": f"{SERVICE_ID_LABEL}={service_id}"})
+        return [_from_list_row(row) for row in rows]
+
+    @contextmanager
+    def stand_in(self, image: str, mounts: tuple[Mount, ...], purpose: str = "stand-in") -> Iterator[str]:
+        """A created, never started, container with the same mounts at the same paths as a
+        container that is gone (a Swarm task removed by a scale to 0): the archive API and
+        helpers reach its volumes through it. Removed on the way out; yields its id."""
+        name = WORKER_NAME_PREFIX + uuid.uuid4().hex[:16]
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(self.remove_worker, name)  # registered before it exists
+            binds = [docker.types.Mount(m.destination, m.source, type=m.kind, read_only=m.read_only,
+                                        no_copy=m.kind == "volume") for m in mounts]
+            with _engine_call("create a stand-in container from image", image):
+                created = self.api.create_container(
+                    image=image, name=name, entrypoint=["true"], command=[], network_disabled=True,
+                    labels={WORKER_LABEL: purpose}, healthcheck={"test": ["NONE"]},
+                    host_config=self.api.create_host_config(mounts=binds, network_mode="none", cap_drop=["ALL"]))
+            yield created["Id"]
+
     def _labelled_services(self, label: str) -> list[str]:
         if not self.is_swarm_manager():
             return []

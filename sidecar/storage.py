@@ -271,6 +271,10 @@ class JournalEntry:
     # sidecar died before it learnt it).
     replicas: int | None = None
     version: int | None = None
+    # "left-stopped" of a replicated Swarm service: what a later restore needs to reach its
+    # volumes once Swarm has removed the task containers (image id; [kind, source, destination]).
+    image: str | None = None
+    mounts: list | None = None
 
 
 class Journal:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import ArchiveResult
-from ..errors import BackupAborted, BackupBusy, BackupError, SidecarError, StoppedByOthers
+from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, SidecarError, StoppedByOthers
 from ..groups import Group
 from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
+from ..swarm import ServiceMode
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
@@ -138,8 +139,9 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
     with contextlib.ExitStack() as partial:  # unfinished archives are removed on every way out
         hot: list[Capture] = []
         cold: list[Capture] = []
+        reading = partial.enter_context(ctx.readable(container)) if _scales(target, container) else container
         for source in sources:
-            captures = partial.enter_context(source.capture(ctx, target, container, archive_path))
+            captures = partial.enter_context(source.capture(ctx, target, reading, archive_path))
             (cold if source.needs_quiesce(target) else hot).extend(captures)
         for capture in hot:  # e.g. an app's dump: the app must run
             capture.read()
@@ -150,11 +152,31 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
                 capture.read()
         archives = _publish(ctx, target, hot + cold)
     try:
-        _command(ctx, target, container.id, target.config.exec_post, "post", None)
+        _command(ctx, target, _after_window(ctx, container), target.config.exec_post, "post", None)
         image = _image_export(ctx, target)
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
     return archives, window.seconds, image
+
+
+def _scales(target: Target, container: ContainerInfo) -> bool:
+    """A stop of a replicated Swarm service's task: the service is scaled to 0 (see interrupt)."""
+    return (target.config.strategy is Strategy.STOP and container.swarm is not None
+            and container.swarm.mode is ServiceMode.REPLICATED)
+
+
+def _after_window(ctx: Context, container: ContainerInfo) -> str:
+    """The container backup.exec.post runs in: the same one, or, when a scale back replaced
+    a replicated Swarm service's task, this node's running task in the same slot."""
+    task = container.swarm
+    if task is None or task.mode is not ServiceMode.REPLICATED:
+        return container.id
+    try:
+        now = [c for c in ctx.engine.service_containers(task.service_id) if c.state is ContainerState.RUNNING
+               and c.swarm is not None and c.swarm.slot == task.slot]
+    except SidecarError:
+        return container.id
+    return now[0].id if now else container.id
 
 
 def _prepare(capture: Capture) -> None:
@@ -311,7 +333,10 @@ def _command(ctx: Context, target: Target, container_id: str, command: str | Non
         return
     fields = {"target": target.backup_name, "phase": phase}
     if running is None:
-        running = ctx.engine.state(container_id) is ContainerState.RUNNING
+        try:
+            running = ctx.engine.state(container_id) is ContainerState.RUNNING
+        except ContainerNotFound:
+            running = False
     if not running:
         logger.warning(f"backup.exec.{phase} not run: the container is not running", extra=fields)
         return

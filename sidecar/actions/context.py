@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..crypto import EncryptionConfig
 from ..destinations import Destination, from_settings
@@ -18,6 +20,7 @@ from ..naming import ENCRYPTED_SUFFIX
 from ..readers import WorkerSettings
 from ..settings import Settings
 from ..storage import BackupStore, Journal
+from ..swarm import ServiceMode
 
 
 @dataclass
@@ -95,3 +98,24 @@ class Context:
             own = self.engine.own_container() if self.engine is not None else None
             self._own = own.id if own is not None else ""
         return self._own or None
+
+    def helper_image(self, container: ContainerInfo) -> str:
+        """The image of short-lived helper containers: BACKUP_HELPER_IMAGE, else the
+        sidecar's own image, else `container`'s."""
+        if self.settings.helper_image is not None:
+            return self.settings.helper_image
+        own = self.engine.own_container()
+        return own.image_id if own is not None else container.image_id
+
+    @contextlib.contextmanager
+    def readable(self, container: ContainerInfo) -> Iterator[ContainerInfo]:
+        """`container`, or for a task of a replicated Swarm service (which a stop scales to
+        0: Swarm then removes the task's container) a stand-in with the same mounts, whose id
+        every read and write through the engine uses instead."""
+        task = container.swarm
+        if task is None or task.mode is not ServiceMode.REPLICATED:
+            yield container
+            return
+        with self.engine.stand_in(self.helper_image(container), container.mounts) as stand_in_id:
+            yield dataclasses.replace(container, id=stand_in_id)
+

@@ -31,9 +31,9 @@ from types import TracebackType
 from typing import Sequence
 
 from ..errors import BackupError, ContainerNotFound, EngineError, SidecarError
-from ..model import ContainerEvent, ContainerInfo, ContainerState
+from ..model import ContainerEvent, ContainerInfo, ContainerState, Mount
 from ..storage import JournalEntry
-from ..swarm import ServiceMode, SwarmService
+from ..swarm import ServiceMode, SwarmService, SwarmTask
 from .context import Context
 
 logger = logging.getLogger(__name__)
@@ -401,8 +401,24 @@ def journal_left_stopped(ctx: Context, container: ContainerInfo, target: str) ->
     A replicated Swarm service stays at 0 replicas; the entry keeps the count to restore."""
     key, name = journal_key(container)
     replicas = next((e.replicas for e in ctx.journal.entries() if e.container_id == key), None)
+    if replicas is None:
+        ctx.journal.add(JournalEntry(key, name, InterruptionKind.LEFT_STOPPED.value, target, time.time()))
+        return
     ctx.journal.add(JournalEntry(key, name, InterruptionKind.LEFT_STOPPED.value, target, time.time(),
-                                 replicas=replicas))
+                                 replicas=replicas, image=container.image_id,
+                                 mounts=[[m.kind, m.source, m.destination] for m in container.mounts]))
+
+
+def left_at_zero(ctx: Context, target: str) -> ContainerInfo | None:
+    """A replicated Swarm service a failed restore left at 0 replicas, as a container
+    without an id (Swarm removed its task containers) that a restore can still reach the
+    volumes of, through a stand-in (Context.readable)."""
+    for e in ctx.journal.entries():
+        if e.target == target and e.action == InterruptionKind.LEFT_STOPPED.value and e.mounts is not None:
+            task = SwarmTask(e.container_id, e.container_name, "", "", 1)
+            return ContainerInfo("", e.container_name, e.image or "", e.image or "", ContainerState.EXITED, {},
+                                 tuple(Mount(kind, source, dest) for kind, source, dest in e.mounts), swarm=task)
+    return None
 
 
 def left_stopped_entry(ctx: Context, container: ContainerInfo) -> JournalEntry | None:

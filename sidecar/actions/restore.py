@@ -13,6 +13,7 @@ from ..labels import DEFAULT_STOP_TIMEOUT, label_backup_name
 from ..model import ContainerInfo
 from ..naming import parse_name
 from .context import Context
+from .interrupt import left_at_zero
 from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes
 
 __all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote"]
@@ -41,6 +42,10 @@ def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
     if target is not None:
         return target.container, target.backup_name, target.config.stop_timeout
     container = ctx.engine.find_container(ref)
+    if container is None and (gone := left_at_zero(ctx, ref)) is not None:
+        logger.info("restoring a Swarm service a failed restore left at 0 replicas", extra={
+            "target": ref, "service": gone.name})
+        return gone, ref, DEFAULT_STOP_TIMEOUT
     if container is None:
         raise NotFound(f"no target or container named {ref!r}")
     return container, label_backup_name(container), DEFAULT_STOP_TIMEOUT

@@ -14,6 +14,7 @@ Mounts are named volumes called after their folder's name.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import shutil
@@ -73,6 +74,7 @@ class FakeEngine:
         self.manager = False  # a Swarm manager: services can be read and scaled
         self.services: dict[str, SwarmService] = {}
         self.unseen: list[str] = []  # unseen_on_workers: what a manager reports
+        self._scaled_away: dict[str, list[FakeContainer]] = {}  # service id -> its removed task containers
         self.on_scale = None  # called with (service id, replicas) after a scale (e.g. someone else's update)
         self.tasks_linger = 0  # service_tasks calls that still show a scaled-down task running
 
@@ -231,11 +233,37 @@ class FakeEngine:
         if version is not None and version != service.version:
             raise EngineError(f"scale service {service.name}: update out of sequence")
         self.services[service_id] = service = replace(service, replicas=replicas, version=service.version + 1)
-        for c in self._task_containers(service_id):
-            self.set_state(c.info.id, ContainerState.RUNNING if replicas else ContainerState.EXITED)
+        # As Swarm does: a scale to 0 removes the task containers (their volumes stay); a
+        # scale back starts new ones (new ids).
+        if replicas == 0:
+            for c in self._task_containers(service_id):
+                self._scaled_away.setdefault(service_id, []).append(c)
+                del self.containers[c.info.id]
+        else:
+            for old in self._scaled_away.pop(service_id, []):
+                self._seq += 1
+                cid = f"{self._seq:02d}".ljust(64, "c")
+                self.containers[cid] = replace(old, info=replace(old.info, id=cid, state=ContainerState.RUNNING))
         if self.on_scale is not None:  # someone else's change just after ours: not in what we were told
             self.on_scale(service_id, replicas)
         return service
+
+    def service_containers(self, service_id: str) -> list[ContainerInfo]:
+        self._call("service_containers", service_id)
+        return [c.info for c in self._task_containers(service_id)]
+
+    @contextlib.contextmanager
+    def stand_in(self, image: str, mounts, purpose: str = "stand-in"):
+        """A container with the same folders as the one whose mounts these are."""
+        self._call("stand_in", image)
+        known = list(self.containers.values()) + [c for gone in self._scaled_away.values() for c in gone]
+        source = next(c for c in known if c.info.mounts == tuple(mounts))
+        info = self.add_container("stand-in", {"backup-sidecar.worker": purpose}, dict(source.folders),
+                                  state=ContainerState.CREATED)
+        try:
+            yield info.id
+        finally:
+            self.containers.pop(info.id, None)
 
     def someone_scales(self, service_id: str, replicas: int) -> None:
         """`docker service scale` by someone else."""
@@ -246,10 +274,12 @@ class FakeEngine:
         self._call("service_tasks", service_id)
         linger = self.tasks_linger > 0
         self.tasks_linger -= 1
+        tasks = self._task_containers(service_id) + self._scaled_away.get(service_id, [])
         return [TaskStatus(f"t{i}", "node1id", c.info.swarm.slot if c.info.swarm else None,
-                           "running" if c.info.state is ContainerState.RUNNING or linger else "shutdown",
+                           "running" if (c.info.id in self.containers and c.info.state is ContainerState.RUNNING)
+                           or linger else "shutdown",
                            "running" if self.services[service_id].replicas else "shutdown")
-                for i, c in enumerate(self._task_containers(service_id))]
+                for i, c in enumerate(tasks)]
 
     def state(self, container_id: str) -> ContainerState:
         self._call("state", container_id)

@@ -173,14 +173,16 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
     container, backup_name, mount = request.container, request.backup_name, how.mount
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
-        current = ctx.engine.inspect(container.id)
+        current = ctx.engine.inspect(container.id) if container.id else container  # "": see left_at_zero
         stop = None
         if current.state in (ContainerState.RUNNING, ContainerState.PAUSED, ContainerState.RESTARTING):
             stop = stack.enter_context(Interruption(ctx, current, InterruptionKind.STOPPED, backup_name,
                                                     request.stop_timeout))
+        # A replicated Swarm service's task containers go with a scale to 0: a stand-in reaches its volumes.
+        current = stack.enter_context(ctx.readable(current))
         emptied = was_left
         try:
-            if not ctx.engine.path_is_empty(container.id, mount.destination):
+            if not ctx.engine.path_is_empty(current.id, mount.destination):
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
                 emptied = True
@@ -237,10 +239,7 @@ def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan | N
 def _clear(ctx: Context, container: ContainerInfo, mount: Mount) -> None:
     """Empty the mount through a short-lived helper container that shares the target's
     mounts (the engine's API cannot delete files)."""
-    image = ctx.settings.helper_image
-    if image is None:
-        own = ctx.engine.own_container()
-        image = own.image_id if own is not None else container.image_id
+    image = ctx.helper_image(container)
     code, logs = ctx.engine.run_helper(image, container.id, ["sh", "-c", _CLEAR_SCRIPT, "sh", mount.destination])
     if code != 0:
         raise RestoreError(
