@@ -236,6 +236,10 @@ class SwarmLab:
         return {n["Description"]["Hostname"] for n in self.manager.client.api.nodes()
                 if n["Status"]["State"] == "ready"}
 
+    def node_addresses(self) -> dict[str, str]:
+        """{hostname: address} of every node as the manager lists them (Status.Addr)."""
+        return {n["Description"]["Hostname"]: n["Status"]["Addr"] for n in self.manager.client.api.nodes()}
+
     def node_of_task(self, task: dict) -> Node:
         node_id = task["NodeID"]
         hostname = self.manager.client.api.inspect_node(node_id)["Description"]["Hostname"]
@@ -329,10 +333,12 @@ class SwarmLab:
 
     # --- the sidecar -------------------------------------------------------------------------
     def deploy_sidecar(self, image: str, env: dict[str, str], name: str = "backup", network: str = "host",
-                       backup_volume: str = "bst-backups", labels: dict[str, str] | None = None) -> str:
+                       backup_volume: str = "bst-backups", labels: dict[str, str] | None = None,
+                       publish: tuple[int, int] | None = None) -> str:
         """The sidecar image as a global service (see `sidecar_service_options`); waits until a
         task runs on every node."""
-        self.create_service(name, *sidecar_service_options(self, env, network, backup_volume, labels), image=image)
+        self.create_service(name, *sidecar_service_options(self, env, network, backup_volume, labels, publish),
+                            image=image)
         self.wait_running(name, len(self.nodes))
         return name
 
@@ -410,14 +416,19 @@ def volume_files(client: docker.DockerClient, volume: str) -> dict[str, bytes]:
 
 # --- the sidecar as a global service ------------------------------------------------------
 def sidecar_service_options(lab: SwarmLab, env: dict[str, str], network: str = "host",
-                            backup_volume: str = "bst-backups", labels: dict[str, str] | None = None) -> list[str]:
+                            backup_volume: str = "bst-backups", labels: dict[str, str] | None = None,
+                            publish: tuple[int, int] | None = None) -> list[str]:
     """`docker service create` options for the sidecar image as a global service: the node's
     socket mounted where the sidecar expects it, with the socket's group (the image runs as uid
-    10001), a backup volume per node, `env` and container `labels`."""
+    10001), a backup volume per node, `env` and container `labels`; `publish` (node port,
+    container port) in host mode: each task on its node's address (checked: works with the
+    node engines' own iptables)."""
     gid = os.stat(lab.manager.engine.sock).st_gid  # dockerd's --group ("docker"): the same on both
     options = ["--mode", "global", "--network", network, "--group", str(gid),
                "--mount", f"type=bind,src={NODE_SOCKET},dst=/var/run/docker.sock",
                "--mount", f"type=volume,src={backup_volume},dst=/backups"]
+    if publish is not None:
+        options += ["--publish", f"mode=host,published={publish[0]},target={publish[1]}"]
     for key, value in env.items():
         options += ["--env", f"{key}={value}"]
     for key, value in (labels or {}).items():

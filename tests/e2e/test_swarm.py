@@ -1,7 +1,9 @@
 """Issue 13 end to end, on the two-node Swarm lab (tests/e2e/swarm.py): the sidecar image as a
 global service on node1 (manager) and node2 (worker), each backing up its own node's volume
 to the shared SeaweedFS under its node's prefix; the fleet's metrics scraped through the
-tasks' addresses on an overlay network (as Prometheus does with `tasks.backup`); a restore on
+tasks' addresses on an overlay network (as Prometheus does with `tasks.backup`) and through
+the nodes' addresses (a port published in host mode); a replicated service backed up by its
+slot-1 node only; a restore on
 node2 from node1's prefix.
 
 Contract (issue 13): node name = the engine's `docker info` Name; with BACKUP_NODE_PREFIX=auto
@@ -21,7 +23,7 @@ import uuid
 import pytest
 import zstandard
 
-from .swarm import IDLE, metric_samples, s3_env, sidecar_service_options
+from .swarm import IDLE, metric_samples, s3_env, scrape, sidecar_service_options
 from .support import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,7 @@ APP = "app"
 APP_VOLUME = "appdata"
 BACKUP_VOLUME = "bst-backups"  # the sidecar's backup volume, one per node
 METRICS_PORT = 9918
+NODE_METRICS_PORT = 19918  # published in host mode: each task on its node's address
 PREFIX = "fleet"
 
 
@@ -47,7 +50,8 @@ def fleet(swarm_lab, swarm_s3, worker_image):
         lab.manager.docker("network", "create", "-d", "overlay", "--attachable", "fleet")
         env = {"BACKUP_PROJECT": "*", "LOG_FORMAT": "json", "TZ": "UTC",
                "METRICS_PORT": str(METRICS_PORT), "METRICS_ADDR": "0.0.0.0", **s3_env(swarm_s3, bucket, PREFIX)}
-        lab.create_service(SIDECAR, *sidecar_service_options(lab, env, network="fleet", backup_volume=BACKUP_VOLUME),
+        lab.create_service(SIDECAR, *sidecar_service_options(lab, env, network="fleet", backup_volume=BACKUP_VOLUME,
+                                                             publish=(NODE_METRICS_PORT, METRICS_PORT)),
                            image=worker_image)
         # on-failure: the pause strategy never ends the task; a restore's stop (exit 0) is not
         # fought by a replacement task (finding 3 in swarm.py).
@@ -172,6 +176,12 @@ def test_fleet_metrics_through_the_tasks_addresses(fleet, worker_image):
     assert ready == {"node1": 1, "node2": 1}
     # A worker cannot read the cluster: no node series from node2's sidecar.
     assert metric_samples(by_node["node2"], "backup_sidecar_swarm_node_ready") == []
+
+    # The same fleet from outside the swarm: each node's address (as the manager lists it),
+    # the port published in host mode there.
+    for name, address in lab.node_addresses().items():
+        [(labels, value)] = metric_samples(scrape(address, NODE_METRICS_PORT), "backup_sidecar_up")
+        assert labels.get("node") == name and value == 1
 
 
 def test_restore_on_node2_from_node1s_prefix(fleet, backed_up):
