@@ -11,6 +11,7 @@ import pytest
 
 from .compose import Stack, compose_binary
 from .support import BUSYBOX, REPO, SIDECAR_IMAGE, WORKER_IMAGE, Lab
+from .swarm import swarm, swarm_lab, swarm_s3  # noqa: F401 - fixtures of the two-node Swarm lab
 
 
 def pytest_collection_modifyitems(items):

@@ -77,13 +77,15 @@ class S3Server:
     """One `weed server` with an S3 gateway on 127.0.0.1. `start()` waits until the store
     takes writes; `stop()` sends SIGTERM, then SIGKILL after `grace` seconds."""
 
-    def __init__(self, weed: str, workdir: Path):
+    def __init__(self, weed: str, workdir: Path, ip: str = "127.0.0.1"):
         self.weed = weed
+        # Another address than 127.0.0.1: for clients in other network namespaces (tests/e2e/swarm.py).
+        self.ip = ip
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_path = workdir / "weed.log"
         self.s3_port, self.master_port, self.volume_port, self.filer_port = free_ports(4)
-        self.endpoint_url = f"http://127.0.0.1:{self.s3_port}"
+        self.endpoint_url = f"http://{ip}:{self.s3_port}"
         self._proc: subprocess.Popen | None = None
 
     # --- what tests use -------------------------------------------------------------
@@ -104,7 +106,7 @@ class S3Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             # glog writes files into /tmp unless told to log to stderr (our log file).
-            self.weed, "-logtostderr", "server", f"-dir={self.data_dir}", "-ip=127.0.0.1",
+            self.weed, "-logtostderr", "server", f"-dir={self.data_dir}", f"-ip={self.ip}",
             "-s3", f"-s3.port={self.s3_port}", f"-master.port={self.master_port}",
             f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",

@@ -1,85 +1,28 @@
 """Issue 11's fault suite, the engine's part: the Docker engine restarted while the daemon
 idles and while a backup runs. A second engine of the test's own (TESTBED.md, "A second
-Docker engine"), so the shared one is never disturbed; busybox is loaded into it with
+Docker engine", tests/e2e/netns_engine.py), so the shared one is never disturbed; busybox is loaded into it with
 `docker save | docker load`."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
-import tempfile
-from pathlib import Path
 
 import docker
 import pytest
 
+from .netns_engine import NamespacedEngine, tools_missing
 from .support import BUSYBOX, IDLE, log_records, wait_for
 from .test_faults import SLOW_DATA, assert_nothing_incomplete, journal
 
 pytestmark = pytest.mark.slow
 
 
-class SecondEngine:
-    """dockerd on a socket of its own, with its own data and exec roots; restartable."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        # The exec root holds containerd's sockets: keep its path short (108-byte limit).
-        self.exec_root = Path(tempfile.mkdtemp(prefix="bst-e2-"))
-        self.sock = self.exec_root / "docker.sock"
-        self.url = f"unix://{self.sock}"
-        self.proc: subprocess.Popen | None = None
-        # Its own network namespace: an engine started with `--bridge none` deletes the host's
-        # docker0 bridge (the shared engine's) in the namespace it runs in.
-        self.netns = self.exec_root.name
-        subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        self.log = root / "dockerd.log"
-
-    def start(self) -> docker.DockerClient:
-        cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", "dockerd", "--data-root", str(self.root / "data"),
-               "--exec-root", str(self.exec_root / "x"), "--pidfile", str(self.exec_root / "pid"), "-H", self.url,
-               "--bridge", "none", "--iptables=false", "--ip-masq=false"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        client = wait_for(lambda: self._client() or self.proc.poll() is not None, timeout=60, interval=0.2,
-                          what="the second engine to answer")
-        if self.proc.poll() is not None:
-            raise RuntimeError("the second engine exited:\n" + self.log.read_text()[-2000:])
-        return client
-
-    def _client(self) -> docker.DockerClient | None:
-        try:
-            client = docker.DockerClient(base_url=self.url, timeout=120)
-            client.ping()
-            return client
-        except Exception:  # noqa: BLE001 - not up yet
-            return None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def remove(self) -> None:
-        self.stop()
-        # dockerd makes its data root a private mount of its own and may leave it behind.
-        subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, check=False)
-        shutil.rmtree(self.root / "data", ignore_errors=True)
-        shutil.rmtree(self.exec_root, ignore_errors=True)
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-
-
 @pytest.fixture
 def engine2(docker_client, tmp_path):
-    if shutil.which("dockerd") is None or shutil.which("nsenter") is None or shutil.which("ip") is None:
-        pytest.skip("needs dockerd, nsenter and ip (iproute2)")
-    engine = SecondEngine(tmp_path / "engine2")
-    engine.root.mkdir()
+    if tools_missing():
+        pytest.skip(tools_missing())
+    engine = NamespacedEngine(tmp_path / "engine2")
     try:
         client = engine.start()
     except BaseException:
