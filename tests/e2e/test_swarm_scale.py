@@ -109,7 +109,7 @@ def test_a_sidecar_killed_mid_backup_scales_it_back_from_the_journal(scaled):
     lab.kill_task_container(SIDECAR, manager)  # SIGKILL: no put back by the process itself
     runner.join(60)
     try:
-        lab.wait_replaced(SIDECAR, manager, old)  # Swarm starts a new sidecar task; its start runs recovery
+        lab.wait_replaced(SIDECAR, manager, old, timeout=240)  # Swarm starts a new sidecar task; its start runs recovery
     except AssertionError as err:
         raise AssertionError(f"{err}\n{diagnose(lab, SIDECAR)}") from None
     wait_for(lambda: lab.replicas(DB) == REPLICAS, timeout=180, interval=0.5,
