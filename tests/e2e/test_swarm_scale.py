@@ -69,6 +69,12 @@ def diagnose(lab, service: str) -> str:
     return ps + "\n".join(logs)
 
 
+def plan_json(out: str) -> dict:
+    """`plan --json`'s document in what the exec printed (JSON log lines on stderr beside it)."""
+    start = out.index('{\n  "scope"')
+    return json.JSONDecoder().raw_decode(out[start:])[0]
+
+
 def journal(lab) -> list[dict]:
     files = lab.volume_tar(lab.manager, BACKUP_VOLUME)
     raw = files.get(".sidecar/journal.json")
@@ -149,3 +155,45 @@ def test_the_worker_node_refuses_a_replicated_stop_with_the_reason(scaled):
         assert lab.replicas("wdb") == 1
     finally:
         lab.remove_service("wdb")
+
+
+def test_service_labels_are_read_on_the_manager_and_their_blind_spots_named(scaled):
+    lab = scaled
+    manager, worker = lab.manager, lab.worker
+    idle = ["sh", "-c", IDLE]
+    # deploy.labels only, on the manager: its sidecar reads them from the service.
+    lab.create_service("svclab", "--replicas", "1", "--constraint", f"node.hostname=={manager.name}",
+                       "--mount", "type=volume,src=svclabdata,dst=/data", "--label", "backup.enable=true",
+                       "--label", "backup.strategy=pause", "--label", "backup.schedule=@hourly", command=idle)
+    # the same label in both places, with different values: refused, both named.
+    lab.create_service("clash", "--replicas", "1", "--constraint", f"node.hostname=={manager.name}",
+                       "--mount", "type=volume,src=clashdata,dst=/data", "--label", "backup.enable=true",
+                       "--label", "backup.strategy=pause", "--container-label", "backup.strategy=hot", command=idle)
+    # deploy.labels only, on the worker: nobody there can read them; the manager says so.
+    lab.create_service("blind", "--replicas", "1", "--constraint", f"node.hostname=={worker.name}",
+                       "--label", "backup.enable=true", command=idle)
+    # a global service on stop with Swarm's default restart policy: refused with the reason.
+    lab.create_service("agent", "--mode", "global", "--mount", "type=volume,src=agentdata,dst=/data",
+                       "--container-label", "backup.enable=true", "--container-label", "backup.strategy=stop",
+                       command=idle)
+    try:
+        for name, count in (("svclab", 1), ("clash", 1), ("blind", 1), ("agent", 2)):
+            lab.wait_running(name, count)
+        code, out = lab.sidecar(manager, "plan", "--json", service=SIDECAR)
+        assert code == 0, out
+        plan = plan_json(out)
+        targets = {t["target"]: t for t in plan["targets"]}
+        assert targets["svclab"]["strategy"] == "pause" and targets["svclab"]["schedule"] == "@hourly"
+        skipped = {s["container"].split(".")[0]: s["reason"] for s in plan["skipped"]}
+        assert "backup.strategy" in skipped["clash"] and "'pause'" in skipped["clash"] and "'hot'" in skipped["clash"]
+        assert "condition 'any'" in skipped["agent"] and "replacement" in skipped["agent"]
+        unseen = [s["reason"] for s in plan["skipped"] if s["container"] == "(Swarm service)"]
+        assert any("'blind'" in r and worker.name in r for r in unseen), plan["skipped"]
+        code, out = lab.sidecar(worker, "plan", "--json", service=SIDECAR)
+        assert code == 0, out
+        worker_plan = plan_json(out)
+        assert "blind" not in {t["target"] for t in worker_plan["targets"]}
+        assert "worker" in {s["container"].split(".")[0]: s["reason"] for s in worker_plan["skipped"]}["agent"]
+    finally:
+        for name in ("svclab", "clash", "blind", "agent"):
+            lab.remove_service(name)
