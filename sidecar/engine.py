@@ -785,4 +785,9 @@ def _service(data: dict[str, Any]) -> SwarmService:
         restart_condition=str((template.get("RestartPolicy") or {}).get("Condition") or "any"),
         constraints=tuple((template.get("Placement") or {}).get("Constraints") or ()),
         version=int((data.get("Version") or {}).get("Index", 0)),
+        updated_besides_replicas=_besides_mode(spec) != _besides_mode(data.get("PreviousSpec")),
     )
+
+
+def _besides_mode(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if spec is None else {key: value for key, value in spec.items() if key != "Mode"}

@@ -47,6 +47,9 @@ class SwarmService:
     restart_condition: str  # "any" (Swarm's default), "on-failure" or "none"
     constraints: tuple[str, ...] = ()  # placement constraints, e.g. ("node.hostname==n1",)
     version: int = 0  # the spec's version index: it moves on every update of the spec
+    # The last update changed more than the replica count (the spec differs from the one
+    # before it in anything but its mode): a deploy or `service update`, not a scale.
+    updated_besides_replicas: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,20 @@ class SwarmTask:
         if self.stack and self.service_name.startswith(self.stack + "_"):
             return self.service_name[len(self.stack) + 1:]
         return self.service_name
+
+
+def someone_elses_change(now: SwarmService, ours: int) -> str | None:
+    """Why a service the sidecar scaled to 0 (its spec then at version `ours`) must be left
+    as it is: someone else scaled it (to a count, or to 0 again: `docker service scale`), or
+    None: nobody touched it, or someone updated something else (a deploy with a new image
+    keeps the 0 the backup set; the service is scaled back, with their other changes)."""
+    if now.version == ours:
+        return None
+    if now.replicas != 0:
+        return f"someone else scaled it to {now.replicas} meanwhile"
+    if not now.updated_besides_replicas:
+        return "someone else scaled it to 0 meanwhile (docker service scale)"
+    return None
 
 
 def task_of(labels: Mapping[str, str]) -> SwarmTask | None:

@@ -33,7 +33,7 @@ from typing import Sequence
 from ..errors import BackupError, ContainerNotFound, EngineError, SidecarError
 from ..model import ContainerEvent, ContainerInfo, ContainerState, Mount
 from ..storage import JournalEntry
-from ..swarm import ServiceMode, SwarmService, SwarmTask
+from ..swarm import ServiceMode, SwarmService, SwarmTask, someone_elses_change
 from .context import Context
 
 logger = logging.getLogger(__name__)
@@ -234,8 +234,9 @@ class Interruption:
         return True
 
     def _check_service(self) -> bool:
-        """Someone else's `docker service scale`/`update` (the spec's version moved past
-        ours) or `docker service rm` wins, as a `docker stop` does for a container."""
+        """Someone else's `docker service scale` or `docker service rm` wins, as a `docker
+        stop` does for a container; their update of anything else is kept and the service
+        scaled back as planned (see swarm.someone_elses_change)."""
         if self._version is None or self._service is None:
             return False
         try:
@@ -246,9 +247,14 @@ class Interruption:
             logger.debug("could not read the service", extra=self._fields(error=str(err)))
             return False
         else:
-            if now.version == self._version:
+            why = someone_elses_change(now, self._version)
+            if why is None:
+                if now.version != self._version:  # their update keeps our 0: scaled back, with it
+                    logger.info("service updated by someone else while scaled to 0; it is scaled back as planned",
+                                extra=self._fields(service=now.name))
+                    self._version = now.version
                 return False
-            reason = f"its spec was changed (replicas now {now.replicas})"
+            reason = why
         self.overruled = reason
         if self.abort is not None:
             self.abort.set()
@@ -507,9 +513,9 @@ def _forget(ctx: Context, container_id: str, target: str) -> None:
 
 def put_back_service(ctx: Context, service_id: str, replicas: int, version: int | None, target: str) -> bool:
     """Scale a replicated Swarm service the sidecar scaled to 0 back to `replicas`, then
-    forget it in the journal. True when it was scaled. Someone else's change since our
-    scale-down wins: the spec's version moved past `version` (theirs), or the replica
-    count is no longer 0 (when the sidecar died before it learnt its version)."""
+    forget it in the journal. True when it was scaled. Someone else's scale since our
+    scale-down wins (swarm.someone_elses_change; when the sidecar died before it learnt
+    `version`: a replica count no longer 0); their update of anything else does not."""
     fields = {"target": target, "service": service_id[:12], "phase": "restart"}
     try:
         now = ctx.engine.service(service_id)
@@ -521,10 +527,13 @@ def put_back_service(ctx: Context, service_id: str, replicas: int, version: int 
     if now.replicas == replicas:
         _forget(ctx, service_id, target)
         return False
-    if (version is not None and now.version != version) or now.replicas != 0:
+    why = someone_elses_change(now, version) if version is not None else (
+        f"someone else scaled it to {now.replicas} meanwhile" if now.replicas != 0 else None)
+    if why is not None:
         ctx.journal.remove(service_id)
         logger.warning("service left as it is: someone else changed it while the sidecar had it scaled to 0; "
-                       "not scaling it back", extra={**fields, "replicas": now.replicas, "wanted": replicas})
+                       "not scaling it back", extra={**fields, "replicas": now.replicas, "wanted": replicas,
+                                                     "reason": why})
         return False
     last: EngineError | None = None
     for attempt in range(_RESTORE_ATTEMPTS):

@@ -71,9 +71,27 @@ def test_someone_elses_scale_during_the_backup_wins(engine, ctx, service):
             engine.someone_scales(service_id, 0)  # `docker service scale shop_db=0` by its owner
     engine.on_scale = meanwhile
     outcome = run_backup(ctx, _target(ctx))
-    assert outcome.result is BackupResult.ABORTED and "changed" in outcome.error
+    assert outcome.result is BackupResult.ABORTED and "scaled it to 0" in outcome.error
     assert [c[2] for c in engine.names("scale_service")] == [0]  # never scaled back against them
     assert engine.services[service.id].replicas == 0 and ctx.journal.entries() == []
+
+
+def test_someone_elses_update_of_anything_else_keeps_our_scale_back(engine, ctx, service):
+    def meanwhile(service_id, replicas):
+        if replicas == 0:
+            engine.someone_updates(service_id)  # e.g. a new image deployed during the backup
+    engine.on_scale = meanwhile
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.SUCCESS, outcome.error
+    assert engine.services[service.id].replicas == 2 and ctx.journal.entries() == []
+
+
+def test_recovery_scales_back_after_someone_elses_update_of_anything_else(engine, ctx, service):
+    ours = engine.scale_service(service.id, 0)
+    engine.someone_updates(service.id)
+    ctx.journal.add(JournalEntry(service.id, service.name, "scaled", "db", time.time(), replicas=2,
+                                 version=ours.version))
+    assert run_recovery(ctx) == ["shop_db"] and engine.services[service.id].replicas == 2
 
 
 def test_tasks_that_do_not_end_fail_the_run_and_the_count_comes_back(engine, ctx, service, monkeypatch):

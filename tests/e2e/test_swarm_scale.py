@@ -124,6 +124,28 @@ def test_a_sidecar_killed_mid_backup_scales_it_back_from_the_journal(scaled):
     wait_for(lambda: journal(lab) == [], timeout=60, interval=0.5, what="the journal entry cleared")
 
 
+def test_someone_elses_scale_during_the_backup_wins(scaled):
+    lab = scaled
+    manager = lab.manager
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(out=lab.sidecar(manager, "backup", DB, service=SIDECAR)),
+                              daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: lab.replicas(DB) == 0, timeout=120, interval=0.05, what=f"{DB} scaled to 0 by the backup")
+        lab.scale(DB, 1)  # its owner's `docker service scale db=1` while the backup reads
+        runner.join(300)
+        code, out = result["out"]
+        assert code != 0 and "someone else scaled it to 1" in out, out[-3000:]
+        assert lab.replicas(DB) == 1  # left as they set it, never back to the sidecar's 2
+        lab.wait_running(DB, 1)
+        assert journal(lab) == []
+    finally:
+        runner.join(300)
+        lab.scale(DB, REPLICAS)
+        lab.wait_running(DB, REPLICAS)
+
+
 def test_a_restore_scales_to_zero_and_back(scaled):
     lab = scaled
     manager = lab.manager

@@ -272,7 +272,13 @@ class FakeEngine:
     def someone_scales(self, service_id: str, replicas: int) -> None:
         """`docker service scale` by someone else."""
         service = self.services[service_id]
-        self.services[service_id] = replace(service, replicas=replicas, version=service.version + 1)
+        self.services[service_id] = replace(service, replicas=replicas, version=service.version + 1,
+                                            updated_besides_replicas=False)
+
+    def someone_updates(self, service_id: str) -> None:
+        """`docker service update --image ...` by someone else: the replica count kept."""
+        service = self.services[service_id]
+        self.services[service_id] = replace(service, version=service.version + 1, updated_besides_replicas=True)
 
     def service_tasks(self, service_id: str) -> list[TaskStatus]:
         self._call("service_tasks", service_id)

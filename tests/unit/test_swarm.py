@@ -15,6 +15,7 @@ from sidecar.swarm import (
     backed_up_elsewhere,
     merged_labels,
     placement_warning,
+    someone_elses_change,
     stop_problem,
     task_of,
     unseen_on_workers,
@@ -157,3 +158,12 @@ def test_a_manager_names_deploy_labels_that_workers_cannot_read():
     assert unseen_on_workers(service, {"backup.enable": "true"}, {"w1": "node2"}, tasks) is None  # containers carry them
     assert unseen_on_workers(service, {}, {}, tasks) is None  # every task on a manager
     assert unseen_on_workers(_service(), {}, {"w1": "node2"}, tasks) is None  # not labelled at all
+
+
+def test_whose_change_wins_after_a_scale_to_zero():
+    base = dataclasses.replace(_service(), replicas=0, version=20)
+    assert someone_elses_change(base, 20) is None  # nobody touched it
+    assert "scaled it to 3" in someone_elses_change(dataclasses.replace(base, replicas=3, version=21), 20)
+    assert "scaled it to 0" in someone_elses_change(dataclasses.replace(base, version=21), 20)  # service scale =0
+    updated = dataclasses.replace(base, version=21, updated_besides_replicas=True)  # a new image, replicas kept
+    assert someone_elses_change(updated, 20) is None
