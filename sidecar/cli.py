@@ -27,10 +27,11 @@ from .actions.restore import run_restore
 from .actions.restore_dump import run_restore_dump
 from .actions.rotate import run_rotation
 from .engine import Engine
-from .metrics import STATE_FILE, Metrics, MetricsServer, record_outcome
+from .metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .groups import groups_of
+from .naming import node_name_problem
 from .settings import Settings, load_settings, unknown_settings
 from .storage import BackupStore
 
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", nargs="?", const="", default=None, metavar="DEST",
                    help="list the off-site copies instead (on DEST, a destination's name such as s3; default: "
                         "every destination)")
+    p.add_argument("--node", metavar="NODE", type=_node_option,
+                   help="list the off-site copies in another node's folder (BACKUP_NODE_PREFIX; implies --remote)")
 
     p = sub.add_parser("plan", help="targets, schedules and next runs; skipped containers and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a destination's name (s3, an rclone remote's name, local): download the archive from "
                         "that destination first (a new host with an empty backup volume); default: the backup "
                         "volume (also `--from local` when no destination is named local)")
+    p.add_argument("--node", metavar="NODE", type=_node_option,
+                   help="take the archive from NODE's folder on the destination (BACKUP_NODE_PREFIX): restore here "
+                        "what another node backed up; with --from DEST, else the first destination")
 
     sub.add_parser("sync", help="copy archives missing off-site (S3) now, and verify them",
                    description="Upload every finished archive a destination (the S3 store) does not hold yet (the "
@@ -112,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _node_option(value: str) -> str:
+    problem = node_name_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value[:300]!r} cannot name a node: {problem}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +177,8 @@ def _on_termination(handler) -> None:
 
 
 def cmd_run(ctx: Context, args) -> int:
-    metrics = Metrics(state_path=ctx.store.state_dir / STATE_FILE)
+    metrics = Metrics(state_path=ctx.store.state_dir / STATE_FILE, node=ctx.node().name,
+                      fleet=FleetView(ctx.engine.swarm_nodes))
     notifier = _notifier(ctx)
     daemon = Daemon(ctx, on_outcome=notifier.outcome if notifier else None, metrics=metrics)
     _on_termination(daemon.request_stop)
@@ -262,7 +276,7 @@ def cmd_backup(ctx: Context, args) -> int:
 
 
 def cmd_list(ctx: Context, args) -> int:
-    if args.remote is not None:
+    if args.remote is not None or args.node is not None:
         return _list_remote(ctx, args)
     rows = run_list(ctx, args.name, verify=args.verify)
     if args.json:
@@ -280,11 +294,11 @@ def _list_remote(ctx: Context, args) -> int:
     destination, name = args.remote or None, args.name
     if destination is not None and name is None and destination not in {d.name for d in ctx.destinations}:
         destination, name = None, destination  # `list --remote NAME`: NAME is a target, as before destinations
-    rows = run_list_remote(ctx, name, destination)
+    rows = run_list_remote(ctx, name, destination, args.node)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     elif not rows:
-        where = [ctx.destination(destination)] if destination else ctx.destinations
+        where = [ctx.destination(destination, args.node)] if destination else ctx.destinations_on(args.node)
         print(f"no archives in {', '.join(d.describe() for d in where)}")
     else:
         several = len({r.destination for r in rows}) > 1
@@ -336,11 +350,12 @@ def cmd_restore(ctx: Context, args) -> int:
     wanted = None if args.source is None or (args.source == "local" and "local" not in names) else args.source
     source = ctx.destination(wanted).name if wanted is not None else None
     if args.dump is not None:
-        outcome = run_restore_dump(ctx, args.name, args.dump, args.force, from_remote=source)
+        outcome = run_restore_dump(ctx, args.name, args.dump, args.force, from_remote=source, node=args.node)
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
         return 0
-    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source)
+    outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source,
+                          node=args.node)
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
     return 0

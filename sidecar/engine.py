@@ -28,8 +28,10 @@ import docker.types
 import docker.utils.socket
 import requests
 
-from .errors import ContainerNotFound, EngineError, SidecarError
-from .model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
+from .errors import ContainerNotFound, EngineError, SidecarError, UnsafeName
+from .model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
+                    SwarmNode, WorkerResult, WorkerSpec)
+from .naming import node_name_problem
 from .streams import IterReader
 from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, unseen_on_workers, with_service
 
@@ -436,12 +438,11 @@ class Engine:
         on worker nodes, where no sidecar can read those labels (see swarm.unseen_on_workers)."""
         if not self.is_swarm_manager():
             return []
-        with _engine_call("list Swarm services and nodes"):
+        with _engine_call("list Swarm services"):
             services = self.api.services(filters={"label": label})
-            if not services:
-                return []
-            workers = {n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"][:12]) for n in self.api.nodes()
-                       if (n.get("Spec") or {}).get("Role") == "worker"}
+        if not services:
+            return []
+        workers = {n.node_id: n.hostname for n in self.swarm_nodes() if not n.manager}
         found = []
         for raw in services:
             container_labels = ((raw.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get(
@@ -519,6 +520,37 @@ class Engine:
             raw = list(self.api.events(since=f"{since:.9f}", until=f"{until:.9f}", decode=True,
                                        filters={"type": "container", "container": container_id}))
         return [_event(e) for e in raw]
+
+    # --- swarm: this node and the fleet ----------------------------------------------
+    def node(self, name: str | None = None) -> NodeIdentity:
+        """This engine as a node: its name (`name` when given: BACKUP_NODE_NAME) and its
+        place in a swarm. The name is checked: it becomes a folder and a label value."""
+        with _engine_call("read the engine's info"):
+            info = self.api.info()
+        swarm = info.get("Swarm") or {}
+        chosen = name if name is not None else str(info.get("Name") or "")
+        problem = node_name_problem(chosen)
+        if problem is not None:
+            where = "BACKUP_NODE_NAME" if name is not None else "the engine's name (docker info: Name)"
+            raise UnsafeName(f"{where} {chosen[:300]!r} cannot name this node: {problem}; set BACKUP_NODE_NAME "
+                             "to such a name")
+        return NodeIdentity(chosen, swarm.get("NodeID") or None, swarm.get("LocalNodeState") == "active",
+                            bool(swarm.get("ControlAvailable")))
+
+    def swarm_nodes(self) -> tuple[SwarmNode, ...]:
+        """Every node of the swarm as this manager sees it; () when this engine is no
+        Swarm manager (only managers can list the nodes)."""
+        if not self.is_swarm_manager():
+            return ()
+        with _engine_call("list the swarm's nodes"):
+            rows = self.api.nodes()
+        return tuple(_swarm_node(row) for row in rows)
+
+
+def _swarm_node(row: Mapping[str, Any]) -> SwarmNode:
+    description, status, spec = row.get("Description") or {}, row.get("Status") or {}, row.get("Spec") or {}
+    return SwarmNode(str(row.get("ID", "")), str(description.get("Hostname", "")), str(status.get("State", "unknown")),
+                     str(spec.get("Availability", "active")), row.get("ManagerStatus") is not None)
 
 
 def _event(raw: Mapping[str, Any]) -> ContainerEvent:

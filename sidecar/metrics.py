@@ -13,6 +13,11 @@ A target that is gone is simply not yielded: no series to remove by hand. Series
 from discovery on (a target that never succeeded shows a last success of 0, so "never
 backed up" alerts work); after a restart without a record, the archives' own times stand
 in for the last success (`recover`).
+
+Fleets: every series carries the `node` label (this node's name) when the collector is
+given one, added to every family in one place; and a sidecar on a Swarm manager exports
+`backup_sidecar_swarm_node_ready` for each node of the swarm, read from the engine at
+scrape time through `FleetView` (cached, and never holding a scrape longer than its timeout).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
@@ -39,7 +44,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .model import CopyState
+from .model import CopyState, SwarmNode
 from .naming import parse_name
 from .readers.mirror import mirror_bytes, mirror_folder
 from .state import JsonState
@@ -176,8 +181,13 @@ class Metrics(Collector):
     `scheduled`, `copy_state`, `set_up`) and records outcomes (`observe`); every series is
     computed from that and the outcome record when scraped."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, state_path: Path | None = None,
+                 node: str | None = None, fleet: "FleetView | None" = None):
+        """`node`: the value of the `node` label on every series (None: no such label);
+        `fleet`: the swarm's nodes, for a sidecar on a Swarm manager."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.node = node
+        self.fleet = fleet
         self.outcomes = OutcomeRecord(state_path)
         self._mirrors = state_path.parent if state_path is not None else None  # the state folder
         self._lock = threading.Lock()
@@ -251,7 +261,10 @@ class Metrics(Collector):
         f["backup_sidecar_target_config_errors"].add_metric([], errors)
         f["backup_sidecar_up"].add_metric([], 1 if up else 0)
         f["backup_sidecar_build_info"].add_metric([__version__], 1)
-        yield from f.values()
+        for hostname, ready in _readiness(self.fleet.nodes() if self.fleet is not None else None).items():
+            f["backup_sidecar_swarm_node_ready"].add_metric([hostname], 1 if ready else 0)
+        for family in f.values():
+            yield _labelled(family, self.node)
 
     def _saved(self) -> dict[str, Any]:
         try:
@@ -259,6 +272,25 @@ class Metrics(Collector):
         except OSError as exc:  # a scrape must still answer: series from discovery, at 0
             logger.error("metrics state unreadable", extra={"error": str(exc)})
             return {}
+
+
+def _labelled(family: Metric, node: str | None) -> Metric:
+    """`family` with the `node` label on every sample: one place for every family, so a
+    family added later carries it too."""
+    if node is not None:
+        family.samples = [s._replace(labels={**s.labels, "node": node}) for s in family.samples]
+    return family
+
+
+def _readiness(nodes: Sequence[SwarmNode] | None) -> dict[str, bool]:
+    """Per host name: ready and not drained (a drained node runs no tasks, so no sidecar,
+    by design). A node that left and joined again is listed twice under one host name
+    (the old entry stays "down"): one series, 1 when any entry is."""
+    found: dict[str, bool] = {}
+    for node in nodes or ():
+        if node.hostname:
+            found[node.hostname] = found.get(node.hostname, False) or node.runs_tasks
+    return found
 
 
 def _target_series(f: dict[str, Metric], target: TargetView, saved: Mapping[str, Any], next_run: float) -> None:
@@ -320,7 +352,67 @@ def _families() -> list[Metric]:
                           labels=tv),
         GaugeMetricFamily("backup_sidecar_copies",
                           "Places holding the latest backup of every volume of the target (local, S3).", labels=t),
+        GaugeMetricFamily("backup_sidecar_swarm_node_ready",
+                          "1 for each node of the swarm its managers see ready (and not drained), 0 for a known "
+                          "node that is not (exported by sidecars on Swarm managers only).", labels=["swarm_node"]),
     ]
+
+
+# --- the fleet ------------------------------------------------------------------------------
+
+class FleetView:
+    """The swarm's nodes for the fleet gauge, read through `read` (Engine.swarm_nodes) at
+    scrape time: at most once per `ttl` seconds, in a thread of its own so a scrape waits
+    at most `timeout` seconds for an engine that does not answer. A failed or late read
+    leaves the series out (logged once until a read succeeds again)."""
+
+    def __init__(self, read: Callable[[], Sequence[SwarmNode]], ttl: float = 30.0, timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._read, self._ttl, self._timeout, self._clock = read, ttl, timeout, clock
+        self._lock = threading.Lock()
+        self._nodes: tuple[SwarmNode, ...] | None = None
+        self._read_at: float | None = None  # when the last read finished (success or not)
+        self._reader: threading.Thread | None = None
+        self._failing = False
+
+    def nodes(self) -> tuple[SwarmNode, ...] | None:
+        """The nodes (None: unknown: the last read failed or is late)."""
+        with self._lock:
+            if self._read_at is not None and self._clock() - self._read_at < self._ttl:
+                return self._nodes
+            reader, started = self._reader, False
+            if reader is None:
+                reader = self._reader = threading.Thread(target=self._refresh, name="fleet", daemon=True)
+                reader.start()
+                started = True
+        if started:  # a read still hanging from an earlier scrape holds no scrape again
+            reader.join(self._timeout)
+        with self._lock:
+            if self._reader is reader and reader.is_alive():
+                self._late()
+                return None
+            return self._nodes
+
+    def _refresh(self) -> None:
+        try:
+            nodes, error = tuple(self._read()), None
+        except Exception as exc:  # noqa: BLE001 - any failure of the engine leaves the series out
+            nodes, error = None, exc
+        with self._lock:
+            self._nodes, self._read_at, self._reader = nodes, self._clock(), None
+            was_failing, self._failing = self._failing, error is not None
+        if error is not None and not was_failing:
+            logger.error("swarm nodes unreadable: the fleet gauge is left out until they are",
+                         extra={"error": str(error)})
+        elif error is None and was_failing:
+            logger.info("swarm nodes readable again", extra={"nodes": len(nodes or ())})
+
+    def _late(self) -> None:
+        """Called under the lock when a read outlasts the scrape's wait."""
+        if not self._failing:
+            self._failing = True
+            logger.error("swarm nodes unreadable: the engine did not answer in time; the fleet gauge is left out "
+                         "until it does", extra={"seconds": self._timeout})
 
 
 # --- the endpoint ---------------------------------------------------------------------------

@@ -267,3 +267,37 @@ class ExecResult:
         else:
             what = f"exited with {self.exit_code}"
         return f"{what}: {text}" if text else what
+
+
+# --- swarm: this node and the fleet ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """The engine the sidecar talks to, as one node of a fleet: its name (the engine's
+    `Name`, or BACKUP_NODE_NAME) names its folder on every destination and the `node`
+    label of every metric."""
+
+    name: str
+    node_id: str | None = None  # the Swarm node ID; None outside a swarm
+    swarm_active: bool = False  # the engine is an active member of a swarm
+    manager: bool = False  # a Swarm manager: it can list the swarm's nodes
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """One node of the swarm as a manager sees it."""
+
+    node_id: str
+    hostname: str  # Description.Hostname: that node's engine Name
+    state: str  # Status.State: "ready", "down", "unknown", "disconnected"
+    availability: str = "active"  # Spec.Availability: "active", "pause", "drain"
+    manager: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def runs_tasks(self) -> bool:
+        """Ready and not drained: a global service has a task there."""
+        return self.ready and self.availability != "drain"

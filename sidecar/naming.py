@@ -34,6 +34,28 @@ def safe_component(name: str, what: str) -> str:
     return name
 
 
+# A node's name is one folder on every destination and a metric label value.
+MAX_NODE_NAME = 253  # a DNS name's length: engine names are host names
+NODE_NAME_ACCEPTED = f"1-{MAX_NODE_NAME} letters, digits, '.', '_' and '-', not '.' or '..'"
+_NODE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def node_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a node (None: it can)."""
+    if len(name) > MAX_NODE_NAME or name in (".", "..") or not _NODE_NAME_RE.fullmatch(name):
+        return f"accepted: {NODE_NAME_ACCEPTED}"
+    return None
+
+
+def safe_node_name(name: str, what: str) -> str:
+    """`name` when it can name a node (`what` says where it came from: a setting, an
+    option, the engine); raises UnsafeName naming the value and what is accepted."""
+    problem = node_name_problem(name)
+    if problem is not None:
+        raise UnsafeName(f"{what} {name[:300]!r} cannot name a node: {problem}")
+    return name
+
+
 def safe_relpath(relpath: str) -> str:
     """`relpath` when it stays inside the folder it is relative to (no absolute path, no '..')."""
     parts = relpath.split("/")

@@ -29,7 +29,9 @@ from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recip
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
-from .values import BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, whole, without_userinfo
+from .naming import NODE_NAME_ACCEPTED, node_name_problem
+from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, truth, whole, \
+    without_userinfo
 
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -64,6 +66,8 @@ class Settings:
     sync_interval: float = 300.0  # seconds between sync cycles of the daemon (heals store outages)
     worker_image: str | None = None  # image of worker containers; None: the sidecar's own container's image
     worker_timeout: float = 86400.0  # seconds one worker container may run
+    node_name: str | None = None  # BACKUP_NODE_NAME; None: the engine's name
+    node_prefix: bool | None = None  # BACKUP_NODE_PREFIX; None (auto): on when the engine is an active Swarm node
 
     @property
     def state_dir(self) -> Path:
@@ -138,6 +142,22 @@ def _checksum(raw: str) -> str | None:
     return None if value == "NONE" else value
 
 
+def _node_name(raw: str) -> str:
+    problem = node_name_problem(raw)
+    if problem is not None:
+        raise ValueError(problem)
+    return raw
+
+
+def _node_prefix(raw: str) -> bool | None:
+    if raw.strip().lower() == "auto":
+        return None
+    value = truth(raw)
+    if value is None:
+        raise ValueError(f"accepted: auto, {ACCEPTED_TRUTH}")
+    return value
+
+
 def _passphrase(raw: str) -> str:
     if raw == "":
         raise ValueError("it is empty; expected a passphrase (or unset it)")
@@ -209,6 +229,8 @@ NOTIFY_URLS = Parser(_notify_urls, "apprise URLs, comma or line separated")
 NOTIFY_ON = Parser(parse_notify_on, ", ".join(f"`{on.value}`" for on in NotifyOn))
 SECRET_TEXT = Parser(lambda raw: raw or None, "text")
 DESTINATIONS = Parser(_destinations, "comma list of " + DESTINATIONS_ACCEPTED)
+NODE_NAME = Parser(_node_name, NODE_NAME_ACCEPTED.replace("'", "`"))
+NODE_PREFIX = Parser(_node_prefix, "`auto`, " + BOOLEAN.accepted)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -256,6 +278,13 @@ SETTINGS: tuple[Setting, ...] = (
             "(a mounted `rclone.conf` named by `RCLONE_CONFIG`, or `RCLONE_CONFIG_<NAME>_<KEY>` variables, "
             "secrets also as `..._FILE`), a mounted folder. Names: `s3`, the remote's name, `local` (see "
             "Destinations)", file=False, shown_default="`s3` when `S3_BUCKET` is set, else none"),
+    Setting("BACKUP_NODE_PREFIX", NODE_PREFIX, "auto", "`true`: every destination keeps this node's copies in a "
+            "folder named after the node (`{prefix}/{node}/daily/...`), so the nodes of a fleet share one bucket "
+            "or remote without meeting; `false`: the single-host layout (`{prefix}/daily/...`); `auto`: on when "
+            "the engine is an active Docker Swarm node", field="node_prefix", file=False),
+    Setting("BACKUP_NODE_NAME", NODE_NAME, None, "this node's name: its folder on the destinations (with "
+            "`BACKUP_NODE_PREFIX`) and the `node` label of every metric", field="node_name", file=False,
+            shown_default="the engine's name (`docker info`: Name, the host name)"),
     Setting("S3_BUCKET", BUCKET, None, "the off-site bucket; unset: no off-site copy", shown_default="unset"),
     Setting("S3_PREFIX", PREFIX, "", "key prefix inside the bucket (`{prefix}/daily/...`)", needs="S3_BUCKET",
             shown_default="none"),

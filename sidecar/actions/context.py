@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from ..crypto import EncryptionConfig
-from ..destinations import Destination, from_settings
+from ..destinations import Destination, all_on_node, from_settings
 from ..discovery import Discovery, Scope, discover, resolve_scope
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from ..labels import ENABLE
-from ..model import ContainerInfo
+from ..model import ContainerInfo, NodeIdentity
 from ..naming import ENCRYPTED_SUFFIX
 from ..readers import WorkerSettings
 from ..settings import Settings
 from ..storage import BackupStore, Journal
 from ..swarm import ServiceMode
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,18 +40,72 @@ class Context:
     # archives and rotations skip them instead of paying the retry ladder again; the daemon's
     # next sync cycle tries them afresh (sync.run_sync(new_cycle=True)).
     unreachable: set[str] = field(default_factory=set)
+    # The node whose folder `destinations` use (BACKUP_NODE_PREFIX); None: the destinations'
+    # roots, the single-host layout.
+    prefix_node: str | None = None
     _scope: Scope | None = field(default=None, repr=False)
     _own: str | None = field(default=None, repr=False)  # "" once looked up and not in a container
+    _node: NodeIdentity | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
         store = BackupStore(settings.backup_dir, settings.file_mode)
-        return cls(settings, engine, store, Journal(store.state_dir / "journal.json"),
-                   destinations=from_settings(settings))
+        ctx = cls(settings, engine, store, Journal(store.state_dir / "journal.json"))
+        ctx.prefix_node = ctx._prefix_node()
+        ctx.destinations = all_on_node(from_settings(settings), ctx.prefix_node)
+        if ctx.prefix_node is not None and ctx.destinations:
+            logger.info("destinations keep this node's copies in its own folder", extra={
+                "node": ctx.prefix_node, "destinations": [d.describe() for d in ctx.destinations]})
+        return ctx
 
-    def destination(self, name: str | None = None) -> Destination:
-        """A configured destination by name (None: the first one)."""
-        for destination in self.destinations:
+    def node(self) -> NodeIdentity:
+        """This node: the engine's name (or BACKUP_NODE_NAME) and its place in a swarm;
+        looked up once."""
+        if self._node is None:
+            name = self.settings.node_name
+            if self.engine is None and name is None:
+                raise ConfigError("this node's name is unknown without a Docker engine: set BACKUP_NODE_NAME")
+            try:
+                self._node = self.engine.node(name) if self.engine is not None else NodeIdentity(name)
+            except EngineError as err:
+                if name is None:
+                    raise
+                # BACKUP_NODE_NAME is all a node needs when the engine's info is refused (a socket proxy).
+                logger.warning("the engine's info is unreadable; this node goes by BACKUP_NODE_NAME, as no Swarm "
+                               "node", extra={"node": name, "error": str(err)})
+                self._node = NodeIdentity(name)
+        return self._node
+
+    def _prefix_node(self) -> str | None:
+        """The node whose folder the destinations use: BACKUP_NODE_PREFIX true, or auto on
+        an active Swarm node (only then is the engine asked)."""
+        wanted = self.settings.node_prefix
+        if wanted is False or (wanted is None and self.engine is None):  # no engine: no swarm
+            return None
+        if wanted:
+            return self.node().name
+        try:
+            self._node = self.engine.node(self.settings.node_name)
+        except EngineError as err:
+            # Guessing "single host" on a swarm node would mix the nodes' copies in one folder.
+            raise EngineError(f"BACKUP_NODE_PREFIX=auto cannot tell whether this is a Swarm node ({err}): allow GET "
+                              "/info (socket proxy), or set BACKUP_NODE_PREFIX=false (one host) or true (with "
+                              "BACKUP_NODE_NAME while the engine's info is refused)") from err
+        return self._node.name if self._node.swarm_active else None
+
+    def destinations_on(self, node: str | None = None) -> tuple[Destination, ...]:
+        """The destinations as seen from `node`'s folder (None: this node's own view)."""
+        return self.destinations if node is None else all_on_node(self.destinations, node)
+
+    def is_own_folder(self, node: str | None) -> bool:
+        """Whether `node`'s view of the destinations is this node's own (the copy indexes
+        describe only that one)."""
+        return node is None or node == self.prefix_node
+
+    def destination(self, name: str | None = None, node: str | None = None) -> Destination:
+        """A configured destination by name (None: the first one), as seen from `node`'s
+        folder (None: this node's own view)."""
+        for destination in self.destinations_on(node):
             if name is None or destination.name == name:
                 return destination
         if not self.destinations:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..archive import read_checksum, sha256_file
 from ..destinations import Destination
 from ..errors import ArchiveError
-from ..naming import parse_image_name, parse_name
+from ..naming import IMAGE_FOLDER, parse_image_name, parse_name
 from .context import Context
 from .sync import copy_index
 
@@ -40,6 +40,7 @@ class RemoteRow(_Row):
     verified: bool  # copied by this sidecar and checked (size and SHA-256) after the upload
     key: str  # the object's name on the destination (the S3 key with the prefix)
     destination: str
+    node: str | None = None  # whose folder it is in (`list --node`, BACKUP_NODE_PREFIX); None: the root
 
 
 def run_list(ctx: Context, name: str | None = None, verify: bool = False) -> list[ArchiveRow]:
@@ -85,35 +86,42 @@ def _offsite(holders: list[str], destinations: int) -> str:
     return "verified" if len(holders) == destinations else "verified: " + ",".join(holders)
 
 
-def run_list_remote(ctx: Context, name: str | None = None, destination: str | None = None) -> list[RemoteRow]:
+def run_list_remote(ctx: Context, name: str | None = None, destination: str | None = None,
+                    node: str | None = None) -> list[RemoteRow]:
     """The archives and image exports a destination holds (`destination`: its name; None:
-    every configured destination), oldest first."""
-    chosen = [ctx.destination(destination)] if destination is not None else list(ctx.destinations)
+    every configured destination), oldest first; in `node`'s folder (None: this node's own,
+    or the root on a single host)."""
+    chosen = [ctx.destination(destination, node)] if destination is not None else list(ctx.destinations_on(node))
     if not chosen:
         ctx.destination(None)  # raises: names what to set
     backup_name = ctx.discover().backup_name_for(name) if name is not None else None
-    rows = [row for d in chosen for row in _remote_rows(ctx, d, backup_name)]
+    folder = node if node is not None else ctx.prefix_node
+    rows = [row for d in chosen for row in _remote_rows(ctx, d, backup_name, ctx.is_own_folder(node), folder)]
     rows.sort(key=lambda r: (r.date, r.path, r.destination))
     return rows
 
 
-def _remote_rows(ctx: Context, destination: Destination, backup_name: str | None) -> list[RemoteRow]:
-    known = copy_index(ctx, destination).entries()
+def _remote_rows(ctx: Context, destination: Destination, backup_name: str | None, own: bool,
+                 node: str | None) -> list[RemoteRow]:
+    """Rows of the archives right in their folders (not those in nodes' folders below the
+    root); `own`: the copy index describes this view (another node's copies are never
+    "verified" by this one)."""
+    known = copy_index(ctx, destination).entries() if own else {}
     rows = []
     for obj in destination.list():
-        base = obj.relpath.rsplit("/", 1)[-1]
+        folder, _, base = obj.relpath.rpartition("/")
         verified = obj.relpath in known
         archive = parse_name(base)
-        if archive is not None:
+        if archive is not None and folder == archive.frequency.value:
             if backup_name is not None and archive.backup_name != backup_name:
                 continue
             rows.append(RemoteRow(obj.relpath, archive.backup_name, archive.volume_name, archive.frequency.value,
-                                  _date(archive), obj.size, verified, obj.key, destination.name))
+                                  _date(archive), obj.size, verified, obj.key, destination.name, node))
             continue
         image = parse_image_name(base)
-        if image is not None and backup_name is None:
+        if image is not None and backup_name is None and folder == IMAGE_FOLDER:
             rows.append(RemoteRow(obj.relpath, f"{image.image}:{image.tag}", "-", "image",
-                                  image.stamp.date().isoformat(), obj.size, verified, obj.key, destination.name))
+                                  image.stamp.date().isoformat(), obj.size, verified, obj.key, destination.name, node))
     return rows
 
 

@@ -1,36 +1,48 @@
 """Restore a volume from an archive: find the container, the volume and the archive (on
 the backup volume or downloaded from the off-site store), then hand over to the source
-that puts it back (sources/volumes.py: verify, stop, empty, unpack, start)."""
+that puts it back (sources/volumes.py: verify, stop, empty, unpack, start).
+
+An archive of another node (`--node NAME`: its folder on the destinations) is downloaded
+into the state folder, `.sidecar/nodes/NAME/daily/...`, never among this node's own
+archives (a same-named archive of this node's stays as it is, and this node's rotation
+and sync never take the other's for its own), and removed once the restore is over."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
+from typing import Iterator
 
 from ..archive import read_checksum, write_checksum
+from ..destinations import Destination
 from ..errors import NotFound
 from ..labels import DEFAULT_STOP_TIMEOUT, label_backup_name
 from ..model import ContainerInfo
-from ..naming import parse_name
+from ..naming import CHECKSUM_SUFFIX, parse_name, safe_node_name
 from .context import Context
 from .interrupt import left_at_zero
 from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes
 
-__all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote"]
+__all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote", "fetched"]
 
 logger = logging.getLogger(__name__)
 
 
 def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", force: bool = False,
-                from_remote: str | None = None) -> RestoreOutcome:
+                from_remote: str | None = None, node: str | None = None) -> RestoreOutcome:
+    """`node`: read the archive from that node's folder on the destination (`from_remote`,
+    or the first one)."""
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     _mount, volume_name = volumes.find_volume(container, volume)
-    if from_remote:
-        path = fetch_from_remote(ctx, backup_name, volume_name, archive, from_remote)
-    else:
-        path = _find_archive(ctx, backup_name, volume_name, archive)
-    request = RestoreRequest(container, backup_name, volume_name, path, force, stop_timeout)
-    return get_source(volumes.NAME).restore(ctx, request)
+    with contextlib.ExitStack() as stack:
+        if from_remote or node is not None:
+            path = stack.enter_context(fetched(ctx, backup_name, volume_name, archive, from_remote, node))
+        else:
+            path = _find_archive(ctx, backup_name, volume_name, archive)
+        request = RestoreRequest(container, backup_name, volume_name, path, force, stop_timeout)
+        return get_source(volumes.NAME).restore(ctx, request)
 
 
 def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
@@ -60,12 +72,29 @@ def _find_archive(ctx: Context, backup_name: str, volume_name: str, archive: str
     return ctx.store.resolve(archive)
 
 
+@contextlib.contextmanager
+def fetched(ctx: Context, backup_name: str, volume_name: str, archive: str, destination: str | None = None,
+            node: str | None = None) -> Iterator[Path]:
+    """`fetch_from_remote`, and the download removed afterwards when it is another node's."""
+    path = fetch_from_remote(ctx, backup_name, volume_name, archive, destination, node)
+    try:
+        yield path
+    finally:
+        if not ctx.is_own_folder(node):
+            for leftover in (path, path.with_name(path.name + CHECKSUM_SUFFIX)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
+
 def fetch_from_remote(ctx: Context, backup_name: str, volume_name: str, archive: str,
-                      destination: str | None = None) -> Path:
+                      destination: str | None = None, node: str | None = None) -> Path:
     """Download an archive from an off-site destination (by name; None: the first
     configured) onto the backup volume (with its checksum file, from the object's
-    sha256), unless it is there already."""
-    remote = ctx.destination(destination)
+    sha256), unless it is there already. `node`: from that node's folder (None: this
+    node's own view); another node's archive goes to the state folder (module docstring)."""
+    if node is not None:
+        safe_node_name(node, "--node")
+    remote = ctx.destination(destination, node)
     if archive == "latest":
         candidates = []
         for obj in remote.list():
@@ -74,17 +103,24 @@ def fetch_from_remote(ctx: Context, backup_name: str, volume_name: str, archive:
                     and obj.relpath == name.relpath:
                 candidates.append((name, obj.relpath))
         if not candidates:
-            raise NotFound(f"no off-site archive of {backup_name} volume {volume_name} in {remote.describe()}")
+            raise NotFound(f"no off-site archive of {backup_name} volume {volume_name} in {remote.describe()}"
+                           + (f" (node {node}'s folder)" if node is not None else ""))
         relpath = max(candidates, key=lambda pair: pair[0].recency)[1]
     else:
         name = parse_name(Path(archive).name)
         if name is None:
             raise NotFound(f"{archive!r} is not an archive name (expected e.g. daily/NAME_2026-01-01_daily.tar.zst)")
         relpath = name.relpath
+    if not ctx.is_own_folder(node):
+        return _download(ctx, remote, relpath, ctx.store.state_dir / "nodes" / node / relpath)
     local = ctx.store.path(relpath)
     if local.exists() and read_checksum(local) is not None:
         logger.info("archive already on the backup volume; not downloading", extra={"path": str(local)})
         return local
+    return _download(ctx, remote, relpath, local)
+
+
+def _download(ctx: Context, remote: Destination, relpath: str, local: Path) -> Path:
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     logger.info("downloading the off-site copy", extra={"phase": "download", "destination": remote.name,
                                                         "key": remote.key(relpath)})

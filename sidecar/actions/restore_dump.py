@@ -4,13 +4,14 @@ the preset that feeds it back through the app's own client (sources/presets)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import NotFound, RestoreError
 from ..labels import PRESET, PRESETS
 from ..naming import parse_name
 from .context import Context
-from .restore import fetch_from_remote, resolve_container
+from .restore import fetched, resolve_container
 from .sources import RestoreOutcome, RestoreRequest, source_of_item
 from .sources.presets import PRESETS as PRESET_MODULES, archive_type, preset_of_item
 
@@ -18,19 +19,23 @@ __all__ = ["run_restore_dump"]
 
 
 def run_restore_dump(ctx: Context, ref: str, dump: str = "latest", force: bool = False,
-                     from_remote: str | None = None) -> RestoreOutcome:
+                     from_remote: str | None = None, node: str | None = None) -> RestoreOutcome:
+    """`node`: read the dump from that node's folder on the destination (`from_remote`, or
+    the first one)."""
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     item = _item(ctx, container.labels.get(PRESET), backup_name, dump)
-    if from_remote:
-        path = fetch_from_remote(ctx, backup_name, item, dump, from_remote)
-    elif dump == "latest":
-        latest = ctx.store.latest(backup_name, item)
-        if latest is None:
-            raise NotFound(f"no {item} archive of {backup_name} in {ctx.store.root}")
-        path = latest.path
-    else:
-        path = ctx.store.resolve(dump)
-    return source_of_item(item).restore(ctx, RestoreRequest(container, backup_name, item, path, force, stop_timeout))
+    with contextlib.ExitStack() as stack:
+        if from_remote or node is not None:
+            path = stack.enter_context(fetched(ctx, backup_name, item, dump, from_remote, node))
+        elif dump == "latest":
+            latest = ctx.store.latest(backup_name, item)
+            if latest is None:
+                raise NotFound(f"no {item} archive of {backup_name} in {ctx.store.root}")
+            path = latest.path
+        else:
+            path = ctx.store.resolve(dump)
+        request = RestoreRequest(container, backup_name, item, path, force, stop_timeout)
+        return source_of_item(item).restore(ctx, request)
 
 
 def _item(ctx: Context, label: str | None, backup_name: str, dump: str) -> str:

@@ -30,7 +30,7 @@ from ..archive import ArchiveWriter, iter_raw, read_checksum
 from ..destinations import CopyEntry, CopyIndex, Destination, RemoteObject
 from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable, SidecarError
 from ..model import Compression
-from ..naming import ENCRYPTED_SUFFIX, PARTIAL_SUFFIX, parse_image_name, parse_name
+from ..naming import ENCRYPTED_SUFFIX, IMAGE_FOLDER, PARTIAL_SUFFIX, parse_image_name, parse_name
 from ..retention import Keep, PruneRefused, plan_prune, select_image_prune
 from .context import Context
 
@@ -86,8 +86,10 @@ class SyncReport:
 
 
 def copy_index(ctx: Context, destination: Destination | str) -> CopyIndex:
+    """The copy index of a destination as this node uses it (its own folder with
+    BACKUP_NODE_PREFIX)."""
     name = destination if isinstance(destination, str) else destination.name
-    return CopyIndex(ctx.store.state_dir, name)
+    return CopyIndex(ctx.store.state_dir, name, ctx.prefix_node)
 
 
 def remote_relpath(ctx: Context, item_relpath: str) -> str:
@@ -317,7 +319,7 @@ def _remote_prune(ctx: Context, destination: Destination, keep_for, backup_name:
         return RemotePrune(name, error=str(err))
     deleted, refused = _archive_deletions(listing, keep_for, backup_name, name)
     if images_keep is not None:
-        deleted += _image_deletions([o for o in listing if o.relpath.startswith("images/")], images_keep)
+        deleted += _image_deletions([o for o in listing if _in_folder(o.relpath, IMAGE_FOLDER)], images_keep)
     for rel in deleted:
         logger.info("would delete off-site copy (dry run)" if dry_run else "off-site copy deleted",
                     extra={"phase": "prune", "destination": name, "key": destination.key(rel), "dry_run": dry_run})
@@ -336,7 +338,7 @@ def _archive_deletions(listing: list[RemoteObject], keep_for, backup_name: str |
                        destination: str) -> tuple[list[str], list[str]]:
     """(relpaths to delete, targets whose rotation was refused) by the local rules."""
     archives = [o for o in listing if (n := parse_name(o.relpath.rsplit("/", 1)[-1])) is not None
-                and o.relpath.split("/", 1)[0] == n.frequency.value and (backup_name is None or n.backup_name == backup_name)]
+                and _in_folder(o.relpath, n.frequency.value) and (backup_name is None or n.backup_name == backup_name)]
     deleted: list[str] = []
     refused: list[str] = []
     by_backup_name: dict[str, list[RemoteObject]] = {}
@@ -355,6 +357,12 @@ def _archive_deletions(listing: list[RemoteObject], keep_for, backup_name: str |
             continue
         deleted += [o.relpath for o in plan.delete]
     return deleted, refused
+
+
+def _in_folder(relpath: str, folder: str) -> bool:
+    """`relpath` is a file right in `folder` ("daily/NAME"), not deeper: a single host's
+    rotation sees nodes' folders ("NODE/daily/NAME") in its listing and must leave them alone."""
+    return relpath.split("/")[:-1] == [folder]
 
 
 def _image_deletions(objects: list[RemoteObject], keep: int) -> list[str]:

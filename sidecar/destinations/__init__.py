@@ -2,6 +2,7 @@
 Protocol (base.py), one module per kind (s3.py, rclone.py for any rclone remote, local.py
 for a mounted second disk), the registry of kinds, and `from_settings`, which builds the
 destinations BACKUP_DESTINATIONS lists (settings.py parses it into typed configs).
+node.py shows any of them from one node's folder (BACKUP_NODE_PREFIX: `{prefix}/{node}/...`).
 
 Adding a kind: a module with a class implementing `Destination` and a factory taking its
 typed config, one `register("KIND", factory)` line below, `from_settings` building it
@@ -19,6 +20,7 @@ from ..settings import Settings
 from .base import Destination, RemoteObject
 from .index import CopyEntry, CopyIndex
 from .local import LocalDestination
+from .node import NodeFolder, all_on_node, bare, on_node
 from .rclone import RcloneDestination
 from .s3 import S3Destination
 
@@ -57,5 +59,6 @@ register("s3", S3Destination)
 register("rclone", RcloneDestination)
 register("local", LocalDestination)
 
-__all__ = ["CopyEntry", "CopyIndex", "Destination", "LocalDestination", "RcloneDestination", "RemoteObject",
-           "S3Destination", "create", "from_settings", "kinds", "register"]
+__all__ = ["CopyEntry", "CopyIndex", "Destination", "LocalDestination", "NodeFolder", "RcloneDestination",
+           "RemoteObject", "S3Destination", "all_on_node", "bare", "create", "from_settings", "kinds", "on_node",
+           "register"]

@@ -4,12 +4,15 @@ state without asking the store, and a sync skips what it already checked.
 
 One JSON document per destination in `.sidecar/`: `remote.json` for "s3" (the name it
 had before destinations existed, so an upgrade does not verify every copy again),
-`remote-NAME.json` for any other.
+`remote-NAME.json` for any other; `remote-NAME@NODE.json` for the destination's folder of
+a node (BACKUP_NODE_PREFIX), so turning the prefix on or off starts from an index of the
+folder actually used (copies found there are verified again, the rest uploaded).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -31,16 +34,22 @@ class CopyEntry:
     verified_at: float
 
 
-def index_path(state_dir: Path, destination: str) -> Path:
-    """The index file of a destination (its name becomes part of a file name: checked)."""
+def index_path(state_dir: Path, destination: str, node: str | None = None) -> Path:
+    """The index file of a destination, or of a node's folder on it (names become part of
+    a file name: checked)."""
     safe_component(destination, "destination name")
+    if node is not None:
+        # A name as long as DNS allows would not fit in a file name: its digest stands in.
+        folder = safe_component(node, "node name") if len(node) <= 64 else hashlib.sha256(node.encode()).hexdigest()
+        return state_dir / f"remote-{destination}@{folder}.json"
     return state_dir / ("remote.json" if destination == "s3" else f"remote-{destination}.json")
 
 
 class CopyIndex:
-    def __init__(self, state_dir: Path, destination: str):
+    def __init__(self, state_dir: Path, destination: str, node: str | None = None):
+        """`node`: the index of that node's folder on the destination (None: its root)."""
         self.destination = destination
-        self._state = JsonState(index_path(state_dir, destination), f"copy index of {destination}")
+        self._state = JsonState(index_path(state_dir, destination, node), f"copy index of {destination}")
 
     def entries(self) -> dict[str, CopyEntry]:
         """Copies by their relpath on the destination."""

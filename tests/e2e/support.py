@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -310,6 +311,13 @@ class Lab:
                 self.client.api.remove_volume(vol, force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def without_node(text: str) -> str:
+    """Exposition text without the `node` label every series carries (issue 13): for tests
+    that match one node's series as text (`backup_sidecar_copies{target="app"} 2.0`)."""
+    text = re.sub(r'(?<![\w])node="[^"]*",?', "", text)
+    return text.replace(",}", "}").replace("{}", "")
 
 
 def log_records(path: Path) -> list[dict]:

@@ -12,14 +12,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from .support import log_records, wait_for
 
 
-def _samples(port: int) -> dict[tuple[str, tuple], float]:
+def _scrape(port: int) -> list:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
-        return {}
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+        return []
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _samples(port: int) -> dict[tuple[str, tuple], float]:
+    """Values by name and labels, without the `node` label every series carries."""
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "node"))): s.value
+            for s in _scrape(port)}
 
 
 def _value(samples, name: str, **labels) -> float | None:
@@ -55,6 +60,9 @@ def test_a_cli_backup_shows_on_the_daemons_metrics(lab):
     assert _value(after, "backup_sidecar_archive_size_bytes", target="app", volume="data") > 0
     assert _value(after, "backup_sidecar_last_status", target="bad", volume="bad") == 0
     assert _value(after, "backup_sidecar_last_success_timestamp_seconds", target="bad", volume="bad") == 0
+
+    # Every series names the node: the engine's name (BACKUP_NODE_NAME unset).
+    assert {s.labels.get("node") for s in _scrape(port)} == {lab.client.info()["Name"]}
 
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(30) == 0

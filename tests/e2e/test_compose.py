@@ -11,7 +11,7 @@ import urllib.request
 
 import yaml
 
-from .support import BUSYBOX, REPO, log_records, stderr_records, wait_for
+from .support import BUSYBOX, REPO, log_records, stderr_records, wait_for, without_node
 
 
 def test_recreating_a_service_is_no_name_clash(lab, stack):
@@ -134,7 +134,8 @@ def test_the_users_compose_stop_wins_over_a_stop_backup(lab, stack, docker_clien
              what="a later run (of the stopped container)")
     assert "start" not in _events(docker_client, f"{lab.project}_app_1", user_stop)
     assert docker_client.api.inspect_container(f"{lab.project}_app_1")["State"]["Status"] == "exited"
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=10).read().decode()
+    metrics = without_node(urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics",
+                                                  timeout=10).read().decode())
     assert 'backup_sidecar_runs_total{result="aborted",target="app"} 1.0' in metrics
 
     done = subprocess.run([stack.binary, "-p", stack.project, "-f", str(stack.file), "down", "-v"], cwd=stack.folder,

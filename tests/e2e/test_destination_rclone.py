@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import tool_unavailable
 from .rcloneserver import RcloneServer
-from .support import log_records, stderr_records, wait_for
+from .support import log_records, stderr_records, wait_for, without_node
 
 PASSWORD = "S3cret-SFTP-pw!x"
 SEED_DAYS = [date(2025, 3, 1) + timedelta(days=i) for i in range(8)]  # 03-01 (a Saturday) .. 03-08
@@ -160,7 +160,7 @@ def test_restore_from_each_destination_onto_an_empty_backup_volume(lab, servers,
 
 def scrape(lab) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=5) as r:
-        return r.read().decode()
+        return without_node(r.read().decode())
 
 
 def offsite_stamp(text: str, destination: str) -> float | None:

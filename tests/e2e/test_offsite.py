@@ -13,7 +13,7 @@ import urllib.request
 import pyrage
 
 from .s3server import ACCESS_KEY, SECRET_KEY
-from .support import log_records, wait_for
+from .support import log_records, wait_for, without_node
 
 
 def s3_env(s3_server, bucket: str, **extra: str) -> dict[str, str]:
@@ -96,7 +96,7 @@ def test_store_outage_heals_on_the_next_cycle(lab, s3_server, s3_bucket):
     # The metrics follow: two copies, and an off-site timestamp for the volume.
     def scrape():
         with urllib.request.urlopen(f"http://127.0.0.1:{lab.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
+            return without_node(r.read().decode())
 
     wait_for(lambda: 'backup_sidecar_copies{target="app"} 2.0' in scrape(), timeout=30, what="copies to be 2")
     offsite = re.search(r'backup_sidecar_offsite_last_success_timestamp_seconds\{destination="s3",target="app",'

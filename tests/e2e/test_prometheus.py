@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .prom import Prometheus
-from .support import wait_for
+from .support import wait_for, without_node
 
 def _seed_old_archive(backup_dir: Path, service: str, volume: str, days_old: int) -> None:
     folder = backup_dir / "daily"
@@ -75,7 +75,7 @@ def test_prometheus_scrapes_and_the_too_old_alert_follows_the_schedule(lab, prom
 
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
+        return without_node(r.read().decode())
 
 
 def test_healthz_reports_the_daemon(lab):

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from sidecar.errors import ContainerNotFound, EngineError
-from sidecar.model import ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, WorkerResult, WorkerSpec
+from sidecar.errors import ContainerNotFound, EngineError, UnsafeName
+from sidecar.model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
+                           SwarmNode, WorkerResult, WorkerSpec)
+from sidecar.naming import node_name_problem
 from sidecar.swarm import ServiceMode, SwarmService, TaskStatus, task_of, with_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +79,8 @@ class FakeEngine:
         self._scaled_away: dict[str, list[FakeContainer]] = {}  # service id -> its removed task containers
         self.on_scale = None  # called with (service id, replicas) after a scale (e.g. someone else's update)
         self.tasks_linger = 0  # service_tasks calls that still show a scaled-down task running
+        self.identity = NodeIdentity("fake-node")  # node(): a single host unless a test makes it a swarm node
+        self.fleet: list[SwarmNode] = []  # swarm_nodes() when identity.manager
 
     # --- building the world ---------------------------------------------------------------
     def add_container(self, name: str, labels: Mapping[str, str] | None = None,
@@ -458,6 +462,21 @@ class FakeEngine:
     def events(self, since: float | None = None):
         self._call("events", since)
         return iter(list(self.event_queue))
+
+    # --- swarm: this node and the fleet -----------------------------------------------------
+    def node(self, name: str | None = None) -> NodeIdentity:
+        """`self.identity` (a single host named "fake-node" unless a test changes it), named
+        `name` when given, checked like the real engine's."""
+        self._call("node", name)
+        chosen = name if name is not None else self.identity.name
+        problem = node_name_problem(chosen)
+        if problem is not None:
+            raise UnsafeName(f"node name {chosen!r}: {problem}")
+        return replace(self.identity, name=chosen)
+
+    def swarm_nodes(self) -> tuple[SwarmNode, ...]:
+        self._call("swarm_nodes")
+        return tuple(self.fleet) if self.identity.manager else ()
 
     # --- images ---------------------------------------------------------------------------
     def add_image(self, reference: str, digests: tuple[str, ...] = (), data: bytes = b"",
