@@ -360,7 +360,11 @@ class SwarmLab:
         """Remove services, containers, networks and volumes made since `before` (errors are
         logged: teardown goes on)."""
         api = self.manager.client.api
-        for service in {s["Spec"]["Name"] for s in api.services()} - before.services:
+        services = {s["Spec"]["Name"] for s in api.services()} - before.services
+        for service in services:  # all at once: their tasks stop in parallel
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_service(service)
+        for service in services:
             try:
                 self.remove_service(service)
             except (AssertionError, docker.errors.DockerException) as exc:
