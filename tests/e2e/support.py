@@ -123,34 +123,45 @@ def extract_archive(archive: Path, dest: Path) -> None:
             os.utime(dest / member.name, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-class StateWatcher:
-    """Polls a container's state in a thread and records every state seen, in order."""
+class Watcher:
+    """Polls `read()` in a thread and records every value seen, in order (a repeated value
+    once); a read that raises records "error"."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, interval: float = 0.02):
-        self.api = client.api
-        self.container_id = container_id
+    def __init__(self, read, interval: float = 0.02):
+        self.read = read
         self.interval = interval
-        self.states: list[str] = []
+        self.values: list = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status = self.api.inspect_container(self.container_id)["State"]["Status"]
-            except docker.errors.DockerException:
-                status = "error"
-            if not self.states or self.states[-1] != status:
-                self.states.append(status)
+                value = self.read()
+            except Exception:  # noqa: BLE001 - the engine busy or the object gone: recorded, polling goes on
+                value = "error"
+            if not self.values or self.values[-1] != value:
+                self.values.append(value)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "StateWatcher":
+    def __enter__(self) -> "Watcher":
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+class StateWatcher(Watcher):
+    """Every state a container was seen in, in order."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, interval: float = 0.02):
+        super().__init__(lambda: client.api.inspect_container(container_id)["State"]["Status"], interval)
+
+    @property
+    def states(self) -> list[str]:
+        return self.values
 
 
 class Lab:

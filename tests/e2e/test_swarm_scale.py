@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from .swarm import IDLE, s3_env
-from .support import wait_for
+from .support import Watcher, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,28 +55,18 @@ def scaled(swarm_lab, swarm_s3, worker_image):
         lab.restore(before)
 
 
-class ReplicaWatch:
-    """Polls the service's replica count in the background: what a stop made of it meanwhile."""
+def replica_watch(lab, service: str) -> Watcher:
+    """What a stop made of the service's replica count meanwhile (`.values`)."""
+    return Watcher(lambda: lab.replicas(service), interval=0.1)
 
-    def __init__(self, lab, service: str):
-        self.lab, self.service, self.seen = lab, service, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                self.seen.append(self.lab.replicas(self.service))
-            except Exception:  # noqa: BLE001 - the manager may be busy for a moment; keep polling
-                pass
-
-    def __enter__(self) -> "ReplicaWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def diagnose(lab, service: str) -> str:
+    """What Swarm says of the service's tasks, and the last log lines of its containers on the manager."""
+    ps = lab.manager.docker("service", "ps", "--no-trunc", service).stdout
+    logs = []
+    for c in lab.service_containers(service, lab.manager, all=True):
+        logs.append(f"--- {c.name} ({c.status})\n" + c.logs(tail=30).decode(errors="replace"))
+    return ps + "\n".join(logs)
 
 
 def journal(lab) -> list[dict]:
@@ -93,10 +83,10 @@ def gz_files(data: bytes) -> dict[str, bytes]:
 def test_stop_scales_the_service_to_zero_and_back_to_its_count(scaled):
     lab = scaled
     version = lab.service_version(DB)
-    with ReplicaWatch(lab, DB) as watch:
+    with replica_watch(lab, DB) as watch:
         code, out = lab.sidecar(lab.manager, "backup", DB, service=SIDECAR)
     assert code == 0, out[-3000:]
-    assert 0 in watch.seen, f"never seen at 0 replicas: {watch.seen}"
+    assert 0 in watch.values, f"never seen at 0 replicas: {watch.values}"
     assert lab.replicas(DB) == REPLICAS and lab.service_version(DB) > version
     lab.wait_running(DB, REPLICAS)
     assert journal(lab) == []
@@ -118,7 +108,10 @@ def test_a_sidecar_killed_mid_backup_scales_it_back_from_the_journal(scaled):
     assert [(e["action"], e["replicas"]) for e in entries] == [("scaled", REPLICAS)], entries
     lab.kill_task_container(SIDECAR, manager)  # SIGKILL: no put back by the process itself
     runner.join(60)
-    lab.wait_replaced(SIDECAR, manager, old)  # Swarm starts a new sidecar task; its start runs recovery
+    try:
+        lab.wait_replaced(SIDECAR, manager, old, timeout=240)  # Swarm starts a new sidecar task; its start runs recovery
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{diagnose(lab, SIDECAR)}") from None
     wait_for(lambda: lab.replicas(DB) == REPLICAS, timeout=180, interval=0.5,
              what=f"{DB} scaled back to {REPLICAS} by the new sidecar task")
     lab.wait_running(DB, REPLICAS)
@@ -132,10 +125,10 @@ def test_a_restore_scales_to_zero_and_back(scaled):
     assert code == 0, out[-3000:]
     before = lab.volume_tar(manager, DB_VOLUME)
     lab.run_on(manager, "echo changed > who.txt; rm -rf sub", {DB_VOLUME: "/data"})
-    with ReplicaWatch(lab, DB) as watch:
+    with replica_watch(lab, DB) as watch:
         code, out = lab.sidecar(manager, "restore", DB, "--volume", DB_VOLUME, "--force", service=SIDECAR)
     assert code == 0, out[-3000:]
-    assert 0 in watch.seen and lab.replicas(DB) == REPLICAS
+    assert 0 in watch.values and lab.replicas(DB) == REPLICAS
     lab.wait_running(DB, REPLICAS)
     assert lab.volume_tar(manager, DB_VOLUME) == before
     assert journal(lab) == []
