@@ -57,6 +57,10 @@ Findings on this lab (Engine 20.10.24, two netns nodes; the lead's design depend
    on-failure) restores fine, but Swarm then lists that task "Shutdown / Complete" while its
    container runs again outside Swarm's view (as in 3, `none`); with condition `any` Swarm
    would start a replacement task on the same volume ~7 s after the stop, during the restore.
+   A task whose image has a HEALTHCHECK (the sidecar's: start period 30 s, interval 30 s)
+   stays in Swarm's state "starting" until the first healthy check, ~30 s: `wait_running`
+   (tasks in state "running") waits that long for a sidecar; `service_containers` sees the
+   container as soon as it is up.
    In an overlay container, Python's socket.gethostbyname_ex("tasks.backup") timed out while
    getaddrinfo(..., AF_INET) and busybox nslookup answered at once (the embedded DNS forwards
    what it cannot answer to the node's resolvers, unreachable here).
@@ -360,7 +364,11 @@ class SwarmLab:
         """Remove services, containers, networks and volumes made since `before` (errors are
         logged: teardown goes on)."""
         api = self.manager.client.api
-        for service in {s["Spec"]["Name"] for s in api.services()} - before.services:
+        services = {s["Spec"]["Name"] for s in api.services()} - before.services
+        for service in services:  # all at once: their tasks stop in parallel
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_service(service)
+        for service in services:
             try:
                 self.remove_service(service)
             except (AssertionError, docker.errors.DockerException) as exc:
