@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Mapping
 
 from sidecar.model import ContainerInfo, ContainerState, Mount
@@ -45,3 +48,11 @@ def container(
         labels=all_labels,
         mounts=tuple(mounts),
     )
+
+
+def daily_archive(tmp_path: Path, name: str, size: int) -> tuple[Path, str]:
+    """A file of `size` random bytes as a daily archive on a backup volume, with its SHA-256."""
+    path = tmp_path / "backups" / "daily" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(size))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()

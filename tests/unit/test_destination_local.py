@@ -6,7 +6,6 @@ caught on the way back."""
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
@@ -14,15 +13,14 @@ from sidecar.config import LocalConfig
 from sidecar.destinations import Destination, create
 from sidecar.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 
+from .helpers import daily_archive
+
 NAME = "app_data_2026-11-26_daily.tar.zst"
 
 
 @pytest.fixture
 def archive(tmp_path):
-    path = tmp_path / "backups" / "daily" / NAME
-    path.parent.mkdir(parents=True)
-    path.write_bytes(os.urandom(5000))
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return daily_archive(tmp_path, NAME, 5000)
 
 
 def test_upload_copy_list_download_delete(tmp_path, archive):

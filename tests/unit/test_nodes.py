@@ -22,6 +22,8 @@ from sidecar.model import NodeIdentity, SwarmNode
 from sidecar.naming import safe_node_name
 from sidecar.settings import load_settings
 
+from .helpers import daily_archive
+
 NAME = "app_data_2026-12-02_daily.tar.zst"
 
 
@@ -118,10 +120,7 @@ def test_swarm_nodes_typed_and_empty_on_a_node_that_is_no_manager():
 
 @pytest.fixture
 def archive(tmp_path):
-    path = tmp_path / "backups" / "daily" / NAME
-    path.parent.mkdir(parents=True)
-    path.write_bytes(os.urandom(3000))
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return daily_archive(tmp_path, NAME, 3000)
 
 
 def round_trip(destination: Destination, archive, tmp_path) -> None:
