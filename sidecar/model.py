@@ -9,7 +9,7 @@ from typing import Mapping
 
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
-from .swarm import SwarmTask
+from .swarm import ServiceMode, SwarmTask
 
 
 class Strategy(enum.Enum):
@@ -122,6 +122,13 @@ class ContainerInfo:
     @property
     def compose_project(self) -> str | None:
         return self.labels.get("com.docker.compose.project")
+
+    @property
+    def replicated_task(self) -> SwarmTask | None:
+        """Its task when it runs one of a replicated Swarm service, which a stop scales to 0
+        as a whole (and whose task containers Swarm then removes); else None."""
+        task = self.swarm
+        return task if task is not None and task.mode is ServiceMode.REPLICATED else None
 
     @property
     def volume_prefix(self) -> str | None:

@@ -23,7 +23,6 @@ from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, 
 from ..groups import Group
 from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
-from ..swarm import ServiceMode
 from ..naming import choose_name
 from .context import Context
 from .images import export_image
@@ -161,15 +160,14 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
 
 def _scales(target: Target, container: ContainerInfo) -> bool:
     """A stop of a replicated Swarm service's task: the service is scaled to 0 (see interrupt)."""
-    return (target.config.strategy is Strategy.STOP and container.swarm is not None
-            and container.swarm.mode is ServiceMode.REPLICATED)
+    return target.config.strategy is Strategy.STOP and container.replicated_task is not None
 
 
 def _after_window(ctx: Context, container: ContainerInfo) -> str:
     """The container backup.exec.post runs in: the same one, or, when a scale back replaced
     a replicated Swarm service's task, this node's running task in the same slot."""
-    task = container.swarm
-    if task is None or task.mode is not ServiceMode.REPLICATED:
+    task = container.replicated_task
+    if task is None:
         return container.id
     try:
         now = [c for c in ctx.engine.service_containers(task.service_id) if c.state is ContainerState.RUNNING

@@ -21,7 +21,6 @@ from ..naming import ENCRYPTED_SUFFIX
 from ..readers import WorkerSettings
 from ..settings import Settings
 from ..storage import BackupStore, Journal
-from ..swarm import ServiceMode
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +168,7 @@ class Context:
         """`container`, or for a task of a replicated Swarm service (which a stop scales to
         0: Swarm then removes the task's container) a stand-in with the same mounts, whose id
         every read and write through the engine uses instead."""
-        task = container.swarm
-        if task is None or task.mode is not ServiceMode.REPLICATED:
+        if container.replicated_task is None:
             yield container
             return
         with self.engine.stand_in(self.helper_image(container), container.mounts) as stand_in_id:

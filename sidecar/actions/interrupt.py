@@ -105,8 +105,7 @@ class Interruption:
         self._hard_killed = False  # our stop ran out of time and the engine sent SIGKILL
         self._watch_end = threading.Event()
         self._watcher: threading.Thread | None = None
-        task = container.swarm
-        if action is InterruptionKind.STOPPED and task is not None and task.mode is ServiceMode.REPLICATED:
+        if action is InterruptionKind.STOPPED and container.replicated_task is not None:
             self.action = InterruptionKind.SCALED
         self._service: SwarmService | None = None  # SCALED: the service as it was before the scale-down
         self._version: int | None = None  # SCALED: its spec version after our scale-down
@@ -149,7 +148,7 @@ class Interruption:
 
     def _scale_down(self) -> "Interruption":
         """A replicated Swarm service: scale it to 0 and wait until no task of it runs."""
-        task = self.container.swarm
+        task = self.container.replicated_task
         assert task is not None
         service = self.ctx.engine.service(task.service_id)
         if service.mode is not ServiceMode.REPLICATED or service.replicas is None:
@@ -394,8 +393,8 @@ def leave_stopped(ctx: Context, container: ContainerInfo, target: str, reason: s
 def journal_key(container: ContainerInfo) -> tuple[str, str]:
     """Under which id and name the journal keeps what was done to `container`: its
     replicated Swarm service's (which a stop scales as a whole), else its own."""
-    task = container.swarm
-    if task is not None and task.mode is ServiceMode.REPLICATED:
+    task = container.replicated_task
+    if task is not None:
         return task.service_id, task.service_name
     return container.id, container.name
 
