@@ -530,7 +530,7 @@ def _unwrap_scrypt(header: _Header, passphrase: str) -> bytes:
     if work_factor > MAX_WORK_FACTOR:
         raise EncryptionError(f"the archive's scrypt work factor {work_factor} is above the limit "
                               f"{MAX_WORK_FACTOR} (the sidecar writes {DEFAULT_WORK_FACTOR}); refusing to spend "
-                              f"{(128 << work_factor) >> 20} MiB on it: decrypt it with the age CLI if you trust it")
+                              f"{_scrypt_mib(work_factor)} MiB on it: decrypt it with the age CLI if you trust it")
     return _file_key(passphrase, salt, work_factor, body)
 
 
@@ -543,6 +543,11 @@ def _file_key(passphrase: str, salt: bytes, work_factor: int, body: bytes) -> by
         return ChaCha20Poly1305(_scrypt(passphrase, salt, work_factor)).decrypt(bytes(12), body, None)
     except InvalidTag:
         raise EncryptionError("wrong passphrase (or a damaged archive header)") from None
+
+
+def _scrypt_mib(work_factor: int) -> int:
+    """The memory scrypt needs at this work factor (128 * r * N bytes, r = 8), in MiB."""
+    return (128 * 8 << work_factor) >> 20
 
 
 def _scrypt(passphrase: str, salt: bytes, work_factor: int) -> bytes:

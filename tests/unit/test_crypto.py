@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sidecar import crypto
 from sidecar.crypto import decrypting, encrypting
 from sidecar.errors import EncryptionError, SidecarError
-from sidecar.keys import EncryptionConfig, load_identities, parse_recipients
+from sidecar.keys import MAX_WORK_FACTOR, EncryptionConfig, load_identities, parse_recipients
 
 PASSPHRASE = "correct horse battery staple 7"
 real_scrypt = crypto._scrypt
@@ -229,7 +229,22 @@ def test_rage_reads_ours_and_we_read_rage(identity):
     assert pyrage.decrypt(encrypt(data, recipients_config(identity)), [identity]) == data
     assert pyrage.passphrase.decrypt(encrypt(data, passphrase_config()), PASSPHRASE) == data
     assert decrypt(pyrage.encrypt(data, [identity.to_public()]), identities=[identity]) == data
-    assert decrypt(pyrage.passphrase.encrypt(data, PASSPHRASE), passphrase=PASSPHRASE) == data
+
+
+def test_we_read_rages_passphrase_archives_within_the_work_factor_limit():
+    """rage calibrates its scrypt work factor to about a second on the machine that encrypts
+    (CI's machine measured 20, above our cap of 19): within the cap the archive opens, above it
+    the refusal names the factor and the memory it would cost, before any derivation."""
+    data = RNG.randbytes(CHUNK + 9) + MARKER
+    ciphertext = pyrage.passphrase.encrypt(data, PASSPHRASE)
+    factor = int(re.search(rb"-> scrypt \S{22} (\d+)\n", ciphertext).group(1))
+    if factor <= MAX_WORK_FACTOR:
+        assert decrypt(ciphertext, passphrase=PASSPHRASE) == data
+    else:
+        mib = (1024 << factor) >> 20
+        with pytest.raises(EncryptionError, match=f"work factor {factor} is above the limit {MAX_WORK_FACTOR} "
+                                                  f".the sidecar writes 18.; refusing to spend {mib} MiB"):
+            decrypt(ciphertext, passphrase=PASSPHRASE)
 
 
 def test_default_work_factor_is_the_age_cli_one():
