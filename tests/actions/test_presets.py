@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -283,25 +284,42 @@ def test_mysql_restore_feeds_the_client_and_refuses_data_without_force(engine, c
 
 # --- redis ----------------------------------------------------------------------------------
 
+# A Redis as the snapshot script sees it: LASTSAVE moves (in whole seconds) only when a
+# save succeeds. CLOCK=1: LASTSAVE and a save's time are the real clock's seconds (a save in
+# the second of the last one does not move it); BUSY=N: N looks at INFO find someone else's
+# save running; RACE=1: the first BGSAVE meets a save someone else just started (which writes
+# its own RDB and moves LASTSAVE).
 REDIS_CLI = r'''
-state="$STATE"; [ -f "$state" ] || echo 100 > "$state"
+state="$STATE"
+[ -f "$state" ] || { if [ -n "$CLOCK" ]; then date +%s; else echo 100; fi > "$state"; echo "${BUSY:-0}" > "$state.busy"; }
+save() { printf '%s' "$1" > "$RDB_HOST/dump.rdb"; at=$(( $(cat "$state") + 1 )); [ -z "$CLOCK" ] || at=$(date +%s)
+        echo "$at" > "$state"; }
 [ "$1" = --raw ] && shift
 case "$1 $2" in
   "LASTSAVE "*) cat "$state";;
-  "BGSAVE "*) printf 'REDIS0011-snapshot-%s' "$REDISCLI_AUTH" > "$RDB_HOST/dump.rdb"; echo $(( $(cat "$state") + 1 )) > "$state"
-              echo "Background saving started";;
-  "INFO persistence") echo "rdb_last_bgsave_status:$BGSAVE_STATUS";;
+  "TIME "*) date +%s; echo 0;;
+  "BGSAVE "*)
+    if [ -n "$RACE" ] && [ ! -f "$state.raced" ]; then : > "$state.raced"; save REDIS0011-someone-elses
+      echo "ERR Background save already in progress"; exit 0; fi
+    [ "$BGSAVE_STATUS" = ok ] && save "REDIS0011-snapshot-$REDISCLI_AUTH"
+    echo "$BGSAVE_STATUS" > "$state.status"; echo "Background saving started";;
+  "INFO persistence")
+    busy=$(cat "$state.busy"); [ "$busy" -gt 0 ] && echo $(( busy - 1 )) > "$state.busy"
+    echo "rdb_bgsave_in_progress:$(( busy > 0 ))"; echo "rdb_last_bgsave_status:$(cat "$state.status" 2>/dev/null || echo ok)"
+    echo "aof_rewrite_in_progress:0";;
   "CONFIG GET") echo "$3"; case "$3" in dir) echo "$RDB_DIR";; dbfilename) echo dump.rdb;; appendonly) echo "$AOF";; esac;;
   "DBSIZE "*) echo "$KEYS";;
 esac
 '''
 
 
-def _redis(engine, tmp_path, data, env=None):
-    app = engine.add_container("cache-1", app_labels(preset="redis", image="never"), {"/data": data},
+def _redis(engine, tmp_path, data, env=None, timeout="3600"):
+    app = engine.add_container("cache-1", app_labels(preset="redis", image="never", exec_timeout=timeout),
+                               {"/data": data},
                                image="redis:7")
     engine.containers[app.id].bin = _tools(tmp_path, **{"redis-cli": REDIS_CLI, "sed": 'exec /bin/sed "$@"',
-                                                         "grep": 'exec /bin/grep "$@"', "stat": "exit 1"})
+                                                         "grep": 'exec /bin/grep "$@"', "stat": "exit 1",
+                                                         "date": 'exec /bin/date "$@"', "tr": 'exec /usr/bin/tr "$@"'})
     engine.containers[app.id].env = {"STATE": str(tmp_path / "lastsave"), "RDB_HOST": str(data),
                                      "RDB_DIR": str(data), "BGSAVE_STATUS": "ok", "AOF": "no", "KEYS": "0",
                                      "REDIS_PASSWORD": "pw-r", **(env or {})}
@@ -318,10 +336,29 @@ def test_redis_bgsave_then_the_rdb(engine, ctx, tmp_path, data):
 
 
 def test_a_failed_bgsave_fails_the_run(engine, ctx, tmp_path, data):
-    _redis(engine, tmp_path, data, env={"BGSAVE_STATUS": "err"})
+    """Redis leaves LASTSAVE as it was when a save fails: the end of the save is the failure,
+    with the server's status, not a wait until the command's timeout."""
+    _redis(engine, tmp_path, data, env={"BGSAVE_STATUS": "err"}, timeout="30")
+    started = time.monotonic()
     outcome = run_backup(ctx, _target(ctx))
     assert outcome.result is BackupResult.FAILURE and "BGSAVE failed: rdb_last_bgsave_status:err" in outcome.error
+    assert time.monotonic() - started < 20, outcome.error
     assert _nothing_written(ctx)
+
+
+@pytest.mark.parametrize("env", [{"CLOCK": "1"}, {"BUSY": "3"}, {"RACE": "1"}, {"CLOCK": "1", "RACE": "1"}],
+                         ids=["save-in-the-same-second", "someone-elses-save-running", "someone-elses-save-first",
+                              "both"])
+def test_the_rdb_is_from_our_bgsave_whatever_else_saves(engine, ctx, tmp_path, data, env):
+    """LASTSAVE counts whole seconds and moves on anyone's save: a save in the second of the
+    last one is still seen (not a wait until the timeout), and someone else's save, running or
+    just started, is waited for and never taken for ours."""
+    _redis(engine, tmp_path, data, env=env, timeout="30")
+    started = time.monotonic()
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    assert _dump_of(outcome.archives[0].path) == b"REDIS0011-snapshot-pw-r"
+    assert time.monotonic() - started < 20
 
 
 def test_redis_restore_stops_puts_the_rdb_back_and_starts(engine, ctx, tmp_path, data):

@@ -46,7 +46,8 @@ def cli(container, *args: str, check: bool = True) -> str:
 
 
 def test_bgsave_under_writes_restores_the_keys(lab, docker_client, redis_image):
-    db = start(lab, redis_image, "cache", labels={})
+    # A bound of the sidecar's own: a dump that never ends fails with its words, not the test's timeout.
+    db = start(lab, redis_image, "cache", labels={"backup.exec.timeout": "120"})
     assert cli(db, "EVAL", "for i=1,5000 do redis.call('SET', 'seed:'..i, i) end return 1", "0") == "1"
     stop = threading.Event()
 
@@ -59,9 +60,11 @@ def test_bgsave_under_writes_restores_the_keys(lab, docker_client, redis_image):
     writer = threading.Thread(target=writes, daemon=True)
     since = time.time()
     writer.start()
-    done = lab.cli("backup", "cache", timeout=300)
-    stop.set()
-    writer.join(30)
+    try:
+        done = lab.cli("backup", "cache", timeout=300)
+    finally:
+        stop.set()
+        writer.join(30)
     assert done.returncode == 0, done.stderr[-3000:]
     actions = events(docker_client, db, since)
     assert not {"stop", "pause", "kill", "die", "restart"} & {a.split(":")[0] for a in actions}, actions
@@ -75,6 +78,21 @@ def test_bgsave_under_writes_restores_the_keys(lab, docker_client, redis_image):
     assert len(cli(fresh, "KEYS", "seed:*").split()) == 5000
     again = lab.cli("restore", fresh.name, "--dump", str(archive), timeout=300)
     assert again.returncode != 0 and "use --force" in again.stdout + again.stderr
+
+
+def test_a_bgsave_that_fails_fails_the_run_with_the_servers_status(lab, redis_image):
+    """Redis leaves LASTSAVE as it was when a save fails (here: its folder made read-only, so
+    the child cannot write its temporary RDB): the run fails at once with the server's status,
+    not after waiting out backup.exec.timeout."""
+    db = start(lab, redis_image, "ro", labels={"backup.exec.timeout": "120"})
+    assert cli(db, "SET", "k", "v") == "OK"
+    assert db.exec_run(["chmod", "0555", "/data"]).exit_code == 0
+    started = time.monotonic()
+    done = lab.cli("backup", "ro", timeout=300)
+    assert done.returncode != 0
+    assert "BGSAVE failed: rdb_last_bgsave_status:err" in done.stdout + done.stderr, done.stderr[-3000:]
+    assert time.monotonic() - started < 60, "the failed save was waited out"
+    assert lab.archives() == []
 
 
 def test_wrong_password_fails_with_the_servers_words(lab, redis_image):

@@ -1,5 +1,5 @@
 """The `redis` preset: a fresh RDB snapshot taken by the server itself (`BGSAVE`, then
-waiting for `LASTSAVE` to change and `rdb_last_bgsave_status:ok`), streamed out of the target
+waiting for its end: `LASTSAVE` moved, else the save failed; see _SNAPSHOT), streamed out of the target
 with `cat` (the RDB is written to a temporary file and renamed by Redis, so the file read is
 always one whole snapshot). Password: `REDISCLI_AUTH`, else `REDIS_PASSWORD` of the
 container's environment, read in the container.
@@ -35,12 +35,29 @@ _CLI = ('command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli: not found in
         'cli() { out=$(redis-cli --raw "$@" 2>&1) && case "$out" in *ERR*|*NOAUTH*|*WRONGPASS*|*"Could not connect"*) '
         'echo "redis-cli $1: $out" >&2; return 1;; esac && printf "%s\\n" "$out" || { echo "redis-cli $1: $out" >&2; '
         'return 1; }; }; ')
-# Prints the RDB on stdout once a BGSAVE started now has finished well.
+# Prints the RDB on stdout once a BGSAVE started now has finished well. LASTSAVE is the time
+# (whole seconds) of the last *successful* save, so: a save already running (the server's own
+# `save` rules, someone's BGSAVE) is waited for and the BGSAVE retried, never taken for ours;
+# a save finishing in the second of the last one would not move LASTSAVE, so the first waits
+# for the next second; and a BGSAVE that fails leaves LASTSAVE as it was: its end (no save in
+# progress, LASTSAVE unmoved) is the failure, with the server's status, not an endless wait.
 _SNAPSHOT = _CLI + (
-    'before=$(cli LASTSAVE) || exit 1; cli BGSAVE >/dev/null || exit 1; '
-    'while [ "$(cli LASTSAVE)" = "$before" ]; do sleep 0.2; done; '
+    'busy() { cli INFO persistence | grep -Eq "(rdb_bgsave|aof_rewrite)_in_progress:1"; }; '
+    'while :; do '
+    'while busy; do sleep 0.2; done; '
+    'before=$(cli LASTSAVE) && now=$(cli TIME | sed -n 1p) || exit 1; '
+    '[ "$before" -lt "$now" ] || sleep 1; '
+    'out=$(cli BGSAVE 2>&1) && break; '
+    'case "$out" in *"in progress"*|*"Another child"*) ;; *) echo "$out" >&2; exit 1;; esac; '
+    'done; '
+    'while :; do '
+    'info=$(cli INFO persistence) && last=$(cli LASTSAVE) || exit 1; '
+    '[ "$last" != "$before" ] && break; '
+    'case "$info" in *"rdb_bgsave_in_progress:1"*) sleep 0.2;; *) echo "BGSAVE failed: $(printf "%s\\n" "$info" '
+    '| grep rdb_last_bgsave_status | tr -d "\\r") (the server\x27s log says why)" >&2; exit 1;; esac; '
+    'done; '
     'cli INFO persistence | grep -q "rdb_last_bgsave_status:ok" || { echo "BGSAVE failed: $(cli INFO persistence '
-    '| grep rdb_last_bgsave_status)" >&2; exit 1; }; '
+    '| grep rdb_last_bgsave_status | tr -d "\\r")" >&2; exit 1; }; '
     'dir=$(cli CONFIG GET dir | sed -n 2p) && file=$(cli CONFIG GET dbfilename | sed -n 2p) || exit 1; '
     'exec cat "$dir/$file"')
 # One line: dir|dbfilename|appendonly|dbsize|uid:gid of the RDB (else of its folder).
