@@ -28,6 +28,7 @@ from .context import Context
 from .images import export_image
 from .interrupt import Interruption, InterruptionKind, LinkedEvent, is_left_stopped
 from .prune import promote
+from .recover import put_back_earlier
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
 from .sync import SyncReport, run_sync
@@ -125,6 +126,8 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
                                                                          ArchiveResult | None]:
     """The story of one backup; returns the archives, the seconds the container was down
     and the image export it made (None: none was needed)."""
+    if not together:  # a group's members: run_group did it before its own stops
+        put_back_earlier(ctx, target.backup_name)
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
     if is_left_stopped(ctx, container):  # an archive of its emptied volume would rotate good ones out
         raise BackupError(target.backup_name, "start", "a failed restore left the container stopped with an emptied "
@@ -365,6 +368,9 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
     extra: list[Interruption] = []  # the other writers of the members' volumes
     try:
         with contextlib.ExitStack() as interrupted:
+            for target in group.members:
+                with contextlib.suppress(BackupBusy), gctx.store.target_lock(target.backup_name):
+                    put_back_earlier(gctx, target.backup_name)  # busy: its holder does it
             states = {t.backup_name: gctx.engine.inspect(t.container.id) for t in group.members}
             for target in group.members:
                 running = states[target.backup_name].state is ContainerState.RUNNING

@@ -33,11 +33,8 @@ def run_recovery(ctx: Context) -> list[str]:
             continue
         try:
             with ctx.store.target_lock(entry.target):
-                if entry.action == InterruptionKind.SCALED.value:
-                    acted = put_back_service(ctx, entry.container_id, entry.replicas or 0, entry.version, entry.target)
-                else:
-                    acted = put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
-        except BackupBusy:
+                acted = put_back_entry(ctx, entry)
+        except BackupBusy:  # that backup puts it back first (put_back_earlier)
             logger.info("journal entry belongs to a backup in progress; left alone", extra=fields)
             continue
         except SidecarError as err:
@@ -48,6 +45,33 @@ def run_recovery(ctx: Context) -> list[str]:
             logger.warning(f"put back a container that an interrupted backup left {entry.action}", extra=fields)
         else:
             logger.info("journal entry needed no action: the container already runs", extra=fields)
+    return restored
+
+
+def put_back_entry(ctx: Context, entry: JournalEntry) -> bool:
+    """Put back what one journal entry says an interrupted run stopped, paused or scaled to 0
+    (the caller holds the entry's target lock); someone else's stop or scale since then wins.
+    True when something had to be done."""
+    if entry.action == InterruptionKind.SCALED.value:
+        return put_back_service(ctx, entry.container_id, entry.replicas or 0, entry.version, entry.target)
+    return put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
+
+
+def put_back_earlier(ctx: Context, target: str) -> list[str]:
+    """Before a backup of `target`, under its lock: put back, as recovery would, what an
+    earlier run of it could not (the engine went away mid-backup). The recovery that runs
+    when the engine comes back leaves a target alone while a backup of it holds the lock;
+    without this, that backup and every later one would find the container stopped, read it
+    as the user's stop and never start it. Engine errors propagate: better a failed run than
+    one that reads a container in a state nobody chose. Returns the names put back."""
+    restored = []
+    for entry in ctx.journal.entries():
+        if entry.target != target or entry.action == InterruptionKind.LEFT_STOPPED.value:
+            continue
+        if put_back_entry(ctx, entry):
+            restored.append(entry.container_name)
+            logger.warning(f"put back a container an earlier interrupted backup left {entry.action}",
+                           extra={"target": target, "container": entry.container_name, "phase": "start"})
     return restored
 
 
