@@ -21,7 +21,7 @@ import pytest
 
 from .faults import Fault, FaultProxy
 from .s3server import ACCESS_KEY, REGION, SECRET_KEY
-from .support import BUSYBOX, IDLE, log_records, stderr_records, wait_for
+from .support import BUSYBOX, IDLE, extract_archive, log_records, stderr_records, wait_for
 from .test_notify import WebhookReceiver
 
 # Random data gzip reads for several seconds on these machines: the window a fault needs.
@@ -357,16 +357,29 @@ def test_the_target_and_its_volume_removed_mid_backup(lab):
     lab.populate(bystander_volume, "echo k > k.txt")
     bystander = lab.workload("keep", {"backup.enable": "true", "backup.strategy": "stop"},
                              {bystander_volume: "/data"})
+    blob_sha = lab.client.containers.run(BUSYBOX, ["sha256sum", "/data/blob"], remove=True, network_mode="none",
+                                         volumes={volume: {"bind": "/data", "mode": "ro"}}).split()[0].decode()
     proc, log = lab.start_cli("backup", "app", log_name="backup.log")
     wait_for(lambda: lab.state(app) == "exited" or proc.poll() is not None, timeout=60, interval=0.01,
              what="the app to be stopped")
     lab.client.api.remove_container(app.id, force=True)
     lab.client.api.remove_volume(volume, force=True)
-    assert proc.wait(300) == 1
-    assert any(r["message"] == "backup failed" for r in log_records(log)), log.read_text()[-3000:]
-    assert not lab.archives("app_*")
+    code = proc.wait(300)
+    messages = [r["message"] for r in log_records(log)]
     assert_nothing_incomplete(lab)
-    assert failed_runs(lab, "app") == 1
+    if code == 1:  # the read was cut: no archive, one failed run
+        assert "backup failed" in messages, log.read_text()[-3000:]
+        assert not lab.archives("app_*")
+        assert failed_runs(lab, "app") == 1
+    else:
+        # The engine had already opened the volume's files and streamed them whole (an unlinked
+        # file stays readable): a complete archive of the volume as it was at the stop is a
+        # good backup, and the container is gone, not left stopped. Seen once on CI.
+        assert code == 0, log.read_text()[-3000:]
+        assert "interrupted container no longer exists" in messages, messages
+        [archive] = lab.archives("app_*")
+        extract_archive(archive, lab.tmp / "got")
+        assert hashlib.sha256((lab.tmp / "got" / "blob").read_bytes()).hexdigest() == blob_sha
 
     # Next run: the gone container is forgotten, the others are backed up.
     done = lab.cli("backup", "--all")
