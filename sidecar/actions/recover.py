@@ -57,22 +57,19 @@ def put_back_entry(ctx: Context, entry: JournalEntry) -> bool:
     return put_back(ctx, entry.container_id, entry.action, entry.target, since=entry.since)
 
 
-def put_back_earlier(ctx: Context, target: str) -> list[str]:
+def put_back_earlier(ctx: Context, target: str) -> None:
     """Before a backup of `target`, under its lock: put back, as recovery would, what an
     earlier run of it could not (the engine went away mid-backup). The recovery that runs
     when the engine comes back leaves a target alone while a backup of it holds the lock;
     without this, that backup and every later one would find the container stopped, read it
     as the user's stop and never start it. Engine errors propagate: better a failed run than
-    one that reads a container in a state nobody chose. Returns the names put back."""
-    restored = []
+    one that reads a container in a state nobody chose."""
     for entry in ctx.journal.entries():
         if entry.target != target or entry.action == InterruptionKind.LEFT_STOPPED.value:
             continue
         if put_back_entry(ctx, entry):
-            restored.append(entry.container_name)
             logger.warning(f"put back a container an earlier interrupted backup left {entry.action}",
                            extra={"target": target, "container": entry.container_name, "phase": "start"})
-    return restored
 
 
 def _report_left_stopped(ctx: Context, entry: JournalEntry, fields: dict) -> None:
