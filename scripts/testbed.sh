@@ -27,7 +27,7 @@ TESTBED_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${TESTBED_EXTRAS:=test}"
 : "${TESTBED_DOCKERD_TIMEOUT:=60}"
 
-SIDECAR_TEST_IMAGE="backup-sidecar:test"
+: "${SIDECAR_TEST_IMAGE:=backup-sidecar:test}"   # a work tree of its own may build its own tag
 SIDECAR_TEST_BUSYBOX="backup-sidecar-test/busybox:latest"
 SIDECAR_TEST_BASE="backup-sidecar-test/python-base:bookworm"
 SIDECAR_TESTBED=1
