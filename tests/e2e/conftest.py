@@ -58,7 +58,15 @@ def sidecar_image(docker_client):
 def worker_image(docker_client):
     """The sidecar's image built from this tree (worker containers run its code): built once
     per session with scripts/testbed.sh's recipe (the layer cache makes an unchanged tree a
-    matter of seconds), so a worker never runs code older than the test's."""
+    matter of seconds), so a worker never runs code older than the test's. scripts/test has
+    just built it and says so with the image's ID: then every xdist process takes it as is."""
+    built = os.environ.get("SIDECAR_TEST_IMAGE_ID")
+    if built and WORKER_IMAGE == SIDECAR_IMAGE:
+        try:
+            if docker_client.images.get(WORKER_IMAGE).id == built:
+                return WORKER_IMAGE
+        except docker.errors.ImageNotFound:
+            pass
     script = ('. scripts/testbed.sh && ensure_base_image && '
               'tb_build_sidecar "$WORKER_IMAGE" --build-arg "BASE_IMAGE=$SIDECAR_TEST_BASE"')
     done = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=1800,
