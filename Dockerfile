@@ -9,7 +9,7 @@
 # Two stages: `builder` makes the virtualenv (pip, setuptools and wheel live and die
 # there); the final stage is the base plus the runtime packages, that venv without its
 # installers, and the entrypoint. It runs as uid/gid 10001 (`sidecar`; Debian's `backup`
-# user is uid 34), not root: the README's "Security" section says how it reaches the Docker
+# user is uid 34), not root: docs/how-to/security.md says how it reaches the Docker
 # socket (the socket's group, or a proxy) and what still runs as root (worker containers).
 ARG BASE_IMAGE=python:3.12-slim
 

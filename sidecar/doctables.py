@@ -1,9 +1,10 @@
-"""The README's settings and labels tables, generated from `settings.SETTINGS` and
-`labels.LABELS` so the documentation and the code cannot disagree.
+"""The settings and labels tables of the reference documentation, generated from
+`settings.SETTINGS` and `labels.LABELS` so the documentation and the code cannot disagree.
 
-Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md.
-`python -m sidecar.doctables` rewrites them there; `--check` only says whether they are
-current (exit 1 if not), as the unit tests do.
+Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` in its page
+(docs/reference/settings.md, docs/reference/labels.md). `python -m sidecar.doctables`
+rewrites them there; `--check` only says whether they are current (exit 1 if not), as the
+unit tests do.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .labels import LABELS, Label
 from .settings import SETTINGS, Setting
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference"
 
 
 def settings_table() -> str:
@@ -38,35 +40,61 @@ def labels_table() -> str:
     return _markdown(("label", "meaning", "accepted", "default"), rows)
 
 
-TABLES: dict[str, Callable[[], str]] = {"settings-table": settings_table, "labels-table": labels_table}
+@dataclass(frozen=True)
+class Table:
+    page: Path  # the documentation page holding the table
+    make: Callable[[], str]
 
 
-def render(text: str) -> str:
-    """`text` (the README) with every generated table replaced by its current content."""
-    for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+TABLES: dict[str, Table] = {
+    "settings-table": Table(REFERENCE / "settings.md", settings_table),
+    "labels-table": Table(REFERENCE / "labels.md", labels_table),
+}
+PAGES: tuple[Path, ...] = tuple(dict.fromkeys(table.page for table in TABLES.values()))
+
+
+def render(text: str, names: Iterable[str] | None = None) -> str:
+    """`text` (a page) with its generated tables replaced by their current content: the tables
+    `names`, or else every table whose block the page holds (at least one)."""
+    names = [n for n in TABLES if _start(n) in text] if names is None else list(names)
+    if not names:
+        raise ValueError(f"no generated table block in the page (one of: {', '.join(map(_start, TABLES))})")
+    for name in names:
+        pattern = re.compile(rf"({re.escape(_start(name))}\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text, count=1)
+            raise ValueError(f"the page has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+        text = pattern.sub(lambda m: m.group(1) + TABLES[name].make() + "\n" + m.group(2), text, count=1)
     return text
+
+
+def render_page(page: Path) -> str:
+    """The page's text with its tables current (a page of TABLES: exactly the tables it should hold)."""
+    names = [name for name, table in TABLES.items() if table.page == page.resolve()]
+    return render(page.read_text(), names or None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sidecar.doctables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the README's tables are not current")
-    parser.add_argument("readme", nargs="?", type=Path, default=README)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a page's tables are not current")
+    parser.add_argument("pages", nargs="*", type=Path, default=list(PAGES), metavar="PAGE")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    current = render(text)
-    if args.check:
-        if current != text:
-            print(f"{args.readme}: settings/labels tables differ from the code; run python -m sidecar.doctables",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        args.readme.write_text(current)
-    return 0
+    stale = []
+    for page in args.pages:
+        text = page.read_text()
+        current = render_page(page)
+        if current == text:
+            continue
+        if args.check:
+            stale.append(page)
+        else:
+            page.write_text(current)
+    for page in stale:
+        print(f"{page}: settings/labels tables differ from the code; run python -m sidecar.doctables", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def _start(name: str) -> str:
+    return f"<!-- {name}:start -->"
 
 
 def _setting_default(setting: Setting) -> str:

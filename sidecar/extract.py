@@ -12,7 +12,7 @@ Why our own parser: Python's `tarfile` and the engine's Go reader disagree on ma
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
 before GNU long names, archives cut mid-header), and `tarfile` keeps every member in memory.
 
-Decisions (see the README's restore section):
+Decisions (see docs/how-to/restore.md):
 - setuid and setgid bits are stripped (a directory keeps its setgid, which only makes new
   files inherit its group); so is the `security.capability` xattr. Both are counted and
   logged; the archive is still restored.

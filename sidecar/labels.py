@@ -2,7 +2,7 @@
 
 `LABELS` holds one `Label` row per `backup.*` label: its parser, default, help and the
 TargetConfig field it fills. The table drives `parse_target`, `KNOWN_LABELS`, the error
-messages and the README's labels table (`python -m sidecar.doctables`); the labels that
+messages and docs/reference/labels.md (`python -m sidecar.doctables`); the labels that
 need the container or another label (enable, volumes, keep) are read by the small rules
 after it. To add a label: add a row (and its TargetConfig field).
 
@@ -84,10 +84,10 @@ class Label:
     name: str
     parse: Parser | None  # its ValueError says what is accepted; None: read by a rule below
     default: Any  # the value when the label is absent (rules and the caller may supply it instead)
-    help: str  # Markdown, for the README
+    help: str  # Markdown, for docs/reference/labels.md
     field: str | None = None  # the TargetConfig attribute it fills
-    accepted: str | None = None  # the README's accepted values when a rule reads the label
-    shown_default: str | None = None  # the README's default when it is no literal value
+    accepted: str | None = None  # the reference's accepted values when a rule reads the label
+    shown_default: str | None = None  # the reference's default when it is no literal value
 
 
 def _name(raw: str) -> str:

@@ -3,7 +3,7 @@
 `SETTINGS` holds one `Setting` row per environment variable: its parser (with its
 bounds), default, whether `NAME_FILE` is accepted (Docker secrets), whether it is a
 secret, and its help text. The table drives the parsing, the defaults, the error
-messages and the README's settings table (`python -m sidecar.doctables`). Values that
+messages and docs/reference/settings.md (`python -m sidecar.doctables`). Values that
 span several settings (the S3 store, encryption, notifications) are put together by the
 small rules after the table. To add a setting: add a row (and a `Settings` field when it
 fills one directly).
@@ -81,13 +81,13 @@ class Setting:
     name: str
     parse: Parser  # its ValueError says what is accepted
     default: str | None  # parsed like a set value; None: unset (the value is None)
-    help: str  # Markdown, for the README
+    help: str  # Markdown, for docs/reference/settings.md
     field: str | None = None  # the Settings attribute it fills; None: a rule below uses it
     file: bool = True  # NAME_FILE (a file holding the value) is accepted
     # Never echoed in a message, and taken as written (no stripping; empty is not unset).
     secret: bool = False
     needs: str | None = None  # read only when this other setting is set
-    shown_default: str | None = None  # the README's default when it is no literal value
+    shown_default: str | None = None  # the reference's default when it is no literal value
     # How a value is echoed in messages when it may hold a secret in part (a URL's password).
     show: Callable[[str], str] | None = None
 

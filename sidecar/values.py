@@ -1,7 +1,7 @@
 """Text -> typed value conversions shared by the settings table and the labels table.
 
 A `Parser` is a conversion plus a short text of what it accepts: the conversion's
-ValueError says what is accepted in error messages, `accepted` says it in the README's
+ValueError says what is accepted in error messages, `accepted` says it in the reference's
 tables. Pure: no I/O.
 """
 
@@ -29,7 +29,7 @@ class Parser(Generic[T]):
     """Converts one value as written; raises ValueError whose message says what is accepted."""
 
     convert: Callable[[str], T]
-    accepted: str  # Markdown, for the README's tables
+    accepted: str  # Markdown, for the reference tables (docs/reference/)
 
     def __call__(self, raw: str) -> T:
         return self.convert(raw)

@@ -191,8 +191,8 @@ class Lab:
 
     def as_image_user(self, image: str) -> dict:
         """Container options for the sidecar's image running as its own non-root user: the
-        backup folder handed to it and the socket's group added, as the README's Security
-        section tells users to."""
+        backup folder handed to it and the socket's group added, as docs/how-to/security.md
+        tells users to."""
         uid, _, gid = (self.client.images.get(image).attrs["Config"]["User"] or "0").partition(":")
         os.chown(self.backup_dir, int(uid), int(gid or uid))
         return {"group_add": [os.stat("/var/run/docker.sock").st_gid]}

@@ -347,7 +347,7 @@ class SwarmLab:
         return name
 
     def sidecar(self, node: Node | str, *args: str, service: str = "backup") -> tuple[int, str]:
-        """`docker exec <node's sidecar task container> backup-sidecar ARGS` (README's one-shot
+        """`docker exec <node's sidecar task container> backup-sidecar ARGS` (the one-shot
         commands): (exit code, stdout+stderr)."""
         return self.exec_in_task(service, node, ["backup-sidecar", *args])
 

@@ -4,7 +4,7 @@ the shipped allow-list proxy (socket-proxy/haproxy.cfg, run by Debian's HAProxy)
 flow runs through it: discovery from the event stream, stop, pause and hot backups read by
 worker containers, a hook, an image export, a volume restore and an image restore. The
 proxy logs every request: none may have been refused, and each must be one of the
-endpoints the README lists."""
+endpoints docs/reference/docker-api.md lists."""
 
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def socket_proxy(tmp_path):
         proxy.stop()
 
 
-def readme_endpoints() -> list[tuple[set[str], re.Pattern]]:
-    """The README's table of Docker API calls: (methods, path pattern with an optional version prefix)."""
-    section = (REPO / "README.md").read_text().split("### Docker API calls", 1)[1].split("\n## ", 1)[0]
+def documented_endpoints() -> list[tuple[set[str], re.Pattern]]:
+    """The table of Docker API calls (docs/reference/docker-api.md): (methods, path pattern with an
+    optional version prefix)."""
+    section = (REPO / "docs" / "reference" / "docker-api.md").read_text()
     rows = []
     for methods, path in ROW.findall(section):
         regex = re.escape(path).replace(r"\{name\}", ".+").replace(r"\{id\}", "[^/]+")
@@ -165,10 +166,10 @@ def test_the_whole_flow_through_the_allow_list_proxy(lab, worker_image, socket_p
     requests = socket_proxy.requests()
     denied = [r for r in requests if r[3] == "DENIED" or r[2] == 403]
     assert not denied, denied
-    allowed = readme_endpoints()
+    allowed = documented_endpoints()
     unlisted = sorted({(m, p) for m, p, _s, _v in requests
                        if not any(m in methods and pattern.match(p) for methods, pattern in allowed)})
-    assert not unlisted, f"calls the README does not list: {unlisted}"
+    assert not unlisted, f"calls docs/reference/docker-api.md does not list: {unlisted}"
     # The flow went through the proxy: events, strategies, hooks, workers, export, load.
     seen = {f"{m} {re.sub(r'^/v[0-9.]+', '', p)}" for m, p, _s, _v in requests}
     print("calls through the proxy:", *sorted({re.sub(r"/[0-9a-f]{64}|/backup-sidecar-worker-\w+", "/{id}", call)

@@ -1,5 +1,5 @@
-"""The README's settings and labels tables are what the code's tables generate, and the
-tables themselves are complete (every Settings / TargetConfig field is filled)."""
+"""The reference pages' settings and labels tables (docs/reference/) are what the code's tables
+generate, and the tables themselves are complete (every Settings / TargetConfig field is filled)."""
 
 from __future__ import annotations
 
@@ -15,29 +15,38 @@ from sidecar.settings import SETTINGS, Settings
 RULE_FIELDS = {"s3", "destinations", "encryption", "decryption", "notify"}  # put together by the rules after the table
 
 
-def test_readme_tables_are_generated_from_the_code():
-    readme = doctables.README.read_text()
-    assert doctables.render(readme) == readme, "run: python -m sidecar.doctables"
+@pytest.mark.parametrize("page", doctables.PAGES, ids=lambda page: page.name)
+def test_reference_tables_are_generated_from_the_code(page):
+    assert doctables.render_page(page) == page.read_text(), "run: python -m sidecar.doctables"
+    assert doctables.main(["--check", str(page)]) == 0
 
 
-@pytest.mark.parametrize("name, make", doctables.TABLES.items())
-def test_each_table_sits_between_its_markers(name, make):
-    readme = doctables.README.read_text()
-    assert f"<!-- {name}:start -->\n{make()}\n<!-- {name}:end -->" in readme
+@pytest.mark.parametrize("name, table", doctables.TABLES.items())
+def test_each_table_sits_between_its_markers_in_its_page(name, table):
+    assert table.page.parent.name == "reference" and table.page.parent.parent.name == "docs"
+    assert f"<!-- {name}:start -->\n{table.make()}\n<!-- {name}:end -->" in table.page.read_text()
 
 
-def test_check_mode_fails_on_a_stale_readme(tmp_path):
-    stale = tmp_path / "README.md"
-    stale.write_text(doctables.README.read_text().replace("| `TZ` |", "| `TZ ` |"))
+def test_the_readme_holds_no_generated_table():
+    readme = doctables.REFERENCE.parent.parent / "README.md"
+    assert ":start -->" not in readme.read_text()
+
+
+def test_check_mode_fails_on_a_stale_page(tmp_path):
+    page = doctables.TABLES["settings-table"].page
+    stale = tmp_path / "settings.md"
+    stale.write_text(page.read_text().replace("| `TZ` |", "| `TZ ` |"))
     assert doctables.main(["--check", str(stale)]) == 1
     assert doctables.main([str(stale)]) == 0
     assert doctables.main(["--check", str(stale)]) == 0
-    assert stale.read_text() == doctables.README.read_text()
+    assert stale.read_text() == page.read_text()
 
 
-def test_render_refuses_a_readme_without_markers():
+def test_render_refuses_a_page_without_markers():
     with pytest.raises(ValueError, match="settings-table"):
         doctables.render("# no tables here\n")
+    with pytest.raises(ValueError, match="labels-table"):
+        doctables.render("<!-- settings-table:start -->\n<!-- settings-table:end -->\n", ["labels-table"])
 
 
 def test_every_setting_is_documented_once():

@@ -56,7 +56,7 @@ LAYERS = {
     "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,
     "sidecar.cli": CLI,
-    "sidecar.doctables": CLI,  # a maintainer's tool: writes the README tables
+    "sidecar.doctables": CLI,  # a maintainer's tool: writes the reference tables in docs/
     "sidecar.__main__": CLI,
 }
 

@@ -1,4 +1,4 @@
-"""compose.swarm.yaml and monitoring/prometheus.swarm.yml: the stack deploys as the README
+"""compose.swarm.yaml and monitoring/prometheus.swarm.yml: the stack deploys as docs/how-to/swarm.md
 says (the sidecar a global service on every node with its node's socket and backup volume,
 nothing `docker stack deploy` refuses or ignores, secrets as `*_FILE` settings), and
 Prometheus finds every sidecar task through Swarm's DNS on the network they share.
@@ -250,10 +250,8 @@ def test_docker_stack_loader_reads_the_stack_file() -> None:
     assert loaded["services"]["backup"]["user"] == "10001:998"
 
 
-def test_readme_and_stack_header_agree_with_the_stack() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Docker Swarm"):]
-    section = section[:section.index("\n## ", 1)]
+def test_swarm_guide_and_stack_header_agree_with_the_stack() -> None:
+    section = (ROOT / "docs" / "how-to" / "swarm.md").read_text()
     header = STACK.read_text().split("\nservices:")[0]
     for text in (section, header):
         created = set(re.findall(r"docker secret create (\w+) -", text))
