@@ -264,6 +264,8 @@ def cmd_backup(ctx: Context, args) -> int:
         else:
             failed += 1
             print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+        if outcome.risk is not None:  # the backup stands (exit 0); the user must still hear it
+            print(f"{target.backup_name}: warning: {outcome.risk.summary}", file=sys.stderr)
         if outcome.ok and outcome.offsite_error:
             offsite_failed += 1
             print(f"{target.backup_name}: off-site copy failed: {outcome.offsite_error} (the archives are on the "
