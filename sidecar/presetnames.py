@@ -48,13 +48,3 @@ def canonical_type(item: str) -> str:
     canonical name (`mariadb+dump` -> `mysql+dump`), anything else as it is."""
     preset = preset_of_type(item)
     return item if preset is None else preset + DUMP_SUFFIX
-
-
-def same_type(a: str, b: str) -> bool:
-    return canonical_type(a) == canonical_type(b)
-
-
-def spelled(preset: str) -> str:
-    """A preset's name for messages: `mariadb (mysql)` for an alias."""
-    name = preset.strip().lower()
-    return f"{name} ({ALIASES[name]})" if name in ALIASES else name

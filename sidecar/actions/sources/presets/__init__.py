@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ....presetnames import ALIASES, canonical, preset_of_type
+from ....presetnames import ALIASES, preset_of_type
 from . import mongodb, mysql, postgres, prometheus, redis, sqlite
 
-__all__ = ["MODULES", "PRESETS", "module", "preset_of_item"]
+__all__ = ["MODULES", "PRESETS", "preset_of_item"]
 
 # By canonical name; PRESETS adds every alias of the core table.
 MODULES: dict[str, ModuleType] = {m.NAME: m for m in (postgres, sqlite, mysql, redis, prometheus, mongodb)}
 PRESETS: dict[str, ModuleType] = {**MODULES, **{alias: MODULES[name] for alias, name in ALIASES.items()}}
-
-
-def module(preset: str) -> ModuleType | None:
-    """The module of a preset by either of its names (None: no such preset)."""
-    return MODULES.get(canonical(preset))
 
 
 def preset_of_item(item: str) -> ModuleType | None:
