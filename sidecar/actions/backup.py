@@ -398,7 +398,8 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
     except (BackupError, SidecarError) as err:
         logger.error("group backup failed", extra={"group": group.name, "error": str(err)})
         return [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase=getattr(err, "phase", "stop"),
-                              error=str(err), finished_at=ctx.now()) for t in group.members]
+                              error=str(err), finished_at=ctx.now(), risk=consistency_risk(ctx, t))
+                for t in group.members]
     overruled = _overruled(list(windows.values()) + extra)
     finished = []
     for target, outcome in zip(group.members, outcomes):
