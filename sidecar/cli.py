@@ -32,6 +32,7 @@ from .notify.sender import Notifier
 from .errors import ConfigError, NotFound, SidecarError
 from .groups import groups_of
 from .naming import node_name_problem
+from .presetnames import preset_of_type
 from .settings import Settings, load_settings, unknown_settings
 from .storage import BackupStore
 
@@ -264,6 +265,8 @@ def cmd_backup(ctx: Context, args) -> int:
         else:
             failed += 1
             print(f"{target.backup_name}: {outcome.result}: {outcome.error}", file=sys.stderr)
+        if outcome.risk is not None:  # the backup stands (exit 0); the user must still hear it
+            print(f"{target.backup_name}: warning: {outcome.risk.summary}", file=sys.stderr)
         if outcome.ok and outcome.offsite_error:
             offsite_failed += 1
             print(f"{target.backup_name}: off-site copy failed: {outcome.offsite_error} (the archives are on the "
@@ -349,8 +352,11 @@ def cmd_restore(ctx: Context, args) -> int:
     # `--from local` meant the backup volume before a mounted disk could be the destination "local".
     wanted = None if args.source is None or (args.source == "local" and "local" not in names) else args.source
     source = ctx.destination(wanted).name if wanted is not None else None
-    if args.dump is not None:
-        outcome = run_restore_dump(ctx, args.name, args.dump, args.force, from_remote=source, node=args.node)
+    dump = args.dump
+    if dump is None and preset_of_type(args.volume) is not None:  # `--volume mysql+dump`: a preset's dump
+        dump = args.archive
+    if dump is not None:
+        outcome = run_restore_dump(ctx, args.name, dump, args.force, from_remote=source, node=args.node)
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
         return 0

@@ -29,6 +29,7 @@ from .model import (
     TargetConfig,
     VolumeSpec,
 )
+from .presetnames import PRESETS
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
 from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
@@ -59,11 +60,10 @@ PRESET_USER = "backup.preset.user"
 PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
 
-# The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
-PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mongodb")
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 MIRROR = "backup.mirror"
+HOT_OK = "backup.hot-ok"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -206,6 +206,11 @@ LABELS: tuple[Label, ...] = (
     Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
           "the container is down only while what changed is copied (see How it works); a false value: down "
           "while the whole volume is read", field="mirror"),
+    Label(HOT_OK, BOOLEAN, False, "with `backup.strategy=hot` on a container that looks like a database server: "
+          "a true value acknowledges that its hot copies are safe (e.g. `backup.exec.pre` makes the app flush "
+          "and hold its writes, or the data is a cache), which silences the warning of every run, its "
+          "notification and `backup_sidecar_consistency_risk`; see docs/how-to/presets-notes.md",
+          field="hot_ok"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

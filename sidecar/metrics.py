@@ -64,6 +64,9 @@ class TargetView:
     volumes: tuple[str, ...]
     next_run: float  # epoch seconds
     expected_interval: float  # seconds
+    # Its labels allow a consistency risk (consistency.may_be_at_risk): when they no longer
+    # do (a preset, pause, backup.hot-ok=true), the last run's risk is shown no longer.
+    risk_possible: bool = True
 
 
 # --- the outcome record -------------------------------------------------------------------
@@ -71,7 +74,8 @@ class TargetView:
 class OutcomeRecord:
     """`.sidecar/metrics.json`: {"volumes": {"TARGET/VOLUME": {success, attempt, status,
     size}}, "targets": {TARGET: {runs: {RESULT: n}, duration: {buckets: {LE: n}, sum, count},
-    downtime}}}. In memory when there is no path (tests)."""
+    downtime, risk: {app, preset} (only while its last run was at risk)}}}. In memory when
+    there is no path (tests)."""
 
     def __init__(self, path: Path | None):
         self._file = JsonState(path, "metrics state") if path is not None else None
@@ -130,6 +134,11 @@ def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
         return
     _observe_duration(_section(per_target, "duration"), float(outcome.seconds))
     per_target["downtime"] = float(outcome.downtime)
+    risk = getattr(outcome, "risk", None)
+    if risk is not None:
+        per_target["risk"] = {"app": risk.seen, "preset": risk.preset or ""}
+    else:
+        per_target.pop("risk", None)
     sizes = {_volume_of(a.path.name): a.size for a in outcome.archives}
     volumes = _section(doc, "volumes")
     for volume in outcome.volumes:
@@ -155,7 +164,7 @@ def _observe_duration(duration: dict[str, Any], seconds: float) -> None:
 
 def _volume_of(filename: str) -> str:
     name = parse_name(filename)
-    return name.volume_name if name is not None else ""
+    return name.kind if name is not None else ""
 
 
 def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -306,6 +315,9 @@ def _target_series(f: dict[str, Metric], target: TargetView, saved: Mapping[str,
     f["backup_sidecar_downtime_seconds"].add_metric([target.name], saved.get("downtime", 0))
     f["backup_sidecar_next_run_timestamp_seconds"].add_metric([target.name], next_run)
     f["backup_sidecar_expected_interval_seconds"].add_metric([target.name], target.expected_interval)
+    risk = _mapping(saved.get("risk")) if target.risk_possible else {}
+    f["backup_sidecar_consistency_risk"].add_metric(
+        [target.name, str(risk.get("app", "")), str(risk.get("preset", ""))], 1 if risk else 0)
 
 
 def _volume_series(f: dict[str, Metric], target: str, volume: str, saved: Mapping[str, Any]) -> None:
@@ -352,6 +364,12 @@ def _families() -> list[Metric]:
                           labels=tv),
         GaugeMetricFamily("backup_sidecar_copies",
                           "Places holding the latest backup of every volume of the target (local, S3).", labels=t),
+        GaugeMetricFamily("backup_sidecar_consistency_risk",
+                          "1 when the target's last backup was a hot copy of what looks like a live database "
+                          "(app: the name that gave it away; preset: the backup.preset that backs it up "
+                          "consistently, empty when none fits), which can restore corrupt; 0 otherwise, and once "
+                          "a preset, pause or stop, or backup.hot-ok=true is set.",
+                          labels=["target", "app", "preset"]),
         GaugeMetricFamily("backup_sidecar_swarm_node_ready",
                           "1 for each node of the swarm its managers see ready (and not drained), 0 for a known "
                           "node that is not (exported by sidecars on Swarm managers only).", labels=["swarm_node"]),

@@ -162,6 +162,7 @@ class TargetConfig:
     preset_database: str | None = None
     sqlite_paths: tuple[str, ...] = ()
     mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
+    hot_ok: bool = False  # a hot copy of what looks like a database is acknowledged (label backup.hot-ok)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,23 @@ class Target:
     @property
     def backup_name(self) -> str:
         return self.config.backup_name
+
+    @property
+    def volume_strategy(self) -> Strategy | None:
+        """How its volumes are read (None: it has none to read: a preset alone)."""
+        return self.config.strategy if self.volumes or not self.config.preset else None
+
+    @property
+    def method(self) -> str:
+        """What a backup of it really does, as `plan`, its JSON and the log show it: the
+        strategy (`stop`, `pause`, `hot`); `preset:NAME` for a preset alone (its dump runs
+        with the app up: nothing is stopped, whatever backup.strategy says); with volumes
+        too, `preset:NAME+volumes:STRATEGY` (the dump first, then the volumes as the strategy
+        says)."""
+        if not self.config.preset:
+            return str(self.config.strategy)
+        shown = f"preset:{self.config.preset}"
+        return shown if self.volume_strategy is None else f"{shown}+volumes:{self.volume_strategy}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Callable
 
 from .errors import UnsafeName
+from .presetnames import canonical_type
 from .schedule import Frequency
 
 EXTENSIONS = (".tar.zst", ".tar.gz", ".tar")
@@ -99,6 +100,12 @@ class ArchiveName:
     def moment(self) -> tuple:
         """What promoted copies of one archive share: the head of `recency`."""
         return self.stamp, self.has_time, self.seq
+
+    @property
+    def kind(self) -> str:
+        """The type archives are grouped and looked up by: `volume_name`, with a preset's
+        dump under its canonical name (an alias's `mariadb+dump` is `mysql+dump`)."""
+        return canonical_type(self.volume_name)
 
     @property
     def encrypted(self) -> bool:

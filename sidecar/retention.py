@@ -149,7 +149,7 @@ def promotions(new: ArchiveName, existing: Iterable[ArchiveName], keep: Keep) ->
     """The names under which `new` also counts, lowest frequency first: each higher
     frequency with keep above 0 of whose period `new` is the first archive of its
     (backup name, volume). `existing` is what is already stored (it may include `new`)."""
-    same = [e for e in existing if e.backup_name == new.backup_name and e.volume_name == new.volume_name]
+    same = [e for e in existing if e.backup_name == new.backup_name and e.kind == new.kind]
     result = []
     for level in Frequency:
         if not new.frequency < level or keep.of(level) == 0:
@@ -187,7 +187,7 @@ def plan_prune(
     goods = [bool(good(item)) for item in items]
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, name in enumerate(names):
-        groups[(name.backup_name, name.volume_name)].append(i)
+        groups[(name.backup_name, name.kind)].append(i)
 
     keeps: dict[str, Keep] = {}
     kept: set[int] = set()

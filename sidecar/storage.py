@@ -34,6 +34,7 @@ from .naming import (
     safe_component,
     safe_relpath,
 )
+from .presetnames import canonical_type
 from .schedule import Frequency
 from .state import JsonState
 
@@ -120,7 +121,8 @@ class BackupStore:
 
     def latest(self, backup_name: str, volume_name: str) -> StoredArchive | None:
         """The newest archive; of promoted copies sharing its stamp, the original (lowest frequency)."""
-        matching = [a for a in self.archives(backup_name) if a.name.volume_name == volume_name]
+        kind = canonical_type(volume_name)  # a preset's dump by either of its names
+        matching = [a for a in self.archives(backup_name) if a.name.kind == kind]
         return max(matching, key=lambda a: a.name.recency, default=None)
 
     def resolve(self, ref: str) -> Path:

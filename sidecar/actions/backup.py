@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..archive import ArchiveResult
+from ..consistency import ConsistencyRisk
 from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, SidecarError, StoppedByOthers
 from ..groups import Group
 from ..engine import WORKER_LABEL
@@ -31,6 +32,7 @@ from .prune import promote
 from .recover import put_back_earlier
 from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
+from .status import consistency_risk
 from .sync import SyncReport, run_sync
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class BackupOutcome:
     # destination). The backup still succeeded: its archives are on the backup volume.
     offsite_error: str | None = None
     image_archive: ArchiveResult | None = None  # the image exported with this backup, if one was
+    # A hot copy of what looks like a live database (consistency.py): the run succeeds, and
+    # says so in its summary line, a notification and the metrics.
+    risk: ConsistencyRisk | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
@@ -88,14 +93,15 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     started = time.monotonic()
     fields = {"target": target.backup_name, "container": target.container.name}
     items = tuple(item for source in sources_for(target) for item in source.describe(target))
+    risk = consistency_risk(ctx, target)
 
     def failed(err: SidecarError, phase: str, archives=(), downtime=0.0) -> BackupOutcome:
         logger.error("backup failed", extra={**fields, "phase": phase, "error": str(err),
                                              "seconds": round(time.monotonic() - started, 3)})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, tuple(archives), items,
-                             time.monotonic() - started, downtime, phase, str(err), ctx.now())
+                             time.monotonic() - started, downtime, phase, str(err), ctx.now(), risk=risk)
 
-    logger.info("backup started", extra={**fields, "phase": "start", "strategy": str(target.config.strategy)})
+    logger.info("backup started", extra={**fields, "phase": "start", "strategy": target.method})
     try:
         with ctx.store.target_lock(target.backup_name):
             archives, downtime, image = _backup(ctx, target, together)
@@ -108,18 +114,24 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     except StoppedByOthers as err:  # a shutdown's abort stays a failure: nothing was backed up
         logger.warning("backup aborted", extra={**fields, "phase": err.phase, "error": str(err)})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.ABORTED, (), items,
-                             time.monotonic() - started, 0.0, err.phase, str(err), ctx.now())
+                             time.monotonic() - started, 0.0, err.phase, str(err), ctx.now(), risk=risk)
     except SidecarError as err:
         return failed(err, getattr(err, "phase", "backup"))
     offsite_error = None if together else _after_success(ctx, target)
     seconds = time.monotonic() - started
-    logger.info("backup finished", extra={
+    summary = {
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
         **({"image_archive": str(image.path)} if image is not None else {}),
-    })
+    }
+    if risk is None:
+        logger.info("backup finished", extra=summary)
+    else:  # the one line a user who never runs `plan` reads
+        logger.warning(f"backup finished with a warning: {risk.summary}", extra={
+            **summary, "warning": "consistency", "app": risk.seen, "preset": risk.preset})
     return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
-                         seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image)
+                         seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image,
+                         risk=risk)
 
 
 def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[ArchiveResult], float,
@@ -386,7 +398,8 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
     except (BackupError, SidecarError) as err:
         logger.error("group backup failed", extra={"group": group.name, "error": str(err)})
         return [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase=getattr(err, "phase", "stop"),
-                              error=str(err), finished_at=ctx.now()) for t in group.members]
+                              error=str(err), finished_at=ctx.now(), risk=consistency_risk(ctx, t))
+                for t in group.members]
     overruled = _overruled(list(windows.values()) + extra)
     finished = []
     for target, outcome in zip(group.members, outcomes):

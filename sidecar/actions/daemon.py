@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Callable
 
+from ..consistency import may_be_at_risk
 from ..discovery import Discovery, is_candidate_container
 from ..groups import Group, groups_of
 from ..errors import SidecarError
@@ -130,7 +131,7 @@ class Daemon:
                 if before is None or before.container.id != target.container.id or before.config != target.config:
                     logger.info("target found" if before is None else "target changed", extra={
                         "target": target.backup_name, "container": target.container.name,
-                        "schedule": target.config.schedule.expression, "strategy": str(target.config.strategy),
+                        "schedule": target.config.schedule.expression, "strategy": target.method,
                         "volumes": list(items(target)),
                         "next_run": self._next[target.backup_name].isoformat()})
                     for warning in swarm_warnings(target) if before is None else ():
@@ -153,7 +154,7 @@ class Daemon:
     def _view(self, target: Target) -> TargetView:
         return TargetView(target.backup_name, items(target),
                           self._next[target.backup_name].timestamp(),
-                          target.config.schedule.max_interval.total_seconds())
+                          target.config.schedule.max_interval.total_seconds(), may_be_at_risk(target))
 
     def _update_copy_metrics(self) -> None:
         if self.metrics is not None:

@@ -1,37 +1,26 @@
-"""What the sidecar would do: targets with strategy, volumes, schedule and next run, and
-the labelled containers it skips, with why; and a warning for a target that looks like a
-database (its image or command names a database server) but runs `hot` without a preset:
-issue 10 measured hot copies of live PostgreSQL and SQLite restoring silently corrupt.
-Files in volumes (`*.db`, `*.sqlite`) are not looked for: that would read every volume
-(and hold every `docker exec` into the container while the engine streams it)."""
+"""What the sidecar would do: targets with what a backup really does (Target.method),
+volumes, schedule and next run, and the labelled containers it skips, with why; and a
+warning for a target that looks like a database but runs `hot` without a preset
+(consistency.py, which every run reports too)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..consistency import hot_copy_risk
 from ..errors import SidecarError
-from ..labels import ENABLE, PRESETS
+from ..labels import ENABLE
 from ..model import CopyState, Strategy, Target
 from ..swarm import placement_warning
 from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
 from .sources import items
-from .status import copy_states
+from .status import container_command, copy_states
 
 logger = logging.getLogger(__name__)
-
-# (what a server's image or command is called, the app, its preset): first match wins.
-DATABASES: tuple[tuple[re.Pattern, str, str], ...] = (
-    (re.compile(r"(^|[/_-])(postgres|postgis|timescaledb)([:_-]|$)"), "PostgreSQL", "postgres"),
-    (re.compile(r"(^|[/_-])(mysqld?|mariadbd?|percona)([:_-]|$)"), "MySQL/MariaDB", "mysql"),
-    (re.compile(r"(^|[/_-])(mongod?|mongodb)([:_-]|$)"), "MongoDB", "mongodb"),
-    (re.compile(r"(^|[/_-])(redis-server|redis|valkey)([:_-]|$)"), "Redis", "redis"),
-    (re.compile(r"(^|[/_-])(sqlite3?)([:_-]|$)"), "SQLite", "sqlite"),
-)
 
 
 @dataclass(frozen=True)
@@ -39,7 +28,7 @@ class PlanRow:
     target: str
     container: str
     state: str
-    strategy: str
+    strategy: str  # what a backup really does (Target.method): `stop`, `preset:mysql`, `preset:mysql+volumes:stop`
     schedule: str
     frequency: str
     next_run: datetime
@@ -54,6 +43,8 @@ class PlanRow:
     destinations: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # e.g. a database backed up hot without a preset
     mirror_bytes: int | None = None  # disk use of the target's staging mirrors (None: none kept)
+    preset: str | None = None  # backup.preset as written (an alias stays an alias)
+    volume_strategy: str | None = None  # how its volumes are read (None: a preset alone reads none)
 
 
 @dataclass(frozen=True)
@@ -71,7 +62,9 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             target=t.backup_name,
             container=t.container.name,
             state=t.container.state.value,
-            strategy=str(t.config.strategy),
+            strategy=t.method,
+            preset=t.config.preset,
+            volume_strategy=str(t.volume_strategy) if t.volume_strategy is not None else None,
             schedule=t.config.schedule.expression,
             frequency=str(t.config.schedule.frequency),
             next_run=t.config.schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
@@ -80,7 +73,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             compression=str(t.config.compression),
             keep=t.config.keep.describe(),
             **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
-            warnings=database_warnings(t, _command(ctx, t)) + swarm_warnings(t),
+            warnings=database_warnings(t, container_command(ctx, t)) + swarm_warnings(t),
             mirror_bytes=_mirror_bytes(ctx, t),
         )
         for t in discovery.targets
@@ -93,29 +86,11 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     return rows, skipped
 
 
-def _command(ctx: Context, target: Target) -> tuple[str, ...]:
-    if target.config.strategy is not Strategy.HOT or target.config.preset:
-        return ()  # no warning possible: no need to ask the engine
-    try:
-        return ctx.engine.container_command(target.container.id)
-    except SidecarError:
-        return ()
-
-
 def database_warnings(target: Target, command: tuple[str, ...]) -> tuple[str, ...]:
-    """A warning when `target` looks like a database server and is copied hot without a preset."""
-    if target.config.strategy is not Strategy.HOT or target.config.preset:
-        return ()
-    names = [target.container.image.lower()] + [part.rsplit("/", 1)[-1].lower() for part in command[:2]]
-    for pattern, app, preset in DATABASES:
-        if any(pattern.search(name) for name in names):
-            if preset in PRESETS:
-                advice = f"set backup.preset={preset} (its own dump, no downtime) or backup.strategy=pause"
-            else:
-                advice = "set backup.strategy=pause or stop (a preset for it is not available yet)"
-            return (f"{target.backup_name} looks like {app} and is copied hot: a hot copy of a live database can "
-                    f"restore silently corrupt; {advice}",)
-    return ()
+    """A warning when `target` looks like a database server and is copied hot without a
+    preset (and not acknowledged with backup.hot-ok): consistency.hot_copy_risk."""
+    risk = hot_copy_risk(target, command)
+    return (risk.warning,) if risk is not None else ()
 
 
 def swarm_warnings(target: Target) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from ..errors import NotFound
 from ..labels import DEFAULT_STOP_TIMEOUT, label_backup_name
 from ..model import ContainerInfo
 from ..naming import CHECKSUM_SUFFIX, parse_name, safe_node_name
+from ..presetnames import canonical_type
 from .context import Context
 from .interrupt import left_at_zero
 from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes
@@ -99,7 +100,7 @@ def fetch_from_remote(ctx: Context, backup_name: str, volume_name: str, archive:
         candidates = []
         for obj in remote.list():
             name = parse_name(obj.relpath.rsplit("/", 1)[-1])
-            if name is not None and name.backup_name == backup_name and name.volume_name == volume_name \
+            if name is not None and name.backup_name == backup_name and name.kind == canonical_type(volume_name) \
                     and obj.relpath == name.relpath:
                 candidates.append((name, obj.relpath))
         if not candidates:

@@ -8,12 +8,12 @@ import contextlib
 from pathlib import Path
 
 from ..errors import NotFound, RestoreError
-from ..labels import PRESET, PRESETS
+from ..labels import PRESET
 from ..naming import parse_name
+from ..presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
 from .context import Context
 from .restore import fetched, resolve_container
 from .sources import RestoreOutcome, RestoreRequest, source_of_item
-from .sources.presets import PRESETS as PRESET_MODULES, archive_type, preset_of_item
 
 __all__ = ["run_restore_dump"]
 
@@ -43,14 +43,14 @@ def _item(ctx: Context, label: str | None, backup_name: str, dump: str) -> str:
     backup.preset, else the only preset whose archives exist for this backup name."""
     if dump != "latest":
         name = parse_name(Path(dump).name)
-        if name is None or preset_of_item(name.volume_name) is None:
+        if name is None or preset_of_type(name.volume_name) is None:
             raise RestoreError(f"{dump!r} is not a preset's dump (expected a name with the type "
-                               f"{' or '.join(archive_type(p) for p in PRESET_MODULES)})")
+                               f"{' or '.join(dump_type(p) for p in CANONICAL)})")
         return name.volume_name
     if label and label.strip().lower() in PRESETS:
-        return archive_type(label.strip().lower())
-    found = sorted({a.name.volume_name for a in ctx.store.archives(backup_name)
-                    if preset_of_item(a.name.volume_name) is not None})
+        return dump_type(label)
+    found = sorted({canonical_type(a.name.volume_name) for a in ctx.store.archives(backup_name)
+                    if preset_of_type(a.name.volume_name) is not None})
     if len(found) != 1:
         raise NotFound(f"{backup_name} has {'no preset dump' if not found else 'dumps of ' + ', '.join(found)}; "
                        "name one with --dump FILE")

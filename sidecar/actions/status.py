@@ -1,11 +1,15 @@
 """Where each target's backups are: the newest archive of every volume on the backup
 volume, when each destination last got a verified copy of it, and how many copies of it
 exist (the backup volume and every destination holding a verified copy). Used by `plan`
-and by the metrics."""
+and by the metrics. And whether they can be trusted: a hot copy of what looks like a live
+database (consistency.py), which needs the container's command."""
 
 from __future__ import annotations
 
+from ..consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
+from ..errors import SidecarError
 from ..model import CopyState, Target
+from ..presetnames import canonical_type
 from .context import Context
 from .sources import items
 from .sync import copy_index
@@ -17,7 +21,7 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
     for target in targets:
         archives = ctx.store.archives(target.backup_name)
         for item in items(target):  # each volume's and the preset's archives
-            mine = [a for a in archives if a.name.volume_name == item]
+            mine = [a for a in archives if a.name.kind == canonical_type(item)]
             newest = ctx.store.latest(target.backup_name, item)
             offsite = {}
             for name, by_local in copies.items():
@@ -35,7 +39,7 @@ def newest_archive_times(ctx: Context) -> dict[tuple[str, str], float]:
     """(backup name, volume) -> when its newest archive was written, for every archive on disk."""
     times: dict[tuple[str, str], float] = {}
     for archive in ctx.store.archives():
-        key = (archive.name.backup_name, archive.name.volume_name)
+        key = (archive.name.backup_name, archive.name.kind)
         times[key] = max(times.get(key, 0.0), _mtime(archive.path))
     return times
 
@@ -45,3 +49,18 @@ def _mtime(path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def container_command(ctx: Context, target: Target) -> tuple[str, ...]:
+    """What the target's container runs, when a consistency risk depends on it (else, and
+    when the engine cannot say, nothing: the image alone is looked at)."""
+    if not may_be_at_risk(target):
+        return ()  # no risk possible: no need to ask the engine
+    try:
+        return ctx.engine.container_command(target.container.id)
+    except SidecarError:
+        return ()
+
+
+def consistency_risk(ctx: Context, target: Target) -> ConsistencyRisk | None:
+    return hot_copy_risk(target, container_command(ctx, target))

@@ -1,7 +1,8 @@
 """Sends notifications about backup outcomes through apprise (mailto://, Slack, Discord,
 Telegram, ntfy, Gotify, json:// webhooks and the rest of apprise's URL schemes).
 
-Owns: deciding which outcome is news (a failure, the first success after failures, and
+Owns: deciding which outcome is news (a failure, the first success after failures, the
+first run whose copy is at risk (a hot copy of a live database, consistency.py), and
 with NOTIFY_ON=always every success and skip), the text of each message, and delivering
 without ever holding up a backup. URL parsing is in `urls`, secret masking in `redact`,
 the failing targets in `state`.
@@ -39,7 +40,7 @@ MAX_ERROR_CHARS = 1000  # an error text longer than this is cut in a message
 
 @dataclass(frozen=True)
 class Message:
-    event: str  # "failure", "recovery", "success", "skipped" or "aborted"
+    event: str  # "failure", "recovery", "success", "skipped", "aborted", "offsite" or "risk"
     target: str
     phase: str | None
     title: str
@@ -74,9 +75,10 @@ def decide(result: str, failing: Failing | None, on: NotifyOn) -> str | None:
 
 
 _TITLES = {"failure": "failed", "recovery": "recovered", "success": "succeeded", "skipped": "skipped",
-           "aborted": "aborted", "offsite": "succeeded, but its off-site copy failed"}
+           "aborted": "aborted", "offsite": "succeeded, but its off-site copy failed",
+           "risk": "succeeded with a warning: hot copy of a live database"}
 _TYPES = {"failure": "failure", "recovery": "success", "success": "success", "skipped": "warning",
-          "aborted": "warning", "offsite": "warning"}
+          "aborted": "warning", "offsite": "warning", "risk": "warning"}
 
 
 def with_offsite(event: str | None, outcome: Any) -> str | None:
@@ -85,6 +87,15 @@ def with_offsite(event: str | None, outcome: Any) -> str | None:
     if event in (None, "success") and getattr(outcome, "offsite_error", None):
         return "offsite"
     return event
+
+
+def with_risk(event: str | None, new_risk: bool) -> str | None:
+    """A run at risk is news once, when the risk starts (or changes), not every run: it
+    comes from the labels, so it stays until someone changes them, and a message per
+    run would teach people to ignore the channel that also carries failures. Every
+    message about a run at risk says so (`warning:`); the log says it every run and the
+    metric while it lasts. Other news (a failure, a recovery) carries it instead."""
+    return "risk" if new_risk and event in (None, "success") else event
 
 
 def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Message:
@@ -102,6 +113,8 @@ def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Mess
         lines += [("phase", phase or "unknown"), ("error", _cut(getattr(outcome, "error", None)))]
     if getattr(outcome, "offsite_error", None):
         lines.append(("offsite_error", _cut(outcome.offsite_error)))
+    if (risk := getattr(outcome, "risk", None)) is not None:
+        lines.append(("warning", risk.summary))
     archives = tuple(getattr(outcome, "archives", ()) or ())
     if archives:
         lines += [("archives", len(archives)), ("bytes", sum(int(getattr(a, "size", 0) or 0) for a in archives))]
@@ -213,8 +226,11 @@ class Notifier:
         result = getattr(outcome, "result", "")
         result = str(getattr(result, "value", result))  # a str, or an Enum of them
         when = _when(outcome).isoformat(timespec="seconds")
-        before, after = self._state.record(target, result, when, getattr(outcome, "phase", None))
-        event = with_offsite(decide(result, before, self.config.on), outcome)
+        risk = getattr(outcome, "risk", None)
+        change = self._state.record(target, result, when, getattr(outcome, "phase", None),
+                                    risk.key if risk is not None else None)
+        before, after = change.before, change.after
+        event = with_risk(with_offsite(decide(result, before, self.config.on), outcome), change.new_risk)
         if event is None:
             return None
         shown = {"failure": after, "recovery": before}.get(event)

@@ -1,6 +1,7 @@
-"""Which targets are failing, so a recovery is announced once, also after a restart and
-also when the daemon and a one-shot CLI backup take turns (`.sidecar/notify.json`, through
-JsonState).
+"""Which targets are failing, so a recovery is announced once, and which are at risk (a
+hot copy of a live database, consistency.py), so that warning is announced once when it
+starts, also after a restart and also when the daemon and a one-shot CLI backup take turns
+(`.sidecar/notify.json`, through JsonState).
 
 Without a path (tests, no backup volume) or when the file cannot be locked or written (a
 read-only backup volume), the state is kept in memory and decisions go on.
@@ -37,38 +38,57 @@ def next_failing(before: Failing | None, result: str, when: str, phase: str | No
     return before
 
 
+@dataclass(frozen=True)
+class Change:
+    """What one outcome changed for its target."""
+
+    before: Failing | None  # failing before it
+    after: Failing | None  # failing after it
+    new_risk: bool  # it starts a risk (or another one) that was not announced yet
+
+
 class FailingTargets:
     def __init__(self, path: Path | None):
         self._file = JsonState(path, "notification state") if path is not None else None
         self._memory: dict[str, Failing] = {}
+        self._risks: dict[str, str] = {}
 
-    def record(self, target: str, result: str, when: str, phase: str | None) -> tuple[Failing | None, Failing | None]:
-        """Apply one outcome of `target`; returns (failing before, failing after)."""
+    def record(self, target: str, result: str, when: str, phase: str | None, risk: str | None = None) -> Change:
+        """Apply one outcome of `target` (`risk`: the key of its consistency risk, None:
+        none; a skipped or aborted run read nothing and changes no risk)."""
         if self._file is not None:
             try:
                 with self._file.update() as doc:
-                    failing = _decode(doc)
-                    change = _apply(failing, target, result, when, phase)
-                    if change[0] != change[1]:
+                    failing, risks = _decode(doc), _decode_risks(doc)
+                    was = _encode(failing, risks)
+                    change = _apply(failing, risks, target, result, when, phase, risk)
+                    if (now := _encode(failing, risks)) != was:
                         doc.clear()
-                        doc.update(_encode(failing))
-                self._memory = failing
+                        doc.update(now)
+                self._memory, self._risks = failing, risks
                 return change
             except OSError as exc:
                 logger.warning("notification state cannot be locked or saved; kept in memory",
                                extra={"path": str(self._file.path), "error": str(exc), "phase": "notify"})
-        return _apply(self._memory, target, result, when, phase)
+        return _apply(self._memory, self._risks, target, result, when, phase, risk)
 
 
-def _apply(failing: dict[str, Failing], target: str, result: str, when: str,
-           phase: str | None) -> tuple[Failing | None, Failing | None]:
+def _apply(failing: dict[str, Failing], risks: dict[str, str], target: str, result: str, when: str,
+           phase: str | None, risk: str | None) -> Change:
     before = failing.get(target)
     after = next_failing(before, result, when, phase)
     if after is None:
         failing.pop(target, None)
     else:
         failing[target] = after
-    return before, after
+    new_risk = False
+    if result in ("success", "failure"):
+        new_risk = risk is not None and risks.get(target) != risk
+        if risk is None:
+            risks.pop(target, None)
+        else:
+            risks[target] = risk
+    return Change(before, after, new_risk)
 
 
 def _decode(doc: dict[str, Any]) -> dict[str, Failing]:
@@ -82,7 +102,13 @@ def _decode(doc: dict[str, Any]) -> dict[str, Failing]:
     return failing
 
 
-def _encode(failing: dict[str, Failing]) -> dict[str, Any]:
+def _decode_risks(doc: dict[str, Any]) -> dict[str, str]:
+    risks = doc.get("at_risk")
+    return {str(k): str(v) for k, v in risks.items()} if isinstance(risks, dict) else {}
+
+
+def _encode(failing: dict[str, Failing], risks: dict[str, str]) -> dict[str, Any]:
     return {"version": STATE_VERSION,
             "failing": {name: {"since": f.since, "runs": f.runs, "phase": f.phase}
-                        for name, f in sorted(failing.items())}}
+                        for name, f in sorted(failing.items())},
+            "at_risk": dict(sorted(risks.items()))}

@@ -228,3 +228,9 @@ def test_plan_warns_about_postgres_copied_hot(lab, postgres_image):
     assert done.returncode == 0, done.stderr[-2000:]
     warnings = [line for line in done.stdout.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "hot2 looks like PostgreSQL" in warnings[0] and "backup.preset=postgres" in warnings[0]
+    hotdb = next(line for line in done.stdout.splitlines() if line.startswith("hotdb "))
+    assert " preset:postgres " in hotdb  # never stopped: not `hot` (nor `stop`)
+    # A user who never runs plan hears it from the run itself (issue 18); exit 0: the archive stands.
+    done = lab.cli("backup", "hot2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hot2: warning: hot copy of a live database (postgres, PostgreSQL)" in done.stderr

@@ -38,6 +38,8 @@ LAYERS = {
     "sidecar.fsutil": CORE,
     "sidecar.keys": CORE,
     "sidecar.values": CORE,
+    "sidecar.presetnames": CORE,
+    "sidecar.consistency": CORE,
     "sidecar.mirrordiff": CORE,
     "sidecar.notify.urls": CORE,
     "sidecar.engine": ADAPTERS,

@@ -48,6 +48,7 @@ TARGET_METRICS = {
     "backup_sidecar_next_run_timestamp_seconds",
     "backup_sidecar_expected_interval_seconds",
     "backup_sidecar_copies",
+    "backup_sidecar_consistency_risk",  # also app, preset
 }
 GLOBAL_METRICS = {
     "backup_sidecar_targets",
@@ -345,7 +346,7 @@ def alert_tests() -> list[tuple[str, bool, str]]:
 
 
 REQUIRED_ALERTS = {"BackupTooOld", "BackupFailed", "OffsiteCopyTooOld", "BackupCopiesBelowTwo",
-                   "BackupConfigErrors", "BackupSidecarDown", "BackupSidecarNodeWithoutSidecar"}
+                   "BackupHotCopyOfDatabase", "BackupConfigErrors", "BackupSidecarDown", "BackupSidecarNodeWithoutSidecar"}
 
 
 def alerts() -> dict[str, list[str]]:

@@ -8,12 +8,13 @@ import pytest
 
 from sidecar.actions.plan import database_warnings
 from sidecar.actions.sources import items, sources_for
-from sidecar.actions.sources.presets import PRESETS as PRESET_MODULES, archive_type
+from sidecar.actions.sources.presets import PRESETS as PRESET_MODULES
 from sidecar.actions.sources.presets.sqlite import plan_mounts
 from sidecar.errors import LabelError, NotFound
 from sidecar.labels import DEFAULT_EXEC_TIMEOUT, PRESETS, parse_target, short_volume_name
 from sidecar.model import Mount
 from sidecar.naming import parse_name
+from sidecar.presetnames import dump_type
 from sidecar.schedule import parse_schedule
 
 from .helpers import container, volume
@@ -66,7 +67,7 @@ def test_label_presets_are_the_registered_ones():
 def test_no_volume_short_name_is_a_preset_type(raw):
     for preset in PRESETS:
         for mount in (volume(raw, "/d"), Mount("bind", "/h", f"/srv/{raw}")):
-            assert short_volume_name(mount, None) != archive_type(preset)
+            assert short_volume_name(mount, None) != dump_type(preset)
 
 
 def test_preset_archive_names_parse_back():
@@ -103,3 +104,21 @@ def test_sqlite_paths_map_to_the_volume_holding_them():
                     ["/db/0", "/data", "c.db"]]
     with pytest.raises(NotFound, match="on no volume"):
         plan_mounts(box, ("/etc/app.db",))
+
+
+@pytest.mark.parametrize("labels, method, volume_strategy", [
+    ({}, "stop", "stop"),
+    ({"backup.strategy": "hot"}, "hot", "hot"),
+    ({"backup.strategy": "pause"}, "pause", "pause"),
+    # a preset is never stopped, whatever backup.strategy says (the default is stop)
+    ({"backup.preset": "postgres"}, "preset:postgres", None),
+    ({"backup.preset": "mariadb", "backup.strategy": "pause"}, "preset:mariadb", None),
+    ({"backup.preset": "MySQL"}, "preset:mysql", None),
+    # with volumes too: the dump, then the volumes as the strategy says
+    ({"backup.preset": "postgres", "backup.volumes": "data"}, "preset:postgres+volumes:stop", "stop"),
+    ({"backup.preset": "redis", "backup.volumes": "data", "backup.strategy": "hot"}, "preset:redis+volumes:hot", "hot"),
+])
+def test_what_a_backup_really_does(labels, method, volume_strategy):
+    target = parse(labels)
+    assert target.method == method
+    assert (str(target.volume_strategy) if target.volume_strategy else None) == volume_strategy

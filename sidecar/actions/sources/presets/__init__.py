@@ -1,26 +1,26 @@
 """Presets: an app's own backup tool behind the Source seam (`backup.preset=NAME`), one
 module per app, each a Source (NAME, describe, needs_quiesce, capture, restore). Their
-archives are named with the type `{preset}+dump` (dump.archive_type), which no volume's
-short name can be. To add one: write presets/APP.py, add it to PRESETS and its name to
-labels.PRESETS."""
+archives are named with the type `{preset}+dump` (presetnames.dump_type), which no volume's
+short name can be; an alias (presetnames.ALIASES: `mariadb`) finds its preset's module and
+archives. To add one: write presets/APP.py, add it to MODULES and its name to
+presetnames.CANONICAL."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
+from ....presetnames import ALIASES, preset_of_type
 from . import mongodb, mysql, postgres, prometheus, redis, sqlite
-from .dump import archive_type
 
-__all__ = ["PRESETS", "archive_type", "preset_of_item"]
+__all__ = ["MODULES", "PRESETS", "preset_of_item"]
 
-PRESETS: dict[str, ModuleType] = {postgres.NAME: postgres, sqlite.NAME: sqlite, mysql.NAME: mysql, redis.NAME: redis,
-                                  prometheus.NAME: prometheus, mongodb.NAME: mongodb,
-                                  **{alias: mysql for alias in mysql.ALIASES}}
+# By canonical name; PRESETS adds every alias of the core table.
+MODULES: dict[str, ModuleType] = {m.NAME: m for m in (postgres, sqlite, mysql, redis, prometheus, mongodb)}
+PRESETS: dict[str, ModuleType] = {**MODULES, **{alias: MODULES[name] for alias, name in ALIASES.items()}}
 
 
 def preset_of_item(item: str) -> ModuleType | None:
-    """The preset whose archives carry `item` as their type (None: not a preset's)."""
-    for module in PRESETS.values():
-        if item == archive_type(module.NAME):
-            return module
-    return None
+    """The preset whose archives carry `item` as their type, by either of its names (None:
+    not a preset's)."""
+    preset = preset_of_type(item)
+    return MODULES[preset] if preset is not None else None

@@ -36,12 +36,6 @@ TAIL_KEPT = 4096  # last bytes of a dump kept to check that it ended as the tool
 _PART = re.compile(r"^(?P<file>[^/]+)\.(?P<n>\d{6})$")
 
 
-def archive_type(preset: str) -> str:
-    """The `{type}` of a preset's archives: `+` never occurs in a volume's short name
-    (labels.short_volume_name keeps letters, digits, `.` and `-`), so the two never collide."""
-    return f"{preset}+dump"
-
-
 def parts_tar(chunks: Iterable[bytes], file: str, mtime: float | None = None,
               part_size: int = PART_SIZE) -> Iterator[bytes]:
     """A tar stream of `chunks` cut into members `{file}.000000`, `{file}.000001`, ...

@@ -13,14 +13,15 @@ import time
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
+from ....presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, feed
+from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
 
 logger = logging.getLogger(__name__)
 
 NAME = "mongodb"
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 RESTORE_TIMEOUT = 24 * 3600.0
 _ARCHIVE_MAGIC = bytes.fromhex("6de29981")  # mongodump's archive format starts with it
 

@@ -1,4 +1,4 @@
-"""The `mysql` preset (also `mariadb`): the server's own dump tool in the target,
+"""The `mysql` preset (also `mariadb`, an alias in presetnames.ALIASES): the server's own dump tool in the target,
 `mariadb-dump` when the image has it, else `mysqldump`, with `--single-transaction
 --all-databases --routines --events` (or `--databases` of `backup.preset.database`): one
 consistent snapshot of InnoDB tables without locking the app out. Restore feeds it to
@@ -18,15 +18,15 @@ import time
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
+from ....presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, feed
+from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
 
 logger = logging.getLogger(__name__)
 
 NAME = "mysql"
-ALIASES = ("mariadb",)
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 RESTORE_TIMEOUT = 24 * 3600.0
 
 # $1: "dump" or "client", then the tool's arguments.

@@ -17,14 +17,15 @@ import time
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerState, Target
+from ....presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, dump_file, feed
+from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, dump_file, feed
 
 logger = logging.getLogger(__name__)
 
 NAME = "postgres"
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 
 # $1...: the tool and its arguments. The password is exported only when one is found.
 _PROLOGUE = (

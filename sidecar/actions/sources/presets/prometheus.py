@@ -16,15 +16,16 @@ import time
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
+from ....presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, left_stopped
+from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
 NAME = "prometheus"
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 
 _HTTP = (
     'u="${PROMETHEUS_URL:-http://localhost:9090}"; '

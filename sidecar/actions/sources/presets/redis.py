@@ -19,15 +19,16 @@ from typing import Iterator
 
 from ....errors import RestoreError, SidecarError
 from ....model import ContainerInfo, ContainerState, Target
+from ....presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, archive_type, dump_capture, check_dump, dump_chunks, left_stopped
+from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, left_stopped
 
 logger = logging.getLogger(__name__)
 
 NAME = "redis"
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 
 _CLI = ('command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli: not found in the container" >&2; exit 127; }; '
         '[ -n "${REDISCLI_AUTH:-}" ] || REDISCLI_AUTH="${REDIS_PASSWORD:-}"; '

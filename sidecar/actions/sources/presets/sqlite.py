@@ -30,17 +30,18 @@ from ....archive import ArchiveResult, ArchiveWriter, ProgressLog, iter_tar
 from ....errors import BackupError, NotFound, RestoreError, SidecarError
 from ....extract import open_archive, verify
 from ....model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
+from ....presetnames import dump_type
 from ....readers import get as get_reader
 from ....streams import IterReader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import archive_type, left_stopped
+from .dump import left_stopped
 
 logger = logging.getLogger(__name__)
 
 NAME = "sqlite"
-ITEM = archive_type(NAME)
+ITEM = dump_type(NAME)
 TEMP_FOLDER = ".sidecar/sqlite"  # under BACKUP_DIR: the copies on their way into the archive
 # Root with only these: read and write any database whatever its owner, and give a
 # -wal/-shm it created to the database's owner.
