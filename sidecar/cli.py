@@ -29,9 +29,11 @@ from .actions.rotate import run_rotation
 from .engine import Engine
 from .metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
-from .errors import ConfigError, NotFound, SidecarError
+from .errors import ConfigError, EngineError, NotFound, SidecarError
 from .groups import groups_of
 from .naming import node_name_problem
+from .preflight import Access, PreflightError, check_backup_dir, check_docker_socket, describe_store_error, \
+    is_store_error, socket_path
 from .settings import Settings, load_settings, unknown_settings
 from .storage import BackupStore
 
@@ -143,16 +145,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, close in unknown_settings(os.environ).items():
         logger.warning("unknown setting ignored", extra={"setting": name, "did_you_mean": close})
     try:
-        ctx = Context.create(settings, Engine(settings.docker_host))
+        if os.environ.get("SIDECAR_SKIP_PREFLIGHT", "").strip() != "1":
+            check_docker_socket(settings.docker_host)
+            check_backup_dir(settings.backup_dir, ACCESS[args.command])
+        ctx = Context.create(settings, _engine(settings))
         return COMMANDS[args.command](ctx, args)
-    except NotFound as err:
-        print(f"backup-sidecar: {err}", file=sys.stderr)
-        return err.exit_code
     except SidecarError as err:
         print(f"backup-sidecar: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as exc:
+        if not is_store_error(exc, settings.backup_dir):
+            raise
+        # The run had started (the checks above passed): it failed, as a failed backup does (exit 1);
+        # 64 is kept for "nothing was done, fix the setting".
+        print(f"backup-sidecar: {describe_store_error(settings.backup_dir, exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _engine(settings: Settings) -> Engine:
+    """The engine client; an engine that does not answer is a setting to fix (exit 64)."""
+    try:
+        return Engine(settings.docker_host)
+    except EngineError as err:
+        _, setting = socket_path(settings.docker_host)
+        raise PreflightError(f"{setting}: the Docker engine does not answer ({err}); expected a running engine "
+                             "(`docker version` answers) at that address") from err
 
 
 def _log_setup(command: str, settings: Settings, env) -> tuple[str, str]:
@@ -453,6 +472,19 @@ def _size(n: int) -> str:
         n /= 1024
     return str(n)
 
+
+# What each command does with BACKUP_DIR (preflight.check_backup_dir): reading commands work on a
+# read-only backup volume too.
+ACCESS = {
+    "run": Access.WRITE,
+    "backup": Access.WRITE,
+    "restore": Access.WRITE,  # the journal, a target's lock, downloads from a destination
+    "prune": Access.WRITE,
+    "sync": Access.WRITE,  # the copy indexes
+    "list": Access.READ,
+    "plan": Access.READ,
+    "restore-image": Access.READ,
+}
 
 COMMANDS = {
     "run": cmd_run,
