@@ -32,6 +32,7 @@ from .notify.sender import Notifier
 from .errors import ConfigError, EngineError, NotFound, SidecarError
 from .groups import groups_of
 from .naming import node_name_problem
+from .readers.worker import CHOSEN_NONE
 from .preflight import Access, PreflightError, check_backup_dir, check_docker_socket, describe_store_error, \
     is_store_error, socket_path
 from .settings import Settings, load_settings, unknown_settings
@@ -340,10 +341,11 @@ def cmd_plan(ctx: Context, args) -> int:
     print(f"scope: {scope.describe()}")
     if rows:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
-                "OFFSITE", "MIRROR"],
+                "OFFSITE", "READER", "MIRROR"],
                [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
-                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r),
+                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r), r.reader,
                  _size(r.mirror_bytes) if r.mirror_bytes is not None else "-"] for r in rows])
+        _readers(rows)
     else:
         print("no targets (label containers with backup.enable=true)")
     for r in rows:
@@ -352,6 +354,18 @@ def cmd_plan(ctx: Context, args) -> int:
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
     return 0
+
+
+def _readers(rows) -> None:
+    """Under plan's table: how each reader in it reads (the worker image and how it was chosen,
+    or why no worker container can run, and the fix)."""
+    said: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r.reader != "-":
+            said.setdefault((r.reader, r.reader_why), []).append(r.target)
+    for (reader, why), targets in said.items():
+        fix = "; set BACKUP_WORKER_IMAGE to this sidecar's image" if reader == "engine-api" and why != CHOSEN_NONE else ""
+        print(f"READER {reader} ({', '.join(targets)}): {why}{fix}")
 
 
 def _offsite(row) -> str:
