@@ -9,6 +9,8 @@ import os
 
 import docker.errors
 
+from sidecar.readers.worker import IMAGE_LABEL, IMAGE_LABEL_VALUE
+
 SOCKET = "/var/run/docker.sock"
 
 
@@ -78,6 +80,9 @@ def test_a_host_folder_docker_run_made_as_root_is_named_by_every_command(lab, wo
     code, out = _run(lab, worker_image, ["list"], environment=env, volumes=mounts, group_add=[gid])
     assert code == 0 and out.startswith("no archives in /backups"), out  # reading needs no more
 
+
+def test_the_image_carries_the_label_a_host_cli_finds_it_by(lab, worker_image):
+    assert lab.client.images.get(worker_image).labels.get(IMAGE_LABEL) == IMAGE_LABEL_VALUE
 
 
 def test_a_backup_folder_left_by_a_root_image_is_named_and_handed_over(lab, worker_image):
