@@ -32,7 +32,7 @@ from .notify.sender import Notifier
 from .errors import ConfigError, EngineError, NotFound, SidecarError
 from .groups import groups_of
 from .naming import node_name_problem
-from .readers.worker import CHOSEN_NONE
+from .readers.worker import fix_for
 from .preflight import Access, PreflightError, check_backup_dir, check_docker_socket, describe_store_error, \
     is_store_error, socket_path
 from .settings import Settings, load_settings, unknown_settings
@@ -364,8 +364,7 @@ def _readers(rows) -> None:
         if r.reader != "-":
             said.setdefault((r.reader, r.reader_why), []).append(r.target)
     for (reader, why), targets in said.items():
-        fix = "; set BACKUP_WORKER_IMAGE to this sidecar's image" if reader == "engine-api" and why != CHOSEN_NONE else ""
-        print(f"READER {reader} ({', '.join(targets)}): {why}{fix}")
+        print(f"READER {reader} ({', '.join(targets)}): {why}{fix_for(why) if reader == 'engine-api' else ''}")
 
 
 def _offsite(row) -> str:

@@ -233,6 +233,14 @@ class WorkerArchive:
         self.partial_path.unlink(missing_ok=True)
 
 
+def fix_for(reason: str) -> str:
+    """What to do when no worker can run for `reason` ("" when the reason says it already, or
+    it was the user's choice)."""
+    if reason == CHOSEN_NONE or "image" not in reason:
+        return ""
+    return f"; set BACKUP_WORKER_IMAGE to this sidecar's image (or to `{NO_WORKERS}` to choose this)"
+
+
 def remove_stale_keys(backup_dir: Path, now: float | None = None) -> list[Path]:
     """Key files a killed sidecar left behind (its worker never read them)."""
     folder = backup_dir / STATE_DIR / KEYS_FOLDER
@@ -274,8 +282,7 @@ class WorkerReader:
                             extra={"target": request.target, "volume": request.mount.destination, "reason": reason})
             if warn:  # once per process: what the user can change, where they look
                 logger.warning(f"volumes are read through the engine's archive API, with no worker container and no "
-                               f"staging mirror (slower; a `stop` target stays down longer): {reason}; set "
-                               f"BACKUP_WORKER_IMAGE to this sidecar's image (or to `{NO_WORKERS}` to choose this)",
+                               f"staging mirror (slower; a `stop` target stays down longer): {reason}{fix_for(reason)}",
                                extra={"setting": "BACKUP_WORKER_IMAGE", "reason": reason})
         return plan is not None
 

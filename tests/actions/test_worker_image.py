@@ -10,11 +10,11 @@ import json
 import pytest
 
 from sidecar import readers
-from sidecar.readers.worker import IMAGE_LABEL, WorkerReader
+from sidecar.readers.worker import CHOSEN_NONE, IMAGE_LABEL, WorkerReader, fix_for
 
 from .conftest import app_labels
 
-SAID = "set BACKUP_WORKER_IMAGE to this sidecar's image"
+SAID = "set BACKUP_WORKER_IMAGE to this sidecar's image (or to `none` to choose this)"
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +95,10 @@ def test_backup_worker_image_none_is_a_choice_said_in_plan_not_warned(run, engin
     assert (row["reader"], row["reader_why"]) == ("engine-api", "BACKUP_WORKER_IMAGE=none")
     assert run("plan") == 0
     assert "READER engine-api (app): BACKUP_WORKER_IMAGE=none\n" in capsys.readouterr().out
+
+
+def test_the_fix_is_said_only_where_the_image_is_what_is_missing():
+    assert fix_for("BACKUP_DIR (/backups) is on no mount of the sidecar's container") == ""
+    assert fix_for("the sidecar runs outside a container and the engine on another machine (DOCKER_HOST)") == ""
+    assert fix_for(CHOSEN_NONE) == ""
+    assert fix_for("image app:1 lacks zstd") == "; " + SAID
