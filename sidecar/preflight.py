@@ -14,6 +14,7 @@ import enum
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
@@ -111,17 +112,15 @@ def check_backup_dir(path: Path, access: Access) -> None:
 
 
 def _probe_write(path: Path) -> None:
-    probe = path / f"{PROBE_PREFIX}{os.getpid()}"
+    # A name of its own: in containers every CLI is PID 1, and several may share BACKUP_DIR.
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        fd = os.open(probe, os.O_WRONLY)
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=path)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM) and path.stat().st_uid != os.getuid():
             raise PreflightError(not_ours(path, path)) from None
         raise PreflightError(describe_store_error(path, exc)) from None
     os.close(fd)
-    probe.unlink(missing_ok=True)
+    os.unlink(probe)
     free = os.statvfs(path)
     if (free.f_bfree if os.getuid() == 0 else free.f_bavail) == 0:  # root may use the reserved blocks
         raise PreflightError(describe_store_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))))
