@@ -112,6 +112,10 @@ COPY entrypoint.sh /usr/local/bin/entrypoint.sh
 # The mode from the build context may have lost its x bit (a checkout on Windows, a tarball).
 RUN chmod 0755 /usr/local/bin/entrypoint.sh
 
+# A sidecar run on the host (no BACKUP_WORKER_IMAGE) finds its worker image by this label
+# (sidecar/readers/worker.py: IMAGE_LABEL), the newest first. Here, late: the layers above keep their cache.
+LABEL backup-sidecar.image="sidecar"
+
 ENV PATH=/opt/venv/bin:$PATH \
     BACKUP_DIR=/backups \
     HOME=/home/sidecar \

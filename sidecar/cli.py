@@ -29,10 +29,13 @@ from .actions.rotate import run_rotation
 from .engine import Engine
 from .metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
-from .errors import ConfigError, NotFound, SidecarError
+from .errors import ConfigError, EngineError, NotFound, SidecarError
 from .groups import groups_of
 from .naming import node_name_problem
 from .presetnames import preset_of_type
+from .readers.worker import fix_for
+from .preflight import Access, PreflightError, check_backup_dir, check_docker_socket, describe_store_error, \
+    is_store_error, socket_path
 from .settings import Settings, load_settings, unknown_settings
 from .storage import BackupStore
 
@@ -144,16 +147,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, close in unknown_settings(os.environ).items():
         logger.warning("unknown setting ignored", extra={"setting": name, "did_you_mean": close})
     try:
-        ctx = Context.create(settings, Engine(settings.docker_host))
+        if os.environ.get("SIDECAR_SKIP_PREFLIGHT", "").strip() != "1":
+            check_docker_socket(settings.docker_host)
+            check_backup_dir(settings.backup_dir, ACCESS[args.command])
+        ctx = Context.create(settings, _engine(settings))
         return COMMANDS[args.command](ctx, args)
-    except NotFound as err:
-        print(f"backup-sidecar: {err}", file=sys.stderr)
-        return err.exit_code
     except SidecarError as err:
         print(f"backup-sidecar: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as exc:
+        if not is_store_error(exc, settings.backup_dir):
+            raise
+        # The run had started (the checks above passed): it failed, as a failed backup does (exit 1);
+        # 64 is kept for "nothing was done, fix the setting".
+        print(f"backup-sidecar: {describe_store_error(settings.backup_dir, exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _engine(settings: Settings) -> Engine:
+    """The engine client; an engine that does not answer is a setting to fix (exit 64)."""
+    try:
+        return Engine(settings.docker_host)
+    except EngineError as err:
+        _, setting = socket_path(settings.docker_host)
+        raise PreflightError(f"{setting}: the Docker engine does not answer ({err}); expected a running engine "
+                             "(`docker version` answers) at that address") from err
 
 
 def _log_setup(command: str, settings: Settings, env) -> tuple[str, str]:
@@ -324,10 +344,11 @@ def cmd_plan(ctx: Context, args) -> int:
     print(f"scope: {scope.describe()}")
     if rows:
         _table(["TARGET", "CONTAINER", "STATE", "STRATEGY", "SCHEDULE", "NEXT RUN", "VOLUMES", "LATEST", "COPIES",
-                "OFFSITE", "MIRROR"],
+                "OFFSITE", "READER", "MIRROR"],
                [[r.target, r.container, r.state, r.strategy, r.schedule, r.next_run.isoformat(timespec="seconds"),
-                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r),
+                 ",".join(r.volumes), r.latest or "-", r.copies, _offsite(r), r.reader,
                  _size(r.mirror_bytes) if r.mirror_bytes is not None else "-"] for r in rows])
+        _readers(rows)
     else:
         print("no targets (label containers with backup.enable=true)")
     for r in rows:
@@ -336,6 +357,17 @@ def cmd_plan(ctx: Context, args) -> int:
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
     return 0
+
+
+def _readers(rows) -> None:
+    """Under plan's table: how each reader in it reads (the worker image and how it was chosen,
+    or why no worker container can run, and the fix)."""
+    said: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r.reader != "-":
+            said.setdefault((r.reader, r.reader_why), []).append(r.target)
+    for (reader, why), targets in said.items():
+        print(f"READER {reader} ({', '.join(targets)}): {why}{fix_for(why) if reader == 'engine-api' else ''}")
 
 
 def _offsite(row) -> str:
@@ -459,6 +491,19 @@ def _size(n: int) -> str:
         n /= 1024
     return str(n)
 
+
+# What each command does with BACKUP_DIR (preflight.check_backup_dir): reading commands work on a
+# read-only backup volume too.
+ACCESS = {
+    "run": Access.WRITE,
+    "backup": Access.WRITE,
+    "restore": Access.WRITE,  # the journal, a target's lock, downloads from a destination
+    "prune": Access.WRITE,
+    "sync": Access.WRITE,  # the copy indexes
+    "list": Access.READ,
+    "plan": Access.READ,
+    "restore-image": Access.READ,
+}
 
 COMMANDS = {
     "run": cmd_run,

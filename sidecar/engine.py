@@ -359,6 +359,14 @@ class Engine:
         return ImageInfo(id=data["Id"], tags=tuple(data.get("RepoTags") or ()),
                          digests=tuple(data.get("RepoDigests") or ()))
 
+    def labelled_images(self, label: str) -> list[ImageInfo]:
+        """Images that carry `label` (KEY or KEY=VALUE), newest first."""
+        with _engine_call("list images", label):
+            rows = self.api.images(filters={"label": label, "dangling": False})
+        rows.sort(key=lambda row: row.get("Created") or 0, reverse=True)
+        return [ImageInfo(id=row["Id"], tags=tuple(row.get("RepoTags") or ()), digests=tuple(row.get("RepoDigests") or ()))
+                for row in rows]
+
     def load_image(self, data: Iterable[bytes]) -> list[str]:
         """`docker load`; returns the engine's status lines (e.g. "Loaded image: app:1")."""
         with _engine_call("load image"):

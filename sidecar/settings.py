@@ -253,8 +253,11 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="the sidecar's own image, else the target's"),
     Setting("BACKUP_WORKER_IMAGE", TEXT, None, "image of the short-lived worker containers that archive a "
             "volume next to its data (needs this sidecar's code, GNU tar, zstd: the sidecar's image); when no "
-            "worker can run, volumes are read through the engine's archive API (slower)", field="worker_image",
-            file=False, shown_default="the sidecar's own image; none when it runs outside a container"),
+            "worker can run, volumes are read through the engine's archive API (slower, no staging mirror: a "
+            "`stop` target stays down longer), said once per run as a WARNING; `none`: that on purpose, "
+            "unwarned. `plan` shows each target's reader and why", field="worker_image",
+            file=False, shown_default="the sidecar's own image; outside a container, the newest local image "
+            "labelled `backup-sidecar.image=sidecar` (built from this Dockerfile)"),
     Setting("BACKUP_WORKER_TIMEOUT", seconds(10, 7 * 86400), "86400", "seconds a worker container may run "
             "before it is killed (the backup then fails)", field="worker_timeout"),
     Setting("BACKUP_SHUTDOWN_GRACE", seconds(0, 3600), "5", "seconds a running backup may still finish after "

@@ -13,7 +13,9 @@ from datetime import datetime
 from ..consistency import hot_copy_risk
 from ..errors import SidecarError
 from ..labels import ENABLE
-from ..model import CopyState, Strategy, Target
+from ..model import ContainerState, CopyState, Strategy, Target
+from ..readers import READERS
+from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
 from ..readers.mirror import mirror_bytes, mirror_folder
 from .context import Context
@@ -45,6 +47,10 @@ class PlanRow:
     mirror_bytes: int | None = None  # disk use of the target's staging mirrors (None: none kept)
     preset: str | None = None  # backup.preset as written (an alias stays an alias)
     volume_strategy: str | None = None  # how its volumes are read (None: a preset alone reads none)
+    # How its volumes are read: "mirror" (a staging mirror kept by worker containers), "worker",
+    # "engine-api" (the engine's archive API: slower, a stop target stays down longer), "-" (none).
+    reader: str = "-"
+    reader_why: str = ""  # the worker image and how it was chosen, or why no worker can run
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     discovery = ctx.discover()
     now = ctx.now()
     states = copy_states(ctx, list(discovery.targets))
+    site = _worker_site(ctx) if any(t.volumes for t in discovery.targets) else (None, "")
     rows = [
         PlanRow(
             target=t.backup_name,
@@ -75,6 +82,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
             warnings=database_warnings(t, container_command(ctx, t)) + swarm_warnings(t),
             mirror_bytes=_mirror_bytes(ctx, t),
+            **_reader(t, *site),
         )
         for t in discovery.targets
     ]
@@ -84,6 +92,26 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
     except SidecarError as err:
         logger.debug("could not check the Swarm services", extra={"error": str(err)})
     return rows, skipped
+
+
+def _worker_site(ctx: Context) -> tuple[bool, str]:
+    """Whether worker containers can run here, with their image and how it was chosen, or why not."""
+    try:
+        site, why = READERS[WORKER].describe(ctx.engine, ctx.worker_settings)
+    except SidecarError as err:
+        return False, f"the worker image cannot be checked ({err})"
+    return site is not None, why
+
+
+def _reader(target: Target, workers: bool | None, why: str) -> dict:
+    """The reader a backup of `target` would use now (readers.choose's order)."""
+    if not target.volumes:
+        return {"reader": "-", "reader_why": "no volumes read (its preset's dump)"}
+    if not workers:
+        return {"reader": "engine-api", "reader_why": why}
+    mirrored = (target.config.strategy in (Strategy.STOP, Strategy.PAUSE) and target.config.mirror
+                and target.container.state is ContainerState.RUNNING)
+    return {"reader": "mirror" if mirrored else "worker", "reader_why": why}
 
 
 def database_warnings(target: Target, command: tuple[str, ...]) -> tuple[str, ...]:

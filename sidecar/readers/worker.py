@@ -13,9 +13,11 @@ worker removes as soon as it has read it (never in its environment or arguments,
 Phases: `open` creates the partial file (owned by the sidecar, with its mode); `read` runs
 the worker, which writes and fsyncs it; `finish` writes the checksum and renames, as
 ArchiveWriter does. The worker is usable when an image is known (BACKUP_WORKER_IMAGE, else
-the sidecar's own container's image) and a probe of that image (once per process) finds
+the sidecar's own container's image, else, for a sidecar run on the engine's host, the newest
+local image carrying IMAGE_LABEL, which the Dockerfile puts on it) and a probe of that image (once per process) finds
 GNU tar, the compressor and the same worker protocol; otherwise `choose` falls back to the
-engine-API reader and the reason is logged once per target.
+engine-API reader, the reason is logged once per target and said once per process as a
+WARNING naming BACKUP_WORKER_IMAGE (unless it is `none`: the user's choice).
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ TARGET_LABEL = "backup-sidecar.target"
 CAPABILITIES = ("DAC_READ_SEARCH", "DAC_OVERRIDE")
 PYTHON = ("python", "-m", "sidecar.worker")
 PROBE_TIMEOUT = 120.0
+# Put on the image by the project's Dockerfile: a sidecar outside a container with no
+# BACKUP_WORKER_IMAGE takes the newest local image that carries it (and passes the probe).
+IMAGE_LABEL = "backup-sidecar.image"
+IMAGE_LABEL_VALUE = "sidecar"
+FIND_AT_MOST = 3  # labelled images probed, newest first
+NO_WORKERS = "none"  # BACKUP_WORKER_IMAGE=none: no worker containers, on purpose
+CHOSEN_NONE = f"BACKUP_WORKER_IMAGE={NO_WORKERS}"
 KEYS_FOLDER = "workers"  # in the state folder: encryption settings on their way to a worker
 STALE_KEYS_SECONDS = 600.0  # a worker reads its file within seconds of starting
 
@@ -224,6 +233,14 @@ class WorkerArchive:
         self.partial_path.unlink(missing_ok=True)
 
 
+def fix_for(reason: str) -> str:
+    """What to do when no worker can run for `reason` ("" when the reason says it already, or
+    it was the user's choice)."""
+    if reason == CHOSEN_NONE or "image" not in reason:
+        return ""
+    return f"; set BACKUP_WORKER_IMAGE to this sidecar's image (or to `{NO_WORKERS}` to choose this)"
+
+
 def remove_stale_keys(backup_dir: Path, now: float | None = None) -> list[Path]:
     """Key files a killed sidecar left behind (its worker never read them)."""
     folder = backup_dir / STATE_DIR / KEYS_FOLDER
@@ -245,7 +262,11 @@ class WorkerReader:
     def __init__(self) -> None:
         self._probes: dict[str, str | None] = {}  # image -> why it cannot serve (None: it can)
         self._reported: set[tuple[str, str]] = set()
+        self._warned: set[str] = set()  # reasons already said as a WARNING (once per process)
         self._lock = threading.Lock()
+        self._find_lock = threading.Lock()
+        self._found: tuple[str | None, str] | None = None  # the labelled image's lookup (once per process)
+        self._found_by: dict[str, str] = {}  # image id -> how it was found
 
     def usable(self, engine: Engine, request: ArchiveRequest) -> bool:
         plan, reason = self.plan(engine, request)
@@ -254,9 +275,15 @@ class WorkerReader:
             with self._lock:
                 first = key not in self._reported
                 self._reported.add(key)
+                warn = request.worker is not None and reason not in self._warned and reason != CHOSEN_NONE
+                self._warned.add(reason)
             if first:
                 logger.info("reading through the engine's archive API instead of a worker container",
                             extra={"target": request.target, "volume": request.mount.destination, "reason": reason})
+            if warn:  # once per process: what the user can change, where they look
+                logger.warning(f"volumes are read through the engine's archive API, with no worker container and no "
+                               f"staging mirror (slower; a `stop` target stays down longer): {reason}{fix_for(reason)}",
+                               extra={"setting": "BACKUP_WORKER_IMAGE", "reason": reason})
         return plan is not None
 
     def open(self, engine: Engine, request: ArchiveRequest) -> WorkerArchive:
@@ -280,8 +307,14 @@ class WorkerReader:
 
     def site(self, engine: Engine, settings: WorkerSettings) -> tuple[WorkerSite | None, str]:
         """The image and backup-volume mount of workers here, or why no worker can run."""
+        if settings.image == NO_WORKERS:
+            return None, CHOSEN_NONE
         own = engine.own_container()
         image = settings.image or (own.image_id if own is not None else None)
+        if image is None and engine.is_local:
+            image, reason = self._labelled_image(engine)
+            if image is None:
+                return None, reason
         if image is None:
             return None, "the sidecar runs outside a container and BACKUP_WORKER_IMAGE is unset"
         if own is None and not engine.is_local:
@@ -293,6 +326,48 @@ class WorkerReader:
         if failure is not None:
             return None, failure
         return WorkerSite(image, store), ""
+
+    def describe(self, engine: Engine, settings: WorkerSettings) -> tuple[WorkerSite | None, str]:
+        """site(), with how its image was chosen (or why there is none), for people (`plan`)."""
+        site, reason = self.site(engine, settings)
+        if site is None:
+            return None, reason
+        if settings.image:
+            return site, f"image {settings.image} (BACKUP_WORKER_IMAGE)"
+        if site.image in self._found_by:
+            return site, self._found_by[site.image]
+        return site, "the sidecar's own image"
+
+    def _labelled_image(self, engine: Engine) -> tuple[str | None, str]:
+        """A sidecar outside a container with no BACKUP_WORKER_IMAGE: the newest local image
+        built from this project's Dockerfile (its label) that passes the probe; looked up once."""
+        with self._find_lock:
+            if self._found is None:
+                self._found = self._find_labelled(engine)
+            return self._found
+
+    def _find_labelled(self, engine: Engine) -> tuple[str | None, str]:
+        unset = "the sidecar runs outside a container and BACKUP_WORKER_IMAGE is unset"
+        try:
+            images = engine.labelled_images(f"{IMAGE_LABEL}={IMAGE_LABEL_VALUE}")
+        except EngineError as err:
+            return None, f"{unset}, and the images cannot be listed ({err})"
+        if not images:
+            return None, (f"{unset}, and no local image carries the label {IMAGE_LABEL}={IMAGE_LABEL_VALUE} (an "
+                          "image built from this project's Dockerfile)")
+        refused = []
+        for info in images[:FIND_AT_MOST]:
+            name = info.tags[0] if info.tags else info.id[:19]
+            failure = self._probe(engine, info.id)
+            if failure is None:
+                self._found_by[info.id] = (f"image {name}, the newest of {len(images)} labelled "
+                                           f"{IMAGE_LABEL}={IMAGE_LABEL_VALUE} (BACKUP_WORKER_IMAGE unset)")
+                logger.info("worker image found by its label", extra={
+                    "image": name, "id": info.id, "label": f"{IMAGE_LABEL}={IMAGE_LABEL_VALUE}",
+                    "candidates": len(images), "setting": "BACKUP_WORKER_IMAGE"})
+                return info.id, ""
+            refused.append(f"{name}: {failure}")
+        return None, f"{unset}, and no labelled image can serve ({'; '.join(refused)})"
 
     def _probe(self, engine: Engine, image: str) -> str | None:
         with self._lock:  # one probe per image and process; others wait for its answer

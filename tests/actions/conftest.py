@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import signal
+import socket
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,21 @@ def engine() -> FakeEngine:
     return FakeEngine()
 
 
+@pytest.fixture(scope="session")
+def docker_socket():
+    """A real unix socket standing for the engine's: the CLI's preflight finds a socket this
+    process may use (the fake engine answers the calls). A short path: AF_UNIX allows 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="fake-engine-") as folder:
+        path = Path(folder) / "docker.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.bind(str(path))
+            yield path
+
+
 @pytest.fixture
-def env(tmp_path) -> dict[str, str]:
-    return {"BACKUP_DIR": str(tmp_path / "backups"), "TZ": "UTC", "BACKUP_PROGRESS_INTERVAL": "0.1"}
+def env(tmp_path, docker_socket) -> dict[str, str]:
+    return {"BACKUP_DIR": str(tmp_path / "backups"), "TZ": "UTC", "BACKUP_PROGRESS_INTERVAL": "0.1",
+            "DOCKER_HOST": f"unix://{docker_socket}"}
 
 
 @pytest.fixture

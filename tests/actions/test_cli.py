@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
+from pathlib import Path
 
+import pytest
 
+from sidecar import preflight
 from sidecar.actions import rotate
 from sidecar.actions.sync import RemotePrune
 from sidecar.errors import EngineError
+from sidecar.storage import BackupStore
 
 from .conftest import app_labels
 
@@ -77,3 +83,29 @@ def test_an_s3_endpoint_password_appears_in_no_output_nor_log(run, engine, data,
     assert run("sync") == 64
     err = capsys.readouterr().err
     assert "S3_ENDPOINT_URL='ftp://****@127.0.0.1:9000' is invalid" in err and "secretpw" not in err
+
+
+@pytest.mark.parametrize(("code", "said"), [(errno.ENOSPC, "is full"), (errno.EROFS, "is on a read-only filesystem")])
+def test_a_backup_dir_that_fails_once_the_run_started_is_one_line_exit_1(run, engine, data, env, monkeypatch, capsys,
+                                                                          code, said):
+    """Past the checks (the folder was fine), then full or read-only: one line naming BACKUP_DIR,
+    exit 1 as for any failed run (64 says "nothing was done, fix the setting")."""
+    engine.add_container("app-1", app_labels(), {"/data": data})
+
+    def failing(store):
+        raise OSError(code, os.strerror(code), str(store.state_dir / "locks"))
+
+    monkeypatch.setattr(BackupStore, "prepare", failing)
+    assert run("backup", "app") == 1
+    err = capsys.readouterr().err
+    assert err == (f"backup-sidecar: BACKUP_DIR={env['BACKUP_DIR']} {said} (writing {env['BACKUP_DIR']}/.sidecar/locks: "
+                   f"{os.strerror(code)}); {preflight.STORE_ERRORS[code][1]}\n")
+
+
+def test_one_shot_commands_check_the_backup_dir_first(run, engine, env, tmp_path, capsys):
+    Path(env["BACKUP_DIR"]).write_text("")  # a file where the folder should be
+    for command in (["backup", "app"], ["list"], ["plan"], ["prune"], ["restore", "app", "--volume", "d"]):
+        assert run(*command) == 64, command
+        assert capsys.readouterr().err == (f"backup-sidecar: BACKUP_DIR={env['BACKUP_DIR']} is not a directory; "
+                                           "expected a directory (mount a volume or host folder there)\n")
+    assert engine.calls == []  # nothing reached the engine

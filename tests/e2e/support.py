@@ -261,6 +261,9 @@ class Lab:
             "PYTHONUNBUFFERED": "1",
             "METRICS_PORT": str(self.metrics_port),
             "METRICS_ADDR": "127.0.0.1",
+            # The CLI on the host would take the newest local image built from the Dockerfile (its
+            # label) for worker containers: maybe another work tree's. Tests that want workers name theirs.
+            "BACKUP_WORKER_IMAGE": "none",
         })
         env.update(extra)
         return env

@@ -9,6 +9,8 @@ import os
 
 import docker.errors
 
+from sidecar.readers.worker import IMAGE_LABEL, IMAGE_LABEL_VALUE
+
 SOCKET = "/var/run/docker.sock"
 
 
@@ -50,6 +52,37 @@ def test_the_socket_is_reached_through_its_group(lab, worker_image):
     assert f"group_add: [\"{gid}\"]" in err and "may not use it" in err, err
     code, out = _run(lab, worker_image, ["plan"], environment=env, volumes=volumes, group_add=[gid])
     assert code == 0 and out.startswith(f"scope: Compose project '{lab.project}'"), out
+    # One-shot commands check what `run` checks (they skipped the entrypoint's checks before).
+    # (The backup folder mounted, so no anonymous volume is left behind; the socket is checked first.)
+    mounts = {**volumes, str(lab.backup_dir): {"bind": "/backups", "mode": "rw"}}
+    for command in (["backup", "app"], ["list"], ["plan"], ["restore", "app", "--volume", "data"]):
+        code, err = _run(lab, worker_image, command, environment=env, volumes=mounts)
+        assert code == 64 and err.count("\n") == 1 and "Traceback" not in err, (command, err)
+        assert err.startswith("backup-sidecar: DOCKER_HOST unset (default unix:///var/run/docker.sock): uid "), err
+        assert f"--group-add {gid}" in err, err
+
+
+def test_a_host_folder_docker_run_made_as_root_is_named_by_every_command(lab, worker_image):
+    """`docker run -v /new/folder:/backups` creates the folder as root's: each command says so
+    in one line, with the fix, instead of a traceback (issue 18)."""
+    uid = _image_uid(lab, worker_image)
+    gid = os.stat(SOCKET).st_gid
+    folder = lab.backup_dir / "made-by-docker"  # does not exist: the engine creates it, root's, 0755
+    mounts = {str(folder): {"bind": "/backups", "mode": "rw"}, SOCKET: {"bind": SOCKET, "mode": "rw"}}
+    env = {"BACKUP_PROJECT": lab.project}
+    for command in (["backup", "app"], ["restore", "app", "--volume", "data"], ["prune"], ["sync"]):
+        code, err = _run(lab, worker_image, command, environment=env, volumes=mounts, group_add=[gid])
+        assert code == 64 and err.count("\n") == 1 and "Traceback" not in err, (command, err)
+        assert err.startswith(f"backup-sidecar: BACKUP_DIR: /backups belongs to uid 0 (mode 755) and the sidecar runs "
+                              f"as uid {uid}"), err
+        assert f"chown -R {uid}:{uid} FOLDER" in err, err
+    assert folder.stat().st_uid == 0 and list(folder.iterdir()) == []  # nothing written
+    code, out = _run(lab, worker_image, ["list"], environment=env, volumes=mounts, group_add=[gid])
+    assert code == 0 and out.startswith("no archives in /backups"), out  # reading needs no more
+
+
+def test_the_image_carries_the_label_a_host_cli_finds_it_by(lab, worker_image):
+    assert lab.client.images.get(worker_image).labels.get(IMAGE_LABEL) == IMAGE_LABEL_VALUE
 
 
 def test_a_backup_folder_left_by_a_root_image_is_named_and_handed_over(lab, worker_image):

@@ -59,6 +59,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.containers: dict[str, FakeContainer] = {}
         self.images: dict[str, tuple[ImageInfo, bytes]] = {}
+        self.image_labels: dict[str, dict[str, str]] = {}  # image id -> its labels (labelled_images)
         self.loaded: list[bytes] = []
         self.calls: list[tuple] = []
         self.event_queue: list[dict] = []
@@ -486,11 +487,20 @@ class FakeEngine:
 
     # --- images ---------------------------------------------------------------------------
     def add_image(self, reference: str, digests: tuple[str, ...] = (), data: bytes = b"",
-                  image_id: str | None = None) -> ImageInfo:
+                  image_id: str | None = None, labels: Mapping[str, str] | None = None) -> ImageInfo:
         info = ImageInfo(image_id or "sha256:" + f"{len(self.images) + 1:x}".rjust(64, "0"), (reference,), digests)
+        self.image_labels[info.id] = dict(labels or {})
         self.images[reference] = (info, data or _one_file_tar("manifest.json", b"[]"))
         self.images[info.id] = self.images[reference]
         return info
+
+    def labelled_images(self, label: str) -> list[ImageInfo]:
+        """Images added with `labels` holding `label` (KEY=VALUE), the last added first."""
+        self._call("labelled_images", label)
+        key, _, value = label.partition("=")
+        found = [info for ref, (info, _) in self.images.items() if ref == info.tags[0]
+                 and self.image_labels.get(info.id, {}).get(key) == value]
+        return found[::-1]
 
     def image_info(self, image: str) -> ImageInfo:
         self._call("image_info", image)

@@ -48,6 +48,7 @@ LAYERS = {
     "sidecar.storage": ADAPTERS,
     "sidecar.state": ADAPTERS,
     "sidecar.metrics": ADAPTERS,
+    "sidecar.preflight": ADAPTERS,
     "sidecar.image_index": ADAPTERS,
     "sidecar.logs": ADAPTERS,
     "sidecar.notify": ADAPTERS,
