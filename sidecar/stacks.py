@@ -84,6 +84,7 @@ class Stack:
 class StackSkipped:
     project: str
     reason: str
+    opted_out: bool = False  # by label (an error otherwise)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _stack(project: str, containers: list[ContainerInfo], leader: str,
         if raw is not None and truth(raw) is None:
             problems.append(f"container {c.name!r}: label {STACK_LABEL}={raw!r} is invalid: accepted: {ACCEPTED_TRUTH}")
         elif raw is not None and truth(raw) is False:
-            return StackSkipped(project, f"label {STACK_LABEL}={raw} on container {c.name!r}")
+            return StackSkipped(project, f"label {STACK_LABEL}={raw} on container {c.name!r}", opted_out=True)
     dirs = sorted({c.labels[WORKING_DIR] for c in containers if c.labels.get(WORKING_DIR)})
     if not dirs:
         problems.append(f"no container of project {project!r} has the label {WORKING_DIR} (not started by Compose?)")

@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--progress-interval", type=float, default=1.0)
     stack = sub.add_parser("stack", help="archive a Compose project's files (bind-mounted read-only) into a partial file")
     stack.add_argument("--output", type=Path, required=True)
-    stack.add_argument("--part", action="append", default=[], help='JSON: {"src": PATH, "arc": RELPATH, "optional": BOOL}')
+    stack.add_argument("--part", action="append", default=[], help="a file or folder to store (path in the worker)")
+    stack.add_argument("--as", dest="arcs", action="append", default=[], help="the path the --part of the same rank "
+                       "is stored at, relative to the project folder")
+    stack.add_argument("--optional", action="append", default=[], help="a stored path that may be missing")
     stack.add_argument("--max-bytes", type=int, required=True)
     stack.add_argument("--exclude", action="append", default=[])
     stack.add_argument("--keys-file", type=Path)
@@ -87,10 +90,10 @@ def _mirror(args: argparse.Namespace) -> int:
 
 def _stack(args: argparse.Namespace) -> int:
     try:
-        job = StackJob(args.output, tuple(Part.parse(raw) for raw in args.part), args.max_bytes, tuple(args.exclude),
-                       args.keys_file)
+        job = StackJob(args.output, Part.parse_all(args.part, args.arcs, args.optional), args.max_bytes,
+                       tuple(args.exclude), args.keys_file)
         outcome = run_stack(job, emit)
-    except (SidecarError, OSError, ValueError, KeyError) as exc:  # ValueError/KeyError: a malformed --part
+    except (SidecarError, OSError, ValueError) as exc:  # ValueError: a part stored outside
         emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
     emit({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,

@@ -1,8 +1,8 @@
 """The stack worker: archives a Compose project's definition (its files bind-mounted
 read-only into the worker) into a partial file the sidecar created on the backup volume.
 
-Each part comes as `--part JSON` with its path in the worker (`src`), the path it is
-stored at (`arc`, relative to the project folder) and whether it may be missing. A part
+Each part comes as `--part SRC` (its path in the worker) with `--as ARC` (the path it is
+stored at, relative to the project folder); `--optional ARC` may be missing. A part
 bigger than `--max-bytes` (a folder: everything in it) is left out and said in a
 `left_out` line, as is a part that is missing; the rest is written. Members are written by
 Python's tarfile (PAX, numeric owners): a stack is a handful of small files. The archive
@@ -12,7 +12,6 @@ Content never reaches a line of output: only names and sizes.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import tarfile
@@ -37,12 +36,18 @@ class Part:
     optional: bool = False
 
     @classmethod
-    def parse(cls, raw: str) -> "Part":
-        data = json.loads(raw)
-        arc = str(data["arc"]).strip("/")
-        if not arc or arc.startswith("../") or "/../" in f"/{arc}/":
+    def parse(cls, src: str, arc: str, optional: bool = False) -> "Part":
+        arc = arc.strip("/")
+        if not arc or arc.startswith("../") or "/../" in f"/{arc}/" or arc == "..":
             raise ValueError(f"part {arc!r} would be stored outside the stack folder")
-        return cls(Path(data["src"]), arc, bool(data.get("optional")))
+        return cls(Path(src), arc, optional)
+
+    @classmethod
+    def parse_all(cls, srcs: list[str], arcs: list[str], optional: list[str]) -> tuple["Part", ...]:
+        """`--part SRC` and `--as ARC` pair up in order; `--optional ARC` marks the ones that may be missing."""
+        if len(srcs) != len(arcs):
+            raise ValueError(f"{len(srcs)} --part but {len(arcs)} --as")
+        return tuple(cls.parse(src, arc, arc in optional) for src, arc in zip(srcs, arcs))
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,14 @@ def test_stack_archive_encrypted_with_the_recipients(tmp_path, project):
     assert (into / "_outside" / "srv" / "keys" / "pw.txt").read_text() == "s3cret-value\n"
 
 
-@pytest.mark.parametrize("arc", ["../x", "a/../../x", "/"])
+@pytest.mark.parametrize("arc", ["../x", "a/../../x", "/", ".."])
 def test_a_part_stored_outside_is_refused(arc):
     with pytest.raises(ValueError):
-        Part.parse(json.dumps({"src": "/x", "arc": arc}))
+        Part.parse("/x", arc)
+
+
+def test_parts_pair_up_in_order():
+    parts = Part.parse_all(["/s/a", "/s/b"], ["a", "x/b"], ["x/b"])
+    assert [(str(p.src), p.arc, p.optional) for p in parts] == [("/s/a", "a", False), ("/s/b", "x/b", True)]
+    with pytest.raises(ValueError):
+        Part.parse_all(["/s/a"], [], [])
