@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..archive import ArchiveResult
-from ..errors import BackupError, NotFound, RestoreError, SidecarError
+from ..errors import BackupError, RestoreError, SidecarError
 from ..extract import open_archive, verify
 from ..model import ContainerInfo, ContainerState, Mount, Target, WorkerMount
 from ..naming import choose_name
@@ -33,7 +33,7 @@ from ..stacks import ITEM, WORKING_DIR, Stack, discover_stacks
 from ..unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, run_worker
 from .context import Context
 from .prune import promote
-from .restore import fetched
+from .restore import archive_to_read
 
 logger = logging.getLogger(__name__)
 
@@ -136,16 +136,7 @@ def run_restore_stack(ctx: Context, project: str, into: str, archive: str = "lat
         raise RestoreError(f"restoring a stack needs a worker container (it writes into the host folder {into}): "
                            f"{reason}")
     with contextlib.ExitStack() as stack:
-        if from_remote or node is not None:
-            path = stack.enter_context(fetched(ctx, project, ITEM, archive, from_remote, node))
-        elif archive == "latest":
-            latest = ctx.store.latest(project, ITEM)
-            if latest is None:
-                raise NotFound(f"no stack archive of project {project!r} in {ctx.store.root}; with an empty backup "
-                               "volume, take it from a destination: --from DEST")
-            path = latest.path
-        else:
-            path = ctx.store.resolve(archive)
+        path = archive_to_read(ctx, stack, project, ITEM, archive, from_remote, node, f"the stack of project {project}")
         fields = {"project": project, "archive": str(path), "into": into, "phase": "restore-stack"}
         with open_archive(path) as opened:
             logger.info("verifying archive", extra={**fields, "phase": "verify"})

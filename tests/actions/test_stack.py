@@ -15,7 +15,7 @@ import pytest
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.stack import run_restore_stack
-from sidecar.errors import RestoreError
+from sidecar.errors import NotFound, RestoreError
 from sidecar.metrics import STATE_FILE, OutcomeRecord
 from sidecar.model import Mount
 from sidecar.readers.worker import WorkerReader
@@ -159,3 +159,11 @@ def test_the_cli_backs_up_and_restores_a_stack(engine, run, tmp_path, project, k
     assert run("restore-stack", "proj", "--into", str(into)) == 0
     assert f"into {into} (" in capsys.readouterr().out
     assert (into / "secrets" / "pw.txt").read_text() == SECRET + "\n"
+
+
+def test_no_stack_archive_says_where_else_to_look(make_ctx, engine, tmp_path):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE)
+    (tmp_path / "into").mkdir()
+    with pytest.raises(NotFound, match="no archive of the stack of project proj in .*--from DEST"):
+        run_restore_stack(ctx, "proj", str(tmp_path / "into"))
