@@ -14,9 +14,10 @@ import pytest
 
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
+from sidecar.actions.daemon import Daemon
 from sidecar.actions.stack import run_restore_stack
 from sidecar.errors import NotFound, RestoreError
-from sidecar.metrics import STATE_FILE, OutcomeRecord
+from sidecar.metrics import STATE_FILE, Metrics, OutcomeRecord
 from sidecar.model import Mount
 from sidecar.readers.worker import WorkerReader
 
@@ -167,3 +168,24 @@ def test_no_stack_archive_says_where_else_to_look(make_ctx, engine, tmp_path):
     (tmp_path / "into").mkdir()
     with pytest.raises(NotFound, match="no archive of the stack of project proj in .*--from DEST"):
         run_restore_stack(ctx, "proj", str(tmp_path / "into"))
+
+
+def test_the_daemon_exports_the_stack_series_and_a_run_fills_them(engine, make_ctx, tmp_path, project, keys):
+    add_app(engine, tmp_path, project)
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, **keys)
+    metrics = Metrics()
+    daemon = Daemon(ctx, metrics=metrics)
+    daemon.refresh_all()
+
+    def sample(name, **labels):
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert sample("backup_sidecar_last_success_timestamp_seconds", target="proj", volume="stack") == 0
+    assert sample("backup_sidecar_next_run_timestamp_seconds", target="proj") == \
+        sample("backup_sidecar_next_run_timestamp_seconds", target="app")
+    outcome = run_backup(ctx, ctx.discover().find("app"))
+    metrics.observe(outcome)
+    assert sample("backup_sidecar_archive_size_bytes", target="proj", volume="stack") == outcome.stack.archive.size
+    assert sample("backup_sidecar_last_status", target="proj", volume="stack") == 1
+    assert sample("backup_sidecar_runs_total", target="proj", result="success") == 1
