@@ -7,7 +7,7 @@ import pytest
 from sidecar.discovery import discover
 from sidecar.model import Mount
 from sidecar.schedule import parse_schedule
-from sidecar.stacks import PartKind, StackSettings, discover_stacks, include_problem, relpath_for
+from sidecar.stacks import StackSettings, discover_stacks, include_problem, relpath_for
 
 from .helpers import DATA, bind, container
 
