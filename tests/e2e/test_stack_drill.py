@@ -66,6 +66,7 @@ def test_the_disaster_drill(lab, s3_server, s3_bucket, worker_image, tmp_path):
     identity = pyrage.x25519.Identity.generate()
     key_file = tmp_path / "age-identity.txt"  # kept apart from the host, as the guide says
     key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o644)  # read by the sidecar's user in its container
     env = {"S3_BUCKET": s3_bucket, "S3_ENDPOINT_URL": s3_server.endpoint_url, "S3_PATH_STYLE": "true",
            "S3_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
            "BACKUP_AGE_RECIPIENTS": str(identity.to_public()), "BACKUP_AGE_IDENTITY_FILE": str(key_file),
@@ -96,8 +97,17 @@ def test_the_disaster_drill(lab, s3_server, s3_bucket, worker_image, tmp_path):
         lab.backup_dir.mkdir()  # the new host's empty backup volume
 
         new_host.mkdir(parents=True)
-        done = lab.cli("restore-stack", lab.project, "--into", str(new_host), "--from", "s3", **env)
-        assert done.returncode == 0, done.stderr
+        # As the guide runs it: the sidecar's image, once, by hand (its own project is gone too).
+        out = lab.client.containers.run(
+            worker_image, ["restore-stack", lab.project, "--into", str(new_host), "--from", "s3"], remove=True,
+            stdout=True, stderr=True, network_mode="host", **lab.as_image_user(worker_image),
+            environment={**{k: v for k, v in env.items() if k != "BACKUP_WORKER_IMAGE"},
+                         "BACKUP_AGE_IDENTITY_FILE": "/run/keys/age.txt", "LOG_FORMAT": "text"},
+            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                     str(lab.backup_dir): {"bind": "/backups", "mode": "rw"},
+                     str(key_file): {"bind": "/run/keys/age.txt", "mode": "ro"}}).decode()
+        assert f"into {new_host} (" in out and "docker compose up -d" in out, out
+        assert SECRET not in out
         assert (new_host / "secrets" / "token.txt").read_text() == SECRET + "\n"
         assert (new_host / ".env").read_text() == f"APP_IMAGE={BUSYBOX}\n"
         up = _compose(binary, new_host, "up", "-d")
