@@ -84,7 +84,7 @@ class Stack:
 class StackSkipped:
     project: str
     reason: str
-    opted_out: bool = False  # by label (an error otherwise)
+    warn: bool = True  # False: by choice (an opt-out label) or no Compose project at all, said at INFO
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,12 @@ def _stack(project: str, containers: list[ContainerInfo], leader: str,
         if raw is not None and truth(raw) is None:
             problems.append(f"container {c.name!r}: label {STACK_LABEL}={raw!r} is invalid: accepted: {ACCEPTED_TRUTH}")
         elif raw is not None and truth(raw) is False:
-            return StackSkipped(project, f"label {STACK_LABEL}={raw} on container {c.name!r}", opted_out=True)
+            return StackSkipped(project, f"label {STACK_LABEL}={raw} on container {c.name!r}", warn=False)
     dirs = sorted({c.labels[WORKING_DIR] for c in containers if c.labels.get(WORKING_DIR)})
-    if not dirs:
-        problems.append(f"no container of project {project!r} has the label {WORKING_DIR} (not started by Compose?)")
-    elif len(dirs) > 1:
+    if not dirs:  # labelled by hand, not started by Compose: no stack to keep
+        return StackSkipped(project, f"no container of project {project!r} has the label {WORKING_DIR} (not "
+                            "started by Compose)", warn=False)
+    if len(dirs) > 1:
         problems.append(f"containers of project {project!r} name different working folders ({', '.join(dirs)}): "
                         "two folders use one project name")
     elif not posixpath.isabs(dirs[0]):

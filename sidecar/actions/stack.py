@@ -47,7 +47,7 @@ def stack_for(ctx: Context, target: Target) -> Stack | None:
     found = discover_stacks([t for t in ctx.discover().targets if t.container.compose_project == project],
                             containers, ctx.settings.stack)
     for skipped in found.skipped:
-        if skipped.opted_out:
+        if not skipped.warn:
             logger.info("stack not archived", extra={"project": project, "reason": skipped.reason, "phase": "stack"})
         else:
             logger.warning(f"stack not archived: {skipped.reason}", extra={"project": project, "phase": "stack"})

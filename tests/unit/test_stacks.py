@@ -151,3 +151,10 @@ def test_containers_of_other_projects_add_nothing_and_disabled_is_empty():
                                      (".", False)])
 def test_include_problem(path, ok):
     assert (include_problem(path) is None) is ok
+
+
+def test_a_project_not_started_by_compose_is_skipped_quietly_and_a_bad_one_loudly():
+    (quiet,) = stacks_of([labelled({"com.docker.compose.project.working_dir": ""})]).skipped
+    (loud,) = stacks_of([labelled({"com.docker.compose.project.working_dir": "relative"})]).skipped
+    (chosen,) = stacks_of([labelled({"backup.stack": "false"})]).skipped
+    assert (quiet.warn, loud.warn, chosen.warn) == (False, True, False)
