@@ -19,6 +19,7 @@ from .actions.backup import run_backup, run_group
 from .actions.context import Context
 from .actions.daemon import Daemon
 from .actions.images import run_restore_image
+from .actions.stack import run_restore_stack
 from .actions.sync import run_sync
 from .actions.listing import run_list, run_list_remote
 from .actions.plan import run_plan
@@ -112,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "deletes a target's newest good archive; refuses to delete all of them.")
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+
+    p = sub.add_parser("restore-stack", help="put a Compose project's files (compose files, .env, secrets, "
+                       "configs) back into a folder", description=(
+        "Verify the project's stack archive, then write its files into FOLDER on the Docker host through a worker "
+        "container: the layout of the project's working folder, files that lived elsewhere under _outside/. "
+        "FOLDER must exist; the live project's folder is refused unless --force. Then `docker compose up -d` "
+        "there, and `restore` the volumes."))
+    p.add_argument("project", metavar="PROJECT", help="the Compose project's name (the {project} of its archives)")
+    p.add_argument("--into", required=True, metavar="FOLDER", help="an absolute path of an existing folder on the "
+                   "Docker host")
+    p.add_argument("--archive", default="latest", metavar="FILE|latest",
+                   help="stack archive file (path or name under BACKUP_DIR), default: the newest")
+    p.add_argument("--force", action="store_true", help="write into the live project's folder")
+    p.add_argument("--from", dest="source", default=None, metavar="DEST",
+                   help="a destination's name: download the archive from there first (a new host)")
+    p.add_argument("--node", metavar="NODE", type=_node_option, help="from NODE's folder on the destination")
 
     p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
                        description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
@@ -279,6 +296,10 @@ def cmd_backup(ctx: Context, args) -> int:
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+            if outcome.stack is not None:
+                archive = outcome.stack.archive
+                print(f"{target.backup_name}: wrote the stack of project {outcome.stack.project}: {archive.path} "
+                      f"({archive.size} bytes, sha256 {archive.sha256})")
             if (image := outcome.image_archive) is not None:
                 print(f"{target.backup_name}: exported image {target.container.image} to {image.path} "
                       f"({image.size} bytes, sha256 {image.sha256})")
@@ -399,6 +420,16 @@ def cmd_restore(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_restore_stack(ctx: Context, args) -> int:
+    source = ctx.destination(args.source).name if args.source is not None else None
+    outcome = run_restore_stack(ctx, args.project, args.into, args.archive, args.force, from_remote=source,
+                                node=args.node)
+    print(f"restored {outcome.archive} into {outcome.into} ({outcome.members} entries, {outcome.seconds:.1f} s); "
+          f"next: cd {outcome.into} && docker compose up -d (files from outside the project folder are under "
+          f"{outcome.into}/_outside), then restore the volumes")
+    return 0
+
+
 def cmd_sync(ctx: Context, args) -> int:
     if not ctx.destinations:
         raise ConfigError("no off-site store: set S3_BUCKET (and S3_ENDPOINT_URL, credentials) or "
@@ -512,6 +543,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "restore": cmd_restore,
     "restore-image": cmd_restore_image,
+    "restore-stack": cmd_restore_stack,
     "prune": cmd_prune,
     "sync": cmd_sync,
 }

@@ -32,7 +32,7 @@ from .model import (
 from .presetnames import PRESETS
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
-from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
+from .values import ACCEPTED_TRUTH, BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
 from .values import KEEP as KEEP_VALUES  # KEEP and SCHEDULE here are label names
 from .values import SCHEDULE as SCHEDULE_VALUES
 
@@ -64,6 +64,9 @@ DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 MIRROR = "backup.mirror"
 HOT_OK = "backup.hot-ok"
+STACK = PREFIX + "stack"  # read by sidecar/stacks.py, on any container of a Compose project
+STACK_INCLUDE = PREFIX + "stack.include"
+STACK_EXCLUDE = PREFIX + "stack.exclude"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -211,6 +214,15 @@ LABELS: tuple[Label, ...] = (
           "and hold its writes, or the data is a cache), which silences the warning of every run, its "
           "notification and `backup_sidecar_consistency_risk`; see docs/how-to/presets-notes.md",
           field="hot_ok"),
+    # Read for the whole Compose project by sidecar/stacks.py (any container of it, labelled for backups or not).
+    Label(STACK, None, None, "a false value on any container of a Compose project: its stack (Compose files, "
+          "`.env`, file secrets and configs) is not archived (see the disaster-recovery guide)",
+          accepted=ACCEPTED_TRUTH, shown_default="true (`BACKUP_STACK`)"),
+    Label(STACK_INCLUDE, None, None, "more files or folders of the project's working folder to keep in its stack "
+          "archive (e.g. a Traefik `dynamic` folder no service mounts read-only)",
+          accepted="comma list of paths relative to the working folder, without `..`", shown_default="none"),
+    Label(STACK_EXCLUDE, None, None, "left out of the project's stack archive, matched like `backup.exclude` "
+          "against the stored path", accepted="comma list of glob patterns", shown_default="none"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -93,7 +93,11 @@ class OutcomeRecord:
         A record that cannot be written is logged: metrics never fail a backup."""
         try:
             with self._changing() as doc:
-                _add_outcome(doc, outcome, time.time() if now is None else now)
+                when = time.time() if now is None else now
+                _add_outcome(doc, outcome, when)
+                stack = getattr(outcome, "stack", None)  # its project's stack archive: target {project}, volume stack
+                if stack is not None:
+                    _add_outcome(doc, stack.as_outcome(outcome.container, outcome.finished_at), when)
         except OSError as exc:
             logger.error("metrics state not saved", extra={"target": outcome.target, "error": str(exc)})
 

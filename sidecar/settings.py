@@ -29,6 +29,7 @@ from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recip
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
+from .stacks import StackSettings, include_problem
 from .naming import NODE_NAME_ACCEPTED, node_name_problem
 from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, truth, whole, \
     without_userinfo
@@ -68,6 +69,15 @@ class Settings:
     worker_timeout: float = 86400.0  # seconds one worker container may run
     node_name: str | None = None  # BACKUP_NODE_NAME; None: the engine's name
     node_prefix: bool | None = None  # BACKUP_NODE_PREFIX; None (auto): on when the engine is an active Swarm node
+    stack_enabled: bool = True  # BACKUP_STACK: archive each project's Compose files, .env, secrets and configs
+    stack_include: tuple[str, ...] = ()
+    stack_exclude: tuple[str, ...] = ()
+    stack_max_mb: int = 20
+
+    @property
+    def stack(self) -> StackSettings:
+        return StackSettings(self.stack_enabled, self.stack_include, self.stack_exclude,
+                             self.stack_max_mb * 1024 * 1024)
 
     @property
     def state_dir(self) -> Path:
@@ -230,6 +240,17 @@ NOTIFY_ON = Parser(parse_notify_on, ", ".join(f"`{on.value}`" for on in NotifyOn
 SECRET_TEXT = Parser(lambda raw: raw or None, "text")
 DESTINATIONS = Parser(_destinations, "comma list of " + DESTINATIONS_ACCEPTED)
 NODE_NAME = Parser(_node_name, NODE_NAME_ACCEPTED.replace("'", "`"))
+def _stack_paths(raw: str) -> tuple[str, ...]:
+    paths = comma_list(raw)
+    problems = [p for p in paths if include_problem(p) is not None]
+    if problems:
+        raise ValueError(f"{', '.join(problems)}: accepted: paths relative to each project's working folder, "
+                         "without '..'")
+    return paths
+
+
+STACK_PATHS = Parser(_stack_paths, "comma list of paths relative to the working folder, without `..`")
+GLOBS = Parser(comma_list, "comma list of glob patterns")
 NODE_PREFIX = Parser(_node_prefix, "`auto`, " + BOOLEAN.accepted)
 
 
@@ -288,6 +309,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_NODE_NAME", NODE_NAME, None, "this node's name: its folder on the destinations (with "
             "`BACKUP_NODE_PREFIX`) and the `node` label of every metric", field="node_name", file=False,
             shown_default="the engine's name (`docker info`: Name, the host name)"),
+    Setting("BACKUP_STACK", BOOLEAN, "true", "archive each Compose project's definition with its data: the Compose "
+            "files, `.env`, file secrets and read-only bind-mounted configs (`{project}_stack_...`); secrets only "
+            "when archives are encrypted (see the disaster-recovery guide)", field="stack_enabled", file=False),
+    Setting("BACKUP_STACK_INCLUDE", STACK_PATHS, "", "more paths of every project's working folder to keep in "
+            "its stack archive (label `backup.stack.include` for one project)", field="stack_include", file=False,
+            shown_default="none"),
+    Setting("BACKUP_STACK_EXCLUDE", GLOBS, "", "left out of every stack archive (label `backup.stack.exclude` "
+            "for one project)", field="stack_exclude", file=False, shown_default="none"),
+    Setting("BACKUP_STACK_MAX_MB", whole(1, 100000), "20", "a file or folder of a stack bigger than this (MiB) is "
+            "left out with a warning naming it and its size: a data folder is not swallowed by mistake",
+            field="stack_max_mb", file=False),
     Setting("S3_BUCKET", BUCKET, None, "the off-site bucket; unset: no off-site copy", shown_default="unset"),
     Setting("S3_PREFIX", PREFIX, "", "key prefix inside the bucket (`{prefix}/daily/...`)", needs="S3_BUCKET",
             shown_default="none"),

@@ -24,9 +24,11 @@ from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, 
 from ..groups import Group
 from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
-from ..naming import choose_name
+from ..naming import choose_name, parse_name
+from ..stacks import ITEM
 from .context import Context
 from .images import export_image
+from .stack import export_stack
 from .interrupt import Interruption, InterruptionKind, LinkedEvent, is_left_stopped
 from .prune import promote
 from .recover import put_back_earlier
@@ -68,6 +70,8 @@ class BackupOutcome:
     # A hot copy of what looks like a live database (consistency.py): the run succeeds, and
     # says so in its summary line, a notification and the metrics.
     risk: ConsistencyRisk | None = None
+    # The stack archive of the target's Compose project made with this backup (sidecar/actions/stack.py).
+    stack: "StackOutcome | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
@@ -75,6 +79,19 @@ class BackupOutcome:
     @property
     def ok(self) -> bool:
         return self.result is BackupResult.SUCCESS
+
+
+@dataclass(frozen=True)
+class StackOutcome:
+    """The project's stack archive of a run, recorded in the metrics as target {project},
+    volume `stack`, like every archive."""
+
+    project: str
+    archive: ArchiveResult
+
+    def as_outcome(self, container: str, finished_at: datetime | None) -> BackupOutcome:
+        return BackupOutcome(self.project, container, BackupResult.SUCCESS, (self.archive,), (ITEM,),
+                             finished_at=finished_at)
 
 
 class _FailedAfterArchives(Exception):
@@ -104,7 +121,7 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": target.method})
     try:
         with ctx.store.target_lock(target.backup_name):
-            archives, downtime, image = _backup(ctx, target, together)
+            archives, downtime, image, stack = _backup(ctx, target, together)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
@@ -117,12 +134,13 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
                              time.monotonic() - started, 0.0, err.phase, str(err), ctx.now(), risk=risk)
     except SidecarError as err:
         return failed(err, getattr(err, "phase", "backup"))
-    offsite_error = None if together else _after_success(ctx, target)
+    offsite_error = None if together else _after_success(ctx, target, stack)
     seconds = time.monotonic() - started
     summary = {
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
         **({"image_archive": str(image.path)} if image is not None else {}),
+        **({"stack_archive": str(stack.archive.path)} if stack is not None else {}),
     }
     if risk is None:
         logger.info("backup finished", extra=summary)
@@ -131,13 +149,14 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
             **summary, "warning": "consistency", "app": risk.seen, "preset": risk.preset})
     return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
                          seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image,
-                         risk=risk)
+                         risk=risk, stack=stack)
 
 
 def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[ArchiveResult], float,
-                                                                         ArchiveResult | None]:
-    """The story of one backup; returns the archives, the seconds the container was down
-    and the image export it made (None: none was needed)."""
+                                                                         ArchiveResult | None, StackOutcome | None]:
+    """The story of one backup; returns the archives, the seconds the container was down,
+    the image export it made (None: none was needed) and its project's stack archive (None:
+    not this target's to make)."""
     if not together:  # a group's members: run_group did it before its own stops
         put_back_earlier(ctx, target.backup_name)
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
@@ -168,9 +187,11 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
     try:
         _command(ctx, target, _after_window(ctx, container), target.config.exec_post, "post", None)
         image = _image_export(ctx, target)
+        stack = export_stack(ctx, target)
     except BackupError as err:
         raise _FailedAfterArchives(err, archives, window.seconds) from err
-    return archives, window.seconds, image
+    project = parse_name(stack.path.name).backup_name if stack is not None else None
+    return archives, window.seconds, image, StackOutcome(project, stack) if stack is not None else None
 
 
 def _scales(target: Target, container: ContainerInfo) -> bool:
@@ -304,7 +325,7 @@ def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[Arch
     return archives
 
 
-def _after_success(ctx: Context, target: Target) -> str | None:
+def _after_success(ctx: Context, target: Target, stack: StackOutcome | None = None) -> str | None:
     """Rotation of the backup volume, then the off-site copy, then rotation on the
     destinations that took it (only after a successful backup: a failing target keeps
     what it has). Local rotation comes first so it never waits on a slow or unreachable
@@ -315,11 +336,16 @@ def _after_success(ctx: Context, target: Target) -> str | None:
         return target.config.keep
 
     dry_run = ctx.settings.prune_dry_run
-    run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, destinations=())
+    def stack_keep(_backup_name: str):  # a project's stack: BACKUP_KEEP, as discovery.keep_for says
+        return ctx.settings.keep
+
+    rotated = [(target.backup_name, keep_for)] + ([(stack.project, stack_keep)] if stack is not None else [])
+    for name, keep in rotated:
+        run_rotation(ctx, keep, backup_name=name, dry_run=dry_run, destinations=())
     report = run_sync(ctx, new_cycle=False)  # a destination already found down in this cycle is not retried
     if report.synced:
-        run_rotation(ctx, keep_for, backup_name=target.backup_name, dry_run=dry_run, local=False,
-                     destinations=report.synced)
+        for name, keep in rotated:
+            run_rotation(ctx, keep, backup_name=name, dry_run=dry_run, local=False, destinations=report.synced)
     # Skipped: no destination, or another process's sync holds the lock and copies it.
     return None if report.ok or report.skipped else _sync_problem(report)
 
@@ -410,7 +436,8 @@ def run_group(ctx: Context, group: Group) -> list[BackupOutcome]:
             outcome = dataclasses.replace(outcome, result=BackupResult.ABORTED, archives=(), downtime=downtime,
                                           error=f"group {group.name!r}: {overruled}")
         elif outcome.ok:
-            outcome = dataclasses.replace(outcome, downtime=downtime, offsite_error=_after_success(ctx, target))
+            outcome = dataclasses.replace(outcome, downtime=downtime,
+                                          offsite_error=_after_success(ctx, target, outcome.stack))
         finished.append(outcome)
     logger.info("group backup finished", extra={"group": group.name, "phase": "done",
                                                 "results": {o.target: str(o.result) for o in finished}})

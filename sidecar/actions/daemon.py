@@ -7,6 +7,7 @@ stream; a pool of BACKUP_CONCURRENCY workers runs backups.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from ..errors import SidecarError
 from ..metrics import Metrics, TargetView
 from ..labels import ENABLE
 from ..model import ContainerInfo, Target
+from ..stacks import ITEM, discover_stacks
 from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
 from .plan import swarm_warnings
@@ -148,8 +150,21 @@ class Daemon:
             self._reported = {s.container.id: s.reason for s in found.skipped}
             self._discovery = found
             if self.metrics is not None:
-                self.metrics.discovered([self._view(t) for t in found.targets], len(found.skipped))
+                self.metrics.discovered(self._views(found), len(found.skipped))
         self._wake.set()
+
+    def _views(self, found: Discovery) -> list[TargetView]:
+        """The targets' series, and `stack` series for each project whose stack its first
+        target's runs archive (as far as the labelled containers tell; a project's
+        unlabelled services are not listed here)."""
+        views = {t.backup_name: self._view(t) for t in found.targets}
+        stacks = discover_stacks(found.targets, self._containers.values(), self.ctx.settings.stack)
+        for stack in stacks.stacks:
+            lead = views[stack.leader]
+            known = views.get(stack.project)
+            views[stack.project] = (dataclasses.replace(known, volumes=known.volumes + (ITEM,)) if known is not None
+                                    else dataclasses.replace(lead, name=stack.project, volumes=(ITEM,)))
+        return list(views.values())
 
     def _view(self, target: Target) -> TargetView:
         return TargetView(target.backup_name, items(target),

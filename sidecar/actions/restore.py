@@ -26,7 +26,7 @@ from .context import Context
 from .interrupt import left_at_zero
 from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes
 
-__all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote", "fetched"]
+__all__ = ["RestoreOutcome", "run_restore", "resolve_container", "fetch_from_remote", "fetched", "archive_to_read"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ def run_restore(ctx: Context, ref: str, volume: str, archive: str = "latest", fo
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     _mount, volume_name = volumes.find_volume(container, volume)
     with contextlib.ExitStack() as stack:
-        if from_remote or node is not None:
-            path = stack.enter_context(fetched(ctx, backup_name, volume_name, archive, from_remote, node))
-        else:
-            path = _find_archive(ctx, backup_name, volume_name, archive)
+        path = archive_to_read(ctx, stack, backup_name, volume_name, archive, from_remote, node)
         request = RestoreRequest(container, backup_name, volume_name, path, force, stop_timeout)
         return get_source(volumes.NAME).restore(ctx, request)
 
@@ -64,11 +61,19 @@ def resolve_container(ctx: Context, ref: str) -> tuple[ContainerInfo, str, int]:
     return container, label_backup_name(container), DEFAULT_STOP_TIMEOUT
 
 
-def _find_archive(ctx: Context, backup_name: str, volume_name: str, archive: str) -> Path:
+def archive_to_read(ctx: Context, stack: contextlib.ExitStack, backup_name: str, item: str, archive: str,
+                    from_remote: str | None = None, node: str | None = None, what: str | None = None) -> Path:
+    """The archive a restore reads: downloaded from a destination (`from_remote`, `node`;
+    another node's download removed when `stack` closes), else the newest of `item` on
+    the backup volume ("latest"), else the file named. `what` names it in the message
+    when there is none (default: "{backup_name} volume {item}")."""
+    if from_remote or node is not None:
+        return stack.enter_context(fetched(ctx, backup_name, item, archive, from_remote, node))
     if archive == "latest":
-        latest = ctx.store.latest(backup_name, volume_name)
+        latest = ctx.store.latest(backup_name, item)
         if latest is None:
-            raise NotFound(f"no archive of {backup_name} volume {volume_name} in {ctx.store.root}")
+            raise NotFound(f"no archive of {what or f'{backup_name} volume {item}'} in {ctx.store.root}; with an "
+                           "empty backup volume, take it from a destination: --from DEST")
         return latest.path
     return ctx.store.resolve(archive)
 

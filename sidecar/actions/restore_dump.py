@@ -12,7 +12,7 @@ from ..labels import PRESET
 from ..naming import parse_name
 from ..presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
 from .context import Context
-from .restore import fetched, resolve_container
+from .restore import archive_to_read, resolve_container
 from .sources import RestoreOutcome, RestoreRequest, source_of_item
 
 __all__ = ["run_restore_dump"]
@@ -25,15 +25,7 @@ def run_restore_dump(ctx: Context, ref: str, dump: str = "latest", force: bool =
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     item = _item(ctx, container.labels.get(PRESET), backup_name, dump)
     with contextlib.ExitStack() as stack:
-        if from_remote or node is not None:
-            path = stack.enter_context(fetched(ctx, backup_name, item, dump, from_remote, node))
-        elif dump == "latest":
-            latest = ctx.store.latest(backup_name, item)
-            if latest is None:
-                raise NotFound(f"no {item} archive of {backup_name} in {ctx.store.root}")
-            path = latest.path
-        else:
-            path = ctx.store.resolve(dump)
+        path = archive_to_read(ctx, stack, backup_name, item, dump, from_remote, node, f"{backup_name}'s {item} dump")
         request = RestoreRequest(container, backup_name, item, path, force, stop_timeout)
         return source_of_item(item).restore(ctx, request)
 

@@ -14,6 +14,7 @@ from ..model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
 from .mirror import MirrorJob, run_mirror
+from .stack import Part, StackJob, run_stack
 
 _emit_lock = threading.Lock()
 
@@ -42,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--go", action="store_true", help="wait for the sidecar's go file before the pass")
     mirror.add_argument("--wait-timeout", type=float, default=3600.0)
     mirror.add_argument("--progress-interval", type=float, default=1.0)
+    stack = sub.add_parser("stack", help="archive a Compose project's files (bind-mounted read-only) into a partial file")
+    stack.add_argument("--output", type=Path, required=True)
+    stack.add_argument("--part", action="append", default=[], help="a file or folder to store (path in the worker)")
+    stack.add_argument("--as", dest="arcs", action="append", default=[], help="the path the --part of the same rank "
+                       "is stored at, relative to the project folder")
+    stack.add_argument("--optional", action="append", default=[], help="a stored path that may be missing")
+    stack.add_argument("--max-bytes", type=int, required=True)
+    stack.add_argument("--exclude", action="append", default=[])
+    stack.add_argument("--keys-file", type=Path)
     return parser
 
 
@@ -52,6 +62,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "mirror":
         return _mirror(args)
+    if args.command == "stack":
+        return _stack(args)
     job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
                      args.progress_interval)
     try:
@@ -73,4 +85,17 @@ def _mirror(args: argparse.Namespace) -> int:
         return 1
     if outcome is not None:
         emit({"event": "result", "protocol": PROTOCOL, **asdict(outcome)})
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    try:
+        job = StackJob(args.output, Part.parse_all(args.part, args.arcs, args.optional), args.max_bytes,
+                       tuple(args.exclude), args.keys_file)
+        outcome = run_stack(job, emit)
+    except (SidecarError, OSError, ValueError) as exc:  # ValueError: a part stored outside
+        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    emit({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,
+          "tar_bytes": outcome.tar_bytes})
     return 0

@@ -34,6 +34,7 @@ LAYERS = {
     "sidecar.retention": CORE,
     "sidecar.settings": CORE,
     "sidecar.discovery": CORE,
+    "sidecar.stacks": CORE,
     "sidecar.streams": CORE,
     "sidecar.fsutil": CORE,
     "sidecar.keys": CORE,
