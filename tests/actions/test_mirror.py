@@ -14,6 +14,7 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState, WorkerResult
 from sidecar.readers.worker import WorkerReader
+from sidecar.worker.mirror import TREE
 
 from .conftest import app_labels, archive_members, tree
 
@@ -60,7 +61,7 @@ def test_the_stopped_pass_is_started_before_the_stop_and_the_archive_built_after
     [archive] = outcome.archives
     assert archive_members(archive.path) == tree(data)
     folder = wctx.store.state_dir / "mirror"
-    assert stat_mode(folder) == 0o700 and (folder / "app" / "data" / "tree" / "a.txt").read_text() == "alpha\n"
+    assert stat_mode(folder) == 0o700 and (folder / "app" / "data" / TREE / "a.txt").read_text() == "alpha\n"
     assert not (folder / "app" / "data" / "go").exists()
     assert [r for r in caplog.records if r.getMessage() == "staging mirror caught up with the stopped volume"]
     assert engine.state(app.id) is ContainerState.RUNNING
