@@ -234,6 +234,11 @@ class WorkerSpec:
     tail_lines: int = 40  # lines of output kept for the error message
 
 
+# Set in every worker's environment: its stdin is the sidecar's connection, and its end
+# (the sidecar gone) ends the worker (sidecar/worker/__init__.py, watch_parent).
+WORKER_PARENT_ENV = "BACKUP_WORKER_PARENT"
+
+
 @dataclass(frozen=True)
 class WorkerResult:
     name: str  # the worker container's name (it is removed already)
