@@ -11,7 +11,6 @@ sidecar that started it is gone (watch_parent).
 """
 
 import os
-import sys
 import threading
 
 from ..model import WORKER_PARENT_ENV
@@ -21,23 +20,23 @@ PROTOCOL = 3  # 3: the mirror's vault/, --exclude and `refused`; a worker watche
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 
 
-def watch_parent(environ=os.environ, stdin=None, exit=os._exit) -> threading.Thread | None:
+def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit) -> threading.Thread | None:
     """When the sidecar says so (WORKER_PARENT_ENV=stdin): stdin is the sidecar's connection
     to the engine, which closes it when that connection drops (the sidecar killed, its
     container stopped). Its end ends this worker at once, children (tar, zstd) with it: a
-    worker never outlives its sidecar, nor holds a volume `docker-compose down -v` removes."""
+    worker never outlives its sidecar, nor holds a volume `docker-compose down -v` removes.
+    The file descriptor is read, not sys.stdin: a daemon thread blocked in a buffered
+    reader's lock makes the interpreter's shutdown fail."""
     if environ.get(WORKER_PARENT_ENV) != "stdin":
         return None
-    stream = stdin if stdin is not None else sys.stdin.buffer
 
     def wait() -> None:
         try:
-            while stream.read(65536):
+            while os.read(stdin_fd, 65536):
                 pass  # nothing is sent; whatever comes is not ours to read
-        except (OSError, ValueError):
+        except OSError:
             pass
-        sys.stdout.write('{"event": "error", "message": "the sidecar that started this worker is gone"}\n')
-        sys.stdout.flush()
+        os.write(1, b'{"event": "error", "message": "the sidecar that started this worker is gone"}\n')
         exit(EXIT_ORPHANED)
 
     thread = threading.Thread(target=wait, name="watch-parent", daemon=True)

@@ -26,15 +26,34 @@ def test_the_end_of_stdin_ends_the_worker():
         codes.append(code)
         ended.set()
 
-    with open(read, "rb", buffering=0) as stdin:
-        assert watch_parent({WORKER_PARENT_ENV: "stdin"}, stdin, fake_exit) is not None
+    try:
+        assert watch_parent({WORKER_PARENT_ENV: "stdin"}, read, fake_exit) is not None
         assert not ended.wait(0.2)  # the sidecar is there: nothing happens
         os.close(write)
         assert ended.wait(10) and codes == [EXIT_ORPHANED]
+    finally:
+        os.close(read)
 
 
 def test_without_the_setting_stdin_is_left_alone():
-    assert watch_parent({}, None, lambda code: None) is None
+    assert watch_parent({}, 0, lambda code: None) is None
+
+
+def test_a_worker_that_ends_by_itself_ends_cleanly_while_its_stdin_is_open(tmp_path):
+    """The watcher thread blocked on stdin must not break the interpreter's shutdown
+    (a buffered reader's lock held at exit is a fatal error, exit 139)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar.worker", "probe"], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, WORKER_PARENT_ENV: "stdin"})
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()  # to their end: the worker exited
+        assert proc.wait(timeout=60) == 0, err
+        assert '"event": "probe"' in out
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_waiting_mirror_worker_exits_when_its_stdin_closes(tmp_path):
