@@ -203,9 +203,11 @@ LABELS: tuple[Label, ...] = (
           "after a `stop`/`pause` backup: seconds to wait for the container's healthcheck to say healthy (the "
           "downtime ends then; a warning when it does not). No healthcheck: running is ready",
           field="ready_timeout"),
-    Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
-          "the container is down only while what changed is copied (see How it works); a false value: down "
-          "while the whole volume is read", field="mirror"),
+    Label(MIRROR, BOOLEAN, None, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
+          "the container is down only while what changed is copied (see docs/how-to/mirror.md); a false value: "
+          "down while the whole volume is read. The mirror is a plaintext copy: with local encryption on "
+          "(`BACKUP_ENCRYPT_LOCAL`) it is off unless this label is true", field="mirror",
+          shown_default="`true`; `false` with local encryption"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -161,7 +161,7 @@ class TargetConfig:
     preset_user: str | None = None
     preset_database: str | None = None
     sqlite_paths: tuple[str, ...] = ()
-    mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
+    mirror: bool | None = None  # stop/pause through a staging mirror (label backup.mirror); None: unless encrypted
 
 
 @dataclass(frozen=True)

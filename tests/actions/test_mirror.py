@@ -177,3 +177,23 @@ def test_a_mirror_worker_that_cannot_start_is_a_plain_stop(engine, wctx, data, m
     assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
     [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
     assert "could not start" in said.reason
+
+
+@pytest.mark.parametrize("label, mirrored", [(None, False), ("true", True), ("false", False)])
+def test_with_local_encryption_the_mirror_is_off_unless_the_label_asks_for_it(engine, make_ctx, data, caplog,
+                                                                              label, mirrored):
+    """The mirror is a plaintext copy kept between runs: with local encryption on, only a
+    target labelled backup.mirror=true keeps one (issue 19)."""
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_AGE_PASSPHRASE="correct horse battery staple 20")
+    labels = app_labels(strategy="stop") | ({"backup.mirror": label} if label else {})
+    engine.add_container("app-1", labels, {"/data": data})
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.SUCCESS, outcome.error
+    assert ("mirror" in _phases(engine)) is mirrored
+    assert (ctx.store.state_dir / "mirror" / "app" / "data" / TREE).exists() is mirrored
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop (")]
+    if label is None:
+        assert said == ["no staging mirror: plain stop (local encryption is on and the mirror would be a plaintext "
+                        "copy; label backup.mirror=true keeps one)"]
