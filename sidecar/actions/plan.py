@@ -17,7 +17,7 @@ from ..errors import SidecarError
 from ..labels import ENABLE, PRESETS
 from ..model import CopyState, Strategy, Target
 from ..swarm import placement_warning
-from ..readers.mirror import mirror_bytes, mirror_folder
+from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
 from .context import Context
 from .sources import items
 from .status import copy_states
@@ -54,6 +54,30 @@ class PlanRow:
     destinations: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # e.g. a database backed up hot without a preset
     mirror_bytes: int | None = None  # disk use of the target's staging mirrors (None: none kept)
+
+
+@dataclass(frozen=True)
+class UnusedMirror:
+    """A staging mirror no target volume of this scope uses (its target or volume is gone)."""
+
+    target: str
+    volume: str
+    path: str
+    mirror_bytes: int | None
+    updated: datetime | None  # its last pass
+
+
+def unused_mirrors(ctx: Context, rows: list[PlanRow]) -> list[UnusedMirror]:
+    """Mirrors on the backup volume that none of `rows`' volumes uses: kept until removed by hand."""
+    used = {(r.target, v.partition("=")[0]) for r in rows for v in r.volumes}
+    found = []
+    for target, volume, folder in kept_mirrors(ctx.store.state_dir):
+        if (target, volume) in used:
+            continue
+        when = mirror_updated(folder)
+        found.append(UnusedMirror(target, volume, str(folder), mirror_bytes(folder),
+                                  datetime.fromtimestamp(when, ctx.settings.tz) if when is not None else None))
+    return found
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,23 @@ def mirror_bytes(folder: Path) -> int | None:
         return None
 
 
+def mirror_updated(folder: Path) -> float | None:
+    """When the mirror's last pass ended (a Unix time; None: no finished pass)."""
+    try:
+        return float(json.loads((folder / INFO).read_text())["updated"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kept_mirrors(state_dir: Path) -> list[tuple[str, str, Path]]:
+    """(backup_name, volume_name, folder) of every staging mirror on the backup volume."""
+    root = state_dir / MIRROR_FOLDER
+    try:
+        return sorted((t.name, v.name, v) for t in root.iterdir() if t.is_dir() for v in t.iterdir() if v.is_dir())
+    except OSError:
+        return []
+
+
 class _Pass:
     """One mirror worker's output: ready, no-room, result or error."""
 

@@ -4,8 +4,10 @@ the container still ran, the plain-stop fallbacks and their log lines."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState, WorkerResult
 from sidecar.readers.worker import WorkerReader
-from sidecar.worker.mirror import TREE
+from sidecar.worker.mirror import INFO, TREE
 
 from .conftest import app_labels, archive_members, tree
 
@@ -197,3 +199,20 @@ def test_with_local_encryption_the_mirror_is_off_unless_the_label_asks_for_it(en
     if label is None:
         assert said == ["no staging mirror: plain stop (local encryption is on and the mirror would be a plaintext "
                         "copy; label backup.mirror=true keeps one)"]
+
+
+def test_plan_shows_mirrors_no_target_volume_uses(run, engine, env, data, capsys):
+    """A mirror whose target or volume is gone stays until removed by hand; `plan` says so,
+    with its size and last pass, beside each target's MIRROR column."""
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    mirrors = Path(env["BACKUP_DIR"]) / ".sidecar" / "mirror"
+    for target, volume, size in (("app", "data", 4096), ("gone", "olddata", 123 << 20)):
+        (mirrors / target / volume).mkdir(parents=True)
+        (mirrors / target / volume / INFO).write_text(json.dumps({"bytes": size, "entries": 3, "updated": 1.8e9}))
+    assert run("plan") == 0
+    out = capsys.readouterr().out
+    assert "UNUSED MIRROR gone/olddata: 123.0 MiB, last pass 2027-01-15T08:00:00+00:00" in out
+    assert "UNUSED MIRROR app/" not in out and "4.0 KiB" in out  # the used one is in the app's row
+    assert run("plan", "--json") == 0
+    [unused] = json.loads(capsys.readouterr().out)["unused_mirrors"]
+    assert (unused["target"], unused["volume"], unused["mirror_bytes"]) == ("gone", "olddata", 123 << 20)
