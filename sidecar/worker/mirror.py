@@ -574,11 +574,12 @@ def load_manifest(mirror: Path) -> dict[str, Seen]:
         return {}
 
 
-def _write_durably(path: Path, text: str) -> None:
+def _write_durably(path: Path, text: str, mode: int = 0o600) -> None:
     """Written whole, on disk, and renamed into place (the folder's entry on disk too)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, text.encode())  # one write: the manifest is small next to the tree
         os.fsync(fd)
     finally:
@@ -693,8 +694,9 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     mirror_bytes = tree_bytes + _folder_bytes(job.mirror)
     outcome = MirrorOutcome(len(manifest), mirror_pass.copied, mirror_pass.copied_bytes, mirror_pass.removed,
                             mirror_bytes, volume_bytes, time.monotonic() - started)
+    # Sizes only, readable by the sidecar's own user (plan, metrics); the manifest stays root's.
     _write_durably(job.mirror / INFO, json.dumps({"bytes": outcome.mirror_bytes, "entries": outcome.entries,
-                                                  "updated": time.time()}))
+                                                  "updated": time.time()}), mode=0o644)
     return outcome
 
 

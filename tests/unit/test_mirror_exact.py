@@ -391,3 +391,14 @@ def test_a_refused_pass_is_said_as_such_by_the_worker(tmp_path, monkeypatch, cap
     assert main(["mirror", "--root", str(source), "--mirror", str(tmp_path / "m")]) == 1
     assert '"event": "refused"' in capsys.readouterr().out
     assert issubclass(worker_mirror.MirrorRefused, ArchiveError)
+
+
+def test_the_sizes_stay_readable_by_the_sidecars_user_and_the_manifest_does_not(tmp_path):
+    """plan and the metrics (the sidecar, uid 10001 in its image) read info.json; the
+    manifest (every path of the volume) is for workers only."""
+    source, mirror = tmp_path / "volume", tmp_path / "mirror"
+    source.mkdir()
+    (source / "a").write_text("a")
+    _pass(source, mirror)
+    assert stat.S_IMODE(os.lstat(mirror / INFO).st_mode) == 0o644
+    assert stat.S_IMODE(os.lstat(mirror / worker_mirror.MANIFEST).st_mode) == 0o600
