@@ -41,6 +41,7 @@ CHUNK_SIZE = 1 << 20
 # Every worker container carries this label (value: its purpose), so leftovers of a killed
 # sidecar can be found and removed at start-up.
 WORKER_LABEL = "backup-sidecar.worker"
+REMOVAL_WAIT = 30.0  # seconds to wait for the engine to finish removing an ended worker
 WORKER_NAME_PREFIX = "backup-sidecar-worker-"
 _OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
@@ -342,10 +343,25 @@ class Engine:
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: the engine removes it already (auto_remove)
+            if exc.status_code != 409:
                 logger.warning("could not remove a worker container", extra={"worker": name, "error": _explain(exc)})
+                return
+            self._wait_removed(name)  # 409: the engine removes it already (auto_remove)
         except (docker.errors.DockerException, OSError) as exc:
             logger.warning("could not remove a worker container", extra={"worker": name, "error": _explain(exc)})
+
+    def _wait_removed(self, name: str, deadline: float = REMOVAL_WAIT) -> None:
+        """Until the engine's own removal of a worker is done (its volumes free again)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                self.api.inspect_container(name)
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.DockerException, OSError):
+                break
+            time.sleep(0.05)
+        logger.warning("a worker container is still being removed", extra={"worker": name})
 
     def list_workers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """Worker containers (running or not) carrying all of `labels`."""
