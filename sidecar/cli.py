@@ -22,7 +22,7 @@ from .actions.images import run_restore_image
 from .actions.stack import run_restore_stack
 from .actions.sync import run_sync
 from .actions.listing import run_list, run_list_remote
-from .actions.plan import run_plan
+from .actions.plan import run_plan, unused_mirrors
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .actions.restore_dump import run_restore_dump
@@ -355,11 +355,14 @@ def _list_remote(ctx: Context, args) -> int:
 def cmd_plan(ctx: Context, args) -> int:
     rows, skipped = run_plan(ctx)
     scope = ctx.scope()
+    unused = unused_mirrors(ctx, rows)
     if args.json:
         print(json.dumps({
             "scope": {"project": scope.project, "why": scope.why},
             "targets": [{**dataclasses.asdict(r), "next_run": r.next_run.isoformat()} for r in rows],
             "skipped": [dataclasses.asdict(s) for s in skipped],
+            "unused_mirrors": [{**dataclasses.asdict(m), "updated": m.updated.isoformat() if m.updated else None}
+                               for m in unused],
         }, indent=2))
         return 0
     print(f"scope: {scope.describe()}")
@@ -377,6 +380,11 @@ def cmd_plan(ctx: Context, args) -> int:
             print(f"WARNING {warning}")
     for s in skipped:
         print(f"SKIPPED {s.container}: {s.reason}")
+    for m in unused:
+        size = _size(m.mirror_bytes) if m.mirror_bytes is not None else "size unknown"
+        when = m.updated.isoformat(timespec="seconds") if m.updated else "no finished pass"
+        print(f"UNUSED MIRROR {m.target}/{m.volume}: {size}, last pass {when}; no target volume here uses it "
+              f"(remove {m.path} by hand: docs/how-to/mirror.md)")
     return 0
 
 

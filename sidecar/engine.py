@@ -30,7 +30,7 @@ import requests
 
 from .errors import ContainerNotFound, EngineError, SidecarError, UnsafeName
 from .model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
-                    SwarmNode, WorkerResult, WorkerSpec)
+                    SwarmNode, WORKER_PARENT_ENV, WorkerResult, WorkerSpec)
 from .naming import node_name_problem
 from .streams import IterReader
 from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, unseen_on_workers, with_service
@@ -41,6 +41,7 @@ CHUNK_SIZE = 1 << 20
 # Every worker container carries this label (value: its purpose), so leftovers of a killed
 # sidecar can be found and removed at start-up.
 WORKER_LABEL = "backup-sidecar.worker"
+REMOVAL_WAIT = 30.0  # seconds to wait for the engine to finish removing an ended worker
 WORKER_NAME_PREFIX = "backup-sidecar-worker-"
 _OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 _NO_SHELL = re.compile(r"executable file not found|no such file or directory", re.I)
@@ -309,6 +310,14 @@ class Engine:
             cleanup.callback(self.remove_worker, name)
             with _engine_call("create worker container from image", spec.image):
                 self.api.create_container(**_worker_create_args(self.api, name, spec))
+                # One connection, attached before the start, carries the worker's output and
+                # is its stdin (closed by the engine when the connection drops: stdin_once):
+                # a worker exits as soon as this process is gone, whatever killed it
+                # (sidecar/worker/__init__.py, watch_parent), and the engine removes it
+                # (auto_remove), so nothing holds the volumes it mounts.
+                sock = self.api.attach_socket(name, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                cleanup.callback(_close_quietly, sock)
+                exit_code = _ExitCode(self.api, name)  # asked before the start: auto_remove races a later ask
                 self.api.start(name)
             logger.debug("worker started", extra=fields)
             expired = threading.Event()
@@ -317,13 +326,11 @@ class Engine:
             cleanup.callback(timer.cancel)
             timer.start()
             with _engine_call("follow worker output", name):
-                stream = self.api.logs(name, stream=True, follow=True, stdout=True, stderr=True)
-                cleanup.callback(stream.close)
-                for line in _lines(stream):
+                for line in _frame_lines(sock):
                     tail.append(line)
                     if not (on_line is not None and on_line(line)):
                         logger.info("worker output", extra={**fields, "line": line})
-                code = int(self.api.wait(name, timeout=60).get("StatusCode", -1))
+                code = exit_code.get(60)
         seconds = time.monotonic() - started
         result = WorkerResult(name, code, tuple(tail), seconds, expired.is_set())
         logger.debug("worker ended", extra={**fields, "exit_code": code, "seconds": round(seconds, 3)})
@@ -335,8 +342,26 @@ class Engine:
             self.api.remove_container(name, force=True, v=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                logger.warning("could not remove a worker container", extra={"worker": name, "error": _explain(exc)})
+                return
+            self._wait_removed(name)  # 409: the engine removes it already (auto_remove)
         except (docker.errors.DockerException, OSError) as exc:
             logger.warning("could not remove a worker container", extra={"worker": name, "error": _explain(exc)})
+
+    def _wait_removed(self, name: str, deadline: float = REMOVAL_WAIT) -> None:
+        """Until the engine's own removal of a worker is done (its volumes free again)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                self.api.inspect_container(name)
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.DockerException, OSError):
+                break
+            time.sleep(0.05)
+        logger.warning("a worker container is still being removed", extra={"worker": name})
 
     def list_workers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
         """Worker containers (running or not) carrying all of `labels`."""
@@ -676,6 +701,7 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
               for m in spec.mounts]
     host_config = api.create_host_config(
         mounts=mounts, network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=list(spec.capabilities),
+        auto_remove=True,  # a worker whose sidecar died is removed by the engine once it exits
         security_opt=["no-new-privileges"],
         # Its output is read back through the logs endpoint: a driver that can be read.
         log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
@@ -685,19 +711,53 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
         user=spec.user or "", host_config=host_config, network_disabled=True,
         labels={WORKER_LABEL: spec.purpose, **spec.labels},
         healthcheck={"test": ["NONE"]},  # the image's own healthcheck is the daemon's
+        stdin_open=True, environment={WORKER_PARENT_ENV: "stdin"},  # with detach=False: StdinOnce
     )
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Text lines of a byte stream (the last one even without a newline)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.decode("utf-8", "replace").rstrip("\r")
-    if pending:
-        yield pending.decode("utf-8", "replace")
+def _close_quietly(sock) -> None:
+    with contextlib.suppress(OSError):
+        _shutdown(sock, socket.SHUT_RDWR)
+        sock.close()
+
+
+class _ExitCode:
+    """A container's exit code, asked for (condition next-exit) before it starts."""
+
+    def __init__(self, api, name: str):
+        self._code: int | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._wait, args=(api, name), daemon=True, name="worker-wait")
+        self._thread.start()
+
+    def _wait(self, api, name: str) -> None:
+        try:
+            self._code = int(api.wait(name, condition="next-exit").get("StatusCode", -1))
+        except BaseException as exc:  # noqa: BLE001 - said by get()
+            self._error = exc
+
+    def get(self, timeout: float) -> int:
+        """-1 when the engine did not say within `timeout` seconds of the output's end."""
+        self._thread.join(timeout)
+        if self._error is not None or self._code is None:
+            return -1
+        return self._code
+
+
+def _frame_lines(sock) -> Iterator[str]:
+    """Text lines of an attached container's stdout and stderr (each stream's own lines)."""
+    pending = {1: b"", 2: b""}
+    try:
+        for stream, data in docker.utils.socket.frames_iter(sock, tty=False):
+            buf = pending.get(stream, b"") + data
+            *complete, pending[stream] = buf.split(b"\n")
+            for line in complete:
+                yield line.decode("utf-8", "replace").rstrip("\r")
+    except OSError:
+        pass  # the connection ended: the exit code tells how the worker did
+    for rest in pending.values():
+        if rest:
+            yield rest.decode("utf-8", "replace")
 
 
 def own_ids_in_mountinfo(text: str) -> list[str]:

@@ -206,9 +206,11 @@ LABELS: tuple[Label, ...] = (
           "after a `stop`/`pause` backup: seconds to wait for the container's healthcheck to say healthy (the "
           "downtime ends then; a warning when it does not). No healthcheck: running is ready",
           field="ready_timeout"),
-    Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
-          "the container is down only while what changed is copied (see How it works); a false value: down "
-          "while the whole volume is read", field="mirror"),
+    Label(MIRROR, BOOLEAN, None, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
+          "the container is down only while what changed is copied (see docs/how-to/mirror.md); a false value: "
+          "down while the whole volume is read. The mirror is a plaintext copy: with local encryption on "
+          "(`BACKUP_ENCRYPT_LOCAL`) it is off unless this label is true", field="mirror",
+          shown_default="`true`; `false` with local encryption"),
     Label(HOT_OK, BOOLEAN, False, "with `backup.strategy=hot` on a container that looks like a database server: "
           "a true value acknowledges that its hot copies are safe (e.g. `backup.exec.pre` makes the app flush "
           "and hold its writes, or the data is a cache), which silences the warning of every run, its "

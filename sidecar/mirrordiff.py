@@ -8,11 +8,22 @@ back: the kernel sets it on every write, chmod, chown, link, rename and xattr ch
 A volume re-created (or another filesystem) gives new device and inode numbers, so
 everything is copied again.
 
-The kernel stamps ctime from a coarse clock (a tick of up to 10 ms): a write in the same
-tick as our stat keeps the ctime we saw. So an entry whose ctime is less than
-RACY_MARGIN_NS older than the moment it was looked at is recorded as `racy` and never
-trusted: the next pass copies it again (as git does with its index). Only entries
-written in the last seconds before a pass pay for that.
+An entry is recorded as `racy`, never trusted (the next pass copies it again, as git
+does with its index), when its mtime or ctime is recent at the moment it was looked at:
+- the kernel stamps times from a coarse clock (a tick of up to 10 ms): a write in the
+  same tick as our stat keeps the times we saw (RACY_MARGIN_NS);
+- a write through a shared mmap page that is already dirty moves no time at all: only
+  the first write to a clean page faults and stamps mtime and ctime, and a dirty page
+  stays writable until writeback cleans it. So an entry changed within the writeback
+  window (`margin_ns`, from the kernel's dirty_expire and dirty_writeback intervals) may
+  still change without a trace; one changed earlier cannot (its next write faults).
+- on a filesystem without writeback (tmpfs, ramfs) a page is never cleaned: every entry
+  there is racy (`always`).
+Only entries written shortly before a pass, and tmpfs volumes, pay for that.
+
+Besides the source side, the manifest keeps the mirror side of each path (`Mirrored`: the
+copy's inode, size, mtime and ctime after the pass): a pass that finds the copy otherwise
+copies it again, so a mirror file edited or removed outside the sidecar is repaired.
 
 The manifest is JSON (paths as str with surrogate escapes, which json keeps); a manifest
 of another version, or one a pass left unfinished (`dirty`), is read as empty.
@@ -25,7 +36,7 @@ import stat
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 RACY_MARGIN_NS = 2_000_000_000  # far above the kernel's coarse clock tick
 ROOM_MARGIN = 0.02  # of the backup volume's size, kept free besides what a mirror pass needs
 
@@ -41,12 +52,14 @@ class Seen(NamedTuple):
     mtime_ns: int
     ctime_ns: int
     racy: bool = False  # looked at too soon after its last change: not to be trusted
+    mirror: tuple[int, ...] = ()  # the copy as the pass left it (Mirrored.of); () unknown
 
     @classmethod
-    def of(cls, st, looked_at_ns: int) -> "Seen":
-        """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat)."""
-        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                   st.st_ctime_ns >= looked_at_ns - RACY_MARGIN_NS)
+    def of(cls, st, looked_at_ns: int, margin_ns: int = 0, always: bool = False) -> "Seen":
+        """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat);
+        racy when changed less than RACY_MARGIN_NS + margin_ns before, or `always`."""
+        recent = max(st.st_mtime_ns, st.st_ctime_ns) >= looked_at_ns - RACY_MARGIN_NS - margin_ns
+        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, always or recent)
 
     def key(self) -> tuple[int, ...]:
         return self[:6]
@@ -56,13 +69,27 @@ class Seen(NamedTuple):
         return stat.S_ISDIR(self.mode)
 
 
+def mirrored(st) -> tuple[int, ...]:
+    """The mirror side of a path: its copy's inode, size, mtime and ctime (from lstat)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def writeback_window_ns(expire_centisecs: int, writeback_centisecs: int) -> int | None:
+    """How long a page written through mmap may stay dirty and writable (so later writes
+    to it move no time): until it expires and the next writeback round cleans it, twice
+    over for a writeback that falls behind. None: no periodic writeback (never cleaned)."""
+    if writeback_centisecs <= 0:
+        return None
+    return 2 * (expire_centisecs + writeback_centisecs) * 10_000_000
+
+
 def unchanged(before: Seen | None, now: Seen) -> bool:
     """Whether the mirror's copy of an entry recorded as `before` still matches `now`."""
     return before is not None and not before[6] and before[:6] == now[:6]
 
 
 def dumps(entries: Mapping[str, Seen]) -> str:
-    rows = {path: [*s.key(), int(s.racy)] for path, s in entries.items()}
+    rows = {path: [*s.key(), int(s.racy), *s.mirror] for path, s in entries.items()}
     return json.dumps({"version": MANIFEST_VERSION, "entries": rows}, separators=(",", ":"))
 
 
@@ -73,7 +100,8 @@ def loads(text: str) -> dict[str, Seen]:
         doc = json.loads(text)
         if doc.get("version") != MANIFEST_VERSION:
             return {}
-        return {path: Seen(*(int(v) for v in row[:6]), bool(row[6])) for path, row in doc["entries"].items()}
+        return {path: Seen(*(int(v) for v in row[:6]), bool(row[6]), tuple(int(v) for v in row[7:11]))
+                for path, row in doc["entries"].items()}
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return {}
 

@@ -161,7 +161,7 @@ class TargetConfig:
     preset_user: str | None = None
     preset_database: str | None = None
     sqlite_paths: tuple[str, ...] = ()
-    mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
+    mirror: bool | None = None  # stop/pause through a staging mirror (label backup.mirror); None: unless encrypted
     hot_ok: bool = False  # a hot copy of what looks like a database is acknowledged (label backup.hot-ok)
 
 
@@ -250,6 +250,11 @@ class WorkerSpec:
     capabilities: tuple[str, ...] = ()
     timeout: float = 3600.0  # seconds; the worker is killed when it runs longer
     tail_lines: int = 40  # lines of output kept for the error message
+
+
+# Set in every worker's environment: its stdin is the sidecar's connection, and its end
+# (the sidecar gone) ends the worker (sidecar/worker/__init__.py, watch_parent).
+WORKER_PARENT_ENV = "BACKUP_WORKER_PARENT"
 
 
 @dataclass(frozen=True)

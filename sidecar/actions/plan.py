@@ -17,7 +17,7 @@ from ..model import ContainerState, CopyState, Strategy, Target
 from ..readers import READERS
 from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
-from ..readers.mirror import mirror_bytes, mirror_folder
+from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
 from .context import Context
 from .sources import items
 from .status import container_command, copy_states
@@ -51,6 +51,30 @@ class PlanRow:
     # "engine-api" (the engine's archive API: slower, a stop target stays down longer), "-" (none).
     reader: str = "-"
     reader_why: str = ""  # the worker image and how it was chosen, or why no worker can run
+
+
+@dataclass(frozen=True)
+class UnusedMirror:
+    """A staging mirror no target volume of this scope uses (its target or volume is gone)."""
+
+    target: str
+    volume: str
+    path: str
+    mirror_bytes: int | None
+    updated: datetime | None  # its last pass
+
+
+def unused_mirrors(ctx: Context, rows: list[PlanRow]) -> list[UnusedMirror]:
+    """Mirrors on the backup volume that none of `rows`' volumes uses: kept until removed by hand."""
+    used = {(r.target, v.partition("=")[0]) for r in rows for v in r.volumes}
+    found = []
+    for target, volume, folder in kept_mirrors(ctx.store.state_dir):
+        if (target, volume) in used:
+            continue
+        when = mirror_updated(folder)
+        found.append(UnusedMirror(target, volume, str(folder), mirror_bytes(folder),
+                                  datetime.fromtimestamp(when, ctx.settings.tz) if when is not None else None))
+    return found
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,14 @@ logger = logging.getLogger(__name__)
 
 NAME = "mirror"
 # Besides reading everything: make the mirror's copies with the volume's owners, modes,
-# times, set-id bits and device nodes.
-MIRROR_CAPABILITIES = CAPABILITIES + ("CHOWN", "FOWNER", "FSETID", "MKNOD")
+# times, set-id bits, file capabilities (security.capability) and device nodes.
+MIRROR_CAPABILITIES = CAPABILITIES + ("CHOWN", "FOWNER", "FSETID", "MKNOD", "SETFCAP")
 READY_TIMEOUT = 120.0  # seconds to wait for the stopped pass's worker to be up before stopping anyway
 WAIT_SLICE = 0.5  # seconds between cancellation checks while a pass runs
 
+
+_REFUSALS_SAID: set[tuple[str, str, str]] = set()  # (target, volume, reason) warned about in this process
+_ONCE_LOCK = threading.Lock()
 
 MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_name>/
 
@@ -64,6 +67,23 @@ def mirror_bytes(folder: Path) -> int | None:
         return None
 
 
+def mirror_updated(folder: Path) -> float | None:
+    """When the mirror's last pass ended (a Unix time; None: no finished pass)."""
+    try:
+        return float(json.loads((folder / INFO).read_text())["updated"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kept_mirrors(state_dir: Path) -> list[tuple[str, str, Path]]:
+    """(backup_name, volume_name, folder) of every staging mirror on the backup volume."""
+    root = state_dir / MIRROR_FOLDER
+    try:
+        return sorted((t.name, v.name, v) for t in root.iterdir() if t.is_dir() for v in t.iterdir() if v.is_dir())
+    except OSError:
+        return []
+
+
 class _Pass:
     """One mirror worker's output: ready, no-room, result or error."""
 
@@ -73,6 +93,7 @@ class _Pass:
         self.outcome: dict | None = None
         self.synced: dict | None = None
         self.no_room: dict | None = None
+        self.refused: str | None = None  # the mirror cannot hold an exact copy: why
         self.error: str | None = None
         self.copied = 0
         self.failure: BaseException | None = None  # raised by run_worker in a thread
@@ -95,6 +116,8 @@ class _Pass:
             self.done.set()
         elif event == "no-room":
             self.no_room = record
+        elif event == "refused":
+            self.refused = self.error = str(record.get("message"))
         elif event == "error":
             self.error = str(record.get("message"))
         else:
@@ -142,6 +165,8 @@ class MirrorArchive:
             result = self.engine.run_worker(self._spec(waits=False), on_line)
         except EngineError as err:  # no worker could start: the plain path says so again if it fails too
             return self._fall_back(f"the mirror pass could not start: {err}")
+        if first.refused is not None:
+            return self._fall_back(f"the staging mirror cannot hold an exact copy: {first.refused}", once=True)
         if first.no_room is not None:
             return self._fall_back("the backup volume has no room for the staging mirror and the archive", **{
                 k: first.no_room.get(k) for k in ("needed", "free", "volume", "to_copy")})
@@ -151,9 +176,15 @@ class MirrorArchive:
         logger.info("staging mirror brought up to date", extra={**self._fields, **_counts(first.outcome)})
         self._start_waiter()
 
-    def _fall_back(self, reason: str, **details) -> None:
+    def _fall_back(self, reason: str, once: bool = False, **details) -> None:
+        """`once`: a lasting reason (the backup filesystem), a warning the first time in
+        this process for this volume, then at debug level."""
         self.use_mirror = False
-        logger.warning("no staging mirror: plain stop for this volume (the container stays down while it is read)",
+        key = (self.request.target, self.request.mount.destination, reason)
+        with _ONCE_LOCK:
+            repeated = once and key in _REFUSALS_SAID
+            _REFUSALS_SAID.add(key)
+        logger.log(logging.DEBUG if repeated else logging.WARNING,"no staging mirror: plain stop for this volume (the container stays down while it is read)",
                        extra={**self._fields, "reason": reason, **details})
 
     def _start_waiter(self) -> None:
@@ -219,7 +250,7 @@ class MirrorArchive:
     def _spec(self, waits: bool) -> WorkerSpec:
         plan, request = self.plan, self.request
         command = [*PYTHON, "mirror", "--root", VOLUME_ROOT, "--mirror", plan.store.inside(self.folder),
-                   "--progress-interval=1"]
+                   "--progress-interval=1", *(f"--exclude={pattern}" for pattern in request.exclude)]
         settings = request.worker or WorkerSettings(self.folder)
         # The stopped pass waits at most as long as a worker may run (a long graceful stop included).
         command += ["--go", "--no-room-check", f"--wait-timeout={settings.timeout:g}"] if waits else []

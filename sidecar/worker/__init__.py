@@ -6,7 +6,39 @@ encrypted archive written into a partial file on the backup volume; see archive.
 `mirror` (a pass bringing a staging mirror on the backup volume up to date with a volume;
 see mirror.py) and `probe` (says whether this image can do that). Output is one JSON object per line on
 stdout (the sidecar reads it back through the engine's logs endpoint); PROTOCOL changes
-whenever the sidecar and the worker must agree on something new.
+whenever the sidecar and the worker must agree on something new. A worker ends when the
+sidecar that started it is gone (watch_parent).
 """
 
-PROTOCOL = 2
+import os
+import threading
+
+from ..model import WORKER_PARENT_ENV
+
+PROTOCOL = 3  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar
+
+EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
+
+
+def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit) -> threading.Thread | None:
+    """When the sidecar says so (WORKER_PARENT_ENV=stdin): stdin is the sidecar's connection
+    to the engine, which closes it when that connection drops (the sidecar killed, its
+    container stopped). Its end ends this worker at once, children (tar, zstd) with it: a
+    worker never outlives its sidecar, nor holds a volume `docker-compose down -v` removes.
+    The file descriptor is read, not sys.stdin: a daemon thread blocked in a buffered
+    reader's lock makes the interpreter's shutdown fail."""
+    if environ.get(WORKER_PARENT_ENV) != "stdin":
+        return None
+
+    def wait() -> None:
+        try:
+            while os.read(stdin_fd, 65536):
+                pass  # nothing is sent; whatever comes is not ours to read
+        except OSError:
+            pass
+        os.write(1, b'{"event": "error", "message": "the sidecar that started this worker is gone"}\n')
+        exit(EXIT_ORPHANED)
+
+    thread = threading.Thread(target=wait, name="watch-parent", daemon=True)
+    thread.start()
+    return thread

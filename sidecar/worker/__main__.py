@@ -2,6 +2,9 @@
 
 import sys
 
+from . import watch_parent
 from .cli import main
+
+watch_parent()
 
 sys.exit(main(sys.argv[1:]))

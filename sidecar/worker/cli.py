@@ -13,7 +13,7 @@ from ..errors import SidecarError
 from ..model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
-from .mirror import MirrorJob, run_mirror
+from .mirror import MirrorJob, MirrorRefused, run_mirror
 from .stack import Part, StackJob, run_stack
 
 _emit_lock = threading.Lock()
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--go", action="store_true", help="wait for the sidecar's go file before the pass")
     mirror.add_argument("--wait-timeout", type=float, default=3600.0)
     mirror.add_argument("--progress-interval", type=float, default=1.0)
+    mirror.add_argument("--exclude", action="append", default=[])
     stack = sub.add_parser("stack", help="archive a Compose project's files (bind-mounted read-only) into a partial file")
     stack.add_argument("--output", type=Path, required=True)
     stack.add_argument("--part", action="append", default=[], help="a file or folder to store (path in the worker)")
@@ -77,9 +78,13 @@ def main(argv: list[str]) -> int:
 
 
 def _mirror(args: argparse.Namespace) -> int:
-    job = MirrorJob(args.root, args.mirror, not args.no_room_check, args.go, args.wait_timeout, args.progress_interval)
+    job = MirrorJob(args.root, args.mirror, not args.no_room_check, args.go, args.wait_timeout, args.progress_interval,
+                    tuple(args.exclude))
     try:
         outcome = run_mirror(job, emit)
+    except MirrorRefused as exc:
+        emit({"event": "refused", "message": str(exc)})
+        return 1
     except (SidecarError, OSError) as exc:
         emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
         return 1

@@ -120,4 +120,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from . import watch_parent
+
+    watch_parent()
     sys.exit(main(sys.argv[1:]))

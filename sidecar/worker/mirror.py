@@ -3,19 +3,31 @@ volume (mounted read-only), copying only what changed since the mirror's last pa
 (sidecar/mirrordiff.py decides what did, from the manifest kept beside the mirror).
 
 A mirror's folder (0700, on the backup volume; the sidecar names it):
-    tree/                 the copy: same names, types, contents, holes, modes, owners, mtimes,
+    vault/                root's, 0700, made so by each pass: the copy keeps set-id files and
+                          device nodes, so no user but root may reach a path into it
+    vault/tree/           the copy: same names, types, contents, holes, modes, owners, mtimes,
                           symlinks, hard links, empty folders and xattrs as the volume
+    vault/tmp/            new files are written here, then renamed into the tree
     manifest.json         how each source entry looked when it was brought across
     info.json             the mirror's size (for `plan` and the metrics)
     pass-unfinished       present while a pass changes the tree: its manifest is not trusted
-    tmp/                  new files are written here, then renamed into the tree
     go                    written by the sidecar for a pass started with --go ("go"/"abort")
+A pass empties tmp/ first (a worker killed mid-copy leaves its partial file there).
 
 Brought across: contents (sparse files stay sparse), deletions, renames (as a delete and a
 copy), type changes, modes, owners, mtimes, symlink targets, hard links (the mirror's
 paths of one source inode share one inode), empty folders, xattrs where the filesystem has
-them. Sockets are left out (tar leaves them out too). A folder's own metadata is set after
-its contents (writing into a folder changes its mtime).
+them, security.capability included (set after the owner: chown clears it). Sockets are
+left out, and a path that became one is removed (tar leaves them out too). Excluded paths
+(--exclude, the archive's matcher and its hard-link rule) are not mirrored. A folder's own
+metadata is set after its contents (writing into a folder changes its mtime). A file that
+tar would archive as data (no fewer blocks than its size: fallocated ranges count) is
+copied as data, one that it would archive as sparse keeps its holes.
+
+Exact or refused: a copy the backup filesystem cannot hold exactly (an mtime out of its
+range or precision, an xattr it refuses) ends the pass with a `refused` line naming the
+reason; the sidecar then stops the container for a plain read. Durable: data, folders
+and the manifest reach the disk before a pass is marked finished (pass-unfinished gone).
 
 With --go the worker starts, loads the manifest, says `ready` and waits for the go file:
 the sidecar starts it before stopping the container, so the container's start-up is not
@@ -24,6 +36,7 @@ inside the stop window.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -35,14 +48,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
+from ..archive import is_excluded
 from ..errors import ArchiveError
-from ..mirrordiff import Room, Seen, dumps, loads, unchanged
+from ..mirrordiff import Room, Seen, dumps, loads, mirrored, unchanged, writeback_window_ns
 from .archive import _Heartbeat
 
-TREE, MANIFEST, INFO, DIRTY, TMP, GO = "tree", "manifest.json", "info.json", "pass-unfinished", "tmp", "go"
+VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
+TREE, TMP = VAULT + "/tree", VAULT + "/tmp"
+_BEFORE_THE_VAULT = ("tree", "tmp")  # where earlier versions kept the copy: removed
 GO_POLL = 0.002  # seconds between looks at the go file: its delay is inside the stop window
 COPY_CHUNK = 1 << 20
 _NO_RANGE_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM)
+# An entry that vanished or changed kind while a pass (with the container running) read it:
+# the next pass sees what it became.
+_GONE = (FileNotFoundError, NotADirectoryError)
+NO_WRITEBACK = ("tmpfs", "ramfs")  # filesystems whose pages are never cleaned (see mirrordiff)
+# Times the backup filesystem must hold exactly (else `refused`): nanoseconds, past 2038, before 1970.
+PROBE_TIMES_NS = (1_700_000_000_123_456_789, 4_102_444_800_987_654_321, -1_000_000_001)
 
 Emit = Callable[[dict], None]
 
@@ -55,6 +77,11 @@ class MirrorJob:
     go: bool = False  # wait for the go file before the pass
     wait_timeout: float = 3600.0
     progress_interval: float = 1.0
+    exclude: tuple[str, ...] = ()  # the archive's patterns: excluded paths are not mirrored
+
+
+class MirrorRefused(ArchiveError):
+    """The mirror cannot hold an exact copy here (the message says what and why)."""
 
 
 @dataclass(frozen=True)
@@ -74,39 +101,57 @@ class _Entry(NamedTuple):
     looked_at_ns: int
 
 
-def walk(root: Path) -> tuple[list[_Entry], dict[str, list[str]]]:
-    """Every entry under `root` (lstat; a folder before its entries, names in byte order)
-    and each folder's entry names. A folder is stat'ed before it is listed, so an entry
-    added after its listing changes the folder's ctime past the one recorded. Plain
-    strings, not Path objects: the stopped pass walks the whole volume inside the window."""
+def walk(root: Path, exclude: tuple[str, ...] = ()) -> tuple[list[_Entry], dict[str, list[str]]]:
+    """Every entry under `root` to mirror (lstat; a folder before its entries, names in
+    byte order) and each folder's names of them. A folder is stat'ed before it is listed,
+    so an entry added after its listing changes the folder's ctime past the one recorded.
+    Plain strings, not Path objects: the stopped pass walks the whole volume inside the window.
+
+    Excluded entries are left out as the archive's listing (worker/archive.py) leaves them
+    out: an excluded folder is walked for its hard links only, and a hard-linked file
+    whose first path is excluded is left out everywhere."""
     base = str(root)
     entries = [_Entry(".", os.lstat(base), time.time_ns())]
     children: dict[str, list[str]] = {}
-    stack: list[Iterator[_Entry]] = [_listed(base, ".", children)]
+    first_seen: dict[tuple[int, int], bool] = {}
+    stack: list[tuple[Iterator[_Entry], bool]] = [(_listed(base, ".", children, exclude, False), False)]
     while stack:
-        entry = next(stack[-1], None)
+        it, hidden = stack[-1]
+        entry = next(it, None)
         if entry is None:
             stack.pop()
             continue
-        entries.append(entry)
-        if stat.S_ISDIR(entry.st.st_mode):
-            stack.append(_listed(base, entry.rel, children))
+        keep = not hidden and not (exclude and is_excluded(entry.rel, exclude))
+        is_dir = stat.S_ISDIR(entry.st.st_mode)
+        if exclude and not is_dir and entry.st.st_nlink > 1:
+            keep = first_seen.setdefault((entry.st.st_dev, entry.st.st_ino), keep) and keep
+        if keep:
+            entries.append(entry)
+        if is_dir and (keep or exclude):  # an excluded folder: only for its hard links
+            stack.append((_listed(base, entry.rel, children, exclude, not keep), not keep))
+    if exclude:  # the folders' names of what is mirrored only (a name left out is removed)
+        kept = {e.rel for e in entries}
+        for folder, names in children.items():
+            prefix = "" if folder == "." else folder + "/"
+            children[folder] = [n for n in names if prefix + n in kept]
     return entries, children
 
 
-def _listed(base: str, folder: str, children: dict[str, list[str]]) -> Iterator[_Entry]:
+def _listed(base: str, folder: str, children: dict[str, list[str]], exclude: tuple[str, ...] = (),
+            hidden: bool = False) -> Iterator[_Entry]:
     prefix = "" if folder == "." else folder + "/"
     try:
         with os.scandir(base + "/" + prefix if prefix else base) as it:
             found = sorted(it, key=lambda e: os.fsencode(e.name))
-    except FileNotFoundError:  # removed while walked (a hot pass): the next pass sees it
+    except _GONE:  # removed or replaced while walked (a hot pass): the next pass sees it
         found = []
-    children[folder] = [e.name for e in found]
+    if not hidden:
+        children[folder] = [e.name for e in found]
     for e in found:
         now = time.time_ns()
         try:
             st = e.stat(follow_symlinks=False)
-        except FileNotFoundError:
+        except _GONE:
             continue
         yield _Entry(prefix + e.name, st, now)
 
@@ -116,11 +161,14 @@ def _blocks(st: os.stat_result) -> int:
 
 
 class MirrorPass:
-    """One pass over walked entries; `run` returns the new manifest."""
+    """One pass over walked entries; `run` returns the new manifest, `record_mirror_side`
+    adds how each copy looks after it."""
 
-    def __init__(self, job: MirrorJob, previous: dict[str, Seen]):
+    def __init__(self, job: MirrorJob, previous: dict[str, Seen], check_mirror: bool = True):
         self.root, self.tree, self.tmp = job.root, job.mirror / TREE, job.mirror / TMP
         self.previous = previous
+        self.check_mirror = check_mirror  # compare each copy with its record (not in the stop window)
+        self.margin_ns, self.always_racy = _racy_rules(job.root)
         self.new: dict[str, Seen] = {}
         self.links: dict[tuple[int, int], str] = {}  # source (dev, ino) -> first path of it this pass
         self.touched: set[str] = set()  # mirror folders whose entries this pass changed
@@ -135,25 +183,39 @@ class MirrorPass:
     def _parent(rel: str) -> str:
         return rel.rpartition("/")[0] or "."
 
+    def seen(self, st: os.stat_result, looked_at_ns: int) -> Seen:
+        return Seen.of(st, looked_at_ns, self.margin_ns, self.always_racy(st.st_dev))
+
+    def _trusted(self, rel: str, seen: Seen) -> bool:
+        """The copy at `rel` may stay: the source is as recorded, and so is the copy."""
+        before = self.previous.get(rel)
+        if not unchanged(before, seen):
+            return False
+        if not self.check_mirror:
+            return True
+        mst = _lstat(self._m(rel))
+        return mst is not None and mirrored(mst) == before.mirror
+
     def to_copy(self, entries: list[_Entry]) -> int:
         """Bytes of the files this pass would copy (for the room check)."""
         return sum(_blocks(e.st) for e in entries if stat.S_ISREG(e.st.st_mode)
-                   and not unchanged(self.previous.get(e.rel), Seen.of(e.st, e.looked_at_ns)))
+                   and not unchanged(self.previous.get(e.rel), self.seen(e.st, e.looked_at_ns)))
 
     def run(self, entries: list[_Entry], children: dict[str, list[str]]) -> dict[str, Seen]:
         folders = []
         for entry in entries:
             st = entry.st
-            seen = Seen.of(st, entry.looked_at_ns)
+            seen = self.seen(st, entry.looked_at_ns)
             if stat.S_ISDIR(st.st_mode):
                 self._folder(entry, seen, children.get(entry.rel, []))
                 folders.append(entry)
             elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in self.links:
                 self._hard_link(entry, seen)
-            elif stat.S_ISSOCK(st.st_mode):
-                continue
-            elif unchanged(self.previous.get(entry.rel), seen) and not (
-                    self.fresh and self._parent(entry.rel) in self.fresh):
+            elif stat.S_ISSOCK(st.st_mode):  # left out, as tar leaves it out: no older copy stays
+                if _lstat(self._m(entry.rel)) is not None:
+                    self._remove(self._m(entry.rel))
+                    self.touched.add(self._parent(entry.rel))
+            elif self._trusted(entry.rel, seen) and not (self.fresh and self._parent(entry.rel) in self.fresh):
                 self.new[entry.rel] = seen
                 if st.st_nlink > 1:
                     self._remember_link(entry)
@@ -164,11 +226,27 @@ class MirrorPass:
                 self._folder_metadata(entry)
         return self.new
 
+    def record_mirror_side(self) -> int:
+        """Each recorded path's copy as it now is (for the next pass's check); returns the
+        tree's disk use (hard-linked files once)."""
+        counted: set[int] = set()
+        total = 0
+        for rel, seen in list(self.new.items()):
+            mst = _lstat(self._m(rel))
+            if mst is None:  # vanished while the container ran: not trusted next time
+                del self.new[rel]
+                continue
+            self.new[rel] = seen._replace(mirror=mirrored(mst))
+            if mst.st_ino not in counted:
+                counted.add(mst.st_ino)
+                total += _blocks(mst)
+        return total
+
     # --- folders ----------------------------------------------------------------------
     def _folder(self, entry: _Entry, seen: Seen, names: list[str]) -> None:
         m = self._m(entry.rel)
         mst = _lstat(m)
-        changed = not unchanged(self.previous.get(entry.rel), seen)
+        changed = not self._trusted(entry.rel, seen)
         if mst is None or not stat.S_ISDIR(mst.st_mode):
             if mst is not None:
                 self._remove(m)
@@ -194,13 +272,11 @@ class MirrorPass:
         src = self.root if entry.rel == "." else self.root / entry.rel
         try:
             wanted = _xattrs(src)
-        except FileNotFoundError:
+        except _GONE:
             return
-        for name in set(_names(m)) - set(wanted):
-            _try_xattr(os.removexattr, m, name)
-        for name, value in wanted.items():
-            _try_xattr(os.setxattr, m, name, value)
-        _set_owner_mode_time(m, st)
+        _set_owner_mode(m, st)
+        _set_xattrs(m, wanted, entry.rel)
+        _set_times(m, st, entry.rel)
 
     # --- files, symlinks, devices -----------------------------------------------------------
     def _copy(self, entry: _Entry) -> None:
@@ -209,12 +285,13 @@ class MirrorPass:
         if stat.S_ISREG(st.st_mode):
             got = self._copy_file(entry, tmp)
             if got is None:  # vanished or no longer a file: the next pass sees what it became
+                tmp.unlink(missing_ok=True)
                 self._remove(self._m(entry.rel))
                 self.touched.add(self._parent(entry.rel))
                 return
             st, seen = got
         else:
-            seen = Seen.of(st, entry.looked_at_ns)
+            seen = self.seen(st, entry.looked_at_ns)
             try:
                 if stat.S_ISLNK(st.st_mode):
                     os.symlink(os.readlink(self.root / entry.rel), tmp)
@@ -222,9 +299,14 @@ class MirrorPass:
                     os.mkfifo(tmp, 0o600)
                 else:  # character or block device
                     os.mknod(tmp, st.st_mode, st.st_rdev)
-            except FileNotFoundError:
+            except _GONE:
                 return
-            _set_owner_mode_time(tmp, st)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # readlink: no longer a symlink
+                    raise
+                return
+            _set_owner_mode(tmp, st)
+            _set_times(tmp, st, entry.rel)
         self._place(tmp, entry.rel)
         self.new[entry.rel] = seen
         self.copied += 1
@@ -236,21 +318,23 @@ class MirrorPass:
         now = time.time_ns()
         try:
             fd = _open_source(self.root / entry.rel)
-        except (FileNotFoundError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError) or exc.errno in (errno.ELOOP, errno.ENXIO):
+        except _GONE:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
                 return None
             raise
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return None
-            seen = Seen.of(st, now)
+            seen = self.seen(st, now)
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                self.copied_bytes += _copy_data(fd, out, st.st_size)
-                for name, value in _xattrs(fd).items():
-                    _try_xattr(os.setxattr, out, name, value)
-                _set_owner_mode_time(out, st)
+                self.copied_bytes += _copy_data(fd, out, st)
+                _set_owner_mode(out, st)  # before the xattrs: chown clears security.capability
+                _set_xattrs(out, _xattrs(fd), entry.rel)
+                _set_times(out, st, entry.rel)
             finally:
                 os.close(out)
         finally:
@@ -296,6 +380,36 @@ class MirrorPass:
         self.removed += 1
 
 
+def _racy_rules(root: Path) -> tuple[int, Callable[[int], bool]]:
+    """The writeback window (see mirrordiff) and which devices have no writeback at all."""
+    try:
+        expire = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
+        every = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text())
+        window = writeback_window_ns(expire, every)
+    except (OSError, ValueError):
+        window = writeback_window_ns(3000, 500)  # the kernel's defaults
+    no_writeback = _devices_of(NO_WRITEBACK)
+    if window is None:  # no periodic writeback: a dirty page may stay writable for ever
+        return 0, lambda dev: True
+    return window, no_writeback.__contains__
+
+
+def _devices_of(fstypes: tuple[str, ...]) -> set[int]:
+    """st_dev numbers of this process's mounts of those filesystem types (mountinfo)."""
+    found = set()
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) > 2 and rest.split(" ", 1)[0] in fstypes:
+            major, _, minor = parts[2].partition(":")
+            found.add(os.makedev(int(major), int(minor)))
+    return found
+
+
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
@@ -311,8 +425,20 @@ def _open_source(path: Path) -> int:
         return os.open(path, flags)
 
 
-def _copy_data(src: int, dst: int, size: int) -> int:
-    """The data regions of `src` up to `size` into `dst` at the same offsets (holes stay holes)."""
+def tar_sees_sparse(st: os.stat_result) -> bool:
+    """GNU tar's test (sparse_file_p): fewer 512-byte blocks than the size needs. A file
+    fallocated without holes is data for tar, however SEEK_HOLE reports its unwritten ranges."""
+    return st.st_blocks < (st.st_size + 511) // 512
+
+
+def _copy_data(src: int, dst: int, st: os.stat_result) -> int:
+    """`src`'s bytes into `dst`: its data regions at the same offsets (holes stay holes)
+    when tar would read it as sparse, else every byte (so tar reads both alike)."""
+    size = st.st_size
+    if not tar_sees_sparse(st):
+        copied = _copy_range(src, dst, 0, size)
+        os.ftruncate(dst, size)
+        return copied
     copied = pos = 0
     while pos < size:
         try:
@@ -372,29 +498,69 @@ def _xattrs(target) -> dict[str, bytes]:
     return found
 
 
-def _try_xattr(call, *args) -> None:
-    """xattrs are kept where both filesystems have them; a namespace we may not write
-    (security.*, trusted.* without the capability) is left out, as tar would fail it too."""
-    try:
-        call(*args)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENODATA):
+def _set_xattrs(target, wanted: dict[str, bytes], rel: str) -> None:
+    """The copy's xattrs become the source's, or the pass is refused: an xattr the mirror
+    cannot keep (a namespace without the capability, a filesystem without xattrs) would
+    be missing from the mirror's archive and present in a plain read's."""
+    for name in set(_names(target)) - set(wanted):
+        try:
+            os.removexattr(target, name) if isinstance(target, int) else \
+                os.removexattr(target, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    for name, value in wanted.items():
+        try:
+            os.setxattr(target, name, value) if isinstance(target, int) else \
+                os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.E2BIG):
+                raise MirrorRefused(f"the backup volume cannot keep xattr {name} of {rel!r} "
+                                    f"({os.strerror(exc.errno)})") from None
             raise
 
 
-def _set_owner_mode_time(target, st: os.stat_result) -> None:
-    """Owner first (chown clears set-id bits), then mode, then times (last: anything else
-    moves the mtime). Symlinks get owner and times only."""
-    link = stat.S_ISLNK(st.st_mode)
+def _set_owner_mode(target, st: os.stat_result) -> None:
+    """Owner first (chown clears set-id bits and security.capability), then mode.
+    Symlinks get their owner only."""
     if isinstance(target, int):
         os.fchown(target, st.st_uid, st.st_gid)
         os.fchmod(target, stat.S_IMODE(st.st_mode))
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         return
     os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not link:
+    if not stat.S_ISLNK(st.st_mode):
         os.chmod(target, stat.S_IMODE(st.st_mode))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _set_times(target, st: os.stat_result, rel: str) -> None:
+    """Times last (anything else moves the mtime), then checked: a filesystem that rounds
+    or clamps them cannot hold an exact copy."""
+    if isinstance(target, int):
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        kept = os.fstat(target).st_mtime_ns
+    else:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        kept = os.lstat(target).st_mtime_ns
+    if kept != st.st_mtime_ns:
+        raise MirrorRefused(f"the backup volume keeps mtime {st.st_mtime_ns} ns of {rel!r} as {kept} ns "
+                            "(its range or precision is too small for an exact copy)")
+
+
+def probe_times(folder: Path) -> None:
+    """Refuse at once (before copying anything) when the backup filesystem cannot hold
+    nanosecond mtimes past 2038 and before 1970."""
+    path = folder / f"probe-{uuid.uuid4().hex}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        for ns in PROBE_TIMES_NS:
+            os.utime(fd, ns=(ns, ns))
+            kept = os.fstat(fd).st_mtime_ns
+            if kept != ns:
+                raise MirrorRefused(f"the backup volume keeps an mtime of {ns} ns as {kept} ns: its timestamps "
+                                    "lack the range or precision of an exact copy")
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
 
 
 # --- a whole pass -----------------------------------------------------------------------------
@@ -408,10 +574,66 @@ def load_manifest(mirror: Path) -> dict[str, Seen]:
         return {}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_durably(path: Path, text: str, mode: int = 0o600) -> None:
+    """Written whole, on disk, and renamed into place (the folder's entry on disk too)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())  # one write: the manifest is small next to the tree
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Every file and folder the pass wrote on the backup volume, on disk: one syncfs(2)
+    of its filesystem (one fsync per copied file would cost a flush each); os.sync where
+    the C library has no syncfs."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {folder}: {os.strerror(err)}")
+    except AttributeError:
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _make_vault(mirror: Path) -> None:
+    mirror.mkdir(mode=0o700, exist_ok=True)
+    vault = mirror / VAULT
+    vault.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(vault, 0, 0)
+    os.chmod(vault, 0o700)
+    (mirror / TMP).mkdir(mode=0o700, exist_ok=True)
+    for old in _BEFORE_THE_VAULT:
+        if (mirror / old).is_dir() and not (mirror / old).is_symlink():
+            shutil.rmtree(mirror / old)
+            (mirror / MANIFEST).unlink(missing_ok=True)  # it described that tree
+
+
+def empty_tmp(mirror: Path) -> int:
+    """Remove what a pass killed mid-copy left in tmp/; returns the entries removed."""
+    removed = 0
+    with os.scandir(mirror / TMP) as it:
+        for e in list(it):
+            shutil.rmtree(e.path) if e.is_dir(follow_symlinks=False) else os.unlink(e.path)
+            removed += 1
+    return removed
 
 
 def wait_for_go(mirror: Path, timeout: float, emit: Emit) -> None:
@@ -432,15 +654,19 @@ def wait_for_go(mirror: Path, timeout: float, emit: Emit) -> None:
 
 
 def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
-    """One pass; None when the backup volume has no room for it (said on `emit`)."""
-    for folder in (job.mirror, job.mirror / TMP):
-        folder.mkdir(mode=0o700, exist_ok=True)
+    """One pass; None when the backup volume has no room for it (said on `emit`). Raises
+    MirrorRefused when the mirror cannot hold an exact copy, ArchiveError, OSError."""
+    _make_vault(job.mirror)
     previous = load_manifest(job.mirror)
+    empty_tmp(job.mirror)
+    probe_times(job.mirror / TMP)
     if job.go:
         wait_for_go(job.mirror, job.wait_timeout, emit)
     started = time.monotonic()
-    entries, children = walk(job.root)
-    mirror_pass = MirrorPass(job, previous)
+    entries, children = walk(job.root, job.exclude)
+    # The stopped pass trusts the copies pass 1 checked a moment ago (an lstat per entry
+    # of the mirror would be inside the stop window).
+    mirror_pass = MirrorPass(job, previous, check_mirror=not job.go)
     volume_bytes = sum(_blocks(e.st) for e in entries if not stat.S_ISDIR(e.st.st_mode))
     if job.check_room:
         fs = os.statvfs(job.mirror)
@@ -449,30 +675,35 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
             emit({"event": "no-room", **asdict(room), "needed": room.needed})
             return None
     (job.mirror / DIRTY).touch()
+    _fsync_folder(job.mirror)  # marked unfinished on disk before the tree changes
     beat = _Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
         manifest = mirror_pass.run(entries, children)
     finally:
         beat.stop()
-    # The tree is whole: the container may run again while the manifest is written (a worker
-    # killed before it is done leaves the pass marked unfinished: the next one trusts nothing).
+    # The tree is whole: the container may run again while it reaches the disk and the
+    # manifest is written (a worker killed before it is done leaves the pass marked
+    # unfinished: the next one trusts nothing).
     emit({"event": "synced", "copied": mirror_pass.copied, "copied_bytes": mirror_pass.copied_bytes,
           "removed": mirror_pass.removed, "entries": len(entries), "seconds": round(time.monotonic() - started, 3)})
-    _write_atomic(job.mirror / MANIFEST, dumps(manifest))
+    tree_bytes = mirror_pass.record_mirror_side()
+    sync_filesystem(job.mirror)
+    _write_durably(job.mirror / MANIFEST, dumps(manifest))
     (job.mirror / DIRTY).unlink()
+    _fsync_folder(job.mirror)
+    mirror_bytes = tree_bytes + _folder_bytes(job.mirror)
     outcome = MirrorOutcome(len(manifest), mirror_pass.copied, mirror_pass.copied_bytes, mirror_pass.removed,
-                            _tree_bytes(entries, manifest), volume_bytes, time.monotonic() - started)
-    _write_atomic(job.mirror / INFO, json.dumps({"bytes": outcome.mirror_bytes, "entries": outcome.entries,
-                                                 "updated": time.time()}))
+                            mirror_bytes, volume_bytes, time.monotonic() - started)
+    # Sizes only, readable by the sidecar's own user (plan, metrics); the manifest stays root's.
+    _write_durably(job.mirror / INFO, json.dumps({"bytes": outcome.mirror_bytes, "entries": outcome.entries,
+                                                  "updated": time.time()}), mode=0o644)
     return outcome
 
 
-def _tree_bytes(entries: list[_Entry], manifest: dict[str, Seen]) -> int:
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for e in entries:
-        key = (e.st.st_dev, e.st.st_ino)
-        if e.rel in manifest and key not in seen:
-            seen.add(key)
-            total += _blocks(e.st)
+def _folder_bytes(mirror: Path) -> int:
+    """The disk use of the mirror's own files (manifest, info, tmp/ and the folders)."""
+    total = _blocks(os.lstat(mirror))
+    for name in (MANIFEST, INFO, VAULT, TMP):  # (the tree's folders are counted with the tree)
+        st = _lstat(mirror / name)
+        total += _blocks(st) if st is not None else 0
     return total

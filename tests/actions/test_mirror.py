@@ -4,8 +4,10 @@ the container still ran, the plain-stop fallbacks and their log lines."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,7 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState, WorkerResult
 from sidecar.readers.worker import WorkerReader
+from sidecar.worker.mirror import INFO, TREE
 
 from .conftest import app_labels, archive_members, tree
 
@@ -60,7 +63,7 @@ def test_the_stopped_pass_is_started_before_the_stop_and_the_archive_built_after
     [archive] = outcome.archives
     assert archive_members(archive.path) == tree(data)
     folder = wctx.store.state_dir / "mirror"
-    assert stat_mode(folder) == 0o700 and (folder / "app" / "data" / "tree" / "a.txt").read_text() == "alpha\n"
+    assert stat_mode(folder) == 0o700 and (folder / "app" / "data" / TREE / "a.txt").read_text() == "alpha\n"
     assert not (folder / "app" / "data" / "go").exists()
     assert [r for r in caplog.records if r.getMessage() == "staging mirror caught up with the stopped volume"]
     assert engine.state(app.id) is ContainerState.RUNNING
@@ -176,3 +179,40 @@ def test_a_mirror_worker_that_cannot_start_is_a_plain_stop(engine, wctx, data, m
     assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
     [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
     assert "could not start" in said.reason
+
+
+@pytest.mark.parametrize("label, mirrored", [(None, False), ("true", True), ("false", False)])
+def test_with_local_encryption_the_mirror_is_off_unless_the_label_asks_for_it(engine, make_ctx, data, caplog,
+                                                                              label, mirrored):
+    """The mirror is a plaintext copy kept between runs: with local encryption on, only a
+    target labelled backup.mirror=true keeps one (issue 19)."""
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_AGE_PASSPHRASE="correct horse battery staple 20")
+    labels = app_labels(strategy="stop") | ({"backup.mirror": label} if label else {})
+    engine.add_container("app-1", labels, {"/data": data})
+    with caplog.at_level(logging.INFO):
+        outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.SUCCESS, outcome.error
+    assert ("mirror" in _phases(engine)) is mirrored
+    assert (ctx.store.state_dir / "mirror" / "app" / "data" / TREE).exists() is mirrored
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop (")]
+    if label is None:
+        assert said == ["no staging mirror: plain stop (local encryption is on and the mirror would be a plaintext "
+                        "copy; label backup.mirror=true keeps one)"]
+
+
+def test_plan_shows_mirrors_no_target_volume_uses(run, engine, env, data, capsys):
+    """A mirror whose target or volume is gone stays until removed by hand; `plan` says so,
+    with its size and last pass, beside each target's MIRROR column."""
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    mirrors = Path(env["BACKUP_DIR"]) / ".sidecar" / "mirror"
+    for target, volume, size in (("app", "data", 4096), ("gone", "olddata", 123 << 20)):
+        (mirrors / target / volume).mkdir(parents=True)
+        (mirrors / target / volume / INFO).write_text(json.dumps({"bytes": size, "entries": 3, "updated": 1.8e9}))
+    assert run("plan") == 0
+    out = capsys.readouterr().out
+    assert "UNUSED MIRROR gone/olddata: 123.0 MiB, last pass 2027-01-15T08:00:00+00:00" in out
+    assert "UNUSED MIRROR app/" not in out and "4.0 KiB" in out  # the used one is in the app's row
+    assert run("plan", "--json") == 0
+    [unused] = json.loads(capsys.readouterr().out)["unused_mirrors"]
+    assert (unused["target"], unused["volume"], unused["mirror_bytes"]) == ("gone", "olddata", 123 << 20)

@@ -20,6 +20,7 @@ from sidecar.model import Compression
 from sidecar.readers.base import ArchiveRequest, WorkerSettings
 from sidecar.readers.mirror import MirrorReader
 from sidecar.readers.worker import WorkerReader
+from sidecar.worker.mirror import TREE
 
 from .support import IDLE, extract_archive, host_manifest, stderr_records
 from .test_roundtrip import VARIED_TREE
@@ -75,7 +76,7 @@ def test_the_mirror_archive_equals_a_plain_stop_archive_member_by_member(lab, wo
 
     mirror = lab.backup_dir / ".sidecar" / "mirror"
     assert mirror.stat().st_mode & 0o777 == 0o700
-    assert (mirror / "app" / "appdata" / "tree" / "big.bin").exists()
+    assert (mirror / "app" / "appdata" / TREE / "big.bin").exists()
     assert not list(lab.backup_dir.rglob("*.partial")) and not (mirror / "app" / "appdata" / "go").exists()
 
     plan = lab.cli("plan", "--json", BACKUP_WORKER_IMAGE=worker_image)

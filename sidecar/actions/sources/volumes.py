@@ -102,7 +102,7 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
             archive_path: ArchivePath) -> Iterator[list[VolumeCapture]]:
     """Partial archives for every volume of `target`, removed on the way out unless finished."""
     cfg = target.config
-    mirrored = _mirrored(target, container)
+    mirrored = _mirrored(target, container, encrypted=ctx.local_encryption is not None)
     with contextlib.ExitStack() as stack:
         captures = []
         for volume in target.volumes:
@@ -116,12 +116,18 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
         yield captures
 
 
-def _mirrored(target: Target, container: ContainerInfo) -> bool:
+def _mirrored(target: Target, container: ContainerInfo, encrypted: bool) -> bool:
     """Whether the target's volumes go through a staging mirror: a stop or pause target
-    that runs (a stopped one is read as it is), unless backup.mirror=false."""
+    that runs (a stopped one is read as it is), unless backup.mirror=false, or unset with
+    local encryption on (the mirror is a plaintext copy kept between runs)."""
     if not needs_quiesce(target) or container.state is not ContainerState.RUNNING:
         return False
-    if not target.config.mirror:
+    wanted = target.config.mirror
+    if wanted is None and encrypted:
+        logger.info("no staging mirror: plain stop (local encryption is on and the mirror would be a plaintext "
+                    "copy; label backup.mirror=true keeps one)", extra={"target": target.backup_name, "phase": "read"})
+        return False
+    if wanted is False:
         logger.info("no staging mirror: plain stop (label backup.mirror=false)",
                     extra={"target": target.backup_name, "phase": "read"})
         return False
