@@ -4,31 +4,34 @@ pass, so what is checked is exactly what is written.
 Owns reading an archive from one open file descriptor (decrypting, decompressing, hashing),
 parsing every tar header itself (ustar, GNU long names and sparse files, PAX `x` headers),
 the member policy, and the two sinks that write accepted members: a directory (openat-style,
-never following a symlink) and a canonical tar stream re-serialised from the accepted members
-(for the engine's `PUT /containers/{id}/archive`, so the engine's own tar reader only ever
-sees headers we wrote). `python -m sidecar.extract` runs it inside a worker container.
+never following a symlink; the one writer of every restore, in a worker container) and a
+canonical tar stream re-serialised from the accepted members (only for `docker load` of an
+image export: files, folders and symlinks). `python -m sidecar.extract` runs it locally.
 
 Why our own parser: Python's `tarfile` and the engine's Go reader disagree on malformed input
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
 before GNU long names, archives cut mid-header), and `tarfile` keeps every member in memory.
 
-Decisions (see the README's restore section):
-- setuid and setgid bits are stripped (a directory keeps its setgid, which only makes new
-  files inherit its group); so is the `security.capability` xattr. Both are counted and
+Checks are made against the tree the members make (`_Names`), so "verify ok" means "write
+ok" (tests/unit/test_restore_property.py compares with GNU tar):
+- setuid and setgid bits are stripped (a directory keeps its setgid); so is the
+  `security.capability` xattr, and xattrs of anything but files and folders. Counted and
   logged; the archive is still restored.
-- a hard link to a name the archive does not hold passes `verify` (checking it would keep
-  every name in memory); writing it fails (the directory sink, or the engine).
-- refused, with UnsafeArchive: absolute paths, `..`, NUL in names, writes through a symlink,
-  symlinks resolving outside the target (or with an empty target), hard links outside it or
-  through a symlink, device nodes, global PAX headers, conflicting or repeated extended headers.
-- refused, with ArchiveError: malformed headers (a checksum field that is not octal digits,
-  a wrong checksum, unknown types, owners or times out of range), extended headers over
-  MAX_EXTENDED bytes, an archive cut mid-header or mid-member, a lone zero block, anything
-  but zero bytes after the end marker (two zero blocks).
-Memory stays flat whatever the member count: data moves in READ_SIZE blocks, extended headers
-are capped, and only the archive's symlinks (name and target) and the directories still open
-on the current path are kept. Symlinks whose target climbs with `..` are written last, once
-the whole archive was accepted: a symlink stored later can change where they lead.
+- refused, with UnsafeArchive: absolute paths, `..`, NUL in names, a path through a symlink
+  or a file, a folder replaced (or a file made a folder), a symlink replaced, symlinks
+  resolving outside the target (against every symlink of the archive, as at the end) or with
+  an empty target, hard links to anything but an earlier regular file, device nodes, global
+  PAX headers, conflicting or repeated extended headers.
+- refused, with ArchiveError: malformed headers, numbers over 19 digits, sizes over MAX_SIZE,
+  sparse maps out of order, overlapping, outside the size or not ending at it, names over
+  PATH_MAX, extended headers over MAX_EXTENDED bytes, an archive cut mid-header or mid-member,
+  a lone zero block, anything but zero bytes after the end marker; any error the parser did
+  not foresee (never an uncaught exception).
+Work is linear in the archive's size: every name is kept as a keyed 64-bit hash (about 100
+bytes a member), symlinks with their text (at most MAX_LINK_TEXT bytes), and data moves in
+READ_SIZE blocks, or from the decompressor's pipe to its file with os.splice. Every symlink
+is written last, once the whole archive was accepted: nothing can be moved under one.
+`Summary.expanded` is the room the written tree takes, known before anything is written.
 """
 
 from __future__ import annotations
