@@ -887,11 +887,14 @@ class Policy:
             if realsize != raw.size:
                 raise ArchiveError(f"member {display!r}: its real size differs from its data without a sparse map")
             return raw.size, realsize, None
-        end = 0
-        for offset, length in raw.sparse:
-            if offset < end or length < 0 or offset + length > realsize:
-                raise ArchiveError(f"sparse member {display!r} has a region that goes backwards, overlaps another "
-                                   "or lies beyond its size")
+        end, last = 0, len(raw.sparse) - 1
+        for i, (offset, length) in enumerate(raw.sparse):
+            # As GNU tar writes maps (and reads them alike): a hole between data regions, an
+            # empty region only last (at the size).
+            touching = i > 0 and offset == end and length > 0
+            if offset < end or touching or length < 0 or offset + length > realsize or (length == 0 and i != last):
+                raise ArchiveError(f"sparse member {display!r} has a region that goes backwards, overlaps or touches "
+                                   "another, is empty before the last, or lies beyond its size")
             end = offset + length
         if sum(n for _, n in raw.sparse) != raw.size:
             raise ArchiveError(f"sparse member {display!r}: its map does not match its stored data")

@@ -42,7 +42,9 @@ def _sparse_01(name: bytes, regions: bytes, realsize: int, data: bytes, type: by
     (b"10,5,0,5", 20, b"a" * 10),  # backwards
     (b"0,5,18,5", 20, b"a" * 10),  # beyond the size
     (b"0,5", 20, b"a" * 5),  # short of the size: GNU tar would make it 5 bytes long
-], ids=["overlap", "backwards", "beyond", "short"])
+    (b"0,1,1,1", 2, b"ab"),  # touching regions: GNU tar writes b"a\0"
+    (b"0,0,5,5", 10, b"a" * 5),  # an empty region before the last
+], ids=["overlap", "backwards", "beyond", "short", "touching", "empty-inside"])
 def test_a_sparse_map_must_be_ordered_without_overlap_and_inside_the_size(tmp_path, target, regions, realsize, data):
     refused_before_writing(tmp_path, target, _sparse_01(b"f", regions, realsize, data) + END, match="sparse member")
 
