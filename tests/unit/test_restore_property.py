@@ -24,7 +24,7 @@ from sidecar.errors import ArchiveError
 from .test_extract import END, directory, file, hardlink, header, padded, pax, symlink, write
 
 EXAMPLES = int(os.environ.get("RESTORE_PROPERTY_EXAMPLES", "60"))
-COUNTS = {"generated": 0, "accepted": 0}
+COUNTS = {"generated": 0, "accepted": 0, "sparse-not-compared": 0}
 
 pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
 
@@ -43,7 +43,8 @@ def archives(draw) -> bytes:
     out = []
     for _ in range(draw(st.integers(1, 8))):
         out.append(draw(member(made)))
-    return b"".join(out) + END
+    multi = any(b"GNU.sparse.numblocks=" in m and b"GNU.sparse.numblocks=1\n" not in m for m in out)
+    return b"".join(out) + END, multi
 
 
 @st.composite
@@ -117,7 +118,8 @@ def expected_modes(tree: dict) -> dict:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(archives())
-def test_what_verify_accepts_the_writer_writes_as_gnu_tar_does(raw):
+def test_what_verify_accepts_the_writer_writes_as_gnu_tar_does(archive):
+    raw, multi_region_sparse = archive
     COUNTS["generated"] += 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -132,10 +134,16 @@ def test_what_verify_accepts_the_writer_writes_as_gnu_tar_does(raw):
         ours.mkdir()
         theirs.mkdir()
         extract.restore_into(path, ours)  # must not raise: verify accepted it
+        if multi_region_sparse:
+            # GNU tar 1.34 writes only the first data region of these PAX 0.1 maps (and reports
+            # "A lone zero block"): written, not compared (test_restore_boundary checks sparse files).
+            COUNTS["sparse-not-compared"] += 1
+            return
         gnu_tar(path, theirs)
         assert snapshot(ours) == expected_modes(snapshot(theirs))
 
 
 def test_report_counts():
     """Prints how many archives the property test generated and how many verify accepted."""
-    print(f"\nrestore property: {COUNTS['generated']} archives generated, {COUNTS['accepted']} accepted by verify")
+    print(f"\nrestore property: {COUNTS['generated']} archives generated, {COUNTS['accepted']} accepted by verify "
+          f"and written, {COUNTS['accepted'] - COUNTS['sparse-not-compared']} of them compared with GNU tar")
