@@ -1349,7 +1349,11 @@ class DirectoryWriter:
                 self._xattrs(top.fd, top.member)
                 os.utime(top.fd, ns=(top.member.mtime_ns, top.member.mtime_ns))
             elif top.times is not None:
-                os.utime(top.fd, ns=top.times)
+                try:
+                    os.utime(top.fd, ns=top.times)
+                except OSError as exc:  # a folder of the worker's read-only root above the volumes
+                    if exc.errno != errno.EROFS:
+                        raise
         finally:
             os.close(top.fd)
 

@@ -52,6 +52,7 @@ def restore_worker(engine, env, monkeypatch):
     API, as the tests using this were written."""
     engine.worker_images.add(WORKER_IMAGE)
     env["BACKUP_WORKER_IMAGE"] = WORKER_IMAGE
+    monkeypatch.setenv("BACKUP_WORKER_IMAGE", WORKER_IMAGE)  # the CLI's tests read the process environment
     monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
     real = readers.choose
     monkeypatch.setattr(readers, "choose", lambda engine, request, order=("engine-api",): real(engine, request, order))

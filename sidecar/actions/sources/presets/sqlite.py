@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import shutil
@@ -32,8 +33,8 @@ from typing import Iterator
 from .... import unpack
 from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....errors import BackupError, NotFound, RestoreError, SidecarError
-from ....extract import ArchiveFile, open_archive, verify
-from ....labels import sqlite_globs
+from ....extract import ArchiveFile, Kind, Member, open_archive, verify
+from ....labels import SQLITE_PATHS, sqlite_globs
 from ....model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
 from ....readers import get as get_reader
 from ...context import Context
@@ -229,18 +230,23 @@ RESTORE_ROOT = "/restore"  # in the extract worker: each database's volume at RE
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    """Check the archive (every member a regular file matching `backup.sqlite.paths`, on a
-    volume of the container); stop the container; remove each database's -wal/-shm; the
+    """Check the archive (every member a regular file matching `backup.sqlite.paths`, or any
+    regular file when the container has no such label, on a writable volume of the container); stop the container; remove each database's -wal/-shm; the
     checked extractor in a worker writes the databases into their volumes (the one writer
     of every restore: nothing else parses the archive, nothing is written elsewhere); start
     the container again (on every path out)."""
     started = time.monotonic()
     container, path = request.container, request.archive
     fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path)}
-    patterns = sqlite_globs(container)
+    # A container not (yet) labelled takes the databases the archive names, regular files only.
+    patterns = sqlite_globs(container) if SQLITE_PATHS in container.labels else None
     with ctx.store.target_lock(request.backup_name), open_archive(path) as archive:
-        names: list[str] = []
-        check = verify(archive, ctx.settings.decryption, only=patterns, on_member=lambda m: names.append(m.name))
+        members: list[Member] = []
+        check = verify(archive, ctx.settings.decryption, only=patterns, on_member=members.append)
+        if any(m.kind is not Kind.FILE for m in members):
+            raise RestoreError(f"{path.name}: not an sqlite preset archive (it holds more than database files)")
+        names = [m.name for m in members]
+        patterns = patterns or tuple("/" + glob.escape(n) for n in names)
         current = ctx.engine.inspect(container.id)
         how, plan = _plan(ctx, current, archive, check.sha256, request.backup_name, patterns, names)
         if not request.force:  # refused before anything is stopped
