@@ -542,6 +542,7 @@ ACCESS = {
     "list": Access.READ,
     "plan": Access.READ,
     "restore-image": Access.READ,
+    "restore-stack": Access.WRITE,  # a target's lock, downloads from a destination
 }
 
 COMMANDS = {

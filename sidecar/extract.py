@@ -4,31 +4,34 @@ pass, so what is checked is exactly what is written.
 Owns reading an archive from one open file descriptor (decrypting, decompressing, hashing),
 parsing every tar header itself (ustar, GNU long names and sparse files, PAX `x` headers),
 the member policy, and the two sinks that write accepted members: a directory (openat-style,
-never following a symlink) and a canonical tar stream re-serialised from the accepted members
-(for the engine's `PUT /containers/{id}/archive`, so the engine's own tar reader only ever
-sees headers we wrote). `python -m sidecar.extract` runs it inside a worker container.
+never following a symlink; the one writer of every restore, in a worker container) and a
+canonical tar stream re-serialised from the accepted members (only for `docker load` of an
+image export: files, folders and symlinks). `python -m sidecar.extract` runs it locally.
 
 Why our own parser: Python's `tarfile` and the engine's Go reader disagree on malformed input
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
 before GNU long names, archives cut mid-header), and `tarfile` keeps every member in memory.
 
-Decisions (see docs/how-to/restore.md):
-- setuid and setgid bits are stripped (a directory keeps its setgid, which only makes new
-  files inherit its group); so is the `security.capability` xattr. Both are counted and
+Checks are made against the tree the members make (`_Names`), so "verify ok" means "write
+ok" (tests/unit/test_restore_property.py compares with GNU tar):
+- setuid and setgid bits are stripped (a directory keeps its setgid); so is the
+  `security.capability` xattr, and xattrs of anything but files and folders. Counted and
   logged; the archive is still restored.
-- a hard link to a name the archive does not hold passes `verify` (checking it would keep
-  every name in memory); writing it fails (the directory sink, or the engine).
-- refused, with UnsafeArchive: absolute paths, `..`, NUL in names, writes through a symlink,
-  symlinks resolving outside the target (or with an empty target), hard links outside it or
-  through a symlink, device nodes, global PAX headers, conflicting or repeated extended headers.
-- refused, with ArchiveError: malformed headers (a checksum field that is not octal digits,
-  a wrong checksum, unknown types, owners or times out of range), extended headers over
-  MAX_EXTENDED bytes, an archive cut mid-header or mid-member, a lone zero block, anything
-  but zero bytes after the end marker (two zero blocks).
-Memory stays flat whatever the member count: data moves in READ_SIZE blocks, extended headers
-are capped, and only the archive's symlinks (name and target) and the directories still open
-on the current path are kept. Symlinks whose target climbs with `..` are written last, once
-the whole archive was accepted: a symlink stored later can change where they lead.
+- refused, with UnsafeArchive: absolute paths, `..`, NUL in names, a path through a symlink
+  or a file, a folder replaced (or a file made a folder), a symlink replaced, symlinks
+  resolving outside the target (against every symlink of the archive, as at the end) or with
+  an empty target, hard links to anything but an earlier regular file, device nodes, global
+  PAX headers, conflicting or repeated extended headers.
+- refused, with ArchiveError: malformed headers, numbers over 19 digits, sizes over MAX_SIZE,
+  sparse maps out of order, overlapping, outside the size or not ending at it, names over
+  PATH_MAX, extended headers over MAX_EXTENDED bytes, an archive cut mid-header or mid-member,
+  a lone zero block, anything but zero bytes after the end marker; any error the parser did
+  not foresee (never an uncaught exception).
+Work is linear in the archive's size: every name is kept as a keyed 64-bit hash (about 100
+bytes a member), symlinks with their text (at most MAX_LINK_TEXT bytes), and data moves in
+READ_SIZE blocks, or from the decompressor's pipe to its file with os.splice. Every symlink
+is written last, once the whole archive was accepted: nothing can be moved under one.
+`Summary.expanded` is the room the written tree takes, known before anything is written.
 """
 
 from __future__ import annotations
@@ -38,14 +41,18 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import fnmatch
 import gzip
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import stat
+import subprocess
 import sys
+import threading
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +61,7 @@ from typing import BinaryIO, Callable, Generator, Iterator, Sequence
 import zstandard
 
 from . import crypto
-from .archive import compression_for, is_encrypted, read_checksum, symlink_escapes
+from .archive import MAX_SYMLINK_HOPS, compression_for, is_encrypted, read_checksum
 from .errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarError, UnsafeArchive
 from .keys import DecryptionKeys, load_identities
 from .model import Compression
@@ -70,6 +77,14 @@ _CAPABILITY_XATTR = "security.capability"
 _ZERO_BLOCK = bytes(BLOCK)
 _MAX_ID = (1 << 32) - 2  # uid_t; -1 means "unchanged" to chown
 _MAX_MTIME_NS = 1 << 62
+MAX_SIZE = 1 << 50  # bytes of one file (1 PiB: past any volume here); sizes, offsets and lengths above are refused
+_MAX_DIGITS = 19  # of a decimal number in a PAX record or sparse map (below 2**63; Python's int limit is 4300)
+MAX_PATH = 4096  # bytes of a member's path (PATH_MAX); each component at most NAME_MAX
+NAME_MAX = 255
+MAX_SYMLINK_TARGET = 4095  # what symlink(2) accepts
+MAX_LINK_TEXT = 64 << 20  # bytes of symlink names and targets kept until the end of the archive
+MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
+DISK_BLOCK = 4096  # what one file or folder takes at least, for the room a restore needs
 
 EXIT_OK = 0
 EXIT_REFUSED = 65  # EX_DATAERR: the archive is damaged or unsafe
@@ -111,6 +126,7 @@ class Summary:
     sha256: str  # of the archive file as stored
     stripped: int  # members whose setuid/setgid bits or capabilities were removed
     root: Member | None  # the root entry ("."), applied to the target itself
+    expanded: int = 0  # bytes the written tree takes (Policy.expanded): compared with the target's free space
 
 
 # --- the archive's bytes ------------------------------------------------------------------
@@ -185,12 +201,102 @@ def _decompressed(plain: BinaryIO, compression: Compression) -> BinaryIO:
     return plain
 
 
-class _Tar:
-    """Exact reads from the tar stream: a short read is a truncated archive."""
+_DECOMPRESSORS = {Compression.ZSTD: ("zstd", "-d", "-c", "-q"), Compression.GZIP: ("gzip", "-d", "-c")}
 
-    def __init__(self, stream: BinaryIO):
+
+class _PipeDecompressor:
+    """The decompressor as a child process (zstd or gzip, as the image ships them): a thread
+    feeds it the archive's bytes (read and hashed by the _FdReader), the tar stream comes out
+    of a pipe. Headers are read from it in Python; member data goes from the pipe to its
+    file with os.splice, never through Python (restore speed, issue 19)."""
+
+    def __init__(self, raw: "_FdReader", argv: Sequence[str]):
+        self._raw = raw
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        self.fed = threading.Event()
+        self._thread = threading.Thread(target=self._feed, name="archive-feed", daemon=True)
+        self._thread.start()
+
+    def _feed(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            while data := self._raw.read(READ_SIZE):
+                stdin.write(data)
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the reader stopped early (a refusal): the rest is hashed by drain()
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+            self.fed.set()
+
+    def read(self, size: int = READ_SIZE) -> bytes:
+        return os.read(self.fd, size)
+
+    def finish(self) -> None:
+        """The whole output was read: the feeder is done and the decompressor succeeded."""
+        self._thread.join()
+        code = self.proc.wait()
+        if code != 0:
+            detail = self.proc.stderr.read().decode("utf-8", "replace").strip()[-300:]  # type: ignore[union-attr]
+            raise ArchiveError(f"damaged archive: the decompressor failed (exit {code}: {detail})")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._thread.join()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()  # type: ignore[union-attr]
+
+
+def _pipe_for(archive: "ArchiveFile") -> Sequence[str] | None:
+    """The decompressor command when data can be spliced (compressed, not encrypted, the tool there)."""
+    argv = _DECOMPRESSORS.get(archive.compression)
+    if archive.encrypted or argv is None or shutil.which(argv[0]) is None:
+        return None
+    return argv
+
+
+_SPLICE = hasattr(os, "splice")
+
+
+class _Tar:
+    """Exact reads from the tar stream: a short read is a truncated archive. With a pipe
+    (`fd`), `move` splices data to a file descriptor instead."""
+
+    def __init__(self, stream: BinaryIO, fd: int | None = None):
         self._stream = stream
+        self.fd = fd if _SPLICE else None
         self.count = 0
+
+    def move(self, size: int, out: int, what: str) -> None:
+        """`size` bytes of the stream to the descriptor `out` (a file, /dev/null)."""
+        left = size
+        while left:
+            try:
+                n = os.splice(self.fd, out, min(left, 1 << 30))  # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: a target splice cannot write; copy instead
+                    raise
+                self.fd = None
+                self.count += size - left
+                self.copy(left, out, what)
+                return
+            if not n:
+                raise ArchiveError(f"the archive ends in the middle of {what} (truncated)")
+            left -= n
+        self.count += size
+
+    def copy(self, size: int, out: int, what: str) -> None:
+        left = size
+        while left:
+            data = self.read_exact(min(left, READ_SIZE), what)
+            _write_all(out, data)
+            left -= len(data)
 
     def read_exact(self, size: int, what: str) -> bytes:
         parts = []
@@ -210,27 +316,74 @@ class _Tar:
         return data
 
 
+class Data:
+    """A member's data: iterate for its chunks, or `into(fd)` to have it written to a file
+    (spliced from the decompressor's pipe when there is one)."""
+
+    def __init__(self, tar: _Tar, raw: _Raw, consumed: list[int]):
+        self._tar, self._raw, self._consumed = tar, raw, consumed
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._consumed[0] < self._raw.size:
+            data = self._tar.read_exact(min(READ_SIZE, self._raw.size - self._consumed[0]),
+                                        f"the member {self._raw.name!r}")
+            self._consumed[0] += len(data)
+            yield data
+
+    def into(self, fd: int) -> None:
+        left = self._raw.size - self._consumed[0]
+        what = f"the member {self._raw.name!r}"
+        if self._tar.fd is not None:
+            self._tar.move(left, fd, what)
+        else:
+            self._tar.copy(left, fd, what)
+        self._consumed[0] += left
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
+
+
 # --- headers ------------------------------------------------------------------------------
 
 _OCTAL = re.compile(rb"[0-7]+")
-_DECIMAL = re.compile(r"[0-9]+")
-_PAX_TIME = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
+_DECIMAL = re.compile(r"[0-9]{1,%d}" % _MAX_DIGITS)
+_PAX_TIME = re.compile(r"(-?)([0-9]{1,%d})(?:\.([0-9]+))?" % _MAX_DIGITS)
 _TYPES = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"1": Kind.HARDLINK, b"2": Kind.SYMLINK,
           b"5": Kind.DIR, b"6": Kind.FIFO, b"S": Kind.FILE}
+_REGULAR = (b"0", b"\0", b"7", b"S")
 
 
 def _number(field: bytes, what: str) -> int:
     """An octal field (padded with spaces or NULs at either end) or a base-256 one."""
     if field[:1] == b"\x80":
-        return int.from_bytes(field[1:], "big")
+        return _bounded(int.from_bytes(field[1:], "big"), what)
     if field[:1] == b"\xff":
-        return int.from_bytes(field, "big", signed=True)
+        return _bounded(int.from_bytes(field, "big", signed=True), what)
     digits = field.strip(b" \0")
     if not digits:
         return 0
     if not _OCTAL.fullmatch(digits):
         raise ArchiveError(f"malformed tar header: the {what} field {field!r} is not an octal number")
     return int(digits, 8)
+
+
+def _bounded(value: int, what: str) -> int:
+    if not -MAX_SIZE <= value <= MAX_SIZE:
+        raise ArchiveError(f"malformed tar header: the {what} field is out of range ({value})")
+    return value
+
+
+def _decimal(text: bytes, what: str) -> int:
+    """A decimal number from a PAX record or sparse map, of at most _MAX_DIGITS digits."""
+    if not _DECIMAL.fullmatch(text.decode("ascii", "replace")):
+        raise ArchiveError(f"malformed {what}: {text[:40]!r} is not a number of at most {_MAX_DIGITS} digits")
+    return int(text)
 
 
 def _text(field: bytes) -> bytes:
@@ -311,16 +464,13 @@ def _pax_records(data: bytes) -> dict[str, bytes]:
 def _pax_int(records: dict[str, bytes], key: str) -> int | None:
     if key not in records:
         return None
-    text = records[key].decode("ascii", "replace")
-    if not _DECIMAL.fullmatch(text):
-        raise ArchiveError(f"malformed PAX header: {key}={text!r} is not a number")
-    return int(text)
+    return _decimal(records[key], f"PAX header {key}")
 
 
 def _pax_time(text: str) -> int:
     m = _PAX_TIME.fullmatch(text)
     if m is None:
-        raise ArchiveError(f"malformed PAX header: mtime={text!r}")
+        raise ArchiveError(f"malformed PAX header: mtime={text[:40]!r}")
     ns = int(m.group(2)) * 1_000_000_000 + int((m.group(3) or "0")[:9].ljust(9, "0"))
     return -ns if m.group(1) else ns
 
@@ -400,6 +550,8 @@ class _Parser:
             self._apply_pax(raw, pending.pax)
         if raw.type == b"\0" and raw.name.endswith(b"/"):
             raw.type = b"5"  # the old convention every reader follows: a type-less name ending in / is a folder
+        if raw.sparse is not None and raw.type not in _REGULAR:
+            raise ArchiveError(f"member {raw.name!r} of type {raw.type!r} has a sparse map; only regular files may")
         if raw.type in (b"1", b"2", b"3", b"4", b"5", b"6"):
             raw.size = 0  # as every tar reader does: these types carry no data, whatever the field says
 
@@ -410,15 +562,13 @@ class _Parser:
         self._skip_padding(raw.size)
         return data
 
-    def _data_reader(self, raw: _Raw, consumed: list[int]) -> Callable[[], Iterator[bytes]]:
-        def chunks() -> Iterator[bytes]:
-            while consumed[0] < raw.size:
-                data = self.tar.read_exact(min(READ_SIZE, raw.size - consumed[0]), f"the member {raw.name!r}")
-                consumed[0] += len(data)
-                yield data
-        return chunks
+    def _data_reader(self, raw: _Raw, consumed: list[int]) -> Callable[[], "Data"]:
+        return lambda: Data(self.tar, raw, consumed)
 
     def _skip(self, size: int) -> None:
+        if self.tar.fd is not None and size >= BLOCK:
+            self.tar.move(size, _devnull(), "a member's data")
+            return
         while size > 0:
             size -= len(self.tar.read_exact(min(size, READ_SIZE), "a member's data"))
 
@@ -462,9 +612,10 @@ class _Parser:
         elif "GNU.sparse.map" in pax:  # format 0.1
             raw.realsize = _pax_int(pax, "GNU.sparse.size")
             fields = pax["GNU.sparse.map"].split(b",")
-            if len(fields) % 2 or not all(n.isdigit() for n in fields):
-                raise ArchiveError(f"malformed sparse map for {raw.name!r}")
-            numbers = [int(n) for n in fields]
+            if len(fields) % 2 or _pax_int(pax, "GNU.sparse.numblocks") != len(fields) // 2:
+                raise ArchiveError(f"malformed sparse map for {raw.name!r} (its GNU.sparse.numblocks missing or "
+                                   "not its number of regions, which GNU tar refuses)")
+            numbers = [_decimal(n, f"sparse map for {raw.name!r}") for n in fields]
             raw.sparse = list(zip(numbers[0::2], numbers[1::2]))
         else:
             raise ArchiveError(f"member {raw.name!r} uses an unsupported GNU sparse format (0.0)")
@@ -483,14 +634,10 @@ class _Parser:
             lines += block.count(b"\n")
             if wanted is None and lines:
                 first = bytes(text[:text.index(b"\n")])
-                if not first.isdigit():
-                    raise ArchiveError(f"malformed sparse map for {raw.name!r}")
-                wanted = 1 + 2 * int(first)
-        numbers = bytes(text).split(b"\n")[1:wanted]
-        if not all(n.isdigit() for n in numbers):
-            raise ArchiveError(f"malformed sparse map for {raw.name!r}")
+                wanted = 1 + 2 * _decimal(first, f"sparse map for {raw.name!r}")
+        numbers = [_decimal(n, f"sparse map for {raw.name!r}") for n in bytes(text).split(b"\n")[1:wanted]]
         raw.size -= len(text)
-        return [(int(numbers[i]), int(numbers[i + 1])) for i in range(0, len(numbers), 2)]
+        return [(numbers[i], numbers[i + 1]) for i in range(0, len(numbers), 2)]
 
     def _gnu_sparse(self, raw: _Raw, block: bytes) -> None:
         """Old GNU sparse: four entries in the header, more in extension blocks."""
@@ -532,23 +679,166 @@ def normalise(name: str) -> str:
     return "/".join(parts)
 
 
-class Policy:
-    """What may be written, member by member, and once more at the end (`finish`): a
-    symlink stored later can change where an earlier one leads."""
+class _Names:
+    """Every name the archive made so far and its kind: the tree the writer will have made
+    (folders a member implies included). A name is kept as a keyed 64-bit hash of its
+    components, about 100 bytes whatever its length; keyed with random bytes, so no
+    archive can be built to make two names collide. Symlinks keep their text (bounded by
+    MAX_LINK_TEXT) for the check at the end."""
 
     def __init__(self) -> None:
-        self.symlinks: dict[str, str] = {}
+        self._secret = os.urandom(16)
+        self._root = hashlib.blake2b(key=self._secret, digest_size=8)
+        self.kinds: dict[bytes, Kind] = {}
+        self.symlinks: dict[bytes, str] = {}  # key of the link's name -> its target
+        self.links: list[tuple[str, str]] = []  # (name, target), in order
+        self._link_text = 0
+
+    def _step(self, state, part: str):
+        state = state.copy()
+        state.update(part.encode("utf-8", "surrogateescape") + b"/")
+        return state
+
+    def key(self, name: str) -> bytes:
+        """The key of a whole name in one hash (equal to the last of `keys`)."""
+        return hashlib.blake2b(name.encode("utf-8", "surrogateescape") + b"/", key=self._secret,
+                               digest_size=8).digest()
+
+    def keys(self, parts: list[str]) -> list[bytes]:
+        """The key of each prefix of `parts` (linear in the name's length)."""
+        state, out = self._root, []
+        for part in parts:
+            state = self._step(state, part)
+            out.append(state.digest())
+        return out
+
+    def add(self, display: str, parts: list[str], kind: Kind) -> None:
+        """Record a member, refusing what the writer could not do as the archive says: a
+        path through a file or a symlink, a folder replaced by anything else or made from a
+        file, a symlink replaced (each symlink is created once, at the end). Every prefix
+        of a recorded name is a folder: when the parent is one, so are its ancestors."""
+        if not parts:
+            return
+        last = self.key("/".join(parts))
+        if len(parts) > 1 and self.kinds.get(self.key("/".join(parts[:-1]))) is not Kind.DIR:
+            self._folders(display, parts)
+        seen = self.kinds.get(last)
+        if seen is Kind.SYMLINK:
+            raise UnsafeArchive(f"member {display!r} replaces the symlink {'/'.join(parts)!r}")
+        if seen is Kind.DIR and kind is not Kind.DIR:
+            raise UnsafeArchive(f"member {display!r} replaces a folder of the archive with a {kind.value}")
+        if seen is not None and seen is not Kind.DIR and kind is Kind.DIR:
+            raise UnsafeArchive(f"member {display!r} is a folder where the archive made a {seen.value}")
+        self.kinds[last] = Kind.FILE if kind is Kind.HARDLINK else kind
+
+    def _folders(self, display: str, parts: list[str]) -> None:
+        for i, key in enumerate(self.keys(parts[:-1])):
+            seen = self.kinds.get(key)
+            if seen is None:
+                self.kinds[key] = Kind.DIR
+            elif seen is Kind.SYMLINK:
+                raise UnsafeArchive(f"member {display!r} is written through the symlink {'/'.join(parts[:i + 1])!r}")
+            elif seen is not Kind.DIR:
+                raise UnsafeArchive(f"member {display!r} goes through {'/'.join(parts[:i + 1])!r}, which the "
+                                    "archive made a file, not a folder")
+
+    def add_symlink(self, name: str, parts: list[str], target: str) -> None:
+        self._link_text += len(name) + len(target)
+        if self._link_text > MAX_LINK_TEXT:
+            raise ArchiveError(f"the archive's symlinks hold more than {MAX_LINK_TEXT} bytes of names and targets; "
+                               "refused (they are kept until the end of the archive)")
+        self.symlinks[self.key(name)] = target
+        self.links.append((name, target))
+
+    def kind(self, parts: list[str]) -> tuple[str, Kind | None]:
+        """What the tree has at `parts`, or at the first prefix that is not a folder."""
+        name = "/".join(parts)
+        seen = self.kinds.get(self.key(name))
+        if seen is not None:
+            return name, seen  # recorded: every prefix is a folder
+        for i, key in enumerate(self.keys(parts)):
+            seen = self.kinds.get(key)
+            if seen is not Kind.DIR or i == len(parts) - 1:
+                return "/".join(parts[:i + 1]), seen
+        return "", Kind.DIR
+
+    def escapes(self, base: list[str], target: str) -> bool:
+        """Resolve `target` from the folder `base` as the kernel would through the final
+        tree's symlinks; True when it leaves the root, is absolute or loops (linear in the
+        components walked: each prefix's key is one hash step from its parent's)."""
+        states = [self._root]
+        for part in base:
+            states.append(self._step(states[-1], part))
+        pending = [p for p in reversed(target.split("/")) if p not in ("", ".")]
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if len(states) == 1:
+                    return True
+                states.pop()
+                continue
+            states.append(self._step(states[-1], part))
+            link = self.symlinks.get(states[-1].digest())
+            if link is not None:
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS or link.startswith("/"):
+                    return True
+                states.pop()
+                pending.extend(p for p in reversed(link.split("/")) if p not in ("", "."))
+        return False
+
+
+def normalise(name: str) -> str:
+    """A member's name relative to the target: no empty or `.` components; refuses absolute
+    names, `..`, NUL and names longer than MAX_PATH (or a component over NAME_MAX)."""
+    if "\0" in name:
+        raise UnsafeArchive(f"member {name[:200]!r} has a NUL byte in its name")
+    if name.startswith("/"):
+        raise UnsafeArchive(f"member {name[:200]!r} has an absolute path")
+    if len(name) > 2 * MAX_PATH:  # before splitting: `a/` x 40,000 costs nothing more than its length
+        raise ArchiveError(f"member name {name[:200]!r}... is longer than {MAX_PATH} bytes")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"member {name[:200]!r} contains '..'")
+    clean = "/".join(parts)
+    if len(os.fsencode(clean)) > MAX_PATH or any(len(os.fsencode(p)) > NAME_MAX for p in parts
+                                                  if len(p) > NAME_MAX // 4):
+        raise ArchiveError(f"member name {clean[:200]!r} is longer than {MAX_PATH} bytes or has a component "
+                           f"over {NAME_MAX} bytes")
+    return clean
+
+
+class Policy:
+    """What may be written, member by member, and once more at the end (`finish`), checked
+    against the tree the members make (`_Names`): symlinks are created last (DirectoryWriter),
+    so a member can neither go through one nor be moved under one, and the end check sees
+    every symlink as it will be. `expanded` is the room the written tree takes (every file's
+    length and every folder rounded up to DISK_BLOCK), known before anything is written."""
+
+    def __init__(self, only: Sequence[str] | None = None) -> None:
+        self.names = _Names()
         self.stripped = 0
+        self.expanded = 0
+        self.only = None if only is None else tuple(p.strip("/").split("/") for p in only)
+
+    def _in_scope(self, display: str, parts: list[str], kind: Kind) -> None:
+        """`only`: glob patterns (relative, one component per `/`, as glob.glob reads them); when
+        given, every member must be a regular file whose name one of them matches (a preset's
+        dump names the files it restores, nothing else)."""
+        if self.only is None:
+            return
+        if kind is Kind.FILE and any(len(p) == len(parts) and all(map(fnmatch.fnmatchcase, parts, p))
+                                     for p in self.only):
+            return
+        accepted = ", ".join("/" + "/".join(p) for p in self.only)
+        raise UnsafeArchive(f"member {display!r} ({kind.value}) is not a file this dump may restore (accepted: "
+                            f"regular files matching {accepted})")
 
     def accept(self, raw: _Raw) -> Member:
         display = raw.name.decode("utf-8", "surrogateescape")
         name = normalise(display)
         parts = name.split("/") if name else []
-        for i in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:i])
-            if prefix in self.symlinks:
-                what = "replaces" if i == len(parts) else "is written through"
-                raise UnsafeArchive(f"member {display!r} {what} the symlink {prefix!r}")
         if raw.type in (b"3", b"4"):
             raise UnsafeArchive(f"member {display!r} is a device node")
         kind = _TYPES[raw.type]
@@ -556,68 +846,125 @@ class Policy:
             raise ArchiveError(f"member {display!r} has an owner or time out of range")
         if not name and kind is not Kind.DIR:
             raise UnsafeArchive(f"member {display!r} names the target itself and is not a directory")
+        if kind is not Kind.DIR and display.rsplit("/", 1)[-1] in ("", "."):
+            raise ArchiveError(f"member {display!r} is a {kind.value} named like a folder (ending in / or /.); tar "
+                               "readers disagree on it")
+        self._in_scope(display, parts, kind)
         linkname = raw.linkname.decode("utf-8", "surrogateescape")
         if kind is Kind.SYMLINK:
             self._check_symlink(name, linkname)
-            self.symlinks[name] = linkname
         elif kind is Kind.HARDLINK:
             linkname = self._check_hardlink(name, linkname)
-        xattrs = raw.xattrs
-        mode, kept = self._mode(raw.mode, kind), dict(xattrs)
-        if kind is Kind.FILE and _CAPABILITY_XATTR in kept:
-            del kept[_CAPABILITY_XATTR]
-        if kind is not Kind.HARDLINK and (mode != raw.mode & 0o7777 or len(kept) != len(xattrs)):
+        self.names.add(display, parts, kind)
+        if kind is Kind.SYMLINK:
+            self.names.add_symlink(name, parts, linkname)
+        size, realsize, sparse = self._sizes(raw, kind, display)
+        mode, xattrs = self._mode(raw.mode, kind), self._xattrs(raw, kind, display)
+        if mode != raw.mode & 0o7777 or len(xattrs) != len(raw.xattrs):
             self.stripped += 1
-            logger.warning("setuid/setgid bits or file capabilities stripped", extra={"member": name})
-        sparse = tuple(raw.sparse) if raw.sparse is not None else None
-        realsize = raw.realsize if raw.realsize is not None else raw.size
-        if sparse is not None and any(o < 0 or n < 0 or o + n > realsize for o, n in sparse):
-            raise ArchiveError(f"sparse member {display!r} has a region beyond its size")
-        if sparse is not None and sum(n for _, n in sparse) != raw.size:
-            raise ArchiveError(f"sparse member {display!r}: its map does not match its stored data")
+            logger.warning("setuid/setgid bits or extended attributes stripped", extra={"member": name})
+        if kind is Kind.FILE or kind is Kind.DIR:
+            self.expanded += -(-max(realsize, 1) // DISK_BLOCK) * DISK_BLOCK
         return Member(name, kind, mode, raw.uid, raw.gid, raw.uname.decode("utf-8", "surrogateescape"),
-                      raw.gname.decode("utf-8", "surrogateescape"), raw.mtime_ns,
-                      raw.size if kind is Kind.FILE else 0, realsize if kind is Kind.FILE else 0, linkname,
-                      tuple(sorted(kept.items())), sparse)
+                      raw.gname.decode("utf-8", "surrogateescape"), raw.mtime_ns, size, realsize, linkname,
+                      xattrs, sparse)
 
     def finish(self) -> None:
-        for name, target in self.symlinks.items():
-            self._check_symlink(name, target)
+        for name, target in self.names.links:
+            if self.names.escapes(name.split("/")[:-1], target):
+                raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the volume")
+
+    def _sizes(self, raw: _Raw, kind: Kind, display: str) -> tuple[int, int, tuple[tuple[int, int], ...] | None]:
+        """Stored bytes, length once written, sparse map: bounded, the map ordered, not
+        overlapping, inside the length and adding up to the stored bytes (so the data of a
+        member, holes written out, is exactly its length)."""
+        if kind is not Kind.FILE:
+            return 0, 0, None
+        realsize = raw.realsize if raw.realsize is not None else raw.size
+        if not (0 <= raw.size <= MAX_SIZE and 0 <= realsize <= MAX_SIZE):
+            raise ArchiveError(f"member {display!r} has a size out of range (0 to {MAX_SIZE} bytes)")
+        if raw.sparse is None:
+            if realsize != raw.size:
+                raise ArchiveError(f"member {display!r}: its real size differs from its data without a sparse map")
+            return raw.size, realsize, None
+        end, last = 0, len(raw.sparse) - 1
+        for i, (offset, length) in enumerate(raw.sparse):
+            # As GNU tar writes maps (and reads them alike): a hole between data regions, an
+            # empty region only last (at the size).
+            touching = i > 0 and offset == end and length > 0
+            if offset < end or touching or length < 0 or offset + length > realsize or (length == 0 and i != last):
+                raise ArchiveError(f"sparse member {display!r} has a region that goes backwards, overlaps or touches "
+                                   "another, is empty before the last, or lies beyond its size")
+            end = offset + length
+        if sum(n for _, n in raw.sparse) != raw.size:
+            raise ArchiveError(f"sparse member {display!r}: its map does not match its stored data")
+        if end != realsize:  # GNU tar ends every map so (a last empty region at the size) and sizes files by it
+            raise ArchiveError(f"sparse member {display!r}: its map ends at {end}, not at its size {realsize}")
+        return raw.size, realsize, tuple(raw.sparse)
+
+    def _xattrs(self, raw: _Raw, kind: Kind, display: str) -> tuple[tuple[str, bytes], ...]:
+        """Kept on files and folders only (a hard link's would land on the inode it shares,
+        a symlink's cannot be set here); never `security.capability`. Names must be UTF-8
+        without NUL, values at most MAX_XATTR_VALUE bytes."""
+        kept = []
+        for key, value in raw.xattrs.items():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ArchiveError(f"member {display!r} has an extended attribute whose name is not UTF-8") from None
+            if not key or "\0" in key or len(key) > NAME_MAX or len(value) > MAX_XATTR_VALUE:
+                raise ArchiveError(f"member {display!r} has a malformed extended attribute {key[:80]!r}")
+            if kind in (Kind.FILE, Kind.DIR) and key != _CAPABILITY_XATTR:
+                kept.append((key, value))
+        return tuple(sorted(kept))
 
     def _mode(self, mode: int, kind: Kind) -> int:
         mode &= 0o7777
         if kind is Kind.DIR:
             return mode & ~stat.S_ISUID
+        if kind is Kind.HARDLINK:
+            return mode  # a hard link has no mode of its own
         return mode & ~_PRIVILEGE_BITS
 
     def _check_symlink(self, name: str, target: str) -> None:
         if target.startswith("/"):
-            raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target!r}, outside the volume")
+            raise UnsafeArchive(f"symlink {name!r} points to the absolute path {target[:200]!r}, outside the volume")
         if "\0" in target or not name or not target:
-            raise UnsafeArchive(f"symlink {name!r} -> {target!r} is not allowed (empty target, NUL, or the target "
-                                "folder itself)")
-        if self._escapes(name.split("/")[:-1], target):
-            raise UnsafeArchive(f"symlink {name!r} -> {target!r} points outside the volume")
+            raise UnsafeArchive(f"symlink {name!r} -> {target[:200]!r} is not allowed (empty target, NUL, or the "
+                                "target folder itself)")
+        if len(os.fsencode(target)) > MAX_SYMLINK_TARGET:
+            raise ArchiveError(f"symlink {name!r} has a target longer than {MAX_SYMLINK_TARGET} bytes")
 
     def _check_hardlink(self, name: str, target: str) -> str:
         if target.startswith("/") or "\0" in target:
-            raise UnsafeArchive(f"hard link {name!r} -> {target!r} points outside the volume")
+            raise UnsafeArchive(f"hard link {name!r} -> {target[:200]!r} points outside the volume")
+        if len(target) > 2 * MAX_PATH:
+            raise ArchiveError(f"hard link {name!r} has a target longer than {MAX_PATH} bytes")
         parts = [p for p in target.split("/") if p not in ("", ".")]
         if ".." in parts or not parts:
             raise UnsafeArchive(f"hard link {name!r} -> {target!r} points outside the volume")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self.symlinks:
-                raise UnsafeArchive(f"hard link {name!r} -> {target!r} goes through the symlink "
-                                    f"{'/'.join(parts[:i])!r}")
-        return "/".join(parts)
-
-    def _escapes(self, base: list[str], target: str) -> bool:
-        return symlink_escapes(self.symlinks, base, target)
+        if target.rsplit("/", 1)[-1] in ("", "."):
+            raise ArchiveError(f"hard link {name!r} -> {target!r} names its target like a folder")
+        clean = "/".join(parts)
+        at, seen = self.names.kind(parts)
+        if at != clean and seen is Kind.SYMLINK:
+            raise UnsafeArchive(f"hard link {name!r} -> {clean!r} goes through the symlink {at!r}")
+        if at != clean or seen is None:
+            raise UnsafeArchive(f"hard link {name!r} -> {clean!r}: the target is not in the archive before it")
+        if seen is not Kind.FILE:
+            raise UnsafeArchive(f"hard link {name!r} -> {clean!r}: the target is a {seen.value}; only a regular "
+                                "file may be linked")
+        if clean == name:
+            raise UnsafeArchive(f"hard link {name!r} links to itself")
+        return clean
 
 
 # --- one pass -----------------------------------------------------------------------------
 
-_READ_ERRORS = (ArchiveError, EncryptionError, zstandard.ZstdError, EOFError, gzip.BadGzipFile)
+# ValueError (UnicodeError among them), OverflowError, IndexError: malformed input the parser
+# did not foresee is still a refusal, never an uncaught exception.
+_READ_ERRORS = (ArchiveError, EncryptionError, zstandard.ZstdError, EOFError, gzip.BadGzipFile, ValueError,
+                OverflowError, IndexError)
 
 
 class _Pass:
@@ -627,13 +974,14 @@ class _Pass:
     member) is reported as a checksum mismatch whenever the hash says the file is not the
     one that was written."""
 
-    def __init__(self, archive: ArchiveFile, keys: DecryptionKeys | None):
+    def __init__(self, archive: ArchiveFile, keys: DecryptionKeys | None, only: Sequence[str] | None = None):
         self.archive, self.keys = archive, keys
         self.raw = _FdReader(archive.fd)
-        self.policy = Policy()
+        self.policy = Policy(only)
         self.summary: Summary | None = None
         self._gen: Generator[tuple[Member, Iterator[bytes]], None, None] | None = None
         self._tar: _Tar | None = None
+        self._pipe: _PipeDecompressor | None = None
 
     @property
     def tar_bytes(self) -> int:
@@ -644,6 +992,8 @@ class _Pass:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         if exc is None or not isinstance(exc, _READ_ERRORS):
             return
         if self._gen is not None:
@@ -663,8 +1013,13 @@ class _Pass:
 
     def _members(self) -> Generator[tuple[Member, Iterator[bytes]], None, None]:
         count, root = 0, None
-        with _plain(self.archive, self.raw, self.keys) as plain:
-            tar = self._tar = _Tar(_decompressed(plain, self.archive.compression))
+        argv = _pipe_for(self.archive)
+        if argv is not None:
+            pipe = self._pipe = _PipeDecompressor(self.raw, argv)
+            tar = self._tar = _Tar(pipe, pipe.fd)  # type: ignore[arg-type]
+        with contextlib.nullcontext(None) if argv is not None else _plain(self.archive, self.raw, self.keys) as plain:
+            if plain is not None:
+                tar = self._tar = _Tar(_decompressed(plain, self.archive.compression))
             for header, data in _Parser(tar).members():
                 member = self.policy.accept(header)
                 count += 1
@@ -672,8 +1027,11 @@ class _Pass:
                     root = member
                 yield member, data()
             self.policy.finish()
-            while plain.read(READ_SIZE):  # the age stream is authenticated up to its very end
-                pass
+            if plain is not None:
+                while plain.read(READ_SIZE):  # the age stream is authenticated up to its very end
+                    pass
+            else:
+                self._pipe.finish()  # type: ignore[union-attr]
         self.raw.drain()
         actual = self.raw.sha.hexdigest()
         expected = self.archive.expected_sha256
@@ -681,19 +1039,30 @@ class _Pass:
             raise ChecksumMismatch(f"{self.archive.name}: SHA-256 is {actual}, the checksum file says {expected}")
         if count == 0:
             raise ArchiveError(f"{self.archive.name}: the archive holds no members")
-        self.summary = Summary(count, tar.count, actual, self.policy.stripped, root)
+        self.summary = Summary(count, tar.count, actual, self.policy.stripped, root, self.policy.expanded)
 
 
-def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Summary:
+def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None, only: Sequence[str] | None = None,
+           on_member: Callable[[Member], None] | None = None) -> Summary:
     """The whole check without writing anything (the same parser and policy as `extract`,
     on the same descriptor): run it before stopping a container, so a bad archive is
     refused with the app untouched."""
-    with _Pass(archive, keys) as one:
-        for _member, data in one.members():
+    with _Pass(archive, keys, only) as one:
+        for member, data in one.members():
+            if on_member is not None:
+                on_member(member)
             for _ in data:
                 pass
     assert one.summary is not None
     return one.summary
+
+
+def read_members(path: Path, keys: DecryptionKeys | None = None) -> Iterator[tuple[Member, Iterator[bytes]]]:
+    """Each accepted member of an archive file with its data, read by the one parser (a
+    preset's dump fed back to its app's client): checked as `verify` checks it, the hash
+    and the end of the archive once the last member was read."""
+    with open_archive(path) as archive, _Pass(archive, keys) as one:
+        yield from one.members()
 
 
 def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum: bool = True) -> Summary:
@@ -703,11 +1072,13 @@ def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum
 
 
 def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None,
-            progress: Callable[[int], None] | None = None) -> Summary:
+            progress: Callable[[int], None] | None = None, skip: Sequence[str] = (),
+            only: Sequence[str] | None = None) -> Summary:
     """Check and write every member into the folder `into` in one pass; directories get
     their metadata after their contents, the root entry is applied to `into` itself.
-    `progress` gets the tar bytes read so far after each member."""
-    with DirectoryWriter(into) as writer, _Pass(archive, keys) as one:
+    `progress` gets the tar bytes read so far after each member. `skip`: folders (relative
+    to `into`) left out, the container mounts them read-only. `only`: see Policy."""
+    with DirectoryWriter(into, skip) as writer, _Pass(archive, keys, only) as one:
         for member, data in one.members():
             writer.write(member, data)
             if progress is not None:
@@ -746,11 +1117,12 @@ def canonical_tar(archive: ArchiveFile, keys: DecryptionKeys | None = None,
                   on_done: Callable[[Summary], None] | None = None) -> Iterator[bytes]:
     """A tar stream re-serialised from exactly the accepted members (PAX format, headers we
     write), produced while the archive is read once and checked: the engine's own tar reader
-    never sees a header we did not write. Leaves out the root entry (the engine skips ".";
-    see `root_entry`); sparse files are written out in full. Raises as soon as a member is
-    refused; the end marker comes only after the whole archive, its hash included, was
-    accepted. `on_done` gets the summary. Small pieces (headers, padding) are sent together
-    in blocks of up to READ_SIZE."""
+    never sees a header we did not write. Only for `docker load` of an image export (a
+    volume is only ever written by the DirectoryWriter in a worker): it carries regular
+    files, folders and symlinks (last, once the whole archive was accepted), no extended
+    attributes, no set-id bits; a hard link, a FIFO or a sparse file is refused. Each file's
+    data is exactly the length its header says. The end marker comes only after the whole
+    archive, its hash included, was accepted. Small pieces are sent in blocks of up to READ_SIZE."""
     return _batched(_canonical(archive, keys, on_done))
 
 
@@ -773,16 +1145,20 @@ def _canonical(archive: ArchiveFile, keys: DecryptionKeys | None,
     deferred: list[Member] = []
     with _Pass(archive, keys) as one:
         for member, data in one.members():
+            if member.kind in (Kind.HARDLINK, Kind.FIFO) or member.sparse is not None:
+                what = "a sparse file" if member.sparse is not None else f"a {member.kind.value}"
+                raise UnsafeArchive(f"member {member.name!r} is {what}; an image export holds regular files, "
+                                    "folders and symlinks only")
             if not member.name:
                 for _ in data:
                     pass
-            elif is_deferred(member):
+            elif member.kind is Kind.SYMLINK:
                 deferred.append(member)
             else:
                 yield header(member)
-                yield from _expanded(member, data)
-                if member.kind is Kind.FILE and member.realsize % BLOCK:
-                    yield bytes(BLOCK - member.realsize % BLOCK)
+                yield from _exactly(member.size, data, member.name)
+                if member.size % BLOCK:
+                    yield bytes(BLOCK - member.size % BLOCK)
     assert one.summary is not None
     for member in deferred:
         yield header(member)
@@ -791,62 +1167,46 @@ def _canonical(archive: ArchiveFile, keys: DecryptionKeys | None,
     yield bytes(2 * BLOCK)
 
 
-def is_deferred(member: Member) -> bool:
-    """A symlink whose target climbs with `..`: a symlink stored later can change where it
-    leads, so it is written only after the whole archive was accepted (the sinks keep these
-    few until the end)."""
-    return member.kind is Kind.SYMLINK and ".." in member.linkname.split("/")
+def _exactly(size: int, data: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """A member's data, never more nor fewer bytes than its header says."""
+    left = size
+    for chunk in data:
+        if len(chunk) > left:
+            raise ArchiveError(f"member {name!r} carries more data than its size")
+        left -= len(chunk)
+        yield chunk
+    if left:
+        raise ArchiveError(f"member {name!r} carries less data than its size")
 
 
 def header(member: Member) -> bytes:
-    """The PAX-format header of one accepted member, as we write it."""
+    """The PAX-format header of one accepted member, as we write it (no extended attributes)."""
     info = tarfile.TarInfo(member.name)
     info.type = _TAR_TYPES[member.kind]
     info.mode, info.uid, info.gid = member.mode, member.uid, member.gid
     info.uname, info.gname = member.uname, member.gname
     info.size = member.realsize if member.kind is Kind.FILE else 0
     info.linkname = member.linkname
-    seconds, ns = divmod(member.mtime_ns, 1_000_000_000)
-    info.mtime = seconds
-    pax = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in member.xattrs}
-    if ns:
-        pax["mtime"] = f"{seconds}.{ns:09d}"
+    info.mtime = int(member.mtime_ns / 1_000_000_000)  # toward zero, as the PAX record below
+    pax = {}
+    if member.mtime_ns % 1_000_000_000:
+        pax["mtime"] = pax_time(member.mtime_ns)
     info.pax_headers = pax
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def root_entry(name: str, root: Member) -> bytes:
-    """A one-entry tar giving the folder `name` the root entry's owner, mode and times (the
-    engine skips a "." entry: this is unpacked into the mount's parent folder)."""
-    return header(dataclasses.replace(root, name=name)) + bytes(2 * BLOCK)
-
-
-def _expanded(member: Member, data: Iterator[bytes]) -> Iterator[bytes]:
-    """A member's data with a sparse file's holes written out as zeros."""
-    if member.sparse is None:
-        yield from data
-        return
-    chunks = _Chunks(data)
-    at = 0
-    for offset, length in member.sparse:
-        yield from _zeros(offset - at)
-        yield from chunks.take(length)
-        at = offset + length
-    yield from _zeros(member.realsize - at)
-
-
-def _zeros(n: int) -> Iterator[bytes]:
-    while n > 0:
-        step = min(n, READ_SIZE)
-        yield bytes(step)
-        n -= step
+def pax_time(ns: int) -> str:
+    """Nanoseconds as a PAX time: the sign, then the whole seconds and the fraction of the
+    absolute value (-1.5 s is "-1.500000000", never -2 + 0.5)."""
+    seconds, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{'-' if ns < 0 else ''}{seconds}.{frac:09d}"
 
 
 class _Chunks:
     """Exactly n bytes at a time from an iterator of chunks."""
 
     def __init__(self, data: Iterator[bytes]):
-        self._data = data
+        self._data = iter(data)
         self._left = b""
 
     def take(self, n: int) -> Iterator[bytes]:
@@ -880,8 +1240,10 @@ class DirectoryWriter:
     of the current path open; a directory's owner, mode, xattrs and times are applied
     when the archive leaves it, so they come after its contents."""
 
-    def __init__(self, into: Path):
+    def __init__(self, into: Path, skip: Sequence[str] = ()):
         self.into = into
+        self.skip = tuple(normalise(p) for p in skip)  # folders (relative) the container mounts read-only
+        self._skip_said: set[str] = set()
         self._stack: list[_Open] = []
         self._deferred: list[Member] = []
         self._as_root = os.geteuid() == 0
@@ -909,10 +1271,23 @@ class DirectoryWriter:
             self._leave()
 
     def write(self, member: Member, data: Iterator[bytes]) -> None:
-        if is_deferred(member):
+        if self._skipped(member.name):
+            for _ in data:
+                pass
+        elif member.kind is Kind.SYMLINK:  # created last: nothing later can be moved under one
             self._deferred.append(member)
         else:
             self._write(member, data)
+
+    def _skipped(self, name: str) -> bool:
+        for prefix in self.skip:
+            if name == prefix or name.startswith(prefix + "/"):
+                if prefix not in self._skip_said:
+                    self._skip_said.add(prefix)
+                    logger.warning("members under a read-only mount of the container left out",
+                                   extra={"member": prefix})
+                return True
+        return False
 
     def _write(self, member: Member, data: Iterator[bytes]) -> None:
         if member.kind is Kind.DIR:
@@ -974,7 +1349,11 @@ class DirectoryWriter:
                 self._xattrs(top.fd, top.member)
                 os.utime(top.fd, ns=(top.member.mtime_ns, top.member.mtime_ns))
             elif top.times is not None:
-                os.utime(top.fd, ns=top.times)
+                try:
+                    os.utime(top.fd, ns=top.times)
+                except OSError as exc:  # a folder of the worker's read-only root above the volumes
+                    if exc.errno != errno.EROFS:
+                        raise
         finally:
             os.close(top.fd)
 
@@ -984,11 +1363,10 @@ class DirectoryWriter:
             st = os.stat(base, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchive(f"member {name!r} would replace a folder")
         try:
-            if stat.S_ISDIR(st.st_mode):
-                os.rmdir(base, dir_fd=fd)
-            else:
-                os.unlink(base, dir_fd=fd)
+            os.unlink(base, dir_fd=fd)
         except OSError as exc:
             raise ArchiveError(f"member {name!r} cannot replace what is already there ({exc.strerror})") from exc
 
@@ -998,8 +1376,11 @@ class DirectoryWriter:
                      dir_fd=parent)
         try:
             if member.sparse is None:
-                for chunk in data:
-                    _write_all(fd, chunk)
+                if isinstance(data, Data):
+                    data.into(fd)
+                else:
+                    for chunk in data:
+                        _write_all(fd, chunk)
             else:
                 chunks = _Chunks(data)
                 for offset, length in member.sparse:
@@ -1026,6 +1407,9 @@ class DirectoryWriter:
                     raise ArchiveError(f"hard link {member.name!r} -> {member.linkname!r}: the target's folder "
                                        f"cannot be opened without following a link ({exc.strerror})") from exc
                 fds.append(at)
+            if not stat.S_ISREG(os.stat(target, dir_fd=at, follow_symlinks=False).st_mode):
+                raise UnsafeArchive(f"hard link {member.name!r} -> {member.linkname!r}: the target is not a "
+                                    "regular file")
             os.link(target, base, src_dir_fd=at, dst_dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError as exc:
             raise ArchiveError(f"hard link {member.name!r} -> {member.linkname!r}: the target is not in the "

@@ -139,6 +139,15 @@ def _globs(raw: str) -> tuple[str, ...]:
     return patterns
 
 
+def sqlite_globs(container: ContainerInfo) -> tuple[str, ...]:
+    """A container's `backup.sqlite.paths`; raises LabelError when missing or malformed."""
+    raw = container.labels.get(SQLITE_PATHS, "")
+    try:
+        return _globs(raw)
+    except ValueError as err:
+        raise LabelError(container.name, [f"{SQLITE_PATHS}={raw!r}: {err}"]) from None
+
+
 LABELS: tuple[Label, ...] = (
     Label(ENABLE, None, None, "opt in (a true value) or out (a false one)",
           accepted=BOOLEAN.accepted + " (case-insensitive)", shown_default="(required)"),

@@ -1,17 +1,20 @@
-"""How a verified archive reaches a volume: the restore's two unpack paths.
+"""How a verified archive reaches a volume: one writer, in a worker.
 
-- worker (preferred): a short-lived worker container from the sidecar's image (the site
-  WorkerReader probes) with the target volume read-write at VOLUME_ROOT (and the
-  container's mounts nested in it, as the backup reads them) and the backup volume
-  read-only, runs `python -m sidecar.worker.extract` (sidecar/worker/extract.py): our
-  checked extractor reads the archive file once, decrypting, hashing and checking each
-  member as it writes it. Nothing else parses the archive, so nothing can read it differently.
-- engine-api (fallback, when no worker can run): the extractor's canonical stream (only
-  the members it accepted, re-serialised by us) through the engine's archive API.
+A short-lived worker container from the sidecar's image (the site WorkerReader probes) with
+the target volume read-write at VOLUME_ROOT (the container's mounts nested in it as the
+container has them: a read-only one stays read-only and its members are left out) and the
+backup volume read-only runs `python -m sidecar.worker.extract` (sidecar/worker/extract.py):
+the checked extractor reads the archive file once, decrypting, hashing and checking each
+member as its folder writer writes it. Nothing else parses the archive.
 
-A worker that ends without saying `started` wrote nothing (an image without the extract
-entry, a worker that could not start): the engine-API path runs instead. The log says which
-path ran and why.
+Decided (issue 19): where no worker can run, the restore fails closed before anything is
+stopped, naming BACKUP_WORKER_IMAGE. The engine's archive API (`PUT /archive`) is not a
+fallback: its unpacker is a second tar reader writing our files (with its own rules on links,
+xattrs and sparse data), and a canonical stream of files and folders only would restore a
+different tree than the archive holds whenever it has a symlink or a hard link.
+
+Before the volume is emptied a worker compares the room the archive takes once written
+(`Summary.expanded`) with the free space of the volume (plus what emptying it frees).
 """
 
 from __future__ import annotations
@@ -28,23 +31,24 @@ import pyrage
 
 from .engine import Engine
 from .errors import EngineError, RestoreError, SidecarError
-from .extract import ArchiveFile, Summary, canonical_tar, root_entry
+from .extract import ArchiveFile, Summary
 from .keys import DecryptionKeys
 from .model import ContainerInfo, Mount, WorkerMount, WorkerSpec
 from .readers import READERS
 from .readers.base import WorkerSettings
 from .readers.worker import KEYS_FOLDER, NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite, volume_mounts
 from .storage import STATE_DIR
-from .worker.extract import MODULE, write_keys
+from .worker.extract import EXIT_NO_ROOM, MODULE, write_keys
 
 logger = logging.getLogger(__name__)
 
-WORKER_PATH, ENGINE_API_PATH = "worker", "engine-api"
+WORKER_PATH = "worker"
 # Root in the worker with only what writing other users' files takes: give files away
 # (CHOWN), write into and set times and modes on what others own (DAC_OVERRIDE,
 # DAC_READ_SEARCH, FOWNER), keep a folder's setgid bit whatever its group (FSETID).
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID")
 PURPOSE = "extract"
+ROOM_PURPOSE = "room"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class UnpackRequest:
     keys: DecryptionKeys | None
     worker: WorkerSettings | None  # None: no worker is tried
     target: str  # backup name, for log lines
+    only: tuple[str, ...] | None = None  # a preset's dump: the files it may write (Policy's `only`)
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,12 @@ class WorkerPlan:
     mounts: tuple[WorkerMount, ...]
     archive: str  # the archive's path inside the worker
     timeout: float
+    into: str = VOLUME_ROOT  # where the worker writes
+    skip: tuple[str, ...] = ()  # below `into`: what the container mounts read-only (left out)
 
 
-class WorkerUnavailable(SidecarError):
-    """The worker ran none of our code: nothing was written, another path may run."""
+class WorkerUnavailable(RestoreError):
+    """No worker container could run our code: nothing was written."""
 
 
 def worker_plan(engine: Engine, request: UnpackRequest) -> tuple[WorkerPlan | None, str]:
@@ -92,22 +99,66 @@ def worker_plan(engine: Engine, request: UnpackRequest) -> tuple[WorkerPlan | No
     except ValueError:
         return None, f"the archive {request.archive.path} is not on the backup volume"
     store = dataclasses.replace(site.store.mount, read_only=True)
-    mounts = tuple(dataclasses.replace(m, read_only=False) for m in volume_mounts(request.container, request.mount))
-    return WorkerPlan(site, mounts + (store,), inside, request.worker.timeout), ""
+    mounts, skip = target_mounts(request.container, request.mount)
+    return WorkerPlan(site, mounts + (store,), inside, request.worker.timeout, skip=skip), ""
 
 
-def unpack(engine: Engine, request: UnpackRequest, plan: WorkerPlan | None, reason: str = "") -> tuple[Summary, str]:
-    """Write the archive into the mount; returns the summary and the path that ran."""
-    fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
-              "phase": "restore"}
+def target_mounts(container: ContainerInfo, mount: Mount) -> tuple[tuple[WorkerMount, ...], tuple[str, ...]]:
+    """The volume read-write at VOLUME_ROOT and the container's mounts nested in it as the
+    container has them (read-only stays read-only); with those read-only ones' paths below
+    VOLUME_ROOT, which the writer leaves out."""
+    nested = volume_mounts(container, mount)
+    read_only = {m.destination.rstrip("/") for m in container.mounts if m.read_only and m != mount}
+    base = mount.destination.rstrip("/")
+    mounts, skip = [], []
+    for m in nested:
+        below = m.target[len(VOLUME_ROOT):].lstrip("/")
+        ro = bool(below) and f"{base}/{below}" in read_only
+        mounts.append(dataclasses.replace(m, read_only=ro))
+        if ro:
+            skip.append(below)
+    return tuple(mounts), tuple(skip)
+
+
+def require_worker(request: UnpackRequest, plan: WorkerPlan | None, reason: str) -> WorkerPlan:
+    """Fail closed: no worker, no restore (module docstring)."""
     if plan is not None:
-        try:
-            return run_worker(engine, request, plan), WORKER_PATH
-        except WorkerUnavailable as err:
-            reason = str(err)
-    logger.warning("restoring through the engine's archive API instead of a worker container",
-                   extra={**fields, "path": ENGINE_API_PATH, "reason": reason})
-    return engine_api(engine, request), ENGINE_API_PATH
+        return plan
+    raise WorkerUnavailable(
+        f"cannot restore {request.archive.name} into {request.container.name}:{request.mount.destination}: no worker "
+        f"container can run ({reason}). A restore is only written by the checked extractor in a worker container: "
+        "run the sidecar in its container (its own image is used), or set BACKUP_WORKER_IMAGE to the sidecar's image")
+
+
+def unpack(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> tuple[Summary, str]:
+    """Write the archive into the mount; returns the summary and the path that ran."""
+    return run_worker(engine, request, plan), WORKER_PATH
+
+
+def check_room(engine: Engine, request: UnpackRequest, plan: WorkerPlan, needed: int, replacing: bool) -> None:
+    """Before the volume is emptied: a worker compares `needed` bytes with the
+    volume's free space (plus what its current contents take, when `replacing`). Raises
+    RestoreError when it does not fit."""
+    command = [*MODULE, "--into", plan.into, "--room", str(needed), *(["--replacing"] if replacing else [])]
+    fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
+              "phase": "verify"}
+    output = _Output(fields)
+    spec = WorkerSpec(plan.site.image, tuple(command), ROOM_PURPOSE, plan.mounts, user="0",
+                      capabilities=("DAC_READ_SEARCH",), timeout=plan.timeout)
+    try:
+        result = engine.run_worker(spec, output)
+    except EngineError as err:
+        raise WorkerUnavailable(f"no worker container could run to check the volume's free space ({err})") from err
+    if result.ok and output.result is not None:
+        logger.info("room checked", extra={**fields, "bytes": needed, "free_bytes": output.result.get("free")})
+        return
+    detail = str(output.error["message"]) if output.error else " | ".join(result.tail[-3:]) or "no output"
+    if result.exit_code == EXIT_NO_ROOM:
+        raise RestoreError(f"{request.archive.name} does not fit into {request.container.name}:"
+                           f"{request.mount.destination}: {detail}; nothing was emptied")
+    hint = "" if output.error else "; set BACKUP_WORKER_IMAGE to the sidecar's image"
+    raise WorkerUnavailable(f"checking the free space of {request.container.name}:{request.mount.destination} in "
+                            f"a worker failed (exit {result.exit_code}): {detail}{hint}; nothing was emptied")
 
 
 # --- worker -------------------------------------------------------------------------------
@@ -148,8 +199,9 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
     code, RestoreError when it failed or refused the archive."""
     fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
               "phase": "restore", "path": WORKER_PATH}
-    command = [*MODULE, "--archive", plan.archive, "--into", VOLUME_ROOT, "--sha256", request.sha256,
-               "--progress-interval=5"]
+    command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--sha256", request.sha256,
+               "--progress-interval=5", *(f"--skip={s}" for s in plan.skip),
+               *(f"--only={p}" for p in request.only or ())]
     keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
     try:
@@ -177,7 +229,8 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
                        None)
     if output.error is None and not output.started:
         raise WorkerUnavailable(f"{where} could not run the extractor (exit {result.exit_code}: "
-                                f"{' | '.join(result.tail[-3:]) or 'no output'})")
+                                f"{' | '.join(result.tail[-3:]) or 'no output'}); set BACKUP_WORKER_IMAGE to the "
+                                "sidecar's image")
     detail = str(output.error["message"]) if output.error else " | ".join(result.tail[-5:]) or "no output"
     verb = "refused the archive" if output.error and output.error.get("refused") else "failed"
     raise RestoreError(f"{where} {verb} (exit {result.exit_code}): {detail}")
@@ -194,21 +247,3 @@ def _keys_file(request: UnpackRequest) -> Path:
         path.unlink(missing_ok=True)
         raise WorkerUnavailable(str(err)) from err
     return path
-
-
-# --- engine API ---------------------------------------------------------------------------
-
-def engine_api(engine: Engine, request: UnpackRequest) -> Summary:
-    """The stream the engine unpacks is re-serialised by the checked extractor from exactly
-    the members it accepted, in the same read; the volume root's own entry goes into the
-    mount's parent (the engine skips a "." entry)."""
-    container, mount = request.container, request.mount
-    done: list[Summary] = []
-    engine.put_archive(container.id, mount.destination, canonical_tar(request.archive, request.keys,
-                                                                      on_done=done.append))
-    if not done:
-        raise RestoreError("the engine stopped reading before the end of the archive")
-    if done[0].root is not None:
-        parent, _, base = mount.destination.rstrip("/").rpartition("/")
-        engine.put_archive(container.id, parent or "/", root_entry(base, done[0].root))
-    return done[0]

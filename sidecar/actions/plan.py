@@ -13,13 +13,14 @@ from datetime import datetime
 from ..consistency import hot_copy_risk
 from ..errors import SidecarError
 from ..labels import ENABLE
-from ..model import ContainerState, CopyState, Strategy, Target
+from ..model import CopyState, Strategy, Target
 from ..readers import READERS
 from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
 from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
 from .context import Context
 from .sources import items
+from .sources.volumes import mirror_refusal
 from .status import container_command, copy_states
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
             **_three_two_one(ctx, [states[(t.backup_name, item)] for item in items(t)]),
             warnings=database_warnings(t, container_command(ctx, t)) + swarm_warnings(t),
             mirror_bytes=_mirror_bytes(ctx, t),
-            **_reader(t, *site),
+            **_reader(t, *site, encrypted=ctx.local_encryption is not None),
         )
         for t in discovery.targets
     ]
@@ -127,14 +128,13 @@ def _worker_site(ctx: Context) -> tuple[bool, str]:
     return site is not None, why
 
 
-def _reader(target: Target, workers: bool | None, why: str) -> dict:
+def _reader(target: Target, workers: bool | None, why: str, encrypted: bool) -> dict:
     """The reader a backup of `target` would use now (readers.choose's order)."""
     if not target.volumes:
         return {"reader": "-", "reader_why": "no volumes read (its preset's dump)"}
     if not workers:
         return {"reader": "engine-api", "reader_why": why}
-    mirrored = (target.config.strategy in (Strategy.STOP, Strategy.PAUSE) and target.config.mirror
-                and target.container.state is ContainerState.RUNNING)
+    mirrored = mirror_refusal(target, target.container, encrypted) is None
     return {"reader": "mirror" if mirrored else "worker", "reader_why": why}
 
 

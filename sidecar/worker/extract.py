@@ -9,6 +9,10 @@ and a checksum file beside it that says otherwise. Decryption keys come in a 060
 on the backup volume that the sidecar removes once the worker has ended (`--keys-file`;
 never in the environment or arguments, which `docker inspect` shows).
 
+`--room BYTES` (no archive) only checks that BYTES fit into `--into`: its free space, plus
+what its current contents take with `--replacing` (they are removed before the restore);
+exit EXIT_NO_ROOM when they do not. The sidecar runs it before it stops or empties anything.
+
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
@@ -18,6 +22,7 @@ Exit codes are sidecar.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -34,6 +39,7 @@ from ..keys import DecryptionKeys
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
+EXIT_NO_ROOM = 75  # EX_TEMPFAIL: the archive does not fit (nothing was written)
 
 
 def write_keys(path: Path, keys: DecryptionKeys) -> None:
@@ -77,8 +83,12 @@ class _EmitWarnings(logging.Handler):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sidecar.worker.extract")
-    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--archive", type=Path)
     parser.add_argument("--into", type=Path, required=True)
+    parser.add_argument("--skip", action="append", default=[], help="a folder below --into left out (read-only)")
+    parser.add_argument("--only", action="append", help="a glob: only regular files it matches may be written")
+    parser.add_argument("--room", type=int, help="only check that this many bytes fit into --into")
+    parser.add_argument("--replacing", action="store_true", help="with --room: --into is emptied first")
     parser.add_argument("--sha256", help="the SHA-256 the sidecar verified; the file must still have it")
     parser.add_argument("--keys-file", type=Path)
     parser.add_argument("--progress-interval", type=float, default=1.0)
@@ -93,13 +103,43 @@ def run(args: argparse.Namespace) -> dict:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
         emit({"event": "started"})
-        summary = extract(archive, args.into, keys, _Progress(args.progress_interval))
+        summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only)
     return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
             "stripped": summary.stripped}
 
 
+def usage(into: Path) -> int:
+    """Bytes the files and folders below `into` take (what emptying it frees), never
+    following a symlink."""
+    total = 0
+    for folder, dirs, files in os.walk(into):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
+def room(into: Path, needed: int, replacing: bool) -> int:
+    st = os.statvfs(into)
+    free = st.f_bavail * st.f_frsize
+    if free < needed and replacing:
+        free += usage(into)
+    if free < needed:
+        emit({"event": "error", "refused": True, "message": (
+            f"the archive takes {needed} bytes once written and the volume has {free} bytes free"
+            + (" (counting what emptying it frees)" if replacing else ""))})
+        return EXIT_NO_ROOM
+    emit({"event": "result", "free": free, "needed": needed})
+    return EXIT_OK
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.room is not None:
+        return room(args.into, args.room, args.replacing)
+    if args.archive is None:
+        emit({"event": "error", "refused": False, "message": "--archive is required"})
+        return EXIT_FAILED
     ours, handler = logging.getLogger("sidecar"), _EmitWarnings(logging.WARNING)
     level = ours.level
     ours.addHandler(handler)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sidecar import cli
+from sidecar import cli, readers
 from sidecar.actions.context import Context
+from sidecar.readers.worker import WorkerReader
 from sidecar.settings import load_settings
 from tests.fakes.engine import FakeEngine
 
@@ -53,6 +54,22 @@ def make_ctx(engine, env):
 @pytest.fixture
 def ctx(make_ctx) -> Context:
     return make_ctx()
+
+
+WORKER_IMAGE = "backup-sidecar:fake"
+
+
+@pytest.fixture
+def restore_worker(engine, env, monkeypatch):
+    """Restores written by the checked extractor in a worker (the fake engine runs it as a
+    host process): no worker, no restore. Backups keep reading through the engine's archive
+    API, as the tests using this were written."""
+    engine.worker_images.add(WORKER_IMAGE)
+    env["BACKUP_WORKER_IMAGE"] = WORKER_IMAGE
+    monkeypatch.setenv("BACKUP_WORKER_IMAGE", WORKER_IMAGE)  # the CLI's tests read the process environment
+    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
+    real = readers.choose
+    monkeypatch.setattr(readers, "choose", lambda engine, request, order=("engine-api",): real(engine, request, order))
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ def test_backup_all_with_a_skipped_container_fails(run, engine, data, tmp_path, 
     assert "skipped bad-1" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_restore_exit_codes(run, engine, data, capsys):
     engine.add_container("app-1", app_labels(), {"/data": data})
     assert run("backup", "app") == 0

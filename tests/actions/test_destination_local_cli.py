@@ -5,9 +5,12 @@ backup volume (as before destinations had names)."""
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import app_labels, tree
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_restore_from_the_local_destination_and_from_the_backup_volume(run, engine, data, tmp_path, monkeypatch,
                                                                       capsys):
     disk = tmp_path / "disk"

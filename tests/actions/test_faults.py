@@ -7,6 +7,8 @@ import shutil
 import threading
 import time
 
+import pytest
+
 from sidecar.actions.backup import run_backup
 from sidecar.actions.daemon import Daemon
 from sidecar.actions.recover import run_recovery
@@ -17,6 +19,7 @@ from sidecar.storage import JournalEntry
 from .conftest import app_labels, tree
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_the_next_start(engine, ctx, data,
                                                                                             tmp_path, monkeypatch):
     app = engine.add_container("app-1", app_labels(), {"/data": data})
@@ -24,15 +27,16 @@ def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_th
     before = tree(data)
     (data / "new.txt").write_text("newer data\n")
     killed = tmp_path / "journal-at-the-kill.json"
-    real_put = engine.put_archive
+    real_worker = engine.run_worker
 
-    def put_archive(container_id, path, stream):
-        # The volume is emptied and half written: what the journal holds now is what a
-        # SIGKILL would leave.
-        shutil.copy(ctx.journal.path, killed)
-        return real_put(container_id, path, stream)
+    def run_worker(spec, on_line=None):
+        if spec.purpose == "extract":
+            # The volume is emptied and about to be written: what the journal holds now is
+            # what a SIGKILL would leave.
+            shutil.copy(ctx.journal.path, killed)
+        return real_worker(spec, on_line)
 
-    monkeypatch.setattr(engine, "put_archive", put_archive)
+    monkeypatch.setattr(engine, "run_worker", run_worker)
     run_restore(ctx, "app", "data", force=True)
     assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
 
@@ -48,6 +52,7 @@ def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_th
     assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_the_journal_says_left_stopped_before_the_volume_is_emptied(engine, ctx, data, tmp_path, monkeypatch):
     engine.add_container("app-1", app_labels(), {"/data": data})
     assert run_backup(ctx, ctx.discover().find("app")).ok

@@ -163,6 +163,7 @@ def test_list_remote_of_another_node(make_ctx, engine, s3):
     assert run_list_remote(ctx, node="n3") == []
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_restore_from_another_nodes_folder(make_ctx, engine, s3, data, tmp_path):
     """Node n2 restores what n1 backed up: its own same-named archive stays as it is, the
     download goes to the state folder and is gone after the restore."""
@@ -195,6 +196,7 @@ def test_restore_from_another_nodes_folder(make_ctx, engine, s3, data, tmp_path)
 
 # --- the CLI with a mounted disk as the destination ---------------------------------------
 
+@pytest.mark.usefixtures("restore_worker")
 def test_cli_backup_list_and_restore_node_with_the_local_destination(run, engine, data, tmp_path, monkeypatch,
                                                                       capsys):
     disk = tmp_path / "disk"
@@ -214,6 +216,7 @@ def test_cli_backup_list_and_restore_node_with_the_local_destination(run, engine
     assert (row["node"], row["verified"], row["key"]) == ("n1", True, str(copy))
 
     monkeypatch.setenv("BACKUP_NODE_NAME", "n2")
+    monkeypatch.setenv("BACKUP_WORKER_IMAGE", "backup-sidecar:fake")  # restores are written by a worker
     monkeypatch.setenv("BACKUP_DIR", str(tmp_path / "n2-backups"))
     assert run("list", "--node", "n1", "--json") == 0
     seen = {row["path"]: row for row in json.loads(capsys.readouterr().out)}

@@ -25,6 +25,9 @@ from sidecar.model import ContainerState
 
 from .conftest import app_labels, archive_members, tree
 
+EXTRACT = "worker:extract"  # the fake engine's fault on the extract worker only
+pytestmark = pytest.mark.usefixtures("restore_worker")
+
 
 @pytest.fixture
 def backed_up(engine, ctx, data):
@@ -70,7 +73,7 @@ def test_a_failed_unpack_still_puts_the_container_back(engine, ctx, data, backed
     app, _ = backed_up
     shutil.rmtree(data)
     data.mkdir()
-    engine.fail("put_archive", EngineError("disk full"))
+    engine.fail(EXTRACT, EngineError("disk full"))
     with pytest.raises(RestoreError, match="disk full"):
         run_restore(ctx, "app", "data")
     assert engine.state(app.id) is ContainerState.RUNNING and ctx.journal.entries() == []
@@ -220,7 +223,7 @@ def _refuse_path(path, real):
     return guarded
 
 
-@pytest.mark.parametrize("fault", ["put_archive", "run_helper"])
+@pytest.mark.parametrize("fault", [EXTRACT, "run_helper"])
 def test_a_failure_after_emptying_leaves_the_container_stopped_and_journalled(engine, ctx, data, backed_up, fault,
                                                                               caplog):
     app, before = backed_up
@@ -250,7 +253,7 @@ def test_a_failure_after_emptying_a_stopped_container_keeps_it_stopped_without_a
     app, _ = backed_up
     engine.set_state(app.id, ContainerState.EXITED)
     (data / "new.txt").write_text("newer data\n")
-    engine.fail("put_archive", EngineError("disk full"))
+    engine.fail(EXTRACT, EngineError("disk full"))
     with pytest.raises(RestoreLeftStopped):
         run_restore(ctx, "app", "data", force=True)
     assert engine.state(app.id) is ContainerState.EXITED and ctx.journal.entries() == []
@@ -261,7 +264,7 @@ def test_the_cli_exit_code_for_a_container_left_stopped(engine, env, data, backe
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(cli, "Engine", lambda *_a, **_kw: engine)
     monkeypatch.setattr(cli, "_on_termination", lambda handler: None)
-    engine.fail("put_archive", EngineError("disk full"))
+    engine.fail(EXTRACT, EngineError("disk full"))
     assert cli.main(["restore", "app", "--volume", "data", "--force"]) == 3
     assert "left stopped" in capsys.readouterr().err
 
@@ -270,7 +273,7 @@ def test_a_container_left_stopped_is_not_backed_up(engine, ctx, data, backed_up)
     app, _ = backed_up
     assert engine.state(app.id) is ContainerState.RUNNING
     (data / "new.txt").write_text("newer data\n")
-    engine.fail("put_archive", EngineError("disk full"), times=1)
+    engine.fail(EXTRACT, EngineError("disk full"), times=1)
     with pytest.raises(RestoreLeftStopped):
         run_restore(ctx, "app", "data", force=True)
     archives = sorted(p.name for p in ctx.store.root.rglob("*.tar.zst"))

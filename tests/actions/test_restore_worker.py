@@ -1,7 +1,7 @@
 """run_restore through a worker container (sidecar/unpack.py) against the fake engine, whose
 workers run `python -m sidecar.worker.extract` as host processes: the worker's mounts and
-rights, decryption with no key in its arguments, the fallback to the engine's archive API
-(and the log saying which path ran), and a worker failure after emptying."""
+rights, decryption with no key in its arguments, no worker no restore (before anything
+stops, naming BACKUP_WORKER_IMAGE), the room check, and a worker failure after emptying."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from sidecar import readers, unpack
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import run_restore
 from sidecar.archive import write_checksum
-from sidecar.errors import RestoreLeftStopped
-from sidecar.model import ContainerState
+from sidecar.errors import EngineError, RestoreError, RestoreLeftStopped
+from sidecar.model import ContainerInfo, ContainerState, Mount
 from sidecar.readers.worker import VOLUME_ROOT, WorkerReader
 
 from .conftest import app_labels, tree
@@ -83,46 +83,68 @@ def test_an_encrypted_archive_is_decrypted_in_the_worker_with_no_key_in_its_argu
     assert list((ctx.store.state_dir / "workers").iterdir()) == []  # the key file is gone
 
 
-def test_without_a_usable_image_the_engine_api_path_runs_and_says_why(engine, make_ctx, data, caplog):
-    caplog.set_level(logging.INFO)
+def test_without_a_usable_image_the_restore_fails_closed_before_stopping_anything(engine, make_ctx, data):
     ctx = make_ctx(BACKUP_WORKER_IMAGE="no-such-image")
-    _, before = _backed_up(engine, ctx, data)
-    shutil.rmtree(data)
-    data.mkdir()
-    run_restore(ctx, "app", "data")
-    assert tree(data) == before and _extract_workers(engine) == []
-    assert engine.names("put_archive")
-    assert _paths(caplog) == ["engine-api"]
-    [fallback] = [r for r in caplog.records if getattr(r, "path", None) == "engine-api" and getattr(r, "reason", "")]
-    assert "no-such-image" in fallback.reason
+    app, before = _backed_up(engine, ctx, data)
+    (data / "new.txt").write_text("newer data\n")
+    with pytest.raises(RestoreError) as err:
+        run_restore(ctx, "app", "data", force=True)
+    assert "BACKUP_WORKER_IMAGE" in str(err.value) and "no-such-image" in str(err.value)
+    assert (data / "new.txt").exists() and _extract_workers(engine) == []
+    assert engine.names("put_archive") == [] and engine.names("stop") == [] and engine.names("run_helper") == []
+    assert engine.state(app.id) is ContainerState.RUNNING
 
 
-def test_a_worker_that_runs_none_of_our_code_falls_back_before_writing(engine, wctx, data, caplog, monkeypatch):
-    caplog.set_level(logging.INFO)
-    _, before = _backed_up(engine, wctx, data)
+def test_a_worker_that_runs_none_of_our_code_writes_nothing_and_names_the_setting(engine, wctx, data, monkeypatch):
+    app, _ = _backed_up(engine, wctx, data)
     shutil.rmtree(data)
     data.mkdir()
     monkeypatch.setattr(unpack, "MODULE", ("python", "-m", "sidecar.worker.not_in_this_image"))
-    run_restore(wctx, "app", "data")
-    assert tree(data) == before
-    assert len(_extract_workers(engine)) == 1 and engine.names("put_archive")
-    assert _paths(caplog) == ["engine-api"]
-    assert any("could not run the extractor" in str(getattr(r, "reason", "")) for r in caplog.records)
+    with pytest.raises(RestoreError, match="BACKUP_WORKER_IMAGE"):
+        run_restore(wctx, "app", "data")
+    assert list(data.iterdir()) == [] and engine.names("put_archive") == []
+    assert engine.state(app.id) is ContainerState.RUNNING  # nothing was emptied: the app runs again
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_emptying(engine, wctx, data):
+    """Issue 19 item 5: a tiny archive declaring a huge sparse file; the room it takes is
+    compared with the volume's free space (plus what emptying it frees) before it is emptied."""
+    app, _ = _backed_up(engine, wctx, data)
+    (data / "new.txt").write_text("newer data\n")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        big = tarfile.TarInfo("big")
+        big.size, big.pax_headers = 1, {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.map": f"0,1,{1 << 49},0",
+                                        "GNU.sparse.numblocks": "2", "GNU.sparse.size": str(1 << 49)}
+        tar.addfile(big, io.BytesIO(b"x"))
+    path = wctx.settings.backup_dir / "daily" / "app_data_2026-01-01_daily.tar"
+    path.write_bytes(raw.getvalue())
+    write_checksum(path, hashlib.sha256(raw.getvalue()).hexdigest())
+    engine.calls.clear()
+    with pytest.raises(RestoreError, match="does not fit") as err:
+        run_restore(wctx, "app", "data", archive=str(path), force=True)
+    assert str(1 << 49) in str(err.value) and "nothing was emptied" in str(err.value)
+    assert (data / "new.txt").exists() and engine.names("run_helper") == [] and _extract_workers(engine) == []
+    assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_read_only_nested_mounts_stay_read_only_and_are_left_out():
+    """Issue 19 item 10: the worker mounted every nested mount read-write."""
+    volume = Mount("volume", "data", "/srv")
+    container = ContainerInfo("c" * 64, "app-1", "img", "sha256:" + "b" * 64, ContainerState.RUNNING, {}, (
+        volume, Mount("bind", "/etc/app", "/srv/config", read_only=True), Mount("volume", "cache", "/srv/cache")))
+    mounts, skip = unpack.target_mounts(container, volume)
+    assert [(m.target, m.read_only) for m in mounts] == [
+        (VOLUME_ROOT, False), (VOLUME_ROOT + "/cache", False), (VOLUME_ROOT + "/config", True)]
+    assert skip == ("config",)
 
 
 def test_a_worker_failure_after_emptying_leaves_the_container_stopped(engine, wctx, data):
     app, _ = _backed_up(engine, wctx, data)
     (data / "new.txt").write_text("newer data\n")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        link = tarfile.TarInfo("./h")
-        link.type, link.linkname = tarfile.LNKTYPE, "missing"
-        tar.addfile(link)
-    path = wctx.settings.backup_dir / "daily" / "app_data_2026-01-01_daily.tar"
-    path.write_bytes(raw.getvalue())
-    write_checksum(path, hashlib.sha256(raw.getvalue()).hexdigest())
+    engine.fail("worker:extract", EngineError("the engine went away"))
     with pytest.raises(RestoreLeftStopped, match="worker container"):
-        run_restore(wctx, "app", "data", archive=str(path), force=True)
+        run_restore(wctx, "app", "data", force=True)
     assert engine.state(app.id) is ContainerState.EXITED
     assert [e.action for e in wctx.journal.entries()] == ["left-stopped"]
     assert engine.names("put_archive") == []  # no second unpack after the worker began writing

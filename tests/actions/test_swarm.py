@@ -167,6 +167,7 @@ def _backed_up(ctx, data):
     return before
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_restore_scales_to_zero_and_back(engine, ctx, service, data):
     before = _backed_up(ctx, data)
     engine.calls.clear()
@@ -176,7 +177,8 @@ def test_restore_scales_to_zero_and_back(engine, ctx, service, data):
     assert engine.services[service.id].replicas == 2 and ctx.journal.entries() == []
 
 
-@pytest.mark.parametrize("fault", ["put_archive", "run_helper"])
+@pytest.mark.usefixtures("restore_worker")
+@pytest.mark.parametrize("fault", ["worker:extract", "run_helper"])
 def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(engine, ctx, service, data, fault):
     before = _backed_up(ctx, data)
     engine.fail(fault, EngineError("disk full"), times=1)
@@ -191,9 +193,10 @@ def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(en
     assert engine.services[service.id].replicas == 2 and ctx.journal.entries() == []
 
 
+@pytest.mark.usefixtures("restore_worker")
 def test_a_service_left_at_zero_that_someone_scaled_is_forgotten(engine, ctx, service, data):
     _backed_up(ctx, data)
-    engine.fail("put_archive", EngineError("disk full"), times=1)
+    engine.fail("worker:extract", EngineError("disk full"), times=1)
     with pytest.raises(RestoreLeftStopped):
         run_restore(ctx, "db", "data", force=True)
     engine.someone_scales(service.id, 1)

@@ -269,6 +269,8 @@ class Lab:
         return env
 
     def cli(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+        if args[:1] == ("restore",):  # as the sidecar in its container: a worker from its image writes it
+            env.setdefault("BACKUP_WORKER_IMAGE", WORKER_IMAGE)
         return subprocess.run([sys.executable, "-m", "sidecar", *args], cwd=REPO, env=self.env(**env),
                               capture_output=True, text=True, timeout=timeout)
 

@@ -96,7 +96,7 @@ CRAFTED = [
     ("absolute", file(b"/ESCAPED", b"pwned") + END, "absolute path"),
     ("nul-in-name", pax({b"path": b"ok\0/../../ESCAPED"}) + file(b"placeholder", b"x") + END, "NUL"),
     ("symlink-up-then-through", directory(b"sub/") + symlink(b"d", b"sub/../..") + file(b"d/ESCAPED", b"pwned") + END,
-     "outside the volume"),
+     "written through the symlink 'd'"),
 ]
 
 
@@ -240,36 +240,21 @@ def test_an_encrypted_archive_is_decrypted_by_the_worker_with_no_key_in_its_argu
     assert list((lab.backup_dir / ".sidecar" / "workers").iterdir()) == []  # the key file is gone
 
 
-def test_without_a_worker_the_engine_api_path_runs_and_says_so(lab):
+def test_without_a_worker_the_restore_fails_closed_and_names_the_setting(lab):
     volume = lab.volume("data")
     lab.populate(volume, "echo v > v")
     original = lab.manifest(volume)
-    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
-    assert lab.cli("backup", "app").returncode == 0
-    lab.populate(volume, "rm v")
-    restored = lab.cli("restore", "app", "--volume", "data")
-    assert restored.returncode == 0, restored.stderr
-    assert _paths(restored.stderr) == ["engine-api"]
-    [fallback] = [r for r in stderr_records(restored.stderr) if r.get("path") == "engine-api" and r.get("reason")]
-    assert "BACKUP_WORKER_IMAGE" in fallback["reason"]
-    assert lab.manifest(volume) == original
-
-
-def test_a_worker_failure_after_emptying_leaves_the_app_stopped(lab, worker_image):
-    volume = lab.volume("data")
-    lab.populate(volume, "echo one > a.txt")
     app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
-    # A hard link to a file the archive does not hold: only the writing side can notice.
-    raw = zstandard.ZstdCompressor().compress(
-        file(b"first.txt", b"first") + header(b"h", b"1", linkname=b"missing") + file(b"last.txt", b"last") + END)
-    path, _ = _store(lab, raw, "app_data_2026-01-01_daily.tar.zst")
-    failed = lab.cli("restore", "app", "--volume", "data", "--archive", str(path), "--force",
-                     BACKUP_WORKER_IMAGE=worker_image)
-    assert failed.returncode == 3, failed.stderr
-    assert "left stopped" in failed.stderr and "worker container" in failed.stderr
-    assert lab.state(app) == "exited"
-    journal = json.loads((lab.backup_dir / ".sidecar" / "journal.json").read_text())
-    assert [e["action"] for e in journal["interrupted"]] == ["left-stopped"]
+    assert lab.cli("backup", "app").returncode == 0
+    restored = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_WORKER_IMAGE="")
+    assert restored.returncode != 0
+    assert "BACKUP_WORKER_IMAGE" in restored.stderr and "no worker container can run" in restored.stderr
+    assert lab.manifest(volume) == original and lab.state(app) == "running"  # nothing stopped, nothing emptied
+
+
+# A worker failure after emptying (the app left stopped) is tested in the actions tier
+# (tests/actions/test_restore_worker.py): since issue 19 no crafted archive passes verify and
+# fails in the writer, which is what this test used to craft on the real engine.
 
 
 def test_the_sidecar_in_its_container_restores_through_a_worker_from_its_own_image(lab, worker_image):

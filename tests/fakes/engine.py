@@ -173,6 +173,17 @@ class FakeEngine:
             return fault  # raised midway by the stream
         raise fault.error
 
+    def _purpose_fault(self, purpose: str) -> None:
+        """`fail("worker:PURPOSE", ...)`: only workers of that purpose fail (not recorded as a call)."""
+        fault = self._faults.get(f"worker:{purpose}")
+        if fault is None:
+            return
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                del self._faults[f"worker:{purpose}"]
+        raise fault.error
+
     def _get(self, ref: str) -> FakeContainer:
         for c in self.containers.values():
             if ref in (c.info.id, c.info.name) or (len(ref) >= 12 and c.info.id.startswith(ref)):
@@ -417,6 +428,7 @@ class FakeEngine:
     # --- worker containers: run as a host process with the mounts' folders in place of their paths
     def run_worker(self, spec: WorkerSpec, on_line=None) -> WorkerResult:
         self._call("run_worker", spec)
+        self._purpose_fault(spec.purpose)
         if spec.image not in self.worker_images:
             raise EngineError(f"create worker container from image {spec.image}: No such image")
         self.workers_run.append(spec)

@@ -408,9 +408,10 @@ def test_a_real_tree_round_trips_through_archive_writer(tmp_path, target):
 
 def test_sparse_files_stay_sparse(tmp_path, target):
     """Old GNU sparse headers and PAX 1.0, as GNU tar writes them."""
-    map_area = b"%011o\0%011o\0" % (1 << 20, 5) + b"%011o\0%011o\0" % (3 << 20, 3)
+    map_area = (b"%011o\0%011o\0" % (1 << 20, 5) + b"%011o\0%011o\0" % (3 << 20, 3)
+                + b"%011o\0%011o\0" % (4 << 20, 0))  # GNU tar ends a map with an empty region at the size
     gnu = header(b"old", b"S", 8, magic=b"ustar  \0", extra={386: map_area, 483: b"%011o\0" % (4 << 20)})
-    data_map = padded(b"2\n1048576\n5\n3145728\n3\n")
+    data_map = padded(b"3\n1048576\n5\n3145728\n3\n4194304\n0\n")
     new = (pax({b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0", b"GNU.sparse.name": b"new",
                 b"GNU.sparse.realsize": b"4194304"})
            + header(b"GNUSparseFile.0/new", b"0", len(data_map) + 8) + padded(data_map + b"hello" + b"abc"))
@@ -422,9 +423,8 @@ def test_sparse_files_stay_sparse(tmp_path, target):
         assert len(content) == 4 << 20 and content[1 << 20:(1 << 20) + 5] == b"hello"
         assert content[3 << 20:(3 << 20) + 3] == b"abc" and content.count(0) == len(content) - 8
         assert path.stat().st_blocks * 512 < 1 << 20
-    with tarfile.open(fileobj=io.BytesIO(canonical(write(tmp_path, raw)))) as tar:
-        expanded = {m.name: m.size for m in tar}
-    assert expanded == {"old": 4 << 20, "new": 4 << 20}
+    with pytest.raises(UnsafeArchive, match="sparse file"):  # only image exports take the canonical stream
+        canonical(write(tmp_path, raw))
 
 
 def test_an_encrypted_archive_is_read_with_the_passphrase(tmp_path, target):
@@ -462,7 +462,8 @@ def test_memory_is_flat_whatever_the_member_count(tmp_path, target):
     written = write(tmp_path, _many(1_500))
     peak_few, peak_many = _peak(lambda: verify(few)), _peak(lambda: verify(many))
     peak_extract = _peak(lambda: restore(written, target))
-    assert peak_many < 1.2 * peak_few + (64 << 10) and peak_many < 4 << 20, (peak_few, peak_many)
+    # Every name is kept as a 64-bit hash (hard links, paths through files): ~100 bytes a member.
+    assert peak_many < peak_few + 4_500 * 150 and peak_many < 4 << 20, (peak_few, peak_many)
     assert peak_extract < 4 << 20, peak_extract
     assert len(list((target / "d").iterdir())) == 1_500
 
@@ -527,7 +528,7 @@ def test_worker_command():
 
 
 def test_a_sparse_map_over_several_blocks(tmp_path, target):
-    regions = [(i * 8192, 1) for i in range(300)]
+    regions = [(i * 8192, 1) for i in range(300)] + [(300 * 8192, 0)]  # GNU tar's closing empty region
     text = f"{len(regions)}\n" + "".join(f"{o}\n{n}\n" for o, n in regions)
     data_map = padded(text.encode())
     assert len(data_map) > 3 * 512
@@ -548,7 +549,7 @@ def test_the_canonical_stream_is_a_fixed_point_and_reads_the_same_in_tarfile(tmp
                       errors="surrogateescape") as tar:
         for name, kind, link in [(".", tarfile.DIRTYPE, ""), ("dir", tarfile.DIRTYPE, ""),
                                  (f"dir/{odd}", tarfile.REGTYPE, ""), ("bad-\udcff-name", tarfile.REGTYPE, ""),
-                                 ("l" * 200, tarfile.SYMTYPE, f"dir/{odd}"), ("h", tarfile.LNKTYPE, f"dir/{odd}"),
+                                 ("l" * 200, tarfile.SYMTYPE, f"dir/{odd}"), ("h", tarfile.REGTYPE, ""),
                                  ("dir/up", tarfile.SYMTYPE, "../h")]:
             info = tarfile.TarInfo(name)
             info.type, info.linkname, info.uid, info.gid = kind, link, 70000, 3
@@ -563,23 +564,10 @@ def test_the_canonical_stream_is_a_fixed_point_and_reads_the_same_in_tarfile(tmp
         seen = {m.name: (m.type, m.linkname, m.uid, m.gid, m.size, m.mtime) for m in tar}
     assert seen[f"dir/{odd}"] == (tarfile.REGTYPE, "", 70000, 3, len(f"data of dir/{odd}".encode()), 1_700_000_000.5)
     assert seen["l" * 200][:2] == (tarfile.SYMTYPE, f"dir/{odd}")
-    assert seen["h"][:2] == (tarfile.LNKTYPE, f"dir/{odd}")
-    assert "bad-\udcff-name" in seen and list(seen)[-1] == "dir/up"  # the `..` symlink comes last
+    assert "bad-\udcff-name" in seen and list(seen)[-2:] == ["l" * 200, "dir/up"]  # symlinks come last
 
 
 # --- moved from test_archive.py: the root entry and the member policy (was MemberChecker) ---
-
-def test_root_entry_carries_the_volume_root_metadata(tmp_path):
-    path = tmp_path / "a_b_2026-01-01_daily.tar.zst"
-    write_archive(path, RAW)
-    root = extract.verify_file(path).root
-    assert root is not None and members(RAW)[0].name == "." and members(RAW)[0].isdir()
-    data = extract.root_entry("pgdata", root)
-    (only,) = members(data)
-    assert only.name == "pgdata" and only.isdir()
-    assert (only.mode, only.uid, only.gid, only.uname, only.gname, int(only.mtime)) == (
-        0o755, 1000, 1001, "app", "grp", 1_774_000_000)
-
 
 class MemberChecker:
     """The old MemberChecker's interface over extract.Policy (tarfile members in, the
@@ -589,9 +577,12 @@ class MemberChecker:
         self.policy = extract.Policy()
 
     def check(self, m: tarfile.TarInfo) -> None:
+        """One member, then the end check (symlinks are checked against the whole tree at the
+        end, as they are created last; here after every member)."""
         self.policy.accept(extract._Raw(m.name.encode("utf-8", "surrogateescape"), m.type, m.mode, m.uid, m.gid,
                                         m.size, int(m.mtime) * 10**9, m.linkname.encode("utf-8", "surrogateescape"),
                                         m.uname.encode(), m.gname.encode()))
+        self.policy.finish()
 
     def finish(self) -> None:
         self.policy.finish()

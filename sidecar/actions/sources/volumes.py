@@ -1,9 +1,9 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
-sidecar/readers), and the volume restore: check the archive (checksum and every member) and
-that the volume is empty (or --force) before stopping anything, choose how it is unpacked
-(sidecar/unpack.py: a worker container running the checked extractor next to the data, the
-code that checks each member being the code that writes it; the engine's archive API fed
-the extractor's canonical stream when no worker can run), stop the container if it runs,
+sidecar/readers), and the volume restore: check the archive (checksum and every member),
+that the volume is empty (or --force), and that a worker can run (sidecar/unpack.py: the checked
+extractor next to the data, the code that checks each member being the code that writes it;
+no worker, no restore) before stopping anything; stop the container if it runs, check that
+the archive fits the volume's free space,
 empty the volume, unpack, start the container again. If the restore fails after the volume
 was emptied, the container is left stopped and journalled so ("left-stopped"), and
 RestoreLeftStopped says so."""
@@ -116,22 +116,26 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
         yield captures
 
 
-def _mirrored(target: Target, container: ContainerInfo, encrypted: bool) -> bool:
-    """Whether the target's volumes go through a staging mirror: a stop or pause target
-    that runs (a stopped one is read as it is), unless backup.mirror=false, or unset with
-    local encryption on (the mirror is a plaintext copy kept between runs)."""
+def mirror_refusal(target: Target, container: ContainerInfo, encrypted: bool) -> str | None:
+    """Why the target's volumes do not go through a staging mirror, or None when they do: a
+    stop or pause target that runs (a stopped one is read as it is), unless backup.mirror=false,
+    or unset with local encryption on (the mirror is a plaintext copy kept between runs)."""
     if not needs_quiesce(target) or container.state is not ContainerState.RUNNING:
-        return False
+        return "not a running stop/pause target"
     wanted = target.config.mirror
     if wanted is None and encrypted:
-        logger.info("no staging mirror: plain stop (local encryption is on and the mirror would be a plaintext "
-                    "copy; label backup.mirror=true keeps one)", extra={"target": target.backup_name, "phase": "read"})
-        return False
+        return ("local encryption is on and the mirror would be a plaintext copy; label backup.mirror=true "
+                "keeps one")
     if wanted is False:
-        logger.info("no staging mirror: plain stop (label backup.mirror=false)",
-                    extra={"target": target.backup_name, "phase": "read"})
-        return False
-    return True
+        return "label backup.mirror=false"
+    return None
+
+
+def _mirrored(target: Target, container: ContainerInfo, encrypted: bool) -> bool:
+    why = mirror_refusal(target, container, encrypted)
+    if why is not None and why != "not a running stop/pause target":
+        logger.info(f"no staging mirror: plain stop ({why})", extra={"target": target.backup_name, "phase": "read"})
+    return why is None
 
 
 # --- restore ------------------------------------------------------------------------------
@@ -163,8 +167,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
             raise _not_empty(container, mount, volume_name)
         how = unpack.UnpackRequest(container, mount, archive, check.sha256, ctx.settings.decryption,
                                    ctx.worker_settings, backup_name)
-        plan, reason = unpack.worker_plan(ctx.engine, how)  # probes: before anything is stopped
-        downtime = _replace(ctx, request, volume_name, how, plan, reason, fields)
+        plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))  # probes: before anything stops
+        downtime = _replace(ctx, request, volume_name, how, plan, check.expanded, fields)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -173,9 +177,11 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
 
 
 def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpack.UnpackRequest,
-             plan: unpack.WorkerPlan | None, reason: str, fields: dict) -> float:
-    """Stop, empty, unpack, start; returns the seconds the container was down. A container a
-    failed restore left stopped is started once this restore succeeds."""
+             plan: unpack.WorkerPlan, expanded: int, fields: dict) -> float:
+    """Stop, check the room, empty, unpack, start; returns the seconds the container was
+    down. A container a failed restore left stopped is started once this restore succeeds.
+    The room is checked once the volume is reachable (a Swarm service's stand-in) and its
+    writers stopped, before it is emptied."""
     container, backup_name, mount = request.container, request.backup_name, how.mount
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
@@ -188,6 +194,8 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
         current = stack.enter_context(ctx.readable(current))
         emptied = was_left
         try:
+            unpack.check_room(ctx.engine, dataclasses.replace(how, container=current), plan, expanded,
+                              replacing=request.force)
             if not ctx.engine.path_is_empty(current.id, mount.destination):
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
@@ -196,7 +204,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
                     journal_left_stopped(ctx, current, backup_name)
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
-            _unpack(ctx, dataclasses.replace(how, container=current), plan, reason, fields)
+            _unpack(ctx, dataclasses.replace(how, container=current), plan, fields)
         except SidecarError as err:
             if emptied:
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
@@ -228,12 +236,10 @@ def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_na
         f"with --force (the container is started when it succeeds), or start it yourself"))
 
 
-def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan | None, reason: str,
-            fields: dict) -> Summary:
-    """Write the archive into the volume: by a worker container when `plan` says one can
-    run, else through the engine (sidecar/unpack.py); the log says which."""
+def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan, fields: dict) -> Summary:
+    """Write the archive into the volume by a worker container (sidecar/unpack.py)."""
     try:
-        summary, path = unpack.unpack(ctx.engine, how, plan, reason)
+        summary, path = unpack.unpack(ctx.engine, how, plan)
     except SidecarError as err:
         raise RestoreError(f"unpacking {how.archive.name} into {how.container.name}:{how.mount.destination} "
                            f"failed: {err}") from err

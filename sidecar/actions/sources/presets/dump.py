@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog, iter_tar
+from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....engine import Engine
 from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
-from ....extract import open_archive, verify
+from ....extract import Kind, open_archive, read_members, verify
 from ....keys import DecryptionKeys
 from ....model import ContainerInfo, ExecResult, Target
-from ....streams import IterReader
 from ...context import Context
 from ...interrupt import Interruption
 from ..base import ArchivePath
@@ -187,38 +186,34 @@ def check_dump(path: Path, keys: DecryptionKeys | None) -> int:
 
 def dump_file(path: Path, keys: DecryptionKeys | None) -> str:
     """The dump's file name inside an archive written by DumpCapture (from its first member)."""
-    stream = iter_tar(path, keys=keys)
+    members = read_members(path, keys)
     try:
-        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
-            first = tar.next()
+        first = next(members, None)
     finally:
-        stream.close()
-    match = _PART.match(first.name.removeprefix("./")) if first is not None else None
+        members.close()
+    name = first[0].name if first is not None else None
+    match = _PART.match(name) if name is not None else None
     if match is None:
-        raise ArchiveError(f"{path.name}: not a dump archive (its first member is {first.name if first else None!r})")
+        raise ArchiveError(f"{path.name}: not a dump archive (its first member is {name!r})")
     return match["file"]
 
 
 def dump_chunks(path: Path, keys: DecryptionKeys | None) -> Iterator[bytes]:
-    """The dump in an archive written by DumpCapture, its parts joined in order."""
-    stream = iter_tar(path, keys=keys)
+    """The dump in an archive written by DumpCapture, its parts joined in order (read by
+    the checked extractor's parser: the one reader of archives)."""
+    members = read_members(path, keys)
     try:
-        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
-            expected, file = 0, None
-            for member in tar:
-                match = _PART.match(member.name.removeprefix("./"))
-                if match is None or int(match["n"]) != expected or (file is not None and match["file"] != file):
-                    raise ArchiveError(f"{path.name}: {member.name!r} is not part {expected} of a dump")
-                file, expected = match["file"], expected + 1
-                data = tar.extractfile(member)
-                while chunk := data.read(1 << 20):
-                    yield chunk
-            if expected == 0:
-                raise ArchiveError(f"{path.name}: no dump in this archive")
+        expected, file = 0, None
+        for member, data in members:
+            match = _PART.match(member.name) if member.kind is Kind.FILE else None
+            if match is None or int(match["n"]) != expected or (file is not None and match["file"] != file):
+                raise ArchiveError(f"{path.name}: {member.name!r} is not part {expected} of a dump")
+            file, expected = match["file"], expected + 1
+            yield from data
+        if expected == 0:
+            raise ArchiveError(f"{path.name}: no dump in this archive")
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        members.close()
 
 
 def feed(engine: Engine, container_id: str, argv: list[str], chunks: Iterable[bytes], *, user: str | None,

@@ -11,28 +11,33 @@ create is given to the database file's owner). Each database is copied with
 by their path in the target) and removes them. The app keeps running and writing (WAL) the
 whole time; in rollback-journal mode its writers wait while a database is read.
 
-Restore stops the container, writes each database back, removes its `-wal`/`-shm` (they
-belong to the old file) and starts it again, on every path out."""
+Restore stops the container, removes each database's `-wal`/`-shm` (they belong to the old
+file), has the checked extractor in a worker write each database back into its volume (every
+member must be a regular file `backup.sqlite.paths` matches) and starts it again, on every
+path out."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import json
 import logging
 import shutil
 import tarfile
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog, iter_tar
+from .... import unpack
+from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....errors import BackupError, NotFound, RestoreError, SidecarError
-from ....extract import open_archive, verify
+from ....extract import ArchiveFile, Kind, Member, open_archive, verify
+from ....labels import SQLITE_PATHS, sqlite_globs
 from ....model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
 from ....presetnames import dump_type
 from ....readers import get as get_reader
-from ....streams import IterReader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
@@ -220,19 +225,31 @@ def capture(ctx: Context, target: Target, container: ContainerInfo,
         yield [one]
 
 
-# --- restore ------------------------------------------------------------------------------
+# --- restore ---------------------------------------------------------------------------------
+
+RESTORE_ROOT = "/restore"  # in the extract worker: each database's volume at RESTORE_ROOT + its destination
+
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    """Check the archive; stop the container; for each database remove its -wal/-shm and
-    write the file back; start the container again (on every path out)."""
+    """Check the archive (every member a regular file matching `backup.sqlite.paths`, or any
+    regular file when the container has no such label, on a writable volume of the container); stop the container; remove each database's -wal/-shm; the
+    checked extractor in a worker writes the databases into their volumes (the one writer
+    of every restore: nothing else parses the archive, nothing is written elsewhere); start
+    the container again (on every path out)."""
     started = time.monotonic()
     container, path = request.container, request.archive
     fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path)}
-    with ctx.store.target_lock(request.backup_name):
-        with open_archive(path) as archive:
-            check = verify(archive, ctx.settings.decryption)
-        names = _members(path, ctx)
+    # A container not (yet) labelled takes the databases the archive names, regular files only.
+    patterns = sqlite_globs(container) if SQLITE_PATHS in container.labels else None
+    with ctx.store.target_lock(request.backup_name), open_archive(path) as archive:
+        members: list[Member] = []
+        check = verify(archive, ctx.settings.decryption, only=patterns, on_member=members.append)
+        if any(m.kind is not Kind.FILE for m in members):
+            raise RestoreError(f"{path.name}: not an sqlite preset archive (it holds more than database files)")
+        names = [m.name for m in members]
+        patterns = patterns or tuple("/" + glob.escape(n) for n in names)
         current = ctx.engine.inspect(container.id)
+        how, plan = _plan(ctx, current, archive, check.sha256, request.backup_name, patterns, names)
         if not request.force:  # refused before anything is stopped
             _refuse_existing(ctx, current, names)
         with contextlib.ExitStack() as stack:
@@ -242,10 +259,9 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                                                         request.stop_timeout))
             try:
                 _remove_sidecars(ctx, current, names)
-                for name, chunks in _singles(path, ctx):
-                    parent = str(PurePosixPath("/" + name).parent)
-                    logger.info("restoring database", extra={**fields, "phase": "restore", "path": "/" + name})
-                    ctx.engine.put_archive(container.id, parent, chunks)
+                logger.info("restoring databases", extra={**fields, "phase": "restore",
+                                                          "databases": ["/" + n for n in names]})
+                unpack.unpack(ctx.engine, how, plan)
             except SidecarError as err:
                 if stop is None:
                     raise
@@ -255,45 +271,25 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                           stop.seconds if stop is not None else 0.0)
 
 
-def _members(path: Path, ctx: Context) -> list[str]:
-    stream = iter_tar(path, keys=ctx.settings.decryption)
-    try:
-        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
-            names = [m.name for m in tar if m.isreg()]
-    finally:
-        stream.close()
-    if not names or any(".." in PurePosixPath(n).parts or n.startswith("/") for n in names):
-        raise RestoreError(f"{path.name}: not an sqlite preset archive")
-    return names
-
-
-def _singles(path: Path, ctx: Context) -> Iterator[tuple[str, Iterator[bytes]]]:
-    """Each database as a one-member tar stream (its base name) for put_archive. The archive
-    is read once per database: a tar member must be sent whole before the next one."""
-    for wanted in _members(path, ctx):
-        yield wanted, _one(path, ctx, wanted)
-
-
-def _one(path: Path, ctx: Context, wanted: str) -> Iterator[bytes]:
-    stream = iter_tar(path, keys=ctx.settings.decryption)
-    try:
-        with tarfile.open(fileobj=IterReader(stream), mode="r|") as tar:
-            for member in tar:
-                if member.name != wanted:
-                    continue
-                info = tarfile.TarInfo(PurePosixPath(wanted).name)
-                info.size, info.mode, info.uid, info.gid, info.mtime = (member.size, member.mode, member.uid,
-                                                                         member.gid, member.mtime)
-                yield info.tobuf(format=tarfile.PAX_FORMAT)
-                data = tar.extractfile(member)
-                while chunk := data.read(1 << 20):
-                    yield chunk
-                if member.size % tarfile.BLOCKSIZE:
-                    yield b"\0" * (tarfile.BLOCKSIZE - member.size % tarfile.BLOCKSIZE)
-                yield b"\0" * (2 * tarfile.BLOCKSIZE)
-                return
-    finally:
-        stream.close()
+def _plan(ctx: Context, container: ContainerInfo, archive: ArchiveFile, sha256: str, backup_name: str,
+          patterns: tuple[str, ...], names: list[str]) -> tuple[unpack.UnpackRequest, unpack.WorkerPlan]:
+    """The extract worker's request and mounts: each database's volume read-write at
+    RESTORE_ROOT + its destination; no worker, no restore."""
+    holders: dict[str, Mount] = {}
+    for name in names:
+        holder = _holder(container.mounts, "/" + name)
+        if holder is None or holder.read_only:
+            raise RestoreError(f"/{name} is on no writable volume of {container.name}: the sqlite preset restores "
+                               "databases into their volumes only")
+        holders[holder.destination] = holder
+    mount = next(iter(holders.values()))
+    how = unpack.UnpackRequest(container, mount, archive, sha256, ctx.settings.decryption, ctx.worker_settings,
+                               backup_name, only=tuple(p.lstrip("/") for p in patterns))
+    plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))
+    mounts = tuple(WorkerMount(m.kind, m.source, RESTORE_ROOT + m.destination.rstrip("/"), read_only=False)
+                   for m in holders.values())
+    store = plan.mounts[-1]
+    return how, dataclasses.replace(plan, mounts=mounts + (store,), into=RESTORE_ROOT, skip=())
 
 
 def _helper_image(ctx: Context, container: ContainerInfo) -> str:
