@@ -666,19 +666,6 @@ class _Parser:
 
 # --- the policy ---------------------------------------------------------------------------
 
-def normalise(name: str) -> str:
-    """A member's name relative to the target: no empty or `.` components; refuses absolute
-    names, `..` and NUL."""
-    if "\0" in name:
-        raise UnsafeArchive(f"member {name!r} has a NUL byte in its name")
-    if name.startswith("/"):
-        raise UnsafeArchive(f"member {name!r} has an absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeArchive(f"member {name!r} contains '..'")
-    return "/".join(parts)
-
-
 class _Names:
     """Every name the archive made so far and its kind: the tree the writer will have made
     (folders a member implies included). A name is kept as a keyed 64-bit hash of its
