@@ -248,9 +248,11 @@ def cmd_backup(ctx: Context, args) -> int:
             for member, outcome in batch:
                 ran.append((member, outcome))
                 record_outcome(ctx.store.state_dir, outcome)  # the daemon's next scrape shows it
+                ctx.pings.finish(member.backup_name, member.config.ping, outcome)
                 if notifier is not None:
                     notifier.outcome(outcome)
     finally:
+        ctx.pings.close()
         if notifier is not None:
             notifier.close()
     offsite_failed = 0

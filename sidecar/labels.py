@@ -29,6 +29,8 @@ from .model import (
     TargetConfig,
     VolumeSpec,
 )
+from .pings.urls import ACCEPTED as PING_ACCEPTED
+from .pings.urls import parse_ping_url
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
 from .values import BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
@@ -58,6 +60,7 @@ PRESET = "backup.preset"
 PRESET_USER = "backup.preset.user"
 PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
+PING = "backup.ping"
 
 # The presets (sidecar/actions/sources/presets has one module each; a unit test keeps the two equal).
 PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mongodb")
@@ -88,6 +91,7 @@ class Label:
     field: str | None = None  # the TargetConfig attribute it fills
     accepted: str | None = None  # the README's accepted values when a rule reads the label
     shown_default: str | None = None  # the README's default when it is no literal value
+    secret: bool = False  # its value holds a token: never quoted in a message
 
 
 def _name(raw: str) -> str:
@@ -206,7 +210,11 @@ LABELS: tuple[Label, ...] = (
     Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
           "the container is down only while what changed is copied (see How it works); a false value: down "
           "while the whole volume is read", field="mirror"),
+    Label(PING, Parser(parse_ping_url, PING_ACCEPTED), None, "this container's heartbeat URL, pinged when its "
+          "backup starts, succeeds or fails, besides `BACKUP_PING_URL` (same kinds; see docs/how-to/pings.md). "
+          "Holds a token: never shown", field="ping", shown_default="none", secret=True),
 )
+SECRET_LABELS = frozenset(label.name for label in LABELS if label.secret)
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)
 
@@ -230,7 +238,8 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
 
     def bad(label: str, value: str, accepted: str) -> None:
         failed.add(label)
-        problems.append(f"label {label}={value!r} is invalid: {accepted}")
+        shown = label if label in SECRET_LABELS else f"{label}={value!r}"
+        problems.append(f"label {shown} is invalid: {accepted}")
 
     for key in sorted(labels):
         if key.startswith(PREFIX) and key not in KNOWN_LABELS:

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .pings.urls import PingUrl
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .swarm import ServiceMode, SwarmTask
@@ -162,6 +163,7 @@ class TargetConfig:
     preset_database: str | None = None
     sqlite_paths: tuple[str, ...] = ()
     mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
+    ping: PingUrl | None = None  # backup.ping: this container's heartbeat URL (holds a token)
 
 
 @dataclass(frozen=True)
