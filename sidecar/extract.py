@@ -696,6 +696,17 @@ def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Summary:
     return one.summary
 
 
+def list_members(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Iterator[Member]:
+    """Every accepted member, in the archive's order, without writing anything (the same
+    read, parser and policy as `verify`); a damaged, unsafe or swapped archive raises as
+    `verify` does, possibly after some members were yielded."""
+    with _Pass(archive, keys) as one:
+        for member, data in one.members():
+            for _ in data:
+                pass
+            yield member
+
+
 def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum: bool = True) -> Summary:
     """`verify` of an archive file by its path (opened once)."""
     with open_archive(path, require_checksum) as archive:
@@ -703,12 +714,19 @@ def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum
 
 
 def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None,
-            progress: Callable[[int], None] | None = None) -> Summary:
+            progress: Callable[[int], None] | None = None,
+            select: Callable[[Member], bool] | None = None) -> Summary:
     """Check and write every member into the folder `into` in one pass; directories get
     their metadata after their contents, the root entry is applied to `into` itself.
-    `progress` gets the tar bytes read so far after each member."""
+    `progress` gets the tar bytes read so far after each member. `select`: write only the
+    members it accepts (one file or folder back); every member is still read and checked,
+    and folders on the way to a selected member that `into` lacks are made (mode 0755)."""
     with DirectoryWriter(into) as writer, _Pass(archive, keys) as one:
         for member, data in one.members():
+            if select is not None and not select(member):
+                for _ in data:
+                    pass
+                continue
             writer.write(member, data)
             if progress is not None:
                 progress(one.tar_bytes)

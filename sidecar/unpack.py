@@ -58,6 +58,7 @@ class UnpackRequest:
     keys: DecryptionKeys | None
     worker: WorkerSettings | None  # None: no worker is tried
     target: str  # backup name, for log lines
+    path: str | None = None  # only this member (a file or folder, sidecar.members.member_path); None: all
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
     fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
               "phase": "restore", "path": WORKER_PATH}
     command = [*MODULE, "--archive", plan.archive, "--into", VOLUME_ROOT, "--sha256", request.sha256,
-               "--progress-interval=5"]
+               "--progress-interval=5", *([f"--path={request.path}"] if request.path else [])]
     keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
     try:

@@ -36,6 +36,12 @@ TAIL_KEPT = 4096  # last bytes of a dump kept to check that it ended as the tool
 _PART = re.compile(r"^(?P<file>[^/]+)\.(?P<n>\d{6})$")
 
 
+def part_of(name: str) -> tuple[str, int] | None:
+    """(file, number) of a dump part's member name (`pg_dumpall.sql.000003`), else None."""
+    match = _PART.match(name.removeprefix("./"))
+    return (match["file"], int(match["n"])) if match else None
+
+
 def archive_type(preset: str) -> str:
     """The `{type}` of a preset's archives: `+` never occurs in a volume's short name
     (labels.short_volume_name keeps letters, digits, `.` and `-`), so the two never collide."""
