@@ -16,6 +16,7 @@ from typing import Sequence
 
 from . import __version__, logs
 from .actions.backup import run_backup, run_group
+from .actions.browse import run_list_files, run_restore_path
 from .actions.context import Context
 from .actions.daemon import Daemon
 from .actions.images import run_restore_image
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "every destination)")
     p.add_argument("--node", metavar="NODE", type=_node_option,
                    help="list the off-site copies in another node's folder (BACKUP_NODE_PREFIX; implies --remote)")
+    p.add_argument("--files", nargs="?", const="latest", default=None, metavar="ARCHIVE",
+                   help="list the files in an archive (mode, size, time, path) without unpacking it: ARCHIVE (path "
+                        "or name under BACKUP_DIR), default: NAME's newest (of --volume)")
+    p.add_argument("--volume", metavar="V", help="with --files: the volume (or dump type) whose newest archive is "
+                                                 "listed, as in archive names")
+    p.add_argument("--path", metavar="PATH", help="with --files: only this file or folder (relative to the volume)")
+    p.add_argument("--match", metavar="GLOB", help="with --files: only paths or base names matching GLOB ('*.db')")
+    p.add_argument("--from", dest="source", default=None, metavar="DEST",
+                   help="with --files: read the archive from that destination (downloaded onto the backup volume)")
 
     p = sub.add_parser("plan", help="targets, schedules and next runs; skipped containers and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", metavar="NODE", type=_node_option,
                    help="take the archive from NODE's folder on the destination (BACKUP_NODE_PREFIX): restore here "
                         "what another node backed up; with --from DEST, else the first destination")
+    p.add_argument("--path", metavar="PATH",
+                   help="restore only this file or folder of the archive (relative to the volume, as `list NAME "
+                        "--files` shows it); the rest of the volume is untouched; the container is stopped (or "
+                        "paused) only if its backup.strategy says so")
+    p.add_argument("--into", metavar="FOLDER",
+                   help="write into FOLDER on the backup volume (under BACKUP_DIR; relative to it) for inspection "
+                        "instead of the container's volume; with --dump, the dump's files")
 
     sub.add_parser("sync", help="copy archives missing off-site (S3) now, and verify them",
                    description="Upload every finished archive a destination (the S3 store) does not hold yet (the "
@@ -286,9 +303,11 @@ def cmd_backup(ctx: Context, args) -> int:
             for member, outcome in batch:
                 ran.append((member, outcome))
                 record_outcome(ctx.store.state_dir, outcome)  # the daemon's next scrape shows it
+                ctx.pings.finish(member.backup_name, member.config.ping, outcome)
                 if notifier is not None:
                     notifier.outcome(outcome)
     finally:
+        ctx.pings.close()
         if notifier is not None:
             notifier.close()
     offsite_failed = 0
@@ -322,6 +341,8 @@ def cmd_backup(ctx: Context, args) -> int:
 def cmd_list(ctx: Context, args) -> int:
     if args.remote is not None or args.node is not None:
         return _list_remote(ctx, args)
+    if args.files is not None:
+        return _list_files(ctx, args)
     rows = run_list(ctx, args.name, verify=args.verify)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -332,6 +353,30 @@ def cmd_list(ctx: Context, args) -> int:
     _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
            [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
     return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
+
+
+def _list_files(ctx: Context, args) -> int:
+    found = run_list_files(ctx, args.name, args.files, args.volume, args.path, args.match, _source(ctx, args))
+    if args.json:
+        print(json.dumps({"archive": found.archive, "members": found.members,
+                          "files": [dataclasses.asdict(r) for r in found.rows]}, indent=2))
+        return 0
+    if found.rows:
+        _table(["MODE", "SIZE", "MTIME", "PATH"],
+               [[r.mode, _size(r.size), r.mtime, r.path + (f" -> {r.link}" if r.kind == "symlink" else
+                                                            f" => {r.link}" if r.link else "")] for r in found.rows])
+    print(f"{found.archive}: {len(found.rows)} of {found.members} entries"
+          + (" (filtered)" if args.path or args.match else ""))
+    return 0
+
+
+def _source(ctx: Context, args) -> str | None:
+    """--from DEST: a destination's name; `local` without a destination of that name is the
+    backup volume (as before destinations)."""
+    names = {d.name for d in ctx.destinations}
+    if args.source is None or (args.source == "local" and "local" not in names):
+        return None
+    return ctx.destination(args.source).name
 
 
 def _list_remote(ctx: Context, args) -> int:
@@ -409,13 +454,13 @@ def _offsite(row) -> str:
 def cmd_restore(ctx: Context, args) -> int:
     _on_termination(ctx.cancel.set)
     run_recovery(ctx)
-    names = {d.name for d in ctx.destinations}
     # `--from local` meant the backup volume before a mounted disk could be the destination "local".
-    wanted = None if args.source is None or (args.source == "local" and "local" not in names) else args.source
-    source = ctx.destination(wanted).name if wanted is not None else None
+    source = _source(ctx, args)
     dump = args.dump
     if dump is None and preset_of_type(args.volume) is not None:  # `--volume mysql+dump`: a preset's dump
         dump = args.archive
+    if args.path is not None or args.into is not None:
+        return _restore_path(ctx, args, source)
     if dump is not None:
         outcome = run_restore_dump(ctx, args.name, dump, args.force, from_remote=source, node=args.node)
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
@@ -435,6 +480,16 @@ def cmd_restore_stack(ctx: Context, args) -> int:
     print(f"restored {outcome.archive} into {outcome.into} ({outcome.members} entries, {outcome.seconds:.1f} s); "
           f"next: cd {outcome.into} && docker compose up -d (files from outside the project folder are under "
           f"{outcome.into}/_outside), then restore the volumes")
+def _restore_path(ctx: Context, args, source: str | None) -> int:
+    if args.node is not None:
+        raise ConfigError("--path and --into read this node's archives (or --from DEST's); --node is not supported")
+    dump = args.dump is not None
+    outcome = run_restore_path(ctx, args.name, args.path, None if dump else args.volume,
+                               args.dump if dump else args.archive, args.into, args.force, source, dump=dump)
+    what = outcome.path or "every entry"
+    count = f"{outcome.written} entries, " if outcome.written >= 0 else ""
+    down = f", down {outcome.downtime:.1f} s" if outcome.downtime else ""
+    print(f"restored {what} from {outcome.archive} into {outcome.where} ({count}{outcome.seconds:.1f} s{down})")
     return 0
 
 

@@ -1052,6 +1052,17 @@ def read_members(path: Path, keys: DecryptionKeys | None = None) -> Iterator[tup
         yield from one.members()
 
 
+def list_members(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Iterator[Member]:
+    """Every accepted member, in the archive's order, without writing anything (the same
+    read, parser and policy as `verify`); a damaged, unsafe or swapped archive raises as
+    `verify` does, possibly after some members were yielded."""
+    with _Pass(archive, keys) as one:
+        for member, data in one.members():
+            for _ in data:
+                pass
+            yield member
+
+
 def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum: bool = True) -> Summary:
     """`verify` of an archive file by its path (opened once)."""
     with open_archive(path, require_checksum) as archive:
@@ -1060,13 +1071,19 @@ def verify_file(path: Path, keys: DecryptionKeys | None = None, require_checksum
 
 def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None,
             progress: Callable[[int], None] | None = None, skip: Sequence[str] = (),
-            only: Sequence[str] | None = None) -> Summary:
+            only: Sequence[str] | None = None, select: Callable[[Member], bool] | None = None) -> Summary:
     """Check and write every member into the folder `into` in one pass; directories get
     their metadata after their contents, the root entry is applied to `into` itself.
     `progress` gets the tar bytes read so far after each member. `skip`: folders (relative
-    to `into`) left out, the container mounts them read-only. `only`: see Policy."""
+    to `into`) left out, the container mounts them read-only. `only`: see Policy. `select`:
+    write only the members it accepts (one file or folder back); every member is still read
+    and checked, and folders on the way to a selected member that `into` lacks are made."""
     with DirectoryWriter(into, skip) as writer, _Pass(archive, keys, only) as one:
         for member, data in one.members():
+            if select is not None and not select(member):
+                for _ in data:
+                    pass
+                continue
             writer.write(member, data)
             if progress is not None:
                 progress(one.tar_bytes)

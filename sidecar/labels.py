@@ -30,6 +30,8 @@ from .model import (
     VolumeSpec,
 )
 from .presetnames import PRESETS
+from .pings.urls import ACCEPTED as PING_ACCEPTED
+from .pings.urls import parse_ping_url
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
 from .values import ACCEPTED_TRUTH, BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
@@ -59,6 +61,7 @@ PRESET = "backup.preset"
 PRESET_USER = "backup.preset.user"
 PRESET_DATABASE = "backup.preset.database"
 SQLITE_PATHS = "backup.sqlite.paths"
+PING = "backup.ping"
 
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
@@ -91,6 +94,7 @@ class Label:
     field: str | None = None  # the TargetConfig attribute it fills
     accepted: str | None = None  # the reference's accepted values when a rule reads the label
     shown_default: str | None = None  # the reference's default when it is no literal value
+    secret: bool = False  # its value holds a token: never quoted in a message
 
 
 def _name(raw: str) -> str:
@@ -234,7 +238,11 @@ LABELS: tuple[Label, ...] = (
           accepted="comma list of paths relative to the working folder, without `..`", shown_default="none"),
     Label(STACK_EXCLUDE, None, None, "left out of the project's stack archive, matched like `backup.exclude` "
           "against the stored path", accepted="comma list of glob patterns", shown_default="none"),
+    Label(PING, Parser(parse_ping_url, PING_ACCEPTED), None, "this container's heartbeat URL, pinged when its "
+          "backup starts, succeeds or fails, besides `BACKUP_PING_URL` (same kinds; see docs/how-to/pings.md). "
+          "Holds a token: never shown", field="ping", shown_default="none", secret=True),
 )
+SECRET_LABELS = frozenset(label.name for label in LABELS if label.secret)
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)
 
@@ -258,7 +266,8 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
 
     def bad(label: str, value: str, accepted: str) -> None:
         failed.add(label)
-        problems.append(f"label {label}={value!r} is invalid: {accepted}")
+        shown = label if label in SECRET_LABELS else f"{label}={value!r}"
+        problems.append(f"label {shown} is invalid: {accepted}")
 
     for key in sorted(labels):
         if key.startswith(PREFIX) and key not in KNOWN_LABELS:

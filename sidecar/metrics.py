@@ -67,6 +67,7 @@ class TargetView:
     # Its labels allow a consistency risk (consistency.may_be_at_risk): when they no longer
     # do (a preset, pause, backup.hot-ok=true), the last run's risk is shown no longer.
     risk_possible: bool = True
+    pings: tuple[str, ...] = ()  # kinds of its ping URLs: their failure counters exist from discovery on
 
 
 # --- the outcome record -------------------------------------------------------------------
@@ -101,6 +102,15 @@ class OutcomeRecord:
         except OSError as exc:
             logger.error("metrics state not saved", extra={"target": outcome.target, "error": str(exc)})
 
+    def ping_failed(self, target: str, kind: str) -> None:
+        """Count one heartbeat ping of `target` that failed; never raises for the file."""
+        try:
+            with self._changing() as doc:
+                pings = _section(_section(_section(doc, "targets"), target), "ping_failures")
+                pings[kind] = pings.get(kind, 0) + 1
+        except OSError as exc:
+            logger.error("metrics state not saved", extra={"target": target, "error": str(exc)})
+
     def recover(self, newest_archive_times: Mapping[tuple[str, str], float]) -> None:
         """Last success from the archives' own times where the record has none as recent
         (a restart without a record must never report "never backed up")."""
@@ -127,6 +137,12 @@ def record_outcome(state_dir: Path, outcome: Any) -> None:
     """Record a backup outcome where every sidecar process's metrics read it: the CLI's
     `backup` command calls this, the daemon does the same through `Metrics.observe`."""
     OutcomeRecord(state_dir / STATE_FILE).record(outcome)
+
+
+def record_ping_failure(state_dir: Path, target: str, kind: str) -> None:
+    """Count a heartbeat ping that failed (backup_sidecar_ping_failures_total), from any
+    process, like `record_outcome`."""
+    OutcomeRecord(state_dir / STATE_FILE).ping_failed(target, kind)
 
 
 def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
@@ -322,6 +338,9 @@ def _target_series(f: dict[str, Metric], target: TargetView, saved: Mapping[str,
     risk = _mapping(saved.get("risk")) if target.risk_possible else {}
     f["backup_sidecar_consistency_risk"].add_metric(
         [target.name, str(risk.get("app", "")), str(risk.get("preset", ""))], 1 if risk else 0)
+    failures = _mapping(saved.get("ping_failures"))
+    for kind in sorted(set(target.pings) | set(failures)):
+        f["backup_sidecar_ping_failures"].add_metric([target.name, kind], failures.get(kind, 0))
 
 
 def _volume_series(f: dict[str, Metric], target: str, volume: str, saved: Mapping[str, Any]) -> None:
@@ -346,6 +365,9 @@ def _families() -> list[Metric]:
         GaugeMetricFamily("backup_sidecar_last_status",
                           "1 when the last backup of the volume succeeded, 0 when it failed.", labels=tv),
         CounterMetricFamily("backup_sidecar_runs", "Backup runs by result.", labels=["target", "result"]),
+        CounterMetricFamily("backup_sidecar_ping_failures", "Heartbeat pings of the target's runs that could not be "
+                            "sent (no answer in BACKUP_PING_TIMEOUT, refused, an HTTP error), by kind.",
+                            labels=["target", "kind"]),
         HistogramMetricFamily("backup_sidecar_duration_seconds", "How long backups of the target took.", labels=t),
         GaugeMetricFamily("backup_sidecar_downtime_seconds",
                           "How long the target was stopped or paused by its last backup, until it ran again and "

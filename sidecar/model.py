@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .pings.urls import PingUrl
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .swarm import ServiceMode, SwarmTask
@@ -163,6 +164,7 @@ class TargetConfig:
     sqlite_paths: tuple[str, ...] = ()
     mirror: bool | None = None  # stop/pause through a staging mirror (label backup.mirror); None: unless encrypted
     hot_ok: bool = False  # a hot copy of what looks like a database is acknowledged (label backup.hot-ok)
+    ping: PingUrl | None = None  # backup.ping: this container's heartbeat URL (holds a token)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import SettingsError
 from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
+from .pings.urls import ACCEPTED as PING_ACCEPTED
+from .pings.urls import PingUrl, parse_ping_url
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .stacks import StackSettings, include_problem
@@ -73,6 +75,8 @@ class Settings:
     stack_include: tuple[str, ...] = ()
     stack_exclude: tuple[str, ...] = ()
     stack_max_mb: int = 20
+    ping: PingUrl | None = None  # BACKUP_PING_URL: pinged at the start and end of every target's run
+    ping_timeout: float = 5.0  # seconds one ping may take
 
     @property
     def stack(self) -> StackSettings:
@@ -237,6 +241,7 @@ IDENTITIES = Parser(_identities, "an age identity file (`AGE-SECRET-KEY-1...` li
                     "private key")
 NOTIFY_URLS = Parser(_notify_urls, "apprise URLs, comma or line separated")
 NOTIFY_ON = Parser(parse_notify_on, ", ".join(f"`{on.value}`" for on in NotifyOn))
+PING_URL = Parser(lambda raw: parse_ping_url(raw) if raw.strip() else None, PING_ACCEPTED)
 SECRET_TEXT = Parser(lambda raw: raw or None, "text")
 DESTINATIONS = Parser(_destinations, "comma list of " + DESTINATIONS_ACCEPTED)
 NODE_NAME = Parser(_node_name, NODE_NAME_ACCEPTED.replace("'", "`"))
@@ -361,6 +366,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NOTIFY_ON", NOTIFY_ON, "failure", "`failure`: failures and the recovery after them; `always`: "
             "every run"),
     Setting("NOTIFY_TIMEOUT", seconds(1, 300), "10", "seconds one notification may take"),
+    Setting("BACKUP_PING_URL", PING_URL, None, "a heartbeat URL pinged when each target's backup starts, "
+            "succeeds or fails (a failure carries the run's last log lines): healthchecks.io (`hc+https://...`, "
+            "or any `https://hc-ping.com/...`), Uptime Kuma push (`kuma+https://...`, or a URL with "
+            "`/api/push/`), any other URL as a plain GET/POST; see docs/how-to/pings.md. Holds a token: never "
+            "shown", field="ping", secret=True, shown_default="unset"),
+    Setting("BACKUP_PING_TIMEOUT", seconds(1, 60), "5", "seconds one ping may take; a ping that fails is "
+            "logged and counted (`backup_sidecar_ping_failures_total`), never fails a backup",
+            field="ping_timeout"),
     Setting("METRICS_PORT", whole(0, 65535), "9918", "Prometheus endpoint (`/metrics`, `/healthz`); `0` turns "
             "it off", field="metrics_port"),
     Setting("METRICS_ADDR", TEXT, "0.0.0.0", "address the endpoint listens on (`::`: IPv6 and IPv4 where the system allows both)", field="metrics_addr",

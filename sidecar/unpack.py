@@ -63,6 +63,7 @@ class UnpackRequest:
     worker: WorkerSettings | None  # None: no worker is tried
     target: str  # backup name, for log lines
     only: tuple[str, ...] | None = None  # a preset's dump: the files it may write (Policy's `only`)
+    path: str | None = None  # only this member (a file or folder, sidecar.members.member_path); None: all
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
               "phase": "restore", "path": WORKER_PATH}
     command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--sha256", request.sha256,
                "--progress-interval=5", *(f"--skip={s}" for s in plan.skip),
-               *(f"--only={p}" for p in request.only or ())]
+               *(f"--only={p}" for p in request.only or ()), *([f"--path={request.path}"] if request.path else [])]
     keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
     try:

@@ -121,6 +121,7 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": target.method})
     try:
         with ctx.store.target_lock(target.backup_name):
+            ctx.pings.start(target.backup_name, target.config.ping)  # queued: costs the run nothing
             archives, downtime, image, stack = _backup(ctx, target, together)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})

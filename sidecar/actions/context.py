@@ -16,8 +16,10 @@ from ..discovery import Discovery, Scope, discover, resolve_scope
 from ..engine import Engine
 from ..errors import ConfigError, EngineError
 from ..labels import ENABLE
+from ..metrics import record_ping_failure
 from ..model import ContainerInfo, NodeIdentity
 from ..naming import ENCRYPTED_SUFFIX
+from ..pings.sender import Pinger
 from ..readers import WorkerSettings
 from ..settings import Settings
 from ..storage import BackupStore, Journal
@@ -42,6 +44,9 @@ class Context:
     # The node whose folder `destinations` use (BACKUP_NODE_PREFIX); None: the destinations'
     # roots, the single-host layout.
     prefix_node: str | None = None
+    # Heartbeat pings (BACKUP_PING_URL, backup.ping): run_backup starts them, whoever takes
+    # the outcome (the daemon, the `backup` command) finishes them; sent in the background.
+    pings: Pinger = field(default_factory=Pinger)
     _scope: Scope | None = field(default=None, repr=False)
     _own: str | None = field(default=None, repr=False)  # "" once looked up and not in a container
     _node: NodeIdentity | None = field(default=None, repr=False)
@@ -49,7 +54,9 @@ class Context:
     @classmethod
     def create(cls, settings: Settings, engine: Engine) -> "Context":
         store = BackupStore(settings.backup_dir, settings.file_mode)
-        ctx = cls(settings, engine, store, Journal(store.state_dir / "journal.json"))
+        pings = Pinger(settings.ping, settings.ping_timeout,
+                       on_failure=lambda target, kind: record_ping_failure(store.state_dir, target, kind))
+        ctx = cls(settings, engine, store, Journal(store.state_dir / "journal.json"), pings=pings)
         ctx.prefix_node = ctx._prefix_node()
         ctx.destinations = all_on_node(from_settings(settings), ctx.prefix_node)
         if ctx.prefix_node is not None and ctx.destinations:

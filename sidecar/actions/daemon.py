@@ -169,7 +169,8 @@ class Daemon:
     def _view(self, target: Target) -> TargetView:
         return TargetView(target.backup_name, items(target),
                           self._next[target.backup_name].timestamp(),
-                          target.config.schedule.max_interval.total_seconds(), may_be_at_risk(target))
+                          target.config.schedule.max_interval.total_seconds(),
+                          risk_possible=may_be_at_risk(target), pings=self.ctx.pings.kinds(target.config.ping))
 
     def _update_copy_metrics(self) -> None:
         if self.metrics is not None:
@@ -313,7 +314,7 @@ class Daemon:
                 logger.warning("backup skipped: the previous run of this target is still running",
                                extra={"target": target.backup_name, "phase": "schedule"})
                 self._record(BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, phase="schedule",
-                                           error="previous run still running", finished_at=self.ctx.now()))
+                                           error="previous run still running", finished_at=self.ctx.now()), target)
                 return
             self._running[target.backup_name] = self._pool.submit(self._run_one, target)
 
@@ -330,7 +331,7 @@ class Daemon:
                 for target in group.members:
                     self._record(BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED,
                                                phase="schedule", error="previous run still running",
-                                               finished_at=self.ctx.now()))
+                                               finished_at=self.ctx.now()), target)
                 return
             self._running[key] = self._pool.submit(self._run_group, group)
 
@@ -341,8 +342,8 @@ class Daemon:
             logger.exception("group backup crashed", extra={"group": group.name})
             outcomes = [BackupOutcome(t.backup_name, t.container.name, BackupResult.FAILURE, phase="internal",
                                       error=repr(exc), finished_at=self.ctx.now()) for t in group.members]
-        for outcome in outcomes:
-            self._record(outcome)
+        for target, outcome in zip(group.members, outcomes):
+            self._record(outcome, target)
         return outcomes
 
     def _run_one(self, target: Target) -> BackupOutcome:
@@ -352,10 +353,11 @@ class Daemon:
             logger.exception("backup crashed", extra={"target": target.backup_name})
             outcome = BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, phase="internal",
                                     error=repr(exc), finished_at=self.ctx.now())
-        self._record(outcome)
+        self._record(outcome, target)
         return outcome
 
-    def _record(self, outcome: BackupOutcome) -> None:
+    def _record(self, outcome: BackupOutcome, target: Target) -> None:
+        self.ctx.pings.finish(target.backup_name, target.config.ping, outcome)
         if self.metrics is not None:
             self.metrics.observe(outcome)
             self._update_copy_metrics()
@@ -387,6 +389,7 @@ class Daemon:
             self._wait_put_back(running)
         self._pool.shutdown(wait=not self.abandoned, cancel_futures=True)
         self._sync_pool.shutdown(wait=False, cancel_futures=True)
+        self.ctx.pings.close()  # the last runs' end pings, bounded by BACKUP_PING_TIMEOUT
         logger.info("stopped", extra={"phase": "shutdown"})
 
     def _wait_put_back(self, running: list[Future]) -> None:

@@ -47,3 +47,8 @@ def _item(ctx: Context, label: str | None, backup_name: str, dump: str) -> str:
         raise NotFound(f"{backup_name} has {'no preset dump' if not found else 'dumps of ' + ', '.join(found)}; "
                        "name one with --dump FILE")
     return found[0]
+
+
+def dump_item(ctx: Context, preset_label: str | None, backup_name: str, dump: str = "latest") -> str:
+    """The archive type (a dump's `volume` part) `restore --dump DUMP` reads: see `_item`."""
+    return _item(ctx, preset_label, backup_name, dump)

@@ -36,6 +36,7 @@ import pyrage
 from ..errors import ArchiveError, ChecksumMismatch, SidecarError
 from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
 from ..keys import DecryptionKeys
+from ..members import member_path, under
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sha256", help="the SHA-256 the sidecar verified; the file must still have it")
     parser.add_argument("--keys-file", type=Path)
     parser.add_argument("--progress-interval", type=float, default=1.0)
+    parser.add_argument("--path", type=member_path, help="restore only this file or folder (relative to the volume)")
     return parser
 
 
@@ -103,7 +105,9 @@ def run(args: argparse.Namespace) -> dict:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
         emit({"event": "started"})
-        summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only)
+        inside = under(args.path) if args.path else None
+        summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only,
+                          select=(lambda member: inside(member.name)) if inside else None)
     return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
             "stripped": summary.stripped}
 

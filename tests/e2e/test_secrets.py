@@ -1,7 +1,8 @@
 """Issue 11's secrets grep: a sidecar configured with every kind of secret (S3 keys, a
 password in S3_ENDPOINT_URL, an age passphrase read from a _FILE, notification URLs with a
-password and a token) runs every command, the daemon for a cycle, against a working store
-and receiver and against ones that fail; no secret (as written, URL-encoded, or base64 as in
+password and a token, ping URLs with a check's uuid, a push token and a password, and a
+bad ping label) runs every command, the daemon for a cycle, against a working store and
+receiver and against ones that fail; no secret (as written, URL-encoded, or base64 as in
 an Authorization header) appears in any output, log line, the metrics endpoint or the
 state folder."""
 
@@ -17,6 +18,7 @@ import pytest
 from .s3server import REGION
 from .support import log_records, wait_for
 from .test_notify import WebhookReceiver
+from tests.fakes.ping_receiver import PingReceiver
 
 ACCESS_KEY = "AKIDsecretKeyId42XYZ"
 SECRET_KEY = "wJalr/Secret+Key=Value42"
@@ -26,6 +28,9 @@ PASSPHRASE = "age pass-phrase/Secret+42"
 HOOK_PASSWORD = "HookPa55w0rdX"
 HOOK_TOKEN = "HOOKTOKEN9d8c7b6a"
 DEAD_PASSWORD = "DeadHookPa55Y"
+PING_CHECK = "7d1e0c2b-3a4f-4b5c-9d8e-0f1a2b3c4d5e"
+PUSH_TOKEN = "kumaPushTok3nZ"
+PUSH_PASSWORD = "PushPa55wordQ"
 
 
 def forms(secret: str) -> set[str]:
@@ -36,7 +41,8 @@ def forms(secret: str) -> set[str]:
 SECRETS = {name: forms(value) for name, value in {
     "access key": ACCESS_KEY, "secret key": SECRET_KEY, "endpoint password": ENDPOINT_PASSWORD,
     "passphrase": PASSPHRASE, "hook password": HOOK_PASSWORD, "hook token": HOOK_TOKEN,
-    "dead hook password": DEAD_PASSWORD}.items()}
+    "dead hook password": DEAD_PASSWORD, "ping check": PING_CHECK, "push token": PUSH_TOKEN,
+    "push password": PUSH_PASSWORD}.items()}
 
 
 def found_secrets(text: str) -> list[str]:
@@ -46,6 +52,7 @@ def found_secrets(text: str) -> list[str]:
 @pytest.mark.slow  # about 3 minutes: some twenty CLI runs
 def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, tmp_path):
     webhook = WebhookReceiver()
+    pings = PingReceiver()
     dead = WebhookReceiver()
     dead.close()  # a port nothing answers on
     passphrase_file = tmp_path / "passphrase"
@@ -57,10 +64,14 @@ def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, 
            "S3_REGION": REGION, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
            "BACKUP_AGE_PASSPHRASE_FILE": str(passphrase_file), "NOTIFY_URLS": f"{hook},{dead_hook}",
            "NOTIFY_ON": "always", "NOTIFY_TIMEOUT": "3", "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
-           "S3_ATTEMPTS": "2"}
+           "S3_ATTEMPTS": "2", "BACKUP_PING_URL": f"hc+http://127.0.0.1:{pings.port}/ping/{PING_CHECK}",
+           "BACKUP_PING_TIMEOUT": "2"}
     volume = lab.volume("data")
     lab.populate(volume, "echo hello > a.txt")
-    lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
+    push = f"kuma+http://kuma:{PUSH_PASSWORD}@127.0.0.1:{pings.port}/api/push/{PUSH_TOKEN}?status=up&msg=OK&ping="
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop", "backup.ping": push}, {volume: "/data"})
+    lab.workload("badping", {"backup.enable": "true", "backup.ping": f"ftp://127.0.0.1/{PUSH_TOKEN}"},
+                 {lab.volume("other"): "/data"})  # skipped: its label is reported, not quoted
     said: list[str] = []
     try:
         def cli(*args: str, **extra: str) -> int:
@@ -78,13 +89,14 @@ def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, 
         wrong = tmp_path / "wrong"
         wrong.write_text("not the " + PASSPHRASE[::-1])
         assert cli("restore", "app", "--volume", "data", "--force", BACKUP_AGE_PASSPHRASE_FILE=str(wrong)) != 0
-        webhook.status = 500
+        webhook.status = pings.status = 500
         closed = s3_server.endpoint_url.rsplit(":", 1)[0] + f":{dead.port}"
         unreachable = closed.replace("://", f"://{ENDPOINT_USER}:{quote(ENDPOINT_PASSWORD, safe='')}@", 1)
         for args in (("backup", "app"), ("sync",), ("list", "--remote"), ("plan",)):
             cli(*args, S3_ENDPOINT_URL=unreachable, S3_ATTEMPTS="1")
         assert cli("backup", "app", S3_ENDPOINT_URL="not a url " + unreachable) == 64
-        webhook.status = 200
+        webhook.status = pings.status = 200
+        assert cli("backup", "app", BACKUP_PING_URL=f"hc+http://127.0.0.1:{dead.port}/ping/{PING_CHECK}") == 0
 
         daemon, log = lab.start_cli("run", log_name="daemon.log", **env, S3_SYNC_INTERVAL="1",
                                     BACKUP_DEFAULT_SCHEDULE="* * * * * */5")
@@ -100,6 +112,7 @@ def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, 
         said.append("daemon:\n" + log.read_text(errors="replace"))
     finally:
         webhook.close()
+        pings.close()
     for path in (lab.backup_dir / ".sidecar").rglob("*"):
         if path.is_file():
             said.append(f"{path}:\n" + path.read_text(errors="replace"))
@@ -111,5 +124,8 @@ def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, 
     auth = base64.b64encode(f"hook:{HOOK_PASSWORD}".encode()).decode()
     assert all(r["headers"]["Authorization"] == f"Basic {auth}" for r in webhook.requests)
     assert all(r["path"] == f"/notify/{HOOK_TOKEN}" for r in webhook.requests)
+    # The ping URLs were in use: the check's uuid and the push token reached the receiver.
+    assert any(r.path.startswith(f"/ping/{PING_CHECK}/") for r in pings.requests)
+    assert any(r.path == f"/api/push/{PUSH_TOKEN}" for r in pings.requests)
     assert lab.archives() and all(a.name.endswith(".age") for a in lab.archives())
     assert not found_secrets(text), (found_secrets(text), text[-4000:])

@@ -4,6 +4,8 @@ never holding a scrape on an engine that does not answer, failures logged once).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import threading
@@ -45,7 +47,7 @@ def busy(tmp_path: Path, **kwargs) -> Metrics:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INFO).write_text(json.dumps({"bytes": 123}))
     m = Metrics(CollectorRegistry(), state_path=tmp_path / "metrics.json", **kwargs)
-    m.discovered([VIEW], 0)
+    m.discovered([dataclasses.replace(VIEW, pings=("hc",))], 0)
     m.copy_state({("app", "data"): CopyState(1.0, {"s3": 2.0}, 2)})
     m.set_up(True)
     archive = ArchiveResult(Path("/b/daily/app_data_2026-01-01_daily.tar.zst"), 10, 30, "0" * 64)

@@ -35,6 +35,12 @@ TAIL_KEPT = 4096  # last bytes of a dump kept to check that it ended as the tool
 _PART = re.compile(r"^(?P<file>[^/]+)\.(?P<n>\d{6})$")
 
 
+def part_of(name: str) -> tuple[str, int] | None:
+    """(file, number) of a dump part's member name (`pg_dumpall.sql.000003`), else None."""
+    match = _PART.match(name.removeprefix("./"))
+    return (match["file"], int(match["n"])) if match else None
+
+
 def parts_tar(chunks: Iterable[bytes], file: str, mtime: float | None = None,
               part_size: int = PART_SIZE) -> Iterator[bytes]:
     """A tar stream of `chunks` cut into members `{file}.000000`, `{file}.000001`, ...
