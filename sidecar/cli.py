@@ -480,6 +480,9 @@ def cmd_restore_stack(ctx: Context, args) -> int:
     print(f"restored {outcome.archive} into {outcome.into} ({outcome.members} entries, {outcome.seconds:.1f} s); "
           f"next: cd {outcome.into} && docker compose up -d (files from outside the project folder are under "
           f"{outcome.into}/_outside), then restore the volumes")
+    return 0
+
+
 def _restore_path(ctx: Context, args, source: str | None) -> int:
     if args.node is not None:
         raise ConfigError("--path and --into read this node's archives (or --from DEST's); --node is not supported")
