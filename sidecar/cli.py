@@ -20,7 +20,9 @@ from .actions.context import Context
 from .actions.daemon import Daemon
 from .actions.images import run_restore_image
 from .actions.sync import run_sync
-from .actions.listing import run_list, run_list_remote
+from .actions.listing import run_list, run_list_remote, run_list_snapshots
+from .actions.formats import format_of
+from .actions.restore_snapshot import run_restore_snapshot
 from .actions.plan import run_plan
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
@@ -91,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+    p.add_argument("--snapshot", default=None, metavar="ID|NAME|latest",
+                   help="backup.format=restic: the snapshot to restore (its id, or its name as `list` shows it); "
+                        "default: the newest")
+    p.add_argument("--path", default=None, metavar="PATH",
+                   help="backup.format=restic: restore only this file or folder (relative to the volume), over "
+                        "what is there; the rest of the volume is left as it is")
     p.add_argument("--from", dest="source", default=None, metavar="DEST",
                    help="a destination's name (s3, an rclone remote's name, local): download the archive from "
                         "that destination first (a new host with an empty backup volume); default: the backup "
@@ -258,6 +266,9 @@ def cmd_backup(ctx: Context, args) -> int:
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
+            for snap in outcome.snapshots:
+                print(f"{target.backup_name}: snapshot {snap.snapshot_id[:8]} of {snap.item} ({snap.raw_bytes} bytes "
+                      f"read, {snap.added_bytes} new to the repository)")
             if (image := outcome.image_archive) is not None:
                 print(f"{target.backup_name}: exported image {target.container.image} to {image.path} "
                       f"({image.size} bytes, sha256 {image.sha256})")
@@ -279,14 +290,23 @@ def cmd_list(ctx: Context, args) -> int:
     if args.remote is not None or args.node is not None:
         return _list_remote(ctx, args)
     rows = run_list(ctx, args.name, verify=args.verify)
+    snapshots = run_list_snapshots(ctx, args.name)
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        print(json.dumps([dataclasses.asdict(r) for r in rows]
+                         + [{"kind": "restic-snapshot", **dataclasses.asdict(s)} for s in snapshots], indent=2))
         return 0
-    if not rows:
+    if not rows and not snapshots:
         print(f"no archives in {ctx.store.root}")
         return 0
-    _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
-           [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
+    if rows:
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
+               [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
+    if snapshots:
+        if rows:
+            print()
+        print(f"restic snapshots in {ctx.store.root / 'restic'}:")
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "ID", "HOST", "NAME"],
+               [[s.date, s.target, s.volume, s.frequency, s.id, s.host, s.name] for s in snapshots])
     return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
 
 
@@ -354,11 +374,27 @@ def cmd_restore(ctx: Context, args) -> int:
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
         return 0
+    if args.snapshot is not None or args.path is not None or _restic_target(ctx, args.name):
+        if source is not None or args.node is not None:
+            raise ConfigError("restore --from/--node of restic snapshots is not implemented yet: restore from the "
+                              "local repository (BACKUP_DIR/restic)")
+        done = run_restore_snapshot(ctx, args.name, args.volume, args.snapshot or "latest", args.force, args.path)
+        what = f"{done.path} of " if done.path else ""
+        print(f"restored {what}snapshot {done.snapshot[:8]} ({done.name}) into {done.container} volume {done.volume} "
+              f"({done.seconds:.1f} s)")
+        return 0
     outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source,
                           node=args.node)
     print(f"restored {outcome.archive} into {outcome.container} volume {outcome.volume} "
           f"({outcome.members} entries, {outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
     return 0
+
+
+def _restic_target(ctx: Context, name: str) -> bool:
+    """Whether `name` is a target stored by backup.format=restic (BACKUP_FORMAT for a
+    container that is no target, e.g. on a new host)."""
+    target = ctx.discover().find(name)
+    return (format_of(ctx, target) if target is not None else ctx.settings.backup_format).value == "restic"
 
 
 def cmd_sync(ctx: Context, args) -> int:

@@ -21,6 +21,7 @@ from .errors import LabelError
 from .model import (
     Compression,
     ImagePolicy,
+    StorageFormat,
     ContainerInfo,
     Mount,
     SharedPolicy,
@@ -64,6 +65,7 @@ PRESETS = ("postgres", "sqlite", "mysql", "mariadb", "redis", "prometheus", "mon
 DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 MIRROR = "backup.mirror"
+FORMAT = "backup.format"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -206,6 +208,9 @@ LABELS: tuple[Label, ...] = (
     Label(MIRROR, BOOLEAN, True, "`stop`/`pause`: keep a staging mirror of each volume on the backup volume so "
           "the container is down only while what changed is copied (see How it works); a false value: down "
           "while the whole volume is read", field="mirror"),
+    Label(FORMAT, member_of(StorageFormat), None, "`archive`: dated `.tar.zst` files; `restic`: one snapshot per "
+          "volume (or dump) and run in the deduplicated restic repository `BACKUP_DIR/restic` (see "
+          "docs/how-to/restic.md)", field="format", shown_default="`BACKUP_FORMAT`"),
 )
 
 KNOWN_LABELS = tuple(label.name for label in LABELS)

@@ -34,6 +34,16 @@ class Compression(enum.Enum):
         return self.value
 
 
+class StorageFormat(enum.Enum):
+    """How a target's backups are stored (BACKUP_FORMAT, label backup.format)."""
+
+    ARCHIVE = "archive"  # dated .tar.zst files: the seed's format, readable with tar alone
+    RESTIC = "restic"  # snapshots in a deduplicated restic repository under BACKUP_DIR
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ImagePolicy(enum.Enum):
     AUTO = "auto"  # export only images that cannot be pulled again (no repository digest)
     ALWAYS = "always"
@@ -162,6 +172,7 @@ class TargetConfig:
     preset_database: str | None = None
     sqlite_paths: tuple[str, ...] = ()
     mirror: bool = True  # stop/pause through a staging mirror (label backup.mirror)
+    format: StorageFormat | None = None  # label backup.format; None: BACKUP_FORMAT
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recip
 from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
+from .model import StorageFormat
 from .naming import NODE_NAME_ACCEPTED, node_name_problem
-from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, truth, whole, \
+from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, member_of, one_of, seconds, truth, whole, \
     without_userinfo
 
 LOG_FORMATS = ("json", "text")
@@ -68,6 +69,8 @@ class Settings:
     worker_timeout: float = 86400.0  # seconds one worker container may run
     node_name: str | None = None  # BACKUP_NODE_NAME; None: the engine's name
     node_prefix: bool | None = None  # BACKUP_NODE_PREFIX; None (auto): on when the engine is an active Swarm node
+    backup_format: StorageFormat = StorageFormat.ARCHIVE  # BACKUP_FORMAT (label backup.format per container)
+    restic_password: str | None = None  # RESTIC_PASSWORD(_FILE): the restic repositories' key; never logged
 
     @property
     def state_dir(self) -> Path:
@@ -268,6 +271,12 @@ SETTINGS: tuple[Setting, ...] = (
             "one-shot commands log `WARNING` and above", field="log_level"),
     Setting("DOCKER_HOST", TEXT, None, "the engine to talk to (`unix://PATH`, `tcp://HOST:PORT`, ...)",
             field="docker_host", file=False, shown_default="`unix:///var/run/docker.sock`"),
+    Setting("BACKUP_FORMAT", member_of(StorageFormat), "archive", "`archive`: dated `.tar.zst` files; `restic`: "
+            "snapshots in the deduplicated restic repository `BACKUP_DIR/restic` (needs `RESTIC_PASSWORD`; see "
+            "docs/how-to/restic.md). The label `backup.format` chooses per container", field="backup_format"),
+    Setting("RESTIC_PASSWORD", SECRET_TEXT, None, "the restic repository's password (restic's own name; best as "
+            "`RESTIC_PASSWORD_FILE`, a Docker secret): a symmetric key, whoever holds it reads every snapshot",
+            field="restic_password", secret=True, shown_default="unset"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
             "periods to keep; frequencies not named keep their default", field="keep"),
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",
@@ -387,6 +396,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     fields["destinations"] = _chosen_destinations(env, values, fields["s3"], problems)
     fields["encryption"], fields["decryption"] = _encryption(values, problems)
     fields["notify"] = _notify(values, problems)
+    if values["BACKUP_FORMAT"] is StorageFormat.RESTIC and values["RESTIC_PASSWORD"] is None:
+        problems.append("BACKUP_FORMAT=restic needs the repository's password: set RESTIC_PASSWORD_FILE (a file or "
+                        "Docker secret holding it) or RESTIC_PASSWORD")
     if problems:
         raise SettingsError(problems)
     return Settings(**fields)

@@ -14,6 +14,7 @@ from ..model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
 from .mirror import MirrorJob, run_mirror
+from .restic import run_restic
 
 _emit_lock = threading.Lock()
 
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--go", action="store_true", help="wait for the sidecar's go file before the pass")
     mirror.add_argument("--wait-timeout", type=float, default=3600.0)
     mirror.add_argument("--progress-interval", type=float, default=1.0)
+    restic = sub.add_parser("restic", help="run restic on a repository of the backup volume (ARGS after --)")
+    restic.add_argument("--repo", type=Path, help="the repository's folder restic writes to (its owner is kept)")
+    restic.add_argument("--store", type=Path, help="the backup volume's root in the worker, when mounted read-write")
+    restic.add_argument("args", nargs="*")
     return parser
 
 
@@ -52,6 +57,12 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "mirror":
         return _mirror(args)
+    if args.command == "restic":
+        try:
+            return run_restic(args.repo, args.store, list(args.args), emit)
+        except OSError as exc:
+            emit({"event": "error", "message": f"restic: {exc}"})
+            return 1
     job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
                      args.progress_interval)
     try:

@@ -39,6 +39,7 @@ LAYERS = {
     "sidecar.keys": CORE,
     "sidecar.values": CORE,
     "sidecar.mirrordiff": CORE,
+    "sidecar.snapshots": CORE,  # restic snapshots in the seed's vocabulary (tags, names, keep)
     "sidecar.notify.urls": CORE,
     "sidecar.engine": ADAPTERS,
     "sidecar.archive": ADAPTERS,
@@ -52,6 +53,7 @@ LAYERS = {
     "sidecar.destinations": ADAPTERS,
     "sidecar.readers": ADAPTERS,
     "sidecar.extract": ADAPTERS,
+    "sidecar.restic": ADAPTERS,  # restic, the program, as a child process
     "sidecar.unpack": ADAPTERS,  # the restore's unpack paths (worker, engine API)
     "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ...archive import ArchiveResult, ProgressLog
 from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
@@ -158,7 +158,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         how = unpack.UnpackRequest(container, mount, archive, check.sha256, ctx.settings.decryption,
                                    ctx.worker_settings, backup_name)
         plan, reason = unpack.worker_plan(ctx.engine, how)  # probes: before anything is stopped
-        downtime = _replace(ctx, request, volume_name, how, plan, reason, fields)
+        downtime = replace_contents(ctx, request, volume_name, mount, fields, lambda current: _unpack(
+            ctx, dataclasses.replace(how, container=current), plan, reason, fields))
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -166,11 +167,13 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                           downtime)
 
 
-def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpack.UnpackRequest,
-             plan: unpack.WorkerPlan | None, reason: str, fields: dict) -> float:
-    """Stop, empty, unpack, start; returns the seconds the container was down. A container a
-    failed restore left stopped is started once this restore succeeds."""
-    container, backup_name, mount = request.container, request.backup_name, how.mount
+def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mount: Mount, fields: dict,
+                     write: Callable[[ContainerInfo], object], clear: bool = True) -> float:
+    """Stop, empty (unless `clear` is False: one file or folder written over the rest), call
+    `write` with the container whose mounts reach the volume, start; returns the seconds the
+    container was down. A container a failed restore left stopped is started once this
+    restore succeeds."""
+    container, backup_name = request.container, request.backup_name
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
         current = ctx.engine.inspect(container.id) if container.id else container  # "": see left_at_zero
@@ -182,7 +185,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
         current = stack.enter_context(ctx.readable(current))
         emptied = was_left
         try:
-            if not ctx.engine.path_is_empty(current.id, mount.destination):
+            if clear and not ctx.engine.path_is_empty(current.id, mount.destination):
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
                 emptied = True
@@ -190,7 +193,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
                     journal_left_stopped(ctx, current, backup_name)
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
-            _unpack(ctx, dataclasses.replace(how, container=current), plan, reason, fields)
+            write(current)
         except SidecarError as err:
             if emptied:
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
