@@ -23,6 +23,7 @@ from .actions.sync import run_sync
 from .actions.listing import run_list, run_list_remote, run_list_snapshots
 from .actions.formats import format_of
 from .actions.restore_snapshot import run_restore_snapshot
+from .actions.maintenance import has_repository, run_check, run_prune
 from .actions.plan import run_plan
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "deletes a target's newest good archive; refuses to delete all of them.")
     p.add_argument("name", nargs="?", metavar="NAME")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+
+    p = sub.add_parser("check", help="backup.format=restic: verify the local repository (restic check)",
+                       description="Run `restic check` on BACKUP_DIR/restic, reading back a subset of its data "
+                                   "(BACKUP_RESTIC_CHECK_SUBSET); the result goes to the metrics.")
+    p.add_argument("--read-data-subset", default=None, metavar="SUBSET",
+                   help="e.g. 5%%, 1/7, 500M, or none (default: BACKUP_RESTIC_CHECK_SUBSET)")
 
     p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
                        description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
@@ -427,6 +434,11 @@ def cmd_prune(ctx: Context, args) -> int:
         return discovery.keep_for(name, ctx.settings.keep)
 
     rotation = run_rotation(ctx, keep_for, backup_name=backup_name, dry_run=dry_run, images=backup_name is None)
+    restic = run_prune(ctx, keep_for, dry_run) if has_repository(ctx) and backup_name is None else None
+    if restic is not None:
+        verb = "would forget" if dry_run else "forgot"
+        print(f"restic: {verb} {restic.forgotten} snapshots; prune {'ok' if restic.ok else 'FAILED'} in "
+              f"{restic.seconds:.1f} s: {restic.detail}", file=sys.stdout if restic.ok else sys.stderr)
     result, images, remote = rotation.local, rotation.images, rotation.remote
     for t in result.targets:
         for archive in t.deleted:
@@ -442,7 +454,18 @@ def cmd_prune(ctx: Context, args) -> int:
             print(f"{part.destination}: {verb} {relpath}")
         if part.error:
             print(f"{part.destination}: prune failed: {part.error}", file=sys.stderr)
-    return 0 if rotation.ok else 1
+    return 0 if rotation.ok and (restic is None or restic.ok) else 1
+
+
+def cmd_check(ctx: Context, args) -> int:
+    if not has_repository(ctx):
+        raise ConfigError(f"no restic repository to check in {ctx.store.root / 'restic'} (or RESTIC_PASSWORD(_FILE) "
+                          "is not set)")
+    subset = args.read_data_subset if args.read_data_subset is not None else ctx.settings.restic_check_subset
+    result = run_check(ctx, None if subset == "none" else subset)
+    print(f"restic check {'passed' if result.ok else 'FAILED'} ({result.seconds:.1f} s): {result.detail}",
+          file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def cmd_restore_image(ctx: Context, args) -> int:
@@ -498,5 +521,6 @@ COMMANDS = {
     "restore": cmd_restore,
     "restore-image": cmd_restore_image,
     "prune": cmd_prune,
+    "check": cmd_check,
     "sync": cmd_sync,
 }

@@ -71,6 +71,9 @@ class Settings:
     node_prefix: bool | None = None  # BACKUP_NODE_PREFIX; None (auto): on when the engine is an active Swarm node
     backup_format: StorageFormat = StorageFormat.ARCHIVE  # BACKUP_FORMAT (label backup.format per container)
     restic_password: str | None = None  # RESTIC_PASSWORD(_FILE): the restic repositories' key; never logged
+    restic_prune_interval: float = 7 * 86400.0  # seconds between the daemon's forget + prune (0: never)
+    restic_check_interval: float = 86400.0  # seconds between the daemon's restic checks (0: never)
+    restic_check_subset: str | None = "5%"  # --read-data-subset of each check (None: structure only)
 
     @property
     def state_dir(self) -> Path:
@@ -161,6 +164,14 @@ def _node_prefix(raw: str) -> bool | None:
     return value
 
 
+def _check_subset(raw: str) -> str | None:
+    if raw.strip().lower() == "none":
+        return None
+    if not re.fullmatch(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?", raw.strip()):
+        raise ValueError("accepted: N% (5%), n/t (1/7), a size (500M), none")
+    return raw.strip()
+
+
 def _passphrase(raw: str) -> str:
     if raw == "":
         raise ValueError("it is empty; expected a passphrase (or unset it)")
@@ -234,6 +245,7 @@ SECRET_TEXT = Parser(lambda raw: raw or None, "text")
 DESTINATIONS = Parser(_destinations, "comma list of " + DESTINATIONS_ACCEPTED)
 NODE_NAME = Parser(_node_name, NODE_NAME_ACCEPTED.replace("'", "`"))
 NODE_PREFIX = Parser(_node_prefix, "`auto`, " + BOOLEAN.accepted)
+CHECK_SUBSET = Parser(lambda raw: _check_subset(raw), "`N%`, `n/t`, a size such as `500M`, or `none`")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -277,6 +289,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RESTIC_PASSWORD", SECRET_TEXT, None, "the restic repository's password (restic's own name; best as "
             "`RESTIC_PASSWORD_FILE`, a Docker secret): a symmetric key, whoever holds it reads every snapshot",
             field="restic_password", secret=True, shown_default="unset"),
+    Setting("BACKUP_RESTIC_PRUNE_INTERVAL", seconds(0, 365 * 86400), str(7 * 86400), "seconds between the "
+            "daemon's `restic forget` + `prune` of the local repository (its cost is logged); `0`: only the "
+            "`prune` command", field="restic_prune_interval"),
+    Setting("BACKUP_RESTIC_CHECK_INTERVAL", seconds(0, 365 * 86400), "86400", "seconds between the daemon's "
+            "`restic check` of the local repository (result in the metrics); `0`: never",
+            field="restic_check_interval"),
+    Setting("BACKUP_RESTIC_CHECK_SUBSET", CHECK_SUBSET, "5%", "what each check reads back and verifies "
+            "(`--read-data-subset`: `5%`, `1/7`, `500M`); `none`: the structure only",
+            field="restic_check_subset"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
             "periods to keep; frequencies not named keep their default", field="keep"),
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
+import time
 
 import pytest
 
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
-from sidecar.metrics import Metrics
+from sidecar.actions.maintenance import due, run_check, run_prune
+from sidecar.actions.recover import run_recovery
+from sidecar.metrics import Metrics, TargetView
 from sidecar.model import ContainerState
 from sidecar.readers.worker import WorkerReader
 from sidecar.snapshots import parse_snapshots
@@ -84,7 +86,6 @@ def test_a_volume_becomes_one_tagged_snapshot_per_run_and_the_second_run_is_incr
     # Metrics: read vs added bytes per volume, snapshots per volume, the repository's size.
     metrics = Metrics(state_path=rctx.store.state_dir / "metrics.json")
     metrics.observe(second)
-    from sidecar.metrics import TargetView
     metrics.discovered([TargetView("app", ("data",), 0.0, 86400.0)], 0)
     get = metrics.registry.get_sample_value
     assert get("backup_sidecar_restic_added_bytes", {"target": "app", "volume": "data"}) == snap2.added_bytes
@@ -144,3 +145,61 @@ def test_the_label_chooses_restic_for_one_container_while_the_default_stays_arch
     assert run_backup(ctx, _target(ctx)).snapshots
     other = run_backup(ctx, _target(ctx, "other"))
     assert other.ok and other.archives and not other.snapshots
+
+
+def _two_runs(engine, rctx, tmp_path, **labels):
+    data = tmp_path / "data"
+    data.mkdir()
+    engine.add_container("app-1", app_labels(strategy="hot", **labels), {"/data": data})
+    for n in range(2):
+        (data / "f.bin").write_bytes(os.urandom(1 << 20))
+        assert run_backup(rctx, _target(rctx)).ok
+
+
+def test_prune_forgets_by_the_keep_rules_and_frees_the_space_its_log_counts(engine, make_ctx, tmp_path):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,
+                   BACKUP_PRUNE_DRY_RUN="true")  # the runs keep both snapshots; prune forgets
+    _two_runs(engine, ctx, tmp_path)
+    assert len(parse_snapshots(restic(ctx, "snapshots", "--json"))) == 2
+    result = run_prune(ctx, lambda name: ctx.discover().keep_for(name, ctx.settings.keep))
+    assert result.ok and result.forgotten == 1, result
+    assert len(parse_snapshots(restic(ctx, "snapshots", "--json"))) == 1
+    freed = int(result.detail.split()[0])
+    assert freed >= 1 << 20  # the forgotten run's random megabyte is gone from the disk
+    state = json.loads((ctx.store.state_dir / "restic.json").read_text())
+    assert state["prune"]["ok"] is True and state["snapshots"] == {"app/data": 1}
+
+
+def test_check_reads_data_back_and_a_damaged_pack_fails_it_into_the_metrics(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    assert set(due(rctx)) == {"prune", "check"}  # never run yet
+    assert run_check(rctx, "100%").ok
+    assert due(rctx) == ("prune",)
+    pack = max((rctx.store.root / "restic" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    pack.chmod(0o600)
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    failed = run_check(rctx, "100%")
+    assert not failed.ok
+    metrics = Metrics(state_path=rctx.store.state_dir / "metrics.json")
+    assert metrics.registry.get_sample_value("backup_sidecar_restic_check_ok", {}) == 0
+    assert metrics.registry.get_sample_value("backup_sidecar_restic_check_timestamp_seconds", {}) > 0
+
+
+def test_recovery_removes_a_stale_lock_of_a_killed_run(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
+    # A restic process killed while it held the repository's lock (as a SIGKILLed backup leaves it).
+    proc = subprocess.Popen(["restic", "-r", str(rctx.store.root / "restic"), "--no-cache", "backup",
+                             "--stdin", "--stdin-filename", "x"], stdin=subprocess.PIPE, env=env)
+    locks = rctx.store.root / "restic" / "locks"
+    deadline = time.monotonic() + 30
+    while not list(locks.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(locks.iterdir())
+    run_recovery(rctx)
+    assert not list(locks.iterdir())

@@ -18,7 +18,7 @@ from .archive import ArchiveFormat
 from .base import Format, Published, SnapshotResult
 from .restic import ResticFormat
 
-__all__ = ["FORMATS", "Format", "Published", "SnapshotResult", "for_target", "format_of"]
+__all__ = ["FORMATS", "Format", "Published", "SnapshotResult", "StorageFormat", "for_target", "format_of"]
 
 FORMATS: dict[StorageFormat, Format] = {StorageFormat.ARCHIVE: ArchiveFormat(), StorageFormat.RESTIC: ResticFormat()}
 
