@@ -14,7 +14,9 @@ import pytest
 
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
+from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.maintenance import due, run_check, run_prune
+from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
 from sidecar.metrics import Metrics, TargetView
 from sidecar.model import ContainerState
@@ -203,3 +205,12 @@ def test_recovery_removes_a_stale_lock_of_a_killed_run(engine, rctx, tmp_path):
     assert list(locks.iterdir())
     run_recovery(rctx)
     assert not list(locks.iterdir())
+
+
+def test_plan_and_list_show_snapshots_in_the_archive_vocabulary(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    [newest] = run_list_snapshots(rctx, "app")  # the first run's was forgotten (one per period)
+    assert (newest.target, newest.volume, newest.frequency, newest.host) == ("app", "data", "daily", "fake-node")
+    assert newest.name == f"app_data_{newest.date[:10]}_daily"
+    [row] = run_plan(rctx)[0]
+    assert row.latest == newest.name and row.copies == 1
