@@ -40,6 +40,7 @@ def _read(records: list[dict]) -> dict:
     return record
 
 
+@pytest.mark.slow  # about 140 s here (a 50 MiB tree, two backups, three restores); the S3 test runs by default
 def test_backup_twice_incrementally_then_restore_whole_and_one_file(lab, worker_image, tmp_path):
     volume = lab.volume("data")
     lab.populate(volume, VARIED_TREE + "printf 'version one\\n' > notes.txt\n")
