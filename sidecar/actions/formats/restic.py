@@ -105,15 +105,24 @@ class ResticVolumeCapture:
         self.item = volume.volume_name
         self.mounts = volume_mounts(container, volume.mount)
         self.result: SnapshotResult | None = None
+        self._parent: tuple[str | None] | None = None  # looked up (before the quiesce when there is one)
+
+    def prepare(self) -> None:
+        """Before the container is quiesced: the parent snapshot (a restic call of its own
+        that need not lengthen the stop window)."""
+        try:
+            self._parent = (_parent(self.repo, self.target, self.item, self.ctx.node().name),)
+        except ResticError as err:
+            raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
 
     def read(self) -> None:
         ctx, name, item = self.ctx, self.target.backup_name, self.item
         fields = {"target": name, "volume": item, "phase": "read"}
         host = ctx.node().name
-        try:
-            parent = _parent(self.repo, self.target, item, host)
-        except ResticError as err:
-            raise BackupError(name, "read", f"volume {item}: {err}") from err
+        if self._parent is None:  # a hot target: no prepare
+            self.prepare()
+        assert self._parent is not None
+        (parent,) = self._parent
         with password_file(ctx, self.repo) as password:
             spec = self._spec(password, host, parent)
             lines = _WorkerLines(_progress(ctx, self.target, item, "read"), fields)
