@@ -85,16 +85,19 @@ LABEL org.opencontainers.image.title="backup-sidecar" \
 # 1 MB). apt's lists and caches go in the same layer (they would weigh 80 MB).
 # rclone (Debian's package, 56 MiB installed) drives rclone destinations (BACKUP_DESTINATIONS);
 # --build-arg WITH_RCLONE=false leaves it out (S3 and a mounted disk need no rclone).
+# restic (Debian's package, 0.14) writes and reads BACKUP_FORMAT=restic repositories, in the
+# sidecar and in its worker containers (sidecar/restic.py).
 ARG WITH_RCLONE=true
 RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         zstd \
+        restic \
         $(if [ "$WITH_RCLONE" = true ]; then echo rclone; fi) \
         ; \
     apt-get clean; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log; \
-    tar --version | head -n 1 | grep -q 'GNU tar'; gzip --version >/dev/null; zstd --version; \
+    tar --version | head -n 1 | grep -q 'GNU tar'; gzip --version >/dev/null; zstd --version; restic version; \
     if [ "$WITH_RCLONE" = true ]; then rclone version | head -n 1; fi
 
 # The backup volume belongs to the sidecar's user (a new volume takes this owner and mode;

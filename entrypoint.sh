@@ -2,7 +2,7 @@
 # Container entrypoint of backup-sidecar.
 #
 #   (no args) | run ...     exec `backup-sidecar run ...`
-#   backup|list|plan|restore|restore-image|prune|sync|healthcheck|version ...   exec `backup-sidecar ...`
+#   backup|list|plan|restore|restore-image|restore-stack|check|prune|sync|healthcheck|version ...   exec `backup-sidecar ...`
 #   -h | --help | --option ...                          exec `backup-sidecar ...`
 #   any other program (sh, ls, ...)                     exec it as is
 #
@@ -64,7 +64,7 @@ if [ "$(id -u)" = 0 ] && [ "$SIDECAR_UID" != 0 ]; then
 fi
 
 case "$1" in
-    run|backup|list|plan|restore|restore-image|prune|sync|healthcheck|version|-*)
+    run|backup|list|plan|restore|restore-image|restore-stack|check|prune|sync|healthcheck|version|-*)
         exec backup-sidecar "$@"
         ;;
     *)

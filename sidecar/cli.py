@@ -22,7 +22,10 @@ from .actions.daemon import Daemon
 from .actions.images import run_restore_image
 from .actions.stack import run_restore_stack
 from .actions.sync import run_sync
-from .actions.listing import run_list, run_list_remote
+from .actions.listing import run_list, run_list_remote, run_list_snapshots
+from .actions.formats import format_of
+from .actions.restore_snapshot import run_restore_snapshot
+from .actions.maintenance import has_repository, run_check, run_prune
 from .actions.plan import run_plan, unused_mirrors
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
@@ -106,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
+    p.add_argument("--snapshot", default=None, metavar="ID|NAME|latest",
+                   help="backup.format=restic: the snapshot to restore (its id, or its name as `list` shows it); "
+                        "default: the newest")
     p.add_argument("--from", dest="source", default=None, metavar="DEST",
                    help="a destination's name (s3, an rclone remote's name, local): download the archive from "
                         "that destination first (a new host with an empty backup volume); default: the backup "
@@ -114,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the archive from NODE's folder on the destination (BACKUP_NODE_PREFIX): restore here "
                         "what another node backed up; with --from DEST, else the first destination")
     p.add_argument("--path", metavar="PATH",
-                   help="restore only this file or folder of the archive (relative to the volume, as `list NAME "
-                        "--files` shows it); the rest of the volume is untouched; the container is stopped (or "
-                        "paused) only if its backup.strategy says so")
+                   help="restore only this file or folder of the archive or snapshot (relative to the volume, as "
+                        "`list NAME --files` shows it); the rest of the volume is untouched; the container is "
+                        "stopped (or paused) only if its backup.strategy says so")
     p.add_argument("--into", metavar="FOLDER",
                    help="write into FOLDER on the backup volume (under BACKUP_DIR; relative to it) for inspection "
                         "instead of the container's volume; with --dump, the dump's files")
@@ -146,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", default=None, metavar="DEST",
                    help="a destination's name: download the archive from there first (a new host)")
     p.add_argument("--node", metavar="NODE", type=_node_option, help="from NODE's folder on the destination")
+    p = sub.add_parser("check", help="backup.format=restic: verify the local repository (restic check)",
+                       description="Run `restic check` on BACKUP_DIR/restic, reading back a subset of its data "
+                                   "(BACKUP_RESTIC_CHECK_SUBSET); the result goes to the metrics.")
+    p.add_argument("--read-data-subset", default=None, metavar="SUBSET",
+                   help="e.g. 5%%, 1/7, 500M, or none (default: BACKUP_RESTIC_CHECK_SUBSET)")
 
     p = sub.add_parser("restore-image", help="load an exported image back into the engine (docker load)",
                        description="Verify an image export (images/...tar.zst) and load it with `docker load`.")
@@ -319,6 +330,9 @@ def cmd_backup(ctx: Context, args) -> int:
                 archive = outcome.stack.archive
                 print(f"{target.backup_name}: wrote the stack of project {outcome.stack.project}: {archive.path} "
                       f"({archive.size} bytes, sha256 {archive.sha256})")
+            for snap in outcome.snapshots:
+                print(f"{target.backup_name}: snapshot {snap.snapshot_id[:8]} of {snap.item} ({snap.raw_bytes} bytes "
+                      f"read, {snap.added_bytes} new to the repository)")
             if (image := outcome.image_archive) is not None:
                 print(f"{target.backup_name}: exported image {target.container.image} to {image.path} "
                       f"({image.size} bytes, sha256 {image.sha256})")
@@ -344,14 +358,23 @@ def cmd_list(ctx: Context, args) -> int:
     if args.files is not None:
         return _list_files(ctx, args)
     rows = run_list(ctx, args.name, verify=args.verify)
+    snapshots = run_list_snapshots(ctx, args.name)
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        print(json.dumps([dataclasses.asdict(r) for r in rows]
+                         + [{"kind": "restic-snapshot", **dataclasses.asdict(s)} for s in snapshots], indent=2))
         return 0
-    if not rows:
+    if not rows and not snapshots:
         print(f"no archives in {ctx.store.root}")
         return 0
-    _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
-           [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
+    if rows:
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "CHECKSUM", "OFFSITE", "PATH"],
+               [[r.date, r.target, r.volume, r.frequency, _size(r.size), r.checksum, r.offsite, r.path] for r in rows])
+    if snapshots:
+        if rows:
+            print()
+        print(f"restic snapshots in {ctx.store.root / 'restic'}:")
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "ID", "HOST", "NAME"],
+               [[s.date, s.target, s.volume, s.frequency, s.id, s.host, s.name] for s in snapshots])
     return 1 if any(r.checksum in ("mismatch", "unreadable") for r in rows) else 0
 
 
@@ -459,12 +482,26 @@ def cmd_restore(ctx: Context, args) -> int:
     dump = args.dump
     if dump is None and preset_of_type(args.volume) is not None:  # `--volume mysql+dump`: a preset's dump
         dump = args.archive
-    if args.path is not None or args.into is not None:
+    restic = args.snapshot is not None or _restic_target(ctx, args.name)
+    if not restic and (args.path is not None or args.into is not None):
         return _restore_path(ctx, args, source)
     if dump is not None:
         outcome = run_restore_dump(ctx, args.name, dump, args.force, from_remote=source, node=args.node)
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
+        return 0
+    if restic:
+        if args.node is not None:
+            raise ConfigError("restore --node of restic snapshots is not implemented yet: every node's snapshots "
+                              "are in one repository per destination; restore --from DEST on the node itself")
+        if args.into is not None:
+            raise ConfigError("restore --into reads archive files (backup.format=archive); for a restic snapshot, "
+                              "restore --path into the volume, or `restic restore` by hand (docs/how-to/restic.md)")
+        done = run_restore_snapshot(ctx, args.name, args.volume, args.snapshot or "latest", args.force, args.path,
+                                    from_destination=source)
+        what = f"{done.path} of " if done.path else ""
+        print(f"restored {what}snapshot {done.snapshot[:8]} ({done.name}) into {done.container} volume {done.volume} "
+              f"({done.seconds:.1f} s)")
         return 0
     outcome = run_restore(ctx, args.name, args.volume, args.archive, args.force, from_remote=source,
                           node=args.node)
@@ -494,6 +531,11 @@ def _restore_path(ctx: Context, args, source: str | None) -> int:
     down = f", down {outcome.downtime:.1f} s" if outcome.downtime else ""
     print(f"restored {what} from {outcome.archive} into {outcome.where} ({count}{outcome.seconds:.1f} s{down})")
     return 0
+def _restic_target(ctx: Context, name: str) -> bool:
+    """Whether `name` is a target stored by backup.format=restic (BACKUP_FORMAT for a
+    container that is no target, e.g. on a new host)."""
+    target = ctx.discover().find(name)
+    return (format_of(ctx, target) if target is not None else ctx.settings.backup_format).value == "restic"
 
 
 def cmd_sync(ctx: Context, args) -> int:
@@ -526,6 +568,11 @@ def cmd_prune(ctx: Context, args) -> int:
         return discovery.keep_for(name, ctx.settings.keep)
 
     rotation = run_rotation(ctx, keep_for, backup_name=backup_name, dry_run=dry_run, images=backup_name is None)
+    restic = run_prune(ctx, keep_for, dry_run) if has_repository(ctx) and backup_name is None else None
+    if restic is not None:
+        verb = "would forget" if dry_run else "forgot"
+        print(f"restic: {verb} {restic.forgotten} snapshots; prune {'ok' if restic.ok else 'FAILED'} in "
+              f"{restic.seconds:.1f} s: {restic.detail}", file=sys.stdout if restic.ok else sys.stderr)
     result, images, remote = rotation.local, rotation.images, rotation.remote
     for t in result.targets:
         for archive in t.deleted:
@@ -541,7 +588,18 @@ def cmd_prune(ctx: Context, args) -> int:
             print(f"{part.destination}: {verb} {relpath}")
         if part.error:
             print(f"{part.destination}: prune failed: {part.error}", file=sys.stderr)
-    return 0 if rotation.ok else 1
+    return 0 if rotation.ok and (restic is None or restic.ok) else 1
+
+
+def cmd_check(ctx: Context, args) -> int:
+    if not has_repository(ctx):
+        raise ConfigError(f"no restic repository to check in {ctx.store.root / 'restic'} (or RESTIC_PASSWORD(_FILE) "
+                          "is not set)")
+    subset = args.read_data_subset if args.read_data_subset is not None else ctx.settings.restic_check_subset
+    result = run_check(ctx, None if subset == "none" else subset)
+    print(f"restic check {'passed' if result.ok else 'FAILED'} ({result.seconds:.1f} s): {result.detail}",
+          file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 def cmd_restore_image(ctx: Context, args) -> int:
@@ -601,6 +659,7 @@ ACCESS = {
     "plan": Access.READ,
     "restore-image": Access.READ,
     "restore-stack": Access.WRITE,  # a target's lock, downloads from a destination
+    "check": Access.WRITE,  # restic's lock and cache in the repository, the metrics' state
 }
 
 COMMANDS = {
@@ -612,5 +671,6 @@ COMMANDS = {
     "restore-image": cmd_restore_image,
     "restore-stack": cmd_restore_stack,
     "prune": cmd_prune,
+    "check": cmd_check,
     "sync": cmd_sync,
 }

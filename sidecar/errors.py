@@ -100,6 +100,11 @@ class RestoreLeftStopped(RestoreError):
         super().__init__(message)
 
 
+class ResticError(SidecarError):
+    """restic (the program) failed: the message names the repository, the command and
+    restic's own words; never the repository's password."""
+
+
 class NotFound(SidecarError):
     """A target, archive or volume named on the command line does not exist."""
 

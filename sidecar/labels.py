@@ -21,6 +21,7 @@ from .errors import LabelError
 from .model import (
     Compression,
     ImagePolicy,
+    StorageFormat,
     ContainerInfo,
     Mount,
     SharedPolicy,
@@ -70,6 +71,7 @@ HOT_OK = "backup.hot-ok"
 STACK = PREFIX + "stack"  # read by sidecar/stacks.py, on any container of a Compose project
 STACK_INCLUDE = PREFIX + "stack.include"
 STACK_EXCLUDE = PREFIX + "stack.exclude"
+FORMAT = "backup.format"
 
 DEFAULT_STOP_TIMEOUT = 10
 MAX_STOP_TIMEOUT = 3600
@@ -241,6 +243,9 @@ LABELS: tuple[Label, ...] = (
     Label(PING, Parser(parse_ping_url, PING_ACCEPTED), None, "this container's heartbeat URL, pinged when its "
           "backup starts, succeeds or fails, besides `BACKUP_PING_URL` (same kinds; see docs/how-to/pings.md). "
           "Holds a token: never shown", field="ping", shown_default="none", secret=True),
+    Label(FORMAT, member_of(StorageFormat), None, "`archive`: dated `.tar.zst` files; `restic`: one snapshot per "
+          "volume (or dump) and run in the deduplicated restic repository `BACKUP_DIR/restic` (see "
+          "docs/how-to/restic.md)", field="format", shown_default="`BACKUP_FORMAT`"),
 )
 SECRET_LABELS = frozenset(label.name for label in LABELS if label.secret)
 

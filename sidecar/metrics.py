@@ -52,6 +52,7 @@ from .state import JsonState
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "metrics.json"  # in the backup volume's state folder
+RESTIC_STATE_FILE = "restic.json"  # the restic format's figures (actions/formats/restic.py writes it)
 RESULTS = ("success", "failure", "skipped", "aborted")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -160,6 +161,7 @@ def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
     else:
         per_target.pop("risk", None)
     sizes = {_volume_of(a.path.name): a.size for a in outcome.archives}
+    snapshots = {s.item: s for s in getattr(outcome, "snapshots", ())}  # backup.format=restic
     volumes = _section(doc, "volumes")
     for volume in outcome.volumes:
         entry = _section(volumes, f"{outcome.target}/{volume}")
@@ -169,6 +171,9 @@ def _add_outcome(doc: dict[str, Any], outcome: Any, now: float) -> None:
         # backup of the volume.
         if volume in sizes:
             entry["success"], entry["size"] = now, sizes[volume]
+        if volume in snapshots:
+            snap = snapshots[volume]
+            entry["success"], entry["raw_bytes"], entry["added_bytes"] = now, snap.raw_bytes, snap.added_bytes
 
 
 def _observe_duration(duration: dict[str, Any], seconds: float) -> None:
@@ -286,6 +291,19 @@ class Metrics(Collector):
                 for destination, stamp in (state.offsite.items() if state is not None else ()):
                     f["backup_sidecar_offsite_last_success_timestamp_seconds"].add_metric(
                         [target.name, volume, destination], stamp or 0)
+        restic = self._restic()
+        counts = _mapping(restic.get("snapshots"))
+        for target in targets if counts else ():
+            for volume in target.volumes:
+                if f"{target.name}/{volume}" in counts:
+                    f["backup_sidecar_restic_snapshots"].add_metric([target.name, volume],
+                                                                     counts[f"{target.name}/{volume}"])
+        if restic.get("repository_bytes") is not None:
+            f["backup_sidecar_restic_repository_bytes"].add_metric([], restic["repository_bytes"])
+        check = _mapping(restic.get("check"))
+        if check:
+            f["backup_sidecar_restic_check_ok"].add_metric([], 1 if check.get("ok") else 0)
+            f["backup_sidecar_restic_check_timestamp_seconds"].add_metric([], check.get("finished", 0))
         f["backup_sidecar_targets"].add_metric([], len(targets))
         f["backup_sidecar_target_config_errors"].add_metric([], errors)
         f["backup_sidecar_up"].add_metric([], 1 if up else 0)
@@ -294,6 +312,15 @@ class Metrics(Collector):
             f["backup_sidecar_swarm_node_ready"].add_metric([hostname], 1 if ready else 0)
         for family in f.values():
             yield _labelled(family, self.node)
+
+    def _restic(self) -> dict[str, Any]:
+        """The restic format's figures (.sidecar/restic.json, written after each restic run)."""
+        if self._mirrors is None:
+            return {}
+        try:
+            return JsonState(self._mirrors / RESTIC_STATE_FILE, "restic state").read()
+        except OSError:
+            return {}
 
     def _saved(self) -> dict[str, Any]:
         try:
@@ -351,6 +378,9 @@ def _volume_series(f: dict[str, Metric], target: str, volume: str, saved: Mappin
         f["backup_sidecar_last_status"].add_metric(labels, saved["status"])
     if "size" in saved:
         f["backup_sidecar_archive_size_bytes"].add_metric(labels, saved["size"])
+    if "raw_bytes" in saved:
+        f["backup_sidecar_restic_read_bytes"].add_metric(labels, saved["raw_bytes"])
+        f["backup_sidecar_restic_added_bytes"].add_metric(labels, saved.get("added_bytes", 0))
 
 
 def _families() -> list[Metric]:
@@ -396,6 +426,20 @@ def _families() -> list[Metric]:
                           "consistently, empty when none fits), which can restore corrupt; 0 otherwise, and once "
                           "a preset, pause or stop, or backup.hot-ok=true is set.",
                           labels=["target", "app", "preset"]),
+        GaugeMetricFamily("backup_sidecar_restic_read_bytes",
+                          "Bytes restic read for the volume's last snapshot (backup.format=restic).", labels=tv),
+        GaugeMetricFamily("backup_sidecar_restic_added_bytes",
+                          "Bytes the volume's last snapshot added to the restic repository after deduplication "
+                          "(read / added: what deduplication saved).", labels=tv),
+        GaugeMetricFamily("backup_sidecar_restic_snapshots",
+                          "Snapshots of the volume in the local restic repository, after the last forget.", labels=tv),
+        GaugeMetricFamily("backup_sidecar_restic_repository_bytes",
+                          "Disk use of the local restic repository (BACKUP_DIR/restic).", labels=[]),
+        GaugeMetricFamily("backup_sidecar_restic_check_ok",
+                          "1 when the last `restic check` of the local repository passed, 0 when it failed.",
+                          labels=[]),
+        GaugeMetricFamily("backup_sidecar_restic_check_timestamp_seconds",
+                          "When the last `restic check` of the local repository finished (0: never).", labels=[]),
         GaugeMetricFamily("backup_sidecar_swarm_node_ready",
                           "1 for each node of the swarm its managers see ready (and not drained), 0 for a known "
                           "node that is not (exported by sidecars on Swarm managers only).", labels=["swarm_node"]),

@@ -35,6 +35,16 @@ class Compression(enum.Enum):
         return self.value
 
 
+class StorageFormat(enum.Enum):
+    """How a target's backups are stored (BACKUP_FORMAT, label backup.format)."""
+
+    ARCHIVE = "archive"  # dated .tar.zst files: the seed's format, readable with tar alone
+    RESTIC = "restic"  # snapshots in a deduplicated restic repository under BACKUP_DIR
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ImagePolicy(enum.Enum):
     AUTO = "auto"  # export only images that cannot be pulled again (no repository digest)
     ALWAYS = "always"
@@ -165,6 +175,7 @@ class TargetConfig:
     mirror: bool | None = None  # stop/pause through a staging mirror (label backup.mirror); None: unless encrypted
     hot_ok: bool = False  # a hot copy of what looks like a database is acknowledged (label backup.hot-ok)
     ping: PingUrl | None = None  # backup.ping: this container's heartbeat URL (holds a token)
+    format: StorageFormat | None = None  # label backup.format; None: BACKUP_FORMAT
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from .pings.urls import PingUrl, parse_ping_url
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .stacks import StackSettings, include_problem
+from .model import StorageFormat
 from .naming import NODE_NAME_ACCEPTED, node_name_problem
-from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, one_of, seconds, truth, whole, \
+from .values import ACCEPTED_TRUTH, BOOLEAN, KEEP, SCHEDULE, Parser, comma_list, member_of, one_of, seconds, truth, whole, \
     without_userinfo
 
 LOG_FORMATS = ("json", "text")
@@ -77,6 +78,12 @@ class Settings:
     stack_max_mb: int = 20
     ping: PingUrl | None = None  # BACKUP_PING_URL: pinged at the start and end of every target's run
     ping_timeout: float = 5.0  # seconds one ping may take
+
+    backup_format: StorageFormat = StorageFormat.ARCHIVE  # BACKUP_FORMAT (label backup.format per container)
+    restic_password: str | None = None  # RESTIC_PASSWORD(_FILE): the restic repositories' key; never logged
+    restic_prune_interval: float = 7 * 86400.0  # seconds between the daemon's forget + prune (0: never)
+    restic_check_interval: float = 86400.0  # seconds between the daemon's restic checks (0: never)
+    restic_check_subset: str | None = "5%"  # --read-data-subset of each check (None: structure only)
 
     @property
     def stack(self) -> StackSettings:
@@ -172,6 +179,14 @@ def _node_prefix(raw: str) -> bool | None:
     return value
 
 
+def _check_subset(raw: str) -> str | None:
+    if raw.strip().lower() == "none":
+        return None
+    if not re.fullmatch(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?", raw.strip()):
+        raise ValueError("accepted: N% (5%), n/t (1/7), a size (500M), none")
+    return raw.strip()
+
+
 def _passphrase(raw: str) -> str:
     if raw == "":
         raise ValueError("it is empty; expected a passphrase (or unset it)")
@@ -257,6 +272,7 @@ def _stack_paths(raw: str) -> tuple[str, ...]:
 STACK_PATHS = Parser(_stack_paths, "comma list of paths relative to the working folder, without `..`")
 GLOBS = Parser(comma_list, "comma list of glob patterns")
 NODE_PREFIX = Parser(_node_prefix, "`auto`, " + BOOLEAN.accepted)
+CHECK_SUBSET = Parser(lambda raw: _check_subset(raw), "`N%`, `n/t`, a size such as `500M`, or `none`")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -297,6 +313,21 @@ SETTINGS: tuple[Setting, ...] = (
             "one-shot commands log `WARNING` and above", field="log_level"),
     Setting("DOCKER_HOST", TEXT, None, "the engine to talk to (`unix://PATH`, `tcp://HOST:PORT`, ...)",
             field="docker_host", file=False, shown_default="`unix:///var/run/docker.sock`"),
+    Setting("BACKUP_FORMAT", member_of(StorageFormat), "archive", "`archive`: dated `.tar.zst` files; `restic`: "
+            "snapshots in the deduplicated restic repository `BACKUP_DIR/restic` (needs `RESTIC_PASSWORD`; see "
+            "docs/how-to/restic.md). The label `backup.format` chooses per container", field="backup_format"),
+    Setting("RESTIC_PASSWORD", SECRET_TEXT, None, "the restic repository's password (restic's own name; best as "
+            "`RESTIC_PASSWORD_FILE`, a Docker secret): a symmetric key, whoever holds it reads every snapshot",
+            field="restic_password", secret=True, shown_default="unset"),
+    Setting("BACKUP_RESTIC_PRUNE_INTERVAL", seconds(0, 365 * 86400), str(7 * 86400), "seconds between the "
+            "daemon's `restic forget` + `prune` of the local repository (its cost is logged); `0`: only the "
+            "`prune` command", field="restic_prune_interval"),
+    Setting("BACKUP_RESTIC_CHECK_INTERVAL", seconds(0, 365 * 86400), "86400", "seconds between the daemon's "
+            "`restic check` of the local repository (result in the metrics); `0`: never",
+            field="restic_check_interval"),
+    Setting("BACKUP_RESTIC_CHECK_SUBSET", CHECK_SUBSET, "5%", "what each check reads back and verifies "
+            "(`--read-data-subset`: `5%`, `1/7`, `500M`); `none`: the structure only",
+            field="restic_check_subset"),
     Setting("BACKUP_KEEP", KEEP, str(DEFAULT_KEEP), "rotation: how many hourly, daily, weekly and monthly "
             "periods to keep; frequencies not named keep their default", field="keep"),
     Setting("BACKUP_PRUNE_DRY_RUN", BOOLEAN, "false", "`true`: rotation only logs what it would delete",
@@ -435,6 +466,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     fields["destinations"] = _chosen_destinations(env, values, fields["s3"], problems)
     fields["encryption"], fields["decryption"] = _encryption(values, problems)
     fields["notify"] = _notify(values, problems)
+    if values["BACKUP_FORMAT"] is StorageFormat.RESTIC and values["RESTIC_PASSWORD"] is None:
+        problems.append("BACKUP_FORMAT=restic needs the repository's password: set RESTIC_PASSWORD_FILE (a file or "
+                        "Docker secret holding it) or RESTIC_PASSWORD")
     if problems:
         raise SettingsError(problems)
     return Settings(**fields)

@@ -26,16 +26,16 @@ from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
 from ..naming import choose_name, parse_name
 from ..stacks import ITEM
+from . import formats
+from .formats.archive import rotate_and_sync
 from .context import Context
+from .formats import Published, SnapshotResult
 from .images import export_image
 from .stack import export_stack
 from .interrupt import Interruption, InterruptionKind, LinkedEvent, is_left_stopped
-from .prune import promote
 from .recover import put_back_earlier
-from .rotate import run_rotation
 from .sources import ArchivePath, Capture, sources_for
 from .status import consistency_risk
-from .sync import SyncReport, run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class BackupOutcome:
     risk: ConsistencyRisk | None = None
     # The stack archive of the target's Compose project made with this backup (sidecar/actions/stack.py).
     stack: "StackOutcome | None" = None
+    snapshots: tuple[SnapshotResult, ...] = ()  # backup.format=restic: the snapshots this run added
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", BackupResult(self.result))  # "success" given as a string too
@@ -98,8 +99,8 @@ class _FailedAfterArchives(Exception):
     """The archives are written and published, but a later step (post-command, image
     export) failed: the run fails and keeps its archives."""
 
-    def __init__(self, error: BackupError, archives: list[ArchiveResult], downtime: float):
-        self.error, self.archives, self.downtime = error, tuple(archives), downtime
+    def __init__(self, error: BackupError, published: Published, downtime: float):
+        self.error, self.published, self.downtime = error, published, downtime
 
 
 def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOutcome:
@@ -112,23 +113,24 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     items = tuple(item for source in sources_for(target) for item in source.describe(target))
     risk = consistency_risk(ctx, target)
 
-    def failed(err: SidecarError, phase: str, archives=(), downtime=0.0) -> BackupOutcome:
+    def failed(err: SidecarError, phase: str, published=Published(), downtime=0.0) -> BackupOutcome:
         logger.error("backup failed", extra={**fields, "phase": phase, "error": str(err),
                                              "seconds": round(time.monotonic() - started, 3)})
-        return BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, tuple(archives), items,
-                             time.monotonic() - started, downtime, phase, str(err), ctx.now(), risk=risk)
+        return BackupOutcome(target.backup_name, target.container.name, BackupResult.FAILURE, published.archives,
+                             items, time.monotonic() - started, downtime, phase, str(err), ctx.now(), risk=risk,
+                             snapshots=published.snapshots)
 
     logger.info("backup started", extra={**fields, "phase": "start", "strategy": target.method})
     try:
         with ctx.store.target_lock(target.backup_name):
             ctx.pings.start(target.backup_name, target.config.ping)  # queued: costs the run nothing
-            archives, downtime, image, stack = _backup(ctx, target, together)
+            published, downtime, image, stack = _backup(ctx, target, together)
     except BackupBusy as err:
         logger.warning("backup skipped: the previous one is still running", extra={**fields, "phase": "start"})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.SKIPPED, error=str(err),
                              phase="start", finished_at=ctx.now())
     except _FailedAfterArchives as partial:
-        return failed(partial.error, partial.error.phase, partial.archives, partial.downtime)
+        return failed(partial.error, partial.error.phase, partial.published, partial.downtime)
     except StoppedByOthers as err:  # a shutdown's abort stays a failure: nothing was backed up
         logger.warning("backup aborted", extra={**fields, "phase": err.phase, "error": str(err)})
         return BackupOutcome(target.backup_name, target.container.name, BackupResult.ABORTED, (), items,
@@ -137,9 +139,11 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
         return failed(err, getattr(err, "phase", "backup"))
     offsite_error = None if together else _after_success(ctx, target, stack)
     seconds = time.monotonic() - started
+    archives = published.archives
     summary = {
         **fields, "phase": "done", "seconds": round(seconds, 3), "downtime_seconds": round(downtime, 3),
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
+        **({"snapshots": [s.snapshot_id for s in published.snapshots]} if published.snapshots else {}),
         **({"image_archive": str(image.path)} if image is not None else {}),
         **({"stack_archive": str(stack.archive.path)} if stack is not None else {}),
     }
@@ -148,16 +152,16 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
     else:  # the one line a user who never runs `plan` reads
         logger.warning(f"backup finished with a warning: {risk.summary}", extra={
             **summary, "warning": "consistency", "app": risk.seen, "preset": risk.preset})
-    return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, tuple(archives), items,
+    return BackupOutcome(target.backup_name, target.container.name, BackupResult.SUCCESS, archives, items,
                          seconds, downtime, finished_at=ctx.now(), offsite_error=offsite_error, image_archive=image,
-                         risk=risk, stack=stack)
+                         risk=risk, stack=stack, snapshots=published.snapshots)
 
 
-def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[ArchiveResult], float,
+def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[Published, float,
                                                                          ArchiveResult | None, StackOutcome | None]:
-    """The story of one backup; returns the archives, the seconds the container was down,
-    the image export it made (None: none was needed) and its project's stack archive (None:
-    not this target's to make)."""
+    """The story of one backup; returns what it stored (archives or snapshots), the seconds
+    the container was down, the image export it made (None: none was needed) and its
+    project's stack archive (None: not this target's to make)."""
     if not together:  # a group's members: run_group did it before its own stops
         put_back_earlier(ctx, target.backup_name)
     container = ctx.engine.inspect(target.container.id)  # fresh state, not the one seen at discovery
@@ -169,13 +173,13 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
     ctx = dataclasses.replace(ctx, cancel=LinkedEvent(ctx.cancel))
     if not together:
         _command(ctx, target, container.id, target.config.exec_pre, "pre", running)
-    sources, archive_path = sources_for(target), _archive_path(ctx, target)
+    sources, archive_path, fmt = sources_for(target), _archive_path(ctx, target), formats.for_target(ctx, target)
     with contextlib.ExitStack() as partial:  # unfinished archives are removed on every way out
         hot: list[Capture] = []
         cold: list[Capture] = []
         reading = partial.enter_context(ctx.readable(container)) if _scales(target, container) else container
         for source in sources:
-            captures = partial.enter_context(source.capture(ctx, target, reading, archive_path))
+            captures = partial.enter_context(fmt.capture(ctx, target, source, reading, archive_path))
             (cold if source.needs_quiesce(target) else hot).extend(captures)
         for capture in hot:  # e.g. an app's dump: the app must run
             capture.read()
@@ -184,15 +188,15 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[list[
         with _quiesced(ctx, target, container, bool(cold) and running) as window:
             for capture in cold:
                 capture.read()
-        archives = _publish(ctx, target, hot + cold)
+        published = fmt.publish(ctx, target, hot + cold)
     try:
         _command(ctx, target, _after_window(ctx, container), target.config.exec_post, "post", None)
         image = _image_export(ctx, target)
         stack = export_stack(ctx, target)
     except BackupError as err:
-        raise _FailedAfterArchives(err, archives, window.seconds) from err
+        raise _FailedAfterArchives(err, published, window.seconds) from err
     project = parse_name(stack.path.name).backup_name if stack is not None else None
-    return archives, window.seconds, image, StackOutcome(project, stack) if stack is not None else None
+    return published, window.seconds, image, StackOutcome(project, stack) if stack is not None else None
 
 
 def _scales(target: Target, container: ContainerInfo) -> bool:
@@ -317,45 +321,22 @@ def _readiness(ready: bool | None) -> str:
     return {True: "healthy", False: "not healthy in time", None: "running (no healthcheck)"}[ready]
 
 
-def _publish(ctx: Context, target: Target, captures: list[Capture]) -> list[ArchiveResult]:
-    """Finish every archive (checksum, rename), then promote it: the first archive of a
-    day, week or month also counts as that period's (hard links)."""
-    archives = [capture.finish() for capture in captures]
-    for archive in archives:
-        promote(ctx, ctx.store.archive_at(archive.path), target.config.keep)
-    return archives
-
-
 def _after_success(ctx: Context, target: Target, stack: StackOutcome | None = None) -> str | None:
-    """Rotation of the backup volume, then the off-site copy, then rotation on the
-    destinations that took it (only after a successful backup: a failing target keeps
-    what it has). Local rotation comes first so it never waits on a slow or unreachable
-    destination. The containers run again long before this; a failure here is logged
-    and does not fail the backup: the next cycle retries the upload. Returns why the
-    off-site copy failed, None when it went through (or there is no destination)."""
-    def keep_for(_backup_name: str):
-        return target.config.keep
-
-    dry_run = ctx.settings.prune_dry_run
+    """The format's rotation and off-site copies after a success (see formats), and the
+    rotation and copy of the project's stack archive made with it (an archive file whatever
+    the target's format); why an off-site copy failed, None when it went through (or there is
+    no destination)."""
     def stack_keep(_backup_name: str):  # a project's stack: BACKUP_KEEP, as discovery.keep_for says
         return ctx.settings.keep
 
-    rotated = [(target.backup_name, keep_for)] + ([(stack.project, stack_keep)] if stack is not None else [])
-    for name, keep in rotated:
-        run_rotation(ctx, keep, backup_name=name, dry_run=dry_run, destinations=())
-    report = run_sync(ctx, new_cycle=False)  # a destination already found down in this cycle is not retried
-    if report.synced:
-        for name, keep in rotated:
-            run_rotation(ctx, keep, backup_name=name, dry_run=dry_run, local=False, destinations=report.synced)
-    # Skipped: no destination, or another process's sync holds the lock and copies it.
-    return None if report.ok or report.skipped else _sync_problem(report)
-
-
-def _sync_problem(report: SyncReport) -> str:
-    """One line: what went wrong with each destination's copy."""
-    parts = [f"{r.destination}: {r.error or f'{len(r.failed)} failed, {len(r.pending)} pending'}"
-             for r in report.results if not r.ok]
-    return "; ".join(parts) or report.error or "not copied"
+    fmt = formats.for_target(ctx, target)
+    if stack is not None and fmt.name == "archive":  # one sync for both
+        return rotate_and_sync(ctx, [(target.backup_name, lambda _name: target.config.keep),
+                                     (stack.project, stack_keep)])
+    problem = fmt.after_success(ctx, target)
+    if stack is not None:
+        problem = "; ".join(p for p in (problem, rotate_and_sync(ctx, [(stack.project, stack_keep)])) if p) or None
+    return problem
 
 
 def _image_export(ctx: Context, target: Target) -> ArchiveResult | None:

@@ -28,6 +28,7 @@ from .context import Context
 from .plan import swarm_warnings
 from .recover import run_recovery
 from .sources import items
+from . import maintenance
 from .rotate import run_rotation
 from .status import copy_states, newest_archive_times
 from .sync import run_sync
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Longest the scheduler sleeps without looking up (heartbeat for the healthcheck).
 TICK_SECONDS = 5.0
+MAINTENANCE_LOOK_SECONDS = 300.0  # how often the daemon looks whether restic upkeep is due (reads a small file)
 SWARM_CHECK_SECONDS = 300.0
 # After the shutdown grace, how long aborted backups get to put their containers back.
 PUT_BACK_SECONDS = 5.0
@@ -68,6 +70,7 @@ class Daemon:
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
         self._sync_future: Future | None = None
         self._next_sync = time.monotonic() + min(ctx.settings.sync_interval, 10.0)
+        self._next_maintenance = time.monotonic() + 60.0  # not in the first minute's backups
         # Set by a shutdown that left a backup blocked in an engine call: the process must
         # exit without joining the worker threads (cli.cmd_run does).
         self.abandoned = False
@@ -280,6 +283,7 @@ class Daemon:
                     groups_due.add(target.config.group)
                     self._submit_group(target.config.group)
             self._maybe_sync()
+            self._maybe_maintain()
             wait = TICK_SECONDS
             if upcoming is not None:
                 wait = max(0.0, min(wait, (upcoming - self.ctx.now()).total_seconds()))
@@ -293,6 +297,27 @@ class Daemon:
             return
         self._next_sync = time.monotonic() + self.ctx.settings.sync_interval
         self._sync_future = self._sync_pool.submit(self._sync_cycle)
+
+    def _maybe_maintain(self) -> None:
+        """backup.format=restic: prune and check when due, on the sync thread (one at a time)."""
+        if self._sync_future is not None and not self._sync_future.done():
+            return
+        if time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + MAINTENANCE_LOOK_SECONDS
+        try:
+            if not maintenance.due(self.ctx):
+                return
+        except Exception:  # an unreadable state file must not stop the schedule loop
+            logger.exception("restic upkeep: cannot tell what is due", extra={"phase": "check"})
+            return
+        self._sync_future = self._sync_pool.submit(self._maintain)
+
+    def _maintain(self) -> None:
+        try:
+            maintenance.run_due(self.ctx, self._keep_for)
+        except Exception:  # a bug must not kill the sync thread silently
+            logger.exception("restic upkeep crashed", extra={"phase": "check"})
 
     def _sync_cycle(self) -> None:
         try:

@@ -3,6 +3,7 @@ date, size, checksum state and whether verified off-site copies exist."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,13 @@ from ..archive import read_checksum, sha256_file
 from ..destinations import Destination
 from ..errors import ArchiveError
 from ..naming import IMAGE_FOLDER, parse_image_name, parse_name
+from ..restic import REPO_FOLDER
+from ..snapshots import OWN_TAG, selector, snapshot_names
 from .context import Context
+from .formats.restic import local_repository
 from .sync import copy_index
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,3 +133,35 @@ def _remote_rows(ctx: Context, destination: Destination, backup_name: str | None
 
 def _date(name) -> str:
     return name.stamp.isoformat(sep=" ") if name.has_time else name.stamp.date().isoformat()
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """A restic snapshot of the local repository (backup.format=restic), named as an
+    archive of the same run would be."""
+
+    name: str  # {service}_{type}_{date}_{frequency}
+    id: str
+    target: str
+    volume: str
+    frequency: str
+    date: str  # in the sidecar's time zone
+    host: str
+
+
+def run_list_snapshots(ctx: Context, name: str | None = None) -> list[SnapshotRow]:
+    """The sidecar's snapshots in BACKUP_DIR/restic (of every target, or of `name`),
+    oldest first; none when there is no repository."""
+    if not (ctx.store.root / REPO_FOLDER / "config").is_file():
+        return []
+    if ctx.settings.restic_password is None:
+        logger.warning("BACKUP_DIR holds a restic repository but RESTIC_PASSWORD(_FILE) is not set: its snapshots "
+                       "are not listed", extra={"repository": str(ctx.store.root / REPO_FOLDER)})
+        return []
+    backup_name = ctx.discover().backup_name_for(name) if name is not None else None
+    repo = local_repository(ctx)
+    found = repo.snapshots(selector(backup_name) if backup_name is not None else OWN_TAG)
+    names = snapshot_names(found, ctx.settings.tz)
+    return [SnapshotRow(names[s.id], s.short_id, s.backup_name, s.item, s.frequency.value,
+                        s.time.astimezone(ctx.settings.tz).isoformat(timespec="seconds"), s.host)
+            for s in found if s.ours]

@@ -5,6 +5,7 @@ warning for a target that looks like a database but runs `hot` without a preset
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,11 @@ from ..readers import READERS
 from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
 from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
+from ..snapshots import OWN_TAG, Snapshot, snapshot_names
 from .context import Context
+from .formats import StorageFormat, format_of
+from .formats.restic import local_repository
+from .maintenance import has_repository
 from .sources import items
 from .sources.volumes import mirror_refusal
 from .status import container_command, copy_states
@@ -111,12 +116,46 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
         )
         for t in discovery.targets
     ]
+    rows = _restic_latest(ctx, discovery.targets, rows)
     skipped = [SkippedRow(s.container.name, s.reason) for s in discovery.skipped]
     try:
         skipped += [SkippedRow("(Swarm service)", why) for why in ctx.engine.unseen_on_workers(ENABLE)]
     except SidecarError as err:
         logger.debug("could not check the Swarm services", extra={"error": str(err)})
     return rows, skipped
+
+
+def _restic_latest(ctx: Context, targets, rows: list[PlanRow]) -> list[PlanRow]:
+    """backup.format=restic targets: LATEST is the name of the newest snapshot of the item
+    whose newest is oldest (the archives' vocabulary), COPIES counts the local repository."""
+    restic = {t.backup_name: t for t in targets if format_of(ctx, t) is StorageFormat.RESTIC}
+    if not restic or not has_repository(ctx):
+        return rows
+    try:
+        found = local_repository(ctx).snapshots(OWN_TAG)
+    except SidecarError as err:
+        logger.warning("restic snapshots unreadable for the plan", extra={"error": str(err)})
+        return rows
+    names = snapshot_names(found, ctx.settings.tz)
+    newest: dict[tuple[str, str], Snapshot] = {}
+    for snap in found:  # oldest first: the last one seen is the newest
+        if snap.ours and snap.host == ctx.node().name:
+            newest[(snap.backup_name, snap.item)] = snap
+    changed = []
+    for row in rows:
+        target = restic.get(row.target)
+        if target is None:
+            changed.append(row)
+            continue
+        latest = [newest.get((row.target, item)) for item in items(target)]
+        if not latest or None in latest:
+            changed.append(dataclasses.replace(row, latest=None, copies=0, offsite="no snapshot yet"))
+            continue
+        oldest = min(latest, key=lambda s: s.time)
+        offsite = "restic copy after each run (list on the destination)" if ctx.settings.destinations else "-"
+        changed.append(dataclasses.replace(row, latest=names[oldest.id], copies=1, offsite=offsite,
+                                           destinations={}))
+    return changed
 
 
 def _worker_site(ctx: Context) -> tuple[bool, str]:

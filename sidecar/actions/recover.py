@@ -11,6 +11,7 @@ from ..model import ContainerState
 from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
 from ..storage import JournalEntry
 from .context import Context
+from .maintenance import run_unlock
 from .interrupt import InterruptionKind, put_back, put_back_service
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def run_recovery(ctx: Context) -> list[str]:
     ctx.store.prepare()
     remove_leftover_workers(ctx)
     ctx.store.clean_partials()
+    run_unlock(ctx)  # backup.format=restic: the stale locks of a killed run
     restored = []
     for entry in ctx.journal.entries():
         fields = {"target": entry.target, "container": entry.container_name, "phase": "recovery"}

@@ -243,9 +243,9 @@ class _Heartbeat:
 def probe() -> dict:
     """What this image offers the sidecar: GNU tar and the compressors."""
     found = {}
-    for tool in ("tar", "zstd", "gzip"):
+    for tool in ("tar", "zstd", "gzip", "restic"):
         try:
-            text = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False).stdout
+            text = subprocess.run([tool, "version" if tool == "restic" else "--version"], capture_output=True, text=True, check=False).stdout
         except OSError:
             text = ""
         found[tool] = text.splitlines()[0] if text else None

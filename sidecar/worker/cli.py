@@ -14,6 +14,7 @@ from ..model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
 from .mirror import MirrorJob, MirrorRefused, run_mirror
+from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 
 _emit_lock = threading.Lock()
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--max-bytes", type=int, required=True)
     stack.add_argument("--exclude", action="append", default=[])
     stack.add_argument("--keys-file", type=Path)
+    restic = sub.add_parser("restic", help="run restic on a repository of the backup volume (ARGS after --)")
+    restic.add_argument("--repo", type=Path, help="the repository's folder restic writes to (its owner is kept)")
+    restic.add_argument("--store", type=Path, help="the backup volume's root in the worker, when mounted read-write")
+    restic.add_argument("args", nargs="*")
     return parser
 
 
@@ -65,6 +70,12 @@ def main(argv: list[str]) -> int:
         return _mirror(args)
     if args.command == "stack":
         return _stack(args)
+    if args.command == "restic":
+        try:
+            return run_restic(args.repo, args.store, list(args.args), emit)
+        except OSError as exc:
+            emit({"event": "error", "message": f"restic: {exc}"})
+            return 1
     job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
                      args.progress_interval)
     try:

@@ -77,8 +77,9 @@ class S3Server:
     """One `weed server` with an S3 gateway on 127.0.0.1. `start()` waits until the store
     takes writes; `stop()` sends SIGTERM, then SIGKILL after `grace` seconds."""
 
-    def __init__(self, weed: str, workdir: Path, ip: str = "127.0.0.1"):
+    def __init__(self, weed: str, workdir: Path, ip: str = "127.0.0.1", extra_args: tuple[str, ...] = ()):
         self.weed = weed
+        self.extra_args = extra_args  # e.g. -s3.config=FILE (identities: restic's streaming uploads need them)
         # Another address than 127.0.0.1: for clients in other network namespaces (tests/e2e/swarm.py).
         self.ip = ip
         self.workdir = workdir
@@ -121,6 +122,7 @@ class S3Server:
             # Keep the unix sockets out of the shared /tmp.
             f"-s3.localSocket={self.workdir / 's3.sock'}",
             f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start {time.strftime('%H:%M:%S')}: {' '.join(args)}\n".encode())

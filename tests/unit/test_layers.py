@@ -42,6 +42,7 @@ LAYERS = {
     "sidecar.presetnames": CORE,
     "sidecar.consistency": CORE,
     "sidecar.mirrordiff": CORE,
+    "sidecar.snapshots": CORE,  # restic snapshots in the seed's vocabulary (tags, names, keep)
     "sidecar.notify.urls": CORE,
     "sidecar.pings.urls": CORE,
     "sidecar.members": CORE,
@@ -59,6 +60,7 @@ LAYERS = {
     "sidecar.destinations": ADAPTERS,
     "sidecar.readers": ADAPTERS,
     "sidecar.extract": ADAPTERS,
+    "sidecar.restic": ADAPTERS,  # restic, the program, as a child process
     "sidecar.unpack": ADAPTERS,  # the restore's unpack paths (worker, engine API)
     "sidecar.worker": ADAPTERS,  # runs inside worker containers
     "sidecar.actions": ACTIONS,

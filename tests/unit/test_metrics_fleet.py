@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.actions.backup import BackupOutcome
+from sidecar.actions.formats import SnapshotResult
 from sidecar.archive import ArchiveResult
 from sidecar.metrics import FleetView, Metrics, TargetView, _families
 from sidecar.model import CopyState, SwarmNode
@@ -52,6 +53,11 @@ def busy(tmp_path: Path, **kwargs) -> Metrics:
     m.set_up(True)
     archive = ArchiveResult(Path("/b/daily/app_data_2026-01-01_daily.tar.zst"), 10, 30, "0" * 64)
     m.observe(BackupOutcome("app", "app-1", "success", (archive,), ("data",), 1.0, 0.0, None, None))
+    # backup.format=restic: a snapshot's figures, and the repository's (actions/formats/restic.py writes them).
+    (tmp_path / "restic.json").write_text(json.dumps({"repository_bytes": 5, "snapshots": {"app/data": 2},
+                                                      "check": {"ok": True, "finished": 1.0}}))
+    m.observe(BackupOutcome("app", "app-1", "success", (), ("data",), 1.0, 0.0, None, None,
+                            snapshots=(SnapshotResult("data", "abc", 30, 3),)))
     return m
 
 

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ...archive import ArchiveResult, ProgressLog
 from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
@@ -168,7 +168,12 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         how = unpack.UnpackRequest(container, mount, archive, check.sha256, ctx.settings.decryption,
                                    ctx.worker_settings, backup_name)
         plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))  # probes: before anything stops
-        downtime = _replace(ctx, request, volume_name, how, plan, check.expanded, fields)
+        downtime = replace_contents(
+            ctx, request, volume_name, mount, fields,
+            write=lambda current: _unpack(ctx, dataclasses.replace(how, container=current), plan, fields),
+            # The room, once the volume is reachable (a Swarm service's stand-in) and its writers stopped.
+            before_clear=lambda current: unpack.check_room(ctx.engine, dataclasses.replace(how, container=current),
+                                                           plan, check.expanded, replacing=request.force))
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -176,13 +181,14 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                           downtime)
 
 
-def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpack.UnpackRequest,
-             plan: unpack.WorkerPlan, expanded: int, fields: dict) -> float:
-    """Stop, check the room, empty, unpack, start; returns the seconds the container was
-    down. A container a failed restore left stopped is started once this restore succeeds.
-    The room is checked once the volume is reachable (a Swarm service's stand-in) and its
-    writers stopped, before it is emptied."""
-    container, backup_name, mount = request.container, request.backup_name, how.mount
+def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mount: Mount, fields: dict,
+                     write: Callable[[ContainerInfo], object], clear: bool = True,
+                     before_clear: Callable[[ContainerInfo], object] | None = None) -> float:
+    """Stop, call `before_clear` (a check that may still refuse), empty (unless `clear` is
+    False: one file or folder written over the rest), call `write` with the container whose
+    mounts reach the volume, start; returns the seconds the container was down. A container
+    a failed restore left stopped is started once this restore succeeds."""
+    container, backup_name = request.container, request.backup_name
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
         current = ctx.engine.inspect(container.id) if container.id else container  # "": see left_at_zero
@@ -194,9 +200,9 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
         current = stack.enter_context(ctx.readable(current))
         emptied = was_left
         try:
-            unpack.check_room(ctx.engine, dataclasses.replace(how, container=current), plan, expanded,
-                              replacing=request.force)
-            if not ctx.engine.path_is_empty(current.id, mount.destination):
+            if before_clear is not None:
+                before_clear(current)
+            if clear and not ctx.engine.path_is_empty(current.id, mount.destination):
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
                 emptied = True
@@ -204,7 +210,7 @@ def _replace(ctx: Context, request: RestoreRequest, volume_name: str, how: unpac
                     journal_left_stopped(ctx, current, backup_name)
                 _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
-            _unpack(ctx, dataclasses.replace(how, container=current), plan, fields)
+            write(current)
         except SidecarError as err:
             if emptied:
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err

@@ -16,7 +16,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....engine import Engine
@@ -84,24 +84,72 @@ class DumpCommand:
     check: Callable[[bytes, bytes], str | None] | None = None  # (head, tail) -> why it is incomplete
 
 
-class DumpCapture:
-    """A preset's archive: `read` runs the tool with the app running and streams its stdout
-    through compression (and encryption) into the partial file; `finish` publishes it."""
+class DumpSink(Protocol):
+    """Where a dump's bytes go: an archive (ArchiveSink) or a restic snapshot (the restic
+    format's). A context manager: leaving it without `finish` removes what is partial."""
 
-    def __init__(self, ctx: Context, target: Target, container_id: str, item: str, path: Path,
-                 command: DumpCommand):
-        self.ctx, self.target, self.container_id, self.item, self.command = ctx, target, container_id, item, command
-        cfg = target.config
-        self.writer = ArchiveWriter(path, cfg.compression, ctx.settings.file_mode, ctx.local_encryption)
-        self.head = b""
-        self.tail = b""
+    def __enter__(self) -> "DumpSink": ...
 
-    def __enter__(self) -> "DumpCapture":
+    def __exit__(self, *exc_info) -> None: ...
+
+    def write(self, chunks: Iterable[bytes], file: str, progress: ProgressLog) -> None:
+        """Take the whole dump; `chunks` raises at its end when the dump is bad (before
+        anything may be kept). Raises OSError or SidecarError."""
+        ...
+
+    def finish(self): ...
+
+    def describe(self) -> str: ...
+
+
+class ArchiveSink:
+    """The dump cut into tar parts (parts_tar), compressed (and encrypted) into the partial file."""
+
+    def __init__(self, ctx: Context, target: Target, item: str, path: Path):
+        self.target, self.item = target, item
+        self.writer = ArchiveWriter(path, target.config.compression, ctx.settings.file_mode, ctx.local_encryption)
+
+    def __enter__(self) -> "ArchiveSink":
         self.writer.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.writer.__exit__(*exc_info)
+
+    def write(self, chunks: Iterable[bytes], file: str, progress: ProgressLog) -> None:
+        self.writer.write_stream(parts_tar(chunks, file), on_progress=progress)
+
+    def describe(self) -> str:
+        return str(self.writer.final_path)
+
+    def finish(self) -> ArchiveResult:
+        try:
+            result = self.writer.finish()
+        except OSError as exc:
+            raise BackupError(self.target.backup_name, "write", f"{self.writer.final_path}: {exc}") from exc
+        logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item,
+                                              "phase": "write", "path": str(result.path), "bytes": result.size,
+                                              "tar_bytes": result.raw_bytes})
+        return result
+
+
+class DumpCapture:
+    """A preset's dump: `read` runs the tool with the app running and streams its stdout
+    into the sink (an archive, or a restic snapshot); `finish` publishes it."""
+
+    def __init__(self, ctx: Context, target: Target, container_id: str, item: str, command: DumpCommand,
+                 sink: DumpSink):
+        self.ctx, self.target, self.container_id, self.item, self.command = ctx, target, container_id, item, command
+        self.sink = sink
+        self.head = b""
+        self.tail = b""
+
+    def __enter__(self) -> "DumpCapture":
+        self.sink.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.sink.__exit__(*exc_info)
 
     def read(self) -> None:
         cfg, name = self.target.config, self.target.backup_name
@@ -122,24 +170,27 @@ class DumpCapture:
         except SidecarError as err:
             raise BackupError(name, "dump", f"{self.command.tool} could not run: {err}") from err
         try:
-            self.writer.write_stream(parts_tar(self._watched(stream), self.command.file), on_progress=progress)
+            self.sink.write(self._watched(stream), self.command.file, progress)
+        except BackupError:
+            raise
         except SidecarError as err:
             raise BackupError(name, "dump", f"{self.command.tool}: {err}") from err
         except OSError as exc:
-            raise BackupError(name, "write", f"{self.writer.final_path}: {exc}") from exc
+            raise BackupError(name, "write", f"{self.sink.describe()}: {exc}") from exc
         finally:
             stream.close()
-        self._check(stream.result())
         logger.info("dump read", extra={**fields, "bytes": stream.stdout_bytes,
                                         "seconds": round(time.monotonic() - started, 3)})
 
-    def _watched(self, stream: Iterable[bytes]) -> Iterator[bytes]:
-        """The stream, keeping its first and last bytes for the check."""
+    def _watched(self, stream) -> Iterator[bytes]:
+        """The stream, keeping its first and last bytes for the check, which runs at its
+        end: a bad dump raises before the sink may keep anything."""
         for chunk in stream:
             if len(self.head) < TAIL_KEPT:
                 self.head += chunk[:TAIL_KEPT - len(self.head)]
             self.tail = (self.tail + chunk)[-TAIL_KEPT:]
             yield chunk
+        self._check(stream.result())
 
     def _check(self, result: ExecResult) -> None:
         """A failed, empty or incomplete dump fails the backup with the tool's own words."""
@@ -153,15 +204,8 @@ class DumpCapture:
             if why:
                 raise BackupError(name, "dump", f"{tool}: {why}{_said(result)}")
 
-    def finish(self) -> ArchiveResult:
-        try:
-            result = self.writer.finish()
-        except OSError as exc:
-            raise BackupError(self.target.backup_name, "write", f"{self.writer.final_path}: {exc}") from exc
-        logger.info("archive written", extra={"target": self.target.backup_name, "volume": self.item,
-                                              "phase": "write", "path": str(result.path), "bytes": result.size,
-                                              "tar_bytes": result.raw_bytes})
-        return result
+    def finish(self):
+        return self.sink.finish()
 
 
 def dump_capture(item: str, command: Callable[[Target], DumpCommand]):
@@ -170,7 +214,8 @@ def dump_capture(item: str, command: Callable[[Target], DumpCommand]):
     @contextlib.contextmanager
     def capture(ctx: Context, target: Target, container: ContainerInfo,
                 archive_path: ArchivePath) -> Iterator[list[DumpCapture]]:
-        with DumpCapture(ctx, target, container.id, item, archive_path(item), command(target)) as one:
+        sink = ArchiveSink(ctx, target, item, archive_path(item))
+        with DumpCapture(ctx, target, container.id, item, command(target), sink) as one:
             yield [one]
     return capture
 

@@ -1,0 +1,216 @@
+"""BACKUP_FORMAT=restic against FakeEngine and a real restic on a temporary folder: the
+fake's run_worker runs the real `python -m sidecar.worker restic` (restic itself) as a host
+process with the mounts' folders in place of their paths; a preset's stand-in tool streams
+into `restic backup --stdin`. What is asserted is what restic itself reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from sidecar import readers
+from sidecar.actions.backup import BackupResult, run_backup
+from sidecar.actions.listing import run_list_snapshots
+from sidecar.actions.maintenance import due, run_check, run_prune
+from sidecar.actions.plan import run_plan
+from sidecar.actions.recover import run_recovery
+from sidecar.metrics import Metrics, TargetView
+from sidecar.model import ContainerState
+from sidecar.readers.worker import WorkerReader
+from sidecar.snapshots import parse_snapshots
+
+from .conftest import app_labels
+from .test_presets import DUMPALL_END, _postgres
+
+IMAGE = "backup-sidecar:fake"
+PASSWORD = "restic-pw-Zq7"
+
+pytestmark = pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v restic"], capture_output=True).returncode,
+                                reason="restic is not installed (scripts/test installs it)")
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_reader(monkeypatch):
+    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
+
+
+@pytest.fixture
+def rctx(make_ctx, engine):
+    engine.worker_images.add(IMAGE)
+    return make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD)
+
+
+def _target(ctx, name="app"):
+    target = ctx.discover().find(name)
+    assert target is not None, ctx.discover().skipped
+    return target
+
+
+def restic(ctx, *args: str) -> str:
+    """The plain restic CLI on the sidecar's repository."""
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
+    return subprocess.run(["restic", "-r", str(ctx.store.root / "restic"), "--no-cache", *args], env=env,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def test_a_volume_becomes_one_tagged_snapshot_per_run_and_the_second_run_is_incremental(engine, rctx, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "big.bin").write_bytes(os.urandom(3 << 20))
+    (data / "small.txt").write_text("one\n")
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    first = run_backup(rctx, _target(rctx))
+    assert first.ok, first.error
+    [snap1] = first.snapshots
+    assert first.archives == () and snap1.item == "data" and snap1.raw_bytes >= 3 << 20
+    assert not list((rctx.store.root / "daily").glob("*")) if (rctx.store.root / "daily").exists() else True
+    (data / "small.txt").write_text("two\n")
+    second = run_backup(rctx, _target(rctx))
+    assert second.ok, second.error
+    [snap2] = second.snapshots
+    assert snap2.files_changed == 1 and snap2.files_unmodified == 1
+    assert snap2.added_bytes < 64 << 10  # the 3 MiB file is not stored again
+    # The container was stopped for each read and runs again.
+    assert len(engine.names("stop")) == 2 and engine.state(app.id) is ContainerState.RUNNING
+    # restic keeps one snapshot per period (hour, day, ...): the first run's is forgotten.
+    found = parse_snapshots(restic(rctx, "snapshots", "--json"))
+    assert [s.short_id for s in found] == [snap2.snapshot_id[:8]] != [snap1.snapshot_id[:8]]
+    assert all(s.host == "fake-node" and s.backup_name == "app" and s.item == "data" for s in found)
+    # The password reached the worker as a file that is gone now, never in its arguments.
+    specs = [s for s in engine.workers_run if s.purpose == "restic-backup"]
+    assert specs and all(PASSWORD not in " ".join(s.command) for s in specs)
+    assert not list((rctx.store.state_dir / "workers").glob("*.keys"))
+    assert oct((rctx.store.root / "restic").stat().st_mode & 0o777) == "0o700"
+    # Metrics: read vs added bytes per volume, snapshots per volume, the repository's size.
+    metrics = Metrics(state_path=rctx.store.state_dir / "metrics.json")
+    metrics.observe(second)
+    metrics.discovered([TargetView("app", ("data",), 0.0, 86400.0)], 0)
+    get = metrics.registry.get_sample_value
+    assert get("backup_sidecar_restic_added_bytes", {"target": "app", "volume": "data"}) == snap2.added_bytes
+    assert get("backup_sidecar_restic_read_bytes", {"target": "app", "volume": "data"}) == snap2.raw_bytes
+    assert get("backup_sidecar_restic_snapshots", {"target": "app", "volume": "data"}) == 1
+    assert get("backup_sidecar_restic_repository_bytes", {}) > 3 << 20
+
+
+def test_a_preset_dump_goes_through_restic_backup_stdin_uncompressed(engine, rctx, tmp_path):
+    _postgres(engine, tmp_path, env={"POSTGRES_USER": "app"},
+              pg_dumpall=f'echo "dump of $PGUSER"; printf "%s" "{DUMPALL_END}"')
+    outcome = run_backup(rctx, _target(rctx))
+    assert outcome.ok, outcome.error
+    [snap] = outcome.snapshots
+    assert snap.item == "postgres+dump"
+    dumped = restic(rctx, "dump", snap.snapshot_id, "/pg_dumpall.sql")
+    assert dumped == "dump of app\n" + DUMPALL_END
+
+
+def test_a_truncated_dump_leaves_no_snapshot(engine, rctx, tmp_path):
+    _postgres(engine, tmp_path, pg_dumpall='echo "half a dump"')  # no last line: truncated
+    outcome = run_backup(rctx, _target(rctx))
+    assert outcome.result is BackupResult.FAILURE and "truncated" in outcome.error
+    assert json.loads(restic(rctx, "snapshots", "--json")) == []
+
+
+def test_forget_keeps_what_backup_keep_says_per_item(engine, rctx, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    engine.add_container("app-1", app_labels(strategy="hot", keep="daily=1,weekly=0,monthly=0,hourly=0"),
+                         {"/data": data})
+    for n in range(3):
+        (data / "f").write_text(str(n))
+        assert run_backup(rctx, _target(rctx)).ok
+    # Three runs on one day: daily=1 and the newest (--keep-last 1) are one snapshot.
+    assert len(parse_snapshots(restic(rctx, "snapshots", "--json"))) == 1
+
+
+def test_without_a_worker_image_the_restic_format_says_why(engine, make_ctx, tmp_path):
+    ctx = make_ctx(BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD)
+    data = tmp_path / "data"
+    data.mkdir()
+    engine.add_container("app-1", app_labels(strategy="hot"), {"/data": data})
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.result is BackupResult.FAILURE
+    assert "worker container" in outcome.error and "BACKUP_WORKER_IMAGE" in outcome.error
+
+
+def test_the_label_chooses_restic_for_one_container_while_the_default_stays_archive(engine, make_ctx, tmp_path):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, RESTIC_PASSWORD=PASSWORD)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").write_text("a")
+    engine.add_container("app-1", app_labels(strategy="hot", format="restic"), {"/data": data})
+    engine.add_container("other-1", {**app_labels(strategy="hot"), "backup.name": "other"}, {"/data": data})
+    assert run_backup(ctx, _target(ctx)).snapshots
+    other = run_backup(ctx, _target(ctx, "other"))
+    assert other.ok and other.archives and not other.snapshots
+
+
+def _two_runs(engine, rctx, tmp_path, **labels):
+    data = tmp_path / "data"
+    data.mkdir()
+    engine.add_container("app-1", app_labels(strategy="hot", **labels), {"/data": data})
+    for n in range(2):
+        (data / "f.bin").write_bytes(os.urandom(1 << 20))
+        assert run_backup(rctx, _target(rctx)).ok
+
+
+def test_prune_forgets_by_the_keep_rules_and_frees_the_space_its_log_counts(engine, make_ctx, tmp_path):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,
+                   BACKUP_PRUNE_DRY_RUN="true")  # the runs keep both snapshots; prune forgets
+    _two_runs(engine, ctx, tmp_path)
+    assert len(parse_snapshots(restic(ctx, "snapshots", "--json"))) == 2
+    result = run_prune(ctx, lambda name: ctx.discover().keep_for(name, ctx.settings.keep))
+    assert result.ok and result.forgotten == 1, result
+    assert len(parse_snapshots(restic(ctx, "snapshots", "--json"))) == 1
+    freed = int(result.detail.split()[0])
+    assert freed >= 1 << 20  # the forgotten run's random megabyte is gone from the disk
+    state = json.loads((ctx.store.state_dir / "restic.json").read_text())
+    assert state["prune"]["ok"] is True and state["snapshots"] == {"app/data": 1}
+
+
+def test_check_reads_data_back_and_a_damaged_pack_fails_it_into_the_metrics(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    assert set(due(rctx)) == {"prune", "check"}  # never run yet
+    assert run_check(rctx, "100%").ok
+    assert due(rctx) == ("prune",)
+    pack = max((rctx.store.root / "restic" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    pack.chmod(0o600)
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    failed = run_check(rctx, "100%")
+    assert not failed.ok
+    metrics = Metrics(state_path=rctx.store.state_dir / "metrics.json")
+    assert metrics.registry.get_sample_value("backup_sidecar_restic_check_ok", {}) == 0
+    assert metrics.registry.get_sample_value("backup_sidecar_restic_check_timestamp_seconds", {}) > 0
+
+
+def test_recovery_removes_a_stale_lock_of_a_killed_run(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
+    # A restic process killed while it held the repository's lock (as a SIGKILLed backup leaves it).
+    proc = subprocess.Popen(["restic", "-r", str(rctx.store.root / "restic"), "--no-cache", "backup",
+                             "--stdin", "--stdin-filename", "x"], stdin=subprocess.PIPE, env=env)
+    locks = rctx.store.root / "restic" / "locks"
+    deadline = time.monotonic() + 30
+    while not list(locks.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(locks.iterdir())
+    run_recovery(rctx)
+    assert not list(locks.iterdir())
+
+
+def test_plan_and_list_show_snapshots_in_the_archive_vocabulary(engine, rctx, tmp_path):
+    _two_runs(engine, rctx, tmp_path)
+    [newest] = run_list_snapshots(rctx, "app")  # the first run's was forgotten (one per period)
+    assert (newest.target, newest.volume, newest.frequency, newest.host) == ("app", "data", "daily", "fake-node")
+    assert newest.name == f"app_data_{newest.date[:10]}_daily"
+    [row] = run_plan(rctx)[0]
+    assert row.latest == newest.name and row.copies == 1
