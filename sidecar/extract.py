@@ -6,7 +6,9 @@ parsing every tar header itself (ustar, GNU long names and sparse files, PAX `x`
 the member policy, and the two sinks that write accepted members: a directory (openat-style,
 never following a symlink; the one writer of every restore, in a worker container) and a
 canonical tar stream re-serialised from the accepted members (only for `docker load` of an
-image export: files, folders and symlinks). `python -m sidecar.extract` runs it locally.
+image export: files, folders and symlinks; and `files_tar`, regular files and folders only,
+for a preset's snapshot tar handed to the engine's `PUT /archive`). `python -m
+sidecar.extract` runs it locally.
 
 Why our own parser: Python's `tarfile` and the engine's Go reader disagree on malformed input
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
