@@ -212,7 +212,10 @@ def _folder_plan(ctx: Context, how: unpack.UnpackRequest, folder: Path) -> unpac
             "files are only written by the checked extractor in a worker container, --into too: run the sidecar in "
             "its container (its own image is used), or set BACKUP_WORKER_IMAGE to the sidecar's image")
     store = plan.site.store
-    inside = store.inside(store.root / folder.relative_to(os.path.realpath(store.root)))
+    try:
+        inside = store.inside(store.root / folder.relative_to(os.path.realpath(store.root)))
+    except ValueError as err:
+        raise unpack.WorkerUnavailable(f"{folder} is not on the backup volume a worker mounts ({store.root})") from err
     return dataclasses.replace(plan, mounts=(store.mount,), into=inside)
 
 
