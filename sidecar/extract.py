@@ -6,7 +6,9 @@ parsing every tar header itself (ustar, GNU long names and sparse files, PAX `x`
 the member policy, and the two sinks that write accepted members: a directory (openat-style,
 never following a symlink; the one writer of every restore, in a worker container) and a
 canonical tar stream re-serialised from the accepted members (only for `docker load` of an
-image export: files, folders and symlinks). `python -m sidecar.extract` runs it locally.
+image export: files, folders and symlinks; and `files_tar`, regular files and folders only,
+for a preset's snapshot tar handed to the engine's `PUT /archive`). `python -m
+sidecar.extract` runs it locally.
 
 Why our own parser: Python's `tarfile` and the engine's Go reader disagree on malformed input
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
@@ -56,7 +58,7 @@ import threading
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Generator, Iterator, Sequence
+from typing import BinaryIO, Callable, Generator, Iterable, Iterator, Sequence
 
 import zstandard
 
@@ -66,6 +68,7 @@ from .errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarErro
 from .keys import DecryptionKeys, load_identities
 from .model import Compression
 from .naming import CHECKSUM_SUFFIX
+from .streams import IterReader
 
 logger = logging.getLogger(__name__)
 
@@ -1168,6 +1171,44 @@ def _canonical(archive: ArchiveFile, keys: DecryptionKeys | None,
         yield header(member)
     if on_done is not None:
         on_done(one.summary)
+    yield bytes(2 * BLOCK)
+
+
+def files_tar(inner: Iterable[bytes], what: str) -> Iterator[bytes]:
+    """A tar stream that is itself inside an archive (a preset's snapshot tar, made in the
+    app's container), checked by the one parser and policy and re-serialised with headers we
+    write, carrying regular files and folders only: for the engine's `PUT /archive`, whose
+    unpacker then never sees a symlink, a hard link, a device, a sparse map, an xattr, a
+    set-id bit or a name we did not check. Anything else is refused (UnsafeArchive, naming
+    `what` and the member); the root entry is left out (the target folder keeps its own
+    owner and mode). The end marker comes only after the whole tar was accepted."""
+    return _batched(_files_only(inner, what))
+
+
+def _files_only(inner: Iterable[bytes], what: str) -> Iterator[bytes]:
+    try:
+        yield from _files_and_folders(inner)
+    except ArchiveError as err:  # the parser's and policy's words, with whose tar it is
+        raise type(err)(f"{what}: {err}") from err
+
+
+def _files_and_folders(inner: Iterable[bytes]) -> Iterator[bytes]:
+    policy = Policy()
+    for raw, data in _Parser(_Tar(IterReader(inner))).members():  # type: ignore[arg-type]
+        member = policy.accept(raw)
+        if member.kind not in (Kind.FILE, Kind.DIR) or member.sparse is not None:
+            kind = "a sparse file" if member.sparse is not None else f"a {member.kind.value}"
+            raise UnsafeArchive(f"member {member.name!r} is {kind}; only regular files and folders are restored "
+                                "from it")
+        if not member.name:
+            for _ in data():
+                pass
+            continue
+        yield header(member)
+        yield from _exactly(member.size, data(), member.name)
+        if member.size % BLOCK:
+            yield bytes(BLOCK - member.size % BLOCK)
+    policy.finish()
     yield bytes(2 * BLOCK)
 
 

@@ -64,6 +64,8 @@ class UnpackRequest:
     target: str  # backup name, for log lines
     only: tuple[str, ...] | None = None  # a preset's dump: the files it may write (Policy's `only`)
     path: str | None = None  # only this member (a file or folder, sidecar.members.member_path); None: all
+    dump_parts: bool = False  # only a dump's parts (of the file `path`): sidecar.members.chosen
+    leave_root: bool = False  # the root entry left out: the target folder keeps its owner and mode
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
               "phase": "restore", "path": WORKER_PATH}
     command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--sha256", request.sha256,
                "--progress-interval=5", *(f"--skip={s}" for s in plan.skip),
-               *(f"--only={p}" for p in request.only or ()), *([f"--path={request.path}"] if request.path else [])]
+               *(f"--only={p}" for p in request.only or ()), *([f"--path={request.path}"] if request.path else []),
+               *(["--dump-parts"] if request.dump_parts else []), *(["--leave-root"] if request.leave_root else [])]
     keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
     try:

@@ -6,14 +6,16 @@ destination (`--from`), volume archives and preset dumps alike.
 Nothing here parses an archive: the listing is the checked extractor's own member
 iteration (sidecar/extract.py `list_members`: decrypted, decompressed, hashed and checked
 as a stream, never unpacked), and writing is its folder writer with a member filter
-(`extract(select=...)`): in-process for `--into`, in the extract worker (`--path`) for a
-volume. The whole archive is read and checked either way; only the chosen members are
+(sidecar/members.py `chosen`), always in an extract worker container: for `--into` with
+the backup volume read-write (the folder is on it), for a volume with that volume; where
+no worker can run, the restore is refused (BACKUP_WORKER_IMAGE). The whole archive is read and checked either way; only the chosen members are
 written, and nothing else in the volume is touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import stat
@@ -25,9 +27,9 @@ from typing import Callable, Iterator
 
 from .. import unpack
 from ..errors import ConfigError, NotFound, RestoreError
-from ..extract import Kind, Member, extract, list_members, open_archive, verify
-from ..members import matching, member_path, under
-from ..model import ContainerState, Strategy
+from ..extract import Kind, Member, list_members, open_archive, verify
+from ..members import chosen, matching, member_path, part_of, under
+from ..model import ContainerInfo, ContainerState, Mount, Strategy
 from ..naming import IMAGE_FOLDER
 from ..schedule import Frequency
 from ..storage import STATE_DIR
@@ -35,7 +37,6 @@ from .context import Context
 from .interrupt import Interruption, InterruptionKind
 from .restore import fetched, resolve_container
 from .restore_dump import dump_item
-from .sources.presets.dump import part_of
 from .sources.volumes import find_volume
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def run_restore_path(ctx: Context, ref: str, path: str | None, item: str | None 
                      dump: bool = False) -> PathRestoreOutcome:
     """One file or folder (`path`) of an archive back: into `into`, a folder on the backup
     volume (the whole archive when `path` is None), or into the container's volume `item`."""
-    keep = _dump_selector(path) if dump else _checked_selector(path, None)
+    _checked_selector(path, None)  # a bad --path is refused before anything is read
     if into is None and (dump or path is None):
         raise ConfigError("a dump's file goes into a folder: add --into FOLDER (or restore the whole dump with "
                           "--dump alone)" if dump else "name the file or folder to restore with --path")
@@ -111,7 +112,7 @@ def run_restore_path(ctx: Context, ref: str, path: str | None, item: str | None 
                 item = dump_item(ctx, _preset_label(ctx, ref), backup_name, archive)
             found = _archive(ctx, stack, backup_name, item, archive, from_remote)
             folder = _folder(ctx, into, force)
-            written = _into_folder(ctx, found, folder, keep)
+            written = _into_folder(ctx, backup_name, found, folder, member_path(path) if path else None, dump)
             if dump:
                 written = _join_parts(folder)
             where, downtime = str(folder), 0.0
@@ -178,22 +179,44 @@ def _preset_label(ctx: Context, ref: str) -> str | None:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def _into_folder(ctx: Context, found: Path, folder: Path, keep: Callable[[str], bool]) -> int:
-    """The checked extractor's own folder writer, here in the sidecar (the folder is on the
-    backup volume, which it may write)."""
+def _into_folder(ctx: Context, ref: str, found: Path, folder: Path, path: str | None, dump: bool) -> int:
+    """The checked extractor's folder writer in an extract worker (never in the sidecar: the
+    one writer of every restore), with the backup volume read-write and `folder` on it; the
+    archive is verified first and the members to write counted. No worker, no restore."""
+    keep = chosen(path, dump, root=False)  # the root entry would restyle the folder
     written = 0
 
-    def select(member: Member) -> bool:
+    def count(member: Member) -> None:
         nonlocal written
-        chosen = bool(member.name) and keep(member.name)  # the root entry would restyle the folder
-        written += chosen
-        return chosen
+        written += keep(member.name)
 
     with open_archive(found) as opened:
-        extract(opened, folder, ctx.settings.decryption, select=select)
-    if not written:
-        raise NotFound(f"{found.name} holds no member under that path (see `list NAME --files`)")
+        check = verify(opened, ctx.settings.decryption, on_member=count)
+        if not written:
+            raise NotFound(f"{found.name} holds no member under that path (see `list NAME --files`)")
+        how = unpack.UnpackRequest(ContainerInfo("", f"folder {folder}", "", "", ContainerState.EXITED, {}, ()),
+                                   Mount("bind", str(folder), str(folder)), opened, check.sha256,
+                                   ctx.settings.decryption, ctx.worker_settings, ref, path=path, dump_parts=dump,
+                                   leave_root=True)
+        unpack.run_worker(ctx.engine, how, _folder_plan(ctx, how, folder))
     return written
+
+
+def _folder_plan(ctx: Context, how: unpack.UnpackRequest, folder: Path) -> unpack.WorkerPlan:
+    """The worker with the backup volume read-write (the folder is on it) and the archive
+    read from it; fails closed, naming BACKUP_WORKER_IMAGE, where no worker can run."""
+    plan, reason = unpack.worker_plan(ctx.engine, how)
+    if plan is None:
+        raise unpack.WorkerUnavailable(
+            f"cannot restore {how.archive.name} into {folder}: no worker container can run ({reason}). Restored "
+            "files are only written by the checked extractor in a worker container, --into too: run the sidecar in "
+            "its container (its own image is used), or set BACKUP_WORKER_IMAGE to the sidecar's image")
+    store = plan.site.store
+    try:
+        inside = store.inside(store.root / folder.relative_to(os.path.realpath(store.root)))
+    except ValueError as err:
+        raise unpack.WorkerUnavailable(f"{folder} is not on the backup volume a worker mounts ({store.root})") from err
+    return dataclasses.replace(plan, mounts=(store.mount,), into=inside)
 
 
 def _folder(ctx: Context, text: str, force: bool) -> Path:
@@ -229,10 +252,7 @@ def _into_volume(ctx: Context, ref: str, container, mount, backup_name: str, sto
             raise NotFound(f"{found.name} holds no member under {path!r} (see `list {backup_name} --files`)")
         how = unpack.UnpackRequest(container, mount, opened, check.sha256, ctx.settings.decryption,
                                    ctx.worker_settings, backup_name, path=path)
-        plan, reason = unpack.worker_plan(ctx.engine, how)
-        if plan is None:
-            raise RestoreError(f"restore --path writes through a worker container and none can run here ({reason}); "
-                               "restore it --into a folder on the backup volume instead")
+        plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))
         with _interrupted(ctx, container, strategy, backup_name, stop_timeout) as window:
             logger.info("restoring one path", extra={**fields, "members": len(members)})
             unpack.run_worker(ctx.engine, how, plan)
@@ -249,17 +269,6 @@ def _interrupted(ctx: Context, container, strategy: Strategy, backup_name: str,
         return
     with Interruption(ctx, current, kind, backup_name, stop_timeout) as window:
         yield window
-
-
-def _dump_selector(path: str | None) -> Callable[[str], bool]:
-    """A dump archive holds one file cut into parts (`FILE.000000`, ...): --path names FILE."""
-    wanted = _checked_selector(path, None) if path else None
-    file = member_path(path) if path else None
-
-    def keep(name: str) -> bool:
-        part = part_of(name)
-        return part is not None and (file is None or part[0] == file or bool(wanted and wanted(name)))
-    return keep
 
 
 def _join_parts(folder: Path) -> int:

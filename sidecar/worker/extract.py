@@ -36,7 +36,7 @@ import pyrage
 from ..errors import ArchiveError, ChecksumMismatch, SidecarError
 from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
 from ..keys import DecryptionKeys
-from ..members import member_path, under
+from ..members import chosen, member_path
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--keys-file", type=Path)
     parser.add_argument("--progress-interval", type=float, default=1.0)
     parser.add_argument("--path", type=member_path, help="restore only this file or folder (relative to the volume)")
+    parser.add_argument("--dump-parts", action="store_true",
+                        help="write only a dump's parts (FILE.NNNNNN; with --path: those of FILE)")
+    parser.add_argument("--leave-root", action="store_true",
+                        help="leave out the root entry (--into keeps its own owner and mode)")
     return parser
 
 
@@ -105,9 +109,10 @@ def run(args: argparse.Namespace) -> dict:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
         emit({"event": "started"})
-        inside = under(args.path) if args.path else None
+        keep = chosen(args.path, args.dump_parts, root=not args.leave_root)
+        filtered = args.path is not None or args.dump_parts or args.leave_root
         summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only,
-                          select=(lambda member: inside(member.name)) if inside else None)
+                          select=(lambda member: keep(member.name)) if filtered else None)
     return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
             "stripped": summary.stripped}
 

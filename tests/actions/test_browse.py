@@ -111,14 +111,19 @@ def test_a_path_the_archive_lacks_stops_nothing(run, engine, data, worker, capsy
     assert engine.names("stop") == []
 
 
-def test_into_a_folder_on_the_backup_volume(run, engine, env, data, capsys):
+def test_into_a_folder_on_the_backup_volume(run, engine, env, data, worker, capsys):
     backed_up(run, engine, data)
     backups = Path(env["BACKUP_DIR"])
     capsys.readouterr()
     assert run("restore", "app", "--volume", "data", "--path", "sub", "--into", "restored/app") == 0
     assert tree(backups / "restored" / "app") == {".": None, "sub": None, "sub/b.bin": tree(data)["sub/b.bin"]}
     assert "into " + str(backups / "restored" / "app") + " (2 entries" in capsys.readouterr().out
-    assert engine.names("stop") == [] and not engine.workers_run  # neither the app nor a worker is needed
+    assert engine.names("stop") == []  # the app is not needed
+    # Written by the extract worker (the one writer), with the backup volume read-write, into the folder on it.
+    [spec] = [s for s in engine.workers_run if s.purpose == "extract"]
+    assert [(m.source, m.read_only) for m in spec.mounts] == [(str(backups), False)]
+    assert spec.command[spec.command.index("--into") + 1].endswith("/restored/app")
+    assert "--path=sub" in spec.command and "--leave-root" in spec.command
     # Not twice into the same folder without --force; never outside BACKUP_DIR or into its own folders.
     assert run("restore", "app", "--volume", "data", "--path", "a.txt", "--into", "restored/app") == 1
     assert run("restore", "app", "--volume", "data", "--path", "a.txt", "--into", "restored/app", "--force") == 0
@@ -132,11 +137,34 @@ def test_into_a_folder_on_the_backup_volume(run, engine, env, data, capsys):
 def test_without_a_worker_the_volume_path_is_refused_before_anything_stops(run, engine, data, capsys):
     backed_up(run, engine, data)
     assert run("restore", "app", "--volume", "data", "--path", "a.txt") == 1
-    assert "restore it --into a folder on the backup volume instead" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "no worker container can run" in said and "BACKUP_WORKER_IMAGE" in said
     assert engine.names("stop") == []
 
 
-def test_from_a_destination(run, engine, env, data, tmp_path, monkeypatch):
+def test_into_a_folder_without_a_worker_is_refused_writing_nothing(run, engine, env, data, capsys):
+    backed_up(run, engine, data)
+    backups = Path(env["BACKUP_DIR"])
+    capsys.readouterr()
+    for more in (("--path", "a.txt"), ()):  # one file, or the whole archive
+        assert run("restore", "app", "--volume", "data", *more, "--into", "restored/app") == 1
+        said = capsys.readouterr().err
+        assert "no worker container can run" in said and "BACKUP_WORKER_IMAGE" in said and "restored/app" in said
+        assert not any((backups / "restored" / "app").iterdir())  # the sidecar wrote nothing itself
+    assert not [s for s in engine.workers_run if s.purpose == "extract"]
+
+
+def test_the_whole_archive_into_a_folder_keeps_the_folder_its_own(run, engine, env, data, worker, capsys):
+    backed_up(run, engine, data)
+    data.chmod(0o751)
+    assert run("backup", "app") == 0
+    assert run("restore", "app", "--volume", "data", "--into", "restored/all") == 0
+    folder = Path(env["BACKUP_DIR"]) / "restored" / "all"
+    assert {k: v for k, v in tree(folder).items() if k != "."} == {k: v for k, v in tree(data).items() if k != "."}
+    assert folder.stat().st_mode & 0o777 == 0o700  # the root entry (0751) left out: the folder stays ours
+
+
+def test_from_a_destination(run, engine, env, data, worker, tmp_path, monkeypatch):
     (tmp_path / "copy").mkdir()
     monkeypatch.setenv("BACKUP_DESTINATIONS", str(tmp_path / "copy"))
     backed_up(run, engine, data)
@@ -150,7 +178,7 @@ def test_from_a_destination(run, engine, env, data, tmp_path, monkeypatch):
     assert (backups / "restored" / "x" / "a.txt").read_text() == "alpha\n"
 
 
-def test_a_dump_archive_lists_and_gives_its_file_into_a_folder(run, engine, env, tmp_path, capsys):
+def test_a_dump_archive_lists_and_gives_its_file_into_a_folder(run, engine, env, worker, tmp_path, capsys):
     _postgres(engine, tmp_path, pg_dumpall=f'echo "select 1;"; printf "%s" "{DUMPALL_END}"')
     assert run("backup", "app") == 0
     capsys.readouterr()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.sources.presets import dump
-from sidecar.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped
+from sidecar.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive
 from sidecar.model import ContainerState
 
 from .conftest import app_labels
@@ -384,22 +385,24 @@ WGET = r'''
 url=""; post=0
 for a in "$@"; do case "$a" in --post-data=*) post=1;; -*) ;; *) url="$a";; esac; done
 case "$url" in
-  */api/v1/status/flags) echo '{"status":"success","data":{"storage.tsdb.path":"'"$TSDB"'","web.enable-admin-api":"x"}}';;
+  */api/v1/status/flags) echo '{"status":"success","data":{"storage.tsdb.path":"'"${TSDB_SHOWN:-$TSDB}"'","web.enable-admin-api":"x"}}';;
   */api/v1/admin/tsdb/snapshot)
     if [ "$ADMIN" != on ]; then echo "wget: server returned error: HTTP/1.1 403 Forbidden" >&2; exit 8; fi
     mkdir -p "$TSDB/snapshots/20261202T000000Z-abc/01BLOCK" && echo chunk > "$TSDB/snapshots/20261202T000000Z-abc/01BLOCK/meta.json"
+    (cd "$TSDB/snapshots/20261202T000000Z-abc" && eval "${SNAPSHOT_EXTRA:-:}")
     echo '{"status":"success","data":{"name":"20261202T000000Z-abc"}}';;
 esac
 '''
 
 
-def _prometheus(engine, tmp_path, data, admin="on"):
+def _prometheus(engine, tmp_path, data, admin="on", extra=""):
     app = engine.add_container("prom-1", app_labels(preset="prometheus", image="never"), {"/prometheus": data},
                                image="prom/prometheus:v2")
     engine.containers[app.id].bin = _tools(tmp_path, wget=WGET, sed='exec /bin/sed "$@"', tar='exec /bin/tar "$@"',
                                            rm='exec /bin/rm "$@"', mkdir='exec /bin/mkdir "$@"',
-                                           ls='exec /bin/ls "$@"', readlink='exec /bin/readlink "$@"')
-    engine.containers[app.id].env = {"TSDB": str(data), "ADMIN": admin}
+                                           ls='exec /bin/ls "$@"', readlink='exec /bin/readlink "$@"',
+                                           ln='exec /bin/ln "$@"', chmod='exec /bin/chmod "$@"')
+    engine.containers[app.id].env = {"TSDB": str(data), "ADMIN": admin, "SNAPSHOT_EXTRA": extra}
     return app
 
 
@@ -418,6 +421,41 @@ def test_prometheus_without_the_admin_api_names_the_flag(engine, ctx, tmp_path, 
     outcome = run_backup(ctx, _target(ctx))
     assert outcome.result is BackupResult.FAILURE and "--web.enable-admin-api" in outcome.error
     assert "403 Forbidden" in outcome.error and _nothing_written(ctx)
+
+
+def test_prometheus_restore_writes_checked_files_and_folders(engine, ctx, tmp_path, data):
+    app = _prometheus(engine, tmp_path, data, extra="echo run > 01BLOCK/tool && chmod 4755 01BLOCK/tool")
+    assert run_backup(ctx, _target(ctx)).ok
+    engine.containers[app.id].env["TSDB_SHOWN"] = "/prometheus"  # its path in the container, for the restore
+    for entry in data.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    run_restore_dump(ctx, "app", "latest")
+    assert (data / "01BLOCK" / "meta.json").read_text() == "chunk\n"
+    assert (data / "01BLOCK" / "tool").read_text() == "run\n"
+    assert (data / "01BLOCK" / "tool").stat().st_mode & 0o7777 == 0o755  # the setuid bit never reaches the engine
+    assert [c[0] for c in engine.calls if c[0] in ("stop", "start")] == ["stop", "start"]
+
+
+@pytest.mark.parametrize("extra, kind", [
+    ("ln -s /etc 01BLOCK/out", "outside the volume"),
+    ("ln -s meta.json 01BLOCK/in", "is a symlink"),
+    ("echo x > f && ln f 01BLOCK/f2", "is a hardlink"),
+])
+def test_prometheus_restore_refuses_a_snapshot_with_links(engine, ctx, tmp_path, data, extra, kind):
+    app = _prometheus(engine, tmp_path, data, extra=extra)
+    outcome = run_backup(ctx, _target(ctx))
+    assert outcome.ok, outcome.error
+    engine.containers[app.id].env["TSDB_SHOWN"] = "/prometheus"
+    for entry in data.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    (data / "kept").write_text("untouched")
+    with pytest.raises(UnsafeArchive) as err:
+        run_restore_dump(ctx, "app", "latest", force=True)
+    message = str(err.value)
+    assert kind in message and "prom-1" in message and outcome.archives[0].path.name in message
+    # Refused before anything was stopped, emptied or sent to the engine's unpacker.
+    assert not [c for c in engine.calls if c[0] in ("stop", "run_helper", "put_archive")]
+    assert [p.name for p in data.iterdir()] == ["kept"] and engine.state(app.id) is ContainerState.RUNNING
 
 
 def test_an_encrypted_dump_is_restored_through_the_client(engine, make_ctx, tmp_path):

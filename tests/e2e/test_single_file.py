@@ -1,7 +1,8 @@
 """One file back on the real engine through the real CLI: `list NAME --files` shows the
 archive's members, `restore NAME --path` puts one file back into the volume through the
 extract worker (the rest of the volume as it is now, the container running again), and
-`--into` writes one into a folder on the backup volume."""
+`--into` writes one into a folder on the backup volume through the same worker (refused,
+writing nothing, where no worker may run)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ def test_list_then_one_file_into_the_volume_and_one_into_a_folder(lab, worker_im
     container.reload()
     assert container.status == "running"
 
-    into = lab.cli("restore", "app", "--volume", "data", "--path", "big.bin", "--into", "restored/app")
+    refused = lab.cli("restore", "app", "--volume", "data", "--path", "big.bin", "--into", "restored/app",
+                      BACKUP_WORKER_IMAGE="none")
+    assert refused.returncode == 1 and "BACKUP_WORKER_IMAGE" in refused.stderr, refused.stderr
+    assert not any((lab.backup_dir / "restored" / "app").iterdir())  # the sidecar wrote nothing itself
+
+    into = lab.cli("restore", "app", "--volume", "data", "--path", "big.bin", "--into", "restored/app", **env)
     assert into.returncode == 0, into.stderr
     restored = (lab.backup_dir / "restored" / "app" / "big.bin").read_bytes()
     in_volume = lab.run_oneshot("sha256sum big.bin", {volume: "/data"}).split()[0]

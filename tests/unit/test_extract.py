@@ -695,3 +695,36 @@ def test_member_checker_accepts_a_normal_tree():
     # (readers disagree on what it means).
     with pytest.raises(UnsafeArchive, match="empty target"):
         MemberChecker().check(sym("./empty-target", ""))
+
+
+# --- files_tar: a tar inside an archive, for the engine's unpacker -------------------------
+
+def _files_tar(tar: bytes, chunk: int = 7) -> bytes:
+    pieces = (tar[i:i + chunk] for i in range(0, len(tar), chunk))  # headers cut across chunks
+    return b"".join(extract.files_tar(pieces, "the snapshot in X, for prom-1"))
+
+
+def test_files_tar_carries_files_and_folders_with_our_headers():
+    tar = (directory(b"./") + directory(b"./01B/", mode=0o2755) + file(b"./01B/meta.json", b"{}\n")
+           + file(b"01B/tool", b"run", mode=0o4755) + bytes(1024))
+    out = _files_tar(tar)
+    with tarfile.open(fileobj=io.BytesIO(out), mode="r:") as t:
+        got = [(m.name, m.type, m.mode, t.extractfile(m).read() if m.isfile() else None) for m in t]
+    # The root entry is left out (the target keeps its own); set-id bits are stripped from files.
+    assert got == [("01B", tarfile.DIRTYPE, 0o2755, None), ("01B/meta.json", tarfile.REGTYPE, 0o644, b"{}\n"),
+                   ("01B/tool", tarfile.REGTYPE, 0o755, b"run")]
+
+
+@pytest.mark.parametrize("tar, error, said", [
+    (symlink(b"out", b"/etc"), UnsafeArchive, "outside"),
+    (symlink(b"in", b"x"), UnsafeArchive, "is a symlink"),
+    (file(b"f", b"x") + header(b"g", b"1", linkname=b"f"), UnsafeArchive, "is a hardlink"),
+    (header(b"dev", b"3"), UnsafeArchive, "device"),
+    (header(b"fifo", b"6"), UnsafeArchive, "is a fifo"),
+    (file(b"../up", b"x"), UnsafeArchive, ".."),
+    (file(b"f", b"x")[:600], ArchiveError, "truncated"),
+])
+def test_files_tar_refuses_anything_else_naming_whose_tar(tar, error, said):
+    with pytest.raises(error, match="the snapshot in X, for prom-1") as err:
+        _files_tar(tar + bytes(1024))
+    assert said in str(err.value)

@@ -8,7 +8,7 @@ import pytest
 
 from sidecar import extract
 from sidecar.errors import ChecksumMismatch, UnsafeArchive
-from sidecar.members import matching, member_path, under
+from sidecar.members import chosen, matching, member_path, part_of, under
 
 from .test_extract import END, directory, file, symlink, write
 
@@ -37,6 +37,26 @@ def test_under_and_matching():
 RAW = (directory(b"./") + directory(b"./conf/") + file(b"./conf/app.ini", b"[app]\n") + directory(b"./conf/sub/")
        + file(b"./conf/sub/b.txt", b"bee") + file(b"./big.bin", b"x" * 5000) + symlink(b"./link", b"conf/app.ini")
        + END)
+
+
+NAMES = ["", "a.txt", "sub", "sub/b", "subway", "db.sql.000000", "db.sql.000001", "x.sql.000000", "db.sql.00000"]
+
+
+@pytest.mark.parametrize("path, dump, root, kept", [
+    (None, False, True, NAMES),
+    (None, False, False, NAMES[1:]),  # --into: the folder keeps its own owner and mode
+    ("sub", False, False, ["sub", "sub/b"]),
+    (None, True, False, ["db.sql.000000", "db.sql.000001", "x.sql.000000"]),
+    ("db.sql", True, False, ["db.sql.000000", "db.sql.000001"]),
+    ("x.sql.000000", True, False, ["x.sql.000000"]),  # a part by its own name
+])
+def test_chosen_is_what_a_restore_writes(path, dump, root, kept):
+    keep = chosen(path, dump, root)
+    assert [n for n in NAMES if keep(n)] == kept
+
+
+def test_part_of():
+    assert part_of("./pg.sql.000003") == ("pg.sql", 3) and part_of("pg.sql.3") is None and part_of("a/b.000001") is None
 
 
 def test_list_members_yields_every_member_in_order(tmp_path):

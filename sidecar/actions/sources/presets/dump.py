@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ....engine import Engine
 from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
 from ....extract import Kind, open_archive, read_members, verify
 from ....keys import DecryptionKeys
+from ....members import PART
 from ....model import ContainerInfo, ExecResult, Target
 from ...context import Context
 from ...interrupt import Interruption
@@ -32,13 +32,6 @@ logger = logging.getLogger(__name__)
 
 PART_SIZE = 4 << 20
 TAIL_KEPT = 4096  # last bytes of a dump kept to check that it ended as the tool ends it
-_PART = re.compile(r"^(?P<file>[^/]+)\.(?P<n>\d{6})$")
-
-
-def part_of(name: str) -> tuple[str, int] | None:
-    """(file, number) of a dump part's member name (`pg_dumpall.sql.000003`), else None."""
-    match = _PART.match(name.removeprefix("./"))
-    return (match["file"], int(match["n"])) if match else None
 
 
 def parts_tar(chunks: Iterable[bytes], file: str, mtime: float | None = None,
@@ -243,7 +236,7 @@ def dump_file(path: Path, keys: DecryptionKeys | None) -> str:
     finally:
         members.close()
     name = first[0].name if first is not None else None
-    match = _PART.match(name) if name is not None else None
+    match = PART.match(name) if name is not None else None
     if match is None:
         raise ArchiveError(f"{path.name}: not a dump archive (its first member is {name!r})")
     return match["file"]
@@ -256,7 +249,7 @@ def dump_chunks(path: Path, keys: DecryptionKeys | None) -> Iterator[bytes]:
     try:
         expected, file = 0, None
         for member, data in members:
-            match = _PART.match(member.name) if member.kind is Kind.FILE else None
+            match = PART.match(member.name) if member.kind is Kind.FILE else None
             if match is None or int(match["n"]) != expected or (file is not None and match["file"] != file):
                 raise ArchiveError(f"{path.name}: {member.name!r} is not part {expected} of a dump")
             file, expected = match["file"], expected + 1

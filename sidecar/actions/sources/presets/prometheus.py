@@ -6,15 +6,21 @@ deleted, on every path out. The storage path comes from the server itself
 `http://localhost:9090` unless the container's `PROMETHEUS_URL` says otherwise.
 
 Restore asks the running server for its storage path, refuses a TSDB holding blocks unless
---force, stops the container, empties the storage folder (a helper container), writes the
-snapshot's blocks into it and starts it again, on every path out."""
+--force, checks the snapshot tar inside the dump with the one parser (regular files and folders only:
+it was made in the app's container), stops the container, empties the storage folder (a
+helper container), writes the snapshot's blocks into it and starts it again, on every path
+out. The engine's unpacker (`PUT /archive`) only ever gets the checked files and folders,
+re-serialised with headers we write (extract.files_tar)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Iterator
 
 from ....errors import RestoreError, SidecarError
+from ....extract import files_tar
 from ....model import ContainerInfo, ContainerState, Target
 from ....presetnames import dump_type
 from ...context import Context
@@ -85,6 +91,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
             raise RestoreError(f"{container.name} is not running: the prometheus preset asks the server for its "
                                "storage path; start it first")
         tsdb = _where(ctx, current, request.force, fields)
+        for _ in _snapshot(path, ctx, container.name):  # refused before anything is stopped or emptied
+            pass
         with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
             image = ctx.settings.helper_image or current.image_id
             try:
@@ -93,11 +101,18 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                     raise RestoreError(f"emptying {tsdb} in {container.name} failed (exit {code}: "
                                        f"{logs.strip()[-300:]})")
                 logger.info("restoring the TSDB snapshot", extra={**fields, "path": tsdb})
-                ctx.engine.put_archive(container.id, tsdb, dump_chunks(path, ctx.settings.decryption))
+                ctx.engine.put_archive(container.id, tsdb, _snapshot(path, ctx, container.name))
             except SidecarError as err:
                 raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
     seconds = time.monotonic() - started
     return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+
+
+def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:
+    """The dump's snapshot tar (made in the app's container: not trusted) checked by the one
+    parser and re-serialised as regular files and folders only, for the engine's unpacker."""
+    yield from files_tar(dump_chunks(path, ctx.settings.decryption),
+                         f"the TSDB snapshot in {path.name}, for {container}")
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> str:
