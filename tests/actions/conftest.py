@@ -124,3 +124,10 @@ def run(engine, env, monkeypatch):
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
     root.handlers[:], root.level = saved
+
+
+@pytest.fixture
+def fresh_worker_reader(monkeypatch):
+    """The registry's worker reader caches its image lookup and probes per process: a fresh
+    one per test (modules that start workers use it: pytestmark)."""
+    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())

@@ -18,12 +18,11 @@ from sidecar.readers.worker import WorkerReader
 from .conftest import app_labels, tree
 from .test_presets import DUMPALL_END, _postgres
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 IMAGE = "backup-sidecar:fake"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

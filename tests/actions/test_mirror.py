@@ -20,12 +20,11 @@ from sidecar.worker.mirror import INFO, TREE
 
 from .conftest import app_labels, archive_members, tree
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 IMAGE = "backup-sidecar:fake"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

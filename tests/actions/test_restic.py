@@ -20,7 +20,6 @@ from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
 from sidecar.metrics import Metrics, TargetView
 from sidecar.model import ContainerState
-from sidecar.readers.worker import WorkerReader
 from sidecar.snapshots import parse_snapshots
 
 from .conftest import app_labels
@@ -29,13 +28,10 @@ from .test_presets import DUMPALL_END, _postgres
 IMAGE = "backup-sidecar:fake"
 PASSWORD = "restic-pw-Zq7"
 
-pytestmark = pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v restic"], capture_output=True).returncode,
-                                reason="restic is not installed (scripts/test installs it)")
+pytestmark = [pytest.mark.usefixtures("fresh_worker_reader"), pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v restic"], capture_output=True).returncode,
+                                reason="restic is not installed (scripts/test installs it)")]
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

@@ -23,12 +23,11 @@ from sidecar.readers.worker import VOLUME_ROOT, WorkerReader
 
 from .conftest import app_labels, tree
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 IMAGE = "backup-sidecar:fake"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

@@ -23,13 +23,12 @@ from sidecar.readers.worker import WorkerReader
 
 from .conftest import app_labels
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 IMAGE = "backup-sidecar:fake"
 SECRET = "pw-8d1c0e-not-in-any-log"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

@@ -28,13 +28,11 @@ from sidecar.worker.archive import ArchiveJob, run_archive
 
 from .conftest import app_labels, archive_members, tree
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 IMAGE = "backup-sidecar:fake"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    """The registry's reader caches probes per process: a fresh one per test."""
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 @pytest.fixture

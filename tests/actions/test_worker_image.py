@@ -14,13 +14,11 @@ from sidecar.readers.worker import CHOSEN_NONE, IMAGE_LABEL, WorkerReader, fix_f
 
 from .conftest import app_labels
 
+pytestmark = pytest.mark.usefixtures("fresh_worker_reader")  # conftest: one WorkerReader per test
+
 SAID = "set BACKUP_WORKER_IMAGE to this sidecar's image (or to `none` to choose this)"
 
 
-@pytest.fixture(autouse=True)
-def fresh_worker_reader(monkeypatch):
-    """The registry's reader looks the image up once per process: a fresh one per test."""
-    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())
 
 
 def _plan(run, capsys) -> dict:
