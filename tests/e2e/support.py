@@ -268,13 +268,20 @@ class Lab:
         env.update(extra)
         return env
 
-    def cli(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-        if args[:1] == ("restore",):  # as the sidecar in its container: a worker from its image writes it
+    @staticmethod
+    def _restores(args: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:
+        """A restore is written by a worker only (as the sidecar in its container: one from its image)."""
+        if args[:1] == ("restore",):
             env.setdefault("BACKUP_WORKER_IMAGE", WORKER_IMAGE)
+        return env
+
+    def cli(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+        env = self._restores(args, env)
         return subprocess.run([sys.executable, "-m", "sidecar", *args], cwd=REPO, env=self.env(**env),
                               capture_output=True, text=True, timeout=timeout)
 
     def start_cli(self, *args: str, log_name: str = "sidecar.log", **env: str) -> tuple[subprocess.Popen, Path]:
+        env = self._restores(args, env)
         log = self.tmp / log_name
         handle = open(log, "ab")
         proc = subprocess.Popen([sys.executable, "-m", "sidecar", *args], cwd=REPO, env=self.env(**env),

@@ -246,7 +246,7 @@ def test_without_a_worker_the_restore_fails_closed_and_names_the_setting(lab):
     original = lab.manifest(volume)
     app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
     assert lab.cli("backup", "app").returncode == 0
-    restored = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_WORKER_IMAGE="")
+    restored = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_WORKER_IMAGE="none")
     assert restored.returncode != 0
     assert "BACKUP_WORKER_IMAGE" in restored.stderr and "no worker container can run" in restored.stderr
     assert lab.manifest(volume) == original and lab.state(app) == "running"  # nothing stopped, nothing emptied
