@@ -293,7 +293,8 @@ def parse_target(container: ContainerInfo, default_schedule: Schedule, default_k
     with_volumes = values["preset"] is None or VOLUMES in labels
     volumes = _volumes(container, values["volumes"], VOLUMES in failed, bad, problems) if with_volumes else ()
     if values["preset"] == "sqlite" and not values["sqlite_paths"] and SQLITE_PATHS not in failed:
-        bad(SQLITE_PATHS, "", "required with backup.preset=sqlite; accepted: a comma list of absolute globs")
+        problems.append(f"label {SQLITE_PATHS} is missing: required with backup.preset=sqlite; accepted: a comma "
+                        "list of absolute globs")
 
     if problems:
         raise LabelError(container.name, problems)

@@ -96,6 +96,8 @@ def test_labels_parse_or_name_the_label_and_value(labels):
             name = problem[len("label "):].split(" ", 1)[0]
             if problem.startswith("label ") and name in SECRET_LABELS:  # a token: named, never quoted
                 assert problem.startswith(f"label {name} is invalid: accepted"), problem
+            elif problem.startswith(f"label {name} is missing: required with "):  # another label asks for it
+                assert name not in labels and "accepted: " in problem, problem
             elif problem.startswith("label "):
                 label, _, rest = problem[len("label "):].partition("=")
                 assert label in labels and rest.startswith(repr(labels[label])), problem
