@@ -25,19 +25,10 @@ from sidecar.notify.urls import NotifyConfig, NotifyOn
 from sidecar.retention import Keep
 
 from .conftest import app_labels
+from .test_presets import _tools
 
 DUMP_DONE = "-- Dump completed on 2026-12-02  3:00:00"
 RISK = {"target": "app", "app": "mariadb", "preset": "mysql"}
-
-
-def _tools(root, **scripts):
-    folder = root / "bin"
-    folder.mkdir(exist_ok=True)
-    for name, body in scripts.items():
-        path = folder / name
-        path.write_text("#!/bin/sh\n" + body + "\n")
-        path.chmod(0o755)
-    return folder
 
 
 def _mariadb(engine, tmp_path, received, **labels):
