@@ -213,10 +213,13 @@ class Bench:
                 "one_file_vs_whole": ratio(one.wall, whole.wall), "one_file_by_hand_seconds": round(one_by_hand, 2),
                 "one_file_by_hand_vs_whole_by_hand": ratio(one_by_hand, by_hand)}
 
-    def archive_rss(self) -> int:
+    def archive_rss(self, extra: dict[str, str]) -> int:
+        """The archive format with the same settings (the S3 destination too: its client is
+        part of the sidecar's memory either way)."""
         backups = self.lab.tmp / "archive-backups"
         backups.mkdir()
-        env = proc.environment(backups, self.lab.project, BACKUP_WORKER_IMAGE=self.image)
+        env = proc.environment(backups, self.lab.project, BACKUP_WORKER_IMAGE=self.image,
+                               **({**extra, "S3_PREFIX": "archives"} if extra else {}))
         run = proc.run(["backup", "app"], env)
         return _own_rss(run)
 
@@ -245,7 +248,7 @@ def main() -> int:
         tar_seconds, archive = median([t for t, _ in tars]), tars[0][1]
         phases = bench.restic_phases()
         restore = bench.restores()
-        archive_rss = bench.archive_rss()
+        archive_rss = bench.archive_rss(extra)
     finally:
         lab.cleanup()
     load = max(load_start, results.load_per_core())
