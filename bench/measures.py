@@ -398,8 +398,8 @@ def _empty(client, bucket: str) -> None:
 class SeaweedFS:
     """`weed server` with S3 on 127.0.0.1 (as tests/e2e/s3server.py, with -volume.max=0)."""
 
-    def __init__(self, lab: Lab, folder: Path):
-        self.lab, self.folder = lab, folder
+    def __init__(self, lab: Lab, folder: Path, extra_args: tuple[str, ...] = ()):
+        self.lab, self.folder, self.extra_args = lab, folder, extra_args  # e.g. -s3.config=FILE (identities)
         self.ports = _free_port_pairs(4)
         self.endpoint = f"http://127.0.0.1:{self.ports[0]}"
 
@@ -418,7 +418,8 @@ class SeaweedFS:
                 f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", "-volume.max=0",
                 "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
-                f"-s3.localSocket={self.folder / 's3.sock'}", f"-filer.localSocket={self.folder / 'filer.sock'}"]
+                f"-s3.localSocket={self.folder / 's3.sock'}", f"-filer.localSocket={self.folder / 'filer.sock'}",
+                *self.extra_args]
         with open(self.folder / "weed.log", "wb") as log:
             self.proc = self.lab.spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)

@@ -712,6 +712,7 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
         labels={WORKER_LABEL: spec.purpose, **spec.labels},
         healthcheck={"test": ["NONE"]},  # the image's own healthcheck is the daemon's
         stdin_open=True, environment={WORKER_PARENT_ENV: "stdin"},  # with detach=False: StdinOnce
+        **({"hostname": spec.hostname} if spec.hostname else {}),
     )
 
 

@@ -263,6 +263,7 @@ class WorkerSpec:
     capabilities: tuple[str, ...] = ()
     timeout: float = 3600.0  # seconds; the worker is killed when it runs longer
     tail_lines: int = 40  # lines of output kept for the error message
+    hostname: str | None = None  # the container's host name (None: the engine's choice)
 
 
 # Set in every worker's environment: its stdin is the sidecar's connection, and its end

@@ -43,6 +43,15 @@ class RunResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LockInfo:
+    id: str
+    hostname: str
+    pid: int
+    exclusive: bool
+    time: str
+
+
 class Repository:
     """One restic repository: a local folder or any location restic accepts (`s3:...`)."""
 
@@ -188,6 +197,19 @@ class Repository:
         """Removes stale locks only (restic's default: locks whose process is gone on this
         host, or older than 30 minutes); a live lock of another host stays."""
         return self.run("unlock", timeout=600)
+
+    def locks(self) -> list["LockInfo"]:
+        """The repository's locks as restic reads them (without taking one)."""
+        ids = self.run("list", "locks", "--no-lock", timeout=600).stdout.split()
+        found = []
+        for lock_id in ids:
+            try:
+                doc = json.loads(self.run("cat", "lock", lock_id, "--no-lock", timeout=600).stdout)
+            except (ResticError, ValueError):
+                continue  # removed meanwhile (its run ended), or not a lock restic can read
+            found.append(LockInfo(lock_id, str(doc.get("hostname") or ""), int(doc.get("pid") or 0),
+                                  bool(doc.get("exclusive")), str(doc.get("time") or "")))
+        return found
 
     def stats(self, mode: str = "raw-data") -> dict:
         result = self.run("stats", "--json", "--mode", mode, timeout=3600)

@@ -135,7 +135,8 @@ class Interruption:
         finally:
             self._stop_done.set()
         phase = "stop" if self.action is InterruptionKind.STOPPED else "pause"
-        logger.info(f"container {self.action}", extra=self._fields(phase=phase))
+        logger.info(f"container {self.action}", extra=self._fields(
+            phase=phase, seconds=round(time.monotonic() - self.started_at, 3)))  # the stop itself: its share of the window
         return self
 
     def __exit__(self, exc_type, exc: BaseException | None, tb: TracebackType | None) -> None:

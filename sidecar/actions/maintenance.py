@@ -7,7 +7,11 @@
   metrics; BACKUP_RESTIC_CHECK_INTERVAL;
 - `unlock` at start-up (recovery): the stale locks a killed run left. restic's own unlock
   removes only stale locks: on this host those whose process is gone, elsewhere those not
-  refreshed for 30 minutes; a live lock (refreshed every 5 minutes) stays.
+  refreshed for 30 minutes; a live lock (refreshed every 5 minutes) stays. restic in a worker
+  container writes the worker's host name (formats/restic.py, worker_host_prefix) and a pid
+  of its own namespace, which restic elsewhere must take for another host's: such a lock
+  whose worker no longer runs on this engine is removed here (formats/restic.py,
+  remove_dead_worker_locks).
 
 The daemon runs what is due on its sync thread; the times of the last runs are kept in
 the state file, so a restart does not run them again at once.
@@ -28,7 +32,7 @@ from ..snapshots import forget_args, selector
 from ..state import JsonState
 from .context import Context
 from .formats import StorageFormat, format_of
-from .formats.restic import local_repository, record_state
+from .formats.restic import local_repository, record_state, remove_dead_worker_locks, unlocked
 from .sources import items
 
 logger = logging.getLogger(__name__)
@@ -62,12 +66,12 @@ def run_prune(ctx: Context, keep_for: Callable[[str], Keep], dry_run: bool = Fal
             continue
         args = forget_args(keep_for(target.backup_name)) + (("--dry-run",) if dry_run else ())
         for item in items(target):
-            forgotten += len(repo.forget(selector(target.backup_name, item), host, args))
+            forgotten += len(unlocked(ctx, repo, lambda: repo.forget(selector(target.backup_name, item), host, args)))
     if dry_run:
         return MaintenanceResult("prune", True, time.monotonic() - started, "dry run: nothing pruned", forgotten)
     before = repository_bytes(repo.local_path) if repo.local_path is not None else 0
     try:
-        result = repo.prune()
+        result = unlocked(ctx, repo, repo.prune)
     except SidecarError as err:
         return _done(ctx, MaintenanceResult("prune", False, time.monotonic() - started, str(err), forgotten))
     after = repository_bytes(repo.local_path) if repo.local_path is not None else 0
@@ -99,15 +103,26 @@ def run_unlock(ctx: Context) -> MaintenanceResult | None:
     if not has_repository(ctx):
         return None
     started = time.monotonic()
+    locks = ctx.store.root / REPO_FOLDER / "locks"
+    if locks.is_dir() and not any(locks.iterdir()):  # nothing to judge: no restic start (a key derivation)
+        return MaintenanceResult("unlock", True, time.monotonic() - started, "no locks")
     try:
-        result = Repository(str(ctx.store.root / REPO_FOLDER), ctx.settings.restic_password).unlock()
+        repo = Repository(str(ctx.store.root / REPO_FOLDER), ctx.settings.restic_password)
+        result = repo.unlock()
     except SidecarError as err:
         logger.error("restic unlock failed", extra={"phase": "recovery", "error": str(err)})
         return MaintenanceResult("unlock", False, time.monotonic() - started, str(err))
     text = (result.stdout + result.stderr).strip()
     if "removed" in text or "successfully" in text:
         logger.info("stale restic locks removed", extra={"phase": "recovery", "detail": _last_lines(text)})
-    return MaintenanceResult("unlock", True, result.seconds, _last_lines(text))
+    try:
+        removed = remove_dead_worker_locks(ctx, repo)
+    except SidecarError as err:
+        logger.error("could not look for the locks of killed restic workers", extra={"phase": "recovery",
+                                                                                     "error": str(err)})
+        return MaintenanceResult("unlock", False, time.monotonic() - started, str(err))
+    return MaintenanceResult("unlock", True, time.monotonic() - started,
+                             _last_lines(text) + (f"; {len(removed)} lock(s) of killed workers removed" if removed else ""))
 
 
 def due(ctx: Context, now: float | None = None) -> tuple[str, ...]:

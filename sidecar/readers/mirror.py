@@ -53,6 +53,14 @@ _ONCE_LOCK = threading.Lock()
 MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_name>/
 
 
+def give_go(folder: Path, word: str) -> None:
+    """The go file a held worker waits for (sidecar/worker/mirror.py, wait_for_go): `go`, or
+    a word that calls its pass off."""
+    tmp = folder / (GO + ".tmp")
+    tmp.write_text(word + "\n")
+    os.replace(tmp, folder / GO)  # whole or not at all: the worker reads it once it exists
+
+
 def mirror_folder(state_dir: Path, backup_name: str, volume_name: str) -> Path:
     """Where the staging mirror of a target's volume is kept (the state folder is never
     listed, rotated or copied off-site)."""
@@ -259,9 +267,7 @@ class MirrorArchive:
                           capabilities=MIRROR_CAPABILITIES, timeout=settings.timeout)
 
     def _signal(self, word: str) -> None:
-        tmp = self.folder / (GO + ".tmp")
-        tmp.write_text(word + "\n")
-        os.replace(tmp, self.folder / GO)  # whole or not at all: the worker reads it once it exists
+        give_go(self.folder, word)
 
     def _end_waiter(self, word: str) -> None:
         if self._thread is not None and self._thread.is_alive() and self._stopped is not None \

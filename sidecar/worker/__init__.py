@@ -15,7 +15,8 @@ import threading
 
 from ..model import WORKER_PARENT_ENV
 
-PROTOCOL = 4  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic
+PROTOCOL = 5  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+# 5: restic --go (held at its gate until the go file)
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 

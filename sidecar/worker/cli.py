@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     restic = sub.add_parser("restic", help="run restic on a repository of the backup volume (ARGS after --)")
     restic.add_argument("--repo", type=Path, help="the repository's folder restic writes to (its owner is kept)")
     restic.add_argument("--store", type=Path, help="the backup volume's root in the worker, when mounted read-write")
+    restic.add_argument("--go", type=Path, help="hold restic backup at its gate until this folder's go file says go")
+    restic.add_argument("--wait-timeout", type=float, default=3600.0)
     restic.add_argument("args", nargs="*")
     return parser
 
@@ -72,7 +74,7 @@ def main(argv: list[str]) -> int:
         return _stack(args)
     if args.command == "restic":
         try:
-            return run_restic(args.repo, args.store, list(args.args), emit)
+            return run_restic(args.repo, args.store, list(args.args), emit, args.go, args.wait_timeout)
         except OSError as exc:
             emit({"event": "error", "message": f"restic: {exc}"})
             return 1

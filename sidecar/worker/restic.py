@@ -7,26 +7,44 @@ so the files it adds to a repository on the backup volume would be root's: after
 entry of the repository is given the owner of the repository's folder (the sidecar's user),
 which keeps reading it without root. Its temporary pack files go to a folder of their own
 on the backup volume (the worker's root filesystem is read-only), removed at the end.
+
+With `--go FOLDER` (a `stop`/`pause` target's backup) restic is started before the stop and
+held at a gate: restic 0.14 opens the repository (key derivation), takes its lock and then
+reads its `--exclude-file`s before it loads the index and reads the volume, so an exclude
+file that is a FIFO holds it there. Once restic has opened the FIFO the worker says `ready`
+and waits for the sidecar's go file (sidecar/worker/mirror.py, wait_for_go); `go` closes the
+FIFO's writing end (no patterns: the real excludes are arguments) and restic goes on. Any
+other word, or no go in time: SIGINT, on which restic removes its lock before it exits.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ArchiveError
+from .mirror import wait_for_go
+
 TMP_FOLDER = ".sidecar/restic-tmp"  # under the backup volume's root
+GATE = "gate"  # the FIFO in the run's temporary folder
+GATE_POLL = 0.002  # seconds between looks for restic at the gate (before the stop: not in the window)
 
 
-def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit: Callable[[dict], None]) -> int:
+def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit: Callable[[dict], None],
+               go: Path | None = None, wait_timeout: float = 3600.0) -> int:
     """Run `restic ARGS` (the caller gives `-r`, `--password-file` ...); returns its exit code.
     `store_root`, `repo`: a backup volume mounted read-write and the repository restic
-    writes to (None: read-only, a restore: no temporary folder, no owners to mend)."""
+    writes to (None: read-only, a restore: no temporary folder, no owners to mend). `go`: a
+    `backup` held at the gate until the go file in that folder says so (needs `store_root`)."""
     tmp = store_root / TMP_FOLDER / uuid.uuid4().hex if store_root is not None else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     if tmp is not None:
@@ -35,12 +53,23 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
     try:
         if tmp is not None:
             tmp.mkdir(parents=True, mode=0o700)
+        gate = _make_gate(tmp) if go is not None and tmp is not None else None
+        if gate is not None:
+            args = [*args, "--exclude-file", str(gate)]
+        elif go is not None:  # no FIFO on this backup volume: restic starts after the go
+            try:
+                wait_for_go(go, wait_timeout, emit)
+            except ArchiveError as exc:
+                emit({"event": "error", "message": str(exc)})
+                return code
         proc = subprocess.Popen(["restic", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         errors = threading.Thread(target=_stderr, args=(proc, emit), daemon=True)
         errors.start()
-        for raw in proc.stdout:
-            sys.stdout.write(raw.decode("utf-8", "replace"))
-            sys.stdout.flush()
+        output = threading.Thread(target=_stdout, args=(proc,), daemon=True)  # drained while restic is held too
+        output.start()
+        if gate is not None and go is not None:
+            _hold(proc, gate, go, wait_timeout, emit)
+        output.join()
         code = proc.wait()
         errors.join()
     finally:
@@ -50,6 +79,50 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
             chown_like(repo)
     emit({"event": "exit", "code": code})
     return code
+
+
+def _make_gate(tmp: Path) -> Path | None:
+    """The FIFO restic is held at; None when the backup volume's filesystem has none (CIFS)."""
+    try:
+        os.mkfifo(tmp / GATE, 0o600)
+    except OSError:
+        return None
+    return tmp / GATE
+
+
+def open_gate(proc: subprocess.Popen, gate: Path) -> int | None:
+    """The FIFO's writing end, once `proc` has opened it for reading (it waits there);
+    None when `proc` ended first (its exit code and output say why)."""
+    while True:
+        try:
+            return os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        if proc.poll() is not None:
+            return None
+        time.sleep(GATE_POLL)
+
+
+def _hold(proc: subprocess.Popen, gate: Path, go: Path, timeout: float, emit: Callable[[dict], None]) -> None:
+    """restic waits at the gate until the go file says `go`; otherwise it is interrupted."""
+    fd = open_gate(proc, gate)
+    if fd is None:
+        return
+    try:
+        wait_for_go(go, timeout, emit)  # says `ready` first
+    except ArchiveError as exc:
+        emit({"event": "error", "message": str(exc)})
+        proc.send_signal(signal.SIGINT)  # restic removes its lock, saves nothing, exits
+        proc.wait()  # before the gate opens: an interrupted restic never reads the volume
+    finally:
+        os.close(fd)  # end of the (empty) exclude file: restic goes on
+
+
+def _stdout(proc: subprocess.Popen) -> None:
+    for raw in proc.stdout:
+        sys.stdout.write(raw.decode("utf-8", "replace"))
+        sys.stdout.flush()
 
 
 def _stderr(proc: subprocess.Popen, emit: Callable[[dict], None]) -> None:

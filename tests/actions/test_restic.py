@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import time
+import uuid
 
 import pytest
 
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
+from sidecar.actions.formats.restic import HOST_LABEL, worker_host_prefix
 from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.maintenance import due, run_check, run_prune
 from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
+from sidecar.errors import EngineError
 from sidecar.metrics import Metrics, TargetView
-from sidecar.model import ContainerState
+from sidecar.model import ContainerInfo, ContainerState
 from sidecar.snapshots import parse_snapshots
+from sidecar.worker.restic import open_gate
 
 from .conftest import app_labels
 from .test_presets import DUMPALL_END, _postgres
@@ -186,21 +190,67 @@ def test_check_reads_data_back_and_a_damaged_pack_fails_it_into_the_metrics(engi
     assert metrics.registry.get_sample_value("backup_sidecar_restic_check_timestamp_seconds", {}) > 0
 
 
+def _killed_holding_its_lock(ctx, tmp_path, hostname: str | None = None) -> list[str]:
+    """A restic backup SIGKILLed while it held the repository's lock; the names in locks/.
+    It is held at its gate (sidecar/worker/restic.py): restic reads its --exclude-file, here
+    a FIFO, only once its lock is written and renamed into place, so no wait or deadline
+    decides whether the lock is there. (Polling locks/ for any file raced restic's own
+    write: the local backend writes `<id>-tmp-XXXX` first and renames it after an fsync, a
+    long window under load, and a kill in it left only a temporary file, which no unlock
+    removes: the flaky failure.) `hostname`: restic runs in a UTS namespace of that name."""
+    gate = tmp_path / f"gate-{uuid.uuid4().hex[:8]}"
+    os.mkfifo(gate)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    argv = ["restic", "-r", str(ctx.store.root / "restic"), "--no-cache", "backup", str(tmp_path / "data"),
+            "--exclude-file", str(gate)]
+    if hostname is not None:
+        argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv]
+    proc = subprocess.Popen(argv, env={**os.environ, "RESTIC_PASSWORD": PASSWORD}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        fd = open_gate(proc, gate)
+        assert fd is not None, proc.stderr.read()
+        proc.kill()
+        proc.wait()
+        os.close(fd)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    names = sorted(p.name for p in (ctx.store.root / "restic" / "locks").iterdir())
+    assert names and all(re.fullmatch(r"[0-9a-f]{64}", n) for n in names), names
+    return names
+
+
 def test_recovery_removes_a_stale_lock_of_a_killed_run(engine, rctx, tmp_path):
     _two_runs(engine, rctx, tmp_path)
-    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD}
-    # A restic process killed while it held the repository's lock (as a SIGKILLed backup leaves it).
-    proc = subprocess.Popen(["restic", "-r", str(rctx.store.root / "restic"), "--no-cache", "backup",
-                             "--stdin", "--stdin-filename", "x"], stdin=subprocess.PIPE, env=env)
-    locks = rctx.store.root / "restic" / "locks"
-    deadline = time.monotonic() + 30
-    while not list(locks.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert list(locks.iterdir())
+    _killed_holding_its_lock(rctx, tmp_path)
     run_recovery(rctx)
-    assert not list(locks.iterdir())
+    assert not list((rctx.store.root / "restic" / "locks").iterdir())
+
+
+needs_unshare = pytest.mark.skipif(subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0,
+                                   reason="needs root for a UTS namespace (unshare --uts)")
+
+
+@needs_unshare
+def test_recovery_removes_a_killed_workers_lock_and_never_a_live_one_or_another_hosts(engine, rctx, tmp_path):
+    """restic in a worker records the worker's host name and a pid of its own namespace, so
+    restic's own unlock takes such a lock for another host's and keeps it for 30 minutes
+    (prune, which needs the repository alone, fails meanwhile)."""
+    _two_runs(engine, rctx, tmp_path)
+    prefix = worker_host_prefix(rctx)
+    [dead] = _killed_holding_its_lock(rctx, tmp_path, prefix + "deadbeef0001")
+    live = set(_killed_holding_its_lock(rctx, tmp_path, prefix + "a11ve0000002")) - {dead}
+    elsewhere = set(_killed_holding_its_lock(rctx, tmp_path, "another-host")) - {dead} - live
+    engine.leftover_workers = [ContainerInfo("w", "w", IMAGE, "", ContainerState.RUNNING,
+                                             {HOST_LABEL: prefix + "a11ve0000002"}, ())]
+    run_recovery(rctx)
+    assert {p.name for p in (rctx.store.root / "restic" / "locks").iterdir()} == live | elsewhere
+    engine.leftover_workers = []  # the live worker ended without its unlock: the next recovery clears it
+    run_recovery(rctx)
+    assert {p.name for p in (rctx.store.root / "restic" / "locks").iterdir()} == elsewhere
 
 
 def test_plan_and_list_show_snapshots_in_the_archive_vocabulary(engine, rctx, tmp_path):
@@ -210,3 +260,52 @@ def test_plan_and_list_show_snapshots_in_the_archive_vocabulary(engine, rctx, tm
     assert newest.name == f"app_data_{newest.date[:10]}_daily"
     [row] = run_plan(rctx)[0]
     assert row.latest == newest.name and row.copies == 1
+
+
+def test_a_stop_targets_worker_holds_the_lock_before_the_stop_and_reads_what_the_stop_left(engine, rctx, tmp_path):
+    """restic starts (key derivation, lock) before the stop and waits at its gate; the go
+    comes once the container is down, so the snapshot is a read of the stopped volume: here
+    the app's last write, made while it stops, is in it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "state").write_text("running\n")
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    locks = rctx.store.root / "restic" / "locks"
+    at_stop: list[list[str]] = []
+
+    def on_stop(cid):
+        at_stop.append(sorted(p.name for p in locks.iterdir()))
+        (data / "state").write_text("stopped cleanly\n")  # the app's last write on SIGTERM
+
+    engine.on_stop = on_stop
+    assert run_backup(rctx, _target(rctx)).ok  # the first run creates the repository
+    outcome = run_backup(rctx, _target(rctx))
+    assert outcome.ok, outcome.error
+    assert at_stop[-1], "restic held no lock when the container was stopped"
+    [snap] = outcome.snapshots
+    assert restic(rctx, "dump", snap.snapshot_id, f"{data}/state") == "stopped cleanly\n"  # the fake: host paths
+    assert not list(locks.iterdir()) and not list((rctx.store.state_dir / "restic-go").iterdir())
+
+
+def test_a_held_worker_is_called_off_when_the_stop_fails_and_leaves_no_lock_or_snapshot(engine, rctx, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    assert run_backup(rctx, _target(rctx)).ok
+    engine.fail("stop", EngineError("stop container: the engine said no"), times=1)
+    outcome = run_backup(rctx, _target(rctx))
+    assert outcome.result is BackupResult.FAILURE
+    assert len(parse_snapshots(restic(rctx, "snapshots", "--json"))) == 1
+    assert not list((rctx.store.root / "restic" / "locks").iterdir())
+
+
+@needs_unshare
+def test_prune_clears_a_killed_workers_lock_instead_of_failing_for_30_minutes(engine, make_ctx, tmp_path):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,
+                   BACKUP_PRUNE_DRY_RUN="true")
+    _two_runs(engine, ctx, tmp_path)
+    _killed_holding_its_lock(ctx, tmp_path, worker_host_prefix(ctx) + "deadbeef0003")
+    result = run_prune(ctx, lambda name: ctx.discover().keep_for(name, ctx.settings.keep))
+    assert result.ok and result.forgotten == 1, result
+    assert not list((ctx.store.root / "restic" / "locks").iterdir())

@@ -20,21 +20,27 @@ for the metrics.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
+import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ...archive import ProgressLog
 from ...errors import BackupError, ConfigError, ResticError, SidecarError
 from ...metrics import RESTIC_STATE_FILE
-from ...model import ContainerInfo, Target, VolumeSpec, WorkerSpec
+from ...model import ContainerInfo, ContainerState, Target, VolumeSpec, WorkerResult, WorkerSpec
 from ...readers import READERS
+from ...readers.mirror import give_go
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
 from ...restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
 from ...settings import destination_name
+from ...values import without_userinfo
 from ...snapshots import VOLUME_PATH, BackupSummary, forget_args, parse_backup_line, selector, summary_of, tags
 from ...state import JsonState
 from ...storage import STATE_DIR
@@ -44,11 +50,18 @@ from ..sources.presets.dump import DumpCapture
 from .base import Published, SnapshotResult
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Root in the worker: read every file whatever its owner; give restic's new repository
 # files the repository's owner (sidecar/worker/restic.py).
 BACKUP_CAPABILITIES = ("DAC_READ_SEARCH", "DAC_OVERRIDE", "CHOWN", "FOWNER")
 EXIT_INCOMPLETE = 3  # restic 0.14: snapshot saved, some files could not be read
+# A restic worker's host name (what restic's lock records, with a pid of the worker's own
+# namespace), also on its container as a label: how recovery tells a dead worker's lock.
+WORKER_HOST, HOST_LABEL = "restic-worker-", "backup-sidecar.host"
+PARENTS = "parents"  # in the state file: node/target/item -> the snapshot its last run saved
+GO_FOLDER = "restic-go"  # in the state folder: a held worker's go file, one folder per capture
+READY_TIMEOUT = 120.0  # seconds to wait for a held worker at its gate before quiescing anyway
 
 
 def local_repository(ctx: Context) -> Repository:
@@ -89,15 +102,42 @@ def _progress(ctx: Context, target: Target, item: str, phase: str) -> ProgressLo
     return ProgressLog(report, ctx.settings.progress_interval, ctx.cancel, target.backup_name)
 
 
-def _parent(repo: Repository, target: Target, item: str, host: str) -> str | None:
-    found = repo.snapshots(selector(target.backup_name, item), host)
-    return found[-1].id if found else None
+def _parent(ctx: Context, repo: Repository, target: Target, item: str) -> str | None:
+    """The item's newest snapshot on this node: the one this node's last run of it saved, as
+    remembered in the state file and still in the repository (a look at its snapshots/
+    folder: no restic start and its key derivation), else the newest restic lists."""
+    host = ctx.node().name
+    known = JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").read().get(PARENTS)
+    short = known.get(f"{host}/{target.backup_name}/{item}") if isinstance(known, dict) else None
+    if isinstance(short, str) and re.fullmatch(r"[0-9a-f]{8,64}", short) and repo.local_path is not None:
+        found = list((repo.local_path / "snapshots").glob(short + "*"))
+        if len(found) == 1:
+            return found[0].name
+    listed = repo.snapshots(selector(target.backup_name, item), host)
+    return listed[-1].id if listed else None
+
+
+def _remember_parent(ctx: Context, target: Target, item: str, snapshot_id: str) -> None:
+    """This run's snapshot: the next run's parent (never forgotten: forget keeps the last)."""
+    with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
+        parents = doc.get(PARENTS) if isinstance(doc.get(PARENTS), dict) else {}
+        parents[f"{ctx.node().name}/{target.backup_name}/{item}"] = snapshot_id
+        doc[PARENTS] = parents
 
 
 # --- volumes: restic in a worker next to the data ------------------------------------------
 
 class ResticVolumeCapture:
-    """One volume's snapshot: `read` (quiesced when the strategy says) runs the worker."""
+    """One volume's snapshot by restic in a worker container.
+
+    Quiesced (a `stop`/`pause` target: `prepare` comes first): `prepare` looks up the parent
+    and starts the worker, whose restic opens the repository (key derivation), takes its lock
+    and waits at its gate (sidecar/worker/restic.py); `read` (the container down) gives the
+    go and returns once restic printed its summary (the snapshot is saved), so the stop
+    window holds the index load, the scan, the changed files and the snapshot's save, and
+    not the container's start, restic's start-up or the end (unlock, owners, removal);
+    `finish` waits for the worker's end and its exit code. Hot: `read` runs the worker to its
+    end."""
 
     def __init__(self, ctx: Context, target: Target, volume: VolumeSpec, container: ContainerInfo,
                  repo: Repository, site: WorkerSite):
@@ -106,30 +146,47 @@ class ResticVolumeCapture:
         self.mounts = volume_mounts(container, volume.mount)
         self.result: SnapshotResult | None = None
         self._parent: tuple[str | None] | None = None  # looked up (before the quiesce when there is one)
+        self._held: _HeldWorker | None = None
+        self._fields = {"target": target.backup_name, "volume": self.item, "phase": "read"}
 
     def prepare(self) -> None:
-        """Before the container is quiesced: the parent snapshot (a restic call of its own
-        that need not lengthen the stop window)."""
-        try:
-            self._parent = (_parent(self.repo, self.target, self.item, self.ctx.node().name),)
-        except ResticError as err:
-            raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
+        """Before the container is quiesced: the parent snapshot, then the worker held at
+        restic's gate."""
+        self._parent = (_parent_or_fail(self),)
+        go = self.ctx.store.state_dir / GO_FOLDER / uuid.uuid4().hex
+        lines = _WorkerLines(_progress(self.ctx, self.target, self.item, "read"), self._fields)
+        self._held = _HeldWorker(self.ctx, self.repo, go, lines)
+        self._held.start(lambda password: self._spec(password, self._parent[0], go))
 
     def read(self) -> None:
-        ctx, name, item = self.ctx, self.target.backup_name, self.item
-        fields = {"target": name, "volume": item, "phase": "read"}
-        host = ctx.node().name
-        if self._parent is None:  # a hot target: no prepare
-            self.prepare()
-        assert self._parent is not None
-        (parent,) = self._parent
-        with password_file(ctx, self.repo) as password:
-            spec = self._spec(password, host, parent)
-            lines = _WorkerLines(_progress(ctx, self.target, item, "read"), fields)
-            try:
-                result = ctx.engine.run_worker(spec, lines.take)
-            except SidecarError as err:
-                raise BackupError(name, "read", f"volume {item}: {err}") from err
+        held = self._held
+        if held is None:  # a hot target: no prepare, restic runs to its end here
+            self._parent = (_parent_or_fail(self),)
+            lines = _WorkerLines(_progress(self.ctx, self.target, self.item, "read"), self._fields)
+            with password_file(self.ctx, self.repo) as password:
+                try:
+                    result = self.ctx.engine.run_worker(self._spec(password, self._parent[0]), lines.take)
+                except SidecarError as err:
+                    raise BackupError(self.target.backup_name, "read", f"volume {self.item}: {err}") from err
+            self.result = self._judge(result, lines)
+            return
+        held.go()
+        if held.lines.summary is None:  # it ended without a snapshot: why
+            self.result = self._judge(held.join(), held.lines)
+
+    def finish(self) -> SnapshotResult:
+        if self.result is None:
+            assert self._held is not None
+            self.result = self._judge(self._held.join(), self._held.lines)
+        return self.result
+
+    def close(self) -> None:
+        """On every way out: a worker still held at its gate is called off (restic unlocks)."""
+        if self._held is not None:
+            self._held.close()
+
+    def _judge(self, result: WorkerResult, lines: "_WorkerLines") -> SnapshotResult:
+        name, item, fields = self.target.backup_name, self.item, self._fields
         where = f"the worker container {result.name} (image {self.site.image})"
         if result.timed_out:
             raise BackupError(name, "read", f"volume {item}: {where} ran past BACKUP_WORKER_TIMEOUT and was killed")
@@ -140,27 +197,116 @@ class ResticVolumeCapture:
         if code == EXIT_INCOMPLETE:
             logger.warning("restic could not read some files; the snapshot lacks them", extra={
                 **fields, "errors": lines.errors[-5:]})
-        self.result = _result(item, lines.summary)
+        summary = lines.summary
         logger.info("volume read by restic in a worker container", extra={
-            **fields, "worker": result.name, "snapshot": lines.summary.snapshot_id, "parent": parent,
-            "bytes": lines.summary.total_bytes_processed, "added_bytes": lines.summary.data_added,
-            "files_new": lines.summary.files_new, "files_changed": lines.summary.files_changed,
-            "files_unmodified": lines.summary.files_unmodified, "seconds": round(result.seconds, 3)})
+            **fields, "worker": result.name, "snapshot": summary.snapshot_id, "parent": self._parent[0],
+            "bytes": summary.total_bytes_processed, "added_bytes": summary.data_added,
+            "files_new": summary.files_new, "files_changed": summary.files_changed,
+            "files_unmodified": summary.files_unmodified, "seconds": round(result.seconds, 3),
+            **(self._held.timings() if self._held is not None else {})})
+        _remember_parent(self.ctx, self.target, item, summary.snapshot_id)
+        return _result(item, summary)
 
-    def _spec(self, password: Path, host: str, parent: str | None) -> WorkerSpec:
+    def _spec(self, password: Path, parent: str | None, go: Path | None = None) -> WorkerSpec:
         store, repo_path = self.site.store, self.repo.local_path
         assert repo_path is not None
         args = ["-r", store.inside(repo_path), "--no-cache", "--password-file", store.inside(password),
-                "backup", "--json", VOLUME_PATH, "--host", host, *_tag_args(self.target, self.item),
+                "backup", "--json", VOLUME_PATH, "--host", self.ctx.node().name, *_tag_args(self.target, self.item),
                 *_exclude_args(self.target.config.exclude), *(["--parent", parent] if parent else [])]
-        command = (*PYTHON, "restic", "--repo", store.inside(repo_path), "--store", STORE_ROOT, "--", *args)
+        timeout = self.ctx.settings.worker_timeout
+        held = ["--go", store.inside(go), f"--wait-timeout={timeout:g}"] if go is not None else []
+        command = (*PYTHON, "restic", "--repo", store.inside(repo_path), "--store", STORE_ROOT, *held, "--", *args)
+        host = worker_host_prefix(self.ctx) + uuid.uuid4().hex[:12]
         return WorkerSpec(self.site.image, command, "restic-backup", self.mounts + (store.mount,),
-                          labels={STORE_LABEL: store.key, TARGET_LABEL: self.target.backup_name}, user="0",
-                          capabilities=BACKUP_CAPABILITIES, timeout=self.ctx.settings.worker_timeout)
+                          labels={STORE_LABEL: store.key, TARGET_LABEL: self.target.backup_name, HOST_LABEL: host},
+                          user="0", capabilities=BACKUP_CAPABILITIES, timeout=timeout, hostname=host)
 
-    def finish(self) -> SnapshotResult:
-        assert self.result is not None
-        return self.result
+
+def worker_host_prefix(ctx: Context) -> str:
+    """The start of the host name of this node's restic workers, which restic writes into
+    its locks: a lock that starts so and whose worker no longer runs here is a killed run's
+    (maintenance.remove_dead_worker_locks); another node's workers have another prefix."""
+    node = hashlib.sha256(ctx.node().name.encode()).hexdigest()[:8]
+    return f"{WORKER_HOST}{node}-"
+
+
+def _parent_or_fail(capture: ResticVolumeCapture) -> str | None:
+    try:
+        return _parent(capture.ctx, capture.repo, capture.target, capture.item)
+    except ResticError as err:
+        raise BackupError(capture.target.backup_name, "read", f"volume {capture.item}: {err}") from err
+
+
+class _HeldWorker:
+    """A restic worker started before the quiesce and held at restic's gate until `go`
+    (run in a thread of its own; the go file is in a 0700 folder of the state folder)."""
+
+    def __init__(self, ctx: Context, repo: Repository, folder: Path, lines: "_WorkerLines"):
+        self.ctx, self.repo, self.folder, self.lines = ctx, repo, folder, lines
+        self._thread: threading.Thread | None = None
+        self._result: WorkerResult | None = None
+        self._failure: BaseException | None = None
+        self._marks: dict[str, float] = {"start": time.monotonic()}
+
+    def start(self, spec_for) -> None:
+        with contextlib.ExitStack() as failing:
+            stack = failing.enter_context(contextlib.ExitStack())
+            stack.callback(shutil.rmtree, self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True, mode=0o700)
+            os.chmod(self.folder.parent, 0o700)
+            password = stack.enter_context(password_file(self.ctx, self.repo))
+            spec = spec_for(password)
+            failing.pop_all()
+
+        def run() -> None:
+            try:
+                with stack:  # the password file and the go folder go when the worker ends
+                    self._result = self.ctx.engine.run_worker(spec, self.lines.take)
+            except BaseException as exc:  # noqa: BLE001 - raised again by join() in the caller's thread
+                self._failure = exc
+            finally:
+                self.lines.ended()
+
+        self._thread = threading.Thread(target=run, name=f"restic-{self.folder.name[:8]}", daemon=True)
+        self._thread.start()
+        if not self.lines.ready.wait(READY_TIMEOUT):
+            logger.warning("the restic worker is not at its gate yet; quiescing anyway", extra=self.lines.fields)
+        self._marks["ready"] = time.monotonic()
+
+    def go(self) -> None:
+        """Give the go and wait until the snapshot is saved (or the worker ended)."""
+        self._marks["go"] = time.monotonic()
+        give_go(self.folder, "go")
+        self.lines.saved.wait()
+        self._marks["saved"] = time.monotonic()
+
+    def join(self) -> WorkerResult:
+        """The worker's end; raises what stopped it (an engine error, an abort)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._marks["ended"] = time.monotonic()
+        if isinstance(self._failure, BackupError):
+            raise self._failure
+        if self._failure is not None:
+            raise BackupError(self.lines.fields["target"], "read", f"volume {self.lines.fields['volume']}: "
+                              f"{self._failure}") from self._failure
+        assert self._result is not None
+        return self._result
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and "go" not in self._marks:
+            with contextlib.suppress(OSError):
+                give_go(self.folder, "abort")
+        with contextlib.suppress(SidecarError):
+            self.join()
+
+    def timings(self) -> dict[str, float]:
+        """Seconds of each step (the breakdown a bench reads from the log)."""
+        m = self._marks
+        steps = {"held_ready_seconds": ("start", "ready"), "held_go_to_saved_seconds": ("go", "saved"),
+                 "held_saved_to_end_seconds": ("saved", "ended")}
+        return {k: round(m[b] - m[a], 3) for k, (a, b) in steps.items() if a in m and b in m}
 
 
 class _WorkerLines:
@@ -171,6 +317,11 @@ class _WorkerLines:
         self.summary: BackupSummary | None = None
         self.code: int | None = None
         self.errors: list[str] = []
+        self.ready, self.saved = threading.Event(), threading.Event()  # at the gate; summary (or end)
+
+    def ended(self) -> None:
+        self.ready.set()
+        self.saved.set()
 
     def take(self, line: str) -> bool:
         record = parse_backup_line(line)
@@ -179,8 +330,11 @@ class _WorkerLines:
         kind = record.get("message_type") or record.get("event")
         if kind == "status":
             self.progress(int(record.get("bytes_done") or 0))  # raises BackupAborted on shutdown
+        elif kind == "ready":
+            self.ready.set()
         elif kind == "summary":
             self.summary = summary_of(record)
+            self.saved.set()
         elif kind == "restic-stderr":
             text = str(record.get("line") or "")
             self.errors.append(text)
@@ -276,7 +430,11 @@ class ResticFormat:
                 site = worker_site(ctx)
             except ConfigError as err:
                 raise BackupError(target.backup_name, "start", str(err)) from err
-            yield [ResticVolumeCapture(ctx, target, v, container, repo, site) for v in target.volumes]
+            captures = [ResticVolumeCapture(ctx, target, v, container, repo, site) for v in target.volumes]
+            with contextlib.ExitStack() as held:
+                for capture in captures:
+                    held.callback(capture.close)
+                yield captures
             return
         command = getattr(source, "dump_command", None)
         if command is None:
@@ -320,7 +478,7 @@ def copy_to(ctx: Context, local: Repository, remote: Repository, target: Target,
     (`restic copy`: only blobs it lacks travel), then forgets by the same keep rules."""
     started = time.monotonic()
     created = remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
-    result = remote.copy_from(local, tag=selector(target.backup_name))
+    result = unlocked(ctx, remote, lambda: remote.copy_from(local, tag=selector(target.backup_name)))
     forgotten = forget(ctx, remote, target)
     logger.info("snapshots copied to the destination's restic repository", extra={
         "target": target.backup_name, "destination": name, "phase": "sync", "repository_created": created,
@@ -335,7 +493,7 @@ def forget(ctx: Context, repo: Repository, target: Target) -> dict[str, list[str
     keep = forget_args(target.config.keep) + (("--dry-run",) if ctx.settings.prune_dry_run else ())
     removed = {}
     for item in items(target):
-        removed[item] = repo.forget(selector(target.backup_name, item), host, keep)
+        removed[item] = unlocked(ctx, repo, lambda: repo.forget(selector(target.backup_name, item), host, keep))
         if removed[item]:
             logger.info("restic snapshots forgotten" if not ctx.settings.prune_dry_run else
                         "restic snapshots would be forgotten", extra={
@@ -355,3 +513,43 @@ def record_state(ctx: Context, repo: Repository) -> None:
 
     with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
         doc["repository_bytes"], doc["snapshots"], doc["updated"] = size, counts, time.time()
+
+
+def unlocked(ctx: Context, repo: Repository, call: Callable[[], T]) -> T:
+    """`call()` (a restic command on `repo`); when restic finds the repository locked, the
+    stale locks are removed (restic's own unlock; on the local repository also those of
+    killed workers) and it runs once more: a killed run's lock costs one retry, not the 30
+    minutes restic waits before it calls a lock of an unknown process stale."""
+    try:
+        return call()
+    except ResticError as err:
+        if "locked" not in str(err):
+            raise
+        logger.warning("restic found the repository locked; removing stale locks and trying again", extra={
+            "repository": without_userinfo(repo.location), "error": str(err)[-300:]})
+        repo.unlock()
+        remove_dead_worker_locks(ctx, repo)
+        return call()
+
+
+def remove_dead_worker_locks(ctx: Context, repo: Repository) -> list[str]:
+    """Locks of this node's restic workers (their host name) whose worker container no
+    longer runs on this engine: a killed run's. Returns their ids. Locks of other hosts, of
+    the sidecar's own restic (restic's unlock judges those) and of running workers stay."""
+    folder = repo.local_path / "locks" if repo.local_path is not None else None
+    if folder is None or not folder.is_dir() or not any(folder.iterdir()):
+        return []
+    prefix = worker_host_prefix(ctx)
+    ours = [lock for lock in repo.locks() if lock.hostname.startswith(prefix)]
+    if not ours:
+        return []
+    running = {w.labels.get(HOST_LABEL) for w in ctx.engine.list_workers({}) if w.state is ContainerState.RUNNING}
+    removed = []
+    for lock in ours:
+        if lock.hostname in running:
+            continue
+        (folder / lock.id).unlink(missing_ok=True)
+        removed.append(lock.id)
+        logger.warning("removed the lock of a killed restic worker", extra={
+            "phase": "recovery", "lock": lock.id[:8], "worker_host": lock.hostname, "exclusive": lock.exclusive})
+    return removed
