@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import ResticError
@@ -167,6 +167,31 @@ class Repository:
         if not found:
             raise ResticError(f"restic backup on {self.location} printed no summary")
         return found[-1]
+
+    def dump(self, snapshot: str, path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """`restic dump SNAPSHOT PATH`: one file's bytes, streamed as restic writes them.
+        Raises ResticError (after the last chunk) when restic fails: the reader must
+        not keep what it took before that."""
+        argv = [self.binary, "-r", self.location, "--no-cache", "--no-lock", "dump", snapshot, path]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=self.environment())
+        except OSError as exc:
+            raise ResticError(f"restic cannot run ({exc.strerror}): install restic (Debian's package `restic`) "
+                              "or use BACKUP_FORMAT=archive") from exc
+        with contextlib.ExitStack() as stack:
+            stack.callback(_reap, proc)
+            errors: list[bytes] = []
+            reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+            reader.start()
+            while chunk := proc.stdout.read(chunk_size):
+                yield chunk
+            code = proc.wait()
+            reader.join()
+        if code != 0:
+            stderr = b"".join(errors).decode("utf-8", "replace").strip()
+            raise ResticError(f"restic dump {snapshot[:8]} {path} on {self.location} failed (exit {code}): "
+                              f"{stderr[-_TAIL:] or 'no output'}")
 
     def forget(self, tag: str, host: str, keep_args: tuple[str, ...], prune: bool = False) -> list[str]:
         """`restic forget` of one target item's snapshots by the keep rules; the ids removed."""
