@@ -20,13 +20,13 @@ from .actions.browse import run_list_files, run_restore_path
 from .actions.context import Context
 from .actions.daemon import Daemon
 from .actions.images import run_restore_image
-from .actions.stack import run_restore_stack
+from .actions.stack import run_restore_stack, stack_is_restic
 from .actions.sync import run_sync
 from .actions.listing import run_list, run_list_remote, run_list_snapshots
 from .actions.formats import format_of
 from .actions.restore_snapshot import run_restore_snapshot
-from .actions.maintenance import has_repository, run_check, run_prune
-from .actions.plan import run_plan, unused_mirrors
+from .actions.maintenance import check_outcome, has_repository, run_check, run_prune
+from .actions.plan import run_plan_stacks, run_plan, unused_mirrors
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .actions.restore_dump import run_restore_dump
@@ -103,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--volume", metavar="V",
                       help="volume name, its short name in archive names, or its mount destination")
-    what.add_argument("--dump", metavar="FILE|latest",
+    what.add_argument("--dump", metavar="FILE|SNAPSHOT|latest",
                       help="a preset's dump (backup.preset), fed back through the app's own client in the running "
-                           "container (psql, pg_restore); --force replaces the data the app holds")
+                           "container (psql, pg_restore); --force replaces the data the app holds. "
+                           "backup.format=restic: latest, or the dump's snapshot (its id, or its name as `list` "
+                           "shows it: a name restores into any container)")
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="archive file (path or name under BACKUP_DIR), default: the newest")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty volume")
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "volume (also `--from local` when no destination is named local)")
     p.add_argument("--node", metavar="NODE", type=_node_option,
                    help="take the archive from NODE's folder on the destination (BACKUP_NODE_PREFIX): restore here "
-                        "what another node backed up; with --from DEST, else the first destination")
+                        "what another node backed up; with --from DEST, else the first destination. restic: the "
+                        "snapshot NODE took (its host), from that destination's repository")
     p.add_argument("--path", metavar="PATH",
                    help="restore only this file or folder of the archive or snapshot (relative to the volume, as "
                         "`list NAME --files` shows it); the rest of the volume is untouched; the container is "
@@ -148,10 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "Docker host")
     p.add_argument("--archive", default="latest", metavar="FILE|latest",
                    help="stack archive file (path or name under BACKUP_DIR), default: the newest")
+    p.add_argument("--snapshot", default=None, metavar="ID|NAME|latest",
+                   help="backup.format=restic: the stack's snapshot to restore (its id, or its name as `list` shows "
+                        "it); the default with BACKUP_FORMAT=restic or a restic target in the project: the newest")
     p.add_argument("--force", action="store_true", help="write into the live project's folder")
     p.add_argument("--from", dest="source", default=None, metavar="DEST",
                    help="a destination's name: download the archive from there first (a new host)")
-    p.add_argument("--node", metavar="NODE", type=_node_option, help="from NODE's folder on the destination")
+    p.add_argument("--node", metavar="NODE", type=_node_option,
+                   help="from NODE's folder on the destination (restic: the snapshot NODE took, in the "
+                        "destination's repository)")
     p = sub.add_parser("check", help="backup.format=restic: verify the local repository (restic check)",
                        description="Run `restic check` on BACKUP_DIR/restic, reading back a subset of its data "
                                    "(BACKUP_RESTIC_CHECK_SUBSET); the result goes to the metrics.")
@@ -326,10 +334,13 @@ def cmd_backup(ctx: Context, args) -> int:
         if outcome.ok:
             for archive in outcome.archives:
                 print(f"{target.backup_name}: wrote {archive.path} ({archive.size} bytes, sha256 {archive.sha256})")
-            if outcome.stack is not None:
-                archive = outcome.stack.archive
+            if outcome.stack is not None and (archive := outcome.stack.archive) is not None:
                 print(f"{target.backup_name}: wrote the stack of project {outcome.stack.project}: {archive.path} "
                       f"({archive.size} bytes, sha256 {archive.sha256})")
+            if outcome.stack is not None and (snap := outcome.stack.snapshot) is not None:
+                print(f"{target.backup_name}: snapshot {snap.snapshot_id[:8]} of the stack of project "
+                      f"{outcome.stack.project} ({snap.raw_bytes} bytes read, {snap.added_bytes} new to the "
+                      "repository)")
             for snap in outcome.snapshots:
                 print(f"{target.backup_name}: snapshot {snap.snapshot_id[:8]} of {snap.item} ({snap.raw_bytes} bytes "
                       f"read, {snap.added_bytes} new to the repository)")
@@ -407,12 +418,22 @@ def _list_remote(ctx: Context, args) -> int:
     if destination is not None and name is None and destination not in {d.name for d in ctx.destinations}:
         destination, name = None, destination  # `list --remote NAME`: NAME is a target, as before destinations
     rows = run_list_remote(ctx, name, destination, args.node)
+    snapshots = run_list_snapshots(ctx, name, destination, args.node, remote=True) if _uses_restic(ctx) else []
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-    elif not rows:
+        print(json.dumps([dataclasses.asdict(r) for r in rows]
+                         + [{"kind": "restic-snapshot", **dataclasses.asdict(s)} for s in snapshots], indent=2))
+        return 0
+    if snapshots:
+        print(f"restic snapshots in {destination or 'the first destination'}'s repository"
+              + (f" taken on node {args.node}" if args.node is not None else "") + ":")
+        _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "ID", "HOST", "NAME"],
+               [[s.date, s.target, s.volume, s.frequency, s.id, s.host, s.name] for s in snapshots])
+        if rows:
+            print()
+    if not rows and not snapshots:
         where = [ctx.destination(destination, args.node)] if destination else ctx.destinations_on(args.node)
         print(f"no archives in {', '.join(d.describe() for d in where)}")
-    else:
+    elif rows:
         several = len({r.destination for r in rows}) > 1
         _table(["DATE", "TARGET", "VOLUME", "FREQUENCY", "SIZE", "VERIFIED", *(["DEST"] if several else []), "KEY"],
                [[r.date, r.target, r.volume, r.frequency, _size(r.size), "yes" if r.verified else "no",
@@ -422,12 +443,15 @@ def _list_remote(ctx: Context, args) -> int:
 
 def cmd_plan(ctx: Context, args) -> int:
     rows, skipped = run_plan(ctx)
+    stacks = run_plan_stacks(ctx)
     scope = ctx.scope()
     unused = unused_mirrors(ctx, rows)
     if args.json:
         print(json.dumps({
             "scope": {"project": scope.project, "why": scope.why},
             "targets": [{**dataclasses.asdict(r), "next_run": r.next_run.isoformat()} for r in rows],
+            "stacks": [{**dataclasses.asdict(s), "next_run": s.next_run.isoformat() if s.next_run else None}
+                       for s in stacks],
             "skipped": [dataclasses.asdict(s) for s in skipped],
             "unused_mirrors": [{**dataclasses.asdict(m), "updated": m.updated.isoformat() if m.updated else None}
                                for m in unused],
@@ -443,6 +467,15 @@ def cmd_plan(ctx: Context, args) -> int:
         _readers(rows)
     else:
         print("no targets (label containers with backup.enable=true)")
+    made = [s for s in stacks if not s.note]
+    if made:
+        print()
+        _table(["STACK", "WITH", "SCHEDULE", "NEXT RUN", "FORMAT", "KEEP", "FILES", "SECRETS", "LATEST"],
+               [[s.project, s.target, s.schedule, s.next_run.isoformat(timespec="seconds") if s.next_run else "-",
+                 s.format, s.keep, s.files, s.secrets, s.latest or "-"] for s in made])
+    for s in stacks:
+        if s.note:
+            print(f"STACK {s.project} not kept: {s.note}")
     for r in rows:
         for warning in r.warnings:
             print(f"WARNING {warning}")
@@ -486,19 +519,17 @@ def cmd_restore(ctx: Context, args) -> int:
     if not restic and (args.path is not None or args.into is not None):
         return _restore_path(ctx, args, source)
     if dump is not None:
-        outcome = run_restore_dump(ctx, args.name, dump, args.force, from_remote=source, node=args.node)
+        outcome = run_restore_dump(ctx, args.name, args.snapshot or dump, args.force, from_remote=source,
+                                   node=args.node, restic=restic)
         print(f"restored {outcome.archive} into {outcome.container} through its {outcome.volume} preset "
               f"({outcome.tar_bytes} bytes, {outcome.seconds:.1f} s)")
         return 0
     if restic:
-        if args.node is not None:
-            raise ConfigError("restore --node of restic snapshots is not implemented yet: every node's snapshots "
-                              "are in one repository per destination; restore --from DEST on the node itself")
         if args.into is not None:
             raise ConfigError("restore --into reads archive files (backup.format=archive); for a restic snapshot, "
                               "restore --path into the volume, or `restic restore` by hand (docs/how-to/restic.md)")
         done = run_restore_snapshot(ctx, args.name, args.volume, args.snapshot or "latest", args.force, args.path,
-                                    from_destination=source)
+                                    from_destination=source, node=args.node)
         what = f"{done.path} of " if done.path else ""
         print(f"restored {what}snapshot {done.snapshot[:8]} ({done.name}) into {done.container} volume {done.volume} "
               f"({done.seconds:.1f} s)")
@@ -512,8 +543,9 @@ def cmd_restore(ctx: Context, args) -> int:
 
 def cmd_restore_stack(ctx: Context, args) -> int:
     source = ctx.destination(args.source).name if args.source is not None else None
-    outcome = run_restore_stack(ctx, args.project, args.into, args.archive, args.force, from_remote=source,
-                                node=args.node)
+    restic = args.snapshot is not None or stack_is_restic(ctx, args.project)
+    outcome = run_restore_stack(ctx, args.project, args.into, args.snapshot or args.archive, args.force,
+                                from_remote=source, node=args.node, restic=restic)
     print(f"restored {outcome.archive} into {outcome.into} ({outcome.members} entries, {outcome.seconds:.1f} s); "
           f"next: cd {outcome.into} && docker compose up -d (files from outside the project folder are under "
           f"{outcome.into}/_outside), then restore the volumes")
@@ -531,6 +563,15 @@ def _restore_path(ctx: Context, args, source: str | None) -> int:
     down = f", down {outcome.downtime:.1f} s" if outcome.downtime else ""
     print(f"restored {what} from {outcome.archive} into {outcome.where} ({count}{outcome.seconds:.1f} s{down})")
     return 0
+def _uses_restic(ctx: Context) -> bool:
+    """Whether any snapshot may be stored: BACKUP_FORMAT=restic or a target labelled so,
+    with the repository's password set."""
+    if ctx.settings.restic_password is None:
+        return False
+    return ctx.settings.backup_format.value == "restic" or any(
+        format_of(ctx, t).value == "restic" for t in ctx.discover().targets)
+
+
 def _restic_target(ctx: Context, name: str) -> bool:
     """Whether `name` is a target stored by backup.format=restic (BACKUP_FORMAT for a
     container that is no target, e.g. on a new host)."""
@@ -597,6 +638,10 @@ def cmd_check(ctx: Context, args) -> int:
                           "is not set)")
     subset = args.read_data_subset if args.read_data_subset is not None else ctx.settings.restic_check_subset
     result = run_check(ctx, None if subset == "none" else subset)
+    notifier = _notifier(ctx)
+    if notifier is not None:
+        notifier.outcome(check_outcome(ctx, result))
+        notifier.close()
     print(f"restic check {'passed' if result.ok else 'FAILED'} ({result.seconds:.1f} s): {result.detail}",
           file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import ResticError
@@ -82,19 +82,8 @@ class Repository:
         """`restic -r LOCATION --no-cache ARGS`; raises ResticError when it fails. `stdin`:
         chunks written to its standard input (a dump); `on_line`: called with each stdout
         line as it comes (the result then has no stdout)."""
-        argv = [self.binary, "-r", self.location, "--no-cache", *args]
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environment())
-        except OSError as exc:
-            raise ResticError(f"restic cannot run ({exc.strerror}): install restic (Debian's package `restic`) "
-                              "or use BACKUP_FORMAT=archive") from exc
-        with contextlib.ExitStack() as stack:
-            stack.callback(_reap, proc)
-            errors: list[bytes] = []
-            reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-            reader.start()
+        with self._spawn(list(args), stdin is not None) as (proc, errors, reader):
             out: list[bytes] = []
             writer = None
             if stdin is not None:
@@ -123,6 +112,26 @@ class Repository:
             raise ResticError(f"restic {args[0]} on {self.location} failed (exit {code}): "
                               f"{stderr.strip()[-_TAIL:] or 'no output'}")
         return RunResult(b"".join(out).decode("utf-8", "replace"), stderr, time.monotonic() - started)
+
+    @contextlib.contextmanager
+    def _spawn(self, args: list[str], stdin: bool) -> Iterator[tuple[subprocess.Popen, list[bytes],
+                                                                     threading.Thread]]:
+        """`restic -r LOCATION --no-cache ARGS` started, its stderr read by a thread into the
+        list; killed and reaped on the way out if it still runs."""
+        argv = [self.binary, "-r", self.location, "--no-cache", *args]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environment())
+        except OSError as exc:
+            raise ResticError(f"restic cannot run ({exc.strerror}): install restic (Debian's package `restic`) "
+                              "or use BACKUP_FORMAT=archive") from exc
+        try:
+            errors: list[bytes] = []
+            reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+            reader.start()
+            yield proc, errors, reader
+        finally:
+            _reap(proc)
 
     # --- the repository ---------------------------------------------------------------
     def exists(self) -> bool:
@@ -176,6 +185,20 @@ class Repository:
         if not found:
             raise ResticError(f"restic backup on {self.location} printed no summary")
         return found[-1]
+
+    def dump(self, snapshot: str, path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """`restic dump SNAPSHOT PATH`: one file's bytes, streamed as restic writes them.
+        Raises ResticError (after the last chunk) when restic fails: the reader must
+        not keep what it took before that."""
+        with self._spawn(["--no-lock", "dump", snapshot, path], False) as (proc, errors, reader):
+            while chunk := proc.stdout.read(chunk_size):
+                yield chunk
+            code = proc.wait()
+            reader.join()
+        if code != 0:
+            stderr = b"".join(errors).decode("utf-8", "replace").strip()
+            raise ResticError(f"restic dump {snapshot[:8]} {path} on {self.location} failed (exit {code}): "
+                              f"{stderr[-_TAIL:] or 'no output'}")
 
     def forget(self, tag: str, host: str, keep_args: tuple[str, ...], prune: bool = False) -> list[str]:
         """`restic forget` of one target item's snapshots by the keep rules; the ids removed."""

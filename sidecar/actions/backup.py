@@ -24,10 +24,11 @@ from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, 
 from ..groups import Group
 from ..engine import WORKER_LABEL
 from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
-from ..naming import choose_name, parse_name
+from ..naming import choose_name
 from ..stacks import ITEM
 from . import formats
 from .formats.archive import rotate_and_sync
+from .formats.restic import Kept, keep_and_copy
 from .context import Context
 from .formats import Published, SnapshotResult
 from .images import export_image
@@ -84,15 +85,17 @@ class BackupOutcome:
 
 @dataclass(frozen=True)
 class StackOutcome:
-    """The project's stack archive of a run, recorded in the metrics as target {project},
-    volume `stack`, like every archive."""
+    """The project's stack archive (or snapshot) of a run, recorded in the metrics as
+    target {project}, volume `stack`, like every archive."""
 
     project: str
-    archive: ArchiveResult
+    archive: ArchiveResult | None
+    snapshot: SnapshotResult | None = None  # backup.format=restic: the snapshot it went into instead
 
     def as_outcome(self, container: str, finished_at: datetime | None) -> BackupOutcome:
-        return BackupOutcome(self.project, container, BackupResult.SUCCESS, (self.archive,), (ITEM,),
-                             finished_at=finished_at)
+        return BackupOutcome(self.project, container, BackupResult.SUCCESS,
+                             (self.archive,) if self.archive is not None else (), (ITEM,), finished_at=finished_at,
+                             snapshots=(self.snapshot,) if self.snapshot is not None else ())
 
 
 class _FailedAfterArchives(Exception):
@@ -145,7 +148,9 @@ def run_backup(ctx: Context, target: Target, together: bool = False) -> BackupOu
         "bytes": sum(a.size for a in archives), "archives": [str(a.path) for a in archives],
         **({"snapshots": [s.snapshot_id for s in published.snapshots]} if published.snapshots else {}),
         **({"image_archive": str(image.path)} if image is not None else {}),
-        **({"stack_archive": str(stack.archive.path)} if stack is not None else {}),
+        **({"stack_archive": str(stack.archive.path)} if stack is not None and stack.archive is not None else {}),
+        **({"stack_snapshot": stack.snapshot.snapshot_id} if stack is not None and stack.snapshot is not None
+           else {}),
     }
     if risk is None:
         logger.info("backup finished", extra=summary)
@@ -192,11 +197,15 @@ def _backup(ctx: Context, target: Target, together: bool = False) -> tuple[Publi
     try:
         _command(ctx, target, _after_window(ctx, container), target.config.exec_post, "post", None)
         image = _image_export(ctx, target)
-        stack = export_stack(ctx, target)
+        stack = export_stack(ctx, target, restic=fmt.name == "restic")
     except BackupError as err:
         raise _FailedAfterArchives(err, published, window.seconds) from err
-    project = parse_name(stack.path.name).backup_name if stack is not None else None
-    return published, window.seconds, image, StackOutcome(project, stack) if stack is not None else None
+    if stack is None:
+        return published, window.seconds, image, None
+    project, made = stack
+    archived = isinstance(made, ArchiveResult)
+    outcome = StackOutcome(project, made if archived else None, None if archived else made)
+    return published, window.seconds, image, outcome
 
 
 def _scales(target: Target, container: ContainerInfo) -> bool:
@@ -335,7 +344,9 @@ def _after_success(ctx: Context, target: Target, stack: StackOutcome | None = No
                                      (stack.project, stack_keep)])
     problem = fmt.after_success(ctx, target)
     if stack is not None:
-        problem = "; ".join(p for p in (problem, rotate_and_sync(ctx, [(stack.project, stack_keep)])) if p) or None
+        more = (keep_and_copy(ctx, Kept(stack.project, (ITEM,), ctx.settings.keep)) if stack.snapshot is not None
+                else rotate_and_sync(ctx, [(stack.project, stack_keep)]))
+        problem = "; ".join(p for p in (problem, more) if p) or None
     return problem
 
 

@@ -315,9 +315,16 @@ class Daemon:
 
     def _maintain(self) -> None:
         try:
-            maintenance.run_due(self.ctx, self._keep_for)
+            maintenance.run_due(self.ctx, self._keep_for, on_check=self._notify_check)
         except Exception:  # a bug must not kill the sync thread silently
             logger.exception("restic upkeep crashed", extra={"phase": "check"})
+
+    def _notify_check(self, outcome: maintenance.CheckOutcome) -> None:
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(outcome)  # type: ignore[arg-type]  # the notify seam reads outcomes by attribute
+            except Exception:
+                logger.exception("outcome hook failed", extra={"target": outcome.target})
 
     def _sync_cycle(self) -> None:
         try:

@@ -14,7 +14,7 @@ from ..naming import IMAGE_FOLDER, parse_image_name, parse_name
 from ..restic import REPO_FOLDER
 from ..snapshots import OWN_TAG, selector, snapshot_names
 from .context import Context
-from .formats.restic import local_repository
+from .formats.restic import destination_config, local_repository, reachable_repository
 from .sync import copy_index
 
 logger = logging.getLogger(__name__)
@@ -149,18 +149,29 @@ class SnapshotRow:
     host: str
 
 
-def run_list_snapshots(ctx: Context, name: str | None = None) -> list[SnapshotRow]:
+def run_list_snapshots(ctx: Context, name: str | None = None, destination: str | None = None,
+                       node: str | None = None, remote: bool = False) -> list[SnapshotRow]:
     """The sidecar's snapshots in BACKUP_DIR/restic (of every target, or of `name`),
-    oldest first; none when there is no repository."""
-    if not (ctx.store.root / REPO_FOLDER / "config").is_file():
-        return []
+    oldest first; none when there is no repository. `remote` (or `node`): in the
+    repository of `destination` (None: the first one) instead; `node`: only the snapshots
+    that node took (restic's host), as `list --node` shows that node's archives."""
     if ctx.settings.restic_password is None:
-        logger.warning("BACKUP_DIR holds a restic repository but RESTIC_PASSWORD(_FILE) is not set: its snapshots "
-                       "are not listed", extra={"repository": str(ctx.store.root / REPO_FOLDER)})
+        if (ctx.store.root / REPO_FOLDER / "config").is_file():
+            logger.warning("BACKUP_DIR holds a restic repository but RESTIC_PASSWORD(_FILE) is not set: its "
+                           "snapshots are not listed", extra={"repository": str(ctx.store.root / REPO_FOLDER)})
         return []
+    if remote or node is not None:
+        if not ctx.settings.destinations:
+            return []
+        repo = reachable_repository(destination_config(ctx, destination), ctx.settings.restic_password)
+        if not repo.exists():
+            return []
+    elif not (ctx.store.root / REPO_FOLDER / "config").is_file():
+        return []
+    else:
+        repo = local_repository(ctx)
     backup_name = ctx.discover().backup_name_for(name) if name is not None else None
-    repo = local_repository(ctx)
-    found = repo.snapshots(selector(backup_name) if backup_name is not None else OWN_TAG)
+    found = repo.snapshots(selector(backup_name) if backup_name is not None else OWN_TAG, node)
     names = snapshot_names(found, ctx.settings.tz)
     return [SnapshotRow(names[s.id], s.short_id, s.backup_name, s.item, s.frequency.value,
                         s.time.astimezone(ctx.settings.tz).isoformat(timespec="seconds"), s.host)

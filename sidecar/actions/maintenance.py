@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 from ..errors import SidecarError
@@ -45,6 +46,30 @@ class MaintenanceResult:
     seconds: float
     detail: str = ""  # restic's last lines, or the error
     forgotten: int = 0
+
+
+CHECK_TARGET = "restic-repository"  # the notifications' target of a check (its failing state is kept by that name)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """A `restic check` as the notify seam reads a backup's outcome: a failed check is a
+    failure (every one: each is news), the first passing check after failures a recovery."""
+
+    target: str
+    result: str  # "success" or "failure", as BackupResult's values
+    phase: str
+    error: str | None
+    seconds: float
+    finished_at: datetime
+    subject: str  # the message's title after "backup-sidecar: "
+
+
+def check_outcome(ctx: Context, result: MaintenanceResult) -> CheckOutcome:
+    where = ctx.store.root / REPO_FOLDER
+    return CheckOutcome(CHECK_TARGET, "success" if result.ok else "failure", "check",
+                        None if result.ok else result.detail, result.seconds, ctx.now(),
+                        f"restic check of {where}")
 
 
 def has_repository(ctx: Context) -> bool:
@@ -140,15 +165,21 @@ def due(ctx: Context, now: float | None = None) -> tuple[str, ...]:
     return tuple(found)
 
 
-def run_due(ctx: Context, keep_for: Callable[[str], Keep]) -> list[MaintenanceResult]:
-    """The daemon's upkeep: what `due` says, prune first."""
+def run_due(ctx: Context, keep_for: Callable[[str], Keep],
+            on_check: Callable[[CheckOutcome], None] | None = None) -> list[MaintenanceResult]:
+    """The daemon's upkeep: what `due` says, prune first. `on_check`: each check's outcome
+    (the notifications)."""
     done = []
     for what in due(ctx):
         try:
-            done.append(run_prune(ctx, keep_for, ctx.settings.prune_dry_run) if what == "prune"
-                        else run_check(ctx, ctx.settings.restic_check_subset))
+            result = (run_prune(ctx, keep_for, ctx.settings.prune_dry_run) if what == "prune"
+                      else run_check(ctx, ctx.settings.restic_check_subset))
         except SidecarError as err:
             logger.error(f"restic {what} failed", extra={"phase": what, "error": str(err)})
+            result = MaintenanceResult(what, False, 0.0, str(err))
+        done.append(result)
+        if what == "check" and on_check is not None:
+            on_check(check_outcome(ctx, result))
     return done
 
 

@@ -19,7 +19,8 @@ from ..readers import READERS
 from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
 from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
-from ..snapshots import OWN_TAG, Snapshot, snapshot_names
+from ..snapshots import OWN_TAG, Snapshot, selector, snapshot_names
+from ..stacks import ITEM as STACK_ITEM, Stack, discover_stacks
 from .context import Context
 from .formats import StorageFormat, format_of
 from .formats.restic import local_repository
@@ -127,7 +128,8 @@ def run_plan(ctx: Context) -> tuple[list[PlanRow], list[SkippedRow]]:
 
 def _restic_latest(ctx: Context, targets, rows: list[PlanRow]) -> list[PlanRow]:
     """backup.format=restic targets: LATEST is the name of the newest snapshot of the item
-    whose newest is oldest (the archives' vocabulary), COPIES counts the local repository."""
+    whose newest is oldest (the archives' vocabulary); COPIES and OFFSITE as for archives,
+    from what each destination's repository took (status.copy_states)."""
     restic = {t.backup_name: t for t in targets if format_of(ctx, t) is StorageFormat.RESTIC}
     if not restic or not has_repository(ctx):
         return rows
@@ -152,7 +154,10 @@ def _restic_latest(ctx: Context, targets, rows: list[PlanRow]) -> list[PlanRow]:
             changed.append(dataclasses.replace(row, latest=None, copies=0, offsite="no snapshot yet"))
             continue
         oldest = min(latest, key=lambda s: s.time)
-        offsite = "restic copy after each run (list on the destination)" if ctx.settings.destinations else "-"
+        if row.copies:  # the copies' state (.sidecar/restic.json, status.copy_states) knows this run
+            changed.append(dataclasses.replace(row, latest=names[oldest.id]))
+            continue
+        offsite = "missing" if ctx.destinations else "not configured"
         changed.append(dataclasses.replace(row, latest=names[oldest.id], copies=1, offsite=offsite,
                                            destinations={}))
     return changed
@@ -234,3 +239,74 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True)
+class StackRow:
+    """A Compose project's stack (issue 23) as the next runs will keep it: made with the runs
+    of its leader target, on that target's schedule, in its format, kept by BACKUP_KEEP."""
+
+    project: str
+    target: str  # the leader: the target whose runs make it ("-": none is made, see note)
+    schedule: str
+    next_run: datetime | None
+    format: str  # "archive" or "restic"
+    keep: str
+    files: int  # the files Compose names, the env files, secrets and configs, extra includes
+    secrets: str  # what happens to its file secrets
+    latest: str | None  # the newest archive's or snapshot's name on this node
+    note: str = ""  # why none is made (opted out, no working folder, ...)
+
+
+def run_plan_stacks(ctx: Context) -> list[StackRow]:
+    """Each Compose project in scope with its stack: what the next runs keep, when, in
+    which format; the projects whose stack is not kept, with why."""
+    if not ctx.settings.stack_enabled:
+        return []
+    by_project: dict[str, list[Target]] = {}
+    for target in ctx.discover().targets:
+        if target.container.compose_project is not None:
+            by_project.setdefault(target.container.compose_project, []).append(target)
+    now, rows = ctx.now(), []
+    for project, targets in sorted(by_project.items()):
+        try:
+            found = discover_stacks(targets, ctx.engine.list_containers(project, running=False), ctx.settings.stack)
+        except SidecarError as err:
+            rows.append(StackRow(project, "-", "-", None, "-", "-", 0, "-", None, f"containers not listed: {err}"))
+            continue
+        for stack in found.stacks:
+            leader = next(t for t in targets if t.backup_name == stack.leader)
+            restic = format_of(ctx, leader) is StorageFormat.RESTIC
+            schedule = leader.config.schedule
+            rows.append(StackRow(
+                project, leader.backup_name, schedule.expression,
+                schedule.next_after(now, ctx.settings.tz).astimezone(ctx.settings.tz),
+                "restic" if restic else "archive", ctx.settings.keep.describe(), len(stack.parts),
+                _stack_secrets(ctx, stack, restic), _stack_latest(ctx, project, restic)))
+        for skipped in found.skipped:
+            rows.append(StackRow(skipped.project, "-", "-", None, "-", "-", 0, "-", None, skipped.reason))
+    return rows
+
+
+def _stack_secrets(ctx: Context, stack: Stack, restic: bool) -> str:
+    if not stack.secrets:
+        return "none"
+    if restic:
+        return f"{len(stack.secrets)} kept (the restic repository is encrypted)"
+    if ctx.settings.encryption is not None:
+        return f"{len(stack.secrets)} kept (age-encrypted)"
+    return f"{len(stack.secrets)} left out (set BACKUP_AGE_RECIPIENTS to keep them, encrypted)"
+
+
+def _stack_latest(ctx: Context, project: str, restic: bool) -> str | None:
+    if not restic:
+        latest = ctx.store.latest(project, STACK_ITEM)
+        return latest.name.filename if latest is not None else None
+    if not has_repository(ctx):
+        return None
+    try:
+        found = [s for s in local_repository(ctx).snapshots(selector(project, STACK_ITEM), ctx.node().name) if s.ours]
+    except SidecarError as err:
+        logger.warning("restic snapshots unreadable for the plan", extra={"error": str(err)})
+        return None
+    return snapshot_names(found, ctx.settings.tz)[found[-1].id] if found else None

@@ -12,23 +12,34 @@ when it succeeded; a failure after emptying leaves it stopped (journalled), as f
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
+from ..archive import ArchiveWriter, ProgressLog
 from ..errors import NotFound, RestoreError, ResticError, SidecarError
-from ..model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..naming import CHECKSUM_SUFFIX
+from ..model import Compression, ContainerInfo, Mount, WorkerMount, WorkerSpec
 from ..readers.worker import PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite
 from ..snapshots import RESTORE_ROOT, VOLUME_PATH, Snapshot, choose_snapshot, restore_include, selector, snapshot_names
 from ..unpack import CAPABILITIES as RESTORE_CAPABILITIES
 from .context import Context
-from ..restic import Repository, destination_repository
+from ..restic import Repository
 from ..settings import destination_name
-from .formats.restic import local_repository, password_file, worker_site
+from .formats.restic import destination_config, local_repository, password_file, reachable_repository, worker_site
 from .restore import resolve_container
 from .sources import RestoreRequest, volumes
+from .sources.presets.dump import parts_tar
 
 logger = logging.getLogger(__name__)
+
+DUMP_PATH = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_.+$-]{0,200}")  # a preset's --stdin-filename
+DUMPS_FOLDER = "restic-dumps"  # under the state folder: a dump on its way back, as a checked archive
 
 
 @dataclass(frozen=True)
@@ -44,16 +55,20 @@ class SnapshotRestore:
 
 
 def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "latest", force: bool = False,
-                         path: str | None = None, from_destination: str | None = None) -> SnapshotRestore:
+                         path: str | None = None, from_destination: str | None = None,
+                         node: str | None = None) -> SnapshotRestore:
     """`from_destination`: a destination's name: the snapshot is chosen in its repository and
-    copied into the local one first (`restic copy`), then restored from there."""
+    copied into the local one first (`restic copy`), then restored from there. `node`: a
+    snapshot another node took (restic's host), from `from_destination`'s repository (else
+    the first destination's), as the archive format's --node reads that node's folder;
+    without it, this node's snapshots only."""
     started = time.monotonic()
     container, backup_name, stop_timeout = resolve_container(ctx, ref)
     mount, volume_name = volumes.find_volume(container, volume)
     include = restore_include(path)  # refused before anything else
     repo = local_repository(ctx)
-    if from_destination is not None:
-        chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot)
+    if from_destination is not None or node is not None:
+        chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot, node=node)
     else:
         chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
     fields = {"target": backup_name, "container": container.name, "volume": volume_name, "snapshot": chosen.short_id,
@@ -73,37 +88,48 @@ def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "l
     return SnapshotRestore(backup_name, container.name, volume_name, chosen.id, name, path, seconds, downtime)
 
 
-def _choose(ctx: Context, repo: Repository, backup_name: str, volume_name: str, wanted: str) -> tuple[Snapshot, str]:
-    found = repo.snapshots(selector(backup_name, volume_name))
+def _choose(ctx: Context, repo: Repository, backup_name: str, volume_name: str, wanted: str,
+            dump: bool = False, node: str | None = None) -> tuple[Snapshot, str]:
+    """`dump`: a preset's dump (one file at the snapshot's root), else a volume (/volume).
+    `node`: the snapshots that node took (restic's host; None: this node's)."""
+    what = f"{backup_name}'s {volume_name} dump" if dump else f"{backup_name} volume {volume_name}"
+    host = node if node is not None else ctx.node().name
+    found = repo.snapshots(selector(backup_name, volume_name), host)
     if not found:
-        raise NotFound(f"no restic snapshot of {backup_name} volume {volume_name} in {repo.location}")
+        others = sorted({s.host for s in repo.snapshots(selector(backup_name, volume_name))} - {host})
+        hint = (f"; it holds snapshots of node {', '.join(others)}: name one with --node (and --from DEST)"
+                if others else "")
+        raise NotFound(f"no restic snapshot of {what} taken on node {host} in {repo.location}{hint}")
     names = snapshot_names(found, ctx.settings.tz)
     try:
         chosen = choose_snapshot(found, wanted, names)
     except SidecarError as err:
-        raise NotFound(f"{backup_name} volume {volume_name}: {err}") from err
-    if chosen.paths != (VOLUME_PATH,):  # restored below /restore it would not land in the volume
+        raise NotFound(f"{what}: {err}") from err
+    if dump:
+        if len(chosen.paths) != 1 or not DUMP_PATH.fullmatch(chosen.paths[0]):
+            raise RestoreError(f"snapshot {chosen.short_id} holds {', '.join(chosen.paths)}, not one dump file at "
+                               "its root: it was not written by a preset with backup.format=restic")
+    elif chosen.paths != (VOLUME_PATH,):  # restored below /restore it would not land in the volume
         raise RestoreError(f"snapshot {chosen.short_id} holds {', '.join(chosen.paths)}, not one volume "
                            f"({VOLUME_PATH}): it was not written by backup.format=restic; restore it with restic "
                            "itself")
     return chosen, names[chosen.id]
 
 
-def _fetch(ctx: Context, local: Repository, destination: str, backup_name: str, volume_name: str,
-           wanted: str) -> tuple[Snapshot, str]:
-    """The snapshot chosen in `destination`'s repository, copied into the local one; the
-    local copy (restic copy keeps its time and tags) and the name."""
-    config = next((c for c in ctx.settings.destinations if destination_name(c) == destination), None)
-    if config is None:
-        raise NotFound(f"no destination named {destination!r}; configured: "
-                       f"{', '.join(destination_name(c) for c in ctx.settings.destinations) or 'none'}")
-    remote = destination_repository(config, local.environment()["RESTIC_PASSWORD"])
-    chosen, name = _choose(ctx, remote, backup_name, volume_name, wanted)
+def _fetch(ctx: Context, local: Repository, destination: str | None, backup_name: str, volume_name: str,
+           wanted: str, dump: bool = False, node: str | None = None) -> tuple[Snapshot, str]:
+    """The snapshot chosen in `destination`'s repository (None: the first destination's),
+    copied into the local one; the local copy (restic copy keeps its time, host and tags)
+    and the name. `node`: among the snapshots that node took."""
+    config = destination_config(ctx, destination)
+    destination = destination_name(config)
+    remote = reachable_repository(config, local.environment()["RESTIC_PASSWORD"])
+    chosen, name = _choose(ctx, remote, backup_name, volume_name, wanted, dump, node)
     logger.info("copying the snapshot from the destination's repository", extra={
         "target": backup_name, "volume": volume_name, "destination": destination, "snapshot": chosen.short_id,
         "phase": "download"})
     local.copy_from(remote, snapshot=chosen.id)
-    here = [s for s in local.snapshots(selector(backup_name, volume_name)) if s.time == chosen.time]
+    here = [s for s in local.snapshots(selector(backup_name, volume_name), chosen.host) if s.time == chosen.time]
     if not here:
         raise RestoreError(f"restic copy of snapshot {chosen.short_id} from {destination} left no copy in "
                            f"{local.location}")
@@ -136,3 +162,37 @@ def _restore(ctx: Context, repo: Repository, site: WorkerSite, container: Contai
         detail = " | ".join(errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
         raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{mount.destination} in the "
                           f"worker container {result.name} failed (exit {result.exit_code}): {detail}")
+
+
+@contextlib.contextmanager
+def dump_archive(ctx: Context, backup_name: str, item: str, wanted: str = "latest",
+                 from_destination: str | None = None, raw: Compression | None = None,
+                 node: str | None = None) -> Iterator[tuple[Path, str]]:
+    """A preset's dump snapshot (`wanted`: latest, an id or a name) as an archive on the
+    backup volume's state folder, the one form the presets' restores read (checksum,
+    members, parts: the checked path; nothing else parses what restic returns), removed
+    afterwards; with the snapshot's name. `restic dump` streams the file; `raw`: the file
+    is an archive itself, so compressed (the sqlite preset's tar, a stack's .tar.zst), else
+    the dump is cut into parts as the archive format stores it."""
+    repo = local_repository(ctx)
+    if from_destination is not None or node is not None:
+        chosen, name = _fetch(ctx, repo, from_destination, backup_name, item, wanted, dump=True, node=node)
+    else:
+        chosen, name = _choose(ctx, repo, backup_name, item, wanted, dump=True)
+    path = chosen.paths[0]
+    file = path.lstrip("/")
+    final = ctx.store.state_dir / DUMPS_FOLDER / f"{uuid.uuid4().hex}{(raw or Compression.NONE).extension}"
+    fields = {"target": backup_name, "volume": item, "snapshot": chosen.short_id, "snapshot_name": name,
+              "phase": "download"}
+    logger.info("reading the dump out of the restic snapshot", extra=fields)
+    progress = ProgressLog(lambda done, rate: None, ctx.settings.progress_interval, ctx.cancel, backup_name)
+    try:
+        with ArchiveWriter(final, Compression.NONE, 0o600, None) as writer:  # NONE: the bytes as they come
+            chunks = repo.dump(chosen.id, "/" + file)
+            writer.write_stream(chunks if raw is not None else parts_tar(chunks, file, chosen.time.timestamp()),
+                                on_progress=progress)
+            writer.finish()
+        yield final, name
+    finally:
+        for leftover in (final, final.with_name(final.name + CHECKSUM_SUFFIX)):
+            leftover.unlink(missing_ok=True)

@@ -18,24 +18,32 @@ import contextlib
 import logging
 import os.path
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..archive import ArchiveResult
 from ..errors import BackupError, RestoreError, SidecarError
 from ..extract import open_archive, verify
-from ..model import ContainerInfo, ContainerState, Mount, Target, WorkerMount
-from ..naming import choose_name
+from ..model import Compression, ContainerInfo, ContainerState, Mount, Target, WorkerMount
+from ..naming import CHECKSUM_SUFFIX, choose_name
 from ..readers import READERS
 from ..readers.stack import StackArchive, stack_request
 from ..readers.worker import NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite
 from ..stacks import ITEM, WORKING_DIR, Stack, discover_stacks
 from ..unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, run_worker
 from .context import Context
+from .formats import StorageFormat, format_of
+from .formats.base import SnapshotResult
+from .formats.restic import snapshot_of_stream
 from .prune import promote
 from .restore import archive_to_read
+from .restore_snapshot import dump_archive
 
 logger = logging.getLogger(__name__)
+
+STACK_FILE = "stack.tar.zst"  # backup.format=restic: the stack's archive as one file of its snapshot
+STACK_TEMP = "restic-stack"  # under the state folder: the tar on its way into the repository
 
 
 def stack_for(ctx: Context, target: Target) -> Stack | None:
@@ -60,9 +68,12 @@ def _site(ctx: Context) -> tuple[WorkerSite | None, str]:
     return reader.site(ctx.engine, ctx.worker_settings)
 
 
-def export_stack(ctx: Context, target: Target) -> ArchiveResult | None:
-    """Archive the stack `target` leads (see stack_for); None when there is none or no
-    worker container can run here (said in the log). Raises BackupError (phase "stack")."""
+def export_stack(ctx: Context, target: Target,
+                 restic: bool = False) -> tuple[str, ArchiveResult | SnapshotResult] | None:
+    """Archive the stack `target` leads (see stack_for): its project and the archive, or
+    with `restic` (backup.format=restic) the snapshot it went into; None when there is none
+    or no worker container can run here (said in the log). Raises BackupError (phase
+    "stack")."""
     try:
         stack = stack_for(ctx, target)
     except SidecarError as err:
@@ -70,7 +81,7 @@ def export_stack(ctx: Context, target: Target) -> ArchiveResult | None:
     if stack is None:
         return None
     fields = {"target": target.backup_name, "project": stack.project, "phase": "stack"}
-    if ctx.settings.encryption is None and stack.secrets:
+    if ctx.settings.encryption is None and stack.secrets and not restic:  # a restic repository is encrypted
         logger.warning("file secrets left out of the stack archive: archives are not encrypted; set "
                        "BACKUP_AGE_RECIPIENTS (or BACKUP_AGE_PASSPHRASE) to keep them, encrypted",
                        extra={**fields, "secrets": [p.host_path for p in stack.secrets]})
@@ -80,6 +91,8 @@ def export_stack(ctx: Context, target: Target) -> ArchiveResult | None:
         logger.warning("stack not archived: it is read by a worker container and none can run here",
                        extra={**fields, "reason": reason})
         return None
+    if restic:
+        return stack.project, _stack_snapshot(ctx, target, stack, site, fields)
     cfg = target.config
     name = choose_name(stack.project, ITEM, ctx.now(), cfg.schedule.frequency, cfg.schedule.fires_more_than_once_a_day,
                        ".tar.zst" + ctx.local_encryption_suffix, ctx.store.taken)
@@ -97,7 +110,35 @@ def export_stack(ctx: Context, target: Target) -> ArchiveResult | None:
     promote(ctx, ctx.store.archive_at(result.path), ctx.settings.keep)
     logger.info("stack archived", extra={**fields, "path": str(result.path), "bytes": result.size,
                                          "files": list(pending.stored), "seconds": round(time.monotonic() - started, 3)})
-    return result
+    return stack.project, result
+
+
+def _stack_snapshot(ctx: Context, target: Target, stack: Stack, site: WorkerSite, fields: dict) -> SnapshotResult:
+    """backup.format=restic: the worker writes the stack's archive (zstd, no age: the
+    repository encrypts) into the state folder, which goes into the repository as one file,
+    STACK_FILE, of a snapshot tagged {project}/stack; the file is removed on every way out.
+    restore-stack reads it back into an archive (dump_archive) and verifies it as any."""
+    path = ctx.store.state_dir / STACK_TEMP / f"{uuid.uuid4().hex}{Compression.ZSTD.extension}"
+    request = stack_request(path, stack, target.container.id, 0o600, None, ctx.worker_settings)
+    started = time.monotonic()
+    try:
+        with StackArchive(ctx.engine, request, site, stack, ctx.settings.stack.max_bytes) as pending:
+            pending.read()
+            result = pending.finish()
+        with open(result.path, "rb") as tar:
+            snapshot = snapshot_of_stream(ctx, stack.project, ITEM, target.config.schedule.frequency, STACK_FILE,
+                                          iter(lambda: tar.read(1 << 20), b""))
+    except (SidecarError, OSError) as err:
+        raise BackupError(target.backup_name, "stack", f"storing the stack of project {stack.project!r} "
+                          f"({stack.working_dir}) in the restic repository: {err}") from err
+    finally:
+        for leftover in (path, path.with_name(path.name + CHECKSUM_SUFFIX)):
+            leftover.unlink(missing_ok=True)
+    _report_left_out(pending, fields)
+    logger.info("stack stored in a restic snapshot", extra={
+        **fields, "snapshot": snapshot.snapshot_id, "bytes": snapshot.raw_bytes, "added_bytes": snapshot.added_bytes,
+        "files": list(pending.stored), "seconds": round(time.monotonic() - started, 3)})
+    return snapshot
 
 
 def _report_left_out(pending: StackArchive, fields: dict) -> None:
@@ -124,9 +165,12 @@ class StackRestoreOutcome:
 
 
 def run_restore_stack(ctx: Context, project: str, into: str, archive: str = "latest", force: bool = False,
-                      from_remote: str | None = None, node: str | None = None) -> StackRestoreOutcome:
+                      from_remote: str | None = None, node: str | None = None,
+                      restic: bool = False) -> StackRestoreOutcome:
     """Put the project's stack archive back into the host folder `into` (it must exist;
-    not the live project's working folder unless `force`)."""
+    not the live project's working folder unless `force`). `restic`: from the project's
+    stack snapshot (`archive`: latest, its id or name) in the restic repository (or
+    `from_remote`'s), read back into an archive and restored the same checked way."""
     started = time.monotonic()
     into = _host_folder(into)
     if not force:
@@ -136,7 +180,12 @@ def run_restore_stack(ctx: Context, project: str, into: str, archive: str = "lat
         raise RestoreError(f"restoring a stack needs a worker container (it writes into the host folder {into}): "
                            f"{reason}")
     with contextlib.ExitStack() as stack:
-        path = archive_to_read(ctx, stack, project, ITEM, archive, from_remote, node, f"the stack of project {project}")
+        if restic:
+            path, name = stack.enter_context(dump_archive(ctx, project, ITEM, archive, from_remote,
+                                                           raw=Compression.ZSTD, node=node))
+        else:
+            path = archive_to_read(ctx, stack, project, ITEM, archive, from_remote, node,
+                                   f"the stack of project {project}")
         fields = {"project": project, "archive": str(path), "into": into, "phase": "restore-stack"}
         with open_archive(path) as opened:
             logger.info("verifying archive", extra={**fields, "phase": "verify"})
@@ -149,7 +198,16 @@ def run_restore_stack(ctx: Context, project: str, into: str, archive: str = "lat
                 raise RestoreError(f"{err}; the folder must exist on the Docker host (mkdir -p {into})") from err
     seconds = time.monotonic() - started
     logger.info("stack restored", extra={**fields, "members": summary.members, "seconds": round(seconds, 3)})
-    return StackRestoreOutcome(project, into, path, summary.members, summary.tar_bytes, seconds)
+    return StackRestoreOutcome(project, into, Path(name) if restic else path, summary.members, summary.tar_bytes,
+                               seconds)
+
+
+def stack_is_restic(ctx: Context, project: str) -> bool:
+    """Whether the project's stack goes into restic snapshots: BACKUP_FORMAT=restic, or
+    one of the project's targets is labelled backup.format=restic."""
+    return ctx.settings.backup_format is StorageFormat.RESTIC or any(
+        format_of(ctx, t) is StorageFormat.RESTIC for t in ctx.discover().targets
+        if t.container.compose_project == project)
 
 
 def _host_folder(into: str) -> str:

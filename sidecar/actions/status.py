@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from ..consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
 from ..errors import SidecarError
-from ..model import CopyState, Target
+from ..metrics import RESTIC_STATE_FILE
+from ..model import CopyState, StorageFormat, Target
 from ..presetnames import canonical_type
+from ..state import JsonState
 from .context import Context
+from .formats import format_of
 from .sources import items
 from .sync import copy_index
 
@@ -18,7 +21,13 @@ from .sync import copy_index
 def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], CopyState]:
     copies = {d.name: copy_index(ctx, d).by_local() for d in ctx.destinations}
     states = {}
+    restic: dict | None = None
     for target in targets:
+        if format_of(ctx, target) is StorageFormat.RESTIC:
+            if restic is None:
+                restic = JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").read()
+            states.update(_restic_states(ctx, target, restic))
+            continue
         archives = ctx.store.archives(target.backup_name)
         for item in items(target):  # each volume's and the preset's archives
             mine = [a for a in archives if a.name.kind == canonical_type(item)]
@@ -32,6 +41,25 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
             states[(target.backup_name, item)] = CopyState(
                 local=_mtime(newest.path) if newest is not None else None, offsite=offsite,
                 copies=1 + len(holders) if newest is not None else 0, holders=holders)
+    return states
+
+
+def _restic_states(ctx: Context, target: Target, doc: dict) -> dict[tuple[str, str], CopyState]:
+    """backup.format=restic: from .sidecar/restic.json, each item's newest snapshot of this
+    node and, per destination, the newest one its repository took with `restic copy`."""
+    newest = doc.get("newest") if isinstance(doc.get("newest"), dict) else {}
+    copied = doc.get("copied") if isinstance(doc.get("copied"), dict) else {}
+    states = {}
+    for item in items(target):
+        key = f"{target.backup_name}/{item}"
+        local = newest.get(key)
+        there = copied.get(key) if isinstance(copied.get(key), dict) else {}
+        offsite = {d.name: there.get(d.name) for d in ctx.destinations}
+        holders = frozenset(name for name, when in offsite.items()
+                            if local is not None and when is not None and when >= local)
+        states[(target.backup_name, item)] = CopyState(local=local, offsite=offsite,
+                                                       copies=1 + len(holders) if local is not None else 0,
+                                                       holders=holders)
     return states
 
 

@@ -130,7 +130,8 @@ def render(event: str, outcome: Any, failing: Failing | None, host: str) -> Mess
         lines.append(("downtime_seconds", round(float(outcome.downtime), 1)))
     lines.append(("host", host))
     body = "\n".join(f"{key}: {_one_line(value)}" for key, value in lines if value is not None)
-    return Message(event, target, phase, f"backup-sidecar: backup of {target} {_TITLES[event]}", body,
+    subject = getattr(outcome, "subject", None) or f"backup of {target}"  # a restic check names itself
+    return Message(event, target, phase, f"backup-sidecar: {subject} {_TITLES[event]}", body,
                    _TYPES[event])
 
 

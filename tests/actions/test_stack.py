@@ -15,6 +15,8 @@ import pytest
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.daemon import Daemon
+from sidecar.actions.listing import run_list_snapshots
+from sidecar.actions.plan import run_plan_stacks
 from sidecar.actions.stack import run_restore_stack
 from sidecar.errors import NotFound, RestoreError
 from sidecar.metrics import STATE_FILE, Metrics, OutcomeRecord
@@ -188,3 +190,54 @@ def test_the_daemon_exports_the_stack_series_and_a_run_fills_them(engine, make_c
     assert sample("backup_sidecar_archive_size_bytes", target="proj", volume="stack") == outcome.stack.archive.size
     assert sample("backup_sidecar_last_status", target="proj", volume="stack") == 1
     assert sample("backup_sidecar_runs_total", target="proj", result="success") == 1
+
+
+RESTIC_PASSWORD = "restic-stack-Pw-3"
+
+
+def test_restic_format_keeps_the_stack_as_a_snapshot_and_restores_it(engine, make_ctx, tmp_path, project):
+    """backup.format=restic: the stack goes into the repository (one snapshot tagged
+    proj/stack, named proj_stack_...), its secrets with it (the repository is encrypted);
+    restore-stack reads it back through the same checked extractor; plan lists it."""
+    add_app(engine, tmp_path, project)
+    ctx, outcome = backup(make_ctx, engine, BACKUP_FORMAT="restic", RESTIC_PASSWORD=RESTIC_PASSWORD)
+    assert outcome.stack.project == "proj" and outcome.stack.archive is None
+    snap = outcome.stack.snapshot
+    assert snap.item == "stack" and snap.raw_bytes > 0
+    assert not list(ctx.store.root.glob("*/proj_stack_*"))  # no archive file
+    assert not list((ctx.store.state_dir / "restic-stack").glob("*"))  # the tar on its way is gone
+    listed = [s for s in run_list_snapshots(ctx) if s.volume == "stack"]
+    assert [(s.target, s.id) for s in listed] == [("proj", snap.snapshot_id[:8])]
+    assert listed[0].name.startswith("proj_stack_") and listed[0].name.endswith("_daily")
+    repository = b"".join(p.read_bytes() for p in (ctx.store.root / "restic").rglob("*") if p.is_file())
+    assert SECRET.encode() not in repository and b"listen 80" not in repository  # encrypted
+
+    [row] = run_plan_stacks(ctx)
+    assert (row.project, row.target, row.format, row.latest) == ("proj", "app", "restic", listed[0].name)
+    assert row.secrets.startswith("1 kept") and row.keep == ctx.settings.keep.describe() and row.schedule
+
+    into = tmp_path / "restored"
+    into.mkdir()
+    done = run_restore_stack(ctx, "proj", str(into), restic=True)
+    assert str(done.archive) == listed[0].name
+    for rel in ("docker-compose.yml", ".env", "secrets/pw.txt", "conf/app.conf", "dynamic/routes.yml"):
+        assert (into / rel).read_bytes() == (project / rel).read_bytes(), rel
+    assert not list((ctx.store.state_dir / "restic-dumps").glob("*"))
+    with pytest.raises(NotFound, match="no snapshot 'deadbeef'"):
+        run_restore_stack(ctx, "proj", str(into), "deadbeef", force=True, restic=True)
+
+
+def test_plan_lists_the_archive_formats_stack_with_its_schedule_and_secrets(engine, make_ctx, tmp_path, project,
+                                                                           keys):
+    add_app(engine, tmp_path, project, **{"backup.schedule": "0 3 * * *"})
+    ctx, outcome = backup(make_ctx, engine, **keys)
+    [row] = run_plan_stacks(ctx)
+    assert (row.project, row.target, row.format, row.schedule) == ("proj", "app", "archive", "0 3 * * *")
+    assert row.latest == outcome.stack.archive.path.name and row.secrets == "1 kept (age-encrypted)"
+    assert row.files >= 4 and row.next_run is not None
+
+
+def test_plan_says_why_a_projects_stack_is_not_kept(engine, make_ctx, tmp_path, project):
+    add_app(engine, tmp_path, project, **{"backup.stack": "false"})
+    [row] = run_plan_stacks(make_ctx())
+    assert (row.project, row.target, row.latest) == ("proj", "-", None) and "backup.stack" in row.note

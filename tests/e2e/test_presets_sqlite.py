@@ -5,6 +5,7 @@ query loop sees no failure; a path matching nothing is a failed run without an a
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -93,3 +94,32 @@ def test_a_path_matching_nothing_fails_without_archive(lab, writer_image, sideca
     done = lab.cli("backup", "app", BACKUP_WORKER_IMAGE=sidecar_image, timeout=600)
     assert done.returncode != 0 and "no file matches /data/none.db" in done.stdout + done.stderr
     assert lab.archives() == []
+
+
+def test_restic_format_backs_up_while_writing_and_restores_by_snapshot_name(lab, writer_image, worker_image,
+                                                                             tmp_path):
+    """backup.format=restic: the online backup's copies go into one snapshot (a tar through
+    `restic backup --stdin`), and `restore --dump NAME` (the name `list` shows) puts them back
+    through the same checked extractor into another container's empty volume."""
+    secret = tmp_path / "restic-password"
+    secret.write_text("sqlite-restic-Pw\n")
+    env = {"BACKUP_WORKER_IMAGE": worker_image, "BACKUP_FORMAT": "restic", "RESTIC_PASSWORD_FILE": str(secret)}
+    app = _start(lab, writer_image, "app", lab.volume("data"), labels={})
+    wait_for(lambda: _rows(app) > 500, timeout=60, what="rows written")
+    before = _check(app)[1]
+    done = lab.cli("backup", "app", timeout=600, **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lab.archives("app_sqlite+dump_*") == []  # a snapshot, no archive
+    listed = lab.cli("list", "app", "--json", **env)
+    [row] = [r for r in json.loads(listed.stdout) if r.get("kind") == "restic-snapshot"]
+    assert row["volume"] == "sqlite+dump"
+
+    fresh = _start(lab, writer_image, "fresh", lab.volume("empty"), mode="idle")
+    restored = lab.cli("restore", fresh.name, "--dump", row["name"], timeout=600, **env)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert row["name"] in restored.stdout and lab.state(fresh) == "running"
+    verdict, rows, counted = _check(fresh)
+    assert verdict == "ok" and rows == counted and rows >= before
+    again = lab.cli("restore", fresh.name, "--dump", row["name"], timeout=600, **env)
+    assert again.returncode != 0 and "use --force" in again.stdout + again.stderr
+    assert not list((lab.backup_dir / ".sidecar" / "restic-dumps").glob("*"))

@@ -9,7 +9,11 @@ state folder."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import signal
+import subprocess
+import threading
 import urllib.request
 from urllib.parse import quote
 
@@ -129,3 +133,112 @@ def test_no_secret_in_any_output_log_metric_or_state(lab, s3_server, s3_bucket, 
     assert any(r.path == f"/api/push/{PUSH_TOKEN}" for r in pings.requests)
     assert lab.archives() and all(a.name.endswith(".age") for a in lab.archives())
     assert not found_secrets(text), (found_secrets(text), text[-4000:])
+
+
+RESTIC_PASSWORD = "restic Pw/Secret+Key=81"
+
+
+class ProcessWatch:
+    """Samples, until stopped, every process's arguments (`ps`) and every running
+    container's command and environment (`docker inspect`: what a worker was given)."""
+
+    def __init__(self, client):
+        self.client, self.seen, self._stop = client, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ps = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True)
+            self.seen.append(ps.stdout)
+            with contextlib.suppress(Exception):
+                for container in self.client.api.containers():
+                    info = self.client.api.inspect_container(container["Id"])
+                    self.seen.append(json.dumps([info["Config"].get("Env"), info["Config"].get("Cmd"),
+                                                 info.get("Args"), info["Config"].get("Labels")]))
+            self._stop.wait(0.05)
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join(10)
+        return "\n".join(self.seen)
+
+
+@pytest.mark.slow  # about 5 minutes on a loaded machine: some fifteen CLI runs with restic workers
+def test_no_restic_password_in_any_output_log_metric_notification_or_process_list(
+        lab, docker_client, worker_image, tmp_path):
+    """backup.format=restic: the repository's password given as RESTIC_PASSWORD and as
+    RESTIC_PASSWORD_FILE; backups (restic in workers), list, plan, restores (local and from
+    a second disk's repository), a check that passes and one that fails (notified), prune,
+    the daemon's metrics. Its value never shows in any of those, in the state folder, in a
+    process's arguments or in a worker container's command, environment or labels."""
+    webhook = WebhookReceiver()
+    secret = tmp_path / "restic-password"
+    secret.write_text(RESTIC_PASSWORD + "\n")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    volume = lab.volume("data")
+    lab.populate(volume, "echo hello > a.txt; dd if=/dev/urandom of=b.bin bs=64k count=16 2>/dev/null")
+    lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop", "backup.schedule": "@monthly"},
+                 {volume: "/data"})
+    base = {"BACKUP_WORKER_IMAGE": worker_image, "BACKUP_FORMAT": "restic", "BACKUP_PRUNE_DRY_RUN": "true",
+            "BACKUP_DESTINATIONS": str(disk), "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
+            "NOTIFY_URLS": f"json://127.0.0.1:{webhook.port}/notify", "NOTIFY_ON": "always", "NOTIFY_TIMEOUT": "5"}
+    by_env, by_file = {**base, "RESTIC_PASSWORD": RESTIC_PASSWORD}, {**base, "RESTIC_PASSWORD_FILE": str(secret)}
+    said: list[str] = []
+    watch = ProcessWatch(docker_client)
+    try:
+        def cli(*args: str, env: dict) -> int:
+            done = lab.cli(*args, **env)
+            said.append(f"$ {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+            return done.returncode
+
+        assert cli("backup", "app", env=by_env) == 0, said[-1]
+        lab.populate(volume, "echo again > a.txt")
+        assert cli("backup", "app", env=by_file) == 0, said[-1]
+        for args in (("list",), ("list", "--json"), ("plan",), ("plan", "--json"),
+                     ("restore", "app", "--volume", "data", "--force"),
+                     ("restore", "app", "--volume", "data", "--force", "--from", "local"),
+                     ("restore", "app", "--volume", "data", "--path", "a.txt"),
+                     ("check", "--read-data-subset", "100%"), ("prune",)):
+            assert cli(*args, env=by_file) == 0, said[-1]
+        pack = max((p for p in (lab.backup_dir / "restic" / "data").rglob("*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+        pack.chmod(0o600)
+        damaged = bytearray(pack.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        pack.write_bytes(bytes(damaged))
+        assert cli("check", "--read-data-subset", "100%", env=by_env) == 1, said[-1]
+        wait_for(lambda: any("restic check" in r["body"].get("title", "") and "failed" in r["body"].get("title", "")
+                             for r in webhook.requests), what="the failed check's notification")
+        assert cli("backup", "app", env={**by_env, "RESTIC_PASSWORD": "not the " + RESTIC_PASSWORD[::-1]}) != 0
+
+        daemon, log = lab.start_cli("run", log_name="daemon.log", **by_file)
+        metrics = wait_for(lambda: _scrape_text(lab.metrics_port), timeout=60, what="the metrics endpoint")
+        said.append("metrics:\n" + metrics)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+        said.append("daemon:\n" + log.read_text(errors="replace"))
+    finally:
+        seen = watch.stop()
+        webhook.close()
+    said.append("notifications:\n" + json.dumps([r["body"] for r in webhook.requests]))
+    said.append("processes:\n" + seen)
+    for path in (lab.backup_dir / ".sidecar").rglob("*"):
+        if path.is_file():
+            said.append(f"{path}:\n" + path.read_text(errors="replace"))
+    text = "\n".join(said)
+    # The checks saw real output: restic's workers ran (the sampler saw them), metrics, notifications.
+    assert "--password-file" in seen  # a restic worker was seen while it ran
+    assert "backup_sidecar_restic_repository_bytes" in text and len(webhook.requests) >= 3
+    assert not list((lab.backup_dir / ".sidecar").rglob("*.keys"))
+    leaked = [form for form in forms(RESTIC_PASSWORD) if form in text]
+    assert not leaked, (leaked, text[-4000:])
+
+
+def _scrape_text(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return None

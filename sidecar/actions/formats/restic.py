@@ -28,20 +28,25 @@ import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from ...archive import ProgressLog
-from ...errors import BackupError, ConfigError, ResticError, SidecarError
+from ...config import LocalConfig, RcloneConfig, S3Config
+from ...errors import BackupError, ConfigError, DestinationUnreachable, NotFound, ResticError, SidecarError
 from ...metrics import RESTIC_STATE_FILE
 from ...model import ContainerInfo, ContainerState, Target, VolumeSpec, WorkerResult, WorkerSpec
 from ...readers import READERS
 from ...readers.mirror import give_go
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
 from ...restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
+from ...retention import Keep
+from ...schedule import Frequency
 from ...settings import destination_name
 from ...values import without_userinfo
-from ...snapshots import VOLUME_PATH, BackupSummary, forget_args, parse_backup_line, selector, summary_of, tags
+from ...snapshots import (VOLUME_PATH, BackupSummary, Snapshot, forget_args, parse_backup_line, selector, summary_of,
+                          tags)
 from ...state import JsonState
 from ...storage import STATE_DIR
 from ..context import Context
@@ -413,6 +418,19 @@ class ResticSink:
         return _result(self.item, self.summary)
 
 
+def snapshot_of_stream(ctx: Context, backup_name: str, item: str, frequency: Frequency, file: str,
+                       chunks: Iterable[bytes]) -> SnapshotResult:
+    """One snapshot of `chunks` as the file `file` (`restic backup --stdin`), tagged as
+    `item` of `backup_name` (a project's stack: project, `stack`)."""
+    tagged = [arg for tag in tags(backup_name, item, frequency) for arg in ("--tag", tag)]
+    summary = local_repository(ctx).backup(["--stdin", "--stdin-filename", file, "--host", ctx.node().name,
+                                            *tagged], stdin=chunks)
+    logger.info("snapshot written", extra={"target": backup_name, "volume": item, "phase": "write",
+                                           "snapshot": summary.snapshot_id, "bytes": summary.total_bytes_processed,
+                                           "added_bytes": summary.data_added})
+    return _result(item, summary)
+
+
 # --- the format -------------------------------------------------------------------------------
 
 class ResticFormat:
@@ -436,6 +454,12 @@ class ResticFormat:
                     held.callback(capture.close)
                 yield captures
             return
+        into = getattr(source, "capture_into", None)  # a preset that writes a tar of its own (sqlite)
+        if into is not None:
+            (item,) = source.describe(target)
+            with into(ctx, target, container, ResticSink(ctx, target, item, repo)) as one:
+                yield [one]
+            return
         command = getattr(source, "dump_command", None)
         if command is None:
             raise BackupError(target.backup_name, "start", f"backup.preset={source.NAME} has no dump stream for "
@@ -449,63 +473,107 @@ class ResticFormat:
         return Published(snapshots=tuple(capture.finish() for capture in captures))
 
     def after_success(self, ctx: Context, target: Target) -> str | None:
-        """`forget` by the keep rules for each item, then the repository's figures for the
-        metrics. A failure is logged: the snapshots are safe, the next run forgets again."""
+        return keep_and_copy(ctx, Kept(target.backup_name, tuple(items(target)), target.config.keep))
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What one rotation and copy is about: a backup name's items and their keep rules (a
+    target's, or a project's stack)."""
+
+    backup_name: str
+    items: tuple[str, ...]
+    keep: Keep
+
+
+def keep_and_copy(ctx: Context, kept: Kept) -> str | None:
+    """`forget` by the keep rules for each item, the repository's figures for the metrics,
+    then `restic copy` to each destination's repository; why a copy failed (None: none
+    did). A failed forget is logged: the snapshots are safe, the next run forgets again."""
+    try:
+        repo = local_repository(ctx)
+        forget(ctx, repo, kept)
+        record_state(ctx, repo)
+    except SidecarError as err:
+        logger.error("restic rotation failed", extra={"target": kept.backup_name, "phase": "rotate",
+                                                      "error": str(err)})
+        return None
+    problems = []
+    for config in ctx.settings.destinations:
+        name = destination_name(config)
         try:
-            repo = local_repository(ctx)
-            forget(ctx, repo, target)
-            record_state(ctx, repo)
-        except SidecarError as err:
-            logger.error("restic rotation failed", extra={"target": target.backup_name, "phase": "rotate",
-                                                          "error": str(err)})
-            return None
-        problems = []
-        for config in ctx.settings.destinations:
-            name = destination_name(config)
-            try:
-                copy_to(ctx, repo, destination_repository(config, repo.environment()["RESTIC_PASSWORD"]), target,
-                        name)
-            except SidecarError as err:
-                logger.error("restic copy to a destination failed", extra={
-                    "target": target.backup_name, "destination": name, "phase": "sync", "error": str(err)})
-                problems.append(f"{name}: {err}")
-        return "; ".join(problems) or None
+            copy_to(ctx, repo, reachable_repository(config, repo.environment()["RESTIC_PASSWORD"]), kept, name)
+        except (SidecarError, OSError) as err:
+            logger.error("restic copy to a destination failed", extra={
+                "target": kept.backup_name, "destination": name, "phase": "sync", "error": str(err)})
+            problems.append(f"{name}: {err}")
+    return "; ".join(problems) or None
 
 
-def copy_to(ctx: Context, local: Repository, remote: Repository, target: Target, name: str) -> None:
+def destination_config(ctx: Context, name: str | None) -> S3Config | RcloneConfig | LocalConfig:
+    """A destination's settings by its name (None: the first configured); raises NotFound."""
+    configs = ctx.settings.destinations
+    config = next((c for c in configs if name is None or destination_name(c) == name), None)
+    if config is None:
+        raise NotFound(f"no destination named {name!r}; configured: "
+                       f"{', '.join(destination_name(c) for c in configs) or 'none'}" if name is not None else
+                       "no destination is configured (BACKUP_DESTINATIONS or S3_BUCKET) to read another node's "
+                       "snapshots from")
+    return config
+
+
+def reachable_repository(config: S3Config | RcloneConfig | LocalConfig, password: str) -> Repository:
+    """A destination's repository (restic.destination_repository); a second disk's root must
+    be there, as for archives: a missing mount is unreachable, never created (restic's
+    init would create the folder on the host's own disk)."""
+    if isinstance(config, LocalConfig) and not Path(config.root).is_dir():
+        raise DestinationUnreachable(f"local: {config.root} does not exist or is not a folder: is the disk mounted? "
+                                     "(a missing mount is never created; the next run copies what it missed)",
+                                     destination="local")
+    return destination_repository(config, password)
+
+
+def copy_to(ctx: Context, local: Repository, remote: Repository, kept: Kept, name: str) -> None:
     """3-2-1: the destination's own repository (created with the local one's chunker
     parameters, so deduplication holds across copies) takes the target's snapshots it lacks
     (`restic copy`: only blobs it lacks travel), then forgets by the same keep rules."""
     started = time.monotonic()
     created = remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
-    result = unlocked(ctx, remote, lambda: remote.copy_from(local, tag=selector(target.backup_name)))
-    forgotten = forget(ctx, remote, target)
+    result = unlocked(ctx, remote, lambda: remote.copy_from(local, tag=selector(kept.backup_name)))
+    forgotten = forget(ctx, remote, kept)
+    newest = _newest(local.snapshots(selector(kept.backup_name), ctx.node().name))
+    with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
+        copied = doc.setdefault("copied", {})
+        for key, when in newest.items():  # the destination holds every snapshot up to these
+            copied.setdefault(key, {})[name] = when
     logger.info("snapshots copied to the destination's restic repository", extra={
-        "target": target.backup_name, "destination": name, "phase": "sync", "repository_created": created,
+        "target": kept.backup_name, "destination": name, "phase": "sync", "repository_created": created,
         "seconds": round(time.monotonic() - started, 3), "copy_seconds": round(result.seconds, 3),
         "forgotten": sum(len(v) for v in forgotten.values())})
 
 
-def forget(ctx: Context, repo: Repository, target: Target) -> dict[str, list[str]]:
-    """`restic forget` of each of the target's items on this host by backup.keep; the ids
+def forget(ctx: Context, repo: Repository, kept: Kept) -> dict[str, list[str]]:
+    """`restic forget` of each item on this host by its keep rules (backup.keep); the ids
     forgotten per item (BACKUP_PRUNE_DRY_RUN: what would be)."""
     host = ctx.node().name
-    keep = forget_args(target.config.keep) + (("--dry-run",) if ctx.settings.prune_dry_run else ())
+    keep = forget_args(kept.keep) + (("--dry-run",) if ctx.settings.prune_dry_run else ())
     removed = {}
-    for item in items(target):
-        removed[item] = unlocked(ctx, repo, lambda: repo.forget(selector(target.backup_name, item), host, keep))
+    for item in kept.items:
+        removed[item] = unlocked(ctx, repo, lambda: repo.forget(selector(kept.backup_name, item), host, keep))
         if removed[item]:
             logger.info("restic snapshots forgotten" if not ctx.settings.prune_dry_run else
                         "restic snapshots would be forgotten", extra={
-                            "target": target.backup_name, "volume": item, "phase": "rotate",
+                            "target": kept.backup_name, "volume": item, "phase": "rotate",
                             "snapshots": removed[item]})
     return removed
 
 
 def record_state(ctx: Context, repo: Repository) -> None:
-    """The repository's disk use and snapshots per target item, for the metrics."""
+    """The repository's disk use, snapshots per target item and the time of each item's
+    newest snapshot of this node, for the metrics and the copies' state."""
     counts: dict[str, int] = {}
-    for snap in repo.snapshots():
+    found = repo.snapshots()
+    for snap in found:
         if snap.ours:
             key = f"{snap.backup_name}/{snap.item}"
             counts[key] = counts.get(key, 0) + 1
@@ -513,6 +581,7 @@ def record_state(ctx: Context, repo: Repository) -> None:
 
     with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
         doc["repository_bytes"], doc["snapshots"], doc["updated"] = size, counts, time.time()
+        doc["newest"] = _newest([s for s in found if s.host == ctx.node().name])
 
 
 def unlocked(ctx: Context, repo: Repository, call: Callable[[], T]) -> T:
@@ -553,3 +622,13 @@ def remove_dead_worker_locks(ctx: Context, repo: Repository) -> list[str]:
         logger.warning("removed the lock of a killed restic worker", extra={
             "phase": "recovery", "lock": lock.id[:8], "worker_host": lock.hostname, "exclusive": lock.exclusive})
     return removed
+
+
+def _newest(snapshots: Iterable[Snapshot]) -> dict[str, float]:
+    """`target/item` -> the time of its newest snapshot among ours."""
+    newest: dict[str, float] = {}
+    for snap in snapshots:
+        if snap.ours:
+            key = f"{snap.backup_name}/{snap.item}"
+            newest[key] = max(newest.get(key, 0.0), snap.time.timestamp())
+    return newest

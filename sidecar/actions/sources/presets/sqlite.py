@@ -28,10 +28,10 @@ import tarfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .... import unpack
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
+from ....archive import ProgressLog
 from ....errors import BackupError, NotFound, RestoreError, SidecarError
 from ....extract import ArchiveFile, Kind, Member, open_archive, verify
 from ....labels import SQLITE_PATHS, sqlite_globs
@@ -41,12 +41,13 @@ from ....readers import get as get_reader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import left_stopped
+from .dump import ArchiveSink, DumpSink, left_stopped
 
 logger = logging.getLogger(__name__)
 
 NAME = "sqlite"
 ITEM = dump_type(NAME)
+RESTIC_FILE = "sqlite.tar"  # backup.format=restic: the copies' tar as one file of the snapshot
 TEMP_FOLDER = ".sidecar/sqlite"  # under BACKUP_DIR: the copies on their way into the archive
 # Root with only these: read and write any database whatever its owner, and give a
 # -wal/-shm it created to the database's owner.
@@ -133,18 +134,18 @@ class SqliteCapture:
     """`read` runs the worker (the copies land on the backup volume) and streams them into
     the archive; `finish` publishes it. The copies go on every path out."""
 
-    def __init__(self, ctx: Context, target: Target, container: ContainerInfo, path: Path):
+    def __init__(self, ctx: Context, target: Target, container: ContainerInfo, sink: DumpSink):
         self.ctx, self.target, self.container, self.item = ctx, target, container, ITEM
-        self.writer = ArchiveWriter(path, target.config.compression, ctx.settings.file_mode, ctx.local_encryption)
+        self.sink = sink
         self.temp = ctx.settings.backup_dir / TEMP_FOLDER / uuid.uuid4().hex
 
     def __enter__(self) -> "SqliteCapture":
-        self.writer.__enter__()
+        self.sink.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
         shutil.rmtree(self.temp, ignore_errors=True)
-        self.writer.__exit__(*exc_info)
+        self.sink.__exit__(*exc_info)
 
     def read(self) -> None:
         name = self.target.backup_name
@@ -191,15 +192,22 @@ class SqliteCapture:
         progress = ProgressLog(lambda done, rate: None, self.ctx.settings.progress_interval, self.ctx.cancel,
                                self.target.backup_name)
         try:
-            self.writer.write_stream(_copies_tar(self.temp, copies), on_progress=progress)
-        except OSError as exc:
-            raise BackupError(self.target.backup_name, "write", f"{self.writer.final_path}: {exc}") from exc
+            self.sink.write(_copies_tar(self.temp, copies), RESTIC_FILE, progress)
+        except BackupError:
+            raise
+        except (OSError, SidecarError) as exc:
+            raise BackupError(self.target.backup_name, "write", f"{self.sink.describe()}: {exc}") from exc
 
-    def finish(self) -> ArchiveResult:
-        try:
-            return self.writer.finish()
-        except OSError as exc:
-            raise BackupError(self.target.backup_name, "write", f"{self.writer.final_path}: {exc}") from exc
+    def finish(self):
+        return self.sink.finish()
+
+
+class TarSink(ArchiveSink):
+    """The archive format's sink for a stream that is a tar already (the copies'), not a
+    dump to cut into parts."""
+
+    def write(self, chunks: Iterable[bytes], file: str, progress: ProgressLog) -> None:
+        self.writer.write_stream(chunks, on_progress=progress)
 
 
 def _copies_tar(folder: Path, copies: list[dict]) -> Iterator[bytes]:
@@ -221,8 +229,14 @@ def _copies_tar(folder: Path, copies: list[dict]) -> Iterator[bytes]:
 @contextlib.contextmanager
 def capture(ctx: Context, target: Target, container: ContainerInfo,
             archive_path: ArchivePath) -> Iterator[list[SqliteCapture]]:
-    with SqliteCapture(ctx, target, container, archive_path(ITEM)) as one:
+    with SqliteCapture(ctx, target, container, TarSink(ctx, target, ITEM, archive_path(ITEM))) as one:
         yield [one]
+
+
+def capture_into(ctx: Context, target: Target, container: ContainerInfo, sink: DumpSink) -> SqliteCapture:
+    """The capture with another format's sink (backup.format=restic: the copies' tar is one
+    file of the snapshot, RESTIC_FILE, restored through `restore` as an archive)."""
+    return SqliteCapture(ctx, target, container, sink)
 
 
 # --- restore ---------------------------------------------------------------------------------
