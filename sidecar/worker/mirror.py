@@ -3,12 +3,14 @@ volume (mounted read-only), copying only what changed since the mirror's last pa
 (sidecar/mirrordiff.py decides what did, from the manifest kept beside the mirror).
 
 A mirror's folder (0700, on the backup volume; the sidecar names it):
-    vault/                root's, 0700, made so by each pass: the copy keeps set-id files and
-                          device nodes, so no user but root may reach a path into it
+    vault/                root's, 0700, made so by each pass: no user but root may reach a
+                          path into the copy (it is a plaintext copy of the volume)
     vault/tree/           the copy: same names, types, contents, holes, modes, owners, mtimes,
-                          symlinks, hard links, empty folders and xattrs as the volume
+                          symlinks, hard links, empty folders and xattrs as the volume, but no
+                          set-id file and no device node (see below)
     vault/tmp/            new files are written here, then renamed into the tree
     manifest.json         how each source entry looked when it was brought across
+    special.json          mode and rdev of each set-id file and device (for the archive worker)
     info.json             the mirror's size (for `plan` and the metrics)
     pass-unfinished       present while a pass changes the tree: its manifest is not trusted
     go                    written by the sidecar for a pass started with --go ("go"/"abort")
@@ -23,6 +25,13 @@ left out, and a path that became one is removed (tar leaves them out too). Exclu
 metadata is set after its contents (writing into a folder changes its mtime). A file that
 tar would archive as data (no fewer blocks than its size: fallocated ranges count) is
 copied as data, one that it would archive as sparse keeps its holes.
+
+Set-id bits and devices as data, never on disk: the copy of a set-id file has its set-id
+bits cleared, a character or block device is an empty regular file (a placeholder with the
+device's owner, permissions, times and xattrs); their true mode and rdev are in the
+manifest and in special.json, from which the archive worker writes their tar headers
+(sidecar/worker/special.py). So the mirror holds nothing a user could run with another
+user's rights or open as a device, and its archive still equals a plain read's.
 
 Exact or refused: a copy the backup filesystem cannot hold exactly (an mtime out of its
 range or precision, an xattr it refuses) ends the pass with a `refused` line naming the
@@ -50,10 +59,11 @@ from typing import Callable, Iterator, NamedTuple
 
 from ..archive import is_excluded
 from ..errors import ArchiveError
-from ..mirrordiff import Room, Seen, dumps, loads, mirrored, unchanged, writeback_window_ns
+from ..mirrordiff import Room, Seen, dumps, loads, mirrored, on_disk_mode, special_of, unchanged, writeback_window_ns
 from .archive import _Heartbeat
 
 VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
+SPECIAL = "special.json"
 TREE, TMP = VAULT + "/tree", VAULT + "/tmp"
 _BEFORE_THE_VAULT = ("tree", "tmp")  # where earlier versions kept the copy: removed
 GO_POLL = 0.002  # seconds between looks at the go file: its delay is inside the stop window
@@ -297,8 +307,8 @@ class MirrorPass:
                     os.symlink(os.readlink(self.root / entry.rel), tmp)
                 elif stat.S_ISFIFO(st.st_mode):
                     os.mkfifo(tmp, 0o600)
-                else:  # character or block device
-                    os.mknod(tmp, st.st_mode, st.st_rdev)
+                else:  # character or block device: a placeholder (its rdev is in the manifest)
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             except _GONE:
                 return
             except OSError as exc:
@@ -306,6 +316,8 @@ class MirrorPass:
                     raise
                 return
             _set_owner_mode(tmp, st)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):  # after the owner, as for files
+                _set_xattrs(str(tmp), _xattrs_of_path(self.root / entry.rel), entry.rel)
             _set_times(tmp, st, entry.rel)
         self._place(tmp, entry.rel)
         self.new[entry.rel] = seen
@@ -498,6 +510,13 @@ def _xattrs(target) -> dict[str, bytes]:
     return found
 
 
+def _xattrs_of_path(path: Path) -> dict[str, bytes]:
+    try:
+        return _xattrs(str(path))
+    except _GONE:
+        return {}
+
+
 def _set_xattrs(target, wanted: dict[str, bytes], rel: str) -> None:
     """The copy's xattrs become the source's, or the pass is refused: an xattr the mirror
     cannot keep (a namespace without the capability, a filesystem without xattrs) would
@@ -521,15 +540,15 @@ def _set_xattrs(target, wanted: dict[str, bytes], rel: str) -> None:
 
 
 def _set_owner_mode(target, st: os.stat_result) -> None:
-    """Owner first (chown clears set-id bits and security.capability), then mode.
-    Symlinks get their owner only."""
+    """Owner first (chown clears set-id bits and security.capability), then mode (set-id
+    bits of files left out: the manifest carries them). Symlinks get their owner only."""
     if isinstance(target, int):
         os.fchown(target, st.st_uid, st.st_gid)
-        os.fchmod(target, stat.S_IMODE(st.st_mode))
+        os.fchmod(target, on_disk_mode(st.st_mode))
         return
     os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.chmod(target, on_disk_mode(st.st_mode))
 
 
 def _set_times(target, st: os.stat_result, rel: str) -> None:
@@ -688,6 +707,7 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
           "removed": mirror_pass.removed, "entries": len(entries), "seconds": round(time.monotonic() - started, 3)})
     tree_bytes = mirror_pass.record_mirror_side()
     sync_filesystem(job.mirror)
+    _write_durably(job.mirror / SPECIAL, json.dumps(special_of(manifest)))
     _write_durably(job.mirror / MANIFEST, dumps(manifest))
     (job.mirror / DIRTY).unlink()
     _fsync_folder(job.mirror)
@@ -701,9 +721,9 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
 
 
 def _folder_bytes(mirror: Path) -> int:
-    """The disk use of the mirror's own files (manifest, info, tmp/ and the folders)."""
+    """The disk use of the mirror's own files (manifest, info, special, tmp/ and the folders)."""
     total = _blocks(os.lstat(mirror))
-    for name in (MANIFEST, INFO, VAULT, TMP):  # (the tree's folders are counted with the tree)
+    for name in (MANIFEST, INFO, SPECIAL, VAULT, TMP):  # (the tree's folders are counted with the tree)
         st = _lstat(mirror / name)
         total += _blocks(st) if st is not None else 0
     return total
