@@ -276,3 +276,12 @@ def test_a_staging_mirror_size_from_its_last_pass(tmp_path):
     (folder / "info.json").write_text('{"bytes": 12345, "entries": 3, "updated": 1}')
     assert value(m, "backup_sidecar_mirror_bytes", target="app", volume="data") == 12345
     assert value(m, "backup_sidecar_mirror_bytes", target="app", volume="logs") is None  # no mirror kept
+
+
+def test_a_gone_targets_mirror_still_counts_until_it_is_removed(tmp_path):
+    m = make(tmp_path)
+    m.discovered([VIEW], 0)
+    folder = tmp_path / "mirror" / "gone" / "olddata"
+    folder.mkdir(parents=True)
+    (folder / "info.json").write_text('{"bytes": 777, "entries": 3, "updated": 1}')
+    assert value(m, "backup_sidecar_mirror_bytes", target="gone", volume="olddata") == 777
