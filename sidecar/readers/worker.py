@@ -183,11 +183,10 @@ class WorkerArchive:
         request, plan = self.request, self.plan
         command = [*PYTHON, "archive", "--root", root, "--output", plan.store.inside(self.partial_path),
                    f"--compression={request.compression.value}", "--progress-interval=1"]
+        command += [f"--special={special}"] if special is not None else []
         command += [f"--exclude={pattern}" for pattern in request.exclude]
         if keys_path is not None:
             command.append(f"--keys-file={plan.store.inside(keys_path)}")
-        if special is not None:
-            command.append(f"--special={special}")
         timeout = request.worker.timeout if request.worker is not None else WorkerSettings.timeout
         return WorkerSpec(plan.image, tuple(command), "archive", mounts + (plan.store.mount,),
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",

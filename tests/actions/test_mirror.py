@@ -250,12 +250,20 @@ def test_mirrors_of_volumes_gone_longer_than_their_retention_are_removed(run, en
     out = capsys.readouterr().out
     assert "UNUSED MIRROR gone/old: 8.0 KiB" in out and "UNUSED MIRROR gone/recent: 8.0 KiB" in out
     assert "removed after" in out
-    assert run("prune") == 0
-    out, err = capsys.readouterr()
-    assert "mirrors: deleted gone/old (unused for longer than its retention)" in out
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = said.append
+    logger = logging.getLogger(mirrors_module.__name__)
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        assert run("prune") == 0
+    finally:
+        logger.removeHandler(handler)
+    assert "mirrors: deleted gone/old (unused for longer than its retention)" in capsys.readouterr().out
     assert not old.exists() and recent.exists() and used.exists()
-    said = [line for line in err.splitlines() if "unused staging mirror removed" in line]
-    assert len(said) == 1 and "gone" in said[0] and "old" in said[0], err
+    assert [(r.getMessage(), r.target, r.volume, r.bytes) for r in said] == [
+        ("unused staging mirror removed: its target volume is gone for longer than its retention", "gone", "old", 8192)]
     assert [spec.purpose for spec in engine.workers_run if spec.purpose == "mirror-remove"] == \
         ([] if as_root else ["mirror-remove"])
     assert run("plan") == 0
