@@ -51,6 +51,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -75,6 +77,15 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 NO_WRITEBACK = ("tmpfs", "ramfs")  # filesystems whose pages are never cleaned (see mirrordiff)
 # Times the backup filesystem must hold exactly (else `refused`): nanoseconds, past 2038, before 1970.
 PROBE_TIMES_NS = (1_700_000_000_123_456_789, 4_102_444_800_987_654_321, -1_000_000_001)
+
+# The first copy of a volume (an empty mirror) by GNU tar, not a Python copy per file:
+# the same member semantics as the archive (sparse by tar's rule, xattrs, nanosecond
+# times); set-id bits stripped in the stream (never on disk); devices and sockets left to
+# the pass; security.capability set by tar after the owner.
+NATIVE_CREATE = ("--create", "--file=-", "--format=posix", "--sparse", "--xattrs", "--numeric-owner",
+                 "--mode=ug-s", "--no-recursion", "--null", "--verbatim-files-from", "--files-from=-")
+NATIVE_EXTRACT = ("--extract", "--file=-", "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                  "--same-owner", "--same-permissions")
 
 Emit = Callable[[dict], None]
 
@@ -185,6 +196,7 @@ class MirrorPass:
         self.changed: set[str] = set()  # folders whose source changed
         self.fresh: set[str] = set()  # folders made new in the mirror: nothing in them is trusted
         self.copied = self.copied_bytes = self.removed = 0
+        self.adopted: set[str] = set()  # copied by tar this pass and checked (adopt): trusted
 
     def _m(self, rel: str) -> Path:
         return self.tree if rel == "." else self.tree / rel
@@ -198,6 +210,8 @@ class MirrorPass:
 
     def _trusted(self, rel: str, seen: Seen) -> bool:
         """The copy at `rel` may stay: the source is as recorded, and so is the copy."""
+        if rel in self.adopted:
+            return True
         before = self.previous.get(rel)
         if not unchanged(before, seen):
             return False
@@ -235,6 +249,40 @@ class MirrorPass:
             if entry.rel in self.changed or entry.rel in self.touched:
                 self._folder_metadata(entry)
         return self.new
+
+    def adopt(self, entries: list[_Entry]) -> None:
+        """After tar | tar made the tree (`native_copy`): each entry whose copy is as the
+        walk saw it (type, owner, mode, mtime, size, xattrs) is trusted by the `run` that follows
+        (racy or not: it was read a moment ago); set-id folders get their bits back (tar's
+        --mode=ug-s). `run` copies the rest (devices, what changed or was not copied)."""
+        counted: set[int] = set()
+        for entry in entries:
+            st = entry.st
+            if stat.S_ISSOCK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                continue
+            m = self._m(entry.rel)
+            try:
+                mst = _lstat(m)
+            except NotADirectoryError:  # a folder above it became a file after the walk
+                continue
+            if mst is None or stat.S_IFMT(mst.st_mode) != stat.S_IFMT(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(mst.st_mode) != stat.S_IMODE(st.st_mode):
+                os.chmod(m, stat.S_IMODE(st.st_mode))
+                mst = os.lstat(m)
+            same = (mst.st_uid, mst.st_gid, mst.st_mtime_ns) == (st.st_uid, st.st_gid, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode):
+                same = same and mst.st_size == st.st_size
+            if not stat.S_ISLNK(st.st_mode):
+                same = same and stat.S_IMODE(mst.st_mode) == on_disk_mode(st.st_mode)
+            if same and not stat.S_ISLNK(st.st_mode):  # tar may only warn about an xattr it could not set
+                same = _xattrs_of_path(self.root / entry.rel) == _xattrs_of_path(m)
+            if same:
+                self.adopted.add(entry.rel)
+                self.copied += 1
+                if stat.S_ISREG(st.st_mode) and mst.st_ino not in counted:  # its data, once per inode
+                    counted.add(mst.st_ino)
+                    self.copied_bytes += min(st.st_size, _blocks(mst))
 
     def record_mirror_side(self) -> int:
         """Each recorded path's copy as it now is (for the next pass's check); returns the
@@ -390,6 +438,40 @@ class MirrorPass:
         else:
             path.unlink()
         self.removed += 1
+
+
+def native_copy(root: Path, tree: Path, entries: list[_Entry]) -> str | None:
+    """The walked entries (but devices and sockets) from `root` into the empty `tree` by
+    `tar | tar`; None when the extraction went through, else what it said."""
+    names = [e.rel for e in entries
+             if not (stat.S_ISSOCK(e.st.st_mode) or stat.S_ISCHR(e.st.st_mode) or stat.S_ISBLK(e.st.st_mode))]
+    create = subprocess.Popen(["tar", f"--directory={root}", *NATIVE_CREATE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        extract = subprocess.Popen(["tar", f"--directory={tree}", *NATIVE_EXTRACT], stdin=create.stdout,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        create.stdout.close()  # the extraction holds it now
+
+    def feed() -> None:
+        try:
+            for name in names:
+                create.stdin.write(b"./" + os.fsencode(name) + b"\0" if name != "." else b".\0")
+        except OSError:
+            pass  # tar ended early: the extraction's exit code says why
+        finally:
+            try:
+                create.stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    said = extract.stderr.read()
+    code = extract.wait()
+    create.wait()  # exit 1 or 2: an entry changed or vanished after the walk (left unrecorded)
+    feeder.join()
+    return None if code == 0 else (said.decode("utf-8", "replace").strip()[-400:] or f"tar exit {code}")
 
 
 def _racy_rules(root: Path) -> tuple[int, Callable[[int], bool]]:
@@ -697,6 +779,14 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     _fsync_folder(job.mirror)  # marked unfinished on disk before the tree changes
     beat = _Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
+        tree = job.mirror / TREE
+        if not previous and not job.go and _lstat(tree) is None:  # a first copy: by tar
+            tree.mkdir(mode=0o700)
+            why = native_copy(job.root, tree, entries)
+            if why is None:
+                mirror_pass.adopt(entries)
+            else:  # the Python pass finishes it and says what cannot be copied exactly
+                emit({"event": "warning", "message": f"the first copy by tar did not go through: {why}"})
         manifest = mirror_pass.run(entries, children)
     finally:
         beat.stop()
