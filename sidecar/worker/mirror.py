@@ -252,7 +252,7 @@ class MirrorPass:
 
     def adopt(self, entries: list[_Entry]) -> None:
         """After tar | tar made the tree (`native_copy`): each entry whose copy is as the
-        walk saw it (type, owner, mode, mtime, size, xattrs) is trusted by the `run` that follows
+        walk saw it (type, owner, mode, mtime, size, sparse or not, xattrs) is trusted by the `run` that follows
         (racy or not: it was read a moment ago); set-id folders get their bits back (tar's
         --mode=ug-s). `run` copies the rest (devices, what changed or was not copied)."""
         counted: set[int] = set()
@@ -271,8 +271,8 @@ class MirrorPass:
                 os.chmod(m, stat.S_IMODE(st.st_mode))
                 mst = os.lstat(m)
             same = (mst.st_uid, mst.st_gid, mst.st_mtime_ns) == (st.st_uid, st.st_gid, st.st_mtime_ns)
-            if stat.S_ISREG(st.st_mode):
-                same = same and mst.st_size == st.st_size
+            if stat.S_ISREG(st.st_mode):  # and read by tar as the volume's file is: sparse or data
+                same = same and mst.st_size == st.st_size and tar_sees_sparse(mst) == tar_sees_sparse(st)
             if not stat.S_ISLNK(st.st_mode):
                 same = same and stat.S_IMODE(mst.st_mode) == on_disk_mode(st.st_mode)
             if same and not stat.S_ISLNK(st.st_mode):  # tar may only warn about an xattr it could not set
