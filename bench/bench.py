@@ -11,8 +11,11 @@ Measures (names for --only):
   restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder
   stop-window   a `stop` target's downtime after 1% of the files changed since its previous
                 backup (same backup folder) / the tar|zstd time; with it, the first backup
-                (it builds the staging mirror) / tar|zstd warm, and tar|zstd with the page
-                cache dropped / warm (when /proc/sys/vm/drop_caches may be written)
+                (it builds the staging mirror) / tar|zstd warm, whole stop backups of the
+                volume unchanged and 1% changed (the steady state) / tar|zstd, the mirror's
+                disk use / the data's size, and tar|zstd with the page cache dropped / warm
+                (when /proc/sys/vm/drop_caches may be written); the page cache is warm for
+                every other row
   rss           the backup process's peak RSS (from the backup runs)
   s3-upload     `sync` of one archive to SeaweedFS / boto3 `upload_file` of the same file
   plan          `plan --json` with --targets labelled containers (wall time of the command)

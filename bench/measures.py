@@ -51,6 +51,7 @@ class Bench:
         self.volume, self.source = self.lab.volume("data")
         started = time.monotonic()
         self.data: DataSet = fill(self.source, total, files)
+        self.data_written = time.time()
         self.log(f"data: {self.data.bytes / MB:.0f} MB, {self.data.files} files in {self.volume} "
                  f"({time.monotonic() - started:.0f} s to write)")
         self.app = self.lab.container("app", self.volume, {"backup.strategy": "hot"})
@@ -65,6 +66,16 @@ class Bench:
         if reader and reader not in result.readers_used():
             raise proc.BenchError(f"reader {reader!r} was not used (runner.py could not force it)")
         return result
+
+    def wait_past_writeback(self) -> None:
+        """Until the data is older than the kernel's writeback window (mirrordiff): an entry
+        changed within it is read again by every mirror pass (a write through a dirty mmap
+        page moves no time), which is right for a volume just written and not the steady
+        state a daily backup sees."""
+        left = self.data_written + writeback_window_seconds() - time.time()
+        if left > 0:
+            self.log(f"waiting {left:.0f} s: the data must be older than the writeback window for a steady state")
+            time.sleep(left)
 
     # --- baselines ------------------------------------------------------------------
     def baseline_archive(self) -> float:
@@ -203,19 +214,41 @@ class Bench:
                            baseline_title="tar | zstd -3 -T0, warm")
         if cold is None:
             cold_row.notes["cold"] = "not measured: /proc/sys/vm/drop_caches is not writable here"
+        # Steady state (issue 20: <= 1.25x the baseline, page cache warm): a whole stop backup
+        # when nothing changed, and when 1% changed (the runs of the stop window).
+        unchanged = {r: Measure(f"steady_unchanged{suffix(r)}", f"stop backup{suffix(r)}, nothing changed / tar|zstd",
+                                "s", 1.25, baseline=baseline, baseline_title="tar | zstd -3 -T0")
+                     for r in self.readers}
+        changed_1 = {r: Measure(f"steady_1pct{suffix(r)}", f"stop backup{suffix(r)}, 1% changed / tar|zstd",
+                                "s", 1.25, baseline=baseline, baseline_title="tar | zstd -3 -T0")
+                     for r in self.readers}
+        disk = {r: Measure(f"mirror_disk{suffix(r)}", f"the mirror's disk use{suffix(r)} / the volume's", "MB",
+                           float("inf"), baseline=[self.data.bytes / MB], baseline_title="the data written")
+                for r in self.readers}
         for reader in self.readers:
             first = self.backup("stopapp", reader, f"stop-{reader}").record("backup finished")
             rows[reader].notes["first_downtime_seconds"] = first["downtime_seconds"]
             firsts[reader].samples.append(first["seconds"])
             firsts[reader].notes["downtime_seconds"] = first["downtime_seconds"]
+        self.wait_past_writeback()
         for run in range(self.runs):
             for reader in self.readers:
+                unchanged[reader].samples.append(
+                    self.backup("stopapp", reader, f"stop-{reader}").record("backup finished")["seconds"])
                 changed = change_one_percent(self.source, self.data, run)
                 result = self.backup("stopapp", reader, f"stop-{reader}")
-                rows[reader].samples.append(result.record("backup finished")["downtime_seconds"])
+                record = result.record("backup finished")
+                rows[reader].samples.append(record["downtime_seconds"])
+                changed_1[reader].samples.append(record["seconds"])
                 self.log(f"stop window{suffix(reader)} run {run + 1} ({changed} files changed): "
-                         f"{rows[reader].samples[-1]:.2f} s")
-        return [cold_row, *firsts.values(), *rows.values()]
+                         f"{rows[reader].samples[-1]:.2f} s; backups: unchanged {unchanged[reader].samples[-1]:.2f} s, "
+                         f"1% {changed_1[reader].samples[-1]:.2f} s")
+        for reader in self.readers:
+            used = mirror_disk_use(self.tmp / f"stop-{reader}" / "backups")
+            if used is not None:
+                disk[reader].samples.append(used / MB)
+        return [cold_row, *firsts.values(), *unchanged.values(), *changed_1.values(), *rows.values(),
+                *disk.values()]
 
     # --- S3 -----------------------------------------------------------------------------------
     def measure_s3(self) -> Measure:
@@ -468,3 +501,24 @@ def _linked_into(archive: Path, backup_dir: Path) -> Path:
         if not target.exists():
             os.link(path, target)
     return folder / archive.name
+
+
+def mirror_disk_use(backup_dir: Path) -> int | None:
+    """Bytes the staging mirrors in `backup_dir` hold, as their last passes measured (info.json)."""
+    sizes = []
+    for info in (backup_dir / ".sidecar" / "mirror").glob("*/*/info.json"):
+        try:
+            sizes.append(int(json.loads(info.read_text())["bytes"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return sum(sizes) if sizes else None
+
+
+def writeback_window_seconds() -> float:
+    """sidecar/mirrordiff.py's window (2 x (dirty_expire + dirty_writeback)) plus its 2 s margin."""
+    try:
+        expire = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
+        every = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text())
+    except (OSError, ValueError):
+        expire, every = 3000, 500
+    return 2 * (expire + every) / 100 + 2 + 1

@@ -7,8 +7,9 @@ and (when this process may write /proc/sys/vm/drop_caches) cold.
     .venv/bin/python bench/mirror_breakdown.py [--size-mb 300] [--files 6000] [--max-load 0.5]
 
 Phases: the walk (lstat of every entry), the pass (copies, or compares with the manifest),
-recording the mirror side, syncfs, the manifest; the first mirror by the Python copier and
-by `cp -a --reflink=auto` (a native copier, for comparison). A steady-state pass is timed
+recording the mirror side, syncfs, the manifest; the first mirror by the Python copier, as
+a backup makes it (run_mirror: `tar | tar`, each copy checked, the rest by the Python
+copier) and by `cp -a --reflink=auto` (for comparison). A steady-state pass is timed
 as if the data were older than the writeback window (the racy margin set to 0 for it: data
 written a moment ago is re-read on purpose). Worker container start-up is not in here
 (bench/bench.py's backup figures include it); `docker run` of a probe measures it apart.
@@ -116,6 +117,8 @@ def main() -> int:
         first = phases(source, base / "m1")
         rows += [(f"first mirror: {k}", v, "") for k, v in first.items() if k != "copied MB"]
         rows.append(("first mirror: total", sum(v for k, v in first.items() if k != "copied MB"), "python copier"))
+        native, _ = timed(wm.run_mirror, wm.MirrorJob(source, base / "m2", check_room=False), lambda record: None)
+        rows.append(("first mirror as a backup makes it (tar | tar, checked)", native, "run_mirror, whole pass"))
         start = time.monotonic()
         subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", str(base / "cp")], check=True)
         subprocess.run(["sync", "-f", str(base / "cp")], check=True)

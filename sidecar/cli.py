@@ -26,6 +26,7 @@ from .actions.listing import run_list, run_list_remote, run_list_snapshots
 from .actions.formats import format_of
 from .actions.restore_snapshot import run_restore_snapshot
 from .actions.maintenance import check_outcome, has_repository, run_check, run_prune
+from .actions.mirrors import remove_stale_mirrors, used_volumes
 from .actions.plan import run_plan_stacks, run_plan, unused_mirrors
 from .actions.recover import run_recovery
 from .actions.restore import run_restore
@@ -453,7 +454,8 @@ def cmd_plan(ctx: Context, args) -> int:
             "stacks": [{**dataclasses.asdict(s), "next_run": s.next_run.isoformat() if s.next_run else None}
                        for s in stacks],
             "skipped": [dataclasses.asdict(s) for s in skipped],
-            "unused_mirrors": [{**dataclasses.asdict(m), "updated": m.updated.isoformat() if m.updated else None}
+            "unused_mirrors": [{**dataclasses.asdict(m), "updated": m.updated.isoformat() if m.updated else None,
+                                "remove_after": m.remove_after.isoformat() if m.remove_after else None}
                                for m in unused],
         }, indent=2))
         return 0
@@ -484,8 +486,10 @@ def cmd_plan(ctx: Context, args) -> int:
     for m in unused:
         size = _size(m.mirror_bytes) if m.mirror_bytes is not None else "size unknown"
         when = m.updated.isoformat(timespec="seconds") if m.updated else "no finished pass"
-        print(f"UNUSED MIRROR {m.target}/{m.volume}: {size}, last pass {when}; no target volume here uses it "
-              f"(remove {m.path} by hand: docs/how-to/mirror.md)")
+        goes = (f"removed after {m.remove_after.isoformat(timespec='seconds')} (its retention)" if m.remove_after
+                else "kept: its target's keep values are unknown (remove it by hand: docs/how-to/mirror.md)")
+        print(f"UNUSED MIRROR {m.target}/{m.volume}: {size}, last pass {when}; no target volume here uses it; "
+              f"{goes}: {m.path}")
     return 0
 
 
@@ -609,6 +613,9 @@ def cmd_prune(ctx: Context, args) -> int:
         return discovery.keep_for(name, ctx.settings.keep)
 
     rotation = run_rotation(ctx, keep_for, backup_name=backup_name, dry_run=dry_run, images=backup_name is None)
+    if backup_name is None and not dry_run:
+        for mirror in remove_stale_mirrors(ctx, used_volumes(discovery.targets), keep_for):
+            print(f"mirrors: deleted {mirror.target}/{mirror.volume} (unused for longer than its retention)")
     restic = run_prune(ctx, keep_for, dry_run) if has_repository(ctx) and backup_name is None else None
     if restic is not None:
         verb = "would forget" if dry_run else "forgot"

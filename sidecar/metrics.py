@@ -46,7 +46,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .model import CopyState, SwarmNode
 from .naming import parse_name
-from .readers.mirror import mirror_bytes, mirror_folder
+from .readers.mirror import kept_mirrors, mirror_bytes, mirror_folder
 from .state import JsonState
 
 logger = logging.getLogger(__name__)
@@ -291,6 +291,11 @@ class Metrics(Collector):
                 for destination, stamp in (state.offsite.items() if state is not None else ()):
                     f["backup_sidecar_offsite_last_success_timestamp_seconds"].add_metric(
                         [target.name, volume, destination], stamp or 0)
+        if self._mirrors is not None:  # mirrors of targets gone (until removed): their bytes count too
+            known = {(t.name, v) for t in targets for v in t.volumes}
+            for target_name, volume, folder in kept_mirrors(self._mirrors):
+                if (target_name, volume) not in known and (size := mirror_bytes(folder)) is not None:
+                    f["backup_sidecar_mirror_bytes"].add_metric([target_name, volume], size)
         restic = self._restic()
         counts = _mapping(restic.get("snapshots"))
         for target in targets if counts else ():
@@ -416,7 +421,8 @@ def _families() -> list[Metric]:
                           "When the newest backup of the volume with a verified off-site copy was made (0: none).",
                           labels=["target", "volume", "destination"]),
         GaugeMetricFamily("backup_sidecar_mirror_bytes",
-                          "Disk use of the volume's staging mirror on the backup volume (stop/pause targets).",
+                          "Disk use of the volume's staging mirror on the backup volume (stop/pause targets; "
+                          "also a target gone, until its mirror is removed).",
                           labels=tv),
         GaugeMetricFamily("backup_sidecar_copies",
                           "Places holding the latest backup of every volume of the target (local, S3).", labels=t),

@@ -25,6 +25,11 @@ Besides the source side, the manifest keeps the mirror side of each path (`Mirro
 copy's inode, size, mtime and ctime after the pass): a pass that finds the copy otherwise
 copies it again, so a mirror file edited or removed outside the sidecar is repaired.
 
+Set-id files and device nodes are not kept as such in the mirror (a mirrored setuid-root
+binary would run as root for whoever reaches it): the copy of a set-id file has those bits
+cleared, a device is an empty regular file, and the manifest keeps the source's mode and
+rdev, from which the archive of the mirror takes them (`special`, sidecar/worker/special.py).
+
 The manifest is JSON (paths as str with surrogate escapes, which json keeps); a manifest
 of another version, or one a pass left unfinished (`dirty`), is read as empty.
 """
@@ -36,7 +41,7 @@ import stat
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 RACY_MARGIN_NS = 2_000_000_000  # far above the kernel's coarse clock tick
 ROOM_MARGIN = 0.02  # of the backup volume's size, kept free besides what a mirror pass needs
 
@@ -53,13 +58,16 @@ class Seen(NamedTuple):
     ctime_ns: int
     racy: bool = False  # looked at too soon after its last change: not to be trusted
     mirror: tuple[int, ...] = ()  # the copy as the pass left it (Mirrored.of); () unknown
+    rdev: int = 0  # a device's number (its copy is a placeholder); 0 for every other kind
 
     @classmethod
     def of(cls, st, looked_at_ns: int, margin_ns: int = 0, always: bool = False) -> "Seen":
         """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat);
         racy when changed less than RACY_MARGIN_NS + margin_ns before, or `always`."""
         recent = max(st.st_mtime_ns, st.st_ctime_ns) >= looked_at_ns - RACY_MARGIN_NS - margin_ns
-        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, always or recent)
+        rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
+        return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, always or recent,
+                   (), rdev)
 
     def key(self) -> tuple[int, ...]:
         return self[:6]
@@ -67,6 +75,30 @@ class Seen(NamedTuple):
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    @property
+    def special(self) -> bool:
+        """Not kept as such in the mirror: a set-id file (its copy without those bits) or a
+        device (its copy an empty regular file); the archive takes mode and rdev from here."""
+        return is_special(self.mode)
+
+
+def is_special(mode: int) -> bool:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return True
+    return not stat.S_ISDIR(mode) and bool(mode & (stat.S_ISUID | stat.S_ISGID))
+
+
+def on_disk_mode(mode: int) -> int:
+    """The permission bits a mirror copy of an entry of `mode` gets (set-id bits cleared
+    but on folders, where they mean no privilege)."""
+    bits = stat.S_IMODE(mode)
+    return bits if stat.S_ISDIR(mode) else bits & ~(stat.S_ISUID | stat.S_ISGID)
+
+
+def special_of(entries: Mapping[str, "Seen"]) -> dict[str, tuple[int, int]]:
+    """Path -> (source mode, rdev) of every entry its copy does not carry exactly."""
+    return {path: (s.mode, s.rdev) for path, s in entries.items() if s.special}
 
 
 def mirrored(st) -> tuple[int, ...]:
@@ -89,7 +121,7 @@ def unchanged(before: Seen | None, now: Seen) -> bool:
 
 
 def dumps(entries: Mapping[str, Seen]) -> str:
-    rows = {path: [*s.key(), int(s.racy), *s.mirror] for path, s in entries.items()}
+    rows = {path: [*s.key(), int(s.racy), s.rdev, *s.mirror] for path, s in entries.items()}
     return json.dumps({"version": MANIFEST_VERSION, "entries": rows}, separators=(",", ":"))
 
 
@@ -100,7 +132,7 @@ def loads(text: str) -> dict[str, Seen]:
         doc = json.loads(text)
         if doc.get("version") != MANIFEST_VERSION:
             return {}
-        return {path: Seen(*(int(v) for v in row[:6]), bool(row[6]), tuple(int(v) for v in row[7:11]))
+        return {path: Seen(*(int(v) for v in row[:6]), bool(row[6]), tuple(int(v) for v in row[8:12]), int(row[7]))
                 for path, row in doc["entries"].items()}
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return {}

@@ -25,6 +25,7 @@ from ..model import ContainerInfo, Target
 from ..stacks import ITEM, discover_stacks
 from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
+from .mirrors import remove_stale_mirrors, used_volumes
 from .plan import swarm_warnings
 from .recover import run_recovery
 from .sources import items
@@ -92,6 +93,7 @@ class Daemon:
             self.metrics.recover(newest_archive_times(self.ctx))
             self.metrics.set_up(True)
         self.refresh_all()
+        self._remove_stale_mirrors()
         self._update_copy_metrics()
         watcher = threading.Thread(target=self._follow_events, name="events", daemon=True)
         watcher.start()
@@ -388,6 +390,13 @@ class Daemon:
         self._record(outcome, target)
         return outcome
 
+    def _remove_stale_mirrors(self) -> None:
+        """Mirrors of target volumes gone for longer than their retention (actions/mirrors.py)."""
+        try:
+            remove_stale_mirrors(self.ctx, used_volumes(self._discovery.targets), self._keep_for)
+        except Exception:  # a bug must not stop backups
+            logger.exception("unused staging mirrors: removal crashed", extra={"phase": "prune"})
+
     def _record(self, outcome: BackupOutcome, target: Target) -> None:
         self.ctx.pings.finish(target.backup_name, target.config.ping, outcome)
         if self.metrics is not None:
@@ -398,6 +407,7 @@ class Daemon:
                 self.on_outcome(outcome)
             except Exception:
                 logger.exception("outcome hook failed", extra={"target": outcome.target})
+        self._remove_stale_mirrors()
 
     def _shutdown(self) -> None:
         logger.info("shutting down", extra={"phase": "shutdown"})

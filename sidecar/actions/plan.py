@@ -18,9 +18,10 @@ from ..model import CopyState, Strategy, Target
 from ..readers import READERS
 from ..readers.worker import NAME as WORKER
 from ..swarm import placement_warning
-from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder, mirror_updated
+from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder
 from ..snapshots import OWN_TAG, Snapshot, selector, snapshot_names
 from ..stacks import ITEM as STACK_ITEM, Stack, discover_stacks
+from . import mirrors
 from .context import Context
 from .formats import StorageFormat, format_of
 from .formats.restic import local_repository
@@ -69,19 +70,21 @@ class UnusedMirror:
     path: str
     mirror_bytes: int | None
     updated: datetime | None  # its last pass
+    remove_after: datetime | None = None  # removed then (actions/mirrors.py); None: kept (its keep is unknown)
 
 
 def unused_mirrors(ctx: Context, rows: list[PlanRow]) -> list[UnusedMirror]:
-    """Mirrors on the backup volume that none of `rows`' volumes uses: kept until removed by hand."""
+    """Mirrors on the backup volume that none of `rows`' volumes uses, and when each goes."""
     used = {(r.target, v.partition("=")[0]) for r in rows for v in r.volumes}
-    found = []
-    for target, volume, folder in kept_mirrors(ctx.store.state_dir):
-        if (target, volume) in used:
-            continue
-        when = mirror_updated(folder)
-        found.append(UnusedMirror(target, volume, str(folder), mirror_bytes(folder),
-                                  datetime.fromtimestamp(when, ctx.settings.tz) if when is not None else None))
-    return found
+    if all((t, v) in used for t, v, _ in kept_mirrors(ctx.store.state_dir)):
+        return []
+    discovery = ctx.discover()  # the keep values of the targets (only when a mirror is unused)
+
+    def when(stamp: float | None) -> datetime | None:
+        return datetime.fromtimestamp(stamp, ctx.settings.tz) if stamp is not None else None
+
+    return [UnusedMirror(m.target, m.volume, str(m.folder), m.mirror_bytes, when(m.updated), when(m.remove_after))
+            for m in mirrors.unused(ctx, used, lambda name: discovery.keep_for(name, ctx.settings.keep))]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..archive import ArchiveResult
 from ..engine import Engine
 from ..errors import ArchiveError, EngineError
 from ..model import WorkerSpec
-from ..worker.mirror import GO, INFO, TREE
+from ..worker.mirror import GO, INFO, SPECIAL, TREE
 from .base import ArchiveRequest, Progress, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, VOLUME_ROOT, WorkerArchive, WorkerReader, _Plan
 
@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 NAME = "mirror"
 # Besides reading everything: make the mirror's copies with the volume's owners, modes,
-# times, set-id bits, file capabilities (security.capability) and device nodes.
-MIRROR_CAPABILITIES = CAPABILITIES + ("CHOWN", "FOWNER", "FSETID", "MKNOD", "SETFCAP")
+# times and file capabilities (security.capability). No MKNOD: devices are placeholders
+# and set-id bits are kept as data (special.json), never on disk (FSETID: set-gid folders).
+MIRROR_CAPABILITIES = CAPABILITIES + ("CHOWN", "FOWNER", "FSETID", "SETFCAP")
 READY_TIMEOUT = 120.0  # seconds to wait for the stopped pass's worker to be up before stopping anyway
 WAIT_SLICE = 0.5  # seconds between cancellation checks while a pass runs
 
@@ -247,7 +248,8 @@ class MirrorArchive:
                 raise ArchiveError(f"the stopped mirror pass of {self.request.mount.destination} failed: {detail}")
             logger.info("staging mirror caught up with the stopped volume",
                         extra={**self._fields, **_counts(waiter.outcome)})
-            self.plain.read(self._progress, root=self.plan.store.inside(self.folder / TREE), mounts=())
+            self.plain.read(self._progress, root=self.plan.store.inside(self.folder / TREE), mounts=(),
+                            special=self.plan.store.inside(self.folder / SPECIAL))
         return self.plain.finish()
 
     def abort(self) -> None:

@@ -57,7 +57,8 @@ class StackArchive(WorkerArchive):
         self.left_out: list[LeftOut] = []
         self.stored: tuple[str, ...] = ()
 
-    def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...]) -> WorkerSpec:
+    def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...],
+              special: str | None = None) -> WorkerSpec:  # (special: a mirror's; a stack has none)
         request, plan = self.request, self.plan
         command = [*PYTHON, "stack", "--output", plan.store.inside(self.partial_path),
                    f"--max-bytes={self.max_bytes}"]

@@ -152,13 +152,14 @@ class WorkerArchive:
         """Nothing to do before the container is quiesced."""
 
     def read(self, progress: Progress | None = None, root: str = VOLUME_ROOT,
-             mounts: tuple[WorkerMount, ...] | None = None) -> int:
+             mounts: tuple[WorkerMount, ...] | None = None, special: str | None = None) -> int:
         """Archive the volume; or, given `root` (a folder of the backup volume as workers see
-        it) and `mounts` (those besides the backup volume's), that folder."""
+        it) and `mounts` (those besides the backup volume's), that folder; `special`: a
+        staging mirror's special.json (set-id bits and devices its tree does not hold)."""
         request, plan = self.request, self.plan
         keys_path = self._keys_file() if request.encryption is not None else None
         try:
-            spec = self._spec(keys_path, root, plan.mounts if mounts is None else mounts)
+            spec = self._spec(keys_path, root, plan.mounts if mounts is None else mounts, special)
             result = self.engine.run_worker(spec, lambda line: self._on_line(line, progress))
         finally:
             if keys_path is not None:
@@ -177,10 +178,12 @@ class WorkerArchive:
             "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
         return int(self._outcome["tar_bytes"])
 
-    def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...]) -> WorkerSpec:
+    def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...],
+              special: str | None = None) -> WorkerSpec:
         request, plan = self.request, self.plan
         command = [*PYTHON, "archive", "--root", root, "--output", plan.store.inside(self.partial_path),
                    f"--compression={request.compression.value}", "--progress-interval=1"]
+        command += [f"--special={special}"] if special is not None else []
         command += [f"--exclude={pattern}" for pattern in request.exclude]
         if keys_path is not None:
             command.append(f"--keys-file={plan.store.inside(keys_path)}")

@@ -33,6 +33,7 @@ from ..archive import HashingFile, is_excluded
 from ..errors import ArchiveError
 from ..keys import EncryptionConfig
 from ..model import Compression
+from .special import HeaderPatcher, load_special, patch_stream
 
 READ_SIZE = 1 << 20
 CHECKPOINT_RECORDS = 1024  # tar reports its progress every 1024 records of 10 KiB
@@ -58,6 +59,7 @@ class ArchiveJob:
     exclude: tuple[str, ...] = ()
     keys_file: Path | None = None  # JSON encryption settings; read once, then removed
     progress_interval: float = 1.0
+    special: Path | None = None  # a staging mirror's special.json: headers patched (worker/special.py)
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,9 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
     """tar | compressor -> out; returns the tar bytes."""
     listed = bool(job.exclude)
     compressor = COMPRESSORS[job.compression]
+    special = load_special(job.special) if job.special is not None else {}
+    patching: list[BaseException] = []  # what the header filter's thread raised
+    filtering: threading.Thread | None = None
     with ExitStack() as stack:
         tar = stack.enter_context(subprocess.Popen(
             tar_command(job.root, listed), stdin=subprocess.PIPE if listed else subprocess.DEVNULL,
@@ -178,10 +183,18 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
         source = tar.stdout
         comp = None
         if compressor is not None:
-            comp = stack.enter_context(subprocess.Popen(compressor, stdin=tar.stdout, stdout=subprocess.PIPE))
+            comp = stack.enter_context(subprocess.Popen(compressor, stdin=subprocess.PIPE if special else tar.stdout,
+                                                        stdout=subprocess.PIPE))
             stack.callback(_kill, comp)
-            tar.stdout.close()  # the compressor holds it now; tar sees EPIPE if it dies
+            if special:  # tar -> the header filter -> the compressor
+                filtering = threading.Thread(target=_filter, args=(tar, comp.stdin, special, patching),
+                                             daemon=True)
+                filtering.start()
+            else:
+                tar.stdout.close()  # the compressor holds it now; tar sees EPIPE if it dies
             source = comp.stdout
+        elif special:
+            source = _Patched(tar.stdout, special)
         watcher = _TarWatcher(tar.stderr, emit)
         watcher.thread.start()
         if listed:
@@ -192,7 +205,11 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
             out.write(chunk)
         tar_code = tar.wait()
         comp_code = comp.wait() if comp is not None else 0
+        if filtering is not None:
+            filtering.join()
         watcher.thread.join()
+    if patching:
+        raise ArchiveError(f"the tar headers of {job.root}'s set-id files and devices: {patching[0]}")
     if tar_code not in (0, GNU_TAR_EXIT_CHANGED) or watcher.total is None:
         detail = "; ".join(watcher.messages[-5:]) or "no message"
         raise ArchiveError(f"tar of {job.root} failed (exit {tar_code}): {detail}")
@@ -201,6 +218,31 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
     if tar_code == GNU_TAR_EXIT_CHANGED:
         emit({"event": "warning", "message": "files changed while they were read (hot backup)"})
     return watcher.total
+
+
+def _filter(tar: subprocess.Popen, sink: BinaryIO, special: dict[bytes, tuple[int, int]],
+            failed: list[BaseException]) -> None:
+    try:
+        patch_stream(tar.stdout, sink, special)
+    except BrokenPipeError:
+        _kill(tar)  # the compressor ended early: its exit code says why
+    except (ArchiveError, OSError, ValueError) as exc:
+        failed.append(exc)
+        _kill(tar)  # nobody reads it any more
+
+
+class _Patched:
+    """tar's stdout with the special members' headers patched (no compressor)."""
+
+    def __init__(self, source: BinaryIO, special: dict[bytes, tuple[int, int]]):
+        self._source, self._patcher = source, HeaderPatcher(special)
+
+    def read(self, size: int) -> bytes:
+        while chunk := self._source.read(size):
+            out = b"".join(self._patcher.feed(chunk))
+            if out:
+                return out
+        return b""
 
 
 def _feed(pipe: BinaryIO, root: Path, patterns: tuple[str, ...]) -> None:

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument("--exclude", action="append", default=[])
     archive.add_argument("--keys-file", type=Path)
     archive.add_argument("--progress-interval", type=float, default=1.0)
+    archive.add_argument("--special", type=Path, help="a staging mirror's special.json: set-id bits and devices")
     mirror = sub.add_parser("mirror", help="bring a staging mirror on the backup volume up to date with a volume")
     mirror.add_argument("--root", type=Path, required=True)
     mirror.add_argument("--mirror", type=Path, required=True)
@@ -79,7 +80,7 @@ def main(argv: list[str]) -> int:
             emit({"event": "error", "message": f"restic: {exc}"})
             return 1
     job = ArchiveJob(args.root, args.output, Compression(args.compression), tuple(args.exclude), args.keys_file,
-                     args.progress_interval)
+                     args.progress_interval, args.special)
     try:
         outcome = run_archive(job, emit)
     except (SidecarError, OSError, ValueError) as exc:  # ValueError: unreadable key settings

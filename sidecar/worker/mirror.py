@@ -3,12 +3,14 @@ volume (mounted read-only), copying only what changed since the mirror's last pa
 (sidecar/mirrordiff.py decides what did, from the manifest kept beside the mirror).
 
 A mirror's folder (0700, on the backup volume; the sidecar names it):
-    vault/                root's, 0700, made so by each pass: the copy keeps set-id files and
-                          device nodes, so no user but root may reach a path into it
+    vault/                root's, 0700, made so by each pass: no user but root may reach a
+                          path into the copy (it is a plaintext copy of the volume)
     vault/tree/           the copy: same names, types, contents, holes, modes, owners, mtimes,
-                          symlinks, hard links, empty folders and xattrs as the volume
+                          symlinks, hard links, empty folders and xattrs as the volume, but no
+                          set-id file and no device node (see below)
     vault/tmp/            new files are written here, then renamed into the tree
     manifest.json         how each source entry looked when it was brought across
+    special.json          mode and rdev of each set-id file and device (for the archive worker)
     info.json             the mirror's size (for `plan` and the metrics)
     pass-unfinished       present while a pass changes the tree: its manifest is not trusted
     go                    written by the sidecar for a pass started with --go ("go"/"abort")
@@ -23,6 +25,13 @@ left out, and a path that became one is removed (tar leaves them out too). Exclu
 metadata is set after its contents (writing into a folder changes its mtime). A file that
 tar would archive as data (no fewer blocks than its size: fallocated ranges count) is
 copied as data, one that it would archive as sparse keeps its holes.
+
+Set-id bits and devices as data, never on disk: the copy of a set-id file has its set-id
+bits cleared, a character or block device is an empty regular file (a placeholder with the
+device's owner, permissions, times and xattrs); their true mode and rdev are in the
+manifest and in special.json, from which the archive worker writes their tar headers
+(sidecar/worker/special.py). So the mirror holds nothing a user could run with another
+user's rights or open as a device, and its archive still equals a plain read's.
 
 Exact or refused: a copy the backup filesystem cannot hold exactly (an mtime out of its
 range or precision, an xattr it refuses) ends the pass with a `refused` line naming the
@@ -42,6 +51,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -50,10 +61,11 @@ from typing import Callable, Iterator, NamedTuple
 
 from ..archive import is_excluded
 from ..errors import ArchiveError
-from ..mirrordiff import Room, Seen, dumps, loads, mirrored, unchanged, writeback_window_ns
+from ..mirrordiff import Room, Seen, dumps, loads, mirrored, on_disk_mode, special_of, unchanged, writeback_window_ns
 from .archive import _Heartbeat
 
 VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
+SPECIAL = "special.json"
 TREE, TMP = VAULT + "/tree", VAULT + "/tmp"
 _BEFORE_THE_VAULT = ("tree", "tmp")  # where earlier versions kept the copy: removed
 GO_POLL = 0.002  # seconds between looks at the go file: its delay is inside the stop window
@@ -65,6 +77,15 @@ _GONE = (FileNotFoundError, NotADirectoryError)
 NO_WRITEBACK = ("tmpfs", "ramfs")  # filesystems whose pages are never cleaned (see mirrordiff)
 # Times the backup filesystem must hold exactly (else `refused`): nanoseconds, past 2038, before 1970.
 PROBE_TIMES_NS = (1_700_000_000_123_456_789, 4_102_444_800_987_654_321, -1_000_000_001)
+
+# The first copy of a volume (an empty mirror) by GNU tar, not a Python copy per file:
+# the same member semantics as the archive (sparse by tar's rule, xattrs, nanosecond
+# times); set-id bits stripped in the stream (never on disk); devices and sockets left to
+# the pass; security.capability set by tar after the owner.
+NATIVE_CREATE = ("--create", "--file=-", "--format=posix", "--sparse", "--xattrs", "--numeric-owner",
+                 "--mode=ug-s", "--no-recursion", "--null", "--verbatim-files-from", "--files-from=-")
+NATIVE_EXTRACT = ("--extract", "--file=-", "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                  "--same-owner", "--same-permissions")
 
 Emit = Callable[[dict], None]
 
@@ -175,6 +196,7 @@ class MirrorPass:
         self.changed: set[str] = set()  # folders whose source changed
         self.fresh: set[str] = set()  # folders made new in the mirror: nothing in them is trusted
         self.copied = self.copied_bytes = self.removed = 0
+        self.adopted: set[str] = set()  # copied by tar this pass and checked (adopt): trusted
 
     def _m(self, rel: str) -> Path:
         return self.tree if rel == "." else self.tree / rel
@@ -188,6 +210,8 @@ class MirrorPass:
 
     def _trusted(self, rel: str, seen: Seen) -> bool:
         """The copy at `rel` may stay: the source is as recorded, and so is the copy."""
+        if rel in self.adopted:
+            return True
         before = self.previous.get(rel)
         if not unchanged(before, seen):
             return False
@@ -225,6 +249,40 @@ class MirrorPass:
             if entry.rel in self.changed or entry.rel in self.touched:
                 self._folder_metadata(entry)
         return self.new
+
+    def adopt(self, entries: list[_Entry]) -> None:
+        """After tar | tar made the tree (`native_copy`): each entry whose copy is as the
+        walk saw it (type, owner, mode, mtime, size, sparse or not, xattrs) is trusted by the `run` that follows
+        (racy or not: it was read a moment ago); set-id folders get their bits back (tar's
+        --mode=ug-s). `run` copies the rest (devices, what changed or was not copied)."""
+        counted: set[int] = set()
+        for entry in entries:
+            st = entry.st
+            if stat.S_ISSOCK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                continue
+            m = self._m(entry.rel)
+            try:
+                mst = _lstat(m)
+            except NotADirectoryError:  # a folder above it became a file after the walk
+                continue
+            if mst is None or stat.S_IFMT(mst.st_mode) != stat.S_IFMT(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(mst.st_mode) != stat.S_IMODE(st.st_mode):
+                os.chmod(m, stat.S_IMODE(st.st_mode))
+                mst = os.lstat(m)
+            same = (mst.st_uid, mst.st_gid, mst.st_mtime_ns) == (st.st_uid, st.st_gid, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode):  # and read by tar as the volume's file is: sparse or data
+                same = same and mst.st_size == st.st_size and tar_sees_sparse(mst) == tar_sees_sparse(st)
+            if not stat.S_ISLNK(st.st_mode):
+                same = same and stat.S_IMODE(mst.st_mode) == on_disk_mode(st.st_mode)
+            if same and not stat.S_ISLNK(st.st_mode):  # tar may only warn about an xattr it could not set
+                same = _xattrs_of_path(self.root / entry.rel) == _xattrs_of_path(m)
+            if same:
+                self.adopted.add(entry.rel)
+                self.copied += 1
+                if stat.S_ISREG(st.st_mode) and mst.st_ino not in counted:  # its data, once per inode
+                    counted.add(mst.st_ino)
+                    self.copied_bytes += min(st.st_size, _blocks(mst))
 
     def record_mirror_side(self) -> int:
         """Each recorded path's copy as it now is (for the next pass's check); returns the
@@ -297,8 +355,8 @@ class MirrorPass:
                     os.symlink(os.readlink(self.root / entry.rel), tmp)
                 elif stat.S_ISFIFO(st.st_mode):
                     os.mkfifo(tmp, 0o600)
-                else:  # character or block device
-                    os.mknod(tmp, st.st_mode, st.st_rdev)
+                else:  # character or block device: a placeholder (its rdev is in the manifest)
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             except _GONE:
                 return
             except OSError as exc:
@@ -306,6 +364,8 @@ class MirrorPass:
                     raise
                 return
             _set_owner_mode(tmp, st)
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):  # after the owner, as for files
+                _set_xattrs(str(tmp), _xattrs_of_path(self.root / entry.rel), entry.rel)
             _set_times(tmp, st, entry.rel)
         self._place(tmp, entry.rel)
         self.new[entry.rel] = seen
@@ -378,6 +438,40 @@ class MirrorPass:
         else:
             path.unlink()
         self.removed += 1
+
+
+def native_copy(root: Path, tree: Path, entries: list[_Entry]) -> str | None:
+    """The walked entries (but devices and sockets) from `root` into the empty `tree` by
+    `tar | tar`; None when the extraction went through, else what it said."""
+    names = [e.rel for e in entries
+             if not (stat.S_ISSOCK(e.st.st_mode) or stat.S_ISCHR(e.st.st_mode) or stat.S_ISBLK(e.st.st_mode))]
+    create = subprocess.Popen(["tar", f"--directory={root}", *NATIVE_CREATE], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        extract = subprocess.Popen(["tar", f"--directory={tree}", *NATIVE_EXTRACT], stdin=create.stdout,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finally:
+        create.stdout.close()  # the extraction holds it now
+
+    def feed() -> None:
+        try:
+            for name in names:
+                create.stdin.write(b"./" + os.fsencode(name) + b"\0" if name != "." else b".\0")
+        except OSError:
+            pass  # tar ended early: the extraction's exit code says why
+        finally:
+            try:
+                create.stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    said = extract.stderr.read()
+    code = extract.wait()
+    create.wait()  # exit 1 or 2: an entry changed or vanished after the walk (left unrecorded)
+    feeder.join()
+    return None if code == 0 else (said.decode("utf-8", "replace").strip()[-400:] or f"tar exit {code}")
 
 
 def _racy_rules(root: Path) -> tuple[int, Callable[[int], bool]]:
@@ -498,6 +592,13 @@ def _xattrs(target) -> dict[str, bytes]:
     return found
 
 
+def _xattrs_of_path(path: Path) -> dict[str, bytes]:
+    try:
+        return _xattrs(str(path))
+    except _GONE:
+        return {}
+
+
 def _set_xattrs(target, wanted: dict[str, bytes], rel: str) -> None:
     """The copy's xattrs become the source's, or the pass is refused: an xattr the mirror
     cannot keep (a namespace without the capability, a filesystem without xattrs) would
@@ -521,15 +622,15 @@ def _set_xattrs(target, wanted: dict[str, bytes], rel: str) -> None:
 
 
 def _set_owner_mode(target, st: os.stat_result) -> None:
-    """Owner first (chown clears set-id bits and security.capability), then mode.
-    Symlinks get their owner only."""
+    """Owner first (chown clears set-id bits and security.capability), then mode (set-id
+    bits of files left out: the manifest carries them). Symlinks get their owner only."""
     if isinstance(target, int):
         os.fchown(target, st.st_uid, st.st_gid)
-        os.fchmod(target, stat.S_IMODE(st.st_mode))
+        os.fchmod(target, on_disk_mode(st.st_mode))
         return
     os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.chmod(target, on_disk_mode(st.st_mode))
 
 
 def _set_times(target, st: os.stat_result, rel: str) -> None:
@@ -678,6 +779,14 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     _fsync_folder(job.mirror)  # marked unfinished on disk before the tree changes
     beat = _Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
+        tree = job.mirror / TREE
+        if not previous and not job.go and _lstat(tree) is None:  # a first copy: by tar
+            tree.mkdir(mode=0o700)
+            why = native_copy(job.root, tree, entries)
+            if why is None:
+                mirror_pass.adopt(entries)
+            else:  # the Python pass finishes it and says what cannot be copied exactly
+                emit({"event": "warning", "message": f"the first copy by tar did not go through: {why}"})
         manifest = mirror_pass.run(entries, children)
     finally:
         beat.stop()
@@ -688,6 +797,7 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
           "removed": mirror_pass.removed, "entries": len(entries), "seconds": round(time.monotonic() - started, 3)})
     tree_bytes = mirror_pass.record_mirror_side()
     sync_filesystem(job.mirror)
+    _write_durably(job.mirror / SPECIAL, json.dumps(special_of(manifest)))
     _write_durably(job.mirror / MANIFEST, dumps(manifest))
     (job.mirror / DIRTY).unlink()
     _fsync_folder(job.mirror)
@@ -701,9 +811,9 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
 
 
 def _folder_bytes(mirror: Path) -> int:
-    """The disk use of the mirror's own files (manifest, info, tmp/ and the folders)."""
+    """The disk use of the mirror's own files (manifest, info, special, tmp/ and the folders)."""
     total = _blocks(os.lstat(mirror))
-    for name in (MANIFEST, INFO, VAULT, TMP):  # (the tree's folders are counted with the tree)
+    for name in (MANIFEST, INFO, SPECIAL, VAULT, TMP):  # (the tree's folders are counted with the tree)
         st = _lstat(mirror / name)
         total += _blocks(st) if st is not None else 0
     return total

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from sidecar import readers
+from sidecar.actions import mirrors as mirrors_module
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.errors import EngineError
 from sidecar.model import ContainerState, WorkerResult
@@ -215,3 +217,55 @@ def test_plan_shows_mirrors_no_target_volume_uses(run, engine, env, data, capsys
     assert run("plan", "--json") == 0
     [unused] = json.loads(capsys.readouterr().out)["unused_mirrors"]
     assert (unused["target"], unused["volume"], unused["mirror_bytes"]) == ("gone", "olddata", 123 << 20)
+
+
+def _mirror(root: Path, target: str, volume: str, updated: float) -> Path:
+    folder = root / target / volume
+    (folder / TREE).mkdir(parents=True)
+    (folder / TREE / "f").write_text("data")
+    os.chmod(folder / TREE, 0o500)  # as a copy of a read-only folder is
+    (folder / INFO).write_text(json.dumps({"bytes": 8192, "entries": 2, "updated": updated}))
+    return folder
+
+
+@pytest.mark.parametrize("as_root", [True, False], ids=["in-process", "by-a-worker"])
+def test_mirrors_of_volumes_gone_longer_than_their_retention_are_removed(run, engine, env, data, capsys,
+                                                                        monkeypatch, as_root):
+    """BACKUP_KEEP (3 months by default) for a gone target: a mirror last used 100 days ago
+    goes, one used yesterday stays (plan says when it goes); a used mirror stays. A sidecar
+    that is not root has a worker remove the root-only copy."""
+    engine.worker_images.add(IMAGE)
+    monkeypatch.setenv("BACKUP_WORKER_IMAGE", IMAGE)
+    engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    root = Path(env["BACKUP_DIR"]) / ".sidecar" / "mirror"
+    now = time.time()
+    old = _mirror(root, "gone", "old", now - 100 * 86400)
+    recent = _mirror(root, "gone", "recent", now - 86400)
+    used = _mirror(root, "app", "data", now - 200 * 86400)
+    if not as_root:
+        def refuse(path):  # as for a sidecar that is not root: the vault is root's
+            raise PermissionError(13, "Permission denied", str(path))
+        monkeypatch.setattr(mirrors_module, "_remove_here", refuse)
+    assert run("plan") == 0
+    out = capsys.readouterr().out
+    assert "UNUSED MIRROR gone/old: 8.0 KiB" in out and "UNUSED MIRROR gone/recent: 8.0 KiB" in out
+    assert "removed after" in out
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = said.append
+    logger = logging.getLogger(mirrors_module.__name__)
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        assert run("prune") == 0
+    finally:
+        logger.removeHandler(handler)
+    assert "mirrors: deleted gone/old (unused for longer than its retention)" in capsys.readouterr().out
+    assert not old.exists() and recent.exists() and used.exists()
+    assert [(r.getMessage(), r.target, r.volume, r.bytes) for r in said] == [
+        ("unused staging mirror removed: its target volume is gone for longer than its retention", "gone", "old", 8192)]
+    assert [spec.purpose for spec in engine.workers_run if spec.purpose == "mirror-remove"] == \
+        ([] if as_root else ["mirror-remove"])
+    assert run("plan") == 0
+    out = capsys.readouterr().out
+    assert "gone/old" not in out and "UNUSED MIRROR gone/recent" in out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,27 @@ def _downtime(records) -> float:
     return _said(records, "backup finished")[-1]["downtime_seconds"]
 
 
+# Set-id files and devices: in the archive exactly, in the mirror as data only (issue 19).
+SPECIAL_TREE = r"""
+printf '#!/bin/sh' > su-tool && chmod 4755 su-tool && ln su-tool su-again
+printf 'g' > sg-tool && chown 1000:50 sg-tool && chmod 2711 sg-tool
+mknod null-dev c 1 3 && chmod 666 null-dev
+mknod disk-dev b 8 17 && chown 0:6 disk-dev && chmod 640 disk-dev
+"""
+
+
+def _specials_on_disk(tree: Path) -> list[str]:
+    found = []
+    for path in [tree, *tree.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or (not stat.S_ISDIR(mode) and mode & (stat.S_ISUID | stat.S_ISGID)):
+            found.append(str(path.relative_to(tree)))
+    return found
+
+
 def test_the_mirror_archive_equals_a_plain_stop_archive_member_by_member(lab, worker_image, tmp_path):
     volume = lab.volume("appdata")
-    lab.populate(volume, VARIED_TREE + EXTRA_TREE)
+    lab.populate(volume, VARIED_TREE + EXTRA_TREE + SPECIAL_TREE)
     has_xattrs = _set_xattrs(lab, volume, worker_image)
     lab.workload("plain", {**STOP, "backup.mirror": "false"}, {volume: "/data"})
     app = lab.workload("app", STOP, {volume: "/data"})
@@ -73,10 +93,13 @@ def test_the_mirror_archive_equals_a_plain_stop_archive_member_by_member(lab, wo
         assert got == expected  # name, type, mode, owner, mtime, link target, content hash, xattrs
     if has_xattrs:
         assert expected["secret.txt"][7] == {"SCHILY.xattr.user.note": "hello"}
+    assert [expected[n][1] for n in ("su-tool", "su-again", "sg-tool")] == [0o4755, 0o4755, 0o2711]
+    assert [expected[n][0:2] for n in ("null-dev", "disk-dev")] == [(tarfile.CHRTYPE, 0o666), (tarfile.BLKTYPE, 0o640)]
 
     mirror = lab.backup_dir / ".sidecar" / "mirror"
     assert mirror.stat().st_mode & 0o777 == 0o700
     assert (mirror / "app" / "appdata" / TREE / "big.bin").exists()
+    assert _specials_on_disk(mirror / "app" / "appdata" / TREE) == []
     assert not list(lab.backup_dir.rglob("*.partial")) and not (mirror / "app" / "appdata" / "go").exists()
 
     plan = lab.cli("plan", "--json", BACKUP_WORKER_IMAGE=worker_image)

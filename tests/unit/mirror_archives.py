@@ -11,17 +11,23 @@ import tarfile
 from pathlib import Path
 
 from sidecar.worker.archive import listing, tar_command
+from sidecar.worker.mirror import SPECIAL, TREE
+from sidecar.worker.special import HeaderPatcher, load_special
 
 
-def members(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, tuple]:
-    """Each member's header fields, PAX records, sparse map and data digest."""
+def members(root: Path, exclude: tuple[str, ...] = (), special: Path | None = None) -> dict[str, tuple]:
+    """Each member's header fields, PAX records, sparse map and data digest; `special`: a
+    mirror's special.json, applied as the archive worker applies it."""
     listed = bool(exclude)
     feed = b"".join(listing(root, exclude)) if listed else None
     argv = [a for a in tar_command(root, listed) if not a.startswith("--checkpoint")]
     done = subprocess.run(argv, input=feed, capture_output=True, check=False)
     assert done.returncode in (0, 1), done.stderr.decode(errors="replace")
+    raw = done.stdout
+    if special is not None:
+        raw = b"".join(HeaderPatcher(load_special(special)).feed(raw))
     rows = {}
-    with tarfile.open(fileobj=io.BytesIO(done.stdout), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         for m in tar:
             data = tar.extractfile(m).read() if m.isreg() else b""
             pax = dict(m.pax_headers)  # mtime to the nanosecond, xattrs, GNU.sparse.*
@@ -31,8 +37,11 @@ def members(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, tuple]:
 
 
 def differences(mirror: Path, volume: Path, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Members that differ, said per member (empty: the two archives hold the same)."""
-    a, b = members(mirror, exclude), members(volume, exclude)
+    """Members that differ, said per member (empty: the two archives hold the same).
+    `mirror`: a mirror's tree (its special.json beside it is applied) or any folder."""
+    special = mirror.parents[1] / SPECIAL if mirror.name == TREE.rpartition("/")[2] else None
+    a = members(mirror, exclude, special if special is not None and special.exists() else None)
+    b = members(volume, exclude)
     out = [f"{name}: only in the {'mirror' if name in a else 'volume'}'s archive" for name in sorted(set(a) ^ set(b))]
     out += [f"{name}: mirror {a[name]} volume {b[name]}" for name in sorted(set(a) & set(b)) if a[name] != b[name]]
     return out

@@ -269,10 +269,13 @@ def test_the_ipv6_wildcard_serves_ipv6_and_ipv4():
 
 
 def test_a_staging_mirror_size_from_its_last_pass(tmp_path):
+    """A gone target's mirror counts too, until it is removed (actions/mirrors.py)."""
     m = make(tmp_path)
     m.discovered([VIEW], 0)
-    folder = tmp_path / "mirror" / "app" / "data"
-    folder.mkdir(parents=True)
-    (folder / "info.json").write_text('{"bytes": 12345, "entries": 3, "updated": 1}')
+    for target, volume, size in (("app", "data", 12345), ("gone", "olddata", 777)):
+        folder = tmp_path / "mirror" / target / volume
+        folder.mkdir(parents=True)
+        (folder / "info.json").write_text(f'{{"bytes": {size}, "entries": 3, "updated": 1}}')
     assert value(m, "backup_sidecar_mirror_bytes", target="app", volume="data") == 12345
+    assert value(m, "backup_sidecar_mirror_bytes", target="gone", volume="olddata") == 777
     assert value(m, "backup_sidecar_mirror_bytes", target="app", volume="logs") is None  # no mirror kept

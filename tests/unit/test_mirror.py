@@ -46,7 +46,8 @@ def test_an_entry_changed_within_the_margin_is_racy():
 
 def test_the_manifest_round_trips_undecodable_names_and_refuses_what_it_cannot_trust():
     name = os.fsdecode(b"caf\xe9/\xff")
-    entries = {".": BASE, name: Seen(1, 11, 0o120777, 1, 5, 6, racy=True)}
+    entries = {".": BASE, name: Seen(1, 11, 0o120777, 1, 5, 6, racy=True),
+               "null": Seen(1, 12, 0o020666, 0, 5, 6, mirror=(7, 0, 5, 8), rdev=os.makedev(1, 3))}
     assert loads(dumps(entries)) == entries
     assert loads("not json") == {} and loads('{"version": 99, "entries": {}}') == {}
     assert loads('{"version": 1, "entries": {"a": [1, 2]}}') == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import mmap
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import stat
 import struct
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -21,7 +23,10 @@ import pytest
 from sidecar import mirrordiff
 from sidecar.errors import ArchiveError
 from sidecar.worker import mirror as worker_mirror
+from sidecar.model import Compression
+from sidecar.worker.archive import ArchiveJob, run_archive, tar_command
 from sidecar.worker.mirror import DIRTY, INFO, TMP, TREE, MirrorJob, run_mirror
+from sidecar.worker.special import HeaderPatcher, load_special
 
 from .mirror_archives import differences
 
@@ -43,6 +48,14 @@ def _same(source: Path, mirror: Path, exclude: tuple[str, ...] = ()) -> None:
 def trusting(monkeypatch):
     """No entry is racy by age: only what the rule under test makes racy is copied again."""
     monkeypatch.setattr(mirrordiff, "RACY_MARGIN_NS", -10**18)
+
+
+@pytest.fixture
+def python_copier(monkeypatch):
+    """Every entry by the Python copier, whose system calls these tests fake: the first copy by
+    tar is checked against the volume (type, owner, mode, mtime, size, xattrs) and whatever
+    differs is copied again by that copier, so its refusals hold for the tar copy too."""
+    monkeypatch.setattr(worker_mirror, "native_copy", lambda *args: "not in this test")
 
 
 @pytest.fixture
@@ -194,7 +207,7 @@ def test_security_capability_is_kept(tmp_path):
     _same(source, mirror)
 
 
-def test_an_xattr_the_mirror_cannot_write_refuses_the_pass_with_its_name(tmp_path, monkeypatch):
+def test_an_xattr_the_mirror_cannot_write_refuses_the_pass_with_its_name(tmp_path, monkeypatch, python_copier):
     source, mirror = tmp_path / "volume", tmp_path / "mirror"
     source.mkdir()
     (source / "f").write_text("x")
@@ -242,7 +255,7 @@ def test_a_backup_filesystem_that_rounds_or_clamps_times_refuses_the_pass(tmp_pa
     assert not os.path.lexists(coarse_fs / "mirror" / TREE / "f")  # refused before copying
 
 
-def test_a_copy_whose_time_did_not_hold_refuses_the_pass(tmp_path, monkeypatch):
+def test_a_copy_whose_time_did_not_hold_refuses_the_pass(tmp_path, monkeypatch, python_copier):
     source, mirror = tmp_path / "volume", tmp_path / "mirror"
     source.mkdir()
     (source / "f").write_text("x")
@@ -375,7 +388,108 @@ def test_the_copy_is_in_a_folder_only_root_may_enter(tmp_path):
     _pass(source, mirror)
     vault = os.lstat(mirror / TREE).st_mode, os.lstat((mirror / TREE).parent)
     assert stat.S_IMODE(vault[1].st_mode) == 0o700 and vault[1].st_uid == 0
-    assert stat.S_IMODE(os.lstat(mirror / TREE / "suid").st_mode) == 0o4755  # kept, behind the vault
+    assert stat.S_IMODE(os.lstat(mirror / TREE / "suid").st_mode) == 0o755  # set-id bits as data only
+    _same(source, mirror)
+
+
+# --- issue 19: set-id bits and devices as data, never on disk in the mirror --------------------
+
+def _specials_on_disk(tree: Path) -> list[str]:
+    found = []
+    for folder, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(folder, name))
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or \
+                    (not stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID)):
+                found.append(os.path.relpath(os.path.join(folder, name), tree))
+    return found
+
+
+def _special_tree(source: Path) -> None:
+    source.mkdir()
+    (source / "su").write_bytes(b"#!/bin/sh\nid\n")
+    os.chmod(source / "su", 0o4755)
+    os.link(source / "su", source / "su-again")  # a hard link: its member is a link member
+    (source / "sg").write_bytes(b"group tool")
+    os.chown(source / "sg", 1000, 50)
+    os.chmod(source / "sg", 0o2711)
+    long_name = source / ("d" * 120) / ("n" * 120)  # a PAX path record names the member
+    long_name.parent.mkdir()
+    long_name.write_bytes(b"x" * 4096)
+    os.chmod(long_name, 0o6750)
+    with open(source / "sparse-su", "wb") as f:  # a sparse member (GNU.sparse.name)
+        f.truncate(8 << 20)
+        f.seek(4 << 20)
+        f.write(b"data")
+    os.chmod(source / "sparse-su", 0o4700)
+    os.mknod(source / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(source / "disk", 0o640 | stat.S_IFBLK, os.makedev(8, 17))
+    os.chown(source / "disk", 0, 6)
+    os.mkdir(source / "shared")
+    os.chmod(source / "shared", 0o2775)  # a set-gid folder: kept as it is (no privilege)
+
+
+@pytest.mark.skipif(not ROOT, reason="device nodes and set-id owners need root")
+def test_set_id_files_and_devices_are_data_in_the_mirror_and_exact_in_its_archive(tmp_path, trusting):
+    source, mirror = tmp_path / "volume", tmp_path / "mirror"
+    _special_tree(source)
+    _pass(source, mirror)
+    assert _specials_on_disk(mirror / TREE) == []
+    assert stat.S_IMODE(os.lstat(mirror / TREE / "shared").st_mode) == 0o2775
+    _same(source, mirror)
+    # set-id bits gained and lost, a device renumbered, a device become a file and back
+    os.chmod(source / "su", 0o755)
+    (source / "new").write_bytes(b"new tool")
+    os.chmod(source / "new", 0o4711)
+    os.unlink(source / "null")
+    os.mknod(source / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    os.unlink(source / "disk")
+    (source / "disk").write_bytes(b"now a file")
+    _pass(source, mirror)
+    assert _specials_on_disk(mirror / TREE) == []
+    _same(source, mirror)
+
+
+@pytest.mark.skipif(not ROOT, reason="device nodes and set-id owners need root")
+@pytest.mark.parametrize("compression", [Compression.ZSTD, Compression.NONE])
+def test_the_archive_worker_writes_the_special_members_from_the_manifest(tmp_path, compression):
+    """The worker's own pipeline (tar, the header filter in a thread, the compressor)."""
+    source, mirror = tmp_path / "volume", tmp_path / "mirror"
+    _special_tree(source)
+    _pass(source, mirror)
+    output = tmp_path / "out.tar"
+    output.touch()
+    run_archive(ArchiveJob(mirror / TREE, output, compression, special=mirror / worker_mirror.SPECIAL),
+                lambda record: None)
+    raw = output.read_bytes()
+    if compression is Compression.ZSTD:
+        raw = subprocess.run(["zstd", "-d", "-c"], input=raw, capture_output=True, check=True).stdout
+    plain = subprocess.run([a for a in tar_command(source, False) if not a.startswith("--checkpoint")],
+                           capture_output=True, check=True).stdout
+    assert _rows(raw) == _rows(plain)
+
+
+def _rows(raw: bytes) -> list[tuple]:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        return [(m.name, m.type, m.mode, m.uid, m.gid, m.devmajor, m.devminor, m.linkname, m.size,
+                 tar.extractfile(m).read() if m.isreg() else b"") for m in tar]
+
+
+@pytest.mark.skipif(not ROOT, reason="device nodes and set-id owners need root")
+@pytest.mark.parametrize("chunk", [1, 7, 511, 513, 10240])
+def test_the_header_filter_gives_the_same_stream_in_any_chunking(tmp_path, chunk):
+    source, mirror = tmp_path / "volume", tmp_path / "mirror"
+    _special_tree(source)
+    _pass(source, mirror)
+    raw = subprocess.run([a for a in tar_command(mirror / TREE, False) if not a.startswith("--checkpoint")],
+                         capture_output=True, check=True).stdout
+    special = load_special(mirror / worker_mirror.SPECIAL)
+    whole = HeaderPatcher(special)
+    expected = b"".join(whole.feed(raw))
+    assert whole.patched == 7  # su, su-again, sg, the long name, sparse-su, null, disk
+    patcher = HeaderPatcher(special)
+    got = b"".join(b"".join(patcher.feed(raw[i:i + chunk])) for i in range(0, len(raw), chunk))
+    assert got == expected and len(got) == len(raw)
 
 
 def test_a_refused_pass_is_said_as_such_by_the_worker(tmp_path, monkeypatch, capsys):
