@@ -22,6 +22,7 @@ ends it when the sidecar dies). The sidecar itself reads no byte of the archive 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyrage
 
@@ -234,17 +236,13 @@ class StagedRestore:
             raise RestoreError(f"the worker container {self._link.name} could not be sent {line.strip().decode()!r} ({err})") from err
 
     def _run(self) -> None:
-        request, plan = self.request, self.plan
-        command = [*_command(request, plan), "--staged", *(["--replacing"] if self.replacing else [])]
-        keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
+        request = self.request
+        command = ["--staged", *(["--replacing"] if self.replacing else [])]
+        logger.info("verifying and restoring through a worker container", extra={**self.fields,
+                                                                                  "image": self.plan.site.image})
         try:
-            if keys_path is not None:
-                command += ["--keys-file", plan.site.store.inside(keys_path)]
-            spec = WorkerSpec(plan.site.image, tuple(command), PURPOSE, plan.mounts, user="0",
-                              capabilities=CAPABILITIES, timeout=plan.timeout)
-            logger.info("verifying and restoring through a worker container", extra={**self.fields,
-                                                                                      "image": plan.site.image})
-            self._result = self.engine.run_worker(spec, self.output, on_start=self._started)
+            with _spec(request, self.plan, command) as spec:
+                self._result = self.engine.run_worker(spec, self.output, on_start=self._started)
         except EngineError as err:
             self._failure = WorkerUnavailable(
                 f"cannot restore {request.archive.name} into {request.container.name}:{request.mount.destination}: "
@@ -252,8 +250,6 @@ class StagedRestore:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             self._failure = exc
         finally:
-            if keys_path is not None:
-                keys_path.unlink(missing_ok=True)
             self.output.events.put({"event": "ended"})  # type: ignore[union-attr]
 
     def _started(self, link: WorkerLink) -> None:
@@ -308,11 +304,22 @@ class _Output:
         return True
 
 
-def _command(request: UnpackRequest, plan: WorkerPlan) -> list[str]:
-    return [*MODULE, "--archive", plan.archive, "--into", plan.into, "--progress-interval=5",
-            *(f"--skip={s}" for s in plan.skip), *(f"--only={p}" for p in request.only or ()),
-            *([f"--path={request.path}"] if request.path else []), *(["--dump-parts"] if request.dump_parts else []),
-            *(["--leave-root"] if request.leave_root else [])]
+@contextlib.contextmanager
+def _spec(request: UnpackRequest, plan: WorkerPlan, extra: list[str]) -> Iterator[WorkerSpec]:
+    """The extract worker's spec, with the keys file it reads (removed once it has ended)."""
+    command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--progress-interval=5",
+               *(f"--skip={s}" for s in plan.skip), *(f"--only={p}" for p in request.only or ()),
+               *([f"--path={request.path}"] if request.path else []), *(["--dump-parts"] if request.dump_parts else []),
+               *(["--leave-root"] if request.leave_root else []), *extra]
+    keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
+    try:
+        if keys_path is not None:
+            command += ["--keys-file", plan.site.store.inside(keys_path)]
+        yield WorkerSpec(plan.site.image, tuple(command), PURPOSE, plan.mounts, user="0", capabilities=CAPABILITIES,
+                         timeout=plan.timeout)
+    finally:
+        if keys_path is not None:
+            keys_path.unlink(missing_ok=True)
 
 
 def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summary:
@@ -320,22 +327,13 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
     code, RestoreError when it failed or refused the archive."""
     fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
               "phase": "restore", "path": WORKER_PATH}
-    command = [*_command(request, plan), "--sha256", request.sha256]
-    keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
-    try:
-        if keys_path is not None:
-            command += ["--keys-file", plan.site.store.inside(keys_path)]
-        spec = WorkerSpec(plan.site.image, tuple(command), PURPOSE, plan.mounts, user="0",
-                          capabilities=CAPABILITIES, timeout=plan.timeout)
-        logger.info("restoring through a worker container", extra={**fields, "image": plan.site.image})
+    logger.info("restoring through a worker container", extra={**fields, "image": plan.site.image})
+    with _spec(request, plan, ["--sha256", request.sha256]) as spec:
         try:
             result = engine.run_worker(spec, output)
         except EngineError as err:
             raise WorkerUnavailable(f"no worker container could run ({err})") from err
-    finally:
-        if keys_path is not None:
-            keys_path.unlink(missing_ok=True)
     return _outcome(result, output, plan, fields)
 
 
