@@ -69,6 +69,7 @@ class FakeEngine:
         self.worker_images: set[str] = set()  # images a worker can run from (others: "no such image")
         self.workers_run: list[WorkerSpec] = []
         self.leftover_workers: list[ContainerInfo] = []  # what list_workers finds
+        self._volumes: dict[str, Path] = {}  # volume name -> its folder, once a worker mounted it
         self._running: dict[str, subprocess.Popen] = {}  # worker name -> its process (remove_worker kills it)
         self.is_local = True  # BACKUP_DIR of a host process is a path of the engine's host
         self.log: list[ContainerEvent] = []  # what the engine's event log holds (container_events)
@@ -483,7 +484,10 @@ class FakeEngine:
         for c in self.containers.values():
             for folder in c.folders.values():
                 if folder.name == source:
+                    self._volumes[source] = folder
                     return folder
+        if source in self._volumes:  # a volume outlives its containers (a service scaled to 0)
+            return self._volumes[source]
         raise EngineError(f"no volume {source}")
 
     def list_workers(self, labels):
