@@ -8,7 +8,8 @@ shared machines to mean much).
 
 Measures (names for --only):
   backup        `backup` of a hot target / `tar -cf - . | zstd -3 -T0` of the volume's folder
-  restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder
+  restore       `restore` into an empty volume / `zstd -d | tar -x` into an empty folder (each
+                run's ratio and where its time went, from the sidecar's log, on stderr)
   stop-window   a `stop` target's downtime after 1% of the files changed since its previous
                 backup (same backup folder) / the tar|zstd time; with it, the first backup
                 (it builds the staging mirror) / tar|zstd warm, whole stop backups of the

@@ -30,7 +30,7 @@ import requests
 
 from .errors import ContainerNotFound, EngineError, SidecarError, UnsafeName
 from .model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
-                    SwarmNode, WORKER_PARENT_ENV, WorkerResult, WorkerSpec)
+                    SwarmNode, WORKER_PARENT_ENV, WorkerLink, WorkerResult, WorkerSpec)
 from .naming import node_name_problem
 from .streams import IterReader
 from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, unseen_on_workers, with_service
@@ -294,12 +294,15 @@ class Engine:
                                                                              "error": _explain(exc)})
 
     # --- worker containers --------------------------------------------------------------
-    def run_worker(self, spec: WorkerSpec, on_line: Callable[[str], bool | None] | None = None) -> WorkerResult:
+    def run_worker(self, spec: WorkerSpec, on_line: Callable[[str], bool | None] | None = None,
+                   on_start: Callable[[WorkerLink], None] | None = None) -> WorkerResult:
         """Run `spec` to its end in a short-lived container and remove it (with any anonymous
         volume). Each line of its output goes to `on_line` (returning True: handled, else
         it is logged); an exception from `on_line` (e.g. BackupAborted) stops the worker and
-        goes through. Raises EngineError when the worker cannot be created or started; a
-        failing command is a WorkerResult with its exit code and last lines."""
+        goes through. `on_start` gets the running worker's WorkerLink (its name, and its
+        stdin to send lines to, from any thread). Raises EngineError when the worker cannot
+        be created or started; a failing command is a WorkerResult with its exit code and
+        last lines."""
         name = WORKER_NAME_PREFIX + uuid.uuid4().hex[:16]
         fields = {"worker": name, "purpose": spec.purpose, "image": spec.image}
         tail: collections.deque[str] = collections.deque(maxlen=spec.tail_lines)
@@ -320,6 +323,8 @@ class Engine:
                 exit_code = _ExitCode(self.api, name)  # asked before the start: auto_remove races a later ask
                 self.api.start(name)
             logger.debug("worker started", extra=fields)
+            if on_start is not None:
+                on_start(WorkerLink(name, lambda data: _send(sock, data, name)))
             expired = threading.Event()
             timer = threading.Timer(spec.timeout, self._expire, (name, expired))
             timer.daemon = True
@@ -714,6 +719,14 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
         stdin_open=True, environment={WORKER_PARENT_ENV: "stdin"},  # with detach=False: StdinOnce
         **({"hostname": spec.hostname} if spec.hostname else {}),
     )
+
+
+def _send(sock, data: bytes, name: str) -> None:
+    """Bytes to an attached worker's stdin."""
+    try:
+        getattr(sock, "_sock", sock).sendall(data)
+    except OSError as exc:
+        raise EngineError(f"write to worker {name}: {exc}") from exc
 
 
 def _close_quietly(sock) -> None:

@@ -1038,11 +1038,9 @@ def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None, only: Seque
     on the same descriptor): run it before stopping a container, so a bad archive is
     refused with the app untouched."""
     with _Pass(archive, keys, only) as one:
-        for member, data in one.members():
+        for member, _data in one.members():
             if on_member is not None:
-                on_member(member)
-            for _ in data:
-                pass
+                on_member(member)  # the data left unread is skipped (spliced to /dev/null from a pipe)
     assert one.summary is not None
     return one.summary
 
@@ -1060,9 +1058,7 @@ def list_members(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> It
     read, parser and policy as `verify`); a damaged, unsafe or swapped archive raises as
     `verify` does, possibly after some members were yielded."""
     with _Pass(archive, keys) as one:
-        for member, data in one.members():
-            for _ in data:
-                pass
+        for member, _data in one.members():
             yield member
 
 
@@ -1084,8 +1080,6 @@ def extract(archive: ArchiveFile, into: Path, keys: DecryptionKeys | None = None
     with DirectoryWriter(into, skip) as writer, _Pass(archive, keys, only) as one:
         for member, data in one.members():
             if select is not None and not select(member):
-                for _ in data:
-                    pass
                 continue
             writer.write(member, data)
             if progress is not None:
@@ -1317,9 +1311,8 @@ class DirectoryWriter:
 
     def write(self, member: Member, data: Iterator[bytes]) -> None:
         if self._skipped(member.name):
-            for _ in data:
-                pass
-        elif member.kind is Kind.SYMLINK:  # created last: nothing later can be moved under one
+            return  # its data is skipped by the parser
+        if member.kind is Kind.SYMLINK:  # created last: nothing later can be moved under one
             self._deferred.append(member)
         else:
             self._write(member, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from .pings.urls import PingUrl
 from .retention import DEFAULT_KEEP, Keep
@@ -264,6 +264,15 @@ class WorkerSpec:
     timeout: float = 3600.0  # seconds; the worker is killed when it runs longer
     tail_lines: int = 40  # lines of output kept for the error message
     hostname: str | None = None  # the container's host name (None: the engine's choice)
+
+
+@dataclass(frozen=True)
+class WorkerLink:
+    """A worker while it runs, as the one who started it holds it: its container's name,
+    and `send`, which writes bytes to its stdin (raises EngineError when it cannot)."""
+
+    name: str
+    send: Callable[[bytes], None]
 
 
 # Set in every worker's environment: its stdin is the sidecar's connection, and its end

@@ -13,32 +13,41 @@ fallback: its unpacker is a second tar reader writing our files (with its own ru
 xattrs and sparse data), and a canonical stream of files and folders only would restore a
 different tree than the archive holds whenever it has a symlink or a hard link.
 
-Before the volume is emptied a worker compares the room the archive takes once written
-(`Summary.expanded`) with the free space of the volume (plus what emptying it frees).
+A volume's restore runs ONE such worker (StagedRestore), started before anything stops: it
+verifies the whole archive and waits; once the container is stopped it compares the room the
+archive takes once written (`Summary.expanded`) with the free space of the volume (plus what
+emptying it frees), and writes on the sidecar's go (sent on its stdin, the attach that also
+ends it when the sidecar dies). The sidecar itself reads no byte of the archive then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import queue
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyrage
 
 from .engine import Engine
-from .errors import EngineError, RestoreError, SidecarError
+from .errors import (ArchiveError, ChecksumMismatch, EncryptionError, EngineError, RestoreError, SidecarError,
+                     UnsafeArchive)
 from .extract import ArchiveFile, Summary
 from .keys import DecryptionKeys
-from .model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from .model import ContainerInfo, Mount, WorkerLink, WorkerMount, WorkerResult, WorkerSpec
 from .readers import READERS
 from .readers.base import WorkerSettings
 from .readers.worker import KEYS_FOLDER, NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite, volume_mounts
 from .storage import STATE_DIR
-from .worker.extract import EXIT_NO_ROOM, MODULE, write_keys
+from .worker import PROTOCOL
+from .worker.extract import MODULE, write_keys
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +57,7 @@ WORKER_PATH = "worker"
 # DAC_READ_SEARCH, FOWNER), keep a folder's setgid bit whatever its group (FSETID).
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID")
 PURPOSE = "extract"
-ROOM_PURPOSE = "room"
+QUIT_WAIT = 30.0  # seconds a staged worker told to quit has to end before it is removed
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,10 @@ class WorkerUnavailable(RestoreError):
     """No worker container could run our code: nothing was written."""
 
 
-def worker_plan(engine: Engine, request: UnpackRequest) -> tuple[WorkerPlan | None, str]:
+def worker_plan(engine: Engine, request: UnpackRequest, probe: bool = True) -> tuple[WorkerPlan | None, str]:
     """How a worker would restore `request`, or why none can (run it before stopping
-    anything: the probe starts a container)."""
+    anything: the probe starts a container). `probe=False`: a chosen image is not probed
+    (a StagedRestore's worker says its protocol itself, before anything stops)."""
     if request.worker is None:
         return None, "worker containers are not configured"
     if request.archive.encrypted and request.keys is not None and any(
@@ -94,7 +104,7 @@ def worker_plan(engine: Engine, request: UnpackRequest) -> tuple[WorkerPlan | No
         return None, "SSH identities cannot be handed to a worker container"
     reader = READERS[WORKER]
     assert isinstance(reader, WorkerReader)
-    site, reason = reader.site(engine, request.worker)
+    site, reason = reader.site(engine, request.worker, probe)
     if site is None:
         return None, reason
     try:
@@ -138,30 +148,124 @@ def unpack(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> tuple[Su
     return run_worker(engine, request, plan), WORKER_PATH
 
 
-def check_room(engine: Engine, request: UnpackRequest, plan: WorkerPlan, needed: int, replacing: bool) -> None:
-    """Before the volume is emptied: a worker compares `needed` bytes with the
-    volume's free space (plus what its current contents take, when `replacing`). Raises
-    RestoreError when it does not fit."""
-    command = [*MODULE, "--into", plan.into, "--room", str(needed), *(["--replacing"] if replacing else [])]
-    fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
-              "phase": "verify"}
-    output = _Output(fields)
-    spec = WorkerSpec(plan.site.image, tuple(command), ROOM_PURPOSE, plan.mounts, user="0",
-                      capabilities=("DAC_READ_SEARCH",), timeout=plan.timeout)
-    try:
-        result = engine.run_worker(spec, output)
-    except EngineError as err:
-        raise WorkerUnavailable(f"no worker container could run to check the volume's free space ({err})") from err
-    if result.ok and output.result is not None:
-        logger.info("room checked", extra={**fields, "bytes": needed, "free_bytes": output.result.get("free")})
-        return
-    detail = str(output.error["message"]) if output.error else " | ".join(result.tail[-3:]) or "no output"
-    if result.exit_code == EXIT_NO_ROOM:
-        raise RestoreError(f"{request.archive.name} does not fit into {request.container.name}:"
-                           f"{request.mount.destination}: {detail}; nothing was emptied")
-    hint = "" if output.error else "; set BACKUP_WORKER_IMAGE to the sidecar's image"
-    raise WorkerUnavailable(f"checking the free space of {request.container.name}:{request.mount.destination} in "
-                            f"a worker failed (exit {result.exit_code}): {detail}{hint}; nothing was emptied")
+class StagedRestore:
+    """A volume's whole restore in one extract worker (`--staged`, sidecar/worker/extract.py),
+    started before anything stops: entering waits until it verified the archive (the summary,
+    with what the tree takes once written) or refused it; `room` asks it whether that fits the
+    volume (raises RestoreError when not); `write` says go and waits for the written summary.
+    Leaving without a go tells it to quit: nothing is written. The sidecar reads no byte of
+    the archive: the worker's two reads are its verify and its write."""
+
+    def __init__(self, engine: Engine, request: UnpackRequest, plan: WorkerPlan, replacing: bool):
+        self.engine, self.request, self.plan, self.replacing = engine, request, plan, replacing
+        self.fields = {"target": request.target, "container": request.container.name,
+                       "volume": request.mount.destination, "phase": "verify", "path": WORKER_PATH}
+        self.output = _Output(self.fields, events=queue.Queue())
+        self.verified: Summary | None = None
+        self._link: WorkerLink | None = None
+        self._result: WorkerResult | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="extract-worker", daemon=True)
+        self._went = False
+
+    def __enter__(self) -> "StagedRestore":
+        self._thread.start()
+        try:
+            self.verified = self._check(self._next("verified"))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _check(self, record: dict) -> Summary:
+        if record.get("protocol") != PROTOCOL:
+            raise WorkerUnavailable(f"the worker image {self.plan.site.image} speaks worker protocol "
+                                    f"{record.get('protocol')}, this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE to "
+                                    "the sidecar's image")
+        expected = self.request.archive.expected_sha256
+        if expected is not None and record["sha256"] != expected:
+            raise ChecksumMismatch(f"{self.request.archive.name}: the worker read SHA-256 {record['sha256']}, the "
+                                   f"checksum file says {expected}")
+        logger.info("archive verified by the worker container", extra={
+            **self.fields, "members": record["members"], "bytes": record["tar_bytes"],
+            "expanded_bytes": record["expanded"], "verify_seconds": record.get("seconds")})
+        return Summary(int(record["members"]), int(record["tar_bytes"]), str(record["sha256"]),
+                       int(record["stripped"]), None, int(record["expanded"]))
+
+    def __exit__(self, *exc_info) -> None:
+        """Without a go: `quit`, or the worker removed when it cannot be told."""
+        if not self._went and self._thread.is_alive() and self._link is not None:
+            try:
+                self._link.send(b"quit\n")
+                self._thread.join(QUIT_WAIT)
+            except SidecarError:
+                pass
+        if self._thread.is_alive() and self._link is not None:
+            self.engine.remove_worker(self._link.name)
+            self._thread.join(QUIT_WAIT)
+
+    def room(self) -> None:
+        """Once the volume's writers are stopped, before it is emptied."""
+        request, needed = self.request, self.verified.expanded if self.verified else 0
+        self._send(b"room\n")
+        record = self._next("room")
+        if not record.get("fits"):
+            raise RestoreError(f"{request.archive.name} does not fit into {request.container.name}:"
+                               f"{request.mount.destination}: the archive takes {needed} bytes once written and the "
+                               f"volume has {record.get('free')} bytes free"
+                               + (" (counting what emptying it frees)" if self.replacing else "")
+                               + "; nothing was emptied")
+        logger.info("room checked", extra={**self.fields, "bytes": needed, "free_bytes": record.get("free")})
+
+    def write(self) -> Summary:
+        self.fields["phase"] = "restore"
+        self._send(b"go\n")
+        self._went = True
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self._result is not None
+        return _outcome(self._result, self.output, self.plan, self.fields)
+
+    def _send(self, line: bytes) -> None:
+        if self._link is None or not self._thread.is_alive():
+            self._next("")  # the worker ended: its error
+        try:
+            self._link.send(line)  # type: ignore[union-attr]
+        except EngineError as err:
+            raise RestoreError(f"the worker container {self._link.name} could not be sent {line.strip().decode()!r} ({err})") from err
+
+    def _run(self) -> None:
+        request = self.request
+        command = ["--staged", *(["--replacing"] if self.replacing else [])]
+        logger.info("verifying and restoring through a worker container", extra={**self.fields,
+                                                                                  "image": self.plan.site.image})
+        try:
+            with _spec(request, self.plan, command) as spec:
+                self._result = self.engine.run_worker(spec, self.output, on_start=self._started)
+        except EngineError as err:
+            self._failure = WorkerUnavailable(
+                f"cannot restore {request.archive.name} into {request.container.name}:{request.mount.destination}: "
+                f"no worker container could run ({err}); set BACKUP_WORKER_IMAGE to the sidecar's image")
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._failure = exc
+        finally:
+            self.output.events.put({"event": "ended"})  # type: ignore[union-attr]
+
+    def _started(self, link: WorkerLink) -> None:
+        self._link = link
+
+    def _next(self, event: str) -> dict:
+        """The worker's next `event`; raises what ended it instead."""
+        record = self.output.events.get()  # type: ignore[union-attr]
+        if record.get("event") == event:
+            return record
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self._result is not None
+        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
+        raise RestoreError(f"the worker container {self._result.name} ended without {event or 'a result'}")
 
 
 # --- worker -------------------------------------------------------------------------------
@@ -169,8 +273,9 @@ def check_room(engine: Engine, request: UnpackRequest, plan: WorkerPlan, needed:
 class _Output:
     """The worker's JSON lines, as they come."""
 
-    def __init__(self, fields: dict):
+    def __init__(self, fields: dict, events: "queue.Queue[dict] | None" = None):
         self.fields = fields
+        self.events = events  # `verified` and `room` (a staged worker's), for the thread that waits
         self.started = False
         self.result: dict | None = None
         self.error: dict | None = None
@@ -192,9 +297,29 @@ class _Output:
             self.result = record
         elif event == "error":
             self.error = record
+        elif event in ("verified", "room") and self.events is not None:
+            self.events.put(record)
         else:
             return False
         return True
+
+
+@contextlib.contextmanager
+def _spec(request: UnpackRequest, plan: WorkerPlan, extra: list[str]) -> Iterator[WorkerSpec]:
+    """The extract worker's spec, with the keys file it reads (removed once it has ended)."""
+    command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--progress-interval=5",
+               *(f"--skip={s}" for s in plan.skip), *(f"--only={p}" for p in request.only or ()),
+               *([f"--path={request.path}"] if request.path else []), *(["--dump-parts"] if request.dump_parts else []),
+               *(["--leave-root"] if request.leave_root else []), *extra]
+    keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
+    try:
+        if keys_path is not None:
+            command += ["--keys-file", plan.site.store.inside(keys_path)]
+        yield WorkerSpec(plan.site.image, tuple(command), PURPOSE, plan.mounts, user="0", capabilities=CAPABILITIES,
+                         timeout=plan.timeout)
+    finally:
+        if keys_path is not None:
+            keys_path.unlink(missing_ok=True)
 
 
 def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summary:
@@ -202,25 +327,23 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
     code, RestoreError when it failed or refused the archive."""
     fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
               "phase": "restore", "path": WORKER_PATH}
-    command = [*MODULE, "--archive", plan.archive, "--into", plan.into, "--sha256", request.sha256,
-               "--progress-interval=5", *(f"--skip={s}" for s in plan.skip),
-               *(f"--only={p}" for p in request.only or ()), *([f"--path={request.path}"] if request.path else []),
-               *(["--dump-parts"] if request.dump_parts else []), *(["--leave-root"] if request.leave_root else [])]
-    keys_path = _keys_file(request) if request.keys is not None and request.archive.encrypted else None
     output = _Output(fields)
-    try:
-        if keys_path is not None:
-            command += ["--keys-file", plan.site.store.inside(keys_path)]
-        spec = WorkerSpec(plan.site.image, tuple(command), PURPOSE, plan.mounts, user="0",
-                          capabilities=CAPABILITIES, timeout=plan.timeout)
-        logger.info("restoring through a worker container", extra={**fields, "image": plan.site.image})
+    logger.info("restoring through a worker container", extra={**fields, "image": plan.site.image})
+    with _spec(request, plan, ["--sha256", request.sha256]) as spec:
         try:
             result = engine.run_worker(spec, output)
         except EngineError as err:
             raise WorkerUnavailable(f"no worker container could run ({err})") from err
-    finally:
-        if keys_path is not None:
-            keys_path.unlink(missing_ok=True)
+    return _outcome(result, output, plan, fields)
+
+
+# The refusals a worker names (its error's `kind`), raised here as the sidecar's own verify raised them.
+_REFUSALS = {cls.__name__: cls for cls in (ArchiveError, ChecksumMismatch, UnsafeArchive, EncryptionError)}
+
+
+def _outcome(result: WorkerResult, output: _Output, plan: WorkerPlan, fields: dict, typed: bool = False) -> Summary:
+    """The summary of a worker that wrote, or the error it ended with (`typed`: a refusal
+    raised as the error class the worker named)."""
     where = f"the worker container {result.name} (image {plan.site.image})"
     if result.timed_out:
         raise RestoreError(f"{where} ran past BACKUP_WORKER_TIMEOUT ({plan.timeout:g} s) and was killed")
@@ -228,7 +351,7 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
         done = output.result
         logger.info("archive unpacked by a worker container", extra={
             **fields, "worker": result.name, "members": done["members"], "tar_bytes": done["tar_bytes"],
-            "stripped": done["stripped"], "seconds": round(result.seconds, 3)})
+            "stripped": done["stripped"], "seconds": round(result.seconds, 3), "write_seconds": done.get("seconds")})
         return Summary(int(done["members"]), int(done["tar_bytes"]), str(done["sha256"]), int(done["stripped"]),
                        None)
     if output.error is None and not output.started:
@@ -236,6 +359,8 @@ def run_worker(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> Summ
                                 f"{' | '.join(result.tail[-3:]) or 'no output'}); set BACKUP_WORKER_IMAGE to the "
                                 "sidecar's image")
     detail = str(output.error["message"]) if output.error else " | ".join(result.tail[-5:]) or "no output"
+    if typed and output.error and output.error.get("kind") in _REFUSALS:
+        raise _REFUSALS[output.error["kind"]](detail)
     verb = "refused the archive" if output.error and output.error.get("refused") else "failed"
     raise RestoreError(f"{where} {verb} (exit {result.exit_code}): {detail}")
 

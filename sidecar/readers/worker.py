@@ -308,8 +308,11 @@ class WorkerReader:
             return None, f"cannot inspect the target: {err}"
         return _Plan(site.image, site.store, volume_mounts(container, request.mount)), ""
 
-    def site(self, engine: Engine, settings: WorkerSettings) -> tuple[WorkerSite | None, str]:
-        """The image and backup-volume mount of workers here, or why no worker can run."""
+    def site(self, engine: Engine, settings: WorkerSettings, probe: bool = True) -> tuple[WorkerSite | None, str]:
+        """The image and backup-volume mount of workers here, or why no worker can run.
+        `probe=False`: an image named by BACKUP_WORKER_IMAGE or the sidecar's own container
+        is taken unprobed (the caller's worker must say its protocol itself); one found by
+        its label is always probed (that is how it is chosen)."""
         if settings.image == NO_WORKERS:
             return None, CHOSEN_NONE
         own = engine.own_container()
@@ -325,7 +328,7 @@ class WorkerReader:
         store = store_mount(settings.backup_dir, own)
         if store is None:
             return None, f"BACKUP_DIR ({settings.backup_dir}) is on no mount of the sidecar's container"
-        failure = self._probe(engine, image)
+        failure = self._probe(engine, image) if probe else None
         if failure is not None:
             return None, failure
         return WorkerSite(image, store), ""

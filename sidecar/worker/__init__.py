@@ -11,30 +11,42 @@ sidecar that started it is gone (watch_parent).
 """
 
 import os
+import queue
 import threading
 
 from ..model import WORKER_PARENT_ENV
 
-PROTOCOL = 5  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+PROTOCOL = 6  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)
+# 6: the extract worker's staged restore (verify, then room and go on stdin)
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 
 
-def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit) -> threading.Thread | None:
+COMMANDS: "queue.Queue[str]" = queue.Queue()  # the sidecar's lines on stdin (watch_parent), e.g. "go"
+
+
+def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,
+                 commands: "queue.Queue[str] | None" = None) -> threading.Thread | None:
     """When the sidecar says so (WORKER_PARENT_ENV=stdin): stdin is the sidecar's connection
     to the engine, which closes it when that connection drops (the sidecar killed, its
     container stopped). Its end ends this worker at once, children (tar, zstd) with it: a
     worker never outlives its sidecar, nor holds a volume `docker-compose down -v` removes.
-    The file descriptor is read, not sys.stdin: a daemon thread blocked in a buffered
-    reader's lock makes the interpreter's shutdown fail."""
+    Each line the sidecar sends is put on `commands` (COMMANDS; a worker that waits for
+    none ignores them). The file descriptor is read, not sys.stdin: a daemon thread
+    blocked in a buffered reader's lock makes the interpreter's shutdown fail."""
     if environ.get(WORKER_PARENT_ENV) != "stdin":
         return None
+    to = COMMANDS if commands is None else commands
 
     def wait() -> None:
+        pending = b""
         try:
-            while os.read(stdin_fd, 65536):
-                pass  # nothing is sent; whatever comes is not ours to read
+            while data := os.read(stdin_fd, 65536):
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    to.put(line.decode("utf-8", "replace").strip())
+                pending = pending[-4096:]  # a line is a short word; nothing else is kept
         except OSError:
             pass
         os.write(1, b'{"event": "error", "message": "the sidecar that started this worker is gone"}\n')

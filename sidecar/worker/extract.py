@@ -9,9 +9,15 @@ and a checksum file beside it that says otherwise. Decryption keys come in a 060
 on the backup volume that the sidecar removes once the worker has ended (`--keys-file`;
 never in the environment or arguments, which `docker inspect` shows).
 
-`--room BYTES` (no archive) only checks that BYTES fit into `--into`: its free space, plus
-what its current contents take with `--replacing` (they are removed before the restore);
-exit EXIT_NO_ROOM when they do not. The sidecar runs it before it stops or empties anything.
+`--staged` (a volume's restore: one worker for all of it, started before anything stops)
+first verifies the whole archive (the checksum file beside it, every member by the same
+parser and policy, data spliced to /dev/null: sidecar.extract.verify) and says `verified`
+(the summary and what the tree takes once written, `expanded`), then waits for the sidecar's
+lines on stdin (sidecar/worker/__init__.py, COMMANDS): `room` compares `expanded` with the
+free space of `--into`, plus what its current contents take with `--replacing` (they are
+removed before the restore), and says `room` (`fits`, `free`, `needed`); `go` writes, reading
+the archive a second time and refusing it unless it has the SHA-256 the first read had;
+`quit` (or the end of stdin) ends it having written nothing.
 
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
@@ -27,6 +33,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import sys
 import time
 from pathlib import Path
@@ -34,13 +41,15 @@ from pathlib import Path
 import pyrage
 
 from ..errors import ArchiveError, ChecksumMismatch, SidecarError
-from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
+from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Summary, extract, open_archive, verify
 from ..keys import DecryptionKeys
 from ..members import chosen, member_path
+from . import COMMANDS, PROTOCOL
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
-EXIT_NO_ROOM = 75  # EX_TEMPFAIL: the archive does not fit (nothing was written)
+EXIT_QUIT = 3  # --staged: the sidecar said quit; nothing was written
+COMMAND_TIMEOUT = 3600.0  # seconds a staged worker waits for each of the sidecar's lines
 
 
 def write_keys(path: Path, keys: DecryptionKeys) -> None:
@@ -88,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--into", type=Path, required=True)
     parser.add_argument("--skip", action="append", default=[], help="a folder below --into left out (read-only)")
     parser.add_argument("--only", action="append", help="a glob: only regular files it matches may be written")
-    parser.add_argument("--room", type=int, help="only check that this many bytes fit into --into")
-    parser.add_argument("--replacing", action="store_true", help="with --room: --into is emptied first")
+    parser.add_argument("--staged", action="store_true", help="verify first, then wait for room/go/quit on stdin")
+    parser.add_argument("--replacing", action="store_true", help="with --staged: --into is emptied before the go")
     parser.add_argument("--sha256", help="the SHA-256 the sidecar verified; the file must still have it")
     parser.add_argument("--keys-file", type=Path)
     parser.add_argument("--progress-interval", type=float, default=1.0)
@@ -101,20 +110,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> dict | None:
+    """The restore; None when a staged worker was told to quit (nothing written)."""
     keys = read_keys(args.keys_file) if args.keys_file is not None else None
     with open_archive(args.archive, require_checksum=args.sha256 is None) as archive:
         expected = args.sha256 or archive.expected_sha256
         if archive.expected_sha256 is not None and expected != archive.expected_sha256:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
+        if args.staged:
+            began = time.monotonic()
+            check = verify(archive, keys, args.only)
+            emit({"event": "verified", "protocol": PROTOCOL, **_counts(check), "expanded": check.expanded,
+                  "seconds": round(time.monotonic() - began, 3)})
+            if not _wait_for_go(args.into, check.expanded, args.replacing, commands):
+                return None
+            archive = dataclasses.replace(archive, expected_sha256=check.sha256)
         emit({"event": "started"})
+        began = time.monotonic()
         keep = chosen(args.path, args.dump_parts, root=not args.leave_root)
         filtered = args.path is not None or args.dump_parts or args.leave_root
         summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only,
                           select=(lambda member: keep(member.name)) if filtered else None)
+    return {**_counts(summary), "seconds": round(time.monotonic() - began, 3)}
+
+
+def _counts(summary: Summary) -> dict:
     return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
             "stripped": summary.stripped}
+
+
+def _wait_for_go(into: Path, needed: int, replacing: bool, commands: "queue.Queue[str]") -> bool:
+    """The sidecar's lines after `verified`: True on `go`, False on `quit`."""
+    while True:
+        try:
+            command = commands.get(timeout=COMMAND_TIMEOUT)
+        except queue.Empty:
+            raise SidecarError(f"no word from the sidecar in {COMMAND_TIMEOUT:g} s after the archive was verified")
+        if command == "room":
+            free = room(into, needed, replacing)
+            emit({"event": "room", "fits": free >= needed, "free": free, "needed": needed})
+        elif command == "go":
+            return True
+        elif command == "quit":
+            return False
 
 
 def usage(into: Path) -> int:
@@ -129,23 +168,16 @@ def usage(into: Path) -> int:
 
 
 def room(into: Path, needed: int, replacing: bool) -> int:
+    """The bytes `into` has free; with `replacing` and too few, plus what emptying it frees."""
     st = os.statvfs(into)
     free = st.f_bavail * st.f_frsize
     if free < needed and replacing:
         free += usage(into)
-    if free < needed:
-        emit({"event": "error", "refused": True, "message": (
-            f"the archive takes {needed} bytes once written and the volume has {free} bytes free"
-            + (" (counting what emptying it frees)" if replacing else ""))})
-        return EXIT_NO_ROOM
-    emit({"event": "result", "free": free, "needed": needed})
-    return EXIT_OK
+    return free
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], commands: "queue.Queue[str]" = COMMANDS) -> int:
     args = _parser().parse_args(argv)
-    if args.room is not None:
-        return room(args.into, args.room, args.replacing)
     if args.archive is None:
         emit({"event": "error", "refused": False, "message": "--archive is required"})
         return EXIT_FAILED
@@ -154,16 +186,18 @@ def main(argv: list[str]) -> int:
     ours.addHandler(handler)
     ours.setLevel(logging.WARNING)
     try:
-        result = run(args)
+        result = run(args, commands)
     except ArchiveError as err:
-        emit({"event": "error", "refused": True, "message": str(err)})
+        emit({"event": "error", "refused": True, "message": str(err), "kind": type(err).__name__})
         return EXIT_REFUSED
     except (SidecarError, OSError, ValueError) as err:  # ValueError: an unreadable keys file
-        emit({"event": "error", "refused": False, "message": str(err)})
+        emit({"event": "error", "refused": False, "message": str(err), "kind": type(err).__name__})
         return EXIT_FAILED
     finally:
         ours.removeHandler(handler)
         ours.setLevel(level)
+    if result is None:
+        return EXIT_QUIT
     emit({"event": "result", **result})
     return EXIT_OK
 

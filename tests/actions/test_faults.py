@@ -13,7 +13,7 @@ from sidecar.actions.backup import run_backup
 from sidecar.actions.daemon import Daemon
 from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import run_restore
-from sidecar.model import ContainerState
+from sidecar.model import ContainerState, WorkerLink
 from sidecar.storage import JournalEntry
 
 from .conftest import app_labels, tree
@@ -29,12 +29,16 @@ def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_th
     killed = tmp_path / "journal-at-the-kill.json"
     real_worker = engine.run_worker
 
-    def run_worker(spec, on_line=None):
-        if spec.purpose == "extract":
-            # The volume is emptied and about to be written: what the journal holds now is
-            # what a SIGKILL would leave.
-            shutil.copy(ctx.journal.path, killed)
-        return real_worker(spec, on_line)
+    def run_worker(spec, on_line=None, on_start=None):
+        def started(link):
+            def send(data):
+                if data == b"go\n":
+                    # The volume is emptied and about to be written: what the journal holds
+                    # now is what a SIGKILL would leave.
+                    shutil.copy(ctx.journal.path, killed)
+                link.send(data)
+            on_start(WorkerLink(link.name, send))
+        return real_worker(spec, on_line, started if on_start is not None else None)
 
     monkeypatch.setattr(engine, "run_worker", run_worker)
     run_restore(ctx, "app", "data", force=True)

@@ -1,7 +1,9 @@
 """run_restore through a worker container (sidecar/unpack.py) against the fake engine, whose
 workers run `python -m sidecar.worker.extract` as host processes: the worker's mounts and
-rights, decryption with no key in its arguments, no worker no restore (before anything
-stops, naming BACKUP_WORKER_IMAGE), the room check, and a worker failure after emptying."""
+rights, one worker per restore (it verifies, waits for the stop, checks the room and writes on
+the sidecar's go), decryption with no key in its arguments, no worker no restore (before
+anything stops, naming BACKUP_WORKER_IMAGE), the room check, and a worker failure after
+emptying."""
 
 from __future__ import annotations
 
@@ -60,13 +62,35 @@ def test_the_restore_runs_the_checked_extractor_in_a_worker(engine, wctx, data, 
     assert tree(data) == before and outcome.members > 0
     assert engine.names("put_archive") == []  # nothing went through the engine's tar reader
     [spec] = _extract_workers(engine)
-    assert spec.user == "0" and spec.image == IMAGE and "--sha256" in spec.command
+    assert spec.user == "0" and spec.image == IMAGE and "--staged" in spec.command  # one worker verifies and writes
     assert set(spec.capabilities) == {"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID"}
     volume, store = spec.mounts[0], spec.mounts[-1]
     assert volume.target == VOLUME_ROOT and not volume.read_only
     assert store.read_only and store.source == str(wctx.settings.backup_dir)
     assert _paths(caplog) == ["worker"]
     assert engine.state(app.id) is ContainerState.RUNNING
+
+
+def test_one_worker_verifies_checks_the_room_and_writes_and_the_sidecar_reads_no_archive(engine, wctx, data,
+                                                                                         monkeypatch):
+    """Issue 19 (restore speed): no probe worker, no room worker, no verify pass in the
+    sidecar; the one worker starts before the stop, and the stop comes after it verified."""
+    app, before = _backed_up(engine, wctx, data)
+    (data / "junk.txt").write_text("junk\n")
+    engine.workers_run.clear()  # the backup's
+    monkeypatch.setattr("sidecar.extract._Pass.__init__", _refused("the sidecar read the archive"))
+    run_restore(wctx, "app", "data", force=True)
+    assert tree(data) == before and engine.state(app.id) is ContainerState.RUNNING
+    assert [spec.purpose for spec in engine.workers_run] == [unpack.PURPOSE]
+    order = [c[0] for c in engine.calls if c[0] in ("run_worker", "stop", "run_helper", "start")]
+    assert order == ["run_worker", "stop", "run_helper", "start"]
+    assert engine.running_workers() == []
+
+
+def _refused(why):
+    def refuse(*args, **kwargs):
+        raise AssertionError(why)
+    return refuse
 
 
 def test_an_encrypted_archive_is_decrypted_in_the_worker_with_no_key_in_its_arguments(engine, make_ctx, data):
@@ -123,7 +147,8 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_emptying(engine
     with pytest.raises(RestoreError, match="does not fit") as err:
         run_restore(wctx, "app", "data", archive=str(path), force=True)
     assert str(1 << 49) in str(err.value) and "nothing was emptied" in str(err.value)
-    assert (data / "new.txt").exists() and engine.names("run_helper") == [] and _extract_workers(engine) == []
+    assert engine.running_workers() == []  # the worker that verified was told to quit
+    assert (data / "new.txt").exists() and engine.names("run_helper") == [] and len(_extract_workers(engine)) == 1
     assert engine.state(app.id) is ContainerState.RUNNING
 
 
@@ -141,7 +166,7 @@ def test_read_only_nested_mounts_stay_read_only_and_are_left_out():
 def test_a_worker_failure_after_emptying_leaves_the_container_stopped(engine, wctx, data):
     app, _ = _backed_up(engine, wctx, data)
     (data / "new.txt").write_text("newer data\n")
-    engine.fail("worker:extract", EngineError("the engine went away"))
+    engine.fail("worker:extract:go", EngineError("the engine went away"))
     with pytest.raises(RestoreLeftStopped, match="worker container"):
         run_restore(wctx, "app", "data", force=True)
     assert engine.state(app.id) is ContainerState.EXITED

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Mapping
 
 from sidecar.errors import ContainerNotFound, EngineError, UnsafeName
 from sidecar.model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
-                           SwarmNode, WorkerResult, WorkerSpec)
+                           SwarmNode, WORKER_PARENT_ENV, WorkerLink, WorkerResult, WorkerSpec)
 from sidecar.naming import node_name_problem
 from sidecar.swarm import ServiceMode, SwarmService, TaskStatus, task_of, with_service
 
@@ -69,6 +69,8 @@ class FakeEngine:
         self.worker_images: set[str] = set()  # images a worker can run from (others: "no such image")
         self.workers_run: list[WorkerSpec] = []
         self.leftover_workers: list[ContainerInfo] = []  # what list_workers finds
+        self._volumes: dict[str, Path] = {}  # volume name -> its folder, once a worker mounted it
+        self._running: dict[str, subprocess.Popen] = {}  # worker name -> its process (remove_worker kills it)
         self.is_local = True  # BACKUP_DIR of a host process is a path of the engine's host
         self.log: list[ContainerEvent] = []  # what the engine's event log holds (container_events)
         self.on_stop = None  # called with the container id inside stop (e.g. someone else's stop meanwhile)
@@ -426,19 +428,27 @@ class FakeEngine:
         return 0, ""
 
     # --- worker containers: run as a host process with the mounts' folders in place of their paths
-    def run_worker(self, spec: WorkerSpec, on_line=None) -> WorkerResult:
+    def run_worker(self, spec: WorkerSpec, on_line=None, on_start=None) -> WorkerResult:
+        """The worker's command as a host process; its stdin is the "attach" (WORKER_PARENT_ENV),
+        written through the WorkerLink `on_start` gets; `fail("worker:PURPOSE:LINE", ...)`
+        makes sending LINE (e.g. "go") fail: the engine gone while the worker waits."""
         self._call("run_worker", spec)
         self._purpose_fault(spec.purpose)
         if spec.image not in self.worker_images:
             raise EngineError(f"create worker container from image {spec.image}: No such image")
         self.workers_run.append(spec)
+        name = f"fake-worker-{len(self.workers_run)}"
         argv = [sys.executable if spec.command[0] == "python" else spec.command[0]]
         argv += [self._host_path(arg, spec) for arg in spec.command[1:]]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), WORKER_PARENT_ENV: "stdin"}
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env)
+        self._running[name] = proc
         tail: list[str] = []
         try:
+            if on_start is not None:
+                on_start(WorkerLink(name, lambda data: self._send(proc, spec.purpose, data)))
             for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 tail.append(line)
@@ -448,7 +458,18 @@ class FakeEngine:
             if proc.poll() is None:
                 proc.kill()
             code = proc.wait()
-        return WorkerResult("fake-worker", code, tuple(tail[-spec.tail_lines:]), time.monotonic() - started)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            self._running.pop(name, None)
+        return WorkerResult(name, code, tuple(tail[-spec.tail_lines:]), time.monotonic() - started)
+
+    def _send(self, proc: subprocess.Popen, purpose: str, data: bytes) -> None:
+        self._purpose_fault(f"{purpose}:{data.decode('utf-8', 'replace').strip()}")
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"write to worker: {exc}") from exc
 
     def _host_path(self, arg: str, spec: WorkerSpec) -> str:
         prefix, eq, value = arg.rpartition("=") if arg.startswith("--") else ("", "", arg)
@@ -463,15 +484,25 @@ class FakeEngine:
         for c in self.containers.values():
             for folder in c.folders.values():
                 if folder.name == source:
+                    self._volumes[source] = folder
                     return folder
+        if source in self._volumes:  # a volume outlives its containers (a service scaled to 0)
+            return self._volumes[source]
         raise EngineError(f"no volume {source}")
 
     def list_workers(self, labels):
         self._call("list_workers", dict(labels))
         return [w for w in self.leftover_workers if all(w.labels.get(k) == v for k, v in labels.items())]
 
+    def running_workers(self) -> list[str]:
+        """Worker processes still running (a restore must leave none)."""
+        return [name for name, proc in self._running.items() if proc.poll() is None]
+
     def remove_worker(self, name: str) -> None:
         self._call("remove_worker", name)
+        running = self._running.get(name)
+        if running is not None and running.poll() is None:
+            running.kill()
         self.leftover_workers = [w for w in self.leftover_workers if w.name != name]
 
     def own_container(self) -> ContainerInfo | None:

@@ -1,25 +1,36 @@
 """`python -m sidecar.worker.extract` without Docker: its JSON lines (`started` only before
-the first write), exit codes, the checksum the sidecar verified, and the keys file."""
+the first write), exit codes, the checksum the sidecar verified, the keys file, and the
+staged restore (`--staged`: verify, then `room`, `go` or `quit` from the sidecar)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import queue
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pyrage
 import pytest
 
 from sidecar.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from sidecar.keys import DecryptionKeys
+from sidecar.model import WORKER_PARENT_ENV, Compression
 from sidecar.worker import extract as worker
 
-from .test_extract import END, file, symlink, write
+from .test_extract import END, directory, file, symlink, write
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(capsys, *argv) -> tuple[int, list[dict]]:
-    code = worker.main([str(a) for a in argv])
+def _run(capsys, *argv, commands: tuple[str, ...] = ()) -> tuple[int, list[dict]]:
+    lines: queue.Queue[str] = queue.Queue()
+    for line in commands:
+        lines.put(line)
+    code = worker.main([str(a) for a in argv], lines)
     return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -72,3 +83,92 @@ def test_keys_round_trip_through_a_0600_file(tmp_path):
     assert [str(i) for i in back.identities] == [str(identity)] and back.passphrase == "pass"
     with pytest.raises(FileExistsError):  # created new, never written over
         worker.write_keys(path, DecryptionKeys(passphrase="other"))
+
+
+# --- --staged: one worker for a volume's whole restore (sidecar/unpack.py, StagedRestore) ------
+
+def test_a_staged_worker_verifies_then_checks_the_room_then_writes_on_go(tmp_path, into, capsys):
+    raw = directory(b"d/") + file(b"d/a.txt", b"alpha" * 1000) + END
+    path = write(tmp_path, raw)
+    code, events = _run(capsys, "--archive", path, "--into", into, "--staged", commands=("room", "go"))
+    assert code == EXIT_OK
+    assert [e["event"] for e in events] == ["verified", "room", "started", "result"]
+    verified, room = events[0], events[1]
+    assert verified["protocol"] == worker.PROTOCOL and verified["members"] == 2
+    assert verified["sha256"] == hashlib.sha256(raw).hexdigest() and verified["expanded"] >= 5000
+    assert room["fits"] and room["needed"] == verified["expanded"] and room["free"] >= room["needed"]
+    assert (into / "d" / "a.txt").read_bytes() == b"alpha" * 1000
+
+
+def test_a_staged_worker_told_to_quit_writes_nothing(tmp_path, into, capsys):
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END, compression=Compression.ZSTD)
+    code, events = _run(capsys, "--archive", path, "--into", into, "--staged", commands=("room", "quit"))
+    assert code == worker.EXIT_QUIT and [e["event"] for e in events] == ["verified", "room"]
+    assert list(into.iterdir()) == []
+
+
+def test_a_staged_worker_says_when_the_archive_does_not_fit(tmp_path, into, capsys, monkeypatch):
+    monkeypatch.setattr(worker, "room", lambda into, needed, replacing: needed - 1)
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, events = _run(capsys, "--archive", path, "--into", into, "--staged", commands=("room", "quit"))
+    assert events[1]["event"] == "room" and not events[1]["fits"] and list(into.iterdir()) == []
+
+
+def test_a_staged_worker_refuses_before_it_waits_and_names_the_refusal(tmp_path, into, capsys):
+    path = write(tmp_path, symlink(b"d", b"/") + file(b"d/ESCAPED", b"x") + END)
+    code, events = _run(capsys, "--archive", path, "--into", into, "--staged", commands=("go",))
+    assert code == EXIT_REFUSED and [e["event"] for e in events] == ["error"]
+    assert events[0]["kind"] == "UnsafeArchive" and "absolute path" in events[0]["message"]
+    assert list(into.iterdir()) == []
+
+
+def test_a_staged_worker_needs_the_checksum_file(tmp_path, into, capsys):
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    path.with_name(path.name + ".sha256").unlink()
+    code, events = _run(capsys, "--archive", path, "--into", into, "--staged", commands=("go",))
+    assert code == EXIT_REFUSED and ".sha256 beside it" in events[0]["message"] and list(into.iterdir()) == []
+
+
+class _SwapOnGo(queue.Queue):
+    """The sidecar's go, with the archive file changed in place between the two reads."""
+
+    def __init__(self, path: Path, other: bytes):
+        super().__init__()
+        self.path, self.other = path, other
+        self.put("go")
+
+    def get(self, *args, **kwargs):
+        self.path.write_bytes(self.other)
+        return super().get(*args, **kwargs)
+
+
+def test_an_archive_changed_between_the_verify_and_the_write_is_refused(tmp_path, into, capsys):
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code = worker.main(["--archive", str(path), "--into", str(into), "--staged"],
+                       _SwapOnGo(path, file(b"a.txt", b"omega") + END))
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == EXIT_REFUSED and events[-1]["event"] == "error" and "SHA-256 is" in events[-1]["message"]
+
+
+def test_the_sidecars_lines_reach_a_staged_worker_on_its_stdin(tmp_path, into):
+    """The real process, its stdin as the attach is (WORKER_PARENT_ENV): room, then go."""
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END, compression=Compression.ZSTD)
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar.worker.extract", "--archive", str(path), "--into",
+                             str(into), "--staged"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, WORKER_PARENT_ENV: "stdin"})
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "verified"
+        assert list(into.iterdir()) == []  # verified, waiting: nothing written
+        proc.stdin.write("room\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["event"] == "room"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == EXIT_OK
+        assert [json.loads(line)["event"] for line in proc.stdout] == ["started", "result"]
+        assert (into / "a.txt").read_bytes() == b"alpha"
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

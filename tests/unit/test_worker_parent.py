@@ -6,6 +6,7 @@ that never comes."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -32,6 +33,20 @@ def test_the_end_of_stdin_ends_the_worker():
         os.close(write)
         assert ended.wait(10) and codes == [EXIT_ORPHANED]
     finally:
+        os.close(read)
+
+
+def test_the_sidecars_lines_are_handed_over_whole():
+    read, write = os.pipe()
+    lines: queue.Queue[str] = queue.Queue()
+    try:
+        assert watch_parent({WORKER_PARENT_ENV: "stdin"}, read, lambda code: None, lines) is not None
+        os.write(write, b"room\ng")  # a line may come in pieces
+        assert lines.get(timeout=10) == "room"
+        os.write(write, b"o\n")
+        assert lines.get(timeout=10) == "go" and lines.empty()
+    finally:
+        os.close(write)
         os.close(read)
 
 

@@ -1,24 +1,23 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
-sidecar/readers), and the volume restore: check the archive (checksum and every member),
-that the volume is empty (or --force), and that a worker can run (sidecar/unpack.py: the checked
-extractor next to the data, the code that checks each member being the code that writes it;
-no worker, no restore) before stopping anything; stop the container if it runs, check that
-the archive fits the volume's free space,
-empty the volume, unpack, start the container again. If the restore fails after the volume
+sidecar/readers), and the volume restore: one worker (sidecar/unpack.py, StagedRestore: the
+checked extractor next to the data, the code that checks each member being the code that
+writes it; no worker, no restore) checks the archive (checksum and every member), then the
+volume must be empty (or --force), all before stopping anything; stop the container if it
+runs, the worker checks that the archive fits the volume's free space, empty the volume, the
+worker writes, start the container again. If the restore fails after the volume
 was emptied, the container is left stopped and journalled so ("left-stopped"), and
 RestoreLeftStopped says so."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from typing import Callable, Iterator
 
 from ...archive import ArchiveResult, ProgressLog
 from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
-from ...extract import Summary, open_archive, verify
+from ...extract import Summary, open_archive
 from ...labels import mount_matches, restore_volumes
 from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
 from ... import readers, unpack
@@ -157,23 +156,24 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     container, backup_name, path = request.container, request.backup_name, request.archive
     mount, volume_name = find_volume(container, request.item)
     fields = {"target": backup_name, "container": container.name, "volume": volume_name, "archive": str(path)}
-    with ctx.store.target_lock(backup_name), open_archive(path) as archive:
-        # Everything that can refuse the restore runs before anything is stopped.
-        logger.info("verifying archive", extra={**fields, "phase": "verify"})
-        check = verify(archive, ctx.settings.decryption)
-        logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
-                                               "bytes": check.tar_bytes, "sha256": check.sha256})
+    with ctx.store.target_lock(backup_name), open_archive(path) as archive, contextlib.ExitStack() as stack:
+        # Everything that can refuse the restore runs before anything is stopped: one worker
+        # verifies the archive (the sidecar reads none of it), waits, checks the room and writes.
         if not request.force and not ctx.engine.path_is_empty(container.id, mount.destination):
             raise _not_empty(container, mount, volume_name)
-        how = unpack.UnpackRequest(container, mount, archive, check.sha256, ctx.settings.decryption,
+        how = unpack.UnpackRequest(container, mount, archive, archive.expected_sha256 or "", ctx.settings.decryption,
                                    ctx.worker_settings, backup_name)
-        plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))  # probes: before anything stops
+        plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how, probe=False))
+        logger.info("verifying archive", extra={**fields, "phase": "verify"})
+        worker = stack.enter_context(unpack.StagedRestore(ctx.engine, how, plan, replacing=request.force))
+        check = worker.verified
+        assert check is not None
+        logger.info("archive verified", extra={**fields, "phase": "verify", "members": check.members,
+                                               "bytes": check.tar_bytes, "sha256": check.sha256})
         downtime = replace_contents(
-            ctx, request, volume_name, mount, fields,
-            write=lambda current: _unpack(ctx, dataclasses.replace(how, container=current), plan, fields),
+            ctx, request, volume_name, mount, fields, write=lambda current: _unpack(how, worker.write, fields),
             # The room, once the volume is reachable (a Swarm service's stand-in) and its writers stopped.
-            before_clear=lambda current: unpack.check_room(ctx.engine, dataclasses.replace(how, container=current),
-                                                           plan, check.expanded, replacing=request.force))
+            before_clear=lambda current: worker.room())
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -242,15 +242,15 @@ def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_na
         f"with --force (the container is started when it succeeds), or start it yourself"))
 
 
-def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan, fields: dict) -> Summary:
-    """Write the archive into the volume by a worker container (sidecar/unpack.py)."""
+def _unpack(how: unpack.UnpackRequest, write: Callable[[], Summary], fields: dict) -> Summary:
+    """Write the archive into the volume by the worker container (sidecar/unpack.py)."""
     try:
-        summary, path = unpack.unpack(ctx.engine, how, plan)
+        summary = write()
     except SidecarError as err:
         raise RestoreError(f"unpacking {how.archive.name} into {how.container.name}:{how.mount.destination} "
                            f"failed: {err}") from err
-    logger.info("volume unpacked", extra={**fields, "phase": "restore", "path": path, "members": summary.members,
-                                          "stripped": summary.stripped})
+    logger.info("volume unpacked", extra={**fields, "phase": "restore", "path": unpack.WORKER_PATH,
+                                          "members": summary.members, "stripped": summary.stripped})
     return summary
 
 
