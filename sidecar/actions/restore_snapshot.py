@@ -2,16 +2,18 @@
 
 The same boundary as an archive's restore: everything that can refuse it runs before
 anything is stopped (the snapshot found, its one path the worker's `/volume`, `--path`
-inside the volume, the volume empty or --force), then the container is stopped, the volume
-emptied (not for `--path`) and `restic restore` runs in a worker container that sees only
-the target volume, read-write at /restore/volume, and the backup volume read-only (restic
-with --no-lock): restic's restorer writes below its --target only, and what is below
-/restore besides the volume is the worker's read-only root. The container starts again
-when it succeeded; a failure after emptying leaves it stopped (journalled), as for archives.
+inside the volume, the volume empty or --force; the worker image's probe runs meanwhile),
+then the container is stopped and one worker container that sees only the target volume,
+read-write at /restore/volume, and the backup volume read-only, empties the volume (not for
+`--path`; no helper container) and runs `restic restore` (with --no-lock): restic's
+restorer writes below its --target only, and what is below /restore besides the volume is
+the worker's read-only root. The container starts again when it succeeded; a failure after
+emptying leaves it stopped (journalled), as for archives.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -67,21 +69,23 @@ def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "l
     mount, volume_name = volumes.find_volume(container, volume)
     include = restore_include(path)  # refused before anything else
     repo = local_repository(ctx)
-    if from_destination is not None or node is not None:
-        chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot, node=node)
-    else:
-        chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
+        probed = pool.submit(worker_site, ctx)  # a worker container's run, beside restic's key derivation
+        if from_destination is not None or node is not None:
+            chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot, node=node)
+        else:
+            chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
+        site = probed.result()
     fields = {"target": backup_name, "container": container.name, "volume": volume_name, "snapshot": chosen.short_id,
               "snapshot_name": name}
     with ctx.store.target_lock(backup_name):
         if include is None and not force and not ctx.engine.path_is_empty(container.id, mount.destination):
             raise RestoreError(f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
                                "use --force to replace its contents (or --path for one file or folder)")
-        site = worker_site(ctx)  # probes: before anything is stopped
         request = RestoreRequest(container, backup_name, volume_name, ctx.store.root, force, stop_timeout)
         logger.info("restoring from a restic snapshot", extra={**fields, "phase": "restore", "path": path})
         downtime = volumes.replace_contents(ctx, request, volume_name, mount, fields, lambda current: _restore(
-            ctx, repo, site, current, mount, chosen, include, backup_name), clear=include is None)
+            ctx, repo, site, current, mount, chosen, include, backup_name), clear=include is None, write_empties=True)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -148,13 +152,18 @@ def _restore(ctx: Context, repo: Repository, site: WorkerSite, container: Contai
         if '"restic-stderr"' in line or '"error"' in line:
             errors.append(line)
             return True
+        if '"emptied"' in line:
+            logger.info("volume emptied by the restore's worker container", extra={
+                "target": backup_name, "container": container.name, "volume": mount.destination, "phase": "restore"})
+            return True
         return False
 
     with password_file(ctx, repo) as password:
         args = ["-r", store.inside(repo.local_path), "--no-cache", "--no-lock", "--password-file",
                 store.inside(password), "restore", snapshot.id, "--target", RESTORE_ROOT,
                 *(["--include", include] if include else [])]
-        spec = WorkerSpec(site.image, (*PYTHON, "restic", "--", *args), "restic-restore", (volume, read_only),
+        empty = () if include else ("--empty", volume.target)  # the whole volume: emptied by this worker
+        spec = WorkerSpec(site.image, (*PYTHON, "restic", *empty, "--", *args), "restic-restore", (volume, read_only),
                           labels={STORE_LABEL: store.key, TARGET_LABEL: backup_name}, user="0",
                           capabilities=RESTORE_CAPABILITIES, timeout=ctx.settings.worker_timeout)
         result = ctx.engine.run_worker(spec, on_line)

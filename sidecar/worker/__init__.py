@@ -16,9 +16,10 @@ import threading
 
 from ..model import WORKER_PARENT_ENV
 
-PROTOCOL = 6  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+PROTOCOL = 7  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)
 # 6: the extract worker's staged restore (verify, then room and go on stdin)
+# 7: restic --empty (a restore empties the volume itself)
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     restic.add_argument("--store", type=Path, help="the backup volume's root in the worker, when mounted read-write")
     restic.add_argument("--go", type=Path, help="hold restic backup at its gate until this folder's go file says go")
     restic.add_argument("--wait-timeout", type=float, default=3600.0)
+    restic.add_argument("--empty", type=Path, help="a restore: empty this folder (not itself) before restic runs")
     restic.add_argument("args", nargs="*")
     return parser
 
@@ -75,7 +76,8 @@ def main(argv: list[str]) -> int:
         return _stack(args)
     if args.command == "restic":
         try:
-            return run_restic(args.repo, args.store, list(args.args), emit, args.go, args.wait_timeout)
+            return run_restic(args.repo, args.store, list(args.args), emit, args.go, args.wait_timeout,
+                              args.empty)
         except OSError as exc:
             emit({"event": "error", "message": f"restic: {exc}"})
             return 1

@@ -15,6 +15,11 @@ file that is a FIFO holds it there. Once restic has opened the FIFO the worker s
 and waits for the sidecar's go file (sidecar/worker/mirror.py, wait_for_go); `go` closes the
 FIFO's writing end (no patterns: the real excludes are arguments) and restic goes on. Any
 other word, or no go in time: SIGINT, on which restic removes its lock before it exits.
+
+With `--empty FOLDER` (a whole-volume restore) the worker first empties the folder, the
+volume it sees read-write, and says how many entries it removed (`{"event": "emptied"}`);
+restic does not run when that fails. No helper container is started for it, and the
+worker sees nothing but that volume and the backup volume (read-only).
 """
 
 from __future__ import annotations
@@ -40,16 +45,24 @@ GATE_POLL = 0.002  # seconds between looks for restic at the gate (before the st
 
 
 def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit: Callable[[dict], None],
-               go: Path | None = None, wait_timeout: float = 3600.0) -> int:
+               go: Path | None = None, wait_timeout: float = 3600.0, empty: Path | None = None) -> int:
     """Run `restic ARGS` (the caller gives `-r`, `--password-file` ...); returns its exit code.
     `store_root`, `repo`: a backup volume mounted read-write and the repository restic
     writes to (None: read-only, a restore: no temporary folder, no owners to mend). `go`: a
-    `backup` held at the gate until the go file in that folder says so (needs `store_root`)."""
+    `backup` held at the gate until the go file in that folder says so (needs `store_root`).
+    `empty`: a folder emptied first (a restore's volume); restic does not run when that fails."""
     tmp = store_root / TMP_FOLDER / uuid.uuid4().hex if store_root is not None else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
     code = -1
+    if empty is not None:
+        try:
+            emit({"event": "emptied", "entries": empty_folder(empty)})
+        except OSError as exc:
+            emit({"event": "error", "message": f"emptying {empty} failed: {exc}"})
+            emit({"event": "exit", "code": 1})
+            return 1
     try:
         if tmp is not None:
             tmp.mkdir(parents=True, mode=0o700)
@@ -79,6 +92,20 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
             chown_like(repo)
     emit({"event": "exit", "code": code})
     return code
+
+
+def empty_folder(folder: Path) -> int:
+    """Remove every entry below `folder` (dot files too; symlinks themselves, never what they
+    point at), keeping `folder`; returns how many top-level entries went."""
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in list(entries):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+    return removed
 
 
 def _make_gate(tmp: Path) -> Path | None:

@@ -5,6 +5,7 @@ into `restic backup --stdin`. What is asserted is what restic itself reports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.maintenance import due, run_check, run_prune
 from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
+from sidecar.actions import restore_snapshot
+from sidecar.actions.restore_snapshot import run_restore_snapshot
 from sidecar.errors import EngineError
 from sidecar.metrics import Metrics, TargetView
 from sidecar.model import ContainerInfo, ContainerState
@@ -309,3 +312,43 @@ def test_prune_clears_a_killed_workers_lock_instead_of_failing_for_30_minutes(en
     result = run_prune(ctx, lambda name: ctx.discover().keep_for(name, ctx.settings.keep))
     assert result.ok and result.forgotten == 1, result
     assert not list((ctx.store.root / "restic" / "locks").iterdir())
+
+
+
+def test_a_whole_volume_restore_empties_the_volume_in_restics_worker_and_starts_no_helper(engine, rctx, tmp_path,
+                                                                                          monkeypatch):
+    """One worker container empties the volume and runs restic restore (issue 21's restore
+    time): no helper container, the container put back. The fake engine runs workers on the
+    host, where the snapshot holds the volume's host path instead of /volume: restic
+    restores it below a scratch folder (the worker's /restore) and the test reads it there."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.bin").write_bytes(os.urandom(1 << 20))
+    (data / "sub").mkdir()
+    (data / "sub" / "notes.txt").write_text("notes\n")
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    assert run_backup(rctx, _target(rctx)).ok
+    original = {p.relative_to(data): p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    (data / "keep.bin").write_bytes(b"changed")
+    (data / ".stray").write_text("not in the snapshot\n")
+    scratch = tmp_path / "restore-root"
+    scratch.mkdir()
+    monkeypatch.setattr(restore_snapshot, "VOLUME_PATH", str(data))  # the snapshot's one path here
+    run_worker = engine.run_worker
+
+    def restore_root_in_scratch(spec, on_line=None):
+        if spec.purpose == "restic-restore":
+            spec = dataclasses.replace(spec, command=tuple(str(scratch) if a == "/restore" else a
+                                                           for a in spec.command))
+        return run_worker(spec, on_line)
+
+    monkeypatch.setattr(engine, "run_worker", restore_root_in_scratch)
+    done = run_restore_snapshot(rctx, "app", "data", force=True)
+    assert not any(data.iterdir())  # emptied, dot files too, by the worker
+    restored = scratch / data.relative_to("/")
+    assert {p.relative_to(restored): p.read_bytes() for p in restored.rglob("*") if p.is_file()} == original
+    assert not engine.names("run_helper")  # no helper container emptied it
+    [spec] = [s for s in engine.workers_run if s.purpose == "restic-restore"]
+    emptied = spec.command[spec.command.index("--empty") + 1]
+    assert [m.target for m in spec.mounts if not m.read_only] == [emptied]  # the one volume it writes: the target's
+    assert engine.state(app.id) is ContainerState.RUNNING and done.downtime > 0

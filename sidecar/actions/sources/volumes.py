@@ -183,11 +183,14 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
 
 def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mount: Mount, fields: dict,
                      write: Callable[[ContainerInfo], object], clear: bool = True,
-                     before_clear: Callable[[ContainerInfo], object] | None = None) -> float:
+                     before_clear: Callable[[ContainerInfo], object] | None = None,
+                     write_empties: bool = False) -> float:
     """Stop, call `before_clear` (a check that may still refuse), empty (unless `clear` is
     False: one file or folder written over the rest), call `write` with the container whose
     mounts reach the volume, start; returns the seconds the container was down. A container
-    a failed restore left stopped is started once this restore succeeds."""
+    a failed restore left stopped is started once this restore succeeds. `write_empties`:
+    `write` empties the volume itself first (a worker that sees only that volume), so no
+    helper container does; it is journalled all the same before `write` runs."""
     container, backup_name = request.container, request.backup_name
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
@@ -208,7 +211,8 @@ def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mo
                 emptied = True
                 if stop is not None:  # killed from here on, the next start must not run it
                     journal_left_stopped(ctx, current, backup_name)
-                _clear(ctx, current, mount)
+                if not write_empties:
+                    _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
             write(current)
         except SidecarError as err:
