@@ -7,10 +7,10 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..errors import NotFound, RestoreError
-from ..labels import PRESET
-from ..naming import parse_name
-from ..presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
+from ..core.errors import NotFound, RestoreError
+from ..core.labels import PRESET
+from ..core.naming import parse_name
+from ..core.presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
 from .context import Context
 from .restore import archive_to_read, resolve_container
 from .sources import RestoreOutcome, RestoreRequest, source_of_item

@@ -16,14 +16,22 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..errors import NotFound, RestoreError, ResticError, SidecarError
-from ..model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..core.errors import NotFound, RestoreError, ResticError, SidecarError
+from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerSpec
 from ..readers.worker import PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite
-from ..snapshots import RESTORE_ROOT, VOLUME_PATH, Snapshot, choose_snapshot, restore_include, selector, snapshot_names
-from ..unpack import CAPABILITIES as RESTORE_CAPABILITIES
+from ..core.snapshots import (
+    RESTORE_ROOT,
+    VOLUME_PATH,
+    Snapshot,
+    choose_snapshot,
+    restore_include,
+    selector,
+    snapshot_names,
+)
+from ..readers.unpack import CAPABILITIES as RESTORE_CAPABILITIES
 from .context import Context
-from ..restic import Repository, destination_repository
-from ..settings import destination_name
+from ..store.restic import Repository, destination_repository
+from ..core.settings import destination_name
 from .formats.restic import local_repository, password_file, worker_site
 from .restore import resolve_container
 from .sources import RestoreRequest, volumes

@@ -6,10 +6,10 @@ database (consistency.py), which needs the container's command."""
 
 from __future__ import annotations
 
-from ..consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
-from ..errors import SidecarError
-from ..model import CopyState, Target
-from ..presetnames import canonical_type
+from ..core.consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
+from ..core.errors import SidecarError
+from ..core.model import CopyState, Target
+from ..core.presetnames import canonical_type
 from .context import Context
 from .sources import items
 from .sync import copy_index

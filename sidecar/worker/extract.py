@@ -1,6 +1,6 @@
 """The extract worker: `python -m sidecar.worker.extract` restores one archive from the
 backup volume (mounted read-only) into a volume mounted read-write, with the checked
-extractor (sidecar/extract.py): the code that checks each member is the code that writes
+extractor (sidecar/tarball/extract.py): the code that checks each member is the code that writes
 it, in one read of the archive file (decrypted, decompressed and hashed as it is read).
 
 The sidecar verified the archive before it stopped anything and passes the SHA-256 it
@@ -16,7 +16,7 @@ exit EXIT_NO_ROOM when they do not. The sidecar runs it before it stops or empti
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
-Exit codes are sidecar.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
+Exit codes are sidecar.tarball.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pyrage
 
-from ..errors import ArchiveError, ChecksumMismatch, SidecarError
-from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
-from ..keys import DecryptionKeys
-from ..members import chosen, member_path
+from ..core.errors import ArchiveError, ChecksumMismatch, SidecarError
+from ..tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, extract, open_archive
+from ..core.keys import DecryptionKeys
+from ..core.members import chosen, member_path
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")

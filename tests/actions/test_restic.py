@@ -18,9 +18,9 @@ from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.maintenance import due, run_check, run_prune
 from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
-from sidecar.metrics import Metrics, TargetView
-from sidecar.model import ContainerState
-from sidecar.snapshots import parse_snapshots
+from sidecar.telemetry.metrics import Metrics, TargetView
+from sidecar.core.model import ContainerState
+from sidecar.core.snapshots import parse_snapshots
 
 from .conftest import app_labels
 from .test_presets import DUMPALL_END, _postgres

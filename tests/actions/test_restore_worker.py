@@ -1,4 +1,4 @@
-"""run_restore through a worker container (sidecar/unpack.py) against the fake engine, whose
+"""run_restore through a worker container (sidecar/readers/unpack.py) against the fake engine, whose
 workers run `python -m sidecar.worker.extract` as host processes: the worker's mounts and
 rights, decryption with no key in its arguments, no worker no restore (before anything
 stops, naming BACKUP_WORKER_IMAGE), the room check, and a worker failure after emptying."""
@@ -13,12 +13,13 @@ import tarfile
 
 import pytest
 
-from sidecar import readers, unpack
+from sidecar import readers
+from sidecar.readers import unpack
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import run_restore
-from sidecar.archive import write_checksum
-from sidecar.errors import EngineError, RestoreError, RestoreLeftStopped
-from sidecar.model import ContainerInfo, ContainerState, Mount
+from sidecar.tarball.archive import write_checksum
+from sidecar.core.errors import EngineError, RestoreError, RestoreLeftStopped
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
 from sidecar.readers.worker import VOLUME_ROOT, WorkerReader
 
 from .conftest import app_labels, tree

@@ -16,9 +16,9 @@ from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.daemon import Daemon
 from sidecar.actions.stack import run_restore_stack
-from sidecar.errors import NotFound, RestoreError
-from sidecar.metrics import STATE_FILE, Metrics, OutcomeRecord
-from sidecar.model import Mount
+from sidecar.core.errors import NotFound, RestoreError
+from sidecar.telemetry.metrics import STATE_FILE, Metrics, OutcomeRecord
+from sidecar.core.model import Mount
 from sidecar.readers.worker import WorkerReader
 
 from .conftest import app_labels

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.actions.backup import BackupOutcome
-from sidecar.archive import ArchiveResult
+from sidecar.tarball.archive import ArchiveResult
 from sidecar.notify.sender import Notifier
 from sidecar.notify.urls import NotifyConfig, parse_notify_urls
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import mirrordiff
-from sidecar.errors import ArchiveError
-from sidecar.worker import mirror as worker_mirror
-from sidecar.worker.mirror import DIRTY, INFO, TMP, TREE, MirrorJob, run_mirror
+from sidecar.mirror import diff as mirrordiff
+from sidecar.core.errors import ArchiveError
+from sidecar.mirror import worker as worker_mirror
+from sidecar.mirror.worker import DIRTY, INFO, TMP, TREE, MirrorJob, run_mirror
 
 from .mirror_archives import differences
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.actions.backup import BackupOutcome
-from sidecar.archive import ArchiveResult
+from sidecar.tarball.archive import ArchiveResult
 from sidecar.notify import sender as notify
 from sidecar.notify.sender import Message, Notifier, decide, render
 from sidecar.notify.state import Failing

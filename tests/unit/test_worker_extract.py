@@ -11,8 +11,8 @@ import stat
 import pyrage
 import pytest
 
-from sidecar.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
-from sidecar.keys import DecryptionKeys
+from sidecar.tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
+from sidecar.core.keys import DecryptionKeys
 from sidecar.worker import extract as worker
 
 from .test_extract import END, file, symlink, write

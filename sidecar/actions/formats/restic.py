@@ -12,7 +12,7 @@
 - After a success, `restic forget --keep-*` of each item by backup.keep / BACKUP_KEEP
   (tag and host scoped); `prune` is the `prune` command's (its cost logged).
 
-Snapshots are tagged (sidecar/snapshots.py) so `list`, `plan` and `restore` show them in
+Snapshots are tagged (sidecar/core/snapshots.py) so `list`, `plan` and `restore` show them in
 the seed's vocabulary. The repository's size and snapshot counts go to `.sidecar/restic.json`
 for the metrics.
 """
@@ -27,17 +27,17 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ...archive import ProgressLog
-from ...errors import BackupError, ConfigError, ResticError, SidecarError
-from ...metrics import RESTIC_STATE_FILE
-from ...model import ContainerInfo, Target, VolumeSpec, WorkerSpec
+from ...tarball.archive import ProgressLog
+from ...core.errors import BackupError, ConfigError, ResticError, SidecarError
+from ...telemetry.metrics import RESTIC_STATE_FILE
+from ...core.model import ContainerInfo, Target, VolumeSpec, WorkerSpec
 from ...readers import READERS
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
-from ...restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
-from ...settings import destination_name
-from ...snapshots import VOLUME_PATH, BackupSummary, forget_args, parse_backup_line, selector, summary_of, tags
-from ...state import JsonState
-from ...storage import STATE_DIR
+from ...store.restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
+from ...core.settings import destination_name
+from ...core.snapshots import VOLUME_PATH, BackupSummary, forget_args, parse_backup_line, selector, summary_of, tags
+from ...store.state import JsonState
+from ...store.storage import STATE_DIR
 from ..context import Context
 from ..sources import ArchivePath, Capture, Source, items, volumes
 from ..sources.presets.dump import DumpCapture

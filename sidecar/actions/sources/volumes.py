@@ -1,6 +1,6 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
 sidecar/readers), and the volume restore: check the archive (checksum and every member),
-that the volume is empty (or --force), and that a worker can run (sidecar/unpack.py: the checked
+that the volume is empty (or --force), and that a worker can run (sidecar/readers/unpack.py: the checked
 extractor next to the data, the code that checks each member being the code that writes it;
 no worker, no restore) before stopping anything; stop the container if it runs, check that
 the archive fits the volume's free space,
@@ -16,12 +16,13 @@ import logging
 import time
 from typing import Callable, Iterator
 
-from ...archive import ArchiveResult, ProgressLog
-from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
-from ...extract import Summary, open_archive, verify
-from ...labels import mount_matches, restore_volumes
-from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
-from ... import readers, unpack
+from ...tarball.archive import ArchiveResult, ProgressLog
+from ...core.errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
+from ...tarball.extract import Summary, open_archive, verify
+from ...core.labels import mount_matches, restore_volumes
+from ...core.model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
+from ... import readers
+from ...readers import unpack
 from ...readers.mirror import mirror_folder
 from ..context import Context
 from ..interrupt import Interruption, InterruptionKind, is_left_stopped, journal_left_stopped, put_back_left
@@ -243,7 +244,7 @@ def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_na
 
 
 def _unpack(ctx: Context, how: unpack.UnpackRequest, plan: unpack.WorkerPlan, fields: dict) -> Summary:
-    """Write the archive into the volume by a worker container (sidecar/unpack.py)."""
+    """Write the archive into the volume by a worker container (sidecar/readers/unpack.py)."""
     try:
         summary, path = unpack.unpack(ctx.engine, how, plan)
     except SidecarError as err:

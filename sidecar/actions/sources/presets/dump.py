@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
-from ....engine import Engine
-from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
-from ....extract import Kind, open_archive, read_members, verify
-from ....keys import DecryptionKeys
-from ....members import PART
-from ....model import ContainerInfo, ExecResult, Target
+from ....tarball.archive import ArchiveResult, ArchiveWriter, ProgressLog
+from ....docker.engine import Engine
+from ....core.errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
+from ....tarball.extract import Kind, open_archive, read_members, verify
+from ....core.keys import DecryptionKeys
+from ....core.members import PART
+from ....core.model import ContainerInfo, ExecResult, Target
 from ...context import Context
 from ...interrupt import Interruption
 from ..base import ArchivePath

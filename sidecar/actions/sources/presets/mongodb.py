@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed

@@ -15,9 +15,9 @@ import logging
 import re
 import time
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....core.model import ContainerState, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, dump_file, feed

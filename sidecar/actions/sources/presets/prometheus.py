@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ....errors import RestoreError, SidecarError
-from ....extract import files_tar
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....tarball.extract import files_tar
+from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest

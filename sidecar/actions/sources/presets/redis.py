@@ -17,9 +17,9 @@ import time
 from pathlib import PurePosixPath
 from typing import Iterator
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest

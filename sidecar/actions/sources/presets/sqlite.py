@@ -30,13 +30,13 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from .... import unpack
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
-from ....errors import BackupError, NotFound, RestoreError, SidecarError
-from ....extract import ArchiveFile, Kind, Member, open_archive, verify
-from ....labels import SQLITE_PATHS, sqlite_globs
-from ....model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
-from ....presetnames import dump_type
+from ....readers import unpack
+from ....tarball.archive import ArchiveResult, ArchiveWriter, ProgressLog
+from ....core.errors import BackupError, NotFound, RestoreError, SidecarError
+from ....tarball.extract import ArchiveFile, Kind, Member, open_archive, verify
+from ....core.labels import SQLITE_PATHS, sqlite_globs
+from ....core.model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
+from ....core.presetnames import dump_type
 from ....readers import get as get_reader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
