@@ -15,18 +15,18 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ....tarball.archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....docker.engine import Engine
-from ....core.errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
+from ....core.errors import ArchiveError, BackupError, RestoreError, RestoreLeftStopped, SidecarError
 from ....tarball.extract import Kind, open_archive, read_members, verify
 from ....core.keys import DecryptionKeys
 from ....core.members import PART
 from ....core.model import ContainerInfo, ExecResult, Target
 from ...context import Context
 from ...interrupt import Interruption
-from ..base import ArchivePath
+from ..base import ArchivePath, RestoreRequest
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,18 @@ class DumpCapture:
         return self.sink.finish()
 
 
+def one_archive(item: str) -> Callable[[Target], tuple[str, ...]]:
+    """A dump preset's `describe` (the Source seam's): one archive of type `item` a backup."""
+    def describe(target: Target) -> tuple[str, ...]:
+        return (item,)
+    return describe
+
+
+def needs_quiesce(target: Target) -> bool:
+    """The Source seam's: a dump is consistent by itself and is taken from the running app."""
+    return False
+
+
 def dump_capture(item: str, command: Callable[[Target], DumpCommand]):
     """A preset's `capture` (the Source seam's): one archive `item` from the tool that
     `command` names for the target."""
@@ -276,3 +288,27 @@ def left_stopped(stop: Interruption, container: str, item: str, what: str, err: 
         f"RESTORE FAILED AFTER {what} of {container}: {err}. The container is left stopped so the app does not "
         "start on partial data. Restore again with --force (the container is started when it succeeds), or "
         "start it yourself"))
+
+
+# --- restoring through the running app ------------------------------------------------------
+
+def restore_fields(request: RestoreRequest, item: str) -> dict:
+    """The log fields of a preset's restore."""
+    return {"target": request.backup_name, "container": request.container.name, "volume": item,
+            "archive": str(request.archive), "phase": "restore"}
+
+
+def ask(ctx: Context, container: ContainerInfo, argv: Sequence[str], fields: dict, *, unreachable: str,
+        failed: str, well_formed: Callable[[str], bool] = lambda out: True) -> str:
+    """What a command run in the running app's container printed (stripped): how a preset
+    looks into the server before a restore. The messages start with `unreachable` when it
+    cannot run, with `failed` when it fails or prints what `well_formed` refuses."""
+    try:
+        stream = ctx.engine.exec_stream(container.id, list(argv), timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"{unreachable}: {err}") from err
+    if not result.ok or not well_formed(out):
+        raise RestoreError(f"{failed} {result.describe()}")
+    return out

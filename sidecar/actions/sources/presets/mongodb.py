@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import time
 
-from ....core.errors import RestoreError, SidecarError
+from ....core.errors import RestoreError
 from ....core.model import ContainerInfo, ContainerState, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
+from .dump import (
+    DumpCommand, ask, check_dump, dump_capture, dump_chunks, feed, needs_quiesce, one_archive, restore_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "mongodb"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 RESTORE_TIMEOUT = 24 * 3600.0
 _ARCHIVE_MAGIC = bytes.fromhex("6de29981")  # mongodump's archive format starts with it
 
@@ -37,14 +40,6 @@ _PROLOGUE = (
 )
 _DATA_QUERY = ("db.adminCommand({listDatabases: 1}).databases.filter(d => !['admin', 'config', 'local']"
                ".includes(d.name)).length")
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
 
 
 def _argv(*tool: str) -> tuple[str, ...]:
@@ -68,8 +63,7 @@ capture = dump_capture(ITEM, dump_command)
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
+    fields = restore_fields(request, ITEM)
     with ctx.store.target_lock(request.backup_name):
         size = check_dump(path, ctx.settings.decryption)
         if ctx.engine.state(container.id) is not ContainerState.RUNNING:
@@ -87,15 +81,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
-    try:
-        stream = ctx.engine.exec_stream(container.id, list(_argv("mongosh", "--quiet", "--eval", _DATA_QUERY)),
-                                        timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
-    if not result.ok:
-        raise RestoreError(f"mongosh {result.describe()}")
+    out = ask(ctx, container, _argv("mongosh", "--quiet", "--eval", _DATA_QUERY), fields,
+              unreachable=f"cannot look into the server of {container.name}", failed="mongosh")
     if out.splitlines()[-1:] != ["0"]:
         raise RestoreError(f"the server in {container.name} holds databases of its own ({out[-50:]}); use --force "
                            "to replace them (mongorestore --drop)")

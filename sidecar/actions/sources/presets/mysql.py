@@ -16,17 +16,20 @@ import logging
 import re
 import time
 
-from ....core.errors import RestoreError, SidecarError
+from ....core.errors import RestoreError
 from ....core.model import ContainerInfo, ContainerState, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
+from .dump import (
+    DumpCommand, ask, check_dump, dump_capture, dump_chunks, feed, needs_quiesce, one_archive, restore_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "mysql"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 RESTORE_TIMEOUT = 24 * 3600.0
 
 # $1: "dump" or "client", then the tool's arguments.
@@ -46,14 +49,6 @@ _DUMP_END = b"-- Dump completed"
 # Databases of its own that hold tables (a new server may have an empty `test`).
 _DATA_QUERY = ("SELECT count(DISTINCT table_schema) FROM information_schema.tables WHERE table_schema NOT IN "
                "('mysql', 'information_schema', 'performance_schema', 'sys')")
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
 
 
 def _argv(*tool: str) -> tuple[str, ...]:
@@ -82,8 +77,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     feed the dump to the client in the running container. Nothing is stopped."""
     started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
+    fields = restore_fields(request, ITEM)
     with ctx.store.target_lock(request.backup_name):
         size = check_dump(path, ctx.settings.decryption)
         if ctx.engine.state(container.id) is not ContainerState.RUNNING:
@@ -101,15 +95,8 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
-    try:
-        stream = ctx.engine.exec_stream(container.id, list(_argv("client", "-N", "-B", "-e", _DATA_QUERY)),
-                                        timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
-    if not result.ok:
-        raise RestoreError(f"the mysql client {result.describe()}")
+    out = ask(ctx, container, _argv("client", "-N", "-B", "-e", _DATA_QUERY), fields,
+              unreachable=f"cannot look into the server of {container.name}", failed="the mysql client")
     if not re.fullmatch(r"0", out):
         raise RestoreError(f"the server in {container.name} holds {out} database(s) with tables of its own already; use "
                            "--force to load the dump over them")

@@ -20,12 +20,15 @@ from ....core.model import ContainerState, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, dump_file, feed
+from .dump import (
+    DumpCommand, check_dump, dump_capture, dump_chunks, dump_file, feed, needs_quiesce, one_archive, restore_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "postgres"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 
 # $1...: the tool and its arguments. The password is exported only when one is found.
 _PROLOGUE = (
@@ -45,14 +48,6 @@ _DATA_QUERY = ("SELECT (SELECT count(*) FROM pg_database WHERE datname NOT IN ('
 # What psql says about pg_dumpall's own role, which a new cluster has already: not an error of the restore.
 _EXPECTED = re.compile(r'ERROR:\s+(current user cannot be dropped|role "[^"]+" already exists)')
 RESTORE_TIMEOUT = 24 * 3600.0  # seconds the client may take to load a dump
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False  # the dump is consistent by itself (one snapshot per database) and needs the server up
 
 
 def _argv(*tool: str) -> tuple[str, ...]:
@@ -95,8 +90,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     feed the dump to `psql` / `pg_restore` in the running container. Nothing is stopped."""
     started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": request.item,
-              "archive": str(path), "phase": "restore"}
+    fields = restore_fields(request, request.item)
     with ctx.store.target_lock(request.backup_name):
         logger.info("verifying archive", extra={**fields, "phase": "verify"})
         size = check_dump(path, ctx.settings.decryption)

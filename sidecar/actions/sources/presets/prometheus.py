@@ -26,12 +26,15 @@ from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, left_stopped
+from .dump import (
+    DumpCommand, ask, check_dump, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restore_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "prometheus"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 
 _HTTP = (
     'u="${PROMETHEUS_URL:-http://localhost:9090}"; '
@@ -60,14 +63,6 @@ _WHERE = _HTTP + 'echo "$tsdb|$(ls -d "$tsdb"/01* 2>/dev/null | wc -l)"'
 _CLEAR = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
 
 
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
-
-
 def dump_command(target: Target) -> DumpCommand:
     return DumpCommand(("sh", "-c", _SNAPSHOT), "snapshot.tar", "prometheus snapshot", (), _tar)
 
@@ -82,8 +77,7 @@ capture = dump_capture(ITEM, dump_command)
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
+    fields = restore_fields(request, ITEM)
     with ctx.store.target_lock(request.backup_name):
         size = check_dump(path, ctx.settings.decryption)
         current = ctx.engine.inspect(container.id)
@@ -116,14 +110,8 @@ def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> str:
-    try:
-        stream = ctx.engine.exec_stream(container.id, ["sh", "-c", _WHERE], timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot ask the server in {container.name}: {err}") from err
-    if not result.ok or out.count("|") != 1:
-        raise RestoreError(f"asking the server in {container.name} failed: {result.describe()}")
+    out = ask(ctx, container, ["sh", "-c", _WHERE], fields, unreachable=f"cannot ask the server in {container.name}",
+              failed=f"asking the server in {container.name} failed:", well_formed=lambda out: out.count("|") == 1)
     tsdb, blocks = out.split("|")
     if not tsdb.startswith("/") or tsdb.rstrip("/") in ("", "/"):
         raise RestoreError(f"the server in {container.name} reports an unusable storage path {tsdb!r}")

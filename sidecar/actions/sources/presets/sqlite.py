@@ -41,12 +41,13 @@ from ....readers import get as get_reader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import left_stopped
+from .dump import left_stopped, needs_quiesce, one_archive
 
 logger = logging.getLogger(__name__)
 
 NAME = "sqlite"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 TEMP_FOLDER = ".sidecar/sqlite"  # under BACKUP_DIR: the copies on their way into the archive
 # Root with only these: read and write any database whatever its owner, and give a
 # -wal/-shm it created to the database's owner.
@@ -89,14 +90,6 @@ for root, shown, pattern in jobs:
         print(json.dumps({"event": "copied", "copy": os.path.basename(copy), "path": shown + path[len(root):],
                           "uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode & 0o7777}), flush=True)
 """
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
 
 
 def plan_mounts(container: ContainerInfo, patterns: tuple[str, ...]) -> tuple[tuple[WorkerMount, ...], list[list[str]]]:
