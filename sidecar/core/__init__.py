@@ -4,7 +4,8 @@ imports nothing above it.
 
 - values in: `settings` (the environment, one table), `labels` (container labels, one
   table), `values` (the text -> value parsers both tables share), `config` and `keys`
-  (typed destination configs, age keys), `errors` (the one error hierarchy);
+  (typed destination configs, age keys), `notify_urls` and `ping_urls` (notification and
+  ping settings as values), `errors` (the one error hierarchy);
 - the model: `model` (typed values passed between the layers), `swarm` (what a task's labels
   and its service say), `stacks` (which Compose projects keep their definition);
 - decisions: `discovery` (containers -> targets), `groups`, `schedule`, `naming` (archive

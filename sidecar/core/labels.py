@@ -31,8 +31,8 @@ from .model import (
     VolumeSpec,
 )
 from .presetnames import PRESETS
-from sidecar.pings.urls import ACCEPTED as PING_ACCEPTED
-from sidecar.pings.urls import parse_ping_url
+from .ping_urls import ACCEPTED as PING_ACCEPTED
+from .ping_urls import parse_ping_url
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
 from .values import ACCEPTED_TRUTH, BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole

@@ -16,7 +16,7 @@ from sidecar.actions.interrupt import InterruptionKind, user_stop
 from sidecar.actions.recover import run_recovery
 from sidecar.telemetry.metrics import Metrics, TargetView
 from sidecar.notify.sender import decide, render
-from sidecar.notify.urls import NotifyOn
+from sidecar.core.notify_urls import NotifyOn
 from sidecar.core.model import ContainerEvent, ContainerState
 from sidecar.store.storage import JournalEntry
 

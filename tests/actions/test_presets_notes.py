@@ -21,7 +21,7 @@ from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.rotate import run_rotation
 from sidecar.telemetry.metrics import Metrics
 from sidecar.notify.sender import Message, Notifier
-from sidecar.notify.urls import NotifyConfig, NotifyOn
+from sidecar.core.notify_urls import NotifyConfig, NotifyOn
 from sidecar.core.retention import Keep
 
 from .conftest import app_labels

@@ -19,7 +19,7 @@ import pytest
 from sidecar.actions.backup import BackupOutcome
 from sidecar.tarball.archive import ArchiveResult
 from sidecar.notify.sender import Notifier
-from sidecar.notify.urls import NotifyConfig, parse_notify_urls
+from sidecar.core.notify_urls import NotifyConfig, parse_notify_urls
 
 from .support import free_port, wait_for
 

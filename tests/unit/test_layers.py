@@ -21,15 +21,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "sidecar"
 CORE, ADAPTERS, ACTIONS, CLI = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", ADAPTERS: "adapters", ACTIONS: "actions", CLI: "cli"}
 
-# A package's layer is its folder's (the folders are the layers: docs/architecture.md); the few
-# exceptions, pure values kept beside the adapter of their concern, are listed by module.
+# A package's layer is its folder's (the folders are the layers: docs/architecture.md); the one
+# exception, the mirror's pure diff kept beside its worker, is listed by module.
 # Longest prefix wins. The top of `sidecar/` holds the command line alone.
 LAYERS = {
     "sidecar": CORE,  # the package's docstring and __version__
     "sidecar.core": CORE,
     "sidecar.mirror.diff": CORE,  # the staging mirror's change detection, beside its reader and worker
-    "sidecar.notify.urls": CORE,  # notification settings as values (settings use them)
-    "sidecar.pings.urls": CORE,  # ping URLs as values (settings and labels use them)
     "sidecar.docker": ADAPTERS,  # the Docker engine, the preflight checks
     "sidecar.tarball": ADAPTERS,  # the archive file: tar writer, checked extractor, age, streams
     "sidecar.store": ADAPTERS,  # the backup volume, its JSON state, the restic repository

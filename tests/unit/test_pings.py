@@ -17,8 +17,7 @@ from sidecar.core.labels import parse_target
 from sidecar.core.model import ContainerInfo, ContainerState, Mount
 from sidecar.pings.sender import Pinger, event_of, summary
 from sidecar.pings.tail import RunLogTail
-from sidecar.pings.urls import (MAX_BODY_BYTES, PingEvent, PingKind, PingUrl, cut_body, parse_ping_url,
-                                request_for)
+from sidecar.core.ping_urls import MAX_BODY_BYTES, PingEvent, PingKind, PingUrl, cut_body, parse_ping_url, request_for
 from sidecar.core.schedule import parse_schedule
 from sidecar.core.settings import load_settings
 
