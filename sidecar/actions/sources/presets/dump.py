@@ -23,10 +23,10 @@ from ....core.errors import ArchiveError, BackupError, RestoreError, RestoreLeft
 from ....tarball.extract import Kind, open_archive, read_members, verify
 from ....core.keys import DecryptionKeys
 from ....core.members import PART
-from ....core.model import ContainerInfo, ExecResult, Target
+from ....core.model import ContainerInfo, ContainerState, ExecResult, Target
 from ...context import Context
 from ...interrupt import Interruption
-from ..base import ArchivePath, RestoreRequest
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,20 @@ class DumpCapture:
         return self.sink.finish()
 
 
+def in_shell(prologue: str) -> Callable[..., tuple[str, ...]]:
+    """How a preset runs its app's tool in the target: `sh -c PROLOGUE sh TOOL ARGS...`, the
+    prologue finding the credentials in the container's own environment (never passed here)."""
+    def argv(*tool: str) -> tuple[str, ...]:
+        return ("sh", "-c", prologue, "sh", *tool)
+    return argv
+
+
+def preset_user(target: Target) -> tuple[tuple[str, str], ...]:
+    """`backup.preset.user` for the prologue (PRESET_USER), when set."""
+    user = target.config.preset_user
+    return (("PRESET_USER", user),) if user else ()
+
+
 def one_archive(item: str) -> Callable[[Target], tuple[str, ...]]:
     """A dump preset's `describe` (the Source seam's): one archive of type `item` a backup."""
     def describe(target: Target) -> tuple[str, ...]:
@@ -292,10 +306,57 @@ def left_stopped(stop: Interruption, container: str, item: str, what: str, err: 
 
 # --- restoring through the running app ------------------------------------------------------
 
+CLIENT_TIMEOUT = 24 * 3600.0  # seconds an app's client may take to load a dump
+
+
 def restore_fields(request: RestoreRequest, item: str) -> dict:
     """The log fields of a preset's restore."""
     return {"target": request.backup_name, "container": request.container.name, "volume": item,
             "archive": str(request.archive), "phase": "restore"}
+
+
+@dataclass(frozen=True)
+class Restoring:
+    """A preset's restore under way (see `restoring`)."""
+
+    request: RestoreRequest
+    item: str
+    fields: dict
+    size: int  # the dump's bytes
+    container: ContainerInfo  # as inspected: running
+    started: float
+
+    def outcome(self, downtime: float = 0.0) -> RestoreOutcome:
+        seconds = time.monotonic() - self.started
+        logger.info("restore finished", extra={**self.fields, "phase": "done", "seconds": round(seconds, 3)})
+        return RestoreOutcome(self.request.backup_name, self.request.container.name, self.item, self.request.archive,
+                              1, self.size, seconds, downtime)
+
+
+@contextlib.contextmanager
+def restoring(ctx: Context, request: RestoreRequest, item: str, running_for: str) -> Iterator[Restoring]:
+    """How every preset's restore starts: under the target's lock, the whole archive checked,
+    then the app's container must run (`running_for`: the preset and what it needs the server for)."""
+    fields = restore_fields(request, item)
+    started = time.monotonic()
+    with ctx.store.target_lock(request.backup_name):
+        logger.info("verifying archive", extra={**fields, "phase": "verify"})
+        size = check_dump(request.archive, ctx.settings.decryption)
+        current = ctx.engine.inspect(request.container.id)
+        if current.state is not ContainerState.RUNNING:
+            raise RestoreError(f"{request.container.name} is not running: {running_for}; start it first")
+        yield Restoring(request, item, fields, size, current, started)
+
+
+def feed_dump(ctx: Context, restore: Restoring, argv: Sequence[str], tool: str) -> ExecResult:
+    """The dump on the stdin of the app's client (`argv`) in the running container; a failure
+    raises RestoreError naming `tool`."""
+    chunks = dump_chunks(restore.request.archive, ctx.settings.decryption)
+    result = feed(ctx.engine, restore.container.id, list(argv), chunks, user=None, timeout=CLIENT_TIMEOUT,
+                  environment={}, fields=restore.fields)
+    if not result.ok:
+        raise RestoreError(f"{tool} {result.describe()}")
+    return result
 
 
 def ask(ctx: Context, container: ContainerInfo, argv: Sequence[str], fields: dict, *, unreachable: str,

@@ -9,15 +9,14 @@ MongoDB has no Debian package here: this preset is tested against stand-in tools
 from __future__ import annotations
 
 import logging
-import time
 
 from ....core.errors import RestoreError
-from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.model import ContainerInfo, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, check_dump, dump_capture, dump_chunks, feed, needs_quiesce, one_archive, restore_fields,
+    DumpCommand, ask, dump_capture, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -25,7 +24,6 @@ logger = logging.getLogger(__name__)
 NAME = "mongodb"
 ITEM = dump_type(NAME)
 describe = one_archive(ITEM)
-RESTORE_TIMEOUT = 24 * 3600.0
 _ARCHIVE_MAGIC = bytes.fromhex("6de29981")  # mongodump's archive format starts with it
 
 # $1: the tool, then its arguments. Credentials go through a config file on fd 3.
@@ -38,19 +36,15 @@ _PROLOGUE = (
     'exec "$tool" --username "$u" --authenticationDatabase admin --config /dev/fd/3 "$@" 3<<EOF\n'
     'password: "$p"\nEOF\nfi; exec "$@"'
 )
+_argv = in_shell(_PROLOGUE)
 _DATA_QUERY = ("db.adminCommand({listDatabases: 1}).databases.filter(d => !['admin', 'config', 'local']"
                ".includes(d.name)).length")
 
 
-def _argv(*tool: str) -> tuple[str, ...]:
-    return ("sh", "-c", _PROLOGUE, "sh", *tool)
-
-
 def dump_command(target: Target) -> DumpCommand:
     database = target.config.preset_database
-    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
     return DumpCommand(_argv("mongodump", "--archive", *(("--db", database) if database else ())),
-                       f"{database or 'all'}.mongoarchive", "mongodump", env, _archive)
+                       f"{database or 'all'}.mongoarchive", "mongodump", preset_user(target), _archive)
 
 
 def _archive(head: bytes, tail: bytes) -> str | None:
@@ -61,23 +55,11 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
-    container, path = request.container, request.archive
-    fields = restore_fields(request, ITEM)
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the mongodb preset restores through the running "
-                               "server's own client; start it first")
+    with restoring(ctx, request, ITEM, "the mongodb preset restores through the running server's own client") as r:
         if not request.force:
-            _refuse_if_data(ctx, container, fields)
-        tool = ("mongorestore", "--archive", *(("--drop",) if request.force else ()))
-        result = feed(ctx.engine, container.id, list(_argv(*tool)), dump_chunks(path, ctx.settings.decryption),
-                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
-    if not result.ok:
-        raise RestoreError(f"mongorestore {result.describe()}")
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+            _refuse_if_data(ctx, request.container, r.fields)
+        feed_dump(ctx, r, _argv("mongorestore", "--archive", *(("--drop",) if request.force else ())), "mongorestore")
+    return r.outcome()
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:

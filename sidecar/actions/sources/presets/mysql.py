@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 from ....core.errors import RestoreError
-from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.model import ContainerInfo, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, check_dump, dump_capture, dump_chunks, feed, needs_quiesce, one_archive, restore_fields,
+    DumpCommand, ask, dump_capture, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ logger = logging.getLogger(__name__)
 NAME = "mysql"
 ITEM = dump_type(NAME)
 describe = one_archive(ITEM)
-RESTORE_TIMEOUT = 24 * 3600.0
 
 # $1: "dump" or "client", then the tool's arguments.
 _PROLOGUE = (
@@ -45,22 +43,18 @@ _PROLOGUE = (
     'u="${PRESET_USER:-root}"; unset PRESET_USER; '
     'if [ "$1" = dump ]; then b=$d; else b=$c; fi; shift; exec "$b" --user="$u" "$@"'
 )
+_argv = in_shell(_PROLOGUE)
 _DUMP_END = b"-- Dump completed"
 # Databases of its own that hold tables (a new server may have an empty `test`).
 _DATA_QUERY = ("SELECT count(DISTINCT table_schema) FROM information_schema.tables WHERE table_schema NOT IN "
                "('mysql', 'information_schema', 'performance_schema', 'sys')")
 
 
-def _argv(*tool: str) -> tuple[str, ...]:
-    return ("sh", "-c", _PROLOGUE, "sh", *tool)
-
-
 def dump_command(target: Target) -> DumpCommand:
     database = target.config.preset_database
     scope = ("--databases", database) if database else ("--all-databases",)
-    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
     return DumpCommand(_argv("dump", "--single-transaction", "--routines", "--events", "--triggers", *scope),
-                       f"{database or 'all-databases'}.sql", "mysqldump", env, _complete)
+                       f"{database or 'all-databases'}.sql", "mysqldump", preset_user(target), _complete)
 
 
 def _complete(head: bytes, tail: bytes) -> str | None:
@@ -75,23 +69,11 @@ capture = dump_capture(ITEM, dump_command)
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     """Check the archive and that the server holds no database of its own (or --force), then
     feed the dump to the client in the running container. Nothing is stopped."""
-    started = time.monotonic()
-    container, path = request.container, request.archive
-    fields = restore_fields(request, ITEM)
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the mysql preset restores through the running "
-                               "server's own client; start it first")
+    with restoring(ctx, request, ITEM, "the mysql preset restores through the running server's own client") as r:
         if not request.force:
-            _refuse_if_data(ctx, container, fields)
-        result = feed(ctx.engine, container.id, list(_argv("client")), dump_chunks(path, ctx.settings.decryption),
-                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
-    if not result.ok:
-        raise RestoreError(f"the mysql client {result.describe()}")
-    seconds = time.monotonic() - started
-    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3)})
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+            _refuse_if_data(ctx, request.container, r.fields)
+        feed_dump(ctx, r, _argv("client"), "the mysql client")
+    return r.outcome()
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:

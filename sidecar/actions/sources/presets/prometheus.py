@@ -15,19 +15,18 @@ re-serialised with headers we write (extract.files_tar)."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Iterator
 
 from ....core.errors import RestoreError, SidecarError
 from ....tarball.extract import files_tar
-from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.model import ContainerInfo, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, check_dump, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restore_fields,
+    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,15 +74,9 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
     container, path = request.container, request.archive
-    fields = restore_fields(request, ITEM)
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        current = ctx.engine.inspect(container.id)
-        if current.state is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the prometheus preset asks the server for its "
-                               "storage path; start it first")
+    with restoring(ctx, request, ITEM, "the prometheus preset asks the server for its storage path") as r:
+        current, fields = r.container, r.fields
         tsdb = _where(ctx, current, request.force, fields)
         for _ in _snapshot(path, ctx, container.name):  # refused before anything is stopped or emptied
             pass
@@ -98,8 +91,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                 ctx.engine.put_archive(container.id, tsdb, _snapshot(path, ctx, container.name))
             except SidecarError as err:
                 raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+    return r.outcome(stop.seconds)
 
 
 def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:

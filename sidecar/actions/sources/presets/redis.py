@@ -18,13 +18,13 @@ from pathlib import PurePosixPath
 from typing import Iterator
 
 from ....core.errors import RestoreError, SidecarError
-from ....core.model import ContainerInfo, ContainerState, Target
+from ....core.model import ContainerInfo, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, check_dump, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restore_fields,
+    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,24 +82,17 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
     container, path = request.container, request.archive
-    fields = restore_fields(request, ITEM)
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        current = ctx.engine.inspect(container.id)
-        if current.state is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the redis preset asks the server where its RDB "
-                               "lives; start it first")
-        folder, file, owner = _where(ctx, current, request.force, fields)
-        with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
-            logger.info("restoring the RDB", extra={**fields, "path": f"{folder}/{file}"})
+    with restoring(ctx, request, ITEM, "the redis preset asks the server where its RDB lives") as r:
+        folder, file, owner = _where(ctx, r.container, request.force, r.fields)
+        with Interruption(ctx, r.container, InterruptionKind.STOPPED, request.backup_name,
+                          request.stop_timeout) as stop:
+            logger.info("restoring the RDB", extra={**r.fields, "path": f"{folder}/{file}"})
             try:
                 ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
             except SidecarError as err:  # the RDB may be half written
                 raise left_stopped(stop, container.name, ITEM, f"WRITING {folder}/{file}", err) from err
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+    return r.outcome(stop.seconds)
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> tuple[str, str, tuple[int, int]]:
