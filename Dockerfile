@@ -65,7 +65,7 @@ COPY sidecar ./sidecar
 RUN set -eu; \
     /opt/venv/bin/pip install --no-deps --no-build-isolation --prefix /opt/app /src; \
     site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "/opt/app"}))'); \
-    PYTHONPATH="$site" /opt/deps/bin/python -c 'import sidecar.cli, sidecar.worker, sidecar.extract'
+    PYTHONPATH="$site" /opt/deps/bin/python -c 'import sidecar.cli, sidecar.worker, sidecar.tarball.extract'
 
 # --- the image --------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
@@ -86,7 +86,7 @@ LABEL org.opencontainers.image.title="backup-sidecar" \
 # rclone (Debian's package, 56 MiB installed) drives rclone destinations (BACKUP_DESTINATIONS);
 # --build-arg WITH_RCLONE=false leaves it out (S3 and a mounted disk need no rclone).
 # restic (Debian's package, 0.14) writes and reads BACKUP_FORMAT=restic repositories, in the
-# sidecar and in its worker containers (sidecar/restic.py).
+# sidecar and in its worker containers (sidecar/store/restic.py).
 ARG WITH_RCLONE=true
 RUN set -eu; \
     apt-get update; \

@@ -7,7 +7,7 @@
 #   any other program (sh, ls, ...)                     exec it as is
 #
 # The CLI is exec'd, so it is PID 1 and gets `docker stop`'s SIGTERM itself. The CLI checks the
-# Docker socket and BACKUP_DIR before every command (sidecar/preflight.py: one source of the
+# Docker socket and BACKUP_DIR before every command (sidecar/docker/preflight.py: one source of the
 # checks and their messages, for the image and the CLI run on the host alike);
 # SIDECAR_SKIP_PREFLIGHT=1 skips them.
 #

@@ -555,7 +555,7 @@ def mirror_disk_use(backup_dir: Path) -> int | None:
 
 
 def writeback_window_seconds() -> float:
-    """sidecar/mirrordiff.py's window (2 x (dirty_expire + dirty_writeback)) plus its 2 s margin."""
+    """sidecar/mirror/diff.py's window (2 x (dirty_expire + dirty_writeback)) plus its 2 s margin."""
     try:
         expire = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
         every = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text())

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar import mirrordiff  # noqa: E402
-from sidecar.worker import mirror as wm  # noqa: E402
+from sidecar.mirror import diff as mirrordiff  # noqa: E402
+from sidecar.mirror import worker as wm  # noqa: E402
 
 
 def make_data(root: Path, total: int, files: int) -> None:

@@ -14,7 +14,8 @@ import urllib.request
 import sys
 from typing import Sequence
 
-from . import __version__, logs
+from . import __version__
+from .telemetry import logs
 from .actions.backup import run_backup, run_group
 from .actions.browse import run_list_files, run_restore_path
 from .actions.context import Context
@@ -32,18 +33,25 @@ from .actions.recover import run_recovery
 from .actions.restore import run_restore
 from .actions.restore_dump import run_restore_dump
 from .actions.rotate import run_rotation
-from .engine import Engine
-from .metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
+from .docker.engine import Engine
+from .telemetry.metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
 from .notify.sender import Notifier
-from .errors import ConfigError, EngineError, NotFound, SidecarError
-from .groups import groups_of
-from .naming import node_name_problem
-from .presetnames import preset_of_type
+from .core.errors import ConfigError, EngineError, NotFound, SidecarError
+from .core.groups import groups_of
+from .core.naming import node_name_problem
+from .core.presetnames import preset_of_type
 from .readers.worker import fix_for
-from .preflight import Access, PreflightError, check_backup_dir, check_docker_socket, describe_store_error, \
-    is_store_error, socket_path
-from .settings import Settings, load_settings, unknown_settings
-from .storage import BackupStore
+from .docker.preflight import (
+    Access,
+    PreflightError,
+    check_backup_dir,
+    check_docker_socket,
+    describe_store_error,
+    is_store_error,
+    socket_path,
+)
+from .core.settings import Settings, load_settings, unknown_settings
+from .store.storage import BackupStore
 
 logger = logging.getLogger("sidecar.cli")
 

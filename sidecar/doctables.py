@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .labels import LABELS, Label
-from .settings import SETTINGS, Setting
+from .core.labels import LABELS, Label
+from .core.settings import SETTINGS, Setting
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference"
 

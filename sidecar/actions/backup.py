@@ -18,14 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from ..archive import ArchiveResult
-from ..consistency import ConsistencyRisk
-from ..errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, SidecarError, StoppedByOthers
-from ..groups import Group
-from ..engine import WORKER_LABEL
-from ..model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
-from ..naming import choose_name
-from ..stacks import ITEM
+from ..tarball.archive import ArchiveResult
+from ..core.consistency import ConsistencyRisk
+from ..core.errors import BackupAborted, BackupBusy, BackupError, ContainerNotFound, SidecarError, StoppedByOthers
+from ..core.groups import Group
+from ..docker.engine import WORKER_LABEL
+from ..core.model import ContainerInfo, ContainerState, SharedPolicy, Strategy, Target
+from ..core.naming import choose_name
+from ..core.stacks import ITEM
 from . import formats
 from .formats.archive import rotate_and_sync
 from .formats.restic import Kept, keep_and_copy

@@ -4,9 +4,9 @@ folder on the backup volume for inspection (`--into`), from the backup volume or
 destination (`--from`), volume archives and preset dumps alike.
 
 Nothing here parses an archive: the listing is the checked extractor's own member
-iteration (sidecar/extract.py `list_members`: decrypted, decompressed, hashed and checked
+iteration (sidecar/tarball/extract.py `list_members`: decrypted, decompressed, hashed and checked
 as a stream, never unpacked), and writing is its folder writer with a member filter
-(sidecar/members.py `chosen`), always in an extract worker container: for `--into` with
+(sidecar/core/members.py `chosen`), always in an extract worker container: for `--into` with
 the backup volume read-write (the folder is on it), for a volume with that volume; where
 no worker can run, the restore is refused (BACKUP_WORKER_IMAGE). The whole archive is read and checked either way; only the chosen members are
 written, and nothing else in the volume is touched.
@@ -25,14 +25,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import unpack
-from ..errors import ConfigError, NotFound, RestoreError
-from ..extract import Kind, Member, list_members, open_archive, verify
-from ..members import chosen, matching, member_path, part_of, under
-from ..model import ContainerInfo, ContainerState, Mount, Strategy
-from ..naming import IMAGE_FOLDER
-from ..schedule import Frequency
-from ..storage import STATE_DIR
+from ..readers import unpack
+from ..core.errors import ConfigError, NotFound, RestoreError
+from ..tarball.extract import Kind, Member, list_members, open_archive, verify
+from ..core.members import chosen, matching, member_path, part_of, under
+from ..core.model import ContainerInfo, ContainerState, Mount, Strategy
+from ..core.naming import IMAGE_FOLDER
+from ..core.schedule import Frequency
+from ..store.storage import STATE_DIR
 from .context import Context
 from .interrupt import Interruption, InterruptionKind
 from .restore import fetched, resolve_container

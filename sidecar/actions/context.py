@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
-from ..crypto import EncryptionConfig
+from ..tarball.crypto import EncryptionConfig
 from ..destinations import Destination, all_on_node, from_settings
-from ..discovery import Discovery, Scope, discover, resolve_scope
-from ..engine import Engine
-from ..errors import ConfigError, EngineError
-from ..labels import ENABLE
-from ..metrics import record_ping_failure
-from ..model import ContainerInfo, NodeIdentity
-from ..naming import ENCRYPTED_SUFFIX
+from ..core.discovery import Discovery, Scope, discover, resolve_scope
+from ..docker.engine import Engine
+from ..core.errors import ConfigError, EngineError
+from ..core.labels import ENABLE
+from ..telemetry.metrics import record_ping_failure
+from ..core.model import ContainerInfo, NodeIdentity
+from ..core.naming import ENCRYPTED_SUFFIX
 from ..pings.sender import Pinger
 from ..readers import WorkerSettings
-from ..settings import Settings
-from ..storage import BackupStore, Journal
+from ..core.settings import Settings
+from ..store.storage import BackupStore, Journal
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from typing import Callable
 
-from ..consistency import may_be_at_risk
-from ..discovery import Discovery, is_candidate_container
-from ..groups import Group, groups_of
-from ..errors import SidecarError
-from ..metrics import Metrics, TargetView
-from ..labels import ENABLE
-from ..model import ContainerInfo, Target
-from ..stacks import ITEM, discover_stacks
+from ..core.consistency import may_be_at_risk
+from ..core.discovery import Discovery, is_candidate_container
+from ..core.groups import Group, groups_of
+from ..core.errors import SidecarError
+from ..telemetry.metrics import Metrics, TargetView
+from ..core.labels import ENABLE
+from ..core.model import ContainerInfo, Target
+from ..core.stacks import ITEM, discover_stacks
 from .backup import BackupOutcome, BackupResult, run_backup, run_group
 from .context import Context
 from .mirrors import remove_stale_mirrors, used_volumes

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import ArchiveResult, ArchiveWriter
-from ..errors import BackupError, SidecarError
-from ..extract import canonical_tar, open_archive, verify
-from ..image_index import ImageIndex
-from ..model import Compression, ImagePolicy, Target
-from ..naming import choose_image_name
-from ..retention import select_image_prune
+from ..tarball.archive import ArchiveResult, ArchiveWriter
+from ..core.errors import BackupError, SidecarError
+from ..tarball.extract import canonical_tar, open_archive, verify
+from ..store.image_index import ImageIndex
+from ..core.model import Compression, ImagePolicy, Target
+from ..core.naming import choose_image_name
+from ..core.retention import select_image_prune
 from .context import Context
 
 logger = logging.getLogger(__name__)

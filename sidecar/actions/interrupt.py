@@ -30,10 +30,10 @@ import time
 from types import TracebackType
 from typing import Sequence
 
-from ..errors import BackupError, ContainerNotFound, EngineError, SidecarError
-from ..model import ContainerEvent, ContainerInfo, ContainerState, Mount
-from ..storage import JournalEntry
-from ..swarm import ServiceMode, SwarmService, SwarmTask, someone_elses_change
+from ..core.errors import BackupError, ContainerNotFound, EngineError, SidecarError
+from ..core.model import ContainerEvent, ContainerInfo, ContainerState, Mount
+from ..store.storage import JournalEntry
+from ..core.swarm import ServiceMode, SwarmService, SwarmTask, someone_elses_change
 from .context import Context
 
 logger = logging.getLogger(__name__)

@@ -7,12 +7,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import read_checksum, sha256_file
+from ..tarball.archive import read_checksum, sha256_file
 from ..destinations import Destination
-from ..errors import ArchiveError
-from ..naming import IMAGE_FOLDER, parse_image_name, parse_name
-from ..restic import REPO_FOLDER
-from ..snapshots import OWN_TAG, selector, snapshot_names
+from ..core.errors import ArchiveError
+from ..core.naming import IMAGE_FOLDER, parse_image_name, parse_name
+from ..store.restic import REPO_FOLDER
+from ..core.snapshots import OWN_TAG, selector, snapshot_names
 from .context import Context
 from .formats.restic import destination_config, local_repository, reachable_repository
 from .sync import copy_index

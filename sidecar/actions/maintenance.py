@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from ..errors import SidecarError
-from ..metrics import RESTIC_STATE_FILE
-from ..restic import REPO_FOLDER, Repository, repository_bytes
-from ..retention import Keep
-from ..snapshots import forget_args, selector
-from ..state import JsonState
+from ..core.errors import SidecarError
+from ..telemetry.metrics import RESTIC_STATE_FILE
+from ..store.restic import REPO_FOLDER, Repository, repository_bytes
+from ..core.retention import Keep
+from ..core.snapshots import forget_args, selector
+from ..store.state import JsonState
 from .context import Context
 from .formats import StorageFormat, format_of
 from .formats.restic import local_repository, record_state, remove_dead_worker_locks, unlocked

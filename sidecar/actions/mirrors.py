@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import BackupBusy, SidecarError
-from ..model import WorkerSpec
+from ..core.errors import BackupBusy, SidecarError
+from ..core.model import WorkerSpec
 from ..readers import READERS
 from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_updated
 from ..readers.worker import NAME as WORKER
 from ..readers.worker import STORE_LABEL, TARGET_LABEL
-from ..retention import Keep
-from ..schedule import Frequency
+from ..core.retention import Keep
+from ..core.schedule import Frequency
 from .context import Context
 
 logger = logging.getLogger(__name__)

@@ -11,16 +11,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..consistency import hot_copy_risk
-from ..errors import SidecarError
-from ..labels import ENABLE
-from ..model import CopyState, Strategy, Target
+from ..core.consistency import hot_copy_risk
+from ..core.errors import SidecarError
+from ..core.labels import ENABLE
+from ..core.model import CopyState, Strategy, Target
 from ..readers import READERS
 from ..readers.worker import NAME as WORKER
-from ..swarm import placement_warning
+from ..core.swarm import placement_warning
 from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_folder
-from ..snapshots import OWN_TAG, Snapshot, selector, snapshot_names
-from ..stacks import ITEM as STACK_ITEM, Stack, discover_stacks
+from ..core.snapshots import OWN_TAG, Snapshot, selector, snapshot_names
+from ..core.stacks import ITEM as STACK_ITEM, Stack, discover_stacks
 from . import mirrors
 from .context import Context
 from .formats import StorageFormat, format_of

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ArchiveError, BackupBusy
-from ..retention import Keep, PruneRefused, plan_prune, promotions
-from ..storage import StoredArchive
+from ..core.errors import ArchiveError, BackupBusy
+from ..core.retention import Keep, PruneRefused, plan_prune, promotions
+from ..store.storage import StoredArchive
 from .context import Context
 
 logger = logging.getLogger(__name__)

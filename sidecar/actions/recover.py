@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import BackupBusy, ContainerNotFound, SidecarError
-from ..model import ContainerState
+from ..core.errors import BackupBusy, ContainerNotFound, SidecarError
+from ..core.model import ContainerState
 from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
-from ..storage import JournalEntry
+from ..store.storage import JournalEntry
 from .context import Context
 from .maintenance import run_unlock
 from .interrupt import InterruptionKind, put_back, put_back_service

@@ -15,13 +15,13 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..archive import read_checksum, write_checksum
+from ..tarball.archive import read_checksum, write_checksum
 from ..destinations import Destination
-from ..errors import NotFound
-from ..labels import DEFAULT_STOP_TIMEOUT, label_backup_name
-from ..model import ContainerInfo
-from ..naming import CHECKSUM_SUFFIX, parse_name, safe_node_name
-from ..presetnames import canonical_type
+from ..core.errors import NotFound
+from ..core.labels import DEFAULT_STOP_TIMEOUT, label_backup_name
+from ..core.model import ContainerInfo
+from ..core.naming import CHECKSUM_SUFFIX, parse_name, safe_node_name
+from ..core.presetnames import canonical_type
 from .context import Context
 from .interrupt import left_at_zero
 from .sources import RestoreOutcome, RestoreRequest, get as get_source, volumes

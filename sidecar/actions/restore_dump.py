@@ -8,11 +8,11 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from ..errors import NotFound, RestoreError
-from ..labels import PRESET
-from ..model import Compression
-from ..naming import parse_name
-from ..presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
+from ..core.errors import NotFound, RestoreError
+from ..core.labels import PRESET
+from ..core.model import Compression
+from ..core.naming import parse_name
+from ..core.presetnames import CANONICAL, PRESETS, canonical_type, dump_type, preset_of_type
 from .context import Context
 from .formats.restic import local_repository
 from .restore import archive_to_read, resolve_container

@@ -23,16 +23,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..archive import ArchiveWriter, ProgressLog
-from ..errors import NotFound, RestoreError, ResticError, SidecarError
-from ..naming import CHECKSUM_SUFFIX
-from ..model import Compression, ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..tarball.archive import ArchiveWriter, ProgressLog
+from ..core.errors import NotFound, RestoreError, ResticError, SidecarError
+from ..core.naming import CHECKSUM_SUFFIX
+from ..core.model import Compression, ContainerInfo, Mount, WorkerMount, WorkerSpec
 from ..readers.worker import PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite
-from ..snapshots import RESTORE_ROOT, VOLUME_PATH, Snapshot, choose_snapshot, restore_include, selector, snapshot_names
-from ..unpack import CAPABILITIES as RESTORE_CAPABILITIES
+from ..core.snapshots import (
+    RESTORE_ROOT,
+    VOLUME_PATH,
+    Snapshot,
+    choose_snapshot,
+    restore_include,
+    selector,
+    snapshot_names,
+)
+from ..readers.unpack import CAPABILITIES as RESTORE_CAPABILITIES
 from .context import Context
-from ..restic import Repository
-from ..settings import destination_name
+from ..store.restic import Repository
+from ..core.settings import destination_name
 from .formats.restic import destination_config, local_repository, password_file, reachable_repository, worker_site
 from .restore import resolve_container
 from .sources import RestoreRequest, volumes

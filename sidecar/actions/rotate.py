@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..retention import Keep
+from ..core.retention import Keep
 from .context import Context
 from .images import run_image_prune
 from .prune import PruneResult, run_prune

@@ -1,6 +1,6 @@
 """The stack kept with the data: a Compose project's definition (compose files, `.env`,
 file secrets, read-only configs, extra paths) archived with the backups of the project's
-first target (sidecar/stacks.py decides which files and which target), and put back into
+first target (sidecar/core/stacks.py decides which files and which target), and put back into
 a folder of the user's choice by `restore-stack`.
 
 Both directions run in worker containers that bind-mount the host paths (read-only to
@@ -22,16 +22,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive import ArchiveResult
-from ..errors import BackupError, RestoreError, SidecarError
-from ..extract import open_archive, verify
-from ..model import Compression, ContainerInfo, ContainerState, Mount, Target, WorkerMount
-from ..naming import CHECKSUM_SUFFIX, choose_name
+from ..tarball.archive import ArchiveResult
+from ..core.errors import BackupError, RestoreError, SidecarError
+from ..tarball.extract import open_archive, verify
+from ..core.model import Compression, ContainerInfo, ContainerState, Mount, Target, WorkerMount
+from ..core.naming import CHECKSUM_SUFFIX, choose_name
 from ..readers import READERS
 from ..readers.stack import StackArchive, stack_request
 from ..readers.worker import NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite
-from ..stacks import ITEM, WORKING_DIR, Stack, discover_stacks
-from ..unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, run_worker
+from ..core.stacks import ITEM, WORKING_DIR, Stack, discover_stacks
+from ..readers.unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, run_worker
 from .context import Context
 from .formats import StorageFormat, format_of
 from .formats.base import SnapshotResult

@@ -6,12 +6,12 @@ database (consistency.py), which needs the container's command."""
 
 from __future__ import annotations
 
-from ..consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
-from ..errors import SidecarError
-from ..metrics import RESTIC_STATE_FILE
-from ..model import CopyState, StorageFormat, Target
-from ..presetnames import canonical_type
-from ..state import JsonState
+from ..core.consistency import ConsistencyRisk, hot_copy_risk, may_be_at_risk
+from ..core.errors import SidecarError
+from ..telemetry.metrics import RESTIC_STATE_FILE
+from ..core.model import CopyState, StorageFormat, Target
+from ..core.presetnames import canonical_type
+from ..store.state import JsonState
 from .context import Context
 from .formats import format_of
 from .sources import items

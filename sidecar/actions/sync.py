@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..archive import ArchiveWriter, iter_raw, read_checksum
+from ..tarball.archive import ArchiveWriter, iter_raw, read_checksum
 from ..destinations import CopyEntry, CopyIndex, Destination, RemoteObject
-from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable, SidecarError
-from ..model import Compression
-from ..naming import ENCRYPTED_SUFFIX, IMAGE_FOLDER, PARTIAL_SUFFIX, parse_image_name, parse_name
-from ..retention import Keep, PruneRefused, plan_prune, select_image_prune
+from ..core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable, SidecarError
+from ..core.model import Compression
+from ..core.naming import ENCRYPTED_SUFFIX, IMAGE_FOLDER, PARTIAL_SUFFIX, parse_image_name, parse_name
+from ..core.retention import Keep, PruneRefused, plan_prune, select_image_prune
 from .context import Context
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..config import LocalConfig, RcloneConfig, S3Config
-from ..errors import ConfigError
-from ..settings import Settings
+from ..core.config import LocalConfig, RcloneConfig, S3Config
+from ..core.errors import ConfigError
+from ..core.settings import Settings
 from .base import Destination, RemoteObject
 from .index import CopyEntry, CopyIndex
 from .local import LocalDestination

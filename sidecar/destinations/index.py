@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..naming import safe_component
-from ..state import JsonState
+from ..core.naming import safe_component
+from ..store.state import JsonState
 
 
 @dataclass(frozen=True)

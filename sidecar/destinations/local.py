@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from ..config import LocalConfig
-from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable
-from ..fsutil import fsync_dir
-from ..naming import PARTIAL_SUFFIX
+from ..core.config import LocalConfig
+from ..core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from ..core.fsutil import fsync_dir
+from ..core.naming import PARTIAL_SUFFIX
 from .base import RemoteObject
 
 logger = logging.getLogger(__name__)

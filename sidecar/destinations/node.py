@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..naming import safe_node_name
+from ..core.naming import safe_node_name
 from .base import Destination, RemoteObject
 
 

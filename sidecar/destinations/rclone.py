@@ -52,11 +52,11 @@ from typing import IO, Callable, Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..config import RcloneConfig
-from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable
-from ..fsutil import fsync_dir
-from ..naming import PARTIAL_SUFFIX
-from ..values import userinfo_parts
+from ..core.config import RcloneConfig
+from ..core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from ..core.fsutil import fsync_dir
+from ..core.naming import PARTIAL_SUFFIX
+from ..core.values import userinfo_parts
 from .base import RemoteObject
 
 logger = logging.getLogger(__name__)

@@ -56,11 +56,11 @@ import botocore.exceptions
 import botocore.retries.standard
 from s3transfer.utils import ChunksizeAdjuster
 
-from ..config import S3Config
-from ..errors import ChecksumMismatch, DestinationError, DestinationUnreachable
-from ..fsutil import fsync_dir
-from ..naming import PARTIAL_SUFFIX
-from ..values import userinfo_parts
+from ..core.config import S3Config
+from ..core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from ..core.fsutil import fsync_dir
+from ..core.naming import PARTIAL_SUFFIX
+from ..core.values import userinfo_parts
 from .base import RemoteObject
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from .urls import scheme_of
+from ..core.notify_urls import scheme_of
 
 MASK = "****"
 _URL_PARTS = re.compile(r"^(?P<netloc>[^/?#]*)(?P<path>[^?#]*)(?:\?(?P<query>[^#]*))?(?:#(?P<fragment>.*))?$",

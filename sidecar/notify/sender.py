@@ -30,7 +30,7 @@ import apprise
 
 from .redact import host_part, redact, register_secrets
 from .state import Failing, FailingTargets
-from .urls import NotifyConfig, NotifyOn, asset, scheme_of
+from ..core.notify_urls import NotifyConfig, NotifyOn, asset, scheme_of
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..state import JsonState
+from ..store.state import JsonState
 
 logger = logging.getLogger(__name__)
 

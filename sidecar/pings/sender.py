@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .. import __version__
 from ..notify.redact import redact, register_secrets
 from .tail import RunLogTail
-from .urls import PingEvent, PingRequest, PingUrl, request_for
+from ..core.ping_urls import PingEvent, PingRequest, PingUrl, request_for
 
 logger = logging.getLogger(__name__)
 

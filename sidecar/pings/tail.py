@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 
-from ..logs import TextFormatter
+from ..telemetry.logs import TextFormatter
 from ..notify.redact import redact
 
 DEFAULT_LINES = 50

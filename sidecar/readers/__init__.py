@@ -1,16 +1,20 @@
 """Readers: how a volume's bytes reach its archive, by name (see base.py for the Protocol).
 
 `choose` picks the first usable reader of an order of names: for a stop or pause target a
-staging mirror kept by worker containers (mirror.py), else a worker container next to the
-data (worker.py) when one can run, else the engine's archive API. To add one, write a
-module with a class that has `name`, `usable` and `open` (returning a PendingArchive),
-register it in READERS and put its name in DEFAULT_ORDER before the fallback.
+staging mirror kept by worker containers (mirror.py; the mirror itself is sidecar/mirror/),
+else a worker container next to the data (worker.py) when one can run, else the engine's
+archive API. To add one, write a module with a class that has `name`, `usable` and `open`
+(returning a PendingArchive), register it in READERS and put its name in DEFAULT_ORDER
+before the fallback.
+
+The way back lives here too: `unpack` writes a verified archive into a volume, by an extract
+worker container of the same site the worker reader probes.
 """
 
 from __future__ import annotations
 
-from ..engine import Engine
-from ..errors import ConfigError
+from ..docker.engine import Engine
+from ..core.errors import ConfigError
 from .base import ArchiveRequest, PendingArchive, Progress, Reader, WorkerSettings
 from .engine_api import EngineApiReader
 from .mirror import MirrorReader

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..archive import ArchiveResult
-from ..crypto import EncryptionConfig
-from ..engine import Engine
-from ..model import Compression, Mount
+from ..tarball.archive import ArchiveResult
+from ..tarball.crypto import EncryptionConfig
+from ..docker.engine import Engine
+from ..core.model import Compression, Mount
 
 
 @dataclass(frozen=True)

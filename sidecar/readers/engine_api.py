@@ -7,9 +7,9 @@ import tarfile
 
 import zstandard
 
-from ..archive import ArchiveResult, ArchiveWriter
-from ..engine import Engine
-from ..errors import ArchiveError
+from ..tarball.archive import ArchiveResult, ArchiveWriter
+from ..docker.engine import Engine
+from ..core.errors import ArchiveError
 from .base import ArchiveRequest, Progress
 
 NAME = "engine-api"

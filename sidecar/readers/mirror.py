@@ -3,7 +3,7 @@
 A staging mirror per volume lives on the backup volume (ArchiveRequest.mirror, a folder in
 the state folder, 0700, never listed, rotated or copied off-site) and is kept between runs.
 Phases (see base.py), each a worker container of the worker reader's site
-(`python -m sidecar.worker mirror`, sidecar/worker/mirror.py):
+(`python -m sidecar.worker mirror`, sidecar/mirror/worker.py):
 
 - `prepare` (the container still runs): a pass brings the mirror up to date from the volume
   mounted read-only; then the worker of the stopped pass is started and waits for a go
@@ -29,11 +29,11 @@ import threading
 from typing import Callable
 from pathlib import Path
 
-from ..archive import ArchiveResult
-from ..engine import Engine
-from ..errors import ArchiveError, EngineError
-from ..model import WorkerSpec
-from ..worker.mirror import GO, INFO, SPECIAL, TREE
+from ..tarball.archive import ArchiveResult
+from ..docker.engine import Engine
+from ..core.errors import ArchiveError, EngineError
+from ..core.model import WorkerSpec
+from ..mirror.worker import GO, INFO, SPECIAL, TREE
 from .base import ArchiveRequest, Progress, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, VOLUME_ROOT, WorkerArchive, WorkerReader, _Plan
 
@@ -55,7 +55,7 @@ MIRROR_FOLDER = "mirror"  # in the state folder: mirror/<backup_name>/<volume_na
 
 
 def give_go(folder: Path, word: str) -> None:
-    """The go file a held worker waits for (sidecar/worker/mirror.py, wait_for_go): `go`, or
+    """The go file a held worker waits for (sidecar/mirror/worker.py, wait_for_go): `go`, or
     a word that calls its pass off."""
     tmp = folder / (GO + ".tmp")
     tmp.write_text(word + "\n")

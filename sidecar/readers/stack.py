@@ -16,9 +16,9 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Engine
-from ..model import Compression, Mount, WorkerMount, WorkerSpec
-from ..stacks import OUTSIDE, Stack
+from ..docker.engine import Engine
+from ..core.model import Compression, Mount, WorkerMount, WorkerSpec
+from ..core.stacks import OUTSIDE, Stack
 from .base import ArchiveRequest, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, WorkerArchive, WorkerSite, _Plan
 

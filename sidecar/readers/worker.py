@@ -32,13 +32,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..archive import ArchiveResult, write_checksum
-from ..engine import Engine
-from ..errors import ArchiveError, EngineError
-from ..fsutil import fsync_dir
-from ..model import ContainerInfo, Mount, WorkerMount, WorkerSpec
-from ..naming import PARTIAL_SUFFIX
-from ..storage import STATE_DIR
+from ..tarball.archive import ArchiveResult, write_checksum
+from ..docker.engine import Engine
+from ..core.errors import ArchiveError, EngineError
+from ..core.fsutil import fsync_dir
+from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..core.naming import PARTIAL_SUFFIX
+from ..store.storage import STATE_DIR
 from ..worker import PROTOCOL
 from ..worker.archive import write_keys
 from .base import ArchiveRequest, Progress, WorkerSettings

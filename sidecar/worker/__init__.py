@@ -4,7 +4,7 @@ image (see Engine.run_worker): `python -m sidecar.worker COMMAND ...`.
 Commands: `archive` (a volume mounted read-only -> a compressed, hashed and optionally
 encrypted archive written into a partial file on the backup volume; see archive.py),
 `mirror` (a pass bringing a staging mirror on the backup volume up to date with a volume;
-see mirror.py), `restic` (restic next to the data, for BACKUP_FORMAT=restic; see restic.py) and `probe` (says whether this image can do that). Output is one JSON object per line on
+see sidecar/mirror/worker.py), `restic` (restic next to the data, for BACKUP_FORMAT=restic; see restic.py) and `probe` (says whether this image can do that). Output is one JSON object per line on
 stdout (the sidecar reads it back through the engine's logs endpoint); PROTOCOL changes
 whenever the sidecar and the worker must agree on something new. A worker ends when the
 sidecar that started it is gone (watch_parent).
@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 
-from ..model import WORKER_PARENT_ENV
+from ..core.model import WORKER_PARENT_ENV
 
 PROTOCOL = 7  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)

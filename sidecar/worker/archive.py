@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .. import crypto
-from ..archive import HashingFile, is_excluded
-from ..errors import ArchiveError
-from ..keys import EncryptionConfig
-from ..model import Compression
+from ..tarball import crypto
+from ..tarball.archive import HashingFile, is_excluded
+from ..core.errors import ArchiveError
+from ..core.keys import EncryptionConfig
+from ..core.model import Compression
 from .special import HeaderPatcher, load_special, patch_stream
 
 READ_SIZE = 1 << 20

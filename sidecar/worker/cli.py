@@ -9,11 +9,11 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import SidecarError
-from ..model import Compression
+from ..core.errors import SidecarError
+from ..core.model import Compression
 from . import PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
-from .mirror import MirrorJob, MirrorRefused, run_mirror
+from ..mirror.worker import MirrorJob, MirrorRefused, run_mirror
 from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 

@@ -1,6 +1,6 @@
 """The extract worker: `python -m sidecar.worker.extract` restores one archive from the
 backup volume (mounted read-only) into a volume mounted read-write, with the checked
-extractor (sidecar/extract.py): the code that checks each member is the code that writes
+extractor (sidecar/tarball/extract.py): the code that checks each member is the code that writes
 it, in one read of the archive file (decrypted, decompressed and hashed as it is read).
 
 The sidecar verified the archive before it stopped anything and passes the SHA-256 it
@@ -11,7 +11,7 @@ never in the environment or arguments, which `docker inspect` shows).
 
 `--staged` (a volume's restore: one worker for all of it, started before anything stops)
 first verifies the whole archive (the checksum file beside it, every member by the same
-parser and policy, data spliced to /dev/null: sidecar.extract.verify) and says `verified`
+parser and policy, data spliced to /dev/null: sidecar.tarball.extract.verify) and says `verified`
 (the summary and what the tree takes once written, `expanded`), then waits for the sidecar's
 lines on stdin (sidecar/worker/__init__.py, COMMANDS): `room` compares `expanded` with the
 free space of `--into`, plus what its current contents take with `--replacing` (they are
@@ -22,7 +22,7 @@ the archive a second time and refusing it unless it has the SHA-256 the first re
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
-Exit codes are sidecar.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
+Exit codes are sidecar.tarball.extract's: EXIT_OK, EXIT_REFUSED, EXIT_FAILED.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import pyrage
 
-from ..errors import ArchiveError, ChecksumMismatch, SidecarError
-from ..extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Summary, extract, open_archive, verify
-from ..keys import DecryptionKeys
-from ..members import chosen, member_path
+from ..core.errors import ArchiveError, ChecksumMismatch, SidecarError
+from ..tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Summary, extract, open_archive, verify
+from ..core.keys import DecryptionKeys
+from ..core.members import chosen, member_path
 from . import COMMANDS, PROTOCOL
 from .cli import emit
 

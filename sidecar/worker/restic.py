@@ -12,7 +12,7 @@ With `--go FOLDER` (a `stop`/`pause` target's backup) restic is started before t
 held at a gate: restic 0.14 opens the repository (key derivation), takes its lock and then
 reads its `--exclude-file`s before it loads the index and reads the volume, so an exclude
 file that is a FIFO holds it there. Once restic has opened the FIFO the worker says `ready`
-and waits for the sidecar's go file (sidecar/worker/mirror.py, wait_for_go); `go` closes the
+and waits for the sidecar's go file (sidecar/mirror/worker.py, wait_for_go); `go` closes the
 FIFO's writing end (no patterns: the real excludes are arguments) and restic goes on. Any
 other word, or no go in time: SIGINT, on which restic removes its lock before it exits.
 
@@ -36,8 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ArchiveError
-from .mirror import wait_for_go
+from ..core.errors import ArchiveError
+from ..mirror.worker import wait_for_go
 
 TMP_FOLDER = ".sidecar/restic-tmp"  # under the backup volume's root
 GATE = "gate"  # the FIFO in the run's temporary folder

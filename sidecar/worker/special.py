@@ -1,5 +1,5 @@
 """Set-id bits and devices as data: the tar headers of a staging mirror's archive patched
-from the mirror's special.json (sidecar/worker/mirror.py).
+from the mirror's special.json (sidecar/mirror/worker.py).
 
 The mirror keeps no set-id file and no device node on disk: a set-id file's copy has those
 bits cleared, a device's copy is an empty regular file. GNU tar archives those copies as
@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ArchiveError
+from ..core.errors import ArchiveError
 
 BLOCK = 512
 READ_SIZE = 1 << 20

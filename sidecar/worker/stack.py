@@ -22,8 +22,8 @@ from typing import BinaryIO, Callable, Iterator
 
 import zstandard
 
-from .. import crypto
-from ..archive import ZSTD_LEVEL, HashingFile, is_excluded
+from ..tarball import crypto
+from ..tarball.archive import ZSTD_LEVEL, HashingFile, is_excluded
 from .archive import ArchiveOutcome, read_keys
 
 Emit = Callable[[dict], None]

@@ -16,7 +16,7 @@ import zstandard
 from sidecar import cli, readers
 from sidecar.actions.context import Context
 from sidecar.readers.worker import WorkerReader
-from sidecar.settings import load_settings
+from sidecar.core.settings import load_settings
 from tests.fakes.engine import FakeEngine
 
 

@@ -8,10 +8,10 @@ from datetime import date
 
 import pytest
 
-from sidecar import archive
+from sidecar.tarball import archive
 from sidecar.actions.backup import BackupResult, run_backup
-from sidecar.errors import EngineError
-from sidecar.model import ContainerState
+from sidecar.core.errors import EngineError
+from sidecar.core.model import ContainerState
 
 from tests.fakes.destination import FakeDestination
 from tests.unit.test_prune import days, write

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import readers
-from sidecar.model import ContainerState
+from sidecar.core.model import ContainerState
 from sidecar.readers.worker import WorkerReader
 
 from .conftest import app_labels, tree

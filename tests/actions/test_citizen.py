@@ -14,11 +14,11 @@ import pytest
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.interrupt import InterruptionKind, user_stop
 from sidecar.actions.recover import run_recovery
-from sidecar.metrics import Metrics, TargetView
+from sidecar.telemetry.metrics import Metrics, TargetView
 from sidecar.notify.sender import decide, render
-from sidecar.notify.urls import NotifyOn
-from sidecar.model import ContainerEvent, ContainerState
-from sidecar.storage import JournalEntry
+from sidecar.core.notify_urls import NotifyOn
+from sidecar.core.model import ContainerEvent, ContainerState
+from sidecar.store.storage import JournalEntry
 
 from .conftest import app_labels
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import preflight
+from sidecar.docker import preflight
 from sidecar.actions import rotate
 from sidecar.actions.sync import RemotePrune
-from sidecar.errors import EngineError
-from sidecar.storage import BackupStore
+from sidecar.core.errors import EngineError
+from sidecar.store.storage import BackupStore
 
 from .conftest import app_labels
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from sidecar import cli, logs
+from sidecar import cli
+from sidecar.telemetry import logs
 
 from .conftest import app_labels
 

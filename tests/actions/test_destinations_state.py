@@ -10,9 +10,9 @@ from sidecar.actions import plan
 from sidecar.actions.context import Context
 from sidecar.actions.status import copy_states
 from sidecar.actions.sync import run_sync
-from sidecar.archive import sha256_file, write_checksum
-from sidecar.settings import load_settings
-from sidecar.storage import BackupStore, Journal
+from sidecar.tarball.archive import sha256_file, write_checksum
+from sidecar.core.settings import load_settings
+from sidecar.store.storage import BackupStore, Journal
 from tests.fakes.destination import FakeDestination
 from tests.unit.helpers import container
 

@@ -13,8 +13,8 @@ from sidecar.actions.backup import run_backup
 from sidecar.actions.daemon import Daemon
 from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import run_restore
-from sidecar.model import ContainerState, WorkerLink
-from sidecar.storage import JournalEntry
+from sidecar.core.model import ContainerState, WorkerLink
+from sidecar.store.storage import JournalEntry
 
 from .conftest import app_labels, tree
 

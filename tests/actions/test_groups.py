@@ -6,8 +6,8 @@ import threading
 
 from sidecar.actions.backup import BackupResult, run_backup, run_group
 from sidecar.actions.daemon import Daemon
-from sidecar.groups import groups_of
-from sidecar.model import ContainerState
+from sidecar.core.groups import groups_of
+from sidecar.core.model import ContainerState
 
 from .conftest import app_labels
 

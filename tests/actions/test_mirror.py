@@ -15,10 +15,10 @@ import pytest
 from sidecar import readers
 from sidecar.actions import mirrors as mirrors_module
 from sidecar.actions.backup import BackupResult, run_backup
-from sidecar.errors import EngineError
-from sidecar.model import ContainerState, WorkerResult
+from sidecar.core.errors import EngineError
+from sidecar.core.model import ContainerState, WorkerResult
 from sidecar.readers.worker import WorkerReader
-from sidecar.worker.mirror import INFO, TREE
+from sidecar.mirror.worker import INFO, TREE
 
 from .conftest import app_labels, archive_members, tree
 

@@ -18,9 +18,9 @@ from sidecar.actions.listing import run_list_remote
 from sidecar.actions.restore import run_restore
 from sidecar.actions.sync import run_remote_prune, run_sync
 from sidecar.destinations import NodeFolder, bare
-from sidecar.errors import ConfigError, EngineError, NotFound
-from sidecar.model import NodeIdentity
-from sidecar.retention import parse_keep
+from sidecar.core.errors import ConfigError, EngineError, NotFound
+from sidecar.core.model import NodeIdentity
+from sidecar.core.retention import parse_keep
 from tests.fakes.destination import FakeDestination
 
 from .conftest import app_labels, tree

@@ -10,8 +10,8 @@ import pytest
 from sidecar import cli
 from sidecar.actions import context
 from sidecar.actions.sync import run_sync
-from sidecar.archive import sha256_file, write_checksum
-from sidecar.errors import EngineError
+from sidecar.tarball.archive import sha256_file, write_checksum
+from sidecar.core.errors import EngineError
 from tests.fakes.destination import FakeDestination
 
 from .conftest import app_labels

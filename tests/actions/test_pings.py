@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from sidecar.errors import EngineError
-from sidecar.metrics import STATE_FILE, OutcomeRecord
+from sidecar.core.errors import EngineError
+from sidecar.telemetry.metrics import STATE_FILE, OutcomeRecord
 from tests.fakes.ping_receiver import PingReceiver
 
 from .conftest import app_labels

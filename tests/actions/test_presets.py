@@ -18,8 +18,8 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.sources.presets import dump
-from sidecar.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive
-from sidecar.model import ContainerState
+from sidecar.core.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive
+from sidecar.core.model import ContainerState
 
 from .conftest import app_labels
 

@@ -19,10 +19,10 @@ from sidecar.actions.daemon import Daemon
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.rotate import run_rotation
-from sidecar.metrics import Metrics
+from sidecar.telemetry.metrics import Metrics
 from sidecar.notify.sender import Message, Notifier
-from sidecar.notify.urls import NotifyConfig, NotifyOn
-from sidecar.retention import Keep
+from sidecar.core.notify_urls import NotifyConfig, NotifyOn
+from sidecar.core.retention import Keep
 
 from .conftest import app_labels
 from .test_presets import _tools

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from sidecar.actions.backup import run_backup
 from sidecar.actions.context import Context
 from sidecar.actions.daemon import Daemon
-from sidecar.labels import KNOWN_LABELS, is_candidate
-from sidecar.settings import load_settings, unknown_settings
+from sidecar.core.labels import KNOWN_LABELS, is_candidate
+from sidecar.core.settings import load_settings, unknown_settings
 from tests.fakes.engine import FakeEngine
 from tests.unit.test_properties import hostile_text
 

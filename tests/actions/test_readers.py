@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sidecar import readers
-from sidecar.errors import ArchiveError, ConfigError
-from sidecar.model import Compression, Mount
+from sidecar.core.errors import ArchiveError, ConfigError
+from sidecar.core.model import Compression, Mount
 
 from .conftest import archive_members, tree
 

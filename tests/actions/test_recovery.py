@@ -9,10 +9,10 @@ import pytest
 from sidecar.actions.backup import BackupResult, run_backup, run_group
 from sidecar.actions.interrupt import Interruption, InterruptionKind, put_back
 from sidecar.actions.recover import run_recovery
-from sidecar.errors import EngineError
-from sidecar.groups import groups_of
-from sidecar.model import ContainerState
-from sidecar.storage import JournalEntry
+from sidecar.core.errors import EngineError
+from sidecar.core.groups import groups_of
+from sidecar.core.model import ContainerState
+from sidecar.store.storage import JournalEntry
 
 from .conftest import app_labels
 

@@ -23,10 +23,10 @@ from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
 from sidecar.actions import restore_snapshot
 from sidecar.actions.restore_snapshot import run_restore_snapshot
-from sidecar.errors import EngineError
-from sidecar.metrics import Metrics, TargetView
-from sidecar.model import ContainerInfo, ContainerState
-from sidecar.snapshots import parse_snapshots
+from sidecar.core.errors import EngineError
+from sidecar.telemetry.metrics import Metrics, TargetView
+from sidecar.core.model import ContainerInfo, ContainerState
+from sidecar.core.snapshots import parse_snapshots
 from sidecar.worker.restic import open_gate
 
 from .conftest import app_labels

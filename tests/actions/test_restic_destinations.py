@@ -20,8 +20,8 @@ from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.status import copy_states
-from sidecar.errors import NotFound
-from sidecar.metrics import Metrics, TargetView
+from sidecar.core.errors import NotFound
+from sidecar.telemetry.metrics import Metrics, TargetView
 from tests.e2e.rcloneserver import RcloneServer
 
 from .conftest import app_labels

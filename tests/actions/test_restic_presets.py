@@ -14,11 +14,11 @@ from sidecar.actions.backup import run_backup
 from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.maintenance import CHECK_TARGET, run_due
 from sidecar.actions.restore_dump import run_restore_dump
-from sidecar.errors import NotFound, RestoreError
-from sidecar.model import ContainerState
+from sidecar.core.errors import NotFound, RestoreError
+from sidecar.core.model import ContainerState
 from sidecar.notify.sender import Notifier
-from sidecar.notify.urls import NotifyConfig, NotifyOn
-from sidecar.snapshots import parse_snapshots
+from sidecar.core.notify_urls import NotifyConfig, NotifyOn
+from sidecar.core.snapshots import parse_snapshots
 
 from .conftest import app_labels
 from .test_presets import DUMP_DONE, DUMPALL_END, MAGIC, _mongo, _mysql, _postgres, _prometheus, _redis, _tools

@@ -13,15 +13,23 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar import cli, crypto
+from sidecar import cli
+from sidecar.tarball import crypto
 from sidecar.actions.backup import run_backup
 from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import RestoreOutcome, run_restore
-from sidecar.archive import write_checksum
+from sidecar.tarball.archive import write_checksum
 from sidecar.destinations import CopyIndex
-from sidecar.errors import (EngineError, LabelError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive,
-                            UnsafeName)
-from sidecar.model import ContainerState
+from sidecar.core.errors import (
+    EngineError,
+    LabelError,
+    NotFound,
+    RestoreError,
+    RestoreLeftStopped,
+    UnsafeArchive,
+    UnsafeName,
+)
+from sidecar.core.model import ContainerState
 
 from .conftest import app_labels, archive_members, tree
 

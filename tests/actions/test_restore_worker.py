@@ -1,4 +1,4 @@
-"""run_restore through a worker container (sidecar/unpack.py) against the fake engine, whose
+"""run_restore through a worker container (sidecar/readers/unpack.py) against the fake engine, whose
 workers run `python -m sidecar.worker.extract` as host processes: the worker's mounts and
 rights, one worker per restore (it verifies, waits for the stop, checks the room and writes on
 the sidecar's go), decryption with no key in its arguments, no worker no restore (before
@@ -15,12 +15,13 @@ import tarfile
 
 import pytest
 
-from sidecar import readers, unpack
+from sidecar import readers
+from sidecar.readers import unpack
 from sidecar.actions.backup import run_backup
 from sidecar.actions.restore import run_restore
-from sidecar.archive import write_checksum
-from sidecar.errors import EngineError, RestoreError, RestoreLeftStopped
-from sidecar.model import ContainerInfo, ContainerState, Mount
+from sidecar.tarball.archive import write_checksum
+from sidecar.core.errors import EngineError, RestoreError, RestoreLeftStopped
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
 from sidecar.readers.worker import VOLUME_ROOT, WorkerReader
 
 from .conftest import app_labels, tree
@@ -78,7 +79,7 @@ def test_one_worker_verifies_checks_the_room_and_writes_and_the_sidecar_reads_no
     app, before = _backed_up(engine, wctx, data)
     (data / "junk.txt").write_text("junk\n")
     engine.workers_run.clear()  # the backup's
-    monkeypatch.setattr("sidecar.extract._Pass.__init__", _refused("the sidecar read the archive"))
+    monkeypatch.setattr("sidecar.tarball.extract._Pass.__init__", _refused("the sidecar read the archive"))
     run_restore(wctx, "app", "data", force=True)
     assert tree(data) == before and engine.state(app.id) is ContainerState.RUNNING
     assert [spec.purpose for spec in engine.workers_run] == [unpack.PURPOSE]

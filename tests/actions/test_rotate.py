@@ -11,8 +11,8 @@ from sidecar.actions import rotate
 from sidecar.actions.backup import run_backup
 from sidecar.actions.rotate import run_rotation
 from sidecar.actions.sync import RemotePrune
-from sidecar.errors import DestinationUnreachable
-from sidecar.retention import parse_keep
+from sidecar.core.errors import DestinationUnreachable
+from sidecar.core.retention import parse_keep
 
 from tests.fakes.destination import FakeDestination
 from tests.unit.test_prune import days, write

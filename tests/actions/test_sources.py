@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.actions import sources
-from sidecar.errors import ConfigError
+from sidecar.core.errors import ConfigError
 
 from .conftest import app_labels
 

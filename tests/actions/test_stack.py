@@ -18,9 +18,9 @@ from sidecar.actions.daemon import Daemon
 from sidecar.actions.listing import run_list_snapshots
 from sidecar.actions.plan import run_plan_stacks
 from sidecar.actions.stack import run_restore_stack
-from sidecar.errors import NotFound, RestoreError
-from sidecar.metrics import STATE_FILE, Metrics, OutcomeRecord
-from sidecar.model import Mount
+from sidecar.core.errors import NotFound, RestoreError
+from sidecar.telemetry.metrics import STATE_FILE, Metrics, OutcomeRecord
+from sidecar.core.model import Mount
 from sidecar.readers.worker import WorkerReader
 
 from .conftest import app_labels

@@ -13,9 +13,9 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.recover import run_recovery
 from sidecar.actions.restore import run_restore
-from sidecar.errors import EngineError, RestoreLeftStopped
-from sidecar.model import ContainerState
-from sidecar.storage import JournalEntry
+from sidecar.core.errors import EngineError, RestoreLeftStopped
+from sidecar.core.model import ContainerState
+from sidecar.store.storage import JournalEntry
 
 from .conftest import archive_members, tree
 

@@ -20,12 +20,12 @@ from sidecar.actions.listing import run_list, run_list_remote
 from sidecar.actions.restore import fetch_from_remote
 from sidecar.actions.status import copy_states
 from sidecar.actions.sync import copy_index, run_remote_prune, run_sync
-from sidecar.archive import read_checksum, sha256_file, write_checksum
+from sidecar.tarball.archive import read_checksum, sha256_file, write_checksum
 from sidecar.destinations import Destination
-from sidecar.errors import ChecksumMismatch, ConfigError, NotFound
-from sidecar.retention import parse_keep
-from sidecar.settings import load_settings
-from sidecar.storage import BackupStore, Journal
+from sidecar.core.errors import ChecksumMismatch, ConfigError, NotFound
+from sidecar.core.retention import parse_keep
+from sidecar.core.settings import load_settings
+from sidecar.store.storage import BackupStore, Journal
 from tests.fakes.destination import FakeDestination
 from tests.unit.helpers import container
 

@@ -18,11 +18,11 @@ import zstandard
 from sidecar import readers
 from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.recover import remove_leftover_workers, run_recovery
-from sidecar.archive import iter_tar
-from sidecar.extract import verify_file as check_archive
-from sidecar.errors import ArchiveError
-from sidecar.keys import DecryptionKeys
-from sidecar.model import Compression, ContainerInfo, ContainerState, WorkerResult
+from sidecar.tarball.archive import iter_tar
+from sidecar.tarball.extract import verify_file as check_archive
+from sidecar.core.errors import ArchiveError
+from sidecar.core.keys import DecryptionKeys
+from sidecar.core.model import Compression, ContainerInfo, ContainerState, WorkerResult
 from sidecar.readers.worker import STORE_LABEL, TARGET_LABEL, WorkerReader, store_mount
 from sidecar.worker.archive import ArchiveJob, run_archive
 

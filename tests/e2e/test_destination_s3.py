@@ -17,11 +17,11 @@ from pathlib import Path
 import botocore.awsrequest
 import pytest
 
-from sidecar.archive import read_checksum, sha256_file, write_checksum
-from sidecar.config import S3Config
+from sidecar.tarball.archive import read_checksum, sha256_file, write_checksum
+from sidecar.core.config import S3Config
 from sidecar.destinations import Destination, create
 from sidecar.destinations.s3 import S3Destination
-from sidecar.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from sidecar.core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 
 MiB = 1024 * 1024
 PREFIX = "backups/host1"

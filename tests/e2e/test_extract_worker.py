@@ -1,4 +1,4 @@
-"""The checked extractor inside a container, as a worker runs it: `python -m sidecar.extract`
+"""The checked extractor inside a container, as a worker runs it: `python -m sidecar.tarball.extract`
 from the sidecar image with the target volume mounted read-write and the backup folder
 read-only. This tree's package is mounted over the image's (PYTHONPATH), so the test runs
 the code under test without an image of its own."""
@@ -11,7 +11,7 @@ import tarfile
 import docker
 import pytest
 
-from sidecar.extract import EXIT_REFUSED, worker_command
+from sidecar.tarball.extract import EXIT_REFUSED, worker_command
 
 from .support import REPO, tar_bytes
 from .test_roundtrip import VARIED_TREE

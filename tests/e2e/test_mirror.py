@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.engine import Engine
-from sidecar.model import Compression
+from sidecar.docker.engine import Engine
+from sidecar.core.model import Compression
 from sidecar.readers.base import ArchiveRequest, WorkerSettings
 from sidecar.readers.mirror import MirrorReader
 from sidecar.readers.worker import WorkerReader
-from sidecar.worker.mirror import TREE
+from sidecar.mirror.worker import TREE
 
 from .support import IDLE, extract_archive, host_manifest, stderr_records
 from .test_roundtrip import VARIED_TREE

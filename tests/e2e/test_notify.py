@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.actions.backup import BackupOutcome
-from sidecar.archive import ArchiveResult
+from sidecar.tarball.archive import ArchiveResult
 from sidecar.notify.sender import Notifier
-from sidecar.notify.urls import NotifyConfig, parse_notify_urls
+from sidecar.core.notify_urls import NotifyConfig, parse_notify_urls
 
 from .support import free_port, wait_for
 

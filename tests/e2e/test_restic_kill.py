@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.engine import WORKER_LABEL
+from sidecar.docker.engine import WORKER_LABEL
 from sidecar.readers.worker import STORE_LABEL, store_mount
 
 from .support import REPO, wait_for

@@ -1,4 +1,4 @@
-"""Restore through a worker container on the real engine (sidecar/unpack.py): the checked
+"""Restore through a worker container on the real engine (sidecar/readers/unpack.py): the checked
 extractor runs next to the data, so the code that checks each member is the code that
 writes it. Each reproduction of issue 8 item 3 and issue 11's crafted inputs runs here on
 the worker path (sidecar/worker/extract.py in a container from the image of this tree),
@@ -17,11 +17,11 @@ import docker
 import pytest
 import zstandard
 
-from sidecar.engine import Engine
-from sidecar.errors import RestoreError
-from sidecar.extract import EXIT_OK, EXIT_REFUSED, open_archive
+from sidecar.docker.engine import Engine
+from sidecar.core.errors import RestoreError
+from sidecar.tarball.extract import EXIT_OK, EXIT_REFUSED, open_archive
 from sidecar.readers.base import WorkerSettings
-from sidecar.unpack import MODULE, UnpackRequest, run_worker, worker_plan
+from sidecar.readers.unpack import MODULE, UnpackRequest, run_worker, worker_plan
 
 from ..unit.test_extract import END, directory, file, gnu_long, header, pax, symlink
 from .support import stderr_records

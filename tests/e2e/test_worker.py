@@ -13,9 +13,9 @@ import docker.errors
 import pytest
 import zstandard
 
-from sidecar.engine import WORKER_LABEL, Engine
-from sidecar.errors import BackupAborted
-from sidecar.model import WorkerMount, WorkerSpec
+from sidecar.docker.engine import WORKER_LABEL, Engine
+from sidecar.core.errors import BackupAborted
+from sidecar.core.model import WorkerMount, WorkerSpec
 from sidecar.readers.worker import STORE_LABEL, TARGET_LABEL, store_mount
 
 from .support import extract_archive, host_manifest, log_records, stderr_records, wait_for

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sidecar.destinations import RemoteObject
-from sidecar.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from sidecar.core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 
 
 @dataclass

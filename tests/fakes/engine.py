@@ -27,11 +27,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from sidecar.errors import ContainerNotFound, EngineError, UnsafeName
-from sidecar.model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
-                           SwarmNode, WORKER_PARENT_ENV, WorkerLink, WorkerResult, WorkerSpec)
-from sidecar.naming import node_name_problem
-from sidecar.swarm import ServiceMode, SwarmService, TaskStatus, task_of, with_service
+from sidecar.core.errors import ContainerNotFound, EngineError, UnsafeName
+from sidecar.core.model import (
+    ContainerEvent,
+    ContainerInfo,
+    ContainerState,
+    ExecResult,
+    ImageInfo,
+    Mount,
+    NodeIdentity,
+    SwarmNode,
+    WORKER_PARENT_ENV,
+    WorkerLink,
+    WorkerResult,
+    WorkerSpec,
+)
+from sidecar.core.naming import node_name_problem
+from sidecar.core.swarm import ServiceMode, SwarmService, TaskStatus, task_of, with_service
 
 REPO = Path(__file__).resolve().parents[2]
 

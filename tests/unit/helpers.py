@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from sidecar.model import ContainerInfo, ContainerState, Mount
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
 
 PROJECT = "proj"
 CONTAINER = "proj-app-1"

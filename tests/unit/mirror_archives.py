@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from sidecar.worker.archive import listing, tar_command
-from sidecar.worker.mirror import SPECIAL, TREE
+from sidecar.mirror.worker import SPECIAL, TREE
 from sidecar.worker.special import HeaderPatcher, load_special
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import archive
-from sidecar.archive import (
+from sidecar.tarball import archive
+from sidecar.tarball.archive import (
     ArchiveWriter,
     ProgressLog,
     compression_for,
@@ -29,9 +29,9 @@ from sidecar.archive import (
     read_checksum,
     sha256_file,
 )
-from sidecar.extract import verify_file as check_archive  # the one check of an archive (issue 8)
-from sidecar.errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
-from sidecar.model import Compression
+from sidecar.tarball.extract import verify_file as check_archive  # the one check of an archive (issue 8)
+from sidecar.core.errors import ArchiveError, BackupAborted, ChecksumMismatch, UnsafeArchive
+from sidecar.core.model import Compression
 
 RNG = random.Random(20260329)
 BIG = RNG.randbytes(300_000)  # incompressible: zstd stores it as raw literals

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar.consistency import hot_copy_risk, looks_like, may_be_at_risk
-from sidecar.labels import parse_target
+from sidecar.core.consistency import hot_copy_risk, looks_like, may_be_at_risk
+from sidecar.core.labels import parse_target
 from sidecar.notify.sender import with_risk
 from sidecar.notify.state import FailingTargets
-from sidecar.schedule import parse_schedule
+from sidecar.core.schedule import parse_schedule
 
 from .helpers import container
 
@@ -63,7 +63,7 @@ def test_the_warning_names_the_label_the_preset_and_the_acknowledgement():
 
 
 def test_an_app_without_a_preset_is_told_to_pause_or_stop(monkeypatch):
-    monkeypatch.setattr("sidecar.consistency.PRESETS", ("postgres",))
+    monkeypatch.setattr("sidecar.core.consistency.PRESETS", ("postgres",))
     risk = hot_copy_risk(parse(HOT, "mongo:7"))
     assert risk.preset is None and "set backup.strategy=pause or stop (no preset for it yet)" in risk.summary
 

@@ -25,10 +25,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from sidecar import crypto
-from sidecar.crypto import decrypting, encrypting
-from sidecar.errors import EncryptionError, SidecarError
-from sidecar.keys import MAX_WORK_FACTOR, EncryptionConfig, load_identities, parse_recipients
+from sidecar.tarball import crypto
+from sidecar.tarball.crypto import decrypting, encrypting
+from sidecar.core.errors import EncryptionError, SidecarError
+from sidecar.core.keys import MAX_WORK_FACTOR, EncryptionConfig, load_identities, parse_recipients
 
 PASSPHRASE = "correct horse battery staple 7"
 real_scrypt = crypto._scrypt
@@ -167,7 +167,7 @@ def test_read_sizes_are_honoured(mode):
 _MEMORY_SCRIPT = textwrap.dedent("""
     import hashlib, io, os, resource, sys
     import pyrage
-    from sidecar.crypto import EncryptionConfig, encrypting, decrypting
+    from sidecar.tarball.crypto import EncryptionConfig, encrypting, decrypting
 
     class Sink:  # hashes what it is given and keeps nothing
         def __init__(self):

@@ -9,10 +9,10 @@ import time
 
 from sidecar.actions.context import Context
 from sidecar.actions.daemon import Daemon
-from sidecar.errors import EngineError
-from sidecar.model import ContainerInfo, ContainerState, Mount
-from sidecar.settings import load_settings
-from sidecar.storage import BackupStore, Journal
+from sidecar.core.errors import EngineError
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
+from sidecar.core.settings import load_settings
+from sidecar.store.storage import BackupStore, Journal
 
 
 def container(name: str) -> ContainerInfo:

@@ -9,9 +9,9 @@ import hashlib
 
 import pytest
 
-from sidecar.config import LocalConfig
+from sidecar.core.config import LocalConfig
 from sidecar.destinations import Destination, create
-from sidecar.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
+from sidecar.core.errors import ChecksumMismatch, DestinationError, DestinationUnreachable
 
 from .helpers import daily_archive
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from sidecar.discovery import discover
-from sidecar.model import ContainerState
-from sidecar.schedule import parse_schedule
+from sidecar.core.discovery import discover
+from sidecar.core.model import ContainerState
+from sidecar.core.schedule import parse_schedule
 
 from .helpers import container
 
@@ -103,7 +103,7 @@ def _recreated(old_state, new_state):
 def test_a_container_being_recreated_by_compose_is_no_clash(old_state, new_state, caplog):
     old, new = _recreated(old_state, new_state)
     for order in ([old, new], [new, old]):
-        with caplog.at_level(logging.DEBUG, logger="sidecar.discovery"):
+        with caplog.at_level(logging.DEBUG, logger="sidecar.core.discovery"):
             found = discover(order, DAILY)
         assert found.skipped == ()
         [target] = found.targets

@@ -1,5 +1,5 @@
 """The hand-written reference pages agree with the code: docs/reference/metrics.md lists
-exactly the metric families sidecar/metrics.py exports (name with its type's suffix, labels),
+exactly the metric families sidecar/telemetry/metrics.py exports (name with its type's suffix, labels),
 and docs/reference/commands.md has a section for every CLI command holding every option
 of the parser, and no command the parser lacks."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import metrics
+from sidecar.telemetry import metrics
 from sidecar.cli import build_parser
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference"

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from sidecar import doctables
-from sidecar.labels import KNOWN_LABELS, LABELS
-from sidecar.model import TargetConfig
-from sidecar.settings import SETTINGS, Settings
+from sidecar.core.labels import KNOWN_LABELS, LABELS
+from sidecar.core.model import TargetConfig
+from sidecar.core.settings import SETTINGS, Settings
 
 RULE_FIELDS = {"s3", "destinations", "encryption", "decryption", "notify"}  # put together by the rules after the table
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sidecar import extract
-from sidecar.archive import ArchiveWriter
-from sidecar.errors import ArchiveError, ChecksumMismatch, UnsafeArchive
-from sidecar.keys import DecryptionKeys, EncryptionConfig
-from sidecar.model import Compression
+from sidecar.tarball import extract
+from sidecar.tarball.archive import ArchiveWriter
+from sidecar.core.errors import ArchiveError, ChecksumMismatch, UnsafeArchive
+from sidecar.core.keys import DecryptionKeys, EncryptionConfig
+from sidecar.core.model import Compression
 
 from .test_archive import RAW, members, write as write_archive  # archive.py's tree, for the moved tests
 
@@ -489,7 +489,7 @@ def test_the_canonical_stream_stops_before_its_end_marker_on_a_refusal(tmp_path)
             next(stream)
 
 
-# --- python -m sidecar.extract -----------------------------------------------------------------
+# --- python -m sidecar.tarball.extract -----------------------------------------------------------------
 
 def test_main_restores_and_prints_a_summary(tmp_path, target, capsys):
     path = write(tmp_path, file(b"a.txt", b"a") + END)
@@ -521,7 +521,7 @@ def test_main_reads_the_passphrase_on_stdin_or_from_a_file(tmp_path, target, mon
 
 def test_worker_command():
     assert extract.worker_command("/backup/daily/a.tar.zst", "/target", "/run/id") == [
-        "python", "-m", "sidecar.extract", "--archive", "/backup/daily/a.tar.zst", "--into", "/target",
+        "python", "-m", "sidecar.tarball.extract", "--archive", "/backup/daily/a.tar.zst", "--into", "/target",
         "--identity-file", "/run/id"]
     assert extract.worker_command("/b/a.tar.age", "/t", passphrase_file="/b/.pass")[-2:] == [
         "--passphrase-file", "/b/.pass"]

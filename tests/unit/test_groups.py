@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.groups import DEPENDS_ON, disagreements, groups_of, start_order
-from sidecar.labels import parse_target
-from sidecar.model import ContainerInfo, ContainerState, Mount
-from sidecar.schedule import parse_schedule
+from sidecar.core.groups import DEPENDS_ON, disagreements, groups_of, start_order
+from sidecar.core.labels import parse_target
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
+from sidecar.core.schedule import parse_schedule
 
 DAILY = parse_schedule("@daily")
 

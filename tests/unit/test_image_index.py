@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from sidecar.image_index import ImageIndex
+from sidecar.store.image_index import ImageIndex
 
 
 def test_recorded_export_is_found_while_its_file_exists(tmp_path):

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from sidecar.retention import select_image_prune
-from sidecar.naming import (
+from sidecar.core.retention import select_image_prune
+from sidecar.core.naming import (
     ImageArchiveName,
     choose_image_name,
     image_reference_key,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.errors import LabelError
-from sidecar.labels import KNOWN_LABELS, default_name, enable_value, is_candidate, parse_target
-from sidecar.model import Compression, Strategy
-from sidecar.schedule import parse_schedule
+from sidecar.core.errors import LabelError
+from sidecar.core.labels import KNOWN_LABELS, default_name, enable_value, is_candidate, parse_target
+from sidecar.core.model import Compression, Strategy
+from sidecar.core.schedule import parse_schedule
 
 from .helpers import CONTAINER, DATA, bind, container, volume
 

@@ -1,14 +1,14 @@
-"""One file back, without Docker: the --path and --match filters (sidecar/members.py), the
-checked extractor's member listing and its member filter (sidecar/extract.py): only the
+"""One file back, without Docker: the --path and --match filters (sidecar/core/members.py), the
+checked extractor's member listing and its member filter (sidecar/tarball/extract.py): only the
 chosen members are written, every member is still checked."""
 
 from __future__ import annotations
 
 import pytest
 
-from sidecar import extract
-from sidecar.errors import ChecksumMismatch, UnsafeArchive
-from sidecar.members import chosen, matching, member_path, part_of, under
+from sidecar.tarball import extract
+from sidecar.core.errors import ChecksumMismatch, UnsafeArchive
+from sidecar.core.members import chosen, matching, member_path, part_of, under
 
 from .test_extract import END, directory, file, symlink, write
 

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.actions.backup import BackupOutcome, BackupResult
-from sidecar.archive import ArchiveResult
-from sidecar.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, _BoundedServer, record_outcome
-from sidecar.model import CopyState
+from sidecar.tarball.archive import ArchiveResult
+from sidecar.telemetry.metrics import STATE_FILE, Metrics, MetricsServer, TargetView, _BoundedServer, record_outcome
+from sidecar.core.model import CopyState
 
 
 def value(metrics: Metrics, name: str, **labels) -> float | None:

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.actions.backup import BackupOutcome
 from sidecar.actions.formats import SnapshotResult
-from sidecar.archive import ArchiveResult
-from sidecar.metrics import FleetView, Metrics, TargetView, _families
-from sidecar.model import CopyState, SwarmNode
+from sidecar.tarball.archive import ArchiveResult
+from sidecar.telemetry.metrics import FleetView, Metrics, TargetView, _families
+from sidecar.core.model import CopyState, SwarmNode
 from sidecar.readers.mirror import INFO, mirror_folder
 
 VIEW = TargetView("app", ("data",), next_run=1_900_000_000, expected_interval=86400)
@@ -118,7 +118,7 @@ def test_fleet_view_errors_leave_the_series_out_logged_once(caplog):
         return FLEET[:1]
 
     view = FleetView(read, ttl=30, timeout=5, clock=clock)
-    with caplog.at_level(logging.INFO, logger="sidecar.metrics"):
+    with caplog.at_level(logging.INFO, logger="sidecar.telemetry.metrics"):
         for _ in range(3):
             assert view.nodes() is None
             clock.now += 31
@@ -132,7 +132,7 @@ def test_fleet_view_errors_leave_the_series_out_logged_once(caplog):
 def test_fleet_view_never_holds_a_scrape_on_a_hanging_engine(caplog):
     release = threading.Event()
     view = FleetView(lambda: release.wait(30) and FLEET[:1], ttl=30, timeout=0.2)
-    with caplog.at_level(logging.ERROR, logger="sidecar.metrics"):
+    with caplog.at_level(logging.ERROR, logger="sidecar.telemetry.metrics"):
         started = time.monotonic()
         assert view.nodes() is None
         assert view.nodes() is None  # the read still hangs: no second wait

@@ -1,5 +1,5 @@
-"""The staging mirror: change detection (sidecar/mirrordiff.py, pure) and a mirror pass
-(sidecar/worker/mirror.py) run in this process on folders of this host."""
+"""The staging mirror: change detection (sidecar/mirror/diff.py, pure) and a mirror pass
+(sidecar/mirror/worker.py) run in this process on folders of this host."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import mirrordiff
-from sidecar.mirrordiff import Room, Seen, dumps, loads, unchanged
-from sidecar.worker.mirror import DIRTY, INFO, MANIFEST, TREE, MirrorJob, run_mirror
+from sidecar.mirror import diff as mirrordiff
+from sidecar.mirror.diff import Room, Seen, dumps, loads, unchanged
+from sidecar.mirror.worker import DIRTY, INFO, MANIFEST, TREE, MirrorJob, run_mirror
 
 BASE = Seen(dev=1, ino=10, mode=0o100644, size=5, mtime_ns=1_000, ctime_ns=2_000)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import mirrordiff
-from sidecar.errors import ArchiveError
-from sidecar.worker import mirror as worker_mirror
-from sidecar.model import Compression
+from sidecar.mirror import diff as mirrordiff
+from sidecar.core.errors import ArchiveError
+from sidecar.mirror import worker as worker_mirror
+from sidecar.core.model import Compression
 from sidecar.worker.archive import ArchiveJob, run_archive, tar_command
-from sidecar.worker.mirror import DIRTY, INFO, TMP, TREE, MirrorJob, run_mirror
+from sidecar.mirror.worker import DIRTY, INFO, TMP, TREE, MirrorJob, run_mirror
 from sidecar.worker.special import HeaderPatcher, load_special
 
 from .mirror_archives import differences

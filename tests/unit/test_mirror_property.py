@@ -34,9 +34,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import mirrordiff
-from sidecar.worker import mirror as worker_mirror
-from sidecar.worker.mirror import GO, TREE, MirrorJob, run_mirror
+from sidecar.mirror import diff as mirrordiff
+from sidecar.mirror import worker as worker_mirror
+from sidecar.mirror.worker import GO, TREE, MirrorJob, run_mirror
 
 from .mirror_archives import differences
 

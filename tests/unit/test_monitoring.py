@@ -31,7 +31,7 @@ PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
 COMPOSE = MONITORING / "compose.monitoring.yaml"
 PROVISIONING = MONITORING / "grafana" / "provisioning"
 
-# What the sidecar exports (sidecar/metrics.py), as names in the exposition format.
+# What the sidecar exports (sidecar/telemetry/metrics.py), as names in the exposition format.
 TARGET_VOLUME_METRICS = {
     "backup_sidecar_last_success_timestamp_seconds",
     "backup_sidecar_last_attempt_timestamp_seconds",

@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.errors import UnsafeName
-from sidecar.labels import restore_volumes, select_volumes, short_volume_name
-from sidecar.naming import ArchiveName, choose_name, parse_name
-from sidecar.schedule import Frequency
+from sidecar.core.errors import UnsafeName
+from sidecar.core.labels import restore_volumes, select_volumes, short_volume_name
+from sidecar.core.naming import ArchiveName, choose_name, parse_name
+from sidecar.core.schedule import Frequency
 
 from .helpers import bind, container, volume
 

@@ -13,14 +13,14 @@ import shutil
 import botocore.stub
 import pytest
 
-from sidecar.config import LocalConfig, RcloneConfig, S3Config
+from sidecar.core.config import LocalConfig, RcloneConfig, S3Config
 from sidecar.destinations import Destination, NodeFolder, bare, create, on_node
 from sidecar.destinations.rclone import RcloneDestination
-from sidecar.engine import Engine
-from sidecar.errors import SettingsError, UnsafeName
-from sidecar.model import NodeIdentity, SwarmNode
-from sidecar.naming import safe_node_name
-from sidecar.settings import load_settings
+from sidecar.docker.engine import Engine
+from sidecar.core.errors import SettingsError, UnsafeName
+from sidecar.core.model import NodeIdentity, SwarmNode
+from sidecar.core.naming import safe_node_name
+from sidecar.core.settings import load_settings
 
 from .helpers import daily_archive
 

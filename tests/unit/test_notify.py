@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from sidecar.actions.backup import BackupOutcome
-from sidecar.archive import ArchiveResult
+from sidecar.tarball.archive import ArchiveResult
 from sidecar.notify import sender as notify
 from sidecar.notify.sender import Message, Notifier, decide, render
 from sidecar.notify.state import Failing
-from sidecar.notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
+from sidecar.core.notify_urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
 
 WHEN = datetime(2026, 11, 26, 3, 0, 4, tzinfo=timezone.utc)
 SECRET = "Pa55wordXyz"  # never in a log line or an error message

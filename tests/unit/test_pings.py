@@ -11,16 +11,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from sidecar.actions.backup import BackupOutcome
-from sidecar.archive import ArchiveResult
-from sidecar.errors import LabelError, SettingsError
-from sidecar.labels import parse_target
-from sidecar.model import ContainerInfo, ContainerState, Mount
+from sidecar.tarball.archive import ArchiveResult
+from sidecar.core.errors import LabelError, SettingsError
+from sidecar.core.labels import parse_target
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
 from sidecar.pings.sender import Pinger, event_of, summary
 from sidecar.pings.tail import RunLogTail
-from sidecar.pings.urls import (MAX_BODY_BYTES, PingEvent, PingKind, PingUrl, cut_body, parse_ping_url,
-                                request_for)
-from sidecar.schedule import parse_schedule
-from sidecar.settings import load_settings
+from sidecar.core.ping_urls import MAX_BODY_BYTES, PingEvent, PingKind, PingUrl, cut_body, parse_ping_url, request_for
+from sidecar.core.schedule import parse_schedule
+from sidecar.core.settings import load_settings
 
 TOKEN = "5f1c0d7e-9a2b-4c3d-8e4f-a1b2c3d4e5f6"
 RID = "11111111-2222-3333-4444-555555555555"
@@ -218,7 +217,7 @@ def test_the_setting_is_parsed_and_a_bad_one_is_reported_without_its_value():
 def test_ping_failures_are_counted_per_target_and_kind_from_discovery_on(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from sidecar.metrics import Metrics, TargetView, record_ping_failure
+    from sidecar.telemetry.metrics import Metrics, TargetView, record_ping_failure
     metrics = Metrics(CollectorRegistry(), state_path=tmp_path / "metrics.json")
     metrics.discovered([TargetView("app", ("data",), 1.0, 60.0, pings=("hc", "plain"))], 0)
     value = metrics.registry.get_sample_value

@@ -1,4 +1,4 @@
-"""The checks every command makes first (sidecar/preflight.py): the Docker socket, BACKUP_DIR,
+"""The checks every command makes first (sidecar/docker/preflight.py): the Docker socket, BACKUP_DIR,
 and the one-line wording of a backup folder that is full, read-only or someone else's.
 
 The tests run as root, whom permissions do not stop: what another user meets is checked in a
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import cli, preflight
-from sidecar.preflight import Access, PreflightError, check_backup_dir, check_docker_socket
+from sidecar import cli
+from sidecar.docker import preflight
+from sidecar.docker.preflight import Access, PreflightError, check_backup_dir, check_docker_socket
 
 NOBODY = 65534
 

@@ -10,12 +10,12 @@ from sidecar.actions.plan import database_warnings
 from sidecar.actions.sources import items, sources_for
 from sidecar.actions.sources.presets import PRESETS as PRESET_MODULES
 from sidecar.actions.sources.presets.sqlite import plan_mounts
-from sidecar.errors import LabelError, NotFound
-from sidecar.labels import DEFAULT_EXEC_TIMEOUT, PRESETS, parse_target, short_volume_name
-from sidecar.model import Mount
-from sidecar.naming import parse_name
-from sidecar.presetnames import dump_type
-from sidecar.schedule import parse_schedule
+from sidecar.core.errors import LabelError, NotFound
+from sidecar.core.labels import DEFAULT_EXEC_TIMEOUT, PRESETS, parse_target, short_volume_name
+from sidecar.core.model import Mount
+from sidecar.core.naming import parse_name
+from sidecar.core.presetnames import dump_type
+from sidecar.core.schedule import parse_schedule
 
 from .helpers import container, volume
 

@@ -9,10 +9,10 @@ from datetime import datetime
 import pytest
 
 from sidecar.actions.sources.presets import MODULES, PRESETS as PRESET_MODULES, mysql, preset_of_item
-from sidecar.naming import ArchiveName, parse_name
-from sidecar.presetnames import ALIASES, CANONICAL, PRESETS, canonical, canonical_type, dump_type, preset_of_type
-from sidecar.retention import Keep, plan_prune, promotions
-from sidecar.schedule import Frequency
+from sidecar.core.naming import ArchiveName, parse_name
+from sidecar.core.presetnames import ALIASES, CANONICAL, PRESETS, canonical, canonical_type, dump_type, preset_of_type
+from sidecar.core.retention import Keep, plan_prune, promotions
+from sidecar.core.schedule import Frequency
 
 
 @pytest.mark.parametrize("name, expected", [

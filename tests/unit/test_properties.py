@@ -17,15 +17,22 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar.discovery import discover
-from sidecar.errors import LabelError, SettingsError, UnsafeName
-from sidecar.labels import KNOWN_LABELS, LABELS, SECRET_LABELS, is_candidate, label_backup_name, parse_target, \
-    short_volume_name
-from sidecar.model import ContainerInfo, ContainerState, Mount
-from sidecar.naming import choose_image_name, choose_name, safe_component, safe_relpath
-from sidecar.retention import DEFAULT_KEEP, parse_keep
-from sidecar.schedule import Frequency, parse_schedule
-from sidecar.settings import SETTINGS, load_settings
+from sidecar.core.discovery import discover
+from sidecar.core.errors import LabelError, SettingsError, UnsafeName
+from sidecar.core.labels import (
+    KNOWN_LABELS,
+    LABELS,
+    SECRET_LABELS,
+    is_candidate,
+    label_backup_name,
+    parse_target,
+    short_volume_name,
+)
+from sidecar.core.model import ContainerInfo, ContainerState, Mount
+from sidecar.core.naming import choose_image_name, choose_name, safe_component, safe_relpath
+from sidecar.core.retention import DEFAULT_KEEP, parse_keep
+from sidecar.core.schedule import Frequency, parse_schedule
+from sidecar.core.settings import SETTINGS, load_settings
 
 BACKUP_DIR = PurePosixPath("/backups")
 HOSTILE_PIECES = ["..", "../", "/", "\0", "\n", "\r", " ", "*", "%2e%2e", "~", "$(id)", "`id`", "\\", "_", ".",

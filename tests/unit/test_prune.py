@@ -13,12 +13,12 @@ import pytest
 
 from sidecar.actions.context import Context
 from sidecar.actions.prune import promote, run_prune
-from sidecar.archive import write_checksum
-from sidecar.naming import ArchiveName
-from sidecar.retention import DEFAULT_KEEP, Keep, parse_keep
-from sidecar.schedule import Frequency
-from sidecar.settings import load_settings
-from sidecar.storage import BackupStore, Journal, StoredArchive
+from sidecar.tarball.archive import write_checksum
+from sidecar.core.naming import ArchiveName
+from sidecar.core.retention import DEFAULT_KEEP, Keep, parse_keep
+from sidecar.core.schedule import Frequency
+from sidecar.core.settings import load_settings
+from sidecar.store.storage import BackupStore, Journal, StoredArchive
 
 
 @pytest.fixture

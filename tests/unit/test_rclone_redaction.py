@@ -12,9 +12,9 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from sidecar.config import RcloneConfig
+from sidecar.core.config import RcloneConfig
 from sidecar.destinations.rclone import _OBSCURE_KEY, RcloneDestination, reveal, secret_values
-from sidecar.errors import DestinationError, DestinationUnreachable
+from sidecar.core.errors import DestinationError, DestinationUnreachable
 
 PASSWORD = "S3cretPw!"
 # `rclone obscure 'S3cretPw!'` (rclone 1.60): checked against the real binary.

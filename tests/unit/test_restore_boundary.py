@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sidecar import extract
-from sidecar.errors import ArchiveError, UnsafeArchive
+from sidecar.tarball import extract
+from sidecar.core.errors import ArchiveError, UnsafeArchive
 
 from .test_extract import END, target, directory, file, hardlink, header, outside, padded, pax, restore, symlink, verify, write
 
@@ -242,7 +242,7 @@ def test_a_dump_archive_of_databases_is_accepted_and_listed(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["sidecar/actions/sources/presets/sqlite.py", "sidecar/actions/sources/presets/dump.py",
-                                    "sidecar/unpack.py", "sidecar/actions/images.py",
+                                    "sidecar/readers/unpack.py", "sidecar/actions/images.py",
                                     "sidecar/actions/sources/volumes.py"])
 def test_no_restore_path_parses_an_archive_with_tarfile_or_hands_it_to_the_engines_unpacker(module):
     source = (Path(__file__).parents[2] / module).read_text()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sidecar import extract
-from sidecar.errors import ArchiveError
+from sidecar.tarball import extract
+from sidecar.core.errors import ArchiveError
 
 from .test_extract import END, directory, file, hardlink, header, padded, pax, symlink, write
 

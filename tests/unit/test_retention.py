@@ -9,9 +9,9 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from sidecar.errors import SidecarError
-from sidecar.naming import ArchiveName, parse_name
-from sidecar.retention import (
+from sidecar.core.errors import SidecarError
+from sidecar.core.naming import ArchiveName, parse_name
+from sidecar.core.retention import (
     ACCEPTED,
     DEFAULT_KEEP,
     Keep,
@@ -21,7 +21,7 @@ from sidecar.retention import (
     plan_prune,
     promotions,
 )
-from sidecar.schedule import Frequency
+from sidecar.core.schedule import Frequency
 
 
 def n(filename: str) -> ArchiveName:

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.schedule import ALIASES, Frequency, Schedule, parse_schedule
+from sidecar.core.schedule import ALIASES, Frequency, Schedule, parse_schedule
 
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.errors import SettingsError
-from sidecar.schedule import parse_schedule
-from sidecar.settings import load_settings
+from sidecar.core.errors import SettingsError
+from sidecar.core.schedule import parse_schedule
+from sidecar.core.settings import load_settings
 
 
 def problems(env) -> list[str]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import LocalConfig, RcloneConfig, S3Config
-from sidecar.errors import SettingsError
-from sidecar.settings import destination_name, load_settings
+from sidecar.core.config import LocalConfig, RcloneConfig, S3Config
+from sidecar.core.errors import SettingsError
+from sidecar.core.settings import destination_name, load_settings
 
 S3 = {"S3_BUCKET": "my-backups"}
 

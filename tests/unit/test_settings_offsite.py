@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyrage
 import pytest
 
-from sidecar.errors import SettingsError
-from sidecar.retention import DEFAULT_KEEP, Keep
-from sidecar.settings import load_settings
+from sidecar.core.errors import SettingsError
+from sidecar.core.retention import DEFAULT_KEEP, Keep
+from sidecar.core.settings import load_settings
 
 
 def test_no_bucket_no_store():

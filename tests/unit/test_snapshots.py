@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sidecar.errors import ArchiveError, UnsafeName
-from sidecar.retention import Keep
-from sidecar.schedule import Frequency
-from sidecar.snapshots import (
+from sidecar.core.errors import ArchiveError, UnsafeName
+from sidecar.core.retention import Keep
+from sidecar.core.schedule import Frequency
+from sidecar.core.snapshots import (
     Snapshot,
     choose_snapshot,
     forget_args,

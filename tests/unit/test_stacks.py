@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.discovery import discover
-from sidecar.model import Mount
-from sidecar.schedule import parse_schedule
-from sidecar.stacks import StackSettings, discover_stacks, include_problem, relpath_for
+from sidecar.core.discovery import discover
+from sidecar.core.model import Mount
+from sidecar.core.schedule import parse_schedule
+from sidecar.core.stacks import StackSettings, discover_stacks, include_problem, relpath_for
 
 from .helpers import DATA, bind, container
 

@@ -5,7 +5,7 @@ import logging
 import multiprocessing
 import stat
 
-from sidecar.state import JsonState
+from sidecar.store.state import JsonState
 
 
 def _add_many(path, start, count):

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.archive import read_checksum, write_checksum
-from sidecar.errors import ArchiveError, BackupBusy, NotFound
-from sidecar.naming import parse_name
-from sidecar.schedule import Frequency
-from sidecar import storage
-from sidecar.storage import BackupStore, Journal, JournalEntry, StoredArchive
+from sidecar.tarball.archive import read_checksum, write_checksum
+from sidecar.core.errors import ArchiveError, BackupBusy, NotFound
+from sidecar.core.naming import parse_name
+from sidecar.core.schedule import Frequency
+from sidecar.store import storage
+from sidecar.store.storage import BackupStore, Journal, JournalEntry, StoredArchive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -340,8 +340,8 @@ def test_lock_is_released_when_the_body_fails(store):
 HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from sidecar.errors import BackupBusy
-    from sidecar.storage import BackupStore
+    from sidecar.core.errors import BackupBusy
+    from sidecar.store.storage import BackupStore
     store = BackupStore(Path(sys.argv[1]))
     try:
         with store.target_lock(sys.argv[2]):

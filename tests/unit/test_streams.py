@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from sidecar.streams import IterReader
+from sidecar.tarball.streams import IterReader
 
 DATA = bytes(range(256)) * 3  # 768 bytes, every position distinguishable
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from sidecar.discovery import discover, is_candidate_container
-from sidecar.model import ContainerInfo, ContainerState, Mount, Strategy
-from sidecar.schedule import parse_schedule
-from sidecar.swarm import (
+from sidecar.core.discovery import discover, is_candidate_container
+from sidecar.core.model import ContainerInfo, ContainerState, Mount, Strategy
+from sidecar.core.schedule import parse_schedule
+from sidecar.core.swarm import (
     ServiceMode,
     SwarmService,
     TaskStatus,

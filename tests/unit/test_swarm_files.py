@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.labels import LABELS
-from sidecar.settings import SETTINGS
+from sidecar.core.labels import LABELS
+from sidecar.core.settings import SETTINGS
 from tests.unit.test_monitoring import ALERTS, MONITORING, promtool, run  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def test_configs_mount_the_monitoring_files_where_they_are_read() -> None:
 # --- the labelled examples ------------------------------------------------------------------
 
 def pinned(service: dict) -> bool:
-    """Held on one node the way the sidecar recognises (sidecar.swarm.placement_warning)."""
+    """Held on one node the way the sidecar recognises (sidecar.core.swarm.placement_warning)."""
     constraints = [interpolate(c).replace(" ", "") for c in service["deploy"]["placement"]["constraints"]]
     return any(c.startswith(("node.hostname==", "node.id==")) for c in constraints)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.errors import SettingsError
-from sidecar.labels import enable_value
-from sidecar.model import Strategy
-from sidecar.settings import load_settings
-from sidecar.values import BOOLEAN, member_of, one_of, seconds, truth, userinfo_parts, whole, without_userinfo
+from sidecar.core.errors import SettingsError
+from sidecar.core.labels import enable_value
+from sidecar.core.model import Strategy
+from sidecar.core.settings import load_settings
+from sidecar.core.values import BOOLEAN, member_of, one_of, seconds, truth, userinfo_parts, whole, without_userinfo
 
 SPELLINGS = [("true", True), ("TRUE", True), (" Yes ", True), ("1", True), ("false", False), ("No", False),
              ("0", False), ("maybe", None), ("", None), ("on", None), ("y", None)]

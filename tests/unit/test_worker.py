@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sidecar.archive import filter_tar
-from sidecar.engine import Engine, own_ids_in_mountinfo
-from sidecar.model import ContainerInfo, ContainerState, Mount, WorkerMount
+from sidecar.tarball.archive import filter_tar
+from sidecar.docker.engine import Engine, own_ids_in_mountinfo
+from sidecar.core.model import ContainerInfo, ContainerState, Mount, WorkerMount
 from sidecar.readers.worker import STORE_ROOT, VOLUME_ROOT, store_mount, volume_mounts
 from sidecar.worker.archive import listing, tar_command
 

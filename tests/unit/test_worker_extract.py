@@ -16,9 +16,9 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from sidecar.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
-from sidecar.keys import DecryptionKeys
-from sidecar.model import WORKER_PARENT_ENV, Compression
+from sidecar.tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
+from sidecar.core.keys import DecryptionKeys
+from sidecar.core.model import WORKER_PARENT_ENV, Compression
 from sidecar.worker import extract as worker
 
 from .test_extract import END, directory, file, symlink, write
@@ -85,7 +85,7 @@ def test_keys_round_trip_through_a_0600_file(tmp_path):
         worker.write_keys(path, DecryptionKeys(passphrase="other"))
 
 
-# --- --staged: one worker for a volume's whole restore (sidecar/unpack.py, StagedRestore) ------
+# --- --staged: one worker for a volume's whole restore (sidecar/readers/unpack.py, StagedRestore) ------
 
 def test_a_staged_worker_verifies_then_checks_the_room_then_writes_on_go(tmp_path, into, capsys):
     raw = directory(b"d/") + file(b"d/a.txt", b"alpha" * 1000) + END

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sidecar.model import WORKER_PARENT_ENV
+from sidecar.core.model import WORKER_PARENT_ENV
 from sidecar.worker import EXIT_ORPHANED, watch_parent
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import os
 import pyrage
 import pytest
 
-from sidecar.extract import restore_into
-from sidecar.keys import DecryptionKeys, EncryptionConfig
+from sidecar.tarball.extract import restore_into
+from sidecar.core.keys import DecryptionKeys, EncryptionConfig
 from sidecar.worker.archive import write_keys
 from sidecar.worker.stack import Part, StackJob, run_stack
 

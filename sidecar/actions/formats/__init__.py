@@ -12,7 +12,7 @@ FORMATS and a member to model.StorageFormat.
 
 from __future__ import annotations
 
-from ...model import StorageFormat, Target
+from ...core.model import StorageFormat, Target
 from ..context import Context
 from .archive import ArchiveFormat
 from .base import Format, Published, SnapshotResult

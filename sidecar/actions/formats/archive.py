@@ -7,8 +7,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Callable, Sequence
 
-from ...model import ContainerInfo, Target
-from ...retention import Keep
+from ...core.model import ContainerInfo, Target
+from ...core.retention import Keep
 from ..context import Context
 from ..prune import promote
 from ..rotate import run_rotation

@@ -6,8 +6,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from ...archive import ArchiveResult
-from ...model import ContainerInfo, Target
+from ...tarball.archive import ArchiveResult
+from ...core.model import ContainerInfo, Target
 from ..context import Context
 from ..sources import ArchivePath, Capture, Source
 

@@ -12,7 +12,7 @@
 - After a success, `restic forget --keep-*` of each item by backup.keep / BACKUP_KEEP
   (tag and host scoped); `prune` is the `prune` command's (its cost logged).
 
-Snapshots are tagged (sidecar/snapshots.py) so `list`, `plan` and `restore` show them in
+Snapshots are tagged (sidecar/core/snapshots.py) so `list`, `plan` and `restore` show them in
 the seed's vocabulary. The repository's size and snapshot counts go to `.sidecar/restic.json`
 for the metrics.
 """
@@ -32,23 +32,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from ...archive import ProgressLog
-from ...config import LocalConfig, RcloneConfig, S3Config
-from ...errors import BackupError, ConfigError, DestinationUnreachable, NotFound, ResticError, SidecarError
-from ...metrics import RESTIC_STATE_FILE
-from ...model import ContainerInfo, ContainerState, Target, VolumeSpec, WorkerResult, WorkerSpec
+from ...tarball.archive import ProgressLog
+from ...core.config import LocalConfig, RcloneConfig, S3Config
+from ...core.errors import BackupError, ConfigError, DestinationUnreachable, NotFound, ResticError, SidecarError
+from ...telemetry.metrics import RESTIC_STATE_FILE
+from ...core.model import ContainerInfo, ContainerState, Target, VolumeSpec, WorkerResult, WorkerSpec
 from ...readers import READERS
 from ...readers.mirror import give_go
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
-from ...restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
-from ...retention import Keep
-from ...schedule import Frequency
-from ...settings import destination_name
-from ...values import without_userinfo
-from ...snapshots import (VOLUME_PATH, BackupSummary, Snapshot, forget_args, parse_backup_line, selector, summary_of,
-                          tags)
-from ...state import JsonState
-from ...storage import STATE_DIR
+from ...store.restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
+from ...core.retention import Keep
+from ...core.schedule import Frequency
+from ...core.settings import destination_name
+from ...core.values import without_userinfo
+from ...core.snapshots import (
+    VOLUME_PATH,
+    BackupSummary,
+    Snapshot,
+    forget_args,
+    parse_backup_line,
+    selector,
+    summary_of,
+    tags,
+)
+from ...store.state import JsonState
+from ...store.storage import STATE_DIR
 from ..context import Context
 from ..sources import ArchivePath, Capture, Source, items, volumes
 from ..sources.presets.dump import DumpCapture

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ...errors import ConfigError
-from ...model import Target
+from ...core.errors import ConfigError
+from ...core.model import Target
 from . import presets, volumes
 from .base import ArchivePath, Capture, RestoreOutcome, RestoreRequest, Source
 

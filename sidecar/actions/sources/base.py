@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ...archive import ArchiveResult
-from ...model import ContainerInfo, Target
+from ...tarball.archive import ArchiveResult
+from ...core.model import ContainerInfo, Target
 from ..context import Context
 
 # The archive path for a short name (the volume part of the archive's name).

@@ -1,5 +1,5 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
-sidecar/readers), and the volume restore: one worker (sidecar/unpack.py, StagedRestore: the
+sidecar/readers), and the volume restore: one worker (sidecar/readers/unpack.py, StagedRestore: the
 checked extractor next to the data, the code that checks each member being the code that
 writes it; no worker, no restore) checks the archive (checksum and every member), then the
 volume must be empty (or --force), all before stopping anything; stop the container if it
@@ -15,12 +15,13 @@ import logging
 import time
 from typing import Callable, Iterator
 
-from ...archive import ArchiveResult, ProgressLog
-from ...errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
-from ...extract import Summary, open_archive
-from ...labels import mount_matches, restore_volumes
-from ...model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
-from ... import readers, unpack
+from ...tarball.archive import ArchiveResult, ProgressLog
+from ...core.errors import BackupError, NotFound, RestoreError, RestoreLeftStopped, SidecarError
+from ...tarball.extract import Summary, open_archive
+from ...core.labels import mount_matches, restore_volumes
+from ...core.model import ContainerInfo, ContainerState, Mount, Strategy, Target, VolumeSpec
+from ... import readers
+from ...readers import unpack
 from ...readers.mirror import mirror_folder
 from ..context import Context
 from ..interrupt import Interruption, InterruptionKind, is_left_stopped, journal_left_stopped, put_back_left
@@ -247,7 +248,7 @@ def _left_stopped(stop: Interruption | None, container: ContainerInfo, backup_na
 
 
 def _unpack(how: unpack.UnpackRequest, write: Callable[[], Summary], fields: dict) -> Summary:
-    """Write the archive into the volume by the worker container (sidecar/unpack.py)."""
+    """Write the archive into the volume by the worker container (sidecar/readers/unpack.py)."""
     try:
         summary = write()
     except SidecarError as err:

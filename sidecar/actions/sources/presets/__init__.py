@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ....presetnames import ALIASES, preset_of_type
+from ....core.presetnames import ALIASES, preset_of_type
 from . import mongodb, mysql, postgres, prometheus, redis, sqlite
 
 __all__ = ["MODULES", "PRESETS", "preset_of_item"]

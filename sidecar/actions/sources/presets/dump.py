@@ -15,18 +15,18 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from ....archive import ArchiveResult, ArchiveWriter, ProgressLog
-from ....engine import Engine
-from ....errors import ArchiveError, BackupError, RestoreLeftStopped, SidecarError
-from ....extract import Kind, open_archive, read_members, verify
-from ....keys import DecryptionKeys
-from ....members import PART
-from ....model import ContainerInfo, ExecResult, Target
+from ....tarball.archive import ArchiveResult, ArchiveWriter, ProgressLog
+from ....docker.engine import Engine
+from ....core.errors import ArchiveError, BackupError, RestoreError, RestoreLeftStopped, SidecarError
+from ....tarball.extract import Kind, open_archive, read_members, verify
+from ....core.keys import DecryptionKeys
+from ....core.members import PART
+from ....core.model import ContainerInfo, ContainerState, ExecResult, Target
 from ...context import Context
 from ...interrupt import Interruption
-from ..base import ArchivePath
+from ..base import ArchivePath, RestoreOutcome, RestoreRequest
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,32 @@ class DumpCapture:
         return self.sink.finish()
 
 
+def in_shell(prologue: str) -> Callable[..., tuple[str, ...]]:
+    """How a preset runs its app's tool in the target: `sh -c PROLOGUE sh TOOL ARGS...`, the
+    prologue finding the credentials in the container's own environment (never passed here)."""
+    def argv(*tool: str) -> tuple[str, ...]:
+        return ("sh", "-c", prologue, "sh", *tool)
+    return argv
+
+
+def preset_user(target: Target) -> tuple[tuple[str, str], ...]:
+    """`backup.preset.user` for the prologue (PRESET_USER), when set."""
+    user = target.config.preset_user
+    return (("PRESET_USER", user),) if user else ()
+
+
+def one_archive(item: str) -> Callable[[Target], tuple[str, ...]]:
+    """A dump preset's `describe` (the Source seam's): one archive of type `item` a backup."""
+    def describe(target: Target) -> tuple[str, ...]:
+        return (item,)
+    return describe
+
+
+def needs_quiesce(target: Target) -> bool:
+    """The Source seam's: a dump is consistent by itself and is taken from the running app."""
+    return False
+
+
 def dump_capture(item: str, command: Callable[[Target], DumpCommand]):
     """A preset's `capture` (the Source seam's): one archive `item` from the tool that
     `command` names for the target."""
@@ -276,3 +302,74 @@ def left_stopped(stop: Interruption, container: str, item: str, what: str, err: 
         f"RESTORE FAILED AFTER {what} of {container}: {err}. The container is left stopped so the app does not "
         "start on partial data. Restore again with --force (the container is started when it succeeds), or "
         "start it yourself"))
+
+
+# --- restoring through the running app ------------------------------------------------------
+
+CLIENT_TIMEOUT = 24 * 3600.0  # seconds an app's client may take to load a dump
+
+
+def restore_fields(request: RestoreRequest, item: str) -> dict:
+    """The log fields of a preset's restore."""
+    return {"target": request.backup_name, "container": request.container.name, "volume": item,
+            "archive": str(request.archive), "phase": "restore"}
+
+
+@dataclass(frozen=True)
+class Restoring:
+    """A preset's restore under way (see `restoring`)."""
+
+    request: RestoreRequest
+    item: str
+    fields: dict
+    size: int  # the dump's bytes
+    container: ContainerInfo  # as inspected: running
+    started: float
+
+    def outcome(self, downtime: float = 0.0) -> RestoreOutcome:
+        seconds = time.monotonic() - self.started
+        logger.info("restore finished", extra={**self.fields, "phase": "done", "seconds": round(seconds, 3)})
+        return RestoreOutcome(self.request.backup_name, self.request.container.name, self.item, self.request.archive,
+                              1, self.size, seconds, downtime)
+
+
+@contextlib.contextmanager
+def restoring(ctx: Context, request: RestoreRequest, item: str, running_for: str) -> Iterator[Restoring]:
+    """How every preset's restore starts: under the target's lock, the whole archive checked,
+    then the app's container must run (`running_for`: the preset and what it needs the server for)."""
+    fields = restore_fields(request, item)
+    started = time.monotonic()
+    with ctx.store.target_lock(request.backup_name):
+        logger.info("verifying archive", extra={**fields, "phase": "verify"})
+        size = check_dump(request.archive, ctx.settings.decryption)
+        current = ctx.engine.inspect(request.container.id)
+        if current.state is not ContainerState.RUNNING:
+            raise RestoreError(f"{request.container.name} is not running: {running_for}; start it first")
+        yield Restoring(request, item, fields, size, current, started)
+
+
+def feed_dump(ctx: Context, restore: Restoring, argv: Sequence[str], tool: str) -> ExecResult:
+    """The dump on the stdin of the app's client (`argv`) in the running container; a failure
+    raises RestoreError naming `tool`."""
+    chunks = dump_chunks(restore.request.archive, ctx.settings.decryption)
+    result = feed(ctx.engine, restore.container.id, list(argv), chunks, user=None, timeout=CLIENT_TIMEOUT,
+                  environment={}, fields=restore.fields)
+    if not result.ok:
+        raise RestoreError(f"{tool} {result.describe()}")
+    return result
+
+
+def ask(ctx: Context, container: ContainerInfo, argv: Sequence[str], fields: dict, *, unreachable: str,
+        failed: str, well_formed: Callable[[str], bool] = lambda out: True) -> str:
+    """What a command run in the running app's container printed (stripped): how a preset
+    looks into the server before a restore. The messages start with `unreachable` when it
+    cannot run, with `failed` when it fails or prints what `well_formed` refuses."""
+    try:
+        stream = ctx.engine.exec_stream(container.id, list(argv), timeout=60, fields=fields)
+        out = b"".join(stream).decode("utf-8", "replace").strip()
+        result = stream.result()
+    except SidecarError as err:
+        raise RestoreError(f"{unreachable}: {err}") from err
+    if not result.ok or not well_formed(out):
+        raise RestoreError(f"{failed} {result.describe()}")
+    return out

@@ -9,20 +9,21 @@ MongoDB has no Debian package here: this preset is tested against stand-in tools
 from __future__ import annotations
 
 import logging
-import time
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError
+from ....core.model import ContainerInfo, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
+from .dump import (
+    DumpCommand, ask, dump_capture, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "mongodb"
 ITEM = dump_type(NAME)
-RESTORE_TIMEOUT = 24 * 3600.0
+describe = one_archive(ITEM)
 _ARCHIVE_MAGIC = bytes.fromhex("6de29981")  # mongodump's archive format starts with it
 
 # $1: the tool, then its arguments. Credentials go through a config file on fd 3.
@@ -35,27 +36,15 @@ _PROLOGUE = (
     'exec "$tool" --username "$u" --authenticationDatabase admin --config /dev/fd/3 "$@" 3<<EOF\n'
     'password: "$p"\nEOF\nfi; exec "$@"'
 )
+_argv = in_shell(_PROLOGUE)
 _DATA_QUERY = ("db.adminCommand({listDatabases: 1}).databases.filter(d => !['admin', 'config', 'local']"
                ".includes(d.name)).length")
 
 
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
-
-
-def _argv(*tool: str) -> tuple[str, ...]:
-    return ("sh", "-c", _PROLOGUE, "sh", *tool)
-
-
 def dump_command(target: Target) -> DumpCommand:
     database = target.config.preset_database
-    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
     return DumpCommand(_argv("mongodump", "--archive", *(("--db", database) if database else ())),
-                       f"{database or 'all'}.mongoarchive", "mongodump", env, _archive)
+                       f"{database or 'all'}.mongoarchive", "mongodump", preset_user(target), _archive)
 
 
 def _archive(head: bytes, tail: bytes) -> str | None:
@@ -66,36 +55,16 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
-    container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the mongodb preset restores through the running "
-                               "server's own client; start it first")
+    with restoring(ctx, request, ITEM, "the mongodb preset restores through the running server's own client") as r:
         if not request.force:
-            _refuse_if_data(ctx, container, fields)
-        tool = ("mongorestore", "--archive", *(("--drop",) if request.force else ()))
-        result = feed(ctx.engine, container.id, list(_argv(*tool)), dump_chunks(path, ctx.settings.decryption),
-                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
-    if not result.ok:
-        raise RestoreError(f"mongorestore {result.describe()}")
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+            _refuse_if_data(ctx, request.container, r.fields)
+        feed_dump(ctx, r, _argv("mongorestore", "--archive", *(("--drop",) if request.force else ())), "mongorestore")
+    return r.outcome()
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
-    try:
-        stream = ctx.engine.exec_stream(container.id, list(_argv("mongosh", "--quiet", "--eval", _DATA_QUERY)),
-                                        timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
-    if not result.ok:
-        raise RestoreError(f"mongosh {result.describe()}")
+    out = ask(ctx, container, _argv("mongosh", "--quiet", "--eval", _DATA_QUERY), fields,
+              unreachable=f"cannot look into the server of {container.name}", failed="mongosh")
     if out.splitlines()[-1:] != ["0"]:
         raise RestoreError(f"the server in {container.name} holds databases of its own ({out[-50:]}); use --force "
                            "to replace them (mongorestore --drop)")

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError
+from ....core.model import ContainerInfo, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, feed
+from .dump import (
+    DumpCommand, ask, dump_capture, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "mysql"
 ITEM = dump_type(NAME)
-RESTORE_TIMEOUT = 24 * 3600.0
+describe = one_archive(ITEM)
 
 # $1: "dump" or "client", then the tool's arguments.
 _PROLOGUE = (
@@ -42,30 +43,18 @@ _PROLOGUE = (
     'u="${PRESET_USER:-root}"; unset PRESET_USER; '
     'if [ "$1" = dump ]; then b=$d; else b=$c; fi; shift; exec "$b" --user="$u" "$@"'
 )
+_argv = in_shell(_PROLOGUE)
 _DUMP_END = b"-- Dump completed"
 # Databases of its own that hold tables (a new server may have an empty `test`).
 _DATA_QUERY = ("SELECT count(DISTINCT table_schema) FROM information_schema.tables WHERE table_schema NOT IN "
                "('mysql', 'information_schema', 'performance_schema', 'sys')")
 
 
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
-
-
-def _argv(*tool: str) -> tuple[str, ...]:
-    return ("sh", "-c", _PROLOGUE, "sh", *tool)
-
-
 def dump_command(target: Target) -> DumpCommand:
     database = target.config.preset_database
     scope = ("--databases", database) if database else ("--all-databases",)
-    env = (("PRESET_USER", target.config.preset_user),) if target.config.preset_user else ()
     return DumpCommand(_argv("dump", "--single-transaction", "--routines", "--events", "--triggers", *scope),
-                       f"{database or 'all-databases'}.sql", "mysqldump", env, _complete)
+                       f"{database or 'all-databases'}.sql", "mysqldump", preset_user(target), _complete)
 
 
 def _complete(head: bytes, tail: bytes) -> str | None:
@@ -80,36 +69,16 @@ capture = dump_capture(ITEM, dump_command)
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     """Check the archive and that the server holds no database of its own (or --force), then
     feed the dump to the client in the running container. Nothing is stopped."""
-    started = time.monotonic()
-    container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the mysql preset restores through the running "
-                               "server's own client; start it first")
+    with restoring(ctx, request, ITEM, "the mysql preset restores through the running server's own client") as r:
         if not request.force:
-            _refuse_if_data(ctx, container, fields)
-        result = feed(ctx.engine, container.id, list(_argv("client")), dump_chunks(path, ctx.settings.decryption),
-                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
-    if not result.ok:
-        raise RestoreError(f"the mysql client {result.describe()}")
-    seconds = time.monotonic() - started
-    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3)})
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, 0.0)
+            _refuse_if_data(ctx, request.container, r.fields)
+        feed_dump(ctx, r, _argv("client"), "the mysql client")
+    return r.outcome()
 
 
 def _refuse_if_data(ctx: Context, container: ContainerInfo, fields: dict) -> None:
-    try:
-        stream = ctx.engine.exec_stream(container.id, list(_argv("client", "-N", "-B", "-e", _DATA_QUERY)),
-                                        timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot look into the server of {container.name}: {err}") from err
-    if not result.ok:
-        raise RestoreError(f"the mysql client {result.describe()}")
+    out = ask(ctx, container, _argv("client", "-N", "-B", "-e", _DATA_QUERY), fields,
+              unreachable=f"cannot look into the server of {container.name}", failed="the mysql client")
     if not re.fullmatch(r"0", out):
         raise RestoreError(f"the server in {container.name} holds {out} database(s) with tables of its own already; use "
                            "--force to load the dump over them")

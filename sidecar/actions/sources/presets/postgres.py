@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....core.model import Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, dump_file, feed
+from .dump import (
+    DumpCommand, dump_capture, dump_file, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "postgres"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 
 # $1...: the tool and its arguments. The password is exported only when one is found.
 _PROLOGUE = (
@@ -37,6 +39,7 @@ _PROLOGUE = (
     'command -v "$1" >/dev/null 2>&1 || { echo "$1: not found in the container (PATH=$PATH)" >&2; exit 127; }; '
     'exec "$@"'
 )
+_argv = in_shell(_PROLOGUE)
 _DUMPALL_END = b"PostgreSQL database cluster dump complete"
 # Databases besides postgres and the templates, plus tables in postgres itself.
 _DATA_QUERY = ("SELECT (SELECT count(*) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1'))"
@@ -44,33 +47,15 @@ _DATA_QUERY = ("SELECT (SELECT count(*) FROM pg_database WHERE datname NOT IN ('
                "('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%')")
 # What psql says about pg_dumpall's own role, which a new cluster has already: not an error of the restore.
 _EXPECTED = re.compile(r'ERROR:\s+(current user cannot be dropped|role "[^"]+" already exists)')
-RESTORE_TIMEOUT = 24 * 3600.0  # seconds the client may take to load a dump
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False  # the dump is consistent by itself (one snapshot per database) and needs the server up
-
-
-def _argv(*tool: str) -> tuple[str, ...]:
-    return ("sh", "-c", _PROLOGUE, "sh", *tool)
-
-
-def _environment(target: Target) -> tuple[tuple[str, str], ...]:
-    user = target.config.preset_user
-    return (("PRESET_USER", user),) if user else ()
 
 
 def dump_command(target: Target) -> DumpCommand:
     database = target.config.preset_database
     if database:
         return DumpCommand(_argv("pg_dump", "-Fc", "--dbname", database), f"{database}.pgdump", "pg_dump",
-                           _environment(target), _custom_format)
+                           preset_user(target), _custom_format)
     return DumpCommand(_argv("pg_dumpall", "--clean", "--if-exists"), "pg_dumpall.sql", "pg_dumpall",
-                       _environment(target), _dumpall_complete)
+                       preset_user(target), _dumpall_complete)
 
 
 def _dumpall_complete(head: bytes, tail: bytes) -> str | None:
@@ -93,16 +78,10 @@ capture = dump_capture(ITEM, dump_command)
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     """Check the archive, check that the server holds no data of its own (or --force), then
     feed the dump to `psql` / `pg_restore` in the running container. Nothing is stopped."""
-    started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": request.item,
-              "archive": str(path), "phase": "restore"}
-    with ctx.store.target_lock(request.backup_name):
-        logger.info("verifying archive", extra={**fields, "phase": "verify"})
-        size = check_dump(path, ctx.settings.decryption)
-        if ctx.engine.state(container.id) is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the postgres preset restores through the running "
-                               "server's own client; start it first")
+    with restoring(ctx, request, request.item,
+                   "the postgres preset restores through the running server's own client") as r:
+        fields = r.fields
         file = dump_file(path, ctx.settings.decryption)
         database = file.removesuffix(".pgdump") if file.endswith(".pgdump") else None
         if database is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_$.-]{0,62}", database):
@@ -114,16 +93,11 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         tool = ("pg_restore", "--clean", "--if-exists", "--create", "--dbname", "postgres") if database else \
             ("psql", "-X", "-q", "-d", "postgres")
         logger.info("restoring through the server's client", extra={**fields, "tool": tool[0]})
-        result = feed(ctx.engine, container.id, list(_argv(*tool)), dump_chunks(path, ctx.settings.decryption),
-                      user=None, timeout=RESTORE_TIMEOUT, environment={}, fields=fields)
+        result = feed_dump(ctx, r, _argv(*tool), tool[0])
     errors = [line for line in result.tail if "ERROR" in line and not _EXPECTED.search(line)]
-    if not result.ok:
-        raise RestoreError(f"{tool[0]} {result.describe()}")
     if errors:  # pg_dumpall's own roles exist already in a new cluster: reported, not fatal
         logger.warning("the client reported errors while restoring", extra={**fields, "errors": errors[-10:]})
-    seconds = time.monotonic() - started
-    logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3)})
-    return RestoreOutcome(request.backup_name, container.name, request.item, path, 1, size, seconds, 0.0)
+    return r.outcome()
 
 
 def _query(ctx: Context, container_id: str, sql: str, fields: dict) -> str:

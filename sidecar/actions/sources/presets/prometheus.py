@@ -15,23 +15,25 @@ re-serialised with headers we write (extract.files_tar)."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Iterator
 
-from ....errors import RestoreError, SidecarError
-from ....extract import files_tar
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....tarball.extract import files_tar
+from ....core.model import ContainerInfo, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, left_stopped
+from .dump import (
+    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "prometheus"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 
 _HTTP = (
     'u="${PROMETHEUS_URL:-http://localhost:9090}"; '
@@ -60,14 +62,6 @@ _WHERE = _HTTP + 'echo "$tsdb|$(ls -d "$tsdb"/01* 2>/dev/null | wc -l)"'
 _CLEAR = 'cd "$1" && rm -rf -- ..?* .[!.]* *'
 
 
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
-
-
 def dump_command(target: Target) -> DumpCommand:
     return DumpCommand(("sh", "-c", _SNAPSHOT), "snapshot.tar", "prometheus snapshot", (), _tar)
 
@@ -80,16 +74,9 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        current = ctx.engine.inspect(container.id)
-        if current.state is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the prometheus preset asks the server for its "
-                               "storage path; start it first")
+    with restoring(ctx, request, ITEM, "the prometheus preset asks the server for its storage path") as r:
+        current, fields = r.container, r.fields
         tsdb = _where(ctx, current, request.force, fields)
         for _ in _snapshot(path, ctx, container.name):  # refused before anything is stopped or emptied
             pass
@@ -104,8 +91,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                 ctx.engine.put_archive(container.id, tsdb, _snapshot(path, ctx, container.name))
             except SidecarError as err:
                 raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+    return r.outcome(stop.seconds)
 
 
 def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:
@@ -116,14 +102,8 @@ def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> str:
-    try:
-        stream = ctx.engine.exec_stream(container.id, ["sh", "-c", _WHERE], timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot ask the server in {container.name}: {err}") from err
-    if not result.ok or out.count("|") != 1:
-        raise RestoreError(f"asking the server in {container.name} failed: {result.describe()}")
+    out = ask(ctx, container, ["sh", "-c", _WHERE], fields, unreachable=f"cannot ask the server in {container.name}",
+              failed=f"asking the server in {container.name} failed:", well_formed=lambda out: out.count("|") == 1)
     tsdb, blocks = out.split("|")
     if not tsdb.startswith("/") or tsdb.rstrip("/") in ("", "/"):
         raise RestoreError(f"the server in {container.name} reports an unusable storage path {tsdb!r}")

@@ -17,18 +17,21 @@ import time
 from pathlib import PurePosixPath
 from typing import Iterator
 
-from ....errors import RestoreError, SidecarError
-from ....model import ContainerInfo, ContainerState, Target
-from ....presetnames import dump_type
+from ....core.errors import RestoreError, SidecarError
+from ....core.model import ContainerInfo, Target
+from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
-from .dump import DumpCommand, dump_capture, check_dump, dump_chunks, left_stopped
+from .dump import (
+    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
+)
 
 logger = logging.getLogger(__name__)
 
 NAME = "redis"
 ITEM = dump_type(NAME)
+describe = one_archive(ITEM)
 
 _CLI = ('command -v redis-cli >/dev/null 2>&1 || { echo "redis-cli: not found in the container" >&2; exit 127; }; '
         '[ -n "${REDISCLI_AUTH:-}" ] || REDISCLI_AUTH="${REDIS_PASSWORD:-}"; '
@@ -67,14 +70,6 @@ _WHERE = _CLI + ('d=$(cli CONFIG GET dir | sed -n 2p); f=$(cli CONFIG GET dbfile
                  'echo "$d|$f|$(cli CONFIG GET appendonly | sed -n 2p)|$(cli DBSIZE)|$o"')
 
 
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
-
-
 def dump_command(target: Target) -> DumpCommand:
     return DumpCommand(("sh", "-c", _SNAPSHOT), "dump.rdb", "redis BGSAVE", (), _rdb)
 
@@ -87,36 +82,22 @@ capture = dump_capture(ITEM, dump_command)
 
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
-    started = time.monotonic()
     container, path = request.container, request.archive
-    fields = {"target": request.backup_name, "container": container.name, "volume": ITEM, "archive": str(path),
-              "phase": "restore"}
-    with ctx.store.target_lock(request.backup_name):
-        size = check_dump(path, ctx.settings.decryption)
-        current = ctx.engine.inspect(container.id)
-        if current.state is not ContainerState.RUNNING:
-            raise RestoreError(f"{container.name} is not running: the redis preset asks the server where its RDB "
-                               "lives; start it first")
-        folder, file, owner = _where(ctx, current, request.force, fields)
-        with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
-            logger.info("restoring the RDB", extra={**fields, "path": f"{folder}/{file}"})
+    with restoring(ctx, request, ITEM, "the redis preset asks the server where its RDB lives") as r:
+        folder, file, owner = _where(ctx, r.container, request.force, r.fields)
+        with Interruption(ctx, r.container, InterruptionKind.STOPPED, request.backup_name,
+                          request.stop_timeout) as stop:
+            logger.info("restoring the RDB", extra={**r.fields, "path": f"{folder}/{file}"})
             try:
                 ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
             except SidecarError as err:  # the RDB may be half written
                 raise left_stopped(stop, container.name, ITEM, f"WRITING {folder}/{file}", err) from err
-    seconds = time.monotonic() - started
-    return RestoreOutcome(request.backup_name, container.name, ITEM, path, 1, size, seconds, stop.seconds)
+    return r.outcome(stop.seconds)
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> tuple[str, str, tuple[int, int]]:
-    try:
-        stream = ctx.engine.exec_stream(container.id, ["sh", "-c", _WHERE], timeout=60, fields=fields)
-        out = b"".join(stream).decode("utf-8", "replace").strip()
-        result = stream.result()
-    except SidecarError as err:
-        raise RestoreError(f"cannot ask the server in {container.name}: {err}") from err
-    if not result.ok or out.count("|") != 4:
-        raise RestoreError(f"asking the server in {container.name} failed: {result.describe()}")
+    out = ask(ctx, container, ["sh", "-c", _WHERE], fields, unreachable=f"cannot ask the server in {container.name}",
+              failed=f"asking the server in {container.name} failed:", well_formed=lambda out: out.count("|") == 4)
     folder, file, appendonly, keys, owner = out.split("|")
     if appendonly.strip() == "yes":
         raise RestoreError(f"{container.name} has appendonly yes: Redis would load its AOF, not the RDB; turn it off "

@@ -30,24 +30,25 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .... import unpack
-from ....archive import ProgressLog
-from ....errors import BackupError, NotFound, RestoreError, SidecarError
-from ....extract import ArchiveFile, Kind, Member, open_archive, verify
-from ....labels import SQLITE_PATHS, sqlite_globs
-from ....model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
-from ....presetnames import dump_type
+from ....readers import unpack
+from ....tarball.archive import ProgressLog
+from ....core.errors import BackupError, NotFound, RestoreError, SidecarError
+from ....tarball.extract import ArchiveFile, Kind, Member, open_archive, verify
+from ....core.labels import SQLITE_PATHS, sqlite_globs
+from ....core.model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
+from ....core.presetnames import dump_type
 from ....readers import get as get_reader
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import ArchiveSink, DumpSink, left_stopped
+from .dump import ArchiveSink, DumpSink, left_stopped, needs_quiesce, one_archive
 
 logger = logging.getLogger(__name__)
 
 NAME = "sqlite"
 ITEM = dump_type(NAME)
 RESTIC_FILE = "sqlite.tar"  # backup.format=restic: the copies' tar as one file of the snapshot
+describe = one_archive(ITEM)
 TEMP_FOLDER = ".sidecar/sqlite"  # under BACKUP_DIR: the copies on their way into the archive
 # Root with only these: read and write any database whatever its owner, and give a
 # -wal/-shm it created to the database's owner.
@@ -90,14 +91,6 @@ for root, shown, pattern in jobs:
         print(json.dumps({"event": "copied", "copy": os.path.basename(copy), "path": shown + path[len(root):],
                           "uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode & 0o7777}), flush=True)
 """
-
-
-def describe(target: Target) -> tuple[str, ...]:
-    return (ITEM,)
-
-
-def needs_quiesce(target: Target) -> bool:
-    return False
 
 
 def plan_mounts(container: ContainerInfo, patterns: tuple[str, ...]) -> tuple[tuple[WorkerMount, ...], list[list[str]]]:

@@ -1,6 +1,6 @@
 """The Docker engine, seen through the few calls the sidecar needs.
 
-A thin layer over docker-py's low-level API that returns the typed values of model.py
+A thin layer over docker-py's low-level API that returns the typed values of sidecar/core/model.py
 and raises only EngineError (with the engine's explanation kept). Nothing here knows
 about labels, schedules or archives.
 """
@@ -28,12 +28,32 @@ import docker.types
 import docker.utils.socket
 import requests
 
-from .errors import ContainerNotFound, EngineError, SidecarError, UnsafeName
-from .model import (ContainerEvent, ContainerInfo, ContainerState, ExecResult, ImageInfo, Mount, NodeIdentity,
-                    SwarmNode, WORKER_PARENT_ENV, WorkerLink, WorkerResult, WorkerSpec)
-from .naming import node_name_problem
-from .streams import IterReader
-from .swarm import SERVICE_ID as SERVICE_ID_LABEL, ServiceMode, SwarmService, TaskStatus, task_of, unseen_on_workers, with_service
+from sidecar.core.errors import ContainerNotFound, EngineError, SidecarError, UnsafeName
+from sidecar.core.model import (
+    ContainerEvent,
+    ContainerInfo,
+    ContainerState,
+    ExecResult,
+    ImageInfo,
+    Mount,
+    NodeIdentity,
+    SwarmNode,
+    WORKER_PARENT_ENV,
+    WorkerLink,
+    WorkerResult,
+    WorkerSpec,
+)
+from sidecar.core.naming import node_name_problem
+from sidecar.tarball.streams import IterReader
+from sidecar.core.swarm import (
+    SERVICE_ID as SERVICE_ID_LABEL,
+    ServiceMode,
+    SwarmService,
+    TaskStatus,
+    task_of,
+    unseen_on_workers,
+    with_service,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ never following a symlink; the one writer of every restore, in a worker containe
 canonical tar stream re-serialised from the accepted members (only for `docker load` of an
 image export: files, folders and symlinks; and `files_tar`, regular files and folders only,
 for a preset's snapshot tar handed to the engine's `PUT /archive`). `python -m
-sidecar.extract` runs it locally.
+sidecar.tarball.extract` runs it locally.
 
 Why our own parser: Python's `tarfile` and the engine's Go reader disagree on malformed input
 (a NUL-started checksum ends the archive for one and not the other, global PAX headers, PAX
@@ -64,10 +64,10 @@ import zstandard
 
 from . import crypto
 from .archive import MAX_SYMLINK_HOPS, compression_for, is_encrypted, read_checksum
-from .errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarError, UnsafeArchive
-from .keys import DecryptionKeys, load_identities
-from .model import Compression
-from .naming import CHECKSUM_SUFFIX
+from sidecar.core.errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarError, UnsafeArchive
+from sidecar.core.keys import DecryptionKeys, load_identities
+from sidecar.core.model import Compression
+from sidecar.core.naming import CHECKSUM_SUFFIX
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
@@ -1103,7 +1103,7 @@ def worker_command(archive: str, into: str, identity_file: str | None = None,
     worker sees them). An encrypted archive needs an identity file or a passphrase file
     (or the passphrase on the worker's stdin). Exit codes: EXIT_OK, EXIT_REFUSED (damaged
     or unsafe archive), EXIT_FAILED."""
-    return ["python", "-m", "sidecar.extract", "--archive", archive, "--into", into,
+    return ["python", "-m", "sidecar.tarball.extract", "--archive", archive, "--into", into,
             *(["--identity-file", identity_file] if identity_file else []),
             *(["--passphrase-file", passphrase_file] if passphrase_file else [])]
 
@@ -1481,12 +1481,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-# --- python -m sidecar.extract --------------------------------------------------------------
+# --- python -m sidecar.tarball.extract --------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Restore one archive into a folder (run inside a worker container). Prints a JSON
     summary; exit 0, 65 when the archive is damaged or unsafe, 1 on other failures."""
-    parser = argparse.ArgumentParser(prog="python -m sidecar.extract", description=(
+    parser = argparse.ArgumentParser(prog="python -m sidecar.tarball.extract", description=(
         "Check and unpack an archive into a folder in one pass (the passphrase, if any, on stdin)."))
     parser.add_argument("--archive", required=True, type=Path)
     parser.add_argument("--into", required=True, type=Path)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Iterator, TypeVar
 
-from .archive import read_checksum, write_checksum
-from .errors import ArchiveError, BackupBusy, NotFound
-from .fsutil import fsync_dir
-from .naming import (
+from sidecar.tarball.archive import read_checksum, write_checksum
+from sidecar.core.errors import ArchiveError, BackupBusy, NotFound
+from sidecar.core.fsutil import fsync_dir
+from sidecar.core.naming import (
     CHECKSUM_SUFFIX,
     IMAGE_FOLDER,
     PARTIAL_SUFFIX,
@@ -34,8 +34,8 @@ from .naming import (
     safe_component,
     safe_relpath,
 )
-from .presetnames import canonical_type
-from .schedule import Frequency
+from sidecar.core.presetnames import canonical_type
+from sidecar.core.schedule import Frequency
 from .state import JsonState
 
 logger = logging.getLogger(__name__)

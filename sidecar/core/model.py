@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from .pings.urls import PingUrl
+from .ping_urls import PingUrl
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .swarm import ServiceMode, SwarmTask

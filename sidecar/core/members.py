@@ -1,7 +1,7 @@
 """Which members of an archive a user means: `--path` (one file or folder, relative to
 the volume's root, as `list --files` shows it), `--match` (a glob on the path or the
 base name) and a dump's parts. Pure: names in, yes or no out; the extractor applies them
-(sidecar/extract.py), in the sidecar or in an extract worker (sidecar/worker/extract.py)."""
+(sidecar/tarball/extract.py), in the sidecar or in an extract worker (sidecar/worker/extract.py)."""
 
 from __future__ import annotations
 

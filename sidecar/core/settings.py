@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .config import LocalConfig, RcloneConfig, S3Config
 from .errors import SettingsError
 from .keys import DecryptionKeys, EncryptionConfig, load_identities, parse_recipients
-from .notify.urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
-from .pings.urls import ACCEPTED as PING_ACCEPTED
-from .pings.urls import PingUrl, parse_ping_url
+from .notify_urls import NotifyConfig, NotifyOn, parse_notify_on, parse_notify_urls
+from .ping_urls import ACCEPTED as PING_ACCEPTED
+from .ping_urls import PingUrl, parse_ping_url
 from .retention import DEFAULT_KEEP, Keep
 from .schedule import Schedule
 from .stacks import StackSettings, include_problem

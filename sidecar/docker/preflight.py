@@ -17,7 +17,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from sidecar.core.errors import ConfigError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 SOCKET_MOUNT = f"-v {DEFAULT_SOCKET}:{DEFAULT_SOCKET}"

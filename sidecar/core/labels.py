@@ -31,8 +31,8 @@ from .model import (
     VolumeSpec,
 )
 from .presetnames import PRESETS
-from .pings.urls import ACCEPTED as PING_ACCEPTED
-from .pings.urls import parse_ping_url
+from .ping_urls import ACCEPTED as PING_ACCEPTED
+from .ping_urls import parse_ping_url
 from .retention import DEFAULT_KEEP, Keep, parse_keep
 from .schedule import Schedule
 from .values import ACCEPTED_TRUTH, BOOLEAN, FALSE_VALUES, TRUE_VALUES, Parser, comma_list, member_of, one_of, truth, whole
@@ -68,7 +68,7 @@ DEFAULT_EXEC_TIMEOUT = 3600
 MAX_EXEC_TIMEOUT = 7 * 86400
 MIRROR = "backup.mirror"
 HOT_OK = "backup.hot-ok"
-STACK = PREFIX + "stack"  # read by sidecar/stacks.py, on any container of a Compose project
+STACK = PREFIX + "stack"  # read by sidecar/core/stacks.py, on any container of a Compose project
 STACK_INCLUDE = PREFIX + "stack.include"
 STACK_EXCLUDE = PREFIX + "stack.exclude"
 FORMAT = "backup.format"
@@ -231,7 +231,7 @@ LABELS: tuple[Label, ...] = (
           "and hold its writes, or the data is a cache), which silences the warning of every run, its "
           "notification and `backup_sidecar_consistency_risk`; see docs/how-to/presets-notes.md",
           field="hot_ok"),
-    # Read for the whole Compose project by sidecar/stacks.py (any container of it, labelled for backups or not).
+    # Read for the whole Compose project by sidecar/core/stacks.py (any container of it, labelled for backups or not).
     Label(STACK, None, None, "a false value on any container of a Compose project: its stack (Compose files, "
           "`.env`, file secrets and configs) is not archived (see the disaster-recovery guide)",
           accepted=ACCEPTED_TRUTH, shown_default="true (`BACKUP_STACK`)"),

@@ -43,11 +43,11 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from . import __version__
-from .model import CopyState, SwarmNode
-from .naming import parse_name
-from .readers.mirror import kept_mirrors, mirror_bytes, mirror_folder
-from .state import JsonState
+from sidecar import __version__
+from sidecar.core.model import CopyState, SwarmNode
+from sidecar.core.naming import parse_name
+from sidecar.readers.mirror import kept_mirrors, mirror_bytes, mirror_folder
+from sidecar.store.state import JsonState
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .fsutil import write_json_atomic
+from sidecar.core.fsutil import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A mirror pass: brings a volume's staging mirror on the backup volume up to date with the
 volume (mounted read-only), copying only what changed since the mirror's last pass
-(sidecar/mirrordiff.py decides what did, from the manifest kept beside the mirror).
+(sidecar/mirror/diff.py decides what did, from the manifest kept beside the mirror).
 
 A mirror's folder (0700, on the backup volume; the sidecar names it):
     vault/                root's, 0700, made so by each pass: no user but root may reach a
@@ -59,10 +59,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
-from ..archive import is_excluded
-from ..errors import ArchiveError
-from ..mirrordiff import Room, Seen, dumps, loads, mirrored, on_disk_mode, special_of, unchanged, writeback_window_ns
-from .archive import _Heartbeat
+from sidecar.tarball.archive import is_excluded
+from sidecar.core.errors import ArchiveError
+from sidecar.mirror.diff import (
+    Room,
+    Seen,
+    dumps,
+    loads,
+    mirrored,
+    on_disk_mode,
+    special_of,
+    unchanged,
+    writeback_window_ns,
+)
+from sidecar.worker.archive import _Heartbeat
 
 VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
 SPECIAL = "special.json"

@@ -3,7 +3,7 @@
 What restic stores is restic's business: this module never reads the repository's files.
 It runs `restic --json ...` with the password handed to the child's environment only
 (`RESTIC_PASSWORD`, never an argument: `ps` shows those), parses the JSON through
-sidecar/snapshots.py and turns a failure into ResticError with restic's own words.
+sidecar/core/snapshots.py and turns a failure into ResticError with restic's own words.
 
 The local repository is `BACKUP_DIR/restic` (0700); `ensure` creates it on first use under
 a file lock, so two processes never both run `init`.
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from .config import LocalConfig, RcloneConfig, S3Config
-from .errors import ResticError
-from .values import without_userinfo
-from .snapshots import BackupSummary, Snapshot, parse_backup_line, parse_snapshots, summary_of
+from sidecar.core.config import LocalConfig, RcloneConfig, S3Config
+from sidecar.core.errors import ResticError
+from sidecar.core.values import without_userinfo
+from sidecar.core.snapshots import BackupSummary, Snapshot, parse_backup_line, parse_snapshots, summary_of
 
 logger = logging.getLogger(__name__)
 

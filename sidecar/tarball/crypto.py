@@ -42,8 +42,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import EncryptionError
-from .keys import DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, EncryptionConfig, Identity, Recipient, to_recipient
+from sidecar.core.errors import EncryptionError
+from sidecar.core.keys import DEFAULT_WORK_FACTOR, MAX_WORK_FACTOR, EncryptionConfig, Identity, Recipient, to_recipient
 from .streams import ChunkedReader
 
 logger = logging.getLogger(__name__)

@@ -36,18 +36,25 @@ from typing import Iterator
 
 import pyrage
 
-from .engine import Engine
-from .errors import (ArchiveError, ChecksumMismatch, EncryptionError, EngineError, RestoreError, SidecarError,
-                     UnsafeArchive)
-from .extract import ArchiveFile, Summary
-from .keys import DecryptionKeys
-from .model import ContainerInfo, Mount, WorkerLink, WorkerMount, WorkerResult, WorkerSpec
-from .readers import READERS
-from .readers.base import WorkerSettings
-from .readers.worker import KEYS_FOLDER, NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite, volume_mounts
-from .storage import STATE_DIR
-from .worker import PROTOCOL
-from .worker.extract import MODULE, write_keys
+from sidecar.docker.engine import Engine
+from sidecar.core.errors import (
+    ArchiveError,
+    ChecksumMismatch,
+    EncryptionError,
+    EngineError,
+    RestoreError,
+    SidecarError,
+    UnsafeArchive,
+)
+from sidecar.tarball.extract import ArchiveFile, Summary
+from sidecar.core.keys import DecryptionKeys
+from sidecar.core.model import ContainerInfo, Mount, WorkerLink, WorkerMount, WorkerResult, WorkerSpec
+from sidecar.readers import READERS
+from sidecar.readers.base import WorkerSettings
+from sidecar.readers.worker import KEYS_FOLDER, NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite, volume_mounts
+from sidecar.store.storage import STATE_DIR
+from sidecar.worker import PROTOCOL
+from sidecar.worker.extract import MODULE, write_keys
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +79,8 @@ class UnpackRequest:
     worker: WorkerSettings | None  # None: no worker is tried
     target: str  # backup name, for log lines
     only: tuple[str, ...] | None = None  # a preset's dump: the files it may write (Policy's `only`)
-    path: str | None = None  # only this member (a file or folder, sidecar.members.member_path); None: all
-    dump_parts: bool = False  # only a dump's parts (of the file `path`): sidecar.members.chosen
+    path: str | None = None  # only this member (a file or folder, sidecar.core.members.member_path); None: all
+    dump_parts: bool = False  # only a dump's parts (of the file `path`): sidecar.core.members.chosen
     leave_root: bool = False  # the root entry left out: the target folder keeps its owner and mode
 
 

@@ -1,5 +1,5 @@
 """restic snapshots in the seed's vocabulary (BACKUP_FORMAT=restic). Pure: no restic, no
-clock; the adapter (sidecar/restic.py) runs restic and hands its `--json` output here.
+clock; the adapter (sidecar/store/restic.py) runs restic and hands its `--json` output here.
 
 A snapshot is one volume or one dump of one target from one run. Its tags say whose it is:
 

@@ -1,7 +1,7 @@
 """Archive files: writing a tar stream compressed under a temporary name with its
 SHA-256 computed on the way, publishing it atomically, naming and checksum files, and
 reading an archive's tar bytes back (iter_tar). Checking and restoring members is the
-checked extractor's alone (sidecar/extract.py: one parser that checks what it writes).
+checked extractor's alone (sidecar/tarball/extract.py: one parser that checks what it writes).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 import zstandard
 
 from . import crypto
-from .errors import ArchiveError, BackupAborted, EncryptionError
-from .fsutil import fsync_dir
-from .keys import DecryptionKeys
-from .model import Compression
-from .naming import CHECKSUM_SUFFIX, ENCRYPTED_SUFFIX, PARTIAL_SUFFIX
+from sidecar.core.errors import ArchiveError, BackupAborted, EncryptionError
+from sidecar.core.fsutil import fsync_dir
+from sidecar.core.keys import DecryptionKeys
+from sidecar.core.model import Compression
+from sidecar.core.naming import CHECKSUM_SUFFIX, ENCRYPTED_SUFFIX, PARTIAL_SUFFIX
 from .streams import IterReader
 
 logger = logging.getLogger(__name__)
