@@ -1368,7 +1368,9 @@ class DirectoryWriter:
         except FileNotFoundError:
             os.mkdir(part, 0o700, dir_fd=parent)
             fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
-            os.chmod(fd, 0o755)  # a folder the archive does not list: tar's default mode
+            # a folder the archive does not list: tar's default mode, with the set-gid bit a
+            # set-gid parent gives a new folder (the kernel's rule, which GNU tar keeps too)
+            os.chmod(fd, 0o755 | (os.fstat(fd).st_mode & stat.S_ISGID))
             return _Open(name, fd, None, None)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
