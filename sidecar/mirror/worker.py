@@ -72,7 +72,7 @@ from sidecar.mirror.diff import (
     unchanged,
     writeback_window_ns,
 )
-from sidecar.worker.archive import _Heartbeat
+from sidecar.tarball.streams import Heartbeat
 
 VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
 SPECIAL = "special.json"
@@ -787,7 +787,7 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
             return None
     (job.mirror / DIRTY).touch()
     _fsync_folder(job.mirror)  # marked unfinished on disk before the tree changes
-    beat = _Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
+    beat = Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
         tree = job.mirror / TREE
         if not previous and not job.go and _lstat(tree) is None:  # a first copy: by tar

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import threading
+from typing import Callable, Iterable
 
 
 class ChunkedReader:
@@ -53,3 +54,21 @@ class IterReader(ChunkedReader):
         except StopIteration:
             self._at_end = True
             return b""
+
+class Heartbeat:
+    """A progress event every `interval` seconds while a worker writes a stream, also while
+    tar is slow (the sidecar checks for cancellation on each line it reads); the archive and
+    mirror workers share it."""
+
+    def __init__(self, interval: float, done: Callable[[], int], emit: Callable[[dict], None]):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval, done, emit), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float, done: Callable[[], int], emit: Callable[[dict], None]) -> None:
+        while not self._stop.wait(interval):
+            emit({"event": "progress", "tar_bytes": done()})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from ..tarball import crypto
 from ..tarball.archive import HashingFile, is_excluded
+from ..tarball.streams import Heartbeat
 from ..core.errors import ArchiveError
 from ..core.keys import EncryptionConfig
 from ..core.model import Compression
@@ -199,7 +200,7 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
         watcher.thread.start()
         if listed:
             threading.Thread(target=_feed, args=(tar.stdin, job.root, job.exclude), daemon=True).start()
-        beat = _Heartbeat(job.progress_interval, lambda: watcher.done, emit)
+        beat = Heartbeat(job.progress_interval, lambda: watcher.done, emit)
         stack.callback(beat.stop)
         while chunk := source.read(READ_SIZE):
             out.write(chunk)
@@ -264,22 +265,6 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class _Heartbeat:
-    """A progress line every `interval` seconds, also while tar is slow (the sidecar checks
-    for cancellation on each line it reads)."""
-
-    def __init__(self, interval: float, done: Callable[[], int], emit: Emit):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval, done, emit), daemon=True)
-        self._thread.start()
-
-    def _run(self, interval: float, done: Callable[[], int], emit: Emit) -> None:
-        while not self._stop.wait(interval):
-            emit({"event": "progress", "tar_bytes": done()})
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def probe() -> dict:
