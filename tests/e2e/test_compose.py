@@ -183,14 +183,17 @@ def test_stopping_the_stack_while_its_sidecar_reads_a_stopped_app_keeps_it_stopp
     stack.write({"app": app, "backup": stack.sidecar(sidecar_image)}, volumes=("data",))
     stack.run("up", "-d", "app")
     volume = f"{lab.project}_data"
-    lab.run_oneshot("dd if=/dev/urandom of=blob bs=1M count=150 2>/dev/null", {volume: "/data"})  # a slow read
+    # a slow read (gzip of random bytes): it must outlast Compose's stop of the stack, which took
+    # longer than 150 MB under a loaded CI run (the backup ended and put the app back first)
+    lab.run_oneshot("dd if=/dev/urandom of=blob bs=1M count=400 2>/dev/null", {volume: "/data"})
     stack.run("up", "-d")
     name = f"{lab.project}_app_1"
     wait_for(lambda: any(r["message"] == "container stopped" for r in _compose_logs(stack, "backup")), timeout=90,
              what="the sidecar to stop the app")
     user_stop = time.time()
     stack.run("stop")
-    assert docker_client.api.inspect_container(name)["State"]["Status"] == "exited"
+    state = docker_client.api.inspect_container(name)["State"]["Status"]
+    assert state == "exited", [(r["message"], r.get("reason") or r.get("error")) for r in _compose_logs(stack, "backup")]
     assert "start" not in _events(docker_client, name, user_stop)
     records = _compose_logs(stack, "backup")
     assert any(r["message"].startswith("container not started: the sidecar is being stopped with its Compose project")
