@@ -362,7 +362,7 @@ _TYPES = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"1": Kind.HARDLIN
 _REGULAR = (b"0", b"\0", b"7", b"S")
 
 
-def _number(field: bytes, what: str) -> int:
+def header_number(field: bytes, what: str) -> int:
     """An octal field (padded with spaces or NULs at either end) or a base-256 one."""
     if field[:1] == b"\x80":
         return _bounded(int.from_bytes(field[1:], "big"), what)
@@ -436,16 +436,16 @@ def _parse_block(block: bytes) -> _Raw:
     name = _text(block[0:100])
     if posix and block[345]:
         name = _text(block[345:500]) + b"/" + name
-    raw = _Raw(name, block[156:157], _number(block[100:108], "mode"), _number(block[108:116], "uid"),
-               _number(block[116:124], "gid"), _number(block[124:136], "size"),
-               _number(block[136:148], "mtime") * 1_000_000_000, _text(block[157:257]), _text(block[265:297]),
+    raw = _Raw(name, block[156:157], header_number(block[100:108], "mode"), header_number(block[108:116], "uid"),
+               header_number(block[116:124], "gid"), header_number(block[124:136], "size"),
+               header_number(block[136:148], "mtime") * 1_000_000_000, _text(block[157:257]), _text(block[265:297]),
                _text(block[297:329]))
     if raw.size < 0:
         raise ArchiveError(f"malformed tar header: negative size for {name!r}")
     return raw
 
 
-def _pax_records(data: bytes) -> dict[str, bytes]:
+def pax_records(data: bytes) -> dict[str, bytes]:
     records: dict[str, bytes] = {}
     pos = 0
     while pos < len(data):
@@ -502,7 +502,7 @@ class _Pending:
             raise UnsafeArchive(f"{what} follows another extended header of the same member; tar readers disagree "
                                 "on which wins; refused")
         if kind == b"x":
-            self.pax = _pax_records(data)
+            self.pax = pax_records(data)
         elif kind == b"L":
             self.longname = _text(data)
         else:
@@ -655,7 +655,7 @@ class _Parser:
             entries += self._sparse_entries(ext[:504])
             extended = ext[504]
         raw.sparse = entries
-        raw.realsize = _number(block[483:495], "real size")
+        raw.realsize = header_number(block[483:495], "real size")
 
     @staticmethod
     def _sparse_entries(area: bytes) -> list[tuple[int, int]]:
@@ -663,7 +663,7 @@ class _Parser:
         for i in range(0, len(area) - 23, 24):
             offset, length = area[i:i + 12], area[i + 12:i + 24]
             if offset.strip(b"\0") or length.strip(b"\0"):
-                found.append((_number(offset, "sparse offset"), _number(length, "sparse length")))
+                found.append((header_number(offset, "sparse offset"), header_number(length, "sparse length")))
         return found
 
 

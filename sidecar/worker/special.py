@@ -6,7 +6,8 @@ bits cleared, a device's copy is an empty regular file. GNU tar archives those c
 they are; this filter, between tar and the compressor, gives their members the source's
 mode (set-id bits included) and, for a device, its type and major/minor numbers, so the
 archive of the mirror is the archive of a plain read. Only headers are parsed (ustar
-fields, PAX records for the name and size); member data passes through untouched, and
+fields, PAX records for the name and size, read by the checked extractor's own field and
+record parsers); member data passes through untouched, and
 a mirror without such entries is not filtered at all.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..core.errors import ArchiveError
+from ..tarball.extract import header_number, pax_records
 
 BLOCK = 512
 READ_SIZE = 1 << 20
@@ -31,32 +33,10 @@ def load_special(path: Path) -> dict[bytes, tuple[int, int]]:
     return {os.fsencode(name): (int(mode), int(rdev)) for name, (mode, rdev) in rows.items()}
 
 
-def _number(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
 def _field(value: int, what: str, name: bytes) -> bytes:
     if value > _MAX_OCTAL_7:
         raise ArchiveError(f"{what} {value} of {os.fsdecode(name)!r} does not fit a tar header")
     return b"%07o\0" % value
-
-
-def _pax(data: bytes) -> dict[bytes, bytes]:
-    records, pos = {}, 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        if space < 0:
-            break
-        length = int(data[pos:space])
-        if length <= 0:
-            break
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[key] = value
-        pos += length
-    return records
 
 
 class HeaderPatcher:
@@ -70,7 +50,7 @@ class HeaderPatcher:
         self._skip = 0  # bytes of the current member's data (padded) still to pass
         self._collect: bytearray | None = None  # a PAX header's records, while they pass
         self._collect_size = 0
-        self._pax: dict[bytes, bytes] = {}
+        self._pax: dict[str, bytes] = {}
         self._ended = False
 
     def feed(self, chunk: bytes) -> list[bytes | memoryview]:
@@ -88,7 +68,7 @@ class HeaderPatcher:
                 if self._collect is not None:
                     self._collect += part
                     if not self._skip:
-                        self._pax = _pax(bytes(self._collect[:self._collect_size]))
+                        self._pax = pax_records(bytes(self._collect[:self._collect_size]))
                         self._collect = None
                 continue
             need = BLOCK - len(self._head)
@@ -104,7 +84,8 @@ class HeaderPatcher:
             self._ended = True  # the end-of-archive blocks: nothing after them is a header
             return h
         kind = h[156:157]
-        size = int(self._pax[b"size"]) if b"size" in self._pax and kind not in (b"x", b"g") else _number(h[124:136])
+        size = (int(self._pax["size"]) if "size" in self._pax and kind not in (b"x", b"g")
+                else header_number(h[124:136], "size"))
         self._skip = -(-size // BLOCK) * BLOCK
         if kind in (b"x", b"g"):
             if kind == b"x":
@@ -112,7 +93,7 @@ class HeaderPatcher:
             if not self._skip and kind == b"x":
                 self._pax, self._collect = {}, None
             return h
-        name = self._pax.get(b"GNU.sparse.name") or self._pax.get(b"path") or self._ustar_name(h)
+        name = self._pax.get("GNU.sparse.name") or self._pax.get("path") or self._ustar_name(h)
         self._pax = {}
         if name.startswith(b"./"):
             name = name[2:]
