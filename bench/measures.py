@@ -18,7 +18,7 @@ import botocore.config
 import botocore.exceptions
 import proc
 from lab import DataSet, Lab, change_one_percent, fill
-from results import Measure
+from results import Measure, Quiet
 
 MB = 1_000_000
 CRON_PERIOD = 5  # seconds between the scheduled runs whose start is timed
@@ -81,6 +81,7 @@ class Bench:
         self._baseline_archive: list[float] = []
         self.archive: Path | None = None  # a sidecar archive of the data, for restore and S3
         self.rss: dict[str | None, list[float]] = {}
+        self.quiet: Quiet | None = None  # how busy the machine was before the start
 
     # --- set-up ---------------------------------------------------------------------
     def make_data(self, total: int, files: int) -> None:

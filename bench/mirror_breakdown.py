@@ -4,7 +4,7 @@ run in this process on a folder of this machine, each phase timed, next to the
 `tar | zstd -3 -T0` baseline of the same folder measured in the same run, page cache warm
 and (when this process may write /proc/sys/vm/drop_caches) cold.
 
-    .venv/bin/python bench/mirror_breakdown.py [--size-mb 300] [--files 6000] [--max-load 0.5]
+    .venv/bin/python bench/mirror_breakdown.py [--size-mb 300] [--files 6000]
 
 Phases: the walk (lstat of every entry), the pass (copies, or compares with the manifest),
 recording the mirror side, syncfs, the manifest; the first mirror by the Python copier, as
@@ -14,15 +14,14 @@ as if the data were older than the writeback window (the racy margin set to 0 fo
 written a moment ago is re-read on purpose). Worker container start-up is not in here
 (bench/bench.py's backup figures include it); `docker run` of a probe measures it apart.
 
-Ratios are printed only when the 1-minute load average per core is below --max-load at the
-start and the end of the run: figures taken beside other work are said to be so.
+Ratios are printed only when the machine was quiet before the start (results.quiet_before_start):
+figures taken beside other work are said to be so.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results  # noqa: E402  (bench/, this script's folder)
 from sidecar.mirror import diff as mirrordiff  # noqa: E402
 from sidecar.mirror import worker as wm  # noqa: E402
 
@@ -73,10 +73,6 @@ def tar_zstd(root: Path, out: Path) -> float:
     return time.monotonic() - start
 
 
-def load_per_core() -> float:
-    return os.getloadavg()[0] / (os.cpu_count() or 1)
-
-
 def phases(source: Path, mirror: Path) -> dict[str, float]:
     """One pass, timed by phase (the functions run_mirror calls, in its order)."""
     out = {}
@@ -98,10 +94,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=300)
     parser.add_argument("--files", type=int, default=6000)
-    parser.add_argument("--max-load", type=float, default=0.5, help="1-minute load average per core")
     parser.add_argument("--dir", type=Path, default=None, help="where to build the data (default: a temp folder)")
     args = parser.parse_args()
-    load_start = load_per_core()
+    quiet = results.quiet_before_start()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         base = Path(tmp)
         source = base / "volume"
@@ -136,16 +131,12 @@ def main() -> int:
         rows.append(("steady pass: total", sum(v for k, v in steady.items() if k != "copied MB"), "nothing changed"))
         mirror_tar = tar_zstd(base / "m1" / wm.TREE, base / "m.tar.zst")
         rows.append(("archive of the mirror (tar | zstd), warm", mirror_tar, ""))
-    load_end = load_per_core()
-    quiet = max(load_start, load_end) <= args.max_load
-    print(f"data: {args.size_mb} MB, {args.files} small files; load per core {load_start:.2f} -> {load_end:.2f} "
-          f"(threshold {args.max_load}); page cache: warm unless said")
+    print(f"data: {args.size_mb} MB, {args.files} small files; {quiet.text()}; page cache: warm unless said")
     for name, seconds, note in rows:
-        ratio = f"{seconds / warm:6.2f}x" if quiet and warm else "   -   "
+        ratio = f"{seconds / warm:6.2f}x" if quiet.ok and warm else "   -   "
         print(f"{name:52s} {seconds:8.3f} s  {ratio}  {note}")
-    if not quiet:
-        print(f"no ratios: the machine's load ({max(load_start, load_end):.2f} per core) is above {args.max_load}; "
-              "these seconds were taken beside other work")
+    if not quiet.ok:
+        print("no ratios: other work was running when the bench started; these seconds were taken beside it")
     return 0
 
 

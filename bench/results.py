@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 
 
@@ -59,32 +60,73 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-MAX_LOAD_PER_CORE = 0.5  # the 1-minute load average per core above which no ratio is printed
+MAX_BUSY_AT_START = 0.15  # share of all cores busy just before a bench, above which no ratio is printed
+QUIET_SAMPLE_SECONDS = 5.0
 
 
 def load_per_core() -> float:
     return os.getloadavg()[0] / (os.cpu_count() or 1)
 
 
-def table(measures: list[Measure], load: float = 0.0) -> str:
-    """The results; with `load` (per core, the highest seen during the run) above
-    MAX_LOAD_PER_CORE, no ratio and no verdict: figures taken beside other work."""
-    quiet = load <= MAX_LOAD_PER_CORE
+def _cpu_times() -> tuple[int, int]:
+    """(busy, all) jiffies of all cores since boot, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """How busy the machine was just before a bench started. Taken before, not during: during
+    the run the bench's own baselines and backups keep every core busy (the load average would
+    count them and refuse every run), so "quiet" means nothing else was running when it began."""
+
+    busy: float  # share of all cores busy over `seconds` before the start
+    seconds: float
+    load_per_core: float  # the 1-minute load average per core at the start, for the record
+
+    @property
+    def ok(self) -> bool:
+        return self.busy <= MAX_BUSY_AT_START
+
+    def text(self) -> str:
+        return (f"before the start: {self.busy:.0%} of the cores busy over {self.seconds:.0f} s "
+                f"(threshold {MAX_BUSY_AT_START:.0%}), 1-minute load {self.load_per_core:.2f} per core")
+
+    def as_json(self) -> dict:
+        return {"busy_before_start": round(self.busy, 3), "sample_seconds": self.seconds,
+                "max_busy": MAX_BUSY_AT_START, "load_per_core_at_start": round(self.load_per_core, 2),
+                "quiet": self.ok}
+
+
+def quiet_before_start(seconds: float = QUIET_SAMPLE_SECONDS) -> Quiet:
+    """Sample the cores for `seconds` (the bench has not started anything yet)."""
+    busy0, all0 = _cpu_times()
+    time.sleep(seconds)
+    busy1, all1 = _cpu_times()
+    return Quiet(busy=(busy1 - busy0) / max(1, all1 - all0), seconds=seconds, load_per_core=load_per_core())
+
+
+def table(measures: list[Measure], quiet: Quiet | None = None) -> str:
+    """The results; when the machine was busy before the start (`quiet`), no ratio and no
+    verdict: figures taken beside other work."""
+    was_quiet = quiet is None or quiet.ok
     header = ["measure", "median", "baseline median", "ratio", "target", "met?"]
     rows = [header]
     for m in measures:
         rows.append([
             m.title, _fmt(m.median, m.unit),
             f"{_fmt(m.baseline_median, m.unit)} ({m.baseline_title})" if m.baseline is not None else "-",
-            f"{m.ratio:.2f}" if m.ratio is not None and quiet else "-", m.target_text(),
-            {True: "yes", False: "NO", None: "-"}[m.met] if quiet else "-",
+            f"{m.ratio:.2f}" if m.ratio is not None and was_quiet else "-", m.target_text(),
+            {True: "yes", False: "NO", None: "-"}[m.met] if was_quiet else "-",
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
-    if not quiet:
-        lines.append(f"no ratios: the machine's load average reached {load:.2f} per core, above "
-                     f"{MAX_LOAD_PER_CORE} (other work ran beside this one: these seconds are not comparable)")
+    if quiet is not None:
+        lines.append(quiet.text())
+    if not was_quiet:
+        lines.append("no ratios: other work was running when the bench started (these seconds are not comparable)")
     return "\n".join(lines)
 
 
