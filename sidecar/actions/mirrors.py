@@ -28,19 +28,11 @@ from ..readers.mirror import kept_mirrors, mirror_bytes, mirror_updated
 from ..readers.worker import NAME as WORKER
 from ..readers.worker import STORE_LABEL, TARGET_LABEL
 from ..core.retention import Keep
-from ..core.schedule import Frequency
 from .context import Context
 
 logger = logging.getLogger(__name__)
 
-PERIOD_SECONDS = {Frequency.HOURLY: 3600, Frequency.DAILY: 86400, Frequency.WEEKLY: 7 * 86400,
-                  Frequency.MONTHLY: 31 * 86400}
 REMOVE_TIMEOUT = 600.0
-
-
-def retention_seconds(keep: Keep) -> int:
-    """How far back `keep` reaches: the longest of count x period over its frequencies."""
-    return max((keep.of(f) * PERIOD_SECONDS[f] for f in Frequency), default=0)
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ def unused(ctx: Context, used: set[tuple[str, str]], keep_for: Callable[[str], K
                 continue
         keep = keep_for(target)
         found.append(StaleMirror(target, volume, folder, mirror_bytes(folder), updated,
-                                 since + retention_seconds(keep) if keep is not None else None))
+                                 since + keep.reach_seconds() if keep is not None else None))
     return found
 
 

@@ -59,6 +59,10 @@ class PruneRefused(SidecarError):
         super().__init__(message)
 
 
+PERIOD_SECONDS = {Frequency.HOURLY: 3600, Frequency.DAILY: 86400, Frequency.WEEKLY: 7 * 86400,
+                  Frequency.MONTHLY: 31 * 86400}  # the longest each period can be
+
+
 @dataclass(frozen=True)
 class Keep:
     """How many periods of each frequency to keep (0: none of that frequency)."""
@@ -79,6 +83,11 @@ class Keep:
 
     def of(self, frequency: Frequency) -> int:
         return getattr(self, frequency.value)
+
+    def reach_seconds(self) -> int:
+        """How far back these rules reach: the longest of count x period over the frequencies
+        (a month counted as 31 days), e.g. how long an unused mirror is kept."""
+        return max((self.of(f) * PERIOD_SECONDS[f] for f in Frequency), default=0)
 
     def retains(self, frequency: Frequency) -> bool:
         """True when archives of a schedule of this frequency are kept at all: at their

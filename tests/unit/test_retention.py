@@ -490,3 +490,12 @@ def test_groups_are_selected_independently_with_their_own_keep():
         "db_data_2026-03-02_daily.tar.zst",
     ]
     assert sorted(asked) == ["app", "db", "my_app"]  # once per target
+
+
+@pytest.mark.parametrize("keep, seconds", [
+    (DEFAULT_KEEP, 3 * 31 * 86400),  # monthly=3 reaches furthest
+    (Keep(hourly=24, daily=0, weekly=0, monthly=0), 86400),
+    (Keep(hourly=0, daily=30, weekly=2, monthly=0), 30 * 86400),
+])
+def test_keep_reaches_back_as_far_as_its_longest_frequency(keep, seconds):
+    assert keep.reach_seconds() == seconds
