@@ -117,6 +117,7 @@ def test_a_truncated_dump_leaves_no_snapshot(engine, rctx, tmp_path):
     assert json.loads(restic(rctx, "snapshots", "--json")) == []
 
 
+@pytest.mark.slow  # test_prune_forgets_by_the_keep_rules_and_frees_the_space_its_log_counts covers forget in the default run
 def test_forget_keeps_what_backup_keep_says_per_item(engine, rctx, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -176,6 +177,7 @@ def test_prune_forgets_by_the_keep_rules_and_frees_the_space_its_log_counts(engi
     assert state["prune"]["ok"] is True and state["snapshots"] == {"app/data": 1}
 
 
+@pytest.mark.slow  # restic check against real restic
 def test_check_reads_data_back_and_a_damaged_pack_fails_it_into_the_metrics(engine, rctx, tmp_path):
     _two_runs(engine, rctx, tmp_path)
     assert set(due(rctx)) == {"prune", "check"}  # never run yet
@@ -226,6 +228,7 @@ def _killed_holding_its_lock(ctx, tmp_path, hostname: str | None = None) -> list
     return names
 
 
+@pytest.mark.slow  # test_recovery_removes_a_killed_workers_lock_and_never_a_live_one_or_another_hosts stays in the default run
 def test_recovery_removes_a_stale_lock_of_a_killed_run(engine, rctx, tmp_path):
     _two_runs(engine, rctx, tmp_path)
     _killed_holding_its_lock(rctx, tmp_path)
@@ -303,6 +306,7 @@ def test_a_held_worker_is_called_off_when_the_stop_fails_and_leaves_no_lock_or_s
 
 
 @needs_unshare
+@pytest.mark.slow  # a lock's corner during prune
 def test_prune_clears_a_killed_workers_lock_instead_of_failing_for_30_minutes(engine, make_ctx, tmp_path):
     engine.worker_images.add(IMAGE)
     ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,

@@ -57,6 +57,7 @@ def _offsite(ctx, destination: str) -> float | None:
                                              {"target": "app", "volume": "data", "destination": destination})
 
 
+@pytest.mark.slow  # a second disk's repository; e2e test_restic keeps a destination in the default run
 def test_a_second_disk_takes_a_repository_and_a_missing_mount_is_never_created(engine, make_ctx, tmp_path):
     engine.worker_images.add(IMAGE)
     disk = tmp_path / "disk"
@@ -95,6 +96,7 @@ def sftp(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow  # a real SFTP server and an outage; e2e test_restic keeps a destination in the default run
 def test_an_rclone_remote_takes_a_repository_and_catches_up_after_an_outage(engine, make_ctx, tmp_path, sftp):
     engine.worker_images.add(IMAGE)
     obscured = subprocess.run(["rclone", "obscure", sftp.password], capture_output=True, text=True,
@@ -133,6 +135,7 @@ def test_an_rclone_remote_takes_a_repository_and_catches_up_after_an_outage(engi
     assert row.copies == 2
 
 
+@pytest.mark.slow  # per-node snapshots (the Swarm group)
 def test_another_nodes_snapshots_are_listed_and_restored_with_node(engine, make_ctx, tmp_path):
     """A Swarm of two nodes sharing one destination: node-b lists node-a's snapshots in the
     destination's repository with --node and restores one of them; without --node it looks

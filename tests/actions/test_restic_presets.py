@@ -74,6 +74,7 @@ def test_a_restic_dump_restore_refuses_what_the_archive_restore_refuses(engine, 
     assert received.read_text().startswith("SELECT 1;")
 
 
+@pytest.mark.slow  # real restic; a corner of presets in restic
 def test_a_volume_snapshot_is_not_taken_for_a_dump(engine, rctx, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -84,6 +85,7 @@ def test_a_volume_snapshot_is_not_taken_for_a_dump(engine, rctx, tmp_path):
         run_restore_dump(rctx, "app", "latest", restic=True)
 
 
+@pytest.mark.slow  # all presets through restic (postgres stays in the default run)
 def test_mysql_dump_snapshot_round_trip(engine, rctx, tmp_path):
     received = tmp_path / "received.sql"
     _mysql(engine, tmp_path, mysqldump=f'echo "INSERT 1;"; echo "{DUMP_DONE}"',
@@ -93,6 +95,7 @@ def test_mysql_dump_snapshot_round_trip(engine, rctx, tmp_path):
     assert received.read_text() == f"INSERT 1;\n{DUMP_DONE}\n"
 
 
+@pytest.mark.slow  # all presets through restic (postgres stays in the default run)
 def test_mongodb_dump_snapshot_round_trip(engine, rctx, tmp_path):
     received = tmp_path / "received"
     _mongo(engine, tmp_path, mongodump=f'printf "{MAGIC}data"', mongosh="echo 0",
@@ -102,6 +105,7 @@ def test_mongodb_dump_snapshot_round_trip(engine, rctx, tmp_path):
     assert received.read_bytes() == bytes.fromhex("6de29981") + b"data"
 
 
+@pytest.mark.slow  # all presets through restic (postgres stays in the default run)
 def test_redis_dump_snapshot_round_trip(engine, rctx, tmp_path, data):
     app = _redis(engine, tmp_path, data)
     assert run_backup(rctx, _target(rctx)).ok
@@ -112,6 +116,7 @@ def test_redis_dump_snapshot_round_trip(engine, rctx, tmp_path, data):
     assert engine.state(app.id) is ContainerState.RUNNING and outcome.volume == "redis+dump"
 
 
+@pytest.mark.slow  # all presets through restic (postgres stays in the default run)
 def test_prometheus_dump_snapshot_round_trip(engine, rctx, tmp_path, data):
     app = _prometheus(engine, tmp_path, data)
     assert run_backup(rctx, _target(rctx)).ok
@@ -122,6 +127,7 @@ def test_prometheus_dump_snapshot_round_trip(engine, rctx, tmp_path, data):
     assert (data / "01BLOCK" / "meta.json").read_text() == "chunk\n"
 
 
+@pytest.mark.slow  # restic check against real restic
 def test_a_failed_check_is_a_notified_failure_and_the_next_passing_one_a_recovery(engine, make_ctx, tmp_path):
     engine.worker_images.add("backup-sidecar:fake")
     ctx = make_ctx(BACKUP_WORKER_IMAGE="backup-sidecar:fake", BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,

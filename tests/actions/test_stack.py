@@ -195,6 +195,7 @@ def test_the_daemon_exports_the_stack_series_and_a_run_fills_them(engine, make_c
 RESTIC_PASSWORD = "restic-stack-Pw-3"
 
 
+@pytest.mark.slow  # the restic variant of the stack; the archive one stays
 def test_restic_format_keeps_the_stack_as_a_snapshot_and_restores_it(engine, make_ctx, tmp_path, project):
     """backup.format=restic: the stack goes into the repository (one snapshot tagged
     proj/stack, named proj_stack_...), its secrets with it (the repository is encrypted);

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import pytest
 
 from .support import REPO
 
@@ -15,6 +16,7 @@ KEYS = {"title", "unit", "median", "baseline", "baseline_median", "ratio", "targ
         "samples", "baseline_samples"}
 
 
+@pytest.mark.slow  # the bench tool, not the product
 def test_bench_tiny_run_reports_medians_and_ratios(docker_client, tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

@@ -10,10 +10,12 @@ import time
 import urllib.request
 
 import yaml
+import pytest
 
 from .support import BUSYBOX, REPO, log_records, stderr_records, wait_for, without_node
 
 
+@pytest.mark.slow  # a Compose re-creation's corner
 def test_recreating_a_service_is_no_name_clash(lab, stack):
     # `up -d` after a label change renames the old container `<id12>_<name>` while it
     # creates the new one: for a moment both claim the backup name "app".
@@ -146,6 +148,7 @@ def test_the_users_compose_stop_wins_over_a_stop_backup(lab, stack, docker_clien
     assert daemon.wait(30) == 0
 
 
+@pytest.mark.slow  # the default run keeps test_the_users_compose_stop_wins_over_a_stop_backup
 def test_stopping_the_stack_with_its_sidecar_leaves_the_app_stopped_also_after_a_restart(
         lab, stack, docker_client, sidecar_image):
     stack.write({"app": _slow_app(stack), "backup": stack.sidecar(sidecar_image)}, volumes=("data",))
@@ -171,6 +174,7 @@ def test_stopping_the_stack_with_its_sidecar_leaves_the_app_stopped_also_after_a
     assert done.returncode == 0 and "active endpoints" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow  # the default run keeps test_the_users_compose_stop_wins_over_a_stop_backup
 def test_stopping_the_stack_while_its_sidecar_reads_a_stopped_app_keeps_it_stopped(
         lab, stack, docker_client, sidecar_image):
     # The sidecar's own stop is over: Compose sends no stop to an exited container, so only the

@@ -169,6 +169,7 @@ def offsite_stamp(text: str, destination: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+@pytest.mark.slow  # outage and catch-up of a remote; the default run keeps test_copies_mirror_the_backup_volume_are_verified_and_rotated_alike
 def test_one_destination_stopped_during_a_backup_the_others_get_their_copy_and_it_catches_up(lab, servers, env):
     nas, dav = servers
     env = {**env, "S3_SYNC_INTERVAL": "1"}
@@ -226,6 +227,7 @@ def _try_scrape(lab) -> str:
         return ""
 
 
+@pytest.mark.slow  # a secrets grep (the secrets group); test_offsite's and test_secrets' run in CI too
 def test_the_sftp_password_is_in_no_output_nor_log(lab, servers, env, tmp_path):
     nas, _dav = servers
     obscured = Path(env["RCLONE_CONFIG_NAS_PASS_FILE"]).read_text().strip()

@@ -4,6 +4,7 @@ without the key, restored with it."""
 from __future__ import annotations
 
 import pyrage
+import pytest
 
 from .support import wait_for
 
@@ -60,6 +61,7 @@ def test_encrypted_backup_restores_with_the_key_only(lab, tmp_path):
     assert lab.manifest(volume) == original
 
 
+@pytest.mark.slow  # the passphrase mode; the default run keeps the key-only round trip
 def test_passphrase_mode_round_trips_and_hides_the_passphrase(lab, tmp_path):
     secret_file = tmp_path / "pass"
     secret_file.write_text("correct horse battery staple\n")

@@ -123,6 +123,7 @@ def test_store_answering_500s_then_healing(lab, s3_server, s3_bucket, proxy, web
     assert_nothing_incomplete(lab)
 
 
+@pytest.mark.slow  # a store's timeout; the default run keeps the 500s-then-healing case
 def test_a_stuck_store_times_out_and_the_request_is_tried_again(lab, s3_server, s3_bucket, proxy):
     held = []
 

@@ -175,6 +175,7 @@ def small_backup_volume(lab):
     return lab.client.api.inspect_volume(name)["Mountpoint"]
 
 
+@pytest.mark.slow  # the actions tier covers no room for the mirror
 def test_a_backup_volume_too_small_for_the_mirror_is_a_plain_stop(lab, worker_image, small_backup_volume, tmp_path):
     volume = lab.volume("appdata")
     lab.populate(volume, "dd if=/dev/zero of=zeros.bin bs=1M count=3 2>/dev/null; printf x > x.txt")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pytest
 
 from .test_offsite import objects, s3_env
 
 
+@pytest.mark.slow  # per-node folders (the Swarm group); the unit and actions tiers cover the prefixes
 def test_node_folders_on_s3_and_restore_from_another_nodes_folder(lab, s3_server, s3_bucket, tmp_path):
     n1 = s3_env(s3_server, s3_bucket, S3_PREFIX="fleet", BACKUP_NODE_PREFIX="true", BACKUP_NODE_NAME="n1")
     volume = lab.volume("data")

@@ -11,6 +11,7 @@ import socket
 import urllib.request
 
 import pyrage
+import pytest
 
 from .s3server import ACCESS_KEY, SECRET_KEY
 from .support import log_records, wait_for, without_node
@@ -70,6 +71,7 @@ def test_backup_is_copied_off_site_with_its_checksum(lab, s3_server, s3_bucket):
     assert SECRET_KEY not in done.stderr + plan.stdout + plan.stderr + listed.stdout
 
 
+@pytest.mark.slow  # test_faults' store answering 500s then healing stays in the default run
 def test_store_outage_heals_on_the_next_cycle(lab, s3_server, s3_bucket):
     env = s3_env(s3_server, s3_bucket, S3_ATTEMPTS="1", S3_SYNC_INTERVAL="1")
     volume = lab.volume("data")
@@ -155,6 +157,7 @@ def test_only_the_off_site_copy_encrypted(lab, s3_server, s3_bucket, tmp_path):
     assert "./s.txt" in lab.manifest(volume)
 
 
+@pytest.mark.slow  # a secrets grep (the secrets group)
 def test_an_endpoint_password_is_in_no_output_nor_log(lab, s3_server, s3_bucket):
     """Issue 11's secrets grep for S3_ENDPOINT_URL=http://user:secretpw@HOST:PORT: the real
     CLI, debug logs, against the real store and against an endpoint that does not answer."""

@@ -155,6 +155,7 @@ def _assert_failed_without_archive(lab, done, *words: str) -> None:
     assert not list(lab.backup_dir.rglob("*.partial"))
 
 
+@pytest.mark.slow  # an error path of the real client
 def test_wrong_role_fails_with_the_tools_message(lab, postgres_image):
     start_postgres(lab, postgres_image, "wrong", labels={"backup.preset.user": "nosuchrole"})
     done = lab.cli("backup", "wrong", timeout=300)
@@ -169,6 +170,7 @@ def test_missing_tool_fails(lab):
     _assert_failed_without_archive(lab, done, "pg_dumpall: not found in the container")
 
 
+@pytest.mark.slow  # a timeout's path; the actions tier covers the kill with a fake client
 def test_dump_past_its_timeout_is_killed_and_fails(lab, postgres_image):
     db = start_postgres(lab, postgres_image, "slow", labels={"backup.exec.timeout": "3"})
     psql(db, "CREATE TABLE held (id int)")
@@ -208,6 +210,7 @@ def _large_dump(lab, postgres_image, rows: int) -> None:
     assert peak_kib < 150 * 1024
 
 
+@pytest.mark.slow  # a large dump; the default run keeps the dump under load
 def test_large_dump_streams_with_flat_memory(lab, postgres_image):
     _large_dump(lab, postgres_image, rows=600_000)  # ~180 MB of dump
 
@@ -217,6 +220,7 @@ def test_1gb_dump_streams_with_flat_memory(lab, postgres_image):
     _large_dump(lab, postgres_image, rows=3_400_000)  # ~1 GB of dump
 
 
+@pytest.mark.slow  # the hot-copy warning's logic is in the unit and actions tiers; this is the real-server check
 def test_plan_warns_about_postgres_copied_hot(lab, postgres_image):
     start_postgres(lab, postgres_image, "hotdb", labels={"backup.strategy": "hot", "backup.preset": "postgres"})
     lab.container(postgres_image, name=f"{lab.project}-hot2", network_mode="none",

@@ -96,6 +96,7 @@ def test_a_path_matching_nothing_fails_without_archive(lab, writer_image, sideca
     assert lab.archives() == []
 
 
+@pytest.mark.slow  # the restic variant of the sqlite preset; the default keeps the archive one and test_restic's S3 round trip
 def test_restic_format_backs_up_while_writing_and_restores_by_snapshot_name(lab, writer_image, worker_image,
                                                                              tmp_path):
     """backup.format=restic: the online backup's copies go into one snapshot (a tar through

@@ -13,7 +13,8 @@ from .support import log_records, wait_for
 SLOW_DATA = "dd if=/dev/urandom of=blob bs=1M count=150 2>/dev/null"
 
 
-@pytest.mark.parametrize("strategy, interrupted", [("stop", "exited"), ("pause", "paused")])
+@pytest.mark.parametrize("strategy, interrupted", [  # pause: the slow group (the actions tier covers both)
+    ("stop", "exited"), pytest.param("pause", "paused", marks=pytest.mark.slow)])
 def test_sigkill_mid_backup_is_repaired_on_next_start(lab, strategy, interrupted):
     volume = lab.volume("data")
     lab.populate(volume, SLOW_DATA)
@@ -78,6 +79,7 @@ def test_daemon_sigterm_mid_backup_puts_the_container_back_within_the_grace(lab)
     assert "aborting backups still running; their containers are put back" in messages
 
 
+@pytest.mark.slow  # the actions tier covers the run lock beside a running backup
 def test_one_shot_command_beside_a_running_backup_leaves_it_alone(lab):
     """`docker compose exec backup backup-sidecar backup other` while the daemon has a
     container stopped: the one-shot command's start-up recovery must not start that

@@ -43,6 +43,7 @@ def _locks(repo: Path) -> list[str]:
 # the journal) runs by default, the sidecar's own restic commands in the slow group.
 @pytest.mark.parametrize("phase", ["backup", *(pytest.param(p, marks=pytest.mark.slow) for p in ("forget", "copy",
                                                                                                   "prune"))])
+@pytest.mark.slow  # every phase is in the kill group; the actions tier covers recovery of a killed worker's lock
 def test_a_sidecar_killed_in_each_phase_leaves_a_sound_repository_and_the_next_run_clears_its_lock(
         lab, worker_image, tmp_path, phase):
     secret = tmp_path / "pw"

@@ -120,6 +120,7 @@ def test_the_worker_refuses_a_huge_pax_header_in_bounded_memory(lab, worker_imag
     assert set(lab.manifest(volume)) == {"."}
 
 
+@pytest.mark.slow  # a memory bound on many members; the unit tier checks the extractor's
 def test_a_huge_member_count_restores_in_bounded_memory(lab, worker_image, app):
     volume, container = app
     count = 50_000
@@ -219,6 +220,7 @@ def test_the_cli_restores_through_a_worker_byte_for_byte(lab, worker_image):
     assert lab.state(app) == "running"
 
 
+@pytest.mark.slow  # the actions tier covers the worker's decryption; test_encryption keeps a real round trip
 def test_an_encrypted_archive_is_decrypted_by_the_worker_with_no_key_in_its_arguments(lab, worker_image):
     volume = lab.volume("data")
     lab.populate(volume, "echo secret > s.txt; mkdir d; echo x > d/x")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import pytest
 
 from .support import BUSYBOX, log_records, stderr_records, wait_for
 
@@ -34,6 +35,7 @@ def test_a_killed_container_is_reported(lab):
     assert lab.state(app) == "running"
 
 
+@pytest.mark.slow  # test_compose's SIGTERM during a one-shot backup stays in the default run
 def test_sigterm_does_not_wait_for_a_stop_in_flight(lab):
     app = _stubborn(lab, {"backup.stop-timeout": "20", "backup.schedule": "* * * * * */2"})
     daemon, log = lab.start_cli("run", log_name="daemon.log", BACKUP_SHUTDOWN_GRACE="1")

@@ -171,6 +171,7 @@ def test_excludes_keep_their_meaning(lab, worker_image, tmp_path):
     assert {n: r[:7] for n, r in api.items()} == {n: r[:7] for n, r in worker.items()}
 
 
+@pytest.mark.slow  # the actions tier covers encryption in the worker; test_encryption keeps a real round trip
 def test_encrypted_by_the_worker_and_no_key_left(lab, worker_image, tmp_path):
     volume = lab.volume("appdata")
     lab.populate(volume, "printf 'secret data' > s.txt")
@@ -191,7 +192,9 @@ def test_encrypted_by_the_worker_and_no_key_left(lab, worker_image, tmp_path):
 
 # (A host CLI with BACKUP_WORKER_IMAGE unset would take the newest local image labelled by the
 # Dockerfile, maybe another work tree's: tests/actions/test_worker_image.py covers that choice.)
-@pytest.mark.parametrize("image", ["none", "backup-sidecar-test/busybox:latest", "no-such/image:1"])
+@pytest.mark.parametrize("image", [  # the default run keeps the setting's `none`; the slow group the others
+    "none", pytest.param("backup-sidecar-test/busybox:latest", marks=pytest.mark.slow),
+    pytest.param("no-such/image:1", marks=pytest.mark.slow)])
 def test_falls_back_to_the_engine_api_with_the_reason_logged_once(lab, image):
     volume = lab.volume("appdata")
     other = lab.volume("other")
@@ -285,6 +288,7 @@ def test_leftover_workers_are_removed_at_start_up(lab, worker_image):
                for r in stderr_records(done.stderr))
 
 
+@pytest.mark.slow  # test_worker_parent covers a worker outliving its sidecar in the default run
 def test_sigterm_during_a_worker_read_leaves_no_worker(lab, worker_image):
     volume = lab.volume("appdata")
     lab.populate(volume, "dd if=/dev/urandom of=big bs=1M count=400 2>/dev/null")

@@ -231,6 +231,7 @@ def test_rage_reads_ours_and_we_read_rage(identity):
     assert decrypt(pyrage.encrypt(data, [identity.to_public()]), identities=[identity]) == data
 
 
+@pytest.mark.slow  # scrypt at the age CLI's work factor
 def test_we_read_rages_passphrase_archives_within_the_work_factor_limit():
     """rage calibrates its scrypt work factor to about a second on the machine that encrypts
     (CI's machine measured 20, above our cap of 19): within the cap the archive opens, above it
@@ -439,7 +440,7 @@ def test_a_huge_scrypt_work_factor_is_refused_before_deriving():
 
 def test_the_work_factor_is_capped_one_above_what_the_sidecar_writes(monkeypatch):
     """A forged header asking for 2^20 and more is refused before any scrypt work; 19 (one
-    step above the 18 the sidecar writes, for age tools that calibrate) still opens."""
+    step above the 18 the sidecar writes, for age tools that calibrate) still opens (next test)."""
     derived = []
     monkeypatch.setattr(crypto, "_scrypt", lambda *args: derived.append(args[2]) or real_scrypt(*args))
     ciphertext = encrypt(b"data", passphrase_config())
@@ -452,6 +453,10 @@ def test_the_work_factor_is_capped_one_above_what_the_sidecar_writes(monkeypatch
                 pass
         assert time.monotonic() - started < 1
     assert derived == [10]  # only the encryption's own derivation
+
+
+@pytest.mark.slow  # scrypt at work factor 19, twice (seconds of CPU); the refusals above stay in the default run
+def test_the_work_factor_one_above_what_the_sidecar_writes_still_opens():
     config = EncryptionConfig(passphrase=PASSPHRASE, work_factor=19)
     with decrypting(io.BytesIO(encrypt(b"interop", config)), passphrase=PASSPHRASE) as reader:
         assert reader.read() == b"interop"
