@@ -40,7 +40,9 @@ and the manifest reach the disk before a pass is marked finished (pass-unfinishe
 
 With --go the worker starts, loads the manifest, says `ready` and waits for the go file:
 the sidecar starts it before stopping the container, so the container's start-up is not
-inside the stop window.
+inside the stop window. A held worker (`mirror --hold`, sidecar/worker/cli.py) runs the
+first pass, the stopped pass (`stopped`, on the sidecar's `go` on stdin) and the archive
+of the mirror in one container.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class MirrorJob:
     wait_timeout: float = 3600.0
     progress_interval: float = 1.0
     exclude: tuple[str, ...] = ()  # the archive's patterns: excluded paths are not mirrored
+    stopped: bool = False  # the stopped pass, its go already given (a held worker, on stdin)
 
 
 class MirrorRefused(ArchiveError):
@@ -832,7 +835,8 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     entries, children = walk(job.root, job.exclude)
     # The stopped pass trusts the copies pass 1 checked a moment ago (an lstat per entry
     # of the mirror would be inside the stop window).
-    mirror_pass = MirrorPass(job, previous, check_mirror=not job.go, synced=synced)
+    stopped = job.go or job.stopped
+    mirror_pass = MirrorPass(job, previous, check_mirror=not stopped, synced=synced)
     volume_bytes = sum(_blocks(e.st) for e in entries if not stat.S_ISDIR(e.st.st_mode))
     if job.check_room:
         fs = os.statvfs(job.mirror)
@@ -845,7 +849,7 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     beat = Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
         tree = job.mirror / TREE
-        if not previous and not job.go and _lstat(tree) is None:  # a first copy: by tar
+        if not previous and not stopped and _lstat(tree) is None:  # a first copy: by tar
             tree.mkdir(mode=0o700)
             why = native_copy(job.root, tree, entries)
             if why is None:
