@@ -93,6 +93,15 @@ def kept_mirrors(state_dir: Path) -> list[tuple[str, str, Path]]:
         return []
 
 
+def _record(line: str) -> dict:
+    """A worker's JSON line ({} for anything else, e.g. Python's own traceback)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 class _Pass:
     """One mirror worker's output: ready, no-room, result or error."""
 
@@ -108,11 +117,8 @@ class _Pass:
         self.failure: BaseException | None = None  # raised by run_worker in a thread
 
     def on_line(self, line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return False
-        event = record.get("event") if isinstance(record, dict) else None
+        record = _record(line)
+        event = record.get("event")
         if event == "progress":
             self.copied = int(record.get("tar_bytes") or 0)
         elif event == "ready":
@@ -149,11 +155,8 @@ class _Held:
         self.ended = threading.Event()
 
     def on_line(self, line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return False
-        stage = record.get("stage") if isinstance(record, dict) else None
+        record = _record(line)
+        stage = record.get("stage")
         if stage == "first":
             return self.first.on_line(line)
         if stage == "stopped":
