@@ -328,10 +328,10 @@ class MirrorArchive:
                    "--output", plan.store.inside(self.plain.partial_path),
                    f"--compression={request.compression.value}"]
         command += [f"--keys-file={plan.store.inside(keys)}"] if keys is not None else []
-        # Three passes, each given what one worker was given (the wait for `go` spans a long graceful stop).
+        # BACKUP_WORKER_TIMEOUT bounds the whole worker, both waits (a long graceful stop) included.
         return WorkerSpec(plan.image, tuple(command), "mirror", plan.mounts + (plan.store.mount,),
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
-                          capabilities=MIRROR_CAPABILITIES, timeout=3 * settings.timeout)
+                          capabilities=MIRROR_CAPABILITIES, timeout=settings.timeout)
 
     def _send(self, word: str) -> bool:
         """A word on the worker's stdin; False when it cannot be said (the worker is gone)."""
