@@ -32,6 +32,8 @@ The data: a volume of --size (a third random, a third text, a third in --files s
 files, 20,000 per GB by default), written through the volume's folder on the host. With
 --reader, every backup goes through that registered reader (sidecar.readers.READERS; forced
 by bench/runner.py), one row per reader; without it, the sidecar chooses as it always does.
+BENCH_KEEP_LOGS=FILE appends every CLI run's JSON log to FILE (with --env LOG_LEVEL=DEBUG,
+each worker's start and end too): where a backup's time went, phase by phase.
 Everything is labelled backup-sidecar-bench=<run id> and removed at the end, also on
 Ctrl-C; containers have no network; servers listen on 127.0.0.1 only.
 

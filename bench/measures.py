@@ -88,7 +88,6 @@ class Bench:
         self.volume, self.source = self.lab.volume("data")
         started = time.monotonic()
         self.data: DataSet = fill(self.source, total, files)
-        self.data_written = time.time()
         self.log(f"data: {self.data.bytes / MB:.0f} MB, {self.data.files} files in {self.volume} "
                  f"({time.monotonic() - started:.0f} s to write)")
         self.app = self.lab.container("app", self.volume, {"backup.strategy": "hot"})
@@ -103,16 +102,6 @@ class Bench:
         if reader and reader not in result.readers_used():
             raise proc.BenchError(f"reader {reader!r} was not used (runner.py could not force it)")
         return result
-
-    def wait_past_writeback(self) -> None:
-        """Until the data is older than the kernel's writeback window (mirrordiff): an entry
-        changed within it is read again by every mirror pass (a write through a dirty mmap
-        page moves no time), which is right for a volume just written and not the steady
-        state a daily backup sees."""
-        left = self.data_written + writeback_window_seconds() - time.time()
-        if left > 0:
-            self.log(f"waiting {left:.0f} s: the data must be older than the writeback window for a steady state")
-            time.sleep(left)
 
     # --- baselines ------------------------------------------------------------------
     def baseline_archive(self) -> float:
@@ -271,7 +260,6 @@ class Bench:
             rows[reader].notes["first_downtime_seconds"] = first["downtime_seconds"]
             firsts[reader].samples.append(first["seconds"])
             firsts[reader].notes["downtime_seconds"] = first["downtime_seconds"]
-        self.wait_past_writeback()
         for run in range(self.runs):
             for reader in self.readers:
                 unchanged[reader].samples.append(
@@ -553,13 +541,3 @@ def mirror_disk_use(backup_dir: Path) -> int | None:
         except (OSError, ValueError, KeyError):
             continue
     return sum(sizes) if sizes else None
-
-
-def writeback_window_seconds() -> float:
-    """sidecar/mirror/diff.py's window (2 x (dirty_expire + dirty_writeback)) plus its 2 s margin."""
-    try:
-        expire = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
-        every = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text())
-    except (OSError, ValueError):
-        expire, every = 3000, 500
-    return 2 * (expire + every) / 100 + 2 + 1

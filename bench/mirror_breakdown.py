@@ -6,12 +6,12 @@ and (when this process may write /proc/sys/vm/drop_caches) cold.
 
     .venv/bin/python bench/mirror_breakdown.py [--size-mb 300] [--files 6000]
 
-Phases: the walk (lstat of every entry), the pass (copies, or compares with the manifest),
+Phases: syncfs of the volume (T for the racy rule), the walk (lstat of every entry), the pass (copies, or compares with the manifest),
 recording the mirror side, syncfs, the manifest; the first mirror by the Python copier, as
 a backup makes it (run_mirror: `tar | tar`, each copy checked, the rest by the Python
 copier) and by `cp -a --reflink=auto` (for comparison). A steady-state pass is timed
-as if the data were older than the writeback window (the racy margin set to 0 for it: data
-written a moment ago is re-read on purpose). Worker container start-up is not in here
+as if the data were older than the racy margin (set to 0 for it: data written in the
+2 s before a pass is re-read on purpose). Worker container start-up is not in here
 (bench/bench.py's backup figures include it); `docker run` of a probe measures it apart.
 
 Ratios are printed only when the machine was quiet before the start (results.quiet_before_start):
@@ -78,8 +78,9 @@ def phases(source: Path, mirror: Path) -> dict[str, float]:
     out = {}
     wm._make_vault(mirror)
     previous = wm.load_manifest(mirror)
+    out["syncfs of the volume"], synced = timed(wm.sync_sources, source)
     out["walk"], (entries, children) = timed(wm.walk, source)
-    p = wm.MirrorPass(wm.MirrorJob(source, mirror), previous)
+    p = wm.MirrorPass(wm.MirrorJob(source, mirror), previous, synced=synced)
     (mirror / wm.DIRTY).touch()
     out["pass"], manifest = timed(p.run, entries, children)
     out["record mirror side"], _ = timed(p.record_mirror_side)

@@ -76,6 +76,9 @@ def run(args: list[str], env: dict[str, str], reader: str | None = None, check: 
         wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    if os.environ.get("BENCH_KEEP_LOGS"):  # every run's log, one after the other (for phase breakdowns)
+        with open(os.environ["BENCH_KEEP_LOGS"], "a") as kept:
+            kept.write(f"# {' '.join(args)}\n{stderr}")
     # ru_maxrss is in KiB on Linux
     result = Run(tuple(args), proc.returncode, wall, usage.ru_maxrss * 1024, tuple(parse_log(stderr)), stdout, stderr)
     if check and proc.returncode != 0:

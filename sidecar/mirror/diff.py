@@ -9,17 +9,40 @@ A volume re-created (or another filesystem) gives new device and inode numbers, 
 everything is copied again.
 
 An entry is recorded as `racy`, never trusted (the next pass copies it again, as git
-does with its index), when its mtime or ctime is recent at the moment it was looked at:
-- the kernel stamps times from a coarse clock (a tick of up to 10 ms): a write in the
-  same tick as our stat keeps the times we saw (RACY_MARGIN_NS);
+does with its index), when its mtime or ctime does not prove that nothing changed it
+after the pass read it. Two ways a change leaves no new time behind:
+- the kernel stamps times from a coarse clock (a tick of up to 10 ms, behind the fine
+  clock we read): a write in the same tick as our look keeps the times we saw
+  (RACY_MARGIN_NS, far above a tick);
 - a write through a shared mmap page that is already dirty moves no time at all: only
-  the first write to a clean page faults and stamps mtime and ctime, and a dirty page
-  stays writable until writeback cleans it. So an entry changed within the writeback
-  window (`margin_ns`, from the kernel's dirty_expire and dirty_writeback intervals) may
-  still change without a trace; one changed earlier cannot (its next write faults).
-- on a filesystem without writeback (tmpfs, ramfs) a page is never cleaned: every entry
-  there is racy (`always`).
-Only entries written shortly before a pass, and tmpfs volumes, pay for that.
+  the first write to a clean (write-protected) page faults and stamps mtime and ctime,
+  and a dirty page stays writable until writeback cleans it.
+
+The rule (`synced_at_ns`): each pass, before it looks at anything, notes the time T and
+calls syncfs(2) on each filesystem of the volume (sync_sources in worker.py; it needs no
+privilege and works on a read-only descriptor). syncfs writes back every dirty page of
+that filesystem and, in doing so, write-protects every shared mapping of it
+(clear_page_dirty_for_io -> page_mkclean), so after it returns:
+- a write(2), truncate, chmod, link, rename or xattr change stamps ctime (and mtime) from
+  the coarse clock, at least T - one tick;
+- a write through any mapping, old or new, faults on the cleaned page and stamps mtime
+  and ctime (page_mkwrite -> file_update_time), again at least T - one tick;
+- a write before T, or while syncfs ran, is in the page cache, which is what the pass
+  reads after syncfs returned.
+So an entry whose max(mtime, ctime) < T - RACY_MARGIN_NS was not changed after T, its
+copy (read after T) holds its bytes, and any later change moves its times: it is
+trusted by the next pass. One whose times are >= T - RACY_MARGIN_NS is racy. Data written
+10 s before a pass is then trusted; only what changes during a pass is read again, which
+the stopped pass does. Each pass (the stopped one too: a paused app keeps its mappings)
+syncs and judges against its own T.
+
+Where syncfs cannot prove that, the older, wider rule stays (`margin_ns`): an entry
+changed within the writeback window (from the kernel's dirty_expire and
+dirty_writeback intervals, twice over) when it was looked at is racy, since a dirty page
+is cleaned, and its next write faults, within that window. That is the fallback for a
+filesystem whose syncfs failed (or a device the pass did not sync). On a filesystem
+without writeback (tmpfs, ramfs) a page is never cleaned, syncfs or not: every entry
+there is racy (`always`), and tmpfs volumes are read again whole by the stopped pass.
 
 Besides the source side, the manifest keeps the mirror side of each path (`Mirrored`: the
 copy's inode, size, mtime and ctime after the pass): a pass that finds the copy otherwise
@@ -61,10 +84,14 @@ class Seen(NamedTuple):
     rdev: int = 0  # a device's number (its copy is a placeholder); 0 for every other kind
 
     @classmethod
-    def of(cls, st, looked_at_ns: int, margin_ns: int = 0, always: bool = False) -> "Seen":
-        """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat);
-        racy when changed less than RACY_MARGIN_NS + margin_ns before, or `always`."""
-        recent = max(st.st_mtime_ns, st.st_ctime_ns) >= looked_at_ns - RACY_MARGIN_NS - margin_ns
+    def of(cls, st, looked_at_ns: int, margin_ns: int = 0, always: bool = False,
+           synced_at_ns: int | None = None) -> "Seen":
+        """From an os.stat_result taken at `looked_at_ns` (time.time_ns, before the stat).
+        Racy when `always`; else, given `synced_at_ns` (T, noted just before this pass's
+        syncfs of the entry's filesystem), when changed at or after T - RACY_MARGIN_NS;
+        else when changed less than RACY_MARGIN_NS + margin_ns before it was looked at."""
+        since = synced_at_ns if synced_at_ns is not None else looked_at_ns - margin_ns
+        recent = max(st.st_mtime_ns, st.st_ctime_ns) >= since - RACY_MARGIN_NS
         rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
         return cls(st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, always or recent,
                    (), rdev)

@@ -40,7 +40,9 @@ and the manifest reach the disk before a pass is marked finished (pass-unfinishe
 
 With --go the worker starts, loads the manifest, says `ready` and waits for the go file:
 the sidecar starts it before stopping the container, so the container's start-up is not
-inside the stop window.
+inside the stop window. A held worker (`mirror --hold`, sidecar/worker/cli.py) runs the
+first pass, the stopped pass (`stopped`, on the sidecar's `go` on stdin) and the archive
+of the mirror in one container.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -109,6 +112,7 @@ class MirrorJob:
     wait_timeout: float = 3600.0
     progress_interval: float = 1.0
     exclude: tuple[str, ...] = ()  # the archive's patterns: excluded paths are not mirrored
+    stopped: bool = False  # the stopped pass, its go already given (a held worker, on stdin)
 
 
 class MirrorRefused(ArchiveError):
@@ -195,11 +199,13 @@ class MirrorPass:
     """One pass over walked entries; `run` returns the new manifest, `record_mirror_side`
     adds how each copy looks after it."""
 
-    def __init__(self, job: MirrorJob, previous: dict[str, Seen], check_mirror: bool = True):
+    def __init__(self, job: MirrorJob, previous: dict[str, Seen], check_mirror: bool = True,
+                 synced: dict[int, int] | None = None):
         self.root, self.tree, self.tmp = job.root, job.mirror / TREE, job.mirror / TMP
         self.previous = previous
         self.check_mirror = check_mirror  # compare each copy with its record (not in the stop window)
         self.margin_ns, self.always_racy = _racy_rules(job.root)
+        self.synced = synced or {}  # st_dev -> T before its syncfs (sync_sources); others: the window
         self.new: dict[str, Seen] = {}
         self.links: dict[tuple[int, int], str] = {}  # source (dev, ino) -> first path of it this pass
         self.touched: set[str] = set()  # mirror folders whose entries this pass changed
@@ -216,7 +222,8 @@ class MirrorPass:
         return rel.rpartition("/")[0] or "."
 
     def seen(self, st: os.stat_result, looked_at_ns: int) -> Seen:
-        return Seen.of(st, looked_at_ns, self.margin_ns, self.always_racy(st.st_dev))
+        synced_at = self.synced.get(st.st_dev)
+        return Seen.of(st, looked_at_ns, self.margin_ns, self.always_racy(st.st_dev, synced_at is not None), synced_at)
 
     def _trusted(self, rel: str, seen: Seen) -> bool:
         """The copy at `rel` may stay: the source is as recorded, and so is the copy."""
@@ -484,8 +491,10 @@ def native_copy(root: Path, tree: Path, entries: list[_Entry]) -> str | None:
     return None if code == 0 else (said.decode("utf-8", "replace").strip()[-400:] or f"tar exit {code}")
 
 
-def _racy_rules(root: Path) -> tuple[int, Callable[[int], bool]]:
-    """The writeback window (see mirrordiff) and which devices have no writeback at all."""
+def _racy_rules(root: Path) -> tuple[int, Callable[[int, bool], bool]]:
+    """The writeback window (the fallback rule, see mirrordiff) and which devices are always
+    racy: those without writeback (tmpfs, ramfs: syncfs cleans no page there) and, when the
+    kernel has no periodic writeback, every device this pass did not sync."""
     try:
         expire = int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text())
         every = int(Path("/proc/sys/vm/dirty_writeback_centisecs").read_text())
@@ -494,8 +503,56 @@ def _racy_rules(root: Path) -> tuple[int, Callable[[int], bool]]:
         window = writeback_window_ns(3000, 500)  # the kernel's defaults
     no_writeback = _devices_of(NO_WRITEBACK)
     if window is None:  # no periodic writeback: a dirty page may stay writable for ever
-        return 0, lambda dev: True
-    return window, no_writeback.__contains__
+        return 0, lambda dev, synced: dev in no_writeback or not synced
+    return window, lambda dev, synced: dev in no_writeback
+
+
+def sync_sources(root: Path) -> dict[int, int]:
+    """syncfs(2) of the volume's filesystem and of each mount below it (a container's nested
+    mounts), before the pass looks at any entry: st_dev -> T, the time noted just before
+    the first syncfs (see mirrordiff: what changes after T moves its times). A filesystem
+    whose syncfs fails is left out (the window rule judges its entries)."""
+    base = str(root)
+    points = [base] + [p for p in _mount_points() if p.startswith(base.rstrip("/") + "/")]
+    synced_at = time.time_ns()
+    synced: dict[int, int] = {}
+    for point in points:
+        try:
+            fd = os.open(point, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            dev = os.fstat(fd).st_dev
+            if dev not in synced and _syncfs(fd) == 0:
+                synced[dev] = synced_at
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return synced
+
+
+def _syncfs(fd: int) -> int:
+    """0 when syncfs(2) went through, else its errno (ENOSYS without it in the C library)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return 0 if libc.syncfs(fd) == 0 else ctypes.get_errno()
+    except AttributeError:
+        return errno.ENOSYS
+
+
+def _mount_points() -> list[str]:
+    """This process's mount points (mountinfo's fifth field, octal escapes decoded)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        parts = line.split(" ")
+        if len(parts) > 4:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4]))
+    return points
 
 
 def _devices_of(fstypes: tuple[str, ...]) -> set[int]:
@@ -774,10 +831,12 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     if job.go:
         wait_for_go(job.mirror, job.wait_timeout, emit)
     started = time.monotonic()
+    synced = sync_sources(job.root)  # before anything is looked at: T for the racy rule
     entries, children = walk(job.root, job.exclude)
     # The stopped pass trusts the copies pass 1 checked a moment ago (an lstat per entry
     # of the mirror would be inside the stop window).
-    mirror_pass = MirrorPass(job, previous, check_mirror=not job.go)
+    stopped = job.go or job.stopped
+    mirror_pass = MirrorPass(job, previous, check_mirror=not stopped, synced=synced)
     volume_bytes = sum(_blocks(e.st) for e in entries if not stat.S_ISDIR(e.st.st_mode))
     if job.check_room:
         fs = os.statvfs(job.mirror)
@@ -790,7 +849,7 @@ def run_mirror(job: MirrorJob, emit: Emit) -> MirrorOutcome | None:
     beat = Heartbeat(job.progress_interval, lambda: mirror_pass.copied_bytes, emit)
     try:
         tree = job.mirror / TREE
-        if not previous and not job.go and _lstat(tree) is None:  # a first copy: by tar
+        if not previous and not stopped and _lstat(tree) is None:  # a first copy: by tar
             tree.mkdir(mode=0o700)
             why = native_copy(job.root, tree, entries)
             if why is None:

@@ -2,16 +2,17 @@
 
 A staging mirror per volume lives on the backup volume (ArchiveRequest.mirror, a folder in
 the state folder, 0700, never listed, rotated or copied off-site) and is kept between runs.
-Phases (see base.py), each a worker container of the worker reader's site
-(`python -m sidecar.worker mirror`, sidecar/mirror/worker.py):
+Phases (see base.py), all in one worker container of the worker reader's site
+(`python -m sidecar.worker mirror --hold`, sidecar/mirror/worker.py and worker/cli.py),
+started once, so no container's start-up (about 0.75 s each) is inside the stop window:
 
-- `prepare` (the container still runs): a pass brings the mirror up to date from the volume
-  mounted read-only; then the worker of the stopped pass is started and waits for a go
-  file, so its start-up (about 0.75 s) is not inside the stop window;
-- `read` (stopped or paused): go; that worker copies only what changed since the first
-  pass; the container may run again as soon as it says so (its removal is not waited for);
-- `finish` (running again): a worker archives the mirror (the same `archive` command and
-  layout as the plain path), then the checksum and the rename.
+- `prepare` (the container still runs): the worker's first pass brings the mirror up to
+  date from the volume mounted read-only; then it says `ready` and waits on its stdin;
+- `read` (stopped or paused): `go` on its stdin; it copies only what changed since the
+  first pass; the container may run again as soon as it says so;
+- `finish` (running again): `archive` on its stdin; it archives the mirror (the same
+  `archive` code and layout as the plain path) into the partial file, then the checksum
+  and the rename.
 
 Plain stop instead (the worker reader's path, said in the log): when the backup volume has
 no room for the mirror and the volume's archive besides (the first pass checks it), when the
@@ -32,7 +33,7 @@ from pathlib import Path
 from ..tarball.archive import ArchiveResult
 from ..docker.engine import Engine
 from ..core.errors import ArchiveError, EngineError
-from ..core.model import WorkerSpec
+from ..core.model import WorkerLink, WorkerResult, WorkerSpec
 from ..mirror.worker import GO, INFO, SPECIAL, TREE
 from .base import ArchiveRequest, Progress, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, VOLUME_ROOT, WorkerArchive, WorkerReader, _Plan
@@ -44,7 +45,6 @@ NAME = "mirror"
 # times and file capabilities (security.capability). No MKNOD: devices are placeholders
 # and set-id bits are kept as data (special.json), never on disk (FSETID: set-gid folders).
 MIRROR_CAPABILITIES = CAPABILITIES + ("CHOWN", "FOWNER", "FSETID", "SETFCAP")
-READY_TIMEOUT = 120.0  # seconds to wait for the stopped pass's worker to be up before stopping anyway
 WAIT_SLICE = 0.5  # seconds between cancellation checks while a pass runs
 
 
@@ -93,6 +93,15 @@ def kept_mirrors(state_dir: Path) -> list[tuple[str, str, Path]]:
         return []
 
 
+def _record(line: str) -> dict:
+    """A worker's JSON line ({} for anything else, e.g. Python's own traceback)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 class _Pass:
     """One mirror worker's output: ready, no-room, result or error."""
 
@@ -108,11 +117,8 @@ class _Pass:
         self.failure: BaseException | None = None  # raised by run_worker in a thread
 
     def on_line(self, line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return False
-        event = record.get("event") if isinstance(record, dict) else None
+        record = _record(line)
+        event = record.get("event")
         if event == "progress":
             self.copied = int(record.get("tar_bytes") or 0)
         elif event == "ready":
@@ -127,25 +133,72 @@ class _Pass:
             self.no_room = record
         elif event == "refused":
             self.refused = self.error = str(record.get("message"))
-        elif event == "error":
+            self.done.set()
+        elif event == "error":  # the pass is over (its worker ends)
             self.error = str(record.get("message"))
+            self.done.set()
         else:
             return False
         return True
 
 
+class _Held:
+    """The held worker's output, routed by stage: its first pass, its stopped pass (each a
+    _Pass) and its archive (the plain archive's own handler); and the worker's end."""
+
+    def __init__(self, request: ArchiveRequest, archive: WorkerArchive):
+        self.first, self.stopped, self.archive = _Pass(request), _Pass(request), archive
+        self.archive_bytes = 0
+        self.link: WorkerLink | None = None
+        self.result: WorkerResult | None = None
+        self.failure: BaseException | None = None  # raised by run_worker in its thread
+        self.ended = threading.Event()
+
+    def on_line(self, line: str) -> bool:
+        record = _record(line)
+        stage = record.get("stage")
+        if stage == "first":
+            return self.first.on_line(line)
+        if stage == "stopped":
+            return self.stopped.on_line(line)
+        if stage == "archive":
+            if record.get("event") == "progress":
+                self.archive_bytes = int(record.get("tar_bytes") or 0)
+                return True
+            return self.archive.on_line(line, None)
+        return False
+
+    def end(self) -> None:
+        for event in (self.first.ready, self.first.done, self.stopped.ready, self.stopped.done, self.ended):
+            event.set()
+
+    def until(self, event: threading.Event, progress: Progress | None, copied: Callable[[], int]) -> None:
+        """Until `event` (or the worker's end), telling `progress` (which raises BackupAborted
+        on shutdown) what was copied so far."""
+        while not event.wait(WAIT_SLICE) and not self.ended.is_set():
+            if progress is not None:
+                progress(copied())
+
+
 class MirrorArchive:
     """A PendingArchive through a staging mirror; `plain` is the worker reader's archive of
-    the same request, which publishes (and reads the volume itself after a fallback)."""
+    the same request, which publishes (and reads the volume itself after a fallback).
+
+    One worker container does it all (`mirror --hold`, PROTOCOL 9): `prepare` starts it
+    and waits for its first pass, `read` says `go` on its stdin and waits for its stopped
+    pass, `finish` says `archive` and waits for the mirror's archive. A worker exits when
+    its stdin ends (this process gone) or on any other word (`abort`)."""
 
     def __init__(self, engine: Engine, request: ArchiveRequest, plan: _Plan):
         assert request.mirror is not None
         self.engine, self.request, self.plan, self.folder = engine, request, plan, request.mirror
         self.plain = WorkerArchive(engine, request, plan)
         self.use_mirror = True
-        self._stopped: _Pass | None = None
+        self._held: _Held | None = None
         self._thread: threading.Thread | None = None
         self._progress: Progress | None = None
+        self._keys: Path | None = None
+        self._timeout = 0.0
         self._fields = {"target": request.target, "volume": request.mount.destination, "mirror": str(self.folder)}
 
     def __enter__(self) -> "MirrorArchive":
@@ -155,35 +208,51 @@ class MirrorArchive:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._end_waiter("abort")
+        self._end_worker()
         self.plain.__exit__(*exc_info)
 
     # --- while the container runs ------------------------------------------------------
     def prepare(self, progress: Progress | None = None) -> None:
-        """The first pass, then the stopped pass's worker, started and waiting."""
+        """The worker started and its first pass done; it waits for `go`."""
         self._progress = progress
-        first = _Pass(self.request)
+        (self.folder / GO).unlink(missing_ok=True)  # left by a worker of an earlier protocol
+        self._held = held = _Held(self.request, self.plain)
+        self._keys = self.plain.keys_path()
+        spec = self._spec(self._keys)
+        self._timeout = spec.timeout
 
-        def on_line(line: str) -> bool:
-            handled = first.on_line(line)
-            if progress is not None and first.copied:
-                progress(first.copied)  # raises BackupAborted on shutdown
-            return handled
+        def started(link: WorkerLink) -> None:
+            held.link = link
 
-        try:
-            result = self.engine.run_worker(self._spec(waits=False), on_line)
-        except EngineError as err:  # no worker could start: the plain path says so again if it fails too
-            return self._fall_back(f"the mirror pass could not start: {err}")
+        def run() -> None:
+            try:
+                held.result = self.engine.run_worker(spec, held.on_line, on_start=started)
+            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+                held.failure = exc
+            finally:
+                held.end()
+
+        self._thread = threading.Thread(target=run, name=f"mirror-{self.request.target}", daemon=True)
+        self._thread.start()
+        held.until(held.stopped.ready, progress, lambda: held.first.copied)
+        first = held.first
+        if first.outcome is not None and not held.ended.is_set():
+            logger.info("staging mirror brought up to date", extra={**self._fields, **_counts(first.outcome)})
+            return
+        self._join()
+        if isinstance(held.failure, EngineError):  # no worker could start: the plain path says so again if it fails too
+            return self._fall_back(f"the mirror pass could not start: {held.failure}")
+        if held.failure is not None:
+            raise held.failure
         if first.refused is not None:
             return self._fall_back(f"the staging mirror cannot hold an exact copy: {first.refused}", once=True)
         if first.no_room is not None:
             return self._fall_back("the backup volume has no room for the staging mirror and the archive", **{
                 k: first.no_room.get(k) for k in ("needed", "free", "volume", "to_copy")})
-        if not result.ok or first.outcome is None:
-            return self._fall_back(f"the mirror pass failed (exit {result.exit_code}): "
-                                   f"{first.error or ' | '.join(result.tail[-3:]) or 'no output'}")
-        logger.info("staging mirror brought up to date", extra={**self._fields, **_counts(first.outcome)})
-        self._start_waiter()
+        result = held.result
+        code = result.exit_code if result is not None else None
+        tail = " | ".join(result.tail[-3:]) if result is not None else ""
+        return self._fall_back(f"the mirror pass failed (exit {code}): {first.error or tail or 'no output'}")
 
     def _fall_back(self, reason: str, once: bool = False, **details) -> None:
         """`once`: a lasting reason (the backup filesystem), a warning the first time in
@@ -196,42 +265,23 @@ class MirrorArchive:
         logger.log(logging.DEBUG if repeated else logging.WARNING,"no staging mirror: plain stop for this volume (the container stays down while it is read)",
                        extra={**self._fields, "reason": reason, **details})
 
-    def _start_waiter(self) -> None:
-        (self.folder / GO).unlink(missing_ok=True)
-        self._stopped = waiter = _Pass(self.request)
-        spec = self._spec(waits=True)
-
-        def run() -> None:
-            try:
-                result = self.engine.run_worker(spec, waiter.on_line)
-                if not result.ok and waiter.error is None:
-                    waiter.error = f"exit {result.exit_code}: {' | '.join(result.tail[-3:]) or 'no output'}"
-            except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
-                waiter.failure = exc
-            finally:
-                waiter.ready.set()
-                waiter.done.set()
-
-        self._thread = threading.Thread(target=run, name=f"mirror-{self.request.target}", daemon=True)
-        self._thread.start()
-        if not waiter.ready.wait(READY_TIMEOUT):
-            logger.warning("the stopped pass's worker is not up yet; stopping anyway", extra=self._fields)
-
     # --- while the container is down -----------------------------------------------------------
     def read(self, progress: Progress | None = None) -> int:
         if not self.use_mirror:
             return self.plain.read(progress)
-        waiter = self._stopped
-        assert waiter is not None, "prepare() comes before read()"
-        self._signal("go")
+        held = self._held
+        assert held is not None, "prepare() comes before read()"
+        stopped = held.stopped
+        sent = self._send("go")
         logger.debug("go given to the stopped pass", extra=self._fields)
-        while not waiter.done.wait(WAIT_SLICE):
-            if progress is not None:
-                progress(waiter.copied)
-        synced = waiter.synced or waiter.outcome
+        if sent:
+            held.until(stopped.done, progress, lambda: stopped.copied)
+        synced = stopped.synced or stopped.outcome
         if synced is None:
-            reason = waiter.error or (str(waiter.failure) if waiter.failure else "no result")
-            self._join()
+            reason = stopped.error or (str(held.failure) if held.failure else None) or \
+                (f"exit {held.result.exit_code}: {' | '.join(held.result.tail[-3:]) or 'no output'}"
+                 if held.result is not None else "no result")
+            self._end_worker()
             self._fall_back(f"the stopped mirror pass failed ({reason}); reading the volume itself")
             return self.plain.read(progress)
         logger.info("stopped pass done", extra={**self._fields, **_counts(synced)})
@@ -240,52 +290,75 @@ class MirrorArchive:
     # --- running again --------------------------------------------------------------------------
     def finish(self) -> ArchiveResult:
         """Archive the mirror (when it was used), then publish. Raises ArchiveError, OSError."""
-        self._join()
         if self.use_mirror:
-            waiter = self._stopped
-            if waiter is None or waiter.outcome is None:  # synced, then failed writing its manifest
-                detail = waiter.error if waiter is not None else "no stopped pass"
+            held = self._held
+            assert held is not None
+            try:
+                if self._keys is not None:
+                    self.plain.write_keys(self._keys)
+                self._send("archive")
+                held.until(held.ended, self._progress, lambda: held.archive_bytes)
+            finally:
+                self._join()
+                if self._keys is not None:
+                    self._keys.unlink(missing_ok=True)
+            if held.failure is not None and not isinstance(held.failure, EngineError):
+                raise held.failure
+            if held.stopped.outcome is None:  # synced, then failed writing its manifest
+                detail = held.stopped.error or (str(held.failure) if held.failure else "no result")
                 raise ArchiveError(f"the stopped mirror pass of {self.request.mount.destination} failed: {detail}")
             logger.info("staging mirror caught up with the stopped volume",
-                        extra={**self._fields, **_counts(waiter.outcome)})
-            self.plain.read(self._progress, root=self.plan.store.inside(self.folder / TREE), mounts=(),
-                            special=self.plan.store.inside(self.folder / SPECIAL))
+                        extra={**self._fields, **_counts(held.stopped.outcome)})
+            if held.result is None:
+                raise ArchiveError(f"the mirror's archive of {self.request.mount.destination} failed: {held.failure}")
+            self.plain.archived(held.result, self._timeout)
         return self.plain.finish()
 
     def abort(self) -> None:
-        self._end_waiter("abort")
+        self._end_worker()
         self.plain.abort()
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _spec(self, waits: bool) -> WorkerSpec:
+    def _spec(self, keys: Path | None) -> WorkerSpec:
         plan, request = self.plan, self.request
-        command = [*PYTHON, "mirror", "--root", VOLUME_ROOT, "--mirror", plan.store.inside(self.folder),
-                   "--progress-interval=1", *(f"--exclude={pattern}" for pattern in request.exclude)]
         settings = request.worker or WorkerSettings(self.folder)
-        # The stopped pass waits at most as long as a worker may run (a long graceful stop included).
-        command += ["--go", "--no-room-check", f"--wait-timeout={settings.timeout:g}"] if waits else []
+        command = [*PYTHON, "mirror", "--root", VOLUME_ROOT, "--mirror", plan.store.inside(self.folder),
+                   "--progress-interval=1", *(f"--exclude={pattern}" for pattern in request.exclude),
+                   "--hold", f"--wait-timeout={settings.timeout:g}",
+                   "--output", plan.store.inside(self.plain.partial_path),
+                   f"--compression={request.compression.value}"]
+        command += [f"--keys-file={plan.store.inside(keys)}"] if keys is not None else []
+        # BACKUP_WORKER_TIMEOUT bounds the whole worker, both waits (a long graceful stop) included.
         return WorkerSpec(plan.image, tuple(command), "mirror", plan.mounts + (plan.store.mount,),
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
                           capabilities=MIRROR_CAPABILITIES, timeout=settings.timeout)
 
-    def _signal(self, word: str) -> None:
-        give_go(self.folder, word)
+    def _send(self, word: str) -> bool:
+        """A word on the worker's stdin; False when it cannot be said (the worker is gone)."""
+        held = self._held
+        if held is None or held.link is None or held.ended.is_set():
+            return False
+        try:
+            held.link.send((word + "\n").encode())
+            return True
+        except (EngineError, OSError) as exc:
+            logger.warning("could not talk to the mirror's worker", extra={**self._fields, "word": word,
+                                                                            "error": str(exc)})
+            return False
 
-    def _end_waiter(self, word: str) -> None:
-        if self._thread is not None and self._thread.is_alive() and self._stopped is not None \
-                and not self._stopped.done.is_set():
-            try:
-                self._signal(word)
-            except OSError as exc:
-                logger.warning("could not call off the stopped pass's worker", extra={**self._fields,
-                                                                                     "error": str(exc)})
+    def _end_worker(self) -> None:
+        """Call the worker off (`abort`; removed when it is busy) and wait for its end."""
+        held = self._held
+        if self._thread is not None and self._thread.is_alive() and held is not None:
+            self._send("abort")
+            if not held.ended.wait(WAIT_SLICE) and held.link is not None:
+                self.engine.remove_worker(held.link.name)
         self._join()
 
     def _join(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            (self.folder / GO).unlink(missing_ok=True)
 
 
 def _counts(outcome: dict) -> dict:

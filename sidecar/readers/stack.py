@@ -73,7 +73,7 @@ class StackArchive(WorkerArchive):
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
                           capabilities=CAPABILITIES, timeout=timeout)
 
-    def _on_line(self, line: str, progress) -> bool:
+    def on_line(self, line: str, progress) -> bool:
         try:
             record = json.loads(line)
         except ValueError:
@@ -87,7 +87,7 @@ class StackArchive(WorkerArchive):
         if event == "stored":
             self.stored = tuple(str(p) for p in record.get("parts") or ())
             return True
-        return super()._on_line(line, progress)
+        return super().on_line(line, progress)
 
     def _host_path(self, relpath: str) -> str:
         """The host path a stored name came from (a file inside a part: below the part's path)."""

@@ -36,7 +36,7 @@ from ..tarball.archive import ArchiveResult, write_checksum
 from ..docker.engine import Engine
 from ..core.errors import ArchiveError, EngineError
 from ..core.fsutil import fsync_dir
-from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerResult, WorkerSpec
 from ..core.naming import PARTIAL_SUFFIX
 from ..store.storage import STATE_DIR
 from ..worker import PROTOCOL
@@ -157,16 +157,24 @@ class WorkerArchive:
         it) and `mounts` (those besides the backup volume's), that folder; `special`: a
         staging mirror's special.json (set-id bits and devices its tree does not hold)."""
         request, plan = self.request, self.plan
-        keys_path = self._keys_file() if request.encryption is not None else None
+        keys_path = self.keys_path()
         try:
+            if keys_path is not None:
+                self.write_keys(keys_path)
             spec = self._spec(keys_path, root, plan.mounts if mounts is None else mounts, special)
-            result = self.engine.run_worker(spec, lambda line: self._on_line(line, progress))
+            result = self.engine.run_worker(spec, lambda line: self.on_line(line, progress))
         finally:
             if keys_path is not None:
                 keys_path.unlink(missing_ok=True)
+        return self.archived(result, spec.timeout)
+
+    def archived(self, result: WorkerResult, timeout: float) -> int:
+        """The tar bytes of the archive a worker wrote into the partial file (its `result`
+        read by on_line), checked; raises ArchiveError."""
+        request, plan = self.request, self.plan
         where = f"the worker container {result.name} (image {plan.image})"
         if result.timed_out:
-            raise ArchiveError(f"{where} ran past BACKUP_WORKER_TIMEOUT ({spec.timeout:g} s) and was killed")
+            raise ArchiveError(f"{where} ran past BACKUP_WORKER_TIMEOUT ({timeout:g} s) and was killed")
         if not result.ok or self._outcome is None:
             detail = self._error or " | ".join(result.tail[-5:]) or "no output"
             raise ArchiveError(f"{where} failed (exit {result.exit_code}): {detail}")
@@ -192,15 +200,20 @@ class WorkerArchive:
                           labels={STORE_LABEL: plan.store.key, TARGET_LABEL: request.target}, user="0",
                           capabilities=CAPABILITIES, timeout=timeout)
 
-    def _keys_file(self) -> Path:
-        assert self.request.worker is not None and self.request.encryption is not None
+    def keys_path(self) -> Path | None:
+        """Where this archive's encryption settings go for its worker (None: not encrypted)."""
+        if self.request.encryption is None:
+            return None
+        assert self.request.worker is not None
         folder = self.request.worker.backup_dir / STATE_DIR / KEYS_FOLDER
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"{uuid.uuid4().hex}.keys"
-        write_keys(path, self.request.encryption)
-        return path
+        return folder / f"{uuid.uuid4().hex}.keys"
 
-    def _on_line(self, line: str, progress: Progress | None) -> bool:
+    def write_keys(self, path: Path) -> None:
+        assert self.request.encryption is not None
+        write_keys(path, self.request.encryption)
+
+    def on_line(self, line: str, progress: Progress | None) -> bool:
         try:
             record = json.loads(line)
         except ValueError:

@@ -17,6 +17,7 @@ is excluded is left out too, as the engine-API path's filter does.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -37,6 +38,8 @@ from ..core.model import Compression
 from .special import HeaderPatcher, load_special, patch_stream
 
 READ_SIZE = 1 << 20
+PIPE_BYTES = 1 << 20  # the compressor's pipe to this process (see _widen)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 CHECKPOINT_RECORDS = 1024  # tar reports its progress every 1024 records of 10 KiB
 GNU_TAR_EXIT_CHANGED = 1  # "some files differed": changed or vanished while read (hot backups)
 
@@ -196,6 +199,7 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
             source = comp.stdout
         elif special:
             source = _Patched(tar.stdout, special)
+        _widen(tar.stdout if comp is None or special else None, source)
         watcher = _TarWatcher(tar.stderr, emit)
         watcher.thread.start()
         if listed:
@@ -219,6 +223,18 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
     if tar_code == GNU_TAR_EXIT_CHANGED:
         emit({"event": "warning", "message": "files changed while they were read (hot backup)"})
     return watcher.total
+
+
+def _widen(*pipes) -> None:
+    """Pipes of PIPE_BYTES instead of 64 KiB: the compressor (multi-threaded) writes ahead
+    while this process hashes and writes a chunk, instead of waiting for each read."""
+    for pipe in pipes:
+        if pipe is None or not hasattr(pipe, "fileno"):
+            continue
+        try:
+            fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size for this user: the default stays
 
 
 def _filter(tar: subprocess.Popen, sink: BinaryIO, special: dict[bytes, tuple[int, int]],

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..core.errors import SidecarError
 from ..core.model import Compression
-from . import PROTOCOL
+from . import COMMANDS, PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
-from ..mirror.worker import MirrorJob, MirrorRefused, run_mirror
+from ..mirror.worker import SPECIAL, TREE, MirrorJob, MirrorRefused, run_mirror
 from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--wait-timeout", type=float, default=3600.0)
     mirror.add_argument("--progress-interval", type=float, default=1.0)
     mirror.add_argument("--exclude", action="append", default=[])
+    mirror.add_argument("--hold", action="store_true", help="one worker for the whole backup: the first pass, then "
+                        "the stopped pass on `go` and the mirror's archive on `archive` (lines on stdin)")
+    mirror.add_argument("--output", type=Path, help="--hold: the archive's existing partial file")
+    mirror.add_argument("--compression", choices=[c.value for c in Compression], default=Compression.ZSTD.value)
+    mirror.add_argument("--keys-file", type=Path, help="--hold: the encryption settings, written before `archive`")
     stack = sub.add_parser("stack", help="archive a Compose project's files (bind-mounted read-only) into a partial file")
     stack.add_argument("--output", type=Path, required=True)
     stack.add_argument("--part", action="append", default=[], help="a file or folder to store (path in the worker)")
@@ -96,17 +102,76 @@ def main(argv: list[str]) -> int:
 def _mirror(args: argparse.Namespace) -> int:
     job = MirrorJob(args.root, args.mirror, not args.no_room_check, args.go, args.wait_timeout, args.progress_interval,
                     tuple(args.exclude))
+    if args.hold:
+        if args.output is None:
+            emit({"event": "error", "message": "mirror --hold needs --output"})
+            return 2
+        return held(job, args, COMMANDS)
+    return 0 if _pass(job, emit) is not None else 1
+
+
+def _pass(job: MirrorJob, out) -> dict | None:
+    """One pass, its outcome said on `out`: the outcome ({} when there was no room), or None
+    when it failed (said too)."""
     try:
-        outcome = run_mirror(job, emit)
+        outcome = run_mirror(job, out)
     except MirrorRefused as exc:
-        emit({"event": "refused", "message": str(exc)})
-        return 1
+        out({"event": "refused", "message": str(exc)})
+        return None
     except (SidecarError, OSError) as exc:
-        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        out({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return None
+    if outcome is None:
+        return {}
+    record = {"event": "result", "protocol": PROTOCOL, **asdict(outcome)}
+    out(record)
+    return record
+
+
+def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]") -> int:
+    """The whole backup of a volume through its mirror in one worker (PROTOCOL 9): the first
+    pass (stage `first`), `ready`, then on the sidecar's `go` (the container is down) the
+    stopped pass (stage `stopped`), then on `archive` (the container runs again) the
+    mirror's archive into --output (stage `archive`). Every line carries its stage. Any
+    other word, or none within --wait-timeout, ends the worker; so does the end of stdin
+    (watch_parent)."""
+    def staged(stage: str):
+        return lambda record: emit({**record, "stage": stage})
+
+    first = _pass(replace(job, go=False), staged("first"))
+    if not first:  # failed, or no room (said): the sidecar reads the volume itself
+        return 1 if first is None else 0
+    stopped = staged("stopped")
+    stopped({"event": "ready"})
+    if not _wait_for(commands, "go", job.wait_timeout, stopped):
         return 1
-    if outcome is not None:
-        emit({"event": "result", "protocol": PROTOCOL, **asdict(outcome)})
+    if _pass(replace(job, go=False, stopped=True, check_room=False), stopped) is None:
+        return 1
+    archive = staged("archive")
+    if not _wait_for(commands, "archive", job.wait_timeout, archive):
+        return 1
+    tree = job.mirror / TREE
+    try:
+        outcome = run_archive(ArchiveJob(tree, args.output, Compression(args.compression), job.exclude, args.keys_file,
+                                         job.progress_interval, job.mirror / SPECIAL), archive)
+    except (SidecarError, OSError, ValueError) as exc:
+        archive({"event": "error", "message": str(exc)})
+        return 1
+    archive({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,
+             "tar_bytes": outcome.tar_bytes})
     return 0
+
+
+def _wait_for(commands: "queue.Queue[str]", word: str, timeout: float, out) -> bool:
+    try:
+        said = commands.get(timeout=timeout)
+    except queue.Empty:
+        out({"event": "error", "message": f"no {word} from the sidecar within {timeout:g} s"})
+        return False
+    if said != word:
+        out({"event": "error", "message": f"the sidecar called the backup off ({said or 'an empty line'})"})
+        return False
+    return True
 
 
 def _stack(args: argparse.Namespace) -> int:

@@ -42,25 +42,38 @@ def _target(ctx, name="app"):
 
 
 def _phases(engine) -> list[str]:
-    """Quiesce calls and workers (by purpose, "mirror+go" for the stopped pass), in order."""
+    """Quiesce calls, workers (by purpose, "mirror+hold" for the one that does the whole
+    backup) and the words said to workers (recorded by _said), in order."""
     found = []
     for call in engine.calls:
         if call[0] == "run_worker":
             spec = call[1]
-            found.append(spec.purpose + ("+go" if "--go" in spec.command else ""))
-        elif call[0] in ("stop", "start", "pause", "unpause"):
-            found.append(call[0])
+            found.append(spec.purpose + ("+hold" if "--hold" in spec.command else ""))
+        elif call[0] in ("stop", "start", "pause", "unpause", "said"):
+            found.append(call[0] if call[0] != "said" else call[1])
     return found
 
 
+def _said(engine, monkeypatch) -> None:
+    """Record each word the sidecar writes to a worker's stdin among the engine's calls."""
+    real = engine._send
+
+    def send(proc, purpose, data):
+        engine.calls.append(("said", data.decode().strip()))
+        return real(proc, purpose, data)
+
+    monkeypatch.setattr(engine, "_send", send)
+
+
 @pytest.mark.parametrize("strategy, down, up", [("stop", "stop", "start"), ("pause", "pause", "unpause")])
-def test_the_stopped_pass_is_started_before_the_stop_and_the_archive_built_after(engine, wctx, data, strategy,
-                                                                                  down, up, caplog):
+def test_one_worker_runs_the_first_pass_the_stopped_pass_on_go_and_the_archive_after_the_start(
+        engine, wctx, data, strategy, down, up, caplog, monkeypatch):
     app = engine.add_container("app-1", app_labels(strategy=strategy), {"/data": data})
+    _said(engine, monkeypatch)
     with caplog.at_level(logging.INFO):
         outcome = run_backup(wctx, _target(wctx))
     assert outcome.result is BackupResult.SUCCESS, outcome.error
-    assert _phases(engine) == ["probe", "mirror", "mirror+go", down, up, "archive"]
+    assert _phases(engine) == ["probe", "mirror+hold", down, "go", up, "archive"]
     [archive] = outcome.archives
     assert archive_members(archive.path) == tree(data)
     folder = wctx.store.state_dir / "mirror"
@@ -117,18 +130,18 @@ def test_no_room_is_a_plain_stop_said_in_the_log(engine, wctx, data, monkeypatch
     engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
     real = engine.run_worker
 
-    def no_room(spec, on_line=None):
+    def no_room(spec, on_line=None, on_start=None):
         if spec.purpose != "mirror":
-            return real(spec, on_line)
+            return real(spec, on_line, on_start)
         engine.calls.append(("run_worker", spec))
-        on_line('{"event": "no-room", "needed": 300, "free": 100, "volume": 200, "to_copy": 50}')
+        on_line('{"event": "no-room", "needed": 300, "free": 100, "volume": 200, "to_copy": 50, "stage": "first"}')
         return WorkerResult("w1", 0, (), 0.1)
 
     monkeypatch.setattr(engine, "run_worker", no_room)
     with caplog.at_level(logging.INFO):
         outcome = run_backup(wctx, _target(wctx))
     assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
-    assert _phases(engine) == ["probe", "mirror", "stop", "archive", "start"]
+    assert _phases(engine) == ["probe", "mirror+hold", "stop", "archive", "start"]
     [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
     assert "no room" in said.reason and said.needed == 300
 
@@ -137,19 +150,21 @@ def test_a_failed_stopped_pass_reads_the_volume_while_still_down(engine, wctx, d
     app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
     real = engine.run_worker
 
-    def failing_second(spec, on_line=None):
-        if "--go" not in spec.command:
-            return real(spec, on_line)
-        engine.calls.append(("run_worker", spec))
-        on_line('{"event": "ready"}')
-        on_line('{"event": "error", "message": "OSError: disk full"}')
-        return WorkerResult("w2", 1, (), 0.1)
+    def failing_second(spec, on_line=None, on_start=None):
+        if "--hold" not in spec.command:
+            return real(spec, on_line, on_start)
+
+        def failing(line):  # the stopped pass fails (the first went through)
+            if '"stage": "stopped"' in line and ('"event": "synced"' in line or '"event": "result"' in line):
+                line = '{"event": "error", "message": "OSError: disk full", "stage": "stopped"}'
+            return on_line(line)
+        return real(spec, failing, on_start)
 
     monkeypatch.setattr(engine, "run_worker", failing_second)
     with caplog.at_level(logging.INFO):
         outcome = run_backup(wctx, _target(wctx))
     assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
-    assert _phases(engine) == ["probe", "mirror", "mirror+go", "stop", "archive", "start"]
+    assert _phases(engine) == ["probe", "mirror+hold", "stop", "archive", "start"]
     [said] = [r for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop")]
     assert "disk full" in said.reason
     assert engine.state(app.id) is ContainerState.RUNNING
@@ -169,10 +184,10 @@ def test_a_mirror_worker_that_cannot_start_is_a_plain_stop(engine, wctx, data, m
     engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
     real = engine.run_worker
 
-    def refused(spec, on_line=None):
+    def refused(spec, on_line=None, on_start=None):
         if spec.purpose == "mirror":
             raise EngineError("create worker container: no space left on device")
-        return real(spec, on_line)
+        return real(spec, on_line, on_start)
 
     monkeypatch.setattr(engine, "run_worker", refused)
     with caplog.at_level(logging.INFO):
@@ -194,7 +209,7 @@ def test_with_local_encryption_the_mirror_is_off_unless_the_label_asks_for_it(en
     with caplog.at_level(logging.INFO):
         outcome = run_backup(ctx, _target(ctx))
     assert outcome.result is BackupResult.SUCCESS, outcome.error
-    assert ("mirror" in _phases(engine)) is mirrored
+    assert ("mirror+hold" in _phases(engine)) is mirrored
     assert (ctx.store.state_dir / "mirror" / "app" / "data" / TREE).exists() is mirrored
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no staging mirror: plain stop (")]
     if label is None:

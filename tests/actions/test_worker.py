@@ -81,7 +81,8 @@ def test_one_probe_per_image_for_many_volumes(engine, wctx, data, tmp_path):
     engine.add_container("app-1", app_labels(), {"/data": data, "/logs": logs})
     outcome = run_backup(wctx, _target(wctx))
     assert outcome.ok and [archive_members(a.path) for a in outcome.archives] == [tree(data), tree(logs)]
-    assert len(_workers(engine, "probe")) == 1 and len(_workers(engine, "archive")) == 2
+    # one worker per volume writes its archive: a held mirror worker for a stop target (the default)
+    assert len(_workers(engine, "probe")) == 1 and len(_workers(engine, "mirror") + _workers(engine, "archive")) == 2
 
 
 def test_excludes_through_the_worker(engine, wctx, data):
@@ -89,7 +90,8 @@ def test_excludes_through_the_worker(engine, wctx, data):
     outcome = run_backup(wctx, _target(wctx))
     members = archive_members(outcome.archives[0].path)
     assert "a.txt" in members and not any(name.startswith("sub") for name in members)
-    assert _workers(engine, "archive")[0].command[-1] == "--exclude=sub"
+    [worker] = _workers(engine, "mirror") + _workers(engine, "archive")  # a held mirror worker for a stop target
+    assert "--exclude=sub" in worker.command
 
 
 def test_encrypted_by_the_worker_with_no_key_in_its_arguments(engine, make_ctx, data):
@@ -152,7 +154,7 @@ def test_a_failing_worker_is_a_failed_read_with_its_message_and_no_file(engine, 
 def test_a_timed_out_worker_says_so(engine, wctx, data, monkeypatch):
     engine.add_container("app-1", app_labels(), {"/data": data})
     real = engine.run_worker
-    monkeypatch.setattr(engine, "run_worker", lambda spec, on_line=None: real(spec, on_line)
+    monkeypatch.setattr(engine, "run_worker", lambda spec, on_line=None, on_start=None: real(spec, on_line, on_start)
                         if spec.purpose == "probe" else WorkerResult("w1", 137, (), 5.0, timed_out=True))
     outcome = run_backup(wctx, _target(wctx))
     assert outcome.result is BackupResult.FAILURE and "BACKUP_WORKER_TIMEOUT" in outcome.error

@@ -217,3 +217,49 @@ def test_no_room_says_so_and_writes_nothing(source, tmp_path, monkeypatch):
     assert run_mirror(MirrorJob(source, mirror), lines.append) is None
     assert lines[-1]["event"] == "no-room" and lines[-1]["needed"] > lines[-1]["free"]
     assert not (mirror / TREE).exists() or not any((mirror / TREE).iterdir())
+
+
+# --- one worker for the whole backup (mirror --hold, PROTOCOL 9) -------------------------------
+
+def _held(source: Path, mirror: Path, output: Path, words: list[str], capsys) -> tuple[int, list[dict]]:
+    import json
+    import queue
+
+    from sidecar.worker import cli as worker_cli
+
+    commands: "queue.Queue[str]" = queue.Queue()
+    for word in words:
+        commands.put(word)
+    args = worker_cli._parser().parse_args(["mirror", "--root", str(source), "--mirror", str(mirror), "--hold",
+                                            "--no-room-check", "--wait-timeout=5", "--output", str(output)])
+    job = MirrorJob(args.root, args.mirror, False, False, args.wait_timeout, 1.0, ())
+    code = worker_cli.held(job, args, commands)
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_a_held_worker_runs_both_passes_and_archives_the_mirror_on_the_sidecars_words(source, tmp_path, capsys):
+    import tarfile
+
+    import zstandard
+
+    output = tmp_path / "archive.tar.zst.partial"
+    output.touch()
+    code, lines = _held(source, tmp_path / "mirror", output, ["go", "archive"], capsys)
+    assert code == 0, lines
+    stages = [(r.get("stage"), r["event"]) for r in lines if r["event"] in ("ready", "result")]
+    assert stages == [("first", "result"), ("stopped", "ready"), ("stopped", "result"), ("archive", "result")]
+    with open(output, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw),
+                                                 mode="r|") as tar:
+        names = {m.name.removeprefix("./") for m in tar}
+    assert {rel for rel in snapshot(source)} <= names | {"."}
+    assert lines[-1]["size"] == output.stat().st_size
+
+
+@pytest.mark.parametrize("words, stages", [(["abort"], ["first"]), (["go", "abort"], ["first", "stopped"])])
+def test_a_held_worker_called_off_ends_without_an_archive(source, tmp_path, capsys, words, stages):
+    output = tmp_path / "archive.tar.zst.partial"
+    output.touch()
+    code, lines = _held(source, tmp_path / "mirror", output, words, capsys)
+    assert code == 1 and lines[-1]["event"] == "error" and "called the backup off" in lines[-1]["message"]
+    assert [r["stage"] for r in lines if r["event"] == "result"] == stages
+    assert output.stat().st_size == 0

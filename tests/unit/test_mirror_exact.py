@@ -83,16 +83,14 @@ def _wait_until_older(path: Path, ns: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_a_write_through_a_dirty_mmap_page_after_the_first_pass_reaches_the_mirror(where, tmp_path, tmpfs_path):
-    """The page is dirtied (faulted: mtime stamped), left to age past the coarse-clock margin
-    (but inside the writeback window), copied by pass 1, then written again through the
-    mapping: no fault, so no time moves. The stopped pass must read it again."""
-    # The mirror on the other filesystem: a pass syncs its own (the review's case, where a
-    # reflink or that sync flushed the page, is the easy one).
-    source = (tmpfs_path if where == "tmpfs" else tmp_path) / "volume"
+def test_a_write_through_a_dirty_mmap_page_on_tmpfs_after_the_first_pass_reaches_the_mirror(tmp_path, tmpfs_path):
+    """The page is dirtied (faulted: mtime stamped), left to age past the coarse-clock margin,
+    copied by pass 1, then written again through the mapping: on tmpfs no syncfs cleans a
+    page, so no fault and no time moves. The stopped pass must read it again (tmpfs is
+    always racy). On disk the syncfs rule makes that write fault (the test above)."""
+    source = tmpfs_path / "volume"
     source.mkdir()
-    mirror = (tmp_path if where == "tmpfs" else tmpfs_path) / "mirror"
+    mirror = tmp_path / "mirror"
     path = source / "db.lmdb"
     path.write_bytes(b"\0" * 4096)
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as page:
@@ -102,9 +100,7 @@ def test_a_write_through_a_dirty_mmap_page_after_the_first_pass_reaches_the_mirr
         before = os.lstat(path)
         page[:6] = b"second"  # no fault: the page is still dirty and writable
         after = os.lstat(path)
-        if where == "disk" and (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
-            pytest.skip("the kernel wrote the page back meanwhile (this machine cleans dirty pages within seconds): "
-                        "the write faulted and moved the mtime, the case is not reproducible here")
+        assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
         _pass(source, mirror, go=False)  # the stopped pass: the writer holds still
         assert (mirror / TREE / "db.lmdb").read_bytes()[:6] == b"second"
         _same(source, mirror)
@@ -126,6 +122,71 @@ def test_an_entry_changed_within_the_writeback_window_is_racy():
     assert mirrordiff.Seen.of(St, looked - 1, margin).racy
     assert not mirrordiff.Seen.of(St, looked + 1, margin).racy
     assert mirrordiff.Seen.of(St, looked + 10**12, margin, always=True).racy  # tmpfs
+
+
+def test_after_syncfs_an_entry_changed_before_the_pass_is_not_racy_and_one_changed_after_is():
+    """The syncfs rule (mirrordiff): judged against T, the time noted before the pass's
+    syncfs, not against the writeback window. The window rule calls both racy."""
+    class St:
+        st_dev, st_ino, st_mode, st_size = 1, 2, 0o100644, 3
+        st_mtime_ns = st_ctime_ns = 100 * 10**9
+
+    window = 70 * 10**9
+    synced_at = St.st_mtime_ns + 10 * 10**9  # written 10 s before the pass
+    assert mirrordiff.Seen.of(St, synced_at + 1, window).racy  # the window rule alone
+    assert not mirrordiff.Seen.of(St, synced_at + 1, window, synced_at_ns=synced_at).racy
+    assert mirrordiff.Seen.of(St, synced_at + 1, window, synced_at_ns=St.st_mtime_ns + 1).racy  # after T
+    assert mirrordiff.Seen.of(St, synced_at + 1, window, synced_at_ns=St.st_mtime_ns + mirrordiff.RACY_MARGIN_NS).racy
+    assert mirrordiff.Seen.of(St, synced_at + 1, window, always=True, synced_at_ns=synced_at).racy  # tmpfs
+
+
+def _manifest(mirror: Path) -> dict:
+    return mirrordiff.loads((mirror / worker_mirror.MANIFEST).read_text())
+
+
+def test_a_file_written_shortly_before_the_first_pass_is_trusted_by_the_next(tmp_path):
+    """Data written seconds before a backup (an app at work, the bench) is read once: the
+    pass's syncfs proves that nothing changed it after the pass read it, where the window
+    rule re-read everything written in the last 70 s, the stopped pass included."""
+    source, mirror = tmp_path / "volume", tmp_path / "mirror"
+    source.mkdir()
+    (source / "data.bin").write_bytes(os.urandom(1 << 16))
+    _wait_until_older(source / "data.bin", mirrordiff.RACY_MARGIN_NS + 200_000_000)
+    _pass(source, mirror)
+    assert not _manifest(mirror)["data.bin"].racy
+    again = _pass(source, mirror, go=False)
+    assert again.copied_bytes == 0
+
+
+def test_a_write_through_an_mmap_page_dirty_before_the_syncfs_moves_the_mtime(tmp_path, tmpfs_path, monkeypatch):
+    """No writeback window at all (the kernel would not clean the page for 30 s): the first
+    pass's syncfs cleans and write-protects it, so the next write through the mapping
+    faults and stamps mtime; the stopped pass copies it again. The mirror on another
+    filesystem: the pass's sync of its own must not be what cleans the page."""
+    monkeypatch.setattr(worker_mirror, "writeback_window_ns", lambda expire, every: 0)
+    source, mirror = tmp_path / "volume", tmpfs_path / "mirror"
+    source.mkdir()
+    path = source / "db.lmdb"
+    path.write_bytes(b"\0" * 4096)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as page:
+        page[:5] = b"first"  # faults: mtime stamped; the page stays dirty and writable
+        _wait_until_older(path, mirrordiff.RACY_MARGIN_NS + 200_000_000)
+        _pass(source, mirror)
+        assert not _manifest(mirror)["db.lmdb"].racy
+        before = os.lstat(path)
+        page[:6] = b"second"
+        assert os.lstat(path).st_mtime_ns > before.st_mtime_ns  # the cleaned page faulted
+        _pass(source, mirror, go=False)
+        assert (mirror / TREE / "db.lmdb").read_bytes()[:6] == b"second"
+        _same(source, mirror)
+
+
+def test_syncfs_covers_the_volume_and_a_failing_syncfs_leaves_the_window_rule(tmp_path, monkeypatch):
+    before = time.time_ns()
+    synced = worker_mirror.sync_sources(tmp_path)
+    assert set(synced) == {os.stat(tmp_path).st_dev} and before <= synced[os.stat(tmp_path).st_dev] <= time.time_ns()
+    monkeypatch.setattr(worker_mirror, "_syncfs", lambda fd: errno.EIO)
+    assert worker_mirror.sync_sources(tmp_path) == {}
 
 
 # --- 2. durable before finished ------------------------------------------------------------------

@@ -14,10 +14,11 @@ in a backup), and the two archives are compared.
 
 The racy margin is shrunk from 2 s to 20 ms (every entry here is seconds old at most: with
 the real margin every one would be re-read and nothing tested), so the change detection
-(dev, inode, mode, size, mtime, ctime) decides. On disk the writeback window is 0 too, and
-the mmap writer's pages are written back after each write (msync): what the window assumes
-at the kernel's scale. On tmpfs the window is the real one and nothing is written back: the
-rule that tmpfs entries are always re-read is what catches the mmap writer there.
+(dev, inode, mode, size, mtime, ctime) decides. On disk the writeback window is 0 too: with
+the mmap writer's pages written back after each write (msync), and without (then only each
+pass's syncfs of the volume, the racy rule of mirrordiff, catches it). On tmpfs the window
+is the real one and nothing is written back: the rule that tmpfs entries are always re-read
+is what catches the mmap writer there.
 """
 
 from __future__ import annotations
@@ -203,6 +204,25 @@ def test_on_disk_the_mirror_archive_is_the_stopped_volume_archive(tmp_path, monk
     monkeypatch.setattr(worker_mirror, "sync_filesystem", lambda folder: None, raising=False)  # tested apart
     case = _fresh(tmp_path, "case")
     _run(case, before, during, after, flush_mmap=True, mirror_root=case)
+
+
+@settings(max_examples=int(os.environ.get("MIRROR_PROPERTY_EXAMPLES_SYNCFS", "10")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(before=st.lists(op, max_size=15), during=st.lists(op, min_size=1, max_size=40), after=st.lists(op, max_size=10))
+def test_on_disk_the_syncfs_rule_alone_catches_an_unflushed_mmap_writer(tmp_path, monkeypatch, before, during, after):
+    """No writeback window and no msync: only each pass's syncfs of the volume (which
+    write-protects the writer's pages, so its next write faults and stamps mtime) keeps
+    a write through the mapping from being missed. The mirror on tmpfs: its own sync
+    cleans nothing of the volume's."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    monkeypatch.setattr(mirrordiff, "RACY_MARGIN_NS", 20_000_000)
+    monkeypatch.setattr(worker_mirror, "writeback_window_ns", lambda expire, every: 0, raising=False)
+    mirror = _fresh(Path("/dev/shm"), f"mirror-property-syncfs-{os.getpid()}")
+    try:
+        _run(_fresh(tmp_path, "case"), before, during, after, flush_mmap=False, mirror_root=mirror)
+    finally:
+        shutil.rmtree(mirror, ignore_errors=True)
 
 
 @settings(max_examples=int(os.environ.get("MIRROR_PROPERTY_EXAMPLES_TMPFS", "8")), deadline=None,
