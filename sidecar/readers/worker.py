@@ -38,6 +38,7 @@ from ..core.errors import ArchiveError, EngineError
 from ..core.fsutil import fsync_dir
 from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerResult, WorkerSpec
 from ..core.naming import PARTIAL_SUFFIX
+from ..store.state import JsonState
 from ..store.storage import STATE_DIR
 from ..worker import PROTOCOL
 from ..worker.archive import write_keys
@@ -66,6 +67,8 @@ NO_WORKERS = "none"  # BACKUP_WORKER_IMAGE=none: no worker containers, on purpos
 CHOSEN_NONE = f"BACKUP_WORKER_IMAGE={NO_WORKERS}"
 KEYS_FOLDER = "workers"  # in the state folder: encryption settings on their way to a worker
 STALE_KEYS_SECONDS = 600.0  # a worker reads its file within seconds of starting
+PROBES_FILE = "worker-probes.json"  # in the state folder: image ids that passed the probe, with the protocol
+PROBES_KEPT = 16  # newest image ids remembered
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class WorkerArchive:
         """Archive the volume; or, given `root` (a folder of the backup volume as workers see
         it) and `mounts` (those besides the backup volume's), that folder; `special`: a
         staging mirror's special.json (set-id bits and devices its tree does not hold)."""
-        request, plan = self.request, self.plan
+        plan = self.plan
         keys_path = self.keys_path()
         try:
             if keys_path is not None:
@@ -331,7 +334,7 @@ class WorkerReader:
         own = engine.own_container()
         image = settings.image or (own.image_id if own is not None else None)
         if image is None and engine.is_local:
-            image, reason = self._labelled_image(engine)
+            image, reason = self._labelled_image(engine, settings.backup_dir)
             if image is None:
                 return None, reason
         if image is None:
@@ -341,7 +344,7 @@ class WorkerReader:
         store = store_mount(settings.backup_dir, own)
         if store is None:
             return None, f"BACKUP_DIR ({settings.backup_dir}) is on no mount of the sidecar's container"
-        failure = self._probe(engine, image) if probe else None
+        failure = self._probe(engine, image, settings.backup_dir) if probe else None
         if failure is not None:
             return None, failure
         return WorkerSite(image, store), ""
@@ -357,15 +360,15 @@ class WorkerReader:
             return site, self._found_by[site.image]
         return site, "the sidecar's own image"
 
-    def _labelled_image(self, engine: Engine) -> tuple[str | None, str]:
+    def _labelled_image(self, engine: Engine, backup_dir: Path) -> tuple[str | None, str]:
         """A sidecar outside a container with no BACKUP_WORKER_IMAGE: the newest local image
         built from this project's Dockerfile (its label) that passes the probe; looked up once."""
         with self._find_lock:
             if self._found is None:
-                self._found = self._find_labelled(engine)
+                self._found = self._find_labelled(engine, backup_dir)
             return self._found
 
-    def _find_labelled(self, engine: Engine) -> tuple[str | None, str]:
+    def _find_labelled(self, engine: Engine, backup_dir: Path) -> tuple[str | None, str]:
         unset = "the sidecar runs outside a container and BACKUP_WORKER_IMAGE is unset"
         try:
             images = engine.labelled_images(f"{IMAGE_LABEL}={IMAGE_LABEL_VALUE}")
@@ -377,7 +380,7 @@ class WorkerReader:
         refused = []
         for info in images[:FIND_AT_MOST]:
             name = info.tags[0] if info.tags else info.id[:19]
-            failure = self._probe(engine, info.id)
+            failure = self._probe(engine, info.id, backup_dir)
             if failure is None:
                 self._found_by[info.id] = (f"image {name}, the newest of {len(images)} labelled "
                                            f"{IMAGE_LABEL}={IMAGE_LABEL_VALUE} (BACKUP_WORKER_IMAGE unset)")
@@ -388,11 +391,40 @@ class WorkerReader:
             refused.append(f"{name}: {failure}")
         return None, f"{unset}, and no labelled image can serve ({'; '.join(refused)})"
 
-    def _probe(self, engine: Engine, image: str) -> str | None:
+    def _probe(self, engine: Engine, image: str, backup_dir: Path) -> str | None:
         with self._lock:  # one probe per image and process; others wait for its answer
             if image not in self._probes:
-                self._probes[image] = _probe(engine, image)
+                self._probes[image] = _probe_once(engine, image, backup_dir)
             return self._probes[image]
+
+
+def _probe_once(engine: Engine, image: str, backup_dir: Path) -> str | None:
+    """The probe's answer for `image`, run only when this image id has not passed it at this
+    protocol before. An image id names its content, so a pass holds for ever: a one-shot
+    command (each its own process) no longer pays a container start for it (about a second)."""
+    try:
+        image_id = engine.image_info(image).id
+    except EngineError:
+        image_id = None  # not local (yet): the probe says why, or pulls it
+    passed = JsonState(backup_dir / STATE_DIR / PROBES_FILE, "worker probe record")
+    if image_id is not None:
+        try:
+            if passed.read().get(image_id) == PROTOCOL:
+                logger.debug("worker image passed its probe before", extra={"image": image, "id": image_id})
+                return None
+        except OSError:
+            pass  # an unreadable state folder: probe
+    failure = _probe(engine, image)
+    if failure is None and image_id is not None:
+        try:
+            with passed.update() as record:
+                record.pop(image_id, None)
+                record[image_id] = PROTOCOL
+                for old in list(record)[:-PROBES_KEPT]:
+                    del record[old]
+        except OSError:
+            pass  # a read-only backup volume (`list`, `plan`): probed again next time
+    return failure
 
 
 def _probe(engine: Engine, image: str) -> str | None:

@@ -213,3 +213,19 @@ def test_stale_key_files_are_removed_at_start_up(ctx):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     run_recovery(ctx)
     assert not old.exists() and fresh.exists()  # a fresh one may be on its way to a live worker
+
+
+def test_an_image_that_passed_its_probe_is_not_probed_again_by_the_next_process(engine, make_ctx, data, monkeypatch):
+    """An image id names its content: once it passed the probe at this protocol (recorded on the
+    backup volume), a one-shot command in a new process starts no probe container for it."""
+    engine.worker_images.add(IMAGE)
+    engine.add_image(IMAGE)
+    engine.add_container("app-1", app_labels(strategy="hot"), {"/data": data})
+    first = make_ctx(BACKUP_WORKER_IMAGE=IMAGE)
+    assert run_backup(first, _target(first)).ok
+    assert len(_workers(engine, "probe")) == 1
+    monkeypatch.setitem(readers.READERS, "worker", WorkerReader())  # a new process: nothing in memory
+    second = make_ctx(BACKUP_WORKER_IMAGE=IMAGE)
+    outcome = run_backup(second, _target(second))
+    assert outcome.ok and archive_members(outcome.archives[0].path) == tree(data)
+    assert len(_workers(engine, "probe")) == 1
