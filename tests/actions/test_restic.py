@@ -336,11 +336,11 @@ def test_a_whole_volume_restore_empties_the_volume_in_restics_worker_and_starts_
     monkeypatch.setattr(restore_snapshot, "VOLUME_PATH", str(data))  # the snapshot's one path here
     run_worker = engine.run_worker
 
-    def restore_root_in_scratch(spec, on_line=None):
+    def restore_root_in_scratch(spec, on_line=None, on_start=None):
         if spec.purpose == "restic-restore":
             spec = dataclasses.replace(spec, command=tuple(str(scratch) if a == "/restore" else a
                                                            for a in spec.command))
-        return run_worker(spec, on_line)
+        return run_worker(spec, on_line, on_start)
 
     monkeypatch.setattr(engine, "run_worker", restore_root_in_scratch)
     done = run_restore_snapshot(rctx, "app", "data", force=True)

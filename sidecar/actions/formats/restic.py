@@ -378,9 +378,11 @@ def password_file(ctx: Context, repo: Repository) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def worker_site(ctx: Context) -> WorkerSite:
-    """Where restic workers run; raises ConfigError saying why none can."""
-    site, reason = READERS["worker"].site(ctx.engine, ctx.worker_settings)
+def worker_site(ctx: Context, probe: bool = True) -> WorkerSite:
+    """Where restic workers run; raises ConfigError saying why none can. `probe=False`: no
+    probe container for an image named by BACKUP_WORKER_IMAGE or the sidecar's own (the
+    worker says its protocol itself: a staged restore's `staged` record)."""
+    site, reason = READERS["worker"].site(ctx.engine, ctx.worker_settings, probe=probe)
     if site is None:
         raise ConfigError(f"backup.format=restic runs restic next to the data in a worker container, and none can "
                           f"run here: {reason}")
