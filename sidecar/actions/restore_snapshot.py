@@ -147,7 +147,7 @@ def _fetch(ctx: Context, local: Repository, destination: str | None, backup_name
     and the name. `node`: among the snapshots that node took."""
     config = destination_config(ctx, destination)
     destination = destination_name(config)
-    remote = reachable_repository(config, local.environment()["RESTIC_PASSWORD"])
+    remote = reachable_repository(config, local.password, local.secrets_dir)
     chosen, name = _choose(ctx, remote, backup_name, volume_name, wanted, dump, node)
     logger.info("copying the snapshot from the destination's repository", extra={
         "target": backup_name, "volume": volume_name, "destination": destination, "snapshot": chosen.short_id,
@@ -223,6 +223,7 @@ class _StagedRestore:
         """The app is stopped (and the emptying journalled): restic restore of `snapshot`."""
         link = self._wait_link()
         self._went = True
+        went = time.monotonic()
         try:
             if link is None:
                 raise EngineError("the worker ended before its go")
@@ -240,6 +241,9 @@ class _StagedRestore:
             detail = " | ".join(self.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
             raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination} "
                               f"in the worker container {result.name} failed (exit {result.exit_code}): {detail}")
+        logger.info("restic restore done in the worker container", extra={
+            **self.fields, "worker": result.name, "snapshot": snapshot.short_id,
+            "seconds": round(time.monotonic() - went, 3)})
 
     def _next(self, event: str) -> dict:
         record = self.events.get()

@@ -43,6 +43,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,14 +72,18 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
     writes to (None: read-only, a restore: no temporary folder, no owners to mend). `go`: a
     `backup` held at the gate until the go file in that folder says so (needs `store_root`).
     `empty`: a folder emptied first (a restore's volume); restic does not run when that fails.
-    `staged`: wait for the sidecar's `go SNAPSHOT_ID` on `commands` first (see above)."""
+    `staged`: wait for the sidecar's `go SNAPSHOT_ID` on `commands` first (see above).
+    The first record says the worker's protocol (the sidecar probes no image for restic)."""
+    emit({"event": "restic-worker", "protocol": PROTOCOL})
     if staged:
         snapshot = wait_for_snapshot(commands, wait_timeout, emit)
         if snapshot is None:
             emit({"event": "exit", "code": EXIT_QUIT})
             return EXIT_QUIT
         args = [*args, snapshot]
-    tmp = store_root / TMP_FOLDER / uuid.uuid4().hex if store_root is not None else None
+    # Named for this worker's host name (the sidecar gives each restic worker one, and a label
+    # saying it): recovery removes the folder of a killed worker (formats.restic.remove_dead_worker_tmp).
+    tmp = store_root / TMP_FOLDER / f"{socket.gethostname()}.{uuid.uuid4().hex}" if store_root is not None else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     if tmp is not None:
         env["TMPDIR"] = str(tmp)

@@ -33,7 +33,8 @@ def test_a_failed_emptying_runs_no_restic_and_says_why(tmp_path):
     events: list[dict] = []
     code = run_restic(None, None, ["version"], events.append, empty=tmp_path / "missing")
     assert code == 1
-    assert events[0]["event"] == "error" and "emptying" in events[0]["message"]
+    assert events[0] == {"event": "restic-worker", "protocol": PROTOCOL}  # first, whatever follows
+    assert events[1]["event"] == "error" and "emptying" in events[1]["message"]
     assert events[-1] == {"event": "exit", "code": 1} and not any(e["event"] == "emptied" for e in events)
 
 
@@ -64,7 +65,7 @@ def test_a_staged_worker_says_its_protocol_writes_nothing_before_go_and_restores
     code = run_restic(None, None, ["restore", "--target", "/restore"], emit, empty=volume, staged=True,
                       commands=commands)
     assert code == 0, events
-    assert events[0] == {"event": "staged", "protocol": PROTOCOL}
+    assert events[:2] == [{"event": "restic-worker", "protocol": PROTOCOL}, {"event": "staged", "protocol": PROTOCOL}]
     assert not any(volume.iterdir())  # emptied, the trash folder gone too
     assert events[-1] == {"event": "exit", "code": 0}
     out = capsys.readouterr().out  # restic's stdout is passed through as it comes
