@@ -89,8 +89,9 @@ def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "l
     include = restore_include(path)  # refused before anything else
     repo = local_repository(ctx)
     site = worker_site(ctx, probe=False)  # the staged worker's record says its protocol
-    with contextlib.ExitStack() as stack:
-        worker = stack.enter_context(_StagedRestore(ctx, repo, site, mount, include, backup_name))
+    # The target's lock from before the worker starts: recovery (another process) leaves a
+    # running worker of a locked target alone (recover.remove_leftover_workers).
+    with ctx.store.target_lock(backup_name), _StagedRestore(ctx, repo, site, mount, include, backup_name) as worker:
         if from_destination is not None or node is not None:  # meanwhile the worker starts
             chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot, node=node)
         else:
@@ -98,14 +99,13 @@ def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "l
         worker.staged()
         fields = {"target": backup_name, "container": container.name, "volume": volume_name,
                   "snapshot": chosen.short_id, "snapshot_name": name}
-        with ctx.store.target_lock(backup_name):
-            if include is None and not force and not ctx.engine.path_is_empty(container.id, mount.destination):
-                raise RestoreError(f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
-                                   "use --force to replace its contents (or --path for one file or folder)")
-            request = RestoreRequest(container, backup_name, volume_name, ctx.store.root, force, stop_timeout)
-            logger.info("restoring from a restic snapshot", extra={**fields, "phase": "restore", "path": path})
-            downtime = volumes.replace_contents(ctx, request, volume_name, mount, fields, lambda current: worker.go(
-                current, chosen), clear=include is None, write_empties=True)
+        if include is None and not force and not ctx.engine.path_is_empty(container.id, mount.destination):
+            raise RestoreError(f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
+                               "use --force to replace its contents (or --path for one file or folder)")
+        request = RestoreRequest(container, backup_name, volume_name, ctx.store.root, force, stop_timeout)
+        logger.info("restoring from a restic snapshot", extra={**fields, "phase": "restore", "path": path})
+        downtime = volumes.replace_contents(ctx, request, volume_name, mount, fields, lambda current: worker.go(
+            current, chosen), clear=include is None, write_empties=True)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
