@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import docker
@@ -206,9 +207,11 @@ class Bench:
         self.restic("restore", "latest", "--target", str(into), "--include", "/volume/f00001.bin")
         one_by_hand = time.monotonic() - started
         shutil.rmtree(into)
+        began = time.time()
         whole = proc.run(["restore", "app", "--volume", self.item, "--force"], self.env())
         one = proc.run(["restore", "app", "--volume", self.item, "--force", "--path", "f00001.bin"], self.env())
         return {"restic_restore_by_hand_seconds": round(by_hand, 2), "restore_seconds": round(whole.wall, 2),
+                "restore_breakdown_seconds": restore_breakdown(whole, began),
                 "restore_vs_by_hand": ratio(whole.wall, by_hand), "one_file_seconds": round(one.wall, 2),
                 "one_file_vs_whole": ratio(one.wall, whole.wall), "one_file_by_hand_seconds": round(one_by_hand, 2),
                 "one_file_by_hand_vs_whole_by_hand": ratio(one_by_hand, by_hand)}
@@ -222,6 +225,22 @@ class Bench:
                                **({**extra, "S3_PREFIX": "archives"} if extra else {}))
         run = proc.run(["backup", "app"], env)
         return _own_rss(run)
+
+
+def restore_breakdown(run: proc.Run, began: float) -> dict[str, float]:
+    """Where a whole-volume restore's seconds go, from its log lines' times (ms): the CLI's
+    start, the snapshot's choice beside the staged worker's start, up to the stop; the stop;
+    the go to restic's end in the worker (the emptying beside the restore); the restart and
+    the exit (the rest of the wall time)."""
+    def at(message: str) -> float:
+        when = datetime.strptime(run.record(message)["time"], "%Y-%m-%d %H:%M:%S,%f")
+        return when.replace(tzinfo=timezone.utc).timestamp() - began  # the sidecar logs in TZ=UTC
+
+    stop_sent, stopped = at("stop sent"), at("container stopped")
+    restored = run.record("restic restore done in the worker container")["seconds"]
+    return {"start_and_choice": round(stop_sent, 2), "stop": round(stopped - stop_sent, 2),
+            "go_to_restored": round(restored, 2),
+            "restart_and_exit": round(run.wall - stopped - restored, 2)}
 
 
 def _own_rss(run: proc.Run) -> int:

@@ -14,7 +14,7 @@ from ..core.naming import IMAGE_FOLDER, parse_image_name, parse_name
 from ..store.restic import REPO_FOLDER
 from ..core.snapshots import OWN_TAG, selector, snapshot_names
 from .context import Context
-from .formats.restic import destination_config, local_repository, reachable_repository
+from .formats.restic import destination_config, local_repository, reachable_repository, secrets_dir
 from .sync import copy_index
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def run_list_snapshots(ctx: Context, name: str | None = None, destination: str |
     if remote or node is not None:
         if not ctx.settings.destinations:
             return []
-        repo = reachable_repository(destination_config(ctx, destination), ctx.settings.restic_password)
+        repo = reachable_repository(destination_config(ctx, destination), ctx.settings.restic_password,
+                                    secrets_dir(ctx))
         if not repo.exists():
             return []
     elif not (ctx.store.root / REPO_FOLDER / "config").is_file():

@@ -33,7 +33,7 @@ from ..core.snapshots import forget_args, selector
 from ..store.state import JsonState
 from .context import Context
 from .formats import StorageFormat, format_of
-from .formats.restic import local_repository, record_state, remove_dead_worker_locks, unlocked
+from .formats.restic import local_repository, record_state, remove_dead_worker_locks, secrets_dir, unlocked
 from .sources import items
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def run_prune(ctx: Context, keep_for: Callable[[str], Keep], dry_run: bool = Fal
         if format_of(ctx, target) is not StorageFormat.RESTIC:
             continue
         args = forget_args(keep_for(target.backup_name)) + (("--dry-run",) if dry_run else ())
-        for item in items(target):
-            forgotten += len(unlocked(ctx, repo, lambda: repo.forget(selector(target.backup_name, item), host, args)))
+        tags = [selector(target.backup_name, item) for item in items(target)]
+        if tags:  # none: a forget without --tag would take every snapshot of the host
+            forgotten += len(unlocked(ctx, repo, lambda: repo.forget(tags, host, args)).removed)
     if dry_run:
         return MaintenanceResult("prune", True, time.monotonic() - started, "dry run: nothing pruned", forgotten)
     before = repository_bytes(repo.local_path) if repo.local_path is not None else 0
@@ -132,7 +133,8 @@ def run_unlock(ctx: Context) -> MaintenanceResult | None:
     if locks.is_dir() and not any(locks.iterdir()):  # nothing to judge: no restic start (a key derivation)
         return MaintenanceResult("unlock", True, time.monotonic() - started, "no locks")
     try:
-        repo = Repository(str(ctx.store.root / REPO_FOLDER), ctx.settings.restic_password)
+        repo = Repository(str(ctx.store.root / REPO_FOLDER), ctx.settings.restic_password,
+                          secrets_dir=secrets_dir(ctx))
         result = repo.unlock()
     except SidecarError as err:
         logger.error("restic unlock failed", extra={"phase": "recovery", "error": str(err)})

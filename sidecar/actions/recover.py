@@ -11,6 +11,7 @@ from ..core.model import ContainerState
 from ..readers.worker import STORE_LABEL, TARGET_LABEL, remove_stale_keys, store_mount
 from ..store.storage import JournalEntry
 from .context import Context
+from .formats.restic import remove_dead_worker_tmp
 from .maintenance import run_unlock
 from .interrupt import InterruptionKind, put_back, put_back_service
 
@@ -27,6 +28,11 @@ def run_recovery(ctx: Context) -> list[str]:
     remove_leftover_workers(ctx)
     ctx.store.clean_partials()
     run_unlock(ctx)  # backup.format=restic: the stale locks of a killed run
+    try:
+        remove_dead_worker_tmp(ctx)  # and its workers' temporary pack files
+    except (SidecarError, OSError) as err:
+        logger.error("could not look for killed restic workers' temporary files", extra={
+            "phase": "recovery", "error": str(err)})
     restored = []
     for entry in ctx.journal.entries():
         fields = {"target": entry.target, "container": entry.container_name, "phase": "recovery"}

@@ -2,21 +2,29 @@
 
 The same boundary as an archive's restore: everything that can refuse it runs before
 anything is stopped (the snapshot found, its one path the worker's `/volume`, `--path`
-inside the volume, the volume empty or --force; the worker image's probe runs meanwhile),
-then the container is stopped and one worker container that sees only the target volume,
-read-write at /restore/volume, and the backup volume read-only, empties the volume (not for
-`--path`; no helper container) and runs `restic restore` (with --no-lock): restic's
-restorer writes below its --target only, and what is below /restore besides the volume is
-the worker's read-only root. The container starts again when it succeeded; a failure after
-emptying leaves it stopped (journalled), as for archives.
+inside the volume, the volume empty or --force, the worker's protocol), then the container
+is stopped and one worker container that sees only the target volume, read-write at
+/restore/volume, and the backup volume read-only, empties the volume (not for `--path`; no
+helper container) and runs `restic restore` (with --no-lock): restic's restorer writes below
+its --target only, and what is below /restore besides the volume is the worker's read-only
+root. The container starts again when it succeeded; a failure after emptying leaves it
+stopped (journalled), as for archives.
+
+The worker is started first, staged (sidecar/worker/restic.py, `--staged`): its container's
+and Python's start-up run beside the sidecar's `restic snapshots` (the choice of the
+snapshot) and the app's stop, and its `staged` record says its protocol, so no probe
+container runs; it writes nothing before the sidecar's `go SNAPSHOT_ID`, sent once the app
+is stopped, and ends having written nothing on `quit` (any refusal before that).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import json
 import logging
+import queue
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,9 +32,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..tarball.archive import ArchiveWriter, ProgressLog
-from ..core.errors import NotFound, RestoreError, ResticError, SidecarError
+from ..core.errors import ConfigError, NotFound, RestoreError, ResticError, SidecarError
 from ..core.naming import CHECKSUM_SUFFIX
-from ..core.model import Compression, ContainerInfo, Mount, WorkerMount, WorkerSpec
+from ..core.errors import EngineError
+from ..core.model import Compression, ContainerInfo, Mount, WorkerLink, WorkerMount, WorkerResult, WorkerSpec
 from ..readers.worker import PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite
 from ..core.snapshots import (
     RESTORE_ROOT,
@@ -38,6 +47,7 @@ from ..core.snapshots import (
     snapshot_names,
 )
 from ..readers.unpack import CAPABILITIES as RESTORE_CAPABILITIES
+from ..worker import PROTOCOL
 from .context import Context
 from ..store.restic import Repository
 from ..core.settings import destination_name
@@ -50,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 DUMP_PATH = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_.+$-]{0,200}")  # a preset's --stdin-filename
 DUMPS_FOLDER = "restic-dumps"  # under the state folder: a dump on its way back, as a checked archive
+QUIT_WAIT = 30.0  # seconds a staged worker told to quit has to end before it is removed
 
 
 @dataclass(frozen=True)
@@ -77,23 +88,24 @@ def run_restore_snapshot(ctx: Context, ref: str, volume: str, snapshot: str = "l
     mount, volume_name = volumes.find_volume(container, volume)
     include = restore_include(path)  # refused before anything else
     repo = local_repository(ctx)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probe") as pool:
-        probed = pool.submit(worker_site, ctx)  # a worker container's run, beside restic's key derivation
-        if from_destination is not None or node is not None:
+    site = worker_site(ctx, probe=False)  # the staged worker's record says its protocol
+    # The target's lock from before the worker starts: recovery (another process) leaves a
+    # running worker of a locked target alone (recover.remove_leftover_workers).
+    with ctx.store.target_lock(backup_name), _StagedRestore(ctx, repo, site, mount, include, backup_name) as worker:
+        if from_destination is not None or node is not None:  # meanwhile the worker starts
             chosen, name = _fetch(ctx, repo, from_destination, backup_name, volume_name, snapshot, node=node)
         else:
             chosen, name = _choose(ctx, repo, backup_name, volume_name, snapshot)
-        site = probed.result()
-    fields = {"target": backup_name, "container": container.name, "volume": volume_name, "snapshot": chosen.short_id,
-              "snapshot_name": name}
-    with ctx.store.target_lock(backup_name):
+        worker.staged()
+        fields = {"target": backup_name, "container": container.name, "volume": volume_name,
+                  "snapshot": chosen.short_id, "snapshot_name": name}
         if include is None and not force and not ctx.engine.path_is_empty(container.id, mount.destination):
             raise RestoreError(f"volume {volume_name} of {container.name} ({mount.destination}) is not empty; "
                                "use --force to replace its contents (or --path for one file or folder)")
         request = RestoreRequest(container, backup_name, volume_name, ctx.store.root, force, stop_timeout)
         logger.info("restoring from a restic snapshot", extra={**fields, "phase": "restore", "path": path})
-        downtime = volumes.replace_contents(ctx, request, volume_name, mount, fields, lambda current: _restore(
-            ctx, repo, site, current, mount, chosen, include, backup_name), clear=include is None, write_empties=True)
+        downtime = volumes.replace_contents(ctx, request, volume_name, mount, fields, lambda current: worker.go(
+            current, chosen), clear=include is None, write_empties=True)
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
@@ -135,7 +147,7 @@ def _fetch(ctx: Context, local: Repository, destination: str | None, backup_name
     and the name. `node`: among the snapshots that node took."""
     config = destination_config(ctx, destination)
     destination = destination_name(config)
-    remote = reachable_repository(config, local.environment()["RESTIC_PASSWORD"])
+    remote = reachable_repository(config, local.password, local.secrets_dir)
     chosen, name = _choose(ctx, remote, backup_name, volume_name, wanted, dump, node)
     logger.info("copying the snapshot from the destination's repository", extra={
         "target": backup_name, "volume": volume_name, "destination": destination, "snapshot": chosen.short_id,
@@ -148,37 +160,147 @@ def _fetch(ctx: Context, local: Repository, destination: str | None, backup_name
     return here[0], name
 
 
-def _restore(ctx: Context, repo: Repository, site: WorkerSite, container: ContainerInfo, mount: Mount,
-             snapshot: Snapshot, include: str | None, backup_name: str) -> None:
-    store = site.store
-    assert repo.local_path is not None
-    read_only = WorkerMount(store.mount.kind, store.mount.source, STORE_ROOT, read_only=True)
-    volume = WorkerMount(mount.kind, mount.source, RESTORE_ROOT + VOLUME_PATH, read_only=False)
-    errors: list[str] = []
+class _StagedRestore:
+    """The restore's one worker container, started on entering (staged: it writes nothing
+    before `go`); `staged` waits for its `staged` record and checks its protocol; `go`
+    (the app stopped) sends `go SNAPSHOT_ID` and waits for its end. Leaving without a go
+    tells it to quit (removed when it cannot be told). The password file it reads goes once
+    it has ended."""
 
-    def on_line(line: str) -> bool:
-        if '"restic-stderr"' in line or '"error"' in line:
-            errors.append(line)
-            return True
-        if '"emptied"' in line:
+    def __init__(self, ctx: Context, repo: Repository, site: WorkerSite, mount: Mount, include: str | None,
+                 backup_name: str):
+        self.ctx, self.repo, self.site, self.mount, self.include = ctx, repo, site, mount, include
+        self.fields = {"target": backup_name, "volume": mount.destination, "phase": "restore"}
+        self.events: "queue.Queue[dict]" = queue.Queue()
+        self.errors: list[str] = []
+        self._link: WorkerLink | None = None
+        self._result: WorkerResult | None = None
+        self._failure: BaseException | None = None
+        self._went = False
+        self._stack = contextlib.ExitStack()
+        self._thread = threading.Thread(target=self._run, name="restic-restore", daemon=True)
+
+    def __enter__(self) -> "_StagedRestore":
+        with contextlib.ExitStack() as failing:
+            failing.push(self.__exit__)
+            self._spec = self._make_spec(self._stack.enter_context(password_file(self.ctx, self.repo)))
+            self._thread.start()
+            failing.pop_all()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if not self._went and self._thread.is_alive():
+                self._quit()
+            if self._thread.ident is not None:
+                self._thread.join(QUIT_WAIT)
+        finally:
+            self._stack.close()
+
+    def _quit(self) -> None:
+        link = self._wait_link()
+        if link is not None:
+            with contextlib.suppress(SidecarError):
+                link.send(b"quit\n")
+                self._thread.join(QUIT_WAIT)
+            if self._thread.is_alive():
+                self.ctx.engine.remove_worker(link.name)
+
+    def _wait_link(self) -> WorkerLink | None:
+        while self._link is None and self._thread.is_alive():
+            self._thread.join(0.01)
+        return self._link
+
+    def staged(self) -> None:
+        """Its `staged` record, before anything stops; raises what ended it instead, or
+        ConfigError when it speaks another protocol."""
+        record = self._next("staged")
+        if record.get("protocol") != PROTOCOL:
+            raise ConfigError(f"the worker image {self.site.image} speaks worker protocol {record.get('protocol')}, "
+                              f"this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE to the sidecar's image")
+
+    def go(self, container: ContainerInfo, snapshot: Snapshot) -> None:
+        """The app is stopped (and the emptying journalled): restic restore of `snapshot`."""
+        link = self._wait_link()
+        self._went = True
+        went = time.monotonic()
+        try:
+            if link is None:
+                raise EngineError("the worker ended before its go")
+            link.send(f"go {snapshot.id}\n".encode())
+        except EngineError as err:
+            self._thread.join()
+            raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination}: "
+                              f"the worker container could not be told to go ({err})") from err
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        result = self._result
+        assert result is not None
+        if not result.ok:
+            detail = " | ".join(self.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
+            raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination} "
+                              f"in the worker container {result.name} failed (exit {result.exit_code}): {detail}")
+        logger.info("restic restore done in the worker container", extra={
+            **self.fields, "worker": result.name, "snapshot": snapshot.short_id,
+            "seconds": round(time.monotonic() - went, 3)})
+
+    def _next(self, event: str) -> dict:
+        record = self.events.get()
+        if record.get("event") == event:
+            return record
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        result = self._result
+        assert result is not None
+        detail = " | ".join(self.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
+        raise ConfigError(f"the restore's worker container {result.name} (image {self.site.image}) ended without "
+                          f"saying `{event}` (exit {result.exit_code}: {detail}); it may speak an older worker "
+                          "protocol: set BACKUP_WORKER_IMAGE to the sidecar's image")
+
+    def _make_spec(self, password: Path) -> WorkerSpec:
+        store, repo_path = self.site.store, self.repo.local_path
+        assert repo_path is not None
+        read_only = WorkerMount(store.mount.kind, store.mount.source, STORE_ROOT, read_only=True)
+        volume = WorkerMount(self.mount.kind, self.mount.source, RESTORE_ROOT + VOLUME_PATH, read_only=False)
+        args = ["-r", store.inside(repo_path), "--no-cache", "--no-lock", "--password-file", store.inside(password),
+                "restore", "--target", RESTORE_ROOT, *(["--include", self.include] if self.include else [])]
+        empty = () if self.include else ("--empty", volume.target)  # the whole volume: emptied by this worker
+        timeout = self.ctx.settings.worker_timeout
+        command = (*PYTHON, "restic", "--staged", f"--wait-timeout={timeout:g}", *empty, "--", *args)
+        return WorkerSpec(self.site.image, command, "restic-restore", (volume, read_only),
+                          labels={STORE_LABEL: self.site.store.key, TARGET_LABEL: self.fields["target"]}, user="0",
+                          capabilities=RESTORE_CAPABILITIES, timeout=timeout)
+
+    def _run(self) -> None:
+        try:
+            self._result = self.ctx.engine.run_worker(self._spec, self._on_line, on_start=self._started)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the waiting thread
+            self._failure = exc if isinstance(exc, SidecarError) else ResticError(
+                f"the restore's worker container failed: {exc}")
+        finally:
+            self.events.put({"event": "ended"})
+
+    def _started(self, link: WorkerLink) -> None:
+        self._link = link
+
+    def _on_line(self, line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        event = record.get("event") if isinstance(record, dict) else None
+        if event == "staged":
+            self.events.put(record)
+        elif event in ("restic-stderr", "error"):
+            self.errors.append(str(record.get("line") or record.get("message") or record))
+        elif event == "emptied":
             logger.info("volume emptied by the restore's worker container", extra={
-                "target": backup_name, "container": container.name, "volume": mount.destination, "phase": "restore"})
-            return True
-        return False
-
-    with password_file(ctx, repo) as password:
-        args = ["-r", store.inside(repo.local_path), "--no-cache", "--no-lock", "--password-file",
-                store.inside(password), "restore", snapshot.id, "--target", RESTORE_ROOT,
-                *(["--include", include] if include else [])]
-        empty = () if include else ("--empty", volume.target)  # the whole volume: emptied by this worker
-        spec = WorkerSpec(site.image, (*PYTHON, "restic", *empty, "--", *args), "restic-restore", (volume, read_only),
-                          labels={STORE_LABEL: store.key, TARGET_LABEL: backup_name}, user="0",
-                          capabilities=RESTORE_CAPABILITIES, timeout=ctx.settings.worker_timeout)
-        result = ctx.engine.run_worker(spec, on_line)
-    if not result.ok:
-        detail = " | ".join(errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
-        raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{mount.destination} in the "
-                          f"worker container {result.name} failed (exit {result.exit_code}): {detail}")
+                **self.fields, "entries": record.get("entries")})
+        elif event != "exit":
+            return False
+        return True
 
 
 @contextlib.contextmanager

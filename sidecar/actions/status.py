@@ -14,6 +14,7 @@ from ..core.presetnames import canonical_type
 from ..store.state import JsonState
 from .context import Context
 from .formats import format_of
+from .formats.restic import item_records
 from .sources import items
 from .sync import copy_index
 
@@ -47,12 +48,12 @@ def copy_states(ctx: Context, targets: list[Target]) -> dict[tuple[str, str], Co
 def _restic_states(ctx: Context, target: Target, doc: dict) -> dict[tuple[str, str], CopyState]:
     """backup.format=restic: from .sidecar/restic.json, each item's newest snapshot of this
     node and, per destination, the newest one its repository took with `restic copy`."""
-    newest = doc.get("newest") if isinstance(doc.get("newest"), dict) else {}
+    newest = item_records(doc, ctx.node().name)
     copied = doc.get("copied") if isinstance(doc.get("copied"), dict) else {}
     states = {}
     for item in items(target):
         key = f"{target.backup_name}/{item}"
-        local = newest.get(key)
+        local = newest[key].time if key in newest else None
         there = copied.get(key) if isinstance(copied.get(key), dict) else {}
         offsite = {d.name: there.get(d.name) for d in ctx.destinations}
         holders = frozenset(name for name, when in offsite.items()

@@ -113,6 +113,33 @@ def parse_snapshots(text: str) -> list[Snapshot]:
     return sorted(found, key=lambda s: s.time)
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """What one `restic forget --json` kept and removed (or would, with --dry-run)."""
+
+    kept: tuple[Snapshot, ...]
+    removed: tuple[Snapshot, ...]
+
+
+def parse_forget(text: str) -> Forgotten:
+    """`restic forget --json`: a list of groups, each with its `keep` and `remove` lists of
+    snapshot records (printed on the first line). Raises ArchiveError on anything else."""
+    first = text.strip().splitlines()[0] if text.strip() else "[]"
+    try:
+        groups = json.loads(first)
+    except ValueError as exc:
+        raise ArchiveError(f"restic forget printed no JSON list: {first[:200]!r}") from exc
+    if not isinstance(groups, list):
+        raise ArchiveError(f"restic forget printed {type(groups).__name__}, expected a list")
+    kept: list[Snapshot] = []
+    removed: list[Snapshot] = []
+    for group in groups:
+        if isinstance(group, dict):
+            kept += [_snapshot(r) for r in group.get("keep") or () if isinstance(r, dict)]
+            removed += [_snapshot(r) for r in group.get("remove") or () if isinstance(r, dict)]
+    return Forgotten(tuple(sorted(kept, key=lambda s: s.time)), tuple(sorted(removed, key=lambda s: s.time)))
+
+
 def _snapshot(record: Mapping) -> Snapshot:
     try:
         return Snapshot(str(record["id"]), str(record.get("short_id") or str(record["id"])[:8]),

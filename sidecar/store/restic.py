@@ -1,9 +1,13 @@
 """A restic repository driven through restic itself, as a child process (BACKUP_FORMAT=restic).
 
 What restic stores is restic's business: this module never reads the repository's files.
-It runs `restic --json ...` with the password handed to the child's environment only
-(`RESTIC_PASSWORD`, never an argument: `ps` shows those), parses the JSON through
-sidecar/core/snapshots.py and turns a failure into ResticError with restic's own words.
+It runs `restic --json ...` with the password in a 0600 file created for that child and
+removed when it ends (`RESTIC_PASSWORD_FILE`, `RESTIC_FROM_PASSWORD_FILE` for `copy` and
+`init`'s source repository): never an argument (`ps` shows those) nor in the child's
+environment (`/proc/PID/environ`). The file is in the repository's `secrets_dir` (the
+sidecar's `.sidecar/workers`, whose stale `*.keys` recovery removes; else the temporary
+folder). It parses the JSON through sidecar/core/snapshots.py and turns a failure into
+ResticError with restic's own words.
 
 The local repository is `BACKUP_DIR/restic` (0700); `ensure` creates it on first use under
 a file lock, so two processes never both run `init`.
@@ -17,16 +21,27 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from sidecar.core.config import LocalConfig, RcloneConfig, S3Config
 from sidecar.core.errors import ResticError
 from sidecar.core.values import without_userinfo
-from sidecar.core.snapshots import BackupSummary, Snapshot, parse_backup_line, parse_snapshots, summary_of
+from sidecar.core.errors import ArchiveError
+from sidecar.core.snapshots import (
+    BackupSummary,
+    Forgotten,
+    Snapshot,
+    parse_backup_line,
+    parse_forget,
+    parse_snapshots,
+    summary_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +49,8 @@ REPO_FOLDER = "restic"  # under BACKUP_DIR
 BINARY = "restic"
 TIMEOUT = 24 * 3600.0  # seconds one restic command may run (a first backup of a large volume)
 _TAIL = 2000  # characters of restic's stderr kept for a message
+# A password in our own view of a child's environment -> the variable naming its file instead.
+SECRET_FILES = {"RESTIC_PASSWORD": "RESTIC_PASSWORD_FILE", "RESTIC_FROM_PASSWORD": "RESTIC_FROM_PASSWORD_FILE"}
 
 
 @dataclass(frozen=True)
@@ -56,11 +73,12 @@ class Repository:
     """One restic repository: a local folder or any location restic accepts (`s3:...`)."""
 
     def __init__(self, location: str, password: str, env: Mapping[str, str] | None = None,
-                 binary: str = BINARY):
+                 binary: str = BINARY, secrets_dir: Path | None = None):
         if not password:
             raise ResticError(f"restic repository {location}: no password (set RESTIC_PASSWORD_FILE or "
                               "RESTIC_PASSWORD)")
         self.location, self._password, self._env, self.binary = location, password, dict(env or {}), binary
+        self.secrets_dir = secrets_dir
 
     def __repr__(self) -> str:  # never the password
         return f"Repository({self.location!r})"
@@ -70,8 +88,13 @@ class Repository:
         """The folder, for a local repository (None: a remote one)."""
         return Path(self.location) if self.location.startswith("/") else None
 
+    @property
+    def password(self) -> str:
+        return self._password
+
     def environment(self) -> dict[str, str]:
-        """The child's environment: ours without restic's own variables, plus the password."""
+        """The child's environment as this process sees it: ours without restic's own
+        variables, plus the password (moved into a file when a child starts: _spawn)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
         env.update(self._env)
         env["RESTIC_PASSWORD"] = self._password
@@ -119,19 +142,20 @@ class Repository:
         """`restic -r LOCATION --no-cache ARGS` started, its stderr read by a thread into the
         list; killed and reaped on the way out if it still runs."""
         argv = [self.binary, "-r", self.location, "--no-cache", *args]
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.environment())
-        except OSError as exc:
-            raise ResticError(f"restic cannot run ({exc.strerror}): install restic (Debian's package `restic`) "
-                              "or use BACKUP_FORMAT=archive") from exc
-        try:
-            errors: list[bytes] = []
-            reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-            reader.start()
-            yield proc, errors, reader
-        finally:
-            _reap(proc)
+        with secret_files(self.environment(), self.secrets_dir) as env:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            except OSError as exc:
+                raise ResticError(f"restic cannot run ({exc.strerror}): install restic (Debian's package `restic`) "
+                                  "or use BACKUP_FORMAT=archive") from exc
+            try:
+                errors: list[bytes] = []
+                reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+                reader.start()
+                yield proc, errors, reader
+            finally:
+                _reap(proc)
 
     # --- the repository ---------------------------------------------------------------
     def exists(self) -> bool:
@@ -200,15 +224,17 @@ class Repository:
             raise ResticError(f"restic dump {snapshot[:8]} {path} on {self.location} failed (exit {code}): "
                               f"{stderr[-_TAIL:] or 'no output'}")
 
-    def forget(self, tag: str, host: str, keep_args: tuple[str, ...], prune: bool = False) -> list[str]:
-        """`restic forget` of one target item's snapshots by the keep rules; the ids removed."""
-        args = ["forget", "--json", "--tag", tag, "--host", host, "--group-by", "host,tags", *keep_args]
+    def forget(self, tags: Sequence[str], host: str, keep_args: tuple[str, ...], prune: bool = False) -> Forgotten:
+        """One `restic forget` of the snapshots matching any of `tags` (each a `--tag`: one
+        per target item, so one restic start and key derivation for all of them) by the
+        keep rules, per group of host and tags; what it kept and removed."""
+        args = ["forget", "--json", *(arg for tag in tags for arg in ("--tag", tag)), "--host", host,
+                "--group-by", "host,tags", *keep_args]
         result = self.run(*args, *(["--prune"] if prune else []))
         try:
-            groups = json.loads(result.stdout.strip().splitlines()[0] if result.stdout.strip() else "[]")
-        except ValueError:
-            groups = []
-        return [str(s.get("id")) for g in groups if isinstance(g, dict) for s in (g.get("remove") or ())]
+            return parse_forget(result.stdout)
+        except ArchiveError as err:
+            raise ResticError(f"restic forget on {self.location}: {err}") from err
 
     def prune(self) -> RunResult:
         return self.run("prune")
@@ -249,7 +275,8 @@ class Repository:
                                         *([snapshot] if snapshot else []))
 
 
-def destination_repository(config: S3Config | RcloneConfig | LocalConfig, password: str) -> Repository:
+def destination_repository(config: S3Config | RcloneConfig | LocalConfig, password: str,
+                           secrets_dir: Path | None = None) -> Repository:
     """The repository of its own that a destination holds (`restic` under its root):
     `s3:ENDPOINT/BUCKET/PREFIX/restic` with the S3 settings' keys, `rclone:REMOTE:PATH/restic`
     with the RCLONE_* variables, `ROOT/restic` on a mounted disk."""
@@ -264,15 +291,39 @@ def destination_repository(config: S3Config | RcloneConfig | LocalConfig, passwo
             env.update(AWS_ACCESS_KEY_ID=config.access_key_id, AWS_SECRET_ACCESS_KEY=config.secret_access_key)
         if config.region:
             env["AWS_DEFAULT_REGION"] = config.region
-        return Repository(f"s3:{endpoint}/{path}", password, env)
+        return Repository(f"s3:{endpoint}/{path}", password, env, secrets_dir=secrets_dir)
     if isinstance(config, RcloneConfig):
         path = "/".join(p for p in (config.path, REPO_FOLDER) if p)
-        return Repository(f"rclone:{config.remote}:{path}", password, dict(config.env))
-    return Repository(str(Path(config.root) / REPO_FOLDER), password)
+        return Repository(f"rclone:{config.remote}:{path}", password, dict(config.env), secrets_dir=secrets_dir)
+    return Repository(str(Path(config.root) / REPO_FOLDER), password, secrets_dir=secrets_dir)
 
 
 def _with_env(repo: Repository, extra: Mapping[str, str]) -> Repository:
-    return Repository(repo.location, repo._password, {**repo._env, **extra}, repo.binary)
+    return Repository(repo.location, repo._password, {**repo._env, **extra}, repo.binary, repo.secrets_dir)
+
+
+@contextlib.contextmanager
+def secret_files(env: Mapping[str, str], folder: Path | None) -> Iterator[dict[str, str]]:
+    """`env` with each password (SECRET_FILES) moved into a 0600 file of `folder` (None:
+    the temporary folder), named `restic-ID.keys`, removed on the way out."""
+    out, made = dict(env), []
+    try:
+        for variable, file_variable in SECRET_FILES.items():
+            secret = out.pop(variable, None)
+            if secret is None:
+                continue
+            where = folder if folder is not None else Path(tempfile.gettempdir())
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = where / f"restic-{uuid.uuid4().hex}.keys"
+            made.append(path)  # before it exists: removed whatever happens next
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
+            out[file_variable] = str(path)
+        yield out
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
 
 
 def _feed(proc: subprocess.Popen, chunks: Iterable[bytes], failure: list[BaseException]) -> None:

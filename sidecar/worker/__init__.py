@@ -16,12 +16,13 @@ import threading
 
 from ..core.model import WORKER_PARENT_ENV
 
-PROTOCOL = 9  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+PROTOCOL = 10  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)
 # 6: the extract worker's staged restore (verify, then room and go on stdin)
 # 7: restic --empty (a restore empties the volume itself)
 # 9: mirror --hold (one worker for a mirrored volume's backup: first pass, `go` on stdin, stopped pass,
 #    `archive` on stdin, the mirror's archive; every line with its `stage`)
+# 10: restic --staged (a restore's worker started before the stop, `go SNAPSHOT_ID` on stdin; no probe)
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 

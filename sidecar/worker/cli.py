@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     restic.add_argument("--go", type=Path, help="hold restic backup at its gate until this folder's go file says go")
     restic.add_argument("--wait-timeout", type=float, default=3600.0)
     restic.add_argument("--empty", type=Path, help="a restore: empty this folder (not itself) before restic runs")
+    restic.add_argument("--staged", action="store_true",
+                        help="a restore: say `staged`, then wait for `go SNAPSHOT_ID` (appended to ARGS) on stdin")
     restic.add_argument("args", nargs="*")
     return parser
 
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> int:
     if args.command == "restic":
         try:
             return run_restic(args.repo, args.store, list(args.args), emit, args.go, args.wait_timeout,
-                              args.empty)
+                              args.empty, args.staged)
         except OSError as exc:
             emit({"event": "error", "message": f"restic: {exc}"})
             return 1

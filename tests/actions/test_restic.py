@@ -27,7 +27,10 @@ from sidecar.core.errors import EngineError
 from sidecar.telemetry.metrics import Metrics, TargetView
 from sidecar.core.model import ContainerInfo, ContainerState
 from sidecar.core.snapshots import parse_snapshots
+from sidecar.store.restic import Repository
 from sidecar.worker.restic import open_gate
+
+real_snapshots = Repository.snapshots
 
 from .conftest import app_labels
 from .test_presets import DUMPALL_END, _postgres
@@ -162,6 +165,26 @@ def _two_runs(engine, rctx, tmp_path, **labels):
         assert run_backup(rctx, _target(rctx)).ok
 
 
+def test_the_state_file_keeps_one_record_per_item_from_the_runs_own_forget(engine, rctx, tmp_path, monkeypatch):
+    """restic.json: `items` {id, time} of each item's newest snapshot (restic's own time), the
+    old `parents`/`newest` pair gone; the run lists no snapshots of its own (its forget's
+    answer says what each item keeps) and its parent is that record's id."""
+    state = rctx.store.state_dir / "restic.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"parents": {"fake-node/app/data": "0" * 64}, "newest": {"app/data": 1.0}}))
+    listed = []
+    monkeypatch.setattr(Repository, "snapshots", lambda self, *a, **k: listed.append(a) or real_snapshots(self, *a, **k))
+    _two_runs(engine, rctx, tmp_path)
+    [newest] = parse_snapshots(restic(rctx, "snapshots", "--json"))
+    doc = json.loads(state.read_text())
+    assert "parents" not in doc and "newest" not in doc
+    assert doc["items"] == {"fake-node/app/data": {"id": newest.id, "time": newest.time.timestamp()}}
+    assert doc["snapshots"] == {"app/data": 1}
+    assert len(listed) == 1  # the first run's parent lookup (the old record names no snapshot there); no more
+    specs = [s for s in engine.workers_run if s.purpose == "restic-backup"]
+    assert "--parent" in specs[-1].command  # the second run's parent: the first's, from the record
+
+
 def test_prune_forgets_by_the_keep_rules_and_frees_the_space_its_log_counts(engine, make_ctx, tmp_path):
     engine.worker_images.add(IMAGE)
     ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,
@@ -259,6 +282,25 @@ def test_recovery_removes_a_killed_workers_lock_and_never_a_live_one_or_another_
     assert {p.name for p in (rctx.store.root / "restic" / "locks").iterdir()} == elsewhere
 
 
+def test_recovery_removes_a_killed_workers_temporary_packs_and_never_a_live_ones(engine, rctx):
+    """restic's pack files on their way (TMPDIR: .sidecar/restic-tmp/HOST.ID of each worker)
+    stay when a worker is killed; recovery removes those of workers that no longer run."""
+    prefix = worker_host_prefix(rctx)
+    tmp = rctx.store.root / ".sidecar" / "restic-tmp"
+    folders = {name: tmp / name for name in (f"{prefix}deadbeef0001.aa", f"{prefix}a11ve0000002.bb",
+                                             "restic-worker-0therno-de0000000003.cc")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "restic-temp-pack-123").write_bytes(b"x" * 1000)
+    engine.leftover_workers = [ContainerInfo("w", "w", IMAGE, "", ContainerState.RUNNING,
+                                             {HOST_LABEL: prefix + "a11ve0000002"}, ())]
+    run_recovery(rctx)
+    assert {p.name for p in tmp.iterdir()} == set(folders) - {f"{prefix}deadbeef0001.aa"}
+    engine.leftover_workers = []
+    run_recovery(rctx)  # another node's worker's folder (a shared backup volume) stays
+    assert {p.name for p in tmp.iterdir()} == {"restic-worker-0therno-de0000000003.cc"}
+
+
 def test_plan_and_list_show_snapshots_in_the_archive_vocabulary(engine, rctx, tmp_path):
     _two_runs(engine, rctx, tmp_path)
     [newest] = run_list_snapshots(rctx, "app")  # the first run's was forgotten (one per period)
@@ -340,11 +382,11 @@ def test_a_whole_volume_restore_empties_the_volume_in_restics_worker_and_starts_
     monkeypatch.setattr(restore_snapshot, "VOLUME_PATH", str(data))  # the snapshot's one path here
     run_worker = engine.run_worker
 
-    def restore_root_in_scratch(spec, on_line=None):
+    def restore_root_in_scratch(spec, on_line=None, on_start=None):
         if spec.purpose == "restic-restore":
             spec = dataclasses.replace(spec, command=tuple(str(scratch) if a == "/restore" else a
                                                            for a in spec.command))
-        return run_worker(spec, on_line)
+        return run_worker(spec, on_line, on_start)
 
     monkeypatch.setattr(engine, "run_worker", restore_root_in_scratch)
     done = run_restore_snapshot(rctx, "app", "data", force=True)

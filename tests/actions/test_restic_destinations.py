@@ -22,6 +22,7 @@ from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.status import copy_states
 from sidecar.core.errors import NotFound
 from sidecar.telemetry.metrics import Metrics, TargetView
+from sidecar.store.restic import Repository
 from tests.e2e.rcloneserver import RcloneServer
 
 from .conftest import app_labels
@@ -133,6 +134,56 @@ def test_an_rclone_remote_takes_a_repository_and_catches_up_after_an_outage(engi
     assert _offsite(ctx, "nas") > stamp
     [row] = run_plan(ctx)[0]
     assert row.copies == 2
+
+
+@pytest.fixture
+def webdav(tmp_path):
+    if not RcloneServer.available():
+        pytest.skip("rclone is not installed (scripts/test installs it)")
+    server = RcloneServer("webdav", tmp_path / "dav-root", "backup", "dav-Pw-7", tmp_path / "webdav.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow  # a destination variant with a real server; the default run keeps e2e test_restic's S3 copy
+def test_a_webdav_remote_takes_a_repository_looked_for_once_and_made_again_when_gone(engine, make_ctx, tmp_path,
+                                                                                     webdav, monkeypatch):
+    """restic's rclone backend on a WebDAV server (`rclone serve webdav`): the repository is
+    created once, later runs copy without looking for it first (each look is a restic
+    start with its key derivation), and a repository that vanished is created again by the
+    run that finds it gone, which still copies."""
+    engine.worker_images.add(IMAGE)
+    obscured = subprocess.run(["rclone", "obscure", webdav.password], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    remote = {"RCLONE_CONFIG_DAV_TYPE": "webdav", "RCLONE_CONFIG_DAV_URL": f"http://127.0.0.1:{webdav.port}/",
+              "RCLONE_CONFIG_DAV_VENDOR": "other", "RCLONE_CONFIG_DAV_USER": webdav.user,
+              "RCLONE_CONFIG_DAV_PASS": obscured, "RCLONE_RETRIES": "1", "RCLONE_CONTIMEOUT": "5s"}
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE, BACKUP_FORMAT="restic", RESTIC_PASSWORD=PASSWORD,
+                   BACKUP_DESTINATIONS="dav:backups/host1", BACKUP_PRUNE_DRY_RUN="true", **remote)
+    looked: list[str] = []
+    exists = Repository.exists
+    monkeypatch.setattr(Repository, "exists", lambda self: looked.append(self.location) or exists(self))
+    data = _app(engine, tmp_path)
+    runs = [run_backup(ctx, _target(ctx))]
+    assert runs[0].ok and runs[0].offsite_error is None, runs[0].offsite_error
+    assert (webdav.root / "backups" / "host1" / "restic" / "config").is_file()
+    assert looked.count("rclone:dav:backups/host1/restic") == 1
+    (data / "f.bin").write_bytes(os.urandom(1 << 20))
+    runs.append(run_backup(ctx, _target(ctx)))
+    assert runs[1].ok and runs[1].offsite_error is None, runs[1].offsite_error
+    assert looked.count("rclone:dav:backups/host1/restic") == 1  # not looked for again
+    webdav.stop()  # the repository gone: a wiped server (rclone's server caches its listings: restarted)
+    shutil.rmtree(webdav.root / "backups")
+    webdav.start()
+    (data / "f.bin").write_bytes(os.urandom(1 << 20))
+    runs.append(run_backup(ctx, _target(ctx)))
+    assert runs[2].ok and runs[2].offsite_error is None, runs[2].offsite_error
+    there = [s["original"][:8] for s in _snapshots("rclone:dav:backups/host1/restic", **remote)]
+    assert runs[2].snapshots[0].snapshot_id[:8] in there  # made again, with this run's snapshot
+    assert _offsite(ctx, "dav") > 0  # the copies' state: the destination holds the newest
 
 
 @pytest.mark.slow  # per-node snapshots (the Swarm group)

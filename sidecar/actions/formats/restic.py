@@ -39,6 +39,8 @@ from ...telemetry.metrics import RESTIC_STATE_FILE
 from ...core.model import ContainerInfo, ContainerState, Target, VolumeSpec, WorkerResult, WorkerSpec
 from ...readers import READERS
 from ...readers.mirror import give_go
+from ...worker import PROTOCOL
+from ...worker.restic import TMP_FOLDER as RESTIC_TMP_FOLDER
 from ...readers.worker import KEYS_FOLDER, PYTHON, STORE_LABEL, STORE_ROOT, TARGET_LABEL, WorkerSite, volume_mounts
 from ...store.restic import REPO_FOLDER, Repository, destination_repository, repository_bytes
 from ...core.retention import Keep
@@ -48,6 +50,7 @@ from ...core.values import without_userinfo
 from ...core.snapshots import (
     VOLUME_PATH,
     BackupSummary,
+    Forgotten,
     Snapshot,
     forget_args,
     parse_backup_line,
@@ -72,7 +75,9 @@ EXIT_INCOMPLETE = 3  # restic 0.14: snapshot saved, some files could not be read
 # A restic worker's host name (what restic's lock records, with a pid of the worker's own
 # namespace), also on its container as a label: how recovery tells a dead worker's lock.
 WORKER_HOST, HOST_LABEL = "restic-worker-", "backup-sidecar.host"
-PARENTS = "parents"  # in the state file: node/target/item -> the snapshot its last run saved
+ITEMS = "items"  # in the state file: node/target/item -> {id, time} of its newest snapshot (ItemRecord)
+OLD_PARENTS, OLD_NEWEST = "parents", "newest"  # the shape before: id and time apart (read once, then gone)
+REPOSITORIES = "repositories"  # in the state file: destinations' repositories seen to exist (no check per run)
 GO_FOLDER = "restic-go"  # in the state folder: a held worker's go file, one folder per capture
 READY_TIMEOUT = 120.0  # seconds to wait for a held worker at its gate before quiescing anyway
 
@@ -83,9 +88,14 @@ def local_repository(ctx: Context) -> Repository:
     if password is None:
         raise ConfigError("backup.format=restic needs the repository's password: set RESTIC_PASSWORD_FILE (a file "
                           "or Docker secret holding it) or RESTIC_PASSWORD")
-    repo = Repository(str(ctx.store.root / REPO_FOLDER), password)
+    repo = Repository(str(ctx.store.root / REPO_FOLDER), password, secrets_dir=secrets_dir(ctx))
     repo.ensure(ctx.store.state_dir / "locks")
     return repo
+
+
+def secrets_dir(ctx: Context) -> Path:
+    """Where the password files of restic's children go (0700; recovery removes stale ones)."""
+    return ctx.store.root / STATE_DIR / KEYS_FOLDER
 
 
 def _tag_args(target: Target, item: str) -> list[str]:
@@ -115,13 +125,61 @@ def _progress(ctx: Context, target: Target, item: str, phase: str) -> ProgressLo
     return ProgressLog(report, ctx.settings.progress_interval, ctx.cancel, target.backup_name)
 
 
+@dataclass(frozen=True)
+class ItemRecord:
+    """A target item's newest snapshot of this node, as `.sidecar/restic.json` remembers it:
+    the next run's parent (`id`) and what the copies' state compares with (`time`, restic's
+    own; until the run's rotation listed it, the moment its backup ended)."""
+
+    id: str | None  # None: read from the old shape, which kept no id for dumps
+    time: float | None
+
+
+def item_records(doc: dict, host: str) -> dict[str, ItemRecord]:
+    """`target/item` -> this node's ItemRecord, from the state file's `items` (or the shape
+    before it: `parents` keyed `node/target/item` -> id, `newest` keyed `target/item` -> time)."""
+    found: dict[str, ItemRecord] = {}
+    old_ids = doc.get(OLD_PARENTS) if isinstance(doc.get(OLD_PARENTS), dict) else {}
+    old_times = doc.get(OLD_NEWEST) if isinstance(doc.get(OLD_NEWEST), dict) else {}
+    for item_key, when in old_times.items():  # this node's newest snapshot times, all items
+        found[item_key] = ItemRecord(None, float(when) if isinstance(when, (int, float)) else None)
+    for key, snapshot in old_ids.items():
+        node, _, item_key = key.partition("/")
+        if node == host and isinstance(snapshot, str):
+            found[item_key] = ItemRecord(snapshot, found[item_key].time if item_key in found else None)
+    records = doc.get(ITEMS) if isinstance(doc.get(ITEMS), dict) else {}
+    for key, record in records.items():
+        node, _, item_key = key.partition("/")
+        if node == host and isinstance(record, dict):
+            when, snapshot = record.get("time"), record.get("id")
+            found[item_key] = ItemRecord(snapshot if isinstance(snapshot, str) else None,
+                                         float(when) if isinstance(when, (int, float)) else None)
+    return found
+
+
+def _write_records(doc: dict, host: str, records: dict[str, ItemRecord]) -> None:
+    """Store `records` (`target/item` -> ItemRecord) in `doc`; the old shape, read by
+    item_records, goes."""
+    merged = item_records(doc, host)
+    merged.update(records)
+    mine = doc.get(ITEMS) if isinstance(doc.get(ITEMS), dict) else {}
+    mine.update({f"{host}/{key}": {"id": r.id, "time": r.time} for key, r in merged.items()})
+    doc[ITEMS] = mine
+    doc.pop(OLD_PARENTS, None)
+    doc.pop(OLD_NEWEST, None)
+
+
+def _state(ctx: Context) -> JsonState:
+    return JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state")
+
+
 def _parent(ctx: Context, repo: Repository, target: Target, item: str) -> str | None:
     """The item's newest snapshot on this node: the one this node's last run of it saved, as
     remembered in the state file and still in the repository (a look at its snapshots/
     folder: no restic start and its key derivation), else the newest restic lists."""
     host = ctx.node().name
-    known = JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").read().get(PARENTS)
-    short = known.get(f"{host}/{target.backup_name}/{item}") if isinstance(known, dict) else None
+    known = item_records(_state(ctx).read(), host).get(f"{target.backup_name}/{item}")
+    short = known.id if known is not None else None
     if isinstance(short, str) and re.fullmatch(r"[0-9a-f]{8,64}", short) and repo.local_path is not None:
         found = list((repo.local_path / "snapshots").glob(short + "*"))
         if len(found) == 1:
@@ -132,10 +190,8 @@ def _parent(ctx: Context, repo: Repository, target: Target, item: str) -> str | 
 
 def _remember_parent(ctx: Context, target: Target, item: str, snapshot_id: str) -> None:
     """This run's snapshot: the next run's parent (never forgotten: forget keeps the last)."""
-    with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
-        parents = doc.get(PARENTS) if isinstance(doc.get(PARENTS), dict) else {}
-        parents[f"{ctx.node().name}/{target.backup_name}/{item}"] = snapshot_id
-        doc[PARENTS] = parents
+    with _state(ctx).update() as doc:
+        _write_records(doc, ctx.node().name, {f"{target.backup_name}/{item}": ItemRecord(snapshot_id, time.time())})
 
 
 # --- volumes: restic in a worker next to the data ------------------------------------------
@@ -170,6 +226,9 @@ class ResticVolumeCapture:
         lines = _WorkerLines(_progress(self.ctx, self.target, self.item, "read"), self._fields)
         self._held = _HeldWorker(self.ctx, self.repo, go, lines)
         self._held.start(lambda password: self._spec(password, self._parent[0], go))
+        if lines.at_gate and lines.protocol != PROTOCOL:  # called off before anything stops
+            self._held.close()
+            raise BackupError(self.target.backup_name, "start", self._wrong_protocol(lines))
 
     def read(self) -> None:
         held = self._held
@@ -204,6 +263,9 @@ class ResticVolumeCapture:
         if result.timed_out:
             raise BackupError(name, "read", f"volume {item}: {where} ran past BACKUP_WORKER_TIMEOUT and was killed")
         code = lines.code if lines.code is not None else result.exit_code
+        if lines.protocol != PROTOCOL:
+            detail = " | ".join(lines.errors[-3:]) or " | ".join(result.tail[-3:]) or "no output"
+            raise BackupError(name, "read", f"volume {item}: {self._wrong_protocol(lines)} (exit {code}: {detail})")
         if lines.summary is None or code not in (0, EXIT_INCOMPLETE):
             detail = " | ".join(lines.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
             raise BackupError(name, "read", f"volume {item}: restic backup in {where} failed (exit {code}): {detail}")
@@ -219,6 +281,11 @@ class ResticVolumeCapture:
             **(self._held.timings() if self._held is not None else {})})
         _remember_parent(self.ctx, self.target, item, summary.snapshot_id)
         return _result(item, summary)
+
+    def _wrong_protocol(self, lines: "_WorkerLines") -> str:
+        said = f"speaks worker protocol {lines.protocol}" if lines.protocol is not None else "says no worker protocol"
+        return (f"the worker image {self.site.image} {said}, this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE to the "
+                "sidecar's image")
 
     def _spec(self, password: Path, parent: str | None, go: Path | None = None) -> WorkerSpec:
         store, repo_path = self.site.store, self.repo.local_path
@@ -329,6 +396,8 @@ class _WorkerLines:
         self.progress, self.fields = progress, fields
         self.summary: BackupSummary | None = None
         self.code: int | None = None
+        self.protocol: object = None  # the worker's own word (its first record): no probe container
+        self.at_gate = False
         self.errors: list[str] = []
         self.ready, self.saved = threading.Event(), threading.Event()  # at the gate; summary (or end)
 
@@ -343,7 +412,10 @@ class _WorkerLines:
         kind = record.get("message_type") or record.get("event")
         if kind == "status":
             self.progress(int(record.get("bytes_done") or 0))  # raises BackupAborted on shutdown
+        elif kind == "restic-worker":
+            self.protocol = record.get("protocol")
         elif kind == "ready":
+            self.at_gate = True
             self.ready.set()
         elif kind == "summary":
             self.summary = summary_of(record)
@@ -366,21 +438,23 @@ def password_file(ctx: Context, repo: Repository) -> Iterator[Path]:
     """The password in a 0600 file a worker reads by path (never in its environment or
     arguments, which `docker inspect` shows), removed when the worker is done (a killed
     sidecar's leftovers: readers.worker.remove_stale_keys)."""
-    folder = ctx.store.root / STATE_DIR / KEYS_FOLDER
+    folder = secrets_dir(ctx)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"restic-{uuid.uuid4().hex}.keys"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(repo.environment()["RESTIC_PASSWORD"])
+            out.write(repo.password)
         yield path
     finally:
         path.unlink(missing_ok=True)
 
 
-def worker_site(ctx: Context) -> WorkerSite:
-    """Where restic workers run; raises ConfigError saying why none can."""
-    site, reason = READERS["worker"].site(ctx.engine, ctx.worker_settings)
+def worker_site(ctx: Context, probe: bool = True) -> WorkerSite:
+    """Where restic workers run; raises ConfigError saying why none can. `probe=False`: no
+    probe container for an image named by BACKUP_WORKER_IMAGE or the sidecar's own (the
+    worker says its protocol itself: a staged restore's `staged` record)."""
+    site, reason = READERS["worker"].site(ctx.engine, ctx.worker_settings, probe=probe)
     if site is None:
         raise ConfigError(f"backup.format=restic runs restic next to the data in a worker container, and none can "
                           f"run here: {reason}")
@@ -453,7 +527,7 @@ class ResticFormat:
             raise BackupError(target.backup_name, "start", str(err)) from err
         if source.NAME == volumes.NAME:
             try:
-                site = worker_site(ctx)
+                site = worker_site(ctx, probe=False)  # the worker's first record says its protocol
             except ConfigError as err:
                 raise BackupError(target.backup_name, "start", str(err)) from err
             captures = [ResticVolumeCapture(ctx, target, v, container, repo, site) for v in target.volumes]
@@ -497,11 +571,13 @@ class Kept:
 def keep_and_copy(ctx: Context, kept: Kept) -> str | None:
     """`forget` by the keep rules for each item, the repository's figures for the metrics,
     then `restic copy` to each destination's repository; why a copy failed (None: none
-    did). A failed forget is logged: the snapshots are safe, the next run forgets again."""
+    did). A failed forget is logged: the snapshots are safe, the next run forgets again.
+    The forget's own answer (what each item keeps) gives the state file's figures: no
+    `restic snapshots` of its own (each restic start costs a key derivation)."""
     try:
         repo = local_repository(ctx)
-        forget(ctx, repo, kept)
-        record_state(ctx, repo)
+        forgotten = forget(ctx, repo, kept)
+        newest = record_state(ctx, repo, kept, forgotten)
     except SidecarError as err:
         logger.error("restic rotation failed", extra={"target": kept.backup_name, "phase": "rotate",
                                                       "error": str(err)})
@@ -510,7 +586,7 @@ def keep_and_copy(ctx: Context, kept: Kept) -> str | None:
     for config in ctx.settings.destinations:
         name = destination_name(config)
         try:
-            copy_to(ctx, repo, reachable_repository(config, repo.environment()["RESTIC_PASSWORD"]), kept, name)
+            copy_to(ctx, repo, reachable_repository(config, repo.password, secrets_dir(ctx)), kept, name, newest)
         except (SidecarError, OSError) as err:
             logger.error("restic copy to a destination failed", extra={
                 "target": kept.backup_name, "destination": name, "phase": "sync", "error": str(err)})
@@ -530,7 +606,8 @@ def destination_config(ctx: Context, name: str | None) -> S3Config | RcloneConfi
     return config
 
 
-def reachable_repository(config: S3Config | RcloneConfig | LocalConfig, password: str) -> Repository:
+def reachable_repository(config: S3Config | RcloneConfig | LocalConfig, password: str,
+                         secrets: Path | None = None) -> Repository:
     """A destination's repository (restic.destination_repository); a second disk's root must
     be there, as for archives: a missing mount is unreachable, never created (restic's
     init would create the folder on the host's own disk)."""
@@ -538,58 +615,99 @@ def reachable_repository(config: S3Config | RcloneConfig | LocalConfig, password
         raise DestinationUnreachable(f"local: {config.root} does not exist or is not a folder: is the disk mounted? "
                                      "(a missing mount is never created; the next run copies what it missed)",
                                      destination="local")
-    return destination_repository(config, password)
+    return destination_repository(config, password, secrets)
 
 
-def copy_to(ctx: Context, local: Repository, remote: Repository, kept: Kept, name: str) -> None:
+def copy_to(ctx: Context, local: Repository, remote: Repository, kept: Kept, name: str,
+            newest: dict[str, float]) -> None:
     """3-2-1: the destination's own repository (created with the local one's chunker
     parameters, so deduplication holds across copies) takes the target's snapshots it lacks
-    (`restic copy`: only blobs it lacks travel), then forgets by the same keep rules."""
+    (`restic copy`: only blobs it lacks travel), then forgets by the same keep rules.
+    `newest`: `target/item` -> the time of its newest local snapshot (the copies' state). A
+    remote repository once seen is not looked for again (a restic start each): a copy that
+    finds none creates it and copies once more."""
     started = time.monotonic()
-    created = remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
-    result = unlocked(ctx, remote, lambda: remote.copy_from(local, tag=selector(kept.backup_name)))
+    location = without_userinfo(remote.location)
+    known = remote.local_path is None and location in (_state(ctx).read().get(REPOSITORIES) or ())
+    created = False if known else remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
+
+    def copy():
+        return remote.copy_from(local, tag=selector(kept.backup_name))
+
+    try:
+        result = unlocked(ctx, remote, copy)
+    except ResticError as err:
+        if not known or not _no_repository(err):
+            raise
+        created = remote.ensure(ctx.store.state_dir / "locks", chunker_from=local)
+        result = unlocked(ctx, remote, copy)
     forgotten = forget(ctx, remote, kept)
-    newest = _newest(local.snapshots(selector(kept.backup_name), ctx.node().name))
-    with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
+    with _state(ctx).update() as doc:
         copied = doc.setdefault("copied", {})
         for key, when in newest.items():  # the destination holds every snapshot up to these
             copied.setdefault(key, {})[name] = when
+        if remote.local_path is None and location not in (doc.get(REPOSITORIES) or ()):
+            doc[REPOSITORIES] = sorted({*(doc.get(REPOSITORIES) or ()), location})
     logger.info("snapshots copied to the destination's restic repository", extra={
         "target": kept.backup_name, "destination": name, "phase": "sync", "repository_created": created,
         "seconds": round(time.monotonic() - started, 3), "copy_seconds": round(result.seconds, 3),
-        "forgotten": sum(len(v) for v in forgotten.values())})
+        "forgotten": len(forgotten.removed)})
 
 
-def forget(ctx: Context, repo: Repository, kept: Kept) -> dict[str, list[str]]:
-    """`restic forget` of each item on this host by its keep rules (backup.keep); the ids
-    forgotten per item (BACKUP_PRUNE_DRY_RUN: what would be)."""
+def _no_repository(err: ResticError) -> bool:
+    """restic found no repository at the location (its 0.14 words)."""
+    text = str(err)
+    return "Is there a repository at the following location?" in text or "unable to open config file" in text
+
+
+def forget(ctx: Context, repo: Repository, kept: Kept) -> Forgotten:
+    """One `restic forget` of the items on this host by their keep rules (backup.keep);
+    what it kept and forgot (BACKUP_PRUNE_DRY_RUN: would forget)."""
     host = ctx.node().name
     keep = forget_args(kept.keep) + (("--dry-run",) if ctx.settings.prune_dry_run else ())
-    removed = {}
+    tags = [selector(kept.backup_name, item) for item in kept.items]
+    if not tags:  # a forget without --tag would take every snapshot of the host
+        return Forgotten((), ())
+    forgotten = unlocked(ctx, repo, lambda: repo.forget(tags, host, keep))
     for item in kept.items:
-        removed[item] = unlocked(ctx, repo, lambda: repo.forget(selector(kept.backup_name, item), host, keep))
-        if removed[item]:
+        removed = [s.id for s in forgotten.removed if s.item == item and s.backup_name == kept.backup_name]
+        if removed:
             logger.info("restic snapshots forgotten" if not ctx.settings.prune_dry_run else
                         "restic snapshots would be forgotten", extra={
-                            "target": kept.backup_name, "volume": item, "phase": "rotate",
-                            "snapshots": removed[item]})
-    return removed
+                            "target": kept.backup_name, "volume": item, "phase": "rotate", "snapshots": removed})
+    return forgotten
 
 
-def record_state(ctx: Context, repo: Repository) -> None:
-    """The repository's disk use, snapshots per target item and the time of each item's
-    newest snapshot of this node, for the metrics and the copies' state."""
+def record_state(ctx: Context, repo: Repository, kept: Kept | None = None,
+                 forgotten: Forgotten | None = None) -> dict[str, float]:
+    """The repository's disk use, snapshots per target item and each item's newest snapshot
+    of this node ({id, time}), for the metrics, the next parent and the copies' state; the
+    newest times (`target/item` -> seconds). With `forgotten` (the run's forget of `kept`'s
+    items) only those items' figures, from its answer; else from one listing of all."""
+    host = ctx.node().name
+    size = repository_bytes(repo.local_path) if repo.local_path is not None else None
+    if forgotten is not None and kept is not None:
+        found = [*forgotten.kept, *(forgotten.removed if ctx.settings.prune_dry_run else ())]
+        covered = {f"{kept.backup_name}/{item}" for item in kept.items}
+    else:
+        found, covered = repo.snapshots(), None
     counts: dict[str, int] = {}
-    found = repo.snapshots()
+    newest: dict[str, Snapshot] = {}
     for snap in found:
         if snap.ours:
             key = f"{snap.backup_name}/{snap.item}"
             counts[key] = counts.get(key, 0) + 1
-    size = repository_bytes(repo.local_path) if repo.local_path is not None else None
-
-    with JsonState(ctx.store.state_dir / RESTIC_STATE_FILE, "restic state").update() as doc:
-        doc["repository_bytes"], doc["snapshots"], doc["updated"] = size, counts, time.time()
-        doc["newest"] = _newest([s for s in found if s.host == ctx.node().name])
+            if snap.host == host and (key not in newest or snap.time >= newest[key].time):
+                newest[key] = snap
+    with _state(ctx).update() as doc:
+        if covered is None:
+            doc["snapshots"] = counts
+        else:
+            doc["snapshots"] = {**{k: v for k, v in (doc.get("snapshots") or {}).items() if k not in covered},
+                                **counts}
+        doc["repository_bytes"], doc["updated"] = size, time.time()
+        _write_records(doc, host, {key: ItemRecord(snap.id, snap.time.timestamp()) for key, snap in newest.items()})
+    return {key: snap.time.timestamp() for key, snap in newest.items()}
 
 
 def unlocked(ctx: Context, repo: Repository, call: Callable[[], T]) -> T:
@@ -607,6 +725,30 @@ def unlocked(ctx: Context, repo: Repository, call: Callable[[], T]) -> T:
         repo.unlock()
         remove_dead_worker_locks(ctx, repo)
         return call()
+
+
+def remove_dead_worker_tmp(ctx: Context) -> list[str]:
+    """The temporary folders (restic's pack files on their way) of this node's restic
+    workers that no longer run here: a killed run's (`.sidecar/restic-tmp/HOST.ID`, HOST the
+    worker's host name; an older worker's folder, named ID alone, when none of ours runs).
+    Returns their names."""
+    folder = ctx.store.root / RESTIC_TMP_FOLDER
+    found = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if not found:
+        return []
+    prefix = worker_host_prefix(ctx)
+    running = {w.labels.get(HOST_LABEL) for w in ctx.engine.list_workers({}) if w.state is ContainerState.RUNNING}
+    ours_running = any(host and host.startswith(WORKER_HOST) for host in running)
+    removed = []
+    for path in found:
+        host, dot, _ = path.name.rpartition(".")
+        dead = (host.startswith(prefix) and host not in running) if dot else not ours_running
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+            logger.warning("removed the temporary folder of a killed restic worker", extra={
+                "phase": "recovery", "folder": str(path)})
+    return removed
 
 
 def remove_dead_worker_locks(ctx: Context, repo: Repository) -> list[str]:
@@ -630,13 +772,3 @@ def remove_dead_worker_locks(ctx: Context, repo: Repository) -> list[str]:
         logger.warning("removed the lock of a killed restic worker", extra={
             "phase": "recovery", "lock": lock.id[:8], "worker_host": lock.hostname, "exclusive": lock.exclusive})
     return removed
-
-
-def _newest(snapshots: Iterable[Snapshot]) -> dict[str, float]:
-    """`target/item` -> the time of its newest snapshot among ours."""
-    newest: dict[str, float] = {}
-    for snap in snapshots:
-        if snap.ours:
-            key = f"{snap.backup_name}/{snap.item}"
-            newest[key] = max(newest.get(key, 0.0), snap.time.timestamp())
-    return newest
