@@ -16,10 +16,12 @@ import threading
 
 from ..core.model import WORKER_PARENT_ENV
 
-PROTOCOL = 7  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+PROTOCOL = 8  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)
 # 6: the extract worker's staged restore (verify, then room and go on stdin)
 # 7: restic --empty (a restore empties the volume itself)
+# 8: the extract worker's --one-pass restore (ready; go: staged or fallback; swap), and a staged
+#    worker's fallback empties the volume itself
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 
