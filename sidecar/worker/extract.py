@@ -170,6 +170,7 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
     the new tree at once (staging removed, `fallback` said): the caller takes the two-pass path."""
     emit({"event": "started"})
     began = time.monotonic()
+    before = os.stat(args.into)
     folder = staging.make_staging(args.into)
     swapped = False
     try:
@@ -179,7 +180,6 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
         except OSError as exc:
             if exc.errno not in staging.NO_ROOM:
                 raise
-            staging.remove(args.into, folder.name)
             emit({"event": "fallback", "reason": f"the volume cannot hold the old and the new contents at once "
                                                  f"({exc.strerror}); verifying, then emptying it before the write"})
             return False
@@ -192,8 +192,9 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
         staging.swap(args.into, folder.name, summary.root)
         return {**_counts(summary), "seconds": written, "swap_seconds": round(time.monotonic() - began, 3)}
     finally:
-        if not swapped:
+        if not swapped:  # the volume as it was, its root's times included
             staging.remove(args.into, folder.name)
+            os.utime(args.into, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 class _Budget:

@@ -212,8 +212,10 @@ def test_a_one_pass_worker_reads_the_archive_once_and_swaps_it_in(tmp_path, old_
 def test_a_one_pass_refusal_late_in_the_archive_leaves_the_old_volume_as_it_was(tmp_path, old_volume, capsys):
     files = b"".join(file(b"f%d.txt" % i, b"new" * 400) for i in range(30))
     path = write(tmp_path, files + symlink(b"d", b"/") + file(b"d/ESCAPED", b"x") + END)
+    os.utime(old_volume, ns=(10**18, 10**18))
     code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", "--replacing",
                         commands=("go", "swap"))
+    assert os.stat(old_volume).st_mtime_ns == 10**18  # the root's times too
     assert code == EXIT_REFUSED and [e["event"] for e in events] == ["ready", "started", "error"]
     assert events[-1]["kind"] == "UnsafeArchive"
     assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"] and (old_volume / "old.txt").read_text() == "old bytes"
