@@ -13,6 +13,7 @@ sidecar that started it is gone (watch_parent).
 import os
 import queue
 import threading
+from typing import Callable
 
 from ..core.model import WORKER_PARENT_ENV
 
@@ -27,6 +28,9 @@ EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 
 
 COMMANDS: "queue.Queue[str]" = queue.Queue()  # the sidecar's lines on stdin (watch_parent), e.g. "go"
+# Run before a worker whose sidecar is gone ends (e.g. the one-pass restore's staging folder
+# removed: the volume as it was); a failing one is skipped.
+ON_ORPHAN: "list[Callable[[], None]]" = []
 
 
 def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,
@@ -53,6 +57,11 @@ def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,
         except OSError:
             pass
         os.write(1, b'{"event": "error", "message": "the sidecar that started this worker is gone"}\n')
+        for cleanup in list(ON_ORPHAN):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - the exit matters more
+                pass
         exit(EXIT_ORPHANED)
 
     thread = threading.Thread(target=wait, name="watch-parent", daemon=True)

@@ -45,6 +45,7 @@ import logging
 import os
 import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ from ..tarball.extract import (DISK_BLOCK, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, A
                                extract, open_archive, verify)
 from ..core.keys import DecryptionKeys
 from ..core.members import chosen, member_path
-from . import COMMANDS, PROTOCOL
+from . import COMMANDS, ON_ORPHAN, PROTOCOL
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
@@ -172,7 +173,22 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
     began = time.monotonic()
     before = os.stat(args.into)
     folder = staging.make_staging(args.into)
-    swapped = False
+    swapped, lock = False, threading.Lock()
+
+    def discard() -> None:
+        """The volume as it was, its root's times included (also run by the thread that
+        sees the sidecar gone, while the writer may still create names in the folder)."""
+        with lock:
+            if swapped:
+                return
+            for _attempt in range(3):
+                with contextlib.suppress(OSError):
+                    staging.remove(args.into, folder.name)
+                    break
+            with contextlib.suppress(OSError):
+                os.utime(args.into, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    ON_ORPHAN.append(discard)
     try:
         try:
             summary = extract(archive, folder, keys, _Progress(args.progress_interval), (), args.only,
@@ -188,13 +204,13 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
         if _next(commands, ("swap", "quit"), "staged") != "swap":
             return None
         began = time.monotonic()
-        swapped = True  # from here on a failure is the swap's: what is left stays for a human to see
+        with lock:
+            swapped = True  # from here on a failure is the swap's: what is left stays for a human to see
         staging.swap(args.into, folder.name, summary.root)
         return {**_counts(summary), "seconds": written, "swap_seconds": round(time.monotonic() - began, 3)}
     finally:
-        if not swapped:  # the volume as it was, its root's times included
-            staging.remove(args.into, folder.name)
-            os.utime(args.into, ns=(before.st_atime_ns, before.st_mtime_ns))
+        ON_ORPHAN.remove(discard)
+        discard()
 
 
 class _Budget:

@@ -260,3 +260,26 @@ def test_enospc_while_staging_falls_back_and_a_refusal_then_still_leaves_the_vol
     assert code == EXIT_REFUSED and [e["event"] for e in events] == ["ready", "started", "fallback", "error"]
     assert "No space left" in events[2]["reason"]
     assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]  # refused by the verify: never emptied
+
+
+def test_a_one_pass_worker_whose_sidecar_is_gone_removes_its_staging_folder(tmp_path, old_volume, capsys,
+                                                                            monkeypatch):
+    """watch_parent runs ON_ORPHAN before it ends the worker: killed while staging, the volume
+    is as it was (no hidden folder left for the app, or the next backup, to find)."""
+    from sidecar import worker as package
+    real, seen = worker.extract, []
+
+    def orphaned(archive, into, *args, **kwargs):
+        summary = real(archive, into, *args, **kwargs)
+        seen.append(sorted(os.listdir(old_volume)))
+        for cleanup in list(package.ON_ORPHAN):  # what the watching thread does
+            cleanup()
+        seen.append(sorted(os.listdir(old_volume)))
+        return summary
+
+    monkeypatch.setattr(worker, "extract", orphaned)
+    os.utime(old_volume, ns=(10**18, 10**18))
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, _ = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "quit"))
+    assert code == worker.EXIT_QUIT and len(seen[0]) == 3 and seen[1] == [".dot", "old.txt"]
+    assert os.stat(old_volume).st_mtime_ns == 10**18 and package.ON_ORPHAN == []
