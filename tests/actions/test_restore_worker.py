@@ -173,3 +173,19 @@ def test_a_worker_failure_once_the_swap_began_leaves_the_container_stopped(engin
     assert engine.state(app.id) is ContainerState.EXITED
     assert [e.action for e in wctx.journal.entries()] == ["left-stopped"]
     assert engine.names("put_archive") == []  # no second unpack after the worker began writing
+
+
+def test_a_volume_with_a_nested_mount_is_restored_in_two_passes(engine, wctx, data, tmp_path, caplog):
+    """A rename cannot cross into a nested mount: verify before the stop, empty, write."""
+    caplog.set_level(logging.INFO)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    app = engine.add_container("app-1", app_labels(), {"/data": data, "/data/sub": sub})
+    assert run_backup(wctx, wctx.discover().find("app")).ok
+    engine.workers_run.clear()
+    engine.calls.clear()
+    run_restore(wctx, "app", "data", force=True)
+    [spec] = _extract_workers(engine)
+    assert "--staged" in spec.command and "--one-pass" not in spec.command
+    assert any(r.getMessage().startswith("restoring in two passes") for r in caplog.records)
+    assert engine.state(app.id) is ContainerState.RUNNING
