@@ -195,6 +195,7 @@ class StagedRestore:
         try:
             if self.one_pass:
                 self._protocol(self._next("ready"))
+                logger.info("extract worker ready", extra=self.fields)
             else:
                 self.verified = self._check(self._next("verified"))
         except BaseException:
