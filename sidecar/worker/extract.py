@@ -206,7 +206,14 @@ def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKe
         began = time.monotonic()
         with lock:
             swapped = True  # from here on a failure is the swap's: what is left stays for a human to see
-        staging.swap(args.into, folder.name, summary.root)
+        try:
+            staging.swap(args.into, folder.name, summary.root)
+        except staging.SwapFailed:
+            raise
+        except OSError:  # before anything moved: the volume as it was, the staging folder removed
+            with lock:
+                swapped = False
+            raise
         return {**_counts(summary), "seconds": written, "swap_seconds": round(time.monotonic() - began, 3)}
     finally:
         ON_ORPHAN.remove(discard)

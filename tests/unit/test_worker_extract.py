@@ -283,3 +283,15 @@ def test_a_one_pass_worker_whose_sidecar_is_gone_removes_its_staging_folder(tmp_
     code, _ = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "quit"))
     assert code == worker.EXIT_QUIT and len(seen[0]) == 3 and seen[1] == [".dot", "old.txt"]
     assert os.stat(old_volume).st_mtime_ns == 10**18 and package.ON_ORPHAN == []
+
+
+def test_a_swap_that_fails_before_moving_anything_leaves_no_staging_folder(tmp_path, old_volume, capsys,
+                                                                          monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(worker.staging.os, "rename", refuse)
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "swap"))
+    assert code == EXIT_FAILED and events[-1]["event"] == "error" and "not permitted" in events[-1]["message"]
+    assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]
