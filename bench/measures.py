@@ -35,12 +35,14 @@ def timed(argv: list[str]) -> float:
 # sidecar does not log are left out), with the worker's own seconds where it says them.
 RESTORE_MARKS = {
     "verifying archive": "open, plan",
+    "extract worker ready": "open, plan, worker start",  # one pass (issue 19)
     "archive verified by the worker container": "worker start + verify",  # issue 19's single worker
     "archive verified": "verify (sidecar)",  # before it, the sidecar's own pass (after it, ~0)
     "worker image probed": "probe worker",
     "room checked": "empty? + stop + room",
-    "restoring": "empty",
-    "archive unpacked by a worker container": "extract worker",
+    "restoring": "empty",  # one pass: the stop and the emptiness check
+    "archive written into the staging folder": "write into staging",  # one pass (issue 19)
+    "archive unpacked by a worker container": "extract worker",  # one pass: the swap
     "restore finished": "restart, done",
 }
 
@@ -59,7 +61,7 @@ def restore_phases(result: proc.Run) -> dict[str, float]:
             continue
         phases[name] = round(at(rec) - last, 3)
         last = at(rec)
-        for key in ("verify_seconds", "write_seconds"):
+        for key in ("verify_seconds", "write_seconds", "swap_seconds"):
             if rec.get(key) is not None:
                 phases[f"(the worker's {key.split('_')[0]})"] = rec[key]
         if name == "restart, done":

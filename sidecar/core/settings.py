@@ -291,7 +291,7 @@ SETTINGS: tuple[Setting, ...] = (
             "scope is in force", field="project", file=False,
             shown_default="the sidecar's own Compose project"),
     Setting("BACKUP_HELPER_IMAGE", TEXT, None, "image with `sh` and `rm` used to empty a volume for "
-            "`restore --force`", field="helper_image", file=False,
+            "`restore --force` when the container mounts something inside it", field="helper_image", file=False,
             shown_default="the sidecar's own image, else the target's"),
     Setting("BACKUP_WORKER_IMAGE", TEXT, None, "image of the short-lived worker containers that archive a "
             "volume next to its data (needs this sidecar's code, GNU tar, zstd: the sidecar's image); when no "

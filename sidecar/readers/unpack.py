@@ -13,11 +13,17 @@ fallback: its unpacker is a second tar reader writing our files (with its own ru
 xattrs and sparse data), and a canonical stream of files and folders only would restore a
 different tree than the archive holds whenever it has a symlink or a hard link.
 
-A volume's restore runs ONE such worker (StagedRestore), started before anything stops: it
-verifies the whole archive and waits; once the container is stopped it compares the room the
-archive takes once written (`Summary.expanded`) with the free space of the volume (plus what
-emptying it frees), and writes on the sidecar's go (sent on its stdin, the attach that also
-ends it when the sidecar dies). The sidecar itself reads no byte of the archive then.
+A volume's restore runs ONE such worker (StagedRestore), started before anything stops, told
+what to do by lines on its stdin (the attach that also ends it when the sidecar dies). The
+sidecar itself reads no byte of the archive.
+- One pass (a volume without nested mounts): once the container is stopped, the worker reads
+  the archive once, writing it into a staging folder inside the volume with every check; only
+  when all of it was accepted and written are the staged entries swapped in for the old ones
+  (sidecar/tarball/staging.py). A refusal leaves the volume as it was.
+- Two passes (nested mounts: a rename cannot cross them; or the volume cannot hold the old
+  and the new tree at once, ENOSPC while staging): the worker verifies the whole archive, then
+  compares the room it takes once written (`Summary.expanded`) with the free space of the
+  volume (plus what emptying it frees), and writes on the sidecar's go once it is emptied.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class WorkerPlan:
     timeout: float
     into: str = VOLUME_ROOT  # where the worker writes
     skip: tuple[str, ...] = ()  # below `into`: what the container mounts read-only (left out)
+    nested: bool = False  # the container mounts something inside the volume (no one-pass restore)
 
 
 class WorkerUnavailable(RestoreError):
@@ -120,7 +127,7 @@ def worker_plan(engine: Engine, request: UnpackRequest, probe: bool = True) -> t
         return None, f"the archive {request.archive.path} is not on the backup volume"
     store = dataclasses.replace(site.store.mount, read_only=True)
     mounts, skip = target_mounts(request.container, request.mount)
-    return WorkerPlan(site, mounts + (store,), inside, request.worker.timeout, skip=skip), ""
+    return WorkerPlan(site, mounts + (store,), inside, request.worker.timeout, skip=skip, nested=len(mounts) > 1), ""
 
 
 def target_mounts(container: ContainerInfo, mount: Mount) -> tuple[tuple[WorkerMount, ...], tuple[str, ...]]:
@@ -156,15 +163,23 @@ def unpack(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> tuple[Su
 
 
 class StagedRestore:
-    """A volume's whole restore in one extract worker (`--staged`, sidecar/worker/extract.py),
-    started before anything stops: entering waits until it verified the archive (the summary,
-    with what the tree takes once written) or refused it; `room` asks it whether that fits the
-    volume (raises RestoreError when not); `write` says go and waits for the written summary.
-    Leaving without a go tells it to quit: nothing is written. The sidecar reads no byte of
-    the archive: the worker's two reads are its verify and its write."""
+    """A volume's whole restore in one extract worker (sidecar/worker/extract.py), started
+    before anything stops. The sidecar reads no byte of the archive.
 
-    def __init__(self, engine: Engine, request: UnpackRequest, plan: WorkerPlan, replacing: bool):
+    `one_pass` (`--one-pass`; a volume without nested mounts): entering waits for the worker's
+    `ready`; `stage` (the target stopped) says go and waits until the archive was read once and
+    written into a staging folder in the volume (True), or the volume cannot hold both trees
+    (False: the worker fell back to the two-pass path and verified the archive, `verified`);
+    `swap` puts the staged tree in place and returns the summary. Otherwise (`--staged`, two
+    passes): entering waits until it verified the archive (the summary, with what the tree takes
+    once written) or refused it; `room` asks it whether that fits the volume (raises
+    RestoreError when not); `write` says go and waits for the written summary. Leaving without
+    a go or a swap tells it to quit: the volume is as it was."""
+
+    def __init__(self, engine: Engine, request: UnpackRequest, plan: WorkerPlan, replacing: bool,
+                 one_pass: bool = False):
         self.engine, self.request, self.plan, self.replacing = engine, request, plan, replacing
+        self.one_pass = one_pass
         self.fields = {"target": request.target, "container": request.container.name,
                        "volume": request.mount.destination, "phase": "verify", "path": WORKER_PATH}
         self.output = _Output(self.fields, events=queue.Queue())
@@ -178,17 +193,44 @@ class StagedRestore:
     def __enter__(self) -> "StagedRestore":
         self._thread.start()
         try:
-            self.verified = self._check(self._next("verified"))
+            if self.one_pass:
+                self._protocol(self._next("ready"))
+                logger.info("extract worker ready", extra=self.fields)
+            else:
+                self.verified = self._check(self._next("verified"))
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def _check(self, record: dict) -> Summary:
+    def stage(self) -> bool:
+        """Once the target is stopped: True when the archive is staged, False when the worker
+        fell back to two passes (then `room` and `write` follow, as without `one_pass`)."""
+        self.fields["phase"] = "restore"
+        self._send(b"go\n")
+        record = self._next("staged", "fallback")
+        if record["event"] == "staged":
+            logger.info("archive written into the staging folder", extra={
+                **self.fields, "members": record["members"], "bytes": record["tar_bytes"],
+                "write_seconds": record.get("seconds")})
+            return True
+        logger.info("restoring in two passes: " + str(record.get("reason")), extra=self.fields)
+        self.fields["phase"] = "verify"
+        self.verified = self._check(self._next("verified"))
+        return False
+
+    def swap(self) -> Summary:
+        """The staged tree in place of the volume's contents (the worker's last step)."""
+        return self._go(b"swap\n")
+
+    def _protocol(self, record: dict) -> None:
         if record.get("protocol") != PROTOCOL:
             raise WorkerUnavailable(f"the worker image {self.plan.site.image} speaks worker protocol "
                                     f"{record.get('protocol')}, this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE to "
                                     "the sidecar's image")
+
+    def _check(self, record: dict) -> Summary:
+        self._protocol(record)
         expected = self.request.archive.expected_sha256
         if expected is not None and record["sha256"] != expected:
             raise ChecksumMismatch(f"{self.request.archive.name}: the worker read SHA-256 {record['sha256']}, the "
@@ -226,7 +268,10 @@ class StagedRestore:
 
     def write(self) -> Summary:
         self.fields["phase"] = "restore"
-        self._send(b"go\n")
+        return self._go(b"go\n")
+
+    def _go(self, line: bytes) -> Summary:
+        self._send(line)
         self._went = True
         self._thread.join()
         if self._failure is not None:
@@ -244,7 +289,7 @@ class StagedRestore:
 
     def _run(self) -> None:
         request = self.request
-        command = ["--staged", *(["--replacing"] if self.replacing else [])]
+        command = ["--one-pass" if self.one_pass else "--staged", *(["--replacing"] if self.replacing else [])]
         logger.info("verifying and restoring through a worker container", extra={**self.fields,
                                                                                   "image": self.plan.site.image})
         try:
@@ -262,11 +307,12 @@ class StagedRestore:
     def _started(self, link: WorkerLink) -> None:
         self._link = link
 
-    def _next(self, event: str) -> dict:
-        """The worker's next `event`; raises what ended it instead."""
+    def _next(self, *events: str) -> dict:
+        """The worker's next record among `events`; raises what ended it instead."""
         record = self.output.events.get()  # type: ignore[union-attr]
-        if record.get("event") == event:
+        if record.get("event") in events:
             return record
+        event = " or ".join(events)
         self._thread.join()
         if self._failure is not None:
             raise self._failure
@@ -304,7 +350,7 @@ class _Output:
             self.result = record
         elif event == "error":
             self.error = record
-        elif event in ("verified", "room") and self.events is not None:
+        elif event in ("verified", "room", "ready", "staged", "fallback") and self.events is not None:
             self.events.put(record)
         else:
             return False
@@ -358,7 +404,8 @@ def _outcome(result: WorkerResult, output: _Output, plan: WorkerPlan, fields: di
         done = output.result
         logger.info("archive unpacked by a worker container", extra={
             **fields, "worker": result.name, "members": done["members"], "tar_bytes": done["tar_bytes"],
-            "stripped": done["stripped"], "seconds": round(result.seconds, 3), "write_seconds": done.get("seconds")})
+            "stripped": done["stripped"], "seconds": round(result.seconds, 3), "write_seconds": done.get("seconds"),
+            "swap_seconds": done.get("swap_seconds")})
         return Summary(int(done["members"]), int(done["tar_bytes"]), str(done["sha256"]), int(done["stripped"]),
                        None)
     if output.error is None and not output.started:

@@ -1384,10 +1384,7 @@ class DirectoryWriter:
         top = self._stack.pop()
         try:
             if top.member is not None:
-                self._chown(top.fd, top.member)
-                os.chmod(top.fd, top.member.mode)
-                self._xattrs(top.fd, top.member)
-                os.utime(top.fd, ns=(top.member.mtime_ns, top.member.mtime_ns))
+                self.apply_folder(top.fd, top.member)
             elif top.times is not None:
                 try:
                     os.utime(top.fd, ns=top.times)
@@ -1396,6 +1393,14 @@ class DirectoryWriter:
                         raise
         finally:
             os.close(top.fd)
+
+    def apply_folder(self, fd: int, member: Member) -> None:
+        """A folder's owner, mode, xattrs and times from its member (also the staged
+        restore's swap: the root entry onto the volume's root, sidecar/tarball/staging.py)."""
+        self._chown(fd, member)
+        os.chmod(fd, member.mode)
+        self._xattrs(fd, member)
+        os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
 
     def _make_room(self, fd: int, name: str, base: str) -> None:
         """A member replaces what an earlier one (or the folder) left under its name."""

@@ -13,6 +13,7 @@ sidecar that started it is gone (watch_parent).
 import os
 import queue
 import threading
+from typing import Callable
 
 from ..core.model import WORKER_PARENT_ENV
 
@@ -20,14 +21,20 @@ PROTOCOL = 10  # 3: the mirror's vault/, --exclude and `refused`; a worker watch
 # 5: restic --go (held at its gate until the go file)
 # 6: the extract worker's staged restore (verify, then room and go on stdin)
 # 7: restic --empty (a restore empties the volume itself)
+# 8: the extract worker's --one-pass restore (ready; go: staged or fallback; swap), and a staged
+#    worker's fallback empties the volume itself
 # 9: mirror --hold (one worker for a mirrored volume's backup: first pass, `go` on stdin, stopped pass,
 #    `archive` on stdin, the mirror's archive; every line with its `stage`)
 # 10: restic --staged (a restore's worker started before the stop, `go SNAPSHOT_ID` on stdin; no probe)
+#    (8, 9 and 10 were built side by side and landed together: 10 holds all three)
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 
 
 COMMANDS: "queue.Queue[str]" = queue.Queue()  # the sidecar's lines on stdin (watch_parent), e.g. "go"
+# Run before a worker whose sidecar is gone ends (e.g. the one-pass restore's staging folder
+# removed: the volume as it was); a failing one is skipped.
+ON_ORPHAN: "list[Callable[[], None]]" = []
 
 
 def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,
@@ -54,6 +61,11 @@ def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,
         except OSError:
             pass
         os.write(1, b'{"event": "error", "message": "the sidecar that started this worker is gone"}\n')
+        for cleanup in list(ON_ORPHAN):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - the exit matters more
+                pass
         exit(EXIT_ORPHANED)
 
     thread = threading.Thread(target=wait, name="watch-parent", daemon=True)

@@ -19,6 +19,15 @@ removed before the restore), and says `room` (`fits`, `free`, `needed`); `go` wr
 the archive a second time and refusing it unless it has the SHA-256 the first read had;
 `quit` (or the end of stdin) ends it having written nothing.
 
+`--one-pass` (a volume's restore when the volume has no nested mounts; PROTOCOL 8) reads the
+archive ONCE: it says `ready` and waits; on `go` (the target stopped) it writes into a staging
+folder inside --into with the same checks and writer (sidecar/tarball/staging.py) and says
+`staged`; on `swap` it puts the staged tree in place of the old one and says `result`; on
+`quit`, or on any refusal or error before the swap, the staging folder is removed and the
+volume is as it was. When the volume cannot hold the old and the new tree at once (ENOSPC
+while staging) it says `fallback` (with the reason) and goes on as `--staged` does (verify,
+room, go), emptying --into itself before the write.
+
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
@@ -30,21 +39,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pyrage
 
 from ..core.errors import ArchiveError, ChecksumMismatch, SidecarError
-from ..tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, Summary, extract, open_archive, verify
+from ..tarball import staging
+from ..tarball.extract import (DISK_BLOCK, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, ArchiveFile, Kind, Member, Summary,
+                               extract, open_archive, verify)
 from ..core.keys import DecryptionKeys
 from ..core.members import chosen, member_path
-from . import COMMANDS, PROTOCOL
+from . import COMMANDS, ON_ORPHAN, PROTOCOL
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
@@ -98,7 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip", action="append", default=[], help="a folder below --into left out (read-only)")
     parser.add_argument("--only", action="append", help="a glob: only regular files it matches may be written")
     parser.add_argument("--staged", action="store_true", help="verify first, then wait for room/go/quit on stdin")
-    parser.add_argument("--replacing", action="store_true", help="with --staged: --into is emptied before the go")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="on go, write once into a staging folder in --into, then swap it in on swap")
+    parser.add_argument("--replacing", action="store_true",
+                        help="with --staged or --one-pass: --into is emptied (or swapped) before the write")
     parser.add_argument("--sha256", help="the SHA-256 the sidecar verified; the file must still have it")
     parser.add_argument("--keys-file", type=Path)
     parser.add_argument("--progress-interval", type=float, default=1.0)
@@ -118,7 +134,17 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
         if archive.expected_sha256 is not None and expected != archive.expected_sha256:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
-        if args.staged:
+        if args.one_pass:
+            emit({"event": "ready", "protocol": PROTOCOL})
+            if _next(commands, ("go", "quit"), "started") != "go":
+                return None
+            staged = _one_pass(args, archive, keys, commands)
+            if staged is not False:
+                return staged
+            emptying = True  # the fallback: verify, room, then empty and write (the two-pass path)
+        else:
+            emptying = False
+        if args.staged or args.one_pass:
             began = time.monotonic()
             check = verify(archive, keys, args.only)
             emit({"event": "verified", "protocol": PROTOCOL, **_counts(check), "expanded": check.expanded,
@@ -126,6 +152,8 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
             if not _wait_for_go(args.into, check.expanded, args.replacing, commands):
                 return None
             archive = dataclasses.replace(archive, expected_sha256=check.sha256)
+            if emptying:
+                staging.empty(args.into)
         emit({"event": "started"})
         began = time.monotonic()
         keep = chosen(args.path, args.dump_parts, root=not args.leave_root)
@@ -135,6 +163,97 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
     return {**_counts(summary), "seconds": round(time.monotonic() - began, 3)}
 
 
+def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKeys | None,
+              commands: "queue.Queue[str]") -> dict | None | bool:
+    """`--one-pass`, on the go: the archive read once, written into a staging folder in
+    --into (sidecar/tarball/staging.py), `staged`; then the swap on `swap` (the result), or
+    the staging folder removed on `quit` (None). False: the volume cannot hold the old and
+    the new tree at once (staging removed, `fallback` said): the caller takes the two-pass path."""
+    emit({"event": "started"})
+    began = time.monotonic()
+    before = os.stat(args.into)
+    folder = staging.make_staging(args.into)
+    swapped, lock = False, threading.Lock()
+
+    def discard() -> None:
+        """The volume as it was, its root's times included (also run by the thread that
+        sees the sidecar gone, while the writer may still create names in the folder)."""
+        with lock:
+            if swapped:
+                return
+            for _attempt in range(3):
+                with contextlib.suppress(OSError):
+                    staging.remove(args.into, folder.name)
+                    break
+            with contextlib.suppress(OSError):
+                os.utime(args.into, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    ON_ORPHAN.append(discard)
+    try:
+        try:
+            summary = extract(archive, folder, keys, _Progress(args.progress_interval), (), args.only,
+                              select=_Budget(args.into, folder.name, args.replacing))
+        except OSError as exc:
+            if exc.errno not in staging.NO_ROOM:
+                raise
+            emit({"event": "fallback", "reason": f"the volume cannot hold the old and the new contents at once "
+                                                 f"({exc.strerror}); verifying, then emptying it before the write"})
+            return False
+        written = round(time.monotonic() - began, 3)
+        emit({"event": "staged", **_counts(summary), "seconds": written})
+        if _next(commands, ("swap", "quit"), "staged") != "swap":
+            return None
+        began = time.monotonic()
+        with lock:
+            swapped = True  # from here on a failure is the swap's: what is left stays for a human to see
+        try:
+            staging.swap(args.into, folder.name, summary.root)
+        except staging.SwapFailed:
+            raise
+        except OSError:  # before anything moved: the volume as it was, the staging folder removed
+            with lock:
+                swapped = False
+            raise
+        return {**_counts(summary), "seconds": written, "swap_seconds": round(time.monotonic() - began, 3)}
+    finally:
+        ON_ORPHAN.remove(discard)
+        discard()
+
+
+class _Budget:
+    """The bound the two-pass path checks before emptying (`room`), as the members come: the
+    room written so far (Policy.expanded's rule) against the free space when staging began,
+    plus what the old contents take when they are replaced. Raises ENOSPC past it, before the
+    member is written (a sparse file may declare far more than its data)."""
+
+    def __init__(self, into: Path, staging_name: str, replacing: bool):
+        self.into, self.staging_name, self.replacing = into, staging_name, replacing
+        self.free = room(into, 0, False)
+        self.counted_old = False
+        self.total = 0
+
+    def __call__(self, member: Member) -> bool:
+        if member.kind is Kind.FILE or member.kind is Kind.DIR:
+            self.total += -(-max(member.realsize, 1) // DISK_BLOCK) * DISK_BLOCK
+        if self.total > self.free and self.replacing and not self.counted_old:
+            self.counted_old = True
+            self.free += usage(self.into, leave=(self.staging_name,))
+        if self.total > self.free:
+            raise OSError(errno.ENOSPC, f"the archive takes more than the {self.free} bytes free")
+        return True
+
+
+def _next(commands: "queue.Queue[str]", accepted: tuple[str, ...], after: str) -> str:
+    """The sidecar's next line among `accepted` (the end of stdin is a quit)."""
+    while True:
+        try:
+            command = commands.get(timeout=COMMAND_TIMEOUT)
+        except queue.Empty:
+            raise SidecarError(f"no word from the sidecar in {COMMAND_TIMEOUT:g} s after {after}")
+        if command in accepted:
+            return command
+
+
 def _counts(summary: Summary) -> dict:
     return {"members": summary.members, "tar_bytes": summary.tar_bytes, "sha256": summary.sha256,
             "stripped": summary.stripped}
@@ -142,25 +261,20 @@ def _counts(summary: Summary) -> dict:
 
 def _wait_for_go(into: Path, needed: int, replacing: bool, commands: "queue.Queue[str]") -> bool:
     """The sidecar's lines after `verified`: True on `go`, False on `quit`."""
-    while True:
-        try:
-            command = commands.get(timeout=COMMAND_TIMEOUT)
-        except queue.Empty:
-            raise SidecarError(f"no word from the sidecar in {COMMAND_TIMEOUT:g} s after the archive was verified")
-        if command == "room":
-            free = room(into, needed, replacing)
-            emit({"event": "room", "fits": free >= needed, "free": free, "needed": needed})
-        elif command == "go":
-            return True
-        elif command == "quit":
-            return False
+    while (command := _next(commands, ("room", "go", "quit"), "the archive was verified")) == "room":
+        free = room(into, needed, replacing)
+        emit({"event": "room", "fits": free >= needed, "free": free, "needed": needed})
+    return command == "go"
 
 
-def usage(into: Path) -> int:
+def usage(into: Path, leave: tuple[str, ...] = ()) -> int:
     """Bytes the files and folders below `into` take (what emptying it frees), never
-    following a symlink."""
+    following a symlink; `leave`: top-level names not counted."""
     total = 0
     for folder, dirs, files in os.walk(into):
+        if folder == str(into):
+            dirs[:] = [d for d in dirs if d not in leave]
+            files = [f for f in files if f not in leave]
         for name in dirs + files:
             with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(folder, name)).st_blocks * 512
@@ -178,8 +292,10 @@ def room(into: Path, needed: int, replacing: bool) -> int:
 
 def main(argv: list[str], commands: "queue.Queue[str]" = COMMANDS) -> int:
     args = _parser().parse_args(argv)
-    if args.archive is None:
-        emit({"event": "error", "refused": False, "message": "--archive is required"})
+    if args.archive is None or (args.one_pass and args.skip):
+        emit({"event": "error", "refused": False,
+              "message": "--archive is required" if args.archive is None else "--one-pass cannot leave out --skip "
+                                                                             "folders (a rename cannot cross mounts)"})
         return EXIT_FAILED
     ours, handler = logging.getLogger("sidecar"), _EmitWarnings(logging.WARNING)
     level = ours.level

@@ -32,9 +32,9 @@ def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_th
     def run_worker(spec, on_line=None, on_start=None):
         def started(link):
             def send(data):
-                if data == b"go\n":
-                    # The volume is emptied and about to be written: what the journal holds
-                    # now is what a SIGKILL would leave.
+                if data == b"swap\n":
+                    # The staged tree is about to be swapped in: what the journal holds now is
+                    # what a SIGKILL would leave.
                     shutil.copy(ctx.journal.path, killed)
                 link.send(data)
             on_start(WorkerLink(link.name, send))
@@ -57,20 +57,27 @@ def test_a_restore_killed_after_emptying_the_volume_does_not_start_the_app_on_th
 
 
 @pytest.mark.usefixtures("restore_worker")
-def test_the_journal_says_left_stopped_before_the_volume_is_emptied(engine, ctx, data, tmp_path, monkeypatch):
+def test_the_journal_says_left_stopped_before_the_swap_not_while_staging(engine, ctx, data, monkeypatch):
+    """One pass: while the worker stages the archive the volume is intact (a kill then starts
+    the app on its old data); before the swap the container is journalled left-stopped."""
     engine.add_container("app-1", app_labels(), {"/data": data})
     assert run_backup(ctx, ctx.discover().find("app")).ok
     (data / "new.txt").write_text("newer data\n")
-    seen = []
-    real_helper = engine.run_helper
+    seen: dict[bytes, list[str]] = {}
+    real_worker = engine.run_worker
 
-    def run_helper(*args, **kwargs):  # the helper container empties the volume
-        seen.extend(e.action for e in ctx.journal.entries())
-        return real_helper(*args, **kwargs)
+    def run_worker(spec, on_line=None, on_start=None):
+        def started(link):
+            def send(data):
+                seen[data] = [e.action for e in ctx.journal.entries()]
+                link.send(data)
+            on_start(WorkerLink(link.name, send))
+        return real_worker(spec, on_line, started if on_start is not None else None)
 
-    monkeypatch.setattr(engine, "run_helper", run_helper)
+    monkeypatch.setattr(engine, "run_worker", run_worker)
     run_restore(ctx, "app", "data", force=True)
-    assert seen == ["left-stopped"]
+    assert "left-stopped" not in seen[b"go\n"] and seen[b"swap\n"] == ["left-stopped"]
+    assert engine.names("run_helper") == []
 
 
 def test_a_full_backup_volume_when_putting_back_fails_the_backup_cleanly(engine, ctx, data, monkeypatch):

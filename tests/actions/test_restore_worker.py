@@ -1,9 +1,10 @@
 """run_restore through a worker container (sidecar/readers/unpack.py) against the fake engine, whose
 workers run `python -m sidecar.worker.extract` as host processes: the worker's mounts and
-rights, one worker per restore (it verifies, waits for the stop, checks the room and writes on
-the sidecar's go), decryption with no key in its arguments, no worker no restore (before
-anything stops, naming BACKUP_WORKER_IMAGE), the room check, and a worker failure after
-emptying."""
+rights, one worker per restore (it waits for the stop, reads the archive once into a staging
+folder and swaps it in on the sidecar's word; two passes with nested mounts), decryption with
+no key in its arguments, no worker no restore (before anything stops, naming
+BACKUP_WORKER_IMAGE), the room check, a refusal late in the archive leaving the old data, and
+a worker failure once the swap began."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_the_restore_runs_the_checked_extractor_in_a_worker(engine, wctx, data, 
     assert tree(data) == before and outcome.members > 0
     assert engine.names("put_archive") == []  # nothing went through the engine's tar reader
     [spec] = _extract_workers(engine)
-    assert spec.user == "0" and spec.image == IMAGE and "--staged" in spec.command  # one worker verifies and writes
+    assert spec.user == "0" and spec.image == IMAGE and "--one-pass" in spec.command  # one worker checks and writes
     assert set(spec.capabilities) == {"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID"}
     volume, store = spec.mounts[0], spec.mounts[-1]
     assert volume.target == VOLUME_ROOT and not volume.read_only
@@ -72,10 +73,9 @@ def test_the_restore_runs_the_checked_extractor_in_a_worker(engine, wctx, data, 
     assert engine.state(app.id) is ContainerState.RUNNING
 
 
-def test_one_worker_verifies_checks_the_room_and_writes_and_the_sidecar_reads_no_archive(engine, wctx, data,
-                                                                                         monkeypatch):
-    """Issue 19 (restore speed): no probe worker, no room worker, no verify pass in the
-    sidecar; the one worker starts before the stop, and the stop comes after it verified."""
+def test_one_worker_writes_once_and_swaps_and_the_sidecar_reads_no_archive(engine, wctx, data, monkeypatch):
+    """Issue 19 (restore speed): no probe worker, no room worker, no helper container to
+    empty the volume, no verify pass in the sidecar; the one worker starts before the stop."""
     app, before = _backed_up(engine, wctx, data)
     (data / "junk.txt").write_text("junk\n")
     engine.workers_run.clear()  # the backup's
@@ -84,7 +84,7 @@ def test_one_worker_verifies_checks_the_room_and_writes_and_the_sidecar_reads_no
     assert tree(data) == before and engine.state(app.id) is ContainerState.RUNNING
     assert [spec.purpose for spec in engine.workers_run] == [unpack.PURPOSE]
     order = [c[0] for c in engine.calls if c[0] in ("run_worker", "stop", "run_helper", "start")]
-    assert order == ["run_worker", "stop", "run_helper", "start"]
+    assert order == ["run_worker", "stop", "start"]
     assert engine.running_workers() == []
 
 
@@ -164,12 +164,28 @@ def test_read_only_nested_mounts_stay_read_only_and_are_left_out():
     assert skip == ("config",)
 
 
-def test_a_worker_failure_after_emptying_leaves_the_container_stopped(engine, wctx, data):
+def test_a_worker_failure_once_the_swap_began_leaves_the_container_stopped(engine, wctx, data):
     app, _ = _backed_up(engine, wctx, data)
     (data / "new.txt").write_text("newer data\n")
-    engine.fail("worker:extract:go", EngineError("the engine went away"))
+    engine.fail("worker:extract:swap", EngineError("the engine went away"))
     with pytest.raises(RestoreLeftStopped, match="worker container"):
         run_restore(wctx, "app", "data", force=True)
     assert engine.state(app.id) is ContainerState.EXITED
     assert [e.action for e in wctx.journal.entries()] == ["left-stopped"]
     assert engine.names("put_archive") == []  # no second unpack after the worker began writing
+
+
+def test_a_volume_with_a_nested_mount_is_restored_in_two_passes(engine, wctx, data, tmp_path, caplog):
+    """A rename cannot cross into a nested mount: verify before the stop, empty, write."""
+    caplog.set_level(logging.INFO)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    app = engine.add_container("app-1", app_labels(), {"/data": data, "/data/sub": sub})
+    assert run_backup(wctx, wctx.discover().find("app")).ok
+    engine.workers_run.clear()
+    engine.calls.clear()
+    run_restore(wctx, "app", "data", force=True)
+    [spec] = _extract_workers(engine)
+    assert "--staged" in spec.command and "--one-pass" not in spec.command
+    assert any(r.getMessage().startswith("restoring in two passes") for r in caplog.records)
+    assert engine.state(app.id) is ContainerState.RUNNING

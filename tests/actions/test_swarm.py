@@ -178,10 +178,9 @@ def test_restore_scales_to_zero_and_back(engine, ctx, service, data):
 
 
 @pytest.mark.usefixtures("restore_worker")
-@pytest.mark.parametrize("fault", ["worker:extract:go", "run_helper"])
-def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(engine, ctx, service, data, fault):
+def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(engine, ctx, service, data):
     before = _backed_up(ctx, data)
-    engine.fail(fault, EngineError("disk full"), times=1)
+    engine.fail("worker:extract:swap", EngineError("disk full"), times=1)  # once the swap began
     with pytest.raises(RestoreLeftStopped):
         run_restore(ctx, "db", "data", force=True)
     assert engine.services[service.id].replicas == 0
@@ -196,7 +195,7 @@ def test_a_failed_restore_leaves_the_service_at_zero_until_a_restore_succeeds(en
 @pytest.mark.usefixtures("restore_worker")
 def test_a_service_left_at_zero_that_someone_scaled_is_forgotten(engine, ctx, service, data):
     _backed_up(ctx, data)
-    engine.fail("worker:extract:go", EngineError("disk full"), times=1)
+    engine.fail("worker:extract:swap", EngineError("disk full"), times=1)
     with pytest.raises(RestoreLeftStopped):
         run_restore(ctx, "db", "data", force=True)
     engine.someone_scales(service.id, 1)

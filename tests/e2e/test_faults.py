@@ -241,35 +241,39 @@ def test_sigkill_before_the_stop_leaves_everything_running(lab):
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_restore_keeps_the_app_stopped_until_a_restore_succeeds(lab, webhook):
+def test_sigkill_while_a_restore_stages_leaves_the_volume_and_the_next_start_runs_the_app(lab):
+    """One pass (issue 19): killed while the worker writes into its staging folder, the volume
+    holds its old data (the worker, its sidecar gone, removes the folder) and the next start
+    runs the app on it. A kill once the swap began leaves it stopped: the actions tier
+    (tests/actions/test_faults.py) covers that journal."""
     volume = lab.volume("data")
     lab.populate(volume, SLOW_DATA + "; echo marker > m.txt")
     original = lab.manifest(volume)
     app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "stop"}, {volume: "/data"})
     assert lab.cli("backup", "app").returncode == 0
     lab.populate(volume, "echo changed > m.txt")
+    changed = lab.manifest(volume)
 
     proc, log = lab.start_cli("restore", "app", "--volume", "data", "--force", log_name="killed.log",
                               LOG_LEVEL="INFO")
     wait_for(lambda: any(r["message"] == "restoring" for r in log_records(log)) or proc.poll() is not None,
-             timeout=120, interval=0.05, what="the restore to empty the volume and unpack")
+             timeout=120, interval=0.05, what="the restore to stage the archive")
     assert proc.poll() is None, log.read_text()[-2000:]
     kill(proc)
     assert lab.state(app) == "exited"
+    wait_for(lambda: lab.manifest(volume) == changed, timeout=60, interval=0.5,
+             what="the orphaned worker to remove its staging folder")
 
-    # The next start does not run the app on a half-restored volume, and says so loudly.
-    again = lab.cli("backup", "app", LOG_LEVEL="INFO", **notify_env(webhook))
-    assert again.returncode == 1  # refused: an archive of a half-restored volume would rotate good ones out
-    assert lab.state(app) == "exited"
-    assert any(r["level"] == "ERROR" and "left stopped" in r["message"] for r in stderr_records(again.stderr)), \
-        again.stderr[-3000:]
-    wait_for(lambda: notified(webhook, "failure", "app"), what="the failure notification")
+    again = lab.cli("backup", "app", LOG_LEVEL="INFO")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert lab.state(app) == "running" and lab.manifest(volume) == changed
     assert_nothing_incomplete(lab)
 
-    done = lab.cli("restore", "app", "--volume", "data", "--force")
+    lab.populate(volume, "echo later > m.txt")
+    done = lab.cli("restore", "app", "--volume", "data", "--force")  # the newest archive: the changed data
     assert done.returncode == 0, done.stderr
     assert lab.state(app) == "running"
-    assert lab.manifest(volume) == original
+    assert lab.manifest(volume) == changed != original
 
 
 # --- the backup volume full ---------------------------------------------------------------------

@@ -12,6 +12,8 @@ import time
 import pytest
 import zstandard
 
+from sidecar.docker.engine import Engine
+
 from .support import stderr_records, tar_bytes
 
 
@@ -128,9 +130,12 @@ def _helper_volumes(client, since: float, until: float) -> set[str]:
 
 def test_forced_restore_leaves_no_anonymous_volume(lab, sidecar_image):
     # The sidecar's image declares VOLUME /backups: a helper from it gets an anonymous volume.
+    # A forced restore of a plain volume runs no helper since the one-pass restore (issue 19:
+    # the worker swaps the old contents out); a volume with nested mounts still has the helper
+    # empty it, run here as that path runs it.
     volume = lab.volume("data")
     lab.populate(volume, "echo one > a.txt")
-    lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
+    app = lab.workload("app", {"backup.enable": "true", "backup.strategy": "hot"}, {volume: "/data"})
     assert lab.cli("backup", "app").returncode == 0
     lab.populate(volume, "echo junk > b.txt")
     volumes_before = len(lab.client.api.volumes().get("Volumes") or [])
@@ -139,6 +144,12 @@ def test_forced_restore_leaves_no_anonymous_volume(lab, sidecar_image):
     forced = lab.cli("restore", "app", "--volume", "data", "--force", BACKUP_HELPER_IMAGE=sidecar_image)
     assert forced.returncode == 0, forced.stderr
     assert "./b.txt" not in lab.manifest(volume)
+    assert _helper_volumes(lab.client, started, time.time() + 1) == set()  # no helper ran
+    engine = Engine()
+    try:
+        assert engine.run_helper(sidecar_image, app.id, ["sh", "-c", "true"])[0] == 0
+    finally:
+        engine.close()
     anonymous = _helper_volumes(lab.client, started, time.time() + 1)
     assert anonymous, "the helper from the sidecar's image should have had an anonymous /backups volume"
     existing = {v["Name"] for v in lab.client.api.volumes().get("Volumes") or []}

@@ -254,6 +254,24 @@ def test_without_a_worker_the_restore_fails_closed_and_names_the_setting(lab):
     assert lab.manifest(volume) == original and lab.state(app) == "running"  # nothing stopped, nothing emptied
 
 
+def test_a_refusal_late_in_the_archive_leaves_the_old_bytes_and_the_app_runs_on_them(lab, worker_image):
+    """One pass (issue 19): the app is stopped, the worker writes 40 files into its staging
+    folder before it meets an escaping symlink; the volume keeps its old bytes (no staging
+    folder left), the app runs again, and no verify pass ran before the write."""
+    volume = lab.volume("data")
+    lab.populate(volume, "echo old > a.txt; mkdir d2; echo older > d2/b; echo dot > .hidden")
+    original = lab.manifest(volume)
+    app = lab.workload("app", {"backup.enable": "true"}, {volume: "/data"})
+    raw = b"".join(file(b"f%d.txt" % i, b"new" * 3000) for i in range(40)) + file(b"a.txt", b"new\n")
+    path, _ = _store(lab, raw + symlink(b"d", b"/") + file(b"d/ESCAPED", b"x") + END)
+    restored = lab.cli("restore", "app", "--volume", "data", "--archive", str(path), "--force",
+                       BACKUP_WORKER_IMAGE=worker_image)
+    assert restored.returncode == 1 and "absolute path" in restored.stderr
+    assert lab.manifest(volume) == original and lab.state(app) == "running"  # the root's times included
+    messages = [r.get("message") for r in stderr_records(restored.stderr)]
+    assert "container stopped" in messages and "archive verified by the worker container" not in messages
+
+
 # A worker failure after emptying (the app left stopped) is tested in the actions tier
 # (tests/actions/test_restore_worker.py): since issue 19 no crafted archive passes verify and
 # fails in the writer, which is what this test used to craft on the real engine.

@@ -172,3 +172,126 @@ def test_the_sidecars_lines_reach_a_staged_worker_on_its_stdin(tmp_path, into):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- --one-pass: the archive read once into a staging folder, swapped in (issue 19's speed) ----------
+
+@pytest.fixture
+def old_volume(into):
+    (into / "old.txt").write_text("old bytes")
+    (into / ".dot").write_text("old dot")
+    return into
+
+
+def _passes(monkeypatch) -> list[int]:
+    """Counts the reads of the archive (sidecar.tarball.extract._Pass: one per decompression)."""
+    from sidecar.tarball import extract as checked
+    count, real = [], checked._Pass.__init__
+
+    def counting(self, *args, **kwargs):
+        count.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(checked._Pass, "__init__", counting)
+    return count
+
+
+def test_a_one_pass_worker_reads_the_archive_once_and_swaps_it_in(tmp_path, old_volume, capsys, monkeypatch):
+    raw = directory(b"d/") + file(b"d/a.txt", b"alpha" * 1000) + file(b"b.txt", b"beta") + END
+    path = write(tmp_path, raw, compression=Compression.ZSTD)
+    passes = _passes(monkeypatch)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", "--replacing",
+                        commands=("go", "swap"))
+    assert code == EXIT_OK and len(passes) == 1  # today's staged worker reads it twice (verify, then write)
+    assert [e["event"] for e in events] == ["ready", "started", "staged", "result"]
+    assert events[0]["protocol"] == worker.PROTOCOL == 8 and events[-1]["members"] == 3
+    assert sorted(os.listdir(old_volume)) == ["b.txt", "d"]  # the old entries and the staging folder gone
+    assert (old_volume / "d" / "a.txt").read_bytes() == b"alpha" * 1000
+
+
+def test_a_one_pass_refusal_late_in_the_archive_leaves_the_old_volume_as_it_was(tmp_path, old_volume, capsys):
+    files = b"".join(file(b"f%d.txt" % i, b"new" * 400) for i in range(30))
+    path = write(tmp_path, files + symlink(b"d", b"/") + file(b"d/ESCAPED", b"x") + END)
+    os.utime(old_volume, ns=(10**18, 10**18))
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", "--replacing",
+                        commands=("go", "swap"))
+    assert os.stat(old_volume).st_mtime_ns == 10**18  # the root's times too
+    assert code == EXIT_REFUSED and [e["event"] for e in events] == ["ready", "started", "error"]
+    assert events[-1]["kind"] == "UnsafeArchive"
+    assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"] and (old_volume / "old.txt").read_text() == "old bytes"
+
+
+def test_a_one_pass_worker_told_to_quit_after_staging_leaves_the_volume_as_it_was(tmp_path, old_volume, capsys):
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "quit"))
+    assert code == worker.EXIT_QUIT and [e["event"] for e in events] == ["ready", "started", "staged"]
+    assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]
+
+
+def test_a_volume_that_cannot_hold_both_trees_falls_back_to_two_passes(tmp_path, old_volume, capsys, monkeypatch):
+    """The budget (what the two-pass path's room check allows) is crossed while staging: the
+    staging folder goes, the worker verifies, checks the room, empties the volume and writes."""
+    monkeypatch.setattr(worker, "room", lambda into, needed, replacing: needed)  # nothing free beyond what is asked
+    monkeypatch.setattr(worker, "usage", lambda into, leave=(): 0)
+    raw = file(b"a.txt", b"alpha" * 1000) + END
+    path = write(tmp_path, raw)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", "--replacing",
+                        commands=("go", "room", "go"))
+    assert code == EXIT_OK
+    assert [e["event"] for e in events] == ["ready", "started", "fallback", "verified", "room", "started", "result"]
+    assert "cannot hold the old and the new contents" in events[2]["reason"]
+    assert os.listdir(old_volume) == ["a.txt"] and (old_volume / "a.txt").read_bytes() == b"alpha" * 1000
+
+
+def test_enospc_while_staging_falls_back_and_a_refusal_then_still_leaves_the_volume(tmp_path, old_volume, capsys,
+                                                                                       monkeypatch):
+    real = worker.extract
+
+    def full(archive, into, *args, **kwargs):
+        if into.name.startswith(worker.staging.STAGING_PREFIX):
+            (into / "partial").write_text("half")
+            raise OSError(28, "No space left on device")
+        return real(archive, into, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "extract", full)
+    path = write(tmp_path, file(b"a.txt", b"alpha") + symlink(b"d", b"/") + END)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", "--replacing",
+                        commands=("go", "room", "go"))
+    assert code == EXIT_REFUSED and [e["event"] for e in events] == ["ready", "started", "fallback", "error"]
+    assert "No space left" in events[2]["reason"]
+    assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]  # refused by the verify: never emptied
+
+
+def test_a_one_pass_worker_whose_sidecar_is_gone_removes_its_staging_folder(tmp_path, old_volume, capsys,
+                                                                            monkeypatch):
+    """watch_parent runs ON_ORPHAN before it ends the worker: killed while staging, the volume
+    is as it was (no hidden folder left for the app, or the next backup, to find)."""
+    from sidecar import worker as package
+    real, seen = worker.extract, []
+
+    def orphaned(archive, into, *args, **kwargs):
+        summary = real(archive, into, *args, **kwargs)
+        seen.append(sorted(os.listdir(old_volume)))
+        for cleanup in list(package.ON_ORPHAN):  # what the watching thread does
+            cleanup()
+        seen.append(sorted(os.listdir(old_volume)))
+        return summary
+
+    monkeypatch.setattr(worker, "extract", orphaned)
+    os.utime(old_volume, ns=(10**18, 10**18))
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, _ = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "quit"))
+    assert code == worker.EXIT_QUIT and len(seen[0]) == 3 and seen[1] == [".dot", "old.txt"]
+    assert os.stat(old_volume).st_mtime_ns == 10**18 and package.ON_ORPHAN == []
+
+
+def test_a_swap_that_fails_before_moving_anything_leaves_no_staging_folder(tmp_path, old_volume, capsys,
+                                                                          monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(worker.staging.os, "rename", refuse)
+    path = write(tmp_path, file(b"a.txt", b"alpha") + END)
+    code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "swap"))
+    assert code == EXIT_FAILED and events[-1]["event"] == "error" and "not permitted" in events[-1]["message"]
+    assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]

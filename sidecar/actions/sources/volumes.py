@@ -1,12 +1,15 @@
 """The `volumes` source: one archive per volume of a target, read through a Reader (see
 sidecar/readers), and the volume restore: one worker (sidecar/readers/unpack.py, StagedRestore: the
 checked extractor next to the data, the code that checks each member being the code that
-writes it; no worker, no restore) checks the archive (checksum and every member), then the
-volume must be empty (or --force), all before stopping anything; stop the container if it
-runs, the worker checks that the archive fits the volume's free space, empty the volume, the
-worker writes, start the container again. If the restore fails after the volume
-was emptied, the container is left stopped and journalled so ("left-stopped"), and
-RestoreLeftStopped says so."""
+writes it; no worker, no restore): the volume must be empty (or --force) before anything
+stops; stop the container if it runs; the worker reads the archive once into a staging folder
+inside the volume, checking every member and the checksum, and swaps it in for the old
+contents only once all of it was accepted (a refusal leaves the volume as it was and the
+container is started on it); start the container again. Two passes instead (verify before
+stopping anything, room, empty, write) when the container mounts something inside the volume
+or the volume cannot hold the old and the new contents at once. If the restore fails once the
+volume was emptied or the swap began, the container is left stopped and journalled so
+("left-stopped"), and RestoreLeftStopped says so."""
 
 from __future__ import annotations
 
@@ -165,6 +168,11 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
         how = unpack.UnpackRequest(container, mount, archive, archive.expected_sha256 or "", ctx.settings.decryption,
                                    ctx.worker_settings, backup_name)
         plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how, probe=False))
+        if plan.nested:
+            logger.info("restoring in two passes: the container mounts something inside the volume (a rename "
+                        "cannot cross it)", extra=fields)
+        else:
+            return _one_pass(ctx, request, how, plan, stack, fields, started)
         logger.info("verifying archive", extra={**fields, "phase": "verify"})
         worker = stack.enter_context(unpack.StagedRestore(ctx.engine, how, plan, replacing=request.force))
         check = worker.verified
@@ -175,23 +183,52 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
             ctx, request, volume_name, mount, fields, write=lambda current: _unpack(how, worker.write, fields),
             # The room, once the volume is reachable (a Swarm service's stand-in) and its writers stopped.
             before_clear=lambda current: worker.room())
+    return _finished(request, fields, check, started, downtime)
+
+
+def _one_pass(ctx: Context, request: RestoreRequest, how: unpack.UnpackRequest, plan: unpack.WorkerPlan,
+              stack: contextlib.ExitStack, fields: dict, started: float) -> RestoreOutcome:
+    """The archive read once by the worker into a staging folder in the volume, swapped in for
+    the old contents (journalled as an emptying first: a swap cut short must not start the
+    app); the two-pass path when the volume cannot hold both (the worker says so)."""
+    worker = stack.enter_context(unpack.StagedRestore(ctx.engine, how, plan, replacing=request.force, one_pass=True))
+
+    def write(current: ContainerInfo, emptying: Callable[[], None]) -> Summary:
+        if worker.stage():
+            emptying()
+            return _unpack(how, worker.swap, fields)
+        worker.room()
+        emptying()  # the worker empties the volume itself on the go
+        return _unpack(how, worker.write, fields)
+
+    outcome: list[Summary] = []
+    downtime = replace_contents(ctx, request, fields["volume"], how.mount, fields, clear=not request.force,
+                                write=lambda current, emptying: outcome.append(write(current, emptying)), marks=True)
+    return _finished(request, fields, outcome[0], started, downtime)
+
+
+def _finished(request: RestoreRequest, fields: dict, summary: Summary, started: float,
+              downtime: float) -> RestoreOutcome:
     seconds = time.monotonic() - started
     logger.info("restore finished", extra={**fields, "phase": "done", "seconds": round(seconds, 3),
                                            "downtime_seconds": round(downtime, 3)})
-    return RestoreOutcome(backup_name, container.name, volume_name, path, check.members, check.tar_bytes, seconds,
-                          downtime)
+    return RestoreOutcome(request.backup_name, request.container.name, fields["volume"], request.archive,
+                          summary.members, summary.tar_bytes, seconds, downtime)
 
 
 def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mount: Mount, fields: dict,
                      write: Callable[[ContainerInfo], object], clear: bool = True,
                      before_clear: Callable[[ContainerInfo], object] | None = None,
-                     write_empties: bool = False) -> float:
+                     write_empties: bool = False, marks: bool = False) -> float:
     """Stop, call `before_clear` (a check that may still refuse), empty (unless `clear` is
     False: one file or folder written over the rest), call `write` with the container whose
     mounts reach the volume, start; returns the seconds the container was down. A container
     a failed restore left stopped is started once this restore succeeds. `write_empties`:
     `write` empties the volume itself first (a worker that sees only that volume), so no
-    helper container does; it is journalled all the same before `write` runs."""
+    helper container does; it is journalled all the same before `write` runs. `marks`:
+    `write` empties or swaps the volume itself and calls its second argument just before it
+    does (journalled then: a failure before that starts the container again; `clear` then
+    only refuses a volume that is not empty)."""
     container, backup_name = request.container, request.backup_name
     was_left = is_left_stopped(ctx, container)
     with contextlib.ExitStack() as stack:
@@ -203,19 +240,28 @@ def replace_contents(ctx: Context, request: RestoreRequest, volume_name: str, mo
         # A replicated Swarm service's task containers go with a scale to 0: a stand-in reaches its volumes.
         current = stack.enter_context(ctx.readable(current))
         emptied = was_left
+
+        def emptying() -> None:
+            nonlocal emptied
+            emptied = True
+            if stop is not None:  # killed from here on, the next start must not run it
+                journal_left_stopped(ctx, current, backup_name)
+
         try:
             if before_clear is not None:
                 before_clear(current)
             if clear and not ctx.engine.path_is_empty(current.id, mount.destination):
                 if not request.force:  # written to while it was stopping
                     raise _not_empty(container, mount, volume_name)
-                emptied = True
-                if stop is not None:  # killed from here on, the next start must not run it
-                    journal_left_stopped(ctx, current, backup_name)
-                if not write_empties:
-                    _clear(ctx, current, mount)
+                if not marks:
+                    emptying()
+                    if not write_empties:
+                        _clear(ctx, current, mount)
             logger.info("restoring", extra={**fields, "phase": "restore"})
-            write(current)
+            if marks:
+                write(current, emptying)  # type: ignore[call-arg]
+            else:
+                write(current)
         except SidecarError as err:
             if emptied:
                 raise _left_stopped(stop, current, backup_name, volume_name, mount, err) from err
