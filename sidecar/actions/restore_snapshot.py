@@ -20,7 +20,6 @@ is stopped, and ends having written nothing on `quit` (any refusal before that).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import re
@@ -47,7 +46,7 @@ from ..core.snapshots import (
     snapshot_names,
 )
 from ..readers.unpack import CAPABILITIES as RESTORE_CAPABILITIES
-from ..worker import PROTOCOL
+from ..worker import PROTOCOL, record_of
 from .context import Context
 from ..store.restic import Repository
 from ..core.settings import destination_name
@@ -286,11 +285,10 @@ class _StagedRestore:
         self._link = link
 
     def _on_line(self, line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
+        record = record_of(line)
+        if not record:
             return False
-        event = record.get("event") if isinstance(record, dict) else None
+        event = record.get("event")
         if event == "staged":
             self.events.put(record)
         elif event in ("restic-stderr", "error"):

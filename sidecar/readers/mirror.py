@@ -34,9 +34,10 @@ from ..tarball.archive import ArchiveResult
 from ..docker.engine import Engine
 from ..core.errors import ArchiveError, EngineError
 from ..core.model import WorkerLink, WorkerResult, WorkerSpec
-from ..mirror.worker import GO, INFO, SPECIAL, TREE
+from ..mirror.worker import GO, INFO
 from .base import ArchiveRequest, Progress, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, VOLUME_ROOT, WorkerArchive, WorkerReader, _Plan
+from ..worker import record_of
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +94,6 @@ def kept_mirrors(state_dir: Path) -> list[tuple[str, str, Path]]:
         return []
 
 
-def _record(line: str) -> dict:
-    """A worker's JSON line ({} for anything else, e.g. Python's own traceback)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 class _Pass:
     """One mirror worker's output: ready, no-room, result or error."""
 
@@ -117,7 +109,7 @@ class _Pass:
         self.failure: BaseException | None = None  # raised by run_worker in a thread
 
     def on_line(self, line: str) -> bool:
-        record = _record(line)
+        record = record_of(line)
         event = record.get("event")
         if event == "progress":
             self.copied = int(record.get("tar_bytes") or 0)
@@ -155,7 +147,7 @@ class _Held:
         self.ended = threading.Event()
 
     def on_line(self, line: str) -> bool:
-        record = _record(line)
+        record = record_of(line)
         stage = record.get("stage")
         if stage == "first":
             return self.first.on_line(line)

@@ -11,7 +11,6 @@ never content). Publishing (checksum, rename) is WorkerArchive's.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..core.model import Compression, Mount, WorkerMount, WorkerSpec
 from ..core.stacks import OUTSIDE, Stack
 from .base import ArchiveRequest, WorkerSettings
 from .worker import CAPABILITIES, PYTHON, STORE_LABEL, TARGET_LABEL, WorkerArchive, WorkerSite, _Plan
+from ..worker import record_of
 
 STACK_ROOT = "/stack"
 
@@ -74,11 +74,10 @@ class StackArchive(WorkerArchive):
                           capabilities=CAPABILITIES, timeout=timeout)
 
     def on_line(self, line: str, progress) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
+        record = record_of(line)
+        if not record:
             return False
-        event = record.get("event") if isinstance(record, dict) else None
+        event = record.get("event")
         if event == "left_out":
             relpath = str(record.get("part"))
             self.left_out.append(LeftOut(relpath, self._host_path(relpath), str(record.get("reason")),

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -59,7 +58,7 @@ from sidecar.readers import READERS
 from sidecar.readers.base import WorkerSettings
 from sidecar.readers.worker import KEYS_FOLDER, NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite, volume_mounts
 from sidecar.store.storage import STATE_DIR
-from sidecar.worker import PROTOCOL
+from sidecar.worker import PROTOCOL, record_of
 from sidecar.worker.extract import MODULE, write_keys
 
 logger = logging.getLogger(__name__)
@@ -334,11 +333,10 @@ class _Output:
         self.error: dict | None = None
 
     def __call__(self, line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
+        record = record_of(line)
+        if not record:
             return False
-        event = record.get("event") if isinstance(record, dict) else None
+        event = record.get("event")
         if event == "started":
             self.started = True
         elif event == "progress":

@@ -23,7 +23,6 @@ WARNING naming BACKUP_WORKER_IMAGE (unless it is `none`: the user's choice).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -40,7 +39,7 @@ from ..core.model import ContainerInfo, Mount, WorkerMount, WorkerResult, Worker
 from ..core.naming import PARTIAL_SUFFIX
 from ..store.state import JsonState
 from ..store.storage import STATE_DIR
-from ..worker import PROTOCOL
+from ..worker import PROTOCOL, record_of
 from ..worker.archive import write_keys
 from .base import ArchiveRequest, Progress, WorkerSettings
 
@@ -217,11 +216,10 @@ class WorkerArchive:
         write_keys(path, self.request.encryption)
 
     def on_line(self, line: str, progress: Progress | None) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
+        record = record_of(line)
+        if not record:
             return False  # not ours (e.g. Python's own traceback): logged as it is
-        event = record.get("event") if isinstance(record, dict) else None
+        event = record.get("event")
         if event == "progress":
             if progress is not None:
                 progress(int(record.get("tar_bytes") or 0))  # raises BackupAborted on shutdown
@@ -432,11 +430,8 @@ def _probe(engine: Engine, image: str) -> str | None:
     found: dict = {}
 
     def on_line(line: str) -> bool:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return False
-        if isinstance(record, dict) and record.get("event") == "probe":
+        record = record_of(line)
+        if record.get("event") == "probe":
             found.update(record)
             return True
         return False

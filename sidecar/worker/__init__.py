@@ -10,6 +10,7 @@ whenever the sidecar and the worker must agree on something new. A worker ends w
 sidecar that started it is gone (watch_parent).
 """
 
+import json
 import os
 import queue
 import threading
@@ -35,6 +36,16 @@ COMMANDS: "queue.Queue[str]" = queue.Queue()  # the sidecar's lines on stdin (wa
 # Run before a worker whose sidecar is gone ends (e.g. the one-pass restore's staging folder
 # removed: the volume as it was); a failing one is skipped.
 ON_ORPHAN: "list[Callable[[], None]]" = []
+
+
+def record_of(line: str) -> dict:
+    """A worker's output line as the sidecar reads it: its JSON record, or {} for anything
+    else (e.g. Python's own traceback, logged as it is by the caller)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def watch_parent(environ=os.environ, stdin_fd: int = 0, exit=os._exit,

@@ -15,6 +15,7 @@ from sidecar.tarball.archive import filter_tar
 from sidecar.docker.engine import Engine, own_ids_in_mountinfo
 from sidecar.core.model import ContainerInfo, ContainerState, Mount, WorkerMount
 from sidecar.readers.worker import STORE_ROOT, VOLUME_ROOT, store_mount, volume_mounts
+from sidecar import worker
 from sidecar.worker.archive import listing, tar_command
 
 
@@ -147,3 +148,13 @@ def test_the_compressors_pipe_to_the_worker_is_widened(tmp_path, monkeypatch):
     monkeypatch.setattr(archive, "_widen", spy)
     outcome = archive.run_archive(archive.ArchiveJob(tmp_path / "volume", output, Compression.ZSTD), lambda r: None)
     assert sizes == [archive.PIPE_BYTES] and outcome.size == output.stat().st_size
+
+
+@pytest.mark.parametrize("line, record", [
+    ('{"event": "progress", "tar_bytes": 5}', {"event": "progress", "tar_bytes": 5}),
+    ("Traceback (most recent call last):", {}),  # Python's own output: not a record
+    ('["a", "list"]', {}),  # JSON, but not a record
+    ("", {}),
+])
+def test_the_sidecar_reads_a_workers_line_as_its_record_or_nothing(line, record):
+    assert worker.record_of(line) == record

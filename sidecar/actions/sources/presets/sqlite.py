@@ -38,10 +38,11 @@ from ....core.labels import SQLITE_PATHS, sqlite_globs
 from ....core.model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
 from ....core.presetnames import dump_type
 from ....readers import get as get_reader
+from ....worker import record_of
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import ArchiveSink, DumpSink, left_stopped, needs_quiesce, one_archive
+from .dump import ArchiveSink, DumpSink, left_stopped, one_archive
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +155,13 @@ class SqliteCapture:
         errors: list[str] = []
 
         def on_line(line: str) -> bool:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and record.get("event") == "copied":
-                    copies.append(record)
-                    return True
-                if isinstance(record, dict) and record.get("event") == "error":
-                    errors.append(str(record.get("error")))
-                    return True
+            record = record_of(line)
+            if record.get("event") == "copied":
+                copies.append(record)
+                return True
+            if record.get("event") == "error":
+                errors.append(str(record.get("error")))
+                return True
             return False
 
         spec = WorkerSpec(site.image, ("python3", "-c", WORKER_SCRIPT, json.dumps(jobs), site.store.inside(self.temp)),
