@@ -175,6 +175,6 @@ def test_the_whole_flow_through_the_allow_list_proxy(lab, worker_image, socket_p
     print("calls through the proxy:", *sorted({re.sub(r"/[0-9a-f]{64}|/backup-sidecar-worker-\w+", "/{id}", call)
                                                for call in seen}), sep="\n  ")
     for must in (r"GET /events", r"POST /containers/\w+/stop", r"POST /containers/\w+/pause",
-                 r"POST /containers/\w+/exec", r"POST /containers/create", r"GET /containers/\w+/logs",
+                 r"POST /containers/\w+/exec", r"POST /containers/create", r"POST /containers/[\w-]+/attach",
                  r"GET /images/.+/get", r"POST /images/load"):
         assert any(re.fullmatch(must, call) for call in seen), (must, sorted(seen))
