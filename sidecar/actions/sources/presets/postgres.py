@@ -20,7 +20,7 @@ from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, dump_capture, dump_file, feed_dump, in_shell, one_archive, preset_user, restoring,
+    DumpCommand, dump_capture, dump_file, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
 )
 
 logger = logging.getLogger(__name__)

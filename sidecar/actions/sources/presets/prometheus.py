@@ -26,7 +26,7 @@ from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, one_archive, restoring,
+    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
 )
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from ....worker import record_of
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
-from .dump import ArchiveSink, DumpSink, left_stopped, one_archive
+from .dump import ArchiveSink, DumpSink, left_stopped, needs_quiesce, one_archive
 
 logger = logging.getLogger(__name__)
 
