@@ -120,3 +120,20 @@ def test_without_a_worker_the_restore_fails_closed_naming_the_setting(engine, ma
     assert "BACKUP_WORKER_IMAGE" in str(err.value) and "no-such-image" in str(err.value)
     assert (data / "app.db").read_bytes() == b"the newer database" and removed == []
     assert engine.names("stop") == []
+
+
+def test_more_members_than_databases_are_refused_and_a_listed_name_is_bounded(engine, make_ctx, app, monkeypatch):
+    engine.worker_images.add(IMAGE)
+    ctx = make_ctx(BACKUP_WORKER_IMAGE=IMAGE)
+    container, data, removed = app
+    path = _archive(ctx, {"data/a.db": (DB, 0o640), "data/b.db": (DB, 0o640)})
+    monkeypatch.setattr(sqlite, "MAX_DATABASES", 1)
+    with pytest.raises(RestoreError, match="more than 1 members"):
+        sqlite.restore(ctx, _request(engine, container, path))
+    assert engine.names("stop") == [] and not (data / "a.db").exists() and engine.running_workers() == []
+    record = {"name": "x" * 5000, "kind": "file", "mode": 0o644, "uid": 0, "gid": 0, "mtime_ns": 0, "size": 0,
+              "realsize": 0}
+    with pytest.raises(RestoreError, match="MAX_PATH"):
+        unpack._member(record, path.name)
+    with pytest.raises(RestoreError, match="cannot read"):
+        unpack._member({**record, "name": "a", "kind": "device"}, path.name)
