@@ -3,13 +3,15 @@ and restore one file or folder (`restore NAME --path PATH`), into the volume or 
 folder on the backup volume for inspection (`--into`), from the backup volume or a
 destination (`--from`), volume archives and preset dumps alike.
 
-Nothing here parses an archive: the listing is the checked extractor's own member
-iteration (sidecar/tarball/extract.py `list_members`: decrypted, decompressed, hashed and checked
-as a stream, never unpacked), and writing is its folder writer with a member filter
-(sidecar/core/members.py `chosen`), always in an extract worker container: for `--into` with
-the backup volume read-write (the folder is on it), for a volume with that volume; where
-no worker can run, the restore is refused (BACKUP_WORKER_IMAGE). The whole archive is read and checked either way; only the chosen members are
-written, and nothing else in the volume is touched.
+Nothing here parses an archive, and the sidecar process reads none: the listing is the
+checked extractor's own member iteration in an extract worker container (`--list`, with the
+backup volume read-only and nothing else: decrypted, decompressed, hashed and checked as a
+stream, never unpacked; sidecar/readers/unpack.py `list_archive`), and writing is its folder
+writer with a member filter (sidecar/core/members.py `chosen`) in another such worker: for
+`--into` with the backup volume read-write (the folder is on it), for a volume with that
+volume. Where no worker can run, listing and restoring are refused (BACKUP_WORKER_IMAGE). The
+whole archive is read and checked either way; only the chosen members are written, and
+nothing else in the volume is touched.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable, Iterator
 
 from ..readers import unpack
 from ..core.errors import ConfigError, NotFound, RestoreError
-from ..tarball.extract import Kind, Member, list_members, open_archive, verify
+from ..tarball.extract import ArchiveFile, Kind, Member, Summary, open_archive
 from ..core.members import chosen, matching, member_path, part_of, under
 from ..core.model import ContainerInfo, ContainerState, Mount, Strategy
 from ..core.naming import IMAGE_FOLDER
@@ -86,13 +88,15 @@ def run_list_files(ctx: Context, name: str | None, archive: str = "latest", item
     keep = _checked_selector(path, match)
     with contextlib.ExitStack() as stack:
         found = _archive(ctx, stack, name, item, archive, from_remote)
-        rows, total = [], 0
+        rows: list[FileRow] = []
+
+        def take(member: Member) -> None:
+            if keep(member.name):
+                rows.append(_row(ctx, member))
+
         with open_archive(found) as opened:
-            for member in list_members(opened, ctx.settings.decryption):
-                total += 1
-                if keep(member.name):
-                    rows.append(_row(ctx, member))
-        return FileListing(str(found), total, tuple(rows))
+            check = _listed(ctx, _request(ctx, opened, name or found.name), take)
+        return FileListing(str(found), check.members, tuple(rows))
 
 
 def run_restore_path(ctx: Context, ref: str, path: str | None, item: str | None = None, archive: str = "latest",
@@ -191,15 +195,29 @@ def _into_folder(ctx: Context, ref: str, found: Path, folder: Path, path: str | 
         written += keep(member.name)
 
     with open_archive(found) as opened:
-        check = verify(opened, ctx.settings.decryption, on_member=count)
+        how = _request(ctx, opened, ref, ContainerInfo("", f"folder {folder}", "", "", ContainerState.EXITED, {}, ()),
+                       Mount("bind", str(folder), str(folder)), path=path, dump_parts=dump, leave_root=True)
+        check = _listed(ctx, how, count, f" to restore it into {folder}")
         if not written:
             raise NotFound(f"{found.name} holds no member under that path (see `list NAME --files`)")
-        how = unpack.UnpackRequest(ContainerInfo("", f"folder {folder}", "", "", ContainerState.EXITED, {}, ()),
-                                   Mount("bind", str(folder), str(folder)), opened, check.sha256,
-                                   ctx.settings.decryption, ctx.worker_settings, ref, path=path, dump_parts=dump,
-                                   leave_root=True)
+        how = dataclasses.replace(how, sha256=check.sha256)
         unpack.run_worker(ctx.engine, how, _folder_plan(ctx, how, folder))
     return written
+
+
+def _request(ctx: Context, opened: ArchiveFile, ref: str, container: ContainerInfo | None = None,
+             mount: Mount | None = None, **only) -> unpack.UnpackRequest:
+    """What the workers get for `opened` (the sha256 the listing read is filled in before a
+    write); with no container, a stand-in whose mounts no listing worker gets."""
+    container = container or ContainerInfo("", f"archive {opened.name}", "", "", ContainerState.EXITED, {}, ())
+    return unpack.UnpackRequest(container, mount or Mount("bind", "", ""), opened, "", ctx.settings.decryption,
+                                ctx.worker_settings, ref, **only)
+
+
+def _listed(ctx: Context, how: unpack.UnpackRequest, on_member: Callable[[Member], None], why: str = "") -> Summary:
+    """The archive's members, each to `on_member`, as a listing worker reads them (no worker,
+    no listing: the sidecar parses no archive)."""
+    return unpack.list_archive(ctx.engine, how, unpack.listing_plan(ctx.engine, how, why), on_member)
 
 
 def _folder_plan(ctx: Context, how: unpack.UnpackRequest, folder: Path) -> unpack.WorkerPlan:
@@ -246,15 +264,21 @@ def _into_volume(ctx: Context, ref: str, container, mount, backup_name: str, sto
     strategy = target.config.strategy if target is not None else Strategy.STOP
     fields = {"target": backup_name, "container": container.name, "path": path, "phase": "restore"}
     with ctx.store.target_lock(backup_name), open_archive(found) as opened:
-        check = verify(opened, ctx.settings.decryption)
-        members = [m for m in list_members(opened, ctx.settings.decryption) if m.name and under(path)(m.name)]
+        how = _request(ctx, opened, backup_name, container, mount, path=path)
+        wanted = under(path)
+        members = 0
+
+        def count(member: Member) -> None:
+            nonlocal members
+            members += bool(member.name) and wanted(member.name)
+
+        check = _listed(ctx, how, count, f" to restore it into {container.name}:{mount.destination}")
         if not members:
             raise NotFound(f"{found.name} holds no member under {path!r} (see `list {backup_name} --files`)")
-        how = unpack.UnpackRequest(container, mount, opened, check.sha256, ctx.settings.decryption,
-                                   ctx.worker_settings, backup_name, path=path)
+        how = dataclasses.replace(how, sha256=check.sha256)
         plan = unpack.require_worker(how, *unpack.worker_plan(ctx.engine, how))
         with _interrupted(ctx, container, strategy, backup_name, stop_timeout) as window:
-            logger.info("restoring one path", extra={**fields, "members": len(members)})
+            logger.info("restoring one path", extra={**fields, "members": members})
             unpack.run_worker(ctx.engine, how, plan)
         return window.seconds if window is not None else 0.0
 

@@ -15,6 +15,7 @@ left out with one warning per run naming them (paths only, never content).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os.path
 import time
@@ -24,14 +25,14 @@ from pathlib import Path
 
 from ..tarball.archive import ArchiveResult
 from ..core.errors import BackupError, RestoreError, SidecarError
-from ..tarball.extract import open_archive, verify
+from ..tarball.extract import open_archive
 from ..core.model import Compression, ContainerInfo, ContainerState, Mount, Target, WorkerMount
 from ..core.naming import CHECKSUM_SUFFIX, choose_name
 from ..readers import READERS
 from ..readers.stack import StackArchive, stack_request
 from ..readers.worker import NAME as WORKER, VOLUME_ROOT, WorkerReader, WorkerSite
 from ..core.stacks import ITEM, WORKING_DIR, Stack, discover_stacks
-from ..readers.unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, run_worker
+from ..readers.unpack import UnpackRequest, WorkerPlan, WorkerUnavailable, list_archive, run_worker
 from .context import Context
 from .formats import StorageFormat, format_of
 from .formats.base import SnapshotResult
@@ -187,13 +188,18 @@ def run_restore_stack(ctx: Context, project: str, into: str, archive: str = "lat
             path = archive_to_read(ctx, stack, project, ITEM, archive, from_remote, node,
                                    f"the stack of project {project}")
         fields = {"project": project, "archive": str(path), "into": into, "phase": "restore-stack"}
+        plan = _plan(ctx, site, path, into)
         with open_archive(path) as opened:
             logger.info("verifying archive", extra={**fields, "phase": "verify"})
-            check = verify(opened, ctx.settings.decryption)  # nothing is written from a damaged archive
-            request = UnpackRequest(_folder_as_container(project, into), Mount("bind", into, into), opened,
-                                    check.sha256, ctx.settings.decryption, ctx.worker_settings, project)
+            request = UnpackRequest(_folder_as_container(project, into), Mount("bind", into, into), opened, "",
+                                    ctx.settings.decryption, ctx.worker_settings, project)
+            # Nothing is written from a damaged archive: a listing worker checks it whole first
+            # (the backup volume read-only, nothing else), the sidecar parses none.
+            check = list_archive(ctx.engine, request, dataclasses.replace(plan, mounts=plan.mounts[-1:]),
+                                 lambda member: None)
+            request = dataclasses.replace(request, sha256=check.sha256)
             try:
-                summary = run_worker(ctx.engine, request, _plan(ctx, site, path, into))
+                summary = run_worker(ctx.engine, request, plan)
             except WorkerUnavailable as err:
                 raise RestoreError(f"{err}; the folder must exist on the Docker host (mkdir -p {into})") from err
     seconds = time.monotonic() - started

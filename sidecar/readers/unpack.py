@@ -13,6 +13,11 @@ fallback: its unpacker is a second tar reader writing our files (with its own ru
 xattrs and sparse data), and a canonical stream of files and folders only would restore a
 different tree than the archive holds whenever it has a symlink or a hard link.
 
+What the sidecar must know of an archive before it restores or shows it (a preset's member
+names, which pick the mounts; `list --files`; a path's members) comes from such a worker too,
+run with `--list` and the backup volume read-only only (`list_archive`: one record per member,
+each bounded by the parser), and the sidecar decides from those records (issue 19).
+
 A volume's restore runs ONE such worker (StagedRestore), started before anything stops, told
 what to do by lines on its stdin (the attach that also ends it when the sidecar dies). The
 sidecar itself reads no byte of the archive.
@@ -37,7 +42,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyrage
 
@@ -51,7 +56,7 @@ from sidecar.core.errors import (
     SidecarError,
     UnsafeArchive,
 )
-from sidecar.tarball.extract import ArchiveFile, Summary
+from sidecar.tarball.extract import MAX_PATH, ArchiveFile, Kind, Member, Summary
 from sidecar.core.keys import DecryptionKeys
 from sidecar.core.model import ContainerInfo, Mount, WorkerLink, WorkerMount, WorkerResult, WorkerSpec
 from sidecar.readers import READERS
@@ -159,6 +164,72 @@ def require_worker(request: UnpackRequest, plan: WorkerPlan | None, reason: str)
 def unpack(engine: Engine, request: UnpackRequest, plan: WorkerPlan) -> tuple[Summary, str]:
     """Write the archive into the mount; returns the summary and the path that ran."""
     return run_worker(engine, request, plan), WORKER_PATH
+
+
+def listing_plan(engine: Engine, request: UnpackRequest, why: str = "") -> WorkerPlan:
+    """The worker that lists an archive (`--list`): the backup volume read-only and nothing
+    else. Fails closed, naming BACKUP_WORKER_IMAGE, where none can run: the sidecar never
+    parses an archive itself. `why`: what the listing is for, in that message."""
+    plan, reason = worker_plan(engine, request)
+    if plan is None:
+        raise WorkerUnavailable(
+            f"cannot read {request.archive.name}{why}: no worker container can run ({reason}). An archive's members are "
+            "only read by the checked extractor in a worker container: run the sidecar in its container (its own "
+            "image is used), or set BACKUP_WORKER_IMAGE to the sidecar's image")
+    return dataclasses.replace(plan, mounts=(plan.mounts[-1],), skip=(), nested=False)
+
+
+def list_archive(engine: Engine, request: UnpackRequest, plan: WorkerPlan, on_member: Callable[[Member], None],
+                 limit: int | None = None) -> Summary:
+    """Every accepted member (`request.only` applied) as the worker's `--list` reports it,
+    in the archive's order, to `on_member`; returns the summary (with `expanded`) once the
+    whole archive was accepted. A damaged, unsafe or swapped archive raises as `verify`
+    does; more than `limit` members raise RestoreError (the worker is stopped)."""
+    fields = {"target": request.target, "container": request.container.name, "volume": request.mount.destination,
+              "phase": "verify", "path": WORKER_PATH}
+    seen = 0
+
+    def member(record: dict) -> None:
+        nonlocal seen
+        seen += 1
+        if limit is not None and seen > limit:
+            raise RestoreError(f"{request.archive.name} holds more than {limit} members: not what this restore "
+                               "expects")
+        on_member(_member(record, request.archive.name))
+
+    output = _Output(fields, on_member=member)
+    with _spec(request, plan, ["--list"]) as spec:
+        try:
+            result = engine.run_worker(spec, output)
+        except EngineError as err:
+            raise WorkerUnavailable(f"no worker container could run ({err}); set BACKUP_WORKER_IMAGE to the "
+                                    "sidecar's image") from err
+    done = output.result
+    if done is not None and result.ok and done.get("protocol") != PROTOCOL:
+        raise WorkerUnavailable(f"the worker image {plan.site.image} speaks worker protocol {done.get('protocol')}, "
+                                f"this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE to the sidecar's image")
+    if done is None or not result.ok:
+        _outcome(result, output, plan, fields, typed=True)
+    assert done is not None
+    expected = request.archive.expected_sha256
+    if expected is not None and done["sha256"] != expected:
+        raise ChecksumMismatch(f"{request.archive.name}: the worker read SHA-256 {done['sha256']}, the checksum file "
+                               f"says {expected}")
+    return Summary(int(done["members"]), int(done["tar_bytes"]), str(done["sha256"]), int(done["stripped"]), None,
+                   int(done["expanded"]))
+
+
+def _member(record: dict, archive: str) -> Member:
+    """A `member` record as a Member (no xattrs, no sparse map: what deciding and showing need),
+    its text bounded as the parser bounds it."""
+    try:
+        name, link = record["name"], record.get("linkname", "")
+        if not isinstance(name, str) or not isinstance(link, str) or max(len(name), len(link)) > MAX_PATH:
+            raise ValueError("a name or link longer than MAX_PATH")
+        return Member(name, Kind(record["kind"]), int(record["mode"]), int(record["uid"]), int(record["gid"]), "", "",
+                      int(record["mtime_ns"]), int(record["size"]), int(record["realsize"]), link)
+    except (KeyError, TypeError, ValueError) as err:
+        raise RestoreError(f"the worker listing {archive} said a member the sidecar cannot read ({err})") from err
 
 
 class StagedRestore:
@@ -325,9 +396,11 @@ class StagedRestore:
 class _Output:
     """The worker's JSON lines, as they come."""
 
-    def __init__(self, fields: dict, events: "queue.Queue[dict] | None" = None):
+    def __init__(self, fields: dict, events: "queue.Queue[dict] | None" = None,
+                 on_member: Callable[[dict], None] | None = None):
         self.fields = fields
         self.events = events  # `verified` and `room` (a staged worker's), for the thread that waits
+        self.on_member = on_member  # a listing worker's `member` records
         self.started = False
         self.result: dict | None = None
         self.error: dict | None = None
@@ -344,6 +417,8 @@ class _Output:
         elif event == "warning":
             logger.warning("worker: " + str(record.get("message")),
                            extra={**self.fields, "member": record.get("member")})
+        elif event == "member" and self.on_member is not None:
+            self.on_member(record)
         elif event == "result":
             self.result = record
         elif event == "error":

@@ -28,6 +28,13 @@ volume is as it was. When the volume cannot hold the old and the new tree at onc
 while staging) it says `fallback` (with the reason) and goes on as `--staged` does (verify,
 room, go), emptying --into itself before the write.
 
+`--list` (PROTOCOL 11: what the sidecar needs to know of an archive before it restores, or to
+show it) writes nothing and mounts no volume but the backup volume, read-only: it reads the
+archive with the same parser and policy (`--only` too) and says one `member` record per
+accepted member (name, kind, mode, owner, times, sizes, link; each bounded by the parser:
+MAX_PATH, MAX_SYMLINK_TARGET), --into left untouched, then `result` with the summary and `expanded`. The sidecar
+decides from those records; it parses no archive itself.
+
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
@@ -108,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sidecar.worker.extract")
     parser.add_argument("--archive", type=Path)
     parser.add_argument("--into", type=Path, required=True)
+    parser.add_argument("--list", action="store_true", help="write nothing: one `member` record per accepted member")
     parser.add_argument("--skip", action="append", default=[], help="a folder below --into left out (read-only)")
     parser.add_argument("--only", action="append", help="a glob: only regular files it matches may be written")
     parser.add_argument("--staged", action="store_true", help="verify first, then wait for room/go/quit on stdin")
@@ -134,6 +142,11 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
         if archive.expected_sha256 is not None and expected != archive.expected_sha256:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
+        if args.list:
+            began = time.monotonic()
+            check = verify(archive, keys, args.only, on_member=_emit_member)
+            return {**_counts(check), "expanded": check.expanded, "protocol": PROTOCOL,
+                    "seconds": round(time.monotonic() - began, 3)}
         if args.one_pass:
             emit({"event": "ready", "protocol": PROTOCOL})
             if _next(commands, ("go", "quit"), "started") != "go":
@@ -252,6 +265,12 @@ def _next(commands: "queue.Queue[str]", accepted: tuple[str, ...], after: str) -
             raise SidecarError(f"no word from the sidecar in {COMMAND_TIMEOUT:g} s after {after}")
         if command in accepted:
             return command
+
+
+def _emit_member(member: Member) -> None:
+    emit({"event": "member", "name": member.name, "kind": member.kind.value, "mode": member.mode,
+          "uid": member.uid, "gid": member.gid, "mtime_ns": member.mtime_ns, "size": member.size,
+          "realsize": member.realsize, "linkname": member.linkname})
 
 
 def _counts(summary: Summary) -> dict:

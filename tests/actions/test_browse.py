@@ -38,7 +38,7 @@ def backed_up(run, engine, data, **labels):
     return app
 
 
-def test_list_files_shows_members_filtered_without_unpacking(run, engine, env, data, capsys):
+def test_list_files_shows_members_filtered_without_unpacking(run, engine, env, data, worker, capsys):
     backed_up(run, engine, data)
     capsys.readouterr()
     before = sorted(p for p in Path(env["BACKUP_DIR"]).rglob("*"))
@@ -66,7 +66,7 @@ def test_list_files_shows_members_filtered_without_unpacking(run, engine, env, d
     assert run("list", "--files", archive, "--path", "../etc") == 64
 
 
-def test_list_files_refuses_a_damaged_archive(run, engine, env, data, capsys):
+def test_list_files_refuses_a_damaged_archive(run, engine, env, data, worker, capsys):
     backed_up(run, engine, data)
     [archive] = sorted(Path(env["BACKUP_DIR"]).glob("daily/*.tar.zst"))
     raw = bytearray(archive.read_bytes())
@@ -119,7 +119,9 @@ def test_into_a_folder_on_the_backup_volume(run, engine, env, data, worker, caps
     assert "into " + str(backups / "restored" / "app") + " (2 entries" in capsys.readouterr().out
     assert engine.names("stop") == []  # the app is not needed
     # Written by the extract worker (the one writer), with the backup volume read-write, into the folder on it.
-    [spec] = [s for s in engine.workers_run if s.purpose == "extract"]
+    # First a listing worker (the sidecar parses no archive): the backup volume read-only, nothing else.
+    listing, spec = [s for s in engine.workers_run if s.purpose == "extract"]
+    assert "--list" in listing.command and [(m.source, m.read_only) for m in listing.mounts] == [(str(backups), True)]
     assert [(m.source, m.read_only) for m in spec.mounts] == [(str(backups), False)]
     assert spec.command[spec.command.index("--into") + 1].endswith("/restored/app")
     assert "--path=sub" in spec.command and "--leave-root" in spec.command
@@ -199,3 +201,38 @@ def test_join_parts_in_order(tmp_path):
         (tmp_path / f"x.sql.{n:06d}").write_text(text)
     assert _join_parts(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.sql"] and (tmp_path / "x.sql").read_text() == "abc"
+
+
+def _refused(*args, **kwargs):
+    raise AssertionError("the sidecar parsed the archive")
+
+
+def test_listing_and_restoring_a_path_parse_no_archive_in_the_sidecar(run, engine, env, data, worker, monkeypatch,
+                                                                      capsys):
+    """Issue 19: the members are read by a listing worker (`--list`), never by the sidecar's parser."""
+    app = backed_up(run, engine, data)
+    backups = Path(env["BACKUP_DIR"])
+    monkeypatch.setattr("sidecar.tarball.extract._Pass.__init__", _refused)
+    capsys.readouterr()
+    assert run("list", "app", "--files", "--match", "*.txt", "--json") == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["members"] == 5 and [f["path"] for f in found["files"]] == ["a.txt"]
+    assert found["files"][0]["mode"] == "-rw-r--r--" and found["files"][0]["size"] == 6
+    assert run("restore", "app", "--volume", "data", "--path", "sub", "--into", "restored/app") == 0
+    assert tree(backups / "restored" / "app")["sub/b.bin"] == tree(data)["sub/b.bin"]
+    before = tree(data)
+    (data / "a.txt").write_text("changed\n")
+    assert run("restore", "app", "--volume", "data", "--path", "a.txt") == 0
+    assert tree(data) == before and engine.state(app.id) is ContainerState.RUNNING
+    assert run("restore", "app", "--volume", "data", "--path", "missing.txt") == 2  # decided from the worker's records
+    listings = [s for s in engine.workers_run if s.purpose == "extract" and "--list" in s.command]
+    assert len(listings) == 4 and all([(m.read_only) for m in s.mounts] == [True] for s in listings)
+    assert engine.running_workers() == []
+
+
+def test_listing_without_a_worker_is_refused_naming_the_setting(run, engine, data, monkeypatch, capsys):
+    backed_up(run, engine, data)
+    monkeypatch.setattr("sidecar.tarball.extract._Pass.__init__", _refused)
+    assert run("list", "app", "--files") == 1
+    said = capsys.readouterr().err
+    assert "no worker container can run" in said and "BACKUP_WORKER_IMAGE" in said

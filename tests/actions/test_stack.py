@@ -75,8 +75,12 @@ def backup(make_ctx, engine, **env):
     return ctx, outcome
 
 
+def _unparsed(*args, **kwargs):
+    raise AssertionError("the sidecar parsed the archive")
+
+
 def test_encrypted_stack_is_archived_and_restored_into_a_new_folder(engine, make_ctx, tmp_path, project, keys,
-                                                                    caplog):
+                                                                    caplog, monkeypatch):
     add_app(engine, tmp_path, project)
     caplog.set_level(logging.INFO, logger="sidecar")
     ctx, outcome = backup(make_ctx, engine, **keys)
@@ -93,7 +97,12 @@ def test_encrypted_stack_is_archived_and_restored_into_a_new_folder(engine, make
 
     into = tmp_path / "restored"
     into.mkdir()
+    engine.workers_run.clear()
+    monkeypatch.setattr("sidecar.tarball.extract._Pass.__init__", _unparsed)  # workers read it, never the sidecar
     done = run_restore_stack(ctx, "proj", str(into))
+    listing, writer = [s for s in engine.workers_run if s.purpose == "extract"]
+    assert "--list" in listing.command and [m.read_only for m in listing.mounts] == [True]
+    assert "--list" not in writer.command
     assert done.archive == archive.path
     for rel in ("docker-compose.yml", ".env", "secrets/pw.txt", "conf/app.conf", "dynamic/routes.yml"):
         assert (into / rel).read_bytes() == (project / rel).read_bytes(), rel

@@ -2,7 +2,7 @@
 archive's members, `restore NAME --path` puts one file back into the volume through the
 extract worker (the rest of the volume as it is now, the container running again), and
 `--into` writes one into a folder on the backup volume through the same worker (refused,
-writing nothing, where no worker may run)."""
+writing nothing, where no worker may run; the listing too, which a worker reads)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_list_then_one_file_into_the_volume_and_one_into_a_folder(lab, worker_im
     env = {"BACKUP_WORKER_IMAGE": worker_image}
     assert lab.cli("backup", "app").returncode == 0  # read through the engine's API: the quick way here
 
-    listing = lab.cli("list", "app", "--files", "--path", "conf")
+    listing = lab.cli("list", "app", "--files", "--path", "conf", **env)  # read by a worker: the sidecar parses none
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[0].split() == ["MODE", "SIZE", "MTIME", "PATH"]
@@ -37,6 +37,8 @@ def test_list_then_one_file_into_the_volume_and_one_into_a_folder(lab, worker_im
                       BACKUP_WORKER_IMAGE="none")
     assert refused.returncode == 1 and "BACKUP_WORKER_IMAGE" in refused.stderr, refused.stderr
     assert not any((lab.backup_dir / "restored" / "app").iterdir())  # the sidecar wrote nothing itself
+    unread = lab.cli("list", "app", "--files", BACKUP_WORKER_IMAGE="none")
+    assert unread.returncode == 1 and "BACKUP_WORKER_IMAGE" in unread.stderr, unread.stderr
 
     into = lab.cli("restore", "app", "--volume", "data", "--path", "big.bin", "--into", "restored/app", **env)
     assert into.returncode == 0, into.stderr

@@ -50,6 +50,22 @@ def test_a_restore_says_started_then_its_result(tmp_path, into, capsys):
     assert events[-1]["members"] == 1 and (into / "a.txt").read_bytes() == b"alpha"
 
 
+def test_a_listing_worker_says_each_member_then_the_summary_and_writes_nothing(tmp_path, into, capsys):
+    raw = directory(b"sub") + file(b"sub/a.db", b"alpha", 0o640) + symlink(b"link", b"sub/a.db") + END
+    path = write(tmp_path, raw)
+    code, events = _run(capsys, "--archive", path, "--into", into, "--list")
+    assert code == EXIT_OK and [e["event"] for e in events] == ["member"] * 3 + ["result"]
+    assert [(e["name"], e["kind"], e["mode"], e["realsize"], e["linkname"]) for e in events[:3]] == [
+        ("sub", "dir", 0o755, 0, ""), ("sub/a.db", "file", 0o640, 5, ""), ("link", "symlink", 0o777, 0, "sub/a.db")]
+    done = events[-1]
+    assert done["members"] == 3 and done["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert done["protocol"] == worker.PROTOCOL and done["expanded"] > 0
+    assert list(into.iterdir()) == []
+    # --only as a dump's restore: anything but a matching regular file is refused, by the same policy.
+    code, events = _run(capsys, "--archive", path, "--into", into, "--list", "--only=sub/*.db")
+    assert code == EXIT_REFUSED and events[-1]["kind"] == "UnsafeArchive"
+
+
 def test_a_checksum_file_other_than_what_the_sidecar_verified_is_refused_before_any_write(tmp_path, into, capsys):
     path = write(tmp_path, file(b"a.txt", b"alpha") + END)
     code, events = _run(capsys, "--archive", path, "--into", into, "--sha256", "0" * 64)

@@ -11,10 +11,12 @@ create is given to the database file's owner). Each database is copied with
 by their path in the target) and removes them. The app keeps running and writing (WAL) the
 whole time; in rollback-journal mode its writers wait while a database is read.
 
-Restore stops the container, removes each database's `-wal`/`-shm` (they belong to the old
-file), has the checked extractor in a worker write each database back into its volume (every
-member must be a regular file `backup.sqlite.paths` matches) and starts it again, on every
-path out."""
+Restore first has the checked extractor in a listing worker (the backup volume read-only,
+nothing else) report the archive's members: the sidecar parses no archive, it decides from
+those records which volumes the writing worker gets (every member must be a regular file
+`backup.sqlite.paths` matches). It then stops the container, removes each database's
+`-wal`/`-shm` (they belong to the old file), has the checked extractor in a worker write each
+database back into its volume and starts it again, on every path out."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Iterable, Iterator
 from ....readers import unpack
 from ....tarball.archive import ProgressLog
 from ....core.errors import BackupError, NotFound, RestoreError, SidecarError
-from ....tarball.extract import ArchiveFile, Kind, Member, open_archive, verify
+from ....tarball.extract import ArchiveFile, Kind, Member, Summary, open_archive
 from ....core.labels import SQLITE_PATHS, sqlite_globs
 from ....core.model import ContainerInfo, ContainerState, Mount, Target, WorkerMount, WorkerSpec
 from ....core.presetnames import dump_type
@@ -234,6 +236,7 @@ def capture_into(ctx: Context, target: Target, container: ContainerInfo, sink: D
 
 # --- restore ---------------------------------------------------------------------------------
 
+MAX_DATABASES = 1000  # members an sqlite dump archive may hold (each a database file)
 RESTORE_ROOT = "/restore"  # in the extract worker: each database's volume at RESTORE_ROOT + its destination
 
 
@@ -249,13 +252,12 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     # A container not (yet) labelled takes the databases the archive names, regular files only.
     patterns = sqlite_globs(container) if SQLITE_PATHS in container.labels else None
     with ctx.store.target_lock(request.backup_name), open_archive(path) as archive:
-        members: list[Member] = []
-        check = verify(archive, ctx.settings.decryption, only=patterns, on_member=members.append)
+        current = ctx.engine.inspect(container.id)
+        members, check = _members(ctx, current, archive, request.backup_name, patterns)
         if any(m.kind is not Kind.FILE for m in members):
             raise RestoreError(f"{path.name}: not an sqlite preset archive (it holds more than database files)")
         names = [m.name for m in members]
         patterns = patterns or tuple("/" + glob.escape(n) for n in names)
-        current = ctx.engine.inspect(container.id)
         how, plan = _plan(ctx, current, archive, check.sha256, request.backup_name, patterns, names)
         if not request.force:  # refused before anything is stopped
             _refuse_existing(ctx, current, names)
@@ -276,6 +278,19 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     seconds = time.monotonic() - started
     return RestoreOutcome(request.backup_name, container.name, ITEM, path, check.members, check.tar_bytes, seconds,
                           stop.seconds if stop is not None else 0.0)
+
+
+def _members(ctx: Context, container: ContainerInfo, archive: ArchiveFile, backup_name: str,
+             patterns: tuple[str, ...] | None) -> tuple[list[Member], Summary]:
+    """The archive's members as a listing worker reads them (`patterns`: each a regular file one
+    of them matches, or the archive is refused), at most MAX_DATABASES; the sidecar parses none."""
+    how = unpack.UnpackRequest(container, container.mounts[0] if container.mounts else Mount("bind", "", ""),
+                               archive, "", ctx.settings.decryption, ctx.worker_settings, backup_name,
+                               only=tuple(p.lstrip("/") for p in patterns) if patterns else None)
+    members: list[Member] = []
+    check = unpack.list_archive(ctx.engine, how, unpack.listing_plan(ctx.engine, how), members.append,
+                                limit=MAX_DATABASES)
+    return members, check
 
 
 def _plan(ctx: Context, container: ContainerInfo, archive: ArchiveFile, sha256: str, backup_name: str,
