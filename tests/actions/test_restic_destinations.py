@@ -85,16 +85,21 @@ def test_a_second_disk_takes_a_repository_and_a_missing_mount_is_never_created(e
     assert _offsite(ctx, "local") > 0
 
 
-@pytest.fixture
-def sftp(tmp_path):
+def _served(kind: str, root: Path, password: str, log: Path):
+    """An rclone server (`rclone serve KIND`) for the test's life."""
     if not RcloneServer.available():
         pytest.skip("rclone is not installed (scripts/test installs it)")
-    server = RcloneServer("sftp", tmp_path / "nas-root", "backup", "nas-Pw-5", tmp_path / "sftp.log")
+    server = RcloneServer(kind, root, "backup", password, log)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sftp(tmp_path):
+    yield from _served("sftp", tmp_path / "nas-root", "nas-Pw-5", tmp_path / "sftp.log")
 
 
 @pytest.mark.slow  # a real SFTP server and an outage; e2e test_restic keeps a destination in the default run
@@ -138,14 +143,7 @@ def test_an_rclone_remote_takes_a_repository_and_catches_up_after_an_outage(engi
 
 @pytest.fixture
 def webdav(tmp_path):
-    if not RcloneServer.available():
-        pytest.skip("rclone is not installed (scripts/test installs it)")
-    server = RcloneServer("webdav", tmp_path / "dav-root", "backup", "dav-Pw-7", tmp_path / "webdav.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _served("webdav", tmp_path / "dav-root", "dav-Pw-7", tmp_path / "webdav.log")
 
 
 @pytest.mark.slow  # a destination variant with a real server; the default run keeps e2e test_restic's S3 copy
