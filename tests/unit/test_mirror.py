@@ -288,6 +288,27 @@ def test_a_held_worker_runs_both_passes_and_archives_the_mirror_on_the_sidecars_
     assert lines[-1]["size"] == output.stat().st_size
 
 
+def test_a_held_workers_stopped_pass_starts_from_the_first_pass_manifest_not_its_file(
+        source, tmp_path, capsys, trusting, monkeypatch):
+    """Issue 20: reading back the manifest the first pass just wrote was a third of the
+    stopped pass (inside the stop window); the stopped pass gets it in memory, and writes
+    the same manifest a pass starting from the file writes."""
+    from sidecar.mirror import worker as worker_mirror
+
+    real_load, loaded = worker_mirror.load_manifest, []
+    monkeypatch.setattr(worker_mirror, "load_manifest", lambda folder: loaded.append(folder) or real_load(folder))
+    mirror, output = tmp_path / "mirror", tmp_path / "archive.tar.zst.partial"
+    output.touch()
+    code, lines = _held(source, mirror, output, ["go", "archive"], capsys)
+    assert code == 0, lines
+    assert loaded == [mirror]  # the first pass's only
+    assert snapshot(mirror / TREE) == snapshot(source)
+    written = loads((mirror / MANIFEST).read_text())
+    again = run_mirror(MirrorJob(source, mirror, stopped=True), [].append)
+    assert again is not None and again.copied == 0
+    assert loads((mirror / MANIFEST).read_text()).keys() == written.keys()
+
+
 @pytest.mark.parametrize("words, stages", [(["abort"], ["first"]), (["go", "abort"], ["first", "stopped"])])
 def test_a_held_worker_called_off_ends_without_an_archive(source, tmp_path, capsys, words, stages):
     output = tmp_path / "archive.tar.zst.partial"
