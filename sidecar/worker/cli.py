@@ -14,7 +14,8 @@ from ..core.errors import SidecarError
 from ..core.model import Compression
 from . import COMMANDS, PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
-from ..mirror.worker import SPECIAL, TREE, MirrorJob, MirrorRefused, run_mirror
+from ..mirror.diff import Seen
+from ..mirror.worker import SPECIAL, TREE, MirrorJob, MirrorRefused, mirror_pass
 from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 
@@ -109,25 +110,25 @@ def _mirror(args: argparse.Namespace) -> int:
             emit({"event": "error", "message": "mirror --hold needs --output"})
             return 2
         return held(job, args, COMMANDS)
-    return 0 if _pass(job, emit) is not None else 1
+    return 0 if _pass(job, emit)[0] is not None else 1
 
 
-def _pass(job: MirrorJob, out) -> dict | None:
+def _pass(job: MirrorJob, out, previous: dict[str, Seen] | None = None) -> tuple[dict | None, dict[str, Seen]]:
     """One pass, its outcome said on `out`: the outcome ({} when there was no room), or None
-    when it failed (said too)."""
+    when it failed (said too); and the manifest it wrote (for the next pass of this worker)."""
     try:
-        outcome = run_mirror(job, out)
+        outcome, manifest = mirror_pass(job, out, previous)
     except MirrorRefused as exc:
         out({"event": "refused", "message": str(exc)})
-        return None
+        return None, {}
     except (SidecarError, OSError) as exc:
         out({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
-        return None
+        return None, {}
     if outcome is None:
-        return {}
+        return {}, {}
     record = {"event": "result", "protocol": PROTOCOL, **asdict(outcome)}
     out(record)
-    return record
+    return record, manifest
 
 
 def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]") -> int:
@@ -140,14 +141,14 @@ def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]")
     def staged(stage: str):
         return lambda record: emit({**record, "stage": stage})
 
-    first = _pass(replace(job, go=False), staged("first"))
+    first, manifest = _pass(replace(job, go=False), staged("first"))
     if not first:  # failed, or no room (said): the sidecar reads the volume itself
         return 1 if first is None else 0
     stopped = staged("stopped")
     stopped({"event": "ready"})
     if not _wait_for(commands, "go", job.wait_timeout, stopped):
         return 1
-    if _pass(replace(job, go=False, stopped=True, check_room=False), stopped) is None:
+    if _pass(replace(job, go=False, stopped=True, check_room=False), stopped, manifest)[0] is None:
         return 1
     archive = staged("archive")
     if not _wait_for(commands, "archive", job.wait_timeout, archive):

@@ -201,6 +201,39 @@ def test_a_mirror_folder_removed_by_hand_is_copied_again(source, tmp_path, trust
     assert again.copied >= 4
 
 
+def test_a_pass_looks_at_each_kept_copy_once(source, tmp_path, trusting, monkeypatch):
+    """A pass that checks the mirror side records what it checked (issue 20: the second
+    lstat of every copy was a fifth of a steady pass): one lstat per kept file's copy, and
+    an edited copy is still repaired by the next pass."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _pass(source, mirror)
+    _pass(source, mirror)  # records of trusted copies, from here on
+    looked: dict[str, int] = {}
+    real_lstat = os.lstat
+
+    def counting(path, *args, **kwargs):
+        text = os.fsdecode(path)
+        if text.startswith(str(mirror / TREE) + "/"):
+            looked[text] = looked.get(text, 0) + 1
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting)
+    outcome = run_mirror(MirrorJob(source, mirror), [].append)
+    monkeypatch.setattr(os, "lstat", real_lstat)
+    assert outcome is not None and snapshot(mirror / TREE) == snapshot(source)
+    assert outcome.copied == 0
+    for name in ("sub/deep/b.bin", "same.txt", "sparse.bin"):  # (folders and hard links: again when recorded)
+        assert looked[str(mirror / TREE / name)] == 1, looked
+
+    edited = mirror / TREE / "sub" / "deep" / "b.bin"
+    st = os.lstat(edited)
+    edited.write_bytes(bytes(st.st_size))  # same size, mtime put back: only the ctime tells
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
+    repaired = _pass(source, mirror)
+    assert repaired.copied == 1 and edited.read_bytes() == (source / "sub" / "deep" / "b.bin").read_bytes()
+
+
 def test_recently_changed_entries_are_copied_again(source, tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -253,6 +286,27 @@ def test_a_held_worker_runs_both_passes_and_archives_the_mirror_on_the_sidecars_
         names = {m.name.removeprefix("./") for m in tar}
     assert {rel for rel in snapshot(source)} <= names | {"."}
     assert lines[-1]["size"] == output.stat().st_size
+
+
+def test_a_held_workers_stopped_pass_starts_from_the_first_pass_manifest_not_its_file(
+        source, tmp_path, capsys, trusting, monkeypatch):
+    """Issue 20: reading back the manifest the first pass just wrote was a third of the
+    stopped pass (inside the stop window); the stopped pass gets it in memory, and writes
+    the same manifest a pass starting from the file writes."""
+    from sidecar.mirror import worker as worker_mirror
+
+    real_load, loaded = worker_mirror.load_manifest, []
+    monkeypatch.setattr(worker_mirror, "load_manifest", lambda folder: loaded.append(folder) or real_load(folder))
+    mirror, output = tmp_path / "mirror", tmp_path / "archive.tar.zst.partial"
+    output.touch()
+    code, lines = _held(source, mirror, output, ["go", "archive"], capsys)
+    assert code == 0, lines
+    assert loaded == [mirror]  # the first pass's only
+    assert snapshot(mirror / TREE) == snapshot(source)
+    written = loads((mirror / MANIFEST).read_text())
+    again = run_mirror(MirrorJob(source, mirror, stopped=True), [].append)
+    assert again is not None and again.copied == 0
+    assert loads((mirror / MANIFEST).read_text()).keys() == written.keys()
 
 
 @pytest.mark.parametrize("words, stages", [(["abort"], ["first"]), (["go", "abort"], ["first", "stopped"])])
