@@ -781,13 +781,17 @@ class _Names:
 
 def normalise(name: str) -> str:
     """A member's name relative to the target: no empty or `.` components; refuses absolute
-    names, `..`, NUL and names longer than MAX_PATH (or a component over NAME_MAX)."""
+    names, `..`, a last component `.` (other than the root's), NUL and names longer than
+    MAX_PATH (or a component over NAME_MAX)."""
     if "\0" in name:
         raise UnsafeArchive(f"member {name[:200]!r} has a NUL byte in its name")
     if name.startswith("/"):
         raise UnsafeArchive(f"member {name[:200]!r} has an absolute path")
     if len(name) > 2 * MAX_PATH:  # before splitting: `a/` x 40,000 costs nothing more than its length
         raise ArchiveError(f"member name {name[:200]!r}... is longer than {MAX_PATH} bytes")
+    if name.rstrip("/").endswith("/."):  # `a/.`, `a/./`: the folder `a` by another name (the root `./` is fine)
+        raise UnsafeArchive(f"member {name[:200]!r} ends in '.', another name of its folder: no tar writes one, "
+                            "and tools disagree on whose mode and times it sets")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeArchive(f"member {name[:200]!r} contains '..'")

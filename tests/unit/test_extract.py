@@ -274,6 +274,9 @@ def test_a_lone_zero_block_is_not_an_end(tmp_path):
     (file(b"/etc/passwd", b"x") + END, UnsafeArchive, "absolute path"),
     (file(b"a/../../x", b"x") + END, UnsafeArchive, "'..'"),
     (file(b".//./../x", b"x") + END, UnsafeArchive, "'..'"),
+    # GNU tar sets `a/./`'s mode or not depending on what came before (found by the property test)
+    (directory(b"a/", 0o755) + directory(b"a/./", 0o700) + END, UnsafeArchive, "ends in '.'"),
+    (directory(b"./a/.", 0o700) + END, UnsafeArchive, "ends in '.'"),
     (header(b"dev/null", b"3") + END, UnsafeArchive, "device node"),
     (header(b"dev/sda", b"4") + END, UnsafeArchive, "device node"),
     (hardlink(b"h", b"../x") + END, UnsafeArchive, "points outside"),
@@ -291,7 +294,7 @@ def test_a_lone_zero_block_is_not_an_end(tmp_path):
     (pax({b"uid": b"99999999999"}) + file(b"a", b"") + END, ArchiveError, "out of range"),
     (pax({b"GNU.sparse.map": b"0,x", b"GNU.sparse.size": b"1"}) + file(b"a", b"") + END, ArchiveError,
      "malformed sparse map"),
-], ids=["absolute", "dotdot", "dotdot-after-empty-components", "char", "block", "hard-up", "hard-absolute",
+], ids=["absolute", "dotdot", "dotdot-after-empty-components", "dot-after-its-folder", "dot-last", "char", "block", "hard-up", "hard-absolute",
         "hard-through-symlink", "replaces-symlink", "dir-through-symlink", "pax-without-member", "volume-label",
         "bad-magic", "bad-octal", "nul-in-name", "hard-to-nothing", "empty-symlink", "uid-too-big", "bad-sparse-map"])
 def test_refused(tmp_path, target, raw, error, reason):
