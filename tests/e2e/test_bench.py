@@ -26,8 +26,11 @@ def test_bench_tiny_run_reports_medians_and_ratios(docker_client, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = json.loads(out.read_text())
-    assert {"command", "started", "finished", "machine", "options", "data", "measures", "load_per_core",
-            "max_load_per_core"} <= set(report)
+    assert {"command", "started", "finished", "machine", "options", "data", "measures", "quiet",
+            "load_per_core_at_end"} <= set(report)
+    # how busy the cores were before the start decides whether ratios are printed
+    assert {"busy_before_start", "max_busy", "quiet"} <= set(report["quiet"])
+    assert ("no ratios" in result.stdout) == (not report["quiet"]["quiet"])
     assert set(report["measures"]) == {"backup", "peak_rss"}
     backup, rss = report["measures"]["backup"], report["measures"]["peak_rss"]
     assert KEYS <= set(backup) and KEYS <= set(rss)
