@@ -56,6 +56,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def containers_now(client, all: bool = False, filters: dict | None = None) -> list:
+    """The containers that match, each inspected, leaving out one removed between the list and
+    its inspection (docker-py's containers.list inspects each listed container and fails with
+    NotFound when the engine removed it in between: a swarm task, a worker ending)."""
+    found = []
+    for sparse in client.containers.list(all=all, filters=filters or {}, sparse=True):
+        try:
+            found.append(client.containers.get(sparse.id))
+        except docker.errors.NotFound:
+            continue
+    return found
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -85,7 +85,7 @@ import docker.errors
 import pytest
 
 from .netns_engine import SOCKET_DIR, NamespacedEngine, load_everywhere, save_images, tools_missing
-from .support import BUSYBOX, wait_for
+from .support import BUSYBOX, containers_now, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class SwarmLab:
             if node.engine.client is not None:
                 node.docker("swarm", "leave", "--force", check=False, timeout=60)
                 with contextlib.suppress(docker.errors.DockerException):
-                    for container in node.client.containers.list(all=True):
+                    for container in containers_now(node.client, all=True):
                         container.remove(force=True, v=True)
             node.engine.remove()
         subprocess.run(["ip", "link", "delete", self.host_link], capture_output=True, check=False)
@@ -287,7 +287,7 @@ class SwarmLab:
         `node` (None: on both)."""
         found = []
         for each in [node] if node else self.nodes:
-            found += each.client.containers.list(all=all, filters={"label": f"com.docker.swarm.service.name={service}"})
+            found += containers_now(each.client, all=all, filters={"label": f"com.docker.swarm.service.name={service}"})
         return found
 
     def task_container(self, service: str, node: Node | str):

@@ -93,7 +93,7 @@ def test_a_sidecar_killed_in_each_phase_leaves_a_sound_repository_and_the_next_r
     if phase == "backup":
         assert lab.state(app) == "exited"  # nobody put it back: the journal names it
         mine = {"label": [f"{WORKER_LABEL}=restic-backup", f"{STORE_LABEL}={store_mount(lab.backup_dir, None).key}"]}
-        wait_for(lambda: not lab.client.containers.list(all=True, filters=mine), timeout=30,
+        wait_for(lambda: not lab.client.containers.list(all=True, filters=mine, sparse=True), timeout=30,
                  what="the worker to end with its sidecar")
         assert set(_locks(local)) >= set(held)  # its restic died holding its lock
     for repo in (local, copy) if copy.exists() else (local,):

@@ -298,12 +298,12 @@ def test_sigterm_during_a_worker_read_leaves_no_worker(lab, worker_image):
     key = store_mount(lab.backup_dir, None).key
 
     def worker_running():
-        return lab.client.containers.list(filters={"label": f"{STORE_LABEL}={key}"})
+        return lab.client.containers.list(filters={"label": f"{STORE_LABEL}={key}"}, sparse=True)
 
     wait_for(lambda: worker_running() or proc.poll() is not None, timeout=60, what="a worker container")
     proc.terminate()
     proc.wait(60)
-    wait_for(lambda: not lab.client.containers.list(all=True, filters={"label": f"{STORE_LABEL}={key}"}),
+    wait_for(lambda: not lab.client.containers.list(all=True, filters={"label": f"{STORE_LABEL}={key}"}, sparse=True),
              timeout=30, what="the worker to be removed")
     assert lab.state(app) == "running"
     assert not list(lab.backup_dir.rglob("*.tar.gz*"))
