@@ -759,7 +759,7 @@ def load_manifest(mirror: Path) -> dict[str, Seen]:
         return {}
 
 
-def _write_durably(path: Path, text: str, mode: int = 0o600) -> None:
+def write_durably(path: Path, text: str, mode: int = 0o600) -> None:
     """Written whole, on disk, and renamed into place (the folder's entry on disk too)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -895,15 +895,15 @@ def mirror_pass(job: MirrorJob, emit: Emit,
           "removed": mirror_pass.removed, "entries": len(entries), "seconds": round(time.monotonic() - started, 3)})
     tree_bytes = mirror_pass.record_mirror_side()
     sync_filesystem(job.mirror)
-    _write_durably(job.mirror / SPECIAL, json.dumps(special_of(manifest)))
-    _write_durably(job.mirror / MANIFEST, dumps(manifest))
+    write_durably(job.mirror / SPECIAL, json.dumps(special_of(manifest)))
+    write_durably(job.mirror / MANIFEST, dumps(manifest))
     (job.mirror / DIRTY).unlink()
     _fsync_folder(job.mirror)
     mirror_bytes = tree_bytes + _folder_bytes(job.mirror)
     outcome = MirrorOutcome(len(manifest), mirror_pass.copied, mirror_pass.copied_bytes, mirror_pass.removed,
                             mirror_bytes, volume_bytes, time.monotonic() - started)
     # Sizes only, readable by the sidecar's own user (plan, metrics); the manifest stays root's.
-    _write_durably(job.mirror / INFO, json.dumps({"bytes": outcome.mirror_bytes, "entries": outcome.entries,
+    write_durably(job.mirror / INFO, json.dumps({"bytes": outcome.mirror_bytes, "entries": outcome.entries,
                                                   "updated": time.time()}), mode=0o644)
     return outcome, manifest
 

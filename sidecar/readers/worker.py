@@ -183,9 +183,12 @@ class WorkerArchive:
         size = self.partial_path.stat().st_size
         if size != self._outcome["size"]:  # the worker wrote somewhere else: a wrong store mount
             raise ArchiveError(f"{where} reported {self._outcome['size']} bytes but {self.partial_path} holds {size}")
-        logger.info("volume archived by a worker container", extra={
-            "target": request.target, "volume": request.mount.destination, "worker": result.name,
-            "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3)})
+        reused = {"same_as": self._outcome["reused"]} if self._outcome.get("reused") else {}
+        logger.info("volume archived by a worker container" if not reused else
+                    "volume unchanged since an archive made from its staging mirror: that archive copied", extra={
+                        "target": request.target, "volume": request.mount.destination, "worker": result.name,
+                        "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3),
+                        **reused})
         return int(self._outcome["tar_bytes"])
 
     def _spec(self, keys_path: Path | None, root: str, mounts: tuple[WorkerMount, ...],

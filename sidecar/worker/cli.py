@@ -16,6 +16,7 @@ from . import COMMANDS, PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
 from ..mirror.diff import Seen
 from ..mirror.worker import SPECIAL, TREE, MirrorJob, MirrorRefused, mirror_pass
+from . import reuse
 from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 
@@ -153,10 +154,22 @@ def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]")
     archive = staged("archive")
     if not _wait_for(commands, "archive", job.wait_timeout, archive):
         return 1
-    tree = job.mirror / TREE
+    compression = Compression(args.compression)
+    keys = reuse.keys_fingerprint(args.keys_file)
+    state = reuse.state_of(job.mirror, compression, job.exclude, keys) if keys is not None else None
     try:
-        outcome = run_archive(ArchiveJob(tree, args.output, Compression(args.compression), job.exclude, args.keys_file,
+        found = reuse.previous(job.mirror, state)
+        if found is not None and reuse.copy_previous(found, args.output):
+            if args.keys_file is not None:
+                args.keys_file.unlink(missing_ok=True)  # not needed: removed as the archive would
+            reuse.remember(job.mirror, state, args.output, found.sha256, found.tar_bytes)
+            archive({"event": "result", "protocol": PROTOCOL, "sha256": found.sha256, "size": found.size,
+                     "tar_bytes": found.tar_bytes, "reused": Path(found.path).name})
+            return 0
+        reuse.forget(job.mirror)  # until this archive is whole
+        outcome = run_archive(ArchiveJob(job.mirror / TREE, args.output, compression, job.exclude, args.keys_file,
                                          job.progress_interval, job.mirror / SPECIAL), archive)
+        reuse.remember(job.mirror, state, args.output, outcome.sha256, outcome.tar_bytes)
     except (SidecarError, OSError, ValueError) as exc:
         archive({"event": "error", "message": str(exc)})
         return 1
