@@ -10,9 +10,10 @@ started once, so no container's start-up (about 0.75 s each) is inside the stop 
   date from the volume mounted read-only; then it says `ready` and waits on its stdin;
 - `read` (stopped or paused): `go` on its stdin; it copies only what changed since the
   first pass; the container may run again as soon as it says so;
-- `finish` (running again): `archive` on its stdin; it archives the mirror (the same
-  `archive` code and layout as the plain path) into the partial file, then the checksum
-  and the rename.
+- `read`, once the stopped pass is done: `archive` on its stdin; it archives the mirror (the
+  same `archive` code and layout as the plain path) into the partial file while the
+  container starts again (the archive reads only the mirror);
+- `finish` (running again): waits for the archive, then the checksum and the rename.
 
 Plain stop instead (the worker reader's path, said in the log): when the backup volume has
 no room for the mirror and the volume's archive besides (the first pass checks it), when the
@@ -178,7 +179,7 @@ class MirrorArchive:
 
     One worker container does it all (`mirror --hold`, PROTOCOL 9): `prepare` starts it
     and waits for its first pass, `read` says `go` on its stdin and waits for its stopped
-    pass, `finish` says `archive` and waits for the mirror's archive. A worker exits when
+    pass and says `archive` (the worker archives while the container starts), `finish` waits for it. A worker exits when
     its stdin ends (this process gone) or on any other word (`abort`)."""
 
     def __init__(self, engine: Engine, request: ArchiveRequest, plan: _Plan):
@@ -190,6 +191,7 @@ class MirrorArchive:
         self._thread: threading.Thread | None = None
         self._progress: Progress | None = None
         self._keys: Path | None = None
+        self._archive_said = False
         self._timeout = 0.0
         self._fields = {"target": request.target, "volume": request.mount.destination, "mirror": str(self.folder)}
 
@@ -277,7 +279,18 @@ class MirrorArchive:
             self._fall_back(f"the stopped mirror pass failed ({reason}); reading the volume itself")
             return self.plain.read(progress)
         logger.info("stopped pass done", extra={**self._fields, **_counts(synced)})
+        self._archive_now()  # while the container starts again: the archive reads the mirror only
         return int(synced["copied_bytes"])
+
+    def _archive_now(self) -> None:
+        """`archive` said once the mirror is whole (the worker starts it when the stopped pass's
+        manifest is on disk), with the encryption settings written first."""
+        if self._archive_said:
+            return
+        self._archive_said = True
+        if self._keys is not None:
+            self.plain.write_keys(self._keys)
+        self._send("archive")
 
     # --- running again --------------------------------------------------------------------------
     def finish(self) -> ArchiveResult:
@@ -286,9 +299,7 @@ class MirrorArchive:
             held = self._held
             assert held is not None
             try:
-                if self._keys is not None:
-                    self.plain.write_keys(self._keys)
-                self._send("archive")
+                self._archive_now()
                 held.until(held.ended, self._progress, lambda: held.archive_bytes)
             finally:
                 self._join()

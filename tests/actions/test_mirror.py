@@ -66,14 +66,16 @@ def _said(engine, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("strategy, down, up", [("stop", "stop", "start"), ("pause", "pause", "unpause")])
-def test_one_worker_runs_the_first_pass_the_stopped_pass_on_go_and_the_archive_after_the_start(
+def test_one_worker_runs_the_first_pass_the_stopped_pass_on_go_and_the_archive_as_the_container_starts(
         engine, wctx, data, strategy, down, up, caplog, monkeypatch):
+    """`archive` is said as soon as the stopped pass is done, before the start: the archive
+    reads the mirror only, so it runs while the engine starts the container (issue 20)."""
     app = engine.add_container("app-1", app_labels(strategy=strategy), {"/data": data})
     _said(engine, monkeypatch)
     with caplog.at_level(logging.INFO):
         outcome = run_backup(wctx, _target(wctx))
     assert outcome.result is BackupResult.SUCCESS, outcome.error
-    assert _phases(engine) == ["probe", "mirror+hold", down, "go", up, "archive"]
+    assert _phases(engine) == ["probe", "mirror+hold", down, "go", "archive", up]
     [archive] = outcome.archives
     assert archive_members(archive.path) == tree(data)
     folder = wctx.store.state_dir / "mirror"
