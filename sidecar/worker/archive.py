@@ -35,6 +35,7 @@ from ..tarball.streams import Heartbeat
 from ..core.errors import ArchiveError
 from ..core.keys import EncryptionConfig
 from ..core.model import Compression
+from .frames import Frame, Framer, load_index
 from .special import HeaderPatcher, load_special, patch_stream
 
 READ_SIZE = 1 << 20
@@ -64,6 +65,7 @@ class ArchiveJob:
     keys_file: Path | None = None  # JSON encryption settings; read once, then removed
     progress_interval: float = 1.0
     special: Path | None = None  # a staging mirror's special.json: headers patched (worker/special.py)
+    frames: Path | None = None  # a staging mirror's folder: zstd frames reused from its last archive (frames.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ArchiveOutcome:
     sha256: str
     size: int  # bytes written to the file
     tar_bytes: int  # bytes of tar produced
+    frames: tuple[Frame, ...] = ()  # the zstd frames written (a framed archive: frames.py)
+    reused: int = 0  # of which taken from the previous archive
 
 
 def tar_command(root: Path, listed: bool) -> list[str]:
@@ -161,29 +165,81 @@ class _TarWatcher:
 def run_archive(job: ArchiveJob, emit: Emit) -> ArchiveOutcome:
     """Write the archive into job.output (flushed to disk); raises ArchiveError."""
     encryption = read_keys(job.keys_file) if job.keys_file is not None else None
+    framed = job.frames is not None and encryption is None and job.compression is Compression.ZSTD
     fd = os.open(job.output, os.O_WRONLY | os.O_TRUNC)  # no O_CREAT: the sidecar made it
+    frames: tuple[Frame, ...] = ()
+    reused = 0
     with os.fdopen(fd, "wb") as f:
         sink = HashingFile(f)
         with ExitStack() as stack:
             out = stack.enter_context(crypto.encrypting(sink, encryption)) if encryption is not None else sink
-            tar_bytes = _pipe(job, out, emit)
+            if framed:
+                tar_bytes, framer = _pipe_framed(job, out, emit)
+                frames, reused = tuple(framer.frames), framer.reused
+            else:
+                tar_bytes = _pipe(job, out, emit)
         f.flush()
         os.fsync(f.fileno())
-    return ArchiveOutcome(sink.sha.hexdigest(), sink.size, tar_bytes)
+    return ArchiveOutcome(sink.sha.hexdigest(), sink.size, tar_bytes, frames, reused)
+
+
+def _start_tar(job: ArchiveJob, stack: ExitStack, emit: Emit) -> tuple[subprocess.Popen, "_TarWatcher"]:
+    """GNU tar of job.root on a pipe (killed on the way out), its stderr watched, the
+    listing fed when there are excludes, progress said every job.progress_interval."""
+    listed = bool(job.exclude)
+    tar = stack.enter_context(subprocess.Popen(
+        tar_command(job.root, listed), stdin=subprocess.PIPE if listed else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    stack.callback(_kill, tar)
+    watcher = _TarWatcher(tar.stderr, emit)
+    watcher.thread.start()
+    if listed:
+        threading.Thread(target=_feed, args=(tar.stdin, job.root, job.exclude), daemon=True).start()
+    beat = Heartbeat(job.progress_interval, lambda: watcher.done, emit)
+    stack.callback(beat.stop)
+    return tar, watcher
+
+
+def _tar_ended(job: ArchiveJob, tar_code: int, watcher: "_TarWatcher", emit: Emit) -> int:
+    """tar's exit judged; returns the tar bytes. Raises ArchiveError."""
+    if tar_code not in (0, GNU_TAR_EXIT_CHANGED) or watcher.total is None:
+        detail = "; ".join(watcher.messages[-5:]) or "no message"
+        raise ArchiveError(f"tar of {job.root} failed (exit {tar_code}): {detail}")
+    if tar_code == GNU_TAR_EXIT_CHANGED:
+        emit({"event": "warning", "message": "files changed while they were read (hot backup)"})
+    return watcher.total
+
+
+def _pipe_framed(job: ArchiveJob, out, emit: Emit) -> tuple[int, Framer]:
+    """tar -> the header walker (special members patched) -> zstd frames, each compressed here
+    or taken from the mirror's previous archive (frames.py) -> out."""
+    assert job.frames is not None
+    framer = Framer(out, load_index(job.frames))
+    patcher = HeaderPatcher(load_special(job.special) if job.special is not None else {}, framer.member)
+    try:
+        with ExitStack() as stack:
+            tar, watcher = _start_tar(job, stack, emit)
+            _widen(tar.stdout)
+            while chunk := tar.stdout.read(READ_SIZE):
+                for part in patcher.feed(chunk):
+                    framer.write(part)
+            tar_code = tar.wait()
+            watcher.thread.join()
+        framer.close()
+    except BaseException:
+        framer.abort()
+        raise
+    return _tar_ended(job, tar_code, watcher, emit), framer
 
 
 def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
     """tar | compressor -> out; returns the tar bytes."""
-    listed = bool(job.exclude)
     compressor = COMPRESSORS[job.compression]
     special = load_special(job.special) if job.special is not None else {}
     patching: list[BaseException] = []  # what the header filter's thread raised
     filtering: threading.Thread | None = None
     with ExitStack() as stack:
-        tar = stack.enter_context(subprocess.Popen(
-            tar_command(job.root, listed), stdin=subprocess.PIPE if listed else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-        stack.callback(_kill, tar)
+        tar, watcher = _start_tar(job, stack, emit)
         source = tar.stdout
         comp = None
         if compressor is not None:
@@ -200,12 +256,6 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
         elif special:
             source = _Patched(tar.stdout, special)
         _widen(tar.stdout if comp is None or special else None, source)
-        watcher = _TarWatcher(tar.stderr, emit)
-        watcher.thread.start()
-        if listed:
-            threading.Thread(target=_feed, args=(tar.stdin, job.root, job.exclude), daemon=True).start()
-        beat = Heartbeat(job.progress_interval, lambda: watcher.done, emit)
-        stack.callback(beat.stop)
         while chunk := source.read(READ_SIZE):
             out.write(chunk)
         tar_code = tar.wait()
@@ -215,14 +265,9 @@ def _pipe(job: ArchiveJob, out, emit: Emit) -> int:
         watcher.thread.join()
     if patching:
         raise ArchiveError(f"the tar headers of {job.root}'s set-id files and devices: {patching[0]}")
-    if tar_code not in (0, GNU_TAR_EXIT_CHANGED) or watcher.total is None:
-        detail = "; ".join(watcher.messages[-5:]) or "no message"
-        raise ArchiveError(f"tar of {job.root} failed (exit {tar_code}): {detail}")
-    if comp_code != 0:
+    if comp_code != 0 and tar_code in (0, GNU_TAR_EXIT_CHANGED):
         raise ArchiveError(f"{compressor[0]} failed (exit {comp_code})")
-    if tar_code == GNU_TAR_EXIT_CHANGED:
-        emit({"event": "warning", "message": "files changed while they were read (hot backup)"})
-    return watcher.total
+    return _tar_ended(job, tar_code, watcher, emit)
 
 
 def _widen(*pipes) -> None:

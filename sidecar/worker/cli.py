@@ -16,7 +16,7 @@ from . import COMMANDS, PROTOCOL
 from .archive import ArchiveJob, probe, run_archive
 from ..mirror.diff import Seen
 from ..mirror.worker import SPECIAL, TREE, MirrorJob, MirrorRefused, mirror_pass
-from . import reuse
+from . import frames, reuse
 from .restic import run_restic
 from .stack import Part, StackJob, run_stack
 
@@ -168,13 +168,17 @@ def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]")
             return 0
         reuse.forget(job.mirror)  # until this archive is whole
         outcome = run_archive(ArchiveJob(job.mirror / TREE, args.output, compression, job.exclude, args.keys_file,
-                                         job.progress_interval, job.mirror / SPECIAL), archive)
+                                         job.progress_interval, job.mirror / SPECIAL, frames=job.mirror), archive)
+        if outcome.frames:
+            frames.save_index(job.mirror, args.output, list(outcome.frames))
+        else:
+            frames.forget_index(job.mirror)
         reuse.remember(job.mirror, state, args.output, outcome.sha256, outcome.tar_bytes)
     except (SidecarError, OSError, ValueError) as exc:
         archive({"event": "error", "message": str(exc)})
         return 1
     archive({"event": "result", "protocol": PROTOCOL, "sha256": outcome.sha256, "size": outcome.size,
-             "tar_bytes": outcome.tar_bytes})
+             "tar_bytes": outcome.tar_bytes, "frames": len(outcome.frames), "frames_reused": outcome.reused})
     return 0
 
 

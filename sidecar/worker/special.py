@@ -17,7 +17,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..core.errors import ArchiveError
 from ..tarball.extract import header_number, pax_records
@@ -41,11 +41,16 @@ def _field(value: int, what: str, name: bytes) -> bytes:
 
 class HeaderPatcher:
     """Feed it the tar stream in chunks; it returns the same stream with the headers of
-    the special members patched."""
+    the special members patched. `on_member(name, offset)`: each member's name and where it
+    starts in the stream (its PAX header's first byte when it has one), as its header passes."""
 
-    def __init__(self, special: dict[bytes, tuple[int, int]]):
+    def __init__(self, special: dict[bytes, tuple[int, int]],
+                 on_member: Callable[[bytes, int], None] | None = None):
         self.special = special
         self.patched = 0
+        self.offset = 0  # bytes returned so far
+        self._on_member = on_member
+        self._group: int | None = None  # where the current member's PAX header started
         self._head = bytearray()
         self._skip = 0  # bytes of the current member's data (padded) still to pass
         self._collect: bytearray | None = None  # a PAX header's records, while they pass
@@ -59,10 +64,12 @@ class HeaderPatcher:
         while view:
             if self._ended:
                 out.append(view)
+                self.offset += len(view)
                 break
             if self._skip:
                 part = view[:self._skip]
                 out.append(part)
+                self.offset += len(part)
                 self._skip -= len(part)
                 view = view[len(part):]
                 if self._collect is not None:
@@ -76,6 +83,7 @@ class HeaderPatcher:
             view = view[need:]
             if len(self._head) == BLOCK:
                 out.append(self._header(bytes(self._head)))
+                self.offset += BLOCK
                 self._head = bytearray()
         return out
 
@@ -88,6 +96,8 @@ class HeaderPatcher:
                 else header_number(h[124:136], "size"))
         self._skip = -(-size // BLOCK) * BLOCK
         if kind in (b"x", b"g"):
+            if self._group is None:
+                self._group = self.offset
             if kind == b"x":
                 self._collect, self._collect_size = bytearray(), size
             if not self._skip and kind == b"x":
@@ -95,6 +105,9 @@ class HeaderPatcher:
             return h
         name = self._pax.get("GNU.sparse.name") or self._pax.get("path") or self._ustar_name(h)
         self._pax = {}
+        if self._on_member is not None:
+            self._on_member(name, self._group if self._group is not None else self.offset)
+        self._group = None
         if name.startswith(b"./"):
             name = name[2:]
         wanted = self.special.get(name.rstrip(b"/"))

@@ -118,7 +118,7 @@ def extract_archive(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with open(archive, "rb") as raw:
         if archive.name.endswith(".tar.zst"):
-            stream = zstandard.ZstdDecompressor().stream_reader(raw)
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
             mode = "r|"
         elif archive.name.endswith(".tar.gz"):
             stream, mode = raw, "r|gz"

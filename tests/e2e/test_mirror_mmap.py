@@ -40,7 +40,7 @@ def _logged(container, pattern: str, count: int, deadline: float = 60.0) -> list
 
 
 def _member(archive, name: str) -> bytes:
-    with open(archive, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw),
+    with open(archive, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
                                                   mode="r|") as tar:
         for m in tar:
             if m.name == name:

@@ -85,7 +85,7 @@ def keys(s3, bucket: str, prefix: str) -> list[str]:
 
 def archive_files(data: bytes) -> dict[str, bytes]:
     """{path: bytes} of the regular files in a .tar.zst archive."""
-    stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+    stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
     files = {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:

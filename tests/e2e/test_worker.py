@@ -54,7 +54,7 @@ def _set_xattrs(lab, volume, image) -> bool:
 def _members(path) -> dict[str, tuple]:
     """name -> (type, mode, uid, gid, mtime in s, linkname, content sha) of a .tar.zst."""
     rows = {}
-    with open(path, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw),
+    with open(path, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
                                                mode="r|", errors="surrogateescape") as tar:
         for m in tar:
             name = m.name[2:] if m.name.startswith("./") else m.name

@@ -281,7 +281,7 @@ def test_a_held_worker_runs_both_passes_and_archives_the_mirror_on_the_sidecars_
     assert code == 0, lines
     stages = [(r.get("stage"), r["event"]) for r in lines if r["event"] in ("ready", "result")]
     assert stages == [("first", "result"), ("stopped", "ready"), ("stopped", "result"), ("archive", "result")]
-    with open(output, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw),
+    with open(output, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
                                                  mode="r|") as tar:
         names = {m.name.removeprefix("./") for m in tar}
     assert {rel for rel in snapshot(source)} <= names | {"."}
@@ -351,7 +351,7 @@ def _members(archive: Path) -> dict[str, tuple]:
 
     import zstandard
 
-    with open(archive, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw),
+    with open(archive, "rb") as raw, tarfile.open(fileobj=zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True),
                                                  mode="r|") as tar:
         return {m.name: (m.type, m.mode, m.size, m.mtime, m.linkname,
                          hashlib.sha256(tar.extractfile(m).read()).hexdigest() if m.isreg() else None) for m in tar}
