@@ -12,6 +12,10 @@ A mirror's folder (0700, on the backup volume; the sidecar names it):
     manifest.json         how each source entry looked when it was brought across
     special.json          mode and rdev of each set-id file and device (for the archive worker)
     info.json             the mirror's size (for `plan` and the metrics)
+    archived.json         the state the last archive was made from, and that archive
+                          (sidecar/worker/reuse.py: an unchanged mirror's archive is copied)
+    frames.json           the last archive's zstd frames (sidecar/worker/frames.py: only the
+                          frames whose tar bytes changed are compressed again)
     pass-unfinished       present while a pass changes the tree: its manifest is not trusted
     go                    written by the sidecar for a pass started with --go ("go"/"abort")
 A pass empties tmp/ first (a worker killed mid-copy leaves its partial file there).
@@ -78,6 +82,7 @@ from sidecar.mirror.diff import (
 from sidecar.tarball.streams import Heartbeat
 
 VAULT, MANIFEST, INFO, DIRTY, GO = "vault", "manifest.json", "info.json", "pass-unfinished", "go"
+ARCHIVED, FRAMES = "archived.json", "frames.json"  # written by the archive stage (sidecar/worker)
 SPECIAL = "special.json"
 TREE, TMP = VAULT + "/tree", VAULT + "/tmp"
 _BEFORE_THE_VAULT = ("tree", "tmp")  # where earlier versions kept the copy: removed
@@ -911,7 +916,7 @@ def mirror_pass(job: MirrorJob, emit: Emit,
 def _folder_bytes(mirror: Path) -> int:
     """The disk use of the mirror's own files (manifest, info, special, tmp/ and the folders)."""
     total = _blocks(os.lstat(mirror))
-    for name in (MANIFEST, INFO, SPECIAL, VAULT, TMP):  # (the tree's folders are counted with the tree)
+    for name in (MANIFEST, INFO, SPECIAL, ARCHIVED, FRAMES, VAULT, TMP):  # (the tree's folders are counted with the tree)
         st = _lstat(mirror / name)
         total += _blocks(st) if st is not None else 0
     return total

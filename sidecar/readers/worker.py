@@ -184,7 +184,9 @@ class WorkerArchive:
         if size != self._outcome["size"]:  # the worker wrote somewhere else: a wrong store mount
             raise ArchiveError(f"{where} reported {self._outcome['size']} bytes but {self.partial_path} holds {size}")
         reused = {"same_as": self._outcome["reused"]} if self._outcome.get("reused") else {}
-        logger.info("volume archived by a worker container" if not reused else
+        if self._outcome.get("frames"):  # a mirror's framed archive: how many frames came from the last one
+            reused.update(frames=self._outcome["frames"], frames_reused=self._outcome.get("frames_reused", 0))
+        logger.info("volume archived by a worker container" if "same_as" not in reused else
                     "volume unchanged since an archive made from its staging mirror: that archive copied", extra={
                         "target": request.target, "volume": request.mount.destination, "worker": result.name,
                         "tar_bytes": self._outcome["tar_bytes"], "bytes": size, "seconds": round(result.seconds, 3),

@@ -159,7 +159,10 @@ def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]")
     state = reuse.state_of(job.mirror, compression, job.exclude, keys) if keys is not None else None
     try:
         found = reuse.previous(job.mirror, state)
+        framed = frames.load_index(job.mirror)
         if found is not None and reuse.copy_previous(found, args.output):
+            if framed is not None and framed.path == found.path:  # the copy has the same frames
+                frames.save_index(job.mirror, args.output, list(framed.frames.values()))
             if args.keys_file is not None:
                 args.keys_file.unlink(missing_ok=True)  # not needed: removed as the archive would
             reuse.remember(job.mirror, state, args.output, found.sha256, found.tar_bytes)

@@ -34,16 +34,15 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..mirror.worker import write_durably
+from ..mirror.worker import FRAMES, write_durably
 from ..tarball.archive import ZSTD_LEVEL
 from .reuse import final_of
 
-FRAMES = "frames.json"
 INDEX_VERSION = 1
 LEVEL = ZSTD_LEVEL  # the plain path's level (zstd -3)
-SEGMENT_MIN = 1 << 20
+SEGMENT_MIN = 4 << 20
 SEGMENT_BIG = 16 << 20  # a cut at least this often, also inside a large member
-CUT_MASK = 0x3  # a cut before one member name in four (once SEGMENT_MIN is reached)
+CUT_MASK = 0x3  # a cut before one member name in four, once SEGMENT_MIN is reached (1 MiB: 2.5% larger archives; 4 MiB: none measured)
 IN_FLIGHT = 4  # segments being hashed and compressed at once (memory: IN_FLIGHT x SEGMENT_BIG)
 
 

@@ -33,9 +33,8 @@ from pathlib import Path
 
 from ..core.model import Compression
 from ..core.naming import PARTIAL_SUFFIX
-from ..mirror.worker import MANIFEST, SPECIAL, write_durably
+from ..mirror.worker import ARCHIVED, MANIFEST, SPECIAL, write_durably
 
-ARCHIVED = "archived.json"
 STATE_VERSION = 1
 COPY_CHUNK = 1 << 20
 

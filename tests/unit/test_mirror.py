@@ -370,6 +370,10 @@ def test_an_unchanged_mirrors_archive_is_the_previous_archive_copied_and_checked
     assert second["reused"] == final.name and second["sha256"] == first["sha256"]
     assert final.read_bytes() == before
     assert hashlib.sha256(before).hexdigest() == second["sha256"]
+    from sidecar.worker.frames import load_index
+
+    index = load_index(mirror)  # the copy's frames are the old ones: recorded for the new file
+    assert index is not None and index.path == str(final) and index.ino == final.stat().st_ino
 
 
 @pytest.mark.parametrize("change", ["content", "mode", "new file", "removed", "damaged archive", "compression",
