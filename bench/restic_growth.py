@@ -239,16 +239,19 @@ class Bench:
 def restore_breakdown(run: proc.Run, began: float) -> dict[str, float]:
     """Where a whole-volume restore's seconds go, from its log lines' times (ms): the CLI's
     start, the snapshot's choice beside the staged worker's start, up to the stop; the stop;
-    the go to restic's end in the worker (the emptying beside the restore); the restart and
+    the go to restic's end in the worker (the emptying beside the restore), with restic's own
+    seconds and the wait for the removal after it as the worker says them; the restart and
     the exit (the rest of the wall time)."""
     def at(message: str) -> float:
         when = datetime.strptime(run.record(message)["time"], "%Y-%m-%d %H:%M:%S,%f")
         return when.replace(tzinfo=timezone.utc).timestamp() - began  # the sidecar logs in TZ=UTC
 
     stop_sent, stopped = at("stop sent"), at("container stopped")
-    restored = run.record("restic restore done in the worker container")["seconds"]
+    done = run.record("restic restore done in the worker container")
+    restored = done["seconds"]
+    inside = {k: done[k] for k in ("restic_seconds", "removal_wait_seconds") if k in done}  # the worker's says
     return {"start_and_choice": round(stop_sent, 2), "stop": round(stopped - stop_sent, 2),
-            "go_to_restored": round(restored, 2),
+            "go_to_restored": round(restored, 2), **inside,
             "restart_and_exit": round(run.wall - stopped - restored, 2)}
 
 
