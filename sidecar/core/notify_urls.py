@@ -78,7 +78,7 @@ def scheme_of(url: str) -> str | None:
 def asset() -> apprise.AppriseAsset:
     """Apprise's settings for the sidecar: in-memory storage, its own masking of URLs."""
     return _apprise().AppriseAsset(app_id="backup-sidecar", app_desc="backup-sidecar",
-                                storage_mode="memory", secure_logging=True)
+                                   storage_mode="memory", secure_logging=True)
 
 
 def parse_notify_urls(text: str) -> tuple[str, ...]:
