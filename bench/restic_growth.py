@@ -22,6 +22,10 @@ on the same data:
 
     .venv/bin/python bench/restic_growth.py [--size-mb 1024] [--runs 30] [--change 0.01] [--s3] [--json out.json]
 
+`--only restore` (with `--runs 1`: one backup to restore) measures the restore alone, `--restores N` times (the
+medians of the sidecar's restore and of restic's by hand, each pair back to back): a quick before/after of a change
+to the restore.
+
 The data: half random (incompressible), half text-like (16 symbols), in files of 1 MiB, written through the
 Docker volume's folder on the host (root needed); every run rewrites --change of the files.
 Rotation is a dry run so every snapshot stays. The app idles until SIGTERM and exits at
@@ -199,21 +203,26 @@ class Bench:
 
     def restores(self) -> dict:
         into = self.lab.tmp / "by-hand"
-        started = time.monotonic()
-        self.restic("restore", "latest", "--target", str(into))
-        by_hand = time.monotonic() - started
-        shutil.rmtree(into)
+        hands, wholes = [], []
+        for _ in range(self.args.restores):
+            started = time.monotonic()
+            self.restic("restore", "latest", "--target", str(into))
+            hands.append(time.monotonic() - started)
+            shutil.rmtree(into)
+            began = time.time()
+            whole = proc.run(["restore", "app", "--volume", self.item, "--force"], self.env())
+            wholes.append((whole.wall, restore_breakdown(whole, began)))
+        by_hand = median(hands)
+        wall, breakdown = sorted(wholes, key=lambda w: w[0])[len(wholes) // 2]
         started = time.monotonic()  # one file: restic reads only the packs that hold its blobs
         self.restic("restore", "latest", "--target", str(into), "--include", "/volume/f00001.bin")
         one_by_hand = time.monotonic() - started
         shutil.rmtree(into)
-        began = time.time()
-        whole = proc.run(["restore", "app", "--volume", self.item, "--force"], self.env())
         one = proc.run(["restore", "app", "--volume", self.item, "--force", "--path", "f00001.bin"], self.env())
-        return {"restic_restore_by_hand_seconds": round(by_hand, 2), "restore_seconds": round(whole.wall, 2),
-                "restore_breakdown_seconds": restore_breakdown(whole, began),
-                "restore_vs_by_hand": ratio(whole.wall, by_hand), "one_file_seconds": round(one.wall, 2),
-                "one_file_vs_whole": ratio(one.wall, whole.wall), "one_file_by_hand_seconds": round(one_by_hand, 2),
+        return {"restic_restore_by_hand_seconds": round(by_hand, 2), "restore_seconds": round(wall, 2),
+                "restore_breakdown_seconds": breakdown, "restores": self.args.restores,
+                "restore_vs_by_hand": ratio(wall, by_hand), "one_file_seconds": round(one.wall, 2),
+                "one_file_vs_whole": ratio(one.wall, wall), "one_file_by_hand_seconds": round(one_by_hand, 2),
                 "one_file_by_hand_vs_whole_by_hand": ratio(one_by_hand, by_hand)}
 
     def archive_rss(self, extra: dict[str, str]) -> int:
@@ -230,16 +239,19 @@ class Bench:
 def restore_breakdown(run: proc.Run, began: float) -> dict[str, float]:
     """Where a whole-volume restore's seconds go, from its log lines' times (ms): the CLI's
     start, the snapshot's choice beside the staged worker's start, up to the stop; the stop;
-    the go to restic's end in the worker (the emptying beside the restore); the restart and
+    the go to restic's end in the worker (the emptying beside the restore), with restic's own
+    seconds and the wait for the removal after it as the worker says them; the restart and
     the exit (the rest of the wall time)."""
     def at(message: str) -> float:
         when = datetime.strptime(run.record(message)["time"], "%Y-%m-%d %H:%M:%S,%f")
         return when.replace(tzinfo=timezone.utc).timestamp() - began  # the sidecar logs in TZ=UTC
 
     stop_sent, stopped = at("stop sent"), at("container stopped")
-    restored = run.record("restic restore done in the worker container")["seconds"]
+    done = run.record("restic restore done in the worker container")
+    restored = done["seconds"]
+    inside = {k: done[k] for k in ("restic_seconds", "removal_wait_seconds") if k in done}  # the worker's says
     return {"start_and_choice": round(stop_sent, 2), "stop": round(stopped - stop_sent, 2),
-            "go_to_restored": round(restored, 2),
+            "go_to_restored": round(restored, 2), **inside,
             "restart_and_exit": round(run.wall - stopped - restored, 2)}
 
 
@@ -255,6 +267,8 @@ def main() -> int:
     parser.add_argument("--change", type=float, default=0.01)
     parser.add_argument("--s3", action="store_true", help="copy to a SeaweedFS destination on every run")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=("restore",), help="measure the restore alone (after --runs backups)")
+    parser.add_argument("--restores", type=int, default=1, help="whole restores (and by hand) to take the median of")
     args = parser.parse_args()
     quiet = results.quiet_before_start()
     print(quiet.text(), flush=True)
@@ -263,14 +277,21 @@ def main() -> int:
         bench = Bench(args, lab)
         extra = bench.start_s3() if args.s3 else {}
         runs = bench.growth(extra)
-        repository = du(bench.backups / "restic")
-        tars = [tar_zstd(bench.folder) for _ in range(3)]
-        tar_seconds, archive = median([t for t, _ in tars]), tars[0][1]
-        phases = bench.restic_phases()
-        restore = bench.restores()
-        archive_rss = bench.archive_rss(extra)
+        restore = bench.restores() if args.only == "restore" else None
+        if restore is None:
+            repository = du(bench.backups / "restic")
+            tars = [tar_zstd(bench.folder) for _ in range(3)]
+            tar_seconds, archive = median([t for t, _ in tars]), tars[0][1]
+            phases = bench.restic_phases()
+            restore = bench.restores()
+            archive_rss = bench.archive_rss(extra)
     finally:
         lab.cleanup()
+    if args.only == "restore":
+        print(json.dumps({"conditions": {"size_mb": args.size_mb, "cores": os.cpu_count(), **quiet.as_json(),
+                                         "load_per_core_at_end": round(results.load_per_core(), 2)}, **restore},
+                         indent=2))
+        return 0
     incremental = runs[1:]
     changed = max(1, int(args.size_mb * args.change)) * MIB
     s3_growth = [b["s3_bytes"] - a["s3_bytes"] for a, b in zip(runs, runs[1:])] if args.s3 else []

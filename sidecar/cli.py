@@ -12,7 +12,7 @@ import signal
 import urllib.error
 import urllib.request
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .telemetry import logs
@@ -35,7 +35,7 @@ from .actions.restore_dump import run_restore_dump
 from .actions.rotate import run_rotation
 from .docker.engine import Engine
 from .telemetry.metrics import STATE_FILE, FleetView, Metrics, MetricsServer, record_outcome
-from .notify.sender import Notifier
+from . import notify
 from .core.errors import ConfigError, EngineError, NotFound, SidecarError
 from .core.groups import groups_of
 from .core.naming import node_name_problem
@@ -52,6 +52,9 @@ from .docker.preflight import (
 )
 from .core.settings import Settings, load_settings, unknown_settings
 from .store.storage import BackupStore
+
+if TYPE_CHECKING:  # imported by notify.notifier when NOTIFY_URLS is set (apprise is slow to import)
+    from .notify.sender import Notifier
 
 logger = logging.getLogger("sidecar.cli")
 
@@ -291,8 +294,7 @@ def cmd_run(ctx: Context, args) -> int:
 
 
 def _notifier(ctx: Context) -> Notifier | None:
-    notify = ctx.settings.notify
-    return Notifier(notify, ctx.store.state_dir / "notify.json") if notify is not None else None
+    return notify.notifier(ctx.settings.notify, ctx.store.state_dir / "notify.json")
 
 
 def cmd_backup(ctx: Context, args) -> int:

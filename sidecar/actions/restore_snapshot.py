@@ -172,6 +172,7 @@ class _StagedRestore:
         self.fields = {"target": backup_name, "volume": mount.destination, "phase": "restore"}
         self.events: "queue.Queue[dict]" = queue.Queue()
         self.errors: list[str] = []
+        self.timings: dict[str, float] = {}  # the worker's restic_seconds, removal_wait_seconds
         self._link: WorkerLink | None = None
         self._result: WorkerResult | None = None
         self._failure: BaseException | None = None
@@ -231,18 +232,24 @@ class _StagedRestore:
             self._thread.join()
             raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination}: "
                               f"the worker container could not be told to go ({err})") from err
-        self._thread.join()
-        if self._failure is not None:
-            raise self._failure
+        # Its `exit 0` record is the end of its writes: the app may start while the engine
+        # still tears the worker's container down (joined on leaving, after the start).
+        record = self.events.get()
+        done = record.get("event") == "exit" and record.get("code") == 0
+        if not done:
+            self._thread.join()
+            if self._failure is not None:
+                raise self._failure
         result = self._result
+        if done or (result is not None and result.ok):
+            logger.info("restic restore done in the worker container", extra={
+                **self.fields, "worker": link.name, "snapshot": snapshot.short_id,
+                "seconds": round(time.monotonic() - went, 3), **self.timings})
+            return
         assert result is not None
-        if not result.ok:
-            detail = " | ".join(self.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
-            raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination} "
-                              f"in the worker container {result.name} failed (exit {result.exit_code}): {detail}")
-        logger.info("restic restore done in the worker container", extra={
-            **self.fields, "worker": result.name, "snapshot": snapshot.short_id,
-            "seconds": round(time.monotonic() - went, 3)})
+        detail = " | ".join(self.errors[-5:]) or " | ".join(result.tail[-5:]) or "no output"
+        raise ResticError(f"restic restore of {snapshot.short_id} into {container.name}:{self.mount.destination} "
+                          f"in the worker container {result.name} failed (exit {result.exit_code}): {detail}")
 
     def _next(self, event: str) -> dict:
         record = self.events.get()
@@ -296,7 +303,11 @@ class _StagedRestore:
         elif event == "emptied":
             logger.info("volume emptied by the restore's worker container", extra={
                 **self.fields, "entries": record.get("entries")})
-        elif event != "exit":
+        elif event in ("restic-done", "removed") and isinstance(record.get("seconds"), (int, float)):
+            self.timings["restic_seconds" if event == "restic-done" else "removal_wait_seconds"] = record["seconds"]
+        elif event == "exit":
+            self.events.put(record)
+        else:
             return False
         return True
 

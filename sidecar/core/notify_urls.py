@@ -9,21 +9,33 @@ A URL holds tokens and passwords: an error names an entry by its position and sc
 never by its text, and apprise's logger is muted for this thread while it looks at them
 (its plugins log rejected tokens in their warnings; no redaction is installed yet when
 settings are read).
+
+apprise itself (about 0.3 s to import) is imported on first use, by name (`_apprise`): a
+sidecar with no NOTIFY_URLS, and every one-shot command that sends nothing, never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Iterator
 
-import apprise
-from apprise.utils.parse import GET_SCHEMA_RE, parse_url, parse_urls
+if TYPE_CHECKING:
+    import apprise
 
 APPRISE_WIKI = "https://github.com/caronc/apprise/wiki"
+APPRISE = "apprise"  # the one place naming apprise's modules: imported by _apprise on first use
+APPRISE_PARSE = "apprise.utils.parse"
+
+
+def _apprise(module: str = APPRISE) -> ModuleType:
+    """apprise (or its URL parser), imported now if nothing imported it yet."""
+    return importlib.import_module(module)
 
 
 class NotifyOn(enum.Enum):
@@ -55,24 +67,25 @@ class NotifyConfig:
 def scheme_of(url: str) -> str | None:
     """The scheme of an apprise URL as apprise reads it, or None when `url` is not
     SCHEME://... ."""
-    parsed = parse_url(url, default_schema="", verify_host=False)
+    parse = _apprise(APPRISE_PARSE)
+    parsed = parse.parse_url(url, default_schema="", verify_host=False)
     if parsed and parsed["schema"]:
         return parsed["schema"]
-    match = GET_SCHEMA_RE.match(url)  # apprise's fallback for a URL it cannot parse further
+    match = parse.GET_SCHEMA_RE.match(url)  # apprise's fallback for a URL it cannot parse further
     return match["schema"].lower() if match else None
 
 
 def asset() -> apprise.AppriseAsset:
     """Apprise's settings for the sidecar: in-memory storage, its own masking of URLs."""
-    return apprise.AppriseAsset(app_id="backup-sidecar", app_desc="backup-sidecar",
-                                storage_mode="memory", secure_logging=True)
+    return _apprise().AppriseAsset(app_id="backup-sidecar", app_desc="backup-sidecar",
+                                   storage_mode="memory", secure_logging=True)
 
 
 def parse_notify_urls(text: str) -> tuple[str, ...]:
     """The apprise URLs in `text` (separated by commas, semicolons, white space or new
     lines; a comma inside one URL, as in mailto://...?to=a@x.org,b@x.org, is kept).
     Raises ValueError naming every bad entry by its position and scheme only."""
-    entries = tuple(e.strip().strip(",;").strip() for e in parse_urls(text or ""))
+    entries = tuple(e.strip().strip(",;").strip() for e in _apprise(APPRISE_PARSE).parse_urls(text or ""))
     entries = tuple(e for e in entries if e)
     with apprise_muted():
         problems = [p for number, entry in enumerate(entries, 1) if (p := _problem(number, entry))]
@@ -86,6 +99,7 @@ def _problem(number: int, entry: str) -> str | None:
     if scheme is None:
         return f"entry {number} is not a URL: expected SCHEME://..., one apprise notification URL per entry"
     shown = f"entry {number} ({scheme}://...)"
+    apprise = _apprise()
     if scheme.lower() not in apprise.NotificationManager():
         return (f"{shown} has a scheme apprise does not know: expected an apprise notification URL such as "
                 f"mailto://, json://, slack://, discord://, tgram://, ntfy://, gotify:// ({APPRISE_WIKI})")

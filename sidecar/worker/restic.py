@@ -110,6 +110,7 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
             except ArchiveError as exc:
                 emit({"event": "error", "message": str(exc)})
                 return code
+        began = time.monotonic()
         proc = subprocess.Popen(["restic", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         errors = threading.Thread(target=_stderr, args=(proc, emit), daemon=True)
         errors.start()
@@ -120,16 +121,21 @@ def run_restic(repo: Path | None, store_root: Path | None, args: list[str], emit
         output.join()
         code = proc.wait()
         errors.join()
+        if trash is not None:
+            emit({"event": "restic-done", "code": code, "seconds": round(time.monotonic() - began, 3)})
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if repo is not None and tmp is not None and repo.is_dir():
             chown_like(repo)
         if trash is not None:
+            waited = time.monotonic()
             failure = trash.finish()
             if failure is not None:
                 emit({"event": "error", "message": f"removing the volume's old contents failed: {failure}"})
                 code = code or 1
+            else:
+                emit({"event": "removed", "seconds": round(time.monotonic() - waited, 3)})
     emit({"event": "exit", "code": code})
     return code
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -381,15 +382,24 @@ def test_a_whole_volume_restore_empties_the_volume_in_restics_worker_and_starts_
     scratch.mkdir()
     monkeypatch.setattr(restore_snapshot, "VOLUME_PATH", str(data))  # the snapshot's one path here
     run_worker = engine.run_worker
+    at_teardown: list[ContainerState] = []
 
     def restore_root_in_scratch(spec, on_line=None, on_start=None):
-        if spec.purpose == "restic-restore":
-            spec = dataclasses.replace(spec, command=tuple(str(scratch) if a == "/restore" else a
-                                                           for a in spec.command))
-        return run_worker(spec, on_line, on_start)
+        if spec.purpose != "restic-restore":
+            return run_worker(spec, on_line, on_start)
+        spec = dataclasses.replace(spec, command=tuple(str(scratch) if a == "/restore" else a for a in spec.command))
+        result = run_worker(spec, on_line, on_start)
+        # The engine's teardown of the worker's container: the app does not wait for it (the
+        # worker's `exit 0` record ended its writes); waited for, the app would still be stopped.
+        deadline = time.monotonic() + 10
+        while engine.state(app.id) is not ContainerState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        at_teardown.append(engine.state(app.id))
+        return result
 
     monkeypatch.setattr(engine, "run_worker", restore_root_in_scratch)
     done = run_restore_snapshot(rctx, "app", "data", force=True)
+    assert at_teardown == [ContainerState.RUNNING]
     assert not any(data.iterdir())  # emptied, dot files too, by the worker
     restored = scratch / data.relative_to("/")
     assert {p.relative_to(restored): p.read_bytes() for p in restored.rglob("*") if p.is_file()} == original

@@ -104,6 +104,10 @@ def test_the_old_contents_go_while_restic_restores_and_the_roots_times_stay_rest
     code = run_restic(None, None, ["restore"], events.append, empty=volume)
     assert code == 0, events
     assert {"event": "emptied", "entries": 2} in events
+    # restic's own seconds, then the wait for the removal's end: the sidecar logs both
+    said = [e["event"] for e in events if e["event"] in ("emptied", "restic-done", "removed", "exit")]
+    assert said == ["emptied", "restic-done", "removed", "exit"]
+    assert all(e["seconds"] >= 0 for e in events if e["event"] in ("restic-done", "removed"))
     seen = (tmp_path / "seen").read_text().split()
     assert len(seen) == 1 and seen[0].startswith(TRASH_PREFIX)
     assert [p.name for p in volume.iterdir()] == ["new.txt"]
