@@ -730,8 +730,11 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
         mounts=mounts, network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=list(spec.capabilities),
         auto_remove=True,  # a worker whose sidecar died is removed by the engine once it exits
         security_opt=["no-new-privileges"],
-        # Its output is read back through the logs endpoint: a driver that can be read.
-        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+        # Its output is read back through the logs endpoint: a driver that can be read. Not for
+        # a worker streaming an archive's data (decrypted): the attach carries it, and no copy
+        # of it is written to the engine's disk.
+        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"})
+        if spec.logged else docker.types.LogConfig(type="none"),
     )
     return dict(
         image=spec.image, name=name, entrypoint=list(spec.command[:1]), command=list(spec.command[1:]),

@@ -42,7 +42,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import pyrage
 
@@ -233,7 +233,28 @@ def _member(record: dict, archive: str) -> Member:
         raise RestoreError(f"the worker listing {archive} said a member the sidecar cannot read ({err})") from err
 
 
-class ArchiveStream:
+class _Held:
+    """A worker run in a thread of its own while the sidecar talks to it (ArchiveStream,
+    StagedRestore): what ended it, raised."""
+
+    _thread: threading.Thread
+    _failure: BaseException | None
+    _result: WorkerResult | None
+    output: "_Output"
+    plan: WorkerPlan
+    fields: dict
+
+    def _ended(self, event: str) -> NoReturn:
+        """The worker ended before `event`: what it said (or what kept it from running), raised."""
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self._result is not None
+        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
+        raise RestoreError(f"the worker container {self._result.name} ended without {event}")
+
+
+class ArchiveStream(_Held):
     """An archive's bytes for a client, checked and produced by an extract worker with
     `--stream KIND` (sidecar/worker/extract.py; `listing_plan`: the backup volume read-only
     and nothing else): a preset's dump for its app's client, an image export for `docker
@@ -330,31 +351,28 @@ class ArchiveStream:
             self.engine.remove_worker(self._link.name)
         self._thread.join(QUIT_WAIT)
 
-    def _ended(self, event: str) -> None:
-        """The worker ended before `event`: what it said, raised."""
-        self._thread.join()
-        if self._failure is not None:
-            raise self._failure
-        assert self._result is not None
-        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
-        raise RestoreError(f"the worker container {self._result.name} ended without {event}")
-
     def _on_data(self, data: bytes) -> None:
-        """A frame of the worker's stdout, for `data` (waits while the reader is behind:
-        the worker waits with it)."""
+        """A frame of the worker's stdout, for `data`."""
+        if not self._put(data):
+            raise _Abandoned("the archive's reader stopped")
+
+    def _put(self, item: bytes | None) -> bool:
+        """`item` for `data`, waiting while its reader is behind (the worker waits with it);
+        False once the reader is gone."""
         while not self._closed.is_set():
             try:
-                self._chunks.put(data, timeout=0.5)
-                return
+                self._chunks.put(item, timeout=0.5)
+                return True
             except queue.Full:
                 continue
-        raise _Abandoned("the archive's reader stopped")
+        return False
 
     def _run(self) -> None:
         logger.info("streaming an archive through a worker container",
                     extra={**self.fields, "image": self.plan.site.image})
         try:
             with _spec(self.request, self.plan, ["--stream", self.kind]) as spec:
+                spec = dataclasses.replace(spec, logged=False)  # its stdout is the archive's data, decrypted
                 self._result = self.engine.run_worker(spec, self.output, on_start=self._started,
                                                       on_data=self._on_data)
         except EngineError as err:
@@ -364,12 +382,7 @@ class ArchiveStream:
             self._failure = exc
         finally:
             self.output.events.put({"event": "ended"})  # type: ignore[union-attr]
-            while not self._closed.is_set():
-                try:
-                    self._chunks.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
+            self._put(None)
 
     def _started(self, link: WorkerLink) -> None:
         self._link = link
@@ -379,7 +392,7 @@ class _Abandoned(SidecarError):
     """The reader of an ArchiveStream left before its end: the worker is stopped."""
 
 
-class StagedRestore:
+class StagedRestore(_Held):
     """A volume's whole restore in one extract worker (sidecar/worker/extract.py), started
     before anything stops. The sidecar reads no byte of the archive.
 
@@ -529,13 +542,7 @@ class StagedRestore:
         record = self.output.events.get()  # type: ignore[union-attr]
         if record.get("event") in events:
             return record
-        event = " or ".join(events)
-        self._thread.join()
-        if self._failure is not None:
-            raise self._failure
-        assert self._result is not None
-        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
-        raise RestoreError(f"the worker container {self._result.name} ended without {event or 'a result'}")
+        self._ended(" or ".join(events) or "a result")
 
 
 # --- worker -------------------------------------------------------------------------------
