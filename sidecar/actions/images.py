@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ..tarball.archive import ArchiveResult, ArchiveWriter
 from ..core.errors import BackupError, SidecarError
-from ..tarball.extract import canonical_tar, open_archive, verify
+from ..readers import unpack
+from ..tarball.extract import open_archive
 from ..store.image_index import ImageIndex
-from ..core.model import Compression, ImagePolicy, Target
+from ..core.model import Compression, ContainerInfo, ContainerState, ImagePolicy, Mount, Target
 from ..core.naming import choose_image_name
 from ..core.retention import select_image_prune
 from .context import Context
@@ -75,16 +76,21 @@ def export_image(ctx: Context, target: Target) -> ImageExport:
 
 
 def run_restore_image(ctx: Context, ref: str) -> tuple[Path, list[str]]:
-    """Verify an image export and load it into the engine (`docker load`). Our checked
-    extractor reads it: a whole pass first (nothing reaches the engine from a damaged or
-    unsafe export), then the engine's loader gets the canonical stream of the same
-    descriptor (only the members our parser accepted, in headers we wrote), never the
-    raw bytes another tar reader could read differently."""
+    """Verify an image export and load it into the engine (`docker load`). An extract worker
+    reads it (`--stream canonical`; readers/unpack.py ArchiveStream), the backup volume
+    read-only: a whole pass first (nothing reaches the engine from a damaged or unsafe
+    export), then the canonical stream of a second read of the same file (only the members
+    the checked parser accepted, in headers we wrote), never the raw bytes another tar reader
+    could read differently. The sidecar pipes it and parses nothing; where no worker can
+    run, the restore fails closed naming BACKUP_WORKER_IMAGE."""
     path = ctx.store.resolve(ref)
-    keys = ctx.settings.decryption
     with open_archive(path) as archive:
-        verify(archive, keys)
-        lines = ctx.engine.load_image(canonical_tar(archive, keys))
+        how = unpack.UnpackRequest(ContainerInfo("", f"image export {path.name}", "", "", ContainerState.EXITED, {}, ()),
+                                   Mount("bind", "", ""), archive, "", ctx.settings.decryption, ctx.worker_settings,
+                                   path.name)
+        plan = unpack.listing_plan(ctx.engine, how, " to load it into the engine")
+        with unpack.ArchiveStream(ctx.engine, how, plan, "canonical") as export:
+            lines = ctx.engine.load_image(export.data())
     logger.info("image loaded", extra={"path": str(path), "phase": "restore-image", "loaded": lines})
     return path, lines
 

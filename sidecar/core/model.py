@@ -264,6 +264,7 @@ class WorkerSpec:
     timeout: float = 3600.0  # seconds; the worker is killed when it runs longer
     tail_lines: int = 40  # lines of output kept for the error message
     hostname: str | None = None  # the container's host name (None: the engine's choice)
+    logged: bool = True  # False: the engine keeps no log of its output (a stream of decrypted data)
 
 
 @dataclass(frozen=True)

@@ -315,14 +315,16 @@ class Engine:
 
     # --- worker containers --------------------------------------------------------------
     def run_worker(self, spec: WorkerSpec, on_line: Callable[[str], bool | None] | None = None,
-                   on_start: Callable[[WorkerLink], None] | None = None) -> WorkerResult:
+                   on_start: Callable[[WorkerLink], None] | None = None,
+                   on_data: Callable[[bytes], None] | None = None) -> WorkerResult:
         """Run `spec` to its end in a short-lived container and remove it (with any anonymous
         volume). Each line of its output goes to `on_line` (returning True: handled, else
         it is logged); an exception from `on_line` (e.g. BackupAborted) stops the worker and
         goes through. `on_start` gets the running worker's WorkerLink (its name, and its
         stdin to send lines to, from any thread). Raises EngineError when the worker cannot
         be created or started; a failing command is a WorkerResult with its exit code and
-        last lines."""
+        last lines. `on_data`: the worker's stdout is data, each of its frames given to it as
+        it comes (an exception from it stops the worker too), and only stderr is read as lines."""
         name = WORKER_NAME_PREFIX + uuid.uuid4().hex[:16]
         fields = {"worker": name, "purpose": spec.purpose, "image": spec.image}
         tail: collections.deque[str] = collections.deque(maxlen=spec.tail_lines)
@@ -351,7 +353,7 @@ class Engine:
             cleanup.callback(timer.cancel)
             timer.start()
             with _engine_call("follow worker output", name):
-                for line in _frame_lines(sock):
+                for line in _frame_lines(sock, on_data):
                     tail.append(line)
                     if not (on_line is not None and on_line(line)):
                         logger.info("worker output", extra={**fields, "line": line})
@@ -728,8 +730,11 @@ def _worker_create_args(api, name: str, spec: WorkerSpec) -> dict[str, Any]:
         mounts=mounts, network_mode="none", read_only=True, cap_drop=["ALL"], cap_add=list(spec.capabilities),
         auto_remove=True,  # a worker whose sidecar died is removed by the engine once it exits
         security_opt=["no-new-privileges"],
-        # Its output is read back through the logs endpoint: a driver that can be read.
-        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+        # Its output is read back through the logs endpoint: a driver that can be read. Not for
+        # a worker streaming an archive's data (decrypted): the attach carries it, and no copy
+        # of it is written to the engine's disk.
+        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"})
+        if spec.logged else docker.types.LogConfig(type="none"),
     )
     return dict(
         image=spec.image, name=name, entrypoint=list(spec.command[:1]), command=list(spec.command[1:]),
@@ -778,11 +783,15 @@ class _ExitCode:
         return self._code
 
 
-def _frame_lines(sock) -> Iterator[str]:
-    """Text lines of an attached container's stdout and stderr (each stream's own lines)."""
+def _frame_lines(sock, on_data: Callable[[bytes], None] | None = None) -> Iterator[str]:
+    """Text lines of an attached container's stdout and stderr (each stream's own lines);
+    with `on_data`, stdout's frames go to it as they are and only stderr is read as lines."""
     pending = {1: b"", 2: b""}
     try:
         for stream, data in docker.utils.socket.frames_iter(sock, tty=False):
+            if stream == 1 and on_data is not None:
+                on_data(data)
+                continue
             buf = pending.get(stream, b"") + data
             *complete, pending[stream] = buf.split(b"\n")
             for line in complete:

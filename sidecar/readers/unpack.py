@@ -42,7 +42,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 import pyrage
 
@@ -75,6 +75,7 @@ WORKER_PATH = "worker"
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID")
 PURPOSE = "extract"
 QUIT_WAIT = 30.0  # seconds a staged worker told to quit has to end before it is removed
+STREAM_FRAMES = 64  # a streaming worker's stdout frames held while its reader is behind
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,166 @@ def _member(record: dict, archive: str) -> Member:
         raise RestoreError(f"the worker listing {archive} said a member the sidecar cannot read ({err})") from err
 
 
-class StagedRestore:
+class _Held:
+    """A worker run in a thread of its own while the sidecar talks to it (ArchiveStream,
+    StagedRestore): what ended it, raised."""
+
+    _thread: threading.Thread
+    _failure: BaseException | None
+    _result: WorkerResult | None
+    output: "_Output"
+    plan: WorkerPlan
+    fields: dict
+
+    def _ended(self, event: str) -> NoReturn:
+        """The worker ended before `event`: what it said (or what kept it from running), raised."""
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self._result is not None
+        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
+        raise RestoreError(f"the worker container {self._result.name} ended without {event}")
+
+
+class ArchiveStream(_Held):
+    """An archive's bytes for a client, checked and produced by an extract worker with
+    `--stream KIND` (sidecar/worker/extract.py; `listing_plan`: the backup volume read-only
+    and nothing else): a preset's dump for its app's client, an image export for `docker
+    load`. The sidecar pipes them and parses none of them.
+
+    Entering starts the worker and waits until it checked the whole archive (`verified`: the
+    dump's `file`, the `bytes` to come), or raises its refusal as `verify` would: nothing has
+    reached a client yet. `data()` says go and yields the bytes as the worker's stdout frames
+    bring them (the engine's attach keeps them apart from its records on stderr), then raises
+    unless the worker ended with its result, the SHA-256 and the byte count of its check.
+    Leaving without a go tells it to quit; a reader that stops early has it removed."""
+
+    def __init__(self, engine: Engine, request: UnpackRequest, plan: WorkerPlan, kind: str):
+        self.engine, self.request, self.plan, self.kind = engine, request, plan, kind
+        self.fields = {"target": request.target, "container": request.container.name, "phase": "verify",
+                       "path": WORKER_PATH, "stream": kind}
+        self.output = _Output(self.fields, events=queue.Queue())
+        self.verified: dict = {}
+        self._chunks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=STREAM_FRAMES)
+        self._closed = threading.Event()
+        self._link: WorkerLink | None = None
+        self._result: WorkerResult | None = None
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stream-worker", daemon=True)
+        self._went = False
+
+    @property
+    def file(self) -> str:
+        """The dump's file name inside the archive (`dump`, `files`)."""
+        return str(self.verified.get("file") or "")
+
+    @property
+    def size(self) -> int:
+        """The bytes `data` yields."""
+        return int(self.verified["bytes"])
+
+    def __enter__(self) -> "ArchiveStream":
+        self._thread.start()
+        try:
+            record = self.output.events.get()  # type: ignore[union-attr]
+            if record.get("event") != "verified":
+                self._ended("verified")
+            if record.get("protocol") != PROTOCOL:
+                raise WorkerUnavailable(f"the worker image {self.plan.site.image} speaks worker protocol "
+                                        f"{record.get('protocol')}, this sidecar {PROTOCOL}; set BACKUP_WORKER_IMAGE "
+                                        "to the sidecar's image")
+            expected = self.request.archive.expected_sha256
+            if expected is not None and record.get("sha256") != expected:
+                raise ChecksumMismatch(f"{self.request.archive.name}: the worker read SHA-256 {record.get('sha256')}, "
+                                       f"the checksum file says {expected}")
+            self.verified = record
+            logger.info("archive verified by the worker container", extra={
+                **self.fields, "members": record.get("members"), "bytes": record.get("bytes"),
+                "verify_seconds": record.get("seconds")})
+        except ArchiveError as err:
+            self.__exit__(None, None, None)
+            raise type(err)(f"{err} (refused before anything reached {self.request.container.name})") from err
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def data(self) -> Iterator[bytes]:
+        self.fields["phase"] = "restore"
+        self._went = True
+        assert self._link is not None
+        try:
+            self._link.send(b"go\n")
+        except EngineError as err:
+            raise RestoreError(f"the worker container {self._link.name} could not be sent 'go' ({err})") from err
+        sent = 0
+        while (chunk := self._chunks.get()) is not None:
+            sent += len(chunk)
+            yield chunk
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        assert self._result is not None
+        done = _outcome(self._result, self.output, self.plan, self.fields, typed=True)
+        if done.sha256 != self.verified.get("sha256") or sent != self.size:
+            raise RestoreError(f"the worker container {self._result.name} sent {sent} bytes of "
+                               f"{self.request.archive.name} (SHA-256 {done.sha256}); it checked {self.size} "
+                               f"(SHA-256 {self.verified.get('sha256')})")
+
+    def __exit__(self, *exc_info) -> None:
+        """Without a go: `quit`; a worker still running after that (or after a reader that
+        stopped early) is removed."""
+        self._closed.set()
+        if not self._went and self._thread.is_alive() and self._link is not None:
+            with contextlib.suppress(SidecarError):
+                self._link.send(b"quit\n")
+                self._thread.join(QUIT_WAIT)
+        if self._thread.is_alive() and self._link is not None:
+            self.engine.remove_worker(self._link.name)
+        self._thread.join(QUIT_WAIT)
+
+    def _on_data(self, data: bytes) -> None:
+        """A frame of the worker's stdout, for `data`."""
+        if not self._put(data):
+            raise _Abandoned("the archive's reader stopped")
+
+    def _put(self, item: bytes | None) -> bool:
+        """`item` for `data`, waiting while its reader is behind (the worker waits with it);
+        False once the reader is gone."""
+        while not self._closed.is_set():
+            try:
+                self._chunks.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        logger.info("streaming an archive through a worker container",
+                    extra={**self.fields, "image": self.plan.site.image})
+        try:
+            with _spec(self.request, self.plan, ["--stream", self.kind]) as spec:
+                spec = dataclasses.replace(spec, logged=False)  # its stdout is the archive's data, decrypted
+                self._result = self.engine.run_worker(spec, self.output, on_start=self._started,
+                                                      on_data=self._on_data)
+        except EngineError as err:
+            self._failure = WorkerUnavailable(f"cannot read {self.request.archive.name}: no worker container could "
+                                              f"run ({err}); set BACKUP_WORKER_IMAGE to the sidecar's image")
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._failure = exc
+        finally:
+            self.output.events.put({"event": "ended"})  # type: ignore[union-attr]
+            self._put(None)
+
+    def _started(self, link: WorkerLink) -> None:
+        self._link = link
+
+
+class _Abandoned(SidecarError):
+    """The reader of an ArchiveStream left before its end: the worker is stopped."""
+
+
+class StagedRestore(_Held):
     """A volume's whole restore in one extract worker (sidecar/worker/extract.py), started
     before anything stops. The sidecar reads no byte of the archive.
 
@@ -382,13 +542,7 @@ class StagedRestore:
         record = self.output.events.get()  # type: ignore[union-attr]
         if record.get("event") in events:
             return record
-        event = " or ".join(events)
-        self._thread.join()
-        if self._failure is not None:
-            raise self._failure
-        assert self._result is not None
-        _outcome(self._result, self.output, self.plan, self.fields, typed=True)
-        raise RestoreError(f"the worker container {self._result.name} ended without {event or 'a result'}")
+        self._ended(" or ".join(events) or "a result")
 
 
 # --- worker -------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from . import crypto
 from .archive import MAX_SYMLINK_HOPS, compression_for, is_encrypted, read_checksum
 from sidecar.core.errors import ArchiveError, ChecksumMismatch, EncryptionError, SidecarError, UnsafeArchive
 from sidecar.core.keys import DecryptionKeys, load_identities
+from sidecar.core.members import PART
 from sidecar.core.model import Compression
 from sidecar.core.naming import CHECKSUM_SUFFIX
 from .streams import IterReader
@@ -1049,12 +1050,41 @@ def verify(archive: ArchiveFile, keys: DecryptionKeys | None = None, only: Seque
     return one.summary
 
 
-def read_members(path: Path, keys: DecryptionKeys | None = None) -> Iterator[tuple[Member, Iterator[bytes]]]:
-    """Each accepted member of an archive file with its data, read by the one parser (a
-    preset's dump fed back to its app's client): checked as `verify` checks it, the hash
-    and the end of the archive once the last member was read."""
-    with open_archive(path) as archive, _Pass(archive, keys) as one:
-        yield from one.members()
+class DumpShape:
+    """A preset's dump archive (presets/dump.py's parts_tar), checked member by member (a
+    `verify` on_member): regular files FILE.000000, FILE.000001, ... in order, one FILE.
+    `file` and `size` (the dump's bytes) once `finish` accepted it."""
+
+    def __init__(self, archive: str):
+        self.archive = archive
+        self.file: str | None = None
+        self.parts = 0
+        self.size = 0
+
+    def __call__(self, member: Member) -> None:
+        match = PART.match(member.name) if member.kind is Kind.FILE else None
+        if match is None or int(match["n"]) != self.parts or (self.file is not None and match["file"] != self.file):
+            raise ArchiveError(f"{self.archive}: {member.name!r} is not part {self.parts} of a dump")
+        self.file, self.parts, self.size = match["file"], self.parts + 1, self.size + member.size
+
+    def finish(self) -> None:
+        if self.parts == 0:
+            raise ArchiveError(f"{self.archive}: no dump in this archive")
+
+
+def dump_data(archive: ArchiveFile, keys: DecryptionKeys | None, shape: DumpShape,
+              on_done: Callable[[Summary], None] | None = None) -> Iterator[bytes]:
+    """The dump in a preset's archive, its parts joined in order, read once and checked as
+    `verify` checks it (`shape` too); it raises at its end (the hash) when the file is not
+    the one that was written, before `on_done` gets the summary. Run by a worker only."""
+    with _Pass(archive, keys) as one:
+        for member, data in one.members():
+            shape(member)
+            yield from data
+    shape.finish()
+    assert one.summary is not None
+    if on_done is not None:
+        on_done(one.summary)
 
 
 def list_members(archive: ArchiveFile, keys: DecryptionKeys | None = None) -> Iterator[Member]:

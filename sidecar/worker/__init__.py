@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..core.model import WORKER_PARENT_ENV
 
-PROTOCOL = 11  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
+PROTOCOL = 12  # 3: the mirror's vault/, --exclude and `refused`; a worker watches its sidecar; 4: restic;
 # 5: restic --go (held at its gate until the go file)
 # 6: the extract worker's staged restore (verify, then room and go on stdin)
 # 7: restic --empty (a restore empties the volume itself)
@@ -29,6 +29,8 @@ PROTOCOL = 11  # 3: the mirror's vault/, --exclude and `refused`; a worker watch
 # 10: restic --staged (a restore's worker started before the stop, `go SNAPSHOT_ID` on stdin; no probe)
 #    (8, 9 and 10 were built side by side and landed together: 10 holds all three)
 # 11: the extract worker's --list (`member` records, then `result`): the sidecar parses no archive
+# 12: the extract worker's --stream (verified, go, the bytes on stdout and every record on stderr): a
+#    preset's dump and an image export reach their client from a worker, not from the sidecar's parser
 
 EXIT_ORPHANED = 70  # the sidecar that started this worker is gone
 

@@ -35,6 +35,15 @@ accepted member (name, kind, mode, owner, times, sizes, link; each bounded by th
 MAX_PATH, MAX_SYMLINK_TARGET), --into left untouched, then `result` with the summary and `expanded`. The sidecar
 decides from those records; it parses no archive itself.
 
+`--stream dump|files|canonical` (PROTOCOL 12: a preset's dump fed to its app's client, an
+image export to `docker load`) mounts only the backup volume, read-only, like `--list`: it
+checks the whole archive (a dump's shape too: parts FILE.NNNNNN in order, one FILE) and says
+`verified` (`file`, `bytes`); on the sidecar's `go` it reads the archive again and writes the
+dump's bytes (`dump`), that dump's tar as files and folders in headers we write (`files`), or
+the archive's canonical tar (`canonical`) to stdout, the last piece only once the archive's
+end and hash were accepted, then says `result`. The data has stdout to itself: every record
+goes to stderr (data_channel), and the engine's attach frames keep the two apart.
+
 Output: JSON lines like `python -m sidecar.worker`'s: `started` just before the first
 write (a worker that ends without it wrote nothing), `progress` (tar bytes so far),
 `warning`, `error` (with `refused`: the archive is damaged or unsafe) and `result`.
@@ -55,19 +64,24 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pyrage
 
 from ..core.errors import ArchiveError, ChecksumMismatch, SidecarError
 from ..tarball import staging
-from ..tarball.extract import (DISK_BLOCK, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, ArchiveFile, Kind, Member, Summary,
-                               extract, open_archive, verify)
+from ..tarball.extract import (DISK_BLOCK, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, ArchiveFile, DumpShape, Kind, Member,
+                               Summary, canonical_tar, dump_data, extract, files_tar, open_archive, verify)
 from ..core.keys import DecryptionKeys
 from ..core.members import chosen, member_path
 from . import COMMANDS, ON_ORPHAN, PROTOCOL
 from .cli import emit
 
 MODULE = ("python", "-m", "sidecar.worker.extract")
+# What `--stream` sends on stdout (its records go to stderr): a preset's dump, its parts
+# joined (`dump`); that dump, a tar itself, as regular files and folders in headers we write
+# (`files`: files_tar); the archive's canonical tar (`canonical`: an image export for `docker load`).
+STREAMS = ("dump", "files", "canonical")
 EXIT_QUIT = 3  # --staged: the sidecar said quit; nothing was written
 COMMAND_TIMEOUT = 3600.0  # seconds a staged worker waits for each of the sidecar's lines
 
@@ -116,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--archive", type=Path)
     parser.add_argument("--into", type=Path, required=True)
     parser.add_argument("--list", action="store_true", help="write nothing: one `member` record per accepted member")
+    parser.add_argument("--stream", choices=STREAMS, help="write nothing: verify, then on go stream this on stdout")
     parser.add_argument("--skip", action="append", default=[], help="a folder below --into left out (read-only)")
     parser.add_argument("--only", action="append", help="a glob: only regular files it matches may be written")
     parser.add_argument("--staged", action="store_true", help="verify first, then wait for room/go/quit on stdin")
@@ -134,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> dict | None:
+def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS, data_fd: int = 1) -> dict | None:
     """The restore; None when a staged worker was told to quit (nothing written)."""
     keys = read_keys(args.keys_file) if args.keys_file is not None else None
     with open_archive(args.archive, require_checksum=args.sha256 is None) as archive:
@@ -142,6 +157,8 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
         if archive.expected_sha256 is not None and expected != archive.expected_sha256:
             raise ChecksumMismatch(f"{archive.name}: its checksum file changed since the sidecar verified it")
         archive = dataclasses.replace(archive, expected_sha256=expected)
+        if args.stream is not None:
+            return _stream(args.stream, archive, keys, commands, data_fd)
         if args.list:
             began = time.monotonic()
             check = verify(archive, keys, args.only, on_member=_emit_member)
@@ -174,6 +191,68 @@ def run(args: argparse.Namespace, commands: "queue.Queue[str]" = COMMANDS) -> di
         summary = extract(archive, args.into, keys, _Progress(args.progress_interval), args.skip, args.only,
                           select=(lambda member: keep(member.name)) if filtered else None)
     return {**_counts(summary), "seconds": round(time.monotonic() - began, 3)}
+
+
+def _stream(kind: str, archive: ArchiveFile, keys: DecryptionKeys | None, commands: "queue.Queue[str]",
+            data_fd: int) -> dict | None:
+    """`--stream` (PROTOCOL 12): the whole archive checked first (a dump's shape too) and
+    `verified` said (its dump `file`, the `bytes` to come, the SHA-256 read); on `go` it is
+    read again, refused unless it has that SHA-256, and `kind`'s bytes are written to
+    `data_fd`, the last piece only once the whole archive was accepted; `quit`: nothing is
+    sent (None)."""
+    began = time.monotonic()
+    if kind == "dump":  # the data skipped, as verify skips it: only the shape and the sizes are needed
+        shape = DumpShape(archive.name)
+        check = verify(archive, keys, on_member=shape)
+        shape.finish()
+        size = shape.size
+    else:
+        done: list[Summary] = []
+        stream, shape = _streamed(kind, archive, keys, done.append)
+        size = sum(len(chunk) for chunk in stream)
+        check = done[0]
+    emit({"event": "verified", "protocol": PROTOCOL, **_counts(check), "file": shape.file if shape else None,
+          "bytes": size, "seconds": round(time.monotonic() - began, 3)})
+    if _next(commands, ("go", "quit"), "the archive was verified") != "go":
+        return None
+    emit({"event": "started"})
+    began = time.monotonic()
+    done = []
+    stream, _shape = _streamed(kind, dataclasses.replace(archive, expected_sha256=check.sha256), keys, done.append)
+    sent, held = 0, b""
+    for chunk in stream:
+        if held:
+            _write_all(data_fd, held)
+            sent += len(held)
+        held = chunk
+    if sent + len(held) != size:
+        raise ArchiveError(f"{archive.name}: read {sent + len(held)} bytes the second time, {size} the first")
+    _write_all(data_fd, held)
+    return {**_counts(done[0]), "bytes": size, "seconds": round(time.monotonic() - began, 3)}
+
+
+def _streamed(kind: str, archive: ArchiveFile, keys: DecryptionKeys | None,
+              on_done: Callable[[Summary], None]) -> tuple[Iterator[bytes], DumpShape | None]:
+    if kind == "canonical":
+        return canonical_tar(archive, keys, on_done), None
+    shape = DumpShape(archive.name)
+    data = dump_data(archive, keys, shape, on_done)
+    if kind == "dump":
+        return data, shape
+    return _drained(files_tar(data, f"the tar in {archive.name}"), data), shape
+
+
+def _drained(stream: Iterator[bytes], inner: Iterator[bytes]) -> Iterator[bytes]:
+    """`stream`, then the rest of the archive it reads from: its end and its hash checked."""
+    yield from stream
+    for _ in inner:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _one_pass(args: argparse.Namespace, archive: ArchiveFile, keys: DecryptionKeys | None,
@@ -309,8 +388,20 @@ def room(into: Path, needed: int, replacing: bool) -> int:
     return free
 
 
-def main(argv: list[str], commands: "queue.Queue[str]" = COMMANDS) -> int:
+def data_channel() -> int:
+    """`--stream`'s data goes to stdout and nothing else does: stdout is moved to a new
+    descriptor (returned) and stderr takes its place, so records, warnings and a traceback
+    all reach the sidecar on the engine's stderr stream, never among the data."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    return fd
+
+
+def main(argv: list[str], commands: "queue.Queue[str]" = COMMANDS, data_fd: int | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.stream is not None and data_fd is None:
+        data_fd = data_channel()
     if args.archive is None or (args.one_pass and args.skip):
         emit({"event": "error", "refused": False,
               "message": "--archive is required" if args.archive is None else "--one-pass cannot leave out --skip "
@@ -321,7 +412,7 @@ def main(argv: list[str], commands: "queue.Queue[str]" = COMMANDS) -> int:
     ours.addHandler(handler)
     ours.setLevel(logging.WARNING)
     try:
-        result = run(args, commands)
+        result = run(args, commands, 1 if data_fd is None else data_fd)
     except ArchiveError as err:
         emit({"event": "error", "refused": True, "message": str(err), "kind": type(err).__name__})
         return EXIT_REFUSED

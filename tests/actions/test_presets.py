@@ -4,6 +4,7 @@ and the failures (exit codes, empty or truncated output, timeouts) are the tools
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -18,10 +19,15 @@ from sidecar.actions.backup import BackupResult, run_backup
 from sidecar.actions.plan import run_plan
 from sidecar.actions.restore_dump import run_restore_dump
 from sidecar.actions.sources.presets import dump
-from sidecar.core.errors import EngineError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive
+from sidecar.core.errors import ArchiveError, EngineError, NotFound, RestoreError, RestoreLeftStopped, UnsafeArchive
 from sidecar.core.model import ContainerState
+from sidecar.tarball.archive import write_checksum
 
 from .conftest import app_labels
+
+# A preset's restore reads its archive in an extract worker (`--stream`; the fake engine runs it
+# as a host process): no worker, no restore. Backups still read through the engine's archive API.
+pytestmark = pytest.mark.usefixtures("restore_worker")
 
 DUMPALL_END = "--\n-- PostgreSQL database cluster dump complete\n--\n\n"
 
@@ -522,3 +528,114 @@ def test_a_redis_restore_failing_while_writing_leaves_the_container_stopped(engi
         run_restore_dump(ctx, "app", "latest", force=True)
     assert engine.state(app.id) is ContainerState.EXITED
     assert [e.action for e in ctx.journal.entries()] == ["left-stopped"]
+
+
+# --- issue 19: a preset's archive is read by a worker (`--stream`), never by the sidecar's parser
+
+def _refused(*args, **kwargs):
+    raise AssertionError("the sidecar parsed the archive")
+
+
+def _parser_refused(monkeypatch) -> None:
+    """The checked parser made unusable in this process (the fake engine's workers are host
+    processes of their own, where it works): whatever reads an archive here fails."""
+    for name in ("_Pass.__init__", "verify", "dump_data", "canonical_tar", "files_tar"):
+        monkeypatch.setattr(f"sidecar.tarball.extract.{name}", _refused)
+
+
+def _stream_workers(engine) -> list:
+    return [s for s in engine.workers_run if s.purpose == "extract" and "--stream" in s.command]
+
+
+def test_a_preset_restore_with_the_sidecars_parser_refused_still_works(engine, ctx, tmp_path, data, monkeypatch):
+    """The restore works with the parser patched to raise in the sidecar: the patches the parser
+    gets show it is the worker's (backup volume read-only and nothing else) that reads the dump."""
+    received = tmp_path / "received.sql"
+    _backed_up(engine, ctx, tmp_path, received)
+    _parser_refused(monkeypatch)
+    outcome = run_restore_dump(ctx, "app", "latest")
+    assert received.read_text() == "SELECT 1;\n" + DUMPALL_END and outcome.tar_bytes > 0
+    [worker] = _stream_workers(engine)
+    assert worker.command[worker.command.index("--stream") + 1] == "dump"
+    assert [(m.target, m.read_only) for m in worker.mounts] == [("/backups", True)]
+    assert engine.running_workers() == []
+
+
+def test_a_redis_restore_with_the_sidecars_parser_refused(engine, ctx, tmp_path, data, monkeypatch):
+    rdb = data
+    app = _redis(engine, tmp_path, rdb)
+    assert run_backup(ctx, _target(ctx)).ok
+    engine.containers[app.id].env.update(RDB_DIR="/data", KEYS="0")
+    (rdb / "dump.rdb").write_bytes(b"REDIS-newer")
+    _parser_refused(monkeypatch)
+    run_restore_dump(ctx, "app", "latest")
+    assert (rdb / "dump.rdb").read_bytes() == b"REDIS0011-snapshot-pw-r"
+    assert [s.command[s.command.index("--stream") + 1] for s in _stream_workers(engine)] == ["dump"]
+
+
+def test_a_prometheus_restore_with_the_sidecars_parser_refused(engine, ctx, tmp_path, data, monkeypatch):
+    app = _prometheus(engine, tmp_path, data)
+    assert run_backup(ctx, _target(ctx)).ok
+    engine.containers[app.id].env["TSDB_SHOWN"] = "/prometheus"
+    for entry in data.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    _parser_refused(monkeypatch)
+    run_restore_dump(ctx, "app", "latest")
+    assert (data / "01BLOCK" / "meta.json").read_text() == "chunk\n"
+    assert [s.command[s.command.index("--stream") + 1] for s in _stream_workers(engine)] == ["files"]
+
+
+def _crafted(archive: Path, *members: tuple[str, bytes, bytes]) -> None:
+    """`archive` replaced by a tar of `members` (name, type, data) with a checksum that matches:
+    whoever can write to the backup volume can write both."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, content in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = kind, 0o4755
+            if kind == tarfile.SYMTYPE:
+                info.linkname = content.decode()
+            else:
+                info.size = len(content)
+            tar.addfile(info, io.BytesIO(content) if kind == tarfile.REGTYPE else None)
+    raw = zstandard.ZstdCompressor().compress(buf.getvalue())
+    archive.write_bytes(raw)
+    write_checksum(archive, hashlib.sha256(raw).hexdigest(), 0o600)
+
+
+@pytest.mark.parametrize("members, words", [
+    ([("usr/local/bin/backdoor", tarfile.REGTYPE, b"#!/bin/sh\n")], "is not part 0 of a dump"),
+    ([("pg_dumpall.sql.000000", tarfile.REGTYPE, b"SELECT 1;"), ("pg_dumpall.sql.000002", tarfile.REGTYPE, b"x")],
+     "is not part 1 of a dump"),
+    ([("pg_dumpall.sql.000000", tarfile.REGTYPE, b"SELECT 1;"), ("pg_dumpall.sql.000001", tarfile.SYMTYPE,
+                                                                 b"pg_dumpall.sql.000000")], "is not part 1 of a dump"),
+])
+def test_a_crafted_dump_archive_is_refused_by_the_worker_with_nothing_fed(engine, ctx, tmp_path, members, words):
+    received = tmp_path / "received.sql"
+    _app, archive = _backed_up(engine, ctx, tmp_path, received)
+    _crafted(archive, *members)
+    with pytest.raises(ArchiveError, match=words) as err:
+        run_restore_dump(ctx, "app", "latest", force=True)
+    assert "refused before anything reached db-1" in str(err.value)
+    assert not received.exists()
+    assert not [o for o in engine.exec_options if o["argv"][-1] == "postgres"]  # no client started for the dump
+    assert engine.running_workers() == []
+
+
+def test_a_preset_restore_without_a_worker_is_refused_naming_the_setting(engine, make_ctx, tmp_path, monkeypatch):
+    received = tmp_path / "received.sql"
+    _backed_up(engine, make_ctx(), tmp_path, received)
+    _parser_refused(monkeypatch)
+    with pytest.raises(RestoreError, match="BACKUP_WORKER_IMAGE") as err:
+        run_restore_dump(make_ctx(BACKUP_WORKER_IMAGE="none"), "app", "latest")
+    assert "no worker container can run" in str(err.value) and not received.exists()
+
+
+def test_a_client_that_stops_reading_ends_the_worker(engine, ctx, tmp_path):
+    received = tmp_path / "received.sql"
+    _postgres(engine, tmp_path, pg_dumpall=f'head -c 3000000 /dev/urandom | base64; printf "%s" "{DUMPALL_END}"',
+              psql=f'case "$*" in *-c*) echo 0;; *) head -c 10 > {received}; exit 3;; esac')
+    assert run_backup(ctx, _target(ctx)).ok
+    with pytest.raises(RestoreError, match="psql"):
+        run_restore_dump(ctx, "app", "latest")
+    assert len(received.read_bytes()) == 10 and engine.running_workers() == []

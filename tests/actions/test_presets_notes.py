@@ -27,6 +27,9 @@ from sidecar.core.retention import Keep
 from .conftest import app_labels
 from .test_presets import _tools
 
+# A preset's dump is read by an extract worker (a host process here): no worker, no restore.
+pytestmark = pytest.mark.usefixtures("restore_worker")
+
 DUMP_DONE = "-- Dump completed on 2026-12-02  3:00:00"
 RISK = {"target": "app", "app": "mariadb", "preset": "mysql"}
 

@@ -283,8 +283,9 @@ class Lab:
 
     @staticmethod
     def _restores(args: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:
-        """A restore is written by a worker only (as the sidecar in its container: one from its image)."""
-        if args[:1] == ("restore",):
+        """A restore is written (an image export read) by a worker only (as the sidecar in its
+        container: one from its image)."""
+        if args[:1] in (("restore",), ("restore-image",)):
             env.setdefault("BACKUP_WORKER_IMAGE", WORKER_IMAGE)
         return env
 

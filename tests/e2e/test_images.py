@@ -60,6 +60,8 @@ def test_restore_image_refuses_a_corrupted_export(lab):
     lab.workload("x", {"backup.enable": "true", "backup.strategy": "hot"}, {vol: "/data"}, image=f"{lab.project}-x:1")
     assert lab.cli("backup", "x").returncode == 0
     [export] = lab.archives(folder="images")
+    no_worker = lab.cli("restore-image", export.name, BACKUP_WORKER_IMAGE="none")  # issue 19: read by a worker only
+    assert no_worker.returncode == 1 and "BACKUP_WORKER_IMAGE" in no_worker.stderr, no_worker.stderr
     data = bytearray(export.read_bytes())
     data[len(data) // 2] ^= 1
     export.write_bytes(bytes(data))

@@ -6,12 +6,17 @@ words and no archive; a large dump streams with a flat sidecar memory."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
 import pytest
+
+from sidecar.tarball.archive import write_checksum
 
 from .app_images import ensure_app_image
 from .support import REPO, wait_for
@@ -162,6 +167,26 @@ def test_wrong_role_fails_with_the_tools_message(lab, postgres_image):
     _assert_failed_without_archive(lab, done, "pg_dumpall exited with 1", 'password authentication failed for user '
                                                                           '"nosuchrole"')
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_a_crafted_dump_archive_is_refused_by_the_worker_before_any_client_runs(lab):
+    """Issue 19: the dump archive is read by a streaming worker only; one that is no dump (a
+    setuid member named to land in the container, with a checksum that matches) is refused
+    before the server is asked anything (the busybox workload has no psql to run)."""
+    lab.workload("crafted", labels={"backup.enable": "true", "backup.preset": "postgres", "backup.image": "never"})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("usr/local/bin/backdoor")
+        info.size, info.mode = 10, 0o4755
+        tar.addfile(info, io.BytesIO(b"#!/bin/sh\n"))
+    archive = lab.backup_dir / "daily" / "crafted_postgres+dump_2026-12-08_daily.tar"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(buf.getvalue())
+    write_checksum(archive, hashlib.sha256(buf.getvalue()).hexdigest(), 0o600)
+    refused = lab.cli("restore", "crafted", "--dump", "latest", "--force")
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "'usr/local/bin/backdoor' is not part 0 of a dump" in refused.stderr, refused.stderr[-3000:]
+    assert f"refused before anything reached {lab.project}-crafted" in refused.stderr
 
 
 def test_missing_tool_fails(lab):

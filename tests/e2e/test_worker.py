@@ -308,3 +308,26 @@ def test_sigterm_during_a_worker_read_leaves_no_worker(lab, worker_image):
     assert lab.state(app) == "running"
     assert not list(lab.backup_dir.rglob("*.tar.gz*"))
     assert any(r.get("message") == "worker ran past its timeout; killing it" for r in log_records(log)) is False
+
+
+def test_a_worker_with_on_data_gets_stdout_as_data_and_stderr_as_lines(lab, worker_image):
+    """Issue 19's channel for a streaming worker (extract --stream): the attach's frames keep
+    stdout (the data, byte for byte) apart from stderr (the records), and the engine keeps no
+    log of the data (`logged=False`: the json-file driver would write it to the host's disk)."""
+    engine = _engine()
+    seen, data = {}, bytearray()
+
+    def on_line(line):
+        if line == "ready":
+            name = engine.api.containers(filters={"label": WORKER_LABEL + "=test"})[0]["Names"][0].lstrip("/")
+            seen.update(config=engine.api.inspect_container(name)["HostConfig"])
+        return True
+
+    script = ("echo ready >&2; sleep 1; i=0; while [ $i -lt 3000 ]; do printf '%01023d\\n' $i; i=$((i+1)); done; "
+              "echo done >&2")
+    spec = WorkerSpec(worker_image, ("sh", "-c", script), "test", labels={STORE_LABEL: lab.project}, logged=False)
+    result = engine.run_worker(spec, on_line, on_data=data.extend)
+    assert result.ok and result.tail == ("ready", "done")
+    assert bytes(data) == b"".join(b"%01023d\n" % i for i in range(3000))
+    assert seen["config"]["LogConfig"]["Type"] == "none"
+    engine.close()

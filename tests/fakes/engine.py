@@ -440,10 +440,11 @@ class FakeEngine:
         return 0, ""
 
     # --- worker containers: run as a host process with the mounts' folders in place of their paths
-    def run_worker(self, spec: WorkerSpec, on_line=None, on_start=None) -> WorkerResult:
+    def run_worker(self, spec: WorkerSpec, on_line=None, on_start=None, on_data=None) -> WorkerResult:
         """The worker's command as a host process; its stdin is the "attach" (WORKER_PARENT_ENV),
         written through the WorkerLink `on_start` gets; `fail("worker:PURPOSE:LINE", ...)`
-        makes sending LINE (e.g. "go") fail: the engine gone while the worker waits."""
+        makes sending LINE (e.g. "go") fail: the engine gone while the worker waits. With
+        `on_data`, stdout is data (read in pieces, as frames come) and stderr the lines."""
         self._call("run_worker", spec)
         self._purpose_fault(spec.purpose)
         if spec.image not in self.worker_images:
@@ -454,18 +455,35 @@ class FakeEngine:
         argv += [self._host_path(arg, spec) for arg in spec.command[1:]]
         env = {**os.environ, "PYTHONPATH": str(REPO), WORKER_PARENT_ENV: "stdin"}
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE if on_data is not None else subprocess.STDOUT, env=env)
         self._running[name] = proc
         tail: list[str] = []
+        data_failed: list[BaseException] = []
+
+        def read_data() -> None:
+            try:
+                while chunk := proc.stdout.read1(65536):
+                    on_data(chunk)
+            except BaseException as exc:  # noqa: BLE001 - raised by the caller's thread, as the engine's would
+                data_failed.append(exc)
+                proc.kill()
+
+        reader = threading.Thread(target=read_data, daemon=True) if on_data is not None else None
         try:
             if on_start is not None:
                 on_start(WorkerLink(name, lambda data: self._send(proc, spec.purpose, data)))
-            for raw in proc.stdout:
+            if reader is not None:
+                reader.start()
+            for raw in (proc.stderr if on_data is not None else proc.stdout):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 tail.append(line)
                 if on_line is not None:
                     on_line(line)
+            if reader is not None:
+                reader.join()
+                if data_failed:
+                    raise data_failed[0]
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from sidecar.tarball.archive import filter_tar
-from sidecar.docker.engine import Engine, own_ids_in_mountinfo
+from sidecar.docker.engine import Engine, _frame_lines, own_ids_in_mountinfo
 from sidecar.core.model import ContainerInfo, ContainerState, Mount, WorkerMount
 from sidecar.readers.worker import STORE_ROOT, VOLUME_ROOT, store_mount, volume_mounts
 from sidecar import worker
@@ -158,3 +159,29 @@ def test_the_compressors_pipe_to_the_worker_is_widened(tmp_path, monkeypatch):
 ])
 def test_the_sidecar_reads_a_workers_line_as_its_record_or_nothing(line, record):
     assert worker.record_of(line) == record
+
+
+def _framed(*frames: tuple[int, bytes]) -> bytes:
+    """The engine's attach stream (no TTY): each frame an 8-byte header (stream, size) and its bytes."""
+    return b"".join(bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data for stream, data in frames)
+
+
+def test_an_attach_with_on_data_gives_stdout_as_data_and_stderr_as_lines():
+    """Issue 19's streaming worker: the data on stdout never mixes with the records on stderr,
+    whatever the frames' boundaries; without on_data both streams are lines, as before."""
+    frames = _framed((2, b'{"event": "verif'), (1, b"SELECT 1;\n{\"event\": \"x\"}\n"), (2, b'ied"}\n'),
+                     (1, b"\0\xff"), (2, b"done"))
+
+    def lines(on_data=None) -> list[str]:
+        ours, theirs = socket.socketpair()
+        theirs.sendall(frames)
+        theirs.close()
+        try:
+            return list(_frame_lines(ours, on_data))
+        finally:
+            ours.close()
+
+    data = bytearray()
+    assert lines(data.extend) == ['{"event": "verified"}', "done"]
+    assert bytes(data) == b'SELECT 1;\n{"event": "x"}\n\0\xff'
+    assert lines() == ["SELECT 1;", '{"event": "x"}', '{"event": "verified"}', "\0\ufffd", "done"]

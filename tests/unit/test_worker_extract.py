@@ -5,17 +5,20 @@ staged restore (`--staged`: verify, then `room`, `go` or `quit` from the sidecar
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import queue
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pyrage
 import pytest
 
+from sidecar.tarball import extract
 from sidecar.tarball.extract import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
 from sidecar.core.keys import DecryptionKeys
 from sidecar.core.model import WORKER_PARENT_ENV, Compression
@@ -311,3 +314,102 @@ def test_a_swap_that_fails_before_moving_anything_leaves_no_staging_folder(tmp_p
     code, events = _run(capsys, "--archive", path, "--into", old_volume, "--one-pass", commands=("go", "swap"))
     assert code == EXIT_FAILED and events[-1]["event"] == "error" and "not permitted" in events[-1]["message"]
     assert sorted(os.listdir(old_volume)) == [".dot", "old.txt"]
+
+
+# --- --stream: a preset's dump or an image export, checked, then its bytes on the data channel
+
+def _stream(capsys, tmp_path, path, kind: str, commands=("go",)) -> tuple[int, list[dict], bytes]:
+    """The worker's --stream KIND in process: its records (stdout here: main's data_fd is a file)
+    and the bytes it sent."""
+    out = tmp_path / f"sent-{kind}"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    lines: queue.Queue[str] = queue.Queue()
+    for line in commands:
+        lines.put(line)
+    try:
+        code = worker.main(["--archive", str(path), "--into", str(tmp_path), "--stream", kind], lines, data_fd=fd)
+    finally:
+        os.close(fd)
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()], out.read_bytes()
+
+
+DUMP = file(b"db.sql.000000", b"SELECT 1;") + file(b"db.sql.000001", b"\nSELECT 2;\n") + END
+
+
+def test_a_streaming_worker_checks_the_dump_then_sends_its_bytes_only_on_go(tmp_path, capsys):
+    path = write(tmp_path, DUMP, "app_postgres+dump_2026-01-01_daily.tar", Compression.ZSTD)
+    code, events, sent = _stream(capsys, tmp_path, path, "dump")
+    assert code == EXIT_OK and sent == b"SELECT 1;\nSELECT 2;\n"
+    assert [e["event"] for e in events] == ["verified", "started", "result"]
+    verified, done = events[0], events[-1]
+    assert verified["file"] == "db.sql" and verified["bytes"] == len(sent) and verified["protocol"] == worker.PROTOCOL
+    assert done["bytes"] == len(sent) and done["sha256"] == verified["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    code, events, sent = _stream(capsys, tmp_path, path, "dump", commands=("quit",))
+    assert code == worker.EXIT_QUIT and [e["event"] for e in events] == ["verified"] and sent == b""
+
+
+@pytest.mark.parametrize("raw", [
+    file(b"db.sql.000001", b"x") + END,  # not from part 0
+    file(b"db.sql.000000", b"a") + file(b"db.sql.000002", b"b") + END,  # a part missing
+    file(b"db.sql.000000", b"a") + file(b"other.sql.000001", b"b") + END,  # two files
+    file(b"db.sql.000000", b"a") + symlink(b"db.sql.000001", b"/etc/shadow") + END,  # not a regular file
+    file(b"usr/local/bin/backdoor", b"#!/bin/sh\n", 0o4755) + END,  # issue 19 item 9's member
+    directory(b"db.sql.000000") + END,
+    END,  # nothing
+])
+def test_a_crafted_dump_archive_is_refused_before_anything_is_sent(tmp_path, capsys, raw):
+    path = write(tmp_path, raw)
+    code, events, sent = _stream(capsys, tmp_path, path, "dump")
+    assert code == EXIT_REFUSED and events[-1]["event"] == "error" and events[-1]["refused"]
+    assert "verified" not in [e["event"] for e in events] and sent == b""
+
+
+class _ChangesTheFile(queue.Queue):
+    """The sidecar's go, after the archive was changed in place (same inode) since the check."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def get(self, block=True, timeout=None):
+        data = bytearray(self.path.read_bytes())
+        data[600] ^= 0x01  # inside the first part's data: the parser accepts it, the hash does not
+        with open(self.path, "r+b") as f:
+            f.write(bytes(data))
+        return "go"
+
+
+def test_an_archive_changed_after_its_check_is_refused_with_its_last_piece_held_back(tmp_path, capsys):
+    path = write(tmp_path, DUMP)
+    out = tmp_path / "sent"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        code = worker.main(["--archive", str(path), "--into", str(tmp_path), "--stream", "dump"],
+                           _ChangesTheFile(path), data_fd=fd)
+    finally:
+        os.close(fd)
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == EXIT_REFUSED and events[-1]["kind"] == "ChecksumMismatch"
+    assert len(out.read_bytes()) < len(b"SELECT 1;\nSELECT 2;\n")  # the client never gets the whole dump
+
+
+def test_streaming_a_dump_tar_sends_files_and_folders_only(tmp_path, capsys):
+    inner = directory(b"01BLOCK") + file(b"01BLOCK/meta.json", b"{}") + END
+    path = write(tmp_path, file(b"snapshot.tar.000000", inner) + END)
+    code, events, sent = _stream(capsys, tmp_path, path, "files")
+    assert code == EXIT_OK and events[0]["bytes"] == len(sent)
+    with tarfile.open(fileobj=io.BytesIO(sent)) as tar:
+        assert [(m.name, m.type) for m in tar] == [("01BLOCK", tarfile.DIRTYPE), ("01BLOCK/meta.json", tarfile.REGTYPE)]
+    inner = directory(b"01BLOCK") + symlink(b"01BLOCK/out", b"/etc") + END
+    path = write(tmp_path, file(b"snapshot.tar.000000", inner) + END)
+    code, events, sent = _stream(capsys, tmp_path, path, "files")
+    assert code == EXIT_REFUSED and [e["event"] for e in events] == ["error"] and sent == b""
+
+
+def test_streaming_an_image_export_sends_the_canonical_tar(tmp_path, capsys):
+    raw = directory(b"layer") + file(b"layer/layer.tar", b"x" * 700) + file(b"manifest.json", b"[]") + END
+    path = write(tmp_path, raw)
+    code, events, sent = _stream(capsys, tmp_path, path, "canonical")
+    with extract.open_archive(path) as archive:
+        assert code == EXIT_OK and sent == b"".join(extract.canonical_tar(archive))
+    assert events[0]["file"] is None and events[0]["bytes"] == len(sent)

@@ -19,11 +19,10 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from ....tarball.archive import ArchiveResult, ArchiveWriter, ProgressLog
 from ....docker.engine import Engine
-from ....core.errors import ArchiveError, BackupError, RestoreError, RestoreLeftStopped, SidecarError
-from ....tarball.extract import Kind, open_archive, read_members, verify
-from ....core.keys import DecryptionKeys
-from ....core.members import PART
-from ....core.model import ContainerInfo, ContainerState, ExecResult, Target
+from ....core.errors import BackupError, RestoreError, RestoreLeftStopped, SidecarError
+from ....readers import unpack
+from ....tarball.extract import ArchiveFile, open_archive
+from ....core.model import ContainerInfo, ContainerState, ExecResult, Mount, Target
 from ...context import Context
 from ...interrupt import Interruption
 from ..base import ArchivePath, RestoreOutcome, RestoreRequest
@@ -246,44 +245,16 @@ def _said(result: ExecResult) -> str:
 
 # --- reading a dump back -------------------------------------------------------------------
 
-def check_dump(path: Path, keys: DecryptionKeys | None) -> int:
-    """The whole archive checked (checksum, every member) before anything is touched;
-    returns the dump's size in bytes."""
-    with open_archive(path) as archive:
-        summary = verify(archive, keys)
-    return summary.tar_bytes
-
-
-def dump_file(path: Path, keys: DecryptionKeys | None) -> str:
-    """The dump's file name inside an archive written by DumpCapture (from its first member)."""
-    members = read_members(path, keys)
-    try:
-        first = next(members, None)
-    finally:
-        members.close()
-    name = first[0].name if first is not None else None
-    match = PART.match(name) if name is not None else None
-    if match is None:
-        raise ArchiveError(f"{path.name}: not a dump archive (its first member is {name!r})")
-    return match["file"]
-
-
-def dump_chunks(path: Path, keys: DecryptionKeys | None) -> Iterator[bytes]:
-    """The dump in an archive written by DumpCapture, its parts joined in order (read by
-    the checked extractor's parser: the one reader of archives)."""
-    members = read_members(path, keys)
-    try:
-        expected, file = 0, None
-        for member, data in members:
-            match = PART.match(member.name) if member.kind is Kind.FILE else None
-            if match is None or int(match["n"]) != expected or (file is not None and match["file"] != file):
-                raise ArchiveError(f"{path.name}: {member.name!r} is not part {expected} of a dump")
-            file, expected = match["file"], expected + 1
-            yield from data
-        if expected == 0:
-            raise ArchiveError(f"{path.name}: no dump in this archive")
-    finally:
-        members.close()
+def dump_stream(ctx: Context, request: RestoreRequest, archive: ArchiveFile, kind: str = "dump") -> unpack.ArchiveStream:
+    """The dump in `archive` as an extract worker reads it (`--stream`; readers/unpack.py
+    ArchiveStream), the backup volume read-only: entered, the whole archive was checked (its
+    shape a dump's: parts FILE.NNNNNN in order, one FILE) and nothing was sent yet. The sidecar
+    parses no archive: where no worker can run, the restore fails closed naming BACKUP_WORKER_IMAGE.
+    `kind`: `files` for a dump that is a tar itself (re-serialised as files and folders)."""
+    how = unpack.UnpackRequest(request.container, Mount("bind", "", ""), archive, "", ctx.settings.decryption,
+                               ctx.worker_settings, request.backup_name)
+    plan = unpack.listing_plan(ctx.engine, how, f" to restore it into {request.container.name}")
+    return unpack.ArchiveStream(ctx.engine, how, plan, kind)
 
 
 def feed(engine: Engine, container_id: str, argv: list[str], chunks: Iterable[bytes], *, user: str | None,
@@ -322,9 +293,10 @@ class Restoring:
     request: RestoreRequest
     item: str
     fields: dict
-    size: int  # the dump's bytes
+    size: int  # the archive's tar bytes
     container: ContainerInfo  # as inspected: running
     started: float
+    dump: unpack.ArchiveStream  # checked, nothing sent yet: its `data()` once the server is ready
 
     def outcome(self, downtime: float = 0.0) -> RestoreOutcome:
         seconds = time.monotonic() - self.started
@@ -334,26 +306,30 @@ class Restoring:
 
 
 @contextlib.contextmanager
-def restoring(ctx: Context, request: RestoreRequest, item: str, running_for: str) -> Iterator[Restoring]:
-    """How every preset's restore starts: under the target's lock, the whole archive checked,
-    then the app's container must run (`running_for`: the preset and what it needs the server for)."""
+def restoring(ctx: Context, request: RestoreRequest, item: str, running_for: str,
+              kind: str = "dump") -> Iterator[Restoring]:
+    """How every preset's restore starts: under the target's lock, the whole archive checked
+    by a worker that then holds the dump for `Restoring.dump` (dump_stream; `kind`), then the
+    app's container must run (`running_for`: the preset and what it needs the server for)."""
     fields = restore_fields(request, item)
     started = time.monotonic()
-    with ctx.store.target_lock(request.backup_name):
+    with ctx.store.target_lock(request.backup_name), open_archive(request.archive) as archive:
         logger.info("verifying archive", extra={**fields, "phase": "verify"})
-        size = check_dump(request.archive, ctx.settings.decryption)
-        current = ctx.engine.inspect(request.container.id)
-        if current.state is not ContainerState.RUNNING:
-            raise RestoreError(f"{request.container.name} is not running: {running_for}; start it first")
-        yield Restoring(request, item, fields, size, current, started)
+        with dump_stream(ctx, request, archive, kind) as dump:
+            current = ctx.engine.inspect(request.container.id)
+            if current.state is not ContainerState.RUNNING:
+                raise RestoreError(f"{request.container.name} is not running: {running_for}; start it first")
+            yield Restoring(request, item, fields, int(dump.verified["tar_bytes"]), current, started, dump)
 
 
 def feed_dump(ctx: Context, restore: Restoring, argv: Sequence[str], tool: str) -> ExecResult:
     """The dump on the stdin of the app's client (`argv`) in the running container; a failure
-    raises RestoreError naming `tool`."""
-    chunks = dump_chunks(restore.request.archive, ctx.settings.decryption)
-    result = feed(ctx.engine, restore.container.id, list(argv), chunks, user=None, timeout=CLIENT_TIMEOUT,
-                  environment={}, fields=restore.fields)
+    raises RestoreError naming `tool` (or the worker's refusal, when the archive failed its
+    second read: the client's input was cut before its end)."""
+    result = feed(ctx.engine, restore.container.id, list(argv), restore.dump.data(), user=None,
+                  timeout=CLIENT_TIMEOUT, environment={}, fields=restore.fields)
+    if isinstance(result.stdin_error, SidecarError):
+        raise RestoreError(f"{tool} was fed part of the dump only: {result.stdin_error}") from result.stdin_error
     if not result.ok:
         raise RestoreError(f"{tool} {result.describe()}")
     return result

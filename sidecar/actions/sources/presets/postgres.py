@@ -20,7 +20,7 @@ from ....core.presetnames import dump_type
 from ...context import Context
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, dump_capture, dump_file, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
+    DumpCommand, dump_capture, feed_dump, in_shell, needs_quiesce, one_archive, preset_user, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     with restoring(ctx, request, request.item,
                    "the postgres preset restores through the running server's own client") as r:
         fields = r.fields
-        file = dump_file(path, ctx.settings.decryption)
+        file = r.dump.file
         database = file.removesuffix(".pgdump") if file.endswith(".pgdump") else None
         if database is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_$.-]{0,62}", database):
             raise RestoreError(f"{path.name}: {database!r} is not a database name this preset writes")

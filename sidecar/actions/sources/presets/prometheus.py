@@ -6,11 +6,12 @@ deleted, on every path out. The storage path comes from the server itself
 `http://localhost:9090` unless the container's `PROMETHEUS_URL` says otherwise.
 
 Restore asks the running server for its storage path, refuses a TSDB holding blocks unless
---force, checks the snapshot tar inside the dump with the one parser (regular files and folders only:
-it was made in the app's container), stops the container, empties the storage folder (a
-helper container), writes the snapshot's blocks into it and starts it again, on every path
-out. The engine's unpacker (`PUT /archive`) only ever gets the checked files and folders,
-re-serialised with headers we write (extract.files_tar)."""
+--force, has an extract worker check the archive and the snapshot tar inside the dump (regular
+files and folders only: it was made in the app's container), stops the container, empties the
+storage folder (a helper container), writes the snapshot's blocks into it and starts it again,
+on every path out. The engine's unpacker (`PUT /archive`) only ever gets the checked files and
+folders, re-serialised by that worker with headers we write (extract.files_tar, `--stream
+files`); the sidecar parses neither tar."""
 
 from __future__ import annotations
 
@@ -19,14 +20,13 @@ from pathlib import Path
 from typing import Iterator
 
 from ....core.errors import RestoreError, SidecarError
-from ....tarball.extract import files_tar
 from ....core.model import ContainerInfo, Target
 from ....core.presetnames import dump_type
 from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
+    DumpCommand, ask, dump_capture, left_stopped, needs_quiesce, one_archive, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,12 @@ capture = dump_capture(ITEM, dump_command)
 
 def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
     container, path = request.container, request.archive
-    with restoring(ctx, request, ITEM, "the prometheus preset asks the server for its storage path") as r:
+    # `files`: the worker checked the snapshot tar inside the dump too, before anything is stopped or
+    # emptied, and sends it re-serialised as regular files and folders only, for the engine's unpacker.
+    with restoring(ctx, request, ITEM, "the prometheus preset asks the server for its storage path",
+                   kind="files") as r:
         current, fields = r.container, r.fields
         tsdb = _where(ctx, current, request.force, fields)
-        for _ in _snapshot(path, ctx, container.name):  # refused before anything is stopped or emptied
-            pass
         with Interruption(ctx, current, InterruptionKind.STOPPED, request.backup_name, request.stop_timeout) as stop:
             image = ctx.settings.helper_image or current.image_id
             try:
@@ -88,17 +89,10 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                     raise RestoreError(f"emptying {tsdb} in {container.name} failed (exit {code}: "
                                        f"{logs.strip()[-300:]})")
                 logger.info("restoring the TSDB snapshot", extra={**fields, "path": tsdb})
-                ctx.engine.put_archive(container.id, tsdb, _snapshot(path, ctx, container.name))
+                ctx.engine.put_archive(container.id, tsdb, r.dump.data())
             except SidecarError as err:
                 raise left_stopped(stop, container.name, ITEM, f"EMPTYING {tsdb}", err) from err
     return r.outcome(stop.seconds)
-
-
-def _snapshot(path: Path, ctx: Context, container: str) -> Iterator[bytes]:
-    """The dump's snapshot tar (made in the app's container: not trusted) checked by the one
-    parser and re-serialised as regular files and folders only, for the engine's unpacker."""
-    yield from files_tar(dump_chunks(path, ctx.settings.decryption),
-                         f"the TSDB snapshot in {path.name}, for {container}")
 
 
 def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) -> str:

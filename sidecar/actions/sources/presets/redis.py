@@ -24,7 +24,7 @@ from ...context import Context
 from ...interrupt import Interruption, InterruptionKind
 from ..base import RestoreOutcome, RestoreRequest
 from .dump import (
-    DumpCommand, ask, dump_capture, dump_chunks, left_stopped, needs_quiesce, one_archive, restoring,
+    DumpCommand, Restoring, ask, dump_capture, left_stopped, needs_quiesce, one_archive, restoring,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def restore(ctx: Context, request: RestoreRequest) -> RestoreOutcome:
                           request.stop_timeout) as stop:
             logger.info("restoring the RDB", extra={**r.fields, "path": f"{folder}/{file}"})
             try:
-                ctx.engine.put_archive(container.id, folder, _single(file, owner, path, ctx))
+                ctx.engine.put_archive(container.id, folder, _single(file, owner, r))
             except SidecarError as err:  # the RDB may be half written
                 raise left_stopped(stop, container.name, ITEM, f"WRITING {folder}/{file}", err) from err
     return r.outcome(stop.seconds)
@@ -110,19 +110,15 @@ def _where(ctx: Context, container: ContainerInfo, force: bool, fields: dict) ->
     return folder, file, (int(uid) if uid.isdigit() else 0, int(gid) if gid.isdigit() else 0)
 
 
-def _single(file: str, owner: tuple[int, int], path, ctx: Context) -> Iterator[bytes]:
-    """A one-member tar of the RDB for put_archive, owned as the file it replaces (a tar
-    header needs the size first: the dump is read once to count it)."""
-    data_size = size_of_dump(path, ctx)
+def _single(file: str, owner: tuple[int, int], r: Restoring) -> Iterator[bytes]:
+    """A one-member tar of the RDB for put_archive, owned as the file it replaces (its size
+    is what the worker's check counted; the worker streams the bytes: readers/unpack.py)."""
+    data_size = r.dump.size
     info = tarfile.TarInfo(PurePosixPath(file).name)
     info.size, info.mode, info.mtime = data_size, 0o600, int(time.time())
     info.uid, info.gid = owner
     yield info.tobuf(format=tarfile.PAX_FORMAT)
-    yield from dump_chunks(path, ctx.settings.decryption)
+    yield from r.dump.data()
     if data_size % tarfile.BLOCKSIZE:
         yield b"\0" * (tarfile.BLOCKSIZE - data_size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
-
-
-def size_of_dump(path, ctx: Context) -> int:
-    return sum(len(chunk) for chunk in dump_chunks(path, ctx.settings.decryption))
