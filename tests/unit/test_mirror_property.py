@@ -39,7 +39,15 @@ from sidecar.mirror import diff as mirrordiff
 from sidecar.mirror import worker as worker_mirror
 from sidecar.mirror.worker import GO, TREE, MirrorJob, run_mirror
 
-from .mirror_archives import differences
+from sidecar.core.model import Compression
+from sidecar.mirror.worker import SPECIAL
+from sidecar.worker import reuse
+
+from .mirror_archives import differences, members
+
+# How often the stopped pass left the state the last archive was recorded with (reuse.py
+# copies that archive then): the implication is checked each time.
+STATES = {"same": 0, "changed": 0}
 
 NAMES = ["a", "b", "d", "d/x", "d/y", "d/e", "d/e/z", "s", "m"]
 MAPPED = 16384  # bytes of the file the mmap writer keeps mapped
@@ -160,7 +168,7 @@ def _stopped_pass(source: Path, mirror: Path) -> None:
         (mirror / GO).unlink()
 
 
-def _run(tmp: Path, before, during, after, flush_mmap: bool, mirror_root: Path) -> None:
+def _run(tmp: Path, before, during, after, flush_mmap: bool, mirror_root: Path, dirty_mmap: bool = True) -> None:
     source, mirror = tmp / "volume", mirror_root / "mirror"
     source.mkdir()
     here = os.getcwd()
@@ -168,18 +176,35 @@ def _run(tmp: Path, before, during, after, flush_mmap: bool, mirror_root: Path) 
     app = App(source, flush_mmap)
     try:
         app.apply(before)
+        if not dirty_mmap:  # nothing racy in the last backup's manifest: the state can repeat
+            _wait_until_older(_newest(source), 3 * mirrordiff.RACY_MARGIN_NS)
         assert run_mirror(MirrorJob(source, mirror, check_room=False), [].append) is not None  # the last backup
-        app.apply([("mmap", "m", "m", b"dirty before pass 1", 0)])
-        _wait_until_older(source / "mapped.db", 3 * mirrordiff.RACY_MARGIN_NS)
+        # What the last backup's archive held, and the state reuse.py would record for it.
+        archived = members(mirror / TREE, special=mirror / SPECIAL)
+        archived_state = reuse.state_of(mirror, Compression.ZSTD, (), "")
+        if dirty_mmap:
+            app.apply([("mmap", "m", "m", b"dirty before pass 1", 0)])
+            _wait_until_older(source / "mapped.db", 3 * mirrordiff.RACY_MARGIN_NS)
         with pytest.MonkeyPatch.context() as patch:
             app.interleave(during, patch)
             assert run_mirror(MirrorJob(source, mirror, check_room=False), [].append) is not None  # pass 1
         app.apply(app.pending + after)  # still running until the stop
         _stopped_pass(source, mirror)  # the app stopped; its mapping and sockets stay
         assert differences(mirror / TREE, source) == []
+        if reuse.state_of(mirror, Compression.ZSTD, (), "") == archived_state:  # an archive copied, not made
+            STATES["same"] += 1
+            assert members(source) == archived, "the state said unchanged, the volume changed"
+        else:
+            STATES["changed"] += 1
     finally:
         app.close()
         os.chdir(here)
+
+
+def _newest(root: Path) -> Path:
+    """The entry of `root` (itself included) changed last (by ctime)."""
+    paths = [root] + [Path(folder) / name for folder, dirs, files in os.walk(root) for name in dirs + files]
+    return max(paths, key=lambda p: os.lstat(p).st_ctime_ns)
 
 
 def _wait_until_older(path: Path, ns: int) -> None:
@@ -238,3 +263,19 @@ def test_on_tmpfs_an_unflushed_mmap_writer_is_caught(tmp_path, monkeypatch, befo
         _run(case, before, during, after, flush_mmap=False, mirror_root=_fresh(tmp_path, "mirror"))
     finally:
         shutil.rmtree(case, ignore_errors=True)
+
+
+@settings(max_examples=int(os.environ.get("MIRROR_PROPERTY_EXAMPLES_STATE", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(before=st.lists(op, max_size=25), during=st.lists(op, max_size=4), after=st.lists(op, max_size=2))
+def test_a_state_unchanged_since_the_last_archive_means_a_volume_unchanged_since(
+        tmp_path, monkeypatch, before, during, after):
+    """sidecar/worker/reuse.py copies the last archive when the stopped pass leaves the state
+    (manifest, special.json, options) that archive was made from: few or no changes here, so
+    both outcomes come up, and whenever the state is the same the stopped volume's archive must
+    be the recorded one's, member by member (checked in _run)."""
+    monkeypatch.setattr(mirrordiff, "RACY_MARGIN_NS", 20_000_000)
+    monkeypatch.setattr(worker_mirror, "writeback_window_ns", lambda expire, every: 0, raising=False)
+    monkeypatch.setattr(worker_mirror, "sync_filesystem", lambda folder: None, raising=False)
+    case = _fresh(tmp_path, "case")
+    _run(case, before, during, after, flush_mmap=True, mirror_root=case, dirty_mmap=False)
