@@ -325,6 +325,60 @@ def test_a_symlink_already_in_the_target_is_never_followed(tmp_path, target):
     assert list(elsewhere.iterdir()) == []
 
 
+
+def test_what_the_target_already_holds_under_a_files_name_is_replaced_never_followed_and_never_a_folder(
+        tmp_path, target):
+    """A file member opens its name with O_EXCL first: a file or a symlink already there is
+    removed (never written through), a folder already there is refused."""
+    elsewhere = target.parent / "elsewhere"
+    elsewhere.write_text("kept")
+    (target / "old.txt").write_text("old")
+    (target / "link").symlink_to(elsewhere)
+    path = write(tmp_path, file(b"old.txt", b"new") + file(b"link", b"not through") + END)
+    restore(path, target)
+    assert (target / "old.txt").read_text() == "new" and not (target / "link").is_symlink()
+    assert (target / "link").read_text() == "not through" and elsewhere.read_text() == "kept"
+    (target / "folder").mkdir()
+    with pytest.raises(UnsafeArchive, match="would replace a folder"):
+        restore(write(tmp_path, file(b"folder", b"x") + END, name="app_data_2026-01-02_daily.tar"), target)
+    assert (target / "folder").is_dir()
+
+
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD], ids=["copied", "spliced"])
+def test_each_files_writeback_is_started_as_its_data_is_written(tmp_path, target, monkeypatch, compression):
+    """Early writeback (sync_file_range WRITE): every byte of every file is handed to the
+    kernel once written, a large file every WRITEBACK_STEP bytes, so the syncfs before the
+    swap finds little left (issue 19's restore speed)."""
+    started: dict[str, list[tuple[int, int]]] = {}
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:  # in the writeback thread
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        written = os.fstat(fd).st_size >= offset + length  # only what was written already
+        started.setdefault(name, []).append((offset, length, flags == extract._SYNC_FILE_RANGE_WRITE and written))
+        return 0
+
+    monkeypatch.setattr(extract, "_START_WRITEBACK", record)
+    monkeypatch.setattr(extract, "WRITEBACK_STEP", 64 << 10)
+    big, small = os.urandom((64 << 10) * 3 + 1000), b"small"
+    path = write(tmp_path, file(b"big", big) + file(b"small", small) + file(b"empty") + END,
+                 compression=compression)
+    extract._devnull()  # opened once, kept
+    fds = len(os.listdir("/proc/self/fd"))
+    restore(path, target)
+    assert (target / "big").read_bytes() == big and (target / "small").read_bytes() == small
+    step = 64 << 10
+    assert started == {"big": [(0, step, True), (step, step, True), (2 * step, step, True), (3 * step, 1000, True)],
+                       "small": [(0, len(small), True)]}
+    assert len(os.listdir("/proc/self/fd")) == fds  # every descriptor handed over was closed
+
+
+def test_without_sync_file_range_files_are_written_all_the_same(tmp_path, target, monkeypatch):
+    monkeypatch.setattr(extract, "_START_WRITEBACK", None)
+    path = write(tmp_path, file(b"a", b"data") + END, compression=Compression.ZSTD)
+    restore(path, target)
+    assert (target / "a").read_bytes() == b"data"
+
+
 # --- what is restored ------------------------------------------------------------------------
 
 def test_setuid_and_setgid_are_stripped_from_files_and_kept_as_setgid_on_folders(tmp_path, target):
