@@ -346,9 +346,9 @@ def test_what_the_target_already_holds_under_a_files_name_is_replaced_never_foll
 
 @pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD], ids=["copied", "spliced"])
 def test_each_files_writeback_is_started_as_its_data_is_written(tmp_path, target, monkeypatch, compression):
-    """Early writeback (sync_file_range WRITE): every byte of every file is handed to the
-    kernel once written, a large file every WRITEBACK_STEP bytes, so the syncfs before the
-    swap finds little left (issue 19's restore speed)."""
+    """Early writeback (sync_file_range WRITE): every byte of a large file (WRITEBACK_MIN)
+    is handed to the kernel once written, every WRITEBACK_STEP bytes, so the syncfs before
+    the swap finds little left (issue 19's restore speed); small files are left to it."""
     started: dict[str, list[tuple[int, int]]] = {}
 
     def record(fd: int, offset: int, length: int, flags: int) -> int:  # in the writeback thread
@@ -359,17 +359,34 @@ def test_each_files_writeback_is_started_as_its_data_is_written(tmp_path, target
 
     monkeypatch.setattr(extract, "_START_WRITEBACK", record)
     monkeypatch.setattr(extract, "WRITEBACK_STEP", 64 << 10)
-    big, small = os.urandom((64 << 10) * 3 + 1000), b"small"
-    path = write(tmp_path, file(b"big", big) + file(b"small", small) + file(b"empty") + END,
+    monkeypatch.setattr(extract, "WRITEBACK_MIN", 1000)
+    big, medium, small = os.urandom((64 << 10) * 3 + 1000), os.urandom(1000), b"small"
+    path = write(tmp_path, file(b"big", big) + file(b"medium", medium) + file(b"small", small) + file(b"empty") + END,
                  compression=compression)
     extract._devnull()  # opened once, kept
     fds = len(os.listdir("/proc/self/fd"))
     restore(path, target)
-    assert (target / "big").read_bytes() == big and (target / "small").read_bytes() == small
+    assert [(target / n).read_bytes() for n in ("big", "medium", "small")] == [big, medium, small]
     step = 64 << 10
     assert started == {"big": [(0, step, True), (step, step, True), (2 * step, step, True), (3 * step, 1000, True)],
-                       "small": [(0, len(small), True)]}
+                       "medium": [(0, len(medium), True)]}
     assert len(os.listdir("/proc/self/fd")) == fds  # every descriptor handed over was closed
+
+
+def test_the_pipes_to_and_from_the_decompressor_hold_a_mebibyte(tmp_path, monkeypatch):
+    """So the decompressor runs ahead while the writer makes each small file."""
+    import fcntl
+
+    asked, real = [], fcntl.fcntl
+    monkeypatch.setattr(extract.fcntl, "fcntl", lambda fd, cmd, arg=0: (asked.append((cmd, arg)), real(fd, cmd, arg))[1])
+    path = write(tmp_path, file(b"a", b"data") + END, compression=Compression.ZSTD)
+    with extract.open_archive(path) as archive:
+        pipe = extract._PipeDecompressor(extract._FdReader(archive.fd), extract._pipe_for(archive))
+        try:
+            size = real(pipe.fd, fcntl.F_GETPIPE_SZ)
+        finally:
+            pipe.close()
+    assert asked == [(fcntl.F_SETPIPE_SZ, 1 << 20)] * 2 and size == extract.PIPE_SIZE == 1 << 20
 
 
 def test_without_sync_file_range_files_are_written_all_the_same(tmp_path, target, monkeypatch):
