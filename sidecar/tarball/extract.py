@@ -386,8 +386,8 @@ _WRITEBACK_QUEUE = 256  # files handed over and not yet started (each holds a de
 
 
 class Writeback:
-    """Starts the writeback of the large files a restore writes as it goes, in a thread of its own (the
-    call can block on the disk's queue, and the writer must not wait for it): `start(fd,
+    """Starts the writeback of the large files a restore writes as it goes, in a thread of its
+    own (the call can block on the disk's queue, and the writer must not wait for it): `start(fd,
     offset, length)` hands a duplicate of the descriptor over, the thread asks the kernel to
     write those bytes to disk now without waiting for them (sync_file_range with
     SYNC_FILE_RANGE_WRITE) and closes it. So a restore's data goes to disk while the next
@@ -413,6 +413,8 @@ class Writeback:
             fd, offset, length = item
             try:
                 _START_WRITEBACK(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - a head start only; the thread must live on (the writer waits on it)
+                pass
             finally:
                 os.close(fd)
 

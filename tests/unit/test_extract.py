@@ -389,11 +389,22 @@ def test_the_pipes_to_and_from_the_decompressor_hold_a_mebibyte(tmp_path, monkey
     assert asked == [(fcntl.F_SETPIPE_SZ, 1 << 20)] * 2 and size == extract.PIPE_SIZE == 1 << 20
 
 
-def test_without_sync_file_range_files_are_written_all_the_same(tmp_path, target, monkeypatch):
-    monkeypatch.setattr(extract, "_START_WRITEBACK", None)
-    path = write(tmp_path, file(b"a", b"data") + END, compression=Compression.ZSTD)
+def _refusing(fd: int, offset: int, length: int, flags: int) -> int:
+    raise OSError(22, "refused")
+
+
+@pytest.mark.parametrize("call", [None, _refusing], ids=["missing", "failing"])
+def test_without_a_working_sync_file_range_files_are_written_all_the_same(tmp_path, target, monkeypatch, call):
+    monkeypatch.setattr(extract, "_START_WRITEBACK", call)
+    monkeypatch.setattr(extract, "WRITEBACK_MIN", 1)
+    monkeypatch.setattr(extract, "_WRITEBACK_QUEUE", 1)  # a thread that died would leave the writer waiting
+    files = {f"f{i}".encode(): os.urandom(100) for i in range(5)}
+    path = write(tmp_path, b"".join(file(n, d) for n, d in files.items()) + END, compression=Compression.ZSTD)
+    extract._devnull()
+    fds = len(os.listdir("/proc/self/fd"))
     restore(path, target)
-    assert (target / "a").read_bytes() == b"data"
+    assert {p.name.encode(): p.read_bytes() for p in target.iterdir()} == files
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 # --- what is restored ------------------------------------------------------------------------
