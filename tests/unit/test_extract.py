@@ -325,6 +325,88 @@ def test_a_symlink_already_in_the_target_is_never_followed(tmp_path, target):
     assert list(elsewhere.iterdir()) == []
 
 
+
+def test_what_the_target_already_holds_under_a_files_name_is_replaced_never_followed_and_never_a_folder(
+        tmp_path, target):
+    """A file member opens its name with O_EXCL first: a file or a symlink already there is
+    removed (never written through), a folder already there is refused."""
+    elsewhere = target.parent / "elsewhere"
+    elsewhere.write_text("kept")
+    (target / "old.txt").write_text("old")
+    (target / "link").symlink_to(elsewhere)
+    path = write(tmp_path, file(b"old.txt", b"new") + file(b"link", b"not through") + END)
+    restore(path, target)
+    assert (target / "old.txt").read_text() == "new" and not (target / "link").is_symlink()
+    assert (target / "link").read_text() == "not through" and elsewhere.read_text() == "kept"
+    (target / "folder").mkdir()
+    with pytest.raises(UnsafeArchive, match="would replace a folder"):
+        restore(write(tmp_path, file(b"folder", b"x") + END, name="app_data_2026-01-02_daily.tar"), target)
+    assert (target / "folder").is_dir()
+
+
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD], ids=["copied", "spliced"])
+def test_each_files_writeback_is_started_as_its_data_is_written(tmp_path, target, monkeypatch, compression):
+    """Early writeback (sync_file_range WRITE): every byte of a large file (WRITEBACK_MIN)
+    is handed to the kernel once written, every WRITEBACK_STEP bytes, so the syncfs before
+    the swap finds little left (issue 19's restore speed); small files are left to it."""
+    started: dict[str, list[tuple[int, int]]] = {}
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:  # in the writeback thread
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        written = os.fstat(fd).st_size >= offset + length  # only what was written already
+        started.setdefault(name, []).append((offset, length, flags == extract._SYNC_FILE_RANGE_WRITE and written))
+        return 0
+
+    monkeypatch.setattr(extract, "_START_WRITEBACK", record)
+    monkeypatch.setattr(extract, "WRITEBACK_STEP", 64 << 10)
+    monkeypatch.setattr(extract, "WRITEBACK_MIN", 1000)
+    big, medium, small = os.urandom((64 << 10) * 3 + 1000), os.urandom(1000), b"small"
+    path = write(tmp_path, file(b"big", big) + file(b"medium", medium) + file(b"small", small) + file(b"empty") + END,
+                 compression=compression)
+    extract._devnull()  # opened once, kept
+    fds = len(os.listdir("/proc/self/fd"))
+    restore(path, target)
+    assert [(target / n).read_bytes() for n in ("big", "medium", "small")] == [big, medium, small]
+    step = 64 << 10
+    assert started == {"big": [(0, step, True), (step, step, True), (2 * step, step, True), (3 * step, 1000, True)],
+                       "medium": [(0, len(medium), True)]}
+    assert len(os.listdir("/proc/self/fd")) == fds  # every descriptor handed over was closed
+
+
+def test_the_pipes_to_and_from_the_decompressor_hold_a_mebibyte(tmp_path, monkeypatch):
+    """So the decompressor runs ahead while the writer makes each small file."""
+    import fcntl
+
+    asked, real = [], fcntl.fcntl
+    monkeypatch.setattr(extract.fcntl, "fcntl", lambda fd, cmd, arg=0: (asked.append((cmd, arg)), real(fd, cmd, arg))[1])
+    path = write(tmp_path, file(b"a", b"data") + END, compression=Compression.ZSTD)
+    with extract.open_archive(path) as archive:
+        pipe = extract._PipeDecompressor(extract._FdReader(archive.fd), extract._pipe_for(archive))
+        try:
+            size = real(pipe.fd, fcntl.F_GETPIPE_SZ)
+        finally:
+            pipe.close()
+    assert asked == [(fcntl.F_SETPIPE_SZ, 1 << 20)] * 2 and size == extract.PIPE_SIZE == 1 << 20
+
+
+def _refusing(fd: int, offset: int, length: int, flags: int) -> int:
+    raise OSError(22, "refused")
+
+
+@pytest.mark.parametrize("call", [None, _refusing], ids=["missing", "failing"])
+def test_without_a_working_sync_file_range_files_are_written_all_the_same(tmp_path, target, monkeypatch, call):
+    monkeypatch.setattr(extract, "_START_WRITEBACK", call)
+    monkeypatch.setattr(extract, "WRITEBACK_MIN", 1)
+    monkeypatch.setattr(extract, "_WRITEBACK_QUEUE", 1)  # a thread that died would leave the writer waiting
+    files = {f"f{i}".encode(): os.urandom(100) for i in range(5)}
+    path = write(tmp_path, b"".join(file(n, d) for n, d in files.items()) + END, compression=Compression.ZSTD)
+    extract._devnull()
+    fds = len(os.listdir("/proc/self/fd"))
+    restore(path, target)
+    assert {p.name.encode(): p.read_bytes() for p in target.iterdir()} == files
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 # --- what is restored ------------------------------------------------------------------------
 
 def test_setuid_and_setgid_are_stripped_from_files_and_kept_as_setgid_on_folders(tmp_path, target):

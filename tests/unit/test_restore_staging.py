@@ -128,3 +128,18 @@ def test_empty_removes_dot_files_folders_and_symlinks_without_following_them(vol
     os.symlink(outside, volume / "escape")
     staging.empty(volume)
     assert os.listdir(volume) == [] and (outside / "keep").read_text() == "keep"
+
+
+def test_the_staged_data_is_durable_before_the_first_rename_and_the_final_state_before_the_swap_returns(
+        volume, monkeypatch):
+    """The durability rule the early writeback leaves as it was: a syncfs before anything
+    moves, another once the old entries are gone and the root applied."""
+    folder = _staged(volume)
+    calls: list[str] = []
+    real_rename, real_sync, real_rmtree = os.rename, staging.sync, staging.shutil.rmtree
+    monkeypatch.setattr(staging, "sync", lambda into: (calls.append("sync"), real_sync(into)))
+    monkeypatch.setattr(staging.os, "rename", lambda *a, **kw: (calls.append("rename"), real_rename(*a, **kw)))
+    monkeypatch.setattr(staging.shutil, "rmtree", lambda *a, **kw: (calls.append("remove"), real_rmtree(*a, **kw)))
+    staging.swap(volume, folder.name, None)
+    assert calls[0] == "sync" and calls[-1] == "sync" and calls.count("sync") == 2
+    assert "rename" in calls and calls.index("remove") > max(i for i, c in enumerate(calls) if c == "rename")
