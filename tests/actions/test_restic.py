@@ -25,6 +25,7 @@ from sidecar.actions.recover import run_recovery
 from sidecar.actions import restore_snapshot
 from sidecar.actions.restore_snapshot import run_restore_snapshot
 from sidecar.core.errors import EngineError
+from sidecar.core.model import ContainerState
 from sidecar.telemetry.metrics import Metrics, TargetView
 from sidecar.core.model import ContainerInfo, ContainerState
 from sidecar.core.snapshots import parse_snapshots
@@ -346,6 +347,22 @@ def test_a_held_worker_is_called_off_when_the_stop_fails_and_leaves_no_lock_or_s
     assert outcome.result is BackupResult.FAILURE
     assert len(parse_snapshots(restic(rctx, "snapshots", "--json"))) == 1
     assert not list((rctx.store.root / "restic" / "locks").iterdir())
+
+
+def test_a_held_worker_that_ends_before_its_gate_fails_the_backup_before_anything_stops(engine, rctx, tmp_path):
+    """A worker that never reaches restic's gate (here: its container could not start; in the
+    bench: an image of another protocol) took its go folder with it; the go was given anyway
+    and the backup died with FileNotFoundError after the stop. It is judged before the stop."""
+    data = tmp_path / "data"
+    data.mkdir()
+    app = engine.add_container("app-1", app_labels(strategy="stop"), {"/data": data})
+    engine.fail("worker:restic-backup", EngineError("create worker container: the engine said no"), times=1)
+    outcome = run_backup(rctx, _target(rctx))
+    assert outcome.result is BackupResult.FAILURE
+    assert "the engine said no" in str(outcome.error)
+    assert not [c for c in engine.calls if c[0] == "stop"]
+    assert engine.state(app.id) is ContainerState.RUNNING
+    assert not list((rctx.store.state_dir / "restic-go").glob("*"))
 
 
 @needs_unshare

@@ -229,6 +229,8 @@ class ResticVolumeCapture:
         if lines.at_gate and lines.protocol != PROTOCOL:  # called off before anything stops
             self._held.close()
             raise BackupError(self.target.backup_name, "start", self._wrong_protocol(lines))
+        if not lines.at_gate and self._held.ended():  # it ended before its gate (a worker image of another
+            self.result = self._judge(self._held.join(), lines)  # protocol, a bad option): said before any stop
 
     def read(self) -> None:
         held = self._held
@@ -353,10 +355,19 @@ class _HeldWorker:
             logger.warning("the restic worker is not at its gate yet; quiescing anyway", extra=self.lines.fields)
         self._marks["ready"] = time.monotonic()
 
+    def ended(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
     def go(self) -> None:
-        """Give the go and wait until the snapshot is saved (or the worker ended)."""
+        """Give the go and wait until the snapshot is saved (or the worker ended: its go folder
+        went with it, and the caller judges its end)."""
         self._marks["go"] = time.monotonic()
-        give_go(self.folder, "go")
+        if self.ended():
+            return
+        try:
+            give_go(self.folder, "go")
+        except FileNotFoundError:  # it ended meanwhile
+            return
         self.lines.saved.wait()
         self._marks["saved"] = time.monotonic()
 
