@@ -159,8 +159,8 @@ def held(job: MirrorJob, args: argparse.Namespace, commands: "queue.Queue[str]")
     state = reuse.state_of(job.mirror, compression, job.exclude, keys) if keys is not None else None
     try:
         found = reuse.previous(job.mirror, state)
-        framed = frames.load_index(job.mirror)
         if found is not None and reuse.copy_previous(found, args.output):
+            framed = frames.load_index(job.mirror)
             if framed is not None and framed.path == found.path:  # the copy has the same frames
                 frames.save_index(job.mirror, args.output, list(framed.frames.values()))
             if args.keys_file is not None:

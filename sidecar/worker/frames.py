@@ -140,12 +140,11 @@ class Framer:
             while self._pending:
                 self._drain_one()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            if self._prev_fd is not None:
-                os.close(self._prev_fd)
+            self.abort()
         return self.frames
 
     def abort(self) -> None:
+        """The pool and the previous archive let go (also after `close`: once only)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._prev_fd is not None:
             os.close(self._prev_fd)
